@@ -1,0 +1,213 @@
+//! A bounded, sharded concurrent map whose values know when they are idle.
+//!
+//! Reads take one shard's read lock and touch one atomic in the value, so keys on different shards
+//! never contend and one hot key costs two shared cache lines. New keys take the shard's write lock,
+//! which is also when the shard cleans up after itself: idle values are dropped every
+//! [`SWEEP_INTERVAL`] and whenever the shard is full. No background task is needed.
+//!
+//! We use `hashbrown::HashTable` rather than `dashmap` because the shard is the unit of eviction:
+//! sweeping one shard under its own write lock, with the hash computed once for shard and bucket,
+//! is what keeps both the flood bound and the hot path cheap.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::{PoisonError, RwLock};
+
+use hashbrown::HashTable;
+
+use crate::clock::Nanos;
+
+/// How often (on the clock of the store) a shard drops idle values when keys are being added.
+pub(crate) const SWEEP_INTERVAL: Nanos = 10_000_000_000;
+
+/// Values stored in a [`BoundedMap`].
+pub(crate) trait Expiring: Default + Send + Sync + 'static {
+    /// What the value needs to judge itself (the quota).
+    type Context;
+
+    /// Whether forgetting this value now changes nothing.
+    fn is_idle(&self, cx: &Self::Context, now: Nanos) -> bool;
+
+    /// When the value will be idle; the soonest-due values go first when a full shard must make room.
+    fn due(&self, cx: &Self::Context) -> Nanos;
+}
+
+#[repr(align(128))] // one shard per cache-line pair: no false sharing between shard locks
+struct Shard<K, V> {
+    lock: RwLock<ShardState<K, V>>,
+}
+
+struct ShardState<K, V> {
+    table: HashTable<(K, V)>,
+    next_sweep: Nanos,
+}
+
+pub(crate) struct BoundedMap<K, V> {
+    shards: Box<[Shard<K, V>]>,
+    hasher: foldhash::fast::RandomState,
+    shard_cap: usize,
+    shard_mask: u64,
+}
+
+impl<K, V> std::fmt::Debug for BoundedMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedMap")
+            .field("shards", &self.shards.len())
+            .field("shard_cap", &self.shard_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
+    /// A map holding at most about `max_keys` values (rounded up to a multiple of the shard count).
+    pub(crate) fn new(max_keys: usize) -> Self {
+        let max_keys = max_keys.max(1);
+        // Enough shards for two busy threads not to meet, few enough that small caps stay accurate.
+        let shard_count = (max_keys / 256).clamp(1, 64).next_power_of_two();
+        let shard_cap = max_keys.div_ceil(shard_count);
+        let shards = (0..shard_count)
+            .map(|_| Shard {
+                lock: RwLock::new(ShardState {
+                    table: HashTable::new(),
+                    next_sweep: SWEEP_INTERVAL,
+                }),
+            })
+            .collect();
+        Self {
+            shards,
+            hasher: foldhash::fast::RandomState::default(),
+            shard_cap,
+            shard_mask: shard_count as u64 - 1,
+        }
+    }
+
+    /// Runs `f` on the value for `key`, creating it if absent.
+    #[inline]
+    pub(crate) fn with<R>(
+        &self,
+        key: &K,
+        cx: &V::Context,
+        now: Nanos,
+        f: impl FnOnce(&V) -> R,
+    ) -> R
+    where
+        K: Clone,
+    {
+        let hash = self.hasher.hash_one(key);
+        // hashbrown uses the low bits for the bucket and the top 7 for tags: take the shard from the middle.
+        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        {
+            let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key) {
+                return f(v);
+            }
+        }
+        let mut state = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key) {
+            return f(v); // another thread inserted it meanwhile
+        }
+        self.make_room(&mut state, cx, now);
+        let hasher = &self.hasher;
+        let entry = state
+            .table
+            .insert_unique(hash, (key.clone(), V::default()), |(k, _)| hasher.hash_one(k));
+        f(&entry.get().1)
+    }
+
+    /// Drops idle values on schedule, and makes room when the shard is full.
+    fn make_room(&self, state: &mut ShardState<K, V>, cx: &V::Context, now: Nanos) {
+        let full = state.table.len() >= self.shard_cap;
+        if now >= state.next_sweep || full {
+            state.table.retain(|(_, v)| !v.is_idle(cx, now));
+            state.next_sweep = now.saturating_add(SWEEP_INTERVAL);
+        }
+        if state.table.len() >= self.shard_cap {
+            // Still full of live keys (a flood of distinct keys). Forget the soonest-due eighth,
+            // which leaves room for the next eighth of the shard's inserts before this runs again.
+            let keep = self.shard_cap - self.shard_cap.div_ceil(8);
+            let mut dues: Vec<Nanos> = state.table.iter().map(|(_, v)| v.due(cx)).collect();
+            let cut = dues.len() - keep;
+            let (_, threshold, _) = dues.select_nth_unstable(cut - 1);
+            let threshold = *threshold;
+            let mut to_drop = cut;
+            state.table.retain(|(_, v)| {
+                if to_drop > 0 && v.due(cx) <= threshold {
+                    to_drop -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            tracing::debug!(
+                shard_cap = self.shard_cap,
+                forgotten = cut,
+                "rate limit store full of active keys; forgot the soonest-due ones"
+            );
+        }
+        if state.table.capacity() > 64 && state.table.len() * 4 < state.table.capacity() {
+            let hasher = &self.hasher;
+            state.table.shrink_to(state.table.len() * 2, |(k, _)| hasher.hash_one(k));
+        }
+    }
+
+    /// Number of values held (a moment's snapshot; other threads may be adding or sweeping).
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock.read().unwrap_or_else(PoisonError::into_inner).table.len())
+            .sum()
+    }
+
+    /// The most values the map will hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.shard_cap * self.shards.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A value idle after a fixed time.
+    #[derive(Default)]
+    struct Until(AtomicU64);
+
+    impl Expiring for Until {
+        type Context = ();
+        fn is_idle(&self, _: &(), now: Nanos) -> bool {
+            self.0.load(Ordering::Relaxed) <= now
+        }
+        fn due(&self, _: &()) -> Nanos {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn full_shards_drop_idle_values_first_then_the_soonest_due() {
+        let map = BoundedMap::<u64, Until>::new(100);
+        assert_eq!(map.capacity(), 100);
+        for k in 0..100u64 {
+            map.with(&k, &(), 0, |v| v.0.store(1_000 + k, Ordering::Relaxed));
+        }
+        assert_eq!(map.len(), 100);
+        // Full: the next new key evicts the 13 soonest-due live keys.
+        map.with(&1000, &(), 0, |v| v.0.store(u64::MAX, Ordering::Relaxed));
+        assert_eq!(map.len(), 88);
+        map.with(&0, &(), 0, |v| assert_eq!(v.0.load(Ordering::Relaxed), 0, "key 0 was forgotten"));
+        map.with(&99, &(), 0, |v| assert_eq!(v.0.load(Ordering::Relaxed), 1_099, "key 99 was kept"));
+        // Later, everything but key 1000 is idle and goes at the next sweep.
+        map.with(&2000, &(), SWEEP_INTERVAL + 2_000, |_| ());
+        assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn flood_stays_within_capacity() {
+        let map = BoundedMap::<u64, Until>::new(10_000);
+        for k in 0..200_000u64 {
+            map.with(&k, &(), 0, |v| v.0.store(u64::MAX, Ordering::Relaxed));
+        }
+        assert!(map.shards.len() > 1);
+        assert!(map.len() <= map.capacity(), "{} > {}", map.len(), map.capacity());
+        assert!(map.len() > map.capacity() / 2);
+    }
+}

@@ -1,0 +1,86 @@
+//! State backends: where the layers keep what they remember.
+//!
+//! Each layer owns the trait for the state it needs (for example
+//! [`RateLimitStore`](crate::rate_limit::RateLimitStore)); the backends here implement them.
+//!
+//! - [`memory`] (feature `memory`, on by default): bounded, in-process, lock-free on the hot path.
+//! - Redis (feature `redis`): shared by every replica of an application. Coming in a later release.
+
+use std::fmt;
+
+#[cfg(feature = "memory")]
+pub mod memory;
+
+#[cfg(feature = "memory")]
+pub use self::memory::MemoryBackend;
+
+/// A backend could not answer (Redis unreachable, timed out, or holding data it cannot read).
+///
+/// The in-memory backend never fails. Layers turn this error into a refusal or let the request
+/// through according to their failure policy.
+#[derive(Debug)]
+pub struct BackendError {
+    message: String,
+    source: Option<crate::BoxError>,
+}
+
+impl BackendError {
+    /// An error with a lowercase message and an optional cause.
+    pub fn new(message: impl Into<String>, source: Option<crate::BoxError>) -> Self {
+        Self {
+            message: message.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A request was refused because a shared backend could not decide and the layer's failure policy
+/// refuses in that case (HTTP 503, gRPC `UNAVAILABLE`).
+#[derive(Debug)]
+pub struct BackendUnavailable {
+    cause: BackendError,
+}
+
+impl BackendUnavailable {
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn new(cause: BackendError) -> Self {
+        Self { cause }
+    }
+
+    /// What went wrong with the backend.
+    pub fn cause(&self) -> &BackendError {
+        &self.cause
+    }
+}
+
+impl fmt::Display for BackendUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backend unavailable: {}", self.cause)
+    }
+}
+
+impl std::error::Error for BackendUnavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+impl crate::rejection::Rejection for BackendUnavailable {
+    fn kind(&self) -> crate::rejection::RejectionKind {
+        crate::rejection::RejectionKind::BackendUnavailable
+    }
+}

@@ -1,0 +1,50 @@
+//! Errors shared by every layer.
+//!
+//! Each layer's refusals have their own small types ([`RateLimited`](crate::rate_limit::error::RateLimited),
+//! ...); this module holds what they have in common: the boxed error alias used by layers in their
+//! default rejection mode, and [`ConfigError`], returned by every builder's `build()`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The type-erased error returned by layers in their default (generic) rejection mode.
+///
+/// Downcast it to find out what happened: `err.is::<RateLimited>()`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A layer was configured with a value that cannot work.
+///
+/// Returned by the builders' `build()` methods. The message names the setting and says what to fix,
+/// e.g. `invalid quota: the limit must be at least 1 request per period (got 0)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    reason: Cow<'static, str>,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the setting that was refused, e.g. `"quota"`.
+    pub fn setting(&self) -> &str {
+        self.setting
+    }
+
+    /// Why it was refused and what would be accepted.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}

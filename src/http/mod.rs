@@ -1,0 +1,137 @@
+//! HTTP glue: client-IP and header key extractors, the HTTP rejection mode, and the rate limit
+//! header fields.
+//!
+//! # Example: behind a reverse proxy, answering with the service's own 429 body
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use tower_rampart::http::{AsHttp, ClientIp, ForwardedHeader};
+//! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+//! use tower_rampart::rejection::RejectionKind;
+//!
+//! let limit = RateLimitLayer::builder()
+//!     .quota(Quota::per_minute(10))
+//!     // Honour X-Forwarded-For only when the connection comes from our load balancers.
+//!     .key(ClientIp::new().trusted_proxies(["10.0.0.0/8", "fd00::/8"]).header(ForwardedHeader::XForwardedFor))
+//!     .rejection(AsHttp::new().json_body(|r| match r.kind() {
+//!         RejectionKind::RateLimited => r#"{"detail":"Too many requests"}"#.to_owned(),
+//!         _ => format!(r#"{{"detail":"{r}"}}"#),
+//!     }))
+//!     .build()
+//!     .expect("valid rate limit configuration");
+//!
+//! let app: Router = Router::new().route("/api/metrics", post(|| async { "stored" })).layer(limit);
+//! # let _ = app;
+//! ```
+
+pub(crate) mod headers;
+mod key;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use self::headers::{
+    RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+};
+pub use self::key::{ClientIp, ForwardedHeader, HeaderKey, PeerIp};
+use crate::rejection::{Rejection, RejectionMode, push_json_string};
+
+type BodyFn = dyn Fn(&dyn Rejection) -> String + Send + Sync;
+
+/// Rejection mode for HTTP services: a refusal becomes a response (429 for a rate limit, 503 for an
+/// unavailable backend, 500 for a missing key) with `Retry-After`, the refusal's own headers and a
+/// JSON body; the inner service's errors pass through unchanged.
+///
+/// The default body is `{"error":"rate limit exceeded","kind":"rate_limited","retry_after":6}`
+/// (`retry_after` in whole seconds, present when known). [`json_body`](Self::json_body) replaces it.
+///
+/// Works with any response body type that can be made from [`Bytes`] (axum's, hyper's `Full`, ...).
+#[derive(Clone, Default)]
+pub struct AsHttp {
+    body: Option<Arc<BodyFn>>,
+}
+
+impl AsHttp {
+    /// The mode with the default JSON body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Renders refusal bodies with `f`, which returns JSON text (sent as `application/json`).
+    /// Match on [`Rejection::kind`] to answer each kind of refusal in the application's own shape.
+    #[must_use]
+    pub fn json_body<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&dyn Rejection) -> String + Send + Sync + 'static,
+    {
+        self.body = Some(Arc::new(f));
+        self
+    }
+
+    /// Builds the response for `rejection`.
+    pub fn response<B: From<Bytes>>(&self, rejection: &dyn Rejection) -> http::Response<B> {
+        let body = match &self.body {
+            Some(f) => f(rejection),
+            None => default_body(rejection),
+        };
+        let mut res = http::Response::new(B::from(Bytes::from(body)));
+        *res.status_mut() = rejection.kind().status();
+        let h = res.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(retry_after) = rejection.retry_after() {
+            headers::write_retry_after(h, retry_after);
+        }
+        rejection.write_headers(h);
+        res
+    }
+}
+
+fn default_body(rejection: &dyn Rejection) -> String {
+    let mut s = String::with_capacity(96);
+    s.push_str("{\"error\":");
+    push_json_string(&mut s, &rejection.to_string());
+    s.push_str(",\"kind\":\"");
+    s.push_str(&rejection.kind().to_string());
+    s.push('"');
+    if let Some(d) = rejection.retry_after() {
+        s.push_str(",\"retry_after\":");
+        s.push_str(&headers::ceil_secs(d).max(1).to_string());
+    }
+    s.push('}');
+    s
+}
+
+impl fmt::Debug for AsHttp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsHttp")
+            .field("custom_body", &self.body.is_some())
+            .finish()
+    }
+}
+
+impl<B, E> RejectionMode<http::Response<B>, E> for AsHttp
+where
+    B: From<Bytes> + 'static,
+    E: 'static,
+{
+    type Error = E;
+
+    #[inline]
+    fn inner_error(err: E) -> E {
+        err
+    }
+
+    fn reject<R: Rejection>(&self, rejection: R) -> Result<http::Response<B>, E> {
+        Ok(self.response(&rejection))
+    }
+
+    #[inline]
+    fn headers_mut(res: &mut http::Response<B>) -> Option<&mut http::HeaderMap> {
+        Some(res.headers_mut())
+    }
+}

@@ -1,0 +1,55 @@
+//! Resilience middleware for [Tower](https://docs.rs/tower): rate limiting (and, in coming releases,
+//! circuit breaking, retries and caching), in memory or shared by every replica through Redis.
+//!
+//! - **Drop-in for axum and tonic.** In HTTP or gRPC [rejection mode](rejection) a layer answers
+//!   refusals itself (429 with `Retry-After` and `RateLimit` fields, or `RESOURCE_EXHAUSTED`) and
+//!   keeps the inner service's error type, so `Router::layer` takes it with no `HandleErrorLayer`.
+//! - **Exact.** GCRA decisions are one atomic compare-and-swap; clones of a layer share one limiter.
+//! - **Bounded.** The in-memory backend drops idle keys by itself and holds at most a configured
+//!   number of keys, whatever a flood of distinct clients does.
+//! - **Testable.** All time comes from [`tokio::time`], so tests run on paused time.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{Router, routing::post};
+//! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+//!
+//! let app: Router = Router::new()
+//!     .route("/api/metrics", post(|| async { "stored" }))
+//!     .layer(RateLimitLayer::per_ip(Quota::per_minute(10)));
+//! // axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+//! # let _ = app.into_make_service_with_connect_info::<SocketAddr>();
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `rate-limit` | yes | [`rate_limit`] |
+//! | `memory` | yes | the in-memory backend, [`backend::memory`] |
+//! | `http` | | HTTP key extractors and the HTTP and gRPC rejection modes, [`http`], [`grpc`] |
+//! | `axum` | | `http`, plus reading axum's `ConnectInfo` |
+//! | `tonic` | | `http`, plus tonic's peer address and `From<RateLimited> for tonic::Status` |
+//! | `metrics` | | `rampart_*` counters through the [`metrics`](https://docs.rs/metrics) facade |
+//! | `serde` | | `Deserialize`/`Serialize` for configuration types |
+//! | `full` | | all of the above |
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.88, raised only with a minor release and never to a version younger than six months.
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod backend;
+pub mod clock;
+pub mod error;
+pub mod rejection;
+
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
+
+#[cfg(feature = "http")]
+pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
+
+pub use crate::error::{BoxError, ConfigError};

@@ -1,0 +1,141 @@
+//! GCRA: the generic cell rate algorithm, as in governor and the IETF/ATM literature.
+//!
+//! State is one number, the theoretical arrival time (TAT) of the next request, in nanoseconds on the
+//! store's clock. A request at `now` is admitted when, after adding one emission interval, the TAT is
+//! no further ahead of `now` than the tolerance (`burst * emission`). A key whose TAT is not after
+//! `now` is in exactly the state of a key never seen, which is what makes eviction of idle keys
+//! lossless.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Decision;
+use crate::clock::Nanos;
+use crate::rate_limit::quota::Limits;
+
+/// Decides one request at `now` against the stored `tat`; returns the decision and, when admitted,
+/// the new TAT to store.
+#[inline]
+pub(crate) fn decide(limits: &Limits, tat: Nanos, now: Nanos) -> (Decision, Option<Nanos>) {
+    let base = tat.max(now);
+    let new_tat = base.saturating_add(limits.emission);
+    let ahead = new_tat - now;
+    if ahead > limits.tolerance {
+        // Admitted once new_tat - later <= tolerance.
+        let retry_after = ahead - limits.tolerance;
+        let decision = Decision::from_nanos(false, limits.limit, 0, base - now, retry_after);
+        (decision, None)
+    } else {
+        // How many more emission intervals fit under the tolerance.
+        let remaining = ((limits.tolerance - ahead) / limits.emission) as u32;
+        let decision = Decision::from_nanos(true, limits.limit, remaining, ahead, 0);
+        (decision, Some(new_tat))
+    }
+}
+
+/// Whether a key in state `tat` is indistinguishable from a fresh one at `now`.
+#[inline]
+pub(crate) fn is_idle(tat: Nanos, now: Nanos) -> bool {
+    tat <= now
+}
+
+/// A lock-free GCRA cell: one atomic word.
+#[derive(Debug, Default)]
+pub(crate) struct GcraCell {
+    tat: AtomicU64,
+}
+
+impl GcraCell {
+    #[inline]
+    pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
+        let mut current = self.tat.load(Ordering::Acquire);
+        loop {
+            let (decision, next) = decide(limits, current, now);
+            let Some(next) = next else {
+                return decision;
+            };
+            match self
+                .tat
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return decision,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_idle(&self, now: Nanos) -> bool {
+        is_idle(self.tat.load(Ordering::Acquire), now)
+    }
+
+    /// The TAT, used to pick which busy keys to forget first when a store is full.
+    #[inline]
+    pub(crate) fn due(&self) -> Nanos {
+        self.tat.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::quota::{Algorithm, Quota};
+    use std::time::Duration;
+
+    const S: u64 = 1_000_000_000;
+
+    fn limits(q: Quota) -> Limits {
+        q.validate(Algorithm::Gcra).unwrap()
+    }
+
+    #[test]
+    fn ten_per_minute_admits_ten_then_spaces_by_six_seconds() {
+        let l = limits(Quota::per_minute(10));
+        let cell = GcraCell::default();
+        let now = 5 * S;
+        for i in 0..10 {
+            let d = cell.check(&l, now);
+            assert!(d.is_allowed(), "request {i}");
+            assert_eq!(d.remaining(), 9 - i);
+            assert_eq!(d.reset(), Duration::from_secs(6 * (u64::from(i) + 1)));
+        }
+        let d = cell.check(&l, now);
+        assert!(!d.is_allowed());
+        assert_eq!(d.retry_after(), Duration::from_secs(6));
+        assert_eq!(d.reset(), Duration::from_secs(60));
+        // Refusals do not consume anything.
+        assert_eq!(cell.check(&l, now), d);
+        // One emission interval later, exactly one more.
+        assert!(!cell.check(&l, now + 6 * S - 1).is_allowed());
+        let d = cell.check(&l, now + 6 * S);
+        assert!(d.is_allowed());
+        assert_eq!(d.remaining(), 0);
+        assert!(!cell.check(&l, now + 6 * S).is_allowed());
+        // After the full period, the whole burst again.
+        assert!(cell.is_idle(now + 66 * S));
+        let later = now + 66 * S;
+        assert_eq!(cell.check(&l, later).remaining(), 9);
+    }
+
+    #[test]
+    fn burst_is_independent_of_rate() {
+        let l = limits(Quota::per_second(10).burst(2));
+        let cell = GcraCell::default();
+        assert!(cell.check(&l, 0).is_allowed());
+        assert!(cell.check(&l, 0).is_allowed());
+        let d = cell.check(&l, 0);
+        assert!(!d.is_allowed());
+        assert_eq!(d.retry_after(), Duration::from_millis(100));
+        assert!(cell.check(&l, S / 10).is_allowed());
+    }
+
+    #[test]
+    fn saturates_instead_of_overflowing() {
+        let l = limits(Quota::per_second(1));
+        let (d, next) = decide(&l, u64::MAX - 10, u64::MAX - 20);
+        assert!(d.is_allowed());
+        assert_eq!(next, Some(u64::MAX));
+        let (d, next) = decide(&l, u64::MAX, u64::MAX - 2 * S);
+        assert!(!d.is_allowed());
+        assert_eq!(next, None);
+    }
+}

@@ -1,0 +1,86 @@
+//! The counting algorithms, as pure functions of (state, now).
+//!
+//! Both are written so a backend can run them atomically: the in-memory store keeps the state in
+//! an atomic word (GCRA) or a tiny mutex (sliding window); the Redis store runs the same arithmetic in a
+//! Lua script. Keeping the arithmetic here, free of I/O and clocks, lets it be tested exhaustively.
+
+pub(crate) mod gcra;
+pub(crate) mod sliding_window;
+
+use std::time::Duration;
+
+use crate::clock::Nanos;
+
+/// The outcome of one rate-limit check.
+///
+/// Returned by every [`RateLimitStore`](super::RateLimitStore), and carried by
+/// [`RateLimited`](super::error::RateLimited) when the request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    allowed: bool,
+    limit: u32,
+    remaining: u32,
+    reset: Nanos,
+    retry_after: Nanos,
+}
+
+impl Decision {
+    /// A request that was admitted.
+    ///
+    /// `remaining` is how many more would be admitted right now; `reset` how long until the full
+    /// quota is available again.
+    pub fn allowed(limit: u32, remaining: u32, reset: Duration) -> Self {
+        Self::from_nanos(true, limit, remaining, nanos(reset), 0)
+    }
+
+    /// A request that was refused; it could succeed after `retry_after`.
+    pub fn denied(limit: u32, retry_after: Duration, reset: Duration) -> Self {
+        Self::from_nanos(false, limit, 0, nanos(reset), nanos(retry_after))
+    }
+
+    pub(crate) const fn from_nanos(
+        allowed: bool,
+        limit: u32,
+        remaining: u32,
+        reset: Nanos,
+        retry_after: Nanos,
+    ) -> Self {
+        Self {
+            allowed,
+            limit,
+            remaining,
+            reset,
+            retry_after,
+        }
+    }
+
+    /// Whether the request may proceed.
+    pub const fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// The quota's limit (requests per period).
+    pub const fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Requests that would still be admitted right now, after this one.
+    pub const fn remaining(&self) -> u32 {
+        self.remaining
+    }
+
+    /// Time until the full quota is available again.
+    pub const fn reset(&self) -> Duration {
+        Duration::from_nanos(self.reset)
+    }
+
+    /// For a refused request, the time after which the same request would be admitted (if nothing
+    /// else arrives in between); zero for an admitted one.
+    pub const fn retry_after(&self) -> Duration {
+        Duration::from_nanos(self.retry_after)
+    }
+}
+
+fn nanos(d: Duration) -> Nanos {
+    crate::clock::duration_to_nanos(d)
+}

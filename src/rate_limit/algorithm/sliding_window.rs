@@ -1,0 +1,186 @@
+//! Sliding-window counter (as in Cloudflare's and nginx's descriptions).
+//!
+//! Time is cut into fixed windows of one period. A request at `now` is admitted when
+//! `prev * (period - elapsed) / period + curr + 1 <= limit`, where `curr` counts the requests admitted
+//! in the current window, `prev` those of the window before, and `elapsed` is how far `now` is into
+//! the current window. All arithmetic is exact integer arithmetic in `u128`, so there is no rounding to
+//! disagree about between backends.
+
+use std::sync::Mutex;
+
+use super::Decision;
+use crate::clock::Nanos;
+use crate::rate_limit::quota::Limits;
+
+/// Counts of one key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// Index of the window `curr` counts (`now / period`).
+    pub(crate) index: u64,
+    pub(crate) prev: u32,
+    pub(crate) curr: u32,
+}
+
+impl Window {
+    /// The counts as seen from window `index` (rolling forward if time moved on).
+    #[inline]
+    fn at(self, index: u64) -> Self {
+        if index == self.index {
+            self
+        } else if index == self.index + 1 {
+            Self {
+                index,
+                prev: self.curr,
+                curr: 0,
+            }
+        } else {
+            // Two or more windows later (or a fresh key): nothing counts any more.
+            Self {
+                index,
+                prev: 0,
+                curr: 0,
+            }
+        }
+    }
+}
+
+/// Decides one request at `now`. Returns the decision and the window to store (unchanged when refused,
+/// apart from rolling forward).
+pub(crate) fn decide(limits: &Limits, stored: Window, now: Nanos) -> (Decision, Window) {
+    let period = u128::from(limits.period);
+    let limit = u128::from(limits.limit);
+    let index = now / limits.period;
+    let elapsed = u128::from(now % limits.period);
+    let w = stored.at(index);
+    let (prev, curr) = (u128::from(w.prev), u128::from(w.curr));
+    // Everything below is scaled by `period` to stay in integers.
+    let weighted_prev = prev * (period - elapsed);
+    let capacity = limit * period;
+    let used = weighted_prev + (curr + 1) * period;
+    let to_window_end = period - elapsed;
+    if used <= capacity {
+        let remaining = ((capacity - used) / period) as u32;
+        let next = Window {
+            curr: w.curr + 1,
+            ..w
+        };
+        // Everything counted now has decayed by the end of the next window.
+        let reset = to_window_end + period;
+        let d = Decision::from_nanos(true, limits.limit, remaining, reset as u64, 0);
+        (d, next)
+    } else {
+        let retry_after = if curr < limit {
+            // Still room in this window once enough of the previous one has slid out:
+            // prev * (period - e) <= (limit - curr - 1) * period.
+            let needed = period - ((limit - curr - 1) * period) / prev;
+            needed - elapsed
+        } else {
+            // Wait for the next window, where this window's count becomes `prev`.
+            let needed = period - ((limit - 1) * period) / curr;
+            to_window_end + needed
+        };
+        let reset = if curr > 0 {
+            to_window_end + period
+        } else {
+            to_window_end
+        };
+        let d = Decision::from_nanos(false, limits.limit, 0, reset as u64, retry_after as u64);
+        (d, w)
+    }
+}
+
+/// Whether a key's counts have decayed to nothing at `now`.
+#[inline]
+pub(crate) fn is_idle(stored: Window, limits: &Limits, now: Nanos) -> bool {
+    now / limits.period >= stored.index + 2
+        || (stored.curr == 0 && now / limits.period == stored.index + 1)
+}
+
+/// One key's sliding-window state behind a tiny mutex (held for a few arithmetic operations).
+#[derive(Debug, Default)]
+pub(crate) struct WindowCell {
+    window: Mutex<Window>,
+}
+
+impl WindowCell {
+    #[inline]
+    pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let (decision, next) = decide(limits, *w, now);
+        *w = next;
+        decision
+    }
+
+    #[inline]
+    pub(crate) fn is_idle(&self, limits: &Limits, now: Nanos) -> bool {
+        is_idle(self.snapshot(), limits, now)
+    }
+
+    /// When the key's counts will have fully decayed; used to pick which busy keys to forget first.
+    #[inline]
+    pub(crate) fn due(&self, limits: &Limits) -> Nanos {
+        self.snapshot()
+            .index
+            .saturating_add(2)
+            .saturating_mul(limits.period)
+    }
+
+    fn snapshot(&self) -> Window {
+        *self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::quota::{Algorithm, Quota};
+    use std::time::Duration;
+
+    const S: u64 = 1_000_000_000;
+
+    fn limits(q: Quota) -> Limits {
+        q.validate(Algorithm::SlidingWindow).unwrap()
+    }
+
+    #[test]
+    fn fresh_key_spends_its_limit_then_waits_for_the_next_window() {
+        let l = limits(Quota::per_minute(10));
+        let cell = WindowCell::default();
+        for i in 0..10 {
+            let d = cell.check(&l, 0);
+            assert!(d.is_allowed(), "{i}");
+            assert_eq!(d.remaining(), 9 - i);
+        }
+        let d = cell.check(&l, 0);
+        assert!(!d.is_allowed());
+        // At the start of the next window prev = 10 weighs fully; the first slot frees after 6 s.
+        assert_eq!(d.retry_after(), Duration::from_secs(66));
+        assert!(!cell.check(&l, 66 * S - 1).is_allowed());
+        assert!(cell.check(&l, 66 * S).is_allowed());
+        assert!(!cell.check(&l, 66 * S).is_allowed());
+    }
+
+    #[test]
+    fn retry_after_within_the_window() {
+        let l = limits(Quota::per_second(4));
+        let cell = WindowCell::default();
+        for _ in 0..4 {
+            assert!(cell.check(&l, 0).is_allowed());
+        }
+        // Next window, prev = 4 weighs 4 at the start: one slot frees at 1/4 of the window.
+        let d = cell.check(&l, S);
+        assert!(!d.is_allowed());
+        assert_eq!(d.retry_after(), Duration::from_millis(250));
+        assert!(cell.check(&l, S + 250_000_000).is_allowed());
+    }
+
+    #[test]
+    fn idle_after_two_windows() {
+        let l = limits(Quota::per_second(4));
+        let cell = WindowCell::default();
+        assert!(cell.check(&l, S / 2).is_allowed());
+        assert!(!cell.is_idle(&l, S + S / 2));
+        assert!(cell.is_idle(&l, 2 * S));
+        assert_eq!(cell.due(&l), 2 * S);
+    }
+}

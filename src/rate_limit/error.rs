@@ -1,0 +1,128 @@
+//! Refusals made by the rate limiter.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::Decision;
+use super::key::KeyError;
+use crate::rejection::{Rejection, RejectionKind};
+
+/// The request was refused because its key is over quota.
+///
+/// Carries the decision through accessors; in HTTP mode it becomes a 429 with `Retry-After` and the
+/// `RateLimit` / `RateLimit-Policy` fields, in gRPC mode `RESOURCE_EXHAUSTED` with retry info.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimited {
+    decision: Decision,
+    policy: Policy,
+}
+
+impl RateLimited {
+    /// A refusal for `decision` (which should be a denial) under `policy`.
+    pub(crate) const fn new(decision: Decision, policy: Policy) -> Self {
+        Self { decision, policy }
+    }
+
+    /// How long until the same request would be admitted.
+    pub fn retry_after(&self) -> Duration {
+        self.decision.retry_after()
+    }
+
+    /// The quota's limit.
+    pub fn limit(&self) -> u32 {
+        self.decision.limit()
+    }
+
+    /// Requests left in the quota: always 0 for a refusal.
+    pub fn remaining(&self) -> u32 {
+        self.decision.remaining()
+    }
+
+    /// How long until the full quota is available again.
+    pub fn reset(&self) -> Duration {
+        self.decision.reset()
+    }
+
+    /// The quota's period.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(self.policy.window_secs)
+    }
+
+    /// The limiter's name, as in its `RateLimit-Policy` field.
+    pub fn policy(&self) -> &'static str {
+        self.policy.name
+    }
+
+    /// The whole decision.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rate limit exceeded")
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+impl Rejection for RateLimited {
+    fn kind(&self) -> RejectionKind {
+        RejectionKind::RateLimited
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        Some(self.decision.retry_after())
+    }
+
+    #[cfg(feature = "http")]
+    fn write_headers(&self, headers: &mut http::HeaderMap) {
+        crate::http::headers::write_rate_limit(headers, &self.policy, &self.decision);
+    }
+}
+
+/// The request carried nothing to key the limit on, and the layer refuses such requests
+/// ([`MissingKey::Reject`](super::MissingKey::Reject), the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyMissing {
+    cause: KeyError,
+}
+
+impl KeyMissing {
+    pub(crate) const fn new(cause: KeyError) -> Self {
+        Self { cause }
+    }
+
+    /// Why no key was found, and how to fix it.
+    pub fn reason(&self) -> &'static str {
+        self.cause.reason()
+    }
+}
+
+impl fmt::Display for KeyMissing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate limit key missing: {}", self.cause)
+    }
+}
+
+impl std::error::Error for KeyMissing {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+impl Rejection for KeyMissing {
+    fn kind(&self) -> RejectionKind {
+        RejectionKind::KeyMissing
+    }
+}
+
+/// How a limiter describes itself in headers: its name, limit and window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub(crate) name: &'static str,
+    pub(crate) window_secs: u64,
+    /// Also send `X-RateLimit-Limit` / `-Remaining` / `-Reset`.
+    pub(crate) legacy_headers: bool,
+}

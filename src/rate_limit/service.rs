@@ -1,0 +1,269 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::error::{KeyMissing, Policy, RateLimited};
+use super::future::ResponseFuture;
+use super::key::{ExtractKey, KeyExtractor, MissingKey};
+use super::layer::Shared;
+use super::store::{Check, RateLimitStore};
+use super::Decision;
+use crate::backend::{BackendError, BackendUnavailable};
+use crate::rejection::RejectionMode;
+
+/// Applies a rate limit to requests; made by [`RateLimitLayer`](super::RateLimitLayer).
+///
+/// Clones share the layer's limits. By default a request over quota is refused from `call` at
+/// once (`poll_ready` only waits for the inner service), because axum drives `poll_ready` inside the
+/// request and does not honour backpressure. In waiting mode with a global key the wait and the
+/// reservation happen in `poll_ready` instead; see
+/// [`RateLimitBuilder::wait_up_to`](super::RateLimitBuilder::wait_up_to).
+pub struct RateLimit<S, X, St, M> {
+    inner: S,
+    shared: Arc<Shared<X, St, M>>,
+    reservation: Reservation,
+}
+
+/// The capacity reserved in `poll_ready` (waiting mode with a fixed key only).
+#[derive(Default)]
+struct Reservation {
+    outcome: Option<Reserved>,
+    deadline: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    pending: Option<BoxCheck>,
+}
+
+/// A backend's pending decision, boxed: only waiting mode on an I/O backend stores one in the service.
+type BoxCheck = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;
+
+enum Reserved {
+    Granted(Decision),
+    Refused(Decision),
+    Failed(BackendError),
+}
+
+impl<S, X, St, M> RateLimit<S, X, St, M> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<X, St, M>>) -> Self {
+        Self {
+            inner,
+            shared,
+            reservation: Reservation::default(),
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, X, St, M> Clone for RateLimit<S, X, St, M> {
+    /// Clones share the limits; a reservation made by `poll_ready` is not cloned.
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), Arc::clone(&self.shared))
+    }
+}
+
+impl<S: fmt::Debug, X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> fmt::Debug
+    for RateLimit<S, X, St, M>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RateLimit");
+        d.field("inner", &self.inner);
+        self.shared
+            .fmt_fields(d)
+            .field("reserved", &self.reservation.outcome.is_some())
+            .finish()
+    }
+}
+
+impl<S, Req, X, St, M> Service<Req> for RateLimit<S, X, St, M>
+where
+    S: Service<Req> + Clone,
+    X: ExtractKey<Req>,
+    St: RateLimitStore<X::Key>,
+    M: RejectionMode<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = M::Error;
+    type Future = ResponseFuture<S, Req, X, St, M>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(max_wait) = self.shared.wait
+            && let Some(key) = self.shared.key.fixed_key()
+        {
+            ready!(self.poll_reserve(cx, &key, max_wait));
+        }
+        self.inner.poll_ready(cx).map_err(M::inner_error)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let shared = &*self.shared;
+        if shared.wait.is_some() && shared.key.fixed_key().is_some() {
+            let reserved = self
+                .reservation
+                .outcome
+                .take()
+                .expect("poll_ready must be called first");
+            return match reserved {
+                Reserved::Granted(d) => {
+                    ResponseFuture::inner(self.inner.call(req), shared.success_headers(d))
+                }
+                Reserved::Refused(d) => ResponseFuture::done(shared.refuse(d)),
+                Reserved::Failed(e) => ResponseFuture::done(shared.unavailable(e)),
+            };
+        }
+        let key = match shared.key.extract(&req) {
+            Ok(key) => key,
+            Err(cause) => {
+                return match shared.missing_key {
+                    MissingKey::Allow => ResponseFuture::inner(self.inner.call(req), None),
+                    MissingKey::Reject => {
+                        tracing::warn!(limiter = shared.policy.name, %cause, "rate limit key missing; request refused");
+                        #[cfg(feature = "metrics")]
+                        shared.count_rejection("key_missing");
+                        ResponseFuture::done(shared.mode.reject(KeyMissing::new(cause)))
+                    }
+                };
+            }
+        };
+        match shared.store.check(&key) {
+            Check::Ready(Ok(d)) if d.is_allowed() => {
+                ResponseFuture::inner(self.inner.call(req), shared.success_headers(d))
+            }
+            Check::Ready(Ok(d)) => match shared.wait {
+                Some(max) if d.retry_after() <= max => {
+                    let now = Instant::now();
+                    let svc = self.take_ready_inner();
+                    ResponseFuture::sleeping(
+                        now + d.retry_after(),
+                        now + max,
+                        svc,
+                        req,
+                        key,
+                        Arc::clone(&self.shared),
+                    )
+                }
+                _ => ResponseFuture::done(shared.refuse(d)),
+            },
+            Check::Ready(Err(e)) => ResponseFuture::done(shared.unavailable(e)),
+            Check::Pending(check) => {
+                let deadline = shared.wait.map(|max| Instant::now() + max);
+                let svc = self.take_ready_inner();
+                ResponseFuture::checking(check, deadline, svc, req, key, Arc::clone(&self.shared))
+            }
+        }
+    }
+}
+
+impl<S: Clone, X, St, M> RateLimit<S, X, St, M> {
+    /// Moves the service that `poll_ready` readied into a future, leaving a clone in its place.
+    fn take_ready_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+}
+
+impl<S, X, St, M> RateLimit<S, X, St, M>
+where
+    X: KeyExtractor,
+    St: RateLimitStore<X::Key>,
+{
+    /// Waiting mode with a fixed key: reserves one unit of quota, sleeping for it up to `max_wait`.
+    fn poll_reserve(&mut self, cx: &mut Context<'_>, key: &X::Key, max_wait: Duration) -> Poll<()> {
+        let r = &mut self.reservation;
+        loop {
+            if r.outcome.is_some() {
+                return Poll::Ready(());
+            }
+            if let Some(sleep) = r.sleep.as_mut() {
+                ready!(sleep.as_mut().poll(cx));
+                r.sleep = None;
+            }
+            let result = if let Some(pending) = r.pending.as_mut() {
+                let result = ready!(pending.as_mut().poll(cx));
+                r.pending = None;
+                result
+            } else {
+                match self.shared.store.check(key) {
+                    Check::Ready(result) => result,
+                    Check::Pending(fut) => {
+                        r.pending = Some(Box::pin(fut));
+                        continue;
+                    }
+                }
+            };
+            match result {
+                Ok(d) if d.is_allowed() => {
+                    r.deadline = None;
+                    r.outcome = Some(Reserved::Granted(d));
+                }
+                Ok(d) => {
+                    let now = Instant::now();
+                    let deadline = *r.deadline.get_or_insert(now + max_wait);
+                    let wake = now + d.retry_after();
+                    if wake <= deadline {
+                        r.sleep = Some(Box::pin(tokio::time::sleep_until(wake)));
+                    } else {
+                        r.deadline = None;
+                        r.outcome = Some(Reserved::Refused(d));
+                    }
+                }
+                Err(e) => {
+                    r.deadline = None;
+                    r.outcome = Some(Reserved::Failed(e));
+                }
+            }
+        }
+    }
+}
+
+impl<X, St, M> Shared<X, St, M> {
+    /// The decision to render as headers on an admitted response, if the layer sends them.
+    #[inline]
+    pub(crate) fn success_headers(&self, d: Decision) -> Option<(Decision, Policy)> {
+        self.headers_on_success.then_some((d, self.policy))
+    }
+
+    pub(crate) fn refuse<Res, E>(&self, d: Decision) -> Result<Res, M::Error>
+    where
+        M: RejectionMode<Res, E>,
+    {
+        tracing::debug!(limiter = self.policy.name, retry_after = ?d.retry_after(), "rate limited");
+        #[cfg(feature = "metrics")]
+        self.count_rejection("rate_limited");
+        self.mode.reject(RateLimited::new(d, self.policy))
+    }
+
+    pub(crate) fn unavailable<Res, E>(&self, e: BackendError) -> Result<Res, M::Error>
+    where
+        M: RejectionMode<Res, E>,
+    {
+        tracing::warn!(limiter = self.policy.name, error = %e, "rate limit backend unavailable; request refused");
+        #[cfg(feature = "metrics")]
+        self.count_rejection("backend_unavailable");
+        self.mode.reject(BackendUnavailable::new(e))
+    }
+
+    #[cfg(feature = "metrics")]
+    fn count_rejection(&self, reason: &'static str) {
+        metrics::counter!("rampart_rate_limit_rejected_total", "limiter" => self.policy.name, "reason" => reason)
+            .increment(1);
+    }
+}

@@ -1,0 +1,166 @@
+//! One rejection model for every layer.
+//!
+//! When a layer refuses a request it produces a small error type that implements [`Rejection`]
+//! ([`RateLimited`](crate::rate_limit::error::RateLimited), ...). How that refusal reaches the caller
+//! is a [`RejectionMode`], chosen on the layer's builder and shared by all layers:
+//!
+//! | mode | the service's `Error` | a refusal becomes |
+//! |---|---|---|
+//! | [`AsError`] (default) | [`BoxError`] | `Err(Box<RateLimited>)`, downcastable |
+//! | `AsHttp` (feature `http`) | the inner service's error | an `http::Response`: 429 / 503 with `Retry-After`, headers and a JSON body |
+//! | `AsGrpc` (feature `http`) | the inner service's error | a trailers-only gRPC response: `RESOURCE_EXHAUSTED` / `UNAVAILABLE` with retry info |
+//!
+//! In the HTTP and gRPC modes the error type is the inner one, so axum's `Router::layer` and tonic's
+//! `Server::layer` accept the layer unchanged, with no `HandleErrorLayer`.
+//!
+//! # Example
+//!
+//! ```
+//! use tower_rampart::BoxError;
+//! use tower_rampart::rate_limit::{Quota, RateLimitLayer, error::RateLimited};
+//! use tower::{Service, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let layer = RateLimitLayer::builder().quota(Quota::per_minute(1)).build().unwrap();
+//! let mut svc = tower::ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|_: ()| async { Ok::<_, BoxError>("hello") }));
+//!
+//! assert_eq!(svc.ready().await.unwrap().call(()).await.unwrap(), "hello");
+//! let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+//! let limited = err.downcast_ref::<RateLimited>().expect("a rate-limit refusal");
+//! assert_eq!(limited.retry_after().as_secs(), 60);
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::BoxError;
+
+/// A refusal by one of the layers.
+///
+/// Implemented by each layer's refusal types. [`RejectionMode`]s use it to render a refusal without
+/// knowing which layer made it; custom response bodies match on [`kind`](Self::kind).
+pub trait Rejection: std::error::Error + Send + Sync + 'static {
+    /// What kind of refusal this is.
+    fn kind(&self) -> RejectionKind;
+
+    /// When the same request could succeed, if known.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Adds the refusal's own response headers (for example the `RateLimit` fields).
+    /// `Retry-After` is added by the mode.
+    #[cfg(feature = "http")]
+    fn write_headers(&self, headers: &mut http::HeaderMap) {
+        let _ = headers;
+    }
+}
+
+/// The kinds of refusal, for choosing a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// A rate limit was exceeded (HTTP 429, gRPC `RESOURCE_EXHAUSTED`).
+    RateLimited,
+    /// The request carried nothing to key a limit on, and the layer is set to refuse such requests
+    /// (HTTP 500, gRPC `INTERNAL`: this is a deployment mistake, not the client's).
+    KeyMissing,
+    /// A shared backend could not decide and the failure policy refuses (HTTP 503, gRPC `UNAVAILABLE`).
+    BackendUnavailable,
+}
+
+impl RejectionKind {
+    /// The HTTP status a refusal of this kind is answered with.
+    #[cfg(feature = "http")]
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            Self::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
+            Self::KeyMissing => http::StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BackendUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The gRPC status code a refusal of this kind is answered with.
+    pub fn grpc_code(self) -> i32 {
+        match self {
+            Self::RateLimited => 8,         // RESOURCE_EXHAUSTED
+            Self::KeyMissing => 13,         // INTERNAL
+            Self::BackendUnavailable => 14, // UNAVAILABLE
+        }
+    }
+}
+
+/// How a layer hands a refusal, and the inner service's errors, back to its caller.
+///
+/// `Res` and `E` are the inner service's response and error types.
+pub trait RejectionMode<Res, E>: Clone + Send + Sync + 'static {
+    /// The layered service's error type.
+    type Error;
+
+    /// Converts an error of the inner service.
+    fn inner_error(err: E) -> Self::Error;
+
+    /// Renders a refusal.
+    fn reject<R: Rejection>(&self, rejection: R) -> Result<Res, Self::Error>;
+
+    /// The response's headers, in modes whose responses have them (so layers can add theirs to
+    /// responses that passed).
+    #[cfg(feature = "http")]
+    fn headers_mut(res: &mut Res) -> Option<&mut http::HeaderMap> {
+        let _ = res;
+        None
+    }
+}
+
+/// The default mode: refusals are `Err(BoxError)` holding the layer's refusal type, and inner errors
+/// are boxed too. Works in any tower stack; downcast to tell refusals apart.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AsError;
+
+impl<Res, E: Into<BoxError>> RejectionMode<Res, E> for AsError {
+    type Error = BoxError;
+
+    #[inline]
+    fn inner_error(err: E) -> BoxError {
+        err.into()
+    }
+
+    #[inline]
+    fn reject<R: Rejection>(&self, rejection: R) -> Result<Res, BoxError> {
+        Err(Box::new(rejection))
+    }
+}
+
+/// Appends `s` to `out` as a JSON string literal.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RateLimited => "rate_limited",
+            Self::KeyMissing => "key_missing",
+            Self::BackendUnavailable => "backend_unavailable",
+        })
+    }
+}

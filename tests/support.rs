@@ -1,0 +1,2 @@
+//! placeholder until the Redis support lands
+fn main() {}

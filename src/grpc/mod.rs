@@ -68,8 +68,7 @@ impl AsGrpc {
             HeaderValue::from_str(&percent_encode(&message)).expect("percent-encoded is ASCII"),
         );
         if let Some(retry_after) = rejection.retry_after() {
-            let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-            h.insert(GRPC_RETRY_PUSHBACK_MS, ms.max(1).into());
+            h.insert(GRPC_RETRY_PUSHBACK_MS, pushback_ms(retry_after).into());
             let details = status_details(code, &message, Some(retry_after));
             let encoded = STANDARD_NO_PAD.encode(details);
             h.insert(
@@ -102,6 +101,12 @@ where
     fn headers_mut(res: &mut http::Response<B>) -> Option<&mut http::HeaderMap> {
         Some(res.headers_mut())
     }
+}
+
+/// Whole milliseconds, rounded up (at least 1), so a client that waits that long is never early.
+fn pushback_ms(d: Duration) -> u64 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
 /// Percent-encodes a `grpc-message` as the gRPC HTTP/2 protocol requires.
@@ -172,10 +177,10 @@ mod tonic_status {
         let details = status_details(code as i32, &message, rejection.retry_after());
         let mut status = tonic::Status::with_details(code, message, details);
         if let Some(retry_after) = rejection.retry_after() {
-            let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
-            status
-                .metadata_mut()
-                .insert(super::GRPC_RETRY_PUSHBACK_MS, ms.into());
+            status.metadata_mut().insert(
+                super::GRPC_RETRY_PUSHBACK_MS,
+                super::pushback_ms(retry_after).into(),
+            );
         }
         status
     }
@@ -226,6 +231,14 @@ pub use self::tonic_status::{status_from_error, to_status};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushback_rounds_up() {
+        assert_eq!(pushback_ms(Duration::from_nanos(59_999_000_001)), 60_000);
+        assert_eq!(pushback_ms(Duration::from_millis(60_000)), 60_000);
+        assert_eq!(pushback_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(pushback_ms(Duration::ZERO), 1);
+    }
 
     #[test]
     fn percent_encoding_follows_the_grpc_spec() {

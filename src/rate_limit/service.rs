@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use sync_wrapper::SyncWrapper;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
@@ -40,7 +41,9 @@ struct Reservation {
 }
 
 /// A backend's pending decision, boxed: only waiting mode on an I/O backend stores one in the service.
-type BoxCheck = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;
+/// `SyncWrapper` keeps the service `Sync` (axum requires it) without asking backends for `Sync` futures:
+/// the future is only ever reached through `&mut self`.
+type BoxCheck = SyncWrapper<Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>>;
 
 enum Reserved {
     Granted(Decision),
@@ -197,14 +200,14 @@ where
                 r.sleep = None;
             }
             let result = if let Some(pending) = r.pending.as_mut() {
-                let result = ready!(pending.as_mut().poll(cx));
+                let result = ready!(pending.get_mut().as_mut().poll(cx));
                 r.pending = None;
                 result
             } else {
                 match self.shared.store.check(key) {
                     Check::Ready(result) => result,
                     Check::Pending(fut) => {
-                        r.pending = Some(Box::pin(fut));
+                        r.pending = Some(SyncWrapper::new(Box::pin(fut)));
                         continue;
                     }
                 }

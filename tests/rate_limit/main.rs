@@ -1,1 +1,14 @@
+//! Rate limiter integration tests: paused-time behaviour, algorithms against reference models,
+//! concurrency, the Service contract, configuration errors, and real HTTP.
 
+#[path = "../common/mod.rs"]
+mod common;
+
+mod algorithms;
+mod concurrency;
+mod config;
+mod contract;
+mod grpc;
+mod http;
+mod paused_time;
+mod support;

@@ -1,0 +1,5 @@
+//! Test support shared by the integration tests (`#[path = "../common/mod.rs"] mod common;`).
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod redis;

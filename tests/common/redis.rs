@@ -1,0 +1,189 @@
+//! Throw-away `redis-server` processes for tests.
+//!
+//! Each [`RedisServer`] runs on a free loopback port with persistence off, in its own temporary
+//! directory, and is killed when dropped. Tests never use a server they did not start (in particular
+//! not one that may already listen on 6379).
+//!
+//! Without a `redis-server` binary, [`RedisServer::start`] returns `None` after printing why, so the
+//! test can skip, unless `RAMPART_REQUIRE_REDIS=1` or `CI` is set, in which case it panics.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server` owned by one test.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+/// Whether Redis tests must run (CI) rather than skip.
+pub fn redis_required() -> bool {
+    std::env::var_os("RAMPART_REQUIRE_REDIS").is_some_and(|v| v != "0")
+        || std::env::var_os("CI").is_some_and(|v| v != "false" && v != "0")
+}
+
+fn binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("REDIS_SERVER_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    l.local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    /// Starts a server, or returns `None` (after printing the reason) where Redis is not installed
+    /// and not required.
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Option<Self> {
+        if binary().is_none() {
+            let why = "redis-server is not installed (apt-get install redis-server)";
+            if redis_required() {
+                panic!("{why}, and RAMPART_REQUIRE_REDIS/CI requires Redis tests to run");
+            }
+            eprintln!("skipping Redis test: {why}");
+            return None;
+        }
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "rampart-redis-{}-{port}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("create a temporary directory for redis-server");
+            let mut server = Self {
+                port,
+                dir,
+                child: None,
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            };
+            match server.spawn() {
+                Ok(()) => return Some(server),
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let bin = binary().expect("checked in start");
+        let port = self.port.to_string();
+        let mut child = Command::new(bin)
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--logfile", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn failed: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                let mut err = String::new();
+                if let Some(mut s) = child.stderr.take() {
+                    let _ = s.read_to_string(&mut err);
+                }
+                return Err(format!("redis-server exited with {status}: {err}"));
+            }
+            if ping(self.addr()) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("redis-server did not answer PING within 10 s".into())
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A `redis://` URL for the server.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Whether the server is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit: connections drop at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`kill`](Self::kill)). Its data is gone.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!("restarting redis-server: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Sends one raw command (RESP inline) and returns the first reply line.
+    pub fn command(&self, cmd: &str) -> String {
+        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))
+            .expect("connect to the test redis-server");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+    }
+}
+
+fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

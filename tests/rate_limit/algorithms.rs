@@ -86,15 +86,21 @@ impl Bucket {
     }
 }
 
+/// (limit, period, [(key, gap)]): gaps are often zero, often exact multiples of the emission
+/// interval or of the period (and one nanosecond short of them), so decisions land on boundaries.
 fn ops() -> impl Strategy<Value = (u32, u64, Vec<(u8, u64)>)> {
     (1u32..20, 1u64..5_000).prop_flat_map(|(limit, period_ms)| {
         let period = period_ms * 1_000_000;
-        let gap = 0..(3 * period / u64::from(limit));
-        (
-            Just(limit),
-            Just(period),
-            prop::collection::vec((0u8..3, prop_oneof![3 => Just(0u64), 7 => gap]), 1..200),
-        )
+        let emission = period / u64::from(limit);
+        let gap = prop_oneof![
+            3 => Just(0u64),
+            2 => (1u64..4).prop_map(move |k| k * emission),
+            1 => Just(emission - 1),
+            1 => (1u64..3).prop_map(move |k| k * period),
+            1 => Just(period - 1),
+            3 => 0..(3 * emission),
+        ];
+        (Just(limit), Just(period), prop::collection::vec((0u8..3, gap), 1..200))
     })
 }
 

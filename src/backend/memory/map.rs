@@ -34,6 +34,8 @@ pub(crate) trait Expiring: Default + Send + Sync + 'static {
 #[repr(align(128))] // one shard per cache-line pair: no false sharing between shard locks
 struct Shard<K, V> {
     lock: RwLock<ShardState<K, V>>,
+    /// The most values this shard holds; the shards' caps add up to the map's.
+    cap: usize,
 }
 
 struct ShardState<K, V> {
@@ -44,7 +46,6 @@ struct ShardState<K, V> {
 pub(crate) struct BoundedMap<K, V> {
     shards: Box<[Shard<K, V>]>,
     hasher: foldhash::fast::RandomState,
-    shard_cap: usize,
     shard_mask: u64,
 }
 
@@ -52,30 +53,31 @@ impl<K, V> std::fmt::Debug for BoundedMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BoundedMap")
             .field("shards", &self.shards.len())
-            .field("shard_cap", &self.shard_cap)
+            .field("capacity", &self.shards.iter().map(|s| s.cap).sum::<usize>())
             .finish_non_exhaustive()
     }
 }
 
 impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
-    /// A map holding at most about `max_keys` values (rounded up to a multiple of the shard count).
+    /// A map holding at most `max_keys` values.
     pub(crate) fn new(max_keys: usize) -> Self {
         let max_keys = max_keys.max(1);
-        // Enough shards for two busy threads not to meet, few enough that small caps stay accurate.
-        let shard_count = (max_keys / 256).clamp(1, 64).next_power_of_two();
-        let shard_cap = max_keys.div_ceil(shard_count);
+        // Enough shards for busy threads not to meet, few enough that each holds at least 128 keys:
+        // the largest power of two (the shard index is a mask) up to 64 that allows that.
+        let shard_count = 1usize << (max_keys / 128).clamp(1, 64).ilog2();
+        let (base, extra) = (max_keys / shard_count, max_keys % shard_count);
         let shards = (0..shard_count)
-            .map(|_| Shard {
+            .map(|i| Shard {
                 lock: RwLock::new(ShardState {
                     table: HashTable::new(),
                     next_sweep: SWEEP_INTERVAL,
                 }),
+                cap: base + usize::from(i < extra),
             })
             .collect();
         Self {
             shards,
             hasher: foldhash::fast::RandomState::default(),
-            shard_cap,
             shard_mask: shard_count as u64 - 1,
         }
     }
@@ -105,7 +107,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key) {
             return f(v); // another thread inserted it meanwhile
         }
-        self.make_room(&mut state, cx, now);
+        Self::make_room(&mut state, shard.cap, &self.hasher, cx, now);
         let hasher = &self.hasher;
         let entry = state
             .table
@@ -114,16 +116,22 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     }
 
     /// Drops idle values on schedule, and makes room when the shard is full.
-    fn make_room(&self, state: &mut ShardState<K, V>, cx: &V::Context, now: Nanos) {
-        let full = state.table.len() >= self.shard_cap;
+    fn make_room(
+        state: &mut ShardState<K, V>,
+        cap: usize,
+        hasher: &foldhash::fast::RandomState,
+        cx: &V::Context,
+        now: Nanos,
+    ) {
+        let full = state.table.len() >= cap;
         if now >= state.next_sweep || full {
             state.table.retain(|(_, v)| !v.is_idle(cx, now));
             state.next_sweep = now.saturating_add(SWEEP_INTERVAL);
         }
-        if state.table.len() >= self.shard_cap {
+        if state.table.len() >= cap {
             // Still full of live keys (a flood of distinct keys). Forget the soonest-due eighth,
             // which leaves room for the next eighth of the shard's inserts before this runs again.
-            let keep = self.shard_cap - self.shard_cap.div_ceil(8);
+            let keep = cap - cap.div_ceil(8);
             let mut dues: Vec<Nanos> = state.table.iter().map(|(_, v)| v.due(cx)).collect();
             let cut = dues.len() - keep;
             let (_, threshold, _) = dues.select_nth_unstable(cut - 1);
@@ -138,13 +146,12 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
                 }
             });
             tracing::debug!(
-                shard_cap = self.shard_cap,
+                shard_cap = cap,
                 forgotten = cut,
                 "rate limit store full of active keys; forgot the soonest-due ones"
             );
         }
         if state.table.capacity() > 64 && state.table.len() * 4 < state.table.capacity() {
-            let hasher = &self.hasher;
             state.table.shrink_to(state.table.len() * 2, |(k, _)| hasher.hash_one(k));
         }
     }
@@ -159,7 +166,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
 
     /// The most values the map will hold.
     pub(crate) fn capacity(&self) -> usize {
-        self.shard_cap * self.shards.len()
+        self.shards.iter().map(|s| s.cap).sum()
     }
 }
 

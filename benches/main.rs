@@ -1,1 +1,34 @@
-fn main(){}
+//! Benchmarks of tower-rampart's layers.
+//!
+//! Run with `cargo bench --bench rampart --all-features` (add a filter such as
+//! `-- rate_limit/global` to run one group). Each group has a `bare` row, the same inner service
+//! without any layer, measured in the same run: compare the other rows with it, not with numbers
+//! from another machine or another run.
+//!
+//! - [`rate_limit`]: the rate limiter against a bare service, tower's and governor's limiters.
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+mod rate_limit;
+mod support;
+
+/// Short runs, so the suite finishes in a few minutes on a small machine.
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+#[expect(
+    missing_docs,
+    reason = "criterion_group! makes an undocumented `pub fn`"
+)]
+criterion_group! {
+    name = rate_limit_benches;
+    config = config();
+    targets = rate_limit::global, rate_limit::keyed_peer_ip, rate_limit::contention
+}
+criterion_main!(rate_limit_benches);

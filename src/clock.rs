@@ -88,13 +88,18 @@ impl ManualClock {
     /// Panics if `at` is earlier than the current time.
     pub fn set(&self, at: Nanos) {
         let prev = self.now.swap(at, Ordering::AcqRel);
-        assert!(at >= prev, "ManualClock::set must not move time backwards ({prev} -> {at})");
+        assert!(
+            at >= prev,
+            "ManualClock::set must not move time backwards ({prev} -> {at})"
+        );
     }
 }
 
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManualClock").field("now", &self.now()).finish()
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .finish()
     }
 }
 

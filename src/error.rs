@@ -23,6 +23,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
     pub(crate) fn new(setting: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             setting,

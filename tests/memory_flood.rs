@@ -54,10 +54,20 @@ fn a_million_distinct_keys_stay_under_the_cap() {
         }
         peak = peak.max(ALLOC.allocated() - before);
         let held = store.len();
-        assert!(held <= store.capacity(), "{held} keys held, cap {}", store.capacity());
-        assert!(held >= store.capacity() * 3 / 4, "eviction is too eager: {held} keys held");
+        assert!(
+            held <= store.capacity(),
+            "{held} keys held, cap {}",
+            store.capacity()
+        );
+        assert!(
+            held >= store.capacity() * 3 / 4,
+            "eviction is too eager: {held} keys held"
+        );
         let per_key = peak / store.capacity();
-        println!("{algorithm:?}: peak {peak} bytes for a cap of {} keys: {per_key} bytes per key", store.capacity());
+        println!(
+            "{algorithm:?}: peak {peak} bytes for a cap of {} keys: {per_key} bytes per key",
+            store.capacity()
+        );
         assert!(
             per_key <= max_bytes_per_key(algorithm),
             "{algorithm:?} uses {per_key} bytes per key, documented bound {}",
@@ -73,8 +83,15 @@ fn a_million_distinct_keys_stay_under_the_cap() {
         for i in 0..20_000u32 {
             store.decide(&ip(2_000_000 + i));
         }
-        assert!(store.len() <= 20_000, "idle keys were not swept: {} held", store.len());
+        assert!(
+            store.len() <= 20_000,
+            "idle keys were not swept: {} held",
+            store.len()
+        );
         let after = ALLOC.allocated() - before;
-        assert!(after < peak / 2, "memory not released: {after} of a peak of {peak} bytes");
+        assert!(
+            after < peak / 2,
+            "memory not released: {after} of a peak of {peak} bytes"
+        );
     }
 }

@@ -11,7 +11,11 @@ async fn throwaway_redis_server_starts_serves_dies_and_restarts() {
     let Some(mut server) = RedisServer::start() else {
         return;
     };
-    assert_ne!(server.port(), 6379, "tests must never use the machine's own Redis");
+    assert_ne!(
+        server.port(),
+        6379,
+        "tests must never use the machine's own Redis"
+    );
 
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -20,7 +24,10 @@ async fn throwaway_redis_server_starts_serves_dies_and_restarts() {
     assert_eq!(got, "alive");
     // Persistence is off, as the tests expect.
     assert_eq!(server.command("CONFIG GET save").lines().nth(3), Some("$0"));
-    assert_eq!(server.command("CONFIG GET appendonly").lines().nth(4), Some("no"));
+    assert_eq!(
+        server.command("CONFIG GET appendonly").lines().nth(4),
+        Some("no")
+    );
 
     server.kill();
     assert!(!server.is_running());

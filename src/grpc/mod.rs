@@ -243,7 +243,10 @@ mod tests {
     #[test]
     fn percent_encoding_follows_the_grpc_spec() {
         assert_eq!(percent_encode("rate limit exceeded"), "rate limit exceeded");
-        assert_eq!(percent_encode("50% ünïcode\n"), "50%25 %C3%BCn%C3%AFcode%0A");
+        assert_eq!(
+            percent_encode("50% ünïcode\n"),
+            "50%25 %C3%BCn%C3%AFcode%0A"
+        );
     }
 
     #[test]

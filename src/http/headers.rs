@@ -1,13 +1,16 @@
 //! The `RateLimit` and `RateLimit-Policy` fields (draft-ietf-httpapi-ratelimit-headers), the legacy
 //! `X-RateLimit-*` headers, and `Retry-After`.
 
+#[cfg(feature = "rate-limit")]
 use std::fmt::Write;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+#[cfg(feature = "rate-limit")]
+use http::HeaderValue;
+use http::{HeaderMap, HeaderName};
 
-use crate::rate_limit::Decision;
-use crate::rate_limit::error::Policy;
+#[cfg(feature = "rate-limit")]
+use crate::rate_limit::{Decision, error::Policy};
 
 /// `RateLimit-Policy`: the quota, e.g. `"default";q=10;w=60`.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -25,20 +28,34 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+#[cfg(feature = "rate-limit")]
 fn value(s: &str) -> HeaderValue {
     // Only digits, letters and `-_.:";=` reach here (names are checked when the layer is built).
     HeaderValue::from_str(s).expect("rate limit header values are visible ASCII")
 }
 
+#[cfg(feature = "rate-limit")]
 /// Adds the rate limit fields for `decision` under `policy`. Appends, so stacked limiters each
 /// contribute their own list member.
 pub(crate) fn write_rate_limit(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
     let reset = ceil_secs(decision.reset());
     let mut buf = String::with_capacity(48);
-    let _ = write!(buf, "\"{}\";q={};w={}", policy.name, decision.limit(), policy.window_secs);
+    let _ = write!(
+        buf,
+        "\"{}\";q={};w={}",
+        policy.name,
+        decision.limit(),
+        policy.window_secs
+    );
     headers.append(RATELIMIT_POLICY.clone(), value(&buf));
     buf.clear();
-    let _ = write!(buf, "\"{}\";r={};t={}", policy.name, decision.remaining(), reset);
+    let _ = write!(
+        buf,
+        "\"{}\";r={};t={}",
+        policy.name,
+        decision.remaining(),
+        reset
+    );
     headers.append(RATELIMIT.clone(), value(&buf));
     if policy.legacy_headers {
         headers.insert(X_RATELIMIT_LIMIT.clone(), decision.limit().into());
@@ -49,5 +66,8 @@ pub(crate) fn write_rate_limit(headers: &mut HeaderMap, policy: &Policy, decisio
 
 /// Sets `Retry-After` in whole seconds (at least 1).
 pub(crate) fn write_retry_after(headers: &mut HeaderMap, retry_after: Duration) {
-    headers.insert(http::header::RETRY_AFTER, ceil_secs(retry_after).max(1).into());
+    headers.insert(
+        http::header::RETRY_AFTER,
+        ceil_secs(retry_after).max(1).into(),
+    );
 }

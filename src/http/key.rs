@@ -40,7 +40,9 @@ pub(crate) fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
 fn normalize(ip: IpAddr, v6_prefix: u8) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) if v6_prefix < 128 => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(v6_prefix)).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix))
+                .unwrap_or(0);
             IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
         }
         other => other,
@@ -212,10 +214,7 @@ impl ClientIp {
         match self.header {
             ForwardedHeader::XRealIp => {
                 // One address, written by the proxy; the last line wins if there are several.
-                return values
-                    .last()
-                    .and_then(|v| parse_node(v))
-                    .unwrap_or(peer);
+                return values.last().and_then(|v| parse_node(v)).unwrap_or(peer);
             }
             ForwardedHeader::XForwardedFor => {
                 for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
@@ -258,7 +257,10 @@ fn parse_node(s: &str) -> Option<IpAddr> {
     }
     if let Some(rest) = s.strip_prefix('[') {
         let (ip, _) = rest.split_once(']')?;
-        return ip.parse::<Ipv6Addr>().ok().map(|ip| IpAddr::V6(ip).to_canonical());
+        return ip
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
     }
     s.parse::<SocketAddr>().ok().map(|a| a.ip().to_canonical())
 }
@@ -327,10 +329,9 @@ impl<B> ExtractKey<Request<B>> for HeaderKey {
             .name
             .as_ref()
             .map_err(|_| KeyError::new("the key header name is invalid"))?;
-        req.headers()
-            .get(name)
-            .cloned()
-            .ok_or(KeyError::new("the request lacks the header the limit is keyed on"))
+        req.headers().get(name).cloned().ok_or(KeyError::new(
+            "the request lacks the header the limit is keyed on",
+        ))
     }
 }
 
@@ -340,7 +341,8 @@ mod tests {
 
     fn req(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut r = Request::new(());
-        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
         for (k, v) in headers {
             r.headers_mut().append(
                 HeaderName::try_from(*k).unwrap(),
@@ -386,11 +388,17 @@ mod tests {
         // Several header lines are one list, in order.
         let r = req(
             "10.0.0.2:1",
-            &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.8, 10.1.1.1")],
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "198.51.100.8, 10.1.1.1"),
+            ],
         );
         assert_eq!(k.extract(&r).unwrap(), ip("198.51.100.8"));
         // Garbage stops the walk at the last trusted hop.
-        let r = req("10.0.0.2:1", &[("x-forwarded-for", "6.6.6.6, nonsense, 10.9.9.9")]);
+        let r = req(
+            "10.0.0.2:1",
+            &[("x-forwarded-for", "6.6.6.6, nonsense, 10.9.9.9")],
+        );
         assert_eq!(k.extract(&r).unwrap(), ip("10.9.9.9"));
         // All hops trusted: the leftmost.
         let r = req("10.0.0.2:1", &[("x-forwarded-for", "10.3.3.3, 10.4.4.4")]);

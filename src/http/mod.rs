@@ -25,6 +25,7 @@
 //! ```
 
 pub(crate) mod headers;
+#[cfg(feature = "rate-limit")]
 mod key;
 
 use std::fmt;
@@ -35,6 +36,7 @@ use bytes::Bytes;
 pub use self::headers::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
+#[cfg(feature = "rate-limit")]
 pub use self::key::{ClientIp, ForwardedHeader, HeaderKey, PeerIp};
 use crate::rejection::{Rejection, RejectionMode, push_json_string};
 

@@ -169,6 +169,8 @@ where
 {
     #[inline]
     fn extract(&self, req: &Req) -> Result<K, KeyError> {
-        (self.f)(req).ok_or(KeyError::new("the key function returned no key for this request"))
+        (self.f)(req).ok_or(KeyError::new(
+            "the key function returned no key for this request",
+        ))
     }
 }

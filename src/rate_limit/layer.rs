@@ -55,7 +55,9 @@ impl<X, St, M> Clone for RateLimitLayer<X, St, M> {
 
 impl<X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> fmt::Debug for RateLimitLayer<X, St, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.shared.fmt_fields(f.debug_struct("RateLimitLayer")).finish()
+        self.shared
+            .fmt_fields(f.debug_struct("RateLimitLayer"))
+            .finish()
     }
 }
 

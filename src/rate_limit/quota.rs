@@ -232,7 +232,10 @@ mod tests {
         for (q, needle) in cases {
             let e = q.validate(Algorithm::Gcra).unwrap_err();
             assert_eq!(e.setting(), "quota");
-            assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+            assert!(
+                e.to_string().contains(needle),
+                "{e} should mention {needle}"
+            );
             assert!(e.to_string().starts_with("invalid quota: "), "{e}");
             assert!(!e.reason().starts_with(char::is_uppercase), "{e}");
         }

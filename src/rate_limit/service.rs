@@ -9,12 +9,12 @@ use sync_wrapper::SyncWrapper;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use super::Decision;
 use super::error::{KeyMissing, Policy, RateLimited};
 use super::future::ResponseFuture;
 use super::key::{ExtractKey, KeyExtractor, MissingKey};
 use super::layer::Shared;
 use super::store::{Check, RateLimitStore};
-use super::Decision;
 use crate::backend::{BackendError, BackendUnavailable};
 use crate::rejection::RejectionMode;
 

@@ -65,6 +65,7 @@ pub trait RateLimitBackend<K> {
 pub struct StoreSpec {
     pub(crate) quota: Quota,
     pub(crate) algorithm: Algorithm,
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) limits: Limits,
     pub(crate) name: Arc<str>,
 }

@@ -63,10 +63,8 @@ impl RedisServer {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!(
-                "rampart-redis-{}-{port}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("rampart-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create a temporary directory for redis-server");
             let mut server = Self {
                 port,
@@ -86,7 +84,16 @@ impl RedisServer {
         let bin = binary().expect("checked in start");
         let port = self.port.to_string();
         let mut child = Command::new(bin)
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--daemonize", "no", "--logfile", ""])
             .arg("--dir")
             .arg(&self.dir)

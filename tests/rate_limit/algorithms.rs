@@ -37,11 +37,18 @@ impl WindowLog {
         let idx = t / self.period;
         let start = idx * self.period;
         let prev_start = start.saturating_sub(self.period);
-        let curr = self.admitted.iter().filter(|&&a| a >= start && a <= t).count() as u128;
+        let curr = self
+            .admitted
+            .iter()
+            .filter(|&&a| a >= start && a <= t)
+            .count() as u128;
         let prev = if idx == 0 {
             0
         } else {
-            self.admitted.iter().filter(|&&a| a >= prev_start && a < start).count() as u128
+            self.admitted
+                .iter()
+                .filter(|&&a| a >= prev_start && a < start)
+                .count() as u128
         };
         (prev, curr)
     }
@@ -100,7 +107,11 @@ fn ops() -> impl Strategy<Value = (u32, u64, Vec<(u8, u64)>)> {
             1 => Just(period - 1),
             3 => 0..(3 * emission),
         ];
-        (Just(limit), Just(period), prop::collection::vec((0u8..3, gap), 1..200))
+        (
+            Just(limit),
+            Just(period),
+            prop::collection::vec((0u8..3, gap), 1..200),
+        )
     })
 }
 

@@ -26,7 +26,13 @@ async fn one_key_hammered_from_two_threads_admits_exactly_the_quota() {
             let admitted = admitted.clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..250 {
-                    if ServiceExt::<()>::ready(&mut svc).await.unwrap().call(()).await.is_ok() {
+                    if ServiceExt::<()>::ready(&mut svc)
+                        .await
+                        .unwrap()
+                        .call(())
+                        .await
+                        .is_ok()
+                    {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -35,7 +41,11 @@ async fn one_key_hammered_from_two_threads_admits_exactly_the_quota() {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(admitted.load(Ordering::Relaxed), LIMIT as usize, "{algorithm:?}");
+        assert_eq!(
+            admitted.load(Ordering::Relaxed),
+            LIMIT as usize,
+            "{algorithm:?}"
+        );
         assert_eq!(inner.calls(), LIMIT as usize);
     }
 }

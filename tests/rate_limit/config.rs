@@ -18,7 +18,12 @@ fn every_bad_setting_is_named_in_the_error() {
             "invalid quota: no quota was set; call .quota(Quota::per_minute(n)) or similar",
         ),
         (
-            build_err(|| RateLimitLayer::builder().quota(Quota::per_minute(0)).build().map(drop)),
+            build_err(|| {
+                RateLimitLayer::builder()
+                    .quota(Quota::per_minute(0))
+                    .build()
+                    .map(drop)
+            }),
             "invalid quota: the limit must be at least 1 request per period (got 0); to refuse everything, do not route to the service",
         ),
         (
@@ -31,7 +36,12 @@ fn every_bad_setting_is_named_in_the_error() {
             "invalid quota: the period must be longer than zero",
         ),
         (
-            build_err(|| RateLimitLayer::builder().quota(Quota::per_second(3).burst(0)).build().map(drop)),
+            build_err(|| {
+                RateLimitLayer::builder()
+                    .quota(Quota::per_second(3).burst(0))
+                    .build()
+                    .map(drop)
+            }),
             "invalid quota: the burst must be at least 1 (got 0)",
         ),
         (
@@ -55,7 +65,13 @@ fn every_bad_setting_is_named_in_the_error() {
             "invalid max_keys: the in-memory backend must be allowed at least 1 key (got 0)",
         ),
         (
-            build_err(|| RateLimitLayer::builder().quota(Quota::per_second(3)).name("a b").build().map(drop)),
+            build_err(|| {
+                RateLimitLayer::builder()
+                    .quota(Quota::per_second(3))
+                    .name("a b")
+                    .build()
+                    .map(drop)
+            }),
             "invalid name: \"a b\" must be 1 to 64 characters of letters, digits and -_.:",
         ),
         (

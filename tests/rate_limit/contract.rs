@@ -29,7 +29,10 @@ async fn poll_ready_is_the_inner_services_and_registers_the_waker() {
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     handle.allow(1);
-    assert!(svc.is_woken(), "waker registered while the inner service was not ready");
+    assert!(
+        svc.is_woken(),
+        "waker registered while the inner service was not ready"
+    );
     assert_ready_ok!(svc.poll_ready());
     let fut = svc.call(1);
     let (req, send) = handle.next_request().await.unwrap();
@@ -43,7 +46,10 @@ async fn poll_ready_is_the_inner_services_and_registers_the_waker() {
     assert_ready_ok!(svc.poll_ready());
     let err = svc.call(3).await.unwrap_err();
     assert!(err.is::<RateLimited>());
-    assert!(handle.poll_request().is_pending(), "no request reached the inner service");
+    assert!(
+        handle.poll_request().is_pending(),
+        "no request reached the inner service"
+    );
 }
 
 #[tokio::test]
@@ -55,10 +61,9 @@ async fn inner_poll_ready_errors_pass_through() {
     assert_eq!(err.to_string(), "inner is broken");
 }
 
-fn waiting_layer(limit: u32) -> RateLimitLayer<
-    tower_rampart::rate_limit::GlobalKey,
-    MemoryRateLimitStore<()>,
-> {
+fn waiting_layer(
+    limit: u32,
+) -> RateLimitLayer<tower_rampart::rate_limit::GlobalKey, MemoryRateLimitStore<()>> {
     RateLimitLayer::builder()
         .quota(Quota::per_hour(limit))
         .wait_up_to(Duration::from_millis(10))
@@ -175,14 +180,34 @@ async fn backends_that_do_io_decide_in_the_future_with_the_readied_service() {
     let inner = Counting::default();
     let mut svc = layer.layer(inner.clone());
     let start = tokio::time::Instant::now();
-    assert_eq!(ServiceExt::<u32>::ready(&mut svc).await.unwrap().call(5).await.unwrap(), 5);
+    assert_eq!(
+        ServiceExt::<u32>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(5)
+            .await
+            .unwrap(),
+        5
+    );
     assert_eq!(start.elapsed(), Duration::from_millis(10));
-    let err = ServiceExt::<u32>::ready(&mut svc).await.unwrap().call(6).await.unwrap_err();
+    let err = ServiceExt::<u32>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(6)
+        .await
+        .unwrap_err();
     assert!(err.is::<RateLimited>());
     assert_eq!(inner.calls(), 1);
     backend.fail.store(true, Ordering::SeqCst);
-    let err = ServiceExt::<u32>::ready(&mut svc).await.unwrap().call(7).await.unwrap_err();
-    let unavailable = err.downcast_ref::<BackendUnavailable>().expect("BackendUnavailable");
+    let err = ServiceExt::<u32>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(7)
+        .await
+        .unwrap_err();
+    let unavailable = err
+        .downcast_ref::<BackendUnavailable>()
+        .expect("BackendUnavailable");
     assert_eq!(unavailable.to_string(), "backend unavailable: backend down");
     assert_eq!(inner.calls(), 1);
     assert_eq!(backend.checks.load(Ordering::SeqCst), 3);
@@ -217,14 +242,17 @@ fn layers_services_and_futures_are_send_sync_static() {
     type HttpLayer = RateLimitLayer<PeerIp, MemoryRateLimitStore<IpAddr>, AsHttp>;
     send_sync_static::<HttpLayer>();
     send_sync_static::<RateLimit<Counting, PeerIp, MemoryRateLimitStore<IpAddr>, AsHttp>>();
-    send_sync_static::<RateLimitLayer<tower_rampart::rate_limit::GlobalKey, MemoryRateLimitStore<()>>>();
+    send_sync_static::<
+        RateLimitLayer<tower_rampart::rate_limit::GlobalKey, MemoryRateLimitStore<()>>,
+    >();
     send_sync_static::<RateLimited>();
     send_sync_static::<BackendUnavailable>();
 
-    let mut svc = RateLimitLayer::per_ip(Quota::per_second(1))
-        .layer(tower::service_fn(|_: http::Request<()>| async {
+    let mut svc = RateLimitLayer::per_ip(Quota::per_second(1)).layer(tower::service_fn(
+        |_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(bytes::Bytes::new()))
-        }));
+        },
+    ));
     let fut = svc.call(http::Request::new(()));
     send_static(&fut);
     let _: Result<(), BoxError> = Ok(());

@@ -38,9 +38,12 @@ async fn serve(app: Router, connect_info: bool) -> Served {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         if connect_info {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
         } else {
             axum::serve(listener, app).await.unwrap();
         }
@@ -77,7 +80,10 @@ impl Served {
 macro_rules! metrics_app {
     ($limit:expr) => {
         Router::new()
-            .route("/api/metrics", post(|| async { (StatusCode::CREATED, "stored") }))
+            .route(
+                "/api/metrics",
+                post(|| async { (StatusCode::CREATED, "stored") }),
+            )
             .route_layer($limit)
             .route("/api/metrics/summary", get(|| async { "summary" }))
     };
@@ -106,7 +112,10 @@ async fn twelve_posts_from_one_client_get_ten_created_and_two_429s_while_gets_ar
                 body,
                 serde_json::json!({"error": "rate limit exceeded", "kind": "rate_limited", "retry_after": 6})
             );
-            assert!(r.headers.get("x-ratelimit-limit").is_none(), "legacy headers are opt-in");
+            assert!(
+                r.headers.get("x-ratelimit-limit").is_none(),
+                "legacy headers are opt-in"
+            );
         }
         statuses.push(r.status);
     }
@@ -137,13 +146,26 @@ async fn a_spoofed_forwarded_for_from_an_untrusted_peer_does_not_change_the_key(
         let served = serve(metrics_app!(limit), true).await;
         for i in 0..3 {
             let spoof = format!("203.0.113.{i}");
-            let r = served.send("POST", "/api/metrics", &[("x-forwarded-for", &spoof)]).await;
+            let r = served
+                .send("POST", "/api/metrics", &[("x-forwarded-for", &spoof)])
+                .await;
             assert_eq!(r.status, StatusCode::CREATED);
         }
         let r = served
-            .send("POST", "/api/metrics", &[("x-forwarded-for", "198.51.100.99"), ("x-real-ip", "198.51.100.98")])
+            .send(
+                "POST",
+                "/api/metrics",
+                &[
+                    ("x-forwarded-for", "198.51.100.99"),
+                    ("x-real-ip", "198.51.100.98"),
+                ],
+            )
             .await;
-        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "spoofing got a fresh quota");
+        assert_eq!(
+            r.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "spoofing got a fresh quota"
+        );
     }
 }
 
@@ -159,12 +181,16 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
     let served = serve(metrics_app!(limit), true).await;
     for client in ["198.51.100.1", "198.51.100.2"] {
         for _ in 0..2 {
-            let r = served.send("POST", "/api/metrics", &[("x-forwarded-for", client)]).await;
+            let r = served
+                .send("POST", "/api/metrics", &[("x-forwarded-for", client)])
+                .await;
             assert_eq!(r.status, StatusCode::CREATED);
         }
         // The client prepends a fake hop: the proxy appended the real one, which is what counts.
         let spoof = format!("1.2.3.4, {client}");
-        let r = served.send("POST", "/api/metrics", &[("x-forwarded-for", &spoof)]).await;
+        let r = served
+            .send("POST", "/api/metrics", &[("x-forwarded-for", &spoof)])
+            .await;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers["x-ratelimit-limit"], "2");
         assert_eq!(r.headers["x-ratelimit-remaining"], "0");
@@ -187,7 +213,10 @@ async fn the_application_chooses_the_refusal_body() {
         .build()
         .unwrap();
     let served = serve(metrics_app!(limit), true).await;
-    assert_eq!(served.send("POST", "/api/metrics", &[]).await.status, StatusCode::CREATED);
+    assert_eq!(
+        served.send("POST", "/api/metrics", &[]).await.status,
+        StatusCode::CREATED
+    );
     let r = served.send("POST", "/api/metrics", &[]).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.body, r#"{"detail":"Too many requests"}"#);
@@ -196,13 +225,20 @@ async fn the_application_chooses_the_refusal_body() {
 
 #[tokio::test]
 async fn without_connect_info_requests_are_refused_with_a_fix_unless_allowed() {
-    let served = serve(metrics_app!(RateLimitLayer::per_ip(Quota::per_minute(10))), false).await;
+    let served = serve(
+        metrics_app!(RateLimitLayer::per_ip(Quota::per_minute(10))),
+        false,
+    )
+    .await;
     let r = served.send("POST", "/api/metrics", &[]).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["kind"], "key_missing");
     assert!(
-        body["error"].as_str().unwrap().contains("into_make_service_with_connect_info"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("into_make_service_with_connect_info"),
         "{body}"
     );
 
@@ -215,7 +251,10 @@ async fn without_connect_info_requests_are_refused_with_a_fix_unless_allowed() {
         .unwrap();
     let served = serve(metrics_app!(limit), false).await;
     for _ in 0..3 {
-        assert_eq!(served.send("POST", "/api/metrics", &[]).await.status, StatusCode::CREATED);
+        assert_eq!(
+            served.send("POST", "/api/metrics", &[]).await.status,
+            StatusCode::CREATED
+        );
     }
 }
 
@@ -227,7 +266,13 @@ async fn router_layer_with_no_handle_error_layer() {
         .layer(RateLimitLayer::per_ip(Quota::per_minute(1)));
     let served = serve(app, true).await;
     assert_eq!(served.send("GET", "/", &[]).await.status, StatusCode::OK);
-    assert_eq!(served.send("GET", "/", &[]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        served.send("GET", "/", &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // Unknown routes go through the fallback, also limited.
-    assert_eq!(served.send("GET", "/nope", &[]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        served.send("GET", "/nope", &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

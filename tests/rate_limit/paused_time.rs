@@ -31,9 +31,15 @@ async fn ten_per_minute_admits_exactly_ten_of_twelve_then_recovers() {
             outcomes.push(send(&mut svc).await);
         }
         assert!(outcomes[..10].iter().all(|r| r.is_ok()), "{algorithm:?}");
-        assert_eq!(inner.calls(), 10, "refused requests never reach the inner service");
+        assert_eq!(
+            inner.calls(),
+            10,
+            "refused requests never reach the inner service"
+        );
         let eleventh = outcomes[10].as_ref().unwrap_err();
-        let limited = eleventh.downcast_ref::<RateLimited>().expect("a RateLimited error");
+        let limited = eleventh
+            .downcast_ref::<RateLimited>()
+            .expect("a RateLimited error");
         assert_eq!(limited.limit(), 10);
         assert_eq!(limited.remaining(), 0);
         assert_eq!(limited.period(), Duration::from_secs(60));
@@ -46,13 +52,22 @@ async fn ten_per_minute_admits_exactly_ten_of_twelve_then_recovers() {
         }
         // Just before the retry time: still refused. At it: admitted.
         tokio::time::advance(limited.retry_after() - Duration::from_millis(1)).await;
-        assert!(send(&mut svc).await.is_err(), "{algorithm:?} admitted early");
+        assert!(
+            send(&mut svc).await.is_err(),
+            "{algorithm:?} admitted early"
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(send(&mut svc).await.is_ok(), "{algorithm:?} refused at retry_after");
+        assert!(
+            send(&mut svc).await.is_ok(),
+            "{algorithm:?} refused at retry_after"
+        );
         // After a quiet period long enough for everything to decay, the whole quota again.
         tokio::time::advance(Duration::from_secs(180)).await;
         for i in 0..10 {
-            assert!(send(&mut svc).await.is_ok(), "{algorithm:?} request {i} after recovery");
+            assert!(
+                send(&mut svc).await.is_ok(),
+                "{algorithm:?} request {i} after recovery"
+            );
         }
         assert!(send(&mut svc).await.is_err());
     }
@@ -69,7 +84,10 @@ async fn burst_allows_back_to_back_requests_then_the_steady_rate() {
         send(&mut svc).await.unwrap();
     }
     let err = send(&mut svc).await.unwrap_err();
-    assert_eq!(err.downcast_ref::<RateLimited>().unwrap().retry_after(), Duration::from_millis(100));
+    assert_eq!(
+        err.downcast_ref::<RateLimited>().unwrap().retry_after(),
+        Duration::from_millis(100)
+    );
     // At the steady rate, one every 100 ms goes through indefinitely.
     for _ in 0..20 {
         tokio::time::advance(Duration::from_millis(100)).await;

@@ -53,7 +53,10 @@ impl<K, V> std::fmt::Debug for BoundedMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BoundedMap")
             .field("shards", &self.shards.len())
-            .field("capacity", &self.shards.iter().map(|s| s.cap).sum::<usize>())
+            .field(
+                "capacity",
+                &self.shards.iter().map(|s| s.cap).sum::<usize>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -84,13 +87,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
 
     /// Runs `f` on the value for `key`, creating it if absent.
     #[inline]
-    pub(crate) fn with<R>(
-        &self,
-        key: &K,
-        cx: &V::Context,
-        now: Nanos,
-        f: impl FnOnce(&V) -> R,
-    ) -> R
+    pub(crate) fn with<R>(&self, key: &K, cx: &V::Context, now: Nanos, f: impl FnOnce(&V) -> R) -> R
     where
         K: Clone,
     {
@@ -111,7 +108,9 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         let hasher = &self.hasher;
         let entry = state
             .table
-            .insert_unique(hash, (key.clone(), V::default()), |(k, _)| hasher.hash_one(k));
+            .insert_unique(hash, (key.clone(), V::default()), |(k, _)| {
+                hasher.hash_one(k)
+            });
         f(&entry.get().1)
     }
 
@@ -152,7 +151,9 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
             );
         }
         if state.table.capacity() > 64 && state.table.len() * 4 < state.table.capacity() {
-            state.table.shrink_to(state.table.len() * 2, |(k, _)| hasher.hash_one(k));
+            state
+                .table
+                .shrink_to(state.table.len() * 2, |(k, _)| hasher.hash_one(k));
         }
     }
 
@@ -160,7 +161,13 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock.read().unwrap_or_else(PoisonError::into_inner).table.len())
+            .map(|s| {
+                s.lock
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .table
+                    .len()
+            })
             .sum()
     }
 
@@ -200,8 +207,12 @@ mod tests {
         // Full: the next new key evicts the 13 soonest-due live keys.
         map.with(&1000, &(), 0, |v| v.0.store(u64::MAX, Ordering::Relaxed));
         assert_eq!(map.len(), 88);
-        map.with(&0, &(), 0, |v| assert_eq!(v.0.load(Ordering::Relaxed), 0, "key 0 was forgotten"));
-        map.with(&99, &(), 0, |v| assert_eq!(v.0.load(Ordering::Relaxed), 1_099, "key 99 was kept"));
+        map.with(&0, &(), 0, |v| {
+            assert_eq!(v.0.load(Ordering::Relaxed), 0, "key 0 was forgotten")
+        });
+        map.with(&99, &(), 0, |v| {
+            assert_eq!(v.0.load(Ordering::Relaxed), 1_099, "key 99 was kept")
+        });
         // Later, everything but key 1000 is idle and goes at the next sweep.
         map.with(&2000, &(), SWEEP_INTERVAL + 2_000, |_| ());
         assert_eq!(map.len(), 2);
@@ -214,7 +225,12 @@ mod tests {
             map.with(&k, &(), 0, |v| v.0.store(u64::MAX, Ordering::Relaxed));
         }
         assert!(map.shards.len() > 1);
-        assert!(map.len() <= map.capacity(), "{} > {}", map.len(), map.capacity());
+        assert!(
+            map.len() <= map.capacity(),
+            "{} > {}",
+            map.len(),
+            map.capacity()
+        );
         assert!(map.len() > map.capacity() / 2);
     }
 }

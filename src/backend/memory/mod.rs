@@ -36,6 +36,7 @@
 //! # let _ = layer;
 //! ```
 
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 mod map;
 #[cfg(feature = "rate-limit")]
 mod rate_limit;
@@ -53,6 +54,7 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 #[derive(Clone, Debug)]
 pub struct MemoryBackend<C = TokioClock> {
     max_keys: usize,
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
     clock: C,
 }
 

@@ -233,6 +233,33 @@ pub(crate) fn keyed_peer_ip(c: &mut Criterion) {
         b.iter_custom(|iters| drive(&mut svc, &pool, &mut cursor, iters, is_200));
     });
 
+    // axum records the peer as `ConnectInfo<SocketAddr>`, which `PeerIp` looks for first.
+    #[cfg(feature = "axum")]
+    {
+        let pool: Vec<Request<()>> = pool
+            .iter()
+            .map(|r| {
+                let peer = *r.extensions().get::<SocketAddr>().expect("peer");
+                let mut req = Request::new(());
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            })
+            .collect();
+        let layer = RateLimitLayer::builder()
+            .quota(HUGE)
+            .key(PeerIp::new())
+            .build()
+            .expect("valid quota");
+        let mut svc = layer.layer(bare_http());
+        let mut cursor = 0;
+        drive(&mut svc, &pool, &mut cursor, PEERS as u64, is_ok);
+        assert_eq!(layer.store().len(), PEERS);
+        g.bench_function("rampart_peer_ip_axum_connect_info", |b| {
+            b.iter_custom(|iters| drive(&mut svc, &pool, &mut cursor, iters, is_ok));
+        });
+    }
+
     // Reference rows: the key is given, no request and no service.
     let limiter = governor::RateLimiter::keyed(governor::Quota::per_hour(NonZeroU32::MAX));
     for ip in &ips {

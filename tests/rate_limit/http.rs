@@ -1,80 +1,13 @@
 //! Real HTTP: axum apps on loopback ports, driven by a hyper client.
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::routing::{get, post};
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use tower_rampart::http::{AsHttp, ClientIp};
 use tower_rampart::rate_limit::{MissingKey, Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
-/// An app served on a loopback port; the server stops when this is dropped.
-struct Served {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-async fn serve(app: Router, connect_info: bool) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        if connect_info {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        } else {
-            axum::serve(listener, app).await.unwrap();
-        }
-    });
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    Served { addr, task, client }
-}
-
-impl Served {
-    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let res = self
-            .client
-            .request(req.body(Full::new(Bytes::from_static(b"{}"))).unwrap())
-            .await
-            .unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body: String::from_utf8(body.to_vec()).unwrap(),
-        }
-    }
-}
+use crate::common::http::serve;
 
 /// `POST /api/metrics` limited by `$limit` (route layer), `GET /api/metrics/summary` free.
 macro_rules! metrics_app {

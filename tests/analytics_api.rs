@@ -1,0 +1,237 @@
+//! End-to-end tests of `examples/analytics_api`: the app built in-process, served on a loopback
+//! port, driven by a real HTTP client.
+
+mod common;
+
+#[path = "../examples/analytics_api/app.rs"]
+#[allow(dead_code)]
+mod app;
+#[path = "../examples/analytics_api/config.rs"]
+#[allow(dead_code)]
+mod config;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::http::{Served, serve};
+use http::StatusCode;
+
+fn config(vars: &[(&str, &str)]) -> config::Config {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
+}
+
+async fn start(vars: &[(&str, &str)]) -> Served {
+    let state = app::AppState {
+        storage: Arc::new(app::Storage::default()),
+    };
+    serve(app::router(&config(vars), state).unwrap(), true).await
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn metric(value: f64) -> String {
+    format!(r#"{{"timestamp":"2026-02-21T12:00:00Z","value":{value},"type":"cpu_usage"}}"#)
+}
+
+#[tokio::test]
+async fn twelve_posts_from_one_ip_store_exactly_ten() {
+    let app = start(&[]).await;
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let r = app
+            .send_body("POST", "/api/metrics", &[JSON], metric(f64::from(i)))
+            .await;
+        if i < 10 {
+            assert_eq!(r.json()["message"], "Metric stored successfully");
+        } else {
+            assert_eq!(r.body, r#"{"detail":"Too many requests"}"#);
+            assert_eq!(r.headers["retry-after"], "6");
+            assert_eq!(r.headers["ratelimit-policy"], r#""metrics";q=10;w=60"#);
+            assert_eq!(r.headers["ratelimit"], r#""metrics";r=0;t=60"#);
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses[..10], [StatusCode::CREATED; 10]);
+    assert_eq!(statuses[10..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+
+    let list = app
+        .send("GET", "/api/metrics/list?type=cpu_usage", &[])
+        .await
+        .json();
+    assert_eq!(list["total"], 10, "refused submissions are not stored");
+    let summary = app
+        .send("GET", "/api/metrics/summary?metric_type=cpu_usage", &[])
+        .await
+        .json();
+    assert_eq!(summary["count"], 10);
+    assert_eq!(summary["average"], 4.5);
+    assert_eq!(summary["min"], 0.0);
+    assert_eq!(summary["max"], 9.0);
+}
+
+#[tokio::test]
+async fn invalid_bodies_get_clear_errors_and_do_not_spend_quota() {
+    let app = start(&[("RATE_LIMIT_REQUESTS", "2"), ("MAX_BODY_BYTES", "1024")]).await;
+    let cases: [(&str, StatusCode, &str); 6] = [
+        ("{not json", StatusCode::BAD_REQUEST, "malformed JSON"),
+        (
+            r#"{"timestamp":"2026-02-21T12:00:00Z","value":"high","type":"cpu"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`value`",
+        ),
+        (
+            r#"{"timestamp":"yesterday","value":1,"type":"cpu"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`timestamp`",
+        ),
+        (
+            r#"{"timestamp":"2026-02-21T12:00:00Z","type":"cpu"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `value`",
+        ),
+        (
+            r#"{"timestamp":"2026-02-21T12:00:00Z","value":1,"type":"no spaces"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`type`",
+        ),
+        (
+            r#"{"timestamp":"2026-02-21T12:00:00Z","value":1e999,"type":"cpu"}"#,
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let r = app.send_body("POST", "/api/metrics", &[JSON], body).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        let detail = r.json()["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains(needle),
+            "{body}: {detail:?} should mention {needle}"
+        );
+    }
+    let huge = format!(
+        r#"{{"timestamp":"2026-02-21T12:00:00Z","value":1,"type":"{}"}}"#,
+        "a".repeat(4096)
+    );
+    let r = app.send_body("POST", "/api/metrics", &[JSON], huge).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // None of that spent the quota of 2, and nothing was stored.
+    assert_eq!(
+        app.send("GET", "/api/metrics/list?type=cpu", &[])
+            .await
+            .json()["total"],
+        0
+    );
+    for _ in 0..2 {
+        let r = app
+            .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn events_stats_health_and_request_ids() {
+    let app = start(&[("RATE_LIMIT", "3")]).await;
+    for _ in 0..3 {
+        let r = app
+            .send_body("POST", "/event", &[JSON], r#"{"user_id":42,"event_type":"login","timestamp":1690000000,"payload":{"platform":"ios"}}"#)
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        assert_eq!(r.json(), serde_json::json!({"status": "received"}));
+    }
+    // The events limit covers /event and /stats together: 3 per minute here.
+    let r = app.send("GET", "/stats/login", &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+
+    let app = start(&[]).await;
+    let r = app
+        .send_body(
+            "POST",
+            "/event",
+            &[JSON],
+            r#"{"user_id":"x","event_type":"login","timestamp":1}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(
+        app.send("GET", "/stats/login", &[]).await.json(),
+        serde_json::json!({"event_type": "login", "count": 0})
+    );
+
+    let health = app
+        .send("GET", "/health", &[("x-request-id", "req-123")])
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(
+        health.headers["x-request-id"], "req-123",
+        "a sent request id is echoed"
+    );
+    let body = health.json();
+    assert_eq!(body["status"], "healthy");
+    assert!(body["redis_connected"].is_null());
+    assert!(chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok());
+    let generated = app.send("GET", "/health", &[]).await;
+    assert_eq!(
+        generated.headers["x-request-id"].len(),
+        36,
+        "a uuid is generated otherwise"
+    );
+
+    let r = app
+        .send("GET", "/api/metrics/summary?type=cpu&period=weekly", &[])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("`period`"), "{}", r.body);
+    let r = app.send("GET", "/api/metrics/summary", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let empty = app
+        .send("GET", "/api/metrics/summary?type=cpu&period=hourly", &[])
+        .await
+        .json();
+    assert_eq!(empty["count"], 0);
+    assert_eq!(empty["average"], 0.0);
+}
+
+#[test]
+fn bad_configuration_names_the_variable() {
+    let err = |vars: &[(&str, &str)]| {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        config::Config::from_lookup(|k| vars.get(k).cloned())
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(&[("PORT", "http")]),
+        r#"invalid PORT="http": expected a port number (0-65535)"#
+    );
+    assert_eq!(
+        err(&[("RATE_LIMIT_REQUESTS", "0")]),
+        r#"invalid RATE_LIMIT_REQUESTS="0": expected a whole number from 1 to 4294967295"#
+    );
+    assert_eq!(
+        err(&[("LOG_FORMAT", "xml")]),
+        r#"invalid LOG_FORMAT="xml": expected `text` or `json`"#
+    );
+    let bad_proxy = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]);
+    let state = app::AppState {
+        storage: Arc::new(app::Storage::default()),
+    };
+    let e = app::router(&bad_proxy, state).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"invalid trusted_proxies: "nonsense" is neither a CIDR like "10.0.0.0/8" nor an IP address"#
+    );
+}

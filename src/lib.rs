@@ -43,6 +43,8 @@ pub mod backend;
 pub mod clock;
 pub mod error;
 pub mod rejection;
+#[cfg(feature = "rate-limit")]
+mod throttle;
 
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;

@@ -10,6 +10,7 @@ use super::quota::{Algorithm, Quota};
 use super::service::RateLimit;
 use super::store::{RateLimitBackend, StoreSpec};
 use crate::error::ConfigError;
+use crate::throttle::LogThrottle;
 use crate::rejection::AsError;
 
 #[cfg(feature = "memory")]
@@ -43,6 +44,10 @@ pub(crate) struct Shared<X, St, M> {
     pub(crate) policy: Policy,
     pub(crate) headers_on_success: bool,
     pub(crate) wait: Option<Duration>,
+    /// Keeps a misconfiguration (every request without a key) from flooding the logs.
+    pub(crate) missing_key_log: LogThrottle,
+    /// Likewise for a backend that is down (every request would warn).
+    pub(crate) backend_log: LogThrottle,
 }
 
 impl<X, St, M> Clone for RateLimitLayer<X, St, M> {
@@ -339,6 +344,8 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
                 },
                 headers_on_success: self.headers_on_success,
                 wait: self.wait,
+                missing_key_log: LogThrottle::new(Duration::from_secs(10)),
+                backend_log: LogThrottle::new(Duration::from_secs(10)),
             }),
         })
     }

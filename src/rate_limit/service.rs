@@ -138,7 +138,14 @@ where
                 return match shared.missing_key {
                     MissingKey::Allow => ResponseFuture::inner(self.inner.call(req), None),
                     MissingKey::Reject => {
-                        tracing::warn!(limiter = shared.policy.name, %cause, "rate limit key missing; request refused");
+                        if let Some(suppressed) = shared.missing_key_log.check() {
+                            tracing::warn!(
+                                limiter = shared.policy.name,
+                                %cause,
+                                suppressed,
+                                "rate limit key missing; request refused"
+                            );
+                        }
                         #[cfg(feature = "metrics")]
                         shared.count_rejection("key_missing");
                         ResponseFuture::done(shared.mode.reject(KeyMissing::new(cause)))
@@ -258,7 +265,14 @@ impl<X, St, M> Shared<X, St, M> {
     where
         M: RejectionMode<Res, E>,
     {
-        tracing::warn!(limiter = self.policy.name, error = %e, "rate limit backend unavailable; request refused");
+        if let Some(suppressed) = self.backend_log.check() {
+            tracing::warn!(
+                limiter = self.policy.name,
+                error = %e,
+                suppressed,
+                "rate limit backend unavailable; request refused"
+            );
+        }
         #[cfg(feature = "metrics")]
         self.count_rejection("backend_unavailable");
         self.mode.reject(BackendUnavailable::new(e))

@@ -8,13 +8,18 @@
 //!   `RateLimit` is there for reference; note that it is a per-instance counter (`&mut self`, not
 //!   shared by clones or threads), while ours is one shared atomic word.
 //! - `rate_limit/keyed_peer_ip_10k`: per-client limits keyed by peer IP, cycling through 10,000
-//!   pre-built `http::Request`s from 10,000 distinct IPv4 peers. The requests are cloned from the
-//!   pool outside the timed section; moving them in and dropping them is timed, in every row alike.
-//!   `governor_keyed_check` and `rampart_store_decide` take the IP directly (no service, no request):
-//!   compare them with each other.
-//! - `rate_limit/contention_2_threads`: two threads hammering one limiter. Each thread owns a clone
-//!   of the service and makes `iters` calls; the time reported per iteration is the wall time of the
-//!   slower thread divided by `iters`, i.e. the latency of one call while the other thread runs too.
+//!   pre-built `http::Request`s from 10,000 distinct IPv4 peers, all known to the store before timing.
+//!   Requests are cloned from the pool outside the timed section, a small batch at a time; moving
+//!   them in and dropping them is timed, in every row alike. `governor_keyed_check` and
+//!   `rampart_store_decide` take the IP directly (no service, no request): compare them with each
+//!   other.
+//! - `rate_limit/contention_2_threads`: one limiter shared by one or two threads. Each thread owns a
+//!   clone of the service and makes `iters` calls; the time reported per iteration is the wall time
+//!   of the slower thread divided by `iters`, i.e. the latency of one call while the other thread
+//!   runs too (throughput is threads / time). Rows: the global limiter (one atomic word), a keyed
+//!   limiter with both threads on one key, and with each thread on its own 4,096 keys; the
+//!   `unshared` row gives each thread a limiter of its own, which is as well as two threads can
+//!   scale on the machine.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -43,8 +48,12 @@ const HUGE: Quota = Quota::with_period(u32::MAX, Duration::from_secs(3600));
 /// Distinct peers in the keyed group.
 const PEERS: usize = 10_000;
 
-/// Keys per thread in the "own keys" contention rows (spread over the store's shards).
-const OWN_KEYS: u64 = 16;
+/// Requests cloned from the pool per timed batch in the keyed group (about 60 KB of requests).
+const BATCH: usize = 256;
+
+/// Keys per thread in the "own keys" contention rows: many clients, spread over all the store's
+/// shards, as on a busy server.
+const OWN_KEYS: u64 = 4096;
 
 /// The inner service of the `global` and `contention` groups: echoes its request.
 fn bare_u64()
@@ -148,8 +157,9 @@ fn request_pool() -> Vec<Request<()>> {
 }
 
 /// Sends `iters` requests from `pool` through `svc`, continuing the cycle at `cursor`, and returns
-/// the time spent in the service. Requests are cloned from the pool untimed, a pool's worth at a
-/// time; moving each into the service, the call, and dropping the response are timed.
+/// the time spent in the service. Requests are cloned from the pool untimed, `BATCH` at a time, so
+/// they are in cache like a request a server has just parsed; moving each into the service, the
+/// call, and dropping the response (and with it the request) are timed.
 fn drive<S>(
     svc: &mut S,
     pool: &[Request<()>],
@@ -161,12 +171,14 @@ where
     S: Service<Request<()>>,
 {
     let mut cx = noop_cx();
-    let mut batch: Vec<Request<()>> = Vec::with_capacity(pool.len());
+    let mut batch: Vec<Request<()>> = Vec::with_capacity(BATCH);
     let mut left = iters;
     let mut total = Duration::ZERO;
     while left > 0 {
         let from = *cursor;
-        let n = (pool.len() - from).min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = (pool.len() - from)
+            .min(BATCH)
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
         batch.extend_from_slice(&pool[from..from + n]);
         *cursor = (from + n) % pool.len();
         let start = Instant::now();
@@ -299,18 +311,18 @@ pub(crate) fn keyed_peer_ip(c: &mut Criterion) {
     g.finish();
 }
 
-/// Runs `threads` threads, each sending `iters` requests through its own clone of `svc`, the
+/// Runs one thread per service in `svcs`, each sending `iters` requests through its service, the
 /// request for call `i` on thread `t` being `request(t, i)`. Returns the wall time of the slowest
 /// thread, measured from a common start.
-fn parallel<S>(svc: &S, threads: usize, iters: u64, request: fn(u64, u64) -> u64) -> Duration
+fn parallel<S>(svcs: Vec<S>, iters: u64, request: fn(u64, u64) -> u64) -> Duration
 where
-    S: Service<u64> + Clone + Send,
+    S: Service<u64> + Send,
 {
-    let barrier = Barrier::new(threads);
+    let barrier = Barrier::new(svcs.len());
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads as u64)
-            .map(|t| {
-                let mut svc = svc.clone();
+        let handles: Vec<_> = (0..)
+            .zip(svcs)
+            .map(|(t, mut svc)| {
                 let barrier = &barrier;
                 scope.spawn(move || {
                     let mut cx = noop_cx();
@@ -345,9 +357,17 @@ fn same_key(_: u64, _: u64) -> u64 {
     0
 }
 
-/// `rate_limit/contention_2_threads`: one limiter, one or two threads.
+/// `rate_limit/contention_2_threads`: one limiter, one thread or two.
 pub(crate) fn contention(c: &mut Criterion) {
     let mut g = c.benchmark_group("rate_limit/contention_2_threads");
+    let keyed = || {
+        RateLimitLayer::builder()
+            .quota(HUGE)
+            .key(key_fn(|k: &u64| Some(*k)))
+            .build()
+            .expect("valid quota")
+            .layer(bare_u64())
+    };
 
     let bare = bare_u64();
     let global = RateLimitLayer::builder()
@@ -355,35 +375,45 @@ pub(crate) fn contention(c: &mut Criterion) {
         .build()
         .expect("valid quota")
         .layer(bare_u64());
-    let keyed = RateLimitLayer::builder()
-        .quota(HUGE)
-        .key(key_fn(|k: &u64| Some(*k)))
-        .build()
-        .expect("valid quota")
-        .layer(bare_u64());
+    let shared = keyed();
+    // Two limiters that share nothing: the most two threads can scale on this machine.
+    let unshared = [keyed(), keyed()];
     // Insert the keys before timing.
-    parallel(&keyed, 2, OWN_KEYS, own_key);
-    parallel(&keyed, 1, 1, same_key);
+    parallel(vec![shared.clone(); 2], OWN_KEYS, own_key);
+    parallel(unshared.to_vec(), OWN_KEYS, own_key);
+    parallel(vec![shared.clone()], 1, same_key);
 
-    for threads in [1, 2] {
+    let mut row = |name: &str, threads: usize, run: &dyn Fn(u64) -> Duration| {
         let suffix = if threads == 1 {
             "1_thread"
         } else {
             "2_threads"
         };
-        g.bench_function(format!("bare_{suffix}"), |b| {
-            b.iter_custom(|iters| parallel(&bare, threads, iters, same_key));
-        });
-        g.bench_function(format!("rampart_global_{suffix}"), |b| {
-            b.iter_custom(|iters| parallel(&global, threads, iters, same_key));
-        });
-        g.bench_function(format!("rampart_keyed_one_key_{suffix}"), |b| {
-            b.iter_custom(|iters| parallel(&keyed, threads, iters, same_key));
-        });
-        g.bench_function(format!("rampart_keyed_own_keys_{suffix}"), |b| {
-            b.iter_custom(|iters| parallel(&keyed, threads, iters, own_key));
+        g.bench_function(format!("{name}_{suffix}"), |b| b.iter_custom(run));
+    };
+    for threads in [1, 2] {
+        row("bare", threads, &|iters| {
+            parallel(vec![bare.clone(); threads], iters, same_key)
         });
     }
+    for threads in [1, 2] {
+        row("rampart_global", threads, &|iters| {
+            parallel(vec![global.clone(); threads], iters, same_key)
+        });
+    }
+    for threads in [1, 2] {
+        row("rampart_keyed_one_key", threads, &|iters| {
+            parallel(vec![shared.clone(); threads], iters, same_key)
+        });
+    }
+    for threads in [1, 2] {
+        row("rampart_keyed_own_keys", threads, &|iters| {
+            parallel(vec![shared.clone(); threads], iters, own_key)
+        });
+    }
+    row("rampart_keyed_own_keys_unshared", 2, &|iters| {
+        parallel(unshared.to_vec(), iters, own_key)
+    });
 
     g.finish();
 }

@@ -32,7 +32,12 @@ impl LogThrottle {
         if now >= next
             && self
                 .next
-                .compare_exchange(next, now + self.interval, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + self.interval,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             return Some(self.suppressed.swap(0, Ordering::AcqRel));

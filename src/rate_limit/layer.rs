@@ -10,8 +10,8 @@ use super::quota::{Algorithm, Quota};
 use super::service::RateLimit;
 use super::store::{RateLimitBackend, StoreSpec};
 use crate::error::ConfigError;
-use crate::throttle::LogThrottle;
 use crate::rejection::AsError;
+use crate::throttle::LogThrottle;
 
 #[cfg(feature = "memory")]
 type DefaultBackend = crate::backend::MemoryBackend;

@@ -75,7 +75,7 @@ fn waiting_layer(
 #[should_panic(expected = "poll_ready must be called first")]
 async fn waiting_mode_call_without_poll_ready_panics() {
     let mut svc = waiting_layer(5).layer(Counting::default());
-    let _ = svc.call(1u32);
+    drop(svc.call(1u32));
 }
 
 #[tokio::test(start_paused = true)]
@@ -89,7 +89,7 @@ async fn waiting_mode_reserves_once_per_call_and_clones_do_not_share_a_reservati
     // A clone made now does not inherit the reservation.
     let mut clone = svc.clone();
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = clone.call(0u32);
+        drop(clone.call(0u32));
     }));
     assert!(panicked.is_err(), "the clone must be made ready itself");
 

@@ -21,6 +21,7 @@
 //! use tower::{Service, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! tokio::time::pause(); // as in a test: time moves only when told to
 //! let layer = RateLimitLayer::builder().quota(Quota::per_minute(1)).build().unwrap();
 //! let mut svc = tower::ServiceBuilder::new()
 //!     .layer(layer)
@@ -99,6 +100,10 @@ impl RejectionKind {
 pub trait RejectionMode<Res, E>: Clone + Send + Sync + 'static {
     /// The layered service's error type.
     type Error;
+
+    /// Whether responses in this mode carry headers that layers may add to (so layers skip the
+    /// work of preparing them in modes that would throw it away).
+    const WRITES_HEADERS: bool = false;
 
     /// Converts an error of the inner service.
     fn inner_error(err: E) -> Self::Error;

@@ -7,19 +7,39 @@
 //! retry support) and a `google.rpc.RetryInfo` in `grpc-status-details-bin` (read by
 //! `tonic-types` and Google's client libraries). No protobuf library is needed to produce them.
 //!
-//! # Example: a tonic server limited per peer IP
+//! # Example: a gRPC service limited per peer IP
 //!
-//! ```ignore
+//! With tonic, put the layer on the server (`Server::builder().layer(limit)`): tonic records the
+//! peer address the key is taken from. Here the same stack is driven by hand.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use tower::{Layer, Service, ServiceExt, service_fn};
+//! use tower_rampart::http::PeerIp;
+//! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! tokio::time::pause();
 //! let limit = RateLimitLayer::builder()
-//!     .quota(Quota::per_minute(100))
+//!     .quota(Quota::per_minute(1))
 //!     .key(PeerIp::new())
 //!     .grpc()
-//!     .build()?;
-//! tonic::transport::Server::builder()
-//!     .layer(limit)
-//!     .add_service(AnalyticsServer::new(service))
-//!     .serve(addr)
-//!     .await?;
+//!     .build()
+//!     .unwrap();
+//! let mut svc = limit.layer(service_fn(|_req: http::Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//! }));
+//! let call = || {
+//!     let mut req = http::Request::new(());
+//!     req.extensions_mut().insert("192.0.2.7:50051".parse::<SocketAddr>().unwrap());
+//!     req
+//! };
+//! let ok = svc.ready().await.unwrap().call(call()).await.unwrap();
+//! assert!(ok.headers().get("grpc-status").is_none());
+//! let refused = svc.ready().await.unwrap().call(call()).await.unwrap();
+//! assert_eq!(refused.headers()["grpc-status"], "8"); // RESOURCE_EXHAUSTED
+//! assert_eq!(refused.headers()["grpc-retry-pushback-ms"], "60000");
+//! # }
 //! ```
 
 use std::fmt::Write;
@@ -87,6 +107,8 @@ where
     E: 'static,
 {
     type Error = E;
+
+    const WRITES_HEADERS: bool = true;
 
     #[inline]
     fn inner_error(err: E) -> E {

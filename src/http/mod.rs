@@ -123,6 +123,8 @@ where
 {
     type Error = E;
 
+    const WRITES_HEADERS: bool = true;
+
     #[inline]
     fn inner_error(err: E) -> E {
         err

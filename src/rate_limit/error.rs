@@ -125,4 +125,7 @@ pub(crate) struct Policy {
     pub(crate) window_secs: u64,
     /// Also send `X-RateLimit-Limit` / `-Remaining` / `-Reset`.
     pub(crate) legacy_headers: bool,
+    /// The `RateLimit-Policy` value, built once per distinct policy (cloning it copies a pointer).
+    #[cfg(feature = "http")]
+    pub(crate) header: &'static http::HeaderValue,
 }

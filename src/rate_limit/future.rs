@@ -22,8 +22,9 @@ pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit).
     ///
     /// On the in-memory path it is the inner service's future plus, in HTTP and gRPC modes, the
-    /// decision to render as headers; a refusal is ready at once. Only backends that do I/O, and the
-    /// waiting mode with per-request keys, use the slower states.
+    /// decision to render as headers; a refusal is ready at once. Backends that do I/O, and the
+    /// waiting mode with per-request keys, take a boxed slow path (the box keeps this future as
+    /// small as the fast path needs).
     pub struct ResponseFuture<S, Req, X, St, M>
     where
         S: Service<Req>,
@@ -32,31 +33,55 @@ pin_project! {
         M: RejectionMode<S::Response, S::Error>,
     {
         #[pin]
-        state: State<S::Future, St::Future>,
+        state: State<
+            S::Future,
+            Result<S::Response, M::Error>,
+            Pin<Box<Slow<S, Req, X, St, M>>>,
+        >,
         headers: Option<(Decision, Policy)>,
-        done: Option<Result<S::Response, M::Error>>,
-        slow: Option<Slow<S, Req, X, St, M>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, C> {
+    enum State<F, R, B> {
         Inner { #[pin] fut: F },
-        Done,
+        Done { result: Option<R> },
+        Slow { slow: B },
+    }
+}
+
+pin_project! {
+    /// The slow path: waiting for a backend's decision or for quota, then readying the service.
+    struct Slow<S, Req, X, St, M>
+    where
+        S: Service<Req>,
+        X: KeyExtractor,
+        St: RateLimitStore<X::Key>,
+    {
+        #[pin]
+        phase: Phase<St::Future>,
+        svc: S,
+        req: Option<Req>,
+        key: X::Key,
+        deadline: Option<Instant>,
+        shared: Arc<Shared<X, St, M>>,
+    }
+}
+
+pin_project! {
+    #[project = PhaseProj]
+    enum Phase<C> {
         Checking { #[pin] check: C },
         Sleeping { #[pin] sleep: Sleep },
         Readying,
     }
 }
 
-/// What the slow path carries: the readied service, the request, and the limiter.
-struct Slow<S, Req, X: KeyExtractor, St, M> {
-    svc: S,
-    req: Option<Req>,
-    key: X::Key,
-    deadline: Option<Instant>,
-    shared: Arc<Shared<X, St, M>>,
+/// Where the slow path ends: the inner service was called, or the request was answered.
+enum Outcome<F, T, E> {
+    Called(F),
+    Answered(Result<T, E>),
 }
 
 impl<S, Req, X, St, M> ResponseFuture<S, Req, X, St, M>
@@ -71,18 +96,39 @@ where
         Self {
             state: State::Inner { fut },
             headers,
-            done: None,
-            slow: None,
         }
     }
 
     #[inline]
     pub(crate) fn done(result: Result<S::Response, M::Error>) -> Self {
         Self {
-            state: State::Done,
+            state: State::Done {
+                result: Some(result),
+            },
             headers: None,
-            done: Some(result),
-            slow: None,
+        }
+    }
+
+    fn slow(
+        phase: Phase<St::Future>,
+        deadline: Option<Instant>,
+        svc: S,
+        req: Req,
+        key: X::Key,
+        shared: Arc<Shared<X, St, M>>,
+    ) -> Self {
+        Self {
+            state: State::Slow {
+                slow: Box::pin(Slow {
+                    phase,
+                    svc,
+                    req: Some(req),
+                    key,
+                    deadline,
+                    shared,
+                }),
+            },
+            headers: None,
         }
     }
 
@@ -94,18 +140,7 @@ where
         key: X::Key,
         shared: Arc<Shared<X, St, M>>,
     ) -> Self {
-        Self {
-            state: State::Checking { check },
-            headers: None,
-            done: None,
-            slow: Some(Slow {
-                svc,
-                req: Some(req),
-                key,
-                deadline,
-                shared,
-            }),
-        }
+        Self::slow(Phase::Checking { check }, deadline, svc, req, key, shared)
     }
 
     pub(crate) fn sleeping(
@@ -116,20 +151,15 @@ where
         key: X::Key,
         shared: Arc<Shared<X, St, M>>,
     ) -> Self {
-        Self {
-            state: State::Sleeping {
-                sleep: tokio::time::sleep_until(wake),
-            },
-            headers: None,
-            done: None,
-            slow: Some(Slow {
-                svc,
-                req: Some(req),
-                key,
-                deadline: Some(deadline),
-                shared,
-            }),
-        }
+        let sleep = tokio::time::sleep_until(wake);
+        Self::slow(
+            Phase::Sleeping { sleep },
+            Some(deadline),
+            svc,
+            req,
+            key,
+            shared,
+        )
     }
 }
 
@@ -145,7 +175,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let decided = match this.state.as_mut().project() {
+            match this.state.as_mut().project() {
                 StateProj::Inner { fut } => {
                     #[cfg_attr(not(feature = "http"), allow(unused_mut))]
                     let mut res = ready!(fut.poll(cx)).map_err(M::inner_error)?;
@@ -157,59 +187,81 @@ where
                     }
                     return Poll::Ready(Ok(res));
                 }
-                StateProj::Done => {
+                StateProj::Done { result } => {
                     return Poll::Ready(
-                        this.done
+                        result
                             .take()
                             .expect("rate limit future polled after completion"),
                     );
                 }
-                StateProj::Readying => {
-                    let slow = this.slow.as_mut().expect("slow path state");
-                    ready!(slow.svc.poll_ready(cx)).map_err(M::inner_error)?;
-                    let req = slow.req.take().expect("request sent once");
-                    let fut = slow.svc.call(req);
-                    this.state.set(State::Inner { fut });
-                    continue;
+                StateProj::Slow { slow } => {
+                    match ready!(slow.as_mut().poll_slow(cx, this.headers)) {
+                        Outcome::Called(fut) => this.state.set(State::Inner { fut }),
+                        Outcome::Answered(result) => {
+                            this.state.set(State::Done { result: None });
+                            return Poll::Ready(result);
+                        }
+                    }
                 }
-                StateProj::Checking { check } => ready!(check.poll(cx)),
-                StateProj::Sleeping { sleep } => {
+            }
+        }
+    }
+}
+
+impl<S, Req, X, St, M> Slow<S, Req, X, St, M>
+where
+    S: Service<Req>,
+    X: KeyExtractor,
+    St: RateLimitStore<X::Key>,
+    M: RejectionMode<S::Response, S::Error>,
+{
+    fn poll_slow(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        headers: &mut Option<(Decision, Policy)>,
+    ) -> Poll<Outcome<S::Future, S::Response, M::Error>> {
+        let mut this = self.project();
+        loop {
+            let decided = match this.phase.as_mut().project() {
+                PhaseProj::Readying => {
+                    if let Err(e) = ready!(this.svc.poll_ready(cx)) {
+                        return Poll::Ready(Outcome::Answered(Err(M::inner_error(e))));
+                    }
+                    let req = this.req.take().expect("request sent once");
+                    return Poll::Ready(Outcome::Called(this.svc.call(req)));
+                }
+                PhaseProj::Checking { check } => ready!(check.poll(cx)),
+                PhaseProj::Sleeping { sleep } => {
                     ready!(sleep.poll(cx));
-                    let slow = this.slow.as_ref().expect("slow path state");
-                    match slow.shared.store.check(&slow.key) {
+                    match this.shared.store.check(this.key) {
                         Check::Ready(result) => result,
                         Check::Pending(check) => {
-                            this.state.set(State::Checking { check });
+                            this.phase.set(Phase::Checking { check });
                             continue;
                         }
                     }
                 }
             };
-            let slow = this.slow.as_ref().expect("slow path state");
-            let shared = &slow.shared;
+            let shared = &**this.shared;
             match decided {
                 Ok(d) if d.is_allowed() => {
-                    *this.headers = shared.success_headers(d);
-                    this.state.set(State::Readying);
+                    *headers = shared.success_headers::<S::Response, S::Error>(d);
+                    this.phase.set(Phase::Readying);
                 }
                 Ok(d) => {
                     let wake = Instant::now() + d.retry_after();
-                    match slow.deadline {
+                    match *this.deadline {
                         Some(deadline) if wake <= deadline => {
-                            this.state.set(State::Sleeping {
+                            this.phase.set(Phase::Sleeping {
                                 sleep: tokio::time::sleep_until(wake),
                             });
                         }
-                        _ => {
-                            *this.done = Some(shared.refuse(d));
-                            this.state.set(State::Done);
-                        }
+                        _ => return Poll::Ready(Outcome::Answered(shared.refuse(d))),
                     }
                 }
                 Err(e) => {
                     let e: BackendError = e;
-                    *this.done = Some(shared.unavailable(e));
-                    this.state.set(State::Done);
+                    return Poll::Ready(Outcome::Answered(shared.unavailable(e)));
                 }
             }
         }
@@ -226,10 +278,8 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Inner { .. } => "inner",
-            State::Done => "done",
-            State::Checking { .. } => "checking",
-            State::Sleeping { .. } => "sleeping",
-            State::Readying => "readying",
+            State::Done { .. } => "done",
+            State::Slow { .. } => "slow",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -133,7 +133,10 @@ pub struct KeyFn<F, K> {
 }
 
 /// Keys requests with `f`. Returning `None` means the request has no key (see [`MissingKey`]).
-pub fn key_fn<F, K>(f: F) -> KeyFn<F, K> {
+pub fn key_fn<Req, F, K>(f: F) -> KeyFn<F, K>
+where
+    F: Fn(&Req) -> Option<K>,
+{
     KeyFn {
         f,
         _key: PhantomData,
@@ -142,7 +145,10 @@ pub fn key_fn<F, K>(f: F) -> KeyFn<F, K> {
 
 impl<F: Clone, K> Clone for KeyFn<F, K> {
     fn clone(&self) -> Self {
-        key_fn(self.f.clone())
+        Self {
+            f: self.f.clone(),
+            _key: PhantomData,
+        }
     }
 }
 

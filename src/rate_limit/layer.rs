@@ -341,6 +341,12 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
                     name: self.name,
                     window_secs,
                     legacy_headers: self.legacy_headers,
+                    #[cfg(feature = "http")]
+                    header: crate::http::headers::policy_value(
+                        self.name,
+                        quota.limit(),
+                        window_secs,
+                    ),
                 },
                 headers_on_success: self.headers_on_success,
                 wait: self.wait,

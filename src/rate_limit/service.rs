@@ -125,9 +125,10 @@ where
                 .take()
                 .expect("poll_ready must be called first");
             return match reserved {
-                Reserved::Granted(d) => {
-                    ResponseFuture::inner(self.inner.call(req), shared.success_headers(d))
-                }
+                Reserved::Granted(d) => ResponseFuture::inner(
+                    self.inner.call(req),
+                    shared.success_headers::<S::Response, S::Error>(d),
+                ),
                 Reserved::Refused(d) => ResponseFuture::done(shared.refuse(d)),
                 Reserved::Failed(e) => ResponseFuture::done(shared.unavailable(e)),
             };
@@ -154,9 +155,10 @@ where
             }
         };
         match shared.store.check(&key) {
-            Check::Ready(Ok(d)) if d.is_allowed() => {
-                ResponseFuture::inner(self.inner.call(req), shared.success_headers(d))
-            }
+            Check::Ready(Ok(d)) if d.is_allowed() => ResponseFuture::inner(
+                self.inner.call(req),
+                shared.success_headers::<S::Response, S::Error>(d),
+            ),
             Check::Ready(Ok(d)) => match shared.wait {
                 Some(max) if d.retry_after() <= max => {
                     let now = Instant::now();
@@ -245,10 +247,14 @@ where
 }
 
 impl<X, St, M> Shared<X, St, M> {
-    /// The decision to render as headers on an admitted response, if the layer sends them.
+    /// The decision to render as headers on an admitted response, if the layer sends them and the
+    /// mode's responses have headers.
     #[inline]
-    pub(crate) fn success_headers(&self, d: Decision) -> Option<(Decision, Policy)> {
-        self.headers_on_success.then_some((d, self.policy))
+    pub(crate) fn success_headers<Res, E>(&self, d: Decision) -> Option<(Decision, Policy)>
+    where
+        M: RejectionMode<Res, E>,
+    {
+        (M::WRITES_HEADERS && self.headers_on_success).then_some((d, self.policy))
     }
 
     pub(crate) fn refuse<Res, E>(&self, d: Decision) -> Result<Res, M::Error>

@@ -22,12 +22,12 @@ pub(crate) fn decide(limits: &Limits, tat: Nanos, now: Nanos) -> (Decision, Opti
     if ahead > limits.tolerance {
         // Admitted once new_tat - later <= tolerance.
         let retry_after = ahead - limits.tolerance;
-        let decision = Decision::from_nanos(false, limits.limit, 0, base - now, retry_after);
+        let decision = Decision::refused(limits.limit, base - now, retry_after);
         (decision, None)
     } else {
-        // How many more emission intervals fit under the tolerance.
-        let remaining = ((limits.tolerance - ahead) / limits.emission) as u32;
-        let decision = Decision::from_nanos(true, limits.limit, remaining, ahead, 0);
+        // Remaining: how many more emission intervals fit under the tolerance.
+        let slack = limits.tolerance - ahead;
+        let decision = Decision::admitted(limits.limit, slack, limits.emission, ahead);
         (decision, Some(new_tat))
     }
 }

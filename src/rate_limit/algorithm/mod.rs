@@ -18,11 +18,14 @@ use crate::clock::Nanos;
 ///
 /// Returned by every [`RateLimitStore`](super::RateLimitStore), and carried by
 /// [`RateLimited`](super::error::RateLimited) when the request was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Decision {
     allowed: bool,
     limit: u32,
-    remaining: u32,
+    // `remaining` is `slack / unit`, divided only when asked for: most admitted requests never are,
+    // and the division (128-bit for the sliding window) would otherwise be on every hot path.
+    slack: u64,
+    unit: u64,
     reset: Nanos,
     retry_after: Nanos,
 }
@@ -33,25 +36,34 @@ impl Decision {
     /// `remaining` is how many more would be admitted right now; `reset` how long until the full
     /// quota is available again.
     pub fn allowed(limit: u32, remaining: u32, reset: Duration) -> Self {
-        Self::from_nanos(true, limit, remaining, nanos(reset), 0)
+        Self::admitted(limit, u64::from(remaining), 1, nanos(reset))
     }
 
     /// A request that was refused; it could succeed after `retry_after`.
     pub fn denied(limit: u32, retry_after: Duration, reset: Duration) -> Self {
-        Self::from_nanos(false, limit, 0, nanos(reset), nanos(retry_after))
+        Self::refused(limit, nanos(reset), nanos(retry_after))
     }
 
-    pub(crate) const fn from_nanos(
-        allowed: bool,
-        limit: u32,
-        remaining: u32,
-        reset: Nanos,
-        retry_after: Nanos,
-    ) -> Self {
+    /// An admission with `slack / unit` requests remaining.
+    #[inline]
+    pub(crate) const fn admitted(limit: u32, slack: u64, unit: u64, reset: Nanos) -> Self {
         Self {
-            allowed,
+            allowed: true,
             limit,
-            remaining,
+            slack,
+            unit,
+            reset,
+            retry_after: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) const fn refused(limit: u32, reset: Nanos, retry_after: Nanos) -> Self {
+        Self {
+            allowed: false,
+            limit,
+            slack: 0,
+            unit: 1,
             reset,
             retry_after,
         }
@@ -69,7 +81,12 @@ impl Decision {
 
     /// Requests that would still be admitted right now, after this one.
     pub const fn remaining(&self) -> u32 {
-        self.remaining
+        let r = self.slack / self.unit;
+        if r > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            r as u32
+        }
     }
 
     /// Time until the full quota is available again.
@@ -83,6 +100,18 @@ impl Decision {
         Duration::from_nanos(self.retry_after)
     }
 }
+
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        self.allowed == other.allowed
+            && self.limit == other.limit
+            && self.remaining() == other.remaining()
+            && self.reset == other.reset
+            && self.retry_after == other.retry_after
+    }
+}
+
+impl Eq for Decision {}
 
 fn nanos(d: Duration) -> Nanos {
     crate::clock::duration_to_nanos(d)

@@ -59,14 +59,21 @@ pub(crate) fn decide(limits: &Limits, stored: Window, now: Nanos) -> (Decision, 
     let used = weighted_prev + (curr + 1) * period;
     let to_window_end = period - elapsed;
     if used <= capacity {
-        let remaining = ((capacity - used) / period) as u32;
         let next = Window {
             curr: w.curr + 1,
             ..w
         };
         // Everything counted now has decayed by the end of the next window.
-        let reset = to_window_end + period;
-        let d = Decision::from_nanos(true, limits.limit, remaining, reset as u64, 0);
+        let reset = (to_window_end + period) as u64;
+        // Remaining is (capacity - used) / period; divide now only if the numerator is too large to
+        // keep for later.
+        let d = match u64::try_from(capacity - used) {
+            Ok(slack) => Decision::admitted(limits.limit, slack, limits.period, reset),
+            Err(_) => {
+                let remaining = ((capacity - used) / period) as u64;
+                Decision::admitted(limits.limit, remaining, 1, reset)
+            }
+        };
         (d, next)
     } else {
         let retry_after = if curr < limit {
@@ -84,7 +91,7 @@ pub(crate) fn decide(limits: &Limits, stored: Window, now: Nanos) -> (Decision, 
         } else {
             to_window_end
         };
-        let d = Decision::from_nanos(false, limits.limit, 0, reset as u64, retry_after as u64);
+        let d = Decision::refused(limits.limit, reset as u64, retry_after as u64);
         (d, w)
     }
 }

@@ -5,12 +5,14 @@
 //! without any layer, measured in the same run: compare the other rows with it, not with numbers
 //! from another machine or another run.
 //!
+//! - [`clock`]: what reading the time costs (the floor under any limiter on tokio's clock).
 //! - [`rate_limit`]: the rate limiter against a bare service, tower's and governor's limiters.
 
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_main};
 
+mod clock;
 mod rate_limit;
 mod support;
 
@@ -27,12 +29,12 @@ fn config() -> Criterion {
 mod groups {
     use criterion::criterion_group;
 
-    use crate::{config, rate_limit};
+    use crate::{clock, config, rate_limit};
 
     criterion_group! {
         name = rate_limit_benches;
         config = config();
-        targets = rate_limit::global, rate_limit::keyed_peer_ip, rate_limit::contention
+        targets = clock::clocks, rate_limit::global, rate_limit::keyed_peer_ip, rate_limit::contention
     }
 }
 

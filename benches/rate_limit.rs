@@ -64,7 +64,8 @@ fn bare_u64()
     service_fn(|n: u64| ready(Ok::<_, Infallible>(n)))
 }
 
-/// The inner service of the keyed group: reads nothing, answers an empty `200 OK`.
+/// The inner service of the keyed group: reads nothing, answers `200 OK` with a JSON content type,
+/// like any real endpoint (so the response already has a header map when a layer adds to it).
 fn bare_http() -> impl Service<
     Request<()>,
     Response = Response<Bytes>,
@@ -73,7 +74,14 @@ fn bare_http() -> impl Service<
 > + Clone
 + Send
 + 'static {
-    service_fn(|_req: Request<()>| ready(Ok::<_, Infallible>(Response::new(Bytes::new()))))
+    service_fn(|_req: Request<()>| {
+        let mut res = Response::new(Bytes::from_static(b"{}"));
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        ready(Ok::<_, Infallible>(res))
+    })
 }
 
 /// The value of an admitted call; anything else stops the run.

@@ -46,20 +46,46 @@ pub(crate) fn policy_value(name: &str, limit: u32, window_secs: u64) -> &'static
     })
 }
 
-/// Appends the decimal digits of `n` to `buf`.
+/// A small stack buffer for header values: formatting one allocates nothing until the value is
+/// copied, once, into the header.
 #[cfg(feature = "rate-limit")]
-fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+struct ValueBuf {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+#[cfg(feature = "rate-limit")]
+impl ValueBuf {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 128],
+            len: 0,
         }
     }
-    buf.extend_from_slice(&digits[i..]);
+
+    fn push(&mut self, s: &[u8]) {
+        self.bytes[self.len..self.len + s.len()].copy_from_slice(s);
+        self.len += s.len();
+    }
+
+    fn push_u64(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.bytes[..self.len])
+            .expect("a checked name and digits are a valid header value")
+    }
 }
 
 /// Adds the rate limit fields for `decision` under `policy`. Appends, so stacked limiters each
@@ -68,17 +94,16 @@ fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
 pub(crate) fn write_rate_limit(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
     let reset = ceil_secs(decision.reset());
     let remaining = decision.remaining();
-    let mut buf = Vec::with_capacity(policy.name.len() + 32);
-    buf.push(b'"');
-    buf.extend_from_slice(policy.name.as_bytes());
-    buf.extend_from_slice(b"\";r=");
-    push_u64(&mut buf, u64::from(remaining));
-    buf.extend_from_slice(b";t=");
-    push_u64(&mut buf, reset);
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
-        .expect("a checked name and digits are a valid header value");
+    // `"` + name (at most 64, checked at build) + `";r=` + 10 digits + `;t=` + 20 digits < 128.
+    let mut buf = ValueBuf::new();
+    buf.push(b"\"");
+    buf.push(policy.name.as_bytes());
+    buf.push(b"\";r=");
+    buf.push_u64(u64::from(remaining));
+    buf.push(b";t=");
+    buf.push_u64(reset);
     headers.append(RATELIMIT_POLICY.clone(), policy.header.clone());
-    headers.append(RATELIMIT.clone(), value);
+    headers.append(RATELIMIT.clone(), buf.value());
     if policy.legacy_headers {
         headers.insert(X_RATELIMIT_LIMIT.clone(), decision.limit().into());
         headers.insert(X_RATELIMIT_REMAINING.clone(), remaining.into());

@@ -210,6 +210,22 @@ mod tests {
         assert_eq!(l.tolerance, 250_000_000);
     }
 
+    #[cfg(feature = "serde")]
+    #[test]
+    fn quotas_load_from_configuration_files() {
+        let q: Quota = serde_json::from_str(r#"{"limit":10,"period":60}"#).unwrap();
+        assert_eq!(q, Quota::per_minute(10));
+        let q: Quota = serde_json::from_str(r#"{"limit":5,"period":0.5,"burst":2}"#).unwrap();
+        assert_eq!(
+            q,
+            Quota::with_period(5, Duration::from_millis(500)).burst(2)
+        );
+        let e = serde_json::from_str::<Quota>(r#"{"limit":5,"period":-1}"#).unwrap_err();
+        assert!(e.to_string().contains("period (seconds) -1"), "{e}");
+        let a: Algorithm = serde_json::from_str(r#""sliding_window""#).unwrap();
+        assert_eq!(a, Algorithm::SlidingWindow);
+    }
+
     #[test]
     fn absurd_quotas_are_refused_with_a_reason() {
         let cases = [

@@ -10,5 +10,6 @@ mod config;
 mod contract;
 mod grpc;
 mod http;
+mod metrics;
 mod paused_time;
 mod support;

@@ -1,0 +1,66 @@
+//! The `metrics` feature: refusals are counted as `rampart_rate_limit_rejected_total`, labelled by
+//! limiter and reason.
+
+use std::task::{Context, Poll, Waker};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower::{Layer, Service};
+use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+
+use crate::support::Counting;
+
+#[test]
+fn refusals_are_counted_by_limiter_and_reason() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let layer = RateLimitLayer::builder()
+            .name("uploads")
+            .quota(Quota::per_hour(2))
+            .key(key_fn(|n: &u32| (*n > 0).then_some(*n)))
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(Counting::default());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut send = |n: u32| {
+            assert!(Service::<u32>::poll_ready(&mut svc, &mut cx).is_ready());
+            let mut fut = std::pin::pin!(svc.call(n));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(r) => r.is_ok(),
+                Poll::Pending => panic!("the in-memory path is synchronous"),
+            }
+        };
+        assert!(send(1) && send(1));
+        assert!(!send(1) && !send(1) && !send(1));
+        assert!(!send(0), "no key: refused");
+    });
+    let counts: Vec<(String, Vec<(String, String)>, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(n) => {
+                let labels = key
+                    .key()
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                Some((key.key().name().to_owned(), labels, n))
+            }
+            _ => None,
+        })
+        .collect();
+    let find = |reason: &str| {
+        counts
+            .iter()
+            .find(|(name, labels, _)| {
+                name == "rampart_rate_limit_rejected_total"
+                    && labels.contains(&("limiter".into(), "uploads".into()))
+                    && labels.contains(&("reason".into(), reason.into()))
+            })
+            .map(|(_, _, n)| *n)
+    };
+    assert_eq!(find("rate_limited"), Some(3), "{counts:?}");
+    assert_eq!(find("key_missing"), Some(1), "{counts:?}");
+}

@@ -10,6 +10,9 @@ use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::support::Counting;
 
+/// A counter's name, labels and value.
+type Counted = (String, Vec<(String, String)>, u64);
+
 #[test]
 fn refusals_are_counted_by_limiter_and_reason() {
     let recorder = DebuggingRecorder::new();
@@ -35,7 +38,7 @@ fn refusals_are_counted_by_limiter_and_reason() {
         assert!(!send(1) && !send(1) && !send(1));
         assert!(!send(0), "no key: refused");
     });
-    let counts: Vec<(String, Vec<(String, String)>, u64)> = snapshotter
+    let counts: Vec<Counted> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()

@@ -90,3 +90,69 @@ async fn generic_mode_errors_convert_to_tonic_status() {
     );
     assert!(status_from_error(&std::io::Error::other("unrelated")).is_none());
 }
+
+/// A real tonic server (the standard health service) behind the layer, keyed by the peer address
+/// tonic records, called by a real tonic client.
+#[tokio::test]
+async fn tonic_server_refuses_over_quota_and_the_client_reads_the_retry_info() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("analytics", tonic_health::ServingStatus::Serving)
+        .await;
+    let limit = RateLimitLayer::builder()
+        .quota(Quota::per_minute(2))
+        .key(PeerIp::new())
+        .grpc()
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(limit)
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let check = || {
+        tonic::Request::new(HealthCheckRequest {
+            service: "analytics".into(),
+        })
+    };
+    for _ in 0..2 {
+        let res = client.check(check()).await.unwrap();
+        assert_eq!(res.get_ref().status, 1, "SERVING");
+        assert_eq!(
+            res.metadata().get("ratelimit-policy").unwrap(),
+            r#""default";q=2;w=60"#
+        );
+    }
+    let status = client.check(check()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(status.message(), "rate limit exceeded");
+    let retry = status.get_details_retry_info().expect("RetryInfo details");
+    let delay = retry.retry_delay.unwrap();
+    assert!(
+        delay > Duration::from_secs(29) && delay <= Duration::from_secs(30),
+        "{delay:?}"
+    );
+    let pushback: u64 = status
+        .metadata()
+        .get(GRPC_RETRY_PUSHBACK_MS)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((29_000..=30_000).contains(&pushback), "{pushback}");
+    server.abort();
+}

@@ -3,7 +3,7 @@
 //! Every decision in this crate is a pure function of some state and "now". "Now" comes from a
 //! [`Clock`], expressed as nanoseconds since the clock's own epoch. The default, [`TokioClock`], reads
 //! [`tokio::time::Instant`], so tests can freeze and advance time with
-//! [`tokio::time::pause`] / [`tokio::time::advance`] (or `#[tokio::test(start_paused = true)]`).
+//! `tokio::time::pause` / `tokio::time::advance` (or `#[tokio::test(start_paused = true)]`).
 //! [`ManualClock`] is moved by hand, for unit tests and benchmarks that run outside a runtime.
 //!
 //! # Example

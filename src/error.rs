@@ -23,7 +23,10 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "rate-limit", feature = "circuit-breaker")),
+        allow(dead_code)
+    )]
     pub(crate) fn new(setting: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             setting,
@@ -39,6 +42,28 @@ impl ConfigError {
     /// Why it was refused and what would be accepted.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+}
+
+/// Checks a layer's name: 1 to 64 letters, digits and `-_.:` (it goes into logs, metrics labels and
+/// header fields).
+#[cfg_attr(
+    not(any(feature = "rate-limit", feature = "circuit-breaker")),
+    allow(dead_code)
+)]
+pub(crate) fn check_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "name",
+            format!("{name:?} must be 1 to 64 characters of letters, digits and -_.:"),
+        ))
     }
 }
 

@@ -26,6 +26,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `rate-limit` | yes | [`rate_limit`] |
+//! | `circuit-breaker` | yes | [`circuit_breaker`] |
 //! | `memory` | yes | the in-memory backend, [`backend::memory`] |
 //! | `http` | | HTTP key extractors and the HTTP and gRPC rejection modes, [`http`], [`grpc`] |
 //! | `axum` | | `http`, plus reading axum's `ConnectInfo` |
@@ -46,6 +47,8 @@ pub mod rejection;
 #[cfg(feature = "rate-limit")]
 mod throttle;
 
+#[cfg(feature = "circuit-breaker")]
+pub mod circuit_breaker;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 

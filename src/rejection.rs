@@ -71,6 +71,8 @@ pub enum RejectionKind {
     KeyMissing,
     /// A shared backend could not decide and the failure policy refuses (HTTP 503, gRPC `UNAVAILABLE`).
     BackendUnavailable,
+    /// A circuit breaker is open (HTTP 503, gRPC `UNAVAILABLE`).
+    CircuitOpen,
 }
 
 impl RejectionKind {
@@ -80,16 +82,16 @@ impl RejectionKind {
         match self {
             Self::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
             Self::KeyMissing => http::StatusCode::INTERNAL_SERVER_ERROR,
-            Self::BackendUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::BackendUnavailable | Self::CircuitOpen => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// The gRPC status code a refusal of this kind is answered with.
     pub fn grpc_code(self) -> i32 {
         match self {
-            Self::RateLimited => 8,         // RESOURCE_EXHAUSTED
-            Self::KeyMissing => 13,         // INTERNAL
-            Self::BackendUnavailable => 14, // UNAVAILABLE
+            Self::RateLimited => 8,                             // RESOURCE_EXHAUSTED
+            Self::KeyMissing => 13,                             // INTERNAL
+            Self::BackendUnavailable | Self::CircuitOpen => 14, // UNAVAILABLE
         }
     }
 }
@@ -166,6 +168,7 @@ impl fmt::Display for RejectionKind {
             Self::RateLimited => "rate_limited",
             Self::KeyMissing => "key_missing",
             Self::BackendUnavailable => "backend_unavailable",
+            Self::CircuitOpen => "circuit_open",
         })
     }
 }

@@ -308,21 +308,7 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
         })?;
         let limits = quota.validate(self.algorithm)?;
         self.key.validate()?;
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-        if !name_ok {
-            return Err(ConfigError::new(
-                "name",
-                format!(
-                    "{:?} must be 1 to 64 characters of letters, digits and -_.:",
-                    self.name
-                ),
-            ));
-        }
+        crate::error::check_name(self.name)?;
         let spec = StoreSpec {
             quota,
             algorithm: self.algorithm,

@@ -1,0 +1,66 @@
+//! Refusals made by the circuit breaker.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::handle::CircuitState;
+use crate::rejection::{Rejection, RejectionKind};
+
+/// The call was refused because the circuit is open, forced open, or half-open with all its probe
+/// permits taken.
+///
+/// In HTTP mode it becomes a 503 (with `Retry-After` when the wait's end is known), in gRPC mode
+/// `UNAVAILABLE` with retry info.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitOpen {
+    name: &'static str,
+    state: CircuitState,
+    retry_after: Option<Duration>,
+}
+
+impl CircuitOpen {
+    pub(crate) const fn new(
+        name: &'static str,
+        state: CircuitState,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            name,
+            state,
+            retry_after,
+        }
+    }
+
+    /// The circuit's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The state that refused the call: open, forced open or half-open.
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    /// For an open circuit, how long until it lets a probe through; unknown otherwise.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("circuit open")
+    }
+}
+
+impl std::error::Error for CircuitOpen {}
+
+impl Rejection for CircuitOpen {
+    fn kind(&self) -> RejectionKind {
+        RejectionKind::CircuitOpen
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}

@@ -1,0 +1,337 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::classify::ErrorsAreFailures;
+use super::handle::{CircuitHandle, Transition};
+use super::service::CircuitBreaker;
+use super::state::{Breaker, Config, MAX_PROBES, Wait};
+use crate::error::ConfigError;
+use crate::rejection::AsError;
+
+/// Stops calling an upstream that keeps failing, and probes it until it recovers.
+///
+/// The layer holds one circuit in an `Arc`: every clone of the layer and every service it makes
+/// share it, and [`handle`](Self::handle) reads and steers it. Build it with
+/// [`CircuitBreakerLayer::builder`]. See the [module documentation](super).
+pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError> {
+    pub(crate) shared: Arc<Shared<C, M>>,
+}
+
+pub(crate) struct Shared<C, M> {
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) classifier: C,
+    pub(crate) mode: M,
+}
+
+impl<C, M> Clone for CircuitBreakerLayer<C, M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("breaker", &self.shared.breaker)
+            .field("classifier", &self.shared.classifier)
+            .field("mode", &self.shared.mode)
+            .finish()
+    }
+}
+
+impl<S, C, M> Layer<S> for CircuitBreakerLayer<C, M> {
+    type Service = CircuitBreaker<S, C, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+impl<C, M> CircuitBreakerLayer<C, M> {
+    /// A handle to the circuit: state, counts, and forcing it open, closed or disabled.
+    pub fn handle(&self) -> CircuitHandle {
+        CircuitHandle {
+            breaker: Arc::clone(&self.shared.breaker),
+        }
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// Starts configuring a circuit breaker.
+    ///
+    /// Defaults: trips at a failure rate of 50% over the last 100 calls (once at least 20 were
+    /// made), stays open 30 seconds, then lets 1 probe through; errors are failures; refusals are
+    /// `Err(BoxError)` holding [`CircuitOpen`](super::error::CircuitOpen).
+    pub fn builder() -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder {
+            name: "default",
+            failure_rate: None,
+            window: 100,
+            minimum_calls: None,
+            consecutive_failures: None,
+            wait: Wait {
+                initial: Duration::from_secs(30),
+                multiplier: 1.0,
+                max: Duration::from_secs(30),
+            },
+            half_open_probes: 1,
+            classifier: ErrorsAreFailures,
+            mode: AsError,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
+
+/// Configures a [`CircuitBreakerLayer`]. Made by [`CircuitBreakerLayer::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CircuitBreakerBuilder<C = ErrorsAreFailures, M = AsError> {
+    name: &'static str,
+    failure_rate: Option<f64>,
+    window: u32,
+    minimum_calls: Option<u32>,
+    consecutive_failures: Option<u32>,
+    wait: Wait,
+    half_open_probes: u32,
+    classifier: C,
+    mode: M,
+    hooks: Vec<Hook>,
+}
+
+impl<C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerBuilder")
+            .field("name", &self.name)
+            .field("failure_rate", &self.failure_rate)
+            .field("window", &self.window)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("wait", &self.wait)
+            .field("half_open_probes", &self.half_open_probes)
+            .field("classifier", &self.classifier)
+            .field("mode", &self.mode)
+            .field("hooks", &self.hooks.len())
+            .finish()
+    }
+}
+
+impl<C, M> CircuitBreakerBuilder<C, M> {
+    /// The circuit's name, in logs, hooks and snapshots (default `"default"`). Letters, digits and
+    /// `-_.:` only; checked by `build`.
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Opens when at least this share of the calls in the window failed (greater than 0, at most
+    /// 1). The default, 0.5, applies unless only [`consecutive_failures`](Self::consecutive_failures)
+    /// is set.
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.failure_rate = Some(rate);
+        self
+    }
+
+    /// The window the failure rate is measured over: the last `calls` calls (default 100).
+    pub fn window(mut self, calls: u32) -> Self {
+        self.window = calls;
+        self
+    }
+
+    /// Calls the window must hold before the failure rate can open the circuit (default 20, or the
+    /// window size if smaller).
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.minimum_calls = Some(calls);
+        self
+    }
+
+    /// Also opens after this many failures in a row. Set alone, it is the only condition (the
+    /// failure rate is then off unless set too).
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.consecutive_failures = Some(failures);
+        self
+    }
+
+    /// How long the circuit stays open before letting probes through (default 30 s).
+    pub fn wait_duration(mut self, wait: Duration) -> Self {
+        self.wait = Wait {
+            initial: wait,
+            multiplier: 1.0,
+            max: wait,
+        };
+        self
+    }
+
+    /// Stays open `initial` the first time, `multiplier` times longer each time it reopens without
+    /// having closed in between, at most `max`.
+    pub fn exponential_wait(mut self, initial: Duration, multiplier: f64, max: Duration) -> Self {
+        self.wait = Wait {
+            initial,
+            multiplier,
+            max,
+        };
+        self
+    }
+
+    /// Probe calls let through when half-open (default 1). Exactly this many are admitted, however
+    /// many callers arrive at once; the rest are refused at once, not queued.
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        self.half_open_probes = probes;
+        self
+    }
+
+    /// Calls `hook` on every change of state (after the change, outside any lock).
+    pub fn on_state_change<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Transition) + Send + Sync + 'static,
+    {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// How results count (default [`ErrorsAreFailures`]); see [`classify`](super::classify).
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2, M> {
+        CircuitBreakerBuilder {
+            name: self.name,
+            failure_rate: self.failure_rate,
+            window: self.window,
+            minimum_calls: self.minimum_calls,
+            consecutive_failures: self.consecutive_failures,
+            wait: self.wait,
+            half_open_probes: self.half_open_probes,
+            classifier,
+            mode: self.mode,
+            hooks: self.hooks,
+        }
+    }
+
+    /// How refusals reach the caller (default [`AsError`]); see [`crate::rejection`].
+    pub fn rejection<M2>(self, mode: M2) -> CircuitBreakerBuilder<C, M2> {
+        CircuitBreakerBuilder {
+            name: self.name,
+            failure_rate: self.failure_rate,
+            window: self.window,
+            minimum_calls: self.minimum_calls,
+            consecutive_failures: self.consecutive_failures,
+            wait: self.wait,
+            half_open_probes: self.half_open_probes,
+            classifier: self.classifier,
+            mode,
+            hooks: self.hooks,
+        }
+    }
+
+    /// For HTTP services: refusals become 503 responses, 5xx responses count as failures.
+    #[cfg(feature = "http")]
+    pub fn http(
+        self,
+    ) -> CircuitBreakerBuilder<super::classify::HttpClassifier, crate::http::AsHttp> {
+        self.classifier(super::classify::HttpClassifier::new())
+            .rejection(crate::http::AsHttp::new())
+    }
+
+    /// For gRPC services: refusals become `UNAVAILABLE`, failing statuses count as failures.
+    #[cfg(feature = "http")]
+    pub fn grpc(
+        self,
+    ) -> CircuitBreakerBuilder<super::classify::GrpcClassifier, crate::grpc::AsGrpc> {
+        self.classifier(super::classify::GrpcClassifier)
+            .rejection(crate::grpc::AsGrpc::new())
+    }
+
+    /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting, when a rate is outside (0, 1], a window, minimum,
+    /// threshold or probe count is zero (or the minimum exceeds the window), a wait is zero or
+    /// shrinks, or the name has characters logs and headers cannot carry.
+    pub fn build(self) -> Result<CircuitBreakerLayer<C, M>, ConfigError> {
+        let err = |setting, reason: String| Err(ConfigError::new(setting, reason));
+        if let Some(rate) = self.failure_rate
+            && !(rate > 0.0 && rate <= 1.0)
+        {
+            return err(
+                "failure_rate",
+                format!("must be greater than 0 and at most 1 (got {rate})"),
+            );
+        }
+        if self.window == 0 || self.window > 1_000_000 {
+            return err(
+                "window",
+                format!("must be from 1 to 1000000 calls (got {})", self.window),
+            );
+        }
+        let minimum_calls = self.minimum_calls.unwrap_or(self.window.min(20));
+        if minimum_calls == 0 || minimum_calls > self.window {
+            return err(
+                "minimum_calls",
+                format!(
+                    "must be from 1 to the window size, {} (got {minimum_calls})",
+                    self.window
+                ),
+            );
+        }
+        if self.consecutive_failures == Some(0) {
+            return err("consecutive_failures", "must be at least 1 (got 0)".into());
+        }
+        let w = self.wait;
+        if w.initial.is_zero() {
+            return err("wait_duration", "must be longer than zero".into());
+        }
+        if !(w.multiplier.is_finite() && w.multiplier >= 1.0) {
+            return err(
+                "exponential_wait",
+                format!(
+                    "the multiplier must be a finite number of at least 1 (got {})",
+                    w.multiplier
+                ),
+            );
+        }
+        if w.max < w.initial {
+            return err(
+                "exponential_wait",
+                format!(
+                    "the maximum ({:?}) must not be shorter than the initial wait ({:?})",
+                    w.max, w.initial
+                ),
+            );
+        }
+        if self.half_open_probes == 0 || self.half_open_probes > MAX_PROBES {
+            return err(
+                "half_open_probes",
+                format!(
+                    "must be from 1 to {MAX_PROBES} (got {})",
+                    self.half_open_probes
+                ),
+            );
+        }
+        crate::error::check_name(self.name)?;
+        // With no condition set, the failure rate's default applies.
+        let failure_rate = match (self.failure_rate, self.consecutive_failures) {
+            (None, None) => Some(0.5),
+            (rate, _) => rate,
+        };
+        let cfg = Config {
+            name: self.name,
+            failure_rate,
+            window: self.window,
+            minimum_calls,
+            consecutive_failures: self.consecutive_failures,
+            wait: self.wait,
+            half_open_probes: self.half_open_probes,
+        };
+        Ok(CircuitBreakerLayer {
+            shared: Arc::new(Shared {
+                breaker: Arc::new(Breaker::new(cfg, self.hooks)),
+                classifier: self.classifier,
+                mode: self.mode,
+            }),
+        })
+    }
+}

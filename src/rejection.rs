@@ -96,9 +96,16 @@ impl RejectionKind {
     }
 }
 
-/// How a layer hands a refusal, and the inner service's errors, back to its caller.
+/// How a layer hands a refusal back to its caller.
 ///
-/// `Res` and `E` are the inner service's response and error types.
+/// `Res` and `E` are the inner service's response and error types. The layered service's error type
+/// is [`Error`](Self::Error); the inner service's errors become it through `From` (so `BoxError` in
+/// the default mode, the inner error itself in the HTTP and gRPC modes).
+///
+/// Implementations put no bounds on `Res` and `E` beyond what rendering a refusal needs. (Bounds
+/// here would be checked wherever the layered service's error type is named, and rustc cannot prove
+/// bounds such as `E: Into<BoxError>` inside spawned tasks, rust-lang/rust#64552; the layers ask for
+/// `From` on their `Service` impls instead, as tower's do.)
 pub trait RejectionMode<Res, E>: Clone + Send + Sync + 'static {
     /// The layered service's error type.
     type Error;
@@ -106,9 +113,6 @@ pub trait RejectionMode<Res, E>: Clone + Send + Sync + 'static {
     /// Whether responses in this mode carry headers that layers may add to (so layers skip the
     /// work of preparing them in modes that would throw it away).
     const WRITES_HEADERS: bool = false;
-
-    /// Converts an error of the inner service.
-    fn inner_error(err: E) -> Self::Error;
 
     /// Renders a refusal.
     fn reject<R: Rejection>(&self, rejection: R) -> Result<Res, Self::Error>;
@@ -127,13 +131,8 @@ pub trait RejectionMode<Res, E>: Clone + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AsError;
 
-impl<Res, E: Into<BoxError>> RejectionMode<Res, E> for AsError {
+impl<Res, E> RejectionMode<Res, E> for AsError {
     type Error = BoxError;
-
-    #[inline]
-    fn inner_error(err: E) -> BoxError {
-        err.into()
-    }
 
     #[inline]
     fn reject<R: Rejection>(&self, rejection: R) -> Result<Res, BoxError> {

@@ -19,13 +19,14 @@ pin_project! {
     ///
     /// A future dropped before it completes (a cancelled call) records nothing, neither success nor
     /// failure; if it was a half-open probe, its permit goes back so another probe can take its place.
-    pub struct ResponseFuture<F, C, M, Res, E>
-    where
-        M: RejectionMode<Res, E>,
-    {
+    ///
+    /// `Err` is the mode's error type, named here rather than through the mode's trait so that the
+    /// future's auto traits never depend on trait resolution (which fails for `BoxError` errors in
+    /// spawned tasks).
+    pub struct ResponseFuture<F, C, M, Res, Err> {
         #[pin]
-        state: State<F, Recorder<C>, Result<Res, M::Error>>,
-        _types: PhantomData<fn() -> (Res, E)>,
+        state: State<F, Recorder<C>, Result<Res, Err>>,
+        _mode: PhantomData<fn() -> M>,
     }
 }
 
@@ -53,10 +54,7 @@ impl<C> Drop for Recorder<C> {
     }
 }
 
-impl<F, C, M, Res, E> ResponseFuture<F, C, M, Res, E>
-where
-    M: RejectionMode<Res, E>,
-{
+impl<F, C, M, Res, Err> ResponseFuture<F, C, M, Res, Err> {
     #[inline]
     pub(crate) fn called(fut: F, permit: Permit, breaker: Arc<Breaker>, classifier: C) -> Self {
         Self {
@@ -68,28 +66,29 @@ where
                     classifier,
                 }),
             },
-            _types: PhantomData,
+            _mode: PhantomData,
         }
     }
 
     #[inline]
-    pub(crate) fn refused(result: Result<Res, M::Error>) -> Self {
+    pub(crate) fn refused(result: Result<Res, Err>) -> Self {
         Self {
             state: State::Refused {
                 result: Some(result),
             },
-            _types: PhantomData,
+            _mode: PhantomData,
         }
     }
 }
 
-impl<F, C, M, Res, E> Future for ResponseFuture<F, C, M, Res, E>
+impl<F, C, M, Res, E, Err> Future for ResponseFuture<F, C, M, Res, Err>
 where
     F: Future<Output = Result<Res, E>>,
     C: Classify<Res, E>,
-    M: RejectionMode<Res, E>,
+    M: RejectionMode<Res, E, Error = Err>,
+    Err: From<E>,
 {
-    type Output = Result<Res, M::Error>;
+    type Output = Result<Res, Err>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -101,7 +100,7 @@ where
                     let outcome = r.classifier.classify(&result);
                     r.breaker.record(permit, outcome);
                 }
-                Poll::Ready(result.map_err(M::inner_error))
+                Poll::Ready(result.map_err(Err::from))
             }
             StateProj::Refused { result } => Poll::Ready(
                 result
@@ -112,10 +111,7 @@ where
     }
 }
 
-impl<F, C, M, Res, E> fmt::Debug for ResponseFuture<F, C, M, Res, E>
-where
-    M: RejectionMode<Res, E>,
-{
+impl<F, C, M, Res, Err> fmt::Debug for ResponseFuture<F, C, M, Res, Err> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Called { .. } => "called",

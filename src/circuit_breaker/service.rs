@@ -66,13 +66,14 @@ where
     S: Service<Req>,
     C: Classify<S::Response, S::Error>,
     M: RejectionMode<S::Response, S::Error>,
+    M::Error: From<S::Error>,
 {
     type Response = S::Response;
     type Error = M::Error;
-    type Future = ResponseFuture<S::Future, C, M, S::Response, S::Error>;
+    type Future = ResponseFuture<S::Future, C, M, S::Response, M::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(M::inner_error)
+        self.inner.poll_ready(cx).map_err(M::Error::from)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

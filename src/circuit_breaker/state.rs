@@ -294,39 +294,43 @@ impl Breaker {
         }
     }
 
-    /// Moves from the state in `from` (same epoch) to `to`; returns whether this call made the move.
-    fn transition(&self, from: u64, to: CircuitState, reason: &'static str) -> bool {
-        let guard = self
-            .transitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let current = self.state.load(Ordering::Acquire);
-        if epoch(current) != epoch(from) {
-            return false; // someone else moved it first
-        }
-        let made = self.set_state(current, to);
-        drop(guard);
-        self.announce(kind(current), made, reason);
-        true
+    /// Moves from the state in `from` (same epoch) to `to`, unless another caller moved it first.
+    fn transition(&self, from: u64, to: CircuitState, reason: &'static str) {
+        // Probes that all succeeded end the run of openings: the next wait starts from the initial.
+        let forget_streak = to == CircuitState::Closed;
+        self.move_to(Some(from), to, forget_streak, reason);
     }
 
-    /// Forces a state from the handle; always moves (even to the same state, which starts it afresh).
-    pub(crate) fn force(&self, to: CircuitState, reset_streak: bool, reason: &'static str) {
+    /// Forces a state from the handle: always moves (to the same state, it starts afresh).
+    pub(crate) fn force(&self, to: CircuitState, forget_streak: bool, reason: &'static str) {
+        self.move_to(None, to, forget_streak, reason);
+    }
+
+    fn move_to(
+        &self,
+        from: Option<u64>,
+        to: CircuitState,
+        forget_streak: bool,
+        reason: &'static str,
+    ) {
         let guard = self
             .transitions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.state.load(Ordering::Acquire);
-        if reset_streak {
+        if from.is_some_and(|from| epoch(current) != epoch(from)) {
+            return; // someone else moved it first
+        }
+        if forget_streak {
             self.streak.store(0, Ordering::Release);
         }
-        let made = self.set_state(current, to);
+        self.set_state(current, to);
         drop(guard);
-        self.announce(kind(current), made, reason);
+        self.announce(kind(current), to, reason);
     }
 
     /// Prepares and publishes `to`. Called with the transition lock held.
-    fn set_state(&self, current: u64, to: CircuitState) -> CircuitState {
+    fn set_state(&self, current: u64, to: CircuitState) {
         let now = self.clock.now();
         match to {
             CircuitState::Open => {
@@ -341,7 +345,6 @@ impl Breaker {
             CircuitState::Closed => {
                 self.window.reset();
                 self.consecutive.store(0, Ordering::Release);
-                self.streak.store(0, Ordering::Release);
             }
             CircuitState::ForcedOpen | CircuitState::Disabled => {}
         }
@@ -349,7 +352,6 @@ impl Breaker {
         let next_epoch = (epoch(current) + 1) << EPOCH_SHIFT;
         self.state
             .store(next_epoch | kind_bits(to), Ordering::Release);
-        to
     }
 
     fn announce(&self, from: CircuitState, to: CircuitState, reason: &'static str) {

@@ -125,11 +125,6 @@ where
 
     const WRITES_HEADERS: bool = true;
 
-    #[inline]
-    fn inner_error(err: E) -> E {
-        err
-    }
-
     fn reject<R: Rejection>(&self, rejection: R) -> Result<http::Response<B>, E> {
         Ok(self.response(&rejection))
     }

@@ -169,6 +169,7 @@ where
     X: KeyExtractor,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
+    M::Error: From<S::Error>,
 {
     type Output = Result<S::Response, M::Error>;
 
@@ -178,7 +179,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Inner { fut } => {
                     #[cfg_attr(not(feature = "http"), allow(unused_mut))]
-                    let mut res = ready!(fut.poll(cx)).map_err(M::inner_error)?;
+                    let mut res = ready!(fut.poll(cx)).map_err(M::Error::from)?;
                     #[cfg(feature = "http")]
                     if let Some((decision, policy)) = this.headers.take()
                         && let Some(headers) = M::headers_mut(&mut res)
@@ -214,6 +215,7 @@ where
     X: KeyExtractor,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
+    M::Error: From<S::Error>,
 {
     fn poll_slow(
         self: Pin<&mut Self>,
@@ -225,7 +227,7 @@ where
             let decided = match this.phase.as_mut().project() {
                 PhaseProj::Readying => {
                     if let Err(e) = ready!(this.svc.poll_ready(cx)) {
-                        return Poll::Ready(Outcome::Answered(Err(M::inner_error(e))));
+                        return Poll::Ready(Outcome::Answered(Err(M::Error::from(e))));
                     }
                     let req = this.req.take().expect("request sent once");
                     return Poll::Ready(Outcome::Called(this.svc.call(req)));

@@ -102,6 +102,7 @@ where
     X: ExtractKey<Req>,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
+    M::Error: From<S::Error>,
 {
     type Response = S::Response;
     type Error = M::Error;
@@ -113,7 +114,7 @@ where
         {
             ready!(self.poll_reserve(cx, &key, max_wait));
         }
-        self.inner.poll_ready(cx).map_err(M::inner_error)
+        self.inner.poll_ready(cx).map_err(M::Error::from)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

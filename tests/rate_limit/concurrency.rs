@@ -77,3 +77,24 @@ fn keyed_store_from_os_threads_admits_exactly_the_quota_per_key() {
         assert_eq!(n.load(Ordering::Relaxed), LIMIT as usize, "key {k}");
     }
 }
+
+/// Regression: spawning a task that calls the limiter over a service whose error is `BoxError` (the
+/// usual tower stack) must compile; the response future once named its error through a trait
+/// projection, which auto-trait checks of spawned tasks could not resolve.
+#[tokio::test]
+async fn spawned_calls_over_a_boxerror_service_compile_and_run() {
+    let layer = RateLimitLayer::new(Quota::per_minute(1));
+    let svc = layer.layer(tower::service_fn(|()| async {
+        Ok::<_, tower_rampart::BoxError>(())
+    }));
+    let task = tokio::spawn(async move {
+        let mut svc = svc;
+        ServiceExt::<()>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(())
+            .await
+            .is_ok()
+    });
+    assert!(task.await.unwrap());
+}

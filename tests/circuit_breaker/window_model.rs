@@ -1,0 +1,77 @@
+//! The closed-state trip rules against a reference model: a `VecDeque` of the last `window`
+//! outcomes and a count of failures in a row.
+
+use std::collections::VecDeque;
+
+use proptest::prelude::*;
+use tower::Layer;
+use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+
+use crate::{Upstream, call};
+
+/// The call (0-based) at which the model opens the circuit, if any.
+fn model_opens_at(
+    outcomes: &[bool],
+    window: usize,
+    minimum: usize,
+    rate: Option<f64>,
+    consecutive: Option<u32>,
+) -> Option<usize> {
+    let rate = if rate.is_none() && consecutive.is_none() {
+        Some(0.5)
+    } else {
+        rate
+    };
+    let mut last: VecDeque<bool> = VecDeque::new();
+    let mut in_a_row = 0;
+    for (i, &failed) in outcomes.iter().enumerate() {
+        last.push_back(failed);
+        if last.len() > window {
+            last.pop_front();
+        }
+        in_a_row = if failed { in_a_row + 1 } else { 0 };
+        let failures = last.iter().filter(|f| **f).count();
+        let by_rate =
+            rate.is_some_and(|r| last.len() >= minimum && failures as f64 >= r * last.len() as f64);
+        let by_streak = consecutive.is_some_and(|n| in_a_row >= n);
+        if by_rate || by_streak {
+            return Some(i);
+        }
+    }
+    None
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn count_window_trips_exactly_when_the_model_does(
+        window in 1usize..20,
+        minimum_fraction in 0.0f64..1.0,
+        rate in prop::option::of(0.05f64..=1.0),
+        consecutive in prop::option::of(1u32..6),
+        outcomes in prop::collection::vec(prop::bool::weighted(0.3), 1..120),
+    ) {
+        let minimum = 1 + ((window - 1) as f64 * minimum_fraction) as usize;
+        let mut builder = CircuitBreakerLayer::builder().window(window as u32).minimum_calls(minimum as u32);
+        if let Some(r) = rate { builder = builder.failure_rate(r); }
+        if let Some(n) = consecutive { builder = builder.consecutive_failures(n); }
+        let layer = builder.build().unwrap();
+        let handle = layer.handle();
+        let upstream = Upstream::default();
+        let mut svc = layer.layer(upstream.service());
+        let expected = model_opens_at(&outcomes, window, minimum, rate, consecutive);
+        let mut opened_at = None;
+        futures::executor::block_on(async {
+            for (i, &failed) in outcomes.iter().enumerate() {
+                upstream.fail(failed);
+                let _ = call(&mut svc).await;
+                if handle.state() == CircuitState::Open {
+                    opened_at = Some(i);
+                    break;
+                }
+            }
+        });
+        prop_assert_eq!(opened_at, expected);
+    }
+}

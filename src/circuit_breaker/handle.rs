@@ -78,6 +78,8 @@ pub struct CircuitSnapshot {
     pub(crate) calls: u32,
     pub(crate) failures: u32,
     pub(crate) failure_rate: f64,
+    pub(crate) slow_calls: u32,
+    pub(crate) slow_call_rate: f64,
     pub(crate) consecutive_failures: u32,
     pub(crate) rejected: u64,
     #[cfg_attr(feature = "serde", serde(serialize_with = "secs"))]
@@ -110,6 +112,17 @@ impl CircuitSnapshot {
     /// `failures / calls`, or 0 without calls.
     pub fn failure_rate(&self) -> f64 {
         self.failure_rate
+    }
+
+    /// Calls in the window that took at least the slow-call threshold (0 without slow-call
+    /// detection).
+    pub fn slow_calls(&self) -> u32 {
+        self.slow_calls
+    }
+
+    /// `slow_calls / calls`, or 0 without calls.
+    pub fn slow_call_rate(&self) -> f64 {
+        self.slow_call_rate
     }
 
     /// Failures in a row, up to now.

@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use super::classify::ErrorsAreFailures;
 use super::handle::{CircuitHandle, Transition};
 use super::service::CircuitBreaker;
-use super::state::{Breaker, Config, MAX_PROBES, Wait};
+use super::state::{Breaker, Config, MAX_PROBES, SlowCalls, Wait, WindowConfig};
 use crate::error::ConfigError;
 use crate::rejection::AsError;
 
@@ -71,7 +71,8 @@ impl CircuitBreakerLayer {
         CircuitBreakerBuilder {
             name: "default",
             failure_rate: None,
-            window: 100,
+            slow_calls: None,
+            window: WindowConfig::Count(100),
             minimum_calls: None,
             consecutive_failures: None,
             wait: Wait {
@@ -94,7 +95,8 @@ type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
 pub struct CircuitBreakerBuilder<C = ErrorsAreFailures, M = AsError> {
     name: &'static str,
     failure_rate: Option<f64>,
-    window: u32,
+    slow_calls: Option<SlowCalls>,
+    window: WindowConfig,
     minimum_calls: Option<u32>,
     consecutive_failures: Option<u32>,
     wait: Wait,
@@ -109,6 +111,7 @@ impl<C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C, M> {
         f.debug_struct("CircuitBreakerBuilder")
             .field("name", &self.name)
             .field("failure_rate", &self.failure_rate)
+            .field("slow_calls", &self.slow_calls)
             .field("window", &self.window)
             .field("minimum_calls", &self.minimum_calls)
             .field("consecutive_failures", &self.consecutive_failures)
@@ -130,21 +133,36 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
     }
 
     /// Opens when at least this share of the calls in the window failed (greater than 0, at most
-    /// 1). The default, 0.5, applies unless only [`consecutive_failures`](Self::consecutive_failures)
-    /// is set.
+    /// 1). The default, 0.5, applies unless [`consecutive_failures`](Self::consecutive_failures) or
+    /// [`slow_calls`](Self::slow_calls) is set without it.
     pub fn failure_rate(mut self, rate: f64) -> Self {
         self.failure_rate = Some(rate);
         self
     }
 
-    /// The window the failure rate is measured over: the last `calls` calls (default 100).
+    /// Measures the rates over the last `calls` calls (the default, with 100).
     pub fn window(mut self, calls: u32) -> Self {
-        self.window = calls;
+        self.window = WindowConfig::Count(calls);
         self
     }
 
-    /// Calls the window must hold before the failure rate can open the circuit (default 20, or the
-    /// window size if smaller).
+    /// Measures the rates over the calls of the last `span`, kept in `buckets` buckets (the
+    /// window slides by `span / buckets` at a time). Recording then reads the clock.
+    pub fn time_window(mut self, span: Duration, buckets: u32) -> Self {
+        self.window = WindowConfig::Time { span, buckets };
+        self
+    }
+
+    /// Calls taking at least `threshold` are slow; the circuit opens when at least `rate` (greater
+    /// than 0, at most 1) of the window's calls were slow. A half-open probe that is slow counts as
+    /// failed. Each call then reads the clock twice.
+    pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
+        self.slow_calls = Some(SlowCalls { threshold, rate });
+        self
+    }
+
+    /// Calls the window must hold before a rate can open the circuit (default 20, or the window
+    /// size if smaller).
     pub fn minimum_calls(mut self, calls: u32) -> Self {
         self.minimum_calls = Some(calls);
         self
@@ -199,6 +217,7 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
         CircuitBreakerBuilder {
             name: self.name,
             failure_rate: self.failure_rate,
+            slow_calls: self.slow_calls,
             window: self.window,
             minimum_calls: self.minimum_calls,
             consecutive_failures: self.consecutive_failures,
@@ -215,6 +234,7 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
         CircuitBreakerBuilder {
             name: self.name,
             failure_rate: self.failure_rate,
+            slow_calls: self.slow_calls,
             window: self.window,
             minimum_calls: self.minimum_calls,
             consecutive_failures: self.consecutive_failures,
@@ -261,20 +281,54 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
                 format!("must be greater than 0 and at most 1 (got {rate})"),
             );
         }
-        if self.window == 0 || self.window > 1_000_000 {
-            return err(
-                "window",
-                format!("must be from 1 to 1000000 calls (got {})", self.window),
-            );
+        if let Some(s) = self.slow_calls {
+            if !(s.rate > 0.0 && s.rate <= 1.0) {
+                return err(
+                    "slow_calls",
+                    format!(
+                        "the rate must be greater than 0 and at most 1 (got {})",
+                        s.rate
+                    ),
+                );
+            }
+            if s.threshold.is_zero() {
+                return err(
+                    "slow_calls",
+                    "the threshold must be longer than zero".into(),
+                );
+            }
         }
-        let minimum_calls = self.minimum_calls.unwrap_or(self.window.min(20));
-        if minimum_calls == 0 || minimum_calls > self.window {
+        let window_calls = match self.window {
+            WindowConfig::Count(n) => {
+                if n == 0 || n > 1_000_000 {
+                    return err(
+                        "window",
+                        format!("must be from 1 to 1000000 calls (got {n})"),
+                    );
+                }
+                n
+            }
+            WindowConfig::Time { span, buckets } => {
+                if buckets == 0 || buckets > 1_000 {
+                    return err(
+                        "time_window",
+                        format!("buckets must be from 1 to 1000 (got {buckets})"),
+                    );
+                }
+                if span.as_nanos() < u128::from(buckets) {
+                    return err(
+                        "time_window",
+                        format!("a span of {span:?} cannot hold {buckets} buckets; lengthen it"),
+                    );
+                }
+                u32::MAX
+            }
+        };
+        let minimum_calls = self.minimum_calls.unwrap_or(window_calls.min(20));
+        if minimum_calls == 0 || minimum_calls > window_calls {
             return err(
                 "minimum_calls",
-                format!(
-                    "must be from 1 to the window size, {} (got {minimum_calls})",
-                    self.window
-                ),
+                format!("must be from 1 to the window size, {window_calls} (got {minimum_calls})"),
             );
         }
         if self.consecutive_failures == Some(0) {
@@ -313,13 +367,18 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
         }
         crate::error::check_name(self.name)?;
         // With no condition set, the failure rate's default applies.
-        let failure_rate = match (self.failure_rate, self.consecutive_failures) {
-            (None, None) => Some(0.5),
-            (rate, _) => rate,
+        let failure_rate = match (
+            self.failure_rate,
+            self.consecutive_failures,
+            self.slow_calls,
+        ) {
+            (None, None, None) => Some(0.5),
+            (rate, _, _) => rate,
         };
         let cfg = Config {
             name: self.name,
             failure_rate,
+            slow_calls: self.slow_calls,
             window: self.window,
             minimum_calls,
             consecutive_failures: self.consecutive_failures,

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use super::classify::Outcome;
 use super::handle::{CircuitSnapshot, CircuitState, Transition};
-use super::window::CountWindow;
-use crate::clock::{Clock, TokioClock, duration_to_nanos};
+use super::window::{CountWindow, Counts, TimeWindow, Window};
+use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
 
 const KIND_BITS: u64 = 3;
 const PROBE_BITS: u64 = 13;
@@ -77,12 +77,30 @@ impl Wait {
     }
 }
 
+/// Which window the rates are measured over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum WindowConfig {
+    /// The last n calls.
+    Count(u32),
+    /// The calls of the last `span`, in `buckets` buckets.
+    Time { span: Duration, buckets: u32 },
+}
+
+/// Slow-call detection: calls taking at least `threshold` are slow; the circuit opens when at least
+/// `rate` of the window's calls were.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SlowCalls {
+    pub(crate) threshold: Duration,
+    pub(crate) rate: f64,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) name: &'static str,
     pub(crate) failure_rate: Option<f64>,
-    pub(crate) window: u32,
+    pub(crate) slow_calls: Option<SlowCalls>,
+    pub(crate) window: WindowConfig,
     pub(crate) minimum_calls: u32,
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) wait: Wait,
@@ -96,6 +114,8 @@ type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
 pub(crate) struct Permit {
     epoch: u64,
     probe: bool,
+    /// When the call started, if slow-call detection needs it (0 otherwise).
+    started: Nanos,
 }
 
 /// Why a call was refused.
@@ -113,7 +133,10 @@ pub(crate) struct Breaker {
     /// Openings since the circuit last closed (for the exponential wait).
     streak: AtomicU32,
     state_since: AtomicU64,
-    window: CountWindow,
+    window: Window,
+    /// Whether recording needs the time (slow-call detection, or a time window).
+    timed: bool,
+    slow_threshold: Nanos,
     consecutive: AtomicU32,
     /// Probe outcomes this half-open period: successes in the low 32 bits, failures in the high.
     probe_results: AtomicU64,
@@ -134,8 +157,19 @@ impl std::fmt::Debug for Breaker {
 impl Breaker {
     pub(crate) fn new(cfg: Config, hooks: Vec<Hook>) -> Self {
         let clock = TokioClock::new();
+        let window = match cfg.window {
+            WindowConfig::Count(n) => Window::Count(CountWindow::new(n)),
+            WindowConfig::Time { span, buckets } => Window::Time(TimeWindow::new(
+                duration_to_nanos(span) / u64::from(buckets),
+                buckets,
+            )),
+        };
         Self {
-            window: CountWindow::new(cfg.window),
+            timed: window.needs_clock() || cfg.slow_calls.is_some(),
+            slow_threshold: cfg
+                .slow_calls
+                .map_or(u64::MAX, |s| duration_to_nanos(s.threshold)),
+            window,
             cfg,
             state_since: AtomicU64::new(clock.now()),
             clock,
@@ -174,6 +208,7 @@ impl Breaker {
                     return Ok(Permit {
                         epoch: epoch(word),
                         probe: false,
+                        started: self.start_time(),
                     });
                 }
                 CircuitState::ForcedOpen => return Err(self.refuse(CircuitState::ForcedOpen, None)),
@@ -200,10 +235,20 @@ impl Breaker {
                         return Ok(Permit {
                             epoch: epoch(word),
                             probe: true,
+                            started: self.start_time(),
                         });
                     }
                 }
             }
+        }
+    }
+
+    #[inline]
+    fn start_time(&self) -> Nanos {
+        if self.cfg.slow_calls.is_some() {
+            self.clock.now()
+        } else {
+            0
         }
     }
 
@@ -220,14 +265,17 @@ impl Breaker {
             return; // issued in an earlier state: it says nothing about this one
         }
         let failed = outcome == Outcome::Failure;
+        let now = if self.timed { self.clock.now() } else { 0 };
+        let slow = now.saturating_sub(permit.started) >= self.slow_threshold;
         if permit.probe {
-            self.record_probe(word, failed);
+            // A probe that succeeds too slowly has not shown the upstream recovered.
+            self.record_probe(word, failed || slow);
             return;
         }
         if kind(word) != CircuitState::Closed {
             return; // disabled
         }
-        let counts = self.window.record(failed);
+        let counts = self.window.record(failed, slow, now);
         let consecutive = if failed {
             self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
         } else {
@@ -236,18 +284,38 @@ impl Breaker {
             }
             0
         };
-        let rate_tripped = self.cfg.failure_rate.is_some_and(|rate| {
-            counts.calls >= self.cfg.minimum_calls
-                && f64::from(counts.failures) >= rate * f64::from(counts.calls)
-        });
-        let consecutive_tripped = self
+        if let Some(reason) = self.trips(counts, consecutive) {
+            self.transition(word, CircuitState::Open, reason);
+        }
+    }
+
+    /// Which condition, if any, opens the circuit given the window's counts.
+    #[inline]
+    fn trips(&self, c: Counts, consecutive: u32) -> Option<&'static str> {
+        let enough = c.calls >= self.cfg.minimum_calls;
+        let at_least = |part: u32, rate: f64| f64::from(part) >= rate * f64::from(c.calls);
+        if enough
+            && self
+                .cfg
+                .failure_rate
+                .is_some_and(|r| at_least(c.failures, r))
+        {
+            Some("failure rate over the threshold")
+        } else if enough
+            && self
+                .cfg
+                .slow_calls
+                .is_some_and(|s| at_least(c.slow, s.rate))
+        {
+            Some("slow-call rate over the threshold")
+        } else if self
             .cfg
             .consecutive_failures
-            .is_some_and(|n| consecutive >= n);
-        if rate_tripped {
-            self.transition(word, CircuitState::Open, "failure rate over the threshold");
-        } else if consecutive_tripped {
-            self.transition(word, CircuitState::Open, "consecutive failures");
+            .is_some_and(|n| consecutive >= n)
+        {
+            Some("consecutive failures")
+        } else {
+            None
         }
     }
 
@@ -374,7 +442,7 @@ impl Breaker {
     pub(crate) fn snapshot(&self) -> CircuitSnapshot {
         let now = self.clock.now();
         let word = self.state.load(Ordering::Acquire);
-        let counts = self.window.counts();
+        let counts = self.window.counts(now);
         let state = kind(word);
         let until = self.open_until.load(Ordering::Acquire);
         let since = self.state_since.load(Ordering::Acquire);
@@ -383,11 +451,9 @@ impl Breaker {
             state,
             calls: counts.calls,
             failures: counts.failures,
-            failure_rate: if counts.calls == 0 {
-                0.0
-            } else {
-                f64::from(counts.failures) / f64::from(counts.calls)
-            },
+            failure_rate: rate(counts.failures, counts.calls),
+            slow_calls: counts.slow,
+            slow_call_rate: rate(counts.slow, counts.calls),
             consecutive_failures: self.consecutive.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             in_state_for: Duration::from_nanos(now.saturating_sub(since)),
@@ -397,8 +463,16 @@ impl Breaker {
     }
 
     #[cfg(test)]
-    pub(crate) fn now(&self) -> crate::clock::Nanos {
+    pub(crate) fn now(&self) -> Nanos {
         self.clock.now()
+    }
+}
+
+fn rate(part: u32, of: u32) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        f64::from(part) / f64::from(of)
     }
 }
 
@@ -411,7 +485,8 @@ mod tests {
             Config {
                 name: "t",
                 failure_rate: None,
-                window: 10,
+                slow_calls: None,
+                window: WindowConfig::Count(10),
                 minimum_calls: 1,
                 consecutive_failures: Some(2),
                 wait: Wait {

@@ -9,6 +9,7 @@ mod config;
 mod contract;
 mod http;
 mod probes;
+mod slow_and_time;
 mod transitions;
 mod window_model;
 
@@ -23,11 +24,17 @@ use tower_rampart::BoxError;
 pub(crate) struct Upstream {
     pub(crate) failing: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) calls: Arc<AtomicUsize>,
+    /// How long each call takes, in milliseconds (on tokio's clock).
+    pub(crate) delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstream {
     pub(crate) fn fail(&self, yes: bool) {
         self.failing.store(yes, Ordering::SeqCst);
+    }
+
+    pub(crate) fn delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub(crate) fn calls(&self) -> usize {
@@ -46,6 +53,10 @@ impl Upstream {
             let this = this.clone();
             async move {
                 this.calls.fetch_add(1, Ordering::SeqCst);
+                let delay = this.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 if this.failing.load(Ordering::SeqCst) {
                     Err::<&'static str, BoxError>("upstream failed".into())
                 } else {

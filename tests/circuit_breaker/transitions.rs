@@ -240,6 +240,8 @@ async fn snapshots_serialise_for_a_status_endpoint() {
             "calls": 1,
             "failures": 1,
             "failure_rate": 1.0,
+            "slow_calls": 0,
+            "slow_call_rate": 0.0,
             "consecutive_failures": 1,
             "rejected": 0,
             "in_state_for": 5.0,

@@ -2,6 +2,7 @@
 //! outcomes and a count of failures in a row.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use proptest::prelude::*;
 use tower::Layer;
@@ -73,5 +74,66 @@ proptest! {
             }
         });
         prop_assert_eq!(opened_at, expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The time window against a log of (time, failed): its counts are the calls whose time slice
+    /// is one of the last `buckets` slices.
+    #[test]
+    fn time_window_trips_exactly_when_the_model_does(
+        buckets in 1u32..12,
+        slice_ms in 1u64..500,
+        minimum in 1u32..8,
+        rate in 0.05f64..=1.0,
+        calls in prop::collection::vec((0u64..700, prop::bool::weighted(0.35)), 1..80),
+    ) {
+        let width = slice_ms * 1_000_000;
+        let span = Duration::from_nanos(width * u64::from(buckets));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+                let layer = CircuitBreakerLayer::builder()
+                    .failure_rate(rate)
+                    .time_window(span, buckets)
+                    .minimum_calls(minimum)
+                    .build()
+                    .unwrap();
+                let handle = layer.handle();
+                let upstream = Upstream::default();
+                let mut svc = layer.layer(upstream.service());
+                let start = tokio::time::Instant::now();
+                let mut log: Vec<(u64, bool)> = Vec::new();
+                let mut model_open = false;
+                for (gap_ms, failed) in calls {
+                    tokio::time::advance(Duration::from_millis(gap_ms)).await;
+                    let t = start.elapsed().as_nanos() as u64;
+                    upstream.fail(failed);
+                    let _ = call(&mut svc).await;
+                    log.push((t, failed));
+                    // On paused time the breaker's clock epoch (taken when the layer was built) is
+                    // `start`, so the model's slices are the breaker's.
+                    let current = t / width;
+                    let in_span: Vec<bool> = log
+                        .iter()
+                        .filter(|(at, _)| at / width + u64::from(buckets) > current)
+                        .map(|(_, f)| *f)
+                        .collect();
+                    let failures = in_span.iter().filter(|f| **f).count() as f64;
+                    if in_span.len() as u32 >= minimum && failures >= rate * in_span.len() as f64 {
+                        model_open = true;
+                    }
+                    prop_assert_eq!(handle.state() == CircuitState::Open, model_open, "at {} ns", t);
+                    if model_open {
+                        break;
+                    }
+                }
+                Ok::<(), TestCaseError>(())
+        })?;
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::classify::ErrorsAreFailures;
+use super::fallback::{FallbackFn, NoFallback};
 use super::handle::{CircuitHandle, Transition};
 use super::service::CircuitBreaker;
 use super::state::{Breaker, Config, MAX_PROBES, SlowCalls, Wait, WindowConfig};
@@ -16,17 +17,18 @@ use crate::rejection::AsError;
 /// The layer holds one circuit in an `Arc`: every clone of the layer and every service it makes
 /// share it, and [`handle`](Self::handle) reads and steers it. Build it with
 /// [`CircuitBreakerLayer::builder`]. See the [module documentation](super).
-pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError> {
-    pub(crate) shared: Arc<Shared<C, M>>,
+pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError, F = NoFallback> {
+    pub(crate) shared: Arc<Shared<C, M, F>>,
 }
 
-pub(crate) struct Shared<C, M> {
+pub(crate) struct Shared<C, M, F> {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) classifier: C,
     pub(crate) mode: M,
+    pub(crate) fallback: F,
 }
 
-impl<C, M> Clone for CircuitBreakerLayer<C, M> {
+impl<C, M, F> Clone for CircuitBreakerLayer<C, M, F> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -34,25 +36,26 @@ impl<C, M> Clone for CircuitBreakerLayer<C, M> {
     }
 }
 
-impl<C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C, M> {
+impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C, M, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
             .field("breaker", &self.shared.breaker)
             .field("classifier", &self.shared.classifier)
             .field("mode", &self.shared.mode)
+            .field("fallback", &self.shared.fallback)
             .finish()
     }
 }
 
-impl<S, C, M> Layer<S> for CircuitBreakerLayer<C, M> {
-    type Service = CircuitBreaker<S, C, M>;
+impl<S, C, M, F> Layer<S> for CircuitBreakerLayer<C, M, F> {
+    type Service = CircuitBreaker<S, C, M, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
         CircuitBreaker::new(inner, Arc::clone(&self.shared))
     }
 }
 
-impl<C, M> CircuitBreakerLayer<C, M> {
+impl<C, M, F> CircuitBreakerLayer<C, M, F> {
     /// A handle to the circuit: state, counts, and forcing it open, closed or disabled.
     pub fn handle(&self) -> CircuitHandle {
         CircuitHandle {
@@ -83,6 +86,7 @@ impl CircuitBreakerLayer {
             half_open_probes: 1,
             classifier: ErrorsAreFailures,
             mode: AsError,
+            fallback: NoFallback,
             hooks: Vec::new(),
         }
     }
@@ -92,7 +96,7 @@ type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
 
 /// Configures a [`CircuitBreakerLayer`]. Made by [`CircuitBreakerLayer::builder`].
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct CircuitBreakerBuilder<C = ErrorsAreFailures, M = AsError> {
+pub struct CircuitBreakerBuilder<C = ErrorsAreFailures, M = AsError, F = NoFallback> {
     name: &'static str,
     failure_rate: Option<f64>,
     slow_calls: Option<SlowCalls>,
@@ -103,10 +107,11 @@ pub struct CircuitBreakerBuilder<C = ErrorsAreFailures, M = AsError> {
     half_open_probes: u32,
     classifier: C,
     mode: M,
+    fallback: F,
     hooks: Vec<Hook>,
 }
 
-impl<C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C, M> {
+impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C, M, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerBuilder")
             .field("name", &self.name)
@@ -119,12 +124,13 @@ impl<C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C, M> {
             .field("half_open_probes", &self.half_open_probes)
             .field("classifier", &self.classifier)
             .field("mode", &self.mode)
+            .field("fallback", &self.fallback)
             .field("hooks", &self.hooks.len())
             .finish()
     }
 }
 
-impl<C, M> CircuitBreakerBuilder<C, M> {
+impl<C, M, F> CircuitBreakerBuilder<C, M, F> {
     /// The circuit's name, in logs, hooks and snapshots (default `"default"`). Letters, digits and
     /// `-_.:` only; checked by `build`.
     pub fn name(mut self, name: &'static str) -> Self {
@@ -204,16 +210,16 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
     }
 
     /// Calls `hook` on every change of state (after the change, outside any lock).
-    pub fn on_state_change<F>(mut self, hook: F) -> Self
+    pub fn on_state_change<H>(mut self, hook: H) -> Self
     where
-        F: Fn(&Transition) + Send + Sync + 'static,
+        H: Fn(&Transition) + Send + Sync + 'static,
     {
         self.hooks.push(Arc::new(hook));
         self
     }
 
     /// How results count (default [`ErrorsAreFailures`]); see [`classify`](super::classify).
-    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2, M> {
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2, M, F> {
         CircuitBreakerBuilder {
             name: self.name,
             failure_rate: self.failure_rate,
@@ -225,12 +231,13 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
             half_open_probes: self.half_open_probes,
             classifier,
             mode: self.mode,
+            fallback: self.fallback,
             hooks: self.hooks,
         }
     }
 
     /// How refusals reach the caller (default [`AsError`]); see [`crate::rejection`].
-    pub fn rejection<M2>(self, mode: M2) -> CircuitBreakerBuilder<C, M2> {
+    pub fn rejection<M2>(self, mode: M2) -> CircuitBreakerBuilder<C, M2, F> {
         CircuitBreakerBuilder {
             name: self.name,
             failure_rate: self.failure_rate,
@@ -242,6 +249,29 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
             half_open_probes: self.half_open_probes,
             classifier: self.classifier,
             mode,
+            fallback: self.fallback,
+            hooks: self.hooks,
+        }
+    }
+
+    /// Answers refused calls with `fallback(&refusal)` instead of an error or refusal response (for
+    /// example a cached or default answer). Calls that reach the upstream and fail are not affected.
+    pub fn fallback<G, Res>(self, fallback: G) -> CircuitBreakerBuilder<C, M, FallbackFn<G>>
+    where
+        G: Fn(&super::error::CircuitOpen) -> Res + Clone + Send + Sync + 'static,
+    {
+        CircuitBreakerBuilder {
+            name: self.name,
+            failure_rate: self.failure_rate,
+            slow_calls: self.slow_calls,
+            window: self.window,
+            minimum_calls: self.minimum_calls,
+            consecutive_failures: self.consecutive_failures,
+            wait: self.wait,
+            half_open_probes: self.half_open_probes,
+            classifier: self.classifier,
+            mode: self.mode,
+            fallback: FallbackFn { f: fallback },
             hooks: self.hooks,
         }
     }
@@ -250,7 +280,7 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
     #[cfg(feature = "http")]
     pub fn http(
         self,
-    ) -> CircuitBreakerBuilder<super::classify::HttpClassifier, crate::http::AsHttp> {
+    ) -> CircuitBreakerBuilder<super::classify::HttpClassifier, crate::http::AsHttp, F> {
         self.classifier(super::classify::HttpClassifier::new())
             .rejection(crate::http::AsHttp::new())
     }
@@ -259,7 +289,7 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
     #[cfg(feature = "http")]
     pub fn grpc(
         self,
-    ) -> CircuitBreakerBuilder<super::classify::GrpcClassifier, crate::grpc::AsGrpc> {
+    ) -> CircuitBreakerBuilder<super::classify::GrpcClassifier, crate::grpc::AsGrpc, F> {
         self.classifier(super::classify::GrpcClassifier)
             .rejection(crate::grpc::AsGrpc::new())
     }
@@ -271,7 +301,7 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
     /// A [`ConfigError`] naming the setting, when a rate is outside (0, 1], a window, minimum,
     /// threshold or probe count is zero (or the minimum exceeds the window), a wait is zero or
     /// shrinks, or the name has characters logs and headers cannot carry.
-    pub fn build(self) -> Result<CircuitBreakerLayer<C, M>, ConfigError> {
+    pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
         let err = |setting, reason: String| Err(ConfigError::new(setting, reason));
         if let Some(rate) = self.failure_rate
             && !(rate > 0.0 && rate <= 1.0)
@@ -390,6 +420,7 @@ impl<C, M> CircuitBreakerBuilder<C, M> {
                 breaker: Arc::new(Breaker::new(cfg, self.hooks)),
                 classifier: self.classifier,
                 mode: self.mode,
+                fallback: self.fallback,
             }),
         })
     }

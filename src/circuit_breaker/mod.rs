@@ -57,6 +57,7 @@
 
 pub mod classify;
 pub mod error;
+pub mod fallback;
 pub mod future;
 mod handle;
 mod layer;

@@ -6,6 +6,7 @@ use tower_service::Service;
 
 use super::classify::Classify;
 use super::error::CircuitOpen;
+use super::fallback::{Fallback, NoFallback};
 use super::future::ResponseFuture;
 use super::layer::Shared;
 use crate::rejection::RejectionMode;
@@ -16,13 +17,13 @@ use crate::rejection::RejectionMode;
 /// `poll_ready` is the inner service's. An open circuit refuses from `call`, at once and without
 /// touching the inner service (the way tower's `LoadShed` does), so the layer works under axum, which
 /// does not honour backpressure. Clones share the circuit.
-pub struct CircuitBreaker<S, C, M> {
+pub struct CircuitBreaker<S, C, M, F = NoFallback> {
     inner: S,
-    shared: Arc<Shared<C, M>>,
+    shared: Arc<Shared<C, M, F>>,
 }
 
-impl<S, C, M> CircuitBreaker<S, C, M> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<C, M>>) -> Self {
+impl<S, C, M, F> CircuitBreaker<S, C, M, F> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C, M, F>>) -> Self {
         Self { inner, shared }
     }
 
@@ -42,7 +43,7 @@ impl<S, C, M> CircuitBreaker<S, C, M> {
     }
 }
 
-impl<S: Clone, C, M> Clone for CircuitBreaker<S, C, M> {
+impl<S: Clone, C, M, F> Clone for CircuitBreaker<S, C, M, F> {
     /// Clones share the circuit. There is no per-instance readiness to reset: permits are taken in
     /// `call`.
     fn clone(&self) -> Self {
@@ -50,23 +51,27 @@ impl<S: Clone, C, M> Clone for CircuitBreaker<S, C, M> {
     }
 }
 
-impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug> fmt::Debug for CircuitBreaker<S, C, M> {
+impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug
+    for CircuitBreaker<S, C, M, F>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
             .field("breaker", &self.shared.breaker)
             .field("classifier", &self.shared.classifier)
             .field("mode", &self.shared.mode)
+            .field("fallback", &self.shared.fallback)
             .finish()
     }
 }
 
-impl<S, Req, C, M> Service<Req> for CircuitBreaker<S, C, M>
+impl<S, Req, C, M, F> Service<Req> for CircuitBreaker<S, C, M, F>
 where
     S: Service<Req>,
     C: Classify<S::Response, S::Error>,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
+    F: Fallback<S::Response>,
 {
     type Response = S::Response;
     type Error = M::Error;
@@ -89,7 +94,7 @@ where
                 let open =
                     CircuitOpen::new(shared.breaker.cfg.name, refusal.state, refusal.retry_after);
                 tracing::debug!(circuit = open.name(), state = %open.state(), "call refused: circuit open");
-                ResponseFuture::refused(shared.mode.reject(open))
+                ResponseFuture::refused(shared.fallback.refused::<S::Error, M>(open, &shared.mode))
             }
         }
     }

@@ -254,6 +254,9 @@ impl Breaker {
 
     fn refuse(&self, state: CircuitState, retry_after: Option<Duration>) -> Refusal {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("rampart_circuit_rejected_total", "circuit" => self.cfg.name)
+            .increment(1);
         Refusal { state, retry_after }
     }
 
@@ -265,6 +268,11 @@ impl Breaker {
             return; // issued in an earlier state: it says nothing about this one
         }
         let failed = outcome == Outcome::Failure;
+        #[cfg(feature = "metrics")]
+        if failed {
+            metrics::counter!("rampart_circuit_failures_total", "circuit" => self.cfg.name)
+                .increment(1);
+        }
         let now = if self.timed { self.clock.now() } else { 0 };
         let slow = now.saturating_sub(permit.started) >= self.slow_threshold;
         if permit.probe {
@@ -433,6 +441,20 @@ impl Breaker {
             tracing::warn!(circuit = self.cfg.name, %from, %to, reason, "circuit breaker state change");
         } else {
             tracing::info!(circuit = self.cfg.name, %from, %to, reason, "circuit breaker state change");
+        }
+        #[cfg(feature = "metrics")]
+        {
+            metrics::gauge!("rampart_circuit_state", "circuit" => self.cfg.name)
+                .set(kind_bits(to) as f64);
+            let to_label = match to {
+                CircuitState::Closed => "closed",
+                CircuitState::Open => "open",
+                CircuitState::HalfOpen => "half_open",
+                CircuitState::ForcedOpen => "forced_open",
+                CircuitState::Disabled => "disabled",
+            };
+            metrics::counter!("rampart_circuit_transitions_total", "circuit" => self.cfg.name, "to" => to_label)
+                .increment(1);
         }
         for hook in &self.hooks {
             hook(&transition);

@@ -215,10 +215,21 @@ mod tonic_status {
                 return Some(to_status(r));
             }
         }
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(r) = err.downcast_ref::<crate::circuit_breaker::error::CircuitOpen>() {
+            return Some(to_status(r));
+        }
         if let Some(r) = err.downcast_ref::<crate::backend::BackendUnavailable>() {
             return Some(to_status(r));
         }
         None
+    }
+
+    #[cfg(feature = "circuit-breaker")]
+    impl From<crate::circuit_breaker::error::CircuitOpen> for tonic::Status {
+        fn from(r: crate::circuit_breaker::error::CircuitOpen) -> Self {
+            to_status(&r)
+        }
     }
 
     #[cfg(feature = "rate-limit")]

@@ -8,6 +8,7 @@ mod common;
 mod config;
 mod contract;
 mod http;
+mod metrics;
 mod probes;
 mod slow_and_time;
 mod transitions;

@@ -1,0 +1,67 @@
+//! The `metrics` feature: a state gauge (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled),
+//! transitions by target state, refusals and failures, labelled by circuit.
+
+use std::collections::HashMap;
+use std::task::{Context, Poll, Waker};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower::{Layer, Service};
+use tower_rampart::circuit_breaker::CircuitBreakerLayer;
+
+#[test]
+fn transitions_refusals_and_failures_are_measured() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let layer = CircuitBreakerLayer::builder()
+            .name("payments")
+            .consecutive_failures(2)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(tower::service_fn(|_: ()| async {
+            Err::<(), tower_rampart::BoxError>("down".into())
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..5 {
+            let mut fut = std::pin::pin!(svc.call(()));
+            assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
+        }
+        layer.handle().force_closed();
+    });
+    let mut seen: HashMap<String, f64> = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        assert!(
+            labels.contains(&"circuit=payments".to_owned()),
+            "{labels:?}"
+        );
+        let name = format!("{} {}", key.key().name(), labels.join(","));
+        let v = match value {
+            DebugValue::Counter(n) => n as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(_) => continue,
+        };
+        seen.insert(name, v);
+    }
+    assert_eq!(
+        seen["rampart_circuit_failures_total circuit=payments"], 2.0,
+        "{seen:?}"
+    );
+    assert_eq!(seen["rampart_circuit_rejected_total circuit=payments"], 3.0);
+    assert_eq!(
+        seen["rampart_circuit_transitions_total circuit=payments,to=open"],
+        1.0
+    );
+    assert_eq!(
+        seen["rampart_circuit_transitions_total circuit=payments,to=closed"],
+        1.0
+    );
+    assert_eq!(
+        seen["rampart_circuit_state circuit=payments"], 0.0,
+        "closed again"
+    );
+}

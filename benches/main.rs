@@ -7,13 +7,28 @@
 //!
 //! - [`clock`]: what reading the time costs (the floor under any limiter on tokio's clock).
 //! - [`rate_limit`]: the rate limiter against a bare service, tower's and governor's limiters.
+//! - [`circuit_breaker`]: the circuit breaker's closed and open paths, two threads on one circuit,
+//!   and the closed path of a circuit shared through Redis (starts its own `redis-server`).
+//! - [`redis`]: Redis-backed decisions per second against a raw `EVALSHA` of the same script
+//!   (starts its own `redis-server`; skipped with a printed reason without one).
+//! - [`retry`]: the retry layer on a successful first attempt against a bare service and tower's
+//!   `Retry`, and the three layers stacked.
+//! - [`cache`]: cache hits and misses against a bare service, and moka's own `get`.
+//! - [`redis_cache`]: cache hits served from Redis against a raw `GET` of the same bytes at
+//!   several concurrencies (starts its own `redis-server`; skipped with a printed reason without
+//!   one).
 
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_main};
 
+mod cache;
+mod circuit_breaker;
 mod clock;
 mod rate_limit;
+mod redis;
+mod redis_cache;
+mod retry;
 mod support;
 
 /// Short runs, so the suite finishes in a few minutes on a small machine.
@@ -29,13 +44,51 @@ fn config() -> Criterion {
 mod groups {
     use criterion::criterion_group;
 
-    use crate::{clock, config, rate_limit};
+    use crate::{cache, circuit_breaker, clock, config, rate_limit, redis, redis_cache, retry};
 
     criterion_group! {
         name = rate_limit_benches;
         config = config();
         targets = clock::clocks, rate_limit::global, rate_limit::keyed_peer_ip, rate_limit::contention
     }
+
+    criterion_group! {
+        name = circuit_breaker_benches;
+        config = config();
+        targets = circuit_breaker::closed, circuit_breaker::open, circuit_breaker::contention,
+            circuit_breaker::shared_closed
+    }
+
+    criterion_group! {
+        name = retry_benches;
+        config = config();
+        targets = retry::overhead, retry::stacked
+    }
+
+    criterion_group! {
+        name = cache_benches;
+        config = config();
+        targets = cache::hit_u64, cache::http_1k, cache::miss, cache::contention
+    }
+
+    criterion_group! {
+        name = redis_benches;
+        config = config();
+        targets = redis::rate_limit
+    }
+
+    criterion_group! {
+        name = redis_cache_benches;
+        config = config();
+        targets = redis_cache::hit
+    }
 }
 
-criterion_main!(groups::rate_limit_benches);
+criterion_main!(
+    groups::rate_limit_benches,
+    groups::circuit_breaker_benches,
+    groups::retry_benches,
+    groups::cache_benches,
+    groups::redis_benches,
+    groups::redis_cache_benches
+);

@@ -26,7 +26,6 @@ use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,7 +38,7 @@ use tower_rampart::http::PeerIp;
 use tower_rampart::rate_limit::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
 
-use crate::support::{call_now, noop_cx, refused};
+use crate::support::{bare_u64, call_now, noop_cx, parallel, refused};
 
 /// About 4.3 billion requests per hour, all of them allowed back to back: no run gets near it.
 /// (GCRA spaces them 838 ns apart, so even a clock that never moves admits 4.3 billion calls.)
@@ -54,15 +53,6 @@ const BATCH: usize = 256;
 /// Keys per thread in the "own keys" contention rows: many clients, spread over all the store's
 /// shards, as on a busy server.
 const OWN_KEYS: u64 = 4096;
-
-/// The inner service of the `global` and `contention` groups: echoes its request.
-fn bare_u64()
--> impl Service<u64, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
-+ Clone
-+ Send
-+ 'static {
-    service_fn(|n: u64| ready(Ok::<_, Infallible>(n)))
-}
 
 /// The inner service of the keyed group: reads nothing, answers `200 OK` with a JSON content type,
 /// like any real endpoint (so the response already has a header map when a layer adds to it).
@@ -317,42 +307,6 @@ pub(crate) fn keyed_peer_ip(c: &mut Criterion) {
     });
 
     g.finish();
-}
-
-/// Runs one thread per service in `svcs`, each sending `iters` requests through its service, the
-/// request for call `i` on thread `t` being `request(t, i)`. Returns the wall time of the slowest
-/// thread, measured from a common start.
-fn parallel<S>(svcs: Vec<S>, iters: u64, request: fn(u64, u64) -> u64) -> Duration
-where
-    S: Service<u64> + Send,
-{
-    let barrier = Barrier::new(svcs.len());
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..)
-            .zip(svcs)
-            .map(|(t, mut svc)| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let mut cx = noop_cx();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        let res = call_now(&mut svc, &mut cx, black_box(request(t, i)));
-                        if res.is_err() {
-                            refused();
-                        }
-                        drop(black_box(res));
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("benchmark thread panicked"))
-            .max()
-            .unwrap_or_default()
-    })
 }
 
 /// Thread `t`'s own keys: `OWN_KEYS` of them, disjoint from every other thread's.

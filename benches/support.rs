@@ -5,11 +5,15 @@
 //! a waker that does nothing. No executor, no task, no allocation of our own: what is measured is
 //! the service and nothing else.
 
-use std::future::Future;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
 use std::pin::pin;
+use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use tower::Service;
+use tower::{Service, service_fn};
 
 /// A task context whose waker does nothing (nothing benchmarked here ever needs waking).
 pub(crate) fn noop_cx() -> Context<'static> {
@@ -54,4 +58,49 @@ fn not_ready(what: &str) -> ! {
 #[inline(never)]
 pub(crate) fn refused() -> ! {
     panic!("a request was refused; the benchmark quota must be large enough to admit every call")
+}
+
+/// The inner service of the `u64` groups: echoes its request.
+pub(crate) fn bare_u64()
+-> impl Service<u64, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
++ Clone
++ Send
++ 'static {
+    service_fn(|n: u64| ready(Ok::<_, Infallible>(n)))
+}
+
+/// Runs one thread per service in `svcs`, each sending `iters` requests through its service, the
+/// request for call `i` on thread `t` being `request(t, i)`. Returns the wall time of the slowest
+/// thread, measured from a common start.
+pub(crate) fn parallel<S>(svcs: Vec<S>, iters: u64, request: fn(u64, u64) -> u64) -> Duration
+where
+    S: Service<u64> + Send,
+{
+    let barrier = Barrier::new(svcs.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..)
+            .zip(svcs)
+            .map(|(t, mut svc)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let mut cx = noop_cx();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        let res = call_now(&mut svc, &mut cx, black_box(request(t, i)));
+                        if res.is_err() {
+                            refused();
+                        }
+                        drop(black_box(res));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("benchmark thread panicked"))
+            .max()
+            .unwrap_or_default()
+    })
 }

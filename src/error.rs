@@ -24,7 +24,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     #[cfg_attr(
-        not(any(feature = "rate-limit", feature = "circuit-breaker")),
+        not(any(
+            feature = "rate-limit",
+            feature = "circuit-breaker",
+            feature = "retry",
+            feature = "cache"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn new(setting: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
@@ -48,7 +53,12 @@ impl ConfigError {
 /// Checks a layer's name: 1 to 64 letters, digits and `-_.:` (it goes into logs, metrics labels and
 /// header fields).
 #[cfg_attr(
-    not(any(feature = "rate-limit", feature = "circuit-breaker")),
+    not(any(
+        feature = "rate-limit",
+        feature = "circuit-breaker",
+        feature = "retry",
+        feature = "cache"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn check_name(name: &str) -> Result<(), ConfigError> {

@@ -1,12 +1,18 @@
-//! Resilience middleware for [Tower](https://docs.rs/tower): rate limiting (and, in coming releases,
-//! circuit breaking, retries and caching), in memory or shared by every replica through Redis.
+//! Resilience middleware for [Tower](https://docs.rs/tower): rate limiting, circuit breaking,
+//! retries and response caching, in memory or shared by every replica through Redis.
 //!
 //! - **Drop-in for axum and tonic.** In HTTP or gRPC [rejection mode](rejection) a layer answers
 //!   refusals itself (429 with `Retry-After` and `RateLimit` fields, or `RESOURCE_EXHAUSTED`) and
 //!   keeps the inner service's error type, so `Router::layer` takes it with no `HandleErrorLayer`.
-//! - **Exact.** GCRA decisions are one atomic compare-and-swap; clones of a layer share one limiter.
+//! - **Exact.** GCRA decisions are one atomic compare-and-swap; clones of a layer share one limiter;
+//!   a circuit breaker's half-open state admits exactly its number of probes, however many callers
+//!   race for them.
 //! - **Bounded.** The in-memory backend drops idle keys by itself and holds at most a configured
 //!   number of keys, whatever a flood of distinct clients does.
+//! - **Shared, and honest when Redis is down.** With the [Redis backend](backend::redis) every
+//!   replica counts against one limit, one round trip per decision on Redis's own clock; a
+//!   [failure policy](backend::redis::FailurePolicy) says what happens when Redis is slow or gone,
+//!   and no request waits longer than the backend's timeout.
 //! - **Testable.** All time comes from [`tokio::time`], so tests run on paused time.
 //!
 //! ```
@@ -27,11 +33,15 @@
 //! |---|---|---|
 //! | `rate-limit` | yes | [`rate_limit`] |
 //! | `circuit-breaker` | yes | [`circuit_breaker`] |
+//! | `retry` | yes | [`retry`] |
+//! | `cache` | yes | [`cache`]: a read-through response cache (in memory: bounded by bytes, CLOCK eviction) |
 //! | `memory` | yes | the in-memory backend, [`backend::memory`] |
-//! | `http` | | HTTP key extractors and the HTTP and gRPC rejection modes, [`http`], [`grpc`] |
+//! | `redis` | | the Redis backend, [`backend::redis`]: limits shared by every replica, with a failure policy |
+//! | `redis-cluster` | | `redis`, plus Redis Cluster through the `redis` crate's async cluster client |
+//! | `http` | | HTTP key extractors, the HTTP and gRPC rejection modes ([`http`], [`grpc`]), the retry classifiers and the cache's HTTP mode |
 //! | `axum` | | `http`, plus reading axum's `ConnectInfo` |
-//! | `tonic` | | `http`, plus tonic's peer address and `From<RateLimited> for tonic::Status` |
-//! | `metrics` | | `rampart_*` counters through the [`metrics`](https://docs.rs/metrics) facade |
+//! | `tonic` | | `http`, plus tonic's peer address and `From<RateLimited>` / `From<CircuitOpen>` for `tonic::Status` |
+//! | `metrics` | | `rampart_*` counters and gauges through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `serde` | | `Deserialize`/`Serialize` for configuration types |
 //! | `full` | | all of the above |
 //!
@@ -44,13 +54,22 @@ pub mod backend;
 pub mod clock;
 pub mod error;
 pub mod rejection;
-#[cfg(feature = "rate-limit")]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "retry",
+    feature = "cache",
+    all(feature = "circuit-breaker", feature = "redis")
+))]
 mod throttle;
 
+#[cfg(feature = "cache")]
+pub mod cache;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
+#[cfg(feature = "retry")]
+pub mod retry;
 
 #[cfg(feature = "http")]
 pub mod grpc;

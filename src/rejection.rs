@@ -73,6 +73,9 @@ pub enum RejectionKind {
     BackendUnavailable,
     /// A circuit breaker is open (HTTP 503, gRPC `UNAVAILABLE`).
     CircuitOpen,
+    /// The last attempt at a request ran out of time, its own or the request's deadline (HTTP 504,
+    /// gRPC `DEADLINE_EXCEEDED`).
+    TimedOut,
 }
 
 impl RejectionKind {
@@ -83,6 +86,7 @@ impl RejectionKind {
             Self::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
             Self::KeyMissing => http::StatusCode::INTERNAL_SERVER_ERROR,
             Self::BackendUnavailable | Self::CircuitOpen => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::TimedOut => http::StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -92,6 +96,7 @@ impl RejectionKind {
             Self::RateLimited => 8,                             // RESOURCE_EXHAUSTED
             Self::KeyMissing => 13,                             // INTERNAL
             Self::BackendUnavailable | Self::CircuitOpen => 14, // UNAVAILABLE
+            Self::TimedOut => 4,                                // DEADLINE_EXCEEDED
         }
     }
 }
@@ -168,6 +173,7 @@ impl fmt::Display for RejectionKind {
             Self::KeyMissing => "key_missing",
             Self::BackendUnavailable => "backend_unavailable",
             Self::CircuitOpen => "circuit_open",
+            Self::TimedOut => "timed_out",
         })
     }
 }

@@ -1,8 +1,9 @@
 //! The analytics service: routes, validation, storage. `main.rs` serves it; the tests build it
 //! in-process and drive it over loopback HTTP.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -13,83 +14,88 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncServiceLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use tower_rampart::cache::key::key_fn;
+use tower_rampart::cache::{CacheBuilder, CacheHandle, CacheLayer, CachedResponse, HttpMode};
+use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::http::{AsHttp, ClientIp};
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
 use crate::config::Config;
+use crate::dashboard::{self, Dataset};
+use crate::dependency::{self, ExternalClient, FailureRate};
+use crate::external;
+use crate::storage::{
+    EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
+};
+use crate::{docs, telemetry};
 
-/// At most this many metrics are kept in memory; beyond it writes are refused (503), not dropped.
-pub(crate) const MAX_METRICS: usize = 1_000_000;
-
-/// A submitted measurement.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Metric {
-    pub(crate) timestamp: DateTime<Utc>,
-    pub(crate) value: f64,
-    #[serde(rename = "type")]
-    pub(crate) metric_type: String,
-}
-
-/// A submitted event. All fields are checked on the way in; only `event_type` is used so far.
+/// A submitted event. Every field is checked on the way in.
 #[derive(Clone, Debug, Deserialize)]
-#[allow(
-    dead_code,
-    reason = "user_id, timestamp and payload are validated, not yet aggregated"
-)]
 pub(crate) struct Event {
     pub(crate) user_id: u64,
     pub(crate) event_type: String,
+    #[allow(dead_code, reason = "validated; the service counts by arrival time")]
     pub(crate) timestamp: i64,
     #[serde(default)]
     pub(crate) payload: Option<serde_json::Map<String, Value>>,
 }
 
-/// In-memory storage. Writes that would exceed [`MAX_METRICS`] are refused, never dropped.
-#[derive(Debug, Default)]
-pub(crate) struct Storage {
-    metrics: RwLock<HashMap<String, Vec<Metric>>>,
-    metric_count: std::sync::atomic::AtomicUsize,
-    event_counts: RwLock<HashMap<String, u64>>,
+/// A layer on a route (a rate limit, a cache), whichever backend keeps its state: boxed, so that
+/// memory and Redis give one type.
+type RouteLayer =
+    BoxCloneSyncServiceLayer<axum::routing::Route, Request, Response, std::convert::Infallible>;
+
+/// An HTTP cache on a route, in memory or, with `redis`, shared by every instance; and the handle
+/// that invalidates its entries.
+fn route_cache<X>(
+    builder: CacheBuilder<X, tower_rampart::backend::MemoryBackend, HttpMode>,
+    redis: Option<&tower_rampart::backend::RedisBackend>,
+) -> Result<(RouteLayer, CacheHandle), tower_rampart::ConfigError>
+where
+    X: tower_rampart::cache::ExtractKey<Request> + Send + Sync + 'static,
+{
+    // The cache answers with its own body type; the router wants axum's.
+    let into_axum = |res: http::Response<_>| res.into_response();
+    Ok(match redis {
+        None => {
+            let cache = builder.build::<CachedResponse>()?;
+            let handle = cache.handle::<CachedResponse>();
+            let layer = ServiceBuilder::new()
+                .map_response(into_axum)
+                .layer(cache)
+                .into_inner();
+            (BoxCloneSyncServiceLayer::new(layer), handle)
+        }
+        Some(redis) => {
+            let cache = builder.backend(redis.clone()).build::<CachedResponse>()?;
+            let handle = cache.handle::<CachedResponse>();
+            let layer = ServiceBuilder::new()
+                .map_response(into_axum)
+                .layer(cache)
+                .into_inner();
+            (BoxCloneSyncServiceLayer::new(layer), handle)
+        }
+    })
 }
 
-impl Storage {
-    fn add_metric(&self, m: Metric) -> Result<(), ApiError> {
-        use std::sync::atomic::Ordering;
-        if self.metric_count.fetch_add(1, Ordering::AcqRel) >= MAX_METRICS {
-            self.metric_count.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::unavailable(
-                "metric storage is full; try again later",
-            ));
-        }
-        let mut map = self.metrics.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(m.metric_type.clone()).or_default().push(m);
-        Ok(())
-    }
+/// Where the app takes the time of day from (tests move it by hand).
+pub(crate) type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
-    fn metrics_of(&self, metric_type: &str) -> Vec<Metric> {
-        let map = self.metrics.read().unwrap_or_else(|p| p.into_inner());
-        map.get(metric_type).cloned().unwrap_or_default()
-    }
-
-    fn add_event(&self, e: &Event) {
-        let mut map = self.event_counts.write().unwrap_or_else(|p| p.into_inner());
-        *map.entry(e.event_type.clone()).or_default() += 1;
-    }
-
-    fn event_count(&self, event_type: &str) -> u64 {
-        let map = self.event_counts.read().unwrap_or_else(|p| p.into_inner());
-        map.get(event_type).copied().unwrap_or(0)
-    }
+/// The wall clock.
+pub(crate) fn system_clock() -> Clock {
+    Arc::new(Utc::now)
 }
 
 /// An error answered as `{"detail": ...}` with a status.
@@ -117,72 +123,367 @@ impl ApiError {
     }
 }
 
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        Self::unavailable(e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "detail": self.detail }))).into_response()
     }
 }
 
-/// Shared application state.
-#[derive(Clone, Debug)]
-pub(crate) struct AppState {
-    pub(crate) storage: Arc<Storage>,
+/// Rejections (4xx answers) counted on the request path and written to a remote store once a
+/// second, so a flood of refused requests does not cost a store round trip each.
+#[derive(Debug, Default)]
+pub(crate) struct RejectionCounter {
+    pending: AtomicU64,
 }
 
-/// The whole application, with its layers, for `config`.
-pub(crate) fn router(
+/// Shared application state: one `Arc`, so that extracting it (handlers, middleware) costs one
+/// reference count per request, not a clone of each part.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub(crate) struct AppInner {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) clock: Clock,
+    pub(crate) dataset: Dataset,
+    pub(crate) external: ExternalClient,
+    pub(crate) external_failure_rate: FailureRate,
+    pub(crate) breaker: CircuitHandle,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_reset: Duration,
+    pub(crate) rejections: Arc<RejectionCounter>,
+    /// Drops cached summaries when a metric is stored.
+    pub(crate) summaries: CacheHandle,
+}
+
+impl AppInner {
+    /// The time of day.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Writes the rejections counted here but not yet stored.
+    pub(crate) async fn flush_rejections(&self) -> Result<(), StorageError> {
+        let n = self.rejections.pending.swap(0, Ordering::AcqRel);
+        if n == 0 {
+            return Ok(());
+        }
+        let result = self.storage.record_rejections(n, self.now()).await;
+        if result.is_err() {
+            // Not lost: counted again with the next flush.
+            self.rejections.pending.fetch_add(n, Ordering::AcqRel);
+        }
+        result
+    }
+}
+
+/// The whole application, with its layers, for `config`, keeping data in `storage`; and its state
+/// (for tests and benches, which steer the simulated dependency and read the circuit).
+///
+/// With a remote store it starts a task that writes counted rejections once a second; it ends
+/// when the app is dropped.
+pub(crate) fn build(
     config: &Config,
-    state: AppState,
-) -> Result<Router, tower_rampart::ConfigError> {
-    let per_client = |quota: Quota, name: &'static str| {
-        RateLimitLayer::builder()
-            .name(name)
-            .quota(quota)
-            .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
-            .rejection(AsHttp::new().json_body(|r| match r.kind() {
-                RejectionKind::RateLimited => r#"{"detail":"Too many requests"}"#.to_owned(),
-                _ => json!({ "detail": r.to_string() }).to_string(),
-            }))
-            .build()
-    };
+    storage: Arc<Storage>,
+    clock: Clock,
+) -> Result<(Router, AppState), tower_rampart::ConfigError> {
+    let (external, breaker, external_failure_rate) =
+        dependency::client(config, storage.rate_limit_backend())?;
+    // Summaries are read through a cache, keyed by type and period (so that a write drops exactly
+    // its type's entries); the sensor breakdown, static data, by method and URI. With Redis, the
+    // caches are shared by every instance, and so are invalidations.
+    let redis = storage.rate_limit_backend();
+    let (summary_cache, summaries) = route_cache(
+        CacheLayer::builder()
+            .name("summaries")
+            .http()
+            .key(key_fn(summary_key))
+            .ttl(config.cache_ttl),
+        redis.as_ref(),
+    )?;
+    let (breakdown_cache, _) = route_cache(
+        CacheLayer::builder()
+            .name("sensors")
+            .http()
+            .ttl(config.cache_ttl),
+        redis.as_ref(),
+    )?;
+    let state = AppState(Arc::new(AppInner {
+        summaries,
+        dataset: Dataset::new(clock()),
+        storage,
+        clock,
+        external,
+        external_failure_rate,
+        breaker,
+        breaker_threshold: config.breaker_threshold,
+        breaker_reset: config.breaker_reset,
+        rejections: Arc::default(),
+    }));
+    if state.storage.is_remote() {
+        let weak = Arc::downgrade(&state.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Stop once the app is gone.
+                let Some(inner) = weak.upgrade() else { break };
+                if let Err(e) = AppState(inner).flush_rejections().await {
+                    tracing::warn!(error = %e, "could not store rejection counts; will retry");
+                }
+            }
+        });
+    }
+
+    // Per-client limits, in memory or, with Redis, shared by every instance (each limiter named,
+    // so that in Redis they keep apart). Either way the same layer type comes out (boxed).
+    let redis = state.storage.rate_limit_backend();
+    let per_client =
+        |quota: Quota, name: &'static str| -> Result<RouteLayer, tower_rampart::ConfigError> {
+            let builder = RateLimitLayer::builder()
+                .name(name)
+                .quota(quota)
+                .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
+                .rejection(AsHttp::new().json_body(|r| match r.kind() {
+                    RejectionKind::RateLimited => r#"{"detail":"Too many requests"}"#.to_owned(),
+                    RejectionKind::BackendUnavailable => {
+                        r#"{"detail":"Rate limiting is unavailable; try again shortly"}"#.to_owned()
+                    }
+                    _ => json!({ "detail": r.to_string() }).to_string(),
+                }));
+            Ok(match &redis {
+                None => BoxCloneSyncServiceLayer::new(builder.build()?),
+                Some(backend) => BoxCloneSyncServiceLayer::new(
+                    builder
+                        .backend(
+                            backend
+                                .clone()
+                                .failure_policy(config.rate_limit_failure_policy),
+                        )
+                        .build()?,
+                ),
+            })
+        };
     let metrics_limit = per_client(
         Quota::with_period(config.metrics_limit, config.metrics_window),
         "metrics",
     )?;
     let events_limit = per_client(Quota::per_minute(config.events_per_minute), "events")?;
+    let api_v1_limit = per_client(Quota::per_minute(config.api_v1_per_minute), "api_v1")?;
 
-    // Validation runs before the limiter, so an invalid body never spends quota.
-    let metrics = Router::new()
-        .route("/api/metrics", post(submit_metric))
-        .route_layer(
+    // Validation runs before the limiter, so an invalid body never spends quota; both wrap the
+    // POST handler only, so other methods get their 405 untouched.
+    let metrics = Router::new().route(
+        "/api/metrics",
+        post(submit_metric).route_layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn(validate_json::<Metric>))
                 .layer(metrics_limit),
-        );
+        ),
+    );
     let events = Router::new()
         .route("/event", post(submit_event))
         .route("/stats/{event_type}", get(event_stats))
         .route_layer(events_limit);
+    let api_v1 = Router::new()
+        .route("/api/v1/metrics/summary", get(dashboard::summary))
+        .route("/api/v1/metrics/history", get(dashboard::history))
+        .route(
+            "/api/v1/sensors/type-breakdown",
+            get(dashboard::type_breakdown).route_layer(breakdown_cache),
+        )
+        .route("/api/v1/modules", get(dashboard::modules))
+        .route_layer(api_v1_limit);
 
     let request_id = HeaderName::from_static("x-request-id");
-    Ok(Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/api/metrics/list", get(list_metrics))
-        .route("/api/metrics/summary", get(metric_summary))
+        .route(
+            "/api/metrics/summary",
+            get(metric_summary).route_layer(summary_cache),
+        )
+        .route("/external", get(external::external))
+        .route("/api/circuit-breaker/status", get(external::status))
+        .route("/metrics", get(telemetry::render))
+        .route("/openapi.json", get(docs::openapi))
+        .route("/docs", get(docs::page))
         .merge(metrics)
         .merge(events)
-        .with_state(state)
+        .merge(api_v1)
+        .with_state(state.clone())
+        // One layer call for the whole stack: axum wraps (and clones, per request) each route once
+        // per `layer` call, so one call for all of them keeps that cost to one.
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(request_id.clone(), RandomRequestId))
                 .layer(TraceLayer::new_for_http())
                 .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(ObserveLayer {
+                    state: state.clone(),
+                })
                 .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
                     config.request_timeout,
                 )),
-        ))
+        );
+    Ok((router, state))
+}
+
+/// The two routes the HTTP bench drives (`POST /event`, `GET /api/metrics/summary`) with the same
+/// handlers and state and no layer at all: the baseline the full stack is measured against.
+#[allow(dead_code, reason = "used by the HTTP bench")]
+pub(crate) fn bare_router(state: AppState) -> Router {
+    Router::new()
+        .route("/event", post(submit_event))
+        .route("/api/metrics/summary", get(metric_summary))
+        .with_state(state)
+}
+
+/// Request ids in the form of a random (version 4) UUID, drawn from a per-thread generator rather
+/// than the operating system's (which costs a system call per request); ids, not secrets.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
+        let hi = (hi & !0xf000) | 0x4000; // version 4
+        let lo = (lo & !(0xc << 60)) | (0x8 << 60); // variant 1
+        let id = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xffff,
+            hi & 0xffff,
+            lo >> 48,
+            lo & 0xffff_ffff_ffff
+        );
+        http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// The cache key of a summary request: `summary:<type>:<period>:<method>` (the same for `type=` and
+/// `metric_type=`, and for `period=all` and no period), or none for a request the handler will
+/// refuse (it then goes straight through).
+fn summary_key(req: &Request) -> Option<String> {
+    let Query(q) = Query::<MetricQuery>::try_from_uri(req.uri()).ok()?;
+    let metric_type = q.metric_type().ok()?;
+    if !valid_metric_type(metric_type) {
+        return None;
+    }
+    let period = q.period.as_deref().unwrap_or("all");
+    matches!(period, "all" | "daily" | "hourly")
+        .then(|| format!("{}{period}:{}", summary_prefix(metric_type), req.method()))
+}
+
+/// The beginning of every cache key of `metric_type`'s summaries.
+fn summary_prefix(metric_type: &str) -> String {
+    format!("summary:{metric_type}:")
+}
+
+/// Records the HTTP metrics of every request, and counts every 4xx answer (the limiters' 429s, the
+/// body limit's 413 and the timeout's 408 included: they are inside this layer) for the dashboard's
+/// `apiRejectedCount`. Hand-written rather than `middleware::from_fn`, which boxes the inner
+/// service and the future on every request: this sits on every route.
+#[derive(Clone)]
+pub(crate) struct ObserveLayer {
+    state: AppState,
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// See [`ObserveLayer`].
+#[derive(Clone)]
+pub(crate) struct Observe<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Observe<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        ObserveFuture {
+            timer: Some(telemetry::RequestTimer::start(&req)),
+            inner: self.inner.call(req),
+            state: self.state.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Observe`].
+    pub(crate) struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        timer: Option<telemetry::RequestTimer>,
+        state: AppState,
+    }
+}
+
+impl<F, RB, E> std::future::Future for ObserveFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<RB>, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(res) = &result {
+            if let Some(timer) = this.timer.take() {
+                timer.finish(res.status());
+            }
+            if res.status().is_client_error() {
+                let state = &*this.state;
+                // In memory the count is written now; a remote store gets it within a second.
+                if !state.storage.record_rejection_now(state.now()) {
+                    state.rejections.pending.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        std::task::Poll::Ready(result)
+    }
 }
 
 /// Reads the body as JSON `T`; answers 400 for malformed JSON and 422 naming the field for a
@@ -242,13 +543,7 @@ impl Validate for Metric {
                 "invalid field `value`: must be a finite number",
             ));
         }
-        let t = &self.metric_type;
-        if t.is_empty()
-            || t.len() > 64
-            || !t
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
+        if !valid_metric_type(&self.metric_type) {
             return Err(ApiError::unprocessable(
                 "invalid field `type`: 1 to 64 characters of letters, digits and _.-",
             ));
@@ -257,19 +552,35 @@ impl Validate for Metric {
     }
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({
-        "status": "healthy",
-        "redis_connected": null,
-        "timestamp": Utc::now().to_rfc3339(),
-    }))
+/// `GET /health`: 200 when every configured dependency answers, 503 `degraded` otherwise.
+async fn health(State(state): State<AppState>) -> Response {
+    let redis = state.storage.connected().await;
+    let status = if redis == Some(false) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "healthy" } else { "degraded" },
+        "redis_connected": redis,
+        "timestamp": state.now().to_rfc3339(),
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn submit_metric(
     State(state): State<AppState>,
     Extension(metric): Extension<Metric>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.storage.add_metric(metric.clone())?;
+    state.storage.add_metric(&metric).await?;
+    // The next summary of this type is computed afresh, whatever its TTL.
+    if let Err(e) = state
+        .summaries
+        .invalidate_prefix(summary_prefix(&metric.metric_type))
+        .await
+    {
+        tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({ "message": "Metric stored successfully", "metric": metric })),
@@ -306,19 +617,24 @@ fn query<T: DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
 }
 
+/// The most metrics one page may hold.
+const MAX_PAGE: usize = 1000;
+
 async fn list_metrics(
     State(state): State<AppState>,
     q: Result<Query<MetricQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let metric_type = q.metric_type()?;
-    let all = state.storage.metrics_of(metric_type);
-    let limit = q.limit.unwrap_or(100).min(1000);
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     let offset = q.offset.unwrap_or(0);
-    let page: Vec<&Metric> = all.iter().skip(offset).take(limit).collect();
+    let (total, page) = state
+        .storage
+        .metrics_page(metric_type, offset, limit)
+        .await?;
     Ok(Json(json!({
         "type": metric_type,
-        "total": all.len(),
+        "total": total,
         "limit": limit,
         "offset": offset,
         "metrics": page,
@@ -331,37 +647,27 @@ async fn metric_summary(
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let metric_type = q.metric_type()?;
-    let since = match q.period.as_deref().unwrap_or("all") {
+    let period = q.period.as_deref().unwrap_or("all");
+    let now = state.now();
+    let since = match period {
         "all" => None,
-        "daily" => Some(Utc::now() - ChronoDuration::days(1)),
-        "hourly" => Some(Utc::now() - ChronoDuration::hours(1)),
+        "daily" => Some(now - ChronoDuration::days(1)),
+        "hourly" => Some(now - ChronoDuration::hours(1)),
         other => {
             return Err(ApiError::bad_request(format!(
                 "invalid query parameter `period`: {other:?} is not one of all, daily, hourly"
             )));
         }
     };
-    let metrics: Vec<Metric> = state
-        .storage
-        .metrics_of(metric_type)
-        .into_iter()
-        .filter(|m| since.is_none_or(|s| m.timestamp >= s))
-        .collect();
-    let count = metrics.len();
-    let (sum, min, max) = metrics
-        .iter()
-        .fold((0.0, f64::INFINITY, f64::NEG_INFINITY), |(s, lo, hi), m| {
-            (s + m.value, lo.min(m.value), hi.max(m.value))
-        });
-    let latest = metrics.iter().max_by_key(|m| m.timestamp).map(|m| m.value);
+    let s = state.storage.summary(metric_type, since).await?;
     Ok(Json(json!({
         "type": metric_type,
-        "period": q.period.as_deref().unwrap_or("all"),
-        "count": count,
-        "average": if count == 0 { 0.0 } else { sum / count as f64 },
-        "min": if count == 0 { 0.0 } else { min },
-        "max": if count == 0 { 0.0 } else { max },
-        "latest": latest.unwrap_or(0.0),
+        "period": period,
+        "count": s.count,
+        "average": s.average,
+        "min": s.min,
+        "max": s.max,
+        "latest": s.latest,
     })))
 }
 
@@ -375,11 +681,28 @@ async fn submit_event(
             "invalid field `event_type`: 1 to 64 characters",
         ));
     }
-    state.storage.add_event(&event);
+    let platform = match event.payload.as_ref().and_then(|p| p.get("platform")) {
+        None | Some(Value::Null) => UNKNOWN_PLATFORM.to_owned(),
+        Some(Value::String(p)) if valid_metric_type(p) => p.clone(),
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "invalid field `payload.platform`: 1 to 64 characters of letters, digits and _.-",
+            ));
+        }
+    };
+    let record = EventRecord {
+        user_id: event.user_id,
+        event_type: event.event_type,
+        platform,
+    };
+    state.storage.record_event(&record, state.now()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "received" }))))
 }
 
-async fn event_stats(State(state): State<AppState>, Path(event_type): Path<String>) -> Json<Value> {
-    let count = state.storage.event_count(&event_type);
-    Json(json!({ "event_type": event_type, "count": count }))
+async fn event_stats(
+    State(state): State<AppState>,
+    Path(event_type): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let count = state.storage.event_count(&event_type).await?;
+    Ok(Json(json!({ "event_type": event_type, "count": count })))
 }

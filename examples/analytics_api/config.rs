@@ -1,9 +1,12 @@
 //! Configuration from the environment. A bad value stops start-up with a message naming the variable.
+//! Shared with `examples/grpc_analytics` (included by path).
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tower_rampart::backend::FailurePolicy;
+
+use crate::setup::{json_logs, listen_addr, parse, positive, rate};
 
 /// Everything the service reads from its environment.
 #[derive(Clone, Debug)]
@@ -15,6 +18,18 @@ pub(crate) struct Config {
     pub(crate) metrics_window: Duration,
     /// `RATE_LIMIT` events per minute per client (default 1500).
     pub(crate) events_per_minute: u32,
+    /// `API_V1_RATE_LIMIT` requests per minute per client under `/api/v1` (default 100).
+    pub(crate) api_v1_per_minute: u32,
+    /// `CACHE_TTL_SECONDS` (default 300): how long cached summaries are served.
+    pub(crate) cache_ttl: Duration,
+    /// `EXTERNAL_SERVICE_FAILURE_RATE` (0.0 to 1.0, default 0.2) and `EXTERNAL_SERVICE_LATENCY_MS`
+    /// (default 50): the simulated dependency behind `/external`.
+    pub(crate) external_failure_rate: f64,
+    pub(crate) external_latency: Duration,
+    /// `CIRCUIT_BREAKER_FAILURE_THRESHOLD` failures in a row (default 5) open the circuit for
+    /// `CIRCUIT_BREAKER_RESET_TIMEOUT` seconds (default 30).
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_reset: Duration,
     /// `TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is believed (default none).
     pub(crate) trusted_proxies: Vec<String>,
     /// `MAX_BODY_BYTES` (default 64 KiB).
@@ -25,41 +40,64 @@ pub(crate) struct Config {
     pub(crate) json_logs: bool,
     /// `REDIS_URL`, if set.
     pub(crate) redis_url: Option<String>,
+    /// `REDIS_TIMEOUT_MS` (default 250): how long any one Redis call may take.
+    pub(crate) redis_timeout: Duration,
+    /// `RATE_LIMIT_FAILURE_POLICY`: what the limits do while Redis is unreachable, `open` (let
+    /// requests through), `closed` (refuse with 503) or `local` (limit in memory; the default).
+    pub(crate) rate_limit_failure_policy: FailurePolicy,
 }
 
 /// A variable that could not be used.
-#[derive(Debug)]
-pub(crate) struct ConfigError {
-    var: &'static str,
-    value: String,
-    expected: &'static str,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid {}={:?}: expected {}",
-            self.var, self.value, self.expected
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub(crate) type ConfigError = crate::setup::EnvError;
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment (`PORT` defaulting to 8000).
+    #[allow(
+        dead_code,
+        reason = "grpc_analytics, sharing this file, has another default port"
+    )]
     pub(crate) fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        Self::from_env_on(8000)
     }
 
-    /// Reads variables through `get` (tests pass a map).
+    /// Reads the process environment, `PORT` defaulting to `default_port`.
+    pub(crate) fn from_env_on(default_port: u16) -> Result<Self, ConfigError> {
+        Self::from_lookup_on(|k| std::env::var(k).ok(), default_port)
+    }
+
+    /// Reads variables through `get` (tests pass a map), `PORT` defaulting to 8000.
+    #[allow(dead_code, reason = "used by the tests")]
     pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let bind: IpAddr = parse(&get, "BIND", "0.0.0.0".parse().unwrap(), "an IP address")?;
-        let port: u16 = parse(&get, "PORT", 8000, "a port number (0-65535)")?;
+        Self::from_lookup_on(get, 8000)
+    }
+
+    /// Reads variables through `get`, `PORT` defaulting to `default_port`.
+    pub(crate) fn from_lookup_on(
+        get: impl Fn(&str) -> Option<String>,
+        default_port: u16,
+    ) -> Result<Self, ConfigError> {
+        let addr = listen_addr(&get, default_port)?;
         let metrics_limit = positive(&get, "RATE_LIMIT_REQUESTS", 10)?;
         let window = positive(&get, "RATE_LIMIT_WINDOW_SECONDS", 60)?;
         let events_per_minute = positive(&get, "RATE_LIMIT", 1500)?;
+        let api_v1_per_minute = positive(&get, "API_V1_RATE_LIMIT", 100)?;
+        let cache_ttl = positive(&get, "CACHE_TTL_SECONDS", 300)?;
+        let external_failure_rate = rate(&get, "EXTERNAL_SERVICE_FAILURE_RATE", 0.2)?;
+        let external_latency_ms: u64 = parse(
+            &get,
+            "EXTERNAL_SERVICE_LATENCY_MS",
+            50,
+            "a whole number of milliseconds",
+        )?;
+        let breaker_threshold = positive(&get, "CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?;
+        let breaker_reset = positive(&get, "CIRCUIT_BREAKER_RESET_TIMEOUT", 30)?;
+        let redis_timeout_ms = positive(&get, "REDIS_TIMEOUT_MS", 250)?;
+        let rate_limit_failure_policy = parse(
+            &get,
+            "RATE_LIMIT_FAILURE_POLICY",
+            FailurePolicy::Local,
+            "`open`, `closed` or `local`",
+        )?;
         let trusted_proxies = get("TRUSTED_PROXIES")
             .map(|v| {
                 v.split(',')
@@ -71,59 +109,25 @@ impl Config {
             .unwrap_or_default();
         let max_body_bytes = positive(&get, "MAX_BODY_BYTES", 64 * 1024)? as usize;
         let timeout = positive(&get, "REQUEST_TIMEOUT_SECONDS", 10)?;
-        let json_logs = match get("LOG_FORMAT").as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                return Err(ConfigError {
-                    var: "LOG_FORMAT",
-                    value: other.into(),
-                    expected: "`text` or `json`",
-                });
-            }
-        };
+        let json_logs = json_logs(&get)?;
         Ok(Self {
-            addr: SocketAddr::new(bind, port),
+            addr,
             metrics_limit,
             metrics_window: Duration::from_secs(u64::from(window)),
             events_per_minute,
+            api_v1_per_minute,
+            cache_ttl: Duration::from_secs(u64::from(cache_ttl)),
+            external_failure_rate,
+            external_latency: Duration::from_millis(external_latency_ms),
+            breaker_threshold,
+            breaker_reset: Duration::from_secs(u64::from(breaker_reset)),
             trusted_proxies,
             max_body_bytes,
             request_timeout: Duration::from_secs(u64::from(timeout)),
             json_logs,
             redis_url: get("REDIS_URL").filter(|s| !s.is_empty()),
+            redis_timeout: Duration::from_millis(u64::from(redis_timeout_ms)),
+            rate_limit_failure_policy,
         })
     }
-}
-
-fn parse<T: FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: T,
-    expected: &'static str,
-) -> Result<T, ConfigError> {
-    match get(var) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ConfigError {
-            var,
-            value: v,
-            expected,
-        }),
-    }
-}
-
-fn positive(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: u32,
-) -> Result<u32, ConfigError> {
-    let n: u32 = parse(get, var, default, "a whole number from 1 to 4294967295")?;
-    if n == 0 {
-        return Err(ConfigError {
-            var,
-            value: "0".into(),
-            expected: "a whole number from 1 to 4294967295",
-        });
-    }
-    Ok(n)
 }

@@ -1,5 +1,6 @@
-//! The analytics service: metric submission with per-client limits, summaries, event ingestion and
-//! stats, built by stacking tower-rampart layers on an axum router.
+//! The analytics service: metric submission with per-client limits and summaries, event ingestion
+//! and statistics, dashboard summaries and history, and a circuit-broken call to a flaky
+//! dependency, built by stacking tower-rampart layers on an axum router.
 //!
 //! Run with
 //!
@@ -16,21 +17,33 @@
 //! curl -s 'localhost:8000/api/metrics/summary?type=cpu_usage'
 //! ```
 //!
-//! Configuration (environment): `BIND`, `PORT` (8000), `RATE_LIMIT_REQUESTS` (10) per
-//! `RATE_LIMIT_WINDOW_SECONDS` (60) metric submissions per client, `RATE_LIMIT` (1500) events per
-//! minute per client, `TRUSTED_PROXIES` (CIDRs whose `X-Forwarded-For` is believed),
-//! `MAX_BODY_BYTES`, `REQUEST_TIMEOUT_SECONDS`, `LOG_FORMAT=json`, `RUST_LOG`.
+//! Configuration (environment; see `.env.example`): `BIND`, `PORT` (8000), `RATE_LIMIT_REQUESTS`
+//! (10) per `RATE_LIMIT_WINDOW_SECONDS` (60) metric submissions per client, `RATE_LIMIT` (1500)
+//! events per minute per client, `API_V1_RATE_LIMIT` (100) per minute per client under `/api/v1`,
+//! `CACHE_TTL_SECONDS` (300), `EXTERNAL_SERVICE_FAILURE_RATE` (0.2), `EXTERNAL_SERVICE_LATENCY_MS`
+//! (50), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (5), `CIRCUIT_BREAKER_RESET_TIMEOUT` (30 s),
+//! `TRUSTED_PROXIES` (CIDRs whose `X-Forwarded-For` is believed), `MAX_BODY_BYTES`,
+//! `REQUEST_TIMEOUT_SECONDS`, `LOG_FORMAT=json`, `RUST_LOG`.
 //!
-//! This release keeps its data in memory. The Redis backend (`REDIS_URL`) arrives with the crate's
-//! Redis support; until then a set `REDIS_URL` stops start-up rather than being ignored.
+//! Data and limits live in memory by default; with `REDIS_URL` (and `REDIS_TIMEOUT_MS`, default
+//! 250) they live in Redis, where several instances share them and a restart loses nothing;
+//! `RATE_LIMIT_FAILURE_POLICY` (`local`, `open` or `closed`) says what the limits do while Redis is
+//! unreachable.
 
 mod app;
 mod config;
+mod dashboard;
+mod dependency;
+mod docs;
+mod external;
+#[path = "../common/setup.rs"]
+#[allow(dead_code, reason = "shared by every example; each uses part of it")]
+mod setup;
+mod storage;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
@@ -42,27 +55,21 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = config::Config::from_env()?;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info,tower_rampart=info"));
-    if config.json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-    if config.redis_url.is_some() {
-        return Err(
-            "REDIS_URL is set, but this version stores data in memory only; \
-                    unset REDIS_URL to run (Redis storage comes with the Redis backend)"
-                .into(),
-        );
-    }
-    let state = app::AppState {
-        storage: Arc::new(app::Storage::default()),
+    setup::init_logging(config.json_logs);
+    telemetry::prometheus();
+    let storage = match &config.redis_url {
+        None => storage::Storage::default(),
+        Some(url) => {
+            let redis = storage::RedisStorage::open(url, config.redis_timeout)?;
+            tracing::info!(
+                failure_policy = %config.rate_limit_failure_policy,
+                "data and rate limits are shared through Redis"
+            );
+            storage::Storage::Redis(redis)
+        }
     };
-    let router = app::router(&config, state)?;
+    let storage = Arc::new(storage);
+    let (router, _state) = app::build(&config, storage, app::system_clock())?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {} (set BIND/PORT): {e}", config.addr))?;
@@ -71,31 +78,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(setup::shutdown_signal())
     .await?;
     tracing::info!("analytics_api stopped");
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM; in-flight requests are then drained by axum.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down: draining in-flight requests");
 }

@@ -4,15 +4,20 @@
 //! [`RateLimitStore`](crate::rate_limit::RateLimitStore)); the backends here implement them.
 //!
 //! - [`memory`] (feature `memory`, on by default): bounded, in-process, lock-free on the hot path.
-//! - Redis (feature `redis`): shared by every replica of an application. Coming in a later release.
+//! - [`redis`] (feature `redis`): shared by every replica of an application, with a
+//!   [`FailurePolicy`] for when Redis is slow or gone.
 
 use std::fmt;
 
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 #[cfg(feature = "memory")]
 pub use self::memory::MemoryBackend;
+#[cfg(feature = "redis")]
+pub use self::redis::{FailurePolicy, RedisBackend};
 
 /// A backend could not answer (Redis unreachable, timed out, or holding data it cannot read).
 ///
@@ -22,15 +27,62 @@ pub use self::memory::MemoryBackend;
 pub struct BackendError {
     message: String,
     source: Option<crate::BoxError>,
+    kind: ErrorKind,
+}
+
+/// What kind of failure a [`BackendError`] is (private: read through the `is_*` accessors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum ErrorKind {
+    /// The backend could not be reached (refused, dropped, or known to be down).
+    Unreachable,
+    /// The backend did not answer in time.
+    Timeout,
+    /// The backend answered, but holds data at the key that cannot be read.
+    Data,
+    /// Anything else.
+    Other,
 }
 
 impl BackendError {
     /// An error with a lowercase message and an optional cause.
     pub fn new(message: impl Into<String>, source: Option<crate::BoxError>) -> Self {
+        Self::with_kind(ErrorKind::Other, message, source)
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_kind(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: Option<crate::BoxError>,
+    ) -> Self {
         Self {
             message: message.into(),
             source,
+            kind,
         }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether the backend could not be reached (connection refused or dropped, or known to be
+    /// down and not retried until its next probe).
+    pub fn is_unreachable(&self) -> bool {
+        self.kind == ErrorKind::Unreachable
+    }
+
+    /// Whether the backend did not answer within its timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+
+    /// Whether the backend answered but holds data it cannot read at the key (corrupt, foreign, or
+    /// written by an incompatible version).
+    pub fn is_corrupt_data(&self) -> bool {
+        self.kind == ErrorKind::Data
     }
 }
 

@@ -1,6 +1,7 @@
 //! Refusals made by the circuit breaker.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::handle::CircuitState;
@@ -11,9 +12,10 @@ use crate::rejection::{Rejection, RejectionKind};
 ///
 /// In HTTP mode it becomes a 503 (with `Retry-After` when the wait's end is known), in gRPC mode
 /// `UNAVAILABLE` with retry info.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CircuitOpen {
     name: &'static str,
+    key: Option<Arc<str>>,
     state: CircuitState,
     retry_after: Option<Duration>,
 }
@@ -21,11 +23,13 @@ pub struct CircuitOpen {
 impl CircuitOpen {
     pub(crate) const fn new(
         name: &'static str,
+        key: Option<Arc<str>>,
         state: CircuitState,
         retry_after: Option<Duration>,
     ) -> Self {
         Self {
             name,
+            key,
             state,
             retry_after,
         }
@@ -34,6 +38,11 @@ impl CircuitOpen {
     /// The circuit's name.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// For one of a layer's per-key circuits, its key (as text): which upstream is refused.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// The state that refused the call: open, forced open or half-open.

@@ -38,9 +38,30 @@ pin_project! {
     }
 }
 
+/// A service's own reference to its layer's one circuit. Its response futures share this (per
+/// service) reference count instead of the circuit's (per layer) one.
+pub(crate) struct OwnRef(pub(crate) Arc<Breaker>);
+
+/// The circuit a call went through: the service's own reference to its one circuit, or a per-key
+/// circuit.
+pub(crate) enum Held {
+    One(Arc<OwnRef>),
+    Key(Arc<Breaker>),
+}
+
+impl Held {
+    #[inline]
+    pub(crate) fn breaker(&self) -> &Breaker {
+        match self {
+            Self::One(b) => &b.0,
+            Self::Key(b) => b,
+        }
+    }
+}
+
 /// Records the call's outcome, or gives a probe permit back if dropped unrecorded.
 struct Recorder<C> {
-    breaker: Arc<Breaker>,
+    held: Held,
     /// Taken when the outcome is recorded; still here on drop means the call was cancelled.
     permit: Option<Permit>,
     classifier: C,
@@ -49,19 +70,19 @@ struct Recorder<C> {
 impl<C> Drop for Recorder<C> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.breaker.cancel(permit);
+            self.held.breaker().cancel(permit);
         }
     }
 }
 
 impl<F, C, M, Res, Err> ResponseFuture<F, C, M, Res, Err> {
     #[inline]
-    pub(crate) fn called(fut: F, permit: Permit, breaker: Arc<Breaker>, classifier: C) -> Self {
+    pub(crate) fn called(fut: F, permit: Permit, held: Held, classifier: C) -> Self {
         Self {
             state: State::Called {
                 fut,
                 recorder: Some(Recorder {
-                    breaker,
+                    held,
                     permit: Some(permit),
                     classifier,
                 }),
@@ -98,7 +119,7 @@ where
                     && let Some(permit) = r.permit.take()
                 {
                     let outcome = r.classifier.classify(&result);
-                    r.breaker.record(permit, outcome);
+                    r.held.breaker().record(permit, outcome);
                 }
                 Poll::Ready(result.map_err(Err::from))
             }

@@ -6,29 +6,67 @@ use tower_layer::Layer;
 
 use super::classify::ErrorsAreFailures;
 use super::fallback::{FallbackFn, NoFallback};
-use super::handle::{CircuitHandle, Transition};
+use super::handle::{CircuitHandle, CircuitsHandle, Transition};
+use super::key::{CircuitKey, OneCircuit, PerKey};
+use super::keyed::CircuitMap;
 use super::service::CircuitBreaker;
-use super::state::{Breaker, Config, MAX_PROBES, SlowCalls, Wait, WindowConfig};
+use super::state::{Breaker, Config, Hook, MAX_PROBES, SlowCalls, Wait, WindowConfig};
+#[cfg(feature = "redis")]
+use super::store::SharedWith;
+use super::store::{DEFAULT_SYNC_INTERVAL, NotShared};
 use crate::error::ConfigError;
 use crate::rejection::AsError;
 
+/// The most per-key circuits a layer may be given room for.
+const MAX_CIRCUITS: usize = 1_000_000;
+
 /// Stops calling an upstream that keeps failing, and probes it until it recovers.
 ///
-/// The layer holds one circuit in an `Arc`: every clone of the layer and every service it makes
-/// share it, and [`handle`](Self::handle) reads and steers it. Build it with
+/// The layer holds its circuit (or, [per key](super::key), its circuits) in an `Arc`: every clone
+/// of the layer and every service it makes share it, and [`handle`](Self::handle) (or
+/// [`circuits`](Self::circuits)) reads and steers it. Build it with
 /// [`CircuitBreakerLayer::builder`]. See the [module documentation](super).
-pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError, F = NoFallback> {
-    pub(crate) shared: Arc<Shared<C, M, F>>,
+pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError, F = NoFallback, X = OneCircuit>
+where
+    X: CircuitKey,
+{
+    pub(crate) shared: Arc<Shared<C, M, F, X>>,
 }
 
-pub(crate) struct Shared<C, M, F> {
-    pub(crate) breaker: Arc<Breaker>,
+pub(crate) struct Shared<C, M, F, X: CircuitKey> {
+    pub(crate) circuits: Circuits<X::Key>,
+    pub(crate) key: X,
     pub(crate) classifier: C,
     pub(crate) mode: M,
     pub(crate) fallback: F,
+    /// For circuits shared through a store: the sync task's state, kept alive by the layer.
+    #[cfg(feature = "redis")]
+    pub(crate) sync: Option<SyncGuard>,
 }
 
-impl<C, M, F> Clone for CircuitBreakerLayer<C, M, F> {
+/// Keeps a shared layer's sync task's state alive, and starts the task.
+#[cfg(feature = "redis")]
+pub(crate) struct SyncGuard {
+    _driver: Arc<dyn std::any::Any + Send + Sync>,
+    signal: Arc<super::shared::Signal>,
+}
+
+/// One circuit, or one per key.
+pub(crate) enum Circuits<K> {
+    One(Arc<Breaker>),
+    PerKey(Arc<CircuitMap<K>>),
+}
+
+impl<K> fmt::Debug for Circuits<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::One(b) => b.fmt(f),
+            Self::PerKey(map) => map.fmt(f),
+        }
+    }
+}
+
+impl<C, M, F, X: CircuitKey> Clone for CircuitBreakerLayer<C, M, F, X> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -36,10 +74,13 @@ impl<C, M, F> Clone for CircuitBreakerLayer<C, M, F> {
     }
 }
 
-impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug for CircuitBreakerLayer<C, M, F> {
+impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: CircuitKey + fmt::Debug> fmt::Debug
+    for CircuitBreakerLayer<C, M, F, X>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("breaker", &self.shared.breaker)
+            .field("circuits", &self.shared.circuits)
+            .field("key", &self.shared.key)
             .field("classifier", &self.shared.classifier)
             .field("mode", &self.shared.mode)
             .field("fallback", &self.shared.fallback)
@@ -47,19 +88,63 @@ impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug for CircuitBreakerL
     }
 }
 
-impl<S, C, M, F> Layer<S> for CircuitBreakerLayer<C, M, F> {
-    type Service = CircuitBreaker<S, C, M, F>;
+impl<S, C, M, F, X: CircuitKey> Layer<S> for CircuitBreakerLayer<C, M, F, X> {
+    type Service = CircuitBreaker<S, C, M, F, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        #[cfg(feature = "redis")]
+        if let Some(sync) = &self.shared.sync {
+            sync.signal.ensure_started();
+        }
         CircuitBreaker::new(inner, Arc::clone(&self.shared))
     }
 }
 
-impl<C, M, F> CircuitBreakerLayer<C, M, F> {
+impl<C, M, F, X: CircuitKey> CircuitBreakerLayer<C, M, F, X> {
+    /// Whether the layer's circuits are shared by the replicas through a store
+    /// ([`shared`](CircuitBreakerBuilder::shared)).
+    pub fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.shared.sync.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    /// For a shared layer: whether its sync task is running. It starts by itself on the first
+    /// call (or `build`, `layer`, or handle command) made inside a Tokio runtime, and stops when
+    /// the layer, its clones and its services are dropped.
+    pub fn is_syncing(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self
+            .shared
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.signal.is_running());
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+}
+
+impl<C, M, F> CircuitBreakerLayer<C, M, F, OneCircuit> {
     /// A handle to the circuit: state, counts, and forcing it open, closed or disabled.
     pub fn handle(&self) -> CircuitHandle {
-        CircuitHandle {
-            breaker: Arc::clone(&self.shared.breaker),
+        match &self.shared.circuits {
+            Circuits::One(breaker) => CircuitHandle {
+                breaker: Arc::clone(breaker),
+            },
+            Circuits::PerKey(_) => unreachable!("a layer with one circuit has no per-key map"),
+        }
+    }
+}
+
+impl<C, M, F, X: CircuitKey> CircuitBreakerLayer<C, M, F, PerKey<X>> {
+    /// A handle to the per-key circuits: each one's state and counts, forcing any of them.
+    pub fn circuits(&self) -> CircuitsHandle<X::Key> {
+        match &self.shared.circuits {
+            Circuits::PerKey(map) => CircuitsHandle {
+                map: Arc::clone(map),
+            },
+            Circuits::One(_) => unreachable!("a per-key layer has a per-key map"),
         }
     }
 }
@@ -87,16 +172,27 @@ impl CircuitBreakerLayer {
             classifier: ErrorsAreFailures,
             mode: AsError,
             fallback: NoFallback,
+            key: OneCircuit,
+            max_circuits: 1_000,
             hooks: Vec::new(),
+            store: NotShared,
+            sync_interval: DEFAULT_SYNC_INTERVAL,
         }
     }
 }
 
-type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
-
 /// Configures a [`CircuitBreakerLayer`]. Made by [`CircuitBreakerLayer::builder`].
+///
+/// Type parameters: `C` the classifier, `M` the rejection mode, `F` the fallback, `X` the circuit
+/// key, `S` where the state lives ([`NotShared`], or [`SharedWith`] a store).
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct CircuitBreakerBuilder<C = ErrorsAreFailures, M = AsError, F = NoFallback> {
+pub struct CircuitBreakerBuilder<
+    C = ErrorsAreFailures,
+    M = AsError,
+    F = NoFallback,
+    X = OneCircuit,
+    S = NotShared,
+> {
     name: &'static str,
     failure_rate: Option<f64>,
     slow_calls: Option<SlowCalls>,
@@ -108,10 +204,16 @@ pub struct CircuitBreakerBuilder<C = ErrorsAreFailures, M = AsError, F = NoFallb
     classifier: C,
     mode: M,
     fallback: F,
+    key: X,
+    max_circuits: usize,
     hooks: Vec<Hook>,
+    store: S,
+    sync_interval: Duration,
 }
 
-impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<C, M, F> {
+impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: fmt::Debug, S: fmt::Debug> fmt::Debug
+    for CircuitBreakerBuilder<C, M, F, X, S>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerBuilder")
             .field("name", &self.name)
@@ -125,12 +227,16 @@ impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug for CircuitBreakerB
             .field("classifier", &self.classifier)
             .field("mode", &self.mode)
             .field("fallback", &self.fallback)
+            .field("key", &self.key)
+            .field("max_circuits", &self.max_circuits)
             .field("hooks", &self.hooks.len())
+            .field("store", &self.store)
+            .field("sync_interval", &self.sync_interval)
             .finish()
     }
 }
 
-impl<C, M, F> CircuitBreakerBuilder<C, M, F> {
+impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     /// The circuit's name, in logs, hooks and snapshots (default `"default"`). Letters, digits and
     /// `-_.:` only; checked by `build`.
     pub fn name(mut self, name: &'static str) -> Self {
@@ -219,7 +325,141 @@ impl<C, M, F> CircuitBreakerBuilder<C, M, F> {
     }
 
     /// How results count (default [`ErrorsAreFailures`]); see [`classify`](super::classify).
-    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2, M, F> {
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2, M, F, X, S> {
+        let (b, _, mode, fallback, key, store) = self.split();
+        b.join(classifier, mode, fallback, key, store)
+    }
+
+    /// How refusals reach the caller (default [`AsError`]); see [`crate::rejection`].
+    pub fn rejection<M2>(self, mode: M2) -> CircuitBreakerBuilder<C, M2, F, X, S> {
+        let (b, classifier, _, fallback, key, store) = self.split();
+        b.join(classifier, mode, fallback, key, store)
+    }
+
+    /// Answers refused calls with `fallback(&refusal)` instead of an error or refusal response (for
+    /// example a cached or default answer). Calls that reach the upstream and fail are not affected.
+    pub fn fallback<G, Res>(self, fallback: G) -> CircuitBreakerBuilder<C, M, FallbackFn<G>, X, S>
+    where
+        G: Fn(&super::error::CircuitOpen) -> Res + Clone + Send + Sync + 'static,
+    {
+        let (b, classifier, mode, _, key, store) = self.split();
+        b.join(classifier, mode, FallbackFn { f: fallback }, key, store)
+    }
+
+    /// Keeps a circuit per key that `key` takes from each request (for example one per upstream
+    /// host), each with this configuration; see [`key`](super::key). The layer's circuits are then
+    /// read and steered through [`CircuitBreakerLayer::circuits`].
+    ///
+    /// Keys appear (as text) in logs, hooks, snapshots, refusals and metrics labels.
+    pub fn per_key<X2>(self, key: X2) -> CircuitBreakerBuilder<C, M, F, PerKey<X2>, S>
+    where
+        X2: CircuitKey,
+        X2::Key: fmt::Display,
+    {
+        let (b, classifier, mode, fallback, _, store) = self.split();
+        b.join(classifier, mode, fallback, PerKey { extractor: key }, store)
+    }
+
+    /// Shares the circuit (or, with [`per_key`](Self::per_key), each key's circuit) with every
+    /// replica that builds a layer of the same [name](Self::name) on the same store, for example
+    /// `.shared(redis.clone())` with a [`RedisBackend`](crate::backend::RedisBackend): replicas
+    /// protecting one upstream then open, probe and close it together. Opt-in; see
+    /// [Shared circuit state](super#shared-circuit-state).
+    ///
+    /// Calls still never wait for the store: each replica runs the circuit in memory and syncs it
+    /// every [`sync_interval`](Self::sync_interval) in the background. While the store is
+    /// unreachable, each replica runs its circuit alone, and follows the shared one again when
+    /// the store answers. The store's settings (prefix, timeout) are the backend's.
+    #[cfg(feature = "redis")]
+    pub fn shared<B>(self, backend: B) -> CircuitBreakerBuilder<C, M, F, X, SharedWith<B>> {
+        let (b, classifier, mode, fallback, key, _) = self.split();
+        b.join(classifier, mode, fallback, key, SharedWith { backend })
+    }
+
+    /// With [`shared`](Self::shared): how often each replica reports its outcomes and reads the
+    /// shared state (default [`DEFAULT_SYNC_INTERVAL`](super::store::DEFAULT_SYNC_INTERVAL),
+    /// 250 ms), from 1 ms to 1 hour. A trip reaches every replica within about one interval plus a
+    /// round trip; each replica makes one store call per circuit per interval.
+    pub fn sync_interval(mut self, interval: Duration) -> Self {
+        self.sync_interval = interval;
+        self
+    }
+
+    /// With [`per_key`](Self::per_key): the most circuits kept at once (default 1,000; rounded up
+    /// to a multiple of the map's shard count). When full, a new key replaces a closed circuit not
+    /// used lately (see [`key`](super::key)).
+    pub fn max_circuits(mut self, max: usize) -> Self {
+        self.max_circuits = max;
+        self
+    }
+
+    /// Takes the builder apart into its untyped settings and its typed parts.
+    fn split(self) -> (Settings, C, M, F, X, S) {
+        (
+            Settings {
+                name: self.name,
+                failure_rate: self.failure_rate,
+                slow_calls: self.slow_calls,
+                window: self.window,
+                minimum_calls: self.minimum_calls,
+                consecutive_failures: self.consecutive_failures,
+                wait: self.wait,
+                half_open_probes: self.half_open_probes,
+                max_circuits: self.max_circuits,
+                hooks: self.hooks,
+                sync_interval: self.sync_interval,
+            },
+            self.classifier,
+            self.mode,
+            self.fallback,
+            self.key,
+            self.store,
+        )
+    }
+
+    /// For HTTP services: refusals become 503 responses, 5xx responses count as failures.
+    #[cfg(feature = "http")]
+    pub fn http(
+        self,
+    ) -> CircuitBreakerBuilder<super::classify::HttpClassifier, crate::http::AsHttp, F, X, S> {
+        self.classifier(super::classify::HttpClassifier::new())
+            .rejection(crate::http::AsHttp::new())
+    }
+
+    /// For gRPC services: refusals become `UNAVAILABLE`, failing statuses count as failures.
+    #[cfg(feature = "http")]
+    pub fn grpc(
+        self,
+    ) -> CircuitBreakerBuilder<super::classify::GrpcClassifier, crate::grpc::AsGrpc, F, X, S> {
+        self.classifier(super::classify::GrpcClassifier)
+            .rejection(crate::grpc::AsGrpc::new())
+    }
+}
+
+/// The builder's settings that do not change its type.
+struct Settings {
+    name: &'static str,
+    failure_rate: Option<f64>,
+    slow_calls: Option<SlowCalls>,
+    window: WindowConfig,
+    minimum_calls: Option<u32>,
+    consecutive_failures: Option<u32>,
+    wait: Wait,
+    half_open_probes: u32,
+    max_circuits: usize,
+    hooks: Vec<Hook>,
+    sync_interval: Duration,
+}
+
+impl Settings {
+    fn join<C, M, F, X, S>(
+        self,
+        classifier: C,
+        mode: M,
+        fallback: F,
+        key: X,
+        store: S,
+    ) -> CircuitBreakerBuilder<C, M, F, X, S> {
         CircuitBreakerBuilder {
             name: self.name,
             failure_rate: self.failure_rate,
@@ -230,78 +470,47 @@ impl<C, M, F> CircuitBreakerBuilder<C, M, F> {
             wait: self.wait,
             half_open_probes: self.half_open_probes,
             classifier,
-            mode: self.mode,
-            fallback: self.fallback,
-            hooks: self.hooks,
-        }
-    }
-
-    /// How refusals reach the caller (default [`AsError`]); see [`crate::rejection`].
-    pub fn rejection<M2>(self, mode: M2) -> CircuitBreakerBuilder<C, M2, F> {
-        CircuitBreakerBuilder {
-            name: self.name,
-            failure_rate: self.failure_rate,
-            slow_calls: self.slow_calls,
-            window: self.window,
-            minimum_calls: self.minimum_calls,
-            consecutive_failures: self.consecutive_failures,
-            wait: self.wait,
-            half_open_probes: self.half_open_probes,
-            classifier: self.classifier,
             mode,
-            fallback: self.fallback,
+            fallback,
+            key,
+            max_circuits: self.max_circuits,
             hooks: self.hooks,
+            store,
+            sync_interval: self.sync_interval,
         }
     }
 
-    /// Answers refused calls with `fallback(&refusal)` instead of an error or refusal response (for
-    /// example a cached or default answer). Calls that reach the upstream and fail are not affected.
-    pub fn fallback<G, Res>(self, fallback: G) -> CircuitBreakerBuilder<C, M, FallbackFn<G>>
-    where
-        G: Fn(&super::error::CircuitOpen) -> Res + Clone + Send + Sync + 'static,
-    {
-        CircuitBreakerBuilder {
-            name: self.name,
-            failure_rate: self.failure_rate,
-            slow_calls: self.slow_calls,
-            window: self.window,
-            minimum_calls: self.minimum_calls,
-            consecutive_failures: self.consecutive_failures,
-            wait: self.wait,
-            half_open_probes: self.half_open_probes,
-            classifier: self.classifier,
-            mode: self.mode,
-            fallback: FallbackFn { f: fallback },
-            hooks: self.hooks,
+    /// Checks the settings of a shared circuit, beyond [`config`](Self::config)'s.
+    #[cfg(feature = "redis")]
+    fn shared_spec(&self, cfg: &Config) -> Result<super::store::CircuitSpec, ConfigError> {
+        let interval = self.sync_interval;
+        if interval < Duration::from_millis(1) || interval > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "sync_interval",
+                format!("must be from 1 ms to 1 hour (got {interval:?})"),
+            ));
         }
+        if let WindowConfig::Time { span, .. } = cfg.window
+            && span < interval * 2
+        {
+            return Err(ConfigError::new(
+                "time_window",
+                format!(
+                    "a shared circuit's window of {span:?} must span at least two sync intervals \
+                     ({:?}): outcomes reach it in batches, once per interval; lengthen the window \
+                     or shorten sync_interval",
+                    interval * 2
+                ),
+            ));
+        }
+        Ok(super::store::CircuitSpec {
+            cfg: cfg.clone(),
+            interval,
+        })
     }
 
-    /// For HTTP services: refusals become 503 responses, 5xx responses count as failures.
-    #[cfg(feature = "http")]
-    pub fn http(
-        self,
-    ) -> CircuitBreakerBuilder<super::classify::HttpClassifier, crate::http::AsHttp, F> {
-        self.classifier(super::classify::HttpClassifier::new())
-            .rejection(crate::http::AsHttp::new())
-    }
-
-    /// For gRPC services: refusals become `UNAVAILABLE`, failing statuses count as failures.
-    #[cfg(feature = "http")]
-    pub fn grpc(
-        self,
-    ) -> CircuitBreakerBuilder<super::classify::GrpcClassifier, crate::grpc::AsGrpc, F> {
-        self.classifier(super::classify::GrpcClassifier)
-            .rejection(crate::grpc::AsGrpc::new())
-    }
-
-    /// Checks the configuration and builds the layer.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the setting, when a rate is outside (0, 1], a window, minimum,
-    /// threshold or probe count is zero (or the minimum exceeds the window), a wait is zero or
-    /// shrinks, or the name has characters logs and headers cannot carry.
-    pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
+    /// Checks the settings.
+    fn config(&self) -> Result<Config, ConfigError> {
         let err = |setting, reason: String| Err(ConfigError::new(setting, reason));
         if let Some(rate) = self.failure_rate
             && !(rate > 0.0 && rate <= 1.0)
@@ -415,13 +624,188 @@ impl<C, M, F> CircuitBreakerBuilder<C, M, F> {
             wait: self.wait,
             half_open_probes: self.half_open_probes,
         };
+        Ok(cfg)
+    }
+}
+
+impl<C, M, F> CircuitBreakerBuilder<C, M, F, OneCircuit, NotShared> {
+    /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting, when a rate is outside (0, 1], a window, minimum,
+    /// threshold or probe count is zero (or the minimum exceeds the window), a wait is zero or
+    /// shrinks, or the name has characters logs and headers cannot carry.
+    pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
+        let (settings, classifier, mode, fallback, key, _) = self.split();
+        let cfg = settings.config()?;
+        let breaker = Breaker::new(cfg, None, Arc::from(settings.hooks));
         Ok(CircuitBreakerLayer {
             shared: Arc::new(Shared {
-                breaker: Arc::new(Breaker::new(cfg, self.hooks)),
-                classifier: self.classifier,
-                mode: self.mode,
-                fallback: self.fallback,
+                circuits: Circuits::One(Arc::new(breaker)),
+                key,
+                classifier,
+                mode,
+                fallback,
+                #[cfg(feature = "redis")]
+                sync: None,
             }),
         })
     }
+}
+
+#[cfg(feature = "redis")]
+impl<C, M, F, B> CircuitBreakerBuilder<C, M, F, OneCircuit, SharedWith<B>>
+where
+    B: super::store::CircuitBackend<()>,
+{
+    /// Checks the configuration and builds the layer, whose circuit is shared through the store.
+    ///
+    /// The sync task starts here when called inside a Tokio runtime, or else with the first call
+    /// made inside one.
+    ///
+    /// # Errors
+    ///
+    /// As for a layer that is not shared, and when `sync_interval` is outside 1 ms to 1 hour, a
+    /// time window spans less than two sync intervals, or the backend's settings are invalid
+    /// (for Redis: its prefix or timeout).
+    pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
+        let (settings, classifier, mode, fallback, key, store) = self.split();
+        let cfg = settings.config()?;
+        let spec = settings.shared_spec(&cfg)?;
+        let store = store.backend.circuit_store(&spec)?;
+        let signal = Arc::new(super::shared::Signal::new());
+        let breaker = Arc::new(Breaker::new_shared(
+            cfg,
+            None,
+            Arc::from(settings.hooks),
+            &signal,
+        ));
+        let driver = super::shared::driver(
+            store,
+            super::shared::Tracked::One((), Arc::clone(&breaker)),
+            spec.interval,
+            spec.cfg.name,
+            Arc::clone(&signal),
+        );
+        Ok(CircuitBreakerLayer {
+            shared: Arc::new(Shared {
+                circuits: Circuits::One(breaker),
+                key,
+                classifier,
+                mode,
+                fallback,
+                sync: Some(SyncGuard {
+                    _driver: driver,
+                    signal,
+                }),
+            }),
+        })
+    }
+}
+
+impl<C, M, F, X> CircuitBreakerBuilder<C, M, F, PerKey<X>, NotShared>
+where
+    X: CircuitKey,
+    X::Key: fmt::Display,
+{
+    /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// As for a layer with one circuit, and when `max_circuits` is 0 or over 1,000,000.
+    pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F, PerKey<X>>, ConfigError> {
+        let (settings, classifier, mode, fallback, key, _) = self.split();
+        let cfg = settings.config()?;
+        settings.check_max_circuits()?;
+        let map = CircuitMap::new(
+            settings.max_circuits,
+            cfg,
+            Arc::from(settings.hooks),
+            label::<X::Key>,
+        );
+        Ok(CircuitBreakerLayer {
+            shared: Arc::new(Shared {
+                circuits: Circuits::PerKey(Arc::new(map)),
+                key,
+                classifier,
+                mode,
+                fallback,
+                #[cfg(feature = "redis")]
+                sync: None,
+            }),
+        })
+    }
+}
+
+#[cfg(feature = "redis")]
+impl<C, M, F, X, B> CircuitBreakerBuilder<C, M, F, PerKey<X>, SharedWith<B>>
+where
+    X: CircuitKey,
+    X::Key: fmt::Display,
+    B: super::store::CircuitBackend<X::Key>,
+{
+    /// Checks the configuration and builds the layer, whose per-key circuits are shared through
+    /// the store (each key's circuit with the same key's on the other replicas).
+    ///
+    /// # Errors
+    ///
+    /// As for a shared layer with one circuit, and when `max_circuits` is 0 or over 1,000,000.
+    pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F, PerKey<X>>, ConfigError> {
+        let (settings, classifier, mode, fallback, key, store) = self.split();
+        let cfg = settings.config()?;
+        settings.check_max_circuits()?;
+        let spec = settings.shared_spec(&cfg)?;
+        let store = store.backend.circuit_store(&spec)?;
+        let signal = Arc::new(super::shared::Signal::new());
+        let map = Arc::new(
+            CircuitMap::new(
+                settings.max_circuits,
+                cfg,
+                Arc::from(settings.hooks),
+                label::<X::Key>,
+            )
+            .with_signal(Arc::clone(&signal)),
+        );
+        let driver = super::shared::driver(
+            store,
+            super::shared::Tracked::PerKey(Arc::clone(&map)),
+            spec.interval,
+            spec.cfg.name,
+            Arc::clone(&signal),
+        );
+        Ok(CircuitBreakerLayer {
+            shared: Arc::new(Shared {
+                circuits: Circuits::PerKey(map),
+                key,
+                classifier,
+                mode,
+                fallback,
+                sync: Some(SyncGuard {
+                    _driver: driver,
+                    signal,
+                }),
+            }),
+        })
+    }
+}
+
+impl Settings {
+    fn check_max_circuits(&self) -> Result<(), ConfigError> {
+        if self.max_circuits == 0 || self.max_circuits > MAX_CIRCUITS {
+            return Err(ConfigError::new(
+                "max_circuits",
+                format!(
+                    "must be from 1 to {MAX_CIRCUITS} (got {})",
+                    self.max_circuits
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A key as text, for logs and labels.
+fn label<K: fmt::Display>(key: &K) -> Arc<str> {
+    Arc::from(key.to_string())
 }

@@ -7,8 +7,10 @@ use tower_service::Service;
 use super::classify::Classify;
 use super::error::CircuitOpen;
 use super::fallback::{Fallback, NoFallback};
-use super::future::ResponseFuture;
-use super::layer::Shared;
+use super::future::{Held, OwnRef, ResponseFuture};
+use super::key::{CircuitKey, ExtractCircuitKey, OneCircuit};
+use super::layer::{Circuits, Shared};
+use super::state::Breaker;
 use crate::rejection::RejectionMode;
 
 /// Guards calls to an upstream with a circuit; made by
@@ -16,15 +18,25 @@ use crate::rejection::RejectionMode;
 ///
 /// `poll_ready` is the inner service's. An open circuit refuses from `call`, at once and without
 /// touching the inner service (the way tower's `LoadShed` does), so the layer works under axum, which
-/// does not honour backpressure. Clones share the circuit.
-pub struct CircuitBreaker<S, C, M, F = NoFallback> {
+/// does not honour backpressure. Clones share the circuit (or circuits).
+pub struct CircuitBreaker<S, C, M, F = NoFallback, X = OneCircuit>
+where
+    X: CircuitKey,
+{
     inner: S,
-    shared: Arc<Shared<C, M, F>>,
+    shared: Arc<Shared<C, M, F, X>>,
+    /// With one circuit: this service's own reference to it, which its response futures clone.
+    /// Services on different threads then never write one shared reference count per call.
+    one: Option<Arc<OwnRef>>,
 }
 
-impl<S, C, M, F> CircuitBreaker<S, C, M, F> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<C, M, F>>) -> Self {
-        Self { inner, shared }
+impl<S, C, M, F, X: CircuitKey> CircuitBreaker<S, C, M, F, X> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C, M, F, X>>) -> Self {
+        let one = match &shared.circuits {
+            Circuits::One(breaker) => Some(Arc::new(OwnRef(Arc::clone(breaker)))),
+            Circuits::PerKey(_) => None,
+        };
+        Self { inner, shared, one }
     }
 
     /// The wrapped service.
@@ -43,7 +55,7 @@ impl<S, C, M, F> CircuitBreaker<S, C, M, F> {
     }
 }
 
-impl<S: Clone, C, M, F> Clone for CircuitBreaker<S, C, M, F> {
+impl<S: Clone, C, M, F, X: CircuitKey> Clone for CircuitBreaker<S, C, M, F, X> {
     /// Clones share the circuit. There is no per-instance readiness to reset: permits are taken in
     /// `call`.
     fn clone(&self) -> Self {
@@ -51,13 +63,14 @@ impl<S: Clone, C, M, F> Clone for CircuitBreaker<S, C, M, F> {
     }
 }
 
-impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug
-    for CircuitBreaker<S, C, M, F>
+impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: CircuitKey + fmt::Debug>
+    fmt::Debug for CircuitBreaker<S, C, M, F, X>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.shared.breaker)
+            .field("circuits", &self.shared.circuits)
+            .field("key", &self.shared.key)
             .field("classifier", &self.shared.classifier)
             .field("mode", &self.shared.mode)
             .field("fallback", &self.shared.fallback)
@@ -65,9 +78,10 @@ impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug> fmt::Debug
     }
 }
 
-impl<S, Req, C, M, F> Service<Req> for CircuitBreaker<S, C, M, F>
+impl<S, Req, C, M, F, X> Service<Req> for CircuitBreaker<S, C, M, F, X>
 where
     S: Service<Req>,
+    X: ExtractCircuitKey<Req>,
     C: Classify<S::Response, S::Error>,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
@@ -83,17 +97,45 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &*self.shared;
-        match shared.breaker.acquire() {
-            Ok(permit) => ResponseFuture::called(
-                self.inner.call(req),
-                permit,
-                Arc::clone(&shared.breaker),
-                shared.classifier.clone(),
-            ),
+        // A per-key circuit is looked up (a reference taken); the one circuit is borrowed, and its
+        // reference cloned only for a call that goes through.
+        let keyed = match (&self.one, &shared.circuits) {
+            (Some(_), _) => None,
+            (None, Circuits::PerKey(map)) => Some(map.get_or_insert(&shared.key.extract(&req))),
+            (None, Circuits::One(breaker)) => Some(Arc::clone(breaker)),
+        };
+        let breaker: &Breaker = match (&self.one, &keyed) {
+            (_, Some(keyed)) => keyed,
+            (Some(one), None) => &one.0,
+            (None, None) => unreachable!("a service has its one circuit or looks one up"),
+        };
+        match breaker.acquire() {
+            Ok(permit) => {
+                let held = match (keyed, &self.one) {
+                    (Some(keyed), _) => Held::Key(keyed),
+                    (None, Some(one)) => Held::One(Arc::clone(one)),
+                    (None, None) => unreachable!("a service has its one circuit or looks one up"),
+                };
+                ResponseFuture::called(
+                    self.inner.call(req),
+                    permit,
+                    held,
+                    shared.classifier.clone(),
+                )
+            }
             Err(refusal) => {
-                let open =
-                    CircuitOpen::new(shared.breaker.cfg.name, refusal.state, refusal.retry_after);
-                tracing::debug!(circuit = open.name(), state = %open.state(), "call refused: circuit open");
+                let open = CircuitOpen::new(
+                    breaker.cfg.name,
+                    breaker.key.clone(),
+                    refusal.state,
+                    refusal.retry_after,
+                );
+                tracing::debug!(
+                    circuit = open.name(),
+                    key = open.key().unwrap_or(""),
+                    state = %open.state(),
+                    "call refused: circuit open"
+                );
                 ResponseFuture::refused(shared.fallback.refused::<S::Error, M>(open, &shared.mode))
             }
         }

@@ -12,10 +12,22 @@
 //!
 //! Transitions are serialised by a mutex that only transitions take; the closed-state hot path is a
 //! load of the state word and lock-free updates of the window.
+//!
+//! # Shared circuits
+//!
+//! A circuit shared through a store (feature `redis`) has a [`Link`](super::shared::Link): its
+//! outcomes are also counted there for the sync task, which reports them and applies the shared
+//! state with [`Breaker::apply_shared`]. While it follows the shared state, the breaker does not
+//! open or close by itself: a trip condition met on its own window, or a probe's outcome, asks for
+//! an early sync instead, and the shared script decides. It still moves from open to half-open when
+//! the wait is over (as the shared circuit does on Redis time), but admits only the probes the store
+//! granted it. While the store is unreachable it is an ordinary local breaker.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
 
 use super::classify::Outcome;
 use super::handle::{CircuitSnapshot, CircuitState, Transition};
@@ -29,6 +41,40 @@ const PROBE_MASK: u64 = ((1 << PROBE_BITS) - 1) << KIND_BITS;
 const EPOCH_SHIFT: u64 = KIND_BITS + PROBE_BITS;
 /// The most probe permits one half-open period may have (13 bits).
 pub(crate) const MAX_PROBES: u32 = (1 << PROBE_BITS) - 1;
+
+/// Why a circuit changed state, by code: the texts hooks and logs see, and the codes the shared
+/// store keeps (so that every replica announces a shared transition with the same text).
+pub(crate) const REASONS: [&str; 11] = [
+    "shared state reset",
+    "failure rate over the threshold",
+    "slow-call rate over the threshold",
+    "consecutive failures",
+    "wait duration elapsed",
+    "half-open probes failed",
+    "half-open probes succeeded",
+    "forced open",
+    "forced closed",
+    "reset",
+    "disabled",
+];
+
+/// The code of a reason text (0 for one not in [`REASONS`]).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn reason_code(reason: &str) -> u8 {
+    REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .map_or(0, |i| i as u8)
+}
+
+/// The text of a reason code (the first, "shared state reset", for an unknown one).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn reason_text(code: u8) -> &'static str {
+    REASONS
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or(REASONS[0])
+}
 
 fn kind(word: u64) -> CircuitState {
     match word & KIND_MASK {
@@ -107,7 +153,7 @@ pub(crate) struct Config {
     pub(crate) half_open_probes: u32,
 }
 
-type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
+pub(crate) type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
 
 /// Permission for one call, from [`Breaker::acquire`].
 #[derive(Clone, Copy, Debug)]
@@ -127,8 +173,12 @@ pub(crate) struct Refusal {
 
 pub(crate) struct Breaker {
     pub(crate) cfg: Config,
+    /// For one of a layer's per-key circuits, its key as text (in logs, hooks, metrics, refusals).
+    pub(crate) key: Option<Arc<str>>,
     clock: TokioClock,
-    state: AtomicU64,
+    /// Read by every call, written only by transitions: on a cache line of its own, away from the
+    /// counters that failures write.
+    state: CachePadded<AtomicU64>,
     open_until: AtomicU64,
     /// Openings since the circuit last closed (for the exponential wait).
     streak: AtomicU32,
@@ -140,9 +190,70 @@ pub(crate) struct Breaker {
     consecutive: AtomicU32,
     /// Probe outcomes this half-open period: successes in the low 32 bits, failures in the high.
     probe_results: AtomicU64,
+    /// How many probe permits this half-open period may hand out: `half_open_probes`, or for a
+    /// shared circuit following its store, the permits the store granted this replica.
+    probe_allowance: AtomicU32,
     rejected: AtomicU64,
     transitions: Mutex<()>,
-    hooks: Vec<Hook>,
+    hooks: Arc<[Hook]>,
+    /// For a shared circuit: its link to the sync task.
+    #[cfg(feature = "redis")]
+    pub(crate) link: Option<Box<super::shared::Link>>,
+    #[cfg(feature = "metrics")]
+    meters: Meters,
+}
+
+/// The circuit's metrics keys, made once (a key with labels built per call would allocate).
+#[cfg(feature = "metrics")]
+struct Meters {
+    rejected: metrics::Key,
+    failures: metrics::Key,
+    state: metrics::Key,
+    /// By target state, in `kind_bits` order.
+    transitions: [metrics::Key; 5],
+}
+
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+#[cfg(feature = "metrics")]
+impl Meters {
+    fn new(name: &'static str, key: Option<&Arc<str>>) -> Self {
+        let labels = |extra: Option<(&'static str, &'static str)>| {
+            let mut labels = vec![metrics::Label::from_static_parts("circuit", name)];
+            if let Some(key) = key {
+                labels.push(metrics::Label::new("key", key.to_string()));
+            }
+            if let Some((k, v)) = extra {
+                labels.push(metrics::Label::from_static_parts(k, v));
+            }
+            labels
+        };
+        let transitions = ["closed", "open", "half_open", "forced_open", "disabled"].map(|to| {
+            metrics::Key::from_parts(
+                "rampart_circuit_transitions_total",
+                labels(Some(("to", to))),
+            )
+        });
+        Self {
+            rejected: metrics::Key::from_parts("rampart_circuit_rejected_total", labels(None)),
+            failures: metrics::Key::from_parts("rampart_circuit_failures_total", labels(None)),
+            state: metrics::Key::from_parts("rampart_circuit_state", labels(None)),
+            transitions,
+        }
+    }
+
+    #[inline]
+    fn count(key: &metrics::Key) {
+        metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+    }
+
+    fn set_state(&self, to: CircuitState) {
+        let bits = kind_bits(to);
+        metrics::with_recorder(|r| r.register_gauge(&self.state, &METADATA).set(bits as f64));
+        Self::count(&self.transitions[bits as usize]);
+    }
 }
 
 impl std::fmt::Debug for Breaker {
@@ -155,8 +266,9 @@ impl std::fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(cfg: Config, hooks: Vec<Hook>) -> Self {
+    pub(crate) fn new(cfg: Config, key: Option<Arc<str>>, hooks: Arc<[Hook]>) -> Self {
         let clock = TokioClock::new();
+        let cfg_probes = cfg.half_open_probes;
         let window = match cfg.window {
             WindowConfig::Count(n) => Window::Count(CountWindow::new(n)),
             WindowConfig::Time { span, buckets } => Window::Time(TimeWindow::new(
@@ -170,18 +282,37 @@ impl Breaker {
                 .slow_calls
                 .map_or(u64::MAX, |s| duration_to_nanos(s.threshold)),
             window,
+            #[cfg(feature = "metrics")]
+            meters: Meters::new(cfg.name, key.as_ref()),
             cfg,
+            key,
             state_since: AtomicU64::new(clock.now()),
             clock,
-            state: AtomicU64::new(kind_bits(CircuitState::Closed)),
+            state: CachePadded::new(AtomicU64::new(kind_bits(CircuitState::Closed))),
             open_until: AtomicU64::new(0),
             streak: AtomicU32::new(0),
             consecutive: AtomicU32::new(0),
             probe_results: AtomicU64::new(0),
+            probe_allowance: AtomicU32::new(cfg_probes),
             rejected: AtomicU64::new(0),
             transitions: Mutex::new(()),
             hooks,
+            #[cfg(feature = "redis")]
+            link: None,
         }
+    }
+
+    /// A breaker whose circuit is shared through the store that `signal`'s sync task talks to.
+    #[cfg(feature = "redis")]
+    pub(crate) fn new_shared(
+        cfg: Config,
+        key: Option<Arc<str>>,
+        hooks: Arc<[Hook]>,
+        signal: &Arc<super::shared::Signal>,
+    ) -> Self {
+        let mut breaker = Self::new(cfg, key, hooks);
+        breaker.link = Some(Box::new(super::shared::Link::new(Arc::clone(signal))));
+        breaker
     }
 
     pub(crate) fn state(&self) -> CircuitState {
@@ -223,7 +354,11 @@ impl Breaker {
                     self.transition(word, CircuitState::HalfOpen, "wait duration elapsed");
                 }
                 CircuitState::HalfOpen => {
-                    if probes(word) >= self.cfg.half_open_probes {
+                    if probes(word) >= self.probe_allowance.load(Ordering::Acquire) {
+                        #[cfg(feature = "redis")]
+                        if let Some(link) = &self.link {
+                            link.want_probe();
+                        }
                         return Err(self.refuse(CircuitState::HalfOpen, None));
                     }
                     let next = word + (1 << KIND_BITS);
@@ -255,8 +390,7 @@ impl Breaker {
     fn refuse(&self, state: CircuitState, retry_after: Option<Duration>) -> Refusal {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("rampart_circuit_rejected_total", "circuit" => self.cfg.name)
-            .increment(1);
+        Meters::count(&self.meters.rejected);
         Refusal { state, retry_after }
     }
 
@@ -270,8 +404,7 @@ impl Breaker {
         let failed = outcome == Outcome::Failure;
         #[cfg(feature = "metrics")]
         if failed {
-            metrics::counter!("rampart_circuit_failures_total", "circuit" => self.cfg.name)
-                .increment(1);
+            Meters::count(&self.meters.failures);
         }
         let now = if self.timed { self.clock.now() } else { 0 };
         let slow = now.saturating_sub(permit.started) >= self.slow_threshold;
@@ -283,6 +416,10 @@ impl Breaker {
         if kind(word) != CircuitState::Closed {
             return; // disabled
         }
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.link {
+            link.count(failed, slow);
+        }
         let counts = self.window.record(failed, slow, now);
         let consecutive = if failed {
             self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
@@ -293,14 +430,34 @@ impl Breaker {
             0
         };
         if let Some(reason) = self.trips(counts, consecutive) {
-            self.transition(word, CircuitState::Open, reason);
+            self.trip(word, reason);
         }
     }
 
-    /// Which condition, if any, opens the circuit given the window's counts.
+    /// A trip condition is met on this breaker's window: open, or for a shared circuit following
+    /// its store, have the store decide at once (on the window of every replica).
+    #[cold]
+    fn trip(&self, word: u64, reason: &'static str) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.link
+            && link.is_following()
+        {
+            link.urge();
+            return;
+        }
+        self.transition(word, CircuitState::Open, reason);
+    }
+
+    /// Which condition, if any, opens the circuit given the window's counts (`None` when the call
+    /// could not have raised a rate) and the failures in a row.
     #[inline]
-    fn trips(&self, c: Counts, consecutive: u32) -> Option<&'static str> {
-        let enough = c.calls >= self.cfg.minimum_calls;
+    fn trips(&self, c: Option<Counts>, consecutive: u32) -> Option<&'static str> {
+        let c = c.unwrap_or(Counts {
+            calls: 0,
+            failures: 0,
+            slow: 0,
+        });
+        let enough = c.calls > 0 && c.calls >= self.cfg.minimum_calls;
         let at_least = |part: u32, rate: f64| f64::from(part) >= rate * f64::from(c.calls);
         if enough
             && self
@@ -334,6 +491,14 @@ impl Breaker {
             (results & u64::from(u32::MAX)) as u32,
             (results >> 32) as u32,
         );
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.link
+            && link.is_following()
+        {
+            // The store decides, on the probes of every replica.
+            link.probe_result(failed);
+            return;
+        }
         let n = self.cfg.half_open_probes;
         // Reopen as soon as the probes can no longer pass; close once all have reported and passed.
         let reopen = match self.cfg.failure_rate {
@@ -372,13 +537,27 @@ impl Breaker {
 
     /// Moves from the state in `from` (same epoch) to `to`, unless another caller moved it first.
     fn transition(&self, from: u64, to: CircuitState, reason: &'static str) {
+        // A shared circuit opened by its local state machine (its store unreachable) reports the
+        // opening when it rejoins.
+        #[cfg(feature = "redis")]
+        if to == CircuitState::Open
+            && let Some(link) = &self.link
+            && !link.is_following()
+        {
+            link.opened_locally(reason_code(reason));
+        }
         // Probes that all succeeded end the run of openings: the next wait starts from the initial.
         let forget_streak = to == CircuitState::Closed;
         self.move_to(Some(from), to, forget_streak, reason);
     }
 
-    /// Forces a state from the handle: always moves (to the same state, it starts afresh).
+    /// Forces a state from the handle: always moves (to the same state, it starts afresh). A shared
+    /// circuit also sends the command to its store.
     pub(crate) fn force(&self, to: CircuitState, forget_streak: bool, reason: &'static str) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.link {
+            link.command(super::store::Command::from_force(to, forget_streak));
+        }
         self.move_to(None, to, forget_streak, reason);
     }
 
@@ -400,24 +579,45 @@ impl Breaker {
         if forget_streak {
             self.streak.store(0, Ordering::Release);
         }
-        self.set_state(current, to);
+        self.set_state(current, to, None);
         drop(guard);
         self.announce(kind(current), to, reason);
     }
 
-    /// Prepares and publishes `to`. Called with the transition lock held.
-    fn set_state(&self, current: u64, to: CircuitState) {
+    /// Prepares and publishes `to`. Called with the transition lock held. `open_for` (with the
+    /// streak it belongs to) is a shared circuit's remaining wait; otherwise an opening computes
+    /// its own.
+    fn set_state(&self, current: u64, to: CircuitState, open_for: Option<(Duration, u32)>) {
         let now = self.clock.now();
         match to {
             CircuitState::Open => {
-                let streak = self.streak.fetch_add(1, Ordering::AcqRel);
-                let wait = self.cfg.wait.for_opening(streak);
+                let wait = match open_for {
+                    Some((wait, streak)) => {
+                        self.streak.store(streak, Ordering::Release);
+                        wait
+                    }
+                    None => {
+                        let streak = self.streak.fetch_add(1, Ordering::AcqRel);
+                        self.cfg.wait.for_opening(streak)
+                    }
+                };
                 self.open_until.store(
                     now.saturating_add(duration_to_nanos(wait)),
                     Ordering::Release,
                 );
             }
-            CircuitState::HalfOpen => self.probe_results.store(0, Ordering::Release),
+            CircuitState::HalfOpen => {
+                self.probe_results.store(0, Ordering::Release);
+                // Following a store, probes are the ones it grants; otherwise this breaker's own.
+                #[cfg(feature = "redis")]
+                let allowance = match &self.link {
+                    Some(link) if link.is_following() => 0,
+                    _ => self.cfg.half_open_probes,
+                };
+                #[cfg(not(feature = "redis"))]
+                let allowance = self.cfg.half_open_probes;
+                self.probe_allowance.store(allowance, Ordering::Release);
+            }
             CircuitState::Closed => {
                 self.window.reset();
                 self.consecutive.store(0, Ordering::Release);
@@ -433,30 +633,20 @@ impl Breaker {
     fn announce(&self, from: CircuitState, to: CircuitState, reason: &'static str) {
         let transition = Transition {
             name: self.cfg.name,
+            key: self.key.clone(),
             from,
             to,
             reason,
         };
+        let key = self.key.as_deref().unwrap_or("");
         if to == CircuitState::Open || to == CircuitState::ForcedOpen {
-            tracing::warn!(circuit = self.cfg.name, %from, %to, reason, "circuit breaker state change");
+            tracing::warn!(circuit = self.cfg.name, key, %from, %to, reason, "circuit breaker state change");
         } else {
-            tracing::info!(circuit = self.cfg.name, %from, %to, reason, "circuit breaker state change");
+            tracing::info!(circuit = self.cfg.name, key, %from, %to, reason, "circuit breaker state change");
         }
         #[cfg(feature = "metrics")]
-        {
-            metrics::gauge!("rampart_circuit_state", "circuit" => self.cfg.name)
-                .set(kind_bits(to) as f64);
-            let to_label = match to {
-                CircuitState::Closed => "closed",
-                CircuitState::Open => "open",
-                CircuitState::HalfOpen => "half_open",
-                CircuitState::ForcedOpen => "forced_open",
-                CircuitState::Disabled => "disabled",
-            };
-            metrics::counter!("rampart_circuit_transitions_total", "circuit" => self.cfg.name, "to" => to_label)
-                .increment(1);
-        }
-        for hook in &self.hooks {
+        self.meters.set_state(to);
+        for hook in self.hooks.iter() {
             hook(&transition);
         }
     }
@@ -470,6 +660,11 @@ impl Breaker {
         let since = self.state_since.load(Ordering::Acquire);
         CircuitSnapshot {
             name: self.cfg.name,
+            key: self.key.clone(),
+            #[cfg(feature = "redis")]
+            shared: self.link.as_ref().map(|l| l.view()),
+            #[cfg(not(feature = "redis"))]
+            shared: None,
             state,
             calls: counts.calls,
             failures: counts.failures,
@@ -487,6 +682,247 @@ impl Breaker {
     #[cfg(test)]
     pub(crate) fn now(&self) -> Nanos {
         self.clock.now()
+    }
+}
+
+/// The shared side of a breaker: what the sync task reports and how it applies the shared state.
+#[cfg(feature = "redis")]
+impl Breaker {
+    /// Whether an early round (not a full one) should sync this circuit: it asked for one, or it
+    /// is open or half-open (probe permits are being handed out).
+    pub(crate) fn wants_early_sync(&self) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        link.is_urgent()
+            || (link.is_following()
+                && matches!(self.state(), CircuitState::Open | CircuitState::HalfOpen))
+    }
+
+    /// For a circuit following its store and open: how long until its wait is over.
+    pub(crate) fn following_open_for(&self) -> Option<Duration> {
+        let link = self.link.as_ref()?;
+        if !link.is_following() || self.state() != CircuitState::Open {
+            return None;
+        }
+        let until = self.open_until.load(Ordering::Acquire);
+        Some(Duration::from_nanos(until.saturating_sub(self.clock.now())))
+    }
+
+    /// Makes this replica's report: the outcomes since the last one (dropped while it does not
+    /// follow the store: they stay in its local window), probe outcomes and permits, a pending
+    /// command, and an opening made locally while the store was unreachable.
+    ///
+    /// # Panics
+    ///
+    /// On a breaker that is not shared (the driver only holds shared ones).
+    pub(crate) fn prepare_sync(&self, replica: u64, lease: Duration) -> super::shared::Prepared {
+        let link = self.link.as_ref().expect("only shared circuits are synced");
+        let following = link.is_following();
+        link.take_urgent();
+        let (command, command_generation) = link.pending_command();
+        let (calls, failures, slow) = link.take_outcomes();
+        let (probe_ok, probe_bad) = link.take_probe_results();
+        let word = self.state.load(Ordering::Acquire);
+        let state = kind(word);
+        let rejected = self.rejected.load(Ordering::Relaxed);
+        let mut st = link.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        let demand = u32::try_from(rejected.saturating_sub(st.last_rejected)).unwrap_or(u32::MAX);
+        st.last_rejected = rejected;
+        let n = self.cfg.half_open_probes;
+        let results = self.probe_results.load(Ordering::Acquire);
+        let results_at_send = (results as u32).saturating_add((results >> 32) as u32);
+        let (mut held, mut want) = (0, 0);
+        if following {
+            match state {
+                CircuitState::HalfOpen => {
+                    let started = probes(word);
+                    let mut allowance = self.probe_allowance.load(Ordering::Acquire);
+                    if allowance > started && demand == 0 && st.contended {
+                        // Nobody here wants the unused permits and another replica does: give them
+                        // back. (Uncontended, they are kept: a replica whose callers come seldom
+                        // must get to probe.) A caller slipping in meanwhile keeps its permit.
+                        self.probe_allowance.store(started, Ordering::Release);
+                        let now_started = probes(self.state.load(Ordering::Acquire));
+                        allowance = started.max(now_started);
+                        if now_started > started {
+                            self.probe_allowance.store(allowance, Ordering::Release);
+                        }
+                    }
+                    held = allowance.saturating_sub(results_at_send);
+                    if allowance <= probes(self.state.load(Ordering::Acquire)) && demand > 0 {
+                        want = demand.min(n);
+                    }
+                }
+                // The wait may be over in the store already: ask for permits for the callers
+                // refused meanwhile, granted if it is.
+                CircuitState::Open if demand > 0 => want = demand.min(n),
+                _ => {}
+            }
+        }
+        let assert_open = match (following, state, link.local_opening()) {
+            (false, CircuitState::Open, Some(reason)) => {
+                let until = self.open_until.load(Ordering::Acquire);
+                let left = until.saturating_sub(self.clock.now());
+                (left > 0).then(|| (Duration::from_nanos(left), reason))
+            }
+            _ => None,
+        };
+        let (calls, failures, slow, probe_ok, probe_bad) = if following {
+            (calls, failures, slow, probe_ok, probe_bad)
+        } else {
+            (0, 0, 0, 0, 0)
+        };
+        let request = super::store::SyncRequest {
+            replica,
+            lease,
+            calls,
+            failures,
+            slow,
+            run: self.consecutive.load(Ordering::Relaxed),
+            probe_epoch: st.epoch,
+            probe_ok,
+            probe_bad,
+            held,
+            want,
+            command,
+            assert_open,
+        };
+        super::shared::Prepared {
+            request,
+            command_generation,
+            was_following: following,
+            results_at_send,
+        }
+    }
+
+    /// Applies the store's answer to a report made by [`prepare_sync`](Self::prepare_sync).
+    pub(crate) fn finish_sync(
+        &self,
+        prepared: super::shared::Prepared,
+        reply: super::shared::Reply,
+    ) -> super::shared::SyncOutcome {
+        use super::shared::SyncOutcome;
+        let link = self.link.as_ref().expect("only shared circuits are synced");
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                let left = link.set_following(false);
+                if left {
+                    // On its own again: a half-open circuit probes with its own permits.
+                    let _guard = self
+                        .transitions
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if self.state() == CircuitState::HalfOpen {
+                        self.probe_allowance
+                            .store(self.cfg.half_open_probes, Ordering::Release);
+                    }
+                }
+                return SyncOutcome::Failed { left, error };
+            }
+        };
+        let mut st = link.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        let rejoin = !prepared.was_following || !link.is_following();
+        let lost = st.generation != 0 && reply.generation != st.generation;
+        if lost && !rejoin && self.state() == CircuitState::Open {
+            // The store lost the circuit (restarted, flushed, expired) while it was open: report
+            // the opening at once rather than follow a fresh closed circuit.
+            link.opened_locally(st.reason);
+            link.set_following(false);
+            st.generation = 0;
+            drop(st);
+            link.urge();
+            return SyncOutcome::Lost;
+        }
+        st.generation = reply.generation;
+        let newer_command = link.delivered(prepared.command_generation);
+        if !newer_command {
+            let new_epoch = reply.epoch != st.epoch;
+            if new_epoch || rejoin || lost {
+                // A rejoining replica's local half-open period (its own probes) ends too.
+                let bumped =
+                    self.apply_shared(&reply, reason_text(reply.reason), new_epoch || rejoin);
+                st.epoch = reply.epoch;
+                st.reason = reply.reason;
+                if reply.state == CircuitState::HalfOpen {
+                    let base = if bumped { 0 } else { prepared.results_at_send };
+                    self.probe_allowance
+                        .store(base.saturating_add(reply.held), Ordering::Release);
+                }
+            } else if reply.state == CircuitState::HalfOpen
+                && self.state() == CircuitState::HalfOpen
+            {
+                self.probe_allowance.store(
+                    prepared.results_at_send.saturating_add(reply.held),
+                    Ordering::Release,
+                );
+            } else if let (CircuitState::Open, Some(left)) = (reply.state, reply.open_for)
+                && self.state() == CircuitState::Open
+            {
+                // Still open in Redis: keep the local deadline on Redis's (the sync task wakes at
+                // it to ask for probe permits).
+                self.open_until.store(
+                    self.clock.now().saturating_add(duration_to_nanos(left)),
+                    Ordering::Release,
+                );
+            }
+        }
+        let ever = st.ever;
+        st.ever = true;
+        st.counts = [reply.calls, reply.failures, reply.slow, reply.run];
+        st.contended = reply.contended;
+        st.last_sync = Some(tokio::time::Instant::now());
+        drop(st);
+        link.set_following(true);
+        SyncOutcome::Synced {
+            rejoined: rejoin && ever,
+        }
+    }
+
+    /// Moves the local state machine to the shared state, announcing the change (hooks, tracing,
+    /// metrics) with the shared reason. Returns whether a new local period began (the local epoch
+    /// moved), which resets the local probe counts.
+    fn apply_shared(
+        &self,
+        reply: &super::store::SyncReply,
+        reason: &'static str,
+        new_epoch: bool,
+    ) -> bool {
+        let to = reply.state;
+        let open_for = reply.open_for.unwrap_or_default();
+        let guard = self
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.state.load(Ordering::Acquire);
+        let from = kind(current);
+        if from == to {
+            // Same state: no announcement. An opening keeps the shared deadline; a new half-open
+            // period (the local one began on the local clock) starts its probe counts afresh.
+            match to {
+                CircuitState::Open => {
+                    let now = self.clock.now();
+                    self.open_until.store(
+                        now.saturating_add(duration_to_nanos(open_for)),
+                        Ordering::Release,
+                    );
+                    self.streak.store(reply.streak, Ordering::Release);
+                    false
+                }
+                CircuitState::HalfOpen if new_epoch => {
+                    self.set_state(current, CircuitState::HalfOpen, None);
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            self.set_state(current, to, Some((open_for, reply.streak)));
+            self.streak.store(reply.streak, Ordering::Release);
+            drop(guard);
+            self.announce(from, to, reason);
+            true
+        }
     }
 }
 
@@ -518,7 +954,8 @@ mod tests {
                 },
                 half_open_probes: probes,
             },
-            vec![],
+            None,
+            Arc::from(Vec::new()),
         )
     }
 

@@ -4,11 +4,26 @@
 //!   a call claims the next slot with one `fetch_add`, swaps the outcome in, and adjusts the counters
 //!   by the difference between the new outcome and the one it pushed out, so the counters equal the
 //!   ring's content once concurrent recorders are done.
+//!
+//!   Once the ring is full, a fast success cannot open the circuit: it can only push out an older
+//!   outcome, so no rate goes up and the call count stays at `size`. Such successes are first
+//!   counted in a per-thread stripe (a counter on a cache line of its own) and written to the ring
+//!   `batch` at a time, or before the next call that can open the circuit (a failure or a slow
+//!   call), which writes every stripe's pending successes to the ring before itself. So the counts a
+//!   trip decision reads are those of the last `size` calls, as with no stripes at all, while the
+//!   calls of a healthy upstream touch no memory that another thread writes on every call: two
+//!   threads on one circuit do not contend.
 //! - [`TimeWindow`]: the calls of the last `span`, in `buckets` buckets. Each bucket counts the
 //!   calls of one slice of time and is recycled when time comes round to it again; the window's
-//!   counts are the sum of the buckets still inside the span.
+//!   counts are the sum of the buckets still inside the span. The sum of the buckets before the
+//!   current one cannot change during the current slice, so it is computed once per slice and
+//!   cached (behind a sequence lock): a call reads that sum and the current bucket, whatever the
+//!   number of buckets.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+
+use crossbeam_utils::CachePadded;
 
 use crate::clock::Nanos;
 
@@ -33,12 +48,13 @@ pub(crate) enum Window {
 }
 
 impl Window {
-    /// Records one call (at `now`, for the time window) and returns the counts after it.
+    /// Records one call (at `now`, for the time window). Returns the counts after it when the call
+    /// may have raised a rate (the breaker then checks its thresholds), `None` when it cannot have.
     #[inline]
-    pub(crate) fn record(&self, failed: bool, slow: bool, now: Nanos) -> Counts {
+    pub(crate) fn record(&self, failed: bool, slow: bool, now: Nanos) -> Option<Counts> {
         match self {
             Self::Count(w) => w.record(failed, slow),
-            Self::Time(w) => w.record(failed, slow, now),
+            Self::Time(w) => Some(w.record(failed, slow, now)),
         }
     }
 
@@ -62,13 +78,51 @@ impl Window {
     }
 }
 
+/// The stripe of the current thread: threads are numbered in the order they first record, and
+/// take stripes round-robin.
+#[inline]
+pub(crate) fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        let mut v = i.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, Ordering::Relaxed);
+            i.set(v);
+        }
+        v
+    })
+}
+
+/// How many per-thread stripes a counter gets: the number of threads the machine runs at once,
+/// rounded up to a power of two, at most 16.
+pub(crate) fn stripe_count() -> usize {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads.next_power_of_two().clamp(1, 16)
+}
+
+/// How many stripes a count window of `size` calls gets, and how many successes a stripe holds
+/// before writing them to the ring. Stripes hold at most an eighth of the window between them, so
+/// a stripe whose thread goes quiet never stands for much of it; small windows get none.
+fn striping(size: u32) -> (usize, u32) {
+    let stripes = stripe_count();
+    let batch = (size / 8 / stripes as u32).min(32);
+    if batch < 2 { (1, 1) } else { (stripes, batch) }
+}
+
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
-    head: AtomicU64,
+    head: CachePadded<AtomicU64>,
     calls: AtomicU32,
     failures: AtomicU32,
     slow: AtomicU32,
+    /// Successes counted but not yet in the ring, per stripe.
+    pending: Box<[CachePadded<AtomicU32>]>,
+    /// Pending successes a stripe holds before writing them; 1 means no striping.
+    batch: u32,
 }
 
 /// Adds the difference `new - old` (each 0 or 1) to `counter`, returning its value after.
@@ -83,17 +137,45 @@ fn adjust(counter: &AtomicU32, old: bool, new: bool) -> u32 {
 
 impl CountWindow {
     pub(crate) fn new(size: u32) -> Self {
+        let (stripes, batch) = striping(size);
+        Self::with_striping(size, stripes, batch)
+    }
+
+    fn with_striping(size: u32, stripes: usize, batch: u32) -> Self {
         Self {
             slots: (0..size.max(1)).map(|_| AtomicU8::new(EMPTY)).collect(),
-            head: AtomicU64::new(0),
+            head: CachePadded::new(AtomicU64::new(0)),
             calls: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             slow: AtomicU32::new(0),
+            pending: (0..stripes.max(1))
+                .map(|_| CachePadded::new(AtomicU32::new(0)))
+                .collect(),
+            batch: batch.max(1),
         }
     }
 
+    fn size(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
     #[inline]
-    pub(crate) fn record(&self, failed: bool, slow: bool) -> Counts {
+    pub(crate) fn record(&self, failed: bool, slow: bool) -> Option<Counts> {
+        if !failed && !slow && self.batch > 1 && self.calls.load(Ordering::Relaxed) == self.size() {
+            let stripe = &self.pending[stripe_index() & (self.pending.len() - 1)];
+            if stripe.fetch_add(1, Ordering::Relaxed) + 1 >= self.batch {
+                let n = stripe.swap(0, Ordering::Relaxed);
+                self.push_successes(n);
+            }
+            return None;
+        }
+        self.flush();
+        Some(self.push(failed, slow))
+    }
+
+    /// Writes one outcome to the ring.
+    #[inline]
+    fn push(&self, failed: bool, slow: bool) -> Counts {
         let i = self.head.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
         let new = FILLED | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         let old = self.slots[i as usize].swap(new, Ordering::AcqRel);
@@ -104,7 +186,35 @@ impl CountWindow {
         }
     }
 
+    /// Writes `n` fast successes to the ring.
+    #[cold]
+    fn push_successes(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let len = self.slots.len() as u64;
+        let start = self.head.fetch_add(u64::from(n), Ordering::Relaxed);
+        for i in 0..u64::from(n) {
+            let old = self.slots[((start + i) % len) as usize].swap(FILLED, Ordering::AcqRel);
+            adjust(&self.calls, old != EMPTY, true);
+            adjust(&self.failures, old & FAILED != 0, false);
+            adjust(&self.slow, old & SLOW != 0, false);
+        }
+    }
+
+    /// Writes every stripe's pending successes to the ring.
+    fn flush(&self) {
+        if self.batch > 1 {
+            for stripe in self.pending.iter() {
+                if stripe.load(Ordering::Relaxed) != 0 {
+                    self.push_successes(stripe.swap(0, Ordering::Relaxed));
+                }
+            }
+        }
+    }
+
     pub(crate) fn counts(&self) -> Counts {
+        self.flush();
         Counts {
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
@@ -115,6 +225,9 @@ impl CountWindow {
     /// Empties the window. Callers serialise resets with transitions; a call recorded concurrently
     /// with a reset may survive it.
     pub(crate) fn reset(&self) {
+        for stripe in self.pending.iter() {
+            stripe.store(0, Ordering::Relaxed);
+        }
         for slot in self.slots.iter() {
             slot.store(EMPTY, Ordering::Relaxed);
         }
@@ -134,10 +247,80 @@ struct Bucket {
     slow: AtomicU32,
 }
 
+impl Bucket {
+    fn counts(&self) -> Counts {
+        Counts {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            slow: self.slow.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The sum of the buckets before the current slice's, valid for one slice, behind a sequence lock:
+/// `seq` is odd while a writer updates it, and readers retry (here: recompute) when it moved.
+#[derive(Debug, Default)]
+struct EarlierSum {
+    seq: AtomicU64,
+    /// The slice the sum was made for.
+    slice: AtomicU64,
+    calls: AtomicU32,
+    failures: AtomicU32,
+    slow: AtomicU32,
+}
+
+impl EarlierSum {
+    #[inline]
+    fn read(&self, slice: u64) -> Option<Counts> {
+        let before = self.seq.load(Ordering::Acquire);
+        if before & 1 == 1 {
+            return None;
+        }
+        let for_slice = self.slice.load(Ordering::Relaxed);
+        let c = Counts {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            slow: self.slow.load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        let after = self.seq.load(Ordering::Relaxed);
+        (before == after && for_slice == slice).then_some(c)
+    }
+
+    /// Stores the sum for `slice`, unless another thread is storing one; returns whether it did.
+    fn write(&self, slice: u64, c: Counts) -> bool {
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq & 1 == 1
+            || self
+                .seq
+                .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return false; // another thread is writing it
+        }
+        fence(Ordering::Release);
+        self.slice.store(slice, Ordering::Relaxed);
+        self.calls.store(c.calls, Ordering::Relaxed);
+        self.failures.store(c.failures, Ordering::Relaxed);
+        self.slow.store(c.slow, Ordering::Relaxed);
+        self.seq.store(seq + 2, Ordering::Release);
+        true
+    }
+
+    /// Forgets the sum. Must not lose to a concurrent writer (a stale sum would outlive a reset),
+    /// so it waits out one; writers never block inside.
+    fn clear(&self) {
+        while !self.write(0, Counts::default()) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     buckets: Box<[Bucket]>,
     width: Nanos,
+    earlier: CachePadded<EarlierSum>,
 }
 
 impl TimeWindow {
@@ -146,6 +329,7 @@ impl TimeWindow {
         Self {
             buckets: (0..buckets.max(1)).map(|_| Bucket::default()).collect(),
             width: width.max(1),
+            earlier: CachePadded::new(EarlierSum::default()),
         }
     }
 
@@ -177,18 +361,40 @@ impl TimeWindow {
     }
 
     /// The sum of the buckets whose slice is within the last `buckets` slices up to `now`.
+    #[inline]
     pub(crate) fn counts(&self, now: Nanos) -> Counts {
         let current = now / self.width + 1;
+        let earlier = match self.earlier.read(current) {
+            Some(c) => c,
+            None => self.sum_earlier(current),
+        };
+        let bucket = &self.buckets[(current % self.buckets.len() as u64) as usize];
+        let mut c = earlier;
+        if bucket.slice.load(Ordering::Acquire) == current {
+            let b = bucket.counts();
+            c.calls += b.calls;
+            c.failures += b.failures;
+            c.slow += b.slow;
+        }
+        c
+    }
+
+    /// Sums the buckets of the slices before `current` that are still inside the span, and caches
+    /// the sum for the rest of the slice.
+    #[cold]
+    fn sum_earlier(&self, current: u64) -> Counts {
         let oldest = (current + 1).saturating_sub(self.buckets.len() as u64);
         let mut c = Counts::default();
         for b in self.buckets.iter() {
             let slice = b.slice.load(Ordering::Acquire);
-            if slice >= oldest && slice <= current {
-                c.calls += b.calls.load(Ordering::Relaxed);
-                c.failures += b.failures.load(Ordering::Relaxed);
-                c.slow += b.slow.load(Ordering::Relaxed);
+            if slice >= oldest && slice < current {
+                let n = b.counts();
+                c.calls += n.calls;
+                c.failures += n.failures;
+                c.slow += n.slow;
             }
         }
+        self.earlier.write(current, c);
         c
     }
 
@@ -199,6 +405,7 @@ impl TimeWindow {
             b.failures.store(0, Ordering::Relaxed);
             b.slow.store(0, Ordering::Relaxed);
         }
+        self.earlier.clear();
     }
 }
 
@@ -217,15 +424,52 @@ mod tests {
     #[test]
     fn count_window_follows_the_last_n_outcomes() {
         let w = CountWindow::new(3);
-        assert_eq!(w.record(true, false), c(1, 1, 0));
-        assert_eq!(w.record(false, true), c(2, 1, 1));
-        assert_eq!(w.record(true, true), c(3, 2, 2));
+        assert_eq!(w.record(true, false), Some(c(1, 1, 0)));
+        assert_eq!(w.record(false, true), Some(c(2, 1, 1)));
+        assert_eq!(w.record(true, true), Some(c(3, 2, 2)));
         // The first failure slides out.
-        assert_eq!(w.record(false, false), c(3, 1, 2));
-        assert_eq!(w.record(false, false), c(3, 1, 1));
-        assert_eq!(w.record(false, false), c(3, 0, 0));
+        assert_eq!(w.record(false, false), Some(c(3, 1, 2)));
+        assert_eq!(w.record(false, false), Some(c(3, 1, 1)));
+        assert_eq!(w.record(false, false), Some(c(3, 0, 0)));
         w.reset();
         assert_eq!(w.counts(), Counts::default());
+    }
+
+    #[test]
+    fn striped_successes_reach_the_ring_before_any_call_that_can_trip() {
+        // 2 stripes holding up to 4 successes each, over a window of 10.
+        let w = CountWindow::with_striping(10, 2, 4);
+        for i in 0..10 {
+            // Until the ring is full, every call is written at once.
+            assert!(w.record(i % 2 == 0, false).is_some());
+        }
+        assert_eq!(w.counts(), c(10, 5, 0));
+        // Full: fast successes wait in this thread's stripe, and say they cannot trip.
+        for _ in 0..3 {
+            assert_eq!(w.record(false, false), None);
+        }
+        // The failure writes them first: the window is the last 10 calls, 3 successes then it.
+        // Pushed out: the 4 oldest (failure, success, failure, success).
+        assert_eq!(w.record(true, false), Some(c(10, 4, 0)));
+        // A full stripe writes itself: after 4 more successes, 4 more old outcomes are gone.
+        for _ in 0..4 {
+            assert_eq!(w.record(false, false), None);
+        }
+        assert_eq!(w.counts(), c(10, 2, 0));
+        // Pending successes on the other stripe are written by a failure recorded here.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..3 {
+                    assert_eq!(w.record(false, false), None);
+                }
+            });
+        });
+        // The other thread's 3 successes, then this failure, push out the 4 oldest outcomes
+        // (failure, success, success, success): the failures are the earlier one and this one.
+        assert_eq!(w.record(true, false), Some(c(10, 2, 0)));
+        w.reset();
+        assert_eq!(w.counts(), Counts::default());
+        assert!(w.pending.iter().all(|p| p.load(Ordering::Relaxed) == 0));
     }
 
     #[test]

@@ -222,7 +222,18 @@ mod tonic_status {
         if let Some(r) = err.downcast_ref::<crate::backend::BackendUnavailable>() {
             return Some(to_status(r));
         }
+        #[cfg(feature = "retry")]
+        if let Some(r) = err.downcast_ref::<crate::retry::error::AttemptTimedOut>() {
+            return Some(to_status(r));
+        }
         None
+    }
+
+    #[cfg(feature = "retry")]
+    impl From<crate::retry::error::AttemptTimedOut> for tonic::Status {
+        fn from(r: crate::retry::error::AttemptTimedOut) -> Self {
+            to_status(&r)
+        }
     }
 
     #[cfg(feature = "circuit-breaker")]

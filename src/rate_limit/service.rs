@@ -255,7 +255,7 @@ impl<X, St, M> Shared<X, St, M> {
     where
         M: RejectionMode<Res, E>,
     {
-        (M::WRITES_HEADERS && self.headers_on_success).then_some((d, self.policy))
+        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then_some((d, self.policy))
     }
 
     pub(crate) fn refuse<Res, E>(&self, d: Decision) -> Result<Res, M::Error>

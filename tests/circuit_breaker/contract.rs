@@ -8,6 +8,7 @@ use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
 use tower_rampart::BoxError;
 use tower_rampart::circuit_breaker::classify::{ErrorsAreFailures, HttpClassifier};
 use tower_rampart::circuit_breaker::error::CircuitOpen;
+use tower_rampart::circuit_breaker::fallback::NoFallback;
 use tower_rampart::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitHandle};
 use tower_rampart::http::AsHttp;
 use tower_rampart::rejection::AsError;
@@ -66,6 +67,20 @@ fn layers_services_handles_and_futures_are_send_sync_static() {
         >,
     >();
     send_sync_static::<CircuitHandle>();
+    type Keyed = tower_rampart::circuit_breaker::key::PerKey<
+        tower_rampart::circuit_breaker::key::UpstreamHost,
+    >;
+    send_sync_static::<CircuitBreakerLayer<HttpClassifier, AsHttp, NoFallback, Keyed>>();
+    send_sync_static::<
+        CircuitBreaker<
+            tower::util::BoxCloneSyncService<http::Request<()>, (), BoxError>,
+            HttpClassifier,
+            AsHttp,
+            NoFallback,
+            Keyed,
+        >,
+    >();
+    send_sync_static::<tower_rampart::circuit_breaker::CircuitsHandle<Box<str>>>();
     send_sync_static::<CircuitOpen>();
     fn send<T: Send + 'static>(_: &T) {}
     let mut svc = tower::Layer::layer(

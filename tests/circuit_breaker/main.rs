@@ -9,6 +9,7 @@ mod config;
 mod contract;
 mod http;
 mod metrics;
+mod per_key;
 mod probes;
 mod slow_and_time;
 mod transitions;

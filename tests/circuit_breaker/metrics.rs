@@ -27,6 +27,23 @@ fn transitions_refusals_and_failures_are_measured() {
             assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
         }
         layer.handle().force_closed();
+
+        // A per-key circuit's metrics carry its key too.
+        let keyed = CircuitBreakerLayer::builder()
+            .name("payments")
+            .consecutive_failures(1)
+            .per_key(tower_rampart::circuit_breaker::key::key_fn(
+                |host: &&'static str| *host,
+            ))
+            .build()
+            .unwrap();
+        let mut svc = keyed.layer(tower::service_fn(|_: &'static str| async {
+            Err::<(), tower_rampart::BoxError>("down".into())
+        }));
+        for _ in 0..2 {
+            let mut fut = std::pin::pin!(svc.call("eu.example"));
+            assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
+        }
     });
     let mut seen: HashMap<String, f64> = HashMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
@@ -63,5 +80,13 @@ fn transitions_refusals_and_failures_are_measured() {
     assert_eq!(
         seen["rampart_circuit_state circuit=payments"], 0.0,
         "closed again"
+    );
+    assert_eq!(
+        seen["rampart_circuit_state circuit=payments,key=eu.example"],
+        1.0
+    );
+    assert_eq!(
+        seen["rampart_circuit_rejected_total circuit=payments,key=eu.example"],
+        1.0
     );
 }

@@ -52,6 +52,13 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra_args: &[&str]) -> Option<Self> {
+        Self::start_with_fn(|| extra_args.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Starts a server with extra arguments from `extra_args`, called again for each attempt (up
+    /// to 5, each on a fresh port): arguments that name ports of their own (a cluster bus port)
+    /// must pick fresh ones too, or a port taken once fails every attempt.
+    pub fn start_with_fn(extra_args: impl Fn() -> Vec<String>) -> Option<Self> {
         if binary().is_none() {
             let why = "redis-server is not installed (apt-get install redis-server)";
             if redis_required() {
@@ -70,7 +77,7 @@ impl RedisServer {
                 port,
                 dir,
                 child: None,
-                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                extra_args: extra_args(),
             };
             match server.spawn() {
                 Ok(()) => return Some(server),
@@ -78,6 +85,15 @@ impl RedisServer {
             }
         }
         panic!("could not start redis-server: {last_err}");
+    }
+
+    /// The value given to `flag` among the extra arguments, if any.
+    pub fn extra_arg(&self, flag: &str) -> Option<&str> {
+        self.extra_args
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| self.extra_args.get(i + 1))
+            .map(String::as_str)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -166,14 +182,20 @@ impl RedisServer {
 
     /// Sends one raw command (RESP inline) and returns the first reply line.
     pub fn command(&self, cmd: &str) -> String {
-        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))
-            .expect("connect to the test redis-server");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+        command_at(self.addr(), cmd)
     }
+}
+
+/// Sends one raw command (RESP inline) to the server at `addr` and returns the first reply line
+/// (waiting up to 5 s for it).
+pub fn command_at(addr: SocketAddr, cmd: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .expect("connect to the test redis-server");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
 }
 
 fn ping(addr: SocketAddr) -> bool {
@@ -192,5 +214,109 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throw-away 3-master Redis Cluster on free loopback ports (no replicas), killed when dropped.
+///
+/// Each node is a [`RedisServer`] started with `--cluster-enabled yes` and a cluster bus port of
+/// its own; slots are split in three with `CLUSTER ADDSLOTSRANGE`, the nodes meet with
+/// `CLUSTER MEET`, and [`start`](Self::start) returns once every node reports `cluster_state:ok`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the cluster, or returns `None` (after printing why) where Redis is not installed and
+    /// not required.
+    pub fn start() -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            // A fresh bus port for every attempt to start the node.
+            let node = RedisServer::start_with_fn(|| {
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "yes",
+                ]
+                .map(String::from)
+                .to_vec()
+            })?;
+            nodes.push(node);
+        }
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        for (node, (from, to)) in nodes.iter().zip(ranges) {
+            let reply = node.command(&format!("CLUSTER ADDSLOTSRANGE {from} {to}"));
+            assert_eq!(reply, "+OK", "CLUSTER ADDSLOTSRANGE on {}", node.port());
+        }
+        for other in &nodes[1..] {
+            let bus = other.extra_arg("--cluster-port").expect("a bus port");
+            let reply = nodes[0].command(&format!("CLUSTER MEET 127.0.0.1 {} {bus}", other.port()));
+            assert_eq!(reply, "+OK", "CLUSTER MEET {}", other.port());
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = nodes
+                .iter()
+                .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"));
+            let known = nodes
+                .iter()
+                .all(|n| n.command("CLUSTER INFO").contains("cluster_known_nodes:3"));
+            if ok && known {
+                return Some(Self { nodes });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster did not reach cluster_state:ok within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes' `redis://` URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+impl RedisServer {
+    /// The whole reply to `INFO <section>`.
+    pub fn info(&self, section: &str) -> String {
+        let client = redis::Client::open(self.url()).expect("a valid test url");
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to the test redis-server");
+        redis::cmd("INFO")
+            .arg(section)
+            .query(&mut con)
+            .expect("INFO answers")
+    }
+
+    /// How many times `command` (lowercase, e.g. `"evalsha"`) has run, from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.info("commandstats");
+        let needle = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a call count"))
+    }
+
+    /// The number of connected clients, from `INFO clients`.
+    pub fn connected_clients(&self) -> u64 {
+        self.info("clients")
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO clients has connected_clients")
     }
 }

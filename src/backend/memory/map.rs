@@ -120,6 +120,16 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         f(&entry.get().1)
     }
 
+    /// Runs `f` on the value for `key` if there is one; never inserts.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn get<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
+        state.table.find(hash, |(k, _)| k == key).map(|(_, v)| f(v))
+    }
+
     /// Drops idle values on schedule, and makes room when the shard is full.
     fn make_room(
         state: &mut ShardState<K, V>,

@@ -13,6 +13,9 @@
 //! (GCRA) or 12.5 MB (sliding window), whatever the traffic. Larger keys (strings, header values)
 //! add their own size.
 //!
+//! The cache's store, [`MemoryCacheStore`] (feature `cache`), is bounded by bytes instead (entries
+//! and tables, measured by the `cache_flood` test): see its documentation.
+//!
 //! # Eviction
 //!
 //! A GCRA key whose theoretical arrival time has passed, or a sliding-window key whose windows
@@ -36,11 +39,15 @@
 //! # let _ = layer;
 //! ```
 
+#[cfg(feature = "cache")]
+mod cache;
 #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
-mod map;
+pub(crate) mod map;
 #[cfg(feature = "rate-limit")]
 mod rate_limit;
 
+#[cfg(feature = "cache")]
+pub use self::cache::MemoryCacheStore;
 #[cfg(feature = "rate-limit")]
 pub use self::rate_limit::MemoryRateLimitStore;
 

@@ -28,6 +28,7 @@ pub struct Decision {
     unit: u64,
     reset: Nanos,
     retry_after: Nanos,
+    counted: bool,
 }
 
 impl Decision {
@@ -54,6 +55,22 @@ impl Decision {
             unit,
             reset,
             retry_after: 0,
+            counted: true,
+        }
+    }
+
+    /// An admission that was not counted: a shared backend could not decide and its failure policy
+    /// lets requests through. Carries no quota information, so no `RateLimit` fields are sent.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) const fn uncounted(limit: u32) -> Self {
+        Self {
+            allowed: true,
+            limit,
+            slack: limit as u64,
+            unit: 1,
+            reset: 0,
+            retry_after: 0,
+            counted: false,
         }
     }
 
@@ -66,12 +83,21 @@ impl Decision {
             unit: 1,
             reset,
             retry_after,
+            counted: true,
         }
     }
 
     /// Whether the request may proceed.
     pub const fn is_allowed(&self) -> bool {
         self.allowed
+    }
+
+    /// Whether the request was counted against the quota. `false` only when a shared backend could
+    /// not decide and its failure policy let the request through
+    /// ([`FailurePolicy::Open`](crate::backend::redis::FailurePolicy::Open)); such admissions carry
+    /// no `RateLimit` header fields.
+    pub const fn is_counted(&self) -> bool {
+        self.counted
     }
 
     /// The quota's limit (requests per period).
@@ -108,6 +134,7 @@ impl PartialEq for Decision {
             && self.remaining() == other.remaining()
             && self.reset == other.reset
             && self.retry_after == other.retry_after
+            && self.counted == other.counted
     }
 }
 

@@ -1,41 +1,8 @@
-//! End-to-end tests of `examples/analytics_api`: the app built in-process, served on a loopback
-//! port, driven by a real HTTP client.
+//! Metrics and events: limits, validation, storage, request ids and health.
 
-mod common;
-
-#[path = "../examples/analytics_api/app.rs"]
-#[allow(dead_code)]
-mod app;
-#[path = "../examples/analytics_api/config.rs"]
-#[allow(dead_code)]
-mod config;
-
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use common::http::{Served, serve};
 use http::StatusCode;
 
-fn config(vars: &[(&str, &str)]) -> config::Config {
-    let vars: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
-}
-
-async fn start(vars: &[(&str, &str)]) -> Served {
-    let state = app::AppState {
-        storage: Arc::new(app::Storage::default()),
-    };
-    serve(app::router(&config(vars), state).unwrap(), true).await
-}
-
-const JSON: (&str, &str) = ("content-type", "application/json");
-
-fn metric(value: f64) -> String {
-    format!(r#"{{"timestamp":"2026-02-21T12:00:00Z","value":{value},"type":"cpu_usage"}}"#)
-}
+use crate::{JSON, config, event, metric, start};
 
 #[tokio::test]
 async fn twelve_posts_from_one_ip_store_exactly_ten() {
@@ -144,7 +111,7 @@ async fn events_stats_health_and_request_ids() {
     let app = start(&[("RATE_LIMIT", "3")]).await;
     for _ in 0..3 {
         let r = app
-            .send_body("POST", "/event", &[JSON], r#"{"user_id":42,"event_type":"login","timestamp":1690000000,"payload":{"platform":"ios"}}"#)
+            .send_body("POST", "/event", &[JSON], event(42, "login", "ios"))
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED);
         assert_eq!(r.json(), serde_json::json!({"status": "received"}));
@@ -202,14 +169,14 @@ async fn events_stats_health_and_request_ids() {
     assert_eq!(empty["average"], 0.0);
 }
 
-#[test]
-fn bad_configuration_names_the_variable() {
+#[tokio::test]
+async fn bad_configuration_names_the_variable() {
     let err = |vars: &[(&str, &str)]| {
-        let vars: HashMap<String, String> = vars
+        let vars: std::collections::HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        config::Config::from_lookup(|k| vars.get(k).cloned())
+        crate::config::Config::from_lookup(|k| vars.get(k).cloned())
             .unwrap_err()
             .to_string()
     };
@@ -225,13 +192,159 @@ fn bad_configuration_names_the_variable() {
         err(&[("LOG_FORMAT", "xml")]),
         r#"invalid LOG_FORMAT="xml": expected `text` or `json`"#
     );
+    for rate in ["1.5", "-0.1", "NaN", "often"] {
+        assert_eq!(
+            err(&[("EXTERNAL_SERVICE_FAILURE_RATE", rate)]),
+            format!(
+                r#"invalid EXTERNAL_SERVICE_FAILURE_RATE="{}": expected a number from 0.0 to 1.0"#,
+                rate.parse::<f64>()
+                    .map_or(rate.to_owned(), |r| r.to_string())
+            )
+        );
+    }
+    assert_eq!(
+        err(&[("RATE_LIMIT_FAILURE_POLICY", "maybe")]),
+        r#"invalid RATE_LIMIT_FAILURE_POLICY="maybe": expected `open`, `closed` or `local`"#
+    );
+    assert_eq!(
+        err(&[("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0")]),
+        r#"invalid CIRCUIT_BREAKER_FAILURE_THRESHOLD="0": expected a whole number from 1 to 4294967295"#
+    );
     let bad_proxy = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]);
-    let state = app::AppState {
-        storage: Arc::new(app::Storage::default()),
-    };
-    let e = app::router(&bad_proxy, state).unwrap_err();
+    let e = crate::app::build(
+        &bad_proxy,
+        std::sync::Arc::new(crate::storage::Storage::default()),
+        crate::app::system_clock(),
+    )
+    .err()
+    .expect("refused");
     assert_eq!(
         e.to_string(),
         r#"invalid trusted_proxies: "nonsense" is neither a CIDR like "10.0.0.0/8" nor an IP address"#
     );
+}
+
+#[test]
+fn the_env_example_lists_every_variable_with_a_valid_default() {
+    let text = include_str!("../../examples/analytics_api/.env.example");
+    let mut vars = std::collections::HashMap::new();
+    for line in text.lines() {
+        let line = line.trim_start_matches("# ");
+        if let Some((k, v)) = line.split_once('=')
+            && !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            vars.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let source = [
+        include_str!("../../examples/analytics_api/config.rs"),
+        include_str!("../../examples/common/setup.rs"),
+    ]
+    .concat();
+    // Every string literal in config.rs that looks like a variable name is one it reads.
+    let mut read: Vec<String> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.len() >= 4
+                && s.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .map(str::to_owned)
+        .collect();
+    read.sort();
+    read.dedup();
+    assert!(read.len() >= 18, "found only {read:?}");
+    for var in &read {
+        assert!(
+            vars.contains_key(var),
+            "{var} is read but not in .env.example"
+        );
+    }
+    // Without the commented-out REDIS_URL and with the listed values, the configuration is valid.
+    vars.remove("REDIS_URL");
+    vars.remove("RUST_LOG");
+    crate::config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+}
+
+#[tokio::test]
+async fn summaries_are_cached_and_a_new_metric_makes_its_type_fresh() {
+    let app = start(&[]).await;
+    for (kind, v) in [("cpu_usage", 10.0), ("mem_usage", 50.0)] {
+        let body = format!(r#"{{"timestamp":"2026-02-21T12:00:00Z","value":{v},"type":"{kind}"}}"#);
+        assert_eq!(
+            app.send_body("POST", "/api/metrics", &[JSON], body)
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+    }
+    let get = async |path: &str| {
+        let r = app.send("GET", path, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        (
+            r.headers["x-cache"].to_str().unwrap().to_owned(),
+            r.json()["count"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(
+        get("/api/metrics/summary?type=cpu_usage").await,
+        ("MISS".into(), 1)
+    );
+    assert_eq!(
+        get("/api/metrics/summary?type=cpu_usage").await,
+        ("HIT".into(), 1)
+    );
+    // The same summary however it is asked for.
+    assert_eq!(
+        get("/api/metrics/summary?metric_type=cpu_usage&period=all").await,
+        ("HIT".into(), 1)
+    );
+    assert_eq!(
+        get("/api/metrics/summary?type=cpu_usage&period=hourly")
+            .await
+            .0,
+        "MISS"
+    );
+    assert_eq!(
+        get("/api/metrics/summary?type=mem_usage").await,
+        ("MISS".into(), 1)
+    );
+
+    // A new cpu_usage metric: its summaries are fresh at once; mem_usage's stay cached.
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(20.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        get("/api/metrics/summary?type=cpu_usage").await,
+        ("MISS".into(), 2)
+    );
+    assert_eq!(
+        get("/api/metrics/summary?type=cpu_usage").await,
+        ("HIT".into(), 2)
+    );
+    assert_eq!(
+        get("/api/metrics/summary?type=mem_usage").await,
+        ("HIT".into(), 1)
+    );
+
+    // Refused requests are not cached.
+    let r = app
+        .send(
+            "GET",
+            "/api/metrics/summary?type=cpu_usage&period=weekly",
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.headers.get("x-cache").is_none());
+
+    let b = app.send("GET", "/api/v1/sensors/type-breakdown", &[]).await;
+    assert_eq!(b.headers["x-cache"], "MISS");
+    let b = app.send("GET", "/api/v1/sensors/type-breakdown", &[]).await;
+    assert_eq!(b.headers["x-cache"], "HIT");
 }

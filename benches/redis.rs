@@ -1,0 +1,153 @@
+//! Redis-backed rate limiting, against the ceiling of the same Redis in the same run.
+//!
+//! Starts its own `redis-server` on a free loopback port (never the machine's 6379); without one the
+//! group is skipped with a printed reason.
+//!
+//! - `redis_rate_limit/raw_evalsha/N`: N concurrent `EVALSHA` calls of the GCRA script, with the
+//!   arguments the store sends, straight through a `ConnectionManager`: the ceiling.
+//! - `redis_rate_limit/store/N`: N concurrent decisions from one `RedisBackend` store (key
+//!   encoding, the call with its timeout, health bookkeeping, parsing). Throughput is in elements,
+//!   so criterion reports decisions per second; compare each with `raw_evalsha` at the same N.
+//! - `redis_rate_limit/known_over_limit`: a decision for a key Redis has already refused: answered
+//!   from the replica's memory. The group prints the `EVALSHA` count before and after it from
+//!   `INFO commandstats`: it does not move.
+//!
+//! The keys differ per concurrent caller and the quota is far larger than any run can spend, so
+//! every measured decision (but the last row's) is an admission computed by Redis.
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/redis.rs"]
+pub(crate) mod redis_server;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use futures::future::join_all;
+use tower_rampart::backend::RedisBackend;
+use tower_rampart::backend::redis::{RedisRateLimitStore, script_sha};
+use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::rate_limit::{Algorithm, Check, Quota, RateLimitLayer, RateLimitStore};
+
+use self::redis_server::RedisServer;
+
+const HUGE: Quota = Quota::with_period(u32::MAX, Duration::from_secs(3600));
+
+async fn decide(store: &RedisRateLimitStore<u32>, key: u32) -> bool {
+    match store.check(&key) {
+        Check::Ready(r) => r,
+        Check::Pending(f) => f.await,
+    }
+    .expect("no backend error while benchmarking")
+    .is_allowed()
+}
+
+pub(crate) fn rate_limit(c: &mut Criterion) {
+    // Prints why and returns None where redis-server is not installed.
+    let Some(server) = RedisServer::start() else {
+        println!("redis_rate_limit: skipped, no redis-server (apt-get install redis-server)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let (layer, raw, args) = rt.block_on(async {
+        let backend = RedisBackend::connect(&server.url())
+            .await
+            .expect("connect to the bench redis-server")
+            .prefix("bench")
+            .timeout(Duration::from_secs(1));
+        let layer = RateLimitLayer::builder()
+            .quota(HUGE)
+            .key(key_fn(|k: &u32| Some(*k)))
+            .backend(backend)
+            .build()
+            .expect("valid configuration");
+        let client = redis::Client::open(server.url()).unwrap();
+        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let period = 3_600_000_000_000u64;
+        let emission = period / u64::from(u32::MAX);
+        let args = [
+            emission.to_string(),
+            (emission * u64::from(u32::MAX)).to_string(),
+        ];
+        (layer, raw, args)
+    });
+    let store = layer.store();
+    // One decision through the store loads the script.
+    assert!(rt.block_on(decide(store, 0)));
+    let sha = script_sha(Algorithm::Gcra);
+
+    let mut g = c.benchmark_group("redis_rate_limit");
+    for n in [1u32, 16, 64] {
+        g.throughput(Throughput::Elements(u64::from(n)));
+        let keys: Vec<Vec<u8>> = (0..n).map(|k| store.redis_key(&(1_000 + k))).collect();
+        g.bench_with_input(BenchmarkId::new("raw_evalsha", n), &n, |b, _| {
+            b.to_async(&rt).iter(|| {
+                let calls = keys.iter().map(|key| {
+                    let mut con = raw.clone();
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(sha)
+                        .arg(1)
+                        .arg(key)
+                        .arg(&args[0])
+                        .arg(&args[1])
+                        .arg("") // Redis TIME
+                        .arg("0") // no minimum expiry
+                        .arg("1") // repair unreadable state, as the store does by default
+                        .arg("9007199254740991"); // not after (us): as the store, a bound far off
+                    async move {
+                        let v: redis::Value = cmd.query_async(&mut con).await.expect("evalsha");
+                        black_box(v)
+                    }
+                });
+                join_all(calls)
+            });
+        });
+        g.bench_with_input(BenchmarkId::new("store", n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| {
+                join_all((0..n).map(|k| async move {
+                    assert!(decide(store, 1_000 + k).await);
+                }))
+            });
+        });
+    }
+
+    // A key Redis refused: answered locally.
+    let over = RateLimitLayer::builder()
+        .quota(Quota::per_hour(1))
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(rt.block_on(async {
+            RedisBackend::connect(&server.url())
+                .await
+                .unwrap()
+                .prefix("bench-over")
+        }))
+        .build()
+        .expect("valid configuration");
+    let over_store = over.store();
+    rt.block_on(async {
+        assert!(decide(over_store, 9).await);
+        assert!(!decide(over_store, 9).await);
+    });
+    let before = server.calls("evalsha");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("known_over_limit", |b| {
+        b.iter(|| match over_store.check(black_box(&9)) {
+            Check::Ready(Ok(d)) => black_box(d.is_allowed()),
+            _ => panic!("a known over-limit key must be answered locally"),
+        });
+    });
+    let after = server.calls("evalsha");
+    println!(
+        "redis_rate_limit/known_over_limit: EVALSHA calls before {before}, after {after} (no Redis traffic)"
+    );
+    assert_eq!(
+        before, after,
+        "known over-limit keys must cost no round trip"
+    );
+    g.finish();
+}

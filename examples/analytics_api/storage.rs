@@ -1,0 +1,902 @@
+//! The analytics data: metrics, events, active users and rejected requests, in memory or in Redis.
+//!
+//! Both stores keep the same data and answer the same questions; the app picks Redis when
+//! `REDIS_URL` is set. In Redis every write is one atomic script (so replicas sharing it never see
+//! half a write), and every read one round trip. A write that cannot be stored is an error, answered
+//! 503 by the API: an accepted (201/202) write has been stored.
+//!
+//! Shared with `examples/grpc_analytics` (included by path).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+/// At most this many metrics are kept in memory; beyond it writes are refused (503), not dropped.
+pub(crate) const MAX_METRICS: usize = 1_000_000;
+/// "Active" users and the rejection count look back this far.
+pub(crate) const ACTIVE_WINDOW: Duration = Duration::from_secs(300);
+/// Per-minute history (active users, rejections) is kept this long.
+const HISTORY_RETENTION_MINUTES: i64 = 25 * 60;
+/// The platform of events whose payload names none.
+pub(crate) const UNKNOWN_PLATFORM: &str = "unknown";
+
+/// Whether `t` can be a metric type or a platform: 1 to 64 letters, digits and `_.-`.
+pub(crate) fn valid_metric_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// A submitted measurement.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Metric {
+    pub(crate) timestamp: DateTime<Utc>,
+    pub(crate) value: f64,
+    #[serde(rename = "type")]
+    pub(crate) metric_type: String,
+}
+
+/// What an event contributes to the statistics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EventRecord {
+    pub(crate) user_id: u64,
+    pub(crate) event_type: String,
+    pub(crate) platform: String,
+}
+
+/// Count, average, min, max and latest value of a metric type (zeros when empty).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) count: u64,
+    pub(crate) average: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) latest: f64,
+}
+
+impl Summary {
+    fn of<'a>(metrics: impl IntoIterator<Item = &'a Metric>) -> Self {
+        let mut acc = Aggregate::default();
+        for m in metrics {
+            acc.add(m);
+        }
+        acc.summary()
+    }
+}
+
+/// A running aggregate of one metric type.
+#[derive(Clone, Debug, Default)]
+struct Aggregate {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    /// The value with the latest timestamp (the last submitted among equal timestamps).
+    latest: Option<(DateTime<Utc>, f64)>,
+}
+
+impl Aggregate {
+    fn add(&mut self, m: &Metric) {
+        if self.count == 0 {
+            self.min = m.value;
+            self.max = m.value;
+        } else {
+            self.min = self.min.min(m.value);
+            self.max = self.max.max(m.value);
+        }
+        self.count += 1;
+        self.sum += m.value;
+        if self.latest.is_none_or(|(t, _)| m.timestamp >= t) {
+            self.latest = Some((m.timestamp, m.value));
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        if self.count == 0 {
+            return Summary::default();
+        }
+        Summary {
+            count: self.count,
+            average: self.sum / self.count as f64,
+            min: self.min,
+            max: self.max,
+            latest: self.latest.map_or(0.0, |(_, v)| v),
+        }
+    }
+}
+
+/// Users with events in the last five minutes, by platform, and requests rejected in that time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Activity {
+    pub(crate) active_users: u64,
+    pub(crate) by_platform: BTreeMap<String, u64>,
+    pub(crate) rejected: u64,
+}
+
+/// What a history series is of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Series {
+    /// Distinct users with events in each interval.
+    ActiveUsers,
+    /// Requests rejected (4xx) in each interval.
+    ApiRejections,
+    /// The average value of a metric type in each interval (by the metrics' own timestamps).
+    Metric(String),
+}
+
+/// One point of a history series: the start of an interval and its value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct Point {
+    pub(crate) timestamp: DateTime<Utc>,
+    pub(crate) value: f64,
+}
+
+/// A store could not answer; the API answers 503 with this message.
+#[derive(Debug)]
+pub(crate) struct StorageError(pub(crate) String);
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<redis::RedisError> for StorageError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(format!("storage unavailable: {e}"))
+    }
+}
+
+/// The interval starts of a series of `points` intervals of `interval` seconds ending with the
+/// one that holds `now`.
+fn interval_starts(now: DateTime<Utc>, interval: i64, points: usize) -> Vec<i64> {
+    let current = now.timestamp().div_euclid(interval) * interval;
+    (0..points as i64)
+        .rev()
+        .map(|i| current - i * interval)
+        .collect()
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(secs, 0).single().unwrap_or_default()
+}
+
+/// The metrics of one type, in memory: in submission order, with the running aggregate.
+#[derive(Debug, Default)]
+struct MetricsOfType {
+    list: Vec<Metric>,
+    all: Aggregate,
+}
+
+/// Time-bucketed activity, in memory. Pruned as it is written, so it stays bounded by the traffic
+/// of the retention periods.
+#[derive(Debug, Default)]
+struct ActivityLog {
+    /// Last event time (seconds) of each user, and of each (platform, user).
+    users: HashMap<u64, i64>,
+    platform_users: HashMap<(String, u64), i64>,
+    /// Distinct users per minute.
+    users_by_minute: BTreeMap<i64, HashSet<u64>>,
+    /// Rejections per second (for the sliding five minutes) and per minute (for history).
+    rejections_by_second: BTreeMap<i64, u64>,
+    rejections_by_minute: BTreeMap<i64, u64>,
+    /// When the user maps were last pruned (seconds).
+    pruned_at: i64,
+}
+
+impl ActivityLog {
+    fn prune(&mut self, now: i64) {
+        let active_since = now - ACTIVE_WINDOW.as_secs() as i64;
+        if now != self.pruned_at {
+            self.users.retain(|_, t| *t > active_since);
+            self.platform_users.retain(|_, t| *t > active_since);
+            self.pruned_at = now;
+        }
+        let keep_minutes = now.div_euclid(60) - HISTORY_RETENTION_MINUTES;
+        self.users_by_minute = self.users_by_minute.split_off(&keep_minutes);
+        self.rejections_by_minute = self.rejections_by_minute.split_off(&keep_minutes);
+        self.rejections_by_second = self.rejections_by_second.split_off(&(active_since + 1));
+    }
+}
+
+/// The in-memory store.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryStorage {
+    metrics: RwLock<HashMap<String, MetricsOfType>>,
+    metric_count: AtomicUsize,
+    event_counts: RwLock<HashMap<String, u64>>,
+    activity: Mutex<ActivityLog>,
+}
+
+impl MemoryStorage {
+    fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
+        if self.metric_count.fetch_add(1, Ordering::AcqRel) >= MAX_METRICS {
+            self.metric_count.fetch_sub(1, Ordering::AcqRel);
+            return Err(StorageError(
+                "metric storage is full; try again later".into(),
+            ));
+        }
+        let mut map = self.metrics.write().unwrap_or_else(|p| p.into_inner());
+        let of_type = map.entry(m.metric_type.clone()).or_default();
+        of_type.all.add(m);
+        of_type.list.push(m.clone());
+        Ok(())
+    }
+
+    fn with_type<R>(&self, metric_type: &str, f: impl FnOnce(Option<&MetricsOfType>) -> R) -> R {
+        let map = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        f(map.get(metric_type))
+    }
+
+    fn record_event(&self, e: &EventRecord, now: DateTime<Utc>) {
+        {
+            let mut counts = self.event_counts.write().unwrap_or_else(|p| p.into_inner());
+            *counts.entry(e.event_type.clone()).or_default() += 1;
+        }
+        let now = now.timestamp();
+        let mut log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        log.prune(now);
+        log.users.insert(e.user_id, now);
+        log.platform_users
+            .insert((e.platform.clone(), e.user_id), now);
+        log.users_by_minute
+            .entry(now.div_euclid(60))
+            .or_default()
+            .insert(e.user_id);
+    }
+
+    fn record_rejections(&self, n: u64, now: DateTime<Utc>) {
+        let now = now.timestamp();
+        let mut log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        log.prune(now);
+        *log.rejections_by_second.entry(now).or_default() += n;
+        *log.rejections_by_minute
+            .entry(now.div_euclid(60))
+            .or_default() += n;
+    }
+
+    fn activity(&self, now: DateTime<Utc>) -> Activity {
+        let now = now.timestamp();
+        let since = now - ACTIVE_WINDOW.as_secs() as i64;
+        let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_platform = BTreeMap::new();
+        for ((platform, _), t) in &log.platform_users {
+            if *t > since {
+                *by_platform.entry(platform.clone()).or_default() += 1;
+            }
+        }
+        Activity {
+            active_users: log.users.values().filter(|t| **t > since).count() as u64,
+            by_platform,
+            rejected: log
+                .rejections_by_second
+                .range(since + 1..=now)
+                .map(|(_, n)| n)
+                .sum(),
+        }
+    }
+
+    fn history(&self, series: &Series, starts: &[i64], interval: i64) -> Vec<f64> {
+        match series {
+            Series::ActiveUsers => {
+                let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+                starts
+                    .iter()
+                    .map(|&s| {
+                        let users: HashSet<u64> = log
+                            .users_by_minute
+                            .range(s.div_euclid(60)..(s + interval).div_euclid(60))
+                            .flat_map(|(_, u)| u.iter().copied())
+                            .collect();
+                        users.len() as f64
+                    })
+                    .collect()
+            }
+            Series::ApiRejections => {
+                let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+                starts
+                    .iter()
+                    .map(|&s| {
+                        log.rejections_by_minute
+                            .range(s.div_euclid(60)..(s + interval).div_euclid(60))
+                            .map(|(_, n)| *n as f64)
+                            .sum()
+                    })
+                    .collect()
+            }
+            Series::Metric(t) => self.with_type(t, |of_type| {
+                let list = of_type.map(|o| o.list.as_slice()).unwrap_or_default();
+                averages_by_interval(list.iter(), starts, interval)
+            }),
+        }
+    }
+}
+
+/// The average value per interval of `metrics`, by their timestamps (0 for an empty interval).
+fn averages_by_interval<'a>(
+    metrics: impl Iterator<Item = &'a Metric>,
+    starts: &[i64],
+    interval: i64,
+) -> Vec<f64> {
+    let Some(&first) = starts.first() else {
+        return Vec::new();
+    };
+    let mut sums = vec![(0.0, 0u64); starts.len()];
+    for m in metrics {
+        let t = m.timestamp.timestamp();
+        if t >= first {
+            let i = ((t - first) / interval) as usize;
+            if let Some(slot) = sums.get_mut(i) {
+                slot.0 += m.value;
+                slot.1 += 1;
+            }
+        }
+    }
+    sums.into_iter()
+        .map(|(sum, n)| if n == 0 { 0.0 } else { sum / n as f64 })
+        .collect()
+}
+
+/// Data in Redis, under the `analytics:` prefix. Connection handling (reconnects, timeouts) is the
+/// `redis` crate's `ConnectionManager`, shared with the rate limiters' [`RedisBackend`].
+///
+/// [`RedisBackend`]: tower_rampart::backend::RedisBackend
+#[derive(Clone)]
+pub(crate) struct RedisStorage {
+    conn: redis::aio::ConnectionManager,
+    backend: tower_rampart::backend::RedisBackend,
+}
+
+impl fmt::Debug for RedisStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStorage").finish_non_exhaustive()
+    }
+}
+
+/// Stores a metric: its member in the type's sorted set (by timestamp, then by a zero-padded
+/// sequence number, so equal metrics stay distinct and in submission order) and the type's running
+/// aggregate, atomically.
+const ADD_METRIC: &str = r"
+local id = redis.call('INCR', 'analytics:metric_id')
+redis.call('ZADD', KEYS[1], ARGV[1], string.format('%020d', id) .. ':' .. ARGV[3])
+redis.call('SADD', 'analytics:metric_types', ARGV[4])
+local agg = KEYS[2]
+local v = tonumber(ARGV[2])
+local count = redis.call('HINCRBY', agg, 'count', 1)
+redis.call('HINCRBYFLOAT', agg, 'sum', ARGV[2])
+if count == 1 or v < tonumber(redis.call('HGET', agg, 'min')) then
+  redis.call('HSET', agg, 'min', ARGV[2])
+end
+if count == 1 or v > tonumber(redis.call('HGET', agg, 'max')) then
+  redis.call('HSET', agg, 'max', ARGV[2])
+end
+local latest = redis.call('HGET', agg, 'latest_ts')
+if not latest or tonumber(ARGV[1]) >= tonumber(latest) then
+  redis.call('HSET', agg, 'latest_ts', ARGV[1], 'latest', ARGV[2])
+end
+return id
+";
+
+/// Records an event: its type's count, the user's last activity (overall and on its platform), the
+/// minute's distinct users; drops activity older than the active window.
+const RECORD_EVENT: &str = r"
+local now, since, user, platform = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+redis.call('HINCRBY', 'analytics:event_counts', ARGV[5], 1)
+redis.call('ZADD', 'analytics:active:users', now, user)
+redis.call('ZREMRANGEBYSCORE', 'analytics:active:users', '-inf', since)
+local pkey = 'analytics:active:platform:' .. platform
+redis.call('ZADD', pkey, now, user)
+redis.call('ZREMRANGEBYSCORE', pkey, '-inf', since)
+redis.call('SADD', 'analytics:platforms', platform)
+redis.call('SADD', KEYS[1], user)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return 1
+";
+
+/// Counts ARGV[3] rejections in their second (kept past the active window) and minute (kept for
+/// history).
+const RECORD_REJECTION: &str = r"
+redis.call('INCRBY', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Active users overall and by platform since ARGV[1], and the rejections of the seconds in KEYS.
+const ACTIVITY: &str = r"
+local since = '(' .. ARGV[1]
+local out = { redis.call('ZCOUNT', 'analytics:active:users', since, '+inf') }
+for _, p in ipairs(redis.call('SMEMBERS', 'analytics:platforms')) do
+  local n = redis.call('ZCOUNT', 'analytics:active:platform:' .. p, since, '+inf')
+  if n > 0 then
+    table.insert(out, p)
+    table.insert(out, n)
+  end
+end
+local rejected = 0
+for _, v in ipairs(redis.call('MGET', unpack(KEYS))) do
+  if v then rejected = rejected + tonumber(v) end
+end
+table.insert(out, 1, rejected)
+return out
+";
+
+/// Distinct users per interval: ARGV[1] minute keys per interval, KEYS in interval order; unions
+/// through a scratch key that no other script can see (scripts run one at a time).
+const USERS_PER_INTERVAL: &str = r"
+local per = tonumber(ARGV[1])
+local out = {}
+local scratch = 'analytics:scratch:union'
+for i = 1, #KEYS, per do
+  local keys = {}
+  for j = i, math.min(i + per - 1, #KEYS) do table.insert(keys, KEYS[j]) end
+  redis.call('SUNIONSTORE', scratch, unpack(keys))
+  table.insert(out, redis.call('SCARD', scratch))
+  redis.call('DEL', scratch)
+end
+return out
+";
+
+/// Sums of counters per interval: ARGV[1] keys per interval, KEYS in interval order.
+const SUMS_PER_INTERVAL: &str = r"
+local per = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS, per do
+  local keys = {}
+  for j = i, math.min(i + per - 1, #KEYS) do table.insert(keys, KEYS[j]) end
+  local sum = 0
+  for _, v in ipairs(redis.call('MGET', unpack(keys))) do
+    if v then sum = sum + tonumber(v) end
+  end
+  table.insert(out, sum)
+end
+return out
+";
+
+/// The scripts, hashed once; `invoke_async` runs them by hash (EVALSHA) and loads them on NOSCRIPT.
+mod scripts {
+    use std::sync::LazyLock;
+
+    use redis::Script;
+
+    pub(super) static ADD_METRIC: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::ADD_METRIC));
+    pub(super) static RECORD_EVENT: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::RECORD_EVENT));
+    pub(super) static RECORD_REJECTION: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::RECORD_REJECTION));
+    pub(super) static ACTIVITY: LazyLock<Script> = LazyLock::new(|| Script::new(super::ACTIVITY));
+    pub(super) static USERS_PER_INTERVAL: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::USERS_PER_INTERVAL));
+    pub(super) static SUMS_PER_INTERVAL: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::SUMS_PER_INTERVAL));
+}
+
+fn metrics_key(metric_type: &str) -> String {
+    format!("analytics:metrics:{metric_type}")
+}
+
+fn aggregate_key(metric_type: &str) -> String {
+    format!("analytics:metric_agg:{metric_type}")
+}
+
+fn minute_users_key(minute: i64) -> String {
+    format!("analytics:users:m:{minute}")
+}
+
+fn rejections_second_key(second: i64) -> String {
+    format!("analytics:rejections:s:{second}")
+}
+
+fn rejections_minute_key(minute: i64) -> String {
+    format!("analytics:rejections:m:{minute}")
+}
+
+/// Parses a sorted-set member `id:json` back into a metric.
+fn parse_member(member: &str) -> Result<Metric, StorageError> {
+    let json = member.split_once(':').map_or(member, |(_, j)| j);
+    serde_json::from_str(json).map_err(|e| StorageError(format!("unreadable stored metric: {e}")))
+}
+
+impl RedisStorage {
+    /// A store on `url`. Connects lazily and reconnects by itself; calls fail after `timeout`
+    /// while Redis is unreachable instead of waiting for it.
+    pub(crate) fn open(url: &str, timeout: Duration) -> Result<Self, StorageError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StorageError(format!("invalid REDIS_URL: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        let backend = tower_rampart::backend::RedisBackend::from_connection_manager(conn.clone())
+            .prefix("analytics")
+            .timeout(timeout);
+        Ok(Self { conn, backend })
+    }
+
+    fn conn(&self) -> redis::aio::ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn ping(&self) -> bool {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn())
+            .await
+            .is_ok()
+    }
+
+    async fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
+        let json = serde_json::to_string(m).map_err(|e| StorageError(e.to_string()))?;
+        scripts::ADD_METRIC
+            .key(metrics_key(&m.metric_type))
+            .key(aggregate_key(&m.metric_type))
+            .arg(m.timestamp.timestamp_millis())
+            .arg(format!("{:?}", m.value)) // shortest round-trip form
+            .arg(json)
+            .arg(&m.metric_type)
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn members(
+        &self,
+        metric_type: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Metric>, StorageError> {
+        let min = since.map_or("-inf".to_owned(), |s| s.timestamp_millis().to_string());
+        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(metrics_key(metric_type))
+            .arg(min)
+            .arg("+inf")
+            .query_async(&mut self.conn())
+            .await?;
+        members.iter().map(|m| parse_member(m)).collect()
+    }
+
+    async fn page(
+        &self,
+        metric_type: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<Metric>), StorageError> {
+        let key = metrics_key(metric_type);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZCARD").arg(&key);
+        pipe.cmd("ZRANGE")
+            .arg(&key)
+            .arg(offset)
+            .arg(offset as i64 + limit as i64 - 1);
+        let (total, members): (u64, Vec<String>) = if limit == 0 {
+            (
+                redis::cmd("ZCARD")
+                    .arg(&key)
+                    .query_async(&mut self.conn())
+                    .await?,
+                Vec::new(),
+            )
+        } else {
+            pipe.query_async(&mut self.conn()).await?
+        };
+        let page = members
+            .iter()
+            .map(|m| parse_member(m))
+            .collect::<Result<_, _>>()?;
+        Ok((total, page))
+    }
+
+    async fn summary_all(&self, metric_type: &str) -> Result<Summary, StorageError> {
+        let agg: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(aggregate_key(metric_type))
+            .query_async(&mut self.conn())
+            .await?;
+        let num = |k: &str| -> Result<f64, StorageError> {
+            agg.get(k)
+                .map_or(Ok(0.0), |v| v.parse())
+                .map_err(|_| StorageError(format!("unreadable stored aggregate field {k}")))
+        };
+        let count = num("count")? as u64;
+        if count == 0 {
+            return Ok(Summary::default());
+        }
+        Ok(Summary {
+            count,
+            average: num("sum")? / count as f64,
+            min: num("min")?,
+            max: num("max")?,
+            latest: num("latest")?,
+        })
+    }
+
+    async fn record_event(&self, e: &EventRecord, now: DateTime<Utc>) -> Result<(), StorageError> {
+        let now_s = now.timestamp();
+        scripts::RECORD_EVENT
+            .key(minute_users_key(now_s.div_euclid(60)))
+            .arg(now_s)
+            .arg(now_s - ACTIVE_WINDOW.as_secs() as i64)
+            .arg(e.user_id)
+            .arg(&e.platform)
+            .arg(&e.event_type)
+            .arg(HISTORY_RETENTION_MINUTES * 60)
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn event_count(&self, event_type: &str) -> Result<u64, StorageError> {
+        let n: Option<u64> = redis::cmd("HGET")
+            .arg("analytics:event_counts")
+            .arg(event_type)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn record_rejections(&self, n: u64, now: DateTime<Utc>) -> Result<(), StorageError> {
+        let s = now.timestamp();
+        scripts::RECORD_REJECTION
+            .key(rejections_second_key(s))
+            .key(rejections_minute_key(s.div_euclid(60)))
+            .arg(ACTIVE_WINDOW.as_secs() + 60)
+            .arg(HISTORY_RETENTION_MINUTES * 60)
+            .arg(n)
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn activity(&self, now: DateTime<Utc>) -> Result<Activity, StorageError> {
+        let now = now.timestamp();
+        let since = now - ACTIVE_WINDOW.as_secs() as i64;
+        let mut script = scripts::ACTIVITY.prepare_invoke();
+        for s in since + 1..=now {
+            script.key(rejections_second_key(s));
+        }
+        script.arg(since);
+        let out: Vec<redis::Value> = script.invoke_async(&mut self.conn()).await?;
+        let int = |v: &redis::Value| -> Result<u64, StorageError> {
+            redis::from_redis_value_ref(v)
+                .map_err(|e| StorageError(format!("unexpected activity reply: {e}")))
+        };
+        let (Some(rejected), Some(users)) = (out.first(), out.get(1)) else {
+            return Err(StorageError("unexpected activity reply".into()));
+        };
+        let mut by_platform = BTreeMap::new();
+        for pair in out[2..].chunks(2) {
+            if let [p, n] = pair {
+                let p: String = redis::from_redis_value_ref(p)
+                    .map_err(|e| StorageError(format!("unexpected activity reply: {e}")))?;
+                by_platform.insert(p, int(n)?);
+            }
+        }
+        Ok(Activity {
+            active_users: int(users)?,
+            by_platform,
+            rejected: int(rejected)?,
+        })
+    }
+
+    async fn history(
+        &self,
+        series: &Series,
+        starts: &[i64],
+        interval: i64,
+    ) -> Result<Vec<f64>, StorageError> {
+        let per = (interval / 60).max(1);
+        let minute_keys = |key: fn(i64) -> String| {
+            starts
+                .iter()
+                .flat_map(|&s| (0..per).map(move |i| key(s.div_euclid(60) + i)))
+                .collect::<Vec<_>>()
+        };
+        let per_interval = |script: &'static redis::Script, keys: Vec<String>| {
+            let mut invocation = script.prepare_invoke();
+            for k in keys {
+                invocation.key(k);
+            }
+            invocation.arg(per);
+            invocation
+        };
+        match series {
+            Series::ActiveUsers => {
+                let inv = per_interval(&scripts::USERS_PER_INTERVAL, minute_keys(minute_users_key));
+                let v: Vec<u64> = inv.invoke_async(&mut self.conn()).await?;
+                Ok(v.into_iter().map(|n| n as f64).collect())
+            }
+            Series::ApiRejections => {
+                let inv = per_interval(
+                    &scripts::SUMS_PER_INTERVAL,
+                    minute_keys(rejections_minute_key),
+                );
+                let v: Vec<u64> = inv.invoke_async(&mut self.conn()).await?;
+                Ok(v.into_iter().map(|n| n as f64).collect())
+            }
+            Series::Metric(t) => {
+                let since = starts.first().map(|&s| at(s));
+                let metrics = self.members(t, since).await?;
+                Ok(averages_by_interval(metrics.iter(), starts, interval))
+            }
+        }
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug)]
+pub(crate) enum Storage {
+    Memory(Box<MemoryStorage>),
+    Redis(RedisStorage),
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self::Memory(Box::default())
+    }
+}
+
+impl Storage {
+    /// Whether the store's backing service answers: `None` in memory.
+    pub(crate) async fn connected(&self) -> Option<bool> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(r) => Some(r.ping().await),
+        }
+    }
+
+    pub(crate) async fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
+        match self {
+            Self::Memory(s) => s.add_metric(m),
+            Self::Redis(r) => r.add_metric(m).await,
+        }
+    }
+
+    /// The total number of metrics of a type, and `limit` of them from `offset` (in timestamp
+    /// order in Redis, submission order in memory).
+    pub(crate) async fn metrics_page(
+        &self,
+        metric_type: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<Metric>), StorageError> {
+        match self {
+            Self::Memory(s) => Ok(s.with_type(metric_type, |o| {
+                let list = o.map(|o| o.list.as_slice()).unwrap_or_default();
+                (
+                    list.len() as u64,
+                    list.iter().skip(offset).take(limit).cloned().collect(),
+                )
+            })),
+            Self::Redis(r) => r.page(metric_type, offset, limit).await,
+        }
+    }
+
+    /// The summary of a type's metrics, all of them or those timestamped at or after `since`.
+    pub(crate) async fn summary(
+        &self,
+        metric_type: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Summary, StorageError> {
+        match (self, since) {
+            (Self::Memory(s), None) => Ok(s.with_type(metric_type, |o| {
+                o.map(|o| o.all.summary()).unwrap_or_default()
+            })),
+            (Self::Memory(s), Some(since)) => Ok(s.with_type(metric_type, |o| {
+                let list = o.map(|o| o.list.as_slice()).unwrap_or_default();
+                Summary::of(list.iter().filter(|m| m.timestamp >= since))
+            })),
+            (Self::Redis(r), None) => r.summary_all(metric_type).await,
+            (Self::Redis(r), Some(since)) => Ok(Summary::of(
+                r.members(metric_type, Some(since)).await?.iter(),
+            )),
+        }
+    }
+
+    pub(crate) async fn record_event(
+        &self,
+        e: &EventRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        match self {
+            Self::Memory(s) => {
+                s.record_event(e, now);
+                Ok(())
+            }
+            Self::Redis(r) => r.record_event(e, now).await,
+        }
+    }
+
+    pub(crate) async fn event_count(&self, event_type: &str) -> Result<u64, StorageError> {
+        match self {
+            Self::Memory(s) => Ok(s
+                .event_counts
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(event_type)
+                .copied()
+                .unwrap_or(0)),
+            Self::Redis(r) => r.event_count(event_type).await,
+        }
+    }
+
+    /// Counts `n` requests rejected (4xx) at `now`.
+    pub(crate) async fn record_rejections(
+        &self,
+        n: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        match self {
+            Self::Memory(s) => {
+                s.record_rejections(n, now);
+                Ok(())
+            }
+            Self::Redis(r) => r.record_rejections(n, now).await,
+        }
+    }
+
+    /// The rate limiters' backend on the same Redis (keys under `analytics:rl:`), when the data is
+    /// in Redis.
+    pub(crate) fn rate_limit_backend(&self) -> Option<tower_rampart::backend::RedisBackend> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(r) => Some(r.backend.clone()),
+        }
+    }
+
+    /// Counts one rejection at `now` if that needs no I/O (in memory), returning whether it did; a
+    /// remote store's counts are batched by the caller instead.
+    pub(crate) fn record_rejection_now(&self, now: DateTime<Utc>) -> bool {
+        match self {
+            Self::Memory(s) => {
+                s.record_rejections(1, now);
+                true
+            }
+            Self::Redis(_) => false,
+        }
+    }
+
+    /// Whether writes are cheap enough to make on the request path (memory), or better batched.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
+    pub(crate) async fn activity(&self, now: DateTime<Utc>) -> Result<Activity, StorageError> {
+        match self {
+            Self::Memory(s) => Ok(s.activity(now)),
+            Self::Redis(r) => r.activity(now).await,
+        }
+    }
+
+    /// `points` points of `series`, `interval` seconds each, the last one holding `now`.
+    pub(crate) async fn history(
+        &self,
+        series: &Series,
+        interval: i64,
+        points: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Point>, StorageError> {
+        let starts = interval_starts(now, interval, points);
+        let values = match self {
+            Self::Memory(s) => s.history(series, &starts, interval),
+            Self::Redis(r) => r.history(series, &starts, interval).await?,
+        };
+        Ok(starts
+            .iter()
+            .zip(values)
+            .map(|(&s, value)| Point {
+                timestamp: at(s),
+                value,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,149 @@
+//! What every example does the same way: reading its environment (a bad value stops start-up
+//! with a message naming the variable), `BIND`/`PORT`, logging, and waiting for Ctrl-C or SIGTERM.
+//! Included by path (`#[path = "../common/setup.rs"] mod setup;`).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// A variable that could not be used.
+#[derive(Debug)]
+pub(crate) struct EnvError {
+    pub(crate) var: &'static str,
+    pub(crate) value: String,
+    pub(crate) expected: &'static str,
+}
+
+impl fmt::Display for EnvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}",
+            self.var, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for EnvError {}
+
+/// `var` parsed as a `T`, or `default` when unset.
+pub(crate) fn parse<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    expected: &'static str,
+) -> Result<T, EnvError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| EnvError {
+            var,
+            value: v,
+            expected,
+        }),
+    }
+}
+
+/// `var` as a whole number of at least 1, or `default` when unset.
+pub(crate) fn positive(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u32,
+) -> Result<u32, EnvError> {
+    const EXPECTED: &str = "a whole number from 1 to 4294967295";
+    let n: u32 = parse(get, var, default, EXPECTED)?;
+    if n == 0 {
+        return Err(EnvError {
+            var,
+            value: "0".into(),
+            expected: EXPECTED,
+        });
+    }
+    Ok(n)
+}
+
+/// `var` as a number from 0.0 to 1.0, or `default` when unset.
+pub(crate) fn rate(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: f64,
+) -> Result<f64, EnvError> {
+    const EXPECTED: &str = "a number from 0.0 to 1.0";
+    let r: f64 = parse(get, var, default, EXPECTED)?;
+    if !(0.0..=1.0).contains(&r) {
+        return Err(EnvError {
+            var,
+            value: r.to_string(),
+            expected: EXPECTED,
+        });
+    }
+    Ok(r)
+}
+
+/// `BIND` (default `0.0.0.0`) and `PORT` (default `default_port`).
+pub(crate) fn listen_addr(
+    get: &impl Fn(&str) -> Option<String>,
+    default_port: u16,
+) -> Result<SocketAddr, EnvError> {
+    let bind: IpAddr = parse(get, "BIND", IpAddr::from([0, 0, 0, 0]), "an IP address")?;
+    let port: u16 = parse(get, "PORT", default_port, "a port number (0-65535)")?;
+    Ok(SocketAddr::new(bind, port))
+}
+
+/// `LOG_FORMAT`: `text` (default) or `json`; true for JSON.
+pub(crate) fn json_logs(get: &impl Fn(&str) -> Option<String>) -> Result<bool, EnvError> {
+    match get("LOG_FORMAT").as_deref() {
+        None | Some("text") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => Err(EnvError {
+            var: "LOG_FORMAT",
+            value: other.into(),
+            expected: "`text` or `json`",
+        }),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON.
+#[allow(
+    dead_code,
+    reason = "the tests include this file without starting a program"
+)]
+pub(crate) fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info,tower_rampart=info"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+#[allow(
+    dead_code,
+    reason = "the tests include this file without starting a program"
+)]
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}

@@ -1,0 +1,483 @@
+//! The analytics service over gRPC: the RPCs (summaries read through a cache), and the server with
+//! its layers, health and reflection.
+//! `main.rs` serves it; the tests serve it on a loopback port.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use tonic::{Request, Response, Status};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_rampart::cache::key::key_fn as cache_key;
+use tower_rampart::cache::{CacheHandle, CacheLayer};
+use tower_rampart::circuit_breaker::CircuitHandle;
+use tower_rampart::circuit_breaker::error::CircuitOpen;
+use tower_rampart::http::PeerIp;
+use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::rate_limit::{ExtractKey, MissingKey, Quota, RateLimitLayer};
+
+use crate::config::Config;
+use crate::dependency::{self, ExternalClient};
+use crate::pb;
+use crate::pb::analytics_service_server::{AnalyticsService, AnalyticsServiceServer};
+use crate::storage::{
+    EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
+};
+
+/// The paths of the rate-limited methods.
+pub(crate) const SUBMIT_METRIC: &str = "/rampart.analytics.v1.AnalyticsService/SubmitMetric";
+pub(crate) const SUBMIT_EVENT: &str = "/rampart.analytics.v1.AnalyticsService/SubmitEvent";
+pub(crate) const GET_STATS: &str = "/rampart.analytics.v1.AnalyticsService/GetStats";
+
+/// What a summary is asked for: a metric type and since when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SummaryQuery {
+    pub(crate) metric_type: String,
+    pub(crate) period: pb::Period,
+}
+
+/// Summaries, read through a cache keyed by type and period.
+pub(crate) type Summaries = BoxCloneSyncService<SummaryQuery, pb::Summary, Status>;
+
+/// The service's state.
+#[derive(Clone)]
+pub(crate) struct Analytics {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) summaries: Summaries,
+    pub(crate) summary_cache: CacheHandle,
+    pub(crate) external: ExternalClient,
+    pub(crate) breaker: CircuitHandle,
+}
+
+/// The beginning of the cache keys of `metric_type`'s summaries.
+fn summary_prefix(metric_type: &str) -> String {
+    format!("summary:{metric_type}:")
+}
+
+/// Summaries are kept in a shared (Redis) cache as their protobuf encoding.
+impl tower_rampart::backend::redis::CacheCodec for pb::Summary {
+    fn encode(&self, out: &mut Vec<u8>) {
+        prost::Message::encode(self, out).expect("a Vec grows as needed");
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, tower_rampart::BoxError> {
+        Ok(prost::Message::decode(bytes)?)
+    }
+}
+
+/// Computes summaries from `storage`, through a cache fresh for `ttl` (a submitted metric drops its
+/// type's entries at once), in memory or, when the data is in Redis, in Redis too (shared by every
+/// instance). Concurrent calls for one summary make one computation.
+fn summaries(
+    storage: Arc<Storage>,
+    ttl: Duration,
+) -> Result<(Summaries, CacheHandle), tower_rampart::ConfigError> {
+    let builder = CacheLayer::builder()
+        .name("summaries")
+        .ttl(ttl)
+        .key(cache_key(|q: &SummaryQuery| {
+            Some(format!(
+                "{}{}",
+                summary_prefix(&q.metric_type),
+                q.period.as_str_name()
+            ))
+        }))
+        // tonic's Status is Clone: callers waiting on one computation share its error too.
+        .share_errors();
+    let storage_backend = storage.rate_limit_backend();
+    let compute = tower::service_fn(move |q: SummaryQuery| {
+        let storage = Arc::clone(&storage);
+        async move {
+            let now = Utc::now();
+            let since = match q.period {
+                pb::Period::Unspecified | pb::Period::All => None,
+                pb::Period::Daily => Some(now - ChronoDuration::days(1)),
+                pb::Period::Hourly => Some(now - ChronoDuration::hours(1)),
+            };
+            let s = storage
+                .summary(&q.metric_type, since)
+                .await
+                .map_err(unavailable)?;
+            Ok::<_, Status>(pb::Summary {
+                r#type: q.metric_type,
+                count: s.count,
+                average: s.average,
+                min: s.min,
+                max: s.max,
+                latest: s.latest,
+            })
+        }
+    });
+    Ok(match storage_backend {
+        None => {
+            let cache = builder.build::<pb::Summary>()?;
+            let handle = cache.handle::<pb::Summary>();
+            (BoxCloneSyncService::new(cache.layer(compute)), handle)
+        }
+        Some(redis) => {
+            let cache = builder.backend(redis).build::<pb::Summary>()?;
+            let handle = cache.handle::<pb::Summary>();
+            (BoxCloneSyncService::new(cache.layer(compute)), handle)
+        }
+    })
+}
+
+impl std::fmt::Debug for Analytics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Analytics")
+            .field("storage", &self.storage)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: StorageError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn to_pb(m: &Metric) -> pb::Metric {
+    pb::Metric {
+        timestamp: Some(timestamp(m.timestamp)),
+        value: m.value,
+        r#type: m.metric_type.clone(),
+    }
+}
+
+/// Checks a submitted metric; `INVALID_ARGUMENT` names the field.
+fn from_pb(m: Option<pb::Metric>) -> Result<Metric, Status> {
+    let m = m.ok_or_else(|| Status::invalid_argument("missing field `metric`"))?;
+    let ts = m
+        .timestamp
+        .ok_or_else(|| Status::invalid_argument("missing field `metric.timestamp`"))?;
+    let timestamp = u32::try_from(ts.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
+        .ok_or_else(|| {
+            Status::invalid_argument("invalid field `metric.timestamp`: out of range")
+        })?;
+    if !m.value.is_finite() {
+        return Err(Status::invalid_argument(
+            "invalid field `metric.value`: must be a finite number",
+        ));
+    }
+    if !valid_metric_type(&m.r#type) {
+        return Err(Status::invalid_argument(
+            "invalid field `metric.type`: 1 to 64 characters of letters, digits and _.-",
+        ));
+    }
+    Ok(Metric {
+        timestamp,
+        value: m.value,
+        metric_type: m.r#type,
+    })
+}
+
+fn require_type(t: &str, field: &str) -> Result<(), Status> {
+    if valid_metric_type(t) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "invalid field `{field}`: 1 to 64 characters of letters, digits and _.-"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl AnalyticsService for Analytics {
+    async fn submit_metric(
+        &self,
+        request: Request<pb::SubmitMetricRequest>,
+    ) -> Result<Response<pb::SubmitMetricResponse>, Status> {
+        let metric = from_pb(request.into_inner().metric)?;
+        self.storage
+            .add_metric(&metric)
+            .await
+            .map_err(unavailable)?;
+        // The next summary of this type is computed afresh, whatever its TTL.
+        if let Err(e) = self
+            .summary_cache
+            .invalidate_prefix(summary_prefix(&metric.metric_type))
+            .await
+        {
+            tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+        }
+        Ok(Response::new(pb::SubmitMetricResponse {
+            message: "Metric stored successfully".into(),
+            metric: Some(to_pb(&metric)),
+        }))
+    }
+
+    async fn get_summary(
+        &self,
+        request: Request<pb::GetSummaryRequest>,
+    ) -> Result<Response<pb::Summary>, Status> {
+        let req = request.into_inner();
+        require_type(&req.r#type, "type")?;
+        let period = pb::Period::try_from(req.period).map_err(|_| {
+            Status::invalid_argument(format!(
+                "invalid field `period`: {} is not a Period",
+                req.period
+            ))
+        })?;
+        let summary = self
+            .summaries
+            .clone()
+            .oneshot(SummaryQuery {
+                metric_type: req.r#type,
+                period: match period {
+                    pb::Period::Unspecified => pb::Period::All,
+                    p => p,
+                },
+            })
+            .await?;
+        Ok(Response::new(summary))
+    }
+
+    async fn list_metrics(
+        &self,
+        request: Request<pb::ListMetricsRequest>,
+    ) -> Result<Response<pb::ListMetricsResponse>, Status> {
+        let req = request.into_inner();
+        require_type(&req.r#type, "type")?;
+        let limit = match req.limit {
+            0 => 100,
+            n if n <= 1000 => n as usize,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid field `limit`: {n} is over 1000"
+                )));
+            }
+        };
+        let (total, page) = self
+            .storage
+            .metrics_page(&req.r#type, req.offset as usize, limit)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::ListMetricsResponse {
+            r#type: req.r#type,
+            total,
+            metrics: page.iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn submit_event(
+        &self,
+        request: Request<pb::SubmitEventRequest>,
+    ) -> Result<Response<pb::SubmitEventResponse>, Status> {
+        let req = request.into_inner();
+        if req.event_type.is_empty() || req.event_type.len() > 64 {
+            return Err(Status::invalid_argument(
+                "invalid field `event_type`: 1 to 64 characters",
+            ));
+        }
+        let platform = if req.platform.is_empty() {
+            UNKNOWN_PLATFORM.to_owned()
+        } else {
+            require_type(&req.platform, "platform")?;
+            req.platform
+        };
+        let record = EventRecord {
+            user_id: req.user_id,
+            event_type: req.event_type,
+            platform,
+        };
+        self.storage
+            .record_event(&record, Utc::now())
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::SubmitEventResponse {
+            status: "received".into(),
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::EventStats>, Status> {
+        let event_type = request.into_inner().event_type;
+        let count = self
+            .storage
+            .event_count(&event_type)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::EventStats { event_type, count }))
+    }
+
+    async fn call_external(
+        &self,
+        _: Request<pb::CallExternalRequest>,
+    ) -> Result<Response<pb::CallExternalResponse>, Status> {
+        use pb::call_external_response::Result as Outcome;
+        let result = match self.external.clone().oneshot(()).await {
+            Ok(value) => Outcome::Value(value),
+            Err(e) => {
+                let circuit_open = e.is::<CircuitOpen>();
+                if !circuit_open {
+                    tracing::warn!(error = %e, "external call failed; answering the fallback");
+                }
+                Outcome::Fallback(pb::Fallback {
+                    reason: "external service failure".into(),
+                    circuit_open,
+                })
+            }
+        };
+        Ok(Response::new(pb::CallExternalResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn circuit_status(
+        &self,
+        _: Request<pb::CircuitStatusRequest>,
+    ) -> Result<Response<pb::CircuitStatusResponse>, Status> {
+        let s = self.breaker.snapshot();
+        Ok(Response::new(pb::CircuitStatusResponse {
+            name: s.name().into(),
+            state: s.state().to_string(),
+            calls: s.calls(),
+            failures: s.failures(),
+            failure_rate: s.failure_rate(),
+            consecutive_failures: s.consecutive_failures(),
+            rejected: s.rejected(),
+            next_attempt_in_seconds: s.next_attempt_in().map(|d| d.as_secs_f64()),
+        }))
+    }
+}
+
+/// The client (peer IP) of a call to one of `paths`; `None` (uncounted) for other methods. A call
+/// that reached this server over TCP has a peer; any other shares one bucket.
+fn client_of(req: &http::Request<tonic::body::Body>, paths: &[&str]) -> Option<IpAddr> {
+    paths.contains(&req.uri().path()).then(|| {
+        PeerIp::new()
+            .extract(req)
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    })
+}
+
+/// Serves the analytics service, `grpc.health.v1` and server reflection (v1 and v1alpha) on
+/// `listener` until `shutdown` resolves, then drains in-flight calls.
+pub(crate) async fn serve(
+    config: &Config,
+    storage: Arc<Storage>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let analytics = analytics(config, storage)?;
+    // Per-client limits on some methods, answering RESOURCE_EXHAUSTED with retry information.
+    // Calls to the other methods carry no key and pass uncounted (`MissingKey::Allow`).
+    // In memory, or shared by every instance through Redis when the data is there: one of each
+    // pair is set (`option_layer` keeps the stack's type the same either way).
+    let redis = analytics.storage.rate_limit_backend();
+    let metrics_limit = || {
+        RateLimitLayer::builder()
+            .name("metrics")
+            .quota(Quota::with_period(
+                config.metrics_limit,
+                config.metrics_window,
+            ))
+            .key(key_fn(|req: &http::Request<tonic::body::Body>| {
+                client_of(req, &[SUBMIT_METRIC])
+            }))
+            .on_missing_key(MissingKey::Allow)
+            .grpc()
+    };
+    let events_limit = || {
+        RateLimitLayer::builder()
+            .name("events")
+            .quota(Quota::per_minute(config.events_per_minute))
+            .key(key_fn(|req: &http::Request<tonic::body::Body>| {
+                client_of(req, &[SUBMIT_EVENT, GET_STATS])
+            }))
+            .on_missing_key(MissingKey::Allow)
+            .grpc()
+    };
+    let policy = config.rate_limit_failure_policy;
+    let limits = match &redis {
+        None => ServiceBuilder::new()
+            .option_layer(Some(metrics_limit().build()?))
+            .option_layer(Some(events_limit().build()?))
+            .option_layer(None)
+            .option_layer(None),
+        Some(backend) => ServiceBuilder::new()
+            .option_layer(None)
+            .option_layer(None)
+            .option_layer(Some(
+                metrics_limit()
+                    .backend(backend.clone().failure_policy(policy))
+                    .build()?,
+            ))
+            .option_layer(Some(
+                events_limit()
+                    .backend(backend.clone().failure_policy(policy))
+                    .build()?,
+            )),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AnalyticsServiceServer<Analytics>>()
+        .await;
+    if analytics.storage.is_remote() {
+        // Report NOT_SERVING while the shared store is unreachable.
+        let storage = Arc::downgrade(&analytics.storage);
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            while let Some(storage) = storage.upgrade() {
+                tick.tick().await;
+                if storage.connected().await == Some(false) {
+                    health
+                        .set_not_serving::<AnalyticsServiceServer<Analytics>>()
+                        .await;
+                } else {
+                    health
+                        .set_serving::<AnalyticsServiceServer<Analytics>>()
+                        .await;
+                }
+            }
+        });
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::DESCRIPTOR)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tonic::transport::Server::builder()
+        .layer(limits.into_inner())
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AnalyticsServiceServer::new(analytics))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The service's state for `config`.
+pub(crate) fn analytics(
+    config: &Config,
+    storage: Arc<Storage>,
+) -> Result<Analytics, tower_rampart::ConfigError> {
+    let (external, breaker, _) = dependency::client(config, storage.rate_limit_backend())?;
+    let (summaries, summary_cache) = summaries(Arc::clone(&storage), config.cache_ttl)?;
+    Ok(Analytics {
+        storage,
+        summaries,
+        summary_cache,
+        external,
+        breaker,
+    })
+}

@@ -1,0 +1,417 @@
+//! The proxy: its configuration, its outbound client stack (circuit breaker around retries around a
+//! hyper client) and its routes, with a per-client rate limit in front. `main.rs` serves it; the
+//! tests run it against `mock_upstream` over loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+use tower_rampart::BoxError;
+use tower_rampart::circuit_breaker::error::CircuitOpen;
+use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitHandle};
+use tower_rampart::http::{AsHttp, ClientIp};
+use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+use tower_rampart::rejection::{AsError, RejectionKind};
+use tower_rampart::retry::error::{AttemptTimedOut, LastError};
+use tower_rampart::retry::{Attempts, Budget, Jitter, RetryLayer};
+
+use crate::setup::{EnvError, json_logs, listen_addr, parse, positive};
+
+/// The proxy's configuration, from the environment.
+#[derive(Clone, Debug)]
+pub(crate) struct ProxyConfig {
+    /// `BIND` and `PORT` (default 8080).
+    pub(crate) addr: SocketAddr,
+    /// `EXTERNAL_SERVICE_URL` (default `http://localhost:5001/external-api/process`).
+    pub(crate) upstream: http::Uri,
+    /// `RETRY_MAX_ATTEMPTS` (3, the first included), `RETRY_INITIAL_DELAY_MS` (100),
+    /// `RETRY_BACKOFF_MULTIPLIER` (2.0), `RETRY_MAX_DELAY_MS` (2000): exponential backoff with
+    /// full jitter.
+    pub(crate) retry_attempts: u32,
+    pub(crate) retry_initial: Duration,
+    pub(crate) retry_multiplier: f64,
+    pub(crate) retry_max_delay: Duration,
+    /// `RETRY_BUDGET_PERCENT` (100): retries may add at most this share of the recent requests
+    /// (plus 10 per second), so an outage cannot multiply the upstream's load beyond it.
+    pub(crate) retry_budget_percent: f64,
+    /// `EXTERNAL_TIMEOUT_MS` (2000): how long one attempt may take.
+    pub(crate) attempt_timeout: Duration,
+    /// `CB_FAILURE_THRESHOLD` (5) failed requests in a row open the circuit for
+    /// `CB_RESET_TIMEOUT_SECONDS` (30).
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_reset: Duration,
+    /// `RATE_LIMIT_MAX_REQUESTS` (10) per `RATE_LIMIT_WINDOW_SECONDS` (60) per client.
+    pub(crate) rate_limit: u32,
+    pub(crate) rate_window: Duration,
+    /// `TRUSTED_PROXIES`: CIDRs whose `X-Forwarded-For` is believed (default none).
+    pub(crate) trusted_proxies: Vec<String>,
+    /// `MAX_BODY_BYTES` (default 1 MiB).
+    pub(crate) max_body_bytes: usize,
+    /// `LOG_FORMAT=json` for JSON logs.
+    pub(crate) json_logs: bool,
+}
+
+impl ProxyConfig {
+    /// Reads variables through `get`.
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let upstream: http::Uri = parse(
+            &get,
+            "EXTERNAL_SERVICE_URL",
+            http::Uri::from_static("http://localhost:5001/external-api/process"),
+            "an http:// URL",
+        )?;
+        if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+            return Err(EnvError {
+                var: "EXTERNAL_SERVICE_URL",
+                value: upstream.to_string(),
+                expected: "an http:// URL with a host",
+            });
+        }
+        let retry_multiplier: f64 = parse(
+            &get,
+            "RETRY_BACKOFF_MULTIPLIER",
+            2.0,
+            "a number from 1.0 to 10.0",
+        )?;
+        if !(1.0..=10.0).contains(&retry_multiplier) {
+            return Err(EnvError {
+                var: "RETRY_BACKOFF_MULTIPLIER",
+                value: retry_multiplier.to_string(),
+                expected: "a number from 1.0 to 10.0",
+            });
+        }
+        let attempts = positive(&get, "RETRY_MAX_ATTEMPTS", 3)?;
+        if attempts > 10 {
+            return Err(EnvError {
+                var: "RETRY_MAX_ATTEMPTS",
+                value: attempts.to_string(),
+                expected: "a whole number from 1 to 10",
+            });
+        }
+        let retry_budget_percent: f64 = parse(
+            &get,
+            "RETRY_BUDGET_PERCENT",
+            100.0,
+            "a number from 0 to 1000",
+        )?;
+        if !(0.0..=1000.0).contains(&retry_budget_percent) {
+            return Err(EnvError {
+                var: "RETRY_BUDGET_PERCENT",
+                value: retry_budget_percent.to_string(),
+                expected: "a number from 0 to 1000",
+            });
+        }
+        let ms = |var, default| -> Result<Duration, EnvError> {
+            Ok(Duration::from_millis(u64::from(positive(
+                &get, var, default,
+            )?)))
+        };
+        Ok(Self {
+            addr: listen_addr(&get, 8080)?,
+            upstream,
+            retry_attempts: attempts,
+            retry_initial: ms("RETRY_INITIAL_DELAY_MS", 100)?,
+            retry_multiplier,
+            retry_budget_percent,
+            retry_max_delay: ms("RETRY_MAX_DELAY_MS", 2000)?,
+            attempt_timeout: ms("EXTERNAL_TIMEOUT_MS", 2000)?,
+            breaker_threshold: positive(&get, "CB_FAILURE_THRESHOLD", 5)?,
+            breaker_reset: Duration::from_secs(u64::from(positive(
+                &get,
+                "CB_RESET_TIMEOUT_SECONDS",
+                30,
+            )?)),
+            rate_limit: positive(&get, "RATE_LIMIT_MAX_REQUESTS", 10)?,
+            rate_window: Duration::from_secs(u64::from(positive(
+                &get,
+                "RATE_LIMIT_WINDOW_SECONDS",
+                60,
+            )?)),
+            trusted_proxies: get("TRUSTED_PROXIES")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            max_body_bytes: positive(&get, "MAX_BODY_BYTES", 1024 * 1024)? as usize,
+            json_logs: json_logs(&get)?,
+        })
+    }
+}
+
+/// The outbound client: one upstream call, with its retries and circuit.
+pub(crate) type UpstreamClient = BoxCloneSyncService<
+    http::Request<Full<Bytes>>,
+    http::Response<hyper::body::Incoming>,
+    BoxError,
+>;
+
+/// The client stack, outermost first: the circuit breaker (an open circuit refuses before any
+/// attempt; a request whose attempts are all spent is one failure), the retries (backoff with
+/// jitter, per-attempt timeout, a budget, the upstream's `Retry-After` honoured), the hyper client.
+pub(crate) fn upstream_client(
+    config: &ProxyConfig,
+) -> Result<(UpstreamClient, CircuitHandle), tower_rampart::ConfigError> {
+    let breaker = CircuitBreakerLayer::builder()
+        .name("external")
+        .consecutive_failures(config.breaker_threshold)
+        .wait_duration(config.breaker_reset)
+        .classifier(tower_rampart::circuit_breaker::classify::HttpClassifier::new())
+        .build()?;
+    let handle = breaker.handle();
+    let deadline = config.attempt_timeout * config.retry_attempts
+        + config.retry_max_delay * config.retry_attempts.saturating_sub(1);
+    let retry = RetryLayer::builder()
+        .name("external")
+        .max_attempts(config.retry_attempts)
+        .exponential_backoff(
+            config.retry_initial,
+            config.retry_multiplier,
+            config.retry_max_delay,
+        )
+        .jitter(Jitter::Full)
+        .budget(Budget::new(config.retry_budget_percent).min_per_second(10))
+        .attempt_timeout(config.attempt_timeout)
+        .deadline(deadline)
+        .http()
+        // The upstream's 500s are failures worth another attempt too.
+        .retry_statuses([500, 502, 503, 504, 429].map(|s| http::StatusCode::from_u16(s).unwrap()))
+        // hyper's response body cannot carry a made-up 504: timeouts come back as errors.
+        .rejection(AsError)
+        .build()?;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let stack = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(retry)
+        .service(client.map_err(BoxError::from));
+    Ok((BoxCloneSyncService::new(stack), handle))
+}
+
+/// Shared state of the routes.
+#[derive(Clone)]
+pub(crate) struct Proxy {
+    pub(crate) upstream: http::Uri,
+    pub(crate) client: UpstreamClient,
+    pub(crate) breaker: CircuitHandle,
+}
+
+/// An error answer: `{"status":"error","message":...}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "status": "error", "message": message.into() })),
+    )
+        .into_response()
+}
+
+/// The proxy's routes and layers for `config`.
+pub(crate) fn router(
+    config: &ProxyConfig,
+) -> Result<(Router, CircuitHandle), tower_rampart::ConfigError> {
+    let (client, breaker) = upstream_client(config)?;
+    let state = Proxy {
+        upstream: config.upstream.clone(),
+        client,
+        breaker: breaker.clone(),
+    };
+    let limit = RateLimitLayer::builder()
+        .name("proxy")
+        .quota(Quota::with_period(config.rate_limit, config.rate_window))
+        .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
+        .rejection(AsHttp::new().json_body(|r| {
+            match r.kind() {
+                RejectionKind::RateLimited => {
+                    r#"{"status":"error","message":"Rate limit exceeded. Please try again later."}"#
+                        .to_owned()
+                }
+                _ => json!({ "status": "error", "message": r.to_string() }).to_string(),
+            }
+        }))
+        .build()?;
+    let router = Router::new()
+        .route("/api/proxy/data", post(proxy_data).route_layer(limit))
+        .route("/health", get(health))
+        .route("/api/health", get(health))
+        .route("/api/circuit-breaker/status", get(status))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
+        );
+    Ok((router, breaker))
+}
+
+/// `POST /api/proxy/data`: forwards the JSON body upstream and wraps its answer.
+async fn proxy_data(
+    State(proxy): State<Proxy>,
+    headers: http::HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(v)) => v,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let bytes = Bytes::from(serde_json::to_vec(&body).expect("a JSON value serialises"));
+    // One key for every attempt of this request, so the upstream can recognise a repeat; the
+    // header also marks the POST as safe to retry.
+    let key = headers
+        .get("idempotency-key")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_str(&uuid_v4()).expect("a uuid is a header value"));
+    let req = http::Request::post(proxy.upstream.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", key)
+        .body(Full::new(bytes))
+        .expect("a valid request");
+    match proxy.client.oneshot(req).await {
+        Ok(res) => {
+            let attempts = res.extensions().get::<Attempts>().map_or(1, |a| a.0);
+            let status = res.status();
+            let body = match res.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the external service's answer broke off: {e}"),
+                    );
+                }
+            };
+            let external: Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+            if status.is_success() {
+                (
+                    StatusCode::OK,
+                    [("x-upstream-attempts", attempts.to_string())],
+                    Json(json!({
+                        "status": "success",
+                        "external_response": external,
+                        "proxy_notes": notes(attempts),
+                    })),
+                )
+                    .into_response()
+            } else {
+                let mut res = error(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "External service failed with {} after {attempts} attempt{}.",
+                        status.as_u16(),
+                        if attempts == 1 { "" } else { "s" }
+                    ),
+                );
+                res.headers_mut()
+                    .insert("x-upstream-attempts", attempts.into());
+                res
+            }
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// How the answer was obtained, for `proxy_notes`.
+fn notes(attempts: u32) -> String {
+    match attempts {
+        1 => "Forwarded to the external service; it answered on the first attempt.".to_owned(),
+        2 => "Forwarded to the external service; it answered after 1 retry.".to_owned(),
+        n => format!(
+            "Forwarded to the external service; it answered after {} retries.",
+            n - 1
+        ),
+    }
+}
+
+/// The answer to a request that got no response from the upstream.
+fn failure(e: &BoxError) -> Response {
+    if e.is::<CircuitOpen>() {
+        let mut res = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "External service is currently unavailable (Circuit Open).",
+        );
+        if let Some(after) = e
+            .downcast_ref::<CircuitOpen>()
+            .and_then(CircuitOpen::retry_after)
+        {
+            res.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                (after.as_secs() + u64::from(after.subsec_nanos() > 0))
+                    .max(1)
+                    .into(),
+            );
+        }
+        return res;
+    }
+    let attempts = tower_rampart::retry::error::attempts(e.as_ref()).unwrap_or(1);
+    let mut res = if let Some(t) = e.downcast_ref::<AttemptTimedOut>() {
+        error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "External service timed out ({} attempt{}).",
+                t.attempts(),
+                if t.attempts() == 1 { "" } else { "s" }
+            ),
+        )
+    } else {
+        let cause = e
+            .downcast_ref::<LastError>()
+            .map_or_else(|| e.to_string(), |l| l.get_ref().to_string());
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!("External service could not be reached after {attempts} attempts: {cause}"),
+        )
+    };
+    res.headers_mut()
+        .insert("x-upstream-attempts", attempts.into());
+    res
+}
+
+/// `GET /health`, `GET /api/health`.
+async fn health(State(proxy): State<Proxy>) -> Json<Value> {
+    Json(json!({
+        "status": "healthy",
+        "circuit_breaker_state": proxy.breaker.state(),
+    }))
+}
+
+/// `GET /api/circuit-breaker/status`.
+async fn status(State(proxy): State<Proxy>) -> Json<Value> {
+    Json(serde_json::to_value(proxy.breaker.snapshot()).expect("a snapshot serialises"))
+}
+
+/// A random (version 4) UUID, from the process's random source.
+fn uuid_v4() -> String {
+    let mut bytes = [0u8; 16];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes()[..chunk.len()]);
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}

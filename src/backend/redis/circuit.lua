@@ -1,0 +1,406 @@
+-- Shared circuit breaker state: one replica's sync, atomically (see src/backend/redis/circuit.rs).
+-- Pushes the replica's batch of outcomes, applies its probe outcomes and permits and its handle's
+-- command, makes every transition due (on Redis TIME), and answers the shared state.
+--
+-- KEYS[1]  the circuit's hash, `<prefix>:cb:<name>:{<key>}`. Fields:
+--   st      state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled
+--   ep      epoch, incremented by every transition
+--   gen     when the hash was made (Redis TIME, us): a lost and remade circuit has another
+--   until   while open: the end of the wait (us); streak: openings since it last closed
+--   since   when the state began (us); rsn: reason code of the last transition
+--   run     failures in a row, as far as batches tell
+--   wk      the window's configuration; c, f, s: calls, failures and slow calls in it
+--   count window: wh, wt (first and next batch numbers); bc<n>, bf<n>, bs<n>: batch n
+--   time window: tlo (oldest slice counted); tc<i>, tf<i>, ts<i>: slice i
+--   half-open: pg (permits granted and not given back), pok, pbad (probe outcomes),
+--              hl (replicas holding permits, space separated), g<replica> (permits it holds),
+--              d<replica> (until when they are kept without news from it, us),
+--              pw (until when a replica is known to wait for a permit none could give, us)
+--
+-- ARGV: the circuit's configuration, then the replica's report:
+--   1 window: 'c<calls>' or 't<span us>/<buckets>'   2 minimum calls
+--   3 failure rate ('' for none)   4 slow-call rate ('' for none)   5 consecutive failures (0: none)
+--   6 initial wait (us)   7 wait multiplier   8 longest wait (us)   9 half-open probes
+--   10 expiry of an idle circuit (ms)
+--   11 replica id   12 lease of its permits (ms)
+--   13 calls   14 failures   15 slow calls   16 failures in a row at the end of the batch
+--   17 the epoch the probe figures refer to   18 probe successes   19 probe failures
+--   20 permits still held (unused or in flight)   21 permits wanted
+--   22 command: '', 'open', 'closed', 'reset' or 'disable'
+--   23 an opening made while Redis was unreachable: us left (0: none)   24 its reason code
+--
+-- Returns {gen, epoch, state, us left open, streak, reason, permits held by the replica,
+--          window calls, failures, slow calls, failures in a row, us in state,
+--          1 if another replica waits for a permit (holders should give unused ones back) or 0}.
+-- Data it cannot read is answered with a RAMPARTDATA error. Absolute times (about 2^51 us) are
+-- exact in Lua's doubles; they are written with '%.0f' (tostring would use exponents).
+
+if redis.replicate_commands then
+  redis.replicate_commands() -- Redis < 5: allows writes after the non-deterministic TIME
+end
+
+local key = KEYS[1]
+local A = ARGV
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function fmt(x)
+  return string.format('%.0f', x)
+end
+
+local wspec = A[1]
+local min_calls = tonumber(A[2])
+local frate = tonumber(A[3])
+local srate = tonumber(A[4])
+local cons = tonumber(A[5])
+local w_init, w_mult, w_max = tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
+local n = tonumber(A[9])
+local ttl = tonumber(A[10])
+local rid = A[11]
+local lease = tonumber(A[12]) * 1000
+local calls, fails, slows, lrun = tonumber(A[13]), tonumber(A[14]), tonumber(A[15]), tonumber(A[16])
+local pe = tonumber(A[17])
+local pok_d, pbad_d, held, want = tonumber(A[18]), tonumber(A[19]), tonumber(A[20]), tonumber(A[21])
+local cmd = A[22]
+local assert_us, assert_rsn = tonumber(A[23]), tonumber(A[24])
+
+local names = {'st', 'ep', 'gen', 'until', 'streak', 'since', 'rsn', 'run', 'c', 'f', 's', 'wk',
+  'wh', 'wt', 'tlo', 'pg', 'pok', 'pbad', 'hl', 'pw'}
+local raw = redis.pcall('HMGET', key, unpack(names))
+if type(raw) == 'table' and raw.err then
+  return redis.error_reply('RAMPARTDATA the key holds another type of value (' .. raw.err .. ')')
+end
+local v = {}
+for i, name in ipairs(names) do
+  local x = raw[i]
+  if name == 'wk' or name == 'hl' then
+    v[name] = x or ''
+  elseif x then
+    v[name] = tonumber(x)
+    if v[name] == nil then
+      return redis.error_reply('RAMPARTDATA the key does not hold a circuit (field ' .. name .. ')')
+    end
+  end
+end
+if v.st == nil then
+  -- A new circuit, or one lost (expired, flushed, Redis restarted) and made afresh.
+  v = {st = 0, ep = 1, gen = now, since = now, wk = wspec, hl = ''}
+elseif v.st < 0 or v.st > 4 or v.st % 1 ~= 0 then
+  return redis.error_reply('RAMPARTDATA the key does not hold a circuit (state ' .. v.st .. ')')
+end
+local st, ep, gen = v.st, v.ep or 1, v.gen or now
+local untl, streak, since = v['until'] or 0, v.streak or 0, v.since or now
+local rsn, run = v.rsn or 0, v.run or 0
+local C, F, S = v.c or 0, v.f or 0, v.s or 0
+local wk, wh, wt, tlo = v.wk, v.wh or 0, v.wt or 0, v.tlo or 0
+local pg, pok, pbad, hl, pw = v.pg or 0, v.pok or 0, v.pbad or 0, v.hl, v.pw or 0
+
+-- 'c100' -> 'c', 100; 't60000000/60' -> 't', 60000000, 60.
+local function parse_spec(spec)
+  local kind = string.sub(spec, 1, 1)
+  if kind == 'c' then
+    local size = tonumber(string.sub(spec, 2))
+    if size then
+      return 'c', size
+    end
+  elseif kind == 't' then
+    local span, buckets = string.match(spec, '^t(%d+)/(%d+)$')
+    if span then
+      return 't', tonumber(span), tonumber(buckets)
+    end
+  end
+  return nil
+end
+
+local function clear_window(spec)
+  local kind, _, buckets = parse_spec(spec)
+  if kind == 'c' then
+    for i = wh, wt - 1 do
+      redis.call('HDEL', key, 'bc' .. fmt(i), 'bf' .. fmt(i), 'bs' .. fmt(i))
+    end
+  elseif kind == 't' and tlo > 0 then
+    for i = tlo, tlo + buckets - 1 do
+      redis.call('HDEL', key, 'tc' .. fmt(i), 'tf' .. fmt(i), 'ts' .. fmt(i))
+    end
+  end
+  C, F, S, wh, wt, tlo = 0, 0, 0, 0, 0, 0
+end
+
+-- Count window: the last `size` outcomes reported, batch by batch; the oldest batch, when only
+-- partly inside, counts pro rata.
+local function count_push(size)
+  local id = fmt(wt)
+  redis.call('HSET', key, 'bc' .. id, calls, 'bf' .. id, fails, 'bs' .. id, slows)
+  wt = wt + 1
+  C, F, S = C + calls, F + fails, S + slows
+  while wh < wt - 1 do
+    local h = fmt(wh)
+    local head = redis.call('HMGET', key, 'bc' .. h, 'bf' .. h, 'bs' .. h)
+    local hc = tonumber(head[1]) or 0
+    if C - hc < size then
+      break
+    end
+    C, F, S = C - hc, F - (tonumber(head[2]) or 0), S - (tonumber(head[3]) or 0)
+    redis.call('HDEL', key, 'bc' .. h, 'bf' .. h, 'bs' .. h)
+    wh = wh + 1
+  end
+end
+
+local function count_counts(size)
+  if C <= size then
+    return C, F, S
+  end
+  local h = fmt(wh)
+  local head = redis.call('HMGET', key, 'bc' .. h, 'bf' .. h, 'bs' .. h)
+  local hc, hf, hs = tonumber(head[1]) or 0, tonumber(head[2]) or 0, tonumber(head[3]) or 0
+  if hc == 0 then
+    return size, math.min(F, size), math.min(S, size)
+  end
+  local out = C - size
+  local ef = F - math.floor(hf * out / hc + 0.5)
+  local es = S - math.floor(hs * out / hc + 0.5)
+  return size, math.max(0, math.min(ef, size)), math.max(0, math.min(es, size))
+end
+
+-- Time window: slices of span/buckets; the window is the last `buckets` slices up to now.
+local function time_advance(span, buckets)
+  local width = math.floor(span / buckets)
+  local sl = math.floor(now / width)
+  local lo = sl - buckets + 1
+  if tlo == 0 then
+    tlo = lo
+  elseif lo > tlo then
+    local last = math.min(lo - 1, tlo + buckets - 1)
+    for i = tlo, last do
+      local id = fmt(i)
+      local b = redis.call('HMGET', key, 'tc' .. id, 'tf' .. id, 'ts' .. id)
+      if b[1] or b[2] or b[3] then
+        C = C - (tonumber(b[1]) or 0)
+        F = F - (tonumber(b[2]) or 0)
+        S = S - (tonumber(b[3]) or 0)
+        redis.call('HDEL', key, 'tc' .. id, 'tf' .. id, 'ts' .. id)
+      end
+    end
+    if last == tlo + buckets - 1 then
+      C, F, S = 0, 0, 0 -- every slice left: exactly empty
+    end
+    tlo = lo
+  end
+  if sl < tlo then
+    sl = tlo -- Redis TIME went back (a failover): count into the oldest slice
+  end
+  return sl
+end
+
+local function time_push(sl)
+  local id = fmt(sl)
+  redis.call('HINCRBY', key, 'tc' .. id, calls)
+  if fails > 0 then
+    redis.call('HINCRBY', key, 'tf' .. id, fails)
+  end
+  if slows > 0 then
+    redis.call('HINCRBY', key, 'ts' .. id, slows)
+  end
+  C, F, S = C + calls, F + fails, S + slows
+end
+
+local function holders()
+  local list = {}
+  for r in string.gmatch(hl, '%S+') do
+    list[#list + 1] = r
+  end
+  return list
+end
+
+local function clear_holders()
+  for _, r in ipairs(holders()) do
+    redis.call('HDEL', key, 'g' .. r, 'd' .. r)
+  end
+  hl = ''
+end
+
+-- initial * multiplier^streak, at most the longest wait (as Wait::for_opening in state.rs).
+local function wait_us()
+  local w = w_init * (w_mult ^ math.min(streak, 1000))
+  if w ~= w or w > w_max then
+    w = w_max
+  end
+  return math.floor(w)
+end
+
+local function go(to, reason, open_us)
+  if st == 2 then
+    clear_holders()
+  end
+  if to == 1 then
+    untl = now + (open_us or wait_us())
+    streak = streak + 1
+  elseif to == 2 then
+    pg, pok, pbad, pw = 0, 0, 0, 0
+  elseif to == 0 then
+    clear_window(wk)
+    run = 0
+  end
+  st, ep, since, rsn = to, ep + 1, now, reason
+end
+
+-- The window's configuration changed (a rolling deploy): the window starts afresh.
+if wk ~= wspec then
+  clear_window(wk)
+  wk = wspec
+end
+local kind, size, buckets = parse_spec(wspec)
+if not kind then
+  return redis.error_reply('RAMPARTARG the window configuration is not understood')
+end
+local slice
+if kind == 't' then
+  slice = time_advance(size, buckets)
+end
+
+if cmd ~= '' then
+  if cmd == 'open' then
+    go(3, 7)
+  elseif cmd == 'closed' then
+    go(0, 8)
+  elseif cmd == 'reset' then
+    streak = 0
+    go(0, 9)
+  elseif cmd == 'disable' then
+    go(4, 10)
+  else
+    return redis.error_reply('RAMPARTARG unknown command')
+  end
+else
+  -- A replica that opened the circuit on its own while Redis was unreachable carries it over.
+  if assert_us > 0 and st == 0 then
+    go(1, assert_rsn, assert_us)
+  end
+  if st == 1 and now >= untl then
+    go(2, 4)
+  end
+  if st == 0 and calls > 0 then
+    if kind == 'c' then
+      count_push(size)
+    else
+      time_push(slice)
+    end
+    -- A batch with a success ends the run at the replica's own count of failures since; one of
+    -- failures only extends it, and is never shorter than that replica's own run (batches of
+    -- others' earlier successes may have arrived in between).
+    if calls > fails then
+      run = lrun
+    else
+      run = math.max(run + fails, lrun)
+    end
+    local ec, ef, es = C, F, S
+    if kind == 'c' then
+      ec, ef, es = count_counts(size)
+    end
+    local enough = ec > 0 and ec >= min_calls
+    if enough and frate and ef >= frate * ec then
+      go(1, 1)
+    elseif enough and srate and es >= srate * ec then
+      go(1, 2)
+    elseif cons > 0 and run >= cons then
+      go(1, 3)
+    end
+  end
+  if st == 2 then
+    -- Permits of replicas not heard from within their lease go back (the replica is gone).
+    local kept = {}
+    for _, r in ipairs(holders()) do
+      local d = tonumber(redis.call('HGET', key, 'd' .. r)) or 0
+      if d < now and r ~= rid then
+        pg = pg - (tonumber(redis.call('HGET', key, 'g' .. r)) or 0)
+        redis.call('HDEL', key, 'g' .. r, 'd' .. r)
+      else
+        kept[#kept + 1] = r
+      end
+    end
+    hl = table.concat(kept, ' ')
+    if pg < 0 then
+      pg = 0
+    end
+    if pe == ep then
+      pok, pbad = pok + pok_d, pbad + pbad_d
+      -- The replica says how many permits it still holds: the others it used (outcomes above)
+      -- or gave back unused.
+      local had = tonumber(redis.call('HGET', key, 'g' .. rid)) or 0
+      local h = math.min(held, had)
+      pg = pg - had + h
+      redis.call('HSET', key, 'g' .. rid, h)
+    end
+    if (frate and pbad >= frate * n) or (not frate and pbad > 0) then
+      go(1, 5)
+    elseif pok + pbad >= n then
+      streak = 0
+      go(0, 6)
+    elseif want > 0 then
+      local grant = math.max(0, math.min(want, n - pg))
+      if grant > 0 then
+        local had = tonumber(redis.call('HGET', key, 'g' .. rid)) or 0
+        redis.call('HSET', key, 'g' .. rid, had + grant)
+        pg = pg + grant
+      end
+      if grant < want then
+        -- This replica waits: holders give their unused permits back (they keep them otherwise,
+        -- so that a replica whose callers come seldom still gets to probe).
+        pw = now + lease
+      end
+    end
+  end
+end
+
+local mine = 0
+if st == 2 then
+  mine = tonumber(redis.call('HGET', key, 'g' .. rid)) or 0
+  local listed = false
+  for _, r in ipairs(holders()) do
+    if r == rid then
+      listed = true
+    end
+  end
+  if mine > 0 then
+    redis.call('HSET', key, 'd' .. rid, fmt(now + lease))
+    if not listed then
+      hl = (hl == '' and rid) or (hl .. ' ' .. rid)
+    end
+  else
+    redis.call('HDEL', key, 'g' .. rid, 'd' .. rid)
+    if listed then
+      local kept = {}
+      for _, r in ipairs(holders()) do
+        if r ~= rid then
+          kept[#kept + 1] = r
+        end
+      end
+      hl = table.concat(kept, ' ')
+    end
+  end
+end
+
+redis.call('HSET', key, 'st', st, 'ep', fmt(ep), 'gen', fmt(gen), 'until', fmt(untl),
+  'streak', fmt(streak), 'since', fmt(since), 'rsn', rsn, 'run', fmt(run), 'c', fmt(C),
+  'f', fmt(F), 's', fmt(S), 'wk', wk, 'wh', fmt(wh), 'wt', fmt(wt), 'tlo', fmt(tlo),
+  'pg', fmt(pg), 'pok', fmt(pok), 'pbad', fmt(pbad), 'hl', hl, 'pw', fmt(pw))
+-- Forced states are an operator's decision: kept until changed. Others expire when idle.
+if st == 3 or st == 4 then
+  redis.call('PERSIST', key)
+else
+  redis.call('PEXPIRE', key, ttl)
+end
+
+local left = 0
+if st == 1 and untl > now then
+  left = untl - now
+end
+local rc, rf, rs = C, F, S
+if kind == 'c' then
+  rc, rf, rs = count_counts(size)
+end
+local contended = 0
+if st == 2 and pw > now then
+  contended = 1
+end
+return {gen, ep, st, left, streak, rsn, mine, rc, rf, rs, run, now - since, contended}

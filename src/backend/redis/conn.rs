@@ -1,0 +1,725 @@
+//! The connection every Redis store of one backend shares: a single node through a
+//! `ConnectionManager` or a cluster through the async cluster client; health tracking; scripts with
+//! EVALSHA and a NOSCRIPT fallback; and one place where Redis errors become [`BackendError`]s.
+//!
+//! Stores (the rate limiter's today; a cache and shared circuit state later) call [`Conn::eval`]
+//! (or [`Conn::eval_before_deadline`], for scripts that must not write once the caller has given
+//! up on them) with their own timeout, after asking [`Conn::admit`] whether to try Redis at all.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind as RedisErrorKind, RedisError, ServerErrorKind, Value};
+
+use crate::backend::{BackendError, ErrorKind};
+use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
+
+/// While Redis is known to be down, one request per this interval tries it again (the others
+/// follow the failure policy at once, without waiting for a timeout).
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A Lua script, run by its SHA1 (EVALSHA) and sent whole (EVAL) when the server answers NOSCRIPT,
+/// which also loads it into that server's script cache.
+pub(crate) struct Script {
+    code: &'static str,
+    sha: String,
+}
+
+impl Script {
+    pub(crate) fn new(code: &'static str) -> Self {
+        Self {
+            code,
+            sha: sha1_smol::Sha1::from(code).digest().to_string(),
+        }
+    }
+
+    /// The script's SHA1, as EVALSHA takes it.
+    pub(crate) fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    fn cmd(&self, verb: &str, body: &str, key: &[u8], args: &[&[u8]], last: Option<&[u8]>) -> Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(body).arg(1).arg(key);
+        for a in args {
+            cmd.arg(*a);
+        }
+        if let Some(last) = last {
+            cmd.arg(last);
+        }
+        cmd
+    }
+}
+
+impl fmt::Debug for Script {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Script").field("sha", &self.sha).finish()
+    }
+}
+
+/// A connection handle; cloning it is cheap (an `Arc` or a channel sender).
+#[derive(Clone)]
+pub(crate) enum Handle {
+    Single(redis::aio::ConnectionManager),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Handle {
+    /// Sends `cmd`; a server error reply becomes `Err`.
+    async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        let value = match self {
+            Self::Single(c) => c.clone().req_packed_command(cmd).await,
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.clone().req_packed_command(cmd).await,
+        }?;
+        value.extract_error()
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "single",
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(_) => "cluster",
+        }
+    }
+}
+
+/// What is known of the connection's health ([`Conn::state`]).
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// How Redis's clock (`TIME`, nanoseconds since the Unix epoch) relates to this process's
+/// ([`Conn::clock`]), as far as replies tell, so that a call can say until when, on Redis's clock,
+/// it may still count (see [`Conn::eval_before_deadline`]).
+///
+/// A reply carrying the `TIME` at which Redis ran the call, received at local time `r`, bounds the
+/// offset from below: `redis_time - r <= offset`, since the call ran before its reply arrived (by
+/// the reply's travel time). The estimate is the largest such bound seen in the current or the
+/// previous window of [`OFFSET_WINDOW`] (so it follows a Redis clock that is stepped or slewed,
+/// within 20 s), and it errs on the early side by about the travel time of the fastest recent
+/// reply: a bound computed from it expires that much before the caller gives up, which is what a
+/// reply needs to get back in time.
+///
+/// Nodes of a cluster each have their own clock; one estimate serves them all, following the node
+/// furthest ahead (so on a node behind it, a bound is late by the difference: see the module
+/// documentation).
+struct RedisClock {
+    /// The window (`local time / OFFSET_WINDOW`) that `current` covers.
+    window: AtomicU64,
+    current: AtomicI64,
+    previous: AtomicI64,
+}
+
+/// An offset not known yet.
+const NO_OFFSET: i64 = i64::MIN;
+
+/// How long one offset sample counts for: between one and two of these.
+const OFFSET_WINDOW: Nanos = 10_000_000_000;
+
+impl RedisClock {
+    const fn new() -> Self {
+        Self {
+            window: AtomicU64::new(0),
+            current: AtomicI64::new(NO_OFFSET),
+            previous: AtomicI64::new(NO_OFFSET),
+        }
+    }
+
+    /// Learns from a reply received at local time `received` saying Redis ran the call at
+    /// `redis_us` (microseconds since the Unix epoch).
+    fn learn(&self, received: Nanos, redis_us: u64) {
+        let (Some(redis_ns), Ok(received_ns)) = (
+            redis_us
+                .checked_mul(1_000)
+                .and_then(|n| i64::try_from(n).ok()),
+            i64::try_from(received),
+        ) else {
+            return;
+        };
+        let sample = redis_ns - received_ns;
+        let window = received / OFFSET_WINDOW;
+        let seen = self.window.load(Ordering::Acquire);
+        if window > seen
+            && self
+                .window
+                .compare_exchange(seen, window, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let carried = if window == seen + 1 {
+                self.current.swap(NO_OFFSET, Ordering::AcqRel)
+            } else {
+                self.current.store(NO_OFFSET, Ordering::Release);
+                NO_OFFSET
+            };
+            self.previous.store(carried, Ordering::Release);
+        }
+        // Most replies teach nothing new: read before writing the shared line.
+        if sample > self.current.load(Ordering::Relaxed) {
+            self.current.fetch_max(sample, Ordering::AcqRel);
+        }
+    }
+
+    /// Redis's time, in microseconds since the Unix epoch, at local time `at` (rounded down), or
+    /// `None` before any reply has told.
+    fn redis_us_at(&self, at: Nanos) -> Option<u64> {
+        let offset = self
+            .current
+            .load(Ordering::Acquire)
+            .max(self.previous.load(Ordering::Acquire));
+        if offset == NO_OFFSET {
+            return None;
+        }
+        let t = i64::try_from(at).ok()?.checked_add(offset)?;
+        u64::try_from(t).ok().map(|t| t / 1_000)
+    }
+}
+
+/// The shared connection and what is known of its health.
+pub(crate) struct Conn {
+    handle: Handle,
+    /// What the connection is to, for logs and metric labels: the URL(s) without credentials, or
+    /// `external` for a connection given by the application.
+    server: Arc<str>,
+    clock: TokioClock,
+    /// [`UNKNOWN`] until a call or probe has reached Redis or failed to, then [`UP`] or [`DOWN`].
+    state: AtomicU8,
+    /// While down: when (on `clock`) the next request may try Redis.
+    next_probe: AtomicU64,
+    probe_interval: Nanos,
+    redis_clock: RedisClock,
+    #[cfg(feature = "metrics")]
+    meters: Meters,
+}
+
+/// The connection's metric keys, made once (labels built per call would allocate).
+#[cfg(feature = "metrics")]
+struct Meters {
+    up: metrics::Key,
+    /// `rampart_redis_errors_total` by [`ErrorKind`], in [`kind_index`] order.
+    errors: [metrics::Key; 4],
+}
+
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+#[cfg(feature = "metrics")]
+impl Meters {
+    fn new(server: &str) -> Self {
+        let server = metrics::Label::new("server", server.to_string());
+        let errors = [
+            ErrorKind::Unreachable,
+            ErrorKind::Timeout,
+            ErrorKind::Data,
+            ErrorKind::Other,
+        ]
+        .map(|kind| {
+            metrics::Key::from_parts(
+                "rampart_redis_errors_total",
+                vec![
+                    server.clone(),
+                    metrics::Label::from_static_parts("kind", kind_label(kind)),
+                ],
+            )
+        });
+        Self {
+            up: metrics::Key::from_parts("rampart_redis_up", vec![server]),
+            errors,
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        metrics::with_recorder(|r| {
+            r.register_gauge(&self.up, &METADATA)
+                .set(if up { 1.0 } else { 0.0 });
+        });
+    }
+
+    fn error(&self, kind: ErrorKind) {
+        metrics::with_recorder(|r| {
+            r.register_counter(&self.errors[kind_index(kind)], &METADATA)
+                .increment(1);
+        });
+    }
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state.load(Ordering::Relaxed) {
+            UP => "up",
+            DOWN => "down",
+            _ => "unknown",
+        };
+        f.debug_struct("Conn")
+            .field("kind", &self.handle.kind())
+            .field("server", &self.server)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// A connection to `server` (as shown in logs and metric labels), of unknown health until
+    /// the first call or probe.
+    pub(crate) fn new(handle: Handle, server: impl Into<Arc<str>>) -> Self {
+        let server = server.into();
+        Self {
+            handle,
+            clock: TokioClock::new(),
+            state: AtomicU8::new(UNKNOWN),
+            next_probe: AtomicU64::new(0),
+            probe_interval: duration_to_nanos(PROBE_INTERVAL),
+            redis_clock: RedisClock::new(),
+            #[cfg(feature = "metrics")]
+            meters: Meters::new(&server),
+            server,
+        }
+    }
+
+    /// Whether the last call or probe reached Redis (an error reply counts: Redis answered it).
+    /// False until one has.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.state.load(Ordering::Acquire) == UP
+    }
+
+    /// Whether a call should try Redis now: always unless it is known to be down; while it is
+    /// down, one caller per probe interval (that caller's request is the probe).
+    #[inline]
+    pub(crate) fn admit(&self) -> bool {
+        if self.state.load(Ordering::Acquire) != DOWN {
+            return true;
+        }
+        let now = self.clock.now();
+        let next = self.next_probe.load(Ordering::Acquire);
+        now >= next
+            && self
+                .next_probe
+                .compare_exchange(
+                    next,
+                    now + self.probe_interval,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// The error for a call that was not tried because Redis is known to be down.
+    pub(crate) fn down_error(&self) -> BackendError {
+        BackendError::with_kind(
+            ErrorKind::Unreachable,
+            "redis is unreachable (a recent call failed; it is probed again every 100 ms)",
+            None,
+        )
+    }
+
+    /// Sends `script` (EVALSHA, or EVAL when the server answers NOSCRIPT) with `last` appended to
+    /// `args` when given.
+    async fn run(
+        &self,
+        script: &Script,
+        key: &[u8],
+        args: &[&[u8]],
+        last: Option<&[u8]>,
+    ) -> Result<Value, RedisError> {
+        match self
+            .handle
+            .query(&script.cmd("EVALSHA", &script.sha, key, args, last))
+            .await
+        {
+            Err(e) if e.kind() == RedisErrorKind::Server(ServerErrorKind::NoScript) => {
+                tracing::debug!(sha = %script.sha, "redis script cache is empty; sending the script");
+                self.handle
+                    .query(&script.cmd("EVAL", script.code, key, args, last))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `script` on `key` with `args`, within `timeout`, and records the outcome in the health
+    /// state. NOSCRIPT (a restarted or flushed server) is answered by sending the script itself.
+    ///
+    /// A call abandoned on its timeout may still run in Redis later (Redis runs what it has
+    /// received): for scripts that count, use [`eval_before_deadline`](Self::eval_before_deadline).
+    // For scripts whose late run does no harm; the rate limiter's count, so it uses
+    // `eval_before_deadline`.
+    #[allow(dead_code)]
+    pub(crate) async fn eval(
+        &self,
+        script: &Script,
+        key: &[u8],
+        args: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Value, BackendError> {
+        let call = self.run(script, key, args, None);
+        self.finish(tokio::time::timeout(timeout, call).await, timeout)
+    }
+
+    /// Runs `script` as [`eval`](Self::eval) does, telling it until when its work is still wanted,
+    /// so that a call abandoned on its timeout and run by Redis later (after a stall, say) does not
+    /// write: a request the failure policy has answered must not also count in Redis.
+    ///
+    /// The script gets one more argument after `args`: the `TIME` (microseconds since the Unix
+    /// epoch, on Redis's clock) after which this caller will have given up, or `""` while no reply
+    /// has told this process how Redis's clock relates to its own (see [`RedisClock`]). The script
+    /// must
+    ///
+    /// - read `TIME` first and, past that bound, answer the error `RAMPARTLATE <TIME in µs>`
+    ///   without writing anything;
+    /// - otherwise answer an array whose last element is the `TIME` it read, in microseconds (an
+    ///   integer); this method takes it off before returning the array.
+    ///
+    /// A `RAMPARTLATE` reply that arrives while the caller still waits means the estimate of
+    /// Redis's clock was off (its clock was stepped, or a faster reply than any before): the estimate
+    /// is corrected from the reply and the call sent once more.
+    pub(crate) async fn eval_before_deadline(
+        &self,
+        script: &Script,
+        key: &[u8],
+        args: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Value, BackendError> {
+        let gives_up_at = self.clock.now().saturating_add(duration_to_nanos(timeout));
+        let call = async {
+            let mut sent_again = false;
+            loop {
+                let not_after = self
+                    .redis_clock
+                    .redis_us_at(gives_up_at)
+                    .map(|us| us.to_string())
+                    .unwrap_or_default();
+                let reply = self
+                    .run(script, key, args, Some(not_after.as_bytes()))
+                    .await;
+                let received = self.clock.now();
+                match reply {
+                    Ok(Value::Array(mut items)) => {
+                        if let Some(Value::Int(at)) = items.last() {
+                            if let Ok(at) = u64::try_from(*at) {
+                                self.redis_clock.learn(received, at);
+                            }
+                            items.pop();
+                        }
+                        return Ok(Value::Array(items));
+                    }
+                    Err(e) if e.code() == Some(LATE) => {
+                        if let Some(at) = e.detail().and_then(|d| d.trim().parse().ok()) {
+                            self.redis_clock.learn(received, at);
+                        }
+                        if sent_again {
+                            return Err(e);
+                        }
+                        tracing::debug!(
+                            server = %self.server,
+                            "redis ran a call after its deadline by the estimate of its clock, \
+                             yet answered in time; estimate corrected, call sent again"
+                        );
+                        sent_again = true;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        self.finish(tokio::time::timeout(timeout, call).await, timeout)
+    }
+
+    /// Sends one command within `timeout`, recording the outcome (for stores that need plain
+    /// commands rather than scripts).
+    pub(crate) async fn query(&self, cmd: &Cmd, timeout: Duration) -> Result<Value, BackendError> {
+        let result = tokio::time::timeout(timeout, self.handle.query(cmd)).await;
+        self.finish(result, timeout)
+    }
+
+    /// Sends `TIME` within `timeout`, recording the outcome; the answer also tells how Redis's
+    /// clock relates to this process's.
+    pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), BackendError> {
+        let value = self.query(&redis::cmd("TIME"), timeout).await?;
+        let received = self.clock.now();
+        if let Some((s, us)) = parse_time(&value) {
+            self.redis_clock
+                .learn(received, s.saturating_mul(1_000_000).saturating_add(us));
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        result: Result<Result<Value, RedisError>, tokio::time::error::Elapsed>,
+        timeout: Duration,
+    ) -> Result<Value, BackendError> {
+        let error = match result {
+            Ok(Ok(value)) => {
+                self.up();
+                return Ok(value);
+            }
+            Ok(Err(e)) => {
+                // An error reply (data it cannot read, READONLY, OOM, ...) comes from Redis: the
+                // connection is up, whatever the call's fate.
+                let answered = matches!(
+                    e.kind(),
+                    RedisErrorKind::Server(_) | RedisErrorKind::Extension
+                );
+                let error = classify(e);
+                #[cfg(feature = "metrics")]
+                self.meters.error(error.kind());
+                match error.kind() {
+                    ErrorKind::Data | ErrorKind::Other if answered => self.up(),
+                    ErrorKind::Data | ErrorKind::Other => {}
+                    ErrorKind::Unreachable | ErrorKind::Timeout => self.down(&error),
+                }
+                return Err(error);
+            }
+            Err(_) => BackendError::with_kind(
+                ErrorKind::Timeout,
+                format!("redis did not answer within {timeout:?}"),
+                None,
+            ),
+        };
+        #[cfg(feature = "metrics")]
+        self.meters.error(error.kind());
+        self.down(&error);
+        Err(error)
+    }
+
+    fn up(&self) {
+        if self.state.load(Ordering::Relaxed) == UP {
+            return;
+        }
+        let was = self.state.swap(UP, Ordering::AcqRel);
+        if was == UP {
+            return;
+        }
+        if was == DOWN {
+            tracing::info!(
+                connection = self.handle.kind(),
+                server = %self.server,
+                "redis is reachable again; decisions are shared again"
+            );
+        }
+        #[cfg(feature = "metrics")]
+        self.meters.set_up(true);
+    }
+
+    fn down(&self, error: &BackendError) {
+        self.next_probe
+            .store(self.clock.now() + self.probe_interval, Ordering::Release);
+        if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
+            tracing::warn!(
+                connection = self.handle.kind(),
+                server = %self.server,
+                %error,
+                "redis is unavailable; following the failure policy until it answers again"
+            );
+            #[cfg(feature = "metrics")]
+            self.meters.set_up(false);
+        }
+    }
+}
+
+/// The error code of a script that ran past its caller's deadline
+/// ([`Conn::eval_before_deadline`]).
+const LATE: &str = "RAMPARTLATE";
+
+/// `TIME`'s answer, `[seconds, microseconds]`.
+fn parse_time(value: &Value) -> Option<(u64, u64)> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let number = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    match items.as_slice() {
+        [s, us] => Some((number(s)?, number(us)?)),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn kind_index(kind: ErrorKind) -> usize {
+    match kind {
+        ErrorKind::Unreachable => 0,
+        ErrorKind::Timeout => 1,
+        ErrorKind::Data => 2,
+        ErrorKind::Other => 3,
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn kind_label(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unreachable => "unreachable",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Data => "data",
+        ErrorKind::Other => "other",
+    }
+}
+
+/// Turns a `redis` error into a [`BackendError`] of the right kind.
+pub(crate) fn classify(e: RedisError) -> BackendError {
+    let kind = if e.code() == Some("RAMPARTDATA") || e.code() == Some("WRONGTYPE") {
+        ErrorKind::Data
+    } else if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            RedisErrorKind::ClusterConnectionNotFound
+                | RedisErrorKind::Server(
+                    ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                )
+        )
+    {
+        if e.is_timeout() {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Unreachable
+        }
+    } else {
+        ErrorKind::Other
+    };
+    let message = match kind {
+        ErrorKind::Other if e.code() == Some(LATE) => {
+            "redis ran the call after its deadline by its own clock (was its clock stepped?), \
+             so it did not count"
+                .to_string()
+        }
+        ErrorKind::Data => match e.detail() {
+            Some(detail) => format!("redis holds data the store cannot read: {detail}"),
+            None => "redis holds data the store cannot read".to_string(),
+        },
+        ErrorKind::Unreachable => "redis is unreachable".to_string(),
+        ErrorKind::Timeout => "redis timed out".to_string(),
+        ErrorKind::Other => "redis call failed".to_string(),
+    };
+    BackendError::with_kind(kind, message, Some(Box::new(e)))
+}
+
+/// The integration tests' throw-away `redis-server`.
+#[cfg(test)]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../tests/common/redis.rs"]
+mod test_server;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Nanos = 1_000_000_000;
+
+    #[test]
+    fn redis_clock_is_unknown_until_a_reply_tells() {
+        let c = RedisClock::new();
+        assert_eq!(c.redis_us_at(5 * S), None);
+        // Received at local 2 s, Redis ran it at 1,000,000 s: Redis is at least 999,998 s ahead.
+        c.learn(2 * S, 1_000_000_000_000);
+        assert_eq!(c.redis_us_at(3 * S), Some(1_000_001_000_000));
+    }
+
+    #[test]
+    fn redis_clock_keeps_the_tightest_lower_bound() {
+        let c = RedisClock::new();
+        c.learn(S, 10_000_000); // offset >= 9 s
+        c.learn(S, 10_000_500); // a faster reply: offset >= 9.0005 s
+        c.learn(S, 10_000_200); // a slower one teaches nothing
+        assert_eq!(c.redis_us_at(2 * S), Some(11_000_500));
+    }
+
+    #[test]
+    fn redis_clock_follows_a_clock_stepped_back_within_two_windows() {
+        let c = RedisClock::new();
+        c.learn(S, 100_000_000); // offset 99 s
+        // Redis's clock is stepped back by 50 s: samples say 49 s from now on.
+        let later = |local: Nanos| local / 1_000 + 49_000_000;
+        c.learn(OFFSET_WINDOW + S, later(OFFSET_WINDOW + S));
+        assert_eq!(
+            c.redis_us_at(OFFSET_WINDOW + S),
+            Some((OFFSET_WINDOW + S) / 1_000 + 99_000_000),
+            "the previous window still counts"
+        );
+        c.learn(2 * OFFSET_WINDOW + S, later(2 * OFFSET_WINDOW + S));
+        assert_eq!(
+            c.redis_us_at(2 * OFFSET_WINDOW + S),
+            Some(later(2 * OFFSET_WINDOW + S)),
+            "two windows on, only what Redis says now counts"
+        );
+        // After a long silence, the first reply decides alone.
+        c.learn(10 * OFFSET_WINDOW, 10 * OFFSET_WINDOW / 1_000 + 5_000_000);
+        assert_eq!(
+            c.redis_us_at(10 * OFFSET_WINDOW),
+            Some(10 * OFFSET_WINDOW / 1_000 + 5_000_000)
+        );
+    }
+
+    use super::test_server as server;
+
+    /// A script that follows the protocol of `eval_before_deadline` and counts its runs.
+    const COUNTING: &str = r"
+local t = redis.call('TIME')
+local time_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local not_after = tonumber(ARGV[1] or '')
+if not_after and time_us > not_after then
+  return redis.error_reply(string.format('RAMPARTLATE %.0f', time_us))
+end
+return {redis.call('INCR', KEYS[1]), time_us}
+";
+
+    /// When the estimate of Redis's clock is off (its clock was stepped forward), a script
+    /// refuses as late a call whose caller still waits: the estimate is corrected from the reply
+    /// and the call sent again, once; the refused run wrote nothing.
+    #[tokio::test]
+    async fn a_late_reply_that_arrives_in_time_corrects_the_clock_and_is_sent_again() {
+        let Some(server) = server::RedisServer::start() else {
+            return;
+        };
+        let client = redis::Client::open(server.url()).unwrap();
+        let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let conn = Conn::new(Handle::Single(manager), server.url());
+        let script = Script::new(COUNTING);
+        let timeout = Duration::from_secs(5);
+        let run = || conn.eval_before_deadline(&script, b"runs", &[], timeout);
+
+        // Not knowing Redis's clock: no bound, the call runs.
+        assert_eq!(run().await.unwrap(), Value::Array(vec![Value::Int(1)]));
+        let learned = conn.redis_clock.redis_us_at(conn.clock.now()).unwrap();
+        // As if Redis's clock had been an hour behind until now: every bound is an hour early.
+        let stale = RedisClock::new();
+        stale.learn(conn.clock.now(), learned - 3_600_000_000);
+        assert!(stale.redis_us_at(0).is_some());
+        conn.redis_clock
+            .current
+            .store(stale.current.load(Ordering::Relaxed), Ordering::Relaxed);
+        conn.redis_clock
+            .previous
+            .store(NO_OFFSET, Ordering::Relaxed);
+
+        assert_eq!(
+            run().await.unwrap(),
+            Value::Array(vec![Value::Int(2)]),
+            "sent again after the late reply, and counted once"
+        );
+        let now = conn.redis_clock.redis_us_at(conn.clock.now()).unwrap();
+        assert!(now + 1_000_000 > learned, "corrected from the late reply");
+        assert!(conn.is_connected());
+    }
+
+    #[test]
+    fn time_replies_parse() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"1771234567".to_vec()),
+            Value::BulkString(b"891234".to_vec()),
+        ]);
+        assert_eq!(parse_time(&v), Some((1_771_234_567, 891_234)));
+        assert_eq!(parse_time(&Value::Okay), None);
+    }
+}

@@ -1,0 +1,708 @@
+//! The Redis backend (feature `redis`; Redis Cluster with `redis-cluster`): limits shared by every
+//! replica of an application, exactly.
+//!
+//! # How it decides
+//!
+//! Each decision is **one round trip**: a Lua script (run with `EVALSHA`, sent whole when the server
+//! answers `NOSCRIPT`) that reads Redis's own `TIME`, so replicas with skewed clocks agree, and runs
+//! the same arithmetic as the in-memory store: the same [`Decision`](crate::rate_limit::Decision),
+//! headers included. Keys are `<prefix>:rl:<limiter>:<algorithm>:<quota>:{<key>}`, for example
+//! `rampart:rl:default:gcra:10/60s:{203.0.113.9}` (the braces are a Redis Cluster hash tag), and
+//! expire once their state is that of a fresh key, so idle keys vanish. Raw header values (API keys)
+//! are hashed before they go to Redis; see [`RedisKey`].
+//!
+//! **Name your limiters.** In memory every layer counts on its own; in Redis a limiter is
+//! identified by its prefix, [name](crate::rate_limit::RateLimitBuilder::name), algorithm and quota,
+//! so that the replicas of one application share it. Two different limiters of one application with
+//! the same quota (say, two routes each limited to 100 per minute per IP) share counts unless they
+//! have distinct names: `.name("uploads")`, `.name("search")`.
+//!
+//! A key found over its limit is remembered in the replica until its retry time: a client
+//! hammering a refused key costs no Redis round trips at all.
+//!
+//! # Shared circuits
+//!
+//! With the `circuit-breaker` feature, the same backend shares circuit breakers between replicas:
+//! `CircuitBreakerLayer::builder().name("payments").shared(redis.clone())`. Calls never wait for
+//! Redis: each replica syncs its circuits in the background, one script call per circuit per sync
+//! interval, on keys `<prefix>:cb:<name>:{<key>}`; a replica that cannot reach Redis runs its own
+//! circuit until it can (the [`FailurePolicy`] does not apply to circuits). See
+//! [Shared circuit state](crate::circuit_breaker#shared-circuit-state).
+//!
+//! # When Redis is slow or gone
+//!
+//! Every call has a timeout ([`RedisBackend::timeout`], 50 ms by default): no request waits longer
+//! than that because of Redis. A call that fails or times out marks Redis as down; from then on
+//! requests do not wait for it at all, one request per 100 ms probes it, and decisions go back to
+//! Redis as soon as a probe succeeds (the connection reconnects by itself). Meanwhile each limiter
+//! follows its [`FailurePolicy`]:
+//!
+//! | policy | while Redis is down |
+//! |---|---|
+//! | [`Local`](FailurePolicy::Local) (default) | limits in memory with the same quota, per replica |
+//! | [`Open`](FailurePolicy::Open) | lets every request through, without `RateLimit` headers |
+//! | [`Closed`](FailurePolicy::Closed) | refuses at once: HTTP 503, gRPC `UNAVAILABLE` ([`BackendUnavailable`](crate::backend::BackendUnavailable)) |
+//!
+//! The policy is part of the backend value given to a layer, so each layer chooses its own:
+//! `.backend(redis.clone().failure_policy(FailurePolicy::Closed))`.
+//!
+//! ## A request is counted once, even when Redis answers late
+//!
+//! Giving up on a call does not take it back: Redis runs what it has received, perhaps long after
+//! (at the end of a stall, say). Were that call to count, a request the failure policy answered
+//! would count in Redis as well: a client refused with 503 under `Closed` would find its quota
+//! spent by the refused requests, and under `Open` or `Local` its requests would count twice.
+//!
+//! So each call tells its script the time, on Redis's clock, after which the caller will have
+//! given up; a script that starts later writes nothing. The backend learns how Redis's clock
+//! relates to its own from the `TIME` each reply carries (and from [`connect`](RedisBackend::connect)
+//! and [`ping`](RedisBackend::ping)): a reply received at local time `r` from a script that ran at
+//! Redis time `t` shows that Redis's clock is at least `t - r` ahead, and the largest such bound of
+//! the last 10 to 20 s is the estimate. The deadline therefore errs early, by about the travel
+//! time of the fastest recent reply, which is the time a reply needs to get back before the caller
+//! gives up. No clock needs to be synchronised, and nothing is configured. (Sending this host's
+//! wall-clock deadline with a fixed allowance for skew would not do: a host whose clock is behind
+//! Redis's by more than the allowance would see every call refused as late, and one ahead by more
+//! would be protected from nothing.)
+//!
+//! Counting is exactly once, except (at least once, as a store without the bound would be):
+//!
+//! - before anything has come back from Redis: the first calls of a
+//!   [`connect_lazy`](RedisBackend::connect_lazy) backend or one made from an existing
+//!   connection, until its first decision or `ping`, carry no bound;
+//! - a script that starts just before the deadline and whose reply travels back slower than the
+//!   fastest recent one;
+//! - on Redis Cluster, nodes whose clocks differ: one estimate serves every node and follows the one
+//!   furthest ahead, so a node behind by `d` runs calls up to `d` late (NTP keeps that to a
+//!   millisecond or so);
+//! - for 10 to 20 s after Redis's clock is stepped back.
+//!
+//! When Redis's clock is stepped forward, scripts take calls the caller still waits for as late;
+//! the reply corrects the estimate at once and the call is sent once more.
+//!
+//! ## State the scripts cannot read
+//!
+//! A limiter's key holding something its script cannot read was written by something else (most
+//! likely a leftover, or another program's keys under the same prefix): another type of value,
+//! text that is not a state, or a state no decision writes, such as a GCRA arrival time further
+//! ahead than the quota allows (more than 1 s beyond it, which leaves room for the clocks of
+//! failed-over nodes) or sliding-window counts above the limit. By default the script replaces it
+//! with a fresh state and decides as for a new key, and the store logs a warning (naming the key
+//! and what was wrong, at most once per 10 s per limiter) and counts the repair. With
+//! [`repair_corrupt_data(false)`](RedisBackend::repair_corrupt_data) the data is left for someone
+//! to look at, and every decision on that key is a [`BackendError`] that
+//! [`is_corrupt_data`](BackendError::is_corrupt_data), handled by the failure policy and counted,
+//! until the key is deleted.
+//!
+//! ## Health and metrics
+//!
+//! [`is_connected`](RedisBackend::is_connected) says whether the last call reached Redis (an error
+//! reply such as `READONLY` or `OOM` counts: the connection is up); it is `false` until something
+//! has. With the `metrics` feature:
+//!
+//! | metric | what |
+//! |---|---|
+//! | `rampart_redis_up{server}` | gauge: 1 while calls reach Redis, 0 while they fail; absent until known |
+//! | `rampart_redis_errors_total{server,kind}` | calls that failed: `unreachable`, `timeout`, `data`, `other` |
+//! | `rampart_rate_limit_backend_fallback_total{limiter,policy}` | decisions left to the failure policy |
+//! | `rampart_rate_limit_backend_repaired_total{limiter}` | unreadable states replaced with fresh ones |
+//!
+//! `server` is the URL without credentials (`redis://10.0.0.5:6379/0`; the node list for a
+//! cluster), or `external` for a backend made from an existing connection.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use tower_rampart::backend::{FailurePolicy, RedisBackend};
+//! use tower_rampart::http::PeerIp;
+//! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+//!
+//! # async fn run() -> Result<(), tower_rampart::BoxError> {
+//! let redis = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
+//! let limit = RateLimitLayer::builder()
+//!     .name("metrics") // identifies the limiter in Redis, shared by every replica
+//!     .quota(Quota::per_minute(10))
+//!     .key(PeerIp::new())
+//!     .backend(redis.clone().failure_policy(FailurePolicy::Local))
+//!     .http()
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/api/metrics", post(|| async { "stored" }))
+//!     .layer(limit);
+//! // For a health endpoint: `redis.is_connected()`, or `redis.ping().await.is_ok()`.
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! # Caches
+//!
+//! Given to a [`CacheLayer`](crate::cache::CacheLayer) (feature `cache`), the backend makes every
+//! replica share one cache, with single flight across replicas and invalidation seen by all; see
+//! [`RedisCacheStore`] (what is stored, the bound on upstream calls, invalidation's cost, what
+//! happens while Redis is down).
+//!
+//! ```no_run
+//! # #[cfg(feature = "cache")]
+//! # async fn run() -> Result<(), tower_rampart::BoxError> {
+//! use std::time::Duration;
+//! use tower_rampart::backend::RedisBackend;
+//! use tower_rampart::cache::{CacheLayer, CachedResponse};
+//!
+//! let redis = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
+//! let summaries = CacheLayer::builder()
+//!     .http()
+//!     .name("summaries") // part of its keys in Redis: shared by the replicas that use the name
+//!     .ttl(Duration::from_secs(300))
+//!     .backend(redis)
+//!     // What is stored (inferred once the layer wraps a service; named here, where it does not).
+//!     .build::<CachedResponse>()?;
+//! let handle = summaries.handle(); // invalidations reach every replica
+//! # let _ = handle; Ok(()) }
+//! ```
+
+#[cfg(feature = "circuit-breaker")]
+mod circuit;
+// The stores that use all of the connection's machinery are behind their layers' features.
+#[cfg(feature = "cache")]
+mod cache;
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+mod conn;
+mod key;
+#[cfg(feature = "rate-limit")]
+mod rate_limit;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(feature = "cache")]
+pub use self::cache::{
+    CacheCodec, DEFAULT_CACHE_SLOTS, MAX_CACHE_SLOTS, RedisCacheFuture, RedisCacheStore,
+    RedisCacheValue, UndecodableEntry,
+};
+#[cfg(feature = "circuit-breaker")]
+pub use self::circuit::{RedisCircuitStore, RedisSync, circuit_script_sha};
+pub use self::key::{Hashed, RedisKey};
+#[cfg(feature = "rate-limit")]
+pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};
+
+use self::conn::{Conn, Handle};
+use crate::backend::{BackendError, ErrorKind};
+use crate::clock::{Clock, Nanos, TokioClock};
+use crate::error::ConfigError;
+
+/// The default per-call timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "rampart";
+
+/// How long [`RedisBackend::connect`] waits for the server to answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a limiter does when Redis cannot decide (unreachable, too slow, or holding data it cannot
+/// read). Recovery is automatic whichever is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Fall back to an in-memory limiter with the same quota (the default): limits still hold, per
+    /// replica (so N replicas admit up to N times the quota between them) until Redis returns.
+    #[default]
+    Local,
+    /// Let requests through, uncounted and without `RateLimit` header fields.
+    Open,
+    /// Refuse requests with [`BackendUnavailable`](crate::backend::BackendUnavailable)
+    /// (HTTP 503, gRPC `UNAVAILABLE`), at once.
+    Closed,
+}
+
+impl FailurePolicy {
+    /// `"local"`, `"open"` or `"closed"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FailurePolicy {
+    type Err = ConfigError;
+
+    /// Parses `local`, `open` or `closed` (any case), as from an environment variable.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "local" => Ok(Self::Local),
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            _ => Err(ConfigError::new(
+                "failure_policy",
+                format!("{s:?} is not one of \"local\", \"open\", \"closed\""),
+            )),
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+/// Where a store takes "now" from: Redis `TIME` (the default), or a clock of the caller's.
+#[derive(Clone)]
+pub(crate) enum StoreClock {
+    /// Redis decides on its own `TIME`; local bookkeeping (remembered refusals, the `Local`
+    /// fallback) uses tokio's clock.
+    Redis(TokioClock),
+    Custom(Arc<dyn Fn() -> Nanos + Send + Sync>),
+}
+
+impl StoreClock {
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn is_custom(&self) -> bool {
+        matches!(self, Self::Custom(_))
+    }
+}
+
+impl fmt::Debug for StoreClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Redis(_) => "redis TIME",
+            Self::Custom(_) => "custom",
+        })
+    }
+}
+
+impl Clock for StoreClock {
+    #[inline]
+    fn now(&self) -> Nanos {
+        match self {
+            Self::Redis(c) => c.now(),
+            Self::Custom(f) => f(),
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+/// Per-layer settings: each layer's store is built from the backend value it was given.
+#[derive(Clone, Debug)]
+struct Settings {
+    prefix: Arc<str>,
+    timeout: Duration,
+    policy: FailurePolicy,
+    local_max_keys: usize,
+    clock: StoreClock,
+    repair: bool,
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
+    cache_slots: u16,
+}
+
+/// A Redis connection (single node or cluster) and the settings of the stores built on it.
+///
+/// Cheap to clone: clones share one connection (and what is known of its health) and carry their
+/// own settings, so one connection serves layers with different prefixes, timeouts and failure
+/// policies. Give it to a layer with `.backend(redis.clone())`.
+///
+/// The connection reconnects by itself: a single node through the `redis` crate's
+/// `ConnectionManager`, a cluster through its async cluster client.
+///
+/// See the [module documentation](self) for how decisions are made and what happens when Redis is
+/// slow or down.
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: Arc<Conn>,
+    settings: Settings,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("conn", &self.conn)
+            .field("prefix", &self.settings.prefix)
+            .field("timeout", &self.settings.timeout)
+            .field("failure_policy", &self.settings.policy)
+            .field("local_max_keys", &self.settings.local_max_keys)
+            .field("clock", &self.settings.clock)
+            .field("repair_corrupt_data", &self.settings.repair)
+            .finish()
+    }
+}
+
+fn url_error(url: &str, e: redis::RedisError) -> BackendError {
+    BackendError::with_kind(
+        ErrorKind::Other,
+        format!("invalid redis url {:?}: {e}", redact(url)),
+        Some(Box::new(e)),
+    )
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The server named in logs and metrics for a connection the application made.
+const EXTERNAL: &str = "external";
+
+/// The URL without user name or password, for metric labels.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// How the connection manager reconnects: quickly and for ever (a failed round of attempts is
+/// started again by the next probe), so decisions return to Redis within a second of its return.
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(None) // each store call has its own timeout
+        .set_min_delay(Duration::from_millis(20))
+        .set_max_delay(Duration::from_millis(200))
+        .set_number_of_retries(8)
+}
+
+impl RedisBackend {
+    fn with_handle(handle: Handle, server: String) -> Self {
+        Self {
+            conn: Arc::new(Conn::new(handle, server)),
+            settings: Settings {
+                prefix: Arc::from(DEFAULT_PREFIX),
+                timeout: DEFAULT_TIMEOUT,
+                policy: FailurePolicy::default(),
+                local_max_keys: crate::backend::memory::DEFAULT_MAX_KEYS,
+                clock: StoreClock::Redis(TokioClock::new()),
+                repair: true,
+                cache_slots: 16,
+            },
+        }
+    }
+
+    /// Connects to the Redis server at `url` and checks that it answers `PING` (within
+    /// [`CONNECT_TIMEOUT`]).
+    ///
+    /// `url` is `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS, with the `redis`
+    /// crate's TLS features enabled) or `redis+unix:///path/to/socket` (also `unix:///path`).
+    ///
+    /// # Errors
+    ///
+    /// When the URL is malformed or the server does not answer.
+    pub async fn connect(url: &str) -> Result<Self, BackendError> {
+        let backend = Self::connect_lazy(url)?;
+        backend.conn.ping(CONNECT_TIMEOUT).await.map_err(|e| {
+            BackendError::with_kind(
+                e.kind(),
+                format!("could not connect to redis at {}: {e}", redact(url)),
+                Some(Box::new(e)),
+            )
+        })?;
+        Ok(backend)
+    }
+
+    /// Sets up a connection to `url` without waiting for it: the application can start while Redis
+    /// is down, its limiters following their failure policy until Redis answers.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is malformed.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn connect_lazy(url: &str) -> Result<Self, BackendError> {
+        let client = redis::Client::open(url).map_err(|e| url_error(url, e))?;
+        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config())
+            .map_err(|e| url_error(url, e))?;
+        Ok(Self::with_handle(
+            Handle::Single(manager),
+            without_credentials(url),
+        ))
+    }
+
+    /// Uses an existing `ConnectionManager` (with its own reconnection settings; a short connection
+    /// timeout and retries for ever are recommended, as [`connect`](Self::connect) sets up).
+    ///
+    /// The backend does not know where the connection goes: its logs and metrics name the server
+    /// `external`.
+    pub fn from_connection_manager(manager: redis::aio::ConnectionManager) -> Self {
+        Self::with_handle(Handle::Single(manager), EXTERNAL.to_string())
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes` (URLs as for
+    /// [`connect`](Self::connect)) and checks that it answers.
+    ///
+    /// # Errors
+    ///
+    /// When a URL is malformed or the cluster does not answer within [`CONNECT_TIMEOUT`].
+    #[cfg(feature = "redis-cluster")]
+    pub async fn connect_cluster<I, S>(nodes: I) -> Result<Self, BackendError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(|s| s.as_ref().to_string()).collect();
+        let label = nodes
+            .iter()
+            .map(|n| without_credentials(n))
+            .collect::<Vec<_>>()
+            .join(",");
+        let shown = nodes
+            .iter()
+            .map(|n| redact(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let client = redis::cluster::ClusterClient::builder(nodes)
+            .connection_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_secs(1))
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()
+            .map_err(|e| url_error(&shown, e))?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+            .await
+            .map_err(|_| {
+                BackendError::with_kind(
+                    ErrorKind::Timeout,
+                    format!("could not connect to the redis cluster at {shown} within {CONNECT_TIMEOUT:?}"),
+                    None,
+                )
+            })?
+            .map_err(|e| {
+                let e = conn::classify(e);
+                BackendError::with_kind(
+                    e.kind(),
+                    format!("could not connect to the redis cluster at {shown}: {e}"),
+                    Some(Box::new(e)),
+                )
+            })?;
+        let backend = Self::with_handle(Handle::Cluster(connection), label);
+        backend.conn.ping(CONNECT_TIMEOUT).await?;
+        Ok(backend)
+    }
+
+    /// Uses an existing async Redis Cluster connection.
+    ///
+    /// The backend does not know where the connection goes: its logs and metrics name the server
+    /// `external`.
+    #[cfg(feature = "redis-cluster")]
+    pub fn from_cluster_connection(connection: redis::cluster_async::ClusterConnection) -> Self {
+        Self::with_handle(Handle::Cluster(connection), EXTERNAL.to_string())
+    }
+
+    /// The first part of every key this backend's stores write (default `"rampart"`). 1 to 64
+    /// characters, without `{`, `}` or whitespace; checked when a layer is built.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl AsRef<str>) -> Self {
+        self.settings.prefix = Arc::from(prefix.as_ref());
+        self
+    }
+
+    /// How long one decision may wait for Redis (default [`DEFAULT_TIMEOUT`], 50 ms) before the
+    /// failure policy decides instead. Between 1 ms and 60 s; checked when a layer is built.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = timeout;
+        self
+    }
+
+    /// What the layer given this backend does when Redis cannot decide (default
+    /// [`FailurePolicy::Local`]).
+    #[must_use]
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.settings.policy = policy;
+        self
+    }
+
+    /// The most keys a store keeps in this process: keys remembered as over their limit, and the
+    /// [`Local`](FailurePolicy::Local) fallback's keys (default 100,000 each). At least 1; checked
+    /// when a layer is built.
+    #[must_use]
+    pub fn local_max_keys(mut self, max_keys: usize) -> Self {
+        self.settings.local_max_keys = max_keys;
+        self
+    }
+
+    /// Decides on `clock`'s time instead of Redis `TIME`: for tests and simulations only. Replicas
+    /// whose clocks differ then disagree, and keys expire in Redis no sooner than 10 minutes after
+    /// their last write whatever `clock` says.
+    #[must_use]
+    pub fn clock<C: Clock>(mut self, clock: C) -> Self {
+        self.settings.clock = StoreClock::Custom(Arc::new(move || clock.now()));
+        self
+    }
+
+    /// Whether the last call to Redis (a decision or a [`ping`](Self::ping)) reached it. Cheap: for
+    /// a health endpoint's `redis_connected`. Shared by every clone of this backend.
+    ///
+    /// - `false` until something has reached Redis: right after [`connect`](Self::connect) it is
+    ///   `true` (connecting checks that Redis answers), but a backend made with
+    ///   [`connect_lazy`](Self::connect_lazy) or from an existing connection reads `false` until
+    ///   its first decision or `ping`. Call `ping` at start-up for a definite answer.
+    /// - An error reply (`READONLY` during a failover, `OOM` when Redis is full, data a store
+    ///   cannot read) counts as reaching Redis: the connection is up, even if the decision fell to
+    ///   the failure policy.
+    /// - A call that could not reach Redis or timed out makes it `false` until a later call
+    ///   reaches Redis again (one request per 100 ms probes it meanwhile).
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_connected()
+    }
+
+    /// Sends `TIME` (within this backend's timeout) and updates
+    /// [`is_connected`](Self::is_connected). The answer also tells the backend how Redis's clock
+    /// relates to this process's, which it needs to keep calls abandoned on their timeout from
+    /// counting (see the [module documentation](self#when-redis-is-slow-or-gone)).
+    ///
+    /// # Errors
+    ///
+    /// When Redis does not answer in time, or answers with an error.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        self.conn.ping(self.settings.timeout).await
+    }
+
+    /// Whether the stores of this backend repair state they cannot read (default `true`).
+    ///
+    /// A limiter's key that holds something its script cannot read (another type of value, text
+    /// that is not a state, or a state that the quota could never have produced, such as an
+    /// arrival time years ahead) was written by something else: most likely a leftover or a
+    /// collision with another program's keys under the same prefix. Left alone, it would cost that
+    /// key's client a round trip and the failure policy on every request, for as long as it stays
+    /// (for ever, without an expiry): `Closed` would refuse that client for good.
+    ///
+    /// - `true`: the script replaces it with a fresh state (with an expiry) and decides as for a
+    ///   key never seen; the replacement is logged (a warning, at most one per 10 s per limiter,
+    ///   naming the key and what was wrong) and counted in
+    ///   `rampart_rate_limit_backend_repaired_total{limiter}`.
+    /// - `false`: the data is left as it is, for someone to look at; each decision on that key is a
+    ///   [`BackendError`] that [`is_corrupt_data`](BackendError::is_corrupt_data), handled by the
+    ///   failure policy and counted (`rampart_redis_errors_total{kind="data"}`) until the key is
+    ///   deleted (`redis-cli DEL <key>`; the error message names what is wrong).
+    #[must_use]
+    pub fn repair_corrupt_data(mut self, repair: bool) -> Self {
+        self.settings.repair = repair;
+        self
+    }
+
+    /// Whether unreadable state is repaired; see
+    /// [`repair_corrupt_data`](Self::repair_corrupt_data).
+    pub fn get_repair_corrupt_data(&self) -> bool {
+        self.settings.repair
+    }
+
+    /// The per-call timeout.
+    pub fn get_timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// The key prefix.
+    pub fn get_prefix(&self) -> &str {
+        &self.settings.prefix
+    }
+
+    /// The failure policy.
+    pub fn get_failure_policy(&self) -> FailurePolicy {
+        self.settings.policy
+    }
+
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    fn check_settings(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
+        let prefix_ok = !s.prefix.is_empty()
+            && s.prefix.len() <= 64
+            && !s
+                .prefix
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control());
+        if !prefix_ok {
+            return Err(ConfigError::new(
+                "prefix",
+                format!(
+                    "the redis key prefix {:?} must be 1 to 64 characters without braces or \
+                     whitespace (braces would break Redis Cluster hash tags)",
+                    s.prefix
+                ),
+            ));
+        }
+        if s.timeout < Duration::from_millis(1) || s.timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "timeout",
+                format!(
+                    "the redis call timeout must be between 1 ms and 60 s (got {:?})",
+                    s.timeout
+                ),
+            ));
+        }
+        if s.local_max_keys == 0 {
+            return Err(ConfigError::new(
+                "local_max_keys",
+                "the Redis backend must be allowed at least 1 local key (got 0)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        assert_eq!(
+            redact("redis://user:hunter2@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact("redis://:pw@host"), "redis://:***@host");
+    }
+
+    #[test]
+    fn metric_labels_carry_no_credentials() {
+        assert_eq!(
+            without_credentials("redis://user:hunter2@host:6379/0"),
+            "redis://host:6379/0"
+        );
+        assert_eq!(without_credentials("rediss://:pw@host"), "rediss://host");
+        assert_eq!(
+            without_credentials("redis://host:6379"),
+            "redis://host:6379"
+        );
+        assert_eq!(
+            without_credentials("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
+    }
+
+    #[test]
+    fn failure_policies_parse_from_configuration() {
+        assert_eq!("open".parse::<FailurePolicy>(), Ok(FailurePolicy::Open));
+        assert_eq!(
+            " Closed ".parse::<FailurePolicy>(),
+            Ok(FailurePolicy::Closed)
+        );
+        assert_eq!("local".parse::<FailurePolicy>(), Ok(FailurePolicy::Local));
+        let e = "fail-open".parse::<FailurePolicy>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid failure_policy: "fail-open" is not one of "local", "open", "closed""#
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! The example as users run it: the `analytics_api` binary that `cargo test` builds, configured by
+//! environment variables, answering on its port, refusing a bad variable by name, and draining on
+//! SIGTERM.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The example binary, next to this test's (`target/<profile>/examples/analytics_api`).
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    dir.join("examples")
+        .join(format!("analytics_api{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_bad_variable_stops_start_up_naming_it() {
+    let out = Command::new(example_binary())
+        .env_clear()
+        .env("RATE_LIMIT_WINDOW_SECONDS", "soon")
+        .output()
+        .expect("run the example binary (built by `cargo test`)");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"invalid RATE_LIMIT_WINDOW_SECONDS="soon""#),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_binary_serves_on_its_port_and_drains_on_sigterm() {
+    let port = free_port();
+    let mut child = Command::new(example_binary())
+        .env_clear()
+        .env("BIND", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("EXTERNAL_SERVICE_LATENCY_MS", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the example binary");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://127.0.0.1:{port}/health").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let res = loop {
+        match client.get(uri.clone()).await {
+            Ok(res) => break res,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the example never answered: {e}");
+            }
+        }
+    };
+    assert_eq!(res.status(), http::StatusCode::OK);
+
+    // SIGTERM: graceful shutdown, exit status 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the example did not stop within 10 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

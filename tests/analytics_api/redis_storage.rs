@@ -1,0 +1,403 @@
+//! The app on Redis storage (a throw-away `redis-server` per test): two instances share the data, a
+//! restarted instance loses nothing, the Redis store answers exactly as the memory store does, and
+//! an unreachable Redis makes health `degraded` and writes 503 (nothing claimed stored).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Duration as ChronoDuration;
+use http::StatusCode;
+use serde_json::json;
+
+use crate::common::redis::RedisServer;
+use crate::storage::{EventRecord, Metric, RedisStorage, Series, Storage};
+use crate::{JSON, event, metric, start_on};
+
+fn redis_storage(server: &RedisServer) -> Arc<Storage> {
+    Arc::new(Storage::Redis(
+        RedisStorage::open(&server.url(), Duration::from_millis(500)).unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn two_instances_share_the_data_and_a_restart_loses_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = start_on(&[], redis_storage(&server)).await;
+    let b = start_on(&[], redis_storage(&server)).await;
+    for (app, value) in [(&a, 1.0), (&b, 2.0), (&a, 3.0)] {
+        let r = app
+            .send_body("POST", "/api/metrics", &[JSON], metric(value))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    a.send_body("POST", "/event", &[JSON], event(7, "login", "ios"))
+        .await;
+    b.send_body("POST", "/event", &[JSON], event(8, "login", "web"))
+        .await;
+    for app in [&a, &b] {
+        let s = app
+            .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+            .await
+            .json();
+        assert_eq!(
+            (
+                s["count"].clone(),
+                s["average"].clone(),
+                s["min"].clone(),
+                s["max"].clone()
+            ),
+            (json!(3), json!(2.0), json!(1.0), json!(3.0))
+        );
+        assert_eq!(s["latest"], 3.0, "the last of equal timestamps");
+        assert_eq!(
+            app.send("GET", "/stats/login", &[]).await.json()["count"],
+            2
+        );
+        let d = app.send("GET", "/api/v1/metrics/summary", &[]).await.json();
+        assert_eq!(d["activeUsers"], 2);
+        assert_eq!(d["activeUsersByPlatform"], json!({"ios": 1, "web": 1}));
+    }
+    health_is_connected(&a).await;
+
+    // "Restart" instance a: a new app on the same Redis sees everything accepted before.
+    drop(a);
+    let a = start_on(&[], redis_storage(&server)).await;
+    let list = a
+        .send("GET", "/api/metrics/list?type=cpu_usage", &[])
+        .await
+        .json();
+    assert_eq!(list["total"], 3);
+    let values: Vec<f64> = list["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [1.0, 2.0, 3.0]);
+}
+
+async fn health_is_connected(app: &crate::TestApp) {
+    let h = app.send("GET", "/health", &[]).await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert_eq!(h.json()["redis_connected"], true);
+}
+
+#[tokio::test]
+async fn rejections_counted_by_each_instance_reach_the_shared_count() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = start_on(&[], redis_storage(&server)).await;
+    let b = start_on(&[], redis_storage(&server)).await;
+    for app in [&a, &b, &b] {
+        let r = app.send_body("POST", "/event", &[JSON], "{").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+    // b's own count is written when b answers; a's within a second, by its background task.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = b.send("GET", "/api/v1/metrics/summary", &[]).await.json()["apiRejectedCount"]
+            .as_u64()
+            .unwrap();
+        if n == 3 {
+            break;
+        }
+        assert!(n < 3, "counted too many: {n}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's rejection never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The same writes into each store, then the same questions.
+#[tokio::test]
+async fn the_redis_store_answers_as_the_memory_store_does() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let memory = Storage::default();
+    let redis = Storage::Redis(RedisStorage::open(&server.url(), Duration::from_secs(1)).unwrap());
+    let now = chrono::Utc::now();
+    for store in [&memory, &redis] {
+        for (ago_min, value, kind) in [
+            (30, 5.5, "cpu"),
+            (90, -1.25, "cpu"),
+            (60 * 30, 100.0, "cpu"),
+            (5, 0.1, "mem"),
+        ] {
+            let m = Metric {
+                timestamp: now - ChronoDuration::minutes(ago_min),
+                value,
+                metric_type: kind.to_owned(),
+            };
+            store.add_metric(&m).await.unwrap();
+        }
+        for (user, platform, ago_s) in [
+            (1, "ios", 400),
+            (2, "ios", 100),
+            (2, "web", 50),
+            (3, "ios", 10),
+        ] {
+            let e = EventRecord {
+                user_id: user,
+                event_type: "login".into(),
+                platform: platform.into(),
+            };
+            store
+                .record_event(&e, now - ChronoDuration::seconds(ago_s))
+                .await
+                .unwrap();
+        }
+        store
+            .record_rejections(2, now - ChronoDuration::seconds(310))
+            .await
+            .unwrap();
+        store
+            .record_rejections(3, now - ChronoDuration::seconds(20))
+            .await
+            .unwrap();
+    }
+    let since = Some(now - ChronoDuration::days(1));
+    assert_eq!(
+        memory.summary("cpu", None).await.unwrap(),
+        redis.summary("cpu", None).await.unwrap()
+    );
+    assert_eq!(
+        memory.summary("cpu", since).await.unwrap(),
+        redis.summary("cpu", since).await.unwrap()
+    );
+    let s = redis.summary("cpu", since).await.unwrap();
+    assert_eq!((s.count, s.min, s.max, s.latest), (2, -1.25, 5.5, 5.5));
+    assert_eq!(
+        memory.summary("none", None).await.unwrap(),
+        redis.summary("none", None).await.unwrap()
+    );
+    assert_eq!(
+        memory.event_count("login").await.unwrap(),
+        redis.event_count("login").await.unwrap()
+    );
+    let activity = redis.activity(now).await.unwrap();
+    assert_eq!(memory.activity(now).await.unwrap(), activity);
+    assert_eq!(
+        activity.active_users, 2,
+        "user 1 is older than five minutes"
+    );
+    assert_eq!(activity.rejected, 3);
+    for (series, interval, points) in [
+        (Series::ActiveUsers, 60, 10),
+        (Series::ActiveUsers, 3600, 2),
+        (Series::ApiRejections, 60, 8),
+        (Series::ApiRejections, 300, 3),
+        (Series::Metric("cpu".into()), 3600, 3),
+        (Series::Metric("cpu".into()), 60, 100),
+    ] {
+        assert_eq!(
+            memory
+                .history(&series, interval, points, now)
+                .await
+                .unwrap(),
+            redis.history(&series, interval, points, now).await.unwrap(),
+            "{series:?} every {interval} s"
+        );
+    }
+    let (total, page) = redis.metrics_page("cpu", 1, 5).await.unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(page.len(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_degrades_health_and_refuses_writes_honestly() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let app = start_on(&[], redis_storage(&server)).await;
+    health_is_connected(&app).await;
+    server.kill();
+    let h = app.send("GET", "/health", &[]).await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.json()["status"], "degraded");
+    assert_eq!(h.json()["redis_connected"], false);
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("storage unavailable")
+    );
+    let r = app
+        .send_body("POST", "/event", &[JSON], event(1, "login", "ios"))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Redis back (empty: the test server keeps nothing): writes are accepted again, by themselves.
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = app
+            .send_body("POST", "/api/metrics", &[JSON], metric(2.0))
+            .await;
+        if r.status == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    health_is_connected(&app).await;
+}
+
+#[tokio::test]
+async fn two_instances_share_the_per_client_limit() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = start_on(&[], redis_storage(&server)).await;
+    let b = start_on(&[], redis_storage(&server)).await;
+    let mut created = 0;
+    let mut refused = 0;
+    for i in 0..12 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let r = app
+            .send_body("POST", "/api/metrics", &[JSON], metric(f64::from(i)))
+            .await;
+        match r.status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(r.body, r#"{"detail":"Too many requests"}"#);
+                assert_eq!(r.headers["ratelimit-policy"], r#""metrics";q=10;w=60"#);
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+    }
+    assert_eq!(
+        (created, refused),
+        (10, 2),
+        "10 in total across both instances"
+    );
+    assert_eq!(
+        a.send("GET", "/api/metrics/list?type=cpu_usage", &[])
+            .await
+            .json()["total"],
+        10
+    );
+    // The limit lives in Redis under the example's prefix, one key per limiter and client.
+    let keys = server.command("KEYS analytics:rl:*");
+    assert!(keys.contains("analytics:rl:metrics"), "{keys}");
+}
+
+#[tokio::test]
+async fn while_redis_is_down_the_failure_policy_decides() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let closed = start_on(
+        &[("RATE_LIMIT_FAILURE_POLICY", "closed")],
+        redis_storage(&server),
+    )
+    .await;
+    let local = start_on(&[], redis_storage(&server)).await;
+    server.kill();
+    let r = closed
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.json()["detail"],
+        "Rate limiting is unavailable; try again shortly"
+    );
+    // Local: the limit is kept in memory, and the write itself fails honestly (nothing stored).
+    let r = local
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("storage unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.headers.contains_key("ratelimit"),
+        "counted by the local limiter"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_the_external_circuit_is_shared_by_every_instance() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let vars = [
+        ("EXTERNAL_SERVICE_FAILURE_RATE", "1.0"),
+        ("EXTERNAL_SERVICE_LATENCY_MS", "0"),
+        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2"),
+        ("CIRCUIT_BREAKER_RESET_TIMEOUT", "60"),
+    ];
+    let a = start_on(&vars, redis_storage(&server)).await;
+    let b = start_on(&vars, redis_storage(&server)).await;
+    for _ in 0..2 {
+        let r = a.send("GET", "/external", &[]).await.json();
+        assert_eq!(r["circuit_open"], false, "the failures themselves");
+    }
+    // Instance b has made no call, yet refuses once the trip has reached it (a sync interval).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = b
+            .send("GET", "/api/circuit-breaker/status", &[])
+            .await
+            .json();
+        if s["state"] == "OPEN" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never shared: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = b.send("GET", "/external", &[]).await.json();
+    assert_eq!(r["circuit_open"], true);
+    assert!(b.state.breaker.is_shared());
+}
+
+#[tokio::test]
+async fn with_redis_cached_summaries_and_their_invalidation_are_shared() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = start_on(&[], redis_storage(&server)).await;
+    let b = start_on(&[], redis_storage(&server)).await;
+    a.send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    let summary = async |app: &crate::TestApp| {
+        let r = app
+            .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        (
+            r.headers["x-cache"].to_str().unwrap().to_owned(),
+            r.json()["count"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(summary(&a).await, ("MISS".into(), 1));
+    assert_eq!(
+        summary(&b).await,
+        ("HIT".into(), 1),
+        "computed by a, served to b"
+    );
+    // A metric stored through b drops the summary for a too.
+    b.send_body("POST", "/api/metrics", &[JSON], metric(3.0))
+        .await;
+    assert_eq!(summary(&a).await, ("MISS".into(), 2));
+    assert_eq!(summary(&b).await, ("HIT".into(), 2));
+}

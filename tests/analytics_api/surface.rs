@@ -1,0 +1,129 @@
+//! The service's surface: the OpenAPI document describes exactly the routes served, `/docs`
+//! renders it, `/metrics` exposes the layers' and the HTTP metrics.
+
+use http::StatusCode;
+use serde_json::Value;
+
+use crate::{JSON, metric, start};
+
+/// Every route the app serves, with its method (a path parameter filled in).
+const SERVED: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("post", "/api/metrics"),
+    ("get", "/api/metrics/summary?type=cpu_usage"),
+    ("get", "/api/metrics/list?type=cpu_usage"),
+    ("post", "/event"),
+    ("get", "/stats/login"),
+    ("get", "/api/v1/metrics/summary"),
+    (
+        "get",
+        "/api/v1/metrics/history?type=activeUsers&interval=1m",
+    ),
+    ("get", "/api/v1/sensors/type-breakdown"),
+    ("get", "/api/v1/modules"),
+    ("get", "/external"),
+    ("get", "/api/circuit-breaker/status"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/docs"),
+];
+
+/// `/stats/login?x` -> `/stats/{event_type}`, as the document names it.
+fn template(path: &str) -> String {
+    let path = path.split('?').next().unwrap();
+    path.replace("/stats/login", "/stats/{event_type}")
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_exactly_the_served_routes() {
+    let app = start(&[("EXTERNAL_SERVICE_LATENCY_MS", "0")]).await;
+    let r = app.send("GET", "/openapi.json", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let doc = r.json();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = SERVED
+        .iter()
+        .map(|(m, p)| (m.to_string(), template(p)))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+
+    for (method, path) in SERVED {
+        let body = match *path {
+            "/api/metrics" => metric(1.0),
+            "/event" => crate::event(1, "login", "ios"),
+            _ => "{}".into(),
+        };
+        let r = app
+            .send_body(&method.to_uppercase(), path, &[JSON], body)
+            .await;
+        assert!(
+            r.status.is_success(),
+            "{method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    // An unknown route is a 404, and a known one with the wrong method a 405.
+    assert_eq!(
+        app.send("GET", "/api/nothing", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.send("DELETE", "/api/metrics", &[]).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn docs_page_lists_every_route() {
+    let app = start(&[]).await;
+    let r = app.send("GET", "/docs", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    for (_, path) in SERVED {
+        let t = template(path).replace(['{', '}'], "");
+        let shown = r.body.replace(['{', '}'], "");
+        assert!(shown.contains(&t), "{t} missing from /docs");
+    }
+    let doc: Value = serde_json::from_str(crate::docs::OPENAPI).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+}
+
+#[tokio::test]
+async fn prometheus_metrics_include_the_layers_and_http() {
+    let app = start(&[("RATE_LIMIT_REQUESTS", "1")]).await;
+    for _ in 0..2 {
+        app.send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+            .await;
+    }
+    let r = app.send("GET", "/metrics", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.body;
+    assert!(
+        text.contains(
+            r#"rampart_rate_limit_rejected_total{limiter="metrics",reason="rate_limited"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"http_requests_total{method="POST",route="/api/metrics",status="429"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}

@@ -1,0 +1,305 @@
+//! The clone mode on paused time: TTL, stale-while-revalidate (stale served at once, exactly one
+//! background refresh), stale-if-error, the predicate, requests without a key, and configuration
+//! errors.
+
+use std::time::Duration;
+
+use tower::Layer;
+use tower_rampart::cache::key::{SingleKey, key_fn};
+use tower_rampart::cache::{CacheLayer, CacheStatus};
+
+use crate::{Upstream, call};
+
+fn by_request() -> impl tower_rampart::cache::ExtractKey<String> + Clone {
+    key_fn(|req: &String| Some(req.clone()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_are_fresh_for_the_ttl_then_fetched_again() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .key(by_request())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1");
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1", "hit");
+    assert_eq!(call(&mut svc, "b").await.unwrap(), "b#2", "another key");
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1", "still fresh");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        call(&mut svc, "a").await.unwrap(),
+        "a#3",
+        "expired at the TTL"
+    );
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#3");
+    assert_eq!(up.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_exactly_once() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .stale_while_revalidate(Duration::from_secs(5))
+        .key(by_request())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1");
+    up.delay(100);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    // Stale: served at once, however many ask, while one refresh runs in the background.
+    for _ in 0..50 {
+        assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1");
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(up.calls(), 2, "one refresh started");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(up.calls(), 2, "and only one");
+    assert_eq!(
+        call(&mut svc, "a").await.unwrap(),
+        "a#2",
+        "refreshed, fresh again"
+    );
+    // Past the stale window nothing stale is served: a plain miss.
+    tokio::time::advance(Duration::from_secs(16)).await;
+    up.delay(0);
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_background_refresh_keeps_the_stale_entry_and_tries_again_later() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .stale_while_revalidate(Duration::from_secs(30))
+        .key(by_request())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    call(&mut svc, "a").await.unwrap();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    up.fail(true);
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1");
+    tokio::task::yield_now().await;
+    assert_eq!(up.calls(), 2, "the refresh ran and failed");
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1", "still stale");
+    tokio::task::yield_now().await;
+    assert_eq!(up.calls(), 3, "and is tried again by the next stale hit");
+    up.fail(false);
+    call(&mut svc, "a").await.unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_serves_the_stale_entry_only_when_the_call_fails() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .stale_if_error(Duration::from_secs(60))
+        .key(by_request())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    call(&mut svc, "a").await.unwrap();
+    tokio::time::advance(Duration::from_secs(20)).await;
+    up.fail(true);
+    assert_eq!(
+        call(&mut svc, "a").await.unwrap(),
+        "a#1",
+        "failed: stale served"
+    );
+    assert_eq!(up.calls(), 2, "the call was made");
+    up.fail(false);
+    assert_eq!(
+        call(&mut svc, "a").await.unwrap(),
+        "a#3",
+        "succeeded: fresh answer"
+    );
+    // Beyond the window the error reaches the caller.
+    tokio::time::advance(Duration::from_secs(75)).await;
+    up.fail(true);
+    let err = call(&mut svc, "a").await.unwrap_err();
+    assert_eq!(err.to_string(), "upstream failed on call 4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_and_refused_responses_are_not_stored() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .key(by_request())
+        .predicate(|res: &String| !res.starts_with("skip"))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    up.fail(true);
+    assert!(call(&mut svc, "a").await.is_err());
+    up.fail(false);
+    assert_eq!(
+        call(&mut svc, "a").await.unwrap(),
+        "a#2",
+        "the error was not stored"
+    );
+    assert_eq!(call(&mut svc, "skip").await.unwrap(), "skip#3");
+    assert_eq!(
+        call(&mut svc, "skip").await.unwrap(),
+        "skip#4",
+        "refused by the predicate"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_without_a_key_go_straight_through() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .key(key_fn(|req: &String| {
+            (req != "private").then(|| req.clone())
+        }))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    assert_eq!(call(&mut svc, "private").await.unwrap(), "private#1");
+    assert_eq!(call(&mut svc, "private").await.unwrap(), "private#2");
+    assert_eq!(call(&mut svc, "public").await.unwrap(), "public#3");
+    assert_eq!(call(&mut svc, "public").await.unwrap(), "public#3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_key_caches_one_answer_for_everything() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .key(SingleKey)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1");
+    assert_eq!(call(&mut svc, "b").await.unwrap(), "a#1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn handle_invalidates_a_key_a_prefix_or_everything() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(300))
+        .key(by_request())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(up.service());
+    for k in ["summary:cpu", "summary:mem", "list:cpu"] {
+        call(&mut svc, k).await.unwrap();
+    }
+    assert_eq!(up.calls(), 3);
+    handle.invalidate("summary:cpu").await.unwrap();
+    assert_eq!(
+        call(&mut svc, "summary:cpu").await.unwrap(),
+        "summary:cpu#4"
+    );
+    assert_eq!(
+        call(&mut svc, "summary:mem").await.unwrap(),
+        "summary:mem#2"
+    );
+    handle.invalidate_prefix("summary:").await.unwrap();
+    assert_eq!(
+        call(&mut svc, "summary:cpu").await.unwrap(),
+        "summary:cpu#5"
+    );
+    assert_eq!(
+        call(&mut svc, "summary:mem").await.unwrap(),
+        "summary:mem#6"
+    );
+    assert_eq!(call(&mut svc, "list:cpu").await.unwrap(), "list:cpu#3");
+    handle.invalidate_all().await.unwrap();
+    assert_eq!(call(&mut svc, "list:cpu").await.unwrap(), "list:cpu#7");
+    assert_eq!(handle.name(), "default");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fill_running_during_an_invalidation_is_not_stored() {
+    let up = Upstream::default();
+    up.delay(100);
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(300))
+        .key(by_request())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(up.service());
+    // A read starts (and reads the old data)...
+    let mut s = svc.clone();
+    let old_read = tokio::spawn(async move { call(&mut s, "summary").await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // ...a write invalidates...
+    handle.invalidate("summary").await.unwrap();
+    // ...and a read that starts now does not wait for the old one.
+    let mut s = svc.clone();
+    let new_read = tokio::spawn(async move { call(&mut s, "summary").await });
+    assert_eq!(old_read.await.unwrap().unwrap(), "summary#1");
+    assert_eq!(new_read.await.unwrap().unwrap(), "summary#2");
+    up.delay(0);
+    let mut s = svc.clone();
+    assert_eq!(
+        call(&mut s, "summary").await.unwrap(),
+        "summary#2",
+        "the fill begun before the invalidation was not stored; the later one was"
+    );
+}
+
+#[test]
+fn invalid_configuration_is_refused_at_build_time() {
+    let err = CacheLayer::builder()
+        .key(SingleKey)
+        .build::<String>()
+        .unwrap_err();
+    assert_eq!(err.setting(), "ttl");
+    assert!(
+        err.to_string().contains(".ttl(Duration::from_secs(60))"),
+        "{err}"
+    );
+    let err = CacheLayer::builder()
+        .ttl(Duration::ZERO)
+        .key(SingleKey)
+        .build::<String>()
+        .unwrap_err();
+    assert_eq!(err.setting(), "ttl");
+    let err = CacheLayer::builder()
+        .ttl(Duration::from_secs(1))
+        .build::<String>()
+        .unwrap_err();
+    assert_eq!(err.setting(), "key");
+    assert!(err.to_string().contains("key_fn"), "{err}");
+    let err = CacheLayer::builder()
+        .ttl(Duration::from_secs(1))
+        .key(SingleKey)
+        .max_bytes(0)
+        .build::<String>()
+        .unwrap_err();
+    assert_eq!(err.setting(), "max_bytes");
+    let err = CacheLayer::builder()
+        .ttl(Duration::from_secs(1))
+        .key(SingleKey)
+        .name("has space")
+        .build::<String>()
+        .unwrap_err();
+    assert_eq!(err.setting(), "name");
+    let err = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(1))
+        .max_bytes(1000)
+        .max_body_bytes(2000)
+        .build::<tower_rampart::cache::CachedResponse>()
+        .unwrap_err();
+    assert_eq!(err.setting(), "max_body_bytes");
+    assert!(
+        err.to_string().contains("larger than the whole cache"),
+        "{err}"
+    );
+    assert_eq!(CacheStatus::Stale.to_string(), "STALE");
+}

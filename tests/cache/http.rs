@@ -1,0 +1,592 @@
+//! The HTTP mode: MISS then HIT over real HTTP through axum; what is never stored (`no-store`,
+//! `private`, `Set-Cookie`, `Vary: *`, unsafe methods, errors); bodies over the cap streamed
+//! through whole and uncached; `max-age`; request `no-cache`; `Vary` with a covering key; stale
+//! answers for 5xx.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::{Layer, Service, ServiceExt};
+use tower_rampart::cache::{CacheLayer, HttpKey};
+
+use crate::common::http::serve;
+
+#[tokio::test]
+async fn axum_route_over_real_http_answers_miss_then_hit() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let app = Router::new()
+        .route(
+            "/api/metrics/summary",
+            get(move || {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { axum::Json(serde_json::json!({"type": "cpu_usage", "count": n})) }
+            })
+            .post(|| async { "posted" }),
+        )
+        .route_layer(CacheLayer::http(Duration::from_secs(60)))
+        .route("/uncached", get(|| async { "plain" }));
+    let served = serve(app, false).await;
+
+    let first = served
+        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-cache"], "MISS");
+    assert_eq!(first.json()["count"], 1);
+    let second = served
+        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+        .await;
+    assert_eq!(second.headers["x-cache"], "HIT");
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.headers["content-type"], "application/json");
+    assert_eq!(second.headers["age"], "0");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+
+    let other = served
+        .send("GET", "/api/metrics/summary?type=memory", &[])
+        .await;
+    assert_eq!(
+        other.headers["x-cache"], "MISS",
+        "another query is another entry"
+    );
+    let posted = served.send("POST", "/api/metrics/summary", &[]).await;
+    assert_eq!(posted.body, "posted");
+    assert!(
+        posted.headers.get("x-cache").is_none(),
+        "POST bypasses the cache"
+    );
+    let plain = served.send("GET", "/uncached", &[]).await;
+    assert!(
+        plain.headers.get("x-cache").is_none(),
+        "routes outside route_layer"
+    );
+
+    let refreshed = served
+        .send(
+            "GET",
+            "/api/metrics/summary?type=cpu_usage",
+            &[("cache-control", "no-cache")],
+        )
+        .await;
+    assert_eq!(refreshed.headers["x-cache"], "MISS");
+    assert_eq!(refreshed.json()["count"], 3, "no-cache went to the handler");
+    let after = served
+        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+        .await;
+    assert_eq!(after.headers["x-cache"], "HIT");
+    assert_eq!(after.json()["count"], 3, "and stored what it got");
+}
+
+#[tokio::test]
+async fn router_layer_accepts_the_cache_and_its_handle_invalidates_on_write() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(300))
+        .name("summaries")
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (c1, c2) = (Arc::clone(&count), Arc::clone(&count));
+    let app = Router::new()
+        .route(
+            "/summary",
+            get(move || {
+                let n = c1.load(Ordering::SeqCst);
+                async move { format!("{n} metrics") }
+            }),
+        )
+        .layer(layer);
+    let app = app.route(
+        "/metrics",
+        axum::routing::post(move || {
+            let (c, handle) = (Arc::clone(&c2), handle.clone());
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                handle.invalidate_prefix("GET /summary").await.unwrap();
+                StatusCode::CREATED
+            }
+        }),
+    );
+    let served = serve(app, false).await;
+    assert_eq!(served.send("GET", "/summary", &[]).await.body, "0 metrics");
+    assert_eq!(
+        served.send("GET", "/summary", &[]).await.headers["x-cache"],
+        "HIT"
+    );
+    assert_eq!(
+        served.send("POST", "/metrics", &[]).await.status,
+        StatusCode::CREATED
+    );
+    let fresh = served.send("GET", "/summary", &[]).await;
+    assert_eq!(fresh.headers["x-cache"], "MISS", "invalidated on write");
+    assert_eq!(fresh.body, "1 metrics");
+}
+
+/// A body of given frames; `exact` gives it an exact size hint, like `Full`.
+struct Frames {
+    frames: VecDeque<Frame<Bytes>>,
+    exact: bool,
+}
+
+impl Frames {
+    fn chunks(chunks: &[&'static [u8]], exact: bool) -> Self {
+        Self {
+            frames: chunks
+                .iter()
+                .map(|c| Frame::data(Bytes::from_static(c)))
+                .collect(),
+            exact,
+        }
+    }
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.frames.pop_front().map(Ok))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            let n: usize = self
+                .frames
+                .iter()
+                .filter_map(|f| f.data_ref())
+                .map(Bytes::len)
+                .sum();
+            SizeHint::with_exact(n as u64)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+type Respond = dyn Fn(&Request<()>, usize) -> Response<Frames> + Send + Sync;
+
+/// An origin whose answer to call `n` is `respond(&req, n)`.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    respond: Arc<Respond>,
+}
+
+impl Origin {
+    fn new(
+        respond: impl Fn(&Request<()>, usize) -> Response<Frames> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            calls: Arc::default(),
+            respond: Arc::new(respond),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<()>> for Origin {
+    type Response = Response<Frames>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Frames>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        std::future::ready(Ok((self.respond)(&req, n)))
+    }
+}
+
+/// `200 OK` with body `call <n>` and the given headers.
+fn ok_with(headers: &'static [(&'static str, &'static str)]) -> Origin {
+    Origin::new(move |_, n| {
+        let body: &'static [u8] = Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
+        let mut res = Response::new(Frames::chunks(&[body], true));
+        for (k, v) in headers {
+            res.headers_mut().append(*k, HeaderValue::from_static(v));
+        }
+        res
+    })
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Answer {
+    fn x_cache(&self) -> Option<&str> {
+        self.headers.get("x-cache").map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn send<S, B>(svc: &mut S, req: Request<()>) -> Answer
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+fn get_req(path: &str) -> Request<()> {
+    Request::get(path).body(()).unwrap()
+}
+
+fn cache() -> CacheLayer<
+    HttpKey,
+    tower_rampart::backend::memory::MemoryCacheStore<tower_rampart::cache::CachedResponse>,
+    tower_rampart::cache::HttpMode,
+> {
+    CacheLayer::http(Duration::from_secs(60))
+}
+
+#[tokio::test(start_paused = true)]
+async fn responses_that_must_not_be_shared_are_never_stored() {
+    for headers in [
+        &[("cache-control", "no-store")][..],
+        &[("cache-control", "private, max-age=60")],
+        &[("cache-control", "public"), ("cache-control", "no-cache")],
+        &[("set-cookie", "session=abc")],
+        &[("vary", "*")],
+        &[("vary", "accept-language")],
+        &[("cache-control", "max-age=0")],
+    ] {
+        let origin = ok_with(headers);
+        let mut svc = cache().layer(origin.clone());
+        let a = send(&mut svc, get_req("/x")).await;
+        let b = send(&mut svc, get_req("/x")).await;
+        assert_eq!(
+            (a.x_cache(), b.x_cache()),
+            (Some("MISS"), Some("MISS")),
+            "{headers:?}"
+        );
+        assert_eq!(b.body, "call 2", "{headers:?}");
+        assert_eq!(origin.calls(), 2, "{headers:?}");
+        if headers[0].0 == "set-cookie" {
+            assert_eq!(
+                b.headers["set-cookie"], "session=abc",
+                "passed on, just not stored"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_get_and_head_without_credentials_use_the_cache() {
+    let origin = ok_with(&[]);
+    let mut svc = cache().layer(origin.clone());
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for _ in 0..2 {
+            let req = Request::builder()
+                .method(method)
+                .uri("/x")
+                .body(())
+                .unwrap();
+            assert_eq!(send(&mut svc, req).await.x_cache(), None, "{method}");
+        }
+    }
+    assert_eq!(origin.calls(), 8);
+    for _ in 0..2 {
+        let req = Request::get("/x")
+            .header("authorization", "Bearer t")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            send(&mut svc, req).await.x_cache(),
+            None,
+            "Authorization bypasses"
+        );
+        let req = Request::get("/x")
+            .header("range", "bytes=0-1")
+            .body(())
+            .unwrap();
+        assert_eq!(send(&mut svc, req).await.x_cache(), None, "Range bypasses");
+        let req = Request::get("/x")
+            .header("cache-control", "no-store")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            send(&mut svc, req).await.x_cache(),
+            None,
+            "request no-store bypasses"
+        );
+    }
+    assert_eq!(origin.calls(), 14);
+    let head = Request::head("/x").body(()).unwrap();
+    assert_eq!(send(&mut svc, head).await.x_cache(), Some("MISS"));
+    let head = Request::head("/x").body(()).unwrap();
+    assert_eq!(send(&mut svc, head).await.x_cache(), Some("HIT"));
+    assert_eq!(
+        send(&mut svc, get_req("/x")).await.x_cache(),
+        Some("MISS"),
+        "GET is its own entry"
+    );
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("HIT"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_are_not_stored_but_other_statuses_can_be_chosen() {
+    let origin = Origin::new(|_, _| {
+        let mut res = Response::new(Frames::chunks(&[b"missing"], true));
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        res
+    });
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("MISS"));
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .cacheable(|status, _| status.is_success() || status == StatusCode::NOT_FOUND)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    let hit = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        (hit.status, hit.x_cache()),
+        (StatusCode::NOT_FOUND, Some("HIT"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_over_the_cap_stream_through_whole_and_uncached() {
+    let big: &'static [u8] = Box::leak(vec![b'x'; 600].into_boxed_slice());
+    for exact in [true, false] {
+        // 3 chunks of 600 bytes, cap 1,000: with an exact size the cache never reads the body;
+        // without, it reads 1,200 bytes, gives up, and replays them before the rest.
+        let origin = Origin::new(move |_, _| {
+            let mut res = Response::new(Frames::chunks(&[big, big, big], exact));
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/plain"));
+            res
+        });
+        let layer = CacheLayer::builder()
+            .http()
+            .ttl(Duration::from_secs(60))
+            .max_body_bytes(1000)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(origin.clone());
+        for _ in 0..2 {
+            let a = send(&mut svc, get_req("/big")).await;
+            assert_eq!(a.body.len(), 1800, "exact={exact}");
+            assert!(a.body.iter().all(|&b| b == b'x'));
+            assert_eq!(a.x_cache(), Some("MISS"));
+        }
+        assert_eq!(origin.calls(), 2, "never stored (exact={exact})");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn streamed_bodies_under_the_cap_are_stored_whole() {
+    let origin = Origin::new(|_, n| {
+        let tail: &'static [u8] = Box::leak(format!("#{n}").into_bytes().into_boxed_slice());
+        Response::new(Frames::chunks(
+            &[b"hello ", b"streamed ", b"world", tail],
+            false,
+        ))
+    });
+    let mut svc = cache().layer(origin.clone());
+    assert_eq!(
+        send(&mut svc, get_req("/s")).await.body,
+        "hello streamed world#1"
+    );
+    let hit = send(&mut svc, get_req("/s")).await;
+    assert_eq!(hit.body, "hello streamed world#1");
+    assert_eq!(hit.x_cache(), Some("HIT"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn responses_with_trailers_are_passed_through_with_them() {
+    let origin = Origin::new(|_, _| {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        Response::new(Frames {
+            frames: [
+                Frame::data(Bytes::from_static(b"data")),
+                Frame::trailers(trailers),
+            ]
+            .into(),
+            exact: false,
+        })
+    });
+    let mut svc = cache().layer(origin.clone());
+    for _ in 0..2 {
+        let a = send(&mut svc, get_req("/t")).await;
+        assert_eq!(a.body, "data");
+        assert_eq!(a.trailers.unwrap()["grpc-status"], "0");
+    }
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_age_and_s_maxage_set_the_ttl_unless_told_otherwise() {
+    let origin = ok_with(&[("cache-control", "public, max-age=5, s-maxage=2")]);
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    tokio::time::advance(Duration::from_millis(1_999)).await;
+    let hit = send(&mut svc, get_req("/x")).await;
+    assert_eq!(hit.x_cache(), Some("HIT"));
+    assert_eq!(hit.headers["age"], "1");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        send(&mut svc, get_req("/x")).await.x_cache(),
+        Some("MISS"),
+        "s-maxage wins"
+    );
+
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .honor_cache_control(false)
+        .x_cache_header(false)
+        .age_header(false)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let hit = send(&mut svc, get_req("/x")).await;
+    assert_eq!(hit.body, "call 3", "the layer's TTL applied");
+    assert!(hit.headers.get("x-cache").is_none() && hit.headers.get("age").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn vary_is_cached_per_value_when_the_key_covers_the_header() {
+    let origin = Origin::new(|req, n| {
+        let accept = req
+            .headers()
+            .get("accept")
+            .map_or("none", |v| v.to_str().unwrap());
+        let body: &'static [u8] =
+            Box::leak(format!("{accept} #{n}").into_bytes().into_boxed_slice());
+        let mut res = Response::new(Frames::chunks(&[body], true));
+        res.headers_mut()
+            .insert("vary", HeaderValue::from_static("Accept"));
+        res
+    });
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .key(HttpKey::new().header(header::ACCEPT))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(origin.clone());
+    let json = || {
+        Request::get("/v")
+            .header("accept", "application/json")
+            .body(())
+            .unwrap()
+    };
+    let csv = || {
+        Request::get("/v")
+            .header("accept", "text/csv")
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(send(&mut svc, json()).await.body, "application/json #1");
+    assert_eq!(send(&mut svc, csv()).await.body, "text/csv #2");
+    assert_eq!(send(&mut svc, json()).await.body, "application/json #1");
+    assert_eq!(send(&mut svc, csv()).await.body, "text/csv #2");
+    assert_eq!(send(&mut svc, get_req("/v")).await.body, "none #3");
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_errors_are_answered_from_the_stale_entry_within_stale_if_error() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = Arc::clone(&failing);
+    let origin = Origin::new(move |_, n| {
+        let body: &'static [u8] = Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
+        let mut res = Response::new(Frames::chunks(&[body], true));
+        if f.load(Ordering::SeqCst) {
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        res
+    });
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(10))
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    tokio::time::advance(Duration::from_secs(15)).await;
+    failing.store(true, Ordering::SeqCst);
+    let stale = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        (stale.status, stale.x_cache()),
+        (StatusCode::OK, Some("STALE"))
+    );
+    assert_eq!(stale.body, "call 1");
+    assert_eq!(stale.headers["age"], "15");
+    assert_eq!(origin.calls(), 2);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let err = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        err.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "past the window"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_over_http_marks_stale_answers() {
+    let origin = ok_with(&[]);
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(10))
+        .stale_while_revalidate(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    tokio::time::advance(Duration::from_secs(12)).await;
+    let stale = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        (stale.x_cache(), &stale.body[..]),
+        (Some("STALE"), &b"call 1"[..])
+    );
+    tokio::task::yield_now().await;
+    let fresh = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        (fresh.x_cache(), &fresh.body[..]),
+        (Some("HIT"), &b"call 2"[..])
+    );
+}

@@ -1,0 +1,540 @@
+//! Stores: one that answers through futures (as Redis will) takes the slow path with the same
+//! results; a failing store never fails a request; entries that cannot be replayed are misses.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt};
+use tower_rampart::backend::memory::MemoryCacheStore;
+use tower_rampart::backend::{BackendError, MemoryBackend};
+use tower_rampart::cache::entry::{Lifetimes, Timing};
+use tower_rampart::cache::key::key_fn;
+use tower_rampart::cache::{
+    CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheStore, CachedResponse, FillLock, Found,
+    StoreOp, StoreSpec,
+};
+
+use crate::{Upstream, call};
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send>>;
+
+/// Wraps the in-memory store: every operation yields once before answering, like a network
+/// store; `down` makes every operation fail.
+struct Remote<V> {
+    inner: Arc<MemoryCacheStore<V>>,
+    down: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Default)]
+struct RemoteBackend {
+    down: Arc<AtomicBool>,
+}
+
+impl<V: Send + Sync + 'static> CacheBackend<V> for RemoteBackend {
+    type Store = Remote<V>;
+
+    fn cache_store(&self, spec: &StoreSpec) -> Result<Remote<V>, tower_rampart::ConfigError> {
+        Ok(Remote {
+            inner: Arc::new(MemoryBackend::new().cache_store(spec)?),
+            down: Arc::clone(&self.down),
+        })
+    }
+}
+
+impl<V: Send + Sync + 'static> Remote<V> {
+    fn remote<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(
+            &MemoryCacheStore<V>,
+        ) -> StoreOp<T, std::future::Pending<Result<T, BackendError>>>
+        + Send
+        + 'static,
+    ) -> StoreOp<T, BoxFut<T>> {
+        let inner = Arc::clone(&self.inner);
+        let down = self.down.load(Ordering::SeqCst);
+        StoreOp::Pending(Box::pin(async move {
+            tokio::task::yield_now().await;
+            if down {
+                return Err(BackendError::new("connection refused", None));
+            }
+            match op(&inner) {
+                StoreOp::Ready(r) => r,
+                StoreOp::Pending(_) => unreachable!("the memory store is always ready"),
+            }
+        }))
+    }
+}
+
+impl<V: Send + Sync + 'static> CacheStore<V> for Remote<V> {
+    type Future<T: Send + 'static> = BoxFut<T>;
+
+    fn get(&self, key: &CacheKey) -> StoreOp<Found<V>, BoxFut<Found<V>>> {
+        let key = key.clone();
+        self.remote(move |s| s.get(&key))
+    }
+
+    fn put(&self, key: CacheKey, entry: CacheEntry<V>) -> StoreOp<(), BoxFut<()>> {
+        self.remote(move |s| s.put(key, entry))
+    }
+
+    fn invalidate(&self, key: &CacheKey) -> StoreOp<(), BoxFut<()>> {
+        let key = key.clone();
+        self.remote(move |s| s.invalidate(&key))
+    }
+
+    fn invalidate_prefix(&self, prefix: &[u8]) -> StoreOp<(), BoxFut<()>> {
+        let prefix = prefix.to_vec();
+        self.remote(move |s| s.invalidate_prefix(&prefix))
+    }
+
+    fn clear(&self) -> StoreOp<(), BoxFut<()>> {
+        self.remote(|s| s.clear())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_answers_through_futures_gives_the_same_results() {
+    let up = Upstream::default();
+    up.delay(50);
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .stale_while_revalidate(Duration::from_secs(10))
+        .key(key_fn(|r: &String| Some(r.clone())))
+        .backend(RemoteBackend::default())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(up.service());
+    let answers = join_all((0..100).map(|_| {
+        let mut s = svc.clone();
+        async move { call(&mut s, "k").await.unwrap() }
+    }))
+    .await;
+    assert!(answers.iter().all(|a| a == "k#1"));
+    assert_eq!(up.calls(), 1, "single flight across the slow path");
+    tokio::time::sleep(Duration::from_millis(1)).await; // the put runs in the background
+    let mut s = svc.clone();
+    assert_eq!(
+        call(&mut s, "k").await.unwrap(),
+        "k#1",
+        "a hit through the slow path"
+    );
+    assert_eq!(up.calls(), 1);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(call(&mut s, "k").await.unwrap(), "k#1", "stale");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        call(&mut s, "k").await.unwrap(),
+        "k#2",
+        "refreshed in the background"
+    );
+    handle.invalidate("k").await.unwrap();
+    assert_eq!(
+        call(&mut s, "k").await.unwrap(),
+        "k#3",
+        "invalidated through the future"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_never_fails_a_request() {
+    let backend = RemoteBackend::default();
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .key(key_fn(|r: &String| Some(r.clone())))
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(up.service());
+    backend.down.store(true, Ordering::SeqCst);
+    for i in 1..=3 {
+        assert_eq!(
+            call(&mut svc, "k").await.unwrap(),
+            format!("k#{i}"),
+            "served without the store"
+        );
+    }
+    assert!(
+        handle.invalidate("k").await.is_err(),
+        "the invalidation reports the failure"
+    );
+    backend.down.store(false, Ordering::SeqCst);
+    call(&mut svc, "k").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        call(&mut svc, "k").await.unwrap(),
+        "k#4",
+        "back in use once it recovers"
+    );
+}
+
+/// A store holding one entry whose `content-length` does not match its body.
+struct Corrupt;
+
+impl CacheStore<CachedResponse> for Corrupt {
+    type Future<T: Send + 'static> = std::future::Pending<Result<T, BackendError>>;
+
+    fn get(
+        &self,
+        _: &CacheKey,
+    ) -> StoreOp<Found<CachedResponse>, Self::Future<Found<CachedResponse>>> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        let value = CachedResponse::new(
+            StatusCode::OK,
+            http::Version::HTTP_11,
+            headers,
+            Bytes::from_static(b"short"),
+        );
+        let timing = Timing::new(
+            tokio::time::Instant::now(),
+            Lifetimes::ttl(Duration::from_secs(60)),
+        );
+        StoreOp::Ready(Ok(Some(CacheEntry::new(value, timing, 100))))
+    }
+
+    fn put(&self, _: CacheKey, _: CacheEntry<CachedResponse>) -> StoreOp<(), Self::Future<()>> {
+        StoreOp::Ready(Ok(()))
+    }
+
+    fn invalidate(&self, _: &CacheKey) -> StoreOp<(), Self::Future<()>> {
+        StoreOp::Ready(Ok(()))
+    }
+
+    fn invalidate_prefix(&self, _: &[u8]) -> StoreOp<(), Self::Future<()>> {
+        StoreOp::Ready(Ok(()))
+    }
+
+    fn clear(&self) -> StoreOp<(), Self::Future<()>> {
+        StoreOp::Ready(Ok(()))
+    }
+}
+
+struct CorruptBackend;
+
+impl CacheBackend<CachedResponse> for CorruptBackend {
+    type Store = Corrupt;
+
+    fn cache_store(&self, _: &StoreSpec) -> Result<Corrupt, tower_rampart::ConfigError> {
+        Ok(Corrupt)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_that_cannot_be_replayed_is_a_miss_not_a_panic() {
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(10))
+        .backend(CorruptBackend)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"origin"))))
+    }));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-cache"], "MISS");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "origin"
+    );
+}
+
+/// One store shared by several layers (replicas of a service), with a fill lock that behaves
+/// like Redis `SET key token NX PX hold`, and a delete-if-owner unlock.
+#[derive(Clone, Default)]
+struct SharedBackend {
+    store: Arc<std::sync::OnceLock<Arc<MemoryCacheStore<String>>>>,
+    locks: Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, (u64, tokio::time::Instant)>>>,
+    next_token: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CacheBackend<String> for SharedBackend {
+    type Store = SharedBackend;
+
+    fn cache_store(&self, spec: &StoreSpec) -> Result<SharedBackend, tower_rampart::ConfigError> {
+        let store = MemoryBackend::new().cache_store(spec)?;
+        let _ = self.store.set(Arc::new(store));
+        Ok(self.clone())
+    }
+}
+
+impl SharedBackend {
+    fn inner(&self) -> &MemoryCacheStore<String> {
+        self.store.get().expect("built")
+    }
+
+    fn held(&self) -> usize {
+        self.locks.lock().unwrap().len()
+    }
+}
+
+impl CacheStore<String> for SharedBackend {
+    type Future<T: Send + 'static> = BoxFut<T>;
+
+    fn get(&self, key: &CacheKey) -> StoreOp<Found<String>, BoxFut<Found<String>>> {
+        match self.inner().get(key) {
+            StoreOp::Ready(r) => StoreOp::Ready(r),
+            StoreOp::Pending(_) => unreachable!(),
+        }
+    }
+
+    fn put(&self, key: CacheKey, entry: CacheEntry<String>) -> StoreOp<(), BoxFut<()>> {
+        match self.inner().put(key, entry) {
+            StoreOp::Ready(r) => StoreOp::Ready(r),
+            StoreOp::Pending(_) => unreachable!(),
+        }
+    }
+
+    fn invalidate(&self, key: &CacheKey) -> StoreOp<(), BoxFut<()>> {
+        match self.inner().invalidate(key) {
+            StoreOp::Ready(r) => StoreOp::Ready(r),
+            StoreOp::Pending(_) => unreachable!(),
+        }
+    }
+
+    fn invalidate_prefix(&self, prefix: &[u8]) -> StoreOp<(), BoxFut<()>> {
+        match self.inner().invalidate_prefix(prefix) {
+            StoreOp::Ready(r) => StoreOp::Ready(r),
+            StoreOp::Pending(_) => unreachable!(),
+        }
+    }
+
+    fn clear(&self) -> StoreOp<(), BoxFut<()>> {
+        match self.inner().clear() {
+            StoreOp::Ready(r) => StoreOp::Ready(r),
+            StoreOp::Pending(_) => unreachable!(),
+        }
+    }
+
+    fn lock(&self, key: &CacheKey, hold: Duration) -> StoreOp<FillLock, BoxFut<FillLock>> {
+        // Answered through a future, as a network store would.
+        let this = self.clone();
+        let key = key.clone();
+        StoreOp::Pending(Box::pin(async move {
+            tokio::task::yield_now().await;
+            let now = tokio::time::Instant::now();
+            let mut locks = this.locks.lock().unwrap();
+            match locks.get(&key) {
+                Some((_, until)) if *until > now => Ok(FillLock::HeldElsewhere),
+                _ => {
+                    let token = this.next_token.fetch_add(1, Ordering::SeqCst) + 1;
+                    locks.insert(key, (token, now + hold));
+                    Ok(FillLock::Acquired(token))
+                }
+            }
+        }))
+    }
+
+    fn unlock(&self, key: &CacheKey, token: u64) -> StoreOp<(), BoxFut<()>> {
+        let mut locks = self.locks.lock().unwrap();
+        if locks.get(key).is_some_and(|(t, _)| *t == token) {
+            locks.remove(key);
+        }
+        StoreOp::Ready(Ok(()))
+    }
+}
+
+fn replica(
+    backend: &SharedBackend,
+    up: &Upstream,
+) -> tower::util::BoxCloneSyncService<String, String, tower_rampart::BoxError> {
+    let svc = CacheLayer::builder()
+        .ttl(Duration::from_secs(60))
+        .key(key_fn(|r: &String| Some(r.clone())))
+        .fill_lock(Duration::from_secs(10), Duration::from_secs(1))
+        .backend(backend.clone())
+        .build()
+        .unwrap()
+        .layer(up.service());
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn four_replicas_sharing_a_store_make_one_call_for_a_stampede() {
+    let backend = SharedBackend::default();
+    let up = Upstream::default();
+    up.delay(100);
+    let replicas: Vec<_> = (0..4).map(|_| replica(&backend, &up)).collect();
+    let answers = join_all((0..1000).map(|i| {
+        let mut s = replicas[i % 4].clone();
+        async move { call(&mut s, "k").await.unwrap() }
+    }))
+    .await;
+    assert_eq!(
+        up.calls(),
+        1,
+        "one call across four replicas and 1,000 requests"
+    );
+    assert!(answers.iter().all(|a| a == "k#1"));
+    assert_eq!(backend.held(), 0, "the lock was released after the fill");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_takes_over_the_fill_when_the_lock_holder_stores_nothing() {
+    let backend = SharedBackend::default();
+    let up = Upstream::default();
+    up.delay(100);
+    up.fail(true);
+    let mut a = replica(&backend, &up);
+    let mut b = replica(&backend, &up);
+    let first = tokio::spawn(async move { call(&mut a, "k").await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // B finds the lock held by A...
+    let second = tokio::spawn(async move { call(&mut b, "k").await });
+    // ...whose call fails and stores nothing, releasing the lock...
+    assert!(first.await.unwrap().is_err());
+    let released = tokio::time::Instant::now();
+    up.fail(false);
+    up.delay(0);
+    // ...so B takes the lock at its next check (not at the end of its 1 s wait) and fills.
+    assert_eq!(second.await.unwrap().unwrap(), "k#2");
+    let waited = released.elapsed();
+    assert!(waited <= Duration::from_millis(50), "{waited:?}");
+    assert_eq!(up.calls(), 2);
+    assert_eq!(backend.held(), 0, "B released the lock after storing");
+    let mut c = replica(&backend, &up);
+    assert_eq!(
+        call(&mut c, "k").await.unwrap(),
+        "k#2",
+        "B's answer was stored"
+    );
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_call_through_after_their_wait_when_the_lock_holder_is_slow() {
+    let backend = SharedBackend::default();
+    let up = Upstream::default();
+    up.delay(3_000);
+    let mut a = replica(&backend, &up);
+    let mut b = replica(&backend, &up);
+    let first = tokio::spawn(async move { call(&mut a, "k").await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = tokio::time::Instant::now();
+    let second = tokio::spawn(async move { call(&mut b, "k").await });
+    // A's call takes 3 s; B waits its bound (1 s), then calls through itself.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(up.calls(), 2, "B called through after its wait");
+    assert_eq!(second.await.unwrap().unwrap(), "k#2");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4_000) && waited <= Duration::from_millis(4_100),
+        "B's own call took 3 s after 1 s of waiting: {waited:?}"
+    );
+    assert_eq!(first.await.unwrap().unwrap(), "k#1");
+    // Only the lock's holder stored: the entry is A's.
+    let mut c = replica(&backend, &up);
+    assert_eq!(call(&mut c, "k").await.unwrap(), "k#1");
+    assert_eq!(up.calls(), 2);
+    assert_eq!(backend.held(), 0);
+}
+
+/// A store whose writes complete through futures, recording the order in which writes and lock
+/// releases reach it: a fill's release must never overtake its write.
+#[derive(Clone, Default)]
+struct OrderedBackend {
+    shared: SharedBackend,
+    log: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl CacheBackend<String> for OrderedBackend {
+    type Store = OrderedBackend;
+
+    fn cache_store(&self, spec: &StoreSpec) -> Result<OrderedBackend, tower_rampart::ConfigError> {
+        self.shared.cache_store(spec)?;
+        Ok(self.clone())
+    }
+}
+
+impl CacheStore<String> for OrderedBackend {
+    type Future<T: Send + 'static> = BoxFut<T>;
+
+    fn get(&self, key: &CacheKey) -> StoreOp<Found<String>, BoxFut<Found<String>>> {
+        self.shared.get(key)
+    }
+
+    fn put(&self, key: CacheKey, entry: CacheEntry<String>) -> StoreOp<(), BoxFut<()>> {
+        let this = self.clone();
+        StoreOp::Pending(Box::pin(async move {
+            // A slow write: several turns of the scheduler before it lands.
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            this.log.lock().unwrap().push("put");
+            match this.shared.put(key, entry) {
+                StoreOp::Ready(r) => r,
+                StoreOp::Pending(_) => unreachable!(),
+            }
+        }))
+    }
+
+    fn invalidate(&self, key: &CacheKey) -> StoreOp<(), BoxFut<()>> {
+        self.shared.invalidate(key)
+    }
+
+    fn invalidate_prefix(&self, prefix: &[u8]) -> StoreOp<(), BoxFut<()>> {
+        self.shared.invalidate_prefix(prefix)
+    }
+
+    fn clear(&self) -> StoreOp<(), BoxFut<()>> {
+        self.shared.clear()
+    }
+
+    fn lock(&self, key: &CacheKey, hold: Duration) -> StoreOp<FillLock, BoxFut<FillLock>> {
+        self.shared.lock(key, hold)
+    }
+
+    fn unlock(&self, key: &CacheKey, token: u64) -> StoreOp<(), BoxFut<()>> {
+        let this = self.clone();
+        let key = key.clone();
+        StoreOp::Pending(Box::pin(async move {
+            this.log.lock().unwrap().push("unlock");
+            match this.shared.unlock(&key, token) {
+                StoreOp::Ready(r) => r,
+                StoreOp::Pending(_) => unreachable!(),
+            }
+        }))
+    }
+}
+
+/// Regression (#8): with a store that writes through futures, the fill lock's release reached
+/// the store before the write, so another replica could find the lock free and no entry, and
+/// fill the key a second time.
+#[tokio::test(start_paused = true)]
+async fn a_fill_releases_its_lock_only_after_its_write_has_landed() {
+    let backend = OrderedBackend::default();
+    let up = Upstream::default();
+    let mut a = tower::util::BoxCloneSyncService::new(
+        CacheLayer::builder()
+            .ttl(Duration::from_secs(60))
+            .key(key_fn(|r: &String| Some(r.clone())))
+            .backend(backend.clone())
+            .build()
+            .unwrap()
+            .layer(up.service()),
+    );
+    for key in ["k1", "k2", "k3"] {
+        call(&mut a, key).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        *backend.log.lock().unwrap(),
+        ["put", "unlock", "put", "unlock", "put", "unlock"]
+    );
+    assert_eq!(backend.shared.held(), 0);
+}

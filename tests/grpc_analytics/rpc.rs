@@ -1,0 +1,595 @@
+//! Every RPC over real loopback gRPC: answers, validation, per-client limits answering
+//! `RESOURCE_EXHAUSTED` with retry information, the circuit-broken external call, health and
+//! reflection (v1 and v1alpha).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use crate::pb;
+use crate::pb::analytics_service_client::AnalyticsServiceClient;
+use crate::{config, server, storage};
+
+/// A server on a loopback port; stops (draining) when dropped.
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    pub(crate) storage: Arc<storage::Storage>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+impl Running {
+    pub(crate) async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
+    pub(crate) async fn client(&self) -> AnalyticsServiceClient<Channel> {
+        AnalyticsServiceClient::new(self.channel().await)
+    }
+}
+
+/// Serves `grpc_analytics` for the environment `vars`, in memory.
+pub(crate) async fn start(vars: &[(&str, &str)]) -> Running {
+    start_on(vars, Arc::new(storage::Storage::default())).await
+}
+
+/// Serves `grpc_analytics` for the environment `vars`, keeping its data in `storage`.
+pub(crate) async fn start_on(vars: &[(&str, &str)], storage: Arc<storage::Storage>) -> Running {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = config::Config::from_lookup_on(|k| vars.get(k).cloned(), 0).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shared = Arc::clone(&storage);
+    let task = tokio::spawn(async move {
+        server::serve(&config, shared, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running {
+        addr,
+        storage,
+        stop: Some(stop),
+        task,
+    }
+}
+
+pub(crate) fn metric(value: f64, kind: &str) -> pb::SubmitMetricRequest {
+    pb::SubmitMetricRequest {
+        metric: Some(pb::Metric {
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_771_675_200, // 2026-02-21T12:00:00Z
+                nanos: 0,
+            }),
+            value,
+            r#type: kind.into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn metrics_summaries_lists_events_and_stats() {
+    let server = start(&[]).await;
+    let mut c = server.client().await;
+    for v in [1.0, 2.0, 6.0] {
+        let r = c.submit_metric(metric(v, "cpu_usage")).await.unwrap();
+        assert_eq!(r.get_ref().message, "Metric stored successfully");
+        assert_eq!(r.get_ref().metric.as_ref().unwrap().value, v);
+    }
+    let s = c
+        .get_summary(pb::GetSummaryRequest {
+            r#type: "cpu_usage".into(),
+            period: pb::Period::All.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (s.count, s.average, s.min, s.max, s.latest),
+        (3, 3.0, 1.0, 6.0, 6.0)
+    );
+    let daily = c
+        .get_summary(pb::GetSummaryRequest {
+            r#type: "cpu_usage".into(),
+            period: pb::Period::Daily.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        daily.count, 0,
+        "the metrics are timestamped long before the last day"
+    );
+    let list = c
+        .list_metrics(pb::ListMetricsRequest {
+            r#type: "cpu_usage".into(),
+            limit: 2,
+            offset: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 3);
+    let values: Vec<f64> = list.metrics.iter().map(|m| m.value).collect();
+    assert_eq!(values, [2.0, 6.0]);
+
+    for platform in ["ios", ""] {
+        let r = c
+            .submit_event(pb::SubmitEventRequest {
+                user_id: 42,
+                event_type: "login".into(),
+                timestamp: 1_690_000_000,
+                platform: platform.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.get_ref().status, "received");
+    }
+    let stats = c
+        .get_stats(pb::GetStatsRequest {
+            event_type: "login".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.event_type.as_str(), stats.count), ("login", 2));
+}
+
+#[tokio::test]
+async fn invalid_arguments_name_the_field_and_store_nothing() {
+    let server = start(&[("RATE_LIMIT_REQUESTS", "100")]).await;
+    let mut c = server.client().await;
+    let cases = [
+        (pb::SubmitMetricRequest { metric: None }, "`metric`"),
+        (
+            pb::SubmitMetricRequest {
+                metric: Some(pb::Metric {
+                    timestamp: None,
+                    value: 1.0,
+                    r#type: "cpu".into(),
+                }),
+            },
+            "`metric.timestamp`",
+        ),
+        (metric(f64::NAN, "cpu"), "`metric.value`"),
+        (metric(f64::INFINITY, "cpu"), "`metric.value`"),
+        (metric(1.0, "no spaces"), "`metric.type`"),
+        (metric(1.0, ""), "`metric.type`"),
+    ];
+    for (req, field) in cases {
+        let err = c.submit_metric(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{}: {field}", err.message());
+    }
+    let err = c
+        .get_summary(pb::GetSummaryRequest {
+            r#type: "cpu".into(),
+            period: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("`period`"));
+    let err = c
+        .list_metrics(pb::ListMetricsRequest {
+            r#type: "cpu".into(),
+            limit: 5000,
+            offset: 0,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("`limit`"));
+    let err = c
+        .submit_event(pb::SubmitEventRequest {
+            user_id: 1,
+            event_type: String::new(),
+            timestamp: 0,
+            platform: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("`event_type`"));
+    let list = c
+        .list_metrics(pb::ListMetricsRequest {
+            r#type: "cpu".into(),
+            limit: 0,
+            offset: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 0, "nothing invalid was stored");
+}
+
+#[tokio::test]
+async fn an_exhausted_quota_answers_resource_exhausted_with_retry_info() {
+    let server = start(&[
+        ("RATE_LIMIT_REQUESTS", "2"),
+        ("RATE_LIMIT_WINDOW_SECONDS", "60"),
+        ("RATE_LIMIT", "1"),
+    ])
+    .await;
+    let mut c = server.client().await;
+    for v in [1.0, 2.0] {
+        c.submit_metric(metric(v, "cpu")).await.unwrap();
+    }
+    let err = c.submit_metric(metric(3.0, "cpu")).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(err.message(), "rate limit exceeded");
+    let retry = err.get_details_retry_info().expect("RetryInfo details");
+    let delay = retry.retry_delay.unwrap();
+    assert!(
+        delay > Duration::from_secs(29) && delay <= Duration::from_secs(30),
+        "{delay:?}"
+    );
+    let pushback: u64 = err
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("pushback")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((29_000..=30_000).contains(&pushback), "{pushback}");
+
+    // Unlimited methods still answer; the events limit is separate (1 per minute here, over
+    // SubmitEvent and GetStats together).
+    let s = c
+        .get_summary(pb::GetSummaryRequest {
+            r#type: "cpu".into(),
+            period: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().count, 2, "the refused metric was not stored");
+    c.get_stats(pb::GetStatsRequest {
+        event_type: "login".into(),
+    })
+    .await
+    .unwrap();
+    let err = c
+        .submit_event(pb::SubmitEventRequest {
+            user_id: 1,
+            event_type: "login".into(),
+            timestamp: 0,
+            platform: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn the_external_call_falls_back_and_its_circuit_opens() {
+    let server = start(&[
+        ("EXTERNAL_SERVICE_FAILURE_RATE", "1.0"),
+        ("EXTERNAL_SERVICE_LATENCY_MS", "0"),
+        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2"),
+        ("CIRCUIT_BREAKER_RESET_TIMEOUT", "60"),
+    ])
+    .await;
+    let mut c = server.client().await;
+    use pb::call_external_response::Result as Outcome;
+    for circuit_open in [false, false, true] {
+        let r = c
+            .call_external(pb::CallExternalRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.result,
+            Some(Outcome::Fallback(pb::Fallback {
+                reason: "external service failure".into(),
+                circuit_open,
+            }))
+        );
+    }
+    let s = c
+        .circuit_status(pb::CircuitStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.name, "external");
+    assert_eq!(s.state, "OPEN");
+    assert_eq!(s.consecutive_failures, 2);
+    assert_eq!(s.rejected, 1);
+    assert!(s.next_attempt_in_seconds.unwrap() > 59.0);
+
+    let healthy = start(&[
+        ("EXTERNAL_SERVICE_FAILURE_RATE", "0"),
+        ("EXTERNAL_SERVICE_LATENCY_MS", "0"),
+    ])
+    .await;
+    let r = healthy
+        .client()
+        .await
+        .call_external(pb::CallExternalRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(r.result, Some(Outcome::Value(v)) if (100..200).contains(&v)),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn health_is_serving_and_reflection_lists_the_services() {
+    let server = start(&[]).await;
+    let channel = server.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "rampart.analytics.v1.AnalyticsService"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+
+    // v1
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = client
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("{reply:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.contains(&"rampart.analytics.v1.AnalyticsService".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_owned()),
+            "{names:?}"
+        );
+    }
+    // v1alpha (older grpcurl and grpcio clients)
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "rampart.analytics.v1.AnalyticsService".into(),
+            )),
+        };
+        let mut replies = client
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = reply.message_response else {
+            panic!("{reply:?}");
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_retrying_client_waits_out_the_servers_pushback_and_succeeds() {
+    // 2 per 2 s: the third metric must wait about a second.
+    let server = start(&[
+        ("RATE_LIMIT_REQUESTS", "2"),
+        ("RATE_LIMIT_WINDOW_SECONDS", "2"),
+    ])
+    .await;
+    let submit = crate::retrying::submit_metric(
+        server.channel().await,
+        4,
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut tries = Vec::new();
+    for v in [1.0, 2.0, 3.0] {
+        let res = crate::retrying::send(&submit, metric(v, "cpu").metric.unwrap())
+            .await
+            .expect("the retrying client gets through");
+        tries.push(crate::retrying::attempts(&res));
+    }
+    assert_eq!(tries, [1, 1, 2], "the third waited once, for the pushback");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "it honoured the pushback: {waited:?}"
+    );
+
+    // A pushback longer than the client will wait ends the retries with the server's answer.
+    let impatient = crate::retrying::submit_metric(
+        server.channel().await,
+        4,
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    let err = crate::retrying::send(&impatient, metric(4.0, "cpu").metric.unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn summaries_come_from_the_cache_until_a_metric_of_their_type_arrives() {
+    let server = start(&[("RATE_LIMIT_REQUESTS", "100")]).await;
+    let mut c = server.client().await;
+    let summary = |kind: &str| pb::GetSummaryRequest {
+        r#type: kind.into(),
+        period: 0,
+    };
+    c.submit_metric(metric(1.0, "cpu")).await.unwrap();
+    c.submit_metric(metric(9.0, "mem")).await.unwrap();
+    assert_eq!(
+        c.get_summary(summary("cpu")).await.unwrap().get_ref().count,
+        1
+    );
+    // Stored behind the service's back: a cached summary does not see it...
+    let sneaky = crate::storage::Metric {
+        timestamp: chrono::Utc::now(),
+        value: 3.0,
+        metric_type: "cpu".into(),
+    };
+    server.storage.add_metric(&sneaky).await.unwrap();
+    assert_eq!(
+        c.get_summary(summary("cpu")).await.unwrap().get_ref().count,
+        1,
+        "cached"
+    );
+    // ...a SubmitMetric of that type drops it; another type's summary stays cached.
+    assert_eq!(
+        c.get_summary(summary("mem")).await.unwrap().get_ref().count,
+        1
+    );
+    server
+        .storage
+        .add_metric(&crate::storage::Metric {
+            metric_type: "mem".into(),
+            ..sneaky.clone()
+        })
+        .await
+        .unwrap();
+    c.submit_metric(metric(2.0, "cpu")).await.unwrap();
+    assert_eq!(
+        c.get_summary(summary("cpu")).await.unwrap().get_ref().count,
+        3
+    );
+    assert_eq!(
+        c.get_summary(summary("mem")).await.unwrap().get_ref().count,
+        1,
+        "still cached"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_two_servers_share_the_data_and_the_per_client_limit() {
+    let Some(redis) = crate::common::redis::RedisServer::start() else {
+        return;
+    };
+    let storage = || {
+        Arc::new(storage::Storage::Redis(
+            storage::RedisStorage::open(&redis.url(), Duration::from_millis(500)).unwrap(),
+        ))
+    };
+    let vars = [
+        ("RATE_LIMIT_REQUESTS", "3"),
+        ("RATE_LIMIT_WINDOW_SECONDS", "60"),
+    ];
+    let a = start_on(&vars, storage()).await;
+    let b = start_on(&vars, storage()).await;
+    let mut clients = [a.client().await, b.client().await];
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let c = &mut clients[i % 2];
+        codes.push(match c.submit_metric(metric(i as f64, "cpu")).await {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        });
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::ResourceExhausted,
+            Code::ResourceExhausted
+        ],
+        "3 in total across both servers"
+    );
+    let s = clients[1]
+        .get_summary(pb::GetSummaryRequest {
+            r#type: "cpu".into(),
+            period: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.count, 3, "both servers' metrics, from the shared store");
+}
+
+#[tokio::test]
+async fn with_redis_two_servers_share_cached_summaries_and_their_invalidation() {
+    let Some(redis) = crate::common::redis::RedisServer::start() else {
+        return;
+    };
+    let storage = || {
+        Arc::new(storage::Storage::Redis(
+            storage::RedisStorage::open(&redis.url(), Duration::from_millis(500)).unwrap(),
+        ))
+    };
+    let vars = [("RATE_LIMIT_REQUESTS", "100")];
+    let a = start_on(&vars, storage()).await;
+    let b = start_on(&vars, storage()).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let cpu = || pb::GetSummaryRequest {
+        r#type: "cpu".into(),
+        period: 0,
+    };
+    ca.submit_metric(metric(1.0, "cpu")).await.unwrap();
+    assert_eq!(ca.get_summary(cpu()).await.unwrap().get_ref().count, 1);
+    // Stored behind both servers' backs: b answers from the summary a cached in Redis.
+    let sneaky = crate::storage::Metric {
+        timestamp: chrono::Utc::now(),
+        value: 3.0,
+        metric_type: "cpu".into(),
+    };
+    a.storage.add_metric(&sneaky).await.unwrap();
+    let from_b = cb.get_summary(cpu()).await.unwrap().into_inner();
+    assert_eq!(from_b.count, 1, "computed by a, served to b from Redis");
+    assert_eq!(
+        (from_b.r#type.as_str(), from_b.max),
+        ("cpu", 1.0),
+        "the cached summary decodes whole"
+    );
+    // A metric submitted through b drops the summary for a too.
+    cb.submit_metric(metric(2.0, "cpu")).await.unwrap();
+    assert_eq!(ca.get_summary(cpu()).await.unwrap().get_ref().count, 3);
+}

@@ -1,0 +1,347 @@
+//! End-to-end tests of `examples/proxy_service` against `examples/mock_upstream`, both served on
+//! loopback ports, driven by a real HTTP client: the circuit opens after the failures and answers
+//! 503 without calling the upstream, probes and recovers; retries turn most failures into 200s and
+//! the upstream sees exactly the attempts the proxy reports; limits, timeouts, bad bodies.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+#[path = "../../examples/proxy_service/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+#[path = "../../examples/common/setup.rs"]
+#[allow(dead_code)]
+mod setup;
+#[path = "../../examples/mock_upstream/upstream.rs"]
+#[allow(dead_code)]
+mod upstream;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::http::{Reply, Served, serve};
+use http::StatusCode;
+use tower_rampart::circuit_breaker::{CircuitHandle, CircuitState};
+
+fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| vars.get(k).cloned()
+}
+
+struct Stack {
+    proxy: Served,
+    breaker: CircuitHandle,
+    upstream: upstream::UpstreamHandle,
+    _upstream_server: Served,
+}
+
+/// Serves the upstream with `upstream_vars` and the proxy in front of it with `proxy_vars`.
+async fn start(upstream_vars: &[(&str, &str)], proxy_vars: &[(&str, &str)]) -> Stack {
+    let config = upstream::UpstreamConfig::from_lookup(lookup(upstream_vars)).unwrap();
+    let (router, handle) = upstream::router(config);
+    let upstream_server = serve(router, false).await;
+    let url = format!("http://{}/external-api/process", upstream_server.addr);
+    let mut vars = vec![("EXTERNAL_SERVICE_URL", url.as_str())];
+    vars.extend_from_slice(proxy_vars);
+    let config = proxy::ProxyConfig::from_lookup(lookup(&vars)).unwrap();
+    let (router, breaker) = proxy::router(&config).unwrap();
+    Stack {
+        proxy: serve(router, true).await,
+        breaker,
+        upstream: handle,
+        _upstream_server: upstream_server,
+    }
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// Fast retries for the tests: 1 ms, doubling, at most 5 ms.
+const FAST: [(&str, &str); 3] = [
+    ("RETRY_INITIAL_DELAY_MS", "1"),
+    ("RETRY_MAX_DELAY_MS", "5"),
+    ("RATE_LIMIT_MAX_REQUESTS", "1000"),
+];
+
+async fn post(stack: &Stack, body: &str) -> Reply {
+    stack
+        .proxy
+        .send_body("POST", "/api/proxy/data", &[JSON], body.to_owned())
+        .await
+}
+
+fn attempts(r: &Reply) -> u64 {
+    r.headers["x-upstream-attempts"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn failures_open_the_circuit_which_answers_503_without_calling_then_recovers() {
+    let mut proxy_vars = FAST.to_vec();
+    proxy_vars.extend([
+        ("CB_FAILURE_THRESHOLD", "5"),
+        ("CB_RESET_TIMEOUT_SECONDS", "1"),
+    ]);
+    let stack = start(
+        &[
+            ("EXTERNAL_FAIL_RATE", "1.0"),
+            ("EXTERNAL_UNAVAILABLE_SHARE", "0"),
+        ],
+        &proxy_vars,
+    )
+    .await;
+    for i in 0..5 {
+        let r = post(&stack, r#"{"order":1}"#).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "request {i}: {}", r.body);
+        assert_eq!(
+            attempts(&r),
+            3,
+            "three attempts, one failure for the circuit"
+        );
+        assert_eq!(
+            r.json()["message"],
+            "External service failed with 500 after 3 attempts."
+        );
+    }
+    assert_eq!(stack.upstream.requests(), 15);
+    assert_eq!(stack.breaker.state(), CircuitState::Open);
+
+    // Open: 503 at once, and the upstream is not called.
+    let started = Instant::now();
+    let r = post(&stack, r#"{"order":2}"#).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "status": "error",
+            "message": "External service is currently unavailable (Circuit Open)."
+        })
+    );
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(stack.upstream.requests(), 15);
+    let h = stack.proxy.send("GET", "/health", &[]).await.json();
+    assert_eq!(
+        h,
+        serde_json::json!({"status": "healthy", "circuit_breaker_state": "OPEN"})
+    );
+
+    // After the reset timeout, the status shows half-open with no traffic needed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let s = stack
+        .proxy
+        .send("GET", "/api/circuit-breaker/status", &[])
+        .await
+        .json();
+    assert_eq!(s["state"], "HALF_OPEN", "{s}");
+    // A failing probe (three attempts) opens it again.
+    let r = post(&stack, r#"{"order":3}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(stack.upstream.requests(), 18);
+    assert_eq!(stack.breaker.state(), CircuitState::Open);
+
+    // The upstream recovers; after the wait the probe succeeds and closes the circuit.
+    stack.upstream.set_fail_rate(0.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = post(&stack, r#"{"order":4}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["external_response"]["status"], "success");
+    assert_eq!(
+        body["external_response"]["received_data"],
+        serde_json::json!({"order": 4})
+    );
+    assert_eq!(
+        body["proxy_notes"],
+        "Forwarded to the external service; it answered on the first attempt."
+    );
+    for path in ["/health", "/api/health"] {
+        assert_eq!(
+            stack.proxy.send("GET", path, &[]).await.json()["circuit_breaker_state"],
+            "CLOSED"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retries_turn_most_failures_into_success_and_the_upstream_saw_every_attempt() {
+    const REQUESTS: u64 = 80;
+    let stack = start(
+        &[
+            ("EXTERNAL_FAIL_RATE", "0.5"),
+            // Some failures are 503s asking to wait 0 s: honoured, and retried at once.
+            ("EXTERNAL_UNAVAILABLE_SHARE", "0.25"),
+            ("EXTERNAL_RETRY_AFTER_SECONDS", "0"),
+            ("EXTERNAL_SEED", "20260221"),
+        ],
+        &[
+            FAST[0],
+            FAST[1],
+            FAST[2],
+            // A failed request closes no circuit here: this test is about the retries.
+            ("CB_FAILURE_THRESHOLD", "1000"),
+        ],
+    )
+    .await;
+    let (mut ok, mut reported) = (0, 0);
+    let mut retried_to_success = 0;
+    for i in 0..REQUESTS {
+        let r = post(&stack, &format!(r#"{{"n":{i}}}"#)).await;
+        let n = attempts(&r);
+        reported += n;
+        match r.status {
+            StatusCode::OK => {
+                ok += 1;
+                if n > 1 {
+                    retried_to_success += 1;
+                    assert_eq!(
+                        r.json()["proxy_notes"],
+                        if n == 2 {
+                            "Forwarded to the external service; it answered after 1 retry."
+                                .to_owned()
+                        } else {
+                            format!(
+                                "Forwarded to the external service; it answered after {} retries.",
+                                n - 1
+                            )
+                        }
+                    );
+                }
+            }
+            StatusCode::BAD_GATEWAY => assert_eq!(n, 3, "a 502 only after every attempt"),
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    // Without retries about half would fail; with three attempts about 1 in 8 does.
+    assert!(ok >= REQUESTS * 3 / 4, "only {ok} of {REQUESTS} succeeded");
+    assert!(retried_to_success >= REQUESTS / 5, "{retried_to_success}");
+    assert_eq!(
+        stack.upstream.requests(),
+        reported,
+        "the upstream saw exactly the attempts the proxy reported"
+    );
+}
+
+#[tokio::test]
+async fn the_eleventh_request_in_a_window_is_refused_with_429() {
+    let stack = start(&[], &[]).await;
+    for _ in 0..10 {
+        assert_eq!(post(&stack, "{}").await.status, StatusCode::OK);
+    }
+    let r = post(&stack, "{}").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "status": "error",
+            "message": "Rate limit exceeded. Please try again later."
+        })
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        stack.upstream.requests(),
+        10,
+        "the refused request was not forwarded"
+    );
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_get_4xx_not_500() {
+    let stack = start(&[], &FAST).await;
+    let r = post(&stack, "{not json").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["status"], "error");
+    let r = stack
+        .proxy
+        .send_body(
+            "POST",
+            "/api/proxy/data",
+            &[("content-type", "text/plain")],
+            "hi",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(r.json()["status"], "error");
+    assert_eq!(stack.upstream.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_times_out_with_504_and_a_missing_one_is_502() {
+    let stack = start(
+        &[("EXTERNAL_LATENCY_MS", "300")],
+        &[
+            FAST[0],
+            FAST[1],
+            FAST[2],
+            ("EXTERNAL_TIMEOUT_MS", "50"),
+            ("RETRY_MAX_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    let r = post(&stack, "{}").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+    assert_eq!(attempts(&r), 2);
+    assert_eq!(
+        r.json()["message"],
+        "External service timed out (2 attempts)."
+    );
+
+    // Nothing listens on the upstream's address: connection refused, three times.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{port}/external-api/process");
+    let mut vars = FAST.to_vec();
+    vars.push(("EXTERNAL_SERVICE_URL", &url));
+    let config = proxy::ProxyConfig::from_lookup(lookup(&vars)).unwrap();
+    let (router, _) = proxy::router(&config).unwrap();
+    let lonely = serve(router, true).await;
+    let r = lonely
+        .send_body("POST", "/api/proxy/data", &[JSON], "{}")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(attempts(&r), 3);
+    let msg = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.starts_with("External service could not be reached after 3 attempts"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_settings_name_the_variable() {
+    let err = |vars: &[(&str, &str)]| {
+        proxy::ProxyConfig::from_lookup(lookup(vars))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(&[("RETRY_BACKOFF_MULTIPLIER", "NaN")]),
+        r#"invalid RETRY_BACKOFF_MULTIPLIER="NaN": expected a number from 1.0 to 10.0"#
+    );
+    assert_eq!(
+        err(&[("RETRY_MAX_ATTEMPTS", "50")]),
+        r#"invalid RETRY_MAX_ATTEMPTS="50": expected a whole number from 1 to 10"#
+    );
+    assert_eq!(
+        err(&[("EXTERNAL_SERVICE_URL", "ftp://example.com/x")]),
+        r#"invalid EXTERNAL_SERVICE_URL="ftp://example.com/x": expected an http:// URL with a host"#
+    );
+    assert_eq!(
+        err(&[("CB_RESET_TIMEOUT_SECONDS", "0")]),
+        r#"invalid CB_RESET_TIMEOUT_SECONDS="0": expected a whole number from 1 to 4294967295"#
+    );
+    let e = upstream::UpstreamConfig::from_lookup(lookup(&[("EXTERNAL_FAIL_RATE", "2")]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        r#"invalid EXTERNAL_FAIL_RATE="2": expected a number from 0.0 to 1.0"#
+    );
+}

@@ -1,0 +1,143 @@
+//! Real HTTP: an axum app served by two replicas (two routers on two loopback ports, each with its
+//! own connection) sharing one Redis. A summary fetched through one replica (`MISS`) is a `HIT` on
+//! the other; a write on either invalidates it for both (invalidate on write).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use http::StatusCode;
+use tower_rampart::backend::RedisBackend;
+use tower_rampart::backend::redis::RedisCacheStore;
+use tower_rampart::cache::{
+    CacheHandle, CacheKey, CacheLayer, CacheStore, CachedResponse, StoreOp,
+};
+
+use crate::common::http::serve;
+use crate::common::redis::RedisServer;
+use crate::support::unique_prefix;
+
+#[derive(Clone)]
+struct App {
+    /// Summaries computed (calls that reached the handler).
+    computed: Arc<AtomicUsize>,
+    /// Metrics stored (shared by the replicas, as a database would be).
+    stored: Arc<AtomicUsize>,
+    cache: CacheHandle,
+}
+
+#[derive(serde::Deserialize)]
+struct Summary {
+    r#type: String,
+}
+
+async fn summary(State(app): State<App>, Query(q): Query<Summary>) -> String {
+    app.computed.fetch_add(1, Ordering::SeqCst);
+    format!(
+        r#"{{"type":"{}","count":{}}}"#,
+        q.r#type,
+        app.stored.load(Ordering::SeqCst)
+    )
+}
+
+async fn submit(State(app): State<App>) -> StatusCode {
+    app.stored.fetch_add(1, Ordering::SeqCst);
+    // Invalidate on write, before answering: every replica's next summary is fresh.
+    app.cache
+        .invalidate_prefix("GET /api/metrics/summary")
+        .await
+        .expect("redis is up");
+    StatusCode::CREATED
+}
+
+async fn replica(
+    url: &str,
+    prefix: &str,
+    computed: &Arc<AtomicUsize>,
+    stored: &Arc<AtomicUsize>,
+) -> (Router, RedisCacheStore<CachedResponse>) {
+    let redis = RedisBackend::connect(url)
+        .await
+        .unwrap()
+        .prefix(prefix)
+        .timeout(Duration::from_secs(5));
+    let cache = CacheLayer::builder()
+        .http()
+        .name("summaries")
+        .ttl(Duration::from_secs(300))
+        .backend(redis)
+        .build()
+        .unwrap();
+    let store = cache.store().clone();
+    let app = App {
+        computed: Arc::clone(computed),
+        stored: Arc::clone(stored),
+        cache: cache.handle(),
+    };
+    let router = Router::new()
+        .route("/api/metrics/summary", get(summary).route_layer(cache))
+        .route("/api/metrics", axum::routing::post(submit))
+        .with_state(app);
+    (router, store)
+}
+
+async fn until_stored(store: &RedisCacheStore<CachedResponse>, key: &str) {
+    for _ in 0..500 {
+        let found = match store.get(&CacheKey::from(key)) {
+            StoreOp::Ready(f) => f,
+            StoreOp::Pending(f) => f.await,
+        };
+        if found.unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no entry for {key:?} after 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_on_one_replica_is_a_hit_on_the_other_and_a_write_invalidates_both() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("http-cache");
+    let computed = Arc::new(AtomicUsize::new(0));
+    let stored = Arc::new(AtomicUsize::new(0));
+    let (a, store) = replica(&server.url(), &prefix, &computed, &stored).await;
+    let (b, _) = replica(&server.url(), &prefix, &computed, &stored).await;
+    let (a, b) = (serve(a, false).await, serve(b, false).await);
+    let path = "/api/metrics/summary?type=cpu_usage";
+    let key = format!("GET {path}");
+
+    let first = a.send("GET", path, &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-cache"], "MISS");
+    assert_eq!(first.body, r#"{"type":"cpu_usage","count":0}"#);
+    until_stored(&store, &key).await;
+
+    let second = b.send("GET", path, &[]).await;
+    assert_eq!(
+        second.headers["x-cache"], "HIT",
+        "filled by the other replica"
+    );
+    assert_eq!(second.body, first.body);
+    assert!(second.headers.contains_key("age"));
+    let again = a.send("GET", path, &[]).await;
+    assert_eq!(again.headers["x-cache"], "HIT");
+    assert_eq!(computed.load(Ordering::SeqCst), 1);
+
+    // A write through replica B: the next summary on replica A is fresh.
+    let post = b.send("POST", "/api/metrics", &[]).await;
+    assert_eq!(post.status, StatusCode::CREATED);
+    let fresh = a.send("GET", path, &[]).await;
+    assert_eq!(fresh.headers["x-cache"], "MISS");
+    assert_eq!(fresh.body, r#"{"type":"cpu_usage","count":1}"#);
+    until_stored(&store, &key).await;
+    let hit = b.send("GET", path, &[]).await;
+    assert_eq!(hit.headers["x-cache"], "HIT");
+    assert_eq!(hit.body, fresh.body);
+    assert_eq!(computed.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,33 @@
+//! Shared circuit state in Redis ([#8]): replicas built on their own `RedisBackend`s over one
+//! `redis-server` (and a 3-master cluster), started by the tests on free loopback ports.
+//!
+//! - propagation: a trip seen by one replica rejects on all within the sync interval, hooks fire
+//!   on every replica with the same reason; per-key circuits; single node and cluster.
+//! - probes: exactly N half-open probes across replicas under concurrency; their outcome closes or
+//!   reopens the circuit for all.
+//! - faults: Redis killed mid-test (local circuits serve, no call waits), restarted (replicas
+//!   rejoin, a local opening is carried over, a trip propagates again).
+//! - traffic: the closed path makes no round trip per call (`INFO commandstats`); the sync task
+//!   stops with the layer and starts without being told.
+//! - handle and contract: commands act on the shared state, snapshots say whether the circuit is
+//!   shared and followed, the Service contract and auto traits, configuration errors.
+//!
+//! Without `redis-server` these tests skip with a printed reason, unless `RAMPART_REQUIRE_REDIS=1`
+//! or `CI` is set. Redis I/O runs on real time: every wait is bounded, and the few time bounds
+//! asserted are the issue's own (about one sync interval) with generous margins.
+//!
+//! [#8]: https://github.com/tower-rampart/tower-rampart/issues/8
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod support;
+
+mod contract;
+mod faults;
+mod handle;
+mod metrics;
+mod probes;
+mod propagation;
+mod recovery;
+mod traffic;

@@ -251,40 +251,47 @@ pub(crate) fn build(
     }
 
     // Per-client limits, in memory or, with Redis, shared by every instance (each limiter named,
-    // so that in Redis they keep apart). Either way the same layer type comes out (boxed).
+    // so that in Redis they keep apart). Either way the same layer type comes out (boxed). Refusals
+    // always carry `Retry-After` and the `RateLimit` fields; admitted responses carry them where a
+    // client paces itself by them (metric submission, the dashboard API), not on event ingestion,
+    // whose senders fire and forget at a high rate and would pay for the bytes on every event.
     let redis = state.storage.rate_limit_backend();
-    let per_client =
-        |quota: Quota, name: &'static str| -> Result<RouteLayer, tower_rampart::ConfigError> {
-            let builder = RateLimitLayer::builder()
-                .name(name)
-                .quota(quota)
-                .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
-                .rejection(AsHttp::new().json_body(|r| match r.kind() {
-                    RejectionKind::RateLimited => r#"{"detail":"Too many requests"}"#.to_owned(),
-                    RejectionKind::BackendUnavailable => {
-                        r#"{"detail":"Rate limiting is unavailable; try again shortly"}"#.to_owned()
-                    }
-                    _ => json!({ "detail": r.to_string() }).to_string(),
-                }));
-            Ok(match &redis {
-                None => BoxCloneSyncServiceLayer::new(builder.build()?),
-                Some(backend) => BoxCloneSyncServiceLayer::new(
-                    builder
-                        .backend(
-                            backend
-                                .clone()
-                                .failure_policy(config.rate_limit_failure_policy),
-                        )
-                        .build()?,
-                ),
-            })
-        };
+    let per_client = |quota: Quota,
+                      name: &'static str,
+                      on_success: bool|
+     -> Result<RouteLayer, tower_rampart::ConfigError> {
+        let builder = RateLimitLayer::builder()
+            .name(name)
+            .quota(quota)
+            .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
+            .headers_on_success(on_success)
+            .rejection(AsHttp::new().json_body(|r| match r.kind() {
+                RejectionKind::RateLimited => r#"{"detail":"Too many requests"}"#.to_owned(),
+                RejectionKind::BackendUnavailable => {
+                    r#"{"detail":"Rate limiting is unavailable; try again shortly"}"#.to_owned()
+                }
+                _ => json!({ "detail": r.to_string() }).to_string(),
+            }));
+        Ok(match &redis {
+            None => BoxCloneSyncServiceLayer::new(builder.build()?),
+            Some(backend) => BoxCloneSyncServiceLayer::new(
+                builder
+                    .backend(
+                        backend
+                            .clone()
+                            .failure_policy(config.rate_limit_failure_policy),
+                    )
+                    .build()?,
+            ),
+        })
+    };
     let metrics_limit = per_client(
         Quota::with_period(config.metrics_limit, config.metrics_window),
         "metrics",
+        true,
     )?;
-    let events_limit = per_client(Quota::per_minute(config.events_per_minute), "events")?;
-    let api_v1_limit = per_client(Quota::per_minute(config.api_v1_per_minute), "api_v1")?;
+    let events_limit = per_client(Quota::per_minute(config.events_per_minute), "events", false)?;
+    let api_v1_limit = per_client(Quota::per_minute(config.api_v1_per_minute), "api_v1", true)?;
 
     // Validation runs before the limiter, so an invalid body never spends quota; both wrap the
     // POST handler only, so other methods get their 405 untouched.

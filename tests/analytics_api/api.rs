@@ -14,6 +14,11 @@ async fn twelve_posts_from_one_ip_store_exactly_ten() {
             .await;
         if i < 10 {
             assert_eq!(r.json()["message"], "Metric stored successfully");
+            let quota = r.headers["ratelimit"].to_str().unwrap();
+            assert!(
+                quota.starts_with(&format!(r#""metrics";r={};t="#, 9 - i)),
+                "admitted submissions tell the client its quota: {quota}"
+            );
         } else {
             assert_eq!(r.body, r#"{"detail":"Too many requests"}"#);
             assert_eq!(r.headers["retry-after"], "6");
@@ -115,10 +120,16 @@ async fn events_stats_health_and_request_ids() {
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED);
         assert_eq!(r.json(), serde_json::json!({"status": "received"}));
+        assert!(
+            !r.headers.contains_key("ratelimit"),
+            "event ingestion does not spend bytes on quota fields while admitted"
+        );
     }
     // The events limit covers /event and /stats together: 3 per minute here.
     let r = app.send("GET", "/stats/login", &[]).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers["retry-after"], "20");
+    assert_eq!(r.headers["ratelimit"], r#""events";r=0;t=60"#);
 
     let app = start(&[]).await;
     let r = app

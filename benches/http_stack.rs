@@ -9,6 +9,13 @@
 //! processor time per request for each row, and the full stack's share of the bare router's
 //! throughput, and the same comparison by processor time (steadier when other programs compete for
 //! the cores).
+//!
+//! `HTTP_BENCH_IN_PROCESS=<router>:<route>:<n>` (`full` or `bare`, `event` or `summary`) instead
+//! calls that router `n` times in-process, with no network, and exits: run it under
+//! `valgrind --tool=callgrind` with two values of `n` and divide the difference in instructions by
+//! the difference in `n` for the instructions per request, a measure the machine's load does not
+//! move. (The Prometheus recorder calibrates its clock once at start, for a time rather than a
+//! number of instructions; leave `once_cell` and `clock_gettime` out of the difference.)
 
 #[path = "../examples/analytics_api/app.rs"]
 #[allow(dead_code)]
@@ -237,6 +244,40 @@ fn get_summary(_: usize) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// Calls a router in-process as `HTTP_BENCH_IN_PROCESS` says (see the module's documentation).
+async fn in_process(spec: &str, full: Router, bare: Router) {
+    use tower::ServiceExt;
+    let usage = "HTTP_BENCH_IN_PROCESS=<full|bare>:<event|summary>:<number of requests>";
+    let mut parts = spec.split(':');
+    let (Some(router), Some(route), Some(Ok(n)), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next().map(str::parse::<usize>),
+        parts.next(),
+    ) else {
+        panic!("{usage}, not {spec:?}");
+    };
+    let router = match router {
+        "full" => full,
+        "bare" => bare,
+        _ => panic!("{usage}, not {spec:?}"),
+    };
+    let make = match route {
+        "event" => post_event as fn(usize) -> _,
+        "summary" => get_summary,
+        _ => panic!("{usage}, not {spec:?}"),
+    };
+    let peer: SocketAddr = "192.0.2.7:40000".parse().expect("an address");
+    for i in 0..n {
+        let mut req = make(i);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let res = router.clone().oneshot(req).await.expect("infallible");
+        assert!(res.status().is_success(), "{}", res.status());
+        res.into_body().collect().await.expect("a whole body");
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too, briefly.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -265,6 +306,10 @@ fn main() {
                 metric_type: "cpu_usage".into(),
             };
             storage.add_metric(&m).await.unwrap();
+        }
+        if let Ok(spec) = std::env::var("HTTP_BENCH_IN_PROCESS") {
+            in_process(&spec, full, bare).await;
+            return;
         }
         let full = serve(full).await;
         let bare = serve(bare).await;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncServiceLayer;
+use tower::util::{BoxCloneSyncServiceLayer, Either};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -52,8 +52,8 @@ pub(crate) struct Event {
     pub(crate) payload: Option<serde_json::Map<String, Value>>,
 }
 
-/// A layer on a route (a rate limit, a cache), whichever backend keeps its state: boxed, so that
-/// memory and Redis give one type.
+/// A cache on a route, whichever backend keeps its entries: boxed, so that memory and Redis give one
+/// type (each cache has its own key type, so an `Either` would be a different type per cache).
 type RouteLayer =
     BoxCloneSyncServiceLayer<axum::routing::Route, Request, Response, std::convert::Infallible>;
 
@@ -251,15 +251,13 @@ pub(crate) fn build(
     }
 
     // Per-client limits, in memory or, with Redis, shared by every instance (each limiter named,
-    // so that in Redis they keep apart). Either way the same layer type comes out (boxed). Refusals
+    // so that in Redis they keep apart). `Either` makes one layer type of the two, with no box to
+    // allocate when axum clones the route for a request, or for its response future. Refusals
     // always carry `Retry-After` and the `RateLimit` fields; admitted responses carry them where a
     // client paces itself by them (metric submission, the dashboard API), not on event ingestion,
     // whose senders fire and forget at a high rate and would pay for the bytes on every event.
     let redis = state.storage.rate_limit_backend();
-    let per_client = |quota: Quota,
-                      name: &'static str,
-                      on_success: bool|
-     -> Result<RouteLayer, tower_rampart::ConfigError> {
+    let per_client = |quota: Quota, name: &'static str, on_success: bool| {
         let builder = RateLimitLayer::builder()
             .name(name)
             .quota(quota)
@@ -272,9 +270,9 @@ pub(crate) fn build(
                 }
                 _ => json!({ "detail": r.to_string() }).to_string(),
             }));
-        Ok(match &redis {
-            None => BoxCloneSyncServiceLayer::new(builder.build()?),
-            Some(backend) => BoxCloneSyncServiceLayer::new(
+        Ok::<_, tower_rampart::ConfigError>(match &redis {
+            None => Either::Left(builder.build()?),
+            Some(backend) => Either::Right(
                 builder
                     .backend(
                         backend
@@ -370,19 +368,28 @@ pub(crate) struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let (hi, lo) = (fastrand::u64(..), fastrand::u64(..));
-        let hi = (hi & !0xf000) | 0x4000; // version 4
-        let lo = (lo & !(0xc << 60)) | (0x8 << 60); // variant 1
-        let id = format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            hi >> 32,
-            (hi >> 16) & 0xffff,
-            hi & 0xffff,
-            lo >> 48,
-            lo & 0xffff_ffff_ffff
-        );
-        http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+        let hi = (fastrand::u64(..) & !0xf000) | 0x4000; // version 4
+        let lo = (fastrand::u64(..) & !(0xc << 60)) | (0x8 << 60); // variant 1
+        Some(RequestId::new(uuid_text(hi, lo)))
     }
+}
+
+/// `hi` and `lo` as a UUID's text (`8-4-4-4-12` lowercase hex digits), written straight into the
+/// header value: one allocation, no formatter.
+fn uuid_text(hi: u64, lo: u64) -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Where the 32 digits go among the 36 bytes (the other four are the dashes).
+    const AT: [usize; 32] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28,
+        29, 30, 31, 32, 33, 34, 35,
+    ];
+    let mut text = [b'-'; 36];
+    for i in 0..16 {
+        let shift = 60 - 4 * i;
+        text[AT[i]] = HEX[((hi >> shift) & 0xf) as usize];
+        text[AT[16 + i]] = HEX[((lo >> shift) & 0xf) as usize];
+    }
+    http::HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
 }
 
 /// The cache key of a summary request: `summary:<type>:<period>:<method>` (the same for `type=` and

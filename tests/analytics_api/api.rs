@@ -158,12 +158,33 @@ async fn events_stats_health_and_request_ids() {
     assert_eq!(body["status"], "healthy");
     assert!(body["redis_connected"].is_null());
     assert!(chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok());
-    let generated = app.send("GET", "/health", &[]).await;
-    assert_eq!(
-        generated.headers["x-request-id"].len(),
-        36,
-        "a uuid is generated otherwise"
-    );
+    // Otherwise a random (version 4) UUID is generated, a different one each time.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let generated = app.send("GET", "/health", &[]).await;
+        let id = generated.headers["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{id}"
+        );
+        assert!(
+            id.chars()
+                .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "{id}"
+        );
+        assert!(groups[2].starts_with('4'), "version 4: {id}");
+        assert!(
+            groups[3].starts_with(['8', '9', 'a', 'b']),
+            "variant 1: {id}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
 
     let r = app
         .send("GET", "/api/metrics/summary?type=cpu&period=weekly", &[])

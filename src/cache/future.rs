@@ -723,7 +723,8 @@ const WAIT_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 /// while another process holds it, for the entry it is filling. Until the layer's lock wait is
 /// over, the store is checked after 5 ms, 10 ms, 20 ms, then every 50 ms: for the entry, and
 /// (when it is not there yet) for the lock, which this process takes if it has come free (the
-/// holder's call failed or was not storable, or its lock lapsed). Then this process leads the
+/// holder's call failed or was not storable, or its lock lapsed; or the holder stored and released
+/// it after the check, which a second check after taking the lock tells). Then this process leads the
 /// fill: holding the lock if it got it, without it (so without storing) if the wait ran out.
 pub(crate) async fn wait_for_fill<X, St, A, V>(
     shared: Arc<Shared<X, St, A>>,
@@ -792,6 +793,25 @@ where
             StoreOp::Pending(f) => f.await,
         };
         match lock {
+            Ok(FillLock::Acquired(token)) => {
+                // The lock may be free because its holder has just stored its entry and released
+                // it, between the check above and this lock: look once more before calling.
+                let found = match shared.store.get(&key) {
+                    StoreOp::Ready(found) => found,
+                    StoreOp::Pending(f) => f.await,
+                };
+                if let Ok(Some(entry)) = found
+                    && entry.freshness(Instant::now()) == super::entry::Freshness::Fresh
+                {
+                    match shared.store.unlock(&key, token) {
+                        StoreOp::Ready(r) => drop(r),
+                        StoreOp::Pending(f) => drop(f.await),
+                    }
+                    return Locked::Found(entry);
+                }
+                tracing::trace!(cache = shared.name, key = %key.for_logs(), "took the fill lock another process held");
+                return Locked::Lead(Lease::Held(token));
+            }
             Ok(lock) => {
                 if let Some(lease) = lease(shared.name, &key, lock) {
                     return Locked::Lead(lease);

@@ -25,7 +25,9 @@
 //!   and tries the lock again, every few milliseconds for up to
 //!   [`fill_lock`](super::CacheBuilder::fill_lock)'s wait: it serves the entry when it appears,
 //!   leads the fill itself if the lock comes free without one (the holder's call failed, or its
-//!   lock lapsed), and calls through when the wait is over. With a shared store only the lock's
+//!   lock lapsed; having taken it, the layer looks for the entry once more, since the holder may
+//!   have stored it and let the lock go in between, and then gives the lock back and serves
+//!   that), and calls through when the wait is over. With a shared store only the lock's
 //!   holder stores: a call made without it (the wait ran out, or the lock could not be asked for)
 //!   answers its requests but is not written. A background refresh is left to the holder.
 

@@ -254,6 +254,9 @@ async fn an_entry_that_cannot_be_replayed_is_a_miss_not_a_panic() {
     );
 }
 
+/// What another replica does while this one is between two calls to the store.
+type Meanwhile = Box<dyn FnOnce(&SharedBackend) + Send>;
+
 /// One store shared by several layers (replicas of a service), with a fill lock that behaves
 /// like Redis `SET key token NX PX hold`, and a delete-if-owner unlock.
 #[derive(Clone, Default)]
@@ -261,6 +264,8 @@ struct SharedBackend {
     store: Arc<std::sync::OnceLock<Arc<MemoryCacheStore<String>>>>,
     locks: Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, (u64, tokio::time::Instant)>>>,
     next_token: Arc<std::sync::atomic::AtomicU64>,
+    /// Run at the start of the next lock request (once): what another replica did meanwhile.
+    before_next_lock: Arc<std::sync::Mutex<Option<Meanwhile>>>,
 }
 
 impl CacheBackend<String> for SharedBackend {
@@ -327,6 +332,10 @@ impl CacheStore<String> for SharedBackend {
         let key = key.clone();
         StoreOp::Pending(Box::pin(async move {
             tokio::task::yield_now().await;
+            let meanwhile = this.before_next_lock.lock().unwrap().take();
+            if let Some(meanwhile) = meanwhile {
+                meanwhile(&this);
+            }
             let now = tokio::time::Instant::now();
             let mut locks = this.locks.lock().unwrap();
             match locks.get(&key) {
@@ -414,6 +423,43 @@ async fn a_replica_takes_over_the_fill_when_the_lock_holder_stores_nothing() {
         "B's answer was stored"
     );
     assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_freed_by_a_holder_that_just_stored_is_not_a_second_fill() {
+    let backend = SharedBackend::default();
+    let up = Upstream::default();
+    let mut b = replica(&backend, &up);
+    let key = CacheKey::from("k");
+    // Another replica holds the lock, filling "k"...
+    backend.locks.lock().unwrap().insert(
+        key.clone(),
+        (999, tokio::time::Instant::now() + Duration::from_secs(10)),
+    );
+    let waiting = tokio::spawn(async move { call(&mut b, "k").await });
+    // ...and, once B is waiting, stores its entry and releases the lock between B's check for
+    // the entry and B's next try of the lock: the lock B then takes is free because the entry is
+    // there, not because the fill failed.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    *backend.before_next_lock.lock().unwrap() = Some(Box::new(move |backend: &SharedBackend| {
+        let timing = Timing::new(
+            tokio::time::Instant::now(),
+            Lifetimes::ttl(Duration::from_secs(60)),
+        );
+        let entry = CacheEntry::new("k#other".to_owned(), timing, 16);
+        assert!(matches!(
+            backend.inner().put(key.clone(), entry),
+            StoreOp::Ready(Ok(()))
+        ));
+        backend.locks.lock().unwrap().remove(&key);
+    }));
+    assert_eq!(
+        waiting.await.unwrap().unwrap(),
+        "k#other",
+        "B serves the entry the holder stored"
+    );
+    assert_eq!(up.calls(), 0, "and makes no call of its own");
+    assert_eq!(backend.held(), 0, "B gave back the lock it took");
 }
 
 #[tokio::test(start_paused = true)]

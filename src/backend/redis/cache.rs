@@ -441,7 +441,8 @@ async fn eval(
 /// stores its answer in one script that also releases the lock (only its own token's), so no
 /// replica can find the lock free before the entry is there. Replicas that find the lock held
 /// check for the entry, and try the lock again, after 5, 10, 20 and then every 50 ms, for up to
-/// the layer's lock wait.
+/// the layer's lock wait; one that takes the lock over checks for the entry once more before
+/// calling (the holder may have stored it and released the lock between the two).
 ///
 /// **Bound on upstream calls.** N concurrent misses on one key, across R replicas, make one
 /// inner call when the holder's call answers within both the lock's hold and the wait, its answer

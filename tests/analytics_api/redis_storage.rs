@@ -390,6 +390,8 @@ async fn with_redis_cached_summaries_and_their_invalidation_are_shared() {
         )
     };
     assert_eq!(summary(&a).await, ("MISS".into(), 1));
+    // The layer answers first and writes behind: wait for the entry to be in Redis.
+    until_one_summary_is_cached(&server).await;
     assert_eq!(
         summary(&b).await,
         ("HIT".into(), 1),
@@ -399,5 +401,22 @@ async fn with_redis_cached_summaries_and_their_invalidation_are_shared() {
     b.send_body("POST", "/api/metrics", &[JSON], metric(3.0))
         .await;
     assert_eq!(summary(&a).await, ("MISS".into(), 2));
+    until_one_summary_is_cached(&server).await;
     assert_eq!(summary(&b).await, ("HIT".into(), 2));
+}
+
+/// Waits (at most 5 s) until Redis holds exactly one cached summary.
+async fn until_one_summary_is_cached(server: &RedisServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = server.command("KEYS analytics:cache:summaries:*:e:*");
+        if found.starts_with("*1\r\n") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the summary never reached Redis: KEYS answered {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

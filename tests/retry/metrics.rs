@@ -121,6 +121,11 @@ fn retries_budget_and_give_ups_are_counted() {
 
 /// A `tracing` event for every retry, with the attempt, the delay and the reason; and one when a
 /// request ends without the retry it was worth.
+///
+/// The subscriber is the process's global default, not a scoped one: a callsite's interest is
+/// cached process-wide, and a test on another thread (with no subscriber) hitting the same callsite
+/// at the same moment could leave a scoped subscriber without some events. Other tests' events
+/// reach the buffer too; only this retrier's lines are read.
 #[test]
 fn every_retry_is_a_tracing_event_with_attempt_delay_and_reason() {
     #[derive(Clone, Default)]
@@ -142,27 +147,30 @@ fn every_retry_is_a_tracing_event_with_attempt_delay_and_reason() {
         .without_time()
         .with_writer(move || out.clone())
         .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("no other test in this binary sets a global subscriber");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let layer = RetryLayer::builder()
+            .name("ledger")
+            .max_attempts(3)
+            .exponential_backoff(100 * MS, 2.0, Duration::from_secs(1))
+            .jitter(tower_rampart::retry::Jitter::None)
+            .no_budget()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let layer = RetryLayer::builder()
-                .name("ledger")
-                .max_attempts(3)
-                .exponential_backoff(100 * MS, 2.0, Duration::from_secs(1))
-                .jitter(tower_rampart::retry::Jitter::None)
-                .no_budget()
-                .build()
-                .unwrap();
-            let mut svc = layer.layer(Scripted::failing().service());
-            call(&mut svc, 1).await.unwrap_err();
-        });
+        let mut svc = layer.layer(Scripted::failing().service());
+        call(&mut svc, 1).await.unwrap_err();
     });
     let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("retrier=\"ledger\""))
+        .collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(
         lines[0].contains("retrying retrier=\"ledger\" attempt=1 delay=100ms reason=error"),

@@ -458,7 +458,11 @@ async fn eval(
 /// - an **invalidation** in the key's slot while the call runs: that fill will not store (its
 ///   answer may predate the invalidation), its lock is taken over by the next replica to check;
 /// - **Redis is down**: each replica calls through (once per key per wave, by its own single
-///   flight).
+///   flight);
+/// - a replica whose **first** check found no entry, and whose lock request reached Redis only
+///   after the holder had stored its entry and released the lock, fills once more (its own
+///   requests share that call). The window is the time between a miss's two round trips, so this
+///   takes a replica stalled between them for about as long as the holder's whole fill.
 ///
 /// # Invalidation
 ///

@@ -216,11 +216,20 @@ pub(crate) async fn all_following(replicas: &[Replica]) {
     .await;
 }
 
-/// Waits (at most `limit`) until every replica is in `state`; returns how long it took.
+/// Waits (at most `limit`) until every replica is in `state` and has announced it; returns how long
+/// it took.
 pub(crate) async fn all_in(replicas: &[Replica], state: CircuitState, limit: Duration) -> Duration {
-    within(limit, &format!("every replica {state}"), || {
-        replicas.iter().all(|r| r.state() == state)
-    })
+    // A circuit's state is visible a moment before its hooks hear of the change (they run just
+    // after, on the same thread): wait for both, so that what a replica announced can be read.
+    within(
+        limit,
+        &format!("every replica {state}, and announced"),
+        || {
+            replicas.iter().all(|r| {
+                r.state() == state && r.seen().last().is_none_or(|(_, to, _)| *to == state)
+            })
+        },
+    )
     .await
 }
 

@@ -737,15 +737,16 @@ where
     St: CacheStore<V>,
     V: Send + Sync + 'static,
 {
-    fn lease(shared_name: &'static str, key: &CacheKey, lock: FillLock) -> Option<Lease> {
-        match lock {
-            FillLock::NotShared => Some(Lease::NotShared),
-            FillLock::Acquired(token) => {
-                tracing::trace!(cache = shared_name, key = %key.for_logs(), "took the fill lock another process held");
-                Some(Lease::Held(token))
-            }
-            FillLock::HeldElsewhere => None,
-        }
+    /// The store's entry for `key` if it is fresh.
+    async fn fresh<St: CacheStore<V>, V: Send + Sync + 'static>(
+        store: &St,
+        key: &CacheKey,
+    ) -> Result<Option<CacheEntry<V>>, crate::backend::BackendError> {
+        let found = match store.get(key) {
+            StoreOp::Ready(found) => found,
+            StoreOp::Pending(f) => f.await,
+        }?;
+        Ok(found.filter(|e| e.freshness(Instant::now()) == super::entry::Freshness::Fresh))
     }
     if let Some(lock) = lock {
         match lock.await {
@@ -772,17 +773,9 @@ where
         }
         tokio::time::sleep_until(deadline.min(now + pause)).await;
         pause = (pause * 2).min(WAIT_POLL_MAX);
-        let found = match shared.store.get(&key) {
-            StoreOp::Ready(found) => found,
-            StoreOp::Pending(f) => f.await,
-        };
-        match found {
-            Ok(Some(entry))
-                if entry.freshness(Instant::now()) == super::entry::Freshness::Fresh =>
-            {
-                return Locked::Found(entry);
-            }
-            Ok(_) => {}
+        match fresh(&shared.store, &key).await {
+            Ok(Some(entry)) => return Locked::Found(entry),
+            Ok(None) => {}
             Err(e) => {
                 shared.backend_failed("get", &e);
                 return Locked::Lead(Lease::Missing);
@@ -796,13 +789,7 @@ where
             Ok(FillLock::Acquired(token)) => {
                 // The lock may be free because its holder has just stored its entry and released
                 // it, between the check above and this lock: look once more before calling.
-                let found = match shared.store.get(&key) {
-                    StoreOp::Ready(found) => found,
-                    StoreOp::Pending(f) => f.await,
-                };
-                if let Ok(Some(entry)) = found
-                    && entry.freshness(Instant::now()) == super::entry::Freshness::Fresh
-                {
+                if let Ok(Some(entry)) = fresh(&shared.store, &key).await {
                     match shared.store.unlock(&key, token) {
                         StoreOp::Ready(r) => drop(r),
                         StoreOp::Pending(f) => drop(f.await),
@@ -812,11 +799,8 @@ where
                 tracing::trace!(cache = shared.name, key = %key.for_logs(), "took the fill lock another process held");
                 return Locked::Lead(Lease::Held(token));
             }
-            Ok(lock) => {
-                if let Some(lease) = lease(shared.name, &key, lock) {
-                    return Locked::Lead(lease);
-                }
-            }
+            Ok(FillLock::NotShared) => return Locked::Lead(Lease::NotShared),
+            Ok(FillLock::HeldElsewhere) => {}
             Err(e) => {
                 shared.backend_failed("lock", &e);
                 return Locked::Lead(Lease::Missing);

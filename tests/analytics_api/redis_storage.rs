@@ -13,6 +13,9 @@ use crate::common::redis::RedisServer;
 use crate::storage::{EventRecord, Metric, RedisStorage, Series, Storage};
 use crate::{JSON, event, metric, start_on};
 
+/// The Redis names of the cached summaries' entries.
+const SUMMARY_ENTRIES: &str = "analytics:cache:summaries:*:e:*";
+
 fn redis_storage(server: &RedisServer) -> Arc<Storage> {
     Arc::new(Storage::Redis(
         RedisStorage::open(&server.url(), Duration::from_millis(500)).unwrap(),
@@ -391,7 +394,7 @@ async fn with_redis_cached_summaries_and_their_invalidation_are_shared() {
     };
     assert_eq!(summary(&a).await, ("MISS".into(), 1));
     // The layer answers first and writes behind: wait for the entry to be in Redis.
-    until_one_summary_is_cached(&server).await;
+    server.until_one_key(SUMMARY_ENTRIES).await;
     assert_eq!(
         summary(&b).await,
         ("HIT".into(), 1),
@@ -401,22 +404,6 @@ async fn with_redis_cached_summaries_and_their_invalidation_are_shared() {
     b.send_body("POST", "/api/metrics", &[JSON], metric(3.0))
         .await;
     assert_eq!(summary(&a).await, ("MISS".into(), 2));
-    until_one_summary_is_cached(&server).await;
+    server.until_one_key(SUMMARY_ENTRIES).await;
     assert_eq!(summary(&b).await, ("HIT".into(), 2));
-}
-
-/// Waits (at most 5 s) until Redis holds exactly one cached summary.
-async fn until_one_summary_is_cached(server: &RedisServer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = server.command("KEYS analytics:cache:summaries:*:e:*");
-        if found.starts_with("*1\r\n") {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the summary never reached Redis: KEYS answered {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

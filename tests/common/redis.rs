@@ -184,6 +184,23 @@ impl RedisServer {
     pub fn command(&self, cmd: &str) -> String {
         command_at(self.addr(), cmd)
     }
+
+    /// Waits (at most 5 s) until exactly one key matches `pattern` (as `KEYS` reads it): for writes
+    /// that land after the response that caused them.
+    pub async fn until_one_key(&self, pattern: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.command(&format!("KEYS {pattern}"));
+            if found.starts_with("*1\r\n") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no single key matching {pattern} within 5 s: KEYS answered {found}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// Sends one raw command (RESP inline) to the server at `addr` and returns the first reply line

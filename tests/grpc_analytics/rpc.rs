@@ -16,6 +16,9 @@ use crate::pb;
 use crate::pb::analytics_service_client::AnalyticsServiceClient;
 use crate::{config, server, storage};
 
+/// The Redis names of the cached summaries' entries.
+const SUMMARY_ENTRIES: &str = "analytics:cache:summaries:*:e:*";
+
 /// A server on a loopback port; stops (draining) when dropped.
 pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
@@ -576,7 +579,7 @@ async fn with_redis_two_servers_share_cached_summaries_and_their_invalidation() 
     ca.submit_metric(metric(1.0, "cpu")).await.unwrap();
     assert_eq!(ca.get_summary(cpu()).await.unwrap().get_ref().count, 1);
     // The cache answers first and writes behind: wait for the entry to be in Redis.
-    until_one_summary_is_cached(&redis).await;
+    redis.until_one_key(SUMMARY_ENTRIES).await;
     // Stored behind both servers' backs: b answers from the summary a cached in Redis.
     let sneaky = crate::storage::Metric {
         timestamp: chrono::Utc::now(),
@@ -594,20 +597,4 @@ async fn with_redis_two_servers_share_cached_summaries_and_their_invalidation() 
     // A metric submitted through b drops the summary for a too.
     cb.submit_metric(metric(2.0, "cpu")).await.unwrap();
     assert_eq!(ca.get_summary(cpu()).await.unwrap().get_ref().count, 3);
-}
-
-/// Waits (at most 5 s) until Redis holds exactly one cached summary.
-async fn until_one_summary_is_cached(server: &crate::common::redis::RedisServer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = server.command("KEYS analytics:cache:summaries:*:e:*");
-        if found.starts_with("*1\r\n") {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the summary never reached Redis: KEYS answered {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

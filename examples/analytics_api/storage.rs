@@ -346,13 +346,16 @@ fn averages_by_interval<'a>(
         .collect()
 }
 
-/// Data in Redis, under the `analytics:` prefix. Connection handling (reconnects, timeouts) is the
-/// `redis` crate's `ConnectionManager`, shared with the rate limiters' [`RedisBackend`].
+/// Data in Redis, under the `analytics:` prefix. Its commands go through the rate limiters'
+/// [`RedisBackend`]'s connection ([`RedisBackend::connection`]): one connection, one timeout per
+/// command, and one liveness rule (a connection that stops answering is replaced) for the
+/// limiters, the cache and this storage alike.
 ///
 /// [`RedisBackend`]: tower_rampart::backend::RedisBackend
+/// [`RedisBackend::connection`]: tower_rampart::backend::RedisBackend::connection
 #[derive(Clone)]
 pub(crate) struct RedisStorage {
-    conn: redis::aio::ConnectionManager,
+    conn: tower_rampart::backend::RedisConnection,
     backend: tower_rampart::backend::RedisBackend,
 }
 
@@ -512,21 +515,17 @@ impl RedisStorage {
     /// A store on `url`. Connects lazily and reconnects by itself; calls fail after `timeout`
     /// while Redis is unreachable instead of waiting for it.
     pub(crate) fn open(url: &str, timeout: Duration) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StorageError(format!("invalid REDIS_URL: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
-        let backend = tower_rampart::backend::RedisBackend::from_connection_manager(conn.clone())
+        let backend = tower_rampart::backend::RedisBackend::connect_lazy(url)
+            .map_err(|e| StorageError(format!("invalid REDIS_URL: {e}")))?
             .prefix("analytics")
             .timeout(timeout);
-        Ok(Self { conn, backend })
+        Ok(Self {
+            conn: backend.connection(),
+            backend,
+        })
     }
 
-    fn conn(&self) -> redis::aio::ConnectionManager {
+    fn conn(&self) -> tower_rampart::backend::RedisConnection {
         self.conn.clone()
     }
 

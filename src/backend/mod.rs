@@ -17,7 +17,7 @@ pub mod redis;
 #[cfg(feature = "memory")]
 pub use self::memory::MemoryBackend;
 #[cfg(feature = "redis")]
-pub use self::redis::{FailurePolicy, RedisBackend};
+pub use self::redis::{FailurePolicy, RedisBackend, RedisConnection};
 
 /// A backend could not answer (Redis unreachable, timed out, or holding data it cannot read).
 ///

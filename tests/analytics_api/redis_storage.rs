@@ -407,3 +407,52 @@ async fn with_redis_cached_summaries_and_their_invalidation_are_shared() {
     server.until_one_key(SUMMARY_ENTRIES).await;
     assert_eq!(summary(&b).await, ("HIT".into(), 2));
 }
+
+/// Issue 14's outage, as an operator saw it: Redis behind a proxy that makes every open
+/// connection go silent (no RST, no FIN) while new ones work. Before, health said `degraded` and
+/// writes answered 503 for as long as the kernel kept the socket (minutes); now the connection
+/// the limiters, the cache and the storage share is replaced, and the app is healthy again well
+/// within 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_is_healthy_again_soon_after_its_redis_connection_goes_silent() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
+    let storage = Arc::new(Storage::Redis(
+        RedisStorage::open(&proxy.url(), Duration::from_millis(500)).unwrap(),
+    ));
+    let app = start_on(&[], storage).await;
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    health_is_connected(&app).await;
+
+    proxy.freeze();
+    let frozen = std::time::Instant::now();
+    let h = app.send("GET", "/health", &[]).await;
+    assert_eq!(h.json()["status"], "degraded", "the silence is noticed");
+    let mut healthy = None;
+    for _ in 0..150 {
+        let h = app.send("GET", "/health", &[]).await;
+        if h.status == StatusCode::OK {
+            healthy = Some(frozen.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy = healthy.expect("healthy again within 15 s of the freeze");
+    assert!(healthy < Duration::from_secs(15), "{healthy:?}");
+    eprintln!("healthy again {healthy:?} after the freeze");
+    health_is_connected(&app).await;
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(2.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let s = app
+        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+        .await
+        .json();
+    assert_eq!(s["count"], 2, "both writes stored, once each: {s}");
+}

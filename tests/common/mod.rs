@@ -2,5 +2,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fault_proxy;
 pub mod http;
 pub mod redis;

@@ -19,6 +19,7 @@ mod exactness;
 mod faults;
 mod health;
 mod http;
+mod liveness;
 mod over_limit;
 mod support;
 mod timeouts;

@@ -120,8 +120,9 @@ async fn a_limiter_decides_over_tls() {
         },
     )
     .unwrap();
-    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let backend = RedisBackend::from_connection_manager(manager).prefix(unique_prefix("tls"));
+    let backend = RedisBackend::from_client(client)
+        .unwrap()
+        .prefix(unique_prefix("tls"));
     backend.ping().await.expect("PING over TLS");
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_hour(2))

@@ -17,6 +17,7 @@ mod corrupt;
 mod faults;
 mod http;
 mod invalidation;
+mod liveness;
 mod stale;
 mod stampede;
 mod support;

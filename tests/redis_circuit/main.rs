@@ -26,6 +26,7 @@ mod support;
 mod contract;
 mod faults;
 mod handle;
+mod liveness;
 mod metrics;
 mod probes;
 mod propagation;

@@ -1,15 +1,29 @@
 //! The connection every Redis store of one backend shares: a single node through a
-//! `ConnectionManager` or a cluster through the async cluster client; health tracking; scripts with
-//! EVALSHA and a NOSCRIPT fallback; and one place where Redis errors become [`BackendError`]s.
+//! `ConnectionManager` or a cluster through the async cluster client; health tracking; liveness
+//! (a connection that stops answering is replaced); scripts with EVALSHA and a NOSCRIPT fallback;
+//! and one place where Redis errors become [`BackendError`]s.
 //!
-//! Stores (the rate limiter's today; a cache and shared circuit state later) call [`Conn::eval`]
-//! (or [`Conn::eval_before_deadline`], for scripts that must not write once the caller has given
-//! up on them) with their own timeout, after asking [`Conn::admit`] whether to try Redis at all.
+//! Stores (the rate limiter's, the cache's, shared circuits') call [`Conn::eval`] (or
+//! [`Conn::eval_before_deadline`], for scripts that must not write once the caller has given up on
+//! them) with their own timeout, after asking [`Conn::admit`] whether to try Redis at all.
+//!
+//! # Liveness
+//!
+//! The `redis` crate reconnects when a connection is *closed* (reset, refused, EOF), but a
+//! connection that goes silent without closing (a dropped NAT or conntrack entry, a VIP failover,
+//! a migrated VM) only times out, and a timeout is not a reason for it to reconnect: every call
+//! would time out until the kernel gives up on the socket, some 15 minutes later. So the first
+//! timeout on a connection makes it a suspect: one `PING` goes down the same connection (on a
+//! cluster, to every master), and a connection that does not answer it within the liveness
+//! timeout ([`DEFAULT_LIVENESS_TIMEOUT`], 1 s) is replaced by a fresh one, the old dropped. A
+//! connection that answers was only slow, and is kept. One check runs at a time.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind as RedisErrorKind, RedisError, ServerErrorKind, Value};
@@ -20,6 +34,17 @@ use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
 /// While Redis is known to be down, one request per this interval tries it again (the others
 /// follow the failure policy at once, without waiting for a timeout).
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a connection suspected dead (a call on it timed out) has to answer a `PING` before it
+/// is replaced: the default of [`RedisBackend::liveness_timeout`](super::RedisBackend::liveness_timeout).
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long opening a replacement connection may take before it is tried again.
+const REOPEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits between failed attempts to open a replacement connection: doubling from the first to the
+/// last.
+const REOPEN_DELAYS: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// A Lua script, run by its SHA1 (EVALSHA) and sent whole (EVAL) when the server answers NOSCRIPT,
 /// which also loads it into that server's script cache.
@@ -71,12 +96,39 @@ pub(crate) enum Handle {
 impl Handle {
     /// Sends `cmd`; a server error reply becomes `Err`.
     async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        let value = match self {
+        self.query_raw(cmd).await?.extract_error()
+    }
+
+    /// Sends `cmd`; a server error reply stays a value, as `ConnectionLike` answers it.
+    async fn query_raw(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
             Self::Single(c) => c.clone().req_packed_command(cmd).await,
             #[cfg(feature = "redis-cluster")]
             Self::Cluster(c) => c.clone().req_packed_command(cmd).await,
-        }?;
-        value.extract_error()
+        }
+    }
+
+    /// Sends a pipeline, as `ConnectionLike::req_packed_commands` does.
+    async fn pipeline(
+        &self,
+        pipeline: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Self::Single(c) => c.clone().req_packed_commands(pipeline, offset, count).await,
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.clone().req_packed_commands(pipeline, offset, count).await,
+        }
+    }
+
+    /// The database this connection is bound to.
+    fn db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.get_db(),
+        }
     }
 
     fn kind(&self) -> &'static str {
@@ -86,6 +138,46 @@ impl Handle {
             Self::Cluster(_) => "cluster",
         }
     }
+}
+
+/// How to open the connection again, to replace one that stopped answering.
+#[derive(Clone)]
+pub(crate) enum Opener {
+    Single(redis::Client, redis::aio::ConnectionManagerConfig),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Opener {
+    /// A connection that connects on its first call (single node only; a cluster client needs
+    /// the cluster's answer to know its nodes).
+    pub(crate) fn lazy(
+        client: redis::Client,
+        config: redis::aio::ConnectionManagerConfig,
+    ) -> Result<(Self, Handle), RedisError> {
+        let manager =
+            redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok((Self::Single(client, config), Handle::Single(manager)))
+    }
+
+    /// Opens a new connection and waits until it is established.
+    pub(crate) async fn open(&self) -> Result<Handle, RedisError> {
+        match self {
+            Self::Single(client, config) => {
+                redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Handle::Single)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(client) => client.get_async_connection().await.map(Handle::Cluster),
+        }
+    }
+}
+
+/// The connection in use, and which one it is (the first is 0, each replacement one more).
+struct Line {
+    handle: Handle,
+    generation: u64,
 }
 
 /// What is known of the connection's health ([`Conn::state`]).
@@ -181,7 +273,17 @@ impl RedisClock {
 
 /// The shared connection and what is known of its health.
 pub(crate) struct Conn {
-    handle: Handle,
+    /// The connection in use; swapped for a new one when it stops answering.
+    line: ArcSwap<Line>,
+    opener: Opener,
+    /// This connection, for the liveness check's task (which must not keep it alive).
+    me: Weak<Conn>,
+    /// Whether a liveness check (or a replacement) is under way.
+    checking: AtomicBool,
+    /// How long a suspect connection has to answer `PING`, in nanoseconds.
+    liveness_timeout: AtomicU64,
+    /// Connections replaced because they stopped answering.
+    replaced: AtomicU64,
     /// What the connection is to, for logs and metric labels: the URL(s) without credentials, or
     /// `external` for a connection given by the application.
     server: Arc<str>,
@@ -200,6 +302,7 @@ pub(crate) struct Conn {
 #[cfg(feature = "metrics")]
 struct Meters {
     up: metrics::Key,
+    replaced: metrics::Key,
     /// `rampart_redis_errors_total` by [`ErrorKind`], in [`kind_index`] order.
     errors: [metrics::Key; 4],
 }
@@ -228,9 +331,19 @@ impl Meters {
             )
         });
         Self {
+            replaced: metrics::Key::from_parts(
+                "rampart_redis_reconnects_total",
+                vec![server.clone()],
+            ),
             up: metrics::Key::from_parts("rampart_redis_up", vec![server]),
             errors,
         }
+    }
+
+    fn replaced(&self) {
+        metrics::with_recorder(|r| {
+            r.register_counter(&self.replaced, &METADATA).increment(1);
+        });
     }
 
     fn set_up(&self, up: bool) {
@@ -256,7 +369,7 @@ impl fmt::Debug for Conn {
             _ => "unknown",
         };
         f.debug_struct("Conn")
-            .field("kind", &self.handle.kind())
+            .field("kind", &self.line.load().handle.kind())
             .field("server", &self.server)
             .field("state", &state)
             .finish_non_exhaustive()
@@ -265,11 +378,19 @@ impl fmt::Debug for Conn {
 
 impl Conn {
     /// A connection to `server` (as shown in logs and metric labels), of unknown health until
-    /// the first call or probe.
-    pub(crate) fn new(handle: Handle, server: impl Into<Arc<str>>) -> Self {
+    /// the first call or probe; `opener` opens it again when it stops answering.
+    pub(crate) fn new(handle: Handle, opener: Opener, server: impl Into<Arc<str>>) -> Arc<Self> {
         let server = server.into();
-        Self {
-            handle,
+        Arc::new_cyclic(|me| Self {
+            line: ArcSwap::from_pointee(Line {
+                handle,
+                generation: 0,
+            }),
+            opener,
+            me: me.clone(),
+            checking: AtomicBool::new(false),
+            liveness_timeout: AtomicU64::new(duration_to_nanos(DEFAULT_LIVENESS_TIMEOUT)),
+            replaced: AtomicU64::new(0),
             clock: TokioClock::new(),
             state: AtomicU8::new(UNKNOWN),
             next_probe: AtomicU64::new(0),
@@ -278,7 +399,35 @@ impl Conn {
             #[cfg(feature = "metrics")]
             meters: Meters::new(&server),
             server,
-        }
+        })
+    }
+
+    /// Sets how long a suspect connection has to answer `PING` before it is replaced.
+    pub(crate) fn set_liveness_timeout(&self, timeout: Duration) {
+        self.liveness_timeout
+            .store(duration_to_nanos(timeout), Ordering::Relaxed);
+    }
+
+    /// How long a suspect connection has to answer `PING` before it is replaced.
+    pub(crate) fn liveness_timeout(&self) -> Duration {
+        Duration::from_nanos(self.liveness_timeout.load(Ordering::Relaxed))
+    }
+
+    /// The database of the connection in use.
+    pub(crate) fn db(&self) -> i64 {
+        self.line.load().handle.db()
+    }
+
+    /// How many connections were replaced because they stopped answering.
+    pub(crate) fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// The connection in use now, and its generation.
+    #[inline]
+    fn current(&self) -> (Handle, u64) {
+        let line = self.line.load();
+        (line.handle.clone(), line.generation)
     }
 
     /// Whether the last call or probe reached Redis (an error reply counts: Redis answered it).
@@ -320,20 +469,19 @@ impl Conn {
     /// Sends `script` (EVALSHA, or EVAL when the server answers NOSCRIPT) with `last` appended to
     /// `args` when given.
     async fn run(
-        &self,
+        handle: &Handle,
         script: &Script,
         key: &[u8],
         args: &[&[u8]],
         last: Option<&[u8]>,
     ) -> Result<Value, RedisError> {
-        match self
-            .handle
+        match handle
             .query(&script.cmd("EVALSHA", &script.sha, key, args, last))
             .await
         {
             Err(e) if e.kind() == RedisErrorKind::Server(ServerErrorKind::NoScript) => {
                 tracing::debug!(sha = %script.sha, "redis script cache is empty; sending the script");
-                self.handle
+                handle
                     .query(&script.cmd("EVAL", script.code, key, args, last))
                     .await
             }
@@ -356,8 +504,13 @@ impl Conn {
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
-        let call = self.run(script, key, args, None);
-        self.finish(tokio::time::timeout(timeout, call).await, timeout)
+        let (handle, generation) = self.current();
+        let call = Self::run(&handle, script, key, args, None);
+        self.finish(
+            tokio::time::timeout(timeout, call).await,
+            timeout,
+            generation,
+        )
     }
 
     /// Runs `script` as [`eval`](Self::eval) does, telling it until when its work is still wanted,
@@ -385,6 +538,7 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Value, BackendError> {
         let gives_up_at = self.clock.now().saturating_add(duration_to_nanos(timeout));
+        let (handle, generation) = self.current();
         let call = async {
             let mut sent_again = false;
             loop {
@@ -393,9 +547,7 @@ impl Conn {
                     .redis_us_at(gives_up_at)
                     .map(|us| us.to_string())
                     .unwrap_or_default();
-                let reply = self
-                    .run(script, key, args, Some(not_after.as_bytes()))
-                    .await;
+                let reply = Self::run(&handle, script, key, args, Some(not_after.as_bytes())).await;
                 let received = self.clock.now();
                 match reply {
                     Ok(Value::Array(mut items)) => {
@@ -425,14 +577,90 @@ impl Conn {
                 }
             }
         };
-        self.finish(tokio::time::timeout(timeout, call).await, timeout)
+        self.finish(
+            tokio::time::timeout(timeout, call).await,
+            timeout,
+            generation,
+        )
     }
 
     /// Sends one command within `timeout`, recording the outcome (for stores that need plain
     /// commands rather than scripts).
     pub(crate) async fn query(&self, cmd: &Cmd, timeout: Duration) -> Result<Value, BackendError> {
-        let result = tokio::time::timeout(timeout, self.handle.query(cmd)).await;
-        self.finish(result, timeout)
+        let (handle, generation) = self.current();
+        let result = tokio::time::timeout(timeout, handle.query(cmd)).await;
+        self.finish(result, timeout, generation)
+    }
+
+    /// Sends `cmd` as [`query`](Self::query) does, answering `redis`'s own error type (for
+    /// [`RedisConnection`](super::RedisConnection)): a timeout is an I/O error of kind `TimedOut`.
+    pub(crate) async fn query_raw(
+        &self,
+        cmd: &Cmd,
+        timeout: Duration,
+    ) -> Result<Value, RedisError> {
+        let (handle, generation) = self.current();
+        let result = tokio::time::timeout(timeout, handle.query_raw(cmd)).await;
+        self.observe(&result, generation);
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(timed_out(timeout)),
+        }
+    }
+
+    /// Sends a pipeline as [`query_raw`](Self::query_raw) does.
+    pub(crate) async fn pipeline_raw(
+        &self,
+        pipeline: &redis::Pipeline,
+        offset: usize,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, RedisError> {
+        let (handle, generation) = self.current();
+        let result = tokio::time::timeout(timeout, handle.pipeline(pipeline, offset, count)).await;
+        self.observe(&result, generation);
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(timed_out(timeout)),
+        }
+    }
+
+    /// Records the outcome of a call made for [`RedisConnection`](super::RedisConnection) in
+    /// the health state, as [`finish`](Self::finish) does for the stores' calls.
+    fn observe<T>(
+        &self,
+        result: &Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+        generation: u64,
+    ) {
+        match result {
+            Ok(Ok(_)) => self.up(),
+            Ok(Err(e)) => {
+                let answered = matches!(
+                    e.kind(),
+                    RedisErrorKind::Server(_) | RedisErrorKind::Extension
+                );
+                if answered {
+                    self.up();
+                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+                {
+                    let error = BackendError::with_kind(
+                        ErrorKind::Unreachable,
+                        "redis is unreachable",
+                        None,
+                    );
+                    #[cfg(feature = "metrics")]
+                    self.meters.error(ErrorKind::Unreachable);
+                    self.down(&error);
+                }
+            }
+            Err(_) => {
+                let error = BackendError::with_kind(ErrorKind::Timeout, "redis timed out", None);
+                #[cfg(feature = "metrics")]
+                self.meters.error(ErrorKind::Timeout);
+                self.down(&error);
+                self.suspect(generation);
+            }
+        }
     }
 
     /// Sends `TIME` within `timeout`, recording the outcome; the answer also tells how Redis's
@@ -451,6 +679,7 @@ impl Conn {
         &self,
         result: Result<Result<Value, RedisError>, tokio::time::error::Elapsed>,
         timeout: Duration,
+        generation: u64,
     ) -> Result<Value, BackendError> {
         let error = match result {
             Ok(Ok(value)) => {
@@ -483,7 +712,45 @@ impl Conn {
         #[cfg(feature = "metrics")]
         self.meters.error(error.kind());
         self.down(&error);
+        self.suspect(generation);
         Err(error)
+    }
+
+    /// A call on connection `generation` timed out: unless a check is under way or that connection
+    /// was replaced already, check in the background that it still answers, and replace it if it
+    /// does not (see the module documentation).
+    fn suspect(&self, generation: u64) {
+        if self.line.load().generation != generation || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.checking.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(check(self.me.clone(), generation));
+    }
+
+    /// Puts `handle` in place of connection `generation`, which stopped answering.
+    fn replace(&self, handle: Handle, generation: u64) {
+        let old = self.line.swap(Arc::new(Line {
+            handle,
+            generation: generation + 1,
+        }));
+        self.replaced.fetch_add(1, Ordering::Relaxed);
+        // The next request tries the new connection at once rather than at the next probe.
+        self.next_probe.store(0, Ordering::Release);
+        self.checking.store(false, Ordering::Release);
+        tracing::warn!(
+            connection = old.handle.kind(),
+            server = %self.server,
+            liveness_timeout = ?self.liveness_timeout(),
+            "a redis connection stopped answering (no reply to PING); replaced it with a new one"
+        );
+        #[cfg(feature = "metrics")]
+        self.meters.replaced();
+        // Calls still waiting on the old connection hold clones of it until their timeouts; it
+        // closes when the last goes.
+        drop(old);
     }
 
     fn up(&self) {
@@ -496,7 +763,7 @@ impl Conn {
         }
         if was == DOWN {
             tracing::info!(
-                connection = self.handle.kind(),
+                connection = self.line.load().handle.kind(),
                 server = %self.server,
                 "redis is reachable again; decisions are shared again"
             );
@@ -510,7 +777,7 @@ impl Conn {
             .store(self.clock.now() + self.probe_interval, Ordering::Release);
         if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             tracing::warn!(
-                connection = self.handle.kind(),
+                connection = self.line.load().handle.kind(),
                 server = %self.server,
                 %error,
                 "redis is unavailable; following the failure policy until it answers again"
@@ -519,6 +786,68 @@ impl Conn {
             self.meters.set_up(false);
         }
     }
+}
+
+/// The liveness check of connection `generation` of `conn`: a `PING` down that connection (on a
+/// cluster, every master), and a replacement when it does not answer within the liveness timeout.
+/// Holds only a weak reference between steps, so a backend dropped meanwhile ends it.
+async fn check(conn: Weak<Conn>, generation: u64) {
+    let (handle, timeout) = {
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        let line = conn.line.load();
+        if line.generation != generation {
+            conn.checking.store(false, Ordering::Release);
+            return;
+        }
+        (line.handle.clone(), conn.liveness_timeout())
+    };
+    let answered = match tokio::time::timeout(timeout, handle.query(&redis::cmd("PING"))).await {
+        Ok(Ok(_)) => true,
+        // An error reply (LOADING, NOAUTH, ...) comes from Redis: the connection answers.
+        Ok(Err(e)) => matches!(
+            e.kind(),
+            RedisErrorKind::Server(_) | RedisErrorKind::Extension
+        ),
+        Err(_) => false,
+    };
+    drop(handle);
+    if answered {
+        if let Some(conn) = conn.upgrade() {
+            conn.checking.store(false, Ordering::Release);
+        }
+        return;
+    }
+    let mut delay = REOPEN_DELAYS.0;
+    loop {
+        let opener = match conn.upgrade() {
+            Some(conn) => conn.opener.clone(),
+            None => return,
+        };
+        match tokio::time::timeout(REOPEN_TIMEOUT, opener.open()).await {
+            Ok(Ok(handle)) => {
+                if let Some(conn) = conn.upgrade() {
+                    conn.replace(handle, generation);
+                }
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "opening a new redis connection failed; trying again")
+            }
+            Err(_) => tracing::debug!("opening a new redis connection timed out; trying again"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(REOPEN_DELAYS.1);
+    }
+}
+
+/// The error a [`RedisConnection`](super::RedisConnection) call answers on its timeout.
+fn timed_out(timeout: Duration) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("redis did not answer within {timeout:?}"),
+    ))
 }
 
 /// The error code of a script that ran past its caller's deadline
@@ -683,8 +1012,9 @@ return {redis.call('INCR', KEYS[1]), time_us}
             return;
         };
         let client = redis::Client::open(server.url()).unwrap();
-        let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
-        let conn = Conn::new(Handle::Single(manager), server.url());
+        let config = redis::aio::ConnectionManagerConfig::new();
+        let (opener, handle) = Opener::lazy(client, config).unwrap();
+        let conn = Conn::new(handle, opener, server.url());
         let script = Script::new(COUNTING);
         let timeout = Duration::from_secs(5);
         let run = || conn.eval_before_deadline(&script, b"runs", &[], timeout);

@@ -46,6 +46,37 @@
 //! The policy is part of the backend value given to a layer, so each layer chooses its own:
 //! `.backend(redis.clone().failure_policy(FailurePolicy::Closed))`.
 //!
+//! ## When a connection goes silent
+//!
+//! A connection that stops answering without being closed (a dropped NAT or conntrack entry, a VIP
+//! failover, a migrated VM: no RST, no FIN) only times out; the `redis` crate reconnects a closed
+//! connection, not one that times out, so every call would time out until the kernel gave up on
+//! the socket (some 15 minutes). So the first timeout makes the connection a suspect: one `PING`
+//! goes down that connection (on a cluster, to every master), and when it is not answered within
+//! the [liveness timeout](RedisBackend::liveness_timeout) (1 s by default) a new connection is
+//! opened and put in its place; the old one closes once the calls waiting on it have given up. From
+//! the first timeout, decisions go back to Redis within the liveness timeout, plus the time to open
+//! a connection, plus at most one probe interval (100 ms). A connection that answers in time was only
+//! slow, and is kept; a stall longer than the liveness timeout cannot be told from a dead connection
+//! and replaces it (harmlessly, at most once per liveness timeout).
+//!
+//! The same rule serves every store built on the backend (rate limiters, shared circuits, caches)
+//! and the application's own commands sent through [`RedisBackend::connection`].
+//!
+//! The knobs, and what each does:
+//!
+//! | knob | what it catches |
+//! |---|---|
+//! | [`timeout`](RedisBackend::timeout) (50 ms) | a call that waits too long: the failure policy decides, and the connection becomes a suspect |
+//! | [`liveness_timeout`](RedisBackend::liveness_timeout) (1 s) | a suspect that does not answer `PING`: replaced |
+//! | [`CONNECT_TIMEOUT`] (2 s) | opening a connection (at start-up, and each attempt to replace one, tried again until it succeeds) |
+//! | TCP keepalive (5 s idle, then every 1 s, 3 probes) | an idle connection to a host that is gone: closed by the kernel |
+//! | `TCP_USER_TIMEOUT` (5 s, Linux) | data unacknowledged that long: closed by the kernel |
+//!
+//! The TCP settings apply to the connections [`connect`](RedisBackend::connect),
+//! [`connect_lazy`](RedisBackend::connect_lazy) and `connect_cluster` open; a client given with
+//! [`from_client`](RedisBackend::from_client) or `from_cluster_client` keeps its own.
+//!
 //! ## A request is counted once, even when Redis answers late
 //!
 //! Giving up on a call does not take it back: Redis runs what it has received, perhaps long after
@@ -106,6 +137,7 @@
 //! | `rampart_redis_errors_total{server,kind}` | calls that failed: `unreachable`, `timeout`, `data`, `other` |
 //! | `rampart_rate_limit_backend_fallback_total{limiter,policy}` | decisions left to the failure policy |
 //! | `rampart_rate_limit_backend_repaired_total{limiter}` | unreadable states replaced with fresh ones |
+//! | `rampart_redis_reconnects_total{server}` | connections replaced because they went silent |
 //!
 //! `server` is the URL without credentials (`redis://10.0.0.5:6379/0`; the node list for a
 //! cluster), or `external` for a backend made from an existing connection.
@@ -167,6 +199,7 @@ mod circuit;
 mod cache;
 #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 mod conn;
+mod connection;
 mod key;
 #[cfg(feature = "rate-limit")]
 mod rate_limit;
@@ -183,11 +216,13 @@ pub use self::cache::{
 };
 #[cfg(feature = "circuit-breaker")]
 pub use self::circuit::{RedisCircuitStore, RedisSync, circuit_script_sha};
+pub use self::conn::DEFAULT_LIVENESS_TIMEOUT;
+pub use self::connection::RedisConnection;
 pub use self::key::{Hashed, RedisKey};
 #[cfg(feature = "rate-limit")]
 pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};
 
-use self::conn::{Conn, Handle};
+use self::conn::{Conn, Handle, Opener};
 use crate::backend::{BackendError, ErrorKind};
 use crate::clock::{Clock, Nanos, TokioClock};
 use crate::error::ConfigError;
@@ -301,6 +336,9 @@ struct Settings {
     repair: bool,
     #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     cache_slots: u16,
+    /// As last given to [`RedisBackend::liveness_timeout`] (the connection holds the value in
+    /// force); checked when a layer is built.
+    liveness_timeout: Duration,
 }
 
 /// A Redis connection (single node or cluster) and the settings of the stores built on it.
@@ -309,8 +347,10 @@ struct Settings {
 /// own settings, so one connection serves layers with different prefixes, timeouts and failure
 /// policies. Give it to a layer with `.backend(redis.clone())`.
 ///
-/// The connection reconnects by itself: a single node through the `redis` crate's
-/// `ConnectionManager`, a cluster through its async cluster client.
+/// The connection reconnects by itself: when it is closed (a single node through the `redis`
+/// crate's `ConnectionManager`, a cluster through its async cluster client), and when it goes
+/// silent without closing (it is replaced; see
+/// [When a connection goes silent](self#when-a-connection-goes-silent)).
 ///
 /// See the [module documentation](self) for how decisions are made and what happens when Redis is
 /// slow or down.
@@ -369,6 +409,41 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
+/// How long a connection may stay idle before TCP keepalive probes it, how often it probes then,
+/// and how many unanswered probes close it: an idle connection to a host that is gone is closed
+/// after about 5 + 3 × 1 = 8 s, by the kernel.
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(5), Duration::from_secs(1), 3);
+
+/// `TCP_USER_TIMEOUT` (Linux): how long data sent may stay unacknowledged before the kernel closes
+/// the connection.
+#[cfg(target_os = "linux")]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The TCP settings of the connections this crate opens: `TCP_NODELAY` (commands are small and
+/// answered one by one), keepalive ([`KEEPALIVE`]) and, on Linux, `TCP_USER_TIMEOUT`.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE.0)
+        .with_interval(KEEPALIVE.1);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "windows"
+    ))]
+    let keepalive = keepalive.with_retries(KEEPALIVE.2);
+    let settings = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(TCP_USER_TIMEOUT);
+    settings
+}
+
 /// How the connection manager reconnects: quickly and for ever (a failed round of attempts is
 /// started again by the next probe), so decisions return to Redis within a second of its return.
 fn manager_config() -> redis::aio::ConnectionManagerConfig {
@@ -381,9 +456,9 @@ fn manager_config() -> redis::aio::ConnectionManagerConfig {
 }
 
 impl RedisBackend {
-    fn with_handle(handle: Handle, server: String) -> Self {
+    fn with_handle(handle: Handle, opener: Opener, server: String) -> Self {
         Self {
-            conn: Arc::new(Conn::new(handle, server)),
+            conn: Conn::new(handle, opener, server),
             settings: Settings {
                 prefix: Arc::from(DEFAULT_PREFIX),
                 timeout: DEFAULT_TIMEOUT,
@@ -392,6 +467,7 @@ impl RedisBackend {
                 clock: StoreClock::Redis(TokioClock::new()),
                 repair: true,
                 cache_slots: 16,
+                liveness_timeout: conn::DEFAULT_LIVENESS_TIMEOUT,
             },
         }
     }
@@ -428,22 +504,42 @@ impl RedisBackend {
     ///
     /// Outside a Tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<Self, BackendError> {
-        let client = redis::Client::open(url).map_err(|e| url_error(url, e))?;
-        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config())
-            .map_err(|e| url_error(url, e))?;
-        Ok(Self::with_handle(
-            Handle::Single(manager),
-            without_credentials(url),
-        ))
+        let info = redis::Client::open(url)
+            .map_err(|e| url_error(url, e))?
+            .get_connection_info()
+            .clone()
+            .set_tcp_settings(tcp_settings());
+        let client = redis::Client::open(info).map_err(|e| url_error(url, e))?;
+        let (opener, handle) =
+            Opener::lazy(client, manager_config()).map_err(|e| url_error(url, e))?;
+        Ok(Self::with_handle(handle, opener, without_credentials(url)))
     }
 
-    /// Uses an existing `ConnectionManager` (with its own reconnection settings; a short connection
-    /// timeout and retries for ever are recommended, as [`connect`](Self::connect) sets up).
+    /// Uses a `redis::Client` the application made (for settings the URL cannot carry: TLS
+    /// certificates, TCP settings of its own, credentials from elsewhere). Connects lazily, as
+    /// [`connect_lazy`](Self::connect_lazy) does, with the same reconnection settings; the
+    /// client's own TCP settings are kept (this crate's, for [`connect`](Self::connect), are
+    /// keepalive after 5 s idle and, on Linux, a `TCP_USER_TIMEOUT` of 5 s).
     ///
     /// The backend does not know where the connection goes: its logs and metrics name the server
     /// `external`.
-    pub fn from_connection_manager(manager: redis::aio::ConnectionManager) -> Self {
-        Self::with_handle(Handle::Single(manager), EXTERNAL.to_string())
+    ///
+    /// # Errors
+    ///
+    /// When the client cannot make a connection manager.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn from_client(client: redis::Client) -> Result<Self, BackendError> {
+        let (opener, handle) = Opener::lazy(client, manager_config()).map_err(|e| {
+            BackendError::with_kind(
+                ErrorKind::Other,
+                format!("invalid redis client: {e}"),
+                Some(Box::new(e)),
+            )
+        })?;
+        Ok(Self::with_handle(handle, opener, EXTERNAL.to_string()))
     }
 
     /// Connects to a Redis Cluster through any of its `nodes` (URLs as for
@@ -475,8 +571,36 @@ impl RedisBackend {
             .retries(3)
             .min_retry_wait(10)
             .max_retry_wait(100)
+            .tcp_settings(tcp_settings())
             .build()
             .map_err(|e| url_error(&shown, e))?;
+        Self::open_cluster(client, label, &shown).await
+    }
+
+    /// Uses a Redis Cluster client the application made (for settings the node URLs cannot carry),
+    /// and checks that the cluster answers, as [`connect_cluster`](Self::connect_cluster) does.
+    /// The client's own settings are kept: give it a connection timeout of about 500 ms, and a
+    /// response timeout, retries and TCP settings of its own choosing.
+    ///
+    /// The backend does not know where the connection goes: its logs and metrics name the server
+    /// `external`.
+    ///
+    /// # Errors
+    ///
+    /// When the cluster does not answer within [`CONNECT_TIMEOUT`].
+    #[cfg(feature = "redis-cluster")]
+    pub async fn from_cluster_client(
+        client: redis::cluster::ClusterClient,
+    ) -> Result<Self, BackendError> {
+        Self::open_cluster(client, EXTERNAL.to_string(), EXTERNAL).await
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    async fn open_cluster(
+        client: redis::cluster::ClusterClient,
+        label: String,
+        shown: &str,
+    ) -> Result<Self, BackendError> {
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
             .await
             .map_err(|_| {
@@ -494,18 +618,42 @@ impl RedisBackend {
                     Some(Box::new(e)),
                 )
             })?;
-        let backend = Self::with_handle(Handle::Cluster(connection), label);
+        let backend =
+            Self::with_handle(Handle::Cluster(connection), Opener::Cluster(client), label);
         backend.conn.ping(CONNECT_TIMEOUT).await?;
         Ok(backend)
     }
 
-    /// Uses an existing async Redis Cluster connection.
+    /// The backend's connection, for the application's own commands: it implements `redis`'s
+    /// `ConnectionLike`, with this backend's timeout per command, and shares the backend's health
+    /// and liveness (a connection that stops answering is replaced for these commands too). See
+    /// [`RedisConnection`].
+    pub fn connection(&self) -> RedisConnection {
+        RedisConnection::new(Arc::clone(&self.conn), self.settings.timeout)
+    }
+
+    /// How long a connection suspected dead has to answer before it is replaced (default
+    /// [`DEFAULT_LIVENESS_TIMEOUT`], 1 s; between 10 ms and 60 s, checked when a layer is built).
     ///
-    /// The backend does not know where the connection goes: its logs and metrics name the server
-    /// `external`.
-    #[cfg(feature = "redis-cluster")]
-    pub fn from_cluster_connection(connection: redis::cluster_async::ClusterConnection) -> Self {
-        Self::with_handle(Handle::Cluster(connection), EXTERNAL.to_string())
+    /// A call that times out makes its connection a suspect: one `PING` goes down that connection
+    /// (on a cluster, to every master), and if no answer comes within this timeout, a new
+    /// connection is opened and put in its place, the old one dropped. So from the first timeout,
+    /// decisions go back to Redis within about this timeout, plus the time to open a connection,
+    /// plus at most one probe interval (100 ms). A connection that answers was only slow and is
+    /// kept.
+    ///
+    /// The setting belongs to the connection: it applies to every clone of this backend.
+    #[must_use]
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.liveness_timeout = timeout;
+        self.conn.set_liveness_timeout(timeout);
+        self
+    }
+
+    /// How many connections were replaced because they stopped answering (for a health page;
+    /// also the counter `rampart_redis_reconnects_total{server}`).
+    pub fn replaced_connections(&self) -> u64 {
+        self.conn.replaced()
     }
 
     /// The first part of every key this backend's stores write (default `"rampart"`). 1 to 64
@@ -647,6 +795,17 @@ impl RedisBackend {
                 format!(
                     "the redis call timeout must be between 1 ms and 60 s (got {:?})",
                     s.timeout
+                ),
+            ));
+        }
+        if s.liveness_timeout < Duration::from_millis(10)
+            || s.liveness_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::new(
+                "liveness_timeout",
+                format!(
+                    "the redis liveness timeout must be between 10 ms and 60 s (got {:?})",
+                    s.liveness_timeout
                 ),
             ));
         }

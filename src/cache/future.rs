@@ -18,7 +18,7 @@ use super::key::{CacheKey, ExtractKey};
 use super::layer::Shared;
 use super::mode::{CacheMode, CacheStatus, Captured};
 use super::service::{Svc, dispatch, lead};
-use super::store::{CacheStore, FillLock, StoreOp};
+use super::store::{CacheStore, FillLock, LockMode, StoreOp};
 
 /// The state of a [`ResponseFuture`], with the types of one service filled in.
 pub(crate) type StateOf<S, Req, X, St, A> = State<
@@ -353,7 +353,8 @@ where
         }
     }
 
-    /// Ends the flight with `entry` found in the store (filled by another process).
+    /// Ends the flight with `entry` found in the store (filled by another process, or by another
+    /// request's fill since this one's lookup).
     pub(crate) fn found(&mut self, entry: CacheEntry<V>) {
         self.finish(Outcome::Entry(entry.into_any(), CacheStatus::Miss));
     }
@@ -692,6 +693,8 @@ pub(crate) struct Waiting<S, Req, X, St, A, V> {
     req: Option<Req>,
     key: CacheKey,
     fallback: Option<CacheEntry<V>>,
+    /// How the request would take the fill lock, should it come to lead (a forced refresh or not).
+    mode: LockMode,
     pub(crate) shared: Arc<Shared<X, St, A>>,
 }
 
@@ -723,13 +726,17 @@ const WAIT_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 /// while another process holds it, for the entry it is filling. Until the layer's lock wait is
 /// over, the store is checked after 5 ms, 10 ms, 20 ms, then every 50 ms: for the entry, and
 /// (when it is not there yet) for the lock, which this process takes if it has come free (the
-/// holder's call failed or was not storable, or its lock lapsed; or the holder stored and released
-/// it after the check, which a second check after taking the lock tells). Then this process leads the
-/// fill: holding the lock if it got it, without it (so without storing) if the wait ran out.
+/// holder's call failed or was not storable, or its lock lapsed). The lock is asked for with
+/// [`LockMode::UnlessFresh`]: were the holder to store and release it between the check and the
+/// lock, the store answers the entry instead of the lock. Then this process leads the fill:
+/// holding the lock if it got it, without it (so without storing) if the wait ran out.
+///
+/// An entry the store answers (from `lock` or a later one) is served only if it is fresh by this
+/// process's clock; one a hair from the end of its freshness is waited past like a held lock.
 pub(crate) async fn wait_for_fill<X, St, A, V>(
     shared: Arc<Shared<X, St, A>>,
     key: CacheKey,
-    lock: Option<St::Future<FillLock>>,
+    lock: Option<St::Future<FillLock<V>>>,
 ) -> Locked<V>
 where
     X: Send + Sync + 'static,
@@ -746,13 +753,17 @@ where
             StoreOp::Ready(found) => found,
             StoreOp::Pending(f) => f.await,
         }?;
-        Ok(found.filter(|e| e.freshness(Instant::now()) == super::entry::Freshness::Fresh))
+        Ok(found.filter(is_fresh))
+    }
+    fn is_fresh<V>(entry: &CacheEntry<V>) -> bool {
+        entry.freshness(Instant::now()) == super::entry::Freshness::Fresh
     }
     if let Some(lock) = lock {
         match lock.await {
             Ok(FillLock::NotShared) => return Locked::Lead(Lease::NotShared),
             Ok(FillLock::Acquired(token)) => return Locked::Lead(Lease::Held(token)),
-            Ok(FillLock::HeldElsewhere) => {}
+            Ok(FillLock::Fresh(entry)) if is_fresh(&entry) => return Locked::Found(entry),
+            Ok(FillLock::HeldElsewhere | FillLock::Fresh(_)) => {}
             Err(e) => {
                 shared.backend_failed("lock", &e);
                 return Locked::Lead(Lease::Missing);
@@ -781,26 +792,23 @@ where
                 return Locked::Lead(Lease::Missing);
             }
         }
-        let lock = match shared.store.lock(&key, shared.lock_hold) {
+        // The lock may be free because its holder has just stored its entry and released it,
+        // between the check above and this lock: the lock then answers the entry.
+        let lock = match shared
+            .store
+            .lock(&key, shared.lock_hold, LockMode::UnlessFresh)
+        {
             StoreOp::Ready(lock) => lock,
             StoreOp::Pending(f) => f.await,
         };
         match lock {
             Ok(FillLock::Acquired(token)) => {
-                // The lock may be free because its holder has just stored its entry and released
-                // it, between the check above and this lock: look once more before calling.
-                if let Ok(Some(entry)) = fresh(&shared.store, &key).await {
-                    match shared.store.unlock(&key, token) {
-                        StoreOp::Ready(r) => drop(r),
-                        StoreOp::Pending(f) => drop(f.await),
-                    }
-                    return Locked::Found(entry);
-                }
                 tracing::trace!(cache = shared.name, key = %key.for_logs(), "took the fill lock another process held");
                 return Locked::Lead(Lease::Held(token));
             }
+            Ok(FillLock::Fresh(entry)) if is_fresh(&entry) => return Locked::Found(entry),
             Ok(FillLock::NotShared) => return Locked::Lead(Lease::NotShared),
-            Ok(FillLock::HeldElsewhere) => {}
+            Ok(FillLock::HeldElsewhere | FillLock::Fresh(_)) => {}
             Err(e) => {
                 shared.backend_failed("lock", &e);
                 return Locked::Lead(Lease::Missing);
@@ -875,6 +883,7 @@ impl<S, Req, X, St, A, V> Waiting<S, Req, X, St, A, V> {
         req: Req,
         key: CacheKey,
         fallback: Option<CacheEntry<V>>,
+        mode: LockMode,
         shared: Arc<Shared<X, St, A>>,
     ) -> Self {
         Self {
@@ -884,6 +893,7 @@ impl<S, Req, X, St, A, V> Waiting<S, Req, X, St, A, V> {
             req: Some(req),
             key,
             fallback,
+            mode,
             shared,
         }
     }
@@ -954,6 +964,7 @@ where
                             req,
                             guard,
                             self.fallback.take(),
+                            self.mode,
                         )));
                     }
                     Joined::Waiter(flight) => self.flight = flight,

@@ -178,4 +178,4 @@ pub use self::layer::{
 };
 pub use self::mode::{CacheMode, CacheStatus, Cloned};
 pub use self::service::Cache;
-pub use self::store::{CacheBackend, CacheStore, FillLock, Found, StoreOp, StoreSpec};
+pub use self::store::{CacheBackend, CacheStore, FillLock, Found, LockMode, StoreOp, StoreSpec};

@@ -14,7 +14,7 @@ use super::future::{
 use super::key::ExtractKey;
 use super::layer::{Meter, Shared};
 use super::mode::{CacheMode, CacheStatus, RequestPolicy};
-use super::store::{CacheStore, FillLock, StoreOp};
+use super::store::{CacheStore, FillLock, LockMode, StoreOp};
 use crate::backend::BackendError;
 
 /// A read-through cache in front of a service; made by [`CacheLayer`](super::CacheLayer).
@@ -157,9 +157,9 @@ impl<S: Clone> Svc<'_, S> {
 }
 
 /// Decides what to do with a request once the store has answered (or was skipped, `found` =
-/// `None`): serve a hit, serve stale and refresh in the background, or miss (lead a flight or wait
-/// for one). `now` is the instant the lookup was made at, if the caller read it (else the clock
-/// is read here).
+/// `None`: a forced refresh, whose fill replaces whatever is stored): serve a hit, serve stale and
+/// refresh in the background, or miss (lead a flight or wait for one). `now` is the instant the
+/// lookup was made at, if the caller read it (else the clock is read here).
 pub(crate) fn dispatch<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,
     svc: Svc<'_, S>,
@@ -177,6 +177,11 @@ where
     A::Capture: Send + 'static,
     St: CacheStore<A::Stored>,
 {
+    let mode = if found.is_some() {
+        LockMode::UnlessFresh
+    } else {
+        LockMode::Always
+    };
     let mut fallback = None;
     match found {
         Some(Ok(Some(entry))) => {
@@ -199,7 +204,7 @@ where
                             // No runtime to refresh on: this request refreshes it itself,
                             // falling back to the stale entry if that fails.
                             Err((svc, req, entry)) => {
-                                return miss(shared, svc, req, key, Some(entry));
+                                return miss(shared, svc, req, key, Some(entry), mode);
                             }
                         }
                     }
@@ -212,7 +217,7 @@ where
         Some(Ok(None)) | None => {}
         Some(Err(e)) => shared.backend_failed("get", &e),
     }
-    miss(shared, svc, req, key, fallback)
+    miss(shared, svc, req, key, fallback, mode)
 }
 
 /// A miss: lead the key's flight (call the inner service now) or wait for the one in progress.
@@ -222,6 +227,7 @@ fn miss<S, Req, X, St, A>(
     req: Req,
     key: super::CacheKey,
     fallback: Option<CacheEntry<A::Stored>>,
+    mode: LockMode,
 ) -> StateOf<S, Req, X, St, A>
 where
     S: Service<Req> + Clone,
@@ -234,7 +240,7 @@ where
 {
     shared.count(Meter::Misses);
     match shared.flights.join(&key) {
-        Joined::Leader(guard) => lead(shared, svc, req, guard, fallback),
+        Joined::Leader(guard) => lead(shared, svc, req, guard, fallback, mode),
         Joined::Waiter(flight) => {
             shared.count(Meter::Coalesced);
             tracing::trace!(cache = shared.name, key = %key.for_logs(), "miss: waiting for the call in flight");
@@ -244,6 +250,7 @@ where
                 req,
                 key,
                 fallback,
+                mode,
                 Arc::clone(shared),
             ))
         }
@@ -252,12 +259,16 @@ where
 
 /// Leads the flight `guard` holds: with a store shared between processes, takes its fill lock
 /// first (or waits for the entry another process is filling); then calls the inner service.
+/// Unless `mode` forces a refresh, an entry the store finds fresh as it is asked for the lock
+/// (stored since this request's lookup, by another process or another request's fill) is
+/// served instead.
 pub(crate) fn lead<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,
     svc: Svc<'_, S>,
     req: Req,
     guard: FlightGuard,
     fallback: Option<CacheEntry<A::Stored>>,
+    mode: LockMode,
 ) -> StateOf<S, Req, X, St, A>
 where
     S: Service<Req> + Clone,
@@ -268,9 +279,24 @@ where
     A::Capture: Send + 'static,
     St: CacheStore<A::Stored>,
 {
-    let lock = shared.store.lock(guard.key(), shared.lock_hold);
+    let lock = shared.store.lock(guard.key(), shared.lock_hold, mode);
     let key = guard.key().clone();
     let mut fill = Box::new(Fill::new(Arc::clone(shared), guard, fallback, None));
+    let lock = match lock {
+        StoreOp::Ready(Ok(FillLock::Fresh(entry))) => {
+            let now = Instant::now();
+            if entry.freshness(now) == Freshness::Fresh
+                && let Some(res) = shared.mode.replay(&entry, CacheStatus::Miss, now)
+            {
+                tracing::debug!(cache = shared.name, key = %key.for_logs(), "miss: the entry was stored meanwhile; serving it");
+                fill.found(entry);
+                return StateOf::<S, Req, X, St, A>::done(Ok(res));
+            }
+            // Fresh no longer, or an entry this mode cannot use: fill the key, as for a miss.
+            shared.store.lock(&key, shared.lock_hold, LockMode::Always)
+        }
+        other => other,
+    };
     let wait = match lock {
         StoreOp::Ready(Ok(FillLock::NotShared)) => None,
         StoreOp::Ready(Ok(FillLock::Acquired(token))) => {
@@ -282,7 +308,8 @@ where
             fill.with_lease(Lease::Missing);
             None
         }
-        StoreOp::Ready(Ok(FillLock::HeldElsewhere)) => Some(None),
+        // (A store answering an entry to a forced lock: waited on as if the lock were held.)
+        StoreOp::Ready(Ok(FillLock::HeldElsewhere | FillLock::Fresh(_))) => Some(None),
         StoreOp::Pending(lock) => Some(Some(lock)),
     };
     match wait {
@@ -329,9 +356,17 @@ where
     let Some(guard) = shared.flights.lead(key) else {
         return Ok(()); // a refresh (or a fill) is already in flight
     };
-    let lock = shared.store.lock(key, shared.lock_hold);
+    let lock = shared
+        .store
+        .lock(key, shared.lock_hold, LockMode::UnlessFresh);
     let mut fill = Fill::new(Arc::clone(shared), guard, Some(entry), Some(permit));
     match lock {
+        // Refreshed meanwhile (by another process, or another request's fill): nothing to do.
+        StoreOp::Ready(Ok(FillLock::Fresh(entry))) => {
+            tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: already refreshed");
+            fill.found(entry);
+            return Ok(());
+        }
         StoreOp::Ready(Ok(FillLock::HeldElsewhere)) => {
             tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: another process is refreshing it");
             return Ok(());
@@ -353,6 +388,10 @@ where
             drop(runtime.spawn(async move {
                 match lock.await {
                     Ok(FillLock::HeldElsewhere) => return,
+                    Ok(FillLock::Fresh(entry)) => {
+                        fill.found(entry);
+                        return;
+                    }
                     Ok(FillLock::Acquired(token)) => fill.holding_lock(token),
                     Ok(FillLock::NotShared) => {}
                     Err(e) => {

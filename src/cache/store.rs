@@ -18,18 +18,23 @@
 //! - Optionally take a short **fill lock** per key ([`lock`](CacheStore::lock)), so that of many
 //!   replicas missing the same key at once only one calls its upstream (Redis: `SET NX PX`). The
 //!   layer already merges concurrent misses within a process; stores used by one process only
-//!   keep the default, [`FillLock::NotShared`]. The layer takes it when it leads a fill (a miss, a
-//!   background refresh) and releases it when the fill ends, however it ends: after the entry is
-//!   written when the fill stores one ([`put_locked`](CacheStore::put_locked)). A replica that
-//!   finds it [held elsewhere](FillLock::HeldElsewhere) checks the store for the other's entry,
-//!   and tries the lock again, every few milliseconds for up to
-//!   [`fill_lock`](super::CacheBuilder::fill_lock)'s wait: it serves the entry when it appears,
-//!   leads the fill itself if the lock comes free without one (the holder's call failed, or its
-//!   lock lapsed; having taken it, the layer looks for the entry once more, since the holder may
-//!   have stored it and let the lock go in between, and then gives the lock back and serves
-//!   that), and calls through when the wait is over. With a shared store only the lock's
-//!   holder stores: a call made without it (the wait ran out, or the lock could not be asked for)
-//!   answers its requests but is not written. A background refresh is left to the holder.
+//!   need no lock, and answer [`FillLock::NotShared`]. The layer takes it when it leads a fill (a
+//!   miss, a background refresh) and releases it when the fill ends, however it ends: after the
+//!   entry is written when the fill stores one ([`put_locked`](CacheStore::put_locked)).
+//! - In the same atomic step as taking the lock, look for a fresh entry under the key (unless the
+//!   fill is a forced refresh, [`LockMode::Always`]): when there is one, answer it
+//!   ([`FillLock::Fresh`]) and take no lock. A miss's lookup and its lock are two steps (two round
+//!   trips to Redis); another replica may store the entry and release the lock between them, and
+//!   only a check made with the lock tells this replica not to call its upstream again.
+//!
+//! A replica that finds the lock [held elsewhere](FillLock::HeldElsewhere) checks the store for
+//! the other's entry, and tries the lock again, every few milliseconds for up to
+//! [`fill_lock`](super::CacheBuilder::fill_lock)'s wait: it serves the entry when it appears (from
+//! its check, or from the lock's answer), leads the fill itself if the lock comes free without one
+//! (the holder's call failed, or its lock lapsed), and calls through when the wait is over. With a
+//! shared store only the lock's holder stores: a call made without it (the wait ran out, or the
+//! lock could not be asked for) answers its requests but is not written. A background refresh is
+//! left to the holder.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,8 +60,8 @@ pub enum StoreOp<T, F> {
 }
 
 /// The answer to [`CacheStore::lock`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FillLock {
+#[derive(Clone, Debug)]
+pub enum FillLock<V> {
     /// The store is not shared between processes: no lock is needed (the layer's own
     /// single-flight already lets one call through per key).
     NotShared,
@@ -65,6 +70,23 @@ pub enum FillLock {
     Acquired(u64),
     /// Another process is filling the key: wait for its entry, then call through if none comes.
     HeldElsewhere,
+    /// A fresh entry is stored under the key (asked with [`LockMode::UnlessFresh`]): no lock was
+    /// taken; serve this entry instead of filling the key.
+    Fresh(CacheEntry<V>),
+}
+
+/// How [`CacheStore::lock`] treats an entry already stored under the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    /// A fill of a key with no fresh entry (a miss, the refresh of a stale entry): if a fresh
+    /// entry is stored when the lock is asked for, answer it ([`FillLock::Fresh`]) and take no
+    /// lock. An entry is fresh while the time is before its
+    /// [`fresh_until`](super::entry::Timing::fresh_until); a stale one (in its
+    /// stale-while-revalidate or stale-if-error window) does not count.
+    UnlessFresh,
+    /// A forced refresh (a request with `Cache-Control: no-cache`): take the lock whatever is
+    /// stored.
+    Always,
 }
 
 /// Storage of cache entries holding values of type `V`.
@@ -102,9 +124,22 @@ pub trait CacheStore<V: Send + Sync + 'static>: Send + Sync + 'static {
     fn clear(&self) -> StoreOp<(), Self::Future<()>>;
 
     /// Takes the fill lock for `key` for at most `hold`, for stores shared by several processes.
-    /// The default answers [`FillLock::NotShared`].
-    fn lock(&self, key: &CacheKey, hold: Duration) -> StoreOp<FillLock, Self::Future<FillLock>> {
-        let _ = (key, hold);
+    ///
+    /// With [`LockMode::UnlessFresh`], a store whose lock is shared answers the fresh entry stored
+    /// under `key` instead ([`FillLock::Fresh`]), if there is one, judged in the same atomic step
+    /// as the lock: the layer's lookup and its lock are two steps, and another process may store
+    /// the entry and release the lock between them. (Were the lock taken then, this process
+    /// would call its upstream for an entry already there.)
+    ///
+    /// The default answers [`FillLock::NotShared`] (a store of one process: the layer's
+    /// single flight is its lock).
+    fn lock(
+        &self,
+        key: &CacheKey,
+        hold: Duration,
+        mode: LockMode,
+    ) -> StoreOp<FillLock<V>, Self::Future<FillLock<V>>> {
+        let _ = (key, hold, mode);
         StoreOp::Ready(Ok(FillLock::NotShared))
     }
 
@@ -162,8 +197,13 @@ impl<V: Send + Sync + 'static, S: CacheStore<V>> CacheStore<V> for Arc<S> {
         (**self).clear()
     }
 
-    fn lock(&self, key: &CacheKey, hold: Duration) -> StoreOp<FillLock, Self::Future<FillLock>> {
-        (**self).lock(key, hold)
+    fn lock(
+        &self,
+        key: &CacheKey,
+        hold: Duration,
+        mode: LockMode,
+    ) -> StoreOp<FillLock<V>, Self::Future<FillLock<V>>> {
+        (**self).lock(key, hold, mode)
     }
 
     fn unlock(&self, key: &CacheKey, token: u64) -> StoreOp<(), Self::Future<()>> {

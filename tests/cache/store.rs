@@ -14,11 +14,11 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::backend::memory::MemoryCacheStore;
 use tower_rampart::backend::{BackendError, MemoryBackend};
-use tower_rampart::cache::entry::{Lifetimes, Timing};
+use tower_rampart::cache::entry::{Freshness, Lifetimes, Timing};
 use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{
     CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheStore, CachedResponse, FillLock, Found,
-    StoreOp, StoreSpec,
+    LockMode, StoreOp, StoreSpec,
 };
 
 use crate::{Upstream, call};
@@ -258,7 +258,8 @@ async fn an_entry_that_cannot_be_replayed_is_a_miss_not_a_panic() {
 type Meanwhile = Box<dyn FnOnce(&SharedBackend) + Send>;
 
 /// One store shared by several layers (replicas of a service), with a fill lock that behaves
-/// like Redis `SET key token NX PX hold`, and a delete-if-owner unlock.
+/// like the Redis store's lock script (`SET key token NX PX hold`, answering a fresh entry
+/// instead unless forced, in the same step), and a delete-if-owner unlock.
 #[derive(Clone, Default)]
 struct SharedBackend {
     store: Arc<std::sync::OnceLock<Arc<MemoryCacheStore<String>>>>,
@@ -326,7 +327,12 @@ impl CacheStore<String> for SharedBackend {
         }
     }
 
-    fn lock(&self, key: &CacheKey, hold: Duration) -> StoreOp<FillLock, BoxFut<FillLock>> {
+    fn lock(
+        &self,
+        key: &CacheKey,
+        hold: Duration,
+        mode: LockMode,
+    ) -> StoreOp<FillLock<String>, BoxFut<FillLock<String>>> {
         // Answered through a future, as a network store would.
         let this = self.clone();
         let key = key.clone();
@@ -338,6 +344,12 @@ impl CacheStore<String> for SharedBackend {
             }
             let now = tokio::time::Instant::now();
             let mut locks = this.locks.lock().unwrap();
+            if mode == LockMode::UnlessFresh
+                && let StoreOp::Ready(Ok(Some(entry))) = this.inner().get(&key)
+                && entry.freshness(now) == Freshness::Fresh
+            {
+                return Ok(FillLock::Fresh(entry));
+            }
             match locks.get(&key) {
                 Some((_, until)) if *until > now => Ok(FillLock::HeldElsewhere),
                 _ => {
@@ -541,8 +553,13 @@ impl CacheStore<String> for OrderedBackend {
         self.shared.clear()
     }
 
-    fn lock(&self, key: &CacheKey, hold: Duration) -> StoreOp<FillLock, BoxFut<FillLock>> {
-        self.shared.lock(key, hold)
+    fn lock(
+        &self,
+        key: &CacheKey,
+        hold: Duration,
+        mode: LockMode,
+    ) -> StoreOp<FillLock<String>, BoxFut<FillLock<String>>> {
+        self.shared.lock(key, hold, mode)
     }
 
     fn unlock(&self, key: &CacheKey, token: u64) -> StoreOp<(), BoxFut<()>> {
@@ -583,4 +600,194 @@ async fn a_fill_releases_its_lock_only_after_its_write_has_landed() {
         ["put", "unlock", "put", "unlock", "put", "unlock"]
     );
     assert_eq!(backend.shared.held(), 0);
+}
+
+/// An entry for `key` as another replica's fill stores it: fresh for a minute from now.
+fn filled_elsewhere(store: &MemoryCacheStore<String>, key: &CacheKey, value: &str) {
+    let timing = Timing::new(
+        tokio::time::Instant::now(),
+        Lifetimes::ttl(Duration::from_secs(60)),
+    );
+    let entry = CacheEntry::new(value.to_owned(), timing, value.len());
+    assert!(matches!(
+        store.put(key.clone(), entry),
+        StoreOp::Ready(Ok(()))
+    ));
+}
+
+/// Regression (#14): a replica's first miss looks the key up and then asks for the fill lock, two
+/// round trips. Another replica that stored its entry and released its lock between the two left
+/// the lock free, and this one took it and called its upstream for an entry already there. The
+/// lock now looks for a fresh entry in the same step, and answers it.
+#[tokio::test(start_paused = true)]
+async fn an_entry_stored_between_a_first_miss_and_its_lock_is_served_not_filled_again() {
+    let backend = SharedBackend::default();
+    let up = Upstream::default();
+    let mut b = replica(&backend, &up);
+    let key = CacheKey::from("k");
+    // B's lookup finds nothing; before its lock request arrives, another replica (which held the
+    // lock through its whole fill, between B's two round trips) stores "k" and releases the lock.
+    *backend.before_next_lock.lock().unwrap() = Some(Box::new(move |backend: &SharedBackend| {
+        filled_elsewhere(backend.inner(), &key, "k#other");
+    }));
+    assert_eq!(
+        call(&mut b, "k").await.unwrap(),
+        "k#other",
+        "B serves the entry its lock request found"
+    );
+    assert_eq!(up.calls(), 0, "and makes no call of its own");
+    assert_eq!(backend.held(), 0, "nor takes the lock");
+    assert!(
+        backend.before_next_lock.lock().unwrap().is_none(),
+        "the other replica's fill ran between B's lookup and B's lock"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_entry_is_still_refreshed_under_the_lock() {
+    let backend = SharedBackend::default();
+    let up = Upstream::default();
+    let mut a = tower::util::BoxCloneSyncService::new(
+        CacheLayer::builder()
+            .ttl(Duration::from_secs(10))
+            .stale_while_revalidate(Duration::from_secs(60))
+            .key(key_fn(|r: &String| Some(r.clone())))
+            .fill_lock(Duration::from_secs(10), Duration::from_secs(1))
+            .backend(backend.clone())
+            .build()
+            .unwrap()
+            .layer(up.service()),
+    );
+    assert_eq!(call(&mut a, "k").await.unwrap(), "k#1");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    // Stale: served at once, and refreshed in the background; the lock request finds the entry
+    // stored but not fresh, so it takes the lock.
+    assert_eq!(call(&mut a, "k").await.unwrap(), "k#1");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(up.calls(), 2, "refreshed");
+    assert_eq!(call(&mut a, "k").await.unwrap(), "k#2");
+    assert_eq!(backend.held(), 0);
+    // A forced lock is taken over a fresh entry; an unforced one answers the entry.
+    let key = CacheKey::from("k");
+    let lock = |mode| match backend.lock(&key, Duration::from_secs(10), mode) {
+        StoreOp::Pending(f) => f,
+        StoreOp::Ready(_) => unreachable!("answered through a future"),
+    };
+    assert!(matches!(
+        lock(LockMode::UnlessFresh).await.unwrap(),
+        FillLock::Fresh(e) if e.value() == "k#2"
+    ));
+    assert!(matches!(
+        lock(LockMode::Always).await.unwrap(),
+        FillLock::Acquired(_)
+    ));
+}
+
+/// What another request of the same process does right after this one's lookup.
+type AfterLookup = Box<dyn FnOnce(&MemoryCacheStore<String>) + Send>;
+
+/// The in-memory store, with something to do right after the next lookup.
+#[derive(Clone, Default)]
+struct RacingBackend {
+    store: Arc<std::sync::OnceLock<Arc<MemoryCacheStore<String>>>>,
+    after_next_lookup: Arc<std::sync::Mutex<Option<AfterLookup>>>,
+}
+
+impl CacheBackend<String> for RacingBackend {
+    type Store = RacingBackend;
+
+    fn cache_store(&self, spec: &StoreSpec) -> Result<RacingBackend, tower_rampart::ConfigError> {
+        let _ = self
+            .store
+            .set(Arc::new(MemoryBackend::new().cache_store(spec)?));
+        Ok(self.clone())
+    }
+}
+
+impl RacingBackend {
+    fn inner(&self) -> &MemoryCacheStore<String> {
+        self.store.get().expect("built")
+    }
+}
+
+type Never<T> = std::future::Pending<Result<T, BackendError>>;
+
+impl CacheStore<String> for RacingBackend {
+    type Future<T: Send + 'static> = Never<T>;
+
+    fn get(&self, key: &CacheKey) -> StoreOp<Found<String>, Never<Found<String>>> {
+        self.get_at(key, tokio::time::Instant::now())
+    }
+
+    fn get_at(
+        &self,
+        key: &CacheKey,
+        now: tokio::time::Instant,
+    ) -> StoreOp<Found<String>, Never<Found<String>>> {
+        let found = self.inner().get_at(key, now);
+        let meanwhile = self.after_next_lookup.lock().unwrap().take();
+        if let Some(meanwhile) = meanwhile {
+            meanwhile(self.inner());
+        }
+        found
+    }
+
+    fn put(&self, key: CacheKey, entry: CacheEntry<String>) -> StoreOp<(), Never<()>> {
+        self.inner().put(key, entry)
+    }
+
+    fn invalidate(&self, key: &CacheKey) -> StoreOp<(), Never<()>> {
+        self.inner().invalidate(key)
+    }
+
+    fn invalidate_prefix(&self, prefix: &[u8]) -> StoreOp<(), Never<()>> {
+        self.inner().invalidate_prefix(prefix)
+    }
+
+    fn clear(&self) -> StoreOp<(), Never<()>> {
+        self.inner().clear()
+    }
+
+    fn lock(
+        &self,
+        key: &CacheKey,
+        hold: Duration,
+        mode: LockMode,
+    ) -> StoreOp<FillLock<String>, Never<FillLock<String>>> {
+        self.inner().lock(key, hold, mode)
+    }
+}
+
+/// Regression (#14), within one process: a request's lookup and its joining the key's flight are
+/// two steps. Another request that stored the entry and ended its flight between them left this
+/// one to lead a new flight and call the upstream again; the in-memory store's lock answers the
+/// fresh entry instead, as a shared store's does.
+#[tokio::test(start_paused = true)]
+async fn a_miss_serves_the_entry_another_request_stored_since_its_lookup() {
+    let backend = RacingBackend::default();
+    let up = Upstream::default();
+    let mut svc = CacheLayer::builder()
+        .ttl(Duration::from_secs(60))
+        .key(key_fn(|r: &String| Some(r.clone())))
+        .backend(backend.clone())
+        .build()
+        .unwrap()
+        .layer(up.service());
+    *backend.after_next_lookup.lock().unwrap() =
+        Some(Box::new(|store: &MemoryCacheStore<String>| {
+            filled_elsewhere(store, &CacheKey::from("k"), "k#other");
+        }));
+    assert_eq!(call(&mut svc, "k").await.unwrap(), "k#other");
+    assert_eq!(up.calls(), 0, "no second call for an entry already stored");
+    // A forced lock takes no entry; the next miss on another key fills as ever.
+    assert!(matches!(
+        backend.lock(
+            &CacheKey::from("k"),
+            Duration::from_secs(1),
+            LockMode::Always
+        ),
+        StoreOp::Ready(Ok(FillLock::NotShared))
+    ));
+    assert_eq!(call(&mut svc, "j").await.unwrap(), "j#1");
+    assert_eq!(up.calls(), 1);
 }

@@ -15,6 +15,7 @@ mod common;
 
 mod corrupt;
 mod faults;
+mod first_miss;
 mod http;
 mod invalidation;
 mod liveness;

@@ -33,8 +33,10 @@ use tokio::time::Instant;
 
 use super::MemoryBackend;
 use crate::backend::BackendError;
-use crate::cache::entry::Timing;
-use crate::cache::{CacheBackend, CacheEntry, CacheKey, CacheStore, Found, StoreOp, StoreSpec};
+use crate::cache::entry::{Freshness, Timing};
+use crate::cache::{
+    CacheBackend, CacheEntry, CacheKey, CacheStore, FillLock, Found, LockMode, StoreOp, StoreSpec,
+};
 use crate::clock::Clock;
 use crate::error::ConfigError;
 
@@ -581,6 +583,28 @@ impl<V: Send + Sync + 'static> CacheStore<V> for MemoryCacheStore<V> {
         StoreOp::Ready(Ok(self.lookup(key, now)))
     }
 
+    /// One process's store takes no lock (the layer's single flight is its lock), but answers a
+    /// fresh entry all the same, as a shared store does: a miss's lookup and its joining the
+    /// flight are two steps, and another request's fill may have stored the entry and ended its
+    /// flight between them.
+    fn lock(
+        &self,
+        key: &CacheKey,
+        hold: Duration,
+        mode: LockMode,
+    ) -> StoreOp<FillLock<V>, Self::Future<FillLock<V>>> {
+        let _ = hold;
+        if mode == LockMode::UnlessFresh {
+            let now = Instant::now();
+            if let Some(entry) = self.lookup(key, now)
+                && entry.freshness(now) == Freshness::Fresh
+            {
+                return StoreOp::Ready(Ok(FillLock::Fresh(entry)));
+            }
+        }
+        StoreOp::Ready(Ok(FillLock::NotShared))
+    }
+
     fn put(&self, key: CacheKey, entry: CacheEntry<V>) -> StoreOp<(), Self::Future<()>> {
         // The layer stores entries as it makes them, stamped with the time: no second clock read
         // on the miss path. An entry stamped earlier only makes this an earlier "now", which
@@ -749,6 +773,37 @@ mod tests {
 
     fn put(s: &MemoryCacheStore<u64>, key: u64, weight: usize) {
         let _ = s.put(CacheKey::from(key), entry(key, weight, HOUR));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lock_answers_a_fresh_entry_unless_forced_and_never_a_stale_one() {
+        let s = store(1 << 20);
+        let lock = |key: u64, mode| match s.lock(&CacheKey::from(key), HOUR, mode) {
+            StoreOp::Ready(Ok(lock)) => lock,
+            _ => unreachable!("the memory store answers at once"),
+        };
+        assert!(matches!(
+            lock(1, LockMode::UnlessFresh),
+            FillLock::NotShared
+        ));
+        let lifetimes = Lifetimes {
+            ttl: Duration::from_secs(10),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(10),
+        };
+        let fresh = CacheEntry::new(1, Timing::new(Instant::now(), lifetimes), 8);
+        let _ = s.put(CacheKey::from(1u64), fresh);
+        assert!(matches!(
+            lock(1, LockMode::UnlessFresh),
+            FillLock::Fresh(e) if *e.value() == 1
+        ));
+        assert!(matches!(lock(1, LockMode::Always), FillLock::NotShared));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(get(&s, 1), Some(1), "stale, still stored");
+        assert!(matches!(
+            lock(1, LockMode::UnlessFresh),
+            FillLock::NotShared
+        ));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::backend::memory::MemoryCacheStore;
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
 use crate::cache::entry::Timing;
 use crate::cache::{
-    CacheBackend, CacheEntry, CacheKey, CacheStore, FillLock, Found, StoreOp, StoreSpec,
+    CacheBackend, CacheEntry, CacheKey, CacheStore, FillLock, Found, LockMode, StoreOp, StoreSpec,
 };
 use crate::clock::Clock;
 use crate::error::ConfigError;
@@ -439,10 +439,15 @@ async fn eval(
 /// A miss takes the key's fill lock: `SET NX PX` with a token, for the layer's
 /// [`fill_lock`](crate::cache::CacheBuilder::fill_lock) hold. The holder calls its upstream and
 /// stores its answer in one script that also releases the lock (only its own token's), so no
-/// replica can find the lock free before the entry is there. Replicas that find the lock held
-/// check for the entry, and try the lock again, after 5, 10, 20 and then every 50 ms, for up to
-/// the layer's lock wait; one that takes the lock over checks for the entry once more before
-/// calling (the holder may have stored it and released the lock between the two).
+/// replica can find the lock free before the entry is there. The lock script first looks at the
+/// key's entry: when it is fresh (another replica stored it after this one's lookup, and has
+/// released its lock since), it answers the entry, takes no lock, and the replica serves it; the
+/// check and the lock are one step, so no replica fills a key whose fresh entry is already stored
+/// when its lock request arrives. A forced refresh (`Cache-Control: no-cache`,
+/// [`LockMode::Always`]) takes the lock whatever is stored; a stale entry (in its
+/// stale-while-revalidate or stale-if-error window) does not stop it. Replicas that find the lock
+/// held check for the entry, and try the lock again (the same script), after 5, 10, 20 and then
+/// every 50 ms, for up to the layer's lock wait.
 ///
 /// **Bound on upstream calls.** N concurrent misses on one key, across R replicas, make one
 /// inner call when the holder's call answers within both the lock's hold and the wait, its answer
@@ -458,11 +463,13 @@ async fn eval(
 /// - an **invalidation** in the key's slot while the call runs: that fill will not store (its
 ///   answer may predate the invalidation), its lock is taken over by the next replica to check;
 /// - **Redis is down**: each replica calls through (once per key per wave, by its own single
-///   flight);
-/// - a replica whose **first** check found no entry, and whose lock request reached Redis only
-///   after the holder had stored its entry and released the lock, fills once more (its own
-///   requests share that call). The window is the time between a miss's two round trips, so this
-///   takes a replica stalled between them for about as long as the holder's whole fill.
+///   flight).
+///
+/// A replica whose lookup found no entry but whose lock request reaches Redis after the holder
+/// has stored its entry and released the lock makes no call: the lock script answers the entry.
+/// (The freshness the script judges by is the time the replica sends with the request, in the
+/// clock the entries' times are written in, and the replica checks the entry again by its own
+/// clock; an entry a hair from the end of its freshness is waited past, as a held lock is.)
 ///
 /// # Invalidation
 ///
@@ -1244,59 +1251,98 @@ impl<V: RedisCacheValue> CacheStore<V> for RedisCacheStore<V> {
         self.invalidate_range(b"-".to_vec(), b"+".to_vec())
     }
 
+    /// Takes the key's fill lock in one script that, with [`LockMode::UnlessFresh`], first
+    /// looks at the key's entry and answers it instead when it is fresh (by this replica's clock,
+    /// as the layer judges it). When the entry the script answers does not decode, the lock is
+    /// asked for again, whatever is stored (a third round trip, for corrupt entries only; not
+    /// counted as undecodable again, the lookup before the lock has counted it).
     fn lock(
         &self,
         key: &CacheKey,
         hold: Duration,
-    ) -> StoreOp<FillLock, RedisCacheFuture<FillLock>> {
+        mode: LockMode,
+    ) -> StoreOp<FillLock<V>, RedisCacheFuture<FillLock<V>>> {
         let inner = &self.inner;
         if !inner.conn.admit() {
             // With the local fallback, this process fills on its own (and stores in memory).
             return match self.fallback() {
-                Some(_) => StoreOp::Ready(Ok(FillLock::NotShared)),
+                Some(local) => StoreOp::Ready(ready(local.lock(key, hold, mode))),
                 None => StoreOp::Ready(Err(inner.conn.down_error())),
             };
         }
         let place = inner.place(key);
         let names = inner.slot_names(place.id);
         let lock = place.lock();
+        let entry = place.entry();
         let random = inner.token();
-        let hold = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
         let inner = Arc::clone(inner);
-        let has_local = self.local.is_some();
+        let local = self.local.clone();
+        let key = key.clone();
         StoreOp::Pending(RedisCacheFuture::new(async move {
-            let reply = eval(
-                &inner.conn,
-                lock_script(),
-                &[&lock, &names.seq],
-                &[random.to_string().as_bytes(), hold.to_string().as_bytes()],
-                inner.timeout,
-            )
-            .await;
-            let reply = match reply {
-                Ok(reply) => reply,
-                Err(e) if is_outage(&e) && has_local => {
-                    inner.local_in_use.store(true, Ordering::Release);
-                    return Ok(FillLock::NotShared);
+            let (random_arg, hold_arg) = (random.to_string(), hold_ms.to_string());
+            let mut check = mode == LockMode::UnlessFresh;
+            loop {
+                let fresh_after = if check {
+                    let (now, wall) = inner.clocks();
+                    to_unix_ms(now, now, wall).to_string()
+                } else {
+                    String::new()
+                };
+                let reply = eval(
+                    &inner.conn,
+                    lock_script(),
+                    &[&lock, &names.seq, &entry],
+                    &[
+                        random_arg.as_bytes(),
+                        hold_arg.as_bytes(),
+                        fresh_after.as_bytes(),
+                    ],
+                    inner.timeout,
+                )
+                .await;
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(e) if is_outage(&e) && local.is_some() => {
+                        inner.local_in_use.store(true, Ordering::Release);
+                        return ready(local.expect("checked").lock(&key, hold, mode));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Value::Array(mut parts) = reply else {
+                    return Err(unexpected("lock"));
+                };
+                let fresh = match parts.len() {
+                    5 if check => parts.pop(),
+                    4 => None,
+                    _ => return Err(unexpected("lock")),
+                };
+                let [taken, seq, secs, micros] = &parts[..] else {
+                    return Err(unexpected("lock"));
+                };
+                let (Some(seq), Some(secs), Some(micros)) =
+                    (bulk_u64(seq), bulk_u64(secs), bulk_u64(micros))
+                else {
+                    return Err(unexpected("lock"));
+                };
+                inner.learn_offset(secs, micros);
+                match (taken, fresh) {
+                    (Value::Int(1), None) => return Ok(FillLock::Acquired(token(random, seq))),
+                    (Value::Int(0), None) => return Ok(FillLock::HeldElsewhere),
+                    (Value::Int(2), Some(Value::BulkString(bytes))) => {
+                        let (now, wall) = inner.clocks();
+                        match V::from_redis(bytes, now, wall) {
+                            Ok(entry) => return Ok(FillLock::Fresh(entry)),
+                            // Not an entry to serve (the lookup before the lock counted it as
+                            // undecodable): fill the key over it.
+                            Err(e) => {
+                                tracing::trace!(cache = inner.name, key = %key.for_logs(), reason = e.reason(), "the fill lock found an undecodable entry; taking the lock");
+                                check = false;
+                            }
+                        }
+                    }
+                    _ => return Err(unexpected("lock")),
                 }
-                Err(e) => return Err(e),
-            };
-            let Value::Array(parts) = reply else {
-                return Err(unexpected("lock"));
-            };
-            let [taken, seq, secs, micros] = &parts[..] else {
-                return Err(unexpected("lock"));
-            };
-            let (Some(seq), Some(secs), Some(micros)) =
-                (bulk_u64(seq), bulk_u64(secs), bulk_u64(micros))
-            else {
-                return Err(unexpected("lock"));
-            };
-            inner.learn_offset(secs, micros);
-            match taken {
-                Value::Int(1) => Ok(FillLock::Acquired(token(random, seq))),
-                Value::Int(_) => Ok(FillLock::HeldElsewhere),
-                _ => Err(unexpected("lock")),
             }
         }))
     }

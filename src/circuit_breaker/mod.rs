@@ -94,8 +94,19 @@
 //! its last sync: then it gives its unused permits back. Probe outcomes are reported at once, the script
 //! closes or reopens the circuit, and every replica follows. Permits of a replica that stops
 //! syncing (crashed, cut off from Redis) go back after four sync intervals plus the backend's
-//! timeout. The first caller on a replica that refused nobody during the wait is refused while its
-//! replica asks for a permit.
+//! timeout.
+//!
+//! A replica that had no callers during the wait learns of the half-open state at a sync that
+//! asked for no permits. Its first caller (and any arriving with it) is not refused for that: the
+//! replica asks the script for permits at once (without the quarter-interval gap of early syncs)
+//! and the caller waits for the answer, at most the backend's timeout and never longer than one
+//! sync interval (50 ms with the defaults), holding its request and the readied inner service
+//! (which is why the service needs `S: Clone`). Granted a permit, it is the probe; otherwise (the
+//! probes are all held elsewhere, or the bound passed) it is refused as before. Only the callers of
+//! a half-open period in which the script has not yet answered this replica's request for
+//! permits wait; once it has, refusals are immediate again. Permits still come only from the
+//! script, so half-open admits exactly `half_open_probes` probes across the replicas; a closed
+//! circuit's calls never wait, and an open one's refuse at once until its wait is over.
 //!
 //! **When Redis is unreachable** (a sync fails or times out; calls are not affected), the replica
 //! falls back to its local circuit, starting from the state it followed: its own window, its own

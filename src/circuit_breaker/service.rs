@@ -19,6 +19,11 @@ use crate::rejection::RejectionMode;
 /// `poll_ready` is the inner service's. An open circuit refuses from `call`, at once and without
 /// touching the inner service (the way tower's `LoadShed` does), so the layer works under axum, which
 /// does not honour backpressure. Clones share the circuit (or circuits).
+///
+/// One exception, for [shared circuits](super#shared-circuit-state) only: a half-open caller on a
+/// replica that has not yet asked the shared store for probe permits waits briefly for that
+/// answer before it is admitted or refused. The readied inner service moves into the response
+/// future for that wait (a clone takes its place), hence `S: Clone`.
 pub struct CircuitBreaker<S, C, M, F = NoFallback, X = OneCircuit>
 where
     X: CircuitKey,
@@ -80,7 +85,7 @@ impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: CircuitKey +
 
 impl<S, Req, C, M, F, X> Service<Req> for CircuitBreaker<S, C, M, F, X>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     X: ExtractCircuitKey<Req>,
     C: Classify<S::Response, S::Error>,
     M: RejectionMode<S::Response, S::Error>,
@@ -89,7 +94,7 @@ where
 {
     type Response = S::Response;
     type Error = M::Error;
-    type Future = ResponseFuture<S::Future, C, M, S::Response, M::Error>;
+    type Future = ResponseFuture<S, Req, C, M, S::Response, M::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(M::Error::from)
@@ -130,6 +135,35 @@ where
                     refusal.state,
                     refusal.retry_after,
                 );
+                #[cfg(feature = "redis")]
+                if refusal.ticket != 0 {
+                    // A shared circuit's replica asks its store for a probe permit for this
+                    // caller: wait for the answer with the readied service.
+                    let held = match (keyed, &self.one) {
+                        (Some(keyed), _) => Held::Key(keyed),
+                        (None, Some(one)) => Held::One(Arc::clone(one)),
+                        (None, None) => {
+                            unreachable!("a service has its one circuit or looks one up")
+                        }
+                    };
+                    let max = held
+                        .breaker()
+                        .link
+                        .as_ref()
+                        .map_or(std::time::Duration::ZERO, |l| l.signal.probe_wait());
+                    let refused = shared.fallback.refused::<S::Error, M>(open, &shared.mode);
+                    let clone = self.inner.clone();
+                    let svc = std::mem::replace(&mut self.inner, clone);
+                    return ResponseFuture::waiting(
+                        svc,
+                        req,
+                        held,
+                        shared.classifier.clone(),
+                        refusal.ticket,
+                        max,
+                        refused,
+                    );
+                }
                 tracing::debug!(
                     circuit = open.name(),
                     key = open.key().unwrap_or(""),

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,10 @@ use crate::throttle::LogThrottle;
 pub(crate) struct Signal {
     notify: tokio::sync::Notify,
     running: AtomicBool,
+    /// A round is wanted now, without the gap between early rounds (a caller waits for it).
+    now: AtomicBool,
+    /// How long a caller waits for a probe permit: the store's timeout, at most one sync interval.
+    probe_wait: OnceLock<Duration>,
     /// Spawns the task on the current runtime; false when there is none.
     spawn: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
@@ -46,6 +50,8 @@ impl Signal {
         Self {
             notify: tokio::sync::Notify::new(),
             running: AtomicBool::new(false),
+            now: AtomicBool::new(false),
+            probe_wait: OnceLock::new(),
             spawn: OnceLock::new(),
         }
     }
@@ -76,6 +82,22 @@ impl Signal {
     /// Asks the task for a round now (it keeps a minimum gap between rounds).
     pub(crate) fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    /// Asks the task for a round at once: a caller waits for its answer.
+    fn wake_now(&self) {
+        self.now.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether a round was asked for at once (clears the request).
+    fn take_now(&self) -> bool {
+        self.now.swap(false, Ordering::AcqRel)
+    }
+
+    /// How long a caller may wait for a probe permit (zero before the task is set up).
+    pub(crate) fn probe_wait(&self) -> Duration {
+        self.probe_wait.get().copied().unwrap_or(Duration::ZERO)
     }
 
     /// Whether the task is running.
@@ -128,6 +150,16 @@ pub(crate) struct Link {
     opened_locally: AtomicU8,
     command: Mutex<PendingCommand>,
     pub(crate) sync: Mutex<SyncState>,
+    /// Callers waiting for a probe permit whose demand is not reported yet.
+    waiting: AtomicU32,
+    /// Tickets handed to waiting callers so far, and the last one a sync answered.
+    tickets: AtomicU64,
+    answered: AtomicU64,
+    /// The local half-open period (its epoch plus one; 0: none) in which the store answered a
+    /// request of this replica for probe permits.
+    asked: AtomicU64,
+    /// Woken when a sync of this circuit is over (for waiting callers).
+    synced: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Link {
@@ -154,6 +186,11 @@ impl Link {
             opened_locally: AtomicU8::new(0),
             command: Mutex::new(PendingCommand::default()),
             sync: Mutex::new(SyncState::default()),
+            waiting: AtomicU32::new(0),
+            tickets: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
+            synced: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -194,6 +231,73 @@ impl Link {
             self.urge();
         }
         self.signal.ensure_started();
+    }
+
+    /// A caller refused in half-open for want of a permit, in the local half-open period `epoch`.
+    /// Unless the store already answered a request of this replica for permits in this period (or
+    /// the replica does not follow the store, or has no sync task), registers the caller as
+    /// demand, asks for a sync at once and returns a ticket (never 0) to wait with. Otherwise 0:
+    /// refuse the caller now.
+    ///
+    /// This closes the gap of a replica that had no callers while the circuit was open: it learns
+    /// of the half-open state at a sync that asked for no permits, and without the wait its first
+    /// caller would be refused merely because the replica had not asked yet.
+    ///
+    /// Why wait rather than admit the caller locally: a permit handed out by a replica on its own
+    /// (or reserved for it ahead of the wait) cannot keep "exactly N probes across replicas" with
+    /// more replicas than probes; only the store knows how many are left. The wait is bounded
+    /// ([`Signal::probe_wait`]), happens at most once per half-open period and replica (until the
+    /// store answers), and never on the closed path: `acquire` reaches here only when refusing.
+    #[cold]
+    pub(crate) fn wait_for_probe(&self, epoch: u64) -> u64 {
+        if self.signal.probe_wait().is_zero()
+            || !self.is_following()
+            || !self.signal.is_running()
+            || self.asked_in(epoch)
+        {
+            return 0;
+        }
+        // Demand first, ticket second: a sync that sees the ticket carries the demand.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        self.urgent.store(true, Ordering::Release);
+        self.signal.wake_now();
+        ticket
+    }
+
+    /// Takes the demand of waiting callers for a report: their number, and the last ticket it
+    /// covers.
+    pub(crate) fn take_waiting(&self) -> (u32, u64) {
+        let covers = self.tickets.load(Ordering::SeqCst);
+        (self.waiting.swap(0, Ordering::SeqCst), covers)
+    }
+
+    /// Whether the store answered a request for permits in the local half-open period `epoch`.
+    pub(crate) fn asked_in(&self, epoch: u64) -> bool {
+        self.asked.load(Ordering::Acquire) == epoch + 1
+    }
+
+    /// The store answered a request for permits in the local half-open period `epoch`.
+    pub(crate) fn asked(&self, epoch: u64) {
+        self.asked.store(epoch + 1, Ordering::Release);
+    }
+
+    /// Whether a sync carrying the demand of `ticket` is over.
+    pub(crate) fn is_answered(&self, ticket: u64) -> bool {
+        self.answered.load(Ordering::Acquire) >= ticket
+    }
+
+    /// A sync carrying the demand of tickets up to `covers` is over: wakes the waiting callers.
+    pub(crate) fn answered(&self, covers: u64) {
+        self.answered.fetch_max(covers, Ordering::AcqRel);
+        if self.tickets.load(Ordering::Acquire) > 0 {
+            self.synced.notify_waiters();
+        }
+    }
+
+    /// Completes at the end of the next sync of this circuit (enable it before checking).
+    pub(crate) fn next_sync(&self) -> tokio::sync::futures::OwnedNotified {
+        Arc::clone(&self.synced).notified_owned()
     }
 
     /// A probe's outcome, for the store to decide on.
@@ -387,6 +491,7 @@ where
     St: CircuitStore<K>,
 {
     let lease = interval * 4 + store.timeout();
+    let _ = signal.probe_wait.set(store.timeout().min(interval));
     let driver = Arc::new(Driver {
         store,
         circuits,
@@ -465,8 +570,10 @@ where
         if tokio::time::timeout_at(deadline, signal.notify.notified())
             .await
             .is_ok()
+            && !signal.take_now()
         {
-            // An early round was asked for: not sooner than `gap` after the last one started.
+            // An early round was asked for: not sooner than `gap` after the last one started
+            // (unless a caller waits for a probe permit: then at once).
             tokio::time::sleep_until((started + gap).min(deadline)).await;
         }
     }
@@ -648,6 +755,8 @@ pub(crate) struct Prepared {
     pub(crate) was_following: bool,
     /// Probe outcomes this local half-open period had when the request was made.
     pub(crate) results_at_send: u32,
+    /// The last ticket of a waiting caller whose demand the request carries.
+    pub(crate) covers: u64,
 }
 
 /// Used by the breaker to apply a reply.

@@ -169,6 +169,10 @@ pub(crate) struct Permit {
 pub(crate) struct Refusal {
     pub(crate) state: CircuitState,
     pub(crate) retry_after: Option<Duration>,
+    /// Not 0: not refused yet. A shared circuit's replica asks its store for a probe permit for
+    /// this caller, who may wait for the answer (see `Breaker::acquire_waited`) with this ticket.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) ticket: u64,
 }
 
 pub(crate) struct Breaker {
@@ -329,9 +333,16 @@ impl Breaker {
         }
     }
 
-    /// Asks to make a call now.
+    /// Asks to make a call now. A refusal with a ticket is not one yet: see
+    /// [`acquire_waited`](Self::acquire_waited).
     #[inline]
     pub(crate) fn acquire(&self) -> Result<Permit, Refusal> {
+        self.acquire_with(true)
+    }
+
+    /// `wait`: a half-open refusal may instead hand out a ticket to wait for a probe permit.
+    #[inline]
+    fn acquire_with(&self, #[allow(unused_variables)] wait: bool) -> Result<Permit, Refusal> {
         loop {
             let word = self.state.load(Ordering::Acquire);
             match kind(word) {
@@ -357,6 +368,16 @@ impl Breaker {
                     if probes(word) >= self.probe_allowance.load(Ordering::Acquire) {
                         #[cfg(feature = "redis")]
                         if let Some(link) = &self.link {
+                            if wait {
+                                let ticket = link.wait_for_probe(epoch(word));
+                                if ticket != 0 {
+                                    return Err(Refusal {
+                                        state: CircuitState::HalfOpen,
+                                        retry_after: None,
+                                        ticket,
+                                    });
+                                }
+                            }
                             link.want_probe();
                         }
                         return Err(self.refuse(CircuitState::HalfOpen, None));
@@ -391,7 +412,11 @@ impl Breaker {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         Meters::count(&self.meters.rejected);
-        Refusal { state, retry_after }
+        Refusal {
+            state,
+            retry_after,
+            ticket: 0,
+        }
     }
 
     /// Records the outcome of a permitted call.
@@ -699,6 +724,35 @@ impl Breaker {
                 && matches!(self.state(), CircuitState::Open | CircuitState::HalfOpen))
     }
 
+    /// For a caller given `ticket` by [`acquire`](Self::acquire) (half-open, no permit left here,
+    /// and its replica asking the store for one): `None` while it should go on waiting, that is
+    /// until the store answered this replica's request for permits in the current half-open period,
+    /// or `expired`; then the call's permit, or its refusal (counted now). A ticket answered while
+    /// the circuit moved on to a half-open period in which this replica has not asked yet is
+    /// replaced by a new one.
+    pub(crate) fn acquire_waited(
+        &self,
+        ticket: &mut u64,
+        expired: bool,
+    ) -> Option<Result<Permit, Refusal>> {
+        if !expired && let Some(link) = &self.link {
+            let word = self.state.load(Ordering::Acquire);
+            if kind(word) == CircuitState::HalfOpen
+                && probes(word) >= self.probe_allowance.load(Ordering::Acquire)
+                && link.is_following()
+                && !link.asked_in(epoch(word))
+            {
+                if link.is_answered(*ticket) {
+                    *ticket = link.wait_for_probe(epoch(word));
+                }
+                if *ticket != 0 {
+                    return None;
+                }
+            }
+        }
+        Some(self.acquire_with(false))
+    }
+
     /// For a circuit following its store and open: how long until its wait is over.
     pub(crate) fn following_open_for(&self) -> Option<Duration> {
         let link = self.link.as_ref()?;
@@ -726,8 +780,12 @@ impl Breaker {
         let word = self.state.load(Ordering::Acquire);
         let state = kind(word);
         let rejected = self.rejected.load(Ordering::Relaxed);
+        // Callers waiting for a permit count as demand, as refused ones do.
+        let (waiting, covers) = link.take_waiting();
         let mut st = link.sync.lock().unwrap_or_else(PoisonError::into_inner);
-        let demand = u32::try_from(rejected.saturating_sub(st.last_rejected)).unwrap_or(u32::MAX);
+        let demand = u32::try_from(rejected.saturating_sub(st.last_rejected))
+            .unwrap_or(u32::MAX)
+            .saturating_add(waiting);
         st.last_rejected = rejected;
         let n = self.cfg.half_open_probes;
         let results = self.probe_results.load(Ordering::Acquire);
@@ -793,11 +851,32 @@ impl Breaker {
             command_generation,
             was_following: following,
             results_at_send,
+            covers,
         }
     }
 
-    /// Applies the store's answer to a report made by [`prepare_sync`](Self::prepare_sync).
+    /// Applies the store's answer to a report made by [`prepare_sync`](Self::prepare_sync), and
+    /// wakes the callers waiting for it (see [`acquire_waited`](Self::acquire_waited)).
     pub(crate) fn finish_sync(
+        &self,
+        prepared: super::shared::Prepared,
+        reply: super::shared::Reply,
+    ) -> super::shared::SyncOutcome {
+        let link = self.link.as_ref().expect("only shared circuits are synced");
+        let covers = prepared.covers;
+        let asked = prepared.request.want > 0 && reply.is_ok();
+        let outcome = self.apply_sync(prepared, reply);
+        let word = self.state.load(Ordering::Acquire);
+        if asked && kind(word) == CircuitState::HalfOpen && link.is_following() {
+            // The store answered this replica's request for permits in this half-open period:
+            // callers refused from now on are refused at once.
+            link.asked(epoch(word));
+        }
+        link.answered(covers);
+        outcome
+    }
+
+    fn apply_sync(
         &self,
         prepared: super::shared::Prepared,
         reply: super::shared::Reply,

@@ -170,3 +170,58 @@ async fn cluster_exactly_n_probes_across_four_replicas() {
     .await;
     exactly_n_probes(replicas).await;
 }
+
+/// Issue 14: a replica that had no callers while the shared circuit was open learns of the
+/// half-open state at a sync that asked for no permits. Its first caller used to be refused until
+/// its next sync asked for one; now the caller waits (at most the backend's timeout, here one sync
+/// interval) for its replica to ask, and is admitted as the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_caller_on_an_idle_replica_after_the_wait_is_the_probe_issue_14() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    const INTERVAL: Duration = Duration::from_millis(250);
+    let prefix = unique_prefix("idle-probe");
+    let url = server.url();
+    let replicas = replicas(
+        2,
+        || connect(&url, &prefix),
+        INTERVAL,
+        |b| {
+            b.name("idle-probe")
+                .consecutive_failures(1)
+                .wait_duration(WAIT)
+                .half_open_probes(1)
+        },
+    )
+    .await;
+    all_following(&replicas).await;
+    trip(&replicas).await;
+    replicas[0].up.fail(false);
+    let idle = &replicas[1];
+    // The idle replica's own sync (at the end of the wait) makes it half-open, holding no permit:
+    // nobody asked for one there.
+    crate::support::within(
+        WAIT + INTERVAL * 4 + MARGIN,
+        "the idle replica half-open after the wait",
+        || idle.state() == CircuitState::HalfOpen,
+    )
+    .await;
+    let started = Instant::now();
+    let first = idle.call().await;
+    let took = started.elapsed();
+    assert_eq!(
+        first,
+        Outcome::Ok,
+        "the first caller on the idle replica is the probe, not refused (waited {took:?})"
+    );
+    assert_eq!(idle.up.calls(), 1, "one probe reached the upstream");
+    assert!(took < INTERVAL + MARGIN, "the wait is bounded: {took:?}");
+    // The probe succeeded: every replica follows the shared circuit closing.
+    all_in(&replicas, CircuitState::Closed, INTERVAL * 2 + MARGIN).await;
+    assert_eq!(
+        replicas[0].up.calls(),
+        1,
+        "only the tripping call on the other replica"
+    );
+}

@@ -18,7 +18,6 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
-use tower::util::{BoxCloneSyncServiceLayer, Either};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -26,7 +25,7 @@ use tower_http::request_id::{
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tower_rampart::cache::key::key_fn;
-use tower_rampart::cache::{CacheBuilder, CacheHandle, CacheLayer, CachedResponse, HttpMode};
+use tower_rampart::cache::{CacheHandle, CacheLayer, CachedResponse};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::http::{AsHttp, ClientIp};
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
@@ -52,42 +51,12 @@ pub(crate) struct Event {
     pub(crate) payload: Option<serde_json::Map<String, Value>>,
 }
 
-/// A cache on a route, whichever backend keeps its entries: boxed, so that memory and Redis give one
-/// type (each cache has its own key type, so an `Either` would be a different type per cache).
-type RouteLayer =
-    BoxCloneSyncServiceLayer<axum::routing::Route, Request, Response, std::convert::Infallible>;
-
-/// An HTTP cache on a route, in memory or, with `redis`, shared by every instance; and the handle
-/// that invalidates its entries.
-fn route_cache<X>(
-    builder: CacheBuilder<X, tower_rampart::backend::MemoryBackend, HttpMode>,
-    redis: Option<&tower_rampart::backend::RedisBackend>,
-) -> Result<(RouteLayer, CacheHandle), tower_rampart::ConfigError>
+/// The cache answers with its own body type; the router wants axum's.
+fn into_axum<B>(res: http::Response<B>) -> Response
 where
-    X: tower_rampart::cache::ExtractKey<Request> + Send + Sync + 'static,
+    http::Response<B>: IntoResponse,
 {
-    // The cache answers with its own body type; the router wants axum's.
-    let into_axum = |res: http::Response<_>| res.into_response();
-    Ok(match redis {
-        None => {
-            let cache = builder.build::<CachedResponse>()?;
-            let handle = cache.handle::<CachedResponse>();
-            let layer = ServiceBuilder::new()
-                .map_response(into_axum)
-                .layer(cache)
-                .into_inner();
-            (BoxCloneSyncServiceLayer::new(layer), handle)
-        }
-        Some(redis) => {
-            let cache = builder.backend(redis.clone()).build::<CachedResponse>()?;
-            let handle = cache.handle::<CachedResponse>();
-            let layer = ServiceBuilder::new()
-                .map_response(into_axum)
-                .layer(cache)
-                .into_inner();
-            (BoxCloneSyncServiceLayer::new(layer), handle)
-        }
-    })
+    res.into_response()
 }
 
 /// Where the app takes the time of day from (tests move it by hand).
@@ -202,26 +171,26 @@ pub(crate) fn build(
     clock: Clock,
 ) -> Result<(Router, AppState), tower_rampart::ConfigError> {
     let (external, breaker, external_failure_rate) =
-        dependency::client(config, storage.rate_limit_backend())?;
+        dependency::client(config, storage.backend().as_redis().cloned())?;
     // Summaries are read through a cache, keyed by type and period (so that a write drops exactly
     // its type's entries); the sensor breakdown, static data, by method and URI. With Redis, the
     // caches are shared by every instance, and so are invalidations.
-    let redis = storage.rate_limit_backend();
-    let (summary_cache, summaries) = route_cache(
-        CacheLayer::builder()
-            .name("summaries")
-            .http()
-            .key(key_fn(summary_key))
-            .ttl(config.cache_ttl),
-        redis.as_ref(),
-    )?;
-    let (breakdown_cache, _) = route_cache(
-        CacheLayer::builder()
-            .name("sensors")
-            .http()
-            .ttl(config.cache_ttl),
-        redis.as_ref(),
-    )?;
+    let backend = storage.backend();
+    // With a `Backend`, memory or Redis, each cache has one type either way.
+    let summary_cache = CacheLayer::builder()
+        .name("summaries")
+        .http()
+        .key(key_fn(summary_key))
+        .ttl(config.cache_ttl)
+        .backend(backend.clone())
+        .build::<CachedResponse>()?;
+    let summaries = summary_cache.handle::<CachedResponse>();
+    let breakdown_cache = CacheLayer::builder()
+        .name("sensors")
+        .http()
+        .ttl(config.cache_ttl)
+        .backend(backend.clone())
+        .build::<CachedResponse>()?;
     let state = AppState(Arc::new(AppInner {
         summaries,
         dataset: Dataset::new(clock()),
@@ -251,12 +220,15 @@ pub(crate) fn build(
     }
 
     // Per-client limits, in memory or, with Redis, shared by every instance (each limiter named,
-    // so that in Redis they keep apart). `Either` makes one layer type of the two, with no box to
-    // allocate when axum clones the route for a request, or for its response future. Refusals
+    // so that in Redis they keep apart). The backend is a `Backend`: one layer type either way,
+    // with no box to allocate when axum clones the route for a request. Refusals
     // always carry `Retry-After` and the `RateLimit` fields; admitted responses carry them where a
     // client paces itself by them (metric submission, the dashboard API), not on event ingestion,
     // whose senders fire and forget at a high rate and would pay for the bytes on every event.
-    let redis = state.storage.rate_limit_backend();
+    let backend = state
+        .storage
+        .backend()
+        .map_redis(|redis| redis.failure_policy(config.rate_limit_failure_policy));
     let per_client = |quota: Quota, name: &'static str, on_success: bool| {
         let builder = RateLimitLayer::builder()
             .name(name)
@@ -269,19 +241,9 @@ pub(crate) fn build(
                     r#"{"detail":"Rate limiting is unavailable; try again shortly"}"#.to_owned()
                 }
                 _ => json!({ "detail": r.to_string() }).to_string(),
-            }));
-        Ok::<_, tower_rampart::ConfigError>(match &redis {
-            None => Either::Left(builder.build()?),
-            Some(backend) => Either::Right(
-                builder
-                    .backend(
-                        backend
-                            .clone()
-                            .failure_policy(config.rate_limit_failure_policy),
-                    )
-                    .build()?,
-            ),
-        })
+            }))
+            .backend(backend.clone());
+        builder.build()
     };
     let metrics_limit = per_client(
         Quota::with_period(config.metrics_limit, config.metrics_window),
@@ -310,7 +272,11 @@ pub(crate) fn build(
         .route("/api/v1/metrics/history", get(dashboard::history))
         .route(
             "/api/v1/sensors/type-breakdown",
-            get(dashboard::type_breakdown).route_layer(breakdown_cache),
+            get(dashboard::type_breakdown).route_layer(
+                ServiceBuilder::new()
+                    .map_response(into_axum)
+                    .layer(breakdown_cache),
+            ),
         )
         .route("/api/v1/modules", get(dashboard::modules))
         .route_layer(api_v1_limit);
@@ -321,7 +287,11 @@ pub(crate) fn build(
         .route("/api/metrics/list", get(list_metrics))
         .route(
             "/api/metrics/summary",
-            get(metric_summary).route_layer(summary_cache),
+            get(metric_summary).route_layer(
+                ServiceBuilder::new()
+                    .map_response(into_axum)
+                    .layer(summary_cache),
+            ),
         )
         .route("/external", get(external::external))
         .route("/api/circuit-breaker/status", get(external::status))

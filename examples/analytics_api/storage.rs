@@ -843,12 +843,12 @@ impl Storage {
         }
     }
 
-    /// The rate limiters' backend on the same Redis (keys under `analytics:rl:`), when the data is
-    /// in Redis.
-    pub(crate) fn rate_limit_backend(&self) -> Option<tower_rampart::backend::RedisBackend> {
+    /// The backend of the layers' state: in memory with the data in memory, or, with the data in
+    /// Redis, on the same Redis (keys under `analytics:`).
+    pub(crate) fn backend(&self) -> tower_rampart::backend::Backend {
         match self {
-            Self::Memory(_) => None,
-            Self::Redis(r) => Some(r.backend.clone()),
+            Self::Memory(_) => tower_rampart::backend::Backend::memory(),
+            Self::Redis(r) => r.backend.clone().into(),
         }
     }
 

@@ -86,7 +86,7 @@ fn summaries(
         }))
         // tonic's Status is Clone: callers waiting on one computation share its error too.
         .share_errors();
-    let storage_backend = storage.rate_limit_backend();
+    let backend = storage.backend();
     let compute = tower::service_fn(move |q: SummaryQuery| {
         let storage = Arc::clone(&storage);
         async move {
@@ -110,18 +110,9 @@ fn summaries(
             })
         }
     });
-    Ok(match storage_backend {
-        None => {
-            let cache = builder.build::<pb::Summary>()?;
-            let handle = cache.handle::<pb::Summary>();
-            (BoxCloneSyncService::new(cache.layer(compute)), handle)
-        }
-        Some(redis) => {
-            let cache = builder.backend(redis).build::<pb::Summary>()?;
-            let handle = cache.handle::<pb::Summary>();
-            (BoxCloneSyncService::new(cache.layer(compute)), handle)
-        }
-    })
+    let cache = builder.backend(backend).build::<pb::Summary>()?;
+    let handle = cache.handle::<pb::Summary>();
+    Ok((BoxCloneSyncService::new(cache.layer(compute)), handle))
 }
 
 impl std::fmt::Debug for Analytics {
@@ -374,9 +365,13 @@ pub(crate) async fn serve(
     let analytics = analytics(config, storage)?;
     // Per-client limits on some methods, answering RESOURCE_EXHAUSTED with retry information.
     // Calls to the other methods carry no key and pass uncounted (`MissingKey::Allow`).
-    // In memory, or shared by every instance through Redis when the data is there: one of each
-    // pair is set (`option_layer` keeps the stack's type the same either way).
-    let redis = analytics.storage.rate_limit_backend();
+    // In memory, or shared by every instance through Redis when the data is there (a `Backend`:
+    // one layer type either way).
+    let policy = config.rate_limit_failure_policy;
+    let backend = analytics
+        .storage
+        .backend()
+        .map_redis(|redis| redis.failure_policy(policy));
     let metrics_limit = || {
         RateLimitLayer::builder()
             .name("metrics")
@@ -388,6 +383,7 @@ pub(crate) async fn serve(
                 client_of(req, &[SUBMIT_METRIC])
             }))
             .on_missing_key(MissingKey::Allow)
+            .backend(backend.clone())
             .grpc()
     };
     let events_limit = || {
@@ -398,29 +394,12 @@ pub(crate) async fn serve(
                 client_of(req, &[SUBMIT_EVENT, GET_STATS])
             }))
             .on_missing_key(MissingKey::Allow)
+            .backend(backend.clone())
             .grpc()
     };
-    let policy = config.rate_limit_failure_policy;
-    let limits = match &redis {
-        None => ServiceBuilder::new()
-            .option_layer(Some(metrics_limit().build()?))
-            .option_layer(Some(events_limit().build()?))
-            .option_layer(None)
-            .option_layer(None),
-        Some(backend) => ServiceBuilder::new()
-            .option_layer(None)
-            .option_layer(None)
-            .option_layer(Some(
-                metrics_limit()
-                    .backend(backend.clone().failure_policy(policy))
-                    .build()?,
-            ))
-            .option_layer(Some(
-                events_limit()
-                    .backend(backend.clone().failure_policy(policy))
-                    .build()?,
-            )),
-    };
+    let limits = ServiceBuilder::new()
+        .layer(metrics_limit().build()?)
+        .layer(events_limit().build()?);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -471,7 +450,7 @@ pub(crate) fn analytics(
     config: &Config,
     storage: Arc<Storage>,
 ) -> Result<Analytics, tower_rampart::ConfigError> {
-    let (external, breaker, _) = dependency::client(config, storage.rate_limit_backend())?;
+    let (external, breaker, _) = dependency::client(config, storage.backend().as_redis().cloned())?;
     let (summaries, summary_cache) = summaries(Arc::clone(&storage), config.cache_ttl)?;
     Ok(Analytics {
         storage,

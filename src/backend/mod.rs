@@ -6,14 +6,19 @@
 //! - [`memory`] (feature `memory`, on by default): bounded, in-process, lock-free on the hot path.
 //! - [`redis`] (feature `redis`): shared by every replica of an application, with a
 //!   [`FailurePolicy`] for when Redis is slow or gone.
+//! - [`Backend`] (feature `redis`): either of the two, chosen at run time, with one type.
 
 use std::fmt;
 
+#[cfg(feature = "redis")]
+mod either;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::either::{Backend, EitherFuture, EitherStore};
 #[cfg(feature = "memory")]
 pub use self::memory::MemoryBackend;
 #[cfg(feature = "redis")]

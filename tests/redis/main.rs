@@ -12,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backend_choice;
 mod conformance;
 mod connect;
 mod corrupt;

@@ -13,6 +13,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backend_choice;
 mod corrupt;
 mod faults;
 mod first_miss;

@@ -1,0 +1,354 @@
+//! [`Backend`]: memory or Redis, chosen at run time, with one type.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use super::{MemoryBackend, RedisBackend};
+
+/// A backend chosen at run time: in memory, or shared through Redis.
+///
+/// A layer's type depends on its backend's store type, so an application that decides at start-up
+/// (say, Redis when `REDIS_URL` is set) would otherwise build two layer types and need
+/// `tower::util::Either`, `option_layer` or a boxed layer to stack either. Given a `Backend`, every
+/// layer has one type whichever is chosen, and no request pays for a box: the store is an enum of
+/// the two ([`EitherStore`]), and its future one of theirs ([`EitherFuture`]).
+///
+/// It implements the backend traits the two have in common: the rate limiter's
+/// ([`RateLimitBackend`](crate::rate_limit::RateLimitBackend)) and the cache's
+/// ([`CacheBackend`](crate::cache::CacheBackend), for values Redis can store).
+///
+/// ```no_run
+/// # #[cfg(feature = "rate-limit")]
+/// # async fn run() -> Result<(), tower_rampart::BoxError> {
+/// use tower_rampart::backend::{Backend, RedisBackend};
+/// use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+///
+/// let backend = match std::env::var("REDIS_URL") {
+///     Ok(url) => Backend::from(RedisBackend::connect(&url).await?),
+///     Err(_) => Backend::memory(),
+/// };
+/// // One type, whichever backend was chosen.
+/// let limit = RateLimitLayer::builder()
+///     .quota(Quota::per_second(100))
+///     .backend(backend.clone())
+///     .build()?;
+/// # let _ = limit; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// In this process ([`MemoryBackend`]).
+    Memory(MemoryBackend),
+    /// Shared by every replica through Redis ([`RedisBackend`]).
+    Redis(RedisBackend),
+}
+
+impl Backend {
+    /// The in-memory backend with its defaults.
+    pub fn memory() -> Self {
+        Self::Memory(MemoryBackend::new())
+    }
+
+    /// The Redis backend, if this is one.
+    pub fn as_redis(&self) -> Option<&RedisBackend> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(redis) => Some(redis),
+        }
+    }
+
+    /// Whether state is shared through Redis.
+    pub fn is_redis(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
+    /// Applies `f` to the Redis backend (to set a prefix, a timeout or a failure policy for one
+    /// layer); a memory backend is returned as it is.
+    #[must_use]
+    pub fn map_redis(self, f: impl FnOnce(RedisBackend) -> RedisBackend) -> Self {
+        match self {
+            Self::Memory(memory) => Self::Memory(memory),
+            Self::Redis(redis) => Self::Redis(f(redis)),
+        }
+    }
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Self::memory()
+    }
+}
+
+impl From<MemoryBackend> for Backend {
+    fn from(memory: MemoryBackend) -> Self {
+        Self::Memory(memory)
+    }
+}
+
+impl From<RedisBackend> for Backend {
+    fn from(redis: RedisBackend) -> Self {
+        Self::Redis(redis)
+    }
+}
+
+/// The store of a [`Backend`]: the memory backend's, or Redis's.
+#[derive(Clone)]
+pub enum EitherStore<M, R> {
+    /// In memory.
+    Memory(M),
+    /// In Redis.
+    Redis(R),
+}
+
+impl<M: fmt::Debug, R: fmt::Debug> fmt::Debug for EitherStore<M, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory(m) => m.fmt(f),
+            Self::Redis(r) => r.fmt(f),
+        }
+    }
+}
+
+impl<M, R> EitherStore<M, R> {
+    /// The Redis store, if this is one.
+    pub fn as_redis(&self) -> Option<&R> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(r) => Some(r),
+        }
+    }
+
+    /// The memory store, if this is one.
+    pub fn as_memory(&self) -> Option<&M> {
+        match self {
+            Self::Memory(m) => Some(m),
+            Self::Redis(_) => None,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of an [`EitherStore`]'s operation: the memory store's or the Redis store's.
+    #[derive(Debug)]
+    pub struct EitherFuture<A, B> {
+        #[pin]
+        inner: Inner<A, B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    #[derive(Debug)]
+    enum Inner<A, B> {
+        Memory { #[pin] inner: A },
+        Redis { #[pin] inner: B },
+    }
+}
+
+impl<A, B> EitherFuture<A, B> {
+    fn memory(inner: A) -> Self {
+        Self {
+            inner: Inner::Memory { inner },
+        }
+    }
+
+    fn redis(inner: B) -> Self {
+        Self {
+            inner: Inner::Redis { inner },
+        }
+    }
+}
+
+impl<A, B> Future for EitherFuture<A, B>
+where
+    A: Future,
+    B: Future<Output = A::Output>,
+{
+    type Output = A::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
+        match self.project().inner.project() {
+            InnerProj::Memory { inner } => inner.poll(cx),
+            InnerProj::Redis { inner } => inner.poll(cx),
+        }
+    }
+}
+
+#[cfg(feature = "rate-limit")]
+mod rate_limit {
+    use super::{Backend, EitherFuture, EitherStore};
+    use crate::error::ConfigError;
+    use crate::rate_limit::{Check, RateLimitBackend, RateLimitStore, StoreSpec};
+
+    fn left<A, B>(check: Check<A>) -> Check<EitherFuture<A, B>> {
+        match check {
+            Check::Ready(r) => Check::Ready(r),
+            Check::Pending(inner) => Check::Pending(EitherFuture::memory(inner)),
+        }
+    }
+
+    fn right<A, B>(check: Check<B>) -> Check<EitherFuture<A, B>> {
+        match check {
+            Check::Ready(r) => Check::Ready(r),
+            Check::Pending(inner) => Check::Pending(EitherFuture::redis(inner)),
+        }
+    }
+
+    impl<K, M, R> RateLimitStore<K> for EitherStore<M, R>
+    where
+        M: RateLimitStore<K>,
+        R: RateLimitStore<K>,
+    {
+        type Future = EitherFuture<M::Future, R::Future>;
+
+        #[inline]
+        fn check(&self, key: &K) -> Check<Self::Future> {
+            match self {
+                Self::Memory(m) => left(m.check(key)),
+                Self::Redis(r) => right(r.check(key)),
+            }
+        }
+    }
+
+    impl<K> RateLimitBackend<K> for Backend
+    where
+        crate::backend::MemoryBackend: RateLimitBackend<K>,
+        crate::backend::RedisBackend: RateLimitBackend<K>,
+    {
+        type Store = EitherStore<
+            <crate::backend::MemoryBackend as RateLimitBackend<K>>::Store,
+            <crate::backend::RedisBackend as RateLimitBackend<K>>::Store,
+        >;
+
+        fn rate_limit_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+            Ok(match self {
+                Self::Memory(m) => EitherStore::Memory(m.rate_limit_store(spec)?),
+                Self::Redis(r) => EitherStore::Redis(r.rate_limit_store(spec)?),
+            })
+        }
+    }
+}
+
+#[cfg(feature = "cache")]
+mod cache {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Backend, EitherFuture, EitherStore};
+    use crate::backend::redis::RedisCacheValue;
+    use crate::backend::{MemoryBackend, RedisBackend};
+    use crate::cache::{
+        CacheBackend, CacheEntry, CacheKey, CacheStore, FillLock, Found, LockMode, StoreOp,
+        StoreSpec,
+    };
+    use crate::error::ConfigError;
+
+    type Op<T, A, B> = StoreOp<T, EitherFuture<A, B>>;
+
+    fn left<T, A, B>(op: StoreOp<T, A>) -> Op<T, A, B> {
+        match op {
+            StoreOp::Ready(r) => StoreOp::Ready(r),
+            StoreOp::Pending(inner) => StoreOp::Pending(EitherFuture::memory(inner)),
+        }
+    }
+
+    fn right<T, A, B>(op: StoreOp<T, B>) -> Op<T, A, B> {
+        match op {
+            StoreOp::Ready(r) => StoreOp::Ready(r),
+            StoreOp::Pending(inner) => StoreOp::Pending(EitherFuture::redis(inner)),
+        }
+    }
+
+    /// Calls `$method` on whichever store this is, wrapping its future.
+    macro_rules! either {
+        ($self:ident.$method:ident($($arg:expr),*)) => {
+            match $self {
+                Self::Memory(m) => left(m.$method($($arg),*)),
+                Self::Redis(r) => right(r.$method($($arg),*)),
+            }
+        };
+    }
+
+    impl<V, M, R> CacheStore<V> for EitherStore<M, R>
+    where
+        V: Send + Sync + 'static,
+        M: CacheStore<V>,
+        R: CacheStore<V>,
+    {
+        type Future<T: Send + 'static> = EitherFuture<M::Future<T>, R::Future<T>>;
+
+        #[inline]
+        fn get(&self, key: &CacheKey) -> StoreOp<Found<V>, Self::Future<Found<V>>> {
+            either!(self.get(key))
+        }
+
+        #[inline]
+        fn get_at(
+            &self,
+            key: &CacheKey,
+            now: Instant,
+        ) -> StoreOp<Found<V>, Self::Future<Found<V>>> {
+            either!(self.get_at(key, now))
+        }
+
+        fn put(&self, key: CacheKey, entry: CacheEntry<V>) -> StoreOp<(), Self::Future<()>> {
+            either!(self.put(key, entry))
+        }
+
+        fn invalidate(&self, key: &CacheKey) -> StoreOp<(), Self::Future<()>> {
+            either!(self.invalidate(key))
+        }
+
+        fn invalidate_prefix(&self, prefix: &[u8]) -> StoreOp<(), Self::Future<()>> {
+            either!(self.invalidate_prefix(prefix))
+        }
+
+        fn clear(&self) -> StoreOp<(), Self::Future<()>> {
+            either!(self.clear())
+        }
+
+        fn lock(
+            &self,
+            key: &CacheKey,
+            hold: Duration,
+            mode: LockMode,
+        ) -> StoreOp<FillLock<V>, Self::Future<FillLock<V>>> {
+            either!(self.lock(key, hold, mode))
+        }
+
+        fn unlock(&self, key: &CacheKey, token: u64) -> StoreOp<(), Self::Future<()>> {
+            either!(self.unlock(key, token))
+        }
+
+        fn put_locked(
+            &self,
+            key: &CacheKey,
+            entry: &CacheEntry<V>,
+            token: u64,
+        ) -> Option<StoreOp<(), Self::Future<()>>> {
+            match self {
+                Self::Memory(m) => m.put_locked(key, entry, token).map(left),
+                Self::Redis(r) => r.put_locked(key, entry, token).map(right),
+            }
+        }
+    }
+
+    impl<V: RedisCacheValue> CacheBackend<V> for Backend {
+        type Store = EitherStore<
+            <MemoryBackend as CacheBackend<V>>::Store,
+            <RedisBackend as CacheBackend<V>>::Store,
+        >;
+
+        fn cache_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+            Ok(match self {
+                Self::Memory(m) => EitherStore::Memory(m.cache_store(spec)?),
+                Self::Redis(r) => EitherStore::Redis(r.cache_store(spec)?),
+            })
+        }
+    }
+}

@@ -48,7 +48,7 @@
 //! # Minimum supported Rust version
 //!
 //! Rust 1.88, raised only with a minor release and never to a version younger than six months.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 pub mod clock;

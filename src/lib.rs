@@ -53,6 +53,8 @@
 pub mod backend;
 pub mod clock;
 pub mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod rejection;
 #[cfg(any(
     feature = "rate-limit",

@@ -148,6 +148,7 @@ pin_project! {
     }
 }
 
+#[cfg_attr(not(any(feature = "rate-limit", feature = "cache")), allow(dead_code))]
 impl<A, B> EitherFuture<A, B> {
     fn memory(inner: A) -> Self {
         Self {

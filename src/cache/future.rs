@@ -450,8 +450,12 @@ where
             Captured::Pass { response, reason } => {
                 tracing::debug!(cache = self.shared.name, key = %self.key().for_logs(), reason, "response not stored");
                 #[cfg(feature = "metrics")]
-                metrics::counter!("rampart_cache_not_stored_total", "cache" => self.shared.name, "reason" => reason)
-                    .increment(1);
+                crate::metrics::counter(&crate::metrics::key(
+                    "rampart_cache_not_stored_total",
+                    self.shared.name,
+                    &[("reason", reason)],
+                ))
+                .increment(1);
                 self.finish(Outcome::CallThrough);
                 response
             }

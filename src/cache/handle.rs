@@ -138,8 +138,12 @@ where
         };
         tracing::debug!(cache = shared.name, what, "cache invalidated");
         #[cfg(feature = "metrics")]
-        metrics::counter!("rampart_cache_invalidations_total", "cache" => shared.name, "what" => what)
-            .increment(1);
+        crate::metrics::counter(&crate::metrics::key(
+            "rampart_cache_invalidations_total",
+            shared.name,
+            &[("what", what)],
+        ))
+        .increment(1);
         match op {
             StoreOp::Ready(result) => Invalidation {
                 state: InvalidationState::Ready(Some(result)),

@@ -161,6 +161,9 @@ impl CacheLayer<NoKey, (), Cloned> {
     /// ([`Cloned`]) until [`http`](CacheBuilder::http) is called. A TTL and, for the clone
     /// mode, a key extractor are required.
     pub fn builder() -> CacheBuilder {
+        // Tell the metrics recorder (if any) what each metric means.
+        #[cfg(feature = "metrics")]
+        crate::metrics::describe();
         CacheBuilder {
             key: NoKey,
             backend: DefaultBackend::default(),
@@ -483,8 +486,11 @@ impl<X, St, A> Shared<X, St, A> {
             tracing::warn!(cache = self.name, op, error = %e, suppressed, "cache store failed; going on without it");
         }
         #[cfg(feature = "metrics")]
-        metrics::counter!("rampart_cache_backend_errors_total", "cache" => self.name, "op" => op)
-            .increment(1);
+        crate::metrics::count(
+            "rampart_cache_backend_errors_total",
+            self.name,
+            &[("op", op)],
+        );
     }
 
     pub(crate) fn epoch(&self) -> u64 {

@@ -143,7 +143,7 @@
 //! refreshes (`debug`), unusable entries and store failures (`warn`, rate-limited); keys are
 //! logged up to their first newline, so header values an [`HttpKey`] includes (which may be
 //! credentials) stay out of logs. With the
-//! `metrics` feature, labelled `cache=<name>`: `rampart_cache_hits_total`,
+//! `metrics` feature, labelled `name=<name>`: `rampart_cache_hits_total`,
 //! `rampart_cache_misses_total` (every request the cache could not answer, those that waited for
 //! another's call included), `rampart_cache_stale_total`, `rampart_cache_stale_if_error_total`,
 //! `rampart_cache_coalesced_total` (the misses that waited for another's call),

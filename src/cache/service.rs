@@ -418,7 +418,9 @@ impl<X, St, A> Shared<X, St, A> {
     pub(crate) fn count(&self, meter: Meter) {
         #[cfg(feature = "metrics")]
         self.meters[meter as usize]
-            .get_or_init(|| metrics::counter!(meter.name(), "cache" => self.name))
+            .get_or_init(|| {
+                crate::metrics::counter(&crate::metrics::key(meter.name(), self.name, &[]))
+            })
             .increment(1);
         let _ = meter;
     }

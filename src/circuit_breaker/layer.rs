@@ -156,6 +156,9 @@ impl CircuitBreakerLayer {
     /// made), stays open 30 seconds, then lets 1 probe through; errors are failures; refusals are
     /// `Err(BoxError)` holding [`CircuitOpen`](super::error::CircuitOpen).
     pub fn builder() -> CircuitBreakerBuilder {
+        // Tell the metrics recorder (if any) what each metric means.
+        #[cfg(feature = "metrics")]
+        crate::metrics::describe();
         CircuitBreakerBuilder {
             name: "default",
             failure_rate: None,

@@ -112,7 +112,7 @@
 //! falls back to its local circuit, starting from the state it followed: its own window, its own
 //! trips, its own probes, as a circuit that is not shared (it never holds permits of the shared
 //! circuit then). Fallbacks are logged (at most once per 10 s per layer, with the number held
-//! back) and counted (`rampart_circuit_shared_fallback_total{circuit}`,
+//! back) and counted (`rampart_circuit_shared_fallback_total{name}`,
 //! `rampart_redis_errors_total{kind}`). When a
 //! sync succeeds again the replica rejoins and follows the shared state; the outcomes it counted
 //! meanwhile stay in its local window (they are not reported late), but if it *opened* its circuit

@@ -684,8 +684,12 @@ where
     fn report(&self, left: usize, rejoined: usize, error: Option<BackendError>) {
         if left > 0 {
             #[cfg(feature = "metrics")]
-            metrics::counter!("rampart_circuit_shared_fallback_total", "circuit" => self.name)
-                .increment(left as u64);
+            crate::metrics::counter(&crate::metrics::key(
+                "rampart_circuit_shared_fallback_total",
+                self.name,
+                &[],
+            ))
+            .increment(left as u64);
             if let Some(suppressed) = self.fallback_log.check() {
                 let error = error.as_ref().map(ToString::to_string).unwrap_or_default();
                 tracing::warn!(

@@ -218,14 +218,13 @@ struct Meters {
 }
 
 #[cfg(feature = "metrics")]
-static METADATA: metrics::Metadata<'static> =
-    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
-
-#[cfg(feature = "metrics")]
 impl Meters {
     fn new(name: &'static str, key: Option<&Arc<str>>) -> Self {
         let labels = |extra: Option<(&'static str, &'static str)>| {
-            let mut labels = vec![metrics::Label::from_static_parts("circuit", name)];
+            let mut labels = vec![metrics::Label::from_static_parts(
+                crate::metrics::NAME,
+                name,
+            )];
             if let Some(key) = key {
                 labels.push(metrics::Label::new("key", key.to_string()));
             }
@@ -235,27 +234,27 @@ impl Meters {
             labels
         };
         let transitions = ["closed", "open", "half_open", "forced_open", "disabled"].map(|to| {
-            metrics::Key::from_parts(
+            crate::metrics::key_with(
                 "rampart_circuit_transitions_total",
                 labels(Some(("to", to))),
             )
         });
         Self {
-            rejected: metrics::Key::from_parts("rampart_circuit_rejected_total", labels(None)),
-            failures: metrics::Key::from_parts("rampart_circuit_failures_total", labels(None)),
-            state: metrics::Key::from_parts("rampart_circuit_state", labels(None)),
+            rejected: crate::metrics::key_with("rampart_circuit_rejected_total", labels(None)),
+            failures: crate::metrics::key_with("rampart_circuit_failures_total", labels(None)),
+            state: crate::metrics::key_with("rampart_circuit_state", labels(None)),
             transitions,
         }
     }
 
     #[inline]
     fn count(key: &metrics::Key) {
-        metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+        crate::metrics::counter(key).increment(1);
     }
 
     fn set_state(&self, to: CircuitState) {
         let bits = kind_bits(to);
-        metrics::with_recorder(|r| r.register_gauge(&self.state, &METADATA).set(bits as f64));
+        crate::metrics::gauge(&self.state).set(bits as f64);
         Self::count(&self.transitions[bits as usize]);
     }
 }

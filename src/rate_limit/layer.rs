@@ -94,6 +94,9 @@ impl RateLimitLayer<GlobalKey, (), AsError> {
     /// Starts configuring a rate limiter: one global limit, in-memory, refusing with
     /// `Err(BoxError)` until told otherwise.
     pub fn builder() -> RateLimitBuilder {
+        // Tell the metrics recorder (if any) what each metric means.
+        #[cfg(feature = "metrics")]
+        crate::metrics::describe();
         RateLimitBuilder {
             quota: None,
             algorithm: Algorithm::Gcra,

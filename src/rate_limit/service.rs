@@ -287,7 +287,10 @@ impl<X, St, M> Shared<X, St, M> {
 
     #[cfg(feature = "metrics")]
     fn count_rejection(&self, reason: &'static str) {
-        metrics::counter!("rampart_rate_limit_rejected_total", "limiter" => self.policy.name, "reason" => reason)
-            .increment(1);
+        crate::metrics::count(
+            "rampart_rate_limit_rejected_total",
+            self.policy.name,
+            &[("reason", reason)],
+        );
     }
 }

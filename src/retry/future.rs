@@ -374,11 +374,13 @@ impl<P, M> Shared<P, M> {
             "retrying"
         );
         #[cfg(feature = "metrics")]
-        metrics::counter!(
+        crate::metrics::counter(&crate::metrics::key_with(
             "rampart_retry_attempts_total",
-            "retrier" => self.name,
-            "reason" => reason.label()
-        )
+            vec![
+                metrics::Label::new(crate::metrics::NAME, self.name),
+                metrics::Label::new("reason", reason.label()),
+            ],
+        ))
         .increment(1);
     }
 
@@ -408,8 +410,7 @@ impl<P, M> Shared<P, M> {
                 );
             }
             #[cfg(feature = "metrics")]
-            metrics::counter!("rampart_retry_budget_exhausted_total", "retrier" => self.name)
-                .increment(1);
+            crate::metrics::count("rampart_retry_budget_exhausted_total", self.name, &[]);
         } else {
             tracing::debug!(
                 retrier = self.name,
@@ -420,8 +421,11 @@ impl<P, M> Shared<P, M> {
             );
         }
         #[cfg(feature = "metrics")]
-        metrics::counter!("rampart_retry_gave_up_total", "retrier" => self.name, "cause" => cause)
-            .increment(1);
+        crate::metrics::count(
+            "rampart_retry_gave_up_total",
+            self.name,
+            &[("cause", cause)],
+        );
     }
 }
 

@@ -92,6 +92,9 @@ impl RetryLayer {
     /// of the last 10 s plus 10 retries per second; inner errors are worth retrying, responses are
     /// final; requests copied with `Clone`; failures returned as `Err(BoxError)`.
     pub fn builder() -> RetryBuilder {
+        // Tell the metrics recorder (if any) what each metric means.
+        #[cfg(feature = "metrics")]
+        crate::metrics::describe();
         RetryBuilder {
             name: "default",
             max_attempts: 3,

@@ -188,7 +188,7 @@
 //!
 //! # Metrics
 //!
-//! With the `metrics` feature, labelled by `retrier` (the layer's name):
+//! With the `metrics` feature, labelled by `name` (the layer's name; see [`crate::metrics`]):
 //! `rampart_retry_attempts_total{reason}` (retries made, by what failed: `error`, `503`,
 //! `UNAVAILABLE`, `timeout`, ...), `rampart_retry_budget_exhausted_total`, and
 //! `rampart_retry_gave_up_total{cause}` (retryable failures returned: `attempts`, `budget`,

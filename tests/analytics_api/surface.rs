@@ -113,9 +113,7 @@ async fn prometheus_metrics_include_the_layers_and_http() {
     assert_eq!(r.status, StatusCode::OK);
     let text = r.body;
     assert!(
-        text.contains(
-            r#"rampart_rate_limit_rejected_total{limiter="metrics",reason="rate_limited"}"#
-        ),
+        text.contains(r#"rampart_rate_limit_rejected_total{name="metrics",reason="rate_limited"}"#),
         "{text}"
     );
     assert!(

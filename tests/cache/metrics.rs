@@ -58,7 +58,7 @@ fn hits_misses_stale_evictions_and_bytes_are_measured() {
             .labels()
             .map(|l| format!("{}={}", l.key(), l.value()))
             .collect();
-        assert!(labels.contains(&"cache=summaries".to_owned()), "{labels:?}");
+        assert!(labels.contains(&"name=summaries".to_owned()), "{labels:?}");
         let name = format!("{} {}", key.key().name(), labels.join(","));
         let v = match value {
             DebugValue::Counter(n) => n as f64,
@@ -68,21 +68,21 @@ fn hits_misses_stale_evictions_and_bytes_are_measured() {
         seen.insert(name, v);
     }
     assert_eq!(
-        seen["rampart_cache_hits_total cache=summaries"], 2.0,
+        seen["rampart_cache_hits_total name=summaries"], 2.0,
         "{seen:?}"
     );
     assert_eq!(
-        seen["rampart_cache_misses_total cache=summaries"], 101.0,
+        seen["rampart_cache_misses_total name=summaries"], 101.0,
         "{seen:?}"
     );
     assert_eq!(
-        seen["rampart_cache_stale_total cache=summaries"], 1.0,
+        seen["rampart_cache_stale_total name=summaries"], 1.0,
         "{seen:?}"
     );
     assert!(
-        seen["rampart_cache_evictions_total cache=summaries,reason=size"] > 0.0,
+        seen["rampart_cache_evictions_total name=summaries,reason=size"] > 0.0,
         "{seen:?}"
     );
-    let bytes = seen["rampart_cache_bytes cache=summaries"];
+    let bytes = seen["rampart_cache_bytes name=summaries"];
     assert!(bytes > 0.0 && bytes <= 4096.0, "{seen:?}");
 }

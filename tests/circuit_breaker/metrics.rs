@@ -52,10 +52,7 @@ fn transitions_refusals_and_failures_are_measured() {
             .labels()
             .map(|l| format!("{}={}", l.key(), l.value()))
             .collect();
-        assert!(
-            labels.contains(&"circuit=payments".to_owned()),
-            "{labels:?}"
-        );
+        assert!(labels.contains(&"name=payments".to_owned()), "{labels:?}");
         let name = format!("{} {}", key.key().name(), labels.join(","));
         let v = match value {
             DebugValue::Counter(n) => n as f64,
@@ -65,28 +62,28 @@ fn transitions_refusals_and_failures_are_measured() {
         seen.insert(name, v);
     }
     assert_eq!(
-        seen["rampart_circuit_failures_total circuit=payments"], 2.0,
+        seen["rampart_circuit_failures_total name=payments"], 2.0,
         "{seen:?}"
     );
-    assert_eq!(seen["rampart_circuit_rejected_total circuit=payments"], 3.0);
+    assert_eq!(seen["rampart_circuit_rejected_total name=payments"], 3.0);
     assert_eq!(
-        seen["rampart_circuit_transitions_total circuit=payments,to=open"],
+        seen["rampart_circuit_transitions_total name=payments,to=open"],
         1.0
     );
     assert_eq!(
-        seen["rampart_circuit_transitions_total circuit=payments,to=closed"],
+        seen["rampart_circuit_transitions_total name=payments,to=closed"],
         1.0
     );
     assert_eq!(
-        seen["rampart_circuit_state circuit=payments"], 0.0,
+        seen["rampart_circuit_state name=payments"], 0.0,
         "closed again"
     );
     assert_eq!(
-        seen["rampart_circuit_state circuit=payments,key=eu.example"],
+        seen["rampart_circuit_state name=payments,key=eu.example"],
         1.0
     );
     assert_eq!(
-        seen["rampart_circuit_rejected_total circuit=payments,key=eu.example"],
+        seen["rampart_circuit_rejected_total name=payments,key=eu.example"],
         1.0
     );
 }

@@ -59,7 +59,7 @@ fn refusals_are_counted_by_limiter_and_reason() {
             .iter()
             .find(|(name, labels, _)| {
                 name == "rampart_rate_limit_rejected_total"
-                    && labels.contains(&("limiter".into(), "uploads".into()))
+                    && labels.contains(&("name".into(), "uploads".into()))
                     && labels.contains(&("reason".into(), reason.into()))
             })
             .map(|(_, _, n)| *n)

@@ -160,7 +160,7 @@ fn unreadable_data_is_repaired_by_default() {
         counter(
             &snapshot,
             "rampart_rate_limit_backend_repaired_total",
-            ("limiter", "repaired")
+            ("name", "repaired")
         ),
         repairs
     );
@@ -172,7 +172,7 @@ fn unreadable_data_is_repaired_by_default() {
         counter(
             &snapshot,
             "rampart_rate_limit_backend_fallback_total",
-            ("limiter", "repaired")
+            ("name", "repaired")
         ),
         0
     );
@@ -290,7 +290,7 @@ fn without_repair_unreadable_data_is_a_counted_error_handled_by_the_failure_poli
         counter(
             &snapshot,
             "rampart_rate_limit_backend_repaired_total",
-            ("limiter", "default")
+            ("name", "default")
         ),
         0
     );

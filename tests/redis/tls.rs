@@ -121,7 +121,8 @@ async fn a_limiter_decides_over_tls() {
     )
     .unwrap();
     let backend = RedisBackend::from_client(client)
-        .unwrap()
+        .await
+        .expect("connect over TLS")
         .prefix(unique_prefix("tls"));
     backend.ping().await.expect("PING over TLS");
     let layer = RateLimitLayer::builder()

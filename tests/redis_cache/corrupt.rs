@@ -34,7 +34,7 @@ fn undecodable_counts(
             .map(|l| (l.key().to_owned(), l.value().to_owned()))
             .collect();
         if let DebugValue::Counter(n) = value {
-            counts.insert(format!("{}/{}", labels["cache"], labels["reason"]), n);
+            counts.insert(format!("{}/{}", labels["name"], labels["reason"]), n);
         }
     }
     counts

@@ -25,7 +25,7 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
-/// The series whose labels include `circuit=<circuit>` (or that have none of circuit's), by
+/// The series whose labels include `name=<circuit>` (or that have none of circuit's), by
 /// `name label=value,...`.
 fn series(circuit: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
@@ -40,7 +40,7 @@ fn series(circuit: &str) -> HashMap<String, f64> {
             DebugValue::Gauge(g) => g.into_inner(),
             DebugValue::Histogram(_) => continue,
         };
-        if labels.iter().any(|l| l == &format!("circuit={circuit}"))
+        if labels.iter().any(|l| l == &format!("name={circuit}"))
             || key.key().name().starts_with("rampart_redis")
         {
             out.insert(format!("{} {}", key.key().name(), labels.join(",")), v);
@@ -74,10 +74,10 @@ async fn shared_transitions_and_fallbacks_are_measured() {
     all_in(&replicas, CircuitState::Open, Duration::from_secs(2)).await;
     let seen = series("metered");
     assert_eq!(
-        seen["rampart_circuit_transitions_total circuit=metered,to=open"], 2.0,
+        seen["rampart_circuit_transitions_total name=metered,to=open"], 2.0,
         "one per replica: {seen:?}"
     );
-    assert_eq!(seen["rampart_circuit_state circuit=metered"], 1.0);
+    assert_eq!(seen["rampart_circuit_state name=metered"], 1.0);
 
     server.kill();
     within(Duration::from_secs(2), "both replicas local", || {
@@ -86,7 +86,7 @@ async fn shared_transitions_and_fallbacks_are_measured() {
     .await;
     let seen = series("metered");
     assert_eq!(
-        seen["rampart_circuit_shared_fallback_total circuit=metered"], 2.0,
+        seen["rampart_circuit_shared_fallback_total name=metered"], 2.0,
         "{seen:?}"
     );
     let errors: f64 = seen

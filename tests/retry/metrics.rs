@@ -91,25 +91,22 @@ fn retries_budget_and_give_ups_are_counted() {
     }
     let expected = [
         (
-            "rampart_retry_attempts_total reason=error,retrier=payments",
+            "rampart_retry_attempts_total name=payments,reason=error",
             10,
         ),
-        ("rampart_retry_budget_exhausted_total retrier=payments", 1),
+        ("rampart_retry_budget_exhausted_total name=payments", 1),
         (
-            "rampart_retry_gave_up_total cause=attempts,retrier=payments",
+            "rampart_retry_gave_up_total cause=attempts,name=payments",
             5,
         ),
+        ("rampart_retry_gave_up_total cause=budget,name=payments", 1),
+        ("rampart_retry_attempts_total name=web,reason=503", 1),
         (
-            "rampart_retry_gave_up_total cause=budget,retrier=payments",
-            1,
-        ),
-        ("rampart_retry_attempts_total reason=503,retrier=web", 1),
-        (
-            "rampart_retry_gave_up_total cause=not_idempotent,retrier=web",
+            "rampart_retry_gave_up_total cause=not_idempotent,name=web",
             1,
         ),
         (
-            "rampart_retry_gave_up_total cause=not_cloneable,retrier=web",
+            "rampart_retry_gave_up_total cause=not_cloneable,name=web",
             1,
         ),
     ];

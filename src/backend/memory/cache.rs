@@ -158,7 +158,9 @@ struct StoreMeters {
 impl StoreMeters {
     fn bytes(&self, name: &'static str, bytes: u64) {
         self.bytes
-            .get_or_init(|| metrics::gauge!("rampart_cache_bytes", "cache" => name))
+            .get_or_init(|| {
+                crate::metrics::gauge(&crate::metrics::key("rampart_cache_bytes", name, &[]))
+            })
             .set(bytes as f64);
     }
 
@@ -168,7 +170,11 @@ impl StoreMeters {
             Cause::Expired => (&self.evicted_expired, "expired"),
         };
         cell.get_or_init(|| {
-            metrics::counter!("rampart_cache_evictions_total", "cache" => name, "reason" => reason)
+            crate::metrics::counter(&crate::metrics::key(
+                "rampart_cache_evictions_total",
+                name,
+                &[("reason", reason)],
+            ))
         })
         .increment(n);
     }

@@ -431,7 +431,7 @@ async fn eval(
 /// still agree on an entry's age to within a round trip.
 ///
 /// Bytes at an entry's key that are not such an entry (another format version, corrupt, a
-/// foreign value or type) are a miss: counted in `rampart_cache_undecodable_total{cache,reason}`,
+/// foreign value or type) are a miss: counted in `rampart_cache_undecodable_total{name,reason}`,
 /// logged (a rate-limited warning), never an error; the next fill overwrites them.
 ///
 /// # Single flight across replicas
@@ -775,8 +775,12 @@ impl Inner {
             tracing::warn!(cache = self.name, key = %key.for_logs(), reason, suppressed, "undecodable cache entry in redis; treating it as a miss");
         }
         #[cfg(feature = "metrics")]
-        metrics::counter!("rampart_cache_undecodable_total", "cache" => self.name, "reason" => reason)
-            .increment(1);
+        crate::metrics::counter(&crate::metrics::key(
+            "rampart_cache_undecodable_total",
+            self.name,
+            &[("reason", reason)],
+        ))
+        .increment(1);
     }
 
     fn decode<V: RedisCacheValue>(

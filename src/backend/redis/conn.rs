@@ -308,10 +308,6 @@ struct Meters {
 }
 
 #[cfg(feature = "metrics")]
-static METADATA: metrics::Metadata<'static> =
-    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
-
-#[cfg(feature = "metrics")]
 impl Meters {
     fn new(server: &str) -> Self {
         let server = metrics::Label::new("server", server.to_string());
@@ -342,20 +338,21 @@ impl Meters {
 
     fn replaced(&self) {
         metrics::with_recorder(|r| {
-            r.register_counter(&self.replaced, &METADATA).increment(1);
+            r.register_counter(&self.replaced, &crate::metrics::METADATA)
+                .increment(1);
         });
     }
 
     fn set_up(&self, up: bool) {
         metrics::with_recorder(|r| {
-            r.register_gauge(&self.up, &METADATA)
+            r.register_gauge(&self.up, &crate::metrics::METADATA)
                 .set(if up { 1.0 } else { 0.0 });
         });
     }
 
     fn error(&self, kind: ErrorKind) {
         metrics::with_recorder(|r| {
-            r.register_counter(&self.errors[kind_index(kind)], &METADATA)
+            r.register_counter(&self.errors[kind_index(kind)], &crate::metrics::METADATA)
                 .increment(1);
         });
     }

@@ -135,8 +135,8 @@
 //! |---|---|
 //! | `rampart_redis_up{server}` | gauge: 1 while calls reach Redis, 0 while they fail; absent until known |
 //! | `rampart_redis_errors_total{server,kind}` | calls that failed: `unreachable`, `timeout`, `data`, `other` |
-//! | `rampart_rate_limit_backend_fallback_total{limiter,policy}` | decisions left to the failure policy |
-//! | `rampart_rate_limit_backend_repaired_total{limiter}` | unreadable states replaced with fresh ones |
+//! | `rampart_rate_limit_backend_fallback_total{name,policy}` | decisions left to the failure policy |
+//! | `rampart_rate_limit_backend_repaired_total{name}` | unreadable states replaced with fresh ones |
 //! | `rampart_redis_reconnects_total{server}` | connections replaced because they went silent |
 //!
 //! `server` is the URL without credentials (`redis://10.0.0.5:6379/0`; the node list for a
@@ -516,30 +516,40 @@ impl RedisBackend {
     }
 
     /// Uses a `redis::Client` the application made (for settings the URL cannot carry: TLS
-    /// certificates, TCP settings of its own, credentials from elsewhere). Connects lazily, as
-    /// [`connect_lazy`](Self::connect_lazy) does, with the same reconnection settings; the
-    /// client's own TCP settings are kept (this crate's, for [`connect`](Self::connect), are
-    /// keepalive after 5 s idle and, on Linux, a `TCP_USER_TIMEOUT` of 5 s).
+    /// certificates, TCP settings of its own, credentials from elsewhere), connects, and checks
+    /// that the server answers, as [`connect`](Self::connect) does (within [`CONNECT_TIMEOUT`]).
+    /// The backend keeps the client, to open a new connection when one goes silent; the client's
+    /// own TCP settings are kept (this crate's, for [`connect`](Self::connect), are keepalive after
+    /// 5 s idle and, on Linux, a `TCP_USER_TIMEOUT` of 5 s).
     ///
     /// The backend does not know where the connection goes: its logs and metrics name the server
     /// `external`.
     ///
     /// # Errors
     ///
-    /// When the client cannot make a connection manager.
-    ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime.
-    pub fn from_client(client: redis::Client) -> Result<Self, BackendError> {
-        let (opener, handle) = Opener::lazy(client, manager_config()).map_err(|e| {
-            BackendError::with_kind(
-                ErrorKind::Other,
-                format!("invalid redis client: {e}"),
-                Some(Box::new(e)),
-            )
-        })?;
-        Ok(Self::with_handle(handle, opener, EXTERNAL.to_string()))
+    /// When the server does not answer.
+    pub async fn from_client(client: redis::Client) -> Result<Self, BackendError> {
+        let opener = Opener::Single(client, manager_config());
+        let handle = tokio::time::timeout(CONNECT_TIMEOUT, opener.open())
+            .await
+            .map_err(|_| {
+                BackendError::with_kind(
+                    ErrorKind::Timeout,
+                    format!("could not connect to redis within {CONNECT_TIMEOUT:?}"),
+                    None,
+                )
+            })?
+            .map_err(|e| {
+                let e = conn::classify(e);
+                BackendError::with_kind(
+                    e.kind(),
+                    format!("could not connect to redis: {e}"),
+                    Some(Box::new(e)),
+                )
+            })?;
+        let backend = Self::with_handle(handle, opener, EXTERNAL.to_string());
+        backend.conn.ping(CONNECT_TIMEOUT).await?;
+        Ok(backend)
     }
 
     /// Connects to a Redis Cluster through any of its `nodes` (URLs as for
@@ -738,7 +748,7 @@ impl RedisBackend {
     /// - `true`: the script replaces it with a fresh state (with an expiry) and decides as for a
     ///   key never seen; the replacement is logged (a warning, at most one per 10 s per limiter,
     ///   naming the key and what was wrong) and counted in
-    ///   `rampart_rate_limit_backend_repaired_total{limiter}`.
+    ///   `rampart_rate_limit_backend_repaired_total{name}`.
     /// - `false`: the data is left as it is, for someone to look at; each decision on that key is a
     ///   [`BackendError`] that [`is_corrupt_data`](BackendError::is_corrupt_data), handled by the
     ///   failure policy and counted (`rampart_redis_errors_total{kind="data"}`) until the key is

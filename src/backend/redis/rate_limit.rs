@@ -131,30 +131,24 @@ struct Meters {
 }
 
 #[cfg(feature = "metrics")]
-static METADATA: metrics::Metadata<'static> =
-    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
-
-#[cfg(feature = "metrics")]
 impl Meters {
     fn new(name: &str, policy: FailurePolicy) -> Self {
-        let limiter = metrics::Label::new("limiter", name.to_string());
         Self {
-            fallback: metrics::Key::from_parts(
+            fallback: crate::metrics::key(
                 "rampart_rate_limit_backend_fallback_total",
-                vec![
-                    limiter.clone(),
-                    metrics::Label::from_static_parts("policy", policy.as_str()),
-                ],
+                name.to_string(),
+                &[("policy", policy.as_str())],
             ),
-            repaired: metrics::Key::from_parts(
+            repaired: crate::metrics::key(
                 "rampart_rate_limit_backend_repaired_total",
-                vec![limiter],
+                name.to_string(),
+                &[],
             ),
         }
     }
 
     fn count(key: &metrics::Key) {
-        metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+        crate::metrics::counter(key).increment(1);
     }
 }
 

@@ -207,7 +207,7 @@ where
                     .collect();
                 let value = inner
                     .conn
-                    .eval(circuit_script(), &redis_key, &args, inner.timeout)
+                    .eval(circuit_script(), &[&redis_key], &args, inner.timeout)
                     .await?;
                 parse(&value)
             }),

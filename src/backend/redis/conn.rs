@@ -66,9 +66,19 @@ impl Script {
         &self.sha
     }
 
-    fn cmd(&self, verb: &str, body: &str, key: &[u8], args: &[&[u8]], last: Option<&[u8]>) -> Cmd {
+    fn cmd(
+        &self,
+        verb: &str,
+        body: &str,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        last: Option<&[u8]>,
+    ) -> Cmd {
         let mut cmd = redis::cmd(verb);
-        cmd.arg(body).arg(1).arg(key);
+        cmd.arg(body).arg(keys.len());
+        for k in keys {
+            cmd.arg(*k);
+        }
         for a in args {
             cmd.arg(*a);
         }
@@ -468,41 +478,45 @@ impl Conn {
     async fn run(
         handle: &Handle,
         script: &Script,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[&[u8]],
         last: Option<&[u8]>,
     ) -> Result<Value, RedisError> {
         match handle
-            .query(&script.cmd("EVALSHA", &script.sha, key, args, last))
+            .query(&script.cmd("EVALSHA", &script.sha, keys, args, last))
             .await
         {
             Err(e) if e.kind() == RedisErrorKind::Server(ServerErrorKind::NoScript) => {
                 tracing::debug!(sha = %script.sha, "redis script cache is empty; sending the script");
                 handle
-                    .query(&script.cmd("EVAL", script.code, key, args, last))
+                    .query(&script.cmd("EVAL", script.code, keys, args, last))
                     .await
             }
             other => other,
         }
     }
 
-    /// Runs `script` on `key` with `args`, within `timeout`, and records the outcome in the health
-    /// state. NOSCRIPT (a restarted or flushed server) is answered by sending the script itself.
+    /// Runs `script` on `keys` with `args`, within `timeout` (for the whole call, the `NOSCRIPT`
+    /// round trip included), and records the outcome in the health state. NOSCRIPT (a restarted or
+    /// flushed server) is answered by sending the script itself.
     ///
     /// A call abandoned on its timeout may still run in Redis later (Redis runs what it has
     /// received): for scripts that count, use [`eval_before_deadline`](Self::eval_before_deadline).
-    // For scripts whose late run does no harm; the rate limiter's count, so it uses
-    // `eval_before_deadline`.
-    #[allow(dead_code)]
+    // For scripts whose late run does no harm (shared circuits, caches); the rate limiter's
+    // count, so it uses `eval_before_deadline`.
+    #[cfg_attr(
+        not(any(feature = "circuit-breaker", feature = "cache")),
+        allow(dead_code)
+    )]
     pub(crate) async fn eval(
         &self,
         script: &Script,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
         let (handle, generation) = self.current();
-        let call = Self::run(&handle, script, key, args, None);
+        let call = Self::run(&handle, script, keys, args, None);
         self.finish(
             tokio::time::timeout(timeout, call).await,
             timeout,
@@ -544,7 +558,8 @@ impl Conn {
                     .redis_us_at(gives_up_at)
                     .map(|us| us.to_string())
                     .unwrap_or_default();
-                let reply = Self::run(&handle, script, key, args, Some(not_after.as_bytes())).await;
+                let reply =
+                    Self::run(&handle, script, &[key], args, Some(not_after.as_bytes())).await;
                 let received = self.clock.now();
                 match reply {
                     Ok(Value::Array(mut items)) => {

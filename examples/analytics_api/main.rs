@@ -36,13 +36,14 @@ mod dashboard;
 mod dependency;
 mod docs;
 mod external;
+#[path = "../common/serve.rs"]
+mod serve;
 #[path = "../common/setup.rs"]
 #[allow(dead_code, reason = "shared by every example; each uses part of it")]
 mod setup;
 mod storage;
 mod telemetry;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[tokio::main]
@@ -74,12 +75,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {} (set BIND/PORT): {e}", config.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "analytics_api listening");
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(setup::shutdown_signal())
-    .await?;
+    let limits = serve::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
+    serve::serve(listener, router, limits, setup::shutdown_signal()).await;
     tracing::info!("analytics_api stopped");
     Ok(())
 }

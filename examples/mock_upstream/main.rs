@@ -13,6 +13,8 @@
 //! `Retry-After` instead of 500, default 0.25), `EXTERNAL_RETRY_AFTER_SECONDS` (1), `EXTERNAL_SEED` (a number makes the failures repeatable),
 //! `LOG_FORMAT`.
 
+#[path = "../common/serve.rs"]
+mod serve;
 #[path = "../common/setup.rs"]
 #[allow(dead_code, reason = "shared by every example; each uses part of it")]
 mod setup;
@@ -35,8 +37,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {addr} (set BIND/PORT): {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "mock_upstream listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(setup::shutdown_signal())
-        .await?;
+    let limits = serve::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
+    serve::serve(listener, router, limits, setup::shutdown_signal()).await;
     Ok(())
 }

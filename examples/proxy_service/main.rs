@@ -24,11 +24,11 @@
 //! `MAX_BODY_BYTES`, `LOG_FORMAT`, `RUST_LOG`.
 
 mod proxy;
+#[path = "../common/serve.rs"]
+mod serve;
 #[path = "../common/setup.rs"]
 #[allow(dead_code, reason = "shared by every example; each uses part of it")]
 mod setup;
-
-use std::net::SocketAddr;
 
 #[tokio::main]
 async fn main() {
@@ -50,12 +50,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         upstream = %config.upstream,
         "proxy_service listening"
     );
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(setup::shutdown_signal())
-    .await?;
+    let limits = serve::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
+    serve::serve(listener, router, limits, setup::shutdown_signal()).await;
     tracing::info!("proxy_service stopped");
     Ok(())
 }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 use tower_rampart::BoxError;
 use tower_rampart::circuit_breaker::error::CircuitOpen;
@@ -62,6 +63,11 @@ pub(crate) struct ProxyConfig {
     pub(crate) trusted_proxies: Vec<String>,
     /// `MAX_BODY_BYTES` (default 1 MiB).
     pub(crate) max_body_bytes: usize,
+    /// `REQUEST_TIMEOUT_SECONDS` (30): the most one request may take, body and upstream calls
+    /// included (408 past it; longer than the retries' own deadline, which answers 504 first).
+    pub(crate) request_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_SECONDS` (10): the longest wait for the next piece of a request body.
+    pub(crate) body_timeout: Duration,
     /// `LOG_FORMAT=json` for JSON logs.
     pub(crate) json_logs: bool,
 }
@@ -152,6 +158,16 @@ impl ProxyConfig {
                 })
                 .unwrap_or_default(),
             max_body_bytes: positive(&get, "MAX_BODY_BYTES", 1024 * 1024)? as usize,
+            request_timeout: Duration::from_secs(u64::from(positive(
+                &get,
+                "REQUEST_TIMEOUT_SECONDS",
+                30,
+            )?)),
+            body_timeout: Duration::from_secs(u64::from(positive(
+                &get,
+                "BODY_READ_TIMEOUT_SECONDS",
+                10,
+            )?)),
             json_logs: json_logs(&get)?,
         })
     }
@@ -257,7 +273,15 @@ pub(crate) fn router(
         .layer(
             ServiceBuilder::new()
                 .layer(TraceLayer::new_for_http())
-                .layer(RequestBodyLimitLayer::new(config.max_body_bytes)),
+                .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+                // A slow client holds the proxy for at most these: no piece of its body may take
+                // longer than the body timeout, nor the whole request longer than the request
+                // timeout.
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    config.request_timeout,
+                ))
+                .layer(RequestBodyTimeoutLayer::new(config.body_timeout)),
         );
     Ok((router, breaker))
 }

@@ -53,6 +53,7 @@
 pub mod backend;
 pub mod clock;
 pub mod error;
+pub mod key;
 pub mod rejection;
 #[cfg(any(
     feature = "rate-limit",

@@ -25,10 +25,11 @@ use tower_http::request_id::{
 };
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{CacheBuilder, CacheHandle, CacheLayer, CachedResponse, HttpMode};
 use tower_rampart::circuit_breaker::CircuitHandle;
-use tower_rampart::http::{AsHttp, ClientIp};
+use tower_rampart::http::AsHttp;
+use tower_rampart::key::ClientIp;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
@@ -64,7 +65,8 @@ fn route_cache<X>(
     redis: Option<&tower_rampart::backend::RedisBackend>,
 ) -> Result<(RouteLayer, CacheHandle), tower_rampart::ConfigError>
 where
-    X: tower_rampart::cache::ExtractKey<Request> + Send + Sync + 'static,
+    X: tower_rampart::key::ExtractKey<Request> + Send + Sync + 'static,
+    X::Key: Into<tower_rampart::cache::CacheKey>,
 {
     // The cache answers with its own body type; the router wants axum's.
     let into_axum = |res: http::Response<_>| res.into_response();

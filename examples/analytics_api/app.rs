@@ -28,8 +28,7 @@ use tower_http::trace::TraceLayer;
 use tower_rampart::cache::{CacheBuilder, CacheHandle, CacheLayer, CachedResponse, HttpMode};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::http::AsHttp;
-use tower_rampart::key::ClientIp;
-use tower_rampart::key::key_fn;
+use tower_rampart::key::{ClientIp, key_fn};
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 

@@ -53,7 +53,7 @@
 //! let by_tenant = key_fn(|job: &Job| Some(job.tenant));
 //! let limit = RateLimitLayer::builder().quota(Quota::per_second(100)).key(by_tenant.clone()).build();
 //! let breaker = CircuitBreakerLayer::builder().key(by_tenant.clone()).build();
-//! let cache = CacheLayer::builder().ttl(Duration::from_secs(5)).key(by_tenant).build();
+//! let cache = CacheLayer::builder().ttl(Duration::from_secs(5)).key(by_tenant).build::<String>();
 //! assert!(limit.is_ok() && breaker.is_ok() && cache.is_ok());
 //! ```
 

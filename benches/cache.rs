@@ -35,8 +35,8 @@ use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 use tower::{Layer, Service, service_fn};
 use tower_rampart::cache::entry::{Lifetimes, Timing};
-use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{CacheEntry, CacheKey, CacheLayer, CacheStore, StoreOp};
+use tower_rampart::key::key_fn;
 
 use crate::support::{bare_u64, call_now, noop_cx, parallel, refused};
 

@@ -34,8 +34,7 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, service_fn};
 use tower_rampart::backend::MemoryBackend;
 use tower_rampart::clock::ManualClock;
-use tower_rampart::http::PeerIp;
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::{PeerIp, key_fn};
 use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
 
 use crate::support::{bare_u64, call_now, noop_cx, parallel, refused};

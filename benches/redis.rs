@@ -26,7 +26,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::{RedisRateLimitStore, script_sha};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Check, Quota, RateLimitLayer, RateLimitStore};
 
 use self::redis_server::RedisServer;

@@ -13,6 +13,10 @@
 //!   replica counts against one limit, one round trip per decision on Redis's own clock; a
 //!   [failure policy](backend::redis::FailurePolicy) says what happens when Redis is slow or gone,
 //!   and no request waits longer than the backend's timeout.
+//! - **One vocabulary.** Every keyed layer (rate limit, per-key circuits, cache) takes the same
+//!   [key extractors](key) with the same `.key(k)`: [`GlobalKey`](key::GlobalKey),
+//!   [`key_fn`](key::key_fn), and (feature `http`) `PeerIp`, `ClientIp`, `HeaderKey`,
+//!   `UpstreamHost`.
 //! - **Testable.** All time comes from [`tokio::time`], so tests run on paused time.
 //!
 //! ```
@@ -38,7 +42,7 @@
 //! | `memory` | yes | the in-memory backend, [`backend::memory`] |
 //! | `redis` | | the Redis backend, [`backend::redis`]: limits shared by every replica, with a failure policy |
 //! | `redis-cluster` | | `redis`, plus Redis Cluster through the `redis` crate's async cluster client |
-//! | `http` | | HTTP key extractors, the HTTP and gRPC rejection modes ([`http`], [`grpc`]), the retry classifiers and the cache's HTTP mode |
+//! | `http` | | HTTP key extractors ([`key`]), the HTTP and gRPC rejection modes ([`http`], [`grpc`]), the retry classifiers and the cache's HTTP mode |
 //! | `axum` | | `http`, plus reading axum's `ConnectInfo` |
 //! | `tonic` | | `http`, plus tonic's peer address and `From<RateLimited>` / `From<CircuitOpen>` for `tonic::Status` |
 //! | `metrics` | | `rampart_*` counters and gauges through the [`metrics`](https://docs.rs/metrics) facade |
@@ -53,6 +57,7 @@
 pub mod backend;
 pub mod clock;
 pub mod error;
+pub mod key;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod rejection;

@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 use tower::{Layer, Service, service_fn};
 use tower_rampart::cache::CacheLayer;
-use tower_rampart::cache::key::key_fn;
+use tower_rampart::key::key_fn;
 
 #[global_allocator]
 static ALLOC: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX);

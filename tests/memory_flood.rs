@@ -10,7 +10,7 @@ use cap::Cap;
 use tower_rampart::backend::MemoryBackend;
 use tower_rampart::backend::memory::DEFAULT_MAX_KEYS;
 use tower_rampart::clock::ManualClock;
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
 
 #[global_allocator]

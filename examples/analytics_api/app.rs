@@ -24,10 +24,10 @@ use tower_http::request_id::{
 };
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{CacheHandle, CacheLayer, CachedResponse};
 use tower_rampart::circuit_breaker::CircuitHandle;
-use tower_rampart::http::{AsHttp, ClientIp};
+use tower_rampart::http::AsHttp;
+use tower_rampart::key::{ClientIp, key_fn};
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 

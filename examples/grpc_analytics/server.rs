@@ -10,13 +10,11 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use tonic::{Request, Response, Status};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use tower_rampart::cache::key::key_fn as cache_key;
 use tower_rampart::cache::{CacheHandle, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::circuit_breaker::error::CircuitOpen;
-use tower_rampart::http::PeerIp;
-use tower_rampart::rate_limit::key::key_fn;
-use tower_rampart::rate_limit::{ExtractKey, MissingKey, Quota, RateLimitLayer};
+use tower_rampart::key::{ExtractKey, PeerIp, key_fn};
+use tower_rampart::rate_limit::{MissingKey, Quota, RateLimitLayer};
 
 use crate::config::Config;
 use crate::dependency::{self, ExternalClient};
@@ -77,7 +75,7 @@ fn summaries(
     let builder = CacheLayer::builder()
         .name("summaries")
         .ttl(ttl)
-        .key(cache_key(|q: &SummaryQuery| {
+        .key(key_fn(|q: &SummaryQuery| {
             Some(format!(
                 "{}{}",
                 summary_prefix(&q.metric_type),

@@ -14,11 +14,12 @@ use tower_service::Service;
 
 use super::entry::{CacheEntry, Timing};
 use super::flight::{Flight, FlightGuard, Joined, Outcome};
-use super::key::{CacheKey, ExtractKey};
+use super::key::CacheKey;
 use super::layer::Shared;
 use super::mode::{CacheMode, CacheStatus, Captured};
 use super::service::{Svc, dispatch, lead};
 use super::store::{CacheStore, FillLock, LockMode, StoreOp};
+use crate::key::ExtractKey;
 
 /// The state of a [`ResponseFuture`], with the types of one service filled in.
 pub(crate) type StateOf<S, Req, X, St, A> = State<
@@ -375,7 +376,7 @@ where
         result: Result<Res, E>,
     ) -> Step<A::Capture, Box<Self>, Result<A::Response, E>>
     where
-        X: super::key::KeyExtractor,
+        X: crate::key::KeyExtractor,
         A: CacheMode<Req, Res, E, Stored = V>,
     {
         let shared = Arc::clone(&self.shared);
@@ -651,7 +652,7 @@ impl<F, C, X, St, A, V, Req, Res, E> Future for Refresh<F, C, X, St, A, V, Req>
 where
     F: Future<Output = Result<Res, E>>,
     C: Future<Output = Captured<V, A::Response>>,
-    X: super::key::KeyExtractor,
+    X: crate::key::KeyExtractor,
     A: CacheMode<Req, Res, E, Stored = V, Capture = C>,
     St: CacheStore<V>,
     V: Send + Sync + 'static,

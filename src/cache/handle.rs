@@ -32,7 +32,8 @@ use crate::backend::BackendError;
 /// ```
 /// use std::time::Duration;
 /// use tower::{Layer, Service, ServiceExt, service_fn};
-/// use tower_rampart::cache::{CacheLayer, key::key_fn};
+/// use tower_rampart::cache::CacheLayer;
+/// use tower_rampart::key::key_fn;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let layer = CacheLayer::builder()

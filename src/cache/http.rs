@@ -15,10 +15,11 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::entry::{CacheEntry, Lifetimes};
-use super::key::{CacheKey, ExtractKey, KeyBuf, KeyExtractor};
+use super::key::{CacheKey, KeyBuf};
 use super::layer::{CacheBuilder, ModeConfig};
 use super::mode::{CacheMode, CacheStatus, Captured, RequestPolicy};
 use crate::error::ConfigError;
+use crate::key::{ExtractKey, KeyError, KeyExtractor};
 
 /// `x-cache`: `HIT`, `MISS` or `STALE`.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -74,6 +75,8 @@ impl HttpKey {
 }
 
 impl KeyExtractor for HttpKey {
+    type Key = CacheKey;
+
     fn covers_header(&self, name: &str) -> bool {
         self.headers.iter().any(|h| h.as_str() == name)
     }
@@ -81,7 +84,7 @@ impl KeyExtractor for HttpKey {
 
 impl<B> ExtractKey<Request<B>> for HttpKey {
     #[inline]
-    fn extract(&self, req: &Request<B>) -> Option<CacheKey> {
+    fn extract(&self, req: &Request<B>) -> Result<CacheKey, KeyError> {
         let mut key = KeyBuf::new();
         key.push(req.method().as_str().as_bytes());
         key.push(b" ");
@@ -110,7 +113,7 @@ impl<B> ExtractKey<Request<B>> for HttpKey {
                 key.push(value.as_bytes());
             }
         }
-        Some(key.finish())
+        Ok(key.finish())
     }
 }
 

@@ -5,13 +5,19 @@
 //! has a meaning for. Keys of up to 46 bytes are stored inline, so building one for a typical
 //! request allocates nothing.
 //!
-//! An extractor returns `None` for requests that must not be cached at all: they go straight to
-//! the inner service.
+//! The layer is keyed by any extractor from [`crate::key`] whose keys convert into a `CacheKey`
+//! (`Into<CacheKey>`): strings, byte strings, integers, `()` (the empty key of
+//! [`GlobalKey`](crate::key::GlobalKey)), IP addresses ([`PeerIp`](crate::key::PeerIp),
+//! [`ClientIp`](crate::key::ClientIp)), header values ([`HeaderKey`](crate::key::HeaderKey)),
+//! and `CacheKey` itself (the HTTP default, [`HttpKey`](super::HttpKey)). A request the
+//! extractor finds no key for (a key function returning `None`) must not be cached at all: it
+//! goes straight to the inner service.
 //!
 //! # Example
 //!
 //! ```
-//! use tower_rampart::cache::{CacheKey, key::key_fn};
+//! use tower_rampart::cache::CacheKey;
+//! use tower_rampart::key::key_fn;
 //!
 //! struct GetSummary { metric_type: String, period: &'static str }
 //!
@@ -25,10 +31,11 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::error::ConfigError;
+use crate::key::{ExtractKey, KeyError, KeyExtractor};
 
 /// Bytes held inline; longer keys go to the heap. Chosen so a key is 56 bytes.
 const INLINE: usize = 46;
@@ -305,6 +312,63 @@ impl From<()> for CacheKey {
     }
 }
 
+impl From<Box<str>> for CacheKey {
+    fn from(s: Box<str>) -> Self {
+        Self::from_bytes(s.as_bytes())
+    }
+}
+
+impl From<Arc<str>> for CacheKey {
+    fn from(s: Arc<str>) -> Self {
+        Self::from_bytes(s.as_bytes())
+    }
+}
+
+/// Writes `value`'s `Display` form into a key (inline: addresses are short).
+fn display_key(value: impl fmt::Display) -> CacheKey {
+    struct Writer(KeyBuf);
+    impl fmt::Write for Writer {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.0.push(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut w = Writer(KeyBuf::new());
+    let _ = fmt::Write::write_fmt(&mut w, format_args!("{value}"));
+    w.0.finish()
+}
+
+impl From<IpAddr> for CacheKey {
+    /// The address as text (`203.0.113.9`, `2001:db8::`).
+    fn from(ip: IpAddr) -> Self {
+        display_key(ip)
+    }
+}
+
+impl From<Ipv4Addr> for CacheKey {
+    /// The address as text.
+    fn from(ip: Ipv4Addr) -> Self {
+        display_key(ip)
+    }
+}
+
+impl From<Ipv6Addr> for CacheKey {
+    /// The address as text.
+    fn from(ip: Ipv6Addr) -> Self {
+        display_key(ip)
+    }
+}
+
+#[cfg(feature = "http")]
+impl From<http::HeaderValue> for CacheKey {
+    /// A newline, then the value's bytes: logs show a key only up to its first newline, so a
+    /// header value (an API key) never reaches them, as with [`HttpKey`](super::HttpKey)'s
+    /// header parts.
+    fn from(value: http::HeaderValue) -> Self {
+        Self::from_parts(&[b"\n", value.as_bytes()])
+    }
+}
+
 /// Builds a key piece by piece, inline until it outgrows [`INLINE`].
 pub(crate) struct KeyBuf {
     inline: [u8; INLINE],
@@ -355,41 +419,14 @@ impl KeyBuf {
     }
 }
 
-/// The configuration side of a key extractor: checked when the layer is built, and asked which
-/// request headers the key includes (responses that `Vary` on other headers are not cached).
-///
-/// Implemented together with [`ExtractKey`], which computes keys for one request type.
-pub trait KeyExtractor: Clone + Send + Sync + 'static {
-    /// Checks the extractor's configuration; called by the layer's `build`.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the setting that cannot work.
-    fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
-    }
-
-    /// Whether keys include the request header `name` (lowercase), so that a response which
-    /// `Vary`s on it can be cached: requests that differ in it get different entries.
-    fn covers_header(&self, name: &str) -> bool {
-        let _ = name;
-        false
-    }
-}
-
-/// Computes the cache key of requests of type `Req`.
-pub trait ExtractKey<Req>: KeyExtractor {
-    /// The key for `req`, or `None` when the request must not be cached (it then goes straight
-    /// to the inner service, and its response is not stored).
-    fn extract(&self, req: &Req) -> Option<CacheKey>;
-}
-
 /// The key extractor of a builder that has not been given one: `build` refuses it, so that a
 /// cache never serves one request's response to another by accident.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoKey;
 
 impl KeyExtractor for NoKey {
+    type Key = CacheKey;
+
     fn validate(&self) -> Result<(), ConfigError> {
         Err(ConfigError::new(
             "key",
@@ -400,76 +437,8 @@ impl KeyExtractor for NoKey {
 }
 
 impl<Req> ExtractKey<Req> for NoKey {
-    fn extract(&self, _: &Req) -> Option<CacheKey> {
-        None
-    }
-}
-
-/// One entry for every request: for services whose response does not depend on the request
-/// (a configuration or a feature-flag fetch). Its key is empty.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SingleKey;
-
-impl KeyExtractor for SingleKey {}
-
-impl<Req> ExtractKey<Req> for SingleKey {
-    #[inline]
-    fn extract(&self, _: &Req) -> Option<CacheKey> {
-        Some(CacheKey::from(()))
-    }
-}
-
-/// A key computed by a closure; made by [`key_fn`].
-pub struct KeyFn<F, K> {
-    f: F,
-    _key: PhantomData<fn() -> K>,
-}
-
-/// Keys requests with `f`, whose result is anything that converts into a [`CacheKey`] (strings,
-/// byte strings, integers). Returning `None` means "do not cache this request".
-pub fn key_fn<Req, F, K>(f: F) -> KeyFn<F, K>
-where
-    F: Fn(&Req) -> Option<K>,
-    K: Into<CacheKey>,
-{
-    KeyFn {
-        f,
-        _key: PhantomData,
-    }
-}
-
-impl<F: Clone, K> Clone for KeyFn<F, K> {
-    fn clone(&self) -> Self {
-        Self {
-            f: self.f.clone(),
-            _key: PhantomData,
-        }
-    }
-}
-
-impl<F, K> fmt::Debug for KeyFn<F, K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyFn")
-            .field("key", &std::any::type_name::<K>())
-            .finish()
-    }
-}
-
-impl<F, K> KeyExtractor for KeyFn<F, K>
-where
-    F: Clone + Send + Sync + 'static,
-    K: 'static,
-{
-}
-
-impl<F, K, Req> ExtractKey<Req> for KeyFn<F, K>
-where
-    F: Fn(&Req) -> Option<K> + Clone + Send + Sync + 'static,
-    K: Into<CacheKey> + 'static,
-{
-    #[inline]
-    fn extract(&self, req: &Req) -> Option<CacheKey> {
-        (self.f)(req).map(Into::into)
+    fn extract(&self, _: &Req) -> Result<CacheKey, KeyError> {
+        Err(KeyError::new("no key extractor was set"))
     }
 }
 
@@ -510,5 +479,21 @@ mod tests {
         assert!(CacheKey::from(()).is_empty());
         let with_auth = CacheKey::from_bytes(b"GET /me\nauthorization=Bearer secret");
         assert_eq!(with_auth.for_logs().to_string(), "GET /me…");
+    }
+
+    #[test]
+    fn extractor_keys_convert() {
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(CacheKey::from(ip).as_bytes(), b"2001:db8::1");
+        assert_eq!(
+            CacheKey::from(Box::<str>::from("api.example.com")).as_bytes(),
+            b"api.example.com"
+        );
+        #[cfg(feature = "http")]
+        {
+            let key = CacheKey::from(http::HeaderValue::from_static("secret"));
+            assert_eq!(key.as_bytes(), b"\nsecret");
+            assert_eq!(key.for_logs().to_string(), "…");
+        }
     }
 }

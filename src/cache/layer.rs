@@ -9,11 +9,12 @@ use tower_layer::Layer;
 use super::entry::Lifetimes;
 use super::flight::Flights;
 use super::handle::{CacheHandle, HandleImpl};
-use super::key::{KeyExtractor, NoKey};
+use super::key::NoKey;
 use super::mode::{Cloned, PredicateFn, WeigherFn};
 use super::service::Cache;
 use super::store::{CacheBackend, StoreSpec};
 use crate::error::ConfigError;
+use crate::key::KeyExtractor;
 use crate::throttle::LogThrottle;
 
 #[cfg(feature = "memory")]
@@ -290,8 +291,15 @@ impl<X, B, A> CacheBuilder<X, B, A> {
         self
     }
 
-    /// Which requests share a response (required in the clone mode; method and URI in HTTP mode).
-    pub fn key<X2: KeyExtractor>(self, key: X2) -> CacheBuilder<X2, B, A> {
+    /// Which requests share a response (required in the clone mode; method and URI in HTTP mode):
+    /// any extractor from [`crate::key`] whose keys convert into a
+    /// [`CacheKey`](super::CacheKey). A request it finds no key for is not cached: it goes
+    /// straight to the inner service.
+    pub fn key<X2>(self, key: X2) -> CacheBuilder<X2, B, A>
+    where
+        X2: KeyExtractor,
+        X2::Key: Into<super::CacheKey>,
+    {
         CacheBuilder {
             key,
             backend: self.backend,

@@ -2,7 +2,7 @@
 //! stale-while-revalidate and stale-if-error.
 //!
 //! - **Two kinds of service.** Any service whose response is `Clone` (plain values, gRPC
-//!   messages), keyed by a [key extractor](key) — the default [`Cloned`] mode; and HTTP services
+//!   messages), keyed by a [key extractor](crate::key) — the default [`Cloned`] mode; and HTTP services
 //!   (`.http()`, [`HttpMode`]), whose bodies are buffered up to a cap so they can be replayed,
 //!   keyed by method and URI ([`HttpKey`]).
 //! - **One call per key.** Concurrent misses on one key make exactly one call to the inner
@@ -42,7 +42,8 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{Layer, Service, ServiceExt, service_fn};
-//! use tower_rampart::cache::{CacheLayer, key::key_fn};
+//! use tower_rampart::cache::CacheLayer;
+//! use tower_rampart::key::key_fn;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! #[derive(Clone, Debug, PartialEq)]
@@ -171,7 +172,7 @@ pub use self::handle::{CacheHandle, Invalidation};
 pub use self::http::{
     CacheBody, CachedResponse, DEFAULT_MAX_BODY_BYTES, HttpCapture, HttpKey, HttpMode, X_CACHE,
 };
-pub use self::key::{CacheKey, ExtractKey, KeyExtractor};
+pub use self::key::CacheKey;
 pub use self::layer::{
     CacheBuilder, CacheLayer, DEFAULT_LOCK_HOLD, DEFAULT_LOCK_WAIT, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REFRESHES, ModeConfig, NoBackend,

@@ -10,7 +10,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_rampart::cache::{CacheLayer, key::key_fn};
+//! use tower_rampart::cache::CacheLayer;
+//! use tower_rampart::key::key_fn;
 //!
 //! #[derive(Clone)]
 //! struct Report { rows: Vec<String>, partial: bool }
@@ -37,7 +38,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::entry::{CacheEntry, Lifetimes};
-use super::key::KeyExtractor;
+use crate::key::KeyExtractor;
 
 /// Where a response came from, as told to the client (`x-cache` in HTTP mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

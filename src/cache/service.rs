@@ -11,11 +11,12 @@ use super::future::{
     Fill, Lease, Locking, Lookup, Refresh, RefreshPermit, ResponseFuture, StateOf, Waiting,
     wait_for_fill,
 };
-use super::key::ExtractKey;
+use super::key::CacheKey;
 use super::layer::{Meter, Shared};
 use super::mode::{CacheMode, CacheStatus, RequestPolicy};
 use super::store::{CacheStore, FillLock, LockMode, StoreOp};
 use crate::backend::BackendError;
+use crate::key::ExtractKey;
 
 /// A read-through cache in front of a service; made by [`CacheLayer`](super::CacheLayer).
 ///
@@ -76,6 +77,7 @@ where
     S::Future: Send + 'static,
     Req: 'static,
     X: ExtractKey<Req>,
+    X::Key: Into<CacheKey>,
     A: CacheMode<Req, S::Response, S::Error>,
     A::Capture: Send + 'static,
     St: CacheStore<A::Stored>,
@@ -95,9 +97,11 @@ where
         if policy == RequestPolicy::Bypass {
             return ResponseFuture::pass(self.inner.call(req), Arc::clone(shared), None);
         }
-        let Some(key) = shared.key.extract(&req) else {
+        // No key: not cached, straight to the inner service.
+        let Ok(key) = shared.key.extract(&req) else {
             return ResponseFuture::pass(self.inner.call(req), Arc::clone(shared), None);
         };
+        let key: CacheKey = key.into();
         if policy == RequestPolicy::Refresh {
             let state = dispatch(shared, Svc::Borrowed(&mut self.inner), req, key, None, None);
             return ResponseFuture::new(state);

@@ -134,6 +134,19 @@ impl<S: Service<Req>, Req, C, M, Res, Err> ResponseFuture<S, Req, C, M, Res, Err
         }
     }
 
+    /// A call that goes through no circuit (its per-key extractor found no key): nothing is
+    /// recorded.
+    #[inline]
+    pub(crate) fn passed(fut: S::Future) -> Self {
+        Self {
+            state: State::Called {
+                fut,
+                recorder: None,
+            },
+            _mode: PhantomData,
+        }
+    }
+
     #[inline]
     pub(crate) fn refused(result: Result<Res, Err>) -> Self {
         Self {

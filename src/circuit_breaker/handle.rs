@@ -344,7 +344,7 @@ impl CircuitHandle {
 }
 
 /// Reads and steers the per-key circuits of a [`CircuitBreakerLayer`](super::CircuitBreakerLayer)
-/// built with [`per_key`](super::CircuitBreakerBuilder::per_key). Cheap to clone.
+/// built with [`key`](super::CircuitBreakerBuilder::key). Cheap to clone.
 pub struct CircuitsHandle<K> {
     pub(crate) map: Arc<CircuitMap<K>>,
 }

@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use super::classify::ErrorsAreFailures;
 use super::fallback::{FallbackFn, NoFallback};
 use super::handle::{CircuitHandle, CircuitsHandle, Transition};
-use super::key::{CircuitKey, OneCircuit, PerKey};
+use super::key::PerKey;
 use super::keyed::CircuitMap;
 use super::service::CircuitBreaker;
 use super::state::{Breaker, Config, Hook, MAX_PROBES, SlowCalls, Wait, WindowConfig};
@@ -15,6 +15,7 @@ use super::state::{Breaker, Config, Hook, MAX_PROBES, SlowCalls, Wait, WindowCon
 use super::store::SharedWith;
 use super::store::{DEFAULT_SYNC_INTERVAL, NotShared};
 use crate::error::ConfigError;
+use crate::key::{GlobalKey, KeyExtractor, KeyLabel};
 use crate::rejection::AsError;
 
 /// The most per-key circuits a layer may be given room for.
@@ -26,14 +27,14 @@ const MAX_CIRCUITS: usize = 1_000_000;
 /// of the layer and every service it makes share it, and [`handle`](Self::handle) (or
 /// [`circuits`](Self::circuits)) reads and steers it. Build it with
 /// [`CircuitBreakerLayer::builder`]. See the [module documentation](super).
-pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError, F = NoFallback, X = OneCircuit>
+pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError, F = NoFallback, X = GlobalKey>
 where
-    X: CircuitKey,
+    X: KeyExtractor,
 {
     pub(crate) shared: Arc<Shared<C, M, F, X>>,
 }
 
-pub(crate) struct Shared<C, M, F, X: CircuitKey> {
+pub(crate) struct Shared<C, M, F, X: KeyExtractor> {
     pub(crate) circuits: Circuits<X::Key>,
     pub(crate) key: X,
     pub(crate) classifier: C,
@@ -66,7 +67,7 @@ impl<K> fmt::Debug for Circuits<K> {
     }
 }
 
-impl<C, M, F, X: CircuitKey> Clone for CircuitBreakerLayer<C, M, F, X> {
+impl<C, M, F, X: KeyExtractor> Clone for CircuitBreakerLayer<C, M, F, X> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -74,7 +75,7 @@ impl<C, M, F, X: CircuitKey> Clone for CircuitBreakerLayer<C, M, F, X> {
     }
 }
 
-impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: CircuitKey + fmt::Debug> fmt::Debug
+impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: KeyExtractor + fmt::Debug> fmt::Debug
     for CircuitBreakerLayer<C, M, F, X>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,7 +89,7 @@ impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: CircuitKey + fmt::Debug> fm
     }
 }
 
-impl<S, C, M, F, X: CircuitKey> Layer<S> for CircuitBreakerLayer<C, M, F, X> {
+impl<S, C, M, F, X: KeyExtractor> Layer<S> for CircuitBreakerLayer<C, M, F, X> {
     type Service = CircuitBreaker<S, C, M, F, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -100,7 +101,7 @@ impl<S, C, M, F, X: CircuitKey> Layer<S> for CircuitBreakerLayer<C, M, F, X> {
     }
 }
 
-impl<C, M, F, X: CircuitKey> CircuitBreakerLayer<C, M, F, X> {
+impl<C, M, F, X: KeyExtractor> CircuitBreakerLayer<C, M, F, X> {
     /// Whether the layer's circuits are shared by the replicas through a store
     /// ([`shared`](CircuitBreakerBuilder::shared)).
     pub fn is_shared(&self) -> bool {
@@ -125,7 +126,7 @@ impl<C, M, F, X: CircuitKey> CircuitBreakerLayer<C, M, F, X> {
     }
 }
 
-impl<C, M, F> CircuitBreakerLayer<C, M, F, OneCircuit> {
+impl<C, M, F> CircuitBreakerLayer<C, M, F, GlobalKey> {
     /// A handle to the circuit: state, counts, and forcing it open, closed or disabled.
     pub fn handle(&self) -> CircuitHandle {
         match &self.shared.circuits {
@@ -137,7 +138,7 @@ impl<C, M, F> CircuitBreakerLayer<C, M, F, OneCircuit> {
     }
 }
 
-impl<C, M, F, X: CircuitKey> CircuitBreakerLayer<C, M, F, PerKey<X>> {
+impl<C, M, F, X: KeyExtractor> CircuitBreakerLayer<C, M, F, PerKey<X>> {
     /// A handle to the per-key circuits: each one's state and counts, forcing any of them.
     pub fn circuits(&self) -> CircuitsHandle<X::Key> {
         match &self.shared.circuits {
@@ -175,7 +176,7 @@ impl CircuitBreakerLayer {
             classifier: ErrorsAreFailures,
             mode: AsError,
             fallback: NoFallback,
-            key: OneCircuit,
+            key: GlobalKey,
             max_circuits: 1_000,
             hooks: Vec::new(),
             store: NotShared,
@@ -193,7 +194,7 @@ pub struct CircuitBreakerBuilder<
     C = ErrorsAreFailures,
     M = AsError,
     F = NoFallback,
-    X = OneCircuit,
+    X = GlobalKey,
     S = NotShared,
 > {
     name: &'static str,
@@ -350,20 +351,22 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     }
 
     /// Keeps a circuit per key that `key` takes from each request (for example one per upstream
-    /// host), each with this configuration; see [`key`](super::key). The layer's circuits are then
-    /// read and steered through [`CircuitBreakerLayer::circuits`].
+    /// host, [`UpstreamHost`](crate::key::UpstreamHost)), each with this configuration: any
+    /// extractor from [`crate::key`]; see [per-key circuits](super::key). The layer's circuits are
+    /// then read and steered through [`CircuitBreakerLayer::circuits`]. A call the extractor finds
+    /// no key for goes straight to the inner service, through no circuit.
     ///
-    /// Keys appear (as text) in logs, hooks, snapshots, refusals and metrics labels.
-    pub fn per_key<X2>(self, key: X2) -> CircuitBreakerBuilder<C, M, F, PerKey<X2>, S>
+    /// Keys appear (as their [`KeyLabel`]) in logs, hooks, snapshots, refusals and metrics labels.
+    pub fn key<X2>(self, key: X2) -> CircuitBreakerBuilder<C, M, F, PerKey<X2>, S>
     where
-        X2: CircuitKey,
-        X2::Key: fmt::Display,
+        X2: KeyExtractor,
+        X2::Key: KeyLabel,
     {
         let (b, classifier, mode, fallback, _, store) = self.split();
         b.join(classifier, mode, fallback, PerKey { extractor: key }, store)
     }
 
-    /// Shares the circuit (or, with [`per_key`](Self::per_key), each key's circuit) with every
+    /// Shares the circuit (or, with [`key`](Self::key), each key's circuit) with every
     /// replica that builds a layer of the same [name](Self::name) on the same store, for example
     /// `.shared(redis.clone())` with a [`RedisBackend`](crate::backend::RedisBackend): replicas
     /// protecting one upstream then open, probe and close it together. Opt-in; see
@@ -388,7 +391,7 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
         self
     }
 
-    /// With [`per_key`](Self::per_key): the most circuits kept at once (default 1,000; rounded up
+    /// With [`key`](Self::key): the most circuits kept at once (default 1,000; rounded up
     /// to a multiple of the map's shard count). When full, a new key replaces a closed circuit not
     /// used lately (see [`key`](super::key)).
     pub fn max_circuits(mut self, max: usize) -> Self {
@@ -631,7 +634,7 @@ impl Settings {
     }
 }
 
-impl<C, M, F> CircuitBreakerBuilder<C, M, F, OneCircuit, NotShared> {
+impl<C, M, F> CircuitBreakerBuilder<C, M, F, GlobalKey, NotShared> {
     /// Checks the configuration and builds the layer.
     ///
     /// # Errors
@@ -658,7 +661,7 @@ impl<C, M, F> CircuitBreakerBuilder<C, M, F, OneCircuit, NotShared> {
 }
 
 #[cfg(feature = "redis")]
-impl<C, M, F, B> CircuitBreakerBuilder<C, M, F, OneCircuit, SharedWith<B>>
+impl<C, M, F, B> CircuitBreakerBuilder<C, M, F, GlobalKey, SharedWith<B>>
 where
     B: super::store::CircuitBackend<()>,
 {
@@ -709,8 +712,8 @@ where
 
 impl<C, M, F, X> CircuitBreakerBuilder<C, M, F, PerKey<X>, NotShared>
 where
-    X: CircuitKey,
-    X::Key: fmt::Display,
+    X: KeyExtractor,
+    X::Key: KeyLabel,
 {
     /// Checks the configuration and builds the layer.
     ///
@@ -744,8 +747,8 @@ where
 #[cfg(feature = "redis")]
 impl<C, M, F, X, B> CircuitBreakerBuilder<C, M, F, PerKey<X>, SharedWith<B>>
 where
-    X: CircuitKey,
-    X::Key: fmt::Display,
+    X: KeyExtractor,
+    X::Key: KeyLabel,
     B: super::store::CircuitBackend<X::Key>,
 {
     /// Checks the configuration and builds the layer, whose per-key circuits are shared through
@@ -809,6 +812,6 @@ impl Settings {
 }
 
 /// A key as text, for logs and labels.
-fn label<K: fmt::Display>(key: &K) -> Arc<str> {
-    Arc::from(key.to_string())
+fn label<K: KeyLabel>(key: &K) -> Arc<str> {
+    key.label()
 }

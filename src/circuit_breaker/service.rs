@@ -8,9 +8,9 @@ use super::classify::Classify;
 use super::error::CircuitOpen;
 use super::fallback::{Fallback, NoFallback};
 use super::future::{Held, OwnRef, ResponseFuture};
-use super::key::{CircuitKey, ExtractCircuitKey, OneCircuit};
 use super::layer::{Circuits, Shared};
 use super::state::Breaker;
+use crate::key::{ExtractKey, GlobalKey, KeyExtractor};
 use crate::rejection::RejectionMode;
 
 /// Guards calls to an upstream with a circuit; made by
@@ -24,9 +24,9 @@ use crate::rejection::RejectionMode;
 /// replica that has not yet asked the shared store for probe permits waits briefly for that
 /// answer before it is admitted or refused. The readied inner service moves into the response
 /// future for that wait (a clone takes its place), hence `S: Clone`.
-pub struct CircuitBreaker<S, C, M, F = NoFallback, X = OneCircuit>
+pub struct CircuitBreaker<S, C, M, F = NoFallback, X = GlobalKey>
 where
-    X: CircuitKey,
+    X: KeyExtractor,
 {
     inner: S,
     shared: Arc<Shared<C, M, F, X>>,
@@ -35,7 +35,7 @@ where
     one: Option<Arc<OwnRef>>,
 }
 
-impl<S, C, M, F, X: CircuitKey> CircuitBreaker<S, C, M, F, X> {
+impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C, M, F, X>>) -> Self {
         let one = match &shared.circuits {
             Circuits::One(breaker) => Some(Arc::new(OwnRef(Arc::clone(breaker)))),
@@ -60,7 +60,7 @@ impl<S, C, M, F, X: CircuitKey> CircuitBreaker<S, C, M, F, X> {
     }
 }
 
-impl<S: Clone, C, M, F, X: CircuitKey> Clone for CircuitBreaker<S, C, M, F, X> {
+impl<S: Clone, C, M, F, X: KeyExtractor> Clone for CircuitBreaker<S, C, M, F, X> {
     /// Clones share the circuit. There is no per-instance readiness to reset: permits are taken in
     /// `call`.
     fn clone(&self) -> Self {
@@ -68,7 +68,7 @@ impl<S: Clone, C, M, F, X: CircuitKey> Clone for CircuitBreaker<S, C, M, F, X> {
     }
 }
 
-impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: CircuitKey + fmt::Debug>
+impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: KeyExtractor + fmt::Debug>
     fmt::Debug for CircuitBreaker<S, C, M, F, X>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,7 +86,7 @@ impl<S: fmt::Debug, C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: CircuitKey +
 impl<S, Req, C, M, F, X> Service<Req> for CircuitBreaker<S, C, M, F, X>
 where
     S: Service<Req> + Clone,
-    X: ExtractCircuitKey<Req>,
+    X: ExtractKey<Req>,
     C: Classify<S::Response, S::Error>,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
@@ -106,7 +106,17 @@ where
         // reference cloned only for a call that goes through.
         let keyed = match (&self.one, &shared.circuits) {
             (Some(_), _) => None,
-            (None, Circuits::PerKey(map)) => Some(map.get_or_insert(&shared.key.extract(&req))),
+            (None, Circuits::PerKey(map)) => match shared.key.extract(&req) {
+                Ok(key) => Some(map.get_or_insert(&key)),
+                Err(missing) => {
+                    // No key, no circuit to attribute the call to: straight through, unrecorded.
+                    tracing::debug!(
+                        reason = missing.reason(),
+                        "call passed through: no circuit key"
+                    );
+                    return ResponseFuture::passed(self.inner.call(req));
+                }
+            },
             (None, Circuits::One(breaker)) => Some(Arc::clone(breaker)),
         };
         let breaker: &Breaker = match (&self.one, &keyed) {

@@ -15,7 +15,7 @@
 //! ```
 //! use std::net::SocketAddr;
 //! use tower::{Layer, Service, ServiceExt, service_fn};
-//! use tower_rampart::http::PeerIp;
+//! use tower_rampart::key::PeerIp;
 //! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -1,11 +1,13 @@
-//! HTTP glue: client-IP and header key extractors, the HTTP rejection mode, and the rate limit
-//! header fields.
+//! HTTP glue: the HTTP rejection mode and the rate limit header fields. (The HTTP key extractors,
+//! [`PeerIp`](crate::key::PeerIp), [`ClientIp`](crate::key::ClientIp) and
+//! [`HeaderKey`](crate::key::HeaderKey), are in [`crate::key`].)
 //!
 //! # Example: behind a reverse proxy, answering with the service's own 429 body
 //!
 //! ```
 //! use axum::{Router, routing::post};
-//! use tower_rampart::http::{AsHttp, ClientIp, ForwardedHeader};
+//! use tower_rampart::http::AsHttp;
+//! use tower_rampart::key::{ClientIp, ForwardedHeader};
 //! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 //! use tower_rampart::rejection::RejectionKind;
 //!
@@ -25,8 +27,6 @@
 //! ```
 
 pub(crate) mod headers;
-#[cfg(feature = "rate-limit")]
-mod key;
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,8 +36,6 @@ use bytes::Bytes;
 pub use self::headers::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
-#[cfg(feature = "rate-limit")]
-pub use self::key::{ClientIp, ForwardedHeader, HeaderKey, PeerIp};
 use crate::rejection::{Rejection, RejectionMode, push_json_string};
 
 type BodyFn = dyn Fn(&dyn Rejection) -> String + Send + Sync;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::Decision;
-use super::key::KeyError;
+use crate::key::KeyError;
 use crate::rejection::{Rejection, RejectionKind};
 
 /// The request was refused because its key is over quota.

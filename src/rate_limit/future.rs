@@ -12,10 +12,10 @@ use tower_service::Service;
 
 use super::Decision;
 use super::error::Policy;
-use super::key::KeyExtractor;
 use super::layer::Shared;
 use super::store::{Check, RateLimitStore};
 use crate::backend::BackendError;
+use crate::key::KeyExtractor;
 use crate::rejection::RejectionMode;
 
 pin_project! {

@@ -5,11 +5,12 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::error::Policy;
-use super::key::{GlobalKey, KeyExtractor, MissingKey};
+use super::key::MissingKey;
 use super::quota::{Algorithm, Quota};
 use super::service::RateLimit;
 use super::store::{RateLimitBackend, StoreSpec};
 use crate::error::ConfigError;
+use crate::key::{GlobalKey, KeyExtractor};
 use crate::rejection::AsError;
 use crate::throttle::LogThrottle;
 
@@ -131,15 +132,15 @@ impl RateLimitLayer<GlobalKey, crate::backend::memory::MemoryRateLimitStore<()>,
 #[cfg(all(feature = "memory", feature = "http"))]
 impl
     RateLimitLayer<
-        crate::http::PeerIp,
+        crate::key::PeerIp,
         crate::backend::memory::MemoryRateLimitStore<std::net::IpAddr>,
         crate::http::AsHttp,
     >
 {
-    /// A limit per client IP address (the TCP peer; see [`PeerIp`](crate::http::PeerIp)), in
+    /// A limit per client IP address (the TCP peer; see [`PeerIp`](crate::key::PeerIp)), in
     /// memory, answering refusals with HTTP 429 responses. Ready for axum's `Router::layer`.
     ///
-    /// Behind a reverse proxy, use [`ClientIp`](crate::http::ClientIp) through the builder instead.
+    /// Behind a reverse proxy, use [`ClientIp`](crate::key::ClientIp) through the builder instead.
     ///
     /// # Panics
     ///
@@ -147,7 +148,7 @@ impl
     pub fn per_ip(quota: Quota) -> Self {
         match RateLimitLayer::builder()
             .quota(quota)
-            .key(crate::http::PeerIp::new())
+            .key(crate::key::PeerIp::new())
             .http()
             .build()
         {
@@ -188,7 +189,9 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
         self
     }
 
-    /// What requests are counted against (default: one global bucket).
+    /// What requests are counted against (default: one global bucket, [`GlobalKey`]): any
+    /// extractor from [`crate::key`]. A request it finds no key for follows
+    /// [`on_missing_key`](Self::on_missing_key).
     pub fn key<X2: KeyExtractor>(self, key: X2) -> RateLimitBuilder<X2, B, M> {
         RateLimitBuilder {
             quota: self.quota,

@@ -2,10 +2,11 @@
 //!
 //! - A [`Quota`] says how many requests per period; an [`Algorithm`] how they are counted
 //!   (GCRA by default: exact, smooth, one atomic word per key).
-//! - A key extractor says what the quota applies to: the whole service ([`GlobalKey`], the
-//!   default), the client IP ([`PeerIp`](crate::http::PeerIp), or
-//!   [`ClientIp`](crate::http::ClientIp) behind trusted proxies), a header, or a closure
-//!   ([`key::key_fn`]).
+//! - A [key extractor](crate::key) says what the quota applies to: the whole service
+//!   ([`GlobalKey`](crate::key::GlobalKey), the default), the client IP
+//!   ([`PeerIp`](crate::key::PeerIp), or [`ClientIp`](crate::key::ClientIp) behind trusted
+//!   proxies), a header ([`HeaderKey`](crate::key::HeaderKey)), or a closure
+//!   ([`key_fn`](crate::key::key_fn)). A request with no key follows [`MissingKey`].
 //! - A backend keeps the counts: in memory by default (bounded; idle keys are dropped by
 //!   themselves), Redis for many replicas.
 //! - A [rejection mode](crate::rejection) says how a refusal reaches the caller: `Err(BoxError)`
@@ -64,7 +65,7 @@ mod service;
 mod store;
 
 pub use self::algorithm::Decision;
-pub use self::key::{ExtractKey, GlobalKey, KeyExtractor, MissingKey};
+pub use self::key::MissingKey;
 pub use self::layer::{NoBackend, RateLimitBuilder, RateLimitLayer};
 pub use self::quota::{Algorithm, MAX_PERIOD, Quota};
 pub use self::service::RateLimit;

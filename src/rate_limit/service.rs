@@ -12,10 +12,11 @@ use tower_service::Service;
 use super::Decision;
 use super::error::{KeyMissing, Policy, RateLimited};
 use super::future::ResponseFuture;
-use super::key::{ExtractKey, KeyExtractor, MissingKey};
+use super::key::MissingKey;
 use super::layer::Shared;
 use super::store::{Check, RateLimitStore};
 use crate::backend::{BackendError, BackendUnavailable};
+use crate::key::{ExtractKey, KeyExtractor};
 use crate::rejection::RejectionMode;
 
 /// Applies a rate limit to requests; made by [`RateLimitLayer`](super::RateLimitLayer).

@@ -1,16 +1,16 @@
 //! The clone mode on paused time: TTL, stale-while-revalidate (stale served at once, exactly one
-//! background refresh), stale-if-error, the predicate, requests without a key, and configuration
-//! errors.
+//! background refresh), stale-if-error, the predicate, requests without a key, the crate's HTTP
+//! extractors (`PeerIp`) as cache keys, and configuration errors.
 
 use std::time::Duration;
 
 use tower::Layer;
-use tower_rampart::cache::key::{SingleKey, key_fn};
 use tower_rampart::cache::{CacheLayer, CacheStatus};
+use tower_rampart::key::{GlobalKey, key_fn};
 
 use crate::{Upstream, call};
 
-fn by_request() -> impl tower_rampart::cache::ExtractKey<String> + Clone {
+fn by_request() -> impl tower_rampart::key::ExtractKey<String, Key = String> + Clone {
     key_fn(|req: &String| Some(req.clone()))
 }
 
@@ -175,7 +175,7 @@ async fn single_key_caches_one_answer_for_everything() {
     let up = Upstream::default();
     let layer = CacheLayer::builder()
         .ttl(Duration::from_secs(10))
-        .key(SingleKey)
+        .key(GlobalKey)
         .build()
         .unwrap();
     let mut svc = layer.layer(up.service());
@@ -255,7 +255,7 @@ async fn a_fill_running_during_an_invalidation_is_not_stored() {
 #[test]
 fn invalid_configuration_is_refused_at_build_time() {
     let err = CacheLayer::builder()
-        .key(SingleKey)
+        .key(GlobalKey)
         .build::<String>()
         .unwrap_err();
     assert_eq!(err.setting(), "ttl");
@@ -265,7 +265,7 @@ fn invalid_configuration_is_refused_at_build_time() {
     );
     let err = CacheLayer::builder()
         .ttl(Duration::ZERO)
-        .key(SingleKey)
+        .key(GlobalKey)
         .build::<String>()
         .unwrap_err();
     assert_eq!(err.setting(), "ttl");
@@ -277,14 +277,14 @@ fn invalid_configuration_is_refused_at_build_time() {
     assert!(err.to_string().contains("key_fn"), "{err}");
     let err = CacheLayer::builder()
         .ttl(Duration::from_secs(1))
-        .key(SingleKey)
+        .key(GlobalKey)
         .max_bytes(0)
         .build::<String>()
         .unwrap_err();
     assert_eq!(err.setting(), "max_bytes");
     let err = CacheLayer::builder()
         .ttl(Duration::from_secs(1))
-        .key(SingleKey)
+        .key(GlobalKey)
         .name("has space")
         .build::<String>()
         .unwrap_err();
@@ -302,4 +302,47 @@ fn invalid_configuration_is_refused_at_build_time() {
         "{err}"
     );
     assert_eq!(CacheStatus::Stale.to_string(), "STALE");
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_ip_keys_an_entry_per_client_and_a_request_without_a_peer_is_not_cached() {
+    // #15: the rate limiter's `PeerIp` keys the cache too.
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .key(tower_rampart::key::PeerIp::new())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let inner = up.service();
+    let mut svc = layer.layer(
+        tower::ServiceBuilder::new()
+            .map_request(|req: http::Request<()>| req.uri().path().to_owned())
+            .service(inner),
+    );
+    let mut get = async |peer: Option<&str>, path: &str| {
+        let mut req = http::Request::get(path).body(()).unwrap();
+        if let Some(peer) = peer {
+            req.extensions_mut()
+                .insert(peer.parse::<std::net::SocketAddr>().unwrap());
+        }
+        use tower::{Service, ServiceExt};
+        svc.ready().await.unwrap().call(req).await.unwrap()
+    };
+    assert_eq!(get(Some("203.0.113.9:4000"), "/a").await, "/a#1");
+    assert_eq!(
+        get(Some("203.0.113.9:4001"), "/b").await,
+        "/a#1",
+        "one entry per client"
+    );
+    assert_eq!(
+        get(Some("198.51.100.7:4000"), "/c").await,
+        "/c#2",
+        "another client"
+    );
+    assert_eq!(get(None, "/d").await, "/d#3", "no peer: not cached");
+    assert_eq!(get(None, "/d").await, "/d#4");
+    // The entry's key is the address as text.
+    handle.invalidate("203.0.113.9").await.unwrap();
+    assert_eq!(get(Some("203.0.113.9:4000"), "/e").await, "/e#5");
 }

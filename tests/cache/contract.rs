@@ -9,13 +9,14 @@ use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::BoxError;
 use tower_rampart::backend::memory::MemoryCacheStore;
-use tower_rampart::cache::key::{KeyFn, key_fn};
 use tower_rampart::cache::{
     Cache, CacheBody, CacheHandle, CacheKey, CacheLayer, CachedResponse, Cloned, HttpKey, HttpMode,
     Invalidation,
 };
+use tower_rampart::key::{KeyFnPtr, key_fn};
 
-type ByRequest = KeyFn<fn(&String) -> Option<String>, String>;
+/// A layer keyed by a plain `fn` has a type that can be written down, so a function returns it.
+type ByRequest = KeyFnPtr<String, String>;
 
 fn layer() -> CacheLayer<ByRequest, MemoryCacheStore<String>> {
     CacheLayer::builder()

@@ -13,7 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::cache::CacheLayer;
-use tower_rampart::cache::key::key_fn;
+use tower_rampart::key::key_fn;
 
 #[tokio::test]
 async fn tonic_unary_calls_are_cached_and_coalesced() {

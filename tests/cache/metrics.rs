@@ -7,7 +7,7 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::Layer;
 use tower_rampart::cache::CacheLayer;
-use tower_rampart::cache::key::key_fn;
+use tower_rampart::key::key_fn;
 
 use crate::{Upstream, call};
 

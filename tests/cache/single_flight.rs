@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::cache::CacheLayer;
-use tower_rampart::cache::key::key_fn;
+use tower_rampart::key::key_fn;
 
 use crate::{Upstream, call};
 

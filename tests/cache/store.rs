@@ -15,11 +15,11 @@ use tower::{Layer, Service, ServiceExt};
 use tower_rampart::backend::memory::MemoryCacheStore;
 use tower_rampart::backend::{BackendError, MemoryBackend};
 use tower_rampart::cache::entry::{Freshness, Lifetimes, Timing};
-use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{
     CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheStore, CachedResponse, FillLock, Found,
     LockMode, StoreOp, StoreSpec,
 };
+use tower_rampart::key::key_fn;
 
 use crate::{Upstream, call};
 

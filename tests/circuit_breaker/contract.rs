@@ -67,9 +67,7 @@ fn layers_services_handles_and_futures_are_send_sync_static() {
         >,
     >();
     send_sync_static::<CircuitHandle>();
-    type Keyed = tower_rampart::circuit_breaker::key::PerKey<
-        tower_rampart::circuit_breaker::key::UpstreamHost,
-    >;
+    type Keyed = tower_rampart::circuit_breaker::key::PerKey<tower_rampart::key::UpstreamHost>;
     send_sync_static::<CircuitBreakerLayer<HttpClassifier, AsHttp, NoFallback, Keyed>>();
     send_sync_static::<
         CircuitBreaker<

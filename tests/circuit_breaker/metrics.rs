@@ -32,9 +32,9 @@ fn transitions_refusals_and_failures_are_measured() {
         let keyed = CircuitBreakerLayer::builder()
             .name("payments")
             .consecutive_failures(1)
-            .per_key(tower_rampart::circuit_breaker::key::key_fn(
-                |host: &&'static str| *host,
-            ))
+            .key(tower_rampart::key::key_fn(|host: &&'static str| {
+                Some(*host)
+            }))
             .build()
             .unwrap();
         let mut svc = keyed.layer(tower::service_fn(|_: &'static str| async {

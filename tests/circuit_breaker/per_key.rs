@@ -1,5 +1,7 @@
 //! Per-key circuits: independent circuits per key, a bounded map that keeps open circuits over idle
-//! closed ones, keys in refusals, hooks and snapshots, and `UpstreamHost` for HTTP clients.
+//! closed ones, keys in refusals, hooks and snapshots, `UpstreamHost` for HTTP clients, the
+//! crate's other extractors (`PeerIp`, `HeaderKey`), calls with no key, and a keyed layer named
+//! by its type (#15).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,8 +9,8 @@ use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::BoxError;
 use tower_rampart::circuit_breaker::error::CircuitOpen;
-use tower_rampart::circuit_breaker::key::{UpstreamHost, key_fn};
 use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+use tower_rampart::key::{UpstreamHost, key_fn};
 
 /// An upstream that fails for hosts whose name starts with "down".
 fn hosts() -> impl Service<String, Response = String, Error = BoxError, Future: Send> + Clone {
@@ -36,7 +38,7 @@ async fn each_key_has_its_own_circuit_and_refusals_say_which() {
                     .push((t.key().map(str::to_owned), t.to()))
             }
         })
-        .per_key(key_fn(|host: &String| host.clone()))
+        .key(key_fn(|host: &String| Some(host.clone())))
         .build()
         .unwrap();
     let circuits = layer.circuits();
@@ -107,7 +109,7 @@ async fn a_full_map_evicts_idle_closed_circuits_and_keeps_open_ones() {
     let layer = CircuitBreakerLayer::builder()
         .consecutive_failures(1)
         .wait_duration(Duration::from_secs(60))
-        .per_key(key_fn(|host: &String| host.clone()))
+        .key(key_fn(|host: &String| Some(host.clone())))
         .max_circuits(16)
         .build()
         .unwrap();
@@ -151,7 +153,7 @@ async fn a_full_map_evicts_idle_closed_circuits_and_keeps_open_ones() {
 #[tokio::test(start_paused = true)]
 async fn a_key_can_be_forced_open_before_any_call() {
     let layer = CircuitBreakerLayer::builder()
-        .per_key(key_fn(|host: &String| host.clone()))
+        .key(key_fn(|host: &String| Some(host.clone())))
         .build()
         .unwrap();
     let circuits = layer.circuits();
@@ -180,7 +182,7 @@ async fn a_key_can_be_forced_open_before_any_call() {
 async fn upstream_host_gives_http_clients_a_circuit_per_host_answering_503() {
     let layer = CircuitBreakerLayer::builder()
         .consecutive_failures(2)
-        .per_key(UpstreamHost)
+        .key(UpstreamHost)
         .http()
         .build()
         .unwrap();
@@ -213,7 +215,7 @@ async fn upstream_host_gives_http_clients_a_circuit_per_host_answering_503() {
 fn max_circuits_must_be_sensible() {
     for bad in [0, 1_000_001] {
         let err = CircuitBreakerLayer::builder()
-            .per_key(key_fn(|n: &u32| *n))
+            .key(key_fn(|n: &u32| Some(*n)))
             .max_circuits(bad)
             .build()
             .unwrap_err();
@@ -222,5 +224,168 @@ fn max_circuits_must_be_sensible() {
             err.to_string(),
             format!("invalid max_circuits: must be from 1 to 1000000 (got {bad})")
         );
+    }
+}
+
+/// An HTTP upstream that fails for the peer 203.0.113.66, counting the calls it gets.
+fn by_peer(
+    calls: Arc<Mutex<u32>>,
+) -> impl Service<
+    http::Request<()>,
+    Response = http::Response<bytes::Bytes>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone {
+    tower::service_fn(move |req: http::Request<()>| {
+        *calls.lock().unwrap() += 1;
+        let bad = req
+            .extensions()
+            .get::<std::net::SocketAddr>()
+            .is_some_and(|a| a.ip().to_string() == "203.0.113.66");
+        let mut res = http::Response::new(bytes::Bytes::new());
+        *res.status_mut() = http::StatusCode::from_u16(if bad { 500 } else { 200 }).unwrap();
+        async move { Ok::<_, std::convert::Infallible>(res) }
+    })
+}
+
+fn from_peer(peer: Option<&str>) -> http::Request<()> {
+    let mut req = http::Request::get("/x").body(()).unwrap();
+    if let Some(peer) = peer {
+        req.extensions_mut()
+            .insert(peer.parse::<std::net::SocketAddr>().unwrap());
+    }
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_ip_keys_a_circuit_per_client_and_a_call_without_a_peer_goes_through_no_circuit() {
+    // #15: the rate limiter's `PeerIp` keys the breaker too.
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(2)
+        .key(tower_rampart::key::PeerIp::new())
+        .http()
+        .build()
+        .unwrap();
+    let circuits = layer.circuits();
+    let calls = Arc::new(Mutex::new(0));
+    let mut svc = layer.layer(by_peer(Arc::clone(&calls)));
+    let mut get = async |peer: Option<&str>| {
+        let res = svc.ready().await.unwrap().call(from_peer(peer)).await;
+        res.unwrap().status()
+    };
+    assert_eq!(get(Some("203.0.113.66:4000")).await, 500);
+    assert_eq!(get(Some("203.0.113.66:4001")).await, 500);
+    assert_eq!(get(Some("203.0.113.66:4002")).await, 503, "open");
+    assert_eq!(get(Some("198.51.100.1:4000")).await, 200, "another client");
+    let bad: std::net::IpAddr = "203.0.113.66".parse().unwrap();
+    assert_eq!(circuits.get(&bad).unwrap().state(), CircuitState::Open);
+    assert_eq!(*calls.lock().unwrap(), 3);
+
+    // No peer address: no circuit, straight to the upstream, nothing recorded.
+    assert_eq!(get(None).await, 200);
+    assert_eq!(*calls.lock().unwrap(), 4);
+    assert_eq!(circuits.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_function_returning_none_passes_the_call_through_unrecorded() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .key(key_fn(|host: &String| {
+            (!host.starts_with("down.anonymous")).then(|| host.clone())
+        }))
+        .build()
+        .unwrap();
+    let circuits = layer.circuits();
+    let mut svc = layer.layer(hosts());
+    for _ in 0..3 {
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call("down.anonymous".into())
+            .await
+            .unwrap_err();
+        assert!(!err.is::<CircuitOpen>(), "never refused: no circuit");
+    }
+    assert_eq!(circuits.len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_key_labels_circuits_without_the_header_value() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .key(tower_rampart::key::HeaderKey::new("x-api-key"))
+        .http()
+        .build()
+        .unwrap();
+    let circuits = layer.circuits();
+    let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        let mut res = http::Response::new(bytes::Bytes::new());
+        *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        Ok::<_, std::convert::Infallible>(res)
+    }));
+    let req = || {
+        http::Request::get("/x")
+            .header("x-api-key", "secret-key")
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req())
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req())
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let key = http::HeaderValue::from_static("secret-key");
+    let circuit = circuits.get(&key).unwrap();
+    let label = circuit.key().unwrap();
+    assert!(
+        label.starts_with("h:") && !label.contains("secret"),
+        "{label}"
+    );
+}
+
+mod named {
+    //! A layer keyed by a plain `fn` has a type that can be written down (#15).
+    use tower_rampart::circuit_breaker::CircuitBreakerLayer;
+    use tower_rampart::circuit_breaker::classify::ErrorsAreFailures;
+    use tower_rampart::circuit_breaker::fallback::NoFallback;
+    use tower_rampart::circuit_breaker::key::PerKey;
+    use tower_rampart::key::{KeyFn, KeyFnPtr};
+    use tower_rampart::rejection::AsError;
+
+    type PerHost = CircuitBreakerLayer<
+        ErrorsAreFailures,
+        AsError,
+        NoFallback,
+        PerKey<KeyFnPtr<String, String>>,
+    >;
+
+    fn per_host() -> PerHost {
+        CircuitBreakerLayer::builder()
+            .key(KeyFn::from_fn(|host: &String| Some(host.clone())))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_layer_keyed_by_a_fn_can_be_returned_from_a_function() {
+        let layer: PerHost = per_host();
+        assert_eq!(layer.circuits().len(), 0);
     }
 }

@@ -15,7 +15,7 @@ fn store(quota: Quota, algorithm: Algorithm, clock: &ManualClock) -> impl Fn(&u8
     let layer = RateLimitLayer::builder()
         .quota(quota)
         .algorithm(algorithm)
-        .key(tower_rampart::rate_limit::key::key_fn(|k: &u8| Some(*k)))
+        .key(tower_rampart::key::key_fn(|k: &u8| Some(*k)))
         .backend(MemoryBackend::new().clock(clock.clone()))
         .build()
         .unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tower_rampart::backend::MemoryBackend;
-use tower_rampart::http::{ClientIp, HeaderKey, PeerIp};
+use tower_rampart::key::{ClientIp, HeaderKey, PeerIp};
 use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
 
 fn build_err(b: impl FnOnce() -> Result<(), tower_rampart::ConfigError>) -> String {

@@ -14,7 +14,8 @@ use tower::{Layer, Service, ServiceExt};
 use tower_rampart::BoxError;
 use tower_rampart::backend::memory::MemoryRateLimitStore;
 use tower_rampart::backend::{BackendError, BackendUnavailable};
-use tower_rampart::http::{AsHttp, PeerIp};
+use tower_rampart::http::AsHttp;
+use tower_rampart::key::PeerIp;
 use tower_rampart::rate_limit::error::RateLimited;
 use tower_rampart::rate_limit::{
     Check, Decision, Quota, RateLimit, RateLimitBackend, RateLimitLayer, RateLimitStore, StoreSpec,
@@ -63,7 +64,7 @@ async fn inner_poll_ready_errors_pass_through() {
 
 fn waiting_layer(
     limit: u32,
-) -> RateLimitLayer<tower_rampart::rate_limit::GlobalKey, MemoryRateLimitStore<()>> {
+) -> RateLimitLayer<tower_rampart::key::GlobalKey, MemoryRateLimitStore<()>> {
     RateLimitLayer::builder()
         .quota(Quota::per_hour(limit))
         .wait_up_to(Duration::from_millis(10))
@@ -221,7 +222,7 @@ async fn waiting_mode_on_an_io_backend_waits_then_calls() {
     };
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_second(2))
-        .key(tower_rampart::rate_limit::key::key_fn(|_: &u32| Some(())))
+        .key(tower_rampart::key::key_fn(|_: &u32| Some(())))
         .backend(backend.clone())
         .wait_up_to(Duration::from_millis(2500))
         .build()
@@ -242,9 +243,7 @@ fn layers_services_and_futures_are_send_sync_static() {
     type HttpLayer = RateLimitLayer<PeerIp, MemoryRateLimitStore<IpAddr>, AsHttp>;
     send_sync_static::<HttpLayer>();
     send_sync_static::<RateLimit<Counting, PeerIp, MemoryRateLimitStore<IpAddr>, AsHttp>>();
-    send_sync_static::<
-        RateLimitLayer<tower_rampart::rate_limit::GlobalKey, MemoryRateLimitStore<()>>,
-    >();
+    send_sync_static::<RateLimitLayer<tower_rampart::key::GlobalKey, MemoryRateLimitStore<()>>>();
     send_sync_static::<RateLimited>();
     send_sync_static::<BackendUnavailable>();
 
@@ -268,4 +267,56 @@ fn refusals_are_ready_at_once_without_polling_the_inner_service() {
     let out = assert_ready!(second.poll());
     assert!(out.unwrap_err().is::<RateLimited>());
     assert_eq!(inner.calls(), 1);
+}
+
+/// A job with a tenant, for the named layer below.
+struct Job {
+    tenant: u64,
+}
+
+/// A layer keyed by a plain `fn` has a type that can be written down, so a function can return
+/// it and a struct can hold it (#15).
+fn per_tenant(
+    limit: u32,
+) -> RateLimitLayer<tower_rampart::key::KeyFnPtr<Job, u64>, MemoryRateLimitStore<u64>> {
+    RateLimitLayer::builder()
+        .quota(Quota::per_hour(limit))
+        .key(tower_rampart::key::KeyFn::from_fn(|job: &Job| {
+            Some(job.tenant)
+        }))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_keyed_by_a_fn_is_nameable_and_limits_per_key() {
+    let mut svc = per_tenant(1).layer(tower::service_fn(|job: Job| async move {
+        Ok::<_, BoxError>(job.tenant)
+    }));
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job { tenant: 1 })
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job { tenant: 2 })
+            .await
+            .unwrap(),
+        2
+    );
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Job { tenant: 1 })
+        .await
+        .unwrap_err();
+    assert!(err.is::<RateLimited>());
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic_types::StatusExt;
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::grpc::{GRPC_RETRY_PUSHBACK_MS, status_from_error};
-use tower_rampart::http::PeerIp;
+use tower_rampart::key::PeerIp;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 fn request(peer: &str) -> http::Request<()> {

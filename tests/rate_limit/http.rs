@@ -3,7 +3,8 @@
 use axum::Router;
 use axum::routing::{get, post};
 use http::StatusCode;
-use tower_rampart::http::{AsHttp, ClientIp};
+use tower_rampart::http::AsHttp;
+use tower_rampart::key::ClientIp;
 use tower_rampart::rate_limit::{MissingKey, Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
@@ -138,7 +139,7 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
 async fn the_application_chooses_the_refusal_body() {
     let limit = RateLimitLayer::builder()
         .quota(Quota::per_minute(1))
-        .key(tower_rampart::http::PeerIp::new())
+        .key(tower_rampart::key::PeerIp::new())
         .rejection(AsHttp::new().json_body(|r| match r.kind() {
             RejectionKind::RateLimited => r#"{"detail":"Too many requests"}"#.to_owned(),
             other => format!(r#"{{"detail":"{other}"}}"#),
@@ -177,7 +178,7 @@ async fn without_connect_info_requests_are_refused_with_a_fix_unless_allowed() {
 
     let limit = RateLimitLayer::builder()
         .quota(Quota::per_minute(1))
-        .key(tower_rampart::http::PeerIp::new())
+        .key(tower_rampart::key::PeerIp::new())
         .on_missing_key(MissingKey::Allow)
         .http()
         .build()

@@ -5,7 +5,7 @@ use std::task::{Context, Poll, Waker};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::{Layer, Service};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::support::Counting;

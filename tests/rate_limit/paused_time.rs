@@ -146,7 +146,7 @@ async fn waiting_mode_with_a_global_key_waits_in_poll_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn waiting_mode_with_request_keys_waits_in_the_response_future() {
-    use tower_rampart::rate_limit::key::key_fn;
+    use tower_rampart::key::key_fn;
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_second(1).burst(1))
         .key(key_fn(|n: &u32| Some(*n)))

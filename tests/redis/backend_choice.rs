@@ -2,7 +2,7 @@
 //! backend chosen (#15).
 
 use tower_rampart::backend::{Backend, EitherStore, RedisBackend};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::{KeyFnPtr, key_fn};
 use tower_rampart::rate_limit::{Quota, RateLimitBackend, RateLimitLayer};
 
 use crate::common::redis::RedisServer;
@@ -10,10 +10,7 @@ use crate::support::{connect, decide, unique_prefix};
 
 /// One function, one return type, whichever backend it is given: what an app that reads
 /// `REDIS_URL` at start-up needs.
-type Limiter = RateLimitLayer<
-    tower_rampart::rate_limit::key::KeyFn<fn(&u32) -> Option<u32>, u32>,
-    <Backend as RateLimitBackend<u32>>::Store,
->;
+type Limiter = RateLimitLayer<KeyFnPtr<u32, u32>, <Backend as RateLimitBackend<u32>>::Store>;
 
 fn limiter(backend: Backend) -> Limiter {
     RateLimitLayer::builder()

@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_rampart::backend::{MemoryBackend, RedisBackend};
 use tower_rampart::clock::{Clock, ManualClock};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Decision, Quota, RateLimitBackend, RateLimitLayer};
 
 use crate::common::redis::{RedisCluster, RedisServer};

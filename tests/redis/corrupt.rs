@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower_rampart::backend::{FailurePolicy, RedisBackend};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
 
 use crate::common::redis::RedisServer;

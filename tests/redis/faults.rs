@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_rampart::BoxError;
 use tower_rampart::backend::{BackendUnavailable, FailurePolicy, RedisBackend};
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::error::RateLimited;
-use tower_rampart::rate_limit::key::key_fn;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer, RateLimitStore};
 
 use crate::common::redis::{RedisServer, command_at};

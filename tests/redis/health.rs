@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_rampart::backend::{FailurePolicy, RedisBackend};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::common::redis::RedisServer;

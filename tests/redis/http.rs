@@ -8,7 +8,7 @@ use axum::Router;
 use axum::routing::post;
 use http::StatusCode;
 use tower_rampart::backend::{FailurePolicy, RedisBackend};
-use tower_rampart::http::PeerIp;
+use tower_rampart::key::PeerIp;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::common::http::serve;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tower_rampart::backend::redis::{DEFAULT_LIVENESS_TIMEOUT, RedisRateLimitStore};
 use tower_rampart::backend::{BackendError, FailurePolicy, RedisBackend};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Decision, Quota, RateLimitLayer};
 
 use crate::common::fault_proxy::FaultProxy;

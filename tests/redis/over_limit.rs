@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
 
 use crate::common::redis::RedisServer;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tower_rampart::backend::redis::RedisRateLimitStore;
 use tower_rampart::backend::{BackendError, FailurePolicy, RedisBackend};
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Decision, Quota, RateLimitLayer};
 
 use crate::common::redis::{RedisCluster, RedisServer};

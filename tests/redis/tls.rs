@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use tower_rampart::backend::RedisBackend;
-use tower_rampart::rate_limit::key::key_fn;
+use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::common::redis::{RedisServer, redis_required};

@@ -4,7 +4,8 @@ use std::net::IpAddr;
 
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::{RedisCheck, RedisRateLimitStore};
-use tower_rampart::http::{AsHttp, PeerIp};
+use tower_rampart::http::AsHttp;
+use tower_rampart::key::PeerIp;
 use tower_rampart::rate_limit::{RateLimit, RateLimitLayer};
 
 fn send_sync_static<T: Send + Sync + 'static>() {}

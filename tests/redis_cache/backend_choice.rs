@@ -3,13 +3,13 @@
 
 use tower::Layer;
 use tower_rampart::backend::Backend;
-use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{CacheBackend, CacheLayer};
+use tower_rampart::key::{KeyFnPtr, key_fn};
 
 use crate::common::redis::RedisServer;
 use crate::support::{Svc, Upstream, call, connect, unique_prefix};
 
-type KeyFn = tower_rampart::cache::key::KeyFn<fn(&String) -> Option<String>, String>;
+type KeyFn = KeyFnPtr<String, String>;
 
 /// One function, one type, whichever backend.
 fn cache(backend: Backend) -> CacheLayer<KeyFn, <Backend as CacheBackend<String>>::Store> {

@@ -12,12 +12,12 @@ use tower::Layer;
 use tower::util::BoxCloneSyncService;
 use tower_rampart::backend::redis::RedisCacheStore;
 use tower_rampart::backend::{BackendError, RedisBackend};
-use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{
     CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheStore, FillLock, Found, LockMode, StoreOp,
     StoreSpec,
 };
 use tower_rampart::clock::ManualClock;
+use tower_rampart::key::key_fn;
 
 use crate::common::redis::RedisServer;
 use crate::support::{Config, Upstream, call, connect, replica, unique_prefix, until_stored};

@@ -9,8 +9,8 @@ use tower::{Layer, Service, ServiceExt};
 use tower_rampart::BoxError;
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::RedisCacheStore;
-use tower_rampart::cache::key::key_fn;
 use tower_rampart::cache::{CacheHandle, CacheKey, CacheLayer, CacheStore, StoreOp};
+use tower_rampart::key::key_fn;
 
 /// An upstream answering `"<request>#<call number>"` (so tests can tell which call produced an
 /// answer), after an optional delay (real time), or failing.

@@ -9,12 +9,13 @@ use tower_rampart::BoxError;
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::{RedisCircuitStore, RedisSync};
 use tower_rampart::circuit_breaker::error::CircuitOpen;
-use tower_rampart::circuit_breaker::key::{PerKey, UpstreamHost};
+use tower_rampart::circuit_breaker::key::PerKey;
 use tower_rampart::circuit_breaker::store::{CircuitBackend, CircuitStore, SharedWith};
 use tower_rampart::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerLayer, CircuitState,
 };
 use tower_rampart::clock::ManualClock;
+use tower_rampart::key::UpstreamHost;
 
 use crate::common::redis::RedisServer;
 use crate::support::{connect, unique_prefix, within};
@@ -91,7 +92,7 @@ fn shared_types_are_send_sync_static() {
             tower_rampart::circuit_breaker::classify::ErrorsAreFailures,
             tower_rampart::rejection::AsError,
             tower_rampart::circuit_breaker::fallback::NoFallback,
-            tower_rampart::circuit_breaker::key::OneCircuit,
+            tower_rampart::key::GlobalKey,
             SharedWith<RedisBackend>,
         >,
     >();
@@ -121,7 +122,7 @@ async fn configuration_errors_name_the_setting() {
         tower_rampart::circuit_breaker::classify::ErrorsAreFailures,
         tower_rampart::rejection::AsError,
         tower_rampart::circuit_breaker::fallback::NoFallback,
-        tower_rampart::circuit_breaker::key::OneCircuit,
+        tower_rampart::key::GlobalKey,
         SharedWith<RedisBackend>,
     >| b.build().map(|_| ()).unwrap_err();
     let e = build(
@@ -160,7 +161,7 @@ async fn configuration_errors_name_the_setting() {
     let e = build(CircuitBreakerLayer::builder().shared(backend.clone().clock(ManualClock::new())));
     assert_eq!(e.setting(), "clock");
     let e = CircuitBreakerLayer::builder()
-        .per_key(UpstreamHost)
+        .key(UpstreamHost)
         .max_circuits(0)
         .shared(backend.clone())
         .build()

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use tower::{Layer, ServiceExt};
 use tower_rampart::BoxError;
 use tower_rampart::backend::RedisBackend;
-use tower_rampart::circuit_breaker::key::key_fn;
 use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+use tower_rampart::key::key_fn;
 
 use crate::common::redis::{RedisCluster, RedisServer};
 use crate::support::{
@@ -149,7 +149,7 @@ async fn per_key_circuits_are_shared_key_by_key(backends: Vec<RedisBackend>) {
                 .name("hosts")
                 .consecutive_failures(2)
                 .wait_duration(Duration::from_secs(30))
-                .per_key(key_fn(|c: &Call| c.host))
+                .key(key_fn(|c: &Call| Some(c.host)))
                 .shared(backend)
                 .sync_interval(INTERVAL)
                 .build()

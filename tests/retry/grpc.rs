@@ -213,7 +213,7 @@ async fn tonic_statuses_are_classified_and_their_pushback_honoured() {
 async fn a_tonic_client_retries_resource_exhausted_after_the_servers_pushback() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    use tower_rampart::http::PeerIp;
+    use tower_rampart::key::PeerIp;
     use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
     let (reporter, health) = tonic_health::server::health_reporter();

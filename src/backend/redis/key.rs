@@ -14,9 +14,9 @@ use std::sync::Arc;
 ///
 /// | key type | written as |
 /// |---|---|
-/// | `()` ([`GlobalKey`](crate::rate_limit::GlobalKey)) | `global` |
-/// | [`IpAddr`], [`Ipv4Addr`], [`Ipv6Addr`] ([`PeerIp`](crate::http::PeerIp), [`ClientIp`](crate::http::ClientIp)) | `203.0.113.9`, `2001:db8::` (compact text) |
-/// | `http::HeaderValue` ([`HeaderKey`](crate::http::HeaderKey), feature `http`) | `h:` and the SHA-1 of the value, in hex: API keys never reach Redis |
+/// | `()` ([`GlobalKey`](crate::key::GlobalKey)) | `global` |
+/// | [`IpAddr`], [`Ipv4Addr`], [`Ipv6Addr`] ([`PeerIp`](crate::key::PeerIp), [`ClientIp`](crate::key::ClientIp)) | `203.0.113.9`, `2001:db8::` (compact text) |
+/// | `http::HeaderValue` ([`HeaderKey`](crate::key::HeaderKey), feature `http`) | `h:` and the SHA-1 of the value, in hex: API keys never reach Redis |
 /// | [`Hashed<T>`] | `h:` and the SHA-1 of the bytes, in hex |
 /// | integers | decimal |
 /// | `String`, `&'static str`, `Box<str>`, `Arc<str>` | the text itself |

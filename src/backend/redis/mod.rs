@@ -147,7 +147,7 @@
 //! ```no_run
 //! use axum::{Router, routing::post};
 //! use tower_rampart::backend::{FailurePolicy, RedisBackend};
-//! use tower_rampart::http::PeerIp;
+//! use tower_rampart::key::PeerIp;
 //! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 //!
 //! # async fn run() -> Result<(), tower_rampart::BoxError> {

@@ -1,4 +1,5 @@
-//! Key extractors for `http::Request`.
+//! Key extractors for `http::Request`: the peer's or client's IP address, a header's value, an
+//! outbound request's upstream host.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -6,8 +7,8 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue, Request};
 use ipnet::IpNet;
 
+use super::{ExtractKey, KeyError, KeyExtractor};
 use crate::error::ConfigError;
-use crate::rate_limit::key::{ExtractKey, KeyError, KeyExtractor};
 
 const NO_PEER: KeyError = KeyError::new(
     "the request has no peer address; serve axum apps with \
@@ -19,7 +20,7 @@ const NO_PEER: KeyError = KeyError::new(
 /// (feature `axum`), tonic's `TcpConnectInfo` (feature `tonic`), or a plain `SocketAddr` in the
 /// request extensions (for hyper servers: insert it when accepting the connection).
 #[inline]
-pub(crate) fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
+fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();
     #[cfg(feature = "axum")]
     if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
@@ -69,7 +70,7 @@ fn check_prefix(bits: u8) -> Result<(), ConfigError> {
 /// changes that. IPv4-mapped IPv6 addresses (from dual-stack sockets) count as IPv4.
 ///
 /// Without a recorded peer address the request has no key (see
-/// [`MissingKey`](crate::rate_limit::MissingKey)).
+/// [when no key can be extracted](super#when-no-key-can-be-extracted)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerIp {
     v6_prefix: u8,
@@ -292,8 +293,12 @@ impl<B> ExtractKey<Request<B>> for ClientIp {
     }
 }
 
-/// Keys requests by the value of a header, such as an API key. A request without the header has no
-/// key (see [`MissingKey`](crate::rate_limit::MissingKey)).
+/// Keys requests by the value of a header, such as an API key or a tenant. A request without the
+/// header has no key (see [when no key can be extracted](super#when-no-key-can-be-extracted)).
+///
+/// With the first value of the header as the key: a cache keyed by it stores responses that
+/// `Vary` on that header, the circuit breaker labels its circuits with a hash of the value
+/// (see [`KeyLabel`](super::KeyLabel)), and the Redis backend stores a hash of it too.
 #[derive(Clone, Debug)]
 pub struct HeaderKey {
     name: Result<HeaderName, Arc<str>>,
@@ -310,6 +315,10 @@ impl HeaderKey {
 
 impl KeyExtractor for HeaderKey {
     type Key = HeaderValue;
+
+    fn covers_header(&self, name: &str) -> bool {
+        self.name.as_ref().is_ok_and(|n| n.as_str() == name)
+    }
 
     fn validate(&self) -> Result<(), ConfigError> {
         match &self.name {
@@ -332,6 +341,35 @@ impl<B> ExtractKey<Request<B>> for HeaderKey {
         req.headers().get(name).cloned().ok_or(KeyError::new(
             "the request lacks the header the limit is keyed on",
         ))
+    }
+}
+
+/// For HTTP clients: keys outbound requests by their upstream, the request URI's authority
+/// (`host[:port]`, lowercased, without userinfo), or the `Host` header when the URI has none.
+/// Requests with neither share the empty key: it always gives a key.
+///
+/// Typically one circuit per upstream host (`CircuitBreakerLayer::builder().key(UpstreamHost)`),
+/// but any keyed layer takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamHost;
+
+impl KeyExtractor for UpstreamHost {
+    type Key = Box<str>;
+}
+
+impl<B> ExtractKey<Request<B>> for UpstreamHost {
+    fn extract(&self, req: &Request<B>) -> Result<Box<str>, KeyError> {
+        let authority = match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(""),
+        };
+        // Userinfo (`user:pass@`) is not part of which upstream it is, and must not reach logs.
+        let host = authority.rsplit('@').next().unwrap_or(authority);
+        Ok(host.to_ascii_lowercase().into_boxed_str())
     }
 }
 
@@ -446,5 +484,28 @@ mod tests {
         assert!(PeerIp::new().ipv6_prefix(129).validate().is_err());
         assert!(HeaderKey::new("bad header").validate().is_err());
         assert!(HeaderKey::new("x-api-key").validate().is_ok());
+    }
+
+    #[test]
+    fn upstream_host_takes_the_authority_then_the_host_header() {
+        let key = |req: Request<()>| UpstreamHost.extract(&req).unwrap();
+        let req = Request::get("https://User:Pw@API.Example.com:8443/x")
+            .body(())
+            .unwrap();
+        assert_eq!(&*key(req), "api.example.com:8443");
+        let req = Request::get("/x")
+            .header("host", "Svc.Internal")
+            .body(())
+            .unwrap();
+        assert_eq!(&*key(req), "svc.internal");
+        assert_eq!(&*key(Request::get("/x").body(()).unwrap()), "");
+    }
+
+    #[test]
+    fn header_key_covers_its_header() {
+        let k = HeaderKey::new("x-tenant");
+        assert!(k.covers_header("x-tenant"));
+        assert!(!k.covers_header("accept"));
+        assert!(!PeerIp::new().covers_header("x-forwarded-for"));
     }
 }

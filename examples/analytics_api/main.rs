@@ -23,7 +23,9 @@
 //! `CACHE_TTL_SECONDS` (300), `EXTERNAL_SERVICE_FAILURE_RATE` (0.2), `EXTERNAL_SERVICE_LATENCY_MS`
 //! (50), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (5), `CIRCUIT_BREAKER_RESET_TIMEOUT` (30 s),
 //! `TRUSTED_PROXIES` (CIDRs whose `X-Forwarded-For` is believed), `MAX_BODY_BYTES`,
-//! `REQUEST_TIMEOUT_SECONDS`, `LOG_FORMAT=json`, `RUST_LOG`.
+//! `REQUEST_TIMEOUT_SECONDS`, `LOG_FORMAT=json`, `RUST_LOG`; and the server's limits (every HTTP
+//! example's, `examples/common/serve.rs`): `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS`
+//! (1024), `SHUTDOWN_GRACE_SECS` (10).
 //!
 //! Data and limits live in memory by default; with `REDIS_URL` (and `REDIS_TIMEOUT_MS`, default
 //! 250) they live in Redis, where several instances share them and a restart loses nothing;

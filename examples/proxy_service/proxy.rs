@@ -233,6 +233,18 @@ pub(crate) struct Proxy {
 }
 
 /// An error answer: `{"status":"error","message":...}`.
+/// Whether reading the body failed on the body timeout (`BODY_READ_TIMEOUT_SECONDS`).
+fn timed_out(rejection: &JsonRejection) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
@@ -295,6 +307,13 @@ async fn proxy_data(
 ) -> Response {
     let body = match body {
         Ok(Json(v)) => v,
+        // The body stopped arriving: 408, as a whole request that takes too long gets.
+        Err(e) if timed_out(&e) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received in time",
+            );
+        }
         Err(e) => return error(e.status(), e.body_text()),
     };
     let bytes = Bytes::from(serde_json::to_vec(&body).expect("a JSON value serialises"));

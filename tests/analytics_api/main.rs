@@ -22,6 +22,9 @@ mod docs;
 #[path = "../../examples/analytics_api/external.rs"]
 #[allow(dead_code)]
 mod external;
+#[path = "../../examples/common/serve.rs"]
+#[allow(dead_code)]
+mod serve;
 #[path = "../../examples/common/setup.rs"]
 #[allow(dead_code)]
 mod setup;
@@ -37,6 +40,7 @@ mod dashboard_api;
 mod external_api;
 mod process;
 mod redis_storage;
+mod server;
 mod surface;
 
 use std::collections::HashMap;

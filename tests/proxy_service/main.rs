@@ -345,3 +345,44 @@ fn bad_settings_name_the_variable() {
         r#"invalid EXTERNAL_FAIL_RATE="2": expected a number from 0.0 to 1.0"#
     );
 }
+
+/// #17: a client sending its body slowly held the proxy for as long as it liked (45 s in the
+/// report). Now no piece of a body may take longer than `BODY_READ_TIMEOUT_SECONDS`, nor the whole
+/// request longer than `REQUEST_TIMEOUT_SECONDS`: the client gets 408 in about that time, and the
+/// upstream is never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_is_cut_off_at_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = start(
+        &[],
+        &[
+            ("BODY_READ_TIMEOUT_SECONDS", "1"),
+            ("REQUEST_TIMEOUT_SECONDS", "2"),
+        ],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(stack.proxy.addr)
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /api/proxy/data HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\n\r\n{\"order\":",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the proxy answered or closed within 5 s")
+        .unwrap_or(0);
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "unexpected answer: {answer}"
+    );
+    assert!(answer.contains("not received in time"), "{answer}");
+    assert!(took < Duration::from_secs(3), "held {took:?}");
+    assert_eq!(stack.upstream.requests(), 0, "the upstream was not called");
+}

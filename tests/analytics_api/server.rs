@@ -1,0 +1,186 @@
+//! The examples' hardened server (`examples/common/serve.rs`, #17), over real loopback TCP: a
+//! client trickling its headers is cut off at the header read timeout, the connection cap holds
+//! new clients back (and lets them in when a connection closes), and shutdown ends within its
+//! grace period whatever clients do. Every wait is bounded.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::serve::{ServerLimits, serve};
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(limits: ServerLimits) -> Server {
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, app, limits, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn limits() -> ServerLimits {
+    ServerLimits {
+        header_read_timeout: Duration::from_secs(1),
+        max_connections: 64,
+        shutdown_grace: Duration::from_secs(1),
+    }
+}
+
+/// Sends `GET path` on `stream` and reads the answer's first line (within `limit`).
+async fn get_on(stream: &mut TcpStream, path: &str, limit: Duration) -> Option<String> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(limit, stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().next().map(str::to_owned)
+}
+
+/// Whether the server closed `stream` within `limit` (a read answers end of stream or an error).
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(deadline - Instant::now(), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_headers_is_cut_off_at_the_header_read_timeout() {
+    let server = start(limits()).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    // One header line every 300 ms, for at most 20 lines (6 s): never a whole head.
+    let mut cut_off = None;
+    for i in 0..20 {
+        if slow
+            .write_all(format!("x-trickle-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut_off = Some(started.elapsed());
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(300)).await {
+            cut_off = Some(started.elapsed());
+            break;
+        }
+    }
+    let cut_off = cut_off.expect("the trickling client was never cut off");
+    assert!(
+        cut_off < Duration::from_secs(3),
+        "cut off after {cut_off:?}, with a 1 s header read timeout"
+    );
+    // Others are served meanwhile and after.
+    let mut ok = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(
+        get_on(&mut ok, "/health", Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_clients_wait_until_a_connection_closes() {
+    let server = start(ServerLimits {
+        max_connections: 2,
+        header_read_timeout: Duration::from_secs(10),
+        ..limits()
+    })
+    .await;
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    let second = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(
+        get_on(&mut first, "/health", Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "within the cap"
+    );
+    // The third connects (the kernel's backlog takes it) but is not served while two are open.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(
+        get_on(&mut third, "/health", Duration::from_millis(500)).await,
+        None,
+        "served past the cap"
+    );
+    drop(second);
+    let mut line = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut line))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&line[..n]).starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&line[..n])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_within_its_grace_period_whatever_clients_do() {
+    let mut server = start(limits()).await;
+    // A request that would take a minute, and an idle keep-alive connection.
+    let mut busy = TcpStream::connect(server.addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        get_on(&mut idle, "/health", Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut server.task)
+        .await
+        .expect("the server stopped")
+        .expect("no panic");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "shutdown took {took:?} with a 1 s grace period"
+    );
+    assert!(closed_within(&mut busy, Duration::from_secs(1)).await);
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "no longer listening"
+    );
+}

@@ -45,6 +45,9 @@ pub(crate) struct Config {
     /// `RATE_LIMIT_FAILURE_POLICY`: what the limits do while Redis is unreachable, `open` (let
     /// requests through), `closed` (refuse with 503) or `local` (limit in memory; the default).
     pub(crate) rate_limit_failure_policy: FailurePolicy,
+    /// `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS` (1024), `SHUTDOWN_GRACE_SECS` (10): how
+    /// the server treats connections.
+    pub(crate) server: crate::setup::ServerLimits,
 }
 
 /// A variable that could not be used.
@@ -128,6 +131,7 @@ impl Config {
             redis_url: get("REDIS_URL").filter(|s| !s.is_empty()),
             redis_timeout: Duration::from_millis(u64::from(redis_timeout_ms)),
             rate_limit_failure_policy,
+            server: crate::setup::ServerLimits::from_env(&get)?,
         })
     }
 }

@@ -77,8 +77,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {} (set BIND/PORT): {e}", config.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "analytics_api listening");
-    let limits = serve::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
-    serve::serve(listener, router, limits, setup::shutdown_signal()).await;
+    serve::serve(listener, router, config.server, setup::shutdown_signal()).await;
     tracing::info!("analytics_api stopped");
     Ok(())
 }

@@ -31,41 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower::Service;
 
-use crate::setup::{EnvError, positive};
-
-/// How the server treats connections; see the module documentation.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ServerLimits {
-    pub(crate) header_read_timeout: Duration,
-    pub(crate) max_connections: usize,
-    pub(crate) shutdown_grace: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 1_024,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
-
-impl ServerLimits {
-    /// `HEADER_READ_TIMEOUT_SECS`, `MAX_CONNECTIONS` and `SHUTDOWN_GRACE_SECS`, each a whole number
-    /// of at least 1.
-    pub(crate) fn from_env(get: &impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let d = Self::default();
-        let secs = |var, default: Duration| {
-            positive(get, var, default.as_secs() as u32).map(|s| Duration::from_secs(s.into()))
-        };
-        Ok(Self {
-            header_read_timeout: secs("HEADER_READ_TIMEOUT_SECS", d.header_read_timeout)?,
-            max_connections: positive(get, "MAX_CONNECTIONS", d.max_connections as u32)? as usize,
-            shutdown_grace: secs("SHUTDOWN_GRACE_SECS", d.shutdown_grace)?,
-        })
-    }
-}
+use crate::setup::ServerLimits;
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves, then drains for at
 /// most the grace period.

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 /// A variable that could not be used.
 #[derive(Debug)]
@@ -87,6 +88,42 @@ pub(crate) fn listen_addr(
     let bind: IpAddr = parse(get, "BIND", IpAddr::from([0, 0, 0, 0]), "an IP address")?;
     let port: u16 = parse(get, "PORT", default_port, "a port number (0-65535)")?;
     Ok(SocketAddr::new(bind, port))
+}
+
+/// How the examples' servers treat connections (`examples/common/serve.rs` for HTTP, and the gRPC
+/// example's own): a header read timeout, a cap on open connections, and a grace period for
+/// shutdown.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServerLimits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1_024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerLimits {
+    /// `HEADER_READ_TIMEOUT_SECS`, `MAX_CONNECTIONS` and `SHUTDOWN_GRACE_SECS`, each a whole number
+    /// of at least 1.
+    pub(crate) fn from_env(get: &impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let d = Self::default();
+        let secs = |var, default: Duration| {
+            positive(get, var, default.as_secs() as u32).map(|s| Duration::from_secs(s.into()))
+        };
+        Ok(Self {
+            header_read_timeout: secs("HEADER_READ_TIMEOUT_SECS", d.header_read_timeout)?,
+            max_connections: positive(get, "MAX_CONNECTIONS", d.max_connections as u32)? as usize,
+            shutdown_grace: secs("SHUTDOWN_GRACE_SECS", d.shutdown_grace)?,
+        })
+    }
 }
 
 /// `LOG_FORMAT`: `text` (default) or `json`; true for JSON.

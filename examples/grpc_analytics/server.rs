@@ -431,16 +431,143 @@ pub(crate) async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tonic::transport::Server::builder()
+    // As the HTTP examples' server (`examples/common/serve.rs`): at most `MAX_CONNECTIONS` open
+    // connections (new clients wait in the backlog), accept errors paused rather than spun, a
+    // request timeout, HTTP/2 pings that drop a peer that stopped answering, and a shutdown
+    // bounded by the grace period.
+    let server_limits = config.server;
+    let incoming = capped::incoming(listener, server_limits.max_connections);
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let server = tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(server_limits.header_read_timeout))
+        .max_concurrent_streams(256)
         .layer(limits.into_inner())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AnalyticsServiceServer::new(analytics))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let grace = async {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(server_limits.shutdown_grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        () = grace => tracing::warn!(
+            grace = ?server_limits.shutdown_grace,
+            "grace period over; dropping the connections still open"
+        ),
+    }
     Ok(())
+}
+
+/// Connections counted against a cap: each holds a permit until it closes.
+mod capped {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use futures::Stream;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+    use tonic::transport::server::{Connected, TcpConnectInfo};
+
+    /// A TCP connection that frees its place under the cap when it closes.
+    pub(super) struct Capped {
+        io: TcpStream,
+        _permit: OwnedSemaphorePermit,
+    }
+
+    /// The connections `listener` accepts, at most `max` open at once: at the cap, accepting
+    /// stops until one closes. Accept errors (out of file descriptors) pause it for 100 ms.
+    pub(super) fn incoming(
+        listener: TcpListener,
+        max: usize,
+    ) -> impl Stream<Item = io::Result<Capped>> + Send + 'static {
+        let permits = Arc::new(Semaphore::new(max));
+        futures::stream::unfold((listener, permits), |(listener, permits)| async move {
+            let permit = Arc::clone(&permits)
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            loop {
+                match listener.accept().await {
+                    Ok((io, _)) => {
+                        let _ = io.set_nodelay(true);
+                        let conn = Capped {
+                            io,
+                            _permit: permit,
+                        };
+                        return Some((Ok(conn), (listener, permits)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; pausing accepts for 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+    }
+
+    impl Connected for Capped {
+        type ConnectInfo = TcpConnectInfo;
+
+        fn connect_info(&self) -> TcpConnectInfo {
+            self.io.connect_info()
+        }
+    }
+
+    impl AsyncRead for Capped {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Capped {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.io.is_write_vectored()
+        }
+    }
 }
 
 /// The service's state for `config`.

@@ -38,7 +38,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {addr} (set BIND/PORT): {e}"))?;
     tracing::info!(addr = %listener.local_addr()?, "mock_upstream listening");
-    let limits = serve::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
+    let limits = setup::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
     serve::serve(listener, router, limits, setup::shutdown_signal()).await;
     Ok(())
 }

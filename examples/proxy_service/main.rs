@@ -52,7 +52,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         upstream = %config.upstream,
         "proxy_service listening"
     );
-    let limits = serve::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
+    let limits = setup::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
     serve::serve(listener, router, limits, setup::shutdown_signal()).await;
     tracing::info!("proxy_service stopped");
     Ok(())

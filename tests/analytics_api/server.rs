@@ -10,7 +10,8 @@ use axum::routing::get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::serve::{ServerLimits, serve};
+use crate::serve::serve;
+use crate::setup::ServerLimits;
 
 struct Server {
     addr: std::net::SocketAddr,

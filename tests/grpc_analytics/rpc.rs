@@ -598,3 +598,60 @@ async fn with_redis_two_servers_share_cached_summaries_and_their_invalidation() 
     cb.submit_metric(metric(2.0, "cpu")).await.unwrap();
     assert_eq!(ca.get_summary(cpu()).await.unwrap().get_ref().count, 3);
 }
+
+/// #17: the gRPC server caps its open connections as the HTTP examples do: at the cap a new
+/// client is not served (it waits in the backlog) until a connection closes; and a stop ends
+/// within the grace period even with a client connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_new_clients_back_until_one_closes() {
+    let mut server = start(&[("MAX_CONNECTIONS", "1"), ("SHUTDOWN_GRACE_SECS", "1")]).await;
+    let mut first = server.client().await;
+    let summary = || pb::GetSummaryRequest {
+        r#type: "cpu_usage".into(),
+        period: pb::Period::All.into(),
+    };
+    first.get_summary(summary()).await.unwrap();
+    // A second client's connection is accepted by the kernel, not by the server: no answer.
+    let endpoint = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .timeout(Duration::from_millis(500));
+    let second = tokio::time::timeout(Duration::from_millis(700), async {
+        let channel = endpoint.connect().await?;
+        AnalyticsServiceClient::new(channel)
+            .get_summary(summary())
+            .await
+            .map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into)
+    })
+    .await;
+    assert!(
+        !matches!(second, Ok(Ok(_))),
+        "a second connection was served past the cap"
+    );
+    // The first closes: the next client is served.
+    drop(first);
+    let mut served = false;
+    for _ in 0..30 {
+        let attempt = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut c = server.client().await;
+            c.get_summary(summary()).await
+        })
+        .await;
+        if matches!(attempt, Ok(Ok(_))) {
+            served = true;
+            break;
+        }
+    }
+    assert!(
+        served,
+        "no client was served after the first connection closed"
+    );
+    // Stopping with a client connected ends within the grace period (1 s).
+    let _held = server.client().await;
+    let asked = std::time::Instant::now();
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut server.task)
+        .await
+        .expect("the server stopped")
+        .unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(3));
+}

@@ -93,10 +93,15 @@ impl ApiError {
 }
 
 impl From<StorageError> for ApiError {
+    /// The cause is logged, not answered: a client learns nothing of how the service is deployed.
     fn from(e: StorageError) -> Self {
-        Self::unavailable(e.to_string())
+        tracing::warn!(error = %e, "storage failed; answering 503");
+        Self::unavailable(STORAGE_UNAVAILABLE)
     }
 }
+
+/// What a client is told when the storage fails.
+pub(crate) const STORAGE_UNAVAILABLE: &str = "storage unavailable; try again shortly";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

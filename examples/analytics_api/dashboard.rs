@@ -32,10 +32,12 @@ impl V1Error {
 }
 
 impl From<StorageError> for V1Error {
+    /// The cause is logged, not answered.
     fn from(e: StorageError) -> Self {
+        tracing::warn!(error = %e, "storage failed; answering 503");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: e.to_string(),
+            message: crate::app::STORAGE_UNAVAILABLE.to_owned(),
         }
     }
 }

@@ -11,6 +11,9 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+/// How often the recorder's upkeep drains histogram samples into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process's Prometheus recorder, installed on first use. If another recorder is already
 /// installed (a host application's), metrics go there and `/metrics` renders only what this one saw.
 pub(crate) fn prometheus() -> &'static PrometheusHandle {
@@ -25,6 +28,21 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows only its own");
+        }
+        // The recorder's histograms keep every sample until its upkeep drains them into their
+        // buckets: without it, memory grows with traffic unless /metrics is scraped. Run it every
+        // 5 s, on a thread of its own (it may be installed outside any runtime).
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("prometheus-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the metrics upkeep; memory grows until /metrics is scraped");
         }
         handle
     })

@@ -123,7 +123,9 @@ impl std::fmt::Debug for Analytics {
 }
 
 fn unavailable(e: StorageError) -> Status {
-    Status::unavailable(e.to_string())
+    // The cause is logged, not answered: a client learns nothing of how the service is deployed.
+    tracing::warn!(error = %e, "storage failed; answering UNAVAILABLE");
+    Status::unavailable("storage unavailable; try again shortly")
 }
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {

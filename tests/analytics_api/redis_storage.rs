@@ -234,6 +234,13 @@ async fn an_unreachable_redis_degrades_health_and_refuses_writes_honestly() {
             .unwrap()
             .contains("storage unavailable")
     );
+    // #17: the answer tells nothing of the deployment (the cause is logged instead).
+    assert_eq!(
+        r.json()["detail"],
+        "storage unavailable; try again shortly",
+        "{}",
+        r.body
+    );
     let r = app
         .send_body("POST", "/event", &[JSON], event(1, "login", "ios"))
         .await;

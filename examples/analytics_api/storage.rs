@@ -466,18 +466,20 @@ end
 return out
 ";
 
-/// The scripts, hashed once; `invoke_async` runs them by hash (EVALSHA) and loads them on NOSCRIPT.
+/// The scripts, hashed once; each runs by hash (EVALSHA) and is sent whole on NOSCRIPT.
 mod scripts {
     use std::sync::LazyLock;
 
     use redis::Script;
+    use tower_rampart::backend::redis::FencedScript;
 
-    pub(super) static ADD_METRIC: LazyLock<Script> =
-        LazyLock::new(|| Script::new(super::ADD_METRIC));
-    pub(super) static RECORD_EVENT: LazyLock<Script> =
-        LazyLock::new(|| Script::new(super::RECORD_EVENT));
-    pub(super) static RECORD_REJECTION: LazyLock<Script> =
-        LazyLock::new(|| Script::new(super::RECORD_REJECTION));
+    // Writes are fenced: one that answered an error (503) never applies later.
+    pub(super) static ADD_METRIC: LazyLock<FencedScript> =
+        LazyLock::new(|| FencedScript::new(super::ADD_METRIC));
+    pub(super) static RECORD_EVENT: LazyLock<FencedScript> =
+        LazyLock::new(|| FencedScript::new(super::RECORD_EVENT));
+    pub(super) static RECORD_REJECTION: LazyLock<FencedScript> =
+        LazyLock::new(|| FencedScript::new(super::RECORD_REJECTION));
     pub(super) static ACTIVITY: LazyLock<Script> = LazyLock::new(|| Script::new(super::ACTIVITY));
     pub(super) static USERS_PER_INTERVAL: LazyLock<Script> =
         LazyLock::new(|| Script::new(super::USERS_PER_INTERVAL));
@@ -529,6 +531,23 @@ impl RedisStorage {
         self.conn.clone()
     }
 
+    /// Runs a write: stored if and only if it is acknowledged (a write that answered an error,
+    /// say on a timeout while Redis was stalled, does not apply when Redis runs it later).
+    async fn write(
+        &self,
+        script: &tower_rampart::backend::redis::FencedScript,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<(), StorageError> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.conn
+            .eval_fenced(script, &keys, &args)
+            .await
+            .map_err(|e| StorageError(format!("storage unavailable: {e}")))?;
+        Ok(())
+    }
+
     async fn ping(&self) -> bool {
         redis::cmd("PING")
             .query_async::<String>(&mut self.conn())
@@ -538,16 +557,17 @@ impl RedisStorage {
 
     async fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
         let json = serde_json::to_string(m).map_err(|e| StorageError(e.to_string()))?;
-        scripts::ADD_METRIC
-            .key(metrics_key(&m.metric_type))
-            .key(aggregate_key(&m.metric_type))
-            .arg(m.timestamp.timestamp_millis())
-            .arg(format!("{:?}", m.value)) // shortest round-trip form
-            .arg(json)
-            .arg(&m.metric_type)
-            .invoke_async::<i64>(&mut self.conn())
-            .await?;
-        Ok(())
+        self.write(
+            &scripts::ADD_METRIC,
+            &[metrics_key(&m.metric_type), aggregate_key(&m.metric_type)],
+            &[
+                m.timestamp.timestamp_millis().to_string(),
+                format!("{:?}", m.value), // shortest round-trip form
+                json,
+                m.metric_type.clone(),
+            ],
+        )
+        .await
     }
 
     async fn members(
@@ -621,17 +641,19 @@ impl RedisStorage {
 
     async fn record_event(&self, e: &EventRecord, now: DateTime<Utc>) -> Result<(), StorageError> {
         let now_s = now.timestamp();
-        scripts::RECORD_EVENT
-            .key(minute_users_key(now_s.div_euclid(60)))
-            .arg(now_s)
-            .arg(now_s - ACTIVE_WINDOW.as_secs() as i64)
-            .arg(e.user_id)
-            .arg(&e.platform)
-            .arg(&e.event_type)
-            .arg(HISTORY_RETENTION_MINUTES * 60)
-            .invoke_async::<i64>(&mut self.conn())
-            .await?;
-        Ok(())
+        self.write(
+            &scripts::RECORD_EVENT,
+            &[minute_users_key(now_s.div_euclid(60))],
+            &[
+                now_s.to_string(),
+                (now_s - ACTIVE_WINDOW.as_secs() as i64).to_string(),
+                e.user_id.to_string(),
+                e.platform.clone(),
+                e.event_type.clone(),
+                (HISTORY_RETENTION_MINUTES * 60).to_string(),
+            ],
+        )
+        .await
     }
 
     async fn event_count(&self, event_type: &str) -> Result<u64, StorageError> {
@@ -645,15 +667,19 @@ impl RedisStorage {
 
     async fn record_rejections(&self, n: u64, now: DateTime<Utc>) -> Result<(), StorageError> {
         let s = now.timestamp();
-        scripts::RECORD_REJECTION
-            .key(rejections_second_key(s))
-            .key(rejections_minute_key(s.div_euclid(60)))
-            .arg(ACTIVE_WINDOW.as_secs() + 60)
-            .arg(HISTORY_RETENTION_MINUTES * 60)
-            .arg(n)
-            .invoke_async::<i64>(&mut self.conn())
-            .await?;
-        Ok(())
+        self.write(
+            &scripts::RECORD_REJECTION,
+            &[
+                rejections_second_key(s),
+                rejections_minute_key(s.div_euclid(60)),
+            ],
+            &[
+                (ACTIVE_WINDOW.as_secs() + 60).to_string(),
+                (HISTORY_RETENTION_MINUTES * 60).to_string(),
+                n.to_string(),
+            ],
+        )
+        .await
     }
 
     async fn activity(&self, now: DateTime<Utc>) -> Result<Activity, StorageError> {

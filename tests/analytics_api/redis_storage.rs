@@ -463,3 +463,63 @@ async fn the_app_is_healthy_again_soon_after_its_redis_connection_goes_silent() 
         .json();
     assert_eq!(s["count"], 2, "both writes stored, once each: {s}");
 }
+
+/// #17: with Redis stalled (a proxy holds every byte for 2 s, then delivers them), writes answered
+/// 503 were stored anyway once Redis ran them, so a client that retried stored them twice. The
+/// storage's writes are fenced now: a 503 means nothing was stored, a 201 that it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_503_is_never_stored() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
+    let storage = Arc::new(Storage::Redis(
+        RedisStorage::open(&proxy.url(), Duration::from_millis(300)).unwrap(),
+    ));
+    let app = start_on(&[("RATE_LIMIT_REQUESTS", "1000")], storage).await;
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let before = server.calls("evalsha") + server.calls("eval");
+
+    proxy.pause();
+    let mut refused = 0;
+    for i in 0..6 {
+        let r = app
+            .send_body("POST", "/api/metrics", &[JSON], metric(10.0 + f64::from(i)))
+            .await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        refused += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.forward();
+
+    // The held writes reach Redis and run there: wait until they have (bounded), then count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.calls("evalsha") + server.calls("eval") < before + refused {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held writes never reached redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut healthy = false;
+    for _ in 0..100 {
+        if app.send("GET", "/health", &[]).await.status == StatusCode::OK {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "healthy again after the stall");
+    let s = app
+        .send(
+            "GET",
+            "/api/metrics/summary?type=cpu_usage",
+            &[("cache-control", "no-cache")],
+        )
+        .await
+        .json();
+    assert_eq!(s["count"], 1, "only the acknowledged write is stored: {s}");
+}

@@ -18,6 +18,7 @@ mod connect;
 mod corrupt;
 mod exactness;
 mod faults;
+mod fenced;
 mod health;
 mod http;
 mod liveness;

@@ -49,15 +49,16 @@ const REOPEN_DELAYS: (Duration, Duration) = (Duration::from_millis(50), Duration
 /// A Lua script, run by its SHA1 (EVALSHA) and sent whole (EVAL) when the server answers NOSCRIPT,
 /// which also loads it into that server's script cache.
 pub(crate) struct Script {
-    code: &'static str,
+    code: std::borrow::Cow<'static, str>,
     sha: String,
 }
 
 impl Script {
-    pub(crate) fn new(code: &'static str) -> Self {
+    pub(crate) fn new(code: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        let code = code.into();
         Self {
+            sha: sha1_smol::Sha1::from(code.as_bytes()).digest().to_string(),
             code,
-            sha: sha1_smol::Sha1::from(code).digest().to_string(),
         }
     }
 
@@ -489,7 +490,7 @@ impl Conn {
             Err(e) if e.kind() == RedisErrorKind::Server(ServerErrorKind::NoScript) => {
                 tracing::debug!(sha = %script.sha, "redis script cache is empty; sending the script");
                 handle
-                    .query(&script.cmd("EVAL", script.code, keys, args, last))
+                    .query(&script.cmd("EVAL", &script.code, keys, args, last))
                     .await
             }
             other => other,
@@ -544,7 +545,7 @@ impl Conn {
     pub(crate) async fn eval_before_deadline(
         &self,
         script: &Script,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
@@ -559,7 +560,7 @@ impl Conn {
                     .map(|us| us.to_string())
                     .unwrap_or_default();
                 let reply =
-                    Self::run(&handle, script, &[key], args, Some(not_after.as_bytes())).await;
+                    Self::run(&handle, script, keys, args, Some(not_after.as_bytes())).await;
                 let received = self.clock.now();
                 match reply {
                     Ok(Value::Array(mut items)) => {
@@ -1029,7 +1030,7 @@ return {redis.call('INCR', KEYS[1]), time_us}
         let conn = Conn::new(handle, opener, server.url());
         let script = Script::new(COUNTING);
         let timeout = Duration::from_secs(5);
-        let run = || conn.eval_before_deadline(&script, b"runs", &[], timeout);
+        let run = || conn.eval_before_deadline(&script, &[b"runs"], &[], timeout);
 
         // Not knowing Redis's clock: no bound, the call runs.
         assert_eq!(run().await.unwrap(), Value::Array(vec![Value::Int(1)]));

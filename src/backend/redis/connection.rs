@@ -7,7 +7,8 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use super::conn::Conn;
+use super::conn::{Conn, Script};
+use crate::backend::BackendError;
 
 /// The connection of a [`RedisBackend`](super::RedisBackend), for the application's own commands
 /// (`redis::cmd(..).query_async(&mut conn)`, scripts' `invoke_async`, pipelines): it implements
@@ -59,6 +60,96 @@ impl RedisConnection {
     /// The per-command timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Runs `script` on `keys` with `args` so that it **writes nothing once this caller has given
+    /// up on it**: a write answered with an error (the timeout ran out, Redis was stalled) is not
+    /// applied later, when Redis runs what it had received. This is what an application needs for
+    /// "a refusal means nothing was stored": the crate's own rate-limit scripts work this way.
+    ///
+    /// The script learns, on Redis's own clock, the time after which its caller has given up (see
+    /// the [backend's documentation](super#a-request-is-counted-once-even-when-redis-answers-late)
+    /// for how that clock is learned: nothing needs to be synchronised), and one that starts later
+    /// answers an error without running. The answer is the script's own (a `nil` answer is
+    /// [`Value::Nil`]).
+    ///
+    /// What the guarantee does not cover: before anything has come back from Redis on this
+    /// backend (right after `connect_lazy`) calls carry no bound; and a script that starts just
+    /// before the bound and whose answer travels back slower than the fastest recent one has
+    /// written, though its caller sees a timeout (at least once, as any store without the bound).
+    ///
+    /// # Errors
+    ///
+    /// When Redis does not answer within the timeout, is unreachable, or the script fails.
+    pub async fn eval_fenced(
+        &self,
+        script: &FencedScript,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<Value, BackendError> {
+        let reply = self
+            .conn
+            .eval_before_deadline(&script.inner, keys, args, self.timeout)
+            .await?;
+        match reply {
+            Value::Array(mut items) if items.len() == 1 => Ok(items.pop().unwrap_or(Value::Nil)),
+            other => Err(BackendError::new(
+                format!("a fenced script answered {other:?}, not its one value"),
+                None,
+            )),
+        }
+    }
+}
+
+/// A Lua script for [`RedisConnection::eval_fenced`]: written as for `EVAL`, with `KEYS` and
+/// `ARGV` as usual, it is wrapped so that it reads Redis's `TIME` first and runs only if its
+/// caller still waits for it. Make it once (a `static` with `LazyLock`) and run it many times: it
+/// is sent by its SHA1 (`EVALSHA`), whole only when Redis does not have it.
+///
+/// ```
+/// use tower_rampart::backend::redis::FencedScript;
+///
+/// let add = FencedScript::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+/// assert_eq!(add.sha().len(), 40);
+/// ```
+pub struct FencedScript {
+    inner: Script,
+}
+
+impl FencedScript {
+    /// Wraps `body` (a script as for `EVAL`) so that it runs only while its caller waits.
+    ///
+    /// The body must not read the last element of `ARGV` past those it is given (the wrapper
+    /// removes it before the body runs), and, like any script that reads `TIME` before writing,
+    /// it needs Redis 5 or newer (script effects replication, the default since Redis 5).
+    pub fn new(body: &str) -> Self {
+        let code = format!(
+            "local rampart_t = redis.call('TIME')\n\
+             local rampart_now = tonumber(rampart_t[1]) * 1000000 + tonumber(rampart_t[2])\n\
+             local rampart_bound = tonumber(table.remove(ARGV))\n\
+             if rampart_bound and rampart_now > rampart_bound then\n\
+               return redis.error_reply(string.format('RAMPARTLATE %.0f', rampart_now))\n\
+             end\n\
+             local rampart_result = (function()\n{body}\nend)()\n\
+             if rampart_result == nil then rampart_result = false end\n\
+             return {{rampart_result, rampart_now}}\n"
+        );
+        Self {
+            inner: Script::new(code),
+        }
+    }
+
+    /// The SHA1 of the wrapped script, as `EVALSHA` takes it.
+    pub fn sha(&self) -> &str {
+        self.inner.sha()
+    }
+}
+
+impl fmt::Debug for FencedScript {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FencedScript")
+            .field("sha", &self.sha())
+            .finish()
     }
 }
 

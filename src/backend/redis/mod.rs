@@ -217,7 +217,7 @@ pub use self::cache::{
 #[cfg(feature = "circuit-breaker")]
 pub use self::circuit::{RedisCircuitStore, RedisSync, circuit_script_sha};
 pub use self::conn::DEFAULT_LIVENESS_TIMEOUT;
-pub use self::connection::RedisConnection;
+pub use self::connection::{FencedScript, RedisConnection};
 pub use self::key::{Hashed, RedisKey};
 #[cfg(feature = "rate-limit")]
 pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};

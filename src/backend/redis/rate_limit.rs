@@ -318,7 +318,7 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
             .conn
             .eval_before_deadline(
                 self.script,
-                &redis_key,
+                &[&redis_key],
                 &[
                     &self.params[0],
                     &self.params[1],

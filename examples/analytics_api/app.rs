@@ -190,9 +190,14 @@ pub(crate) fn build(
         .backend(backend.clone())
         .build::<CachedResponse>()?;
     let summaries = summary_cache.handle::<CachedResponse>();
+    // The breakdown reads no parameter: one entry, whatever query string a client appends (keyed
+    // by method and URI, junk query strings each made an entry of their own in Redis).
     let breakdown_cache = CacheLayer::builder()
         .name("sensors")
         .http()
+        .key(key_fn(|req: &Request| {
+            Some(format!("type-breakdown:{}", req.method()))
+        }))
         .ttl(config.cache_ttl)
         .backend(backend.clone())
         .build::<CachedResponse>()?;

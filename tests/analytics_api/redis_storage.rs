@@ -523,3 +523,40 @@ async fn a_write_answered_503_is_never_stored() {
         .json();
     assert_eq!(s["count"], 1, "only the acknowledged write is stored: {s}");
 }
+
+/// #17: the cached sensor breakdown was keyed by the raw query string, so junk query strings each
+/// made an entry (and index members) in Redis. It reads no parameter, and now has one entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_query_strings_leave_the_cache_in_redis_flat() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let app = start_on(&[], redis_storage(&server)).await;
+    let count = |server: &RedisServer| -> usize {
+        // `*<n>` heads the reply to KEYS: the number of names.
+        let reply = server.command("KEYS analytics:cache:sensors:*");
+        reply.lines().next().unwrap()[1..].parse().unwrap()
+    };
+    let r = app.send("GET", "/api/v1/sensors/type-breakdown", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    server.until_one_key("analytics:cache:sensors:*:e:*").await;
+    let names = count(&server);
+    for i in 0..50 {
+        let junk = format!("{i}{}", "x".repeat(200));
+        let r = app
+            .send(
+                "GET",
+                &format!("/api/v1/sensors/type-breakdown?junk={junk}"),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.until_one_key("analytics:cache:sensors:*:e:*").await;
+    assert_eq!(
+        count(&server),
+        names,
+        "junk query strings made names in redis"
+    );
+}

@@ -54,6 +54,9 @@
 //! Rust 1.88, raised only with a minor release and never to a version younger than six months.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
 pub mod backend;
 pub mod clock;
 pub mod error;

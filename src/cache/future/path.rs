@@ -1,0 +1,291 @@
+//! The request path after the lookup: a hit is served, a miss leads a fill or joins the flight
+//! in progress, a stale entry is served and refreshed.
+
+use super::*;
+
+/// Moves the service that `poll_ready` readied out, leaving a clone in its place.
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+/// The inner service, readied: borrowed from the layered service (on the `call` path) or owned by
+/// a response future (after a store lookup that had to wait).
+pub(crate) enum Svc<'a, S> {
+    Borrowed(&'a mut S),
+    Owned(S),
+}
+
+impl<S: Clone> Svc<'_, S> {
+    pub(crate) fn call<Req>(self, req: Req) -> S::Future
+    where
+        S: Service<Req>,
+    {
+        match self {
+            Self::Borrowed(s) => s.call(req),
+            Self::Owned(mut s) => s.call(req),
+        }
+    }
+
+    pub(crate) fn into_owned(self) -> S {
+        match self {
+            Self::Borrowed(s) => take_ready(s),
+            Self::Owned(s) => s,
+        }
+    }
+}
+
+/// Decides what to do with a request once the store has answered (or was skipped, `found` =
+/// `None`: a forced refresh, whose fill replaces whatever is stored): serve a hit, serve stale and
+/// refresh in the background, or miss (lead a flight or wait for one). `now` is the instant the
+/// lookup was made at, if the caller read it (else the clock is read here).
+pub(crate) fn dispatch<S, Req, X, St, A>(
+    shared: &Arc<Shared<X, St, A>>,
+    svc: Svc<'_, S>,
+    req: Req,
+    key: super::CacheKey,
+    found: Option<Result<Option<CacheEntry<A::Stored>>, BackendError>>,
+    now: Option<Instant>,
+) -> StateOf<S, Req, X, St, A>
+where
+    S: Service<Req> + Clone,
+    S::Future: Send + 'static,
+    Req: 'static,
+    X: ExtractKey<Req>,
+    A: CacheMode<Req, S::Response, S::Error>,
+    A::Capture: Send + 'static,
+    St: CacheStore<A::Stored>,
+{
+    let mode = if found.is_some() {
+        LockMode::UnlessFresh
+    } else {
+        LockMode::Always
+    };
+    let mut fallback = None;
+    match found {
+        Some(Ok(Some(entry))) => {
+            let now = now.unwrap_or_else(Instant::now);
+            match entry.freshness(now) {
+                Freshness::Fresh => {
+                    if let Some(res) = shared.mode.replay(&entry, CacheStatus::Hit, now) {
+                        shared.count(Meter::Hits);
+                        return StateOf::<S, Req, X, St, A>::done(Ok(res));
+                    }
+                    shared.unusable(&key);
+                }
+                Freshness::Revalidate => {
+                    if let Some(res) = shared.mode.replay(&entry, CacheStatus::Stale, now) {
+                        match revalidate(shared, svc, req, &key, entry) {
+                            Ok(()) => {
+                                shared.count(Meter::Stale);
+                                return StateOf::<S, Req, X, St, A>::done(Ok(res));
+                            }
+                            // No runtime to refresh on: this request refreshes it itself,
+                            // falling back to the stale entry if that fails.
+                            Err((svc, req, entry)) => {
+                                return miss(shared, svc, req, key, Some(entry), mode);
+                            }
+                        }
+                    }
+                    shared.unusable(&key);
+                }
+                Freshness::IfError => fallback = Some(entry),
+                Freshness::Expired => {}
+            }
+        }
+        Some(Ok(None)) | None => {}
+        Some(Err(e)) => shared.backend_failed("get", &e),
+    }
+    miss(shared, svc, req, key, fallback, mode)
+}
+
+/// A miss: lead the key's flight (call the inner service now) or wait for the one in progress.
+pub(super) fn miss<S, Req, X, St, A>(
+    shared: &Arc<Shared<X, St, A>>,
+    svc: Svc<'_, S>,
+    req: Req,
+    key: super::CacheKey,
+    fallback: Option<CacheEntry<A::Stored>>,
+    mode: LockMode,
+) -> StateOf<S, Req, X, St, A>
+where
+    S: Service<Req> + Clone,
+    S::Future: Send + 'static,
+    Req: 'static,
+    X: ExtractKey<Req>,
+    A: CacheMode<Req, S::Response, S::Error>,
+    A::Capture: Send + 'static,
+    St: CacheStore<A::Stored>,
+{
+    shared.count(Meter::Misses);
+    match shared.flights.join(&key) {
+        Joined::Leader(guard) => lead(shared, svc, req, guard, fallback, mode),
+        Joined::Waiter(flight) => {
+            shared.count(Meter::Coalesced);
+            tracing::trace!(cache = shared.name, key = %key.for_logs(), "miss: waiting for the call in flight");
+            StateOf::<S, Req, X, St, A>::waiting(Waiting::new(
+                flight,
+                svc.into_owned(),
+                req,
+                key,
+                fallback,
+                mode,
+                Arc::clone(shared),
+            ))
+        }
+    }
+}
+
+/// Leads the flight `guard` holds: with a store shared between processes, takes its fill lock
+/// first (or waits for the entry another process is filling); then calls the inner service.
+/// Unless `mode` forces a refresh, an entry the store finds fresh as it is asked for the lock
+/// (stored since this request's lookup, by another process or another request's fill) is
+/// served instead.
+pub(crate) fn lead<S, Req, X, St, A>(
+    shared: &Arc<Shared<X, St, A>>,
+    svc: Svc<'_, S>,
+    req: Req,
+    guard: FlightGuard,
+    fallback: Option<CacheEntry<A::Stored>>,
+    mode: LockMode,
+) -> StateOf<S, Req, X, St, A>
+where
+    S: Service<Req> + Clone,
+    S::Future: Send + 'static,
+    Req: 'static,
+    X: ExtractKey<Req>,
+    A: CacheMode<Req, S::Response, S::Error>,
+    A::Capture: Send + 'static,
+    St: CacheStore<A::Stored>,
+{
+    let lock = shared.store.lock(guard.key(), shared.lock_hold, mode);
+    let key = guard.key().clone();
+    let mut fill = Box::new(Fill::new(Arc::clone(shared), guard, fallback, None));
+    let lock = match lock {
+        StoreOp::Ready(Ok(FillLock::Fresh(entry))) => {
+            let now = Instant::now();
+            if entry.freshness(now) == Freshness::Fresh
+                && let Some(res) = shared.mode.replay(&entry, CacheStatus::Miss, now)
+            {
+                tracing::debug!(cache = shared.name, key = %key.for_logs(), "miss: the entry was stored meanwhile; serving it");
+                fill.found(entry);
+                return StateOf::<S, Req, X, St, A>::done(Ok(res));
+            }
+            // Fresh no longer, or an entry this mode cannot use: fill the key, as for a miss.
+            shared.store.lock(&key, shared.lock_hold, LockMode::Always)
+        }
+        other => other,
+    };
+    let wait = match lock {
+        StoreOp::Ready(Ok(FillLock::NotShared)) => None,
+        StoreOp::Ready(Ok(FillLock::Acquired(token))) => {
+            fill.holding_lock(token);
+            None
+        }
+        StoreOp::Ready(Err(e)) => {
+            shared.backend_failed("lock", &e);
+            fill.with_lease(Lease::Missing);
+            None
+        }
+        // (A store answering an entry to a forced lock: waited on as if the lock were held.)
+        StoreOp::Ready(Ok(FillLock::HeldElsewhere | FillLock::Fresh(_))) => Some(None),
+        StoreOp::Pending(lock) => Some(Some(lock)),
+    };
+    match wait {
+        None => StateOf::<S, Req, X, St, A>::leading(svc.call(req), fill),
+        Some(lock) => {
+            let wait = Box::pin(wait_for_fill::<X, St, A, A::Stored>(
+                Arc::clone(shared),
+                key,
+                lock,
+            ));
+            StateOf::<S, Req, X, St, A>::Locking {
+                locking: Box::new(Locking::new(wait, svc.into_owned(), req, fill)),
+            }
+        }
+    }
+}
+
+/// Stale-while-revalidate: starts one background refresh of `key` unless one is running or the
+/// budget is spent. `Err` hands the request back when there is no tokio runtime to spawn on.
+#[allow(clippy::type_complexity)]
+pub(super) fn revalidate<'a, S, Req, X, St, A>(
+    shared: &Arc<Shared<X, St, A>>,
+    svc: Svc<'a, S>,
+    req: Req,
+    key: &super::CacheKey,
+    entry: CacheEntry<A::Stored>,
+) -> Result<(), (Svc<'a, S>, Req, CacheEntry<A::Stored>)>
+where
+    S: Service<Req> + Clone,
+    S::Future: Send + 'static,
+    Req: 'static,
+    X: ExtractKey<Req>,
+    A: CacheMode<Req, S::Response, S::Error>,
+    A::Capture: Send + 'static,
+    St: CacheStore<A::Stored>,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Err((svc, req, entry));
+    };
+    let Some(permit) = RefreshPermit::try_new(&shared.refreshing, shared.max_refreshes) else {
+        tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: background refresh budget spent; not refreshing now");
+        return Ok(());
+    };
+    let Some(guard) = shared.flights.lead(key) else {
+        return Ok(()); // a refresh (or a fill) is already in flight
+    };
+    let lock = shared
+        .store
+        .lock(key, shared.lock_hold, LockMode::UnlessFresh);
+    let mut fill = Fill::new(Arc::clone(shared), guard, Some(entry), Some(permit));
+    match lock {
+        // Refreshed meanwhile (by another process, or another request's fill): nothing to do.
+        StoreOp::Ready(Ok(FillLock::Fresh(entry))) => {
+            tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: already refreshed");
+            fill.found(entry);
+            return Ok(());
+        }
+        StoreOp::Ready(Ok(FillLock::HeldElsewhere)) => {
+            tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: another process is refreshing it");
+            return Ok(());
+        }
+        StoreOp::Ready(Ok(FillLock::Acquired(token))) => fill.holding_lock(token),
+        StoreOp::Ready(Ok(FillLock::NotShared)) => {}
+        // A refresh that could not take the lock could not store its answer either: the stale
+        // entry is served meanwhile, and a later request tries again.
+        StoreOp::Ready(Err(e)) => {
+            shared.backend_failed("lock", &e);
+            return Ok(());
+        }
+        StoreOp::Pending(lock) => {
+            // The call is made now (the service is ready now) but only polled once the lock is
+            // known; if another process holds it (or it cannot be had), the call is dropped
+            // unpolled.
+            let call = svc.call(req);
+            let shared = Arc::clone(shared);
+            drop(runtime.spawn(async move {
+                match lock.await {
+                    Ok(FillLock::HeldElsewhere) => return,
+                    Ok(FillLock::Fresh(entry)) => {
+                        fill.found(entry);
+                        return;
+                    }
+                    Ok(FillLock::Acquired(token)) => fill.holding_lock(token),
+                    Ok(FillLock::NotShared) => {}
+                    Err(e) => {
+                        shared.backend_failed("lock", &e);
+                        return;
+                    }
+                }
+                Refresh::<S::Future, A::Capture, X, St, A, A::Stored, Req>::new(call, fill).await;
+            }));
+            return Ok(());
+        }
+    }
+    tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: refreshing in the background");
+    let refresh =
+        Refresh::<S::Future, A::Capture, X, St, A, A::Stored, Req>::new(svc.call(req), fill);
+    drop(runtime.spawn(refresh));
+    Ok(())
+}

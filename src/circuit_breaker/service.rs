@@ -4,13 +4,13 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::classify::Classify;
 use super::error::CircuitOpen;
 use super::fallback::{Fallback, NoFallback};
 use super::future::{Held, OwnRef, ResponseFuture};
 use super::key::{CircuitKey, ExtractCircuitKey, OneCircuit};
 use super::layer::{Circuits, Shared};
 use super::state::Breaker;
+use crate::classify::Classify;
 use crate::rejection::RejectionMode;
 
 /// Guards calls to an upstream with a circuit; made by
@@ -87,7 +87,7 @@ impl<S, Req, C, M, F, X> Service<Req> for CircuitBreaker<S, C, M, F, X>
 where
     S: Service<Req> + Clone,
     X: ExtractCircuitKey<Req>,
-    C: Classify<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error> + Clone,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
     F: Fallback<S::Response>,

@@ -42,9 +42,9 @@
 //! | `memory` | yes | the in-memory backend, [`backend::memory`] |
 //! | `redis` | | the Redis backend, [`backend::redis`]: limits shared by every replica, with a failure policy |
 //! | `redis-cluster` | | `redis`, plus Redis Cluster through the `redis` crate's async cluster client |
-//! | `http` | | HTTP key extractors ([`key`]), the HTTP and gRPC rejection modes ([`http`], [`grpc`]), the retry classifiers and the cache's HTTP mode |
+//! | `http` | | HTTP key extractors ([`key`]), the HTTP and gRPC rejection modes ([`http`], [`grpc`]), the HTTP and gRPC [classifiers](classify) and the cache's HTTP mode |
 //! | `axum` | | `http`, plus reading axum's `ConnectInfo` |
-//! | `tonic` | | `http`, plus tonic's peer address and `From<RateLimited>` / `From<CircuitOpen>` for `tonic::Status` |
+//! | `tonic` | | `http`, plus tonic's peer address, `From<RateLimited>` / `From<CircuitOpen>` for `tonic::Status`, and classifying tonic's results |
 //! | `metrics` | | `rampart_*` counters and gauges through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `serde` | | `Deserialize`/`Serialize` for configuration types |
 //! | `full` | | all of the above |
@@ -58,6 +58,7 @@
 mod macros;
 
 pub mod backend;
+pub mod classify;
 pub mod clock;
 pub mod error;
 pub mod key;

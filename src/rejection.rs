@@ -37,6 +37,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::classify::GrpcCode;
 use crate::error::BoxError;
 
 /// A refusal by one of the layers.
@@ -91,12 +92,12 @@ impl RejectionKind {
     }
 
     /// The gRPC status code a refusal of this kind is answered with.
-    pub fn grpc_code(self) -> i32 {
+    pub fn grpc_code(self) -> GrpcCode {
         match self {
-            Self::RateLimited => 8,                             // RESOURCE_EXHAUSTED
-            Self::KeyMissing => 13,                             // INTERNAL
-            Self::BackendUnavailable | Self::CircuitOpen => 14, // UNAVAILABLE
-            Self::TimedOut => 4,                                // DEADLINE_EXCEEDED
+            Self::RateLimited => GrpcCode::ResourceExhausted,
+            Self::KeyMissing => GrpcCode::Internal,
+            Self::BackendUnavailable | Self::CircuitOpen => GrpcCode::Unavailable,
+            Self::TimedOut => GrpcCode::DeadlineExceeded,
         }
     }
 }

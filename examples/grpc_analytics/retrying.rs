@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tower_rampart::BoxError;
-use tower_rampart::retry::classify::GrpcClassifier;
+use tower_rampart::classify::GrpcClassifier;
 use tower_rampart::retry::{Attempts, RetryLayer};
 
 use crate::pb;
@@ -34,7 +34,7 @@ pub(crate) fn submit_metric(
         .max_attempts(max_attempts)
         .exponential_backoff(Duration::from_millis(100), 2.0, max_delay)
         .deadline(deadline)
-        .classifier(GrpcClassifier::new())
+        .classify(GrpcClassifier::new())
         .build()?;
     let client = AnalyticsServiceClient::new(channel);
     let call = tower::service_fn(move |req: pb::SubmitMetricRequest| {

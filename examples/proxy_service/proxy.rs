@@ -191,7 +191,7 @@ pub(crate) fn upstream_client(
         .name("external")
         .consecutive_failures(config.breaker_threshold)
         .wait_duration(config.breaker_reset)
-        .classifier(tower_rampart::circuit_breaker::classify::HttpClassifier::new())
+        .classify(tower_rampart::classify::HttpClassifier::new())
         .build()?;
     let handle = breaker.handle();
     let deadline = config.attempt_timeout * config.retry_attempts

@@ -11,10 +11,10 @@ use pin_project_lite::pin_project;
 
 use tower_service::Service;
 
-use super::classify::Classify;
 #[cfg(feature = "redis")]
 use super::handle::CircuitState;
-use super::state::{Breaker, Permit};
+use super::state::{Breaker, Outcome, Permit};
+use crate::classify::Classify;
 use crate::rejection::RejectionMode;
 
 pin_project! {
@@ -212,7 +212,11 @@ where
                     if let Some(mut r) = recorder.take()
                         && let Some(permit) = r.permit.take()
                     {
-                        let outcome = r.classifier.classify(&result);
+                        let outcome = if r.classifier.classify(&result).is_failure() {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
                         r.held.breaker().record(permit, outcome);
                     }
                     return Poll::Ready(result.map_err(Err::from));

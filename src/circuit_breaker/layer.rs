@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::classify::ErrorsAreFailures;
 use super::fallback::{FallbackFn, NoFallback};
 use super::handle::{CircuitHandle, CircuitsHandle, Transition};
 use super::key::PerKey;
@@ -14,6 +13,9 @@ use super::state::{Breaker, Config, Hook, MAX_PROBES, SlowCalls, Wait, WindowCon
 #[cfg(feature = "redis")]
 use super::store::SharedWith;
 use super::store::{DEFAULT_SYNC_INTERVAL, NotShared};
+use crate::classify::ErrorsAreFailures;
+#[cfg(feature = "http")]
+use crate::classify::{GrpcClassifier, HttpClassifier};
 use crate::error::ConfigError;
 use crate::key::{GlobalKey, KeyExtractor, KeyLabel};
 use crate::rejection::AsError;
@@ -328,8 +330,11 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
         self
     }
 
-    /// How results count (default [`ErrorsAreFailures`]); see [`classify`](super::classify).
-    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2, M, F, X, S> {
+    /// What counts as a failure (default [`ErrorsAreFailures`]: errors do, responses do not): any
+    /// `Clone` classifier from [`classify`](crate::classify), retry's too. The circuit counts
+    /// [failure](crate::classify::Verdict::Failure) and
+    /// [transient](crate::classify::Verdict::Transient) verdicts as failures.
+    pub fn classify<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2, M, F, X, S> {
         let (b, _, mode, fallback, key, store) = self.split();
         b.join(classifier, mode, fallback, key, store)
     }
@@ -423,21 +428,32 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
         )
     }
 
-    /// For HTTP services: refusals become 503 responses, 5xx responses count as failures.
+    /// For HTTP services. Sets exactly:
+    ///
+    /// - `.classify(HttpClassifier::new())`: errors and `5xx` responses count as failures, other
+    ///   responses (`429` included) as successes (see [`HttpClassifier`]);
+    /// - `.rejection(AsHttp::new())`: refusals become `503` responses with `Retry-After`, and the
+    ///   inner service's errors keep their type.
+    ///
+    /// Everything else keeps its value.
     #[cfg(feature = "http")]
-    pub fn http(
-        self,
-    ) -> CircuitBreakerBuilder<super::classify::HttpClassifier, crate::http::AsHttp, F, X, S> {
-        self.classifier(super::classify::HttpClassifier::new())
+    pub fn http(self) -> CircuitBreakerBuilder<HttpClassifier, crate::http::AsHttp, F, X, S> {
+        self.classify(HttpClassifier::new())
             .rejection(crate::http::AsHttp::new())
     }
 
-    /// For gRPC services: refusals become `UNAVAILABLE`, failing statuses count as failures.
+    /// For gRPC services. Sets exactly:
+    ///
+    /// - `.classify(GrpcClassifier::new())`: errors and responses whose `grpc-status` is
+    ///   `UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL` or `UNAVAILABLE` count as failures, others as
+    ///   successes (see [`GrpcClassifier`]);
+    /// - `.rejection(AsGrpc::new())`: refusals become trailers-only `UNAVAILABLE` responses with
+    ///   retry information, and the inner service's errors keep their type.
+    ///
+    /// Everything else keeps its value.
     #[cfg(feature = "http")]
-    pub fn grpc(
-        self,
-    ) -> CircuitBreakerBuilder<super::classify::GrpcClassifier, crate::grpc::AsGrpc, F, X, S> {
-        self.classifier(super::classify::GrpcClassifier)
+    pub fn grpc(self) -> CircuitBreakerBuilder<GrpcClassifier, crate::grpc::AsGrpc, F, X, S> {
+        self.classify(GrpcClassifier::new())
             .rejection(crate::grpc::AsGrpc::new())
     }
 }

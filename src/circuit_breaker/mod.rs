@@ -17,8 +17,10 @@
 //! buckets. [`slow_calls`](CircuitBreakerBuilder::slow_calls) adds a slow-call rate. A circuit can
 //! also be kept [per key](key), for example one per upstream host, in a bounded map.
 //!
-//! A [classifier](classify) decides what a failure is: by default an inner error; with `.http()`
-//! also a 5xx response, with `.grpc()` a failing `grpc-status`. A call whose future is dropped before
+//! A [classifier](crate::classify), the same retry uses, decides what a failure is: by default an
+//! inner error; with `.http()` also a 5xx response, with `.grpc()` a failing `grpc-status`. The
+//! circuit counts [failure](crate::classify::Verdict::Failure) and
+//! [transient](crate::classify::Verdict::Transient) verdicts as failures, the others as successes. A call whose future is dropped before
 //! it completes (a cancelled call) counts as nothing; a cancelled half-open probe gives its permit
 //! back, so the circuit cannot stay half-open waiting for it.
 //!
@@ -175,7 +177,6 @@
 //! # }
 //! ```
 
-pub mod classify;
 pub mod error;
 pub mod fallback;
 pub mod future;
@@ -190,7 +191,6 @@ mod state;
 pub mod store;
 mod window;
 
-pub use self::classify::Outcome;
 pub use self::handle::{
     CircuitHandle, CircuitSnapshot, CircuitState, CircuitsHandle, SharedSnapshot, Transition,
 };

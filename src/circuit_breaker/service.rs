@@ -4,12 +4,12 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::classify::Classify;
 use super::error::CircuitOpen;
 use super::fallback::{Fallback, NoFallback};
 use super::future::{Held, OwnRef, ResponseFuture};
 use super::layer::{Circuits, Shared};
 use super::state::Breaker;
+use crate::classify::Classify;
 use crate::key::{ExtractKey, GlobalKey, KeyExtractor};
 use crate::rejection::RejectionMode;
 
@@ -87,7 +87,7 @@ impl<S, Req, C, M, F, X> Service<Req> for CircuitBreaker<S, C, M, F, X>
 where
     S: Service<Req> + Clone,
     X: ExtractKey<Req>,
-    C: Classify<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error> + Clone,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
     F: Fallback<S::Response>,

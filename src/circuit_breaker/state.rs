@@ -29,10 +29,18 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use super::classify::Outcome;
 use super::handle::{CircuitSnapshot, CircuitState, Transition};
 use super::window::{CountWindow, Counts, TimeWindow, Window};
 use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
+
+/// How a finished call counts, as its classifier's [`Verdict`](crate::classify::Verdict) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Not a failure.
+    Success,
+    /// A failure; counts towards opening the circuit.
+    Failure,
+}
 
 const KIND_BITS: u64 = 3;
 const PROBE_BITS: u64 = 13;

@@ -43,23 +43,15 @@
 //! ```
 
 use std::fmt::Write;
-use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use bytes::Bytes;
 use http::HeaderValue;
 
+use crate::classify::retry_info::{details_header, pushback_ms, status_details};
+pub use crate::classify::{GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, GRPC_STATUS_DETAILS_BIN};
 use crate::rejection::{Rejection, RejectionMode};
 
-/// `grpc-status`.
-pub const GRPC_STATUS: &str = "grpc-status";
 /// `grpc-message`.
 pub const GRPC_MESSAGE: &str = "grpc-message";
-/// `grpc-retry-pushback-ms`: how long a client should wait before retrying, in milliseconds.
-pub const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
-/// `grpc-status-details-bin`: a base64 `google.rpc.Status` with details.
-pub const GRPC_STATUS_DETAILS_BIN: &str = "grpc-status-details-bin";
 
 /// Rejection mode for gRPC services: a refusal becomes a trailers-only gRPC response; the inner
 /// service's errors pass through unchanged. Works with any body type with a `Default` (tonic's).
@@ -82,7 +74,7 @@ impl AsGrpc {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert(GRPC_STATUS, code.into());
+        h.insert(GRPC_STATUS, code.as_i32().into());
         h.insert(
             GRPC_MESSAGE,
             HeaderValue::from_str(&percent_encode(&message)).expect("percent-encoded is ASCII"),
@@ -90,11 +82,7 @@ impl AsGrpc {
         if let Some(retry_after) = rejection.retry_after() {
             h.insert(GRPC_RETRY_PUSHBACK_MS, pushback_ms(retry_after).into());
             let details = status_details(code, &message, Some(retry_after));
-            let encoded = STANDARD_NO_PAD.encode(details);
-            h.insert(
-                GRPC_STATUS_DETAILS_BIN,
-                HeaderValue::from_str(&encoded).expect("base64 is ASCII"),
-            );
+            h.insert(GRPC_STATUS_DETAILS_BIN, details_header(&details));
         }
         rejection.write_headers(h);
         res
@@ -120,12 +108,6 @@ where
     }
 }
 
-/// Whole milliseconds, rounded up (at least 1), so a client that waits that long is never early.
-fn pushback_ms(d: Duration) -> u64 {
-    let ms = d.as_nanos().div_ceil(1_000_000);
-    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
-}
-
 /// Percent-encodes a `grpc-message` as the gRPC HTTP/2 protocol requires.
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -139,49 +121,9 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Encodes a `google.rpc.Status { code, message, details: [RetryInfo { retry_delay }] }`.
-pub(crate) fn status_details(code: i32, message: &str, retry_delay: Option<Duration>) -> Bytes {
-    let mut status = Vec::with_capacity(96);
-    put_varint_field(&mut status, 1, code as u64);
-    put_bytes_field(&mut status, 2, message.as_bytes());
-    if let Some(delay) = retry_delay {
-        let mut duration = Vec::with_capacity(12);
-        put_varint_field(&mut duration, 1, delay.as_secs());
-        put_varint_field(&mut duration, 2, u64::from(delay.subsec_nanos()));
-        let mut retry_info = Vec::with_capacity(16);
-        put_bytes_field(&mut retry_info, 1, &duration);
-        let mut any = Vec::with_capacity(64);
-        put_bytes_field(&mut any, 1, b"type.googleapis.com/google.rpc.RetryInfo");
-        put_bytes_field(&mut any, 2, &retry_info);
-        put_bytes_field(&mut status, 3, &any);
-    }
-    Bytes::from(status)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        put_varint(out, u64::from(field << 3));
-        put_varint(out, v);
-    }
-}
-
-fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    put_varint(out, u64::from(field << 3 | 2));
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
 #[cfg(feature = "tonic")]
 mod tonic_status {
-    use super::status_details;
+    use crate::classify::retry_info::{pushback_ms, status_details};
     use crate::rejection::Rejection;
 
     /// Converts a refusal to a `tonic::Status` carrying the same retry information as [`AsGrpc`]
@@ -189,14 +131,14 @@ mod tonic_status {
     ///
     /// [`AsGrpc`]: super::AsGrpc
     pub fn to_status(rejection: &dyn Rejection) -> tonic::Status {
-        let code = tonic::Code::from_i32(rejection.kind().grpc_code());
+        let code = rejection.kind().grpc_code();
         let message = rejection.to_string();
-        let details = status_details(code as i32, &message, rejection.retry_after());
-        let mut status = tonic::Status::with_details(code, message, details);
+        let details = status_details(code, &message, rejection.retry_after());
+        let mut status = tonic::Status::with_details(code.into(), message, details);
         if let Some(retry_after) = rejection.retry_after() {
             status.metadata_mut().insert(
                 super::GRPC_RETRY_PUSHBACK_MS,
-                super::pushback_ms(retry_after).into(),
+                pushback_ms(retry_after).into(),
             );
         }
         status
@@ -272,31 +214,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pushback_rounds_up() {
-        assert_eq!(pushback_ms(Duration::from_nanos(59_999_000_001)), 60_000);
-        assert_eq!(pushback_ms(Duration::from_millis(60_000)), 60_000);
-        assert_eq!(pushback_ms(Duration::from_nanos(1)), 1);
-        assert_eq!(pushback_ms(Duration::ZERO), 1);
-    }
-
-    #[test]
     fn percent_encoding_follows_the_grpc_spec() {
         assert_eq!(percent_encode("rate limit exceeded"), "rate limit exceeded");
         assert_eq!(
             percent_encode("50% ünïcode\n"),
             "50%25 %C3%BCn%C3%AFcode%0A"
         );
-    }
-
-    #[test]
-    fn status_details_are_valid_protobuf() {
-        // Status{code=8, message="x", details=[Any{RetryInfo{Duration{seconds=6, nanos=5}}}]}
-        let b = status_details(8, "x", Some(Duration::new(6, 5)));
-        let url = b"type.googleapis.com/google.rpc.RetryInfo";
-        let mut expected = vec![0x08, 8, 0x12, 1, b'x', 0x1a, (2 + url.len() + 2 + 6) as u8];
-        expected.extend([0x0a, url.len() as u8]);
-        expected.extend(url);
-        expected.extend([0x12, 6, 0x0a, 4, 0x08, 6, 0x10, 5]);
-        assert_eq!(&b[..], &expected[..]);
     }
 }

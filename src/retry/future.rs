@@ -13,11 +13,11 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::RetryMode;
-use super::classify::Reason;
 use super::error::AttemptTimedOut;
 use super::layer::Shared;
 use super::policy::{Attempt, Decision, GiveUp, Outcome, Policy, TimeLimit};
 use super::request::NotRetryable;
+use crate::classify::Reason;
 
 pin_project! {
     /// Response future of [`Retry`](super::Retry): a state machine that calls the inner service,

@@ -6,10 +6,12 @@ use tower_layer::Layer;
 
 use super::backoff::{Backoff, Jitter};
 use super::budget::{Budget, RetryBudget};
-use super::classify::ErrorsAreTransient;
 use super::policy::{Seeds, StandardPolicy};
 use super::request::CloneAll;
 use super::service::Retry;
+use crate::classify::ErrorsAreFailures;
+#[cfg(feature = "http")]
+use crate::classify::{GrpcClassifier, HttpClassifier};
 use crate::error::ConfigError;
 use crate::rejection::AsError;
 use crate::throttle::LogThrottle;
@@ -26,7 +28,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// The layer holds its policy, and with it the retry budget, in an `Arc`: every clone of the layer
 /// and every service it makes share one budget. Build it with [`RetryLayer::builder`] (or
 /// [`RetryLayer::custom`] for a policy of your own). See the [module documentation](super).
-pub struct RetryLayer<P = StandardPolicy<ErrorsAreTransient, CloneAll>, M = AsError> {
+pub struct RetryLayer<P = StandardPolicy<ErrorsAreFailures, CloneAll>, M = AsError> {
     pub(crate) shared: Arc<Shared<P, M>>,
 }
 
@@ -106,7 +108,7 @@ impl RetryLayer {
             budget: BudgetSetting::Own(Budget::default()),
             retry_timeouts: true,
             seed: None,
-            classifier: ErrorsAreTransient,
+            classifier: ErrorsAreFailures,
             requests: CloneAll,
             mode: AsError,
         }
@@ -131,11 +133,11 @@ enum BudgetSetting {
 
 /// Configures the ready-made policy of a [`RetryLayer`]. Made by [`RetryLayer::builder`].
 ///
-/// Type parameters: `C` the [classifier](super::classify), `R` the [request
+/// Type parameters: `C` the [classifier](crate::classify), `R` the [request
 /// copier](super::request), `M` the [rejection mode](crate::rejection).
 #[must_use = "a builder does nothing until `build` is called"]
 #[derive(Clone, Debug)]
-pub struct RetryBuilder<C = ErrorsAreTransient, R = CloneAll, M = AsError> {
+pub struct RetryBuilder<C = ErrorsAreFailures, R = CloneAll, M = AsError> {
     name: &'static str,
     max_attempts: u32,
     /// The schedule, as `backoff`, `fixed_backoff` or `exponential_backoff` set it.
@@ -269,8 +271,12 @@ impl<C, R, M> RetryBuilder<C, R, M> {
         self
     }
 
-    /// What is worth retrying (default [`ErrorsAreTransient`]); see [`classify`](super::classify).
-    pub fn classifier<C2>(self, classifier: C2) -> RetryBuilder<C2, R, M> {
+    /// What is worth retrying (default [`ErrorsAreFailures`]: errors are, responses are not):
+    /// any classifier from [`classify`](crate::classify), the circuit breaker's too. Retry tries
+    /// again on [transient](crate::classify::Verdict::Transient) and
+    /// [throttled](crate::classify::Verdict::Throttled) verdicts, honouring the server's
+    /// [pushback](crate::classify::Pushback).
+    pub fn classify<C2>(self, classifier: C2) -> RetryBuilder<C2, R, M> {
         RetryBuilder {
             name: self.name,
             max_attempts: self.max_attempts,
@@ -328,10 +334,18 @@ impl<C, R, M> RetryBuilder<C, R, M> {
         }
     }
 
-    /// For HTTP: retries errors and 502, 503, 504 and 429 responses, honouring `Retry-After`;
-    /// idempotent requests only; a final timeout becomes a `504` response and inner errors keep
-    /// their type (so the layer fits axum's `Router::layer`), which leaves them without an attempt
-    /// count (responses have it in the [`Attempts`](super::Attempts) extension).
+    /// For HTTP. Sets exactly:
+    ///
+    /// - `.classify(HttpClassifier::new())`: errors and `502`, `503`, `504` and `429` responses
+    ///   are retried, honouring `Retry-After`; the final response gets the
+    ///   [`Attempts`](super::Attempts) extension (see [`HttpClassifier`]);
+    /// - `.requests(HttpRequests::new())`: idempotent methods and requests with an
+    ///   `Idempotency-Key` only, bodies not buffered (see [`HttpRequests`](super::request::HttpRequests));
+    /// - `.rejection(AsHttp::new())`: a final timeout becomes a `504` response and inner errors
+    ///   keep their type (so the layer fits axum's `Router::layer`), which leaves them without an
+    ///   attempt count (responses have it in the [`Attempts`](super::Attempts) extension).
+    ///
+    /// Everything else keeps its value.
     ///
     /// The `504` is built from [`Bytes`](bytes::Bytes), so the response body must be `From<Bytes>`
     /// (axum's `Body`, `Full<Bytes>`, ...). hyper's `Incoming` is not: for a hyper client, keep the
@@ -340,20 +354,25 @@ impl<C, R, M> RetryBuilder<C, R, M> {
     #[cfg(feature = "http")]
     pub fn http(
         self,
-    ) -> RetryBuilder<
-        super::classify::HttpClassifier,
-        super::request::HttpRequests,
-        crate::http::AsHttp,
-    > {
-        self.classifier(super::classify::HttpClassifier::new())
+    ) -> RetryBuilder<HttpClassifier, super::request::HttpRequests, crate::http::AsHttp> {
+        self.classify(HttpClassifier::new())
             .requests(super::request::HttpRequests::new())
             .rejection(crate::http::AsHttp::new())
     }
 
-    /// For gRPC clients over `http` (a tonic `Channel`, with the generated client on top):
-    /// retries errors and `UNAVAILABLE` and `RESOURCE_EXHAUSTED`, honouring the server's pushback;
-    /// every call may be retried (gRPC calls are all POSTs; the server says what is safe by its
-    /// status); a final timeout becomes `DEADLINE_EXCEEDED` and inner errors keep their type.
+    /// For gRPC clients over `http` (a tonic `Channel`, with the generated client on top). Sets
+    /// exactly:
+    ///
+    /// - `.classify(GrpcClassifier::new())`: errors and `UNAVAILABLE` and `RESOURCE_EXHAUSTED`
+    ///   are retried, honouring the server's pushback; the final response gets the
+    ///   [`Attempts`](super::Attempts) extension (see [`GrpcClassifier`]);
+    /// - `.requests(HttpRequests::new().any_method(true).buffer_bodies(DEFAULT_BUFFER_LIMIT))`:
+    ///   every call may be retried (gRPC calls are all POSTs; the server says what is safe by its
+    ///   status), and bodies already in memory up to 64 KiB are kept for retries;
+    /// - `.rejection(AsGrpc::new())`: a final timeout becomes `DEADLINE_EXCEEDED` and inner errors
+    ///   keep their type.
+    ///
+    /// Everything else keeps its value.
     ///
     /// Unary calls are retried with their encoded message: tonic hands the channel a body that
     /// has it at once, and the layer keeps a copy, up to
@@ -376,12 +395,8 @@ impl<C, R, M> RetryBuilder<C, R, M> {
     #[cfg(feature = "http")]
     pub fn grpc(
         self,
-    ) -> RetryBuilder<
-        super::classify::GrpcClassifier,
-        super::request::HttpRequests,
-        crate::grpc::AsGrpc,
-    > {
-        self.classifier(super::classify::GrpcClassifier::new())
+    ) -> RetryBuilder<GrpcClassifier, super::request::HttpRequests, crate::grpc::AsGrpc> {
+        self.classify(GrpcClassifier::new())
             .requests(
                 super::request::HttpRequests::new()
                     .any_method(true)
@@ -454,10 +469,11 @@ impl<C, R, M> RetryBuilder<C, R, M> {
 }
 
 #[cfg(feature = "http")]
-impl<R, M> RetryBuilder<super::classify::HttpClassifier, R, M> {
-    /// Retries exactly these response statuses (instead of 502, 503, 504 and 429).
+impl<R, M> RetryBuilder<HttpClassifier, R, M> {
+    /// Retries exactly these response statuses (instead of 502, 503, 504 and 429); see
+    /// [`HttpClassifier::retry_statuses`].
     pub fn retry_statuses(mut self, statuses: impl IntoIterator<Item = http::StatusCode>) -> Self {
-        self.classifier = self.classifier.statuses(statuses);
+        self.classifier = self.classifier.retry_statuses(statuses);
         self
     }
 
@@ -470,11 +486,15 @@ impl<R, M> RetryBuilder<super::classify::HttpClassifier, R, M> {
 }
 
 #[cfg(feature = "http")]
-impl<R, M> RetryBuilder<super::classify::GrpcClassifier, R, M> {
+impl<R, M> RetryBuilder<GrpcClassifier, R, M> {
     /// Retries exactly these gRPC status codes (instead of `UNAVAILABLE` and
-    /// `RESOURCE_EXHAUSTED`).
-    pub fn retry_codes(mut self, codes: impl IntoIterator<Item = i32>) -> Self {
-        self.classifier = self.classifier.codes(codes);
+    /// `RESOURCE_EXHAUSTED`): [`GrpcCode`](crate::classify::GrpcCode)s, or with the `tonic`
+    /// feature `tonic::Code`s; see [`GrpcClassifier::retry_codes`].
+    pub fn retry_codes<K: Into<crate::classify::GrpcCode>>(
+        mut self,
+        codes: impl IntoIterator<Item = K>,
+    ) -> Self {
+        self.classifier = self.classifier.retry_codes(codes);
         self
     }
 

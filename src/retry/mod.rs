@@ -1,9 +1,12 @@
 //! Retries: send a request again when it failed in a way another attempt can fix, with backoff
 //! and jitter, within a budget, a deadline and a number of attempts.
 //!
-//! - **What is retried** is decided by a [classifier](classify): by default any error of the inner
-//!   service; for HTTP (`.http()`) errors and `502`, `503`, `504`, `429`; for gRPC (`.grpc()`)
-//!   errors and `UNAVAILABLE`, `RESOURCE_EXHAUSTED`; or a closure.
+//! - **What is retried** is decided by a [classifier](crate::classify), the same the circuit
+//!   breaker uses: by default any error of the inner service; for HTTP (`.http()`) errors and
+//!   `502`, `503`, `504`, `429`; for gRPC (`.grpc()`) errors and `UNAVAILABLE`,
+//!   `RESOURCE_EXHAUSTED`; or a closure. Retry tries again on its
+//!   [transient](crate::classify::Verdict::Transient) and
+//!   [throttled](crate::classify::Verdict::Throttled) verdicts.
 //! - **Which requests** may be sent again is decided by a [request copier](request): the first
 //!   attempt consumes the request, so a copy is made first. For HTTP only idempotent methods
 //!   (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and requests with an `Idempotency-Key` are retried
@@ -117,19 +120,20 @@
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //! use tower_rampart::BoxError;
 //! use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitState};
-//! use tower_rampart::retry::{Attempts, RetryLayer, classify::HttpClassifier, request::HttpRequests};
+//! use tower_rampart::classify::HttpClassifier;
+//! use tower_rampart::retry::{Attempts, RetryLayer, request::HttpRequests};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! tokio::time::pause();
 //! let breaker = CircuitBreakerLayer::builder()
 //!     .consecutive_failures(2)
-//!     .classifier(tower_rampart::circuit_breaker::classify::HttpClassifier::new())
+//!     .classify(HttpClassifier::new()) // 5xx are failures
 //!     .build()
 //!     .unwrap();
 //! let state = breaker.handle();
 //! let retry = RetryLayer::builder()
 //!     .max_attempts(3)
-//!     .classifier(HttpClassifier::new())
+//!     .classify(HttpClassifier::new()) // 502, 503, 504, 429 are retried
 //!     .requests(HttpRequests::new().any_method(true)) // the upstream dedupes by request id
 //!     .build()
 //!     .unwrap();
@@ -155,7 +159,7 @@
 //! default), statuses keep their type, and the client's code does not change. Or, as here, wrap
 //! the generated client's call in a service of its messages (which are `Clone`, so any call,
 //! streaming ones and large ones included, can be retried), and let
-//! [`GrpcClassifier`](classify::GrpcClassifier) read the status and the server's pushback. Errors
+//! [`GrpcClassifier`](crate::classify::GrpcClassifier) read the status and the server's pushback. Errors
 //! then come back as `BoxError` carrying the attempt count; `tonic::Status::from_error` finds the
 //! last status inside.
 //!
@@ -163,7 +167,8 @@
 //! use std::time::Duration;
 //! use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 //! use tower::{Layer, Service, ServiceExt, service_fn};
-//! use tower_rampart::retry::{RetryLayer, classify::GrpcClassifier};
+//! use tower_rampart::classify::GrpcClassifier;
+//! use tower_rampart::retry::RetryLayer;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect().await?;
@@ -172,7 +177,7 @@
 //!     .max_attempts(4)
 //!     .exponential_backoff(Duration::from_millis(200), 2.0, Duration::from_secs(10))
 //!     .deadline(Duration::from_secs(15))
-//!     .classifier(GrpcClassifier::new())
+//!     .classify(GrpcClassifier::new())
 //!     .build()?;
 //! let mut check = retry.layer(service_fn(move |req: HealthCheckRequest| {
 //!     let mut client = client.clone();
@@ -198,7 +203,6 @@
 
 pub mod backoff;
 pub mod budget;
-pub mod classify;
 pub mod error;
 pub mod future;
 mod layer;
@@ -208,7 +212,6 @@ mod service;
 
 pub use self::backoff::{Backoff, Delays, Jitter};
 pub use self::budget::{Budget, RetryBudget};
-pub use self::classify::{Reason, Verdict};
 pub use self::layer::{CustomBuilder, MAX_ATTEMPTS, MAX_TIMEOUT, RetryBuilder, RetryLayer};
 pub use self::policy::{
     Attempt, Decision, GiveUp, Outcome, Policy, StandardPolicy, StandardState, TimeLimit,
@@ -218,21 +221,9 @@ pub use self::service::Retry;
 use crate::error::BoxError;
 use crate::rejection::{AsError, RejectionMode};
 
-/// How many attempts a request took, the first included: an extension on the final response,
-/// set by the HTTP and gRPC classifiers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Attempts(pub u32);
-
-impl Attempts {
-    /// The attempts after the first.
-    pub const fn retries(self) -> u32 {
-        self.0.saturating_sub(1)
-    }
-}
-
-/// `x-retry-attempts`: the number of attempts a response took, when asked for.
+pub use crate::classify::Attempts;
 #[cfg(feature = "http")]
-pub static X_RETRY_ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-retry-attempts");
+pub use crate::classify::X_RETRY_ATTEMPTS;
 
 /// A [rejection mode](crate::rejection) as the retry layer uses it: it also decides how the inner
 /// service's final error reaches the caller.

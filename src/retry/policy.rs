@@ -15,9 +15,10 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{Layer, Service, ServiceExt, service_fn};
+//! use tower_rampart::classify::Reason;
 //! use tower_rampart::retry::{
-//!     Attempt, Backoff, Budget, Decision, Delays, GiveUp, Outcome, Policy, Reason, RetryBudget,
-//!     RetryLayer, request::NotRetryable,
+//!     Attempt, Backoff, Budget, Decision, Delays, GiveUp, Outcome, Policy, RetryBudget, RetryLayer,
+//!     request::NotRetryable,
 //! };
 //!
 //! #[derive(Debug, PartialEq)]
@@ -86,8 +87,8 @@ use tokio::time::Instant;
 
 use super::backoff::{Backoff, Jittered};
 use super::budget::RetryBudget;
-use super::classify::{Classify, Reason, Verdict};
 use super::request::{CloneRequest, NotRetryable};
+use crate::classify::{Classify, Pushback, Reason, Verdict};
 
 /// Decides how a request is retried. Implemented by [`StandardPolicy`]; implement it for the
 /// unusual case and wrap it with [`RetryLayer::custom`](super::RetryLayer::custom).
@@ -389,18 +390,24 @@ where
     ) -> Decision {
         let verdict = match outcome {
             Outcome::Finished(result) => self.classifier.classify(result),
-            Outcome::TimedOut(_) if self.retry_timeouts => Verdict::retry(Reason::TimedOut),
-            Outcome::TimedOut(_) => Verdict::Done,
+            Outcome::TimedOut(_) if self.retry_timeouts => Verdict::transient(Reason::TimedOut),
+            Outcome::TimedOut(_) => Verdict::Success,
         };
-        let (reason, asked) = match verdict {
-            Verdict::Done => return Decision::Done,
-            Verdict::DoNotRetry { reason } => {
+        let (reason, pushback) = match verdict {
+            Verdict::Transient { reason, pushback } | Verdict::Throttled { reason, pushback } => {
+                (reason, pushback)
+            }
+            Verdict::Success | Verdict::Failure { .. } => return Decision::Done,
+        };
+        let asked = match pushback {
+            Pushback::None => None,
+            Pushback::After(after) => Some(after),
+            Pushback::DoNotRetry => {
                 return Decision::GiveUp {
                     reason,
                     why: GiveUp::Server,
                 };
             }
-            Verdict::Retry { reason, after } => (reason, after),
         };
         let give_up = |why| Decision::GiveUp { reason, why };
         if !attempt.can_retry() {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
 use tower_rampart::BoxError;
-use tower_rampart::circuit_breaker::classify::{ErrorsAreFailures, HttpClassifier};
 use tower_rampart::circuit_breaker::error::CircuitOpen;
 use tower_rampart::circuit_breaker::fallback::NoFallback;
 use tower_rampart::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitHandle};
+use tower_rampart::classify::{ErrorsAreFailures, HttpClassifier};
 use tower_rampart::http::AsHttp;
 use tower_rampart::rejection::AsError;
 

@@ -363,9 +363,9 @@ async fn header_key_labels_circuits_without_the_header_value() {
 mod named {
     //! A layer keyed by a plain `fn` has a type that can be written down (#15).
     use tower_rampart::circuit_breaker::CircuitBreakerLayer;
-    use tower_rampart::circuit_breaker::classify::ErrorsAreFailures;
     use tower_rampart::circuit_breaker::fallback::NoFallback;
     use tower_rampart::circuit_breaker::key::PerKey;
+    use tower_rampart::classify::ErrorsAreFailures;
     use tower_rampart::key::{KeyFn, KeyFnPtr};
     use tower_rampart::rejection::AsError;
 

@@ -80,7 +80,7 @@ fn shared_types_are_send_sync_static() {
     send_sync_static::<
         CircuitBreaker<
             tower::util::BoxCloneSyncService<(), (), BoxError>,
-            tower_rampart::circuit_breaker::classify::ErrorsAreFailures,
+            tower_rampart::classify::ErrorsAreFailures,
             tower_rampart::rejection::AsError,
         >,
     >();
@@ -89,7 +89,7 @@ fn shared_types_are_send_sync_static() {
     send_static::<RedisSync>();
     send_sync_static::<
         CircuitBreakerBuilder<
-            tower_rampart::circuit_breaker::classify::ErrorsAreFailures,
+            tower_rampart::classify::ErrorsAreFailures,
             tower_rampart::rejection::AsError,
             tower_rampart::circuit_breaker::fallback::NoFallback,
             tower_rampart::key::GlobalKey,
@@ -98,7 +98,7 @@ fn shared_types_are_send_sync_static() {
     >();
     send_sync_static::<
         CircuitBreakerBuilder<
-            tower_rampart::circuit_breaker::classify::HttpClassifier,
+            tower_rampart::classify::HttpClassifier,
             tower_rampart::http::AsHttp,
             tower_rampart::circuit_breaker::fallback::NoFallback,
             PerKey<UpstreamHost>,
@@ -119,7 +119,7 @@ async fn configuration_errors_name_the_setting() {
     // No server needed: the layer is checked when it is built.
     let backend = RedisBackend::connect_lazy("redis://127.0.0.1:1/").unwrap();
     let build = |b: CircuitBreakerBuilder<
-        tower_rampart::circuit_breaker::classify::ErrorsAreFailures,
+        tower_rampart::classify::ErrorsAreFailures,
         tower_rampart::rejection::AsError,
         tower_rampart::circuit_breaker::fallback::NoFallback,
         tower_rampart::key::GlobalKey,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok};
 use tower::{Layer, Service, ServiceExt};
 use tower_rampart::BoxError;
-use tower_rampart::retry::classify::{ErrorsAreTransient, HttpClassifier};
+use tower_rampart::classify::{ErrorsAreFailures, HttpClassifier};
 use tower_rampart::retry::error::{AttemptTimedOut, LastError};
 use tower_rampart::retry::request::{CloneAll, HttpRequests};
 use tower_rampart::retry::{Retry, RetryBudget, RetryLayer, StandardPolicy};
@@ -157,7 +157,7 @@ fn layers_services_and_futures_are_send_sync_static() {
     send_sync_static::<
         Retry<
             tower::util::BoxCloneSyncService<u32, u32, BoxError>,
-            StandardPolicy<ErrorsAreTransient, CloneAll>,
+            StandardPolicy<ErrorsAreFailures, CloneAll>,
         >,
     >();
     send_sync_static::<RetryBudget>();
@@ -208,7 +208,8 @@ impl tower_rampart::retry::Policy<u32, u32, BoxError> for AtOnce {
         attempt: tower_rampart::retry::Attempt,
         outcome: tower_rampart::retry::Outcome<'_, u32, BoxError>,
     ) -> tower_rampart::retry::Decision {
-        use tower_rampart::retry::{Decision, GiveUp, Outcome, Reason};
+        use tower_rampart::classify::Reason;
+        use tower_rampart::retry::{Decision, GiveUp, Outcome};
         match outcome {
             Outcome::Finished(Ok(_)) => Decision::Done,
             _ if attempt.number() >= self.attempts => Decision::GiveUp {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::{Layer, Service};
+use tower_rampart::classify::GrpcClassifier;
 use tower_rampart::grpc::status_from_error;
-use tower_rampart::retry::classify::GrpcClassifier;
 use tower_rampart::retry::error::AttemptTimedOut;
 use tower_rampart::retry::{Attempts, Jitter, RetryLayer};
 
@@ -107,7 +107,7 @@ async fn other_codes_are_final_unless_configured() {
 
     let (calls, svc) = upstream(|n| (n == 0).then(|| vec![("grpc-status", "10")]));
     let mut svc = grpc_layer()
-        .retry_codes([tonic::Code::Aborted as i32])
+        .retry_codes([tonic::Code::Aborted])
         .build()
         .unwrap()
         .layer(svc);
@@ -178,7 +178,7 @@ async fn tonic_statuses_are_classified_and_their_pushback_honoured() {
         .max_attempts(3)
         .exponential_backoff(100 * MS, 2.0, Duration::from_secs(10))
         .jitter(Jitter::None)
-        .classifier(GrpcClassifier::new().attempts_header(true))
+        .classify(GrpcClassifier::new().attempts_header(true))
         .build()
         .unwrap();
     let mut svc = layer.layer(client);
@@ -256,7 +256,7 @@ async fn a_tonic_client_retries_resource_exhausted_after_the_servers_pushback() 
         .fixed_backoff(Duration::from_millis(10))
         .max_delay(Duration::from_secs(2))
         .deadline(Duration::from_secs(30))
-        .classifier(GrpcClassifier::new())
+        .classify(GrpcClassifier::new())
         .build()
         .unwrap();
     let mut check = retry.layer(tower::service_fn(move |req: HealthCheckRequest| {

@@ -104,7 +104,7 @@ fn attempts<B>(res: &Response<B>) -> u32 {
 }
 
 fn layer() -> tower_rampart::retry::RetryBuilder<
-    tower_rampart::retry::classify::HttpClassifier,
+    tower_rampart::classify::HttpClassifier,
     tower_rampart::retry::request::HttpRequests,
     tower_rampart::http::AsHttp,
 > {
@@ -384,7 +384,7 @@ async fn statuses_up_to_999_are_classified_without_panicking() {
         "no longer in the set"
     );
 
-    let c = tower_rampart::retry::classify::HttpClassifier::new();
+    let c = tower_rampart::classify::HttpClassifier::new();
     let s = |n| StatusCode::from_u16(n).unwrap();
     assert!(!c.retries(s(999)) && !c.retries(s(640)) && !c.retries(s(100)));
     let c = c.retry_on(s(999)).retry_on(s(640));

@@ -225,17 +225,17 @@ async fn no_attempt_starts_after_the_deadline_even_when_capacity_arrives() {
 #[tokio::test(start_paused = true)]
 async fn a_deadline_reached_while_waiting_for_readiness_returns_the_last_response() {
     use tokio_test::{assert_pending, assert_ready_ok};
-    use tower_rampart::retry::classify::{Reason, Verdict, classify_fn};
+    use tower_rampart::classify::{Reason, Verdict, classify_fn};
     let layer = RetryLayer::builder()
         .max_attempts(3)
         .fixed_backoff(10 * MS)
         .deadline(Duration::from_secs(1))
         .no_budget()
-        .classifier(classify_fn(
+        .classify(classify_fn(
             |r: &Result<u32, tower_rampart::BoxError>| match r {
-                Ok(503) => Verdict::retry(Reason::Status(503)),
-                Ok(_) => Verdict::Done,
-                Err(_) => Verdict::retry(Reason::Error),
+                Ok(503) => Verdict::transient(Reason::Status(503)),
+                Ok(_) => Verdict::Success,
+                Err(_) => Verdict::transient(Reason::Error),
             },
         ))
         .build()

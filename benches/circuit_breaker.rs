@@ -11,7 +11,7 @@
 //!   `rate_limit/contention_2_threads` for the method). The `unshared` row gives each thread a
 //!   circuit of its own: as well as two threads can scale on the machine.
 //! - `circuit_breaker/shared_closed`: the closed path of a circuit shared through Redis
-//!   (`.shared(redis)`, [#8]) next to the in-memory one and a bare service. Starts its own
+//!   (`.backend(redis)`, [#8]) next to the in-memory one and a bare service. Starts its own
 //!   `redis-server` (skipped with a printed reason without one); the sync task runs on a runtime
 //!   thread while the bench thread calls. Prints the script calls Redis ran during the row, from
 //!   `INFO commandstats`: the sync traffic only, about one per sync interval, whatever the number
@@ -237,7 +237,7 @@ pub(crate) fn shared_closed(c: &mut Criterion) {
     });
     let shared = CircuitBreakerLayer::builder()
         .name("bench")
-        .shared(backend)
+        .backend(backend)
         .sync_interval(interval)
         .build()
         .expect("valid configuration");

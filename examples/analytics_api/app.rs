@@ -175,8 +175,7 @@ pub(crate) fn build(
     storage: Arc<Storage>,
     clock: Clock,
 ) -> Result<(Router, AppState), tower_rampart::ConfigError> {
-    let (external, breaker, external_failure_rate) =
-        dependency::client(config, storage.backend().as_redis().cloned())?;
+    let (external, breaker, external_failure_rate) = dependency::client(config, storage.backend())?;
     // Summaries are read through a cache, keyed by type and period (so that a write drops exactly
     // its type's entries); the sensor breakdown, static data, by method and URI. With Redis, the
     // caches are shared by every instance, and so are invalidations.

@@ -102,16 +102,15 @@ fn flaky_dependency(
 /// a trip seen by one refuses on all within about a quarter of a second.
 pub(crate) fn client(
     config: &crate::config::Config,
-    redis: Option<tower_rampart::backend::RedisBackend>,
+    backend: tower_rampart::backend::Backend,
 ) -> Result<(ExternalClient, CircuitHandle, FailureRate), tower_rampart::ConfigError> {
-    let builder = CircuitBreakerLayer::builder()
+    // In memory: this instance's own circuit; in Redis: one circuit for every instance.
+    let breaker = CircuitBreakerLayer::builder()
         .name("external")
         .consecutive_failures(config.breaker_threshold)
-        .wait_duration(config.breaker_reset);
-    let breaker = match redis {
-        None => builder.build()?,
-        Some(redis) => builder.shared(redis).build()?,
-    };
+        .wait_duration(config.breaker_reset)
+        .backend(backend)
+        .build()?;
     let handle = breaker.handle();
     let rate = FailureRate::new(config.external_failure_rate);
     let svc = ServiceBuilder::new()

@@ -577,7 +577,7 @@ pub(crate) fn analytics(
     config: &Config,
     storage: Arc<Storage>,
 ) -> Result<Analytics, tower_rampart::ConfigError> {
-    let (external, breaker, _) = dependency::client(config, storage.backend().as_redis().cloned())?;
+    let (external, breaker, _) = dependency::client(config, storage.backend())?;
     let (summaries, summary_cache) = summaries(Arc::clone(&storage), config.cache_ttl)?;
     Ok(Analytics {
         storage,

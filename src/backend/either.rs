@@ -17,9 +17,11 @@ use super::{MemoryBackend, RedisBackend};
 /// layer has one type whichever is chosen, and no request pays for a box: the store is an enum of
 /// the two ([`EitherStore`]), and its future one of theirs ([`EitherFuture`]).
 ///
-/// It implements the backend traits the two have in common: the rate limiter's
-/// ([`RateLimitBackend`](crate::rate_limit::RateLimitBackend)) and the cache's
-/// ([`CacheBackend`](crate::cache::CacheBackend), for values Redis can store).
+/// It implements every layer's backend trait: the rate limiter's
+/// ([`RateLimitBackend`](crate::rate_limit::RateLimitBackend)), the cache's
+/// ([`CacheBackend`](crate::cache::CacheBackend), for values Redis can store), and the circuit
+/// breaker's ([`CircuitBackend`](crate::circuit_breaker::store::CircuitBackend): in memory, each
+/// replica's own circuits; in Redis, shared ones).
 ///
 /// ```no_run
 /// # #[cfg(feature = "rate-limit")]
@@ -350,6 +352,37 @@ mod cache {
                 Self::Memory(m) => EitherStore::Memory(m.cache_store(spec)?),
                 Self::Redis(r) => EitherStore::Redis(r.cache_store(spec)?),
             })
+        }
+    }
+}
+
+#[cfg(feature = "circuit-breaker")]
+mod circuit {
+    use super::Backend;
+    use crate::backend::RedisBackend;
+    use crate::circuit_breaker::store::{CircuitBackend, CircuitSpec, sealed};
+    use crate::error::ConfigError;
+
+    impl sealed::Sealed for Backend {}
+
+    impl<K> CircuitBackend<K> for Backend
+    where
+        RedisBackend: CircuitBackend<K>,
+    {
+        type Store = <RedisBackend as CircuitBackend<K>>::Store;
+
+        fn circuit_store(&self, spec: &CircuitSpec) -> Result<Self::Store, ConfigError> {
+            match self {
+                Self::Memory(_) => Err(ConfigError::new(
+                    "backend",
+                    "the memory backend keeps circuits in each replica; it has no store to share them",
+                )),
+                Self::Redis(redis) => redis.circuit_store(spec),
+            }
+        }
+
+        fn shares(&self) -> bool {
+            self.is_redis()
         }
     }
 }

@@ -371,23 +371,26 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
         b.join(classifier, mode, fallback, PerKey { extractor: key }, store)
     }
 
-    /// Shares the circuit (or, with [`key`](Self::key), each key's circuit) with every
-    /// replica that builds a layer of the same [name](Self::name) on the same store, for example
-    /// `.shared(redis.clone())` with a [`RedisBackend`](crate::backend::RedisBackend): replicas
-    /// protecting one upstream then open, probe and close it together. Opt-in; see
+    /// Where the circuits' state lives, as `.backend(..)` says on every layer: in each replica
+    /// (the default, or [`MemoryBackend`](crate::backend::MemoryBackend)), or shared with every
+    /// replica that builds a layer of the same [name](Self::name) on the same store, with a
+    /// [`RedisBackend`](crate::backend::RedisBackend) (or a [`Backend`](crate::backend::Backend)
+    /// chosen at run time): replicas protecting one upstream then open, probe and close the circuit
+    /// (or, with [`key`](Self::key), each key's circuit) together. See
     /// [Shared circuit state](super#shared-circuit-state).
     ///
     /// Calls still never wait for the store: each replica runs the circuit in memory and syncs it
     /// every [`sync_interval`](Self::sync_interval) in the background. While the store is
     /// unreachable, each replica runs its circuit alone, and follows the shared one again when
-    /// the store answers. The store's settings (prefix, timeout) are the backend's.
+    /// the store answers. The store's settings (prefix, timeout) are the backend's. (Feature
+    /// `redis`: without it, circuits are always each replica's own.)
     #[cfg(feature = "redis")]
-    pub fn shared<B>(self, backend: B) -> CircuitBreakerBuilder<C, M, F, X, SharedWith<B>> {
+    pub fn backend<B>(self, backend: B) -> CircuitBreakerBuilder<C, M, F, X, SharedWith<B>> {
         let (b, classifier, mode, fallback, key, _) = self.split();
         b.join(classifier, mode, fallback, key, SharedWith { backend })
     }
 
-    /// With [`shared`](Self::shared): how often each replica reports its outcomes and reads the
+    /// With a shared [`backend`](Self::backend): how often each replica reports its outcomes and reads the
     /// shared state (default [`DEFAULT_SYNC_INTERVAL`](super::store::DEFAULT_SYNC_INTERVAL),
     /// 250 ms), from 1 ms to 1 hour. A trip reaches every replica within about one interval plus a
     /// round trip; each replica makes one store call per circuit per interval.
@@ -660,20 +663,31 @@ impl<C, M, F> CircuitBreakerBuilder<C, M, F, GlobalKey, NotShared> {
     /// shrinks, or the name has characters logs and headers cannot carry.
     pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
         let (settings, classifier, mode, fallback, key, _) = self.split();
-        let cfg = settings.config()?;
-        let breaker = Breaker::new(cfg, None, Arc::from(settings.hooks));
-        Ok(CircuitBreakerLayer {
-            shared: Arc::new(Shared {
-                circuits: Circuits::One(Arc::new(breaker)),
-                key,
-                classifier,
-                mode,
-                fallback,
-                #[cfg(feature = "redis")]
-                sync: None,
-            }),
-        })
+        build_one(settings, classifier, mode, fallback, key)
     }
+}
+
+/// A layer with one circuit, kept in this replica.
+fn build_one<C, M, F>(
+    settings: Settings,
+    classifier: C,
+    mode: M,
+    fallback: F,
+    key: GlobalKey,
+) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
+    let cfg = settings.config()?;
+    let breaker = Breaker::new(cfg, None, Arc::from(settings.hooks));
+    Ok(CircuitBreakerLayer {
+        shared: Arc::new(Shared {
+            circuits: Circuits::One(Arc::new(breaker)),
+            key,
+            classifier,
+            mode,
+            fallback,
+            #[cfg(feature = "redis")]
+            sync: None,
+        }),
+    })
 }
 
 #[cfg(feature = "redis")]
@@ -693,6 +707,9 @@ where
     /// (for Redis: its prefix or timeout).
     pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
         let (settings, classifier, mode, fallback, key, store) = self.split();
+        if !store.backend.shares() {
+            return build_one(settings, classifier, mode, fallback, key);
+        }
         let cfg = settings.config()?;
         let spec = settings.shared_spec(&cfg)?;
         let store = store.backend.circuit_store(&spec)?;
@@ -738,26 +755,41 @@ where
     /// As for a layer with one circuit, and when `max_circuits` is 0 or over 1,000,000.
     pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F, PerKey<X>>, ConfigError> {
         let (settings, classifier, mode, fallback, key, _) = self.split();
-        let cfg = settings.config()?;
-        settings.check_max_circuits()?;
-        let map = CircuitMap::new(
-            settings.max_circuits,
-            cfg,
-            Arc::from(settings.hooks),
-            label::<X::Key>,
-        );
-        Ok(CircuitBreakerLayer {
-            shared: Arc::new(Shared {
-                circuits: Circuits::PerKey(Arc::new(map)),
-                key,
-                classifier,
-                mode,
-                fallback,
-                #[cfg(feature = "redis")]
-                sync: None,
-            }),
-        })
+        build_per_key(settings, classifier, mode, fallback, key)
     }
+}
+
+/// A layer with a circuit per key, kept in this replica.
+fn build_per_key<C, M, F, X>(
+    settings: Settings,
+    classifier: C,
+    mode: M,
+    fallback: F,
+    key: PerKey<X>,
+) -> Result<CircuitBreakerLayer<C, M, F, PerKey<X>>, ConfigError>
+where
+    X: KeyExtractor,
+    X::Key: KeyLabel,
+{
+    let cfg = settings.config()?;
+    settings.check_max_circuits()?;
+    let map = CircuitMap::new(
+        settings.max_circuits,
+        cfg,
+        Arc::from(settings.hooks),
+        label::<X::Key>,
+    );
+    Ok(CircuitBreakerLayer {
+        shared: Arc::new(Shared {
+            circuits: Circuits::PerKey(Arc::new(map)),
+            key,
+            classifier,
+            mode,
+            fallback,
+            #[cfg(feature = "redis")]
+            sync: None,
+        }),
+    })
 }
 
 #[cfg(feature = "redis")]
@@ -775,6 +807,9 @@ where
     /// As for a shared layer with one circuit, and when `max_circuits` is 0 or over 1,000,000.
     pub fn build(self) -> Result<CircuitBreakerLayer<C, M, F, PerKey<X>>, ConfigError> {
         let (settings, classifier, mode, fallback, key, store) = self.split();
+        if !store.backend.shares() {
+            return build_per_key(settings, classifier, mode, fallback, key);
+        }
         let cfg = settings.config()?;
         settings.check_max_circuits()?;
         let spec = settings.shared_spec(&cfg)?;

@@ -33,7 +33,7 @@
 //!
 //! # Shared circuit state
 //!
-//! Opt-in, with the `redis` feature: `.shared(redis)` makes every replica that builds a layer of
+//! Opt-in, with the `redis` feature: `.backend(redis)` makes every replica that builds a layer of
 //! the same [name](CircuitBreakerBuilder::name) on the same Redis (and key prefix) share one
 //! circuit (with [per-key circuits](key), one per key): they open, probe and close it together.
 //!
@@ -48,7 +48,7 @@
 //!     .name("payments") // the circuit, in Redis: shared by every replica using this name
 //!     .consecutive_failures(5)
 //!     .wait_duration(Duration::from_secs(30))
-//!     .shared(redis)
+//!     .backend(redis)
 //!     .sync_interval(Duration::from_millis(250)) // the default
 //!     .build()?;
 //! let handle = breaker.handle(); // handle.snapshot().shared(): the shared window, followed or not

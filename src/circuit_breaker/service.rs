@@ -44,20 +44,7 @@ impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
         Self { inner, shared, one }
     }
 
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 impl<S: Clone, C, M, F, X: KeyExtractor> Clone for CircuitBreaker<S, C, M, F, X> {

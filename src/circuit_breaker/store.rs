@@ -2,8 +2,9 @@
 //! store (feature `redis`).
 //!
 //! A builder's last type parameter says which: [`NotShared`] until
-//! [`shared`](super::CircuitBreakerBuilder::shared) is called, then [`SharedWith`] the backend
-//! given. A shared circuit keeps its in-memory state machine, so calls never wait for the store;
+//! [`backend`](super::CircuitBreakerBuilder::backend) is called, then [`SharedWith`] the backend
+//! given (which may still keep circuits in each replica: the memory backend, or a
+//! [`Backend`](crate::backend::Backend) that is memory). A shared circuit keeps its in-memory state machine, so calls never wait for the store;
 //! a background task started by the layer itself syncs it with the store on a short interval.
 //! See [Shared circuit state](super#shared-circuit-state) for what that means.
 //!
@@ -36,8 +37,8 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NotShared;
 
-/// The circuit is shared by every replica through the backend `B` (see
-/// [`shared`](super::CircuitBreakerBuilder::shared)).
+/// The circuit's state lives where the backend `B` keeps it (see
+/// [`backend`](super::CircuitBreakerBuilder::backend)).
 #[derive(Clone, Debug)]
 pub struct SharedWith<B> {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -63,6 +64,61 @@ pub trait CircuitBackend<K>: sealed::Sealed {
     ///
     /// When the backend's settings are invalid or it cannot serve this configuration.
     fn circuit_store(&self, spec: &CircuitSpec) -> Result<Self::Store, ConfigError>;
+
+    /// Whether circuits are shared through this backend's store; when not (the memory backend),
+    /// each replica keeps its own and [`circuit_store`](Self::circuit_store) is not called.
+    fn shares(&self) -> bool {
+        true
+    }
+}
+
+/// The store of a backend that keeps each replica's circuits to itself (the memory backend):
+/// there is none, and no value of this type.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub enum NoStore {}
+
+#[cfg(feature = "redis")]
+impl sealed::Sealed for NoStore {}
+#[cfg(feature = "redis")]
+impl sealed::Sealed for crate::backend::MemoryBackend {}
+
+#[cfg(feature = "redis")]
+impl<K> CircuitStore<K> for NoStore {
+    type Future = std::future::Pending<Result<SyncReply, BackendError>>;
+
+    fn sync(&self, _: &K, _: &SyncRequest) -> Self::Future {
+        match *self {}
+    }
+
+    fn is_available(&self) -> bool {
+        match *self {}
+    }
+
+    fn is_connected(&self) -> bool {
+        match *self {}
+    }
+
+    fn timeout(&self) -> Duration {
+        match *self {}
+    }
+}
+
+/// Each replica keeps its own circuits (as with no backend at all).
+#[cfg(feature = "redis")]
+impl<K> CircuitBackend<K> for crate::backend::MemoryBackend {
+    type Store = NoStore;
+
+    fn circuit_store(&self, _: &CircuitSpec) -> Result<NoStore, ConfigError> {
+        Err(ConfigError::new(
+            "backend",
+            "the memory backend keeps circuits in each replica; it has no store to share them",
+        ))
+    }
+
+    fn shares(&self) -> bool {
+        false
+    }
 }
 
 /// Keeps the shared state of circuits (sealed). One call is one sync of one replica's circuit.

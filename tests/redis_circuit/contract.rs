@@ -30,7 +30,7 @@ async fn the_service_contract_holds_for_a_shared_layer() {
         .name("contract")
         .consecutive_failures(1)
         .wait_duration(Duration::from_secs(5))
-        .shared(backend)
+        .backend(backend)
         .sync_interval(Duration::from_millis(20))
         .build()
         .unwrap();
@@ -127,7 +127,7 @@ async fn configuration_errors_name_the_setting() {
     >| b.build().map(|_| ()).unwrap_err();
     let e = build(
         CircuitBreakerLayer::builder()
-            .shared(backend.clone())
+            .backend(backend.clone())
             .sync_interval(Duration::ZERO),
     );
     assert_eq!(e.setting(), "sync_interval");
@@ -137,40 +137,41 @@ async fn configuration_errors_name_the_setting() {
     );
     let e = build(
         CircuitBreakerLayer::builder()
-            .shared(backend.clone())
+            .backend(backend.clone())
             .sync_interval(Duration::from_secs(7200)),
     );
     assert_eq!(e.setting(), "sync_interval");
     let e = build(
         CircuitBreakerLayer::builder()
             .time_window(Duration::from_millis(400), 4)
-            .shared(backend.clone()),
+            .backend(backend.clone()),
     );
     assert_eq!(e.setting(), "time_window");
     assert!(e.reason().contains("two sync intervals"), "{e}");
     let e = build(
         CircuitBreakerLayer::builder()
             .half_open_probes(0)
-            .shared(backend.clone()),
+            .backend(backend.clone()),
     );
     assert_eq!(e.setting(), "half_open_probes");
-    let e = build(CircuitBreakerLayer::builder().shared(backend.clone().prefix("a b")));
+    let e = build(CircuitBreakerLayer::builder().backend(backend.clone().prefix("a b")));
     assert_eq!(e.setting(), "prefix");
-    let e = build(CircuitBreakerLayer::builder().shared(backend.clone().timeout(Duration::ZERO)));
+    let e = build(CircuitBreakerLayer::builder().backend(backend.clone().timeout(Duration::ZERO)));
     assert_eq!(e.setting(), "timeout");
-    let e = build(CircuitBreakerLayer::builder().shared(backend.clone().clock(ManualClock::new())));
+    let e =
+        build(CircuitBreakerLayer::builder().backend(backend.clone().clock(ManualClock::new())));
     assert_eq!(e.setting(), "clock");
     let e = CircuitBreakerLayer::builder()
         .key(UpstreamHost)
         .max_circuits(0)
-        .shared(backend.clone())
+        .backend(backend.clone())
         .build()
         .map(|_| ())
         .unwrap_err();
     assert_eq!(e.setting(), "max_circuits");
     // And a valid one builds, without a server: it runs on its local circuit until Redis answers.
     let layer = CircuitBreakerLayer::builder()
-        .shared(backend)
+        .backend(backend)
         .build()
         .unwrap();
     assert!(layer.is_shared());

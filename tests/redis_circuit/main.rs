@@ -23,6 +23,7 @@ mod common;
 
 mod support;
 
+mod backend_choice;
 mod contract;
 mod faults;
 mod handle;

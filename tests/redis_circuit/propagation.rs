@@ -150,7 +150,7 @@ async fn per_key_circuits_are_shared_key_by_key(backends: Vec<RedisBackend>) {
                 .consecutive_failures(2)
                 .wait_duration(Duration::from_secs(30))
                 .key(key_fn(|c: &Call| Some(c.host)))
-                .shared(backend)
+                .backend(backend)
                 .sync_interval(INTERVAL)
                 .build()
                 .unwrap()

@@ -125,7 +125,7 @@ impl Replica {
             }
         };
         let layer = configure(CircuitBreakerLayer::builder().on_state_change(hook))
-            .shared(backend.clone())
+            .backend(backend.clone())
             .sync_interval(interval)
             .build()
             .expect("valid configuration");

@@ -99,7 +99,7 @@ async fn the_sync_task_stops_with_the_layer() {
     let backend = connect(&server.url(), &unique_prefix("drop")).await;
     let layer = CircuitBreakerLayer::builder()
         .name("dropped")
-        .shared(backend)
+        .backend(backend)
         .sync_interval(Duration::from_millis(20))
         .build()
         .unwrap();
@@ -148,7 +148,7 @@ async fn built_outside_a_runtime_it_starts_syncing_on_the_first_call_inside_one(
             let layer = CircuitBreakerLayer::builder()
                 .name("lazy")
                 .consecutive_failures(2)
-                .shared(backend)
+                .backend(backend)
                 .sync_interval(INTERVAL)
                 .build()
                 .unwrap();

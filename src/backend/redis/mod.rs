@@ -23,7 +23,7 @@
 //! # Shared circuits
 //!
 //! With the `circuit-breaker` feature, the same backend shares circuit breakers between replicas:
-//! `CircuitBreakerLayer::builder().name("payments").shared(redis.clone())`. Calls never wait for
+//! `CircuitBreakerLayer::builder().name("payments").backend(redis.clone())`. Calls never wait for
 //! Redis: each replica syncs its circuits in the background, one script call per circuit per sync
 //! interval, on keys `<prefix>:cb:<name>:{<key>}`; a replica that cannot reach Redis runs its own
 //! circuit until it can (the [`FailurePolicy`] does not apply to circuits). See

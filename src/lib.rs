@@ -56,6 +56,16 @@
 
 #[macro_use]
 mod macros;
+#[cfg_attr(
+    not(any(
+        feature = "rate-limit",
+        feature = "circuit-breaker",
+        feature = "retry",
+        feature = "cache"
+    )),
+    allow(dead_code)
+)]
+mod name;
 
 pub mod backend;
 pub mod classify;

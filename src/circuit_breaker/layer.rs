@@ -244,9 +244,10 @@ impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: fmt::Debug, S: fmt::Debug> 
 
 impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     /// The circuit's name, in logs, hooks and snapshots (default `"default"`). Letters, digits and
-    /// `-_.:` only; checked by `build`.
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    /// `-_.:` only; checked by `build`. A `&'static str`, or a `String` read from configuration
+    /// (kept once per distinct name for the life of the process: build layers at start-up).
+    pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.name = crate::name::intern(name);
         self
     }
 

@@ -254,9 +254,10 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
     }
 
     /// The limiter's name in `RateLimit-Policy` / `RateLimit` fields (default `"default"`).
-    /// Letters, digits and `-_.:` only; checked by `build`.
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    /// Letters, digits and `-_.:` only; checked by `build`. A `&'static str`, or a `String` read from configuration
+    /// (kept once per distinct name for the life of the process: build layers at start-up).
+    pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.name = crate::name::intern(name);
         self
     }
 

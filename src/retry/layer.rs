@@ -159,8 +159,8 @@ pub struct RetryBuilder<C = ErrorsAreFailures, R = CloneAll, M = AsError> {
 impl<C, R, M> RetryBuilder<C, R, M> {
     /// The layer's name, in logs and metrics (default `"default"`). Letters, digits and `-_.:`
     /// only; checked by `build`.
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.name = crate::name::intern(name);
         self
     }
 
@@ -550,8 +550,8 @@ pub struct CustomBuilder<P, M = AsError> {
 
 impl<P, M> CustomBuilder<P, M> {
     /// The layer's name, in logs and metrics (default `"custom"`).
-    pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+    pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.name = crate::name::intern(name);
         self
     }
 

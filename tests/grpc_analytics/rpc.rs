@@ -180,7 +180,7 @@ async fn invalid_arguments_name_the_field_and_store_nothing() {
         ),
         (metric(f64::NAN, "cpu"), "`metric.value`"),
         (metric(f64::INFINITY, "cpu"), "`metric.value`"),
-        (metric(1.0, "no spaces"), "`metric.type`"),
+        (metric(1.0, "no\nnewlines"), "`metric.type`"),
         (metric(1.0, ""), "`metric.type`"),
     ];
     for (req, field) in cases {

@@ -45,6 +45,10 @@ mod telemetry;
 mod timestamp;
 
 mod api;
+mod contract_000;
+mod contract_001;
+mod contract_002;
+mod contract_003;
 mod dashboard_api;
 mod external_api;
 mod process;

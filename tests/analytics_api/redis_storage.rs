@@ -16,7 +16,7 @@ use crate::{JSON, event, metric, start_on};
 /// The Redis names of the cached summaries' entries.
 const SUMMARY_ENTRIES: &str = "analytics:cache:summaries:*:e:*";
 
-fn redis_storage(server: &RedisServer) -> Arc<Storage> {
+pub(crate) fn redis_storage(server: &RedisServer) -> Arc<Storage> {
     Arc::new(Storage::Redis(
         RedisStorage::open(&server.url(), Duration::from_millis(500)).unwrap(),
     ))

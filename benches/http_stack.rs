@@ -32,9 +32,15 @@ mod dependency;
 #[path = "../examples/analytics_api/docs.rs"]
 #[allow(dead_code)]
 mod docs;
+#[path = "../examples/analytics_api/errors.rs"]
+#[allow(dead_code)]
+mod errors;
 #[path = "../examples/analytics_api/external.rs"]
 #[allow(dead_code)]
 mod external;
+#[path = "../examples/analytics_api/input.rs"]
+#[allow(dead_code)]
+mod input;
 #[path = "../examples/common/setup.rs"]
 #[allow(dead_code)]
 mod setup;
@@ -44,6 +50,9 @@ mod storage;
 #[path = "../examples/analytics_api/telemetry.rs"]
 #[allow(dead_code)]
 mod telemetry;
+#[path = "../examples/analytics_api/timestamp.rs"]
+#[allow(dead_code)]
+mod timestamp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

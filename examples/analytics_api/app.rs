@@ -34,21 +34,23 @@ use tower_rampart::rejection::RejectionKind;
 use crate::config::Config;
 use crate::dashboard::{self, Dataset};
 use crate::dependency::{self, ExternalClient, FailureRate};
+use crate::errors::{self, ApiError, FieldError};
 use crate::external;
+use crate::input::{self, FromBody};
 use crate::storage::{
     EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
 };
 use crate::{docs, telemetry};
 
-/// A submitted event. Every field is checked on the way in.
-#[derive(Clone, Debug, Deserialize)]
+/// A submitted event, checked on the way in (`input.rs`).
+#[derive(Clone, Debug)]
 pub(crate) struct Event {
     pub(crate) user_id: u64,
     pub(crate) event_type: String,
     #[allow(dead_code, reason = "validated; the service counts by arrival time")]
-    pub(crate) timestamp: i64,
-    #[serde(default)]
-    pub(crate) payload: Option<serde_json::Map<String, Value>>,
+    pub(crate) timestamp: DateTime<Utc>,
+    /// `payload.platform`, if the payload names one.
+    pub(crate) platform: Option<String>,
 }
 
 /// The cache answers with its own body type; the router wants axum's.
@@ -67,31 +69,6 @@ pub(crate) fn system_clock() -> Clock {
     Arc::new(Utc::now)
 }
 
-/// An error answered as `{"detail": ...}` with a status.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    detail: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-        }
-    }
-    fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, detail)
-    }
-    fn unprocessable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
-    }
-    fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
-    }
-}
-
 impl From<StorageError> for ApiError {
     /// The cause is logged, not answered: a client learns nothing of how the service is deployed.
     fn from(e: StorageError) -> Self {
@@ -102,12 +79,6 @@ impl From<StorageError> for ApiError {
 
 /// What a client is told when the storage fails.
 pub(crate) const STORAGE_UNAVAILABLE: &str = "storage unavailable; try again shortly";
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "detail": self.detail }))).into_response()
-    }
-}
 
 /// Rejections (4xx answers) counted on the request path and written to a remote store once a
 /// second, so a flood of refused requests does not cost a store round trip each.
@@ -244,12 +215,20 @@ pub(crate) fn build(
             .quota(quota)
             .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
             .headers_on_success(on_success)
-            .rejection(AsHttp::new().json_body(|r| match r.kind() {
-                RejectionKind::RateLimited => r#"{"detail":"Too many requests"}"#.to_owned(),
-                RejectionKind::BackendUnavailable => {
-                    r#"{"detail":"Rate limiting is unavailable; try again shortly"}"#.to_owned()
-                }
-                _ => json!({ "detail": r.to_string() }).to_string(),
+            // The one error shape (`errors.rs`), `detail` saying what the references say.
+            .rejection(AsHttp::new().json_body(|r| {
+                let (status, message) = match r.kind() {
+                    RejectionKind::RateLimited => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too many requests".to_owned(),
+                    ),
+                    RejectionKind::BackendUnavailable => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Rate limiting is unavailable; try again shortly".to_owned(),
+                    ),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, r.to_string()),
+                };
+                errors::body(status, &message, &[]).to_string()
             }))
             .backend(backend.clone());
         builder.build()
@@ -262,8 +241,8 @@ pub(crate) fn build(
     let events_limit = per_client(Quota::per_minute(config.events_per_minute), "events", false)?;
     let api_v1_limit = per_client(Quota::per_minute(config.api_v1_per_minute), "api_v1", true)?;
 
-    // Validation runs before the limiter, so an invalid body never spends quota; both wrap the
-    // POST handler only, so other methods get their 405 untouched.
+    // Validation runs before the limiters, so an invalid body (or one that is not JSON) never
+    // spends quota; both wrap the POST handlers only, so other methods get their 405 untouched.
     let metrics = Router::new().route(
         "/api/metrics",
         post(submit_metric).route_layer(
@@ -272,10 +251,20 @@ pub(crate) fn build(
                 .layer(metrics_limit),
         ),
     );
+    // One limiter (its state shared by its clones) for `/event` and `/stats`.
     let events = Router::new()
-        .route("/event", post(submit_event))
-        .route("/stats/{event_type}", get(event_stats))
-        .route_layer(events_limit);
+        .route(
+            "/event",
+            post(submit_event).route_layer(
+                ServiceBuilder::new()
+                    .layer(middleware::from_fn(validate_json::<Event>))
+                    .layer(events_limit.clone()),
+            ),
+        )
+        .route(
+            "/stats/{event_type}",
+            get(event_stats).route_layer(events_limit),
+        );
     let api_v1 = Router::new()
         .route("/api/v1/metrics/summary", get(dashboard::summary))
         .route("/api/v1/metrics/history", get(dashboard::history))
@@ -292,6 +281,7 @@ pub(crate) fn build(
 
     let request_id = HeaderName::from_static("x-request-id");
     let router = Router::new()
+        .route("/", get(root))
         .route("/health", get(health))
         .route("/api/metrics/list", get(list_metrics))
         .route(
@@ -303,6 +293,7 @@ pub(crate) fn build(
             ),
         )
         .route("/external", get(external::external))
+        .route("/api/external", get(external::api_external))
         .route("/api/circuit-breaker/status", get(external::status))
         .route("/metrics", get(telemetry::render))
         .route("/openapi.json", get(docs::openapi))
@@ -321,6 +312,9 @@ pub(crate) fn build(
                 .layer(ObserveLayer {
                     state: state.clone(),
                 })
+                // The router's 404 and 405, the body limit's 413 and the timeout's 408 in the one
+                // error shape.
+                .map_response(errors::json_errors)
                 .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
@@ -335,7 +329,10 @@ pub(crate) fn build(
 #[allow(dead_code, reason = "used by the HTTP bench")]
 pub(crate) fn bare_router(state: AppState) -> Router {
     Router::new()
-        .route("/event", post(submit_event))
+        .route(
+            "/event",
+            post(submit_event).route_layer(middleware::from_fn(validate_json::<Event>)),
+        )
         .route("/api/metrics/summary", get(metric_summary))
         .with_state(state)
 }
@@ -479,12 +476,17 @@ where
     }
 }
 
-/// Reads the body as JSON `T`; answers 400 for malformed JSON and 422 naming the field for a
-/// well-formed body with wrong or missing fields. The parsed value goes on as an extension.
+/// Checks a JSON body before anything else sees the request: 415 unless its `Content-Type` says
+/// JSON, 413 past `MAX_BODY_BYTES`, 422 for a body that is not JSON or whose fields are wrong (every
+/// problem listed, each naming its field, as FastAPI answers both). The checked value goes on as an
+/// extension; the rate limiter after this counts valid requests only.
 async fn validate_json<T>(req: Request, next: Next) -> Response
 where
-    T: DeserializeOwned + Validate + Clone + Send + Sync + 'static,
+    T: FromBody + Clone + Send + Sync + 'static,
 {
+    if let Err(e) = errors::require_json(&req) {
+        return e.into_response();
+    }
     let (mut parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
@@ -492,60 +494,48 @@ where
             // RequestBodyLimitLayer caps the body; past it, reading fails with LengthLimitError.
             let inner = e.into_inner();
             return if inner.is::<http_body_util::LengthLimitError>() {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-                    .into_response()
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Payload Too Large: the body is over MAX_BODY_BYTES",
+                )
+                .into_response()
             } else {
                 ApiError::bad_request(format!("could not read the request body: {inner}"))
                     .into_response()
             };
         }
     };
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    let value: T = match serde_path_to_error::deserialize(de) {
+    let json: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let err = if !inner.is_data() {
-                ApiError::bad_request(format!("malformed JSON: {inner}"))
-            } else if path == "." {
-                // Missing or unknown fields are reported at the top level, and name the field.
-                ApiError::unprocessable(format!("invalid body: {inner}"))
-            } else {
-                ApiError::unprocessable(format!("invalid field `{path}`: {inner}"))
-            };
-            return err.into_response();
+            return ApiError::field(FieldError::new(
+                "json_invalid",
+                &["body"],
+                format!("JSON decode error: {e}"),
+            ))
+            .into_response();
         }
     };
-    if let Err(e) = value.validate() {
-        return e.into_response();
-    }
-    parts.extensions.insert(value);
-    next.run(Request::from_parts(parts, Body::empty())).await
-}
-
-/// Checks beyond what the types say.
-pub(crate) trait Validate {
-    fn validate(&self) -> Result<(), ApiError>;
-}
-
-impl Validate for Metric {
-    fn validate(&self) -> Result<(), ApiError> {
-        if !self.value.is_finite() {
-            return Err(ApiError::unprocessable(
-                "invalid field `value`: must be a finite number",
-            ));
+    match T::from_body(&json) {
+        Ok(value) => {
+            parts.extensions.insert(value);
+            next.run(Request::from_parts(parts, Body::empty())).await
         }
-        if !valid_metric_type(&self.metric_type) {
-            return Err(ApiError::unprocessable(
-                "invalid field `type`: 1 to 64 characters of letters, digits and _.-",
-            ));
-        }
-        Ok(())
+        Err(errors) => ApiError::validation(errors).into_response(),
     }
 }
 
-/// `GET /health`: 200 when every configured dependency answers, 503 `degraded` otherwise.
+/// `GET /`: what the service is and where its documentation is.
+async fn root() -> Json<Value> {
+    Json(json!({
+        "name": "Resilient Analytics API",
+        "version": "1.0.0",
+        "docs": "/docs",
+    }))
+}
+
+/// `GET /health`: 200 `healthy` when every configured dependency answers, 503 `degraded`
+/// otherwise (so that a load balancer takes the instance out while it cannot store anything).
 async fn health(State(state): State<AppState>) -> Response {
     let redis = state.storage.connected().await;
     let status = if redis == Some(false) {
@@ -559,6 +549,11 @@ async fn health(State(state): State<AppState>) -> Response {
         "timestamp": state.now().to_rfc3339(),
     });
     (status, Json(body)).into_response()
+}
+
+/// A time as the second reference service writes it (`2026-02-21T12:00:00.000000+00:00`).
+pub(crate) fn iso(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
 }
 
 async fn submit_metric(
@@ -576,7 +571,12 @@ async fn submit_metric(
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "message": "Metric stored successfully", "metric": metric })),
+        Json(json!({
+            "message": "Metric stored successfully",
+            "timestamp": iso(state.now()),
+            "type": metric.metric_type,
+            "metric": metric,
+        })),
     ))
 }
 
@@ -592,48 +592,106 @@ struct MetricQuery {
 }
 
 impl MetricQuery {
-    fn metric_type(&self) -> Result<&str, ApiError> {
-        self.metric_type
+    /// The type asked for (`type=`, or `metric_type=`), if any; 422 if it breaks the type rule.
+    fn metric_type_opt(&self) -> Result<Option<&str>, ApiError> {
+        let Some(t) = self
+            .metric_type
             .as_deref()
             .or(self.metric_type_alias.as_deref())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::bad_request("missing query parameter `type` (or `metric_type`)")
-            })
+        else {
+            return Ok(None);
+        };
+        input::type_field(&["query", "type"], &Value::from(t))
+            .map_err(ApiError::field)
+            .map(|_| Some(t))
+    }
+
+    /// The type asked for; 422 when there is none.
+    fn metric_type(&self) -> Result<&str, ApiError> {
+        self.metric_type_opt()?.ok_or_else(|| {
+            ApiError::field(FieldError::new(
+                "missing",
+                &["query", "type"],
+                "Field required (as `type`, or `metric_type`)",
+            ))
+        })
     }
 }
 
+/// The query parameters, or 422 naming the one that is not what it must be.
 fn query<T: DeserializeOwned>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+        .map_err(|e| ApiError::field(FieldError::new("query_parsing", &["query"], e.body_text())))
 }
 
 /// The most metrics one page may hold.
 const MAX_PAGE: usize = 1000;
+/// The most metric types an all-types list looks at.
+const MAX_LISTED_TYPES: usize = 1000;
 
+/// A listed metric, as the second reference service lists them.
+fn listed(m: &Metric) -> Value {
+    json!({ "id": null, "timestamp": m.timestamp, "value": m.value, "type": m.metric_type })
+}
+
+/// `GET /api/metrics/list?type=T&limit=N&offset=K`: a bare array of `{"id","timestamp","value",
+/// "type"}`, with the number of metrics there are in `x-total-count`. Without `offset`, the newest
+/// `limit` (100 by default, at most 1000); with it, `limit` from that position, oldest first.
+/// Without `type`, the newest `limit` of every type.
 async fn list_metrics(
     State(state): State<AppState>,
     q: Result<Query<MetricQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let metric_type = q.metric_type()?;
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
-    let offset = q.offset.unwrap_or(0);
-    let (total, page) = state
-        .storage
-        .metrics_page(metric_type, offset, limit)
-        .await?;
-    Ok(Json(json!({
-        "type": metric_type,
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-        "metrics": page,
-    })))
+    let newest = async |t: &str| -> Result<(u64, Vec<Metric>), ApiError> {
+        let (total, _) = state.storage.metrics_page(t, 0, 0).await?;
+        let start = match q.offset {
+            Some(o) => o,
+            None => usize::try_from(total)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(limit),
+        };
+        let (_, page) = state.storage.metrics_page(t, start, limit).await?;
+        Ok((total, page))
+    };
+    let (total, page) = match q.metric_type_opt()? {
+        Some(t) => newest(t).await?,
+        None => {
+            if q.offset.is_some() {
+                return Err(ApiError::field(FieldError::new(
+                    "missing",
+                    &["query", "type"],
+                    "`offset` pages through one type: give `type` with it",
+                )));
+            }
+            let mut total = 0;
+            let mut all = Vec::new();
+            for t in state
+                .storage
+                .metric_types()
+                .await?
+                .iter()
+                .take(MAX_LISTED_TYPES)
+            {
+                let (n, page) = newest(t).await?;
+                total += n;
+                all.extend(page);
+            }
+            all.sort_by_key(|m| m.timestamp);
+            let skip = all.len().saturating_sub(limit);
+            (total, all.split_off(skip))
+        }
+    };
+    let body: Vec<Value> = page.iter().map(listed).collect();
+    Ok(([("x-total-count", total.to_string())], Json(body)).into_response())
 }
 
+/// `GET /api/metrics/summary?type=T&period=all|daily|hourly` (or `metric_type=T`): both reference
+/// services' key families at once (`average`, `min`, `max`, `latest` and `average_value`,
+/// `min_value`, `max_value`, `latest_value`), zeros when there is nothing to summarise.
 async fn metric_summary(
     State(state): State<AppState>,
     q: Result<Query<MetricQuery>, axum::extract::rejection::QueryRejection>,
@@ -646,10 +704,10 @@ async fn metric_summary(
         "all" => None,
         "daily" => Some(now - ChronoDuration::days(1)),
         "hourly" => Some(now - ChronoDuration::hours(1)),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "invalid query parameter `period`: {other:?} is not one of all, daily, hourly"
-            )));
+        _ => {
+            return Err(ApiError::bad_request(
+                "Invalid period. Must be one of: all, daily, hourly",
+            ));
         }
     };
     let s = state.storage.summary(metric_type, since).await?;
@@ -661,32 +719,23 @@ async fn metric_summary(
         "min": s.min,
         "max": s.max,
         "latest": s.latest,
+        "average_value": s.average,
+        "min_value": s.min,
+        "max_value": s.max,
+        "latest_value": s.latest,
     })))
 }
 
 async fn submit_event(
     State(state): State<AppState>,
-    body: Result<Json<Event>, axum::extract::rejection::JsonRejection>,
+    Extension(event): Extension<Event>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(event) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    if event.event_type.is_empty() || event.event_type.len() > 64 {
-        return Err(ApiError::unprocessable(
-            "invalid field `event_type`: 1 to 64 characters",
-        ));
-    }
-    let platform = match event.payload.as_ref().and_then(|p| p.get("platform")) {
-        None | Some(Value::Null) => UNKNOWN_PLATFORM.to_owned(),
-        Some(Value::String(p)) if valid_metric_type(p) => p.clone(),
-        Some(_) => {
-            return Err(ApiError::unprocessable(
-                "invalid field `payload.platform`: 1 to 64 characters of letters, digits and _.-",
-            ));
-        }
-    };
     let record = EventRecord {
         user_id: event.user_id,
         event_type: event.event_type,
-        platform,
+        platform: event
+            .platform
+            .unwrap_or_else(|| UNKNOWN_PLATFORM.to_owned()),
     };
     state.storage.record_event(&record, state.now()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "received" }))))

@@ -6,47 +6,14 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::storage::{Series, StorageError};
-
-/// An `/api/v1` error: `{"error": ...}` with a status.
-#[derive(Debug)]
-pub(crate) struct V1Error {
-    status: StatusCode,
-    message: String,
-}
-
-impl V1Error {
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<StorageError> for V1Error {
-    /// The cause is logged, not answered.
-    fn from(e: StorageError) -> Self {
-        tracing::warn!(error = %e, "storage failed; answering 503");
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: crate::app::STORAGE_UNAVAILABLE.to_owned(),
-        }
-    }
-}
-
-impl IntoResponse for V1Error {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
-    }
-}
+use crate::errors::ApiError;
+use crate::storage::Series;
 
 /// A project of the built-in dataset.
 struct Project {
@@ -130,7 +97,8 @@ pub(crate) struct Module {
     current_version: &'static str,
     last_deployed_at: DateTime<Utc>,
     upcoming_version: &'static str,
-    upcoming_release_date: DateTime<Utc>,
+    /// A day (`YYYY-MM-DD`), as the reference service gives it.
+    upcoming_release_date: NaiveDate,
 }
 
 /// `(name, current, days since deployed, upcoming, days until release)`.
@@ -186,14 +154,14 @@ impl Dataset {
                 current_version: current,
                 last_deployed_at: self.epoch - ChronoDuration::days(deployed),
                 upcoming_version: upcoming,
-                upcoming_release_date: self.epoch + ChronoDuration::days(release),
+                upcoming_release_date: (self.epoch + ChronoDuration::days(release)).date_naive(),
             })
             .collect()
     }
 }
 
 /// `GET /api/v1/metrics/summary`.
-pub(crate) async fn summary(State(state): State<AppState>) -> Result<Response, V1Error> {
+pub(crate) async fn summary(State(state): State<AppState>) -> Result<Response, ApiError> {
     let now = state.now();
     // This instance's rejections not yet written to a shared store count too.
     state.flush_rejections().await?;
@@ -222,38 +190,70 @@ pub(crate) struct HistoryQuery {
 /// The most points one history request may ask for.
 pub(crate) const MAX_POINTS: usize = 288;
 
-/// `GET /api/v1/metrics/history?type=activeUsers|apiRejections|<metric type>&interval=1m|5m|1h`.
+/// An interval in Go's duration syntax (`5m`, `1h`, `1h30m`, `90s`), as the reference service takes
+/// it, in seconds: whole minutes from 1 to 60 (the history is kept by the minute).
+fn interval_seconds(text: &str) -> Option<i64> {
+    let mut rest = text;
+    let mut nanos = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let (unit, scale) = [
+            ("ns", 1.0),
+            ("us", 1e3),
+            ("µs", 1e3),
+            ("ms", 1e6),
+            ("s", 1e9),
+            ("m", 60e9),
+            ("h", 3600e9),
+        ]
+        .into_iter()
+        .filter(|(u, _)| rest.starts_with(u))
+        .max_by_key(|(u, _)| u.len())?;
+        rest = &rest[unit.len()..];
+        nanos += number * scale;
+    }
+    let minutes = nanos / 60e9;
+    (minutes.fract() == 0.0 && (1.0..=60.0).contains(&minutes)).then_some(minutes as i64 * 60)
+}
+
+/// `GET /api/v1/metrics/history?metric=activeUsers|apiRejections|<metric type>&interval=<Go
+/// duration>` (or `type=` for `metric=`; `points`, 24 by default): counts as whole numbers, a
+/// metric type's averages as numbers.
 pub(crate) async fn history(
     State(state): State<AppState>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, V1Error> {
+) -> Result<Response, ApiError> {
     let Query(q) =
-        query.map_err(|e| V1Error::bad_request(format!("invalid query: {}", e.body_text())))?;
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let name = q
-        .metric_type
-        .or(q.metric)
+        .metric
+        .or(q.metric_type)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| V1Error::bad_request("missing query parameter `type` (or `metric`)"))?;
+        .ok_or_else(|| ApiError::bad_request("query param 'metric' is required"))?;
     let interval_name = q
         .interval
-        .ok_or_else(|| V1Error::bad_request("missing query parameter `interval` (1m, 5m or 1h)"))?;
-    let interval = match interval_name.as_str() {
-        "1m" => 60,
-        "5m" => 300,
-        "1h" => 3600,
-        other => {
-            return Err(V1Error::bad_request(format!(
-                "invalid query parameter `interval`: {other:?} is not one of 1m, 5m, 1h"
-            )));
-        }
-    };
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::bad_request("query param 'interval' is required"))?;
+    let interval = interval_seconds(&interval_name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid query param 'interval': {interval_name:?} is not a duration of whole minutes \
+             from 1m to 1h (5m, 15m, 1h)"
+        ))
+    })?;
     let points = match q.points {
         None => 24,
         Some(p) => match p.parse::<usize>() {
             Ok(n) if (1..=MAX_POINTS).contains(&n) => n,
             _ => {
-                return Err(V1Error::bad_request(format!(
-                    "invalid query parameter `points`: {p:?} is not a whole number from 1 to {MAX_POINTS}"
+                return Err(ApiError::bad_request(format!(
+                    "invalid query param 'points': {p:?} is not a whole number from 1 to {MAX_POINTS}"
                 )));
             }
         },
@@ -263,18 +263,31 @@ pub(crate) async fn history(
         "apiRejections" => Series::ApiRejections,
         other if crate::storage::valid_metric_type(other) => Series::Metric(other.to_owned()),
         other => {
-            return Err(V1Error::bad_request(format!(
-                "invalid query parameter `type`: {other:?} is not activeUsers, apiRejections or a metric type"
+            return Err(ApiError::bad_request(format!(
+                "invalid query param 'metric': {other:?} is not activeUsers, apiRejections or a metric type"
             )));
         }
     };
     if series == Series::ApiRejections {
         state.flush_rejections().await?;
     }
-    let points = state
+    let counts = !matches!(series, Series::Metric(_));
+    let points: Vec<_> = state
         .storage
         .history(&series, interval, points, state.now())
-        .await?;
+        .await?
+        .into_iter()
+        .map(|p| {
+            // Counts are whole numbers (the reference's clients read integers); averages are
+            // numbers, an empty interval's `0.0` (never `-0.0`).
+            let value = if counts {
+                json!(p.value.round() as u64)
+            } else {
+                json!(p.value + 0.0)
+            };
+            json!({ "timestamp": p.timestamp, "value": value })
+        })
+        .collect();
     Ok(Json(json!({
         "metricType": name,
         "interval": interval_name,

@@ -37,7 +37,9 @@ mod config;
 mod dashboard;
 mod dependency;
 mod docs;
+mod errors;
 mod external;
+mod input;
 #[path = "../common/serve.rs"]
 mod serve;
 #[path = "../common/setup.rs"]
@@ -45,6 +47,7 @@ mod serve;
 mod setup;
 mod storage;
 mod telemetry;
+mod timestamp;
 
 use std::sync::Arc;
 

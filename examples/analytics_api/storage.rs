@@ -25,12 +25,10 @@ const HISTORY_RETENTION_MINUTES: i64 = 25 * 60;
 /// The platform of events whose payload names none.
 pub(crate) const UNKNOWN_PLATFORM: &str = "unknown";
 
-/// Whether `t` can be a metric type or a platform: 1 to 64 letters, digits and `_.-`.
+/// Whether `t` can be a metric type, an event type or a platform: 1 to 100 characters (as the
+/// reference service takes them), none of them a control character.
 pub(crate) fn valid_metric_type(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 64
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    !t.is_empty() && t.chars().count() <= 100 && !t.chars().any(char::is_control)
 }
 
 /// A submitted measurement.
@@ -804,6 +802,27 @@ impl Storage {
             })),
             Self::Redis(r) => r.page(metric_type, offset, limit).await,
         }
+    }
+
+    /// The metric types stored, in order.
+    pub(crate) async fn metric_types(&self) -> Result<Vec<String>, StorageError> {
+        let mut types: Vec<String> = match self {
+            Self::Memory(s) => s
+                .metrics
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect(),
+            Self::Redis(r) => {
+                redis::cmd("SMEMBERS")
+                    .arg("analytics:metric_types")
+                    .query_async(&mut r.conn())
+                    .await?
+            }
+        };
+        types.sort();
+        Ok(types)
     }
 
     /// The summary of a type's metrics, all of them or those timestamped at or after `since`.

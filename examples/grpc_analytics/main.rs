@@ -36,6 +36,12 @@ mod setup;
 #[path = "../analytics_api/storage.rs"]
 #[allow(dead_code)]
 mod storage;
+#[path = "../analytics_api/timestamp.rs"]
+#[allow(
+    dead_code,
+    reason = "this service takes protobuf timestamps: only the range"
+)]
+mod timestamp;
 
 /// The code generated from `proto/analytics.proto` (checked in; a test regenerates and compares it).
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -9,12 +9,13 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use tonic::{Request, Response, Status};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceExt};
+use tower_rampart::BoxError;
 use tower_rampart::cache::{CacheHandle, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::circuit_breaker::error::CircuitOpen;
 use tower_rampart::key::{ExtractKey, PeerIp, key_fn};
-use tower_rampart::rate_limit::{MissingKey, Quota, RateLimitLayer};
+use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::config::Config;
 use crate::dependency::{self, ExternalClient};
@@ -24,10 +25,9 @@ use crate::storage::{
     EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
 };
 
-/// The paths of the rate-limited methods.
-pub(crate) const SUBMIT_METRIC: &str = "/rampart.analytics.v1.AnalyticsService/SubmitMetric";
-pub(crate) const SUBMIT_EVENT: &str = "/rampart.analytics.v1.AnalyticsService/SubmitEvent";
-pub(crate) const GET_STATS: &str = "/rampart.analytics.v1.AnalyticsService/GetStats";
+/// A per-client limit, asked once a call has been checked (so an invalid call spends no quota):
+/// admits the client's IP, or refuses with a `RateLimited` error.
+pub(crate) type Limiter = BoxCloneSyncService<IpAddr, (), BoxError>;
 
 /// What a summary is asked for: a metric type and since when.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +47,51 @@ pub(crate) struct Analytics {
     pub(crate) summary_cache: CacheHandle,
     pub(crate) external: ExternalClient,
     pub(crate) breaker: CircuitHandle,
+    /// `SubmitMetric`'s limit, and the one `SubmitEvent` and `GetStats` share.
+    pub(crate) metrics_limit: Limiter,
+    pub(crate) events_limit: Limiter,
+}
+
+/// The peer (client) IP of a call, IPv6 grouped by /64 as the HTTP examples group it; a call that
+/// did not come over TCP shares one bucket.
+fn peer_of<T>(request: &Request<T>) -> IpAddr {
+    let mut probe = http::Request::new(());
+    if let Some(info) = request
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+    {
+        probe.extensions_mut().insert(info.clone());
+    }
+    PeerIp::new()
+        .extract(&probe)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// Asks `limit` for `client`: `RESOURCE_EXHAUSTED` with retry information when over it.
+async fn admit(limit: &Limiter, client: IpAddr) -> Result<(), Status> {
+    limit.clone().oneshot(client).await.map_err(|e| {
+        tower_rampart::grpc::status_from_error(&*e).unwrap_or_else(|| {
+            tracing::warn!(error = %e, "rate limiter failed; answering UNAVAILABLE");
+            Status::unavailable("rate limiting is unavailable; try again shortly")
+        })
+    })
+}
+
+/// A per-client limit of `quota`, named `name` (in Redis, the HTTP example's limit of the same
+/// name: one quota for a client whichever protocol it uses).
+fn limiter(
+    name: &'static str,
+    quota: Quota,
+    backend: tower_rampart::backend::Backend,
+) -> Result<Limiter, tower_rampart::ConfigError> {
+    let layer = RateLimitLayer::builder()
+        .name(name)
+        .quota(quota)
+        .key(key_fn(|ip: &IpAddr| Some(*ip)))
+        .backend(backend)
+        .build()?;
+    let admitted = tower::service_fn(|_: IpAddr| async { Ok::<(), BoxError>(()) });
+    Ok(BoxCloneSyncService::new(layer.layer(admitted)))
 }
 
 /// The beginning of the cache keys of `metric_type`'s summaries.
@@ -151,20 +196,25 @@ fn from_pb(m: Option<pb::Metric>) -> Result<Metric, Status> {
         .ok_or_else(|| Status::invalid_argument("missing field `metric.timestamp`"))?;
     let timestamp = u32::try_from(ts.nanos)
         .ok()
-        .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
-        .ok_or_else(|| {
-            Status::invalid_argument("invalid field `metric.timestamp`: out of range")
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or(crate::timestamp::TimestampError::Unreadable)
+        .and_then(|nanos| crate::timestamp::from_unix(ts.seconds, nanos))
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "invalid field `metric.timestamp`: {}",
+                match e {
+                    crate::timestamp::TimestampError::OutOfRange => e.message(),
+                    crate::timestamp::TimestampError::Unreadable =>
+                        "nanos must be from 0 to 999999999".to_owned(),
+                }
+            ))
         })?;
     if !m.value.is_finite() {
         return Err(Status::invalid_argument(
             "invalid field `metric.value`: must be a finite number",
         ));
     }
-    if !valid_metric_type(&m.r#type) {
-        return Err(Status::invalid_argument(
-            "invalid field `metric.type`: 1 to 64 characters of letters, digits and _.-",
-        ));
-    }
+    require_type(&m.r#type, "metric.type")?;
     Ok(Metric {
         timestamp,
         value: m.value,
@@ -177,7 +227,7 @@ fn require_type(t: &str, field: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "invalid field `{field}`: 1 to 64 characters of letters, digits and _.-"
+            "invalid field `{field}`: 1 to 100 characters, none of them a control character"
         )))
     }
 }
@@ -188,7 +238,10 @@ impl AnalyticsService for Analytics {
         &self,
         request: Request<pb::SubmitMetricRequest>,
     ) -> Result<Response<pb::SubmitMetricResponse>, Status> {
+        let client = peer_of(&request);
         let metric = from_pb(request.into_inner().metric)?;
+        // Checked first: an invalid call spends no quota.
+        admit(&self.metrics_limit, client).await?;
         self.storage
             .add_metric(&metric)
             .await
@@ -264,18 +317,17 @@ impl AnalyticsService for Analytics {
         &self,
         request: Request<pb::SubmitEventRequest>,
     ) -> Result<Response<pb::SubmitEventResponse>, Status> {
+        let client = peer_of(&request);
         let req = request.into_inner();
-        if req.event_type.is_empty() || req.event_type.len() > 64 {
-            return Err(Status::invalid_argument(
-                "invalid field `event_type`: 1 to 64 characters",
-            ));
-        }
+        require_type(&req.event_type, "event_type")?;
         let platform = if req.platform.is_empty() {
             UNKNOWN_PLATFORM.to_owned()
         } else {
             require_type(&req.platform, "platform")?;
             req.platform
         };
+        // Checked first: an invalid call spends no quota.
+        admit(&self.events_limit, client).await?;
         let record = EventRecord {
             user_id: req.user_id,
             event_type: req.event_type,
@@ -294,6 +346,7 @@ impl AnalyticsService for Analytics {
         &self,
         request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::EventStats>, Status> {
+        admit(&self.events_limit, peer_of(&request)).await?;
         let event_type = request.into_inner().event_type;
         let count = self
             .storage
@@ -344,16 +397,6 @@ impl AnalyticsService for Analytics {
     }
 }
 
-/// The client (peer IP) of a call to one of `paths`; `None` (uncounted) for other methods. A call
-/// that reached this server over TCP has a peer; any other shares one bucket.
-fn client_of(req: &http::Request<tonic::body::Body>, paths: &[&str]) -> Option<IpAddr> {
-    paths.contains(&req.uri().path()).then(|| {
-        PeerIp::new()
-            .extract(req)
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-    })
-}
-
 /// Serves the analytics service, `grpc.health.v1` and server reflection (v1 and v1alpha) on
 /// `listener` until `shutdown` resolves, then drains in-flight calls.
 pub(crate) async fn serve(
@@ -362,45 +405,9 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Per-client limits (`SubmitMetric`; `SubmitEvent` and `GetStats` together) are asked in the
+    // methods, after each call is checked: `RESOURCE_EXHAUSTED` with retry information.
     let analytics = analytics(config, storage)?;
-    // Per-client limits on some methods, answering RESOURCE_EXHAUSTED with retry information.
-    // Calls to the other methods carry no key and pass uncounted (`MissingKey::Allow`).
-    // In memory, or shared by every instance through Redis when the data is there (a `Backend`:
-    // one layer type either way).
-    let policy = config.rate_limit_failure_policy;
-    let backend = analytics
-        .storage
-        .backend()
-        .map_redis(|redis| redis.failure_policy(policy));
-    let metrics_limit = || {
-        RateLimitLayer::builder()
-            .name("metrics")
-            .quota(Quota::with_period(
-                config.metrics_limit,
-                config.metrics_window,
-            ))
-            .key(key_fn(|req: &http::Request<tonic::body::Body>| {
-                client_of(req, &[SUBMIT_METRIC])
-            }))
-            .on_missing_key(MissingKey::Allow)
-            .backend(backend.clone())
-            .grpc()
-    };
-    let events_limit = || {
-        RateLimitLayer::builder()
-            .name("events")
-            .quota(Quota::per_minute(config.events_per_minute))
-            .key(key_fn(|req: &http::Request<tonic::body::Body>| {
-                client_of(req, &[SUBMIT_EVENT, GET_STATS])
-            }))
-            .on_missing_key(MissingKey::Allow)
-            .backend(backend.clone())
-            .grpc()
-    };
-    let limits = ServiceBuilder::new()
-        .layer(metrics_limit().build()?)
-        .layer(events_limit().build()?);
-
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AnalyticsServiceServer<Analytics>>()
@@ -449,7 +456,6 @@ pub(crate) async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(server_limits.header_read_timeout))
         .max_concurrent_streams(256)
-        .layer(limits.into_inner())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -579,11 +585,28 @@ pub(crate) fn analytics(
 ) -> Result<Analytics, tower_rampart::ConfigError> {
     let (external, breaker, _) = dependency::client(config, storage.backend())?;
     let (summaries, summary_cache) = summaries(Arc::clone(&storage), config.cache_ttl)?;
+    // In memory, or shared by every instance through Redis when the data is there.
+    let policy = config.rate_limit_failure_policy;
+    let backend = storage
+        .backend()
+        .map_redis(|redis| redis.failure_policy(policy));
+    let metrics_limit = limiter(
+        "metrics",
+        Quota::with_period(config.metrics_limit, config.metrics_window),
+        backend.clone(),
+    )?;
+    let events_limit = limiter(
+        "events",
+        Quota::per_minute(config.events_per_minute),
+        backend,
+    )?;
     Ok(Analytics {
         storage,
         summaries,
         summary_cache,
         external,
         breaker,
+        metrics_limit,
+        events_limit,
     })
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -149,15 +149,7 @@ impl ProxyConfig {
                 "RATE_LIMIT_WINDOW_SECONDS",
                 60,
             )?)),
-            trusted_proxies: get("TRUSTED_PROXIES")
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            trusted_proxies: trusted_proxies(&get)?,
             max_body_bytes: positive(&get, "MAX_BODY_BYTES", 1024 * 1024)? as usize,
             request_timeout: Duration::from_secs(u64::from(positive(
                 &get,
@@ -172,6 +164,31 @@ impl ProxyConfig {
             json_logs: json_logs(&get)?,
         })
     }
+}
+
+/// `TRUSTED_PROXIES`: comma-separated CIDRs or IP addresses; a bad one is refused naming the
+/// variable.
+fn trusted_proxies(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<String>, EnvError> {
+    let Some(value) = get("TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list
+        .iter()
+        .any(|e| e.parse::<ipnet::IpNet>().is_err() && e.parse::<std::net::IpAddr>().is_err())
+    {
+        return Err(EnvError {
+            var: "TRUSTED_PROXIES",
+            value,
+            expected: "comma-separated CIDRs (\"10.0.0.0/8\") or IP addresses",
+        });
+    }
+    Ok(list)
 }
 
 /// The outbound client: one upstream call, with its retries and circuit.
@@ -232,10 +249,9 @@ pub(crate) struct Proxy {
     pub(crate) breaker: CircuitHandle,
 }
 
-/// An error answer: `{"status":"error","message":...}`.
 /// Whether reading the body failed on the body timeout (`BODY_READ_TIMEOUT_SECONDS`).
-fn timed_out(rejection: &JsonRejection) -> bool {
-    let mut cause: Option<&dyn std::error::Error> = Some(rejection);
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if e.is::<tower_http::timeout::TimeoutError>() {
             return true;
@@ -245,12 +261,93 @@ fn timed_out(rejection: &JsonRejection) -> bool {
     false
 }
 
+/// An error answer: `{"status":"error","message":...}`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         Json(json!({ "status": "error", "message": message.into() })),
     )
         .into_response()
+}
+
+/// Whether `headers` say the body is JSON (`application/json` or `application/<x>+json`).
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+/// Reads and checks the body before the rate limiter sees the request, so a request that cannot
+/// be forwarded spends no quota: 415 unless it says it is JSON, 413 past `MAX_BODY_BYTES`, 408 when
+/// it stops arriving, 400 when it is not JSON. The JSON goes on as an extension.
+async fn validate_json(req: axum::extract::Request, next: Next) -> Response {
+    if !is_json(req.headers()) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Expected a JSON body, with `Content-Type: application/json`.",
+        );
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            let inner = e.into_inner();
+            return if inner.is::<http_body_util::LengthLimitError>() {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The request body is over MAX_BODY_BYTES.",
+                )
+            } else if timed_out(&*inner) {
+                // The body stopped arriving: 408, as a whole request that takes too long gets.
+                error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body was not received in time",
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Could not read the request body: {inner}"),
+                )
+            };
+        }
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => {
+            parts.extensions.insert(v);
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::empty(),
+            ))
+            .await
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("The request body is not valid JSON: {e}"),
+        ),
+    }
+}
+
+/// Gives an error answer that is not JSON (the router's empty 404 and 405, the body limit's
+/// plain-text 413, the timeout's empty 408) the proxy's error shape.
+fn json_errors<B>(res: http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let status = res.status();
+    if status.as_u16() < 400 || is_json(res.headers()) {
+        return res.map(axum::body::Body::new);
+    }
+    let (mut parts, _) = res.into_parts();
+    let mut answer = error(status, status.canonical_reason().unwrap_or("Error"));
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.extend(answer.headers_mut().drain());
+    Response::from_parts(parts, std::mem::take(answer.body_mut()))
 }
 
 /// The proxy's routes and layers for `config`.
@@ -278,7 +375,16 @@ pub(crate) fn router(
         }))
         .build()?;
     let router = Router::new()
-        .route("/api/proxy/data", post(proxy_data).route_layer(limit))
+        // The body is checked before the limiter: a request that cannot be forwarded spends no
+        // quota.
+        .route(
+            "/api/proxy/data",
+            post(proxy_data).route_layer(
+                ServiceBuilder::new()
+                    .layer(axum::middleware::from_fn(validate_json))
+                    .layer(limit),
+            ),
+        )
         .route("/health", get(health))
         .route("/api/health", get(health))
         .route("/api/circuit-breaker/status", get(status))
@@ -286,6 +392,7 @@ pub(crate) fn router(
         .layer(
             ServiceBuilder::new()
                 .layer(TraceLayer::new_for_http())
+                .map_response(json_errors)
                 .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
                 // A slow client holds the proxy for at most these: no piece of its body may take
                 // longer than the body timeout, nor the whole request longer than the request
@@ -303,19 +410,8 @@ pub(crate) fn router(
 async fn proxy_data(
     State(proxy): State<Proxy>,
     headers: http::HeaderMap,
-    body: Result<Json<Value>, JsonRejection>,
+    Extension(body): Extension<Value>,
 ) -> Response {
-    let body = match body {
-        Ok(Json(v)) => v,
-        // The body stopped arriving: 408, as a whole request that takes too long gets.
-        Err(e) if timed_out(&e) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body was not received in time",
-            );
-        }
-        Err(e) => return error(e.status(), e.body_text()),
-    };
     let bytes = Bytes::from(serde_json::to_vec(&body).expect("a JSON value serialises"));
     // One key for every attempt of this request, so the upstream can recognise a repeat; the
     // header also marks the POST as safe to retry.

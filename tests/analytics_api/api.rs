@@ -20,7 +20,9 @@ async fn twelve_posts_from_one_ip_store_exactly_ten() {
                 "admitted submissions tell the client its quota: {quota}"
             );
         } else {
-            assert_eq!(r.body, r#"{"detail":"Too many requests"}"#);
+            let body = r.json();
+            assert_eq!(body["detail"], "Too many requests");
+            assert_eq!(body["code"], "RATE_LIMITED");
             assert_eq!(r.headers["retry-after"], "6");
             assert_eq!(r.headers["ratelimit-policy"], r#""metrics";q=10;w=60"#);
             assert_eq!(r.headers["ratelimit"], r#""metrics";r=0;t=60"#);
@@ -32,9 +34,12 @@ async fn twelve_posts_from_one_ip_store_exactly_ten() {
 
     let list = app
         .send("GET", "/api/metrics/list?type=cpu_usage", &[])
-        .await
-        .json();
-    assert_eq!(list["total"], 10, "refused submissions are not stored");
+        .await;
+    assert_eq!(
+        list.headers["x-total-count"], "10",
+        "refused submissions are not stored"
+    );
+    assert_eq!(list.json().as_array().unwrap().len(), 10);
     let summary = app
         .send("GET", "/api/metrics/summary?metric_type=cpu_usage", &[])
         .await
@@ -48,56 +53,119 @@ async fn twelve_posts_from_one_ip_store_exactly_ten() {
 #[tokio::test]
 async fn invalid_bodies_get_clear_errors_and_do_not_spend_quota() {
     let app = start(&[("RATE_LIMIT_REQUESTS", "2"), ("MAX_BODY_BYTES", "1024")]).await;
-    let cases: [(&str, StatusCode, &str); 6] = [
-        ("{not json", StatusCode::BAD_REQUEST, "malformed JSON"),
+    // Every refusal a 422 (as FastAPI answers them), listing each problem with its field.
+    let cases: [(&str, &str, &str); 7] = [
+        ("{not json", "body", "JSON decode error"),
         (
             r#"{"timestamp":"2026-02-21T12:00:00Z","value":"high","type":"cpu"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "`value`",
+            "value",
+            "valid number",
         ),
         (
             r#"{"timestamp":"yesterday","value":1,"type":"cpu"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "`timestamp`",
+            "timestamp",
+            "RFC 3339",
         ),
         (
             r#"{"timestamp":"2026-02-21T12:00:00Z","type":"cpu"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing field `value`",
+            "value",
+            "Field required",
         ),
         (
-            r#"{"timestamp":"2026-02-21T12:00:00Z","value":1,"type":"no spaces"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "`type`",
+            r#"{"timestamp":"2026-02-21T12:00:00Z","value":1,"type":""}"#,
+            "type",
+            "1 to 100 characters",
+        ),
+        (
+            r#"{"timestamp":"2026-02-21T12:00:00Z","value":1,"type":"a\nb"}"#,
+            "type",
+            "control character",
         ),
         (
             r#"{"timestamp":"2026-02-21T12:00:00Z","value":1e999,"type":"cpu"}"#,
-            StatusCode::BAD_REQUEST,
-            "malformed JSON",
+            "body",
+            "JSON decode error",
         ),
     ];
-    for (body, status, needle) in cases {
+    for (body, field, needle) in cases {
         let r = app.send_body("POST", "/api/metrics", &[JSON], body).await;
-        assert_eq!(r.status, status, "{body}: {}", r.body);
-        let detail = r.json()["detail"].as_str().unwrap().to_owned();
-        assert!(
-            detail.contains(needle),
-            "{body}: {detail:?} should mention {needle}"
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
         );
+        let json = r.json();
+        assert_eq!(json["code"], "VALIDATION_ERROR");
+        let errors = json["errors"].as_array().unwrap();
+        assert_eq!(
+            json["detail"].as_array().unwrap(),
+            errors,
+            "FastAPI's key too"
+        );
+        assert_eq!(errors.len(), 1, "{body}: {errors:?}");
+        assert_eq!(errors[0]["loc"].as_array().unwrap().last().unwrap(), field);
+        let msg = errors[0]["msg"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{body}: {msg:?} should mention {needle}"
+        );
+        assert!(json["message"].as_str().unwrap().contains(field));
     }
+    // Several problems at once: each listed.
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], r#"{"value":"x"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.json()["errors"].as_array().unwrap().len(),
+        3,
+        "{}",
+        r.body
+    );
+    // Not JSON by its Content-Type (a cross-site form post): 415, before anything else.
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+    ] {
+        let r = app
+            .send_body(
+                "POST",
+                "/api/metrics",
+                &[("content-type", content_type)],
+                metric(1.0),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type}"
+        );
+        assert_eq!(r.json()["code"], "UNSUPPORTED_MEDIA_TYPE");
+    }
+    let r = app
+        .send_body("POST", "/api/metrics", &[], metric(1.0))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "no Content-Type"
+    );
     let huge = format!(
         r#"{{"timestamp":"2026-02-21T12:00:00Z","value":1,"type":"{}"}}"#,
         "a".repeat(4096)
     );
     let r = app.send_body("POST", "/api/metrics", &[JSON], huge).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["code"], "PAYLOAD_TOO_LARGE");
 
     // None of that spent the quota of 2, and nothing was stored.
     assert_eq!(
         app.send("GET", "/api/metrics/list?type=cpu", &[])
             .await
-            .json()["total"],
-        0
+            .headers["x-total-count"],
+        "0"
     );
     for _ in 0..2 {
         let r = app
@@ -190,9 +258,12 @@ async fn events_stats_health_and_request_ids() {
         .send("GET", "/api/metrics/summary?type=cpu&period=weekly", &[])
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.body.contains("`period`"), "{}", r.body);
+    assert_eq!(
+        r.json()["detail"],
+        "Invalid period. Must be one of: all, daily, hourly"
+    );
     let r = app.send("GET", "/api/metrics/summary", &[]).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let empty = app
         .send("GET", "/api/metrics/summary?type=cpu&period=hourly", &[])
         .await
@@ -242,18 +313,11 @@ async fn bad_configuration_names_the_variable() {
         err(&[("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "0")]),
         r#"invalid CIRCUIT_BREAKER_FAILURE_THRESHOLD="0": expected a whole number from 1 to 4294967295"#
     );
-    let bad_proxy = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]);
-    let e = crate::app::build(
-        &bad_proxy,
-        std::sync::Arc::new(crate::storage::Storage::default()),
-        crate::app::system_clock(),
-    )
-    .err()
-    .expect("refused");
     assert_eq!(
-        e.to_string(),
-        r#"invalid trusted_proxies: "nonsense" is neither a CIDR like "10.0.0.0/8" nor an IP address"#
+        err(&[("TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]),
+        r#"invalid TRUSTED_PROXIES="10.0.0.0/8, nonsense": expected comma-separated CIDRs ("10.0.0.0/8") or IP addresses"#
     );
+    config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1, ::1")]);
 }
 
 #[test]

@@ -24,7 +24,7 @@ async fn summary_counts_distinct_active_users_by_platform_and_rejections_in_five
     }
     // Two rejected requests (4xx): a malformed event and a bad period.
     let r = app.send_body("POST", "/event", &[JSON], "{").await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let r = app
         .send("GET", "/api/metrics/summary?type=cpu&period=weekly", &[])
         .await;
@@ -164,12 +164,14 @@ async fn history_series_and_their_parameter_errors() {
     assert_eq!(values, [0.0, 40.0, 0.0, 15.0, 0.0]);
 
     for (query, needle) in [
-        ("interval=1m", "`type`"),
-        ("type=activeUsers", "`interval`"),
-        ("type=activeUsers&interval=2m", "`interval`"),
-        ("type=activeUsers&interval=1m&points=0", "`points`"),
-        ("type=activeUsers&interval=1m&points=289", "`points`"),
-        ("type=no%20such&interval=1m", "`type`"),
+        ("interval=1m", "query param 'metric' is required"),
+        ("type=activeUsers", "query param 'interval' is required"),
+        ("type=activeUsers&interval=1d", "'interval'"),
+        ("type=activeUsers&interval=90s", "'interval'"),
+        ("type=activeUsers&interval=2h", "'interval'"),
+        ("type=activeUsers&interval=1m&points=0", "'points'"),
+        ("type=activeUsers&interval=1m&points=289", "'points'"),
+        ("type=no%0Asuch&interval=1m", "'metric'"),
     ] {
         let r = app
             .send("GET", &format!("/api/v1/metrics/history?{query}"), &[])
@@ -202,12 +204,20 @@ async fn sensors_modules_and_the_api_v1_limit() {
         ] {
             assert!(!module[field].is_null(), "{field} in {module}");
         }
+        let day = module["upcomingReleaseDate"].as_str().unwrap();
+        assert!(
+            chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok() && day.len() == 10,
+            "a day, as the reference gives it: {day}"
+        );
     }
     app.send("GET", "/api/v1/metrics/summary", &[]).await;
     // The fourth request under /api/v1 this minute is refused, whichever route it is.
     let r = app.send("GET", "/api/v1/modules", &[]).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(r.json(), json!({"detail": "Too many requests"}));
+    let body = r.json();
+    assert_eq!(body["detail"], "Too many requests");
+    assert_eq!(body["error"], "Too many requests");
+    assert_eq!(body["code"], "RATE_LIMITED");
     // Other routes are not affected.
     assert_eq!(app.send("GET", "/health", &[]).await.status, StatusCode::OK);
 }

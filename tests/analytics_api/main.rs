@@ -19,9 +19,15 @@ mod dependency;
 #[path = "../../examples/analytics_api/docs.rs"]
 #[allow(dead_code)]
 mod docs;
+#[path = "../../examples/analytics_api/errors.rs"]
+#[allow(dead_code)]
+mod errors;
 #[path = "../../examples/analytics_api/external.rs"]
 #[allow(dead_code)]
 mod external;
+#[path = "../../examples/analytics_api/input.rs"]
+#[allow(dead_code)]
+mod input;
 #[path = "../../examples/common/serve.rs"]
 #[allow(dead_code)]
 mod serve;
@@ -34,8 +40,15 @@ mod storage;
 #[path = "../../examples/analytics_api/telemetry.rs"]
 #[allow(dead_code)]
 mod telemetry;
+#[path = "../../examples/analytics_api/timestamp.rs"]
+#[allow(dead_code)]
+mod timestamp;
 
 mod api;
+mod contract_000;
+mod contract_001;
+mod contract_002;
+mod contract_003;
 mod dashboard_api;
 mod external_api;
 mod process;

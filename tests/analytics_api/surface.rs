@@ -8,6 +8,7 @@ use crate::{JSON, metric, start};
 
 /// Every route the app serves, with its method (a path parameter filled in).
 const SERVED: &[(&str, &str)] = &[
+    ("get", "/"),
     ("get", "/health"),
     ("post", "/api/metrics"),
     ("get", "/api/metrics/summary?type=cpu_usage"),
@@ -22,6 +23,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/api/v1/sensors/type-breakdown"),
     ("get", "/api/v1/modules"),
     ("get", "/external"),
+    ("get", "/api/external"),
     ("get", "/api/circuit-breaker/status"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -124,4 +126,89 @@ async fn prometheus_metrics_include_the_layers_and_http() {
         text.contains("http_request_duration_seconds_bucket"),
         "{text}"
     );
+}
+
+/// Issue #16: what an API fuzzer driven by `/openapi.json` found answered but undocumented is
+/// documented now: each of these answers' status is listed for its operation, in the error schema.
+#[tokio::test]
+async fn every_status_answered_is_documented_for_its_operation() {
+    let app = start(&[("RATE_LIMIT_REQUESTS", "1"), ("MAX_BODY_BYTES", "256")]).await;
+    let doc: Value = serde_json::from_str(crate::docs::OPENAPI).unwrap();
+    let text = "text/plain";
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "POST",
+            "/api/metrics",
+            JSON.1,
+            r#"{"timestamp":"2025-01-01","value":1,"type":""}"#,
+        ),
+        (
+            "POST",
+            "/api/metrics",
+            JSON.1,
+            r#"{"timestamp":1e300,"value":1,"type":"a"}"#,
+        ),
+        ("POST", "/api/metrics", text, "{}"),
+        ("POST", "/api/metrics", JSON.1, &"x".repeat(300)),
+        (
+            "POST",
+            "/api/metrics",
+            JSON.1,
+            r#"{"timestamp":"2025-01-01","value":1,"type":"a"}"#,
+        ),
+        (
+            "POST",
+            "/api/metrics",
+            JSON.1,
+            r#"{"timestamp":"2025-01-01","value":1,"type":"a"}"#,
+        ),
+        ("POST", "/event", JSON.1, ""),
+        ("POST", "/event", JSON.1, "{}"),
+        ("POST", "/event", text, "{}"),
+        ("GET", "/api/metrics/summary", JSON.1, ""),
+        (
+            "GET",
+            "/api/metrics/summary?type=a&period=weekly",
+            JSON.1,
+            "",
+        ),
+        ("GET", "/api/metrics/list?offset=1", JSON.1, ""),
+        ("GET", "/api/metrics/list?limit=x", JSON.1, ""),
+        (
+            "GET",
+            "/api/v1/metrics/history?interval=1d&metric=activeUsers",
+            JSON.1,
+            "",
+        ),
+    ];
+    for &(method, path, content_type, body) in cases {
+        let r = app
+            .send_body(
+                method,
+                path,
+                &[("content-type", content_type)],
+                body.to_owned(),
+            )
+            .await;
+        let op = &doc["paths"][template(path)][method.to_lowercase()];
+        let documented = &op["responses"][r.status.as_str()];
+        assert!(
+            documented.is_object(),
+            "{method} {path}: {} is not documented: {}",
+            r.status,
+            r.body
+        );
+        if !r.status.is_success() {
+            assert_eq!(
+                documented["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/Error",
+                "{method} {path} {}",
+                r.status
+            );
+            let e = r.json();
+            for key in ["code", "message", "detail", "error", "timestamp"] {
+                assert!(!e[key].is_null(), "{method} {path}: {key} in {e}");
+            }
+        }
+    }
 }

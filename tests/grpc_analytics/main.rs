@@ -22,6 +22,9 @@ mod setup;
 #[path = "../../examples/analytics_api/storage.rs"]
 #[allow(dead_code)]
 mod storage;
+#[path = "../../examples/analytics_api/timestamp.rs"]
+#[allow(dead_code)]
+mod timestamp;
 
 /// The code generated from `analytics.proto`, as the example includes it.
 #[allow(

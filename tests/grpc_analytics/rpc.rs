@@ -180,7 +180,7 @@ async fn invalid_arguments_name_the_field_and_store_nothing() {
         ),
         (metric(f64::NAN, "cpu"), "`metric.value`"),
         (metric(f64::INFINITY, "cpu"), "`metric.value`"),
-        (metric(1.0, "no spaces"), "`metric.type`"),
+        (metric(1.0, "no\nnewlines"), "`metric.type`"),
         (metric(1.0, ""), "`metric.type`"),
     ];
     for (req, field) in cases {
@@ -654,4 +654,47 @@ async fn the_connection_cap_holds_new_clients_back_until_one_closes() {
         .expect("the server stopped")
         .unwrap();
     assert!(asked.elapsed() < Duration::from_secs(3));
+}
+
+/// Issue #16: calls are checked before the limit, so invalid ones spend no quota (as over HTTP),
+/// and an out-of-range timestamp is refused naming the range.
+#[tokio::test]
+async fn invalid_calls_spend_no_quota() {
+    let server = start(&[("RATE_LIMIT_REQUESTS", "2"), ("RATE_LIMIT", "1")]).await;
+    let mut c = server.client().await;
+    for _ in 0..5 {
+        let err = c.submit_metric(metric(1.0, "")).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = c
+            .submit_event(pb::SubmitEventRequest {
+                user_id: 1,
+                event_type: String::new(),
+                timestamp: 0,
+                platform: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    let mut late = metric(1.0, "cpu");
+    late.metric.as_mut().unwrap().timestamp = Some(prost_types::Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    });
+    let err = c.submit_metric(late).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("9999-12-31"), "{}", err.message());
+    for v in [1.0, 2.0] {
+        c.submit_metric(metric(v, "cpu")).await.unwrap();
+    }
+    let err = c.submit_metric(metric(3.0, "cpu")).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    c.submit_event(pb::SubmitEventRequest {
+        user_id: 1,
+        event_type: "login".into(),
+        timestamp: 0,
+        platform: String::new(),
+    })
+    .await
+    .unwrap();
 }

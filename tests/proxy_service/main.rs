@@ -16,6 +16,8 @@ mod setup;
 #[allow(dead_code)]
 mod upstream;
 
+mod contract_004;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -51,7 +51,8 @@ mod storage;
 #[allow(dead_code)]
 mod telemetry;
 #[path = "../examples/analytics_api/timestamp.rs"]
-#[allow(dead_code)]
+// Its unit tests are the test suite's; here they compile to nothing.
+#[allow(dead_code, unused_imports)]
 mod timestamp;
 
 use std::collections::HashMap;

@@ -24,7 +24,7 @@ use tower_http::request_id::{
 };
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tower_rampart::cache::{CacheHandle, CacheLayer, CachedResponse};
+use tower_rampart::cache::{CacheHandle, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::http::AsHttp;
 use tower_rampart::key::{ClientIp, key_fn};
@@ -158,8 +158,8 @@ pub(crate) fn build(
         .key(key_fn(summary_key))
         .ttl(config.cache_ttl)
         .backend(backend.clone())
-        .build::<CachedResponse>()?;
-    let summaries = summary_cache.handle::<CachedResponse>();
+        .build()?;
+    let summaries = summary_cache.handle();
     // The breakdown reads no parameter: one entry, whatever query string a client appends (keyed
     // by method and URI, junk query strings each made an entry of their own in Redis).
     let breakdown_cache = CacheLayer::builder()
@@ -170,7 +170,7 @@ pub(crate) fn build(
         }))
         .ttl(config.cache_ttl)
         .backend(backend.clone())
-        .build::<CachedResponse>()?;
+        .build()?;
     let state = AppState(Arc::new(AppInner {
         summaries,
         dataset: Dataset::new(clock()),

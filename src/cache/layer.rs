@@ -141,9 +141,9 @@ impl<X, St, A> CacheLayer<X, St, A> {
         &self.shared.store
     }
 
-    /// A handle to invalidate entries: one key, a prefix, or all. Cheap to clone; keep it in the
-    /// application's state and call it after writes.
-    pub fn handle<V>(&self) -> CacheHandle
+    /// A handle to invalidate entries of a layer whose mode stores values of type `V` (for a mode
+    /// of your own; the built-in modes have [`handle`](CacheLayer::handle)).
+    pub fn handle_for<V>(&self) -> CacheHandle
     where
         X: Send + Sync + 'static,
         A: Send + Sync + 'static,
@@ -154,6 +154,35 @@ impl<X, St, A> CacheLayer<X, St, A> {
             shared: Arc::clone(&self.shared),
             _value: PhantomData::<fn() -> V>,
         }))
+    }
+}
+
+impl<X, St> CacheLayer<X, St, super::HttpMode>
+where
+    X: Send + Sync + 'static,
+    St: super::CacheStore<super::CachedResponse>,
+{
+    /// A handle to invalidate entries: one key, a prefix, or all. Cheap to clone; keep it in the
+    /// application's state and call it after writes.
+    pub fn handle(&self) -> CacheHandle {
+        self.handle_for::<super::CachedResponse>()
+    }
+}
+
+impl<X, St, P, W, G> CacheLayer<X, St, Cloned<P, W, G>>
+where
+    X: Send + Sync + 'static,
+    Cloned<P, W, G>: Send + Sync + 'static,
+{
+    /// A handle to invalidate entries: one key, a prefix, or all. Cheap to clone; keep it in the
+    /// application's state and call it after writes. `V` is the cached response type (inferred
+    /// where the layer wraps a service, or named: `handle::<MyResponse>()`).
+    pub fn handle<V>(&self) -> CacheHandle
+    where
+        St: super::CacheStore<V>,
+        V: Send + Sync + 'static,
+    {
+        self.handle_for::<V>()
     }
 }
 
@@ -371,7 +400,11 @@ impl<X, B, A> CacheBuilder<X, B, A> {
     /// set in the clone mode, `max_bytes` or `max_background_refreshes` is zero, an HTTP body cap
     /// is zero or larger than the whole cache, the name has characters logs cannot carry, or the
     /// backend refuses the configuration.
-    pub fn build<V>(self) -> Result<CacheLayer<X, B::Store, A>, ConfigError>
+    ///
+    /// This is `build` for a mode of your own, whose stored value is `V`; the built-in modes have
+    /// `build` ([`HttpMode`](super::HttpMode): no type to name; [`Cloned`]: the response type,
+    /// inferred where the layer wraps a service).
+    pub fn build_for<V>(self) -> Result<CacheLayer<X, B::Store, A>, ConfigError>
     where
         X: KeyExtractor,
         A: ModeConfig,
@@ -438,6 +471,47 @@ impl<X, B, A> CacheBuilder<X, B, A> {
                 meters: Default::default(),
             }),
         })
+    }
+}
+
+impl<X: KeyExtractor, B> CacheBuilder<X, B, super::HttpMode> {
+    /// Checks the configuration and builds the layer, with its store, which keeps
+    /// [`CachedResponse`](super::CachedResponse)s.
+    ///
+    /// # Errors
+    ///
+    /// As [`build_for`](CacheBuilder::build_for).
+    pub fn build(
+        self,
+    ) -> Result<
+        CacheLayer<X, <B as CacheBackend<super::CachedResponse>>::Store, super::HttpMode>,
+        ConfigError,
+    >
+    where
+        B: CacheBackend<super::CachedResponse>,
+    {
+        self.build_for::<super::CachedResponse>()
+    }
+}
+
+impl<X: KeyExtractor, B, P, W, G> CacheBuilder<X, B, Cloned<P, W, G>>
+where
+    Cloned<P, W, G>: ModeConfig,
+{
+    /// Checks the configuration and builds the layer, with its store, which keeps the wrapped
+    /// service's responses (`V`: inferred where the layer wraps a service, or named:
+    /// `build::<MyResponse>()`).
+    ///
+    /// # Errors
+    ///
+    /// As [`build_for`](CacheBuilder::build_for).
+    #[allow(clippy::type_complexity)]
+    pub fn build<V>(self) -> Result<CacheLayer<X, B::Store, Cloned<P, W, G>>, ConfigError>
+    where
+        B: CacheBackend<V>,
+        V: Send + Sync + 'static,
+    {
+        self.build_for::<V>()
     }
 }
 

@@ -120,7 +120,7 @@ impl CircuitSnapshot {
         self.state
     }
 
-    /// For a circuit shared through a store ([`shared`](super::CircuitBreakerBuilder::shared)):
+    /// For a circuit shared through a store ([`backend`](super::CircuitBreakerBuilder::backend)):
     /// the shared window as of the last sync, and whether this replica follows the shared state
     /// now. `None` for a circuit kept in this replica only.
     pub fn shared(&self) -> Option<&SharedSnapshot> {
@@ -292,7 +292,7 @@ impl CircuitHandle {
     }
 
     /// Whether the circuit is shared by the replicas through a store
-    /// ([`shared`](super::CircuitBreakerBuilder::shared)).
+    /// ([`backend`](super::CircuitBreakerBuilder::backend)).
     pub fn is_shared(&self) -> bool {
         #[cfg(feature = "redis")]
         return self.breaker.link.is_some();

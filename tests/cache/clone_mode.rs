@@ -294,7 +294,7 @@ fn invalid_configuration_is_refused_at_build_time() {
         .ttl(Duration::from_secs(1))
         .max_bytes(1000)
         .max_body_bytes(2000)
-        .build::<tower_rampart::cache::CachedResponse>()
+        .build()
         .unwrap_err();
     assert_eq!(err.setting(), "max_body_bytes");
     assert!(

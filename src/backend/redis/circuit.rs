@@ -46,7 +46,7 @@ fn idle_ttl(spec: &CircuitSpec) -> Duration {
 }
 
 /// The [`CircuitStore`] kept in Redis, built by [`RedisBackend`] for
-/// [`shared`](crate::circuit_breaker::CircuitBreakerBuilder::shared) circuits.
+/// [`shared`](crate::circuit_breaker::CircuitBreakerBuilder::backend) circuits.
 ///
 /// Each circuit is one hash, `<prefix>:cb:<name>:{<key>}` (the key `global` for a layer's one
 /// circuit), holding its state, its window and its half-open permits; each sync is one `EVALSHA`

@@ -178,7 +178,7 @@
 //! # async fn run() -> Result<(), tower_rampart::BoxError> {
 //! use std::time::Duration;
 //! use tower_rampart::backend::RedisBackend;
-//! use tower_rampart::cache::{CacheLayer, CachedResponse};
+//! use tower_rampart::cache::CacheLayer;
 //!
 //! let redis = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
 //! let summaries = CacheLayer::builder()
@@ -186,8 +186,7 @@
 //!     .name("summaries") // part of its keys in Redis: shared by the replicas that use the name
 //!     .ttl(Duration::from_secs(300))
 //!     .backend(redis)
-//!     // What is stored (inferred once the layer wraps a service; named here, where it does not).
-//!     .build::<CachedResponse>()?;
+//!     .build()?; // HTTP mode stores `CachedResponse`s: no type to name
 //! let handle = summaries.handle(); // invalidations reach every replica
 //! # let _ = handle; Ok(()) }
 //! ```

@@ -265,19 +265,30 @@ pub(crate) fn build(
             "/stats/{event_type}",
             get(event_stats).route_layer(events_limit),
         );
+    // The limit wraps each GET handler (a method router's `route_layer`), so a request with
+    // another method gets its 405 without spending quota.
     let api_v1 = Router::new()
-        .route("/api/v1/metrics/summary", get(dashboard::summary))
-        .route("/api/v1/metrics/history", get(dashboard::history))
+        .route(
+            "/api/v1/metrics/summary",
+            get(dashboard::summary).route_layer(api_v1_limit.clone()),
+        )
+        .route(
+            "/api/v1/metrics/history",
+            get(dashboard::history).route_layer(api_v1_limit.clone()),
+        )
         .route(
             "/api/v1/sensors/type-breakdown",
             get(dashboard::type_breakdown).route_layer(
                 ServiceBuilder::new()
+                    .layer(api_v1_limit.clone())
                     .map_response(into_axum)
                     .layer(breakdown_cache),
             ),
         )
-        .route("/api/v1/modules", get(dashboard::modules))
-        .route_layer(api_v1_limit);
+        .route(
+            "/api/v1/modules",
+            get(dashboard::modules).route_layer(api_v1_limit),
+        );
 
     let request_id = HeaderName::from_static("x-request-id");
     let router = Router::new()

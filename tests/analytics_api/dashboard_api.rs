@@ -221,3 +221,24 @@ async fn sensors_modules_and_the_api_v1_limit() {
     // Other routes are not affected.
     assert_eq!(app.send("GET", "/health", &[]).await.status, StatusCode::OK);
 }
+
+/// #16: a request to an `/api/v1` path with a method it does not answer gets 405 without spending
+/// the client's quota (the limit wraps each GET handler, not the route's method-not-allowed answer).
+#[tokio::test]
+async fn a_405_under_api_v1_spends_no_quota() {
+    let app = crate::start(&[("API_V1_RATE_LIMIT", "2")]).await;
+    for _ in 0..3 {
+        let r = app.send("DELETE", "/api/v1/modules", &[]).await;
+        assert_eq!(r.status, http::StatusCode::METHOD_NOT_ALLOWED, "{}", r.body);
+    }
+    for _ in 0..2 {
+        let r = app.send("GET", "/api/v1/modules", &[]).await;
+        assert_eq!(r.status, http::StatusCode::OK, "{}", r.body);
+    }
+    let r = app.send("GET", "/api/v1/modules", &[]).await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::TOO_MANY_REQUESTS,
+        "the limit still holds"
+    );
+}

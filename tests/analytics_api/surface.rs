@@ -38,7 +38,13 @@ fn template(path: &str) -> String {
 
 #[tokio::test]
 async fn the_openapi_document_describes_exactly_the_served_routes() {
-    let app = start(&[("EXTERNAL_SERVICE_LATENCY_MS", "0")]).await;
+    // The dependency never fails here: every served route must answer 2xx (`/api/external`
+    // answers 503 when a call fails, as its reference does).
+    let app = start(&[
+        ("EXTERNAL_SERVICE_LATENCY_MS", "0"),
+        ("EXTERNAL_SERVICE_FAILURE_RATE", "0"),
+    ])
+    .await;
     let r = app.send("GET", "/openapi.json", &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["content-type"], "application/json");

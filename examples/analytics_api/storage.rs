@@ -16,8 +16,20 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-/// At most this many metrics are kept in memory; beyond it writes are refused (503), not dropped.
+/// At most this many metrics are kept (in memory or in Redis); beyond it writes are refused (503),
+/// not dropped.
 pub(crate) const MAX_METRICS: usize = 1_000_000;
+/// What a client is told when [`MAX_METRICS`] is reached.
+const METRICS_FULL: &str = "metric storage is full; try again later";
+/// At most this many platforms are told apart (in memory and in Redis); events from platforms seen
+/// after them count as [`OTHER`], so attacker-chosen platforms cannot grow the state or the cost
+/// of the dashboard's summary.
+pub(crate) const MAX_PLATFORMS: usize = 64;
+/// At most this many event types are counted apart; events of types seen after them count as
+/// [`OTHER`].
+pub(crate) const MAX_EVENT_TYPES: usize = 1_000;
+/// The platform and event type that stand for those past the bounds.
+pub(crate) const OTHER: &str = "other";
 /// "Active" users and the rejection count look back this far.
 pub(crate) const ACTIVE_WINDOW: Duration = Duration::from_secs(300);
 /// Per-minute history (active users, rejections) is kept this long.
@@ -136,13 +148,41 @@ pub(crate) struct Point {
     pub(crate) value: f64,
 }
 
-/// A store could not answer; the API answers 503 with this message.
+/// A store could not answer, or is at one of its bounds; the API answers 503. Only a bound's
+/// message is shown to the client; any other cause is logged (it may tell how the service is
+/// deployed).
 #[derive(Debug)]
-pub(crate) struct StorageError(pub(crate) String);
+pub(crate) struct StorageError {
+    message: String,
+    full: bool,
+}
+
+impl StorageError {
+    /// A failure whose cause is logged, not answered.
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            full: false,
+        }
+    }
+
+    /// The store is at a bound (`message` says which): nothing was stored, and the client is told.
+    pub(crate) fn full(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            full: true,
+        }
+    }
+
+    /// The message a client may see: a bound's, or `None` for a failure whose cause is logged.
+    pub(crate) fn public(&self) -> Option<&str> {
+        self.full.then_some(self.message.as_str())
+    }
+}
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -150,7 +190,7 @@ impl std::error::Error for StorageError {}
 
 impl From<redis::RedisError> for StorageError {
     fn from(e: redis::RedisError) -> Self {
-        Self(format!("storage unavailable: {e}"))
+        Self::new(format!("storage unavailable: {e}"))
     }
 }
 
@@ -189,6 +229,8 @@ struct ActivityLog {
     rejections_by_minute: BTreeMap<i64, u64>,
     /// When the user maps were last pruned (seconds).
     pruned_at: i64,
+    /// The platforms told apart (at most [`MAX_PLATFORMS`]; later ones count as [`OTHER`]).
+    platforms: HashSet<String>,
 }
 
 impl ActivityLog {
@@ -219,9 +261,7 @@ impl MemoryStorage {
     fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
         if self.metric_count.fetch_add(1, Ordering::AcqRel) >= MAX_METRICS {
             self.metric_count.fetch_sub(1, Ordering::AcqRel);
-            return Err(StorageError(
-                "metric storage is full; try again later".into(),
-            ));
+            return Err(StorageError::full(METRICS_FULL));
         }
         let mut map = self.metrics.write().unwrap_or_else(|p| p.into_inner());
         let of_type = map.entry(m.metric_type.clone()).or_default();
@@ -238,14 +278,25 @@ impl MemoryStorage {
     fn record_event(&self, e: &EventRecord, now: DateTime<Utc>) {
         {
             let mut counts = self.event_counts.write().unwrap_or_else(|p| p.into_inner());
-            *counts.entry(e.event_type.clone()).or_default() += 1;
+            let kind = if counts.contains_key(&e.event_type) || counts.len() < MAX_EVENT_TYPES {
+                e.event_type.as_str()
+            } else {
+                OTHER
+            };
+            *counts.entry(kind.to_owned()).or_default() += 1;
         }
         let now = now.timestamp();
         let mut log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
         log.prune(now);
         log.users.insert(e.user_id, now);
-        log.platform_users
-            .insert((e.platform.clone(), e.user_id), now);
+        let platform = if log.platforms.contains(&e.platform) || log.platforms.len() < MAX_PLATFORMS
+        {
+            log.platforms.insert(e.platform.clone());
+            e.platform.clone()
+        } else {
+            OTHER.to_owned()
+        };
+        log.platform_users.insert((platform, e.user_id), now);
         log.users_by_minute
             .entry(now.div_euclid(60))
             .or_default()
@@ -367,6 +418,9 @@ impl fmt::Debug for RedisStorage {
 /// sequence number, so equal metrics stay distinct and in submission order) and the type's running
 /// aggregate, atomically.
 const ADD_METRIC: &str = r"
+if tonumber(redis.call('GET', 'analytics:metric_id') or '0') >= tonumber(ARGV[5]) then
+  return redis.error_reply('RAMPARTFULL metric storage is full')
+end
 local id = redis.call('INCR', 'analytics:metric_id')
 redis.call('ZADD', KEYS[1], ARGV[1], string.format('%020d', id) .. ':' .. ARGV[3])
 redis.call('SADD', 'analytics:metric_types', ARGV[4])
@@ -388,10 +442,20 @@ return id
 ";
 
 /// Records an event: its type's count, the user's last activity (overall and on its platform), the
-/// minute's distinct users; drops activity older than the active window.
+/// minute's distinct users; drops activity older than the active window. Platforms past the first
+/// ARGV[7] and event types past the first ARGV[8] count as `other`, so the sets stay bounded and
+/// the dashboard's summary (one count per platform) costs the same whatever clients send.
 const RECORD_EVENT: &str = r"
-local now, since, user, platform = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-redis.call('HINCRBY', 'analytics:event_counts', ARGV[5], 1)
+local now, since, user, platform, etype = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('SISMEMBER', 'analytics:platforms', platform) == 0
+   and redis.call('SCARD', 'analytics:platforms') >= tonumber(ARGV[7]) then
+  platform = 'other'
+end
+if redis.call('HEXISTS', 'analytics:event_counts', etype) == 0
+   and redis.call('HLEN', 'analytics:event_counts') >= tonumber(ARGV[8]) then
+  etype = 'other'
+end
+redis.call('HINCRBY', 'analytics:event_counts', etype, 1)
 redis.call('ZADD', 'analytics:active:users', now, user)
 redis.call('ZREMRANGEBYSCORE', 'analytics:active:users', '-inf', since)
 local pkey = 'analytics:active:platform:' .. platform
@@ -508,7 +572,8 @@ fn rejections_minute_key(minute: i64) -> String {
 /// Parses a sorted-set member `id:json` back into a metric.
 fn parse_member(member: &str) -> Result<Metric, StorageError> {
     let json = member.split_once(':').map_or(member, |(_, j)| j);
-    serde_json::from_str(json).map_err(|e| StorageError(format!("unreadable stored metric: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| StorageError::new(format!("unreadable stored metric: {e}")))
 }
 
 impl RedisStorage {
@@ -516,7 +581,7 @@ impl RedisStorage {
     /// while Redis is unreachable instead of waiting for it.
     pub(crate) fn open(url: &str, timeout: Duration) -> Result<Self, StorageError> {
         let backend = tower_rampart::backend::RedisBackend::connect_lazy(url)
-            .map_err(|e| StorageError(format!("invalid REDIS_URL: {e}")))?
+            .map_err(|e| StorageError::new(format!("invalid REDIS_URL: {e}")))?
             .prefix("analytics")
             .timeout(timeout);
         Ok(Self {
@@ -542,7 +607,16 @@ impl RedisStorage {
         self.conn
             .eval_fenced(script, &keys, &args)
             .await
-            .map_err(|e| StorageError(format!("storage unavailable: {e}")))?;
+            .map_err(|e| {
+                let full = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<redis::RedisError>())
+                    .is_some_and(|r| r.code() == Some("RAMPARTFULL"));
+                if full {
+                    StorageError::full(METRICS_FULL)
+                } else {
+                    StorageError::new(format!("storage unavailable: {e}"))
+                }
+            })?;
         Ok(())
     }
 
@@ -554,7 +628,7 @@ impl RedisStorage {
     }
 
     async fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
-        let json = serde_json::to_string(m).map_err(|e| StorageError(e.to_string()))?;
+        let json = serde_json::to_string(m).map_err(|e| StorageError::new(e.to_string()))?;
         self.write(
             &scripts::ADD_METRIC,
             &[metrics_key(&m.metric_type), aggregate_key(&m.metric_type)],
@@ -563,6 +637,7 @@ impl RedisStorage {
                 format!("{:?}", m.value), // shortest round-trip form
                 json,
                 m.metric_type.clone(),
+                MAX_METRICS.to_string(),
             ],
         )
         .await
@@ -622,7 +697,7 @@ impl RedisStorage {
         let num = |k: &str| -> Result<f64, StorageError> {
             agg.get(k)
                 .map_or(Ok(0.0), |v| v.parse())
-                .map_err(|_| StorageError(format!("unreadable stored aggregate field {k}")))
+                .map_err(|_| StorageError::new(format!("unreadable stored aggregate field {k}")))
         };
         let count = num("count")? as u64;
         if count == 0 {
@@ -649,6 +724,8 @@ impl RedisStorage {
                 e.platform.clone(),
                 e.event_type.clone(),
                 (HISTORY_RETENTION_MINUTES * 60).to_string(),
+                MAX_PLATFORMS.to_string(),
+                MAX_EVENT_TYPES.to_string(),
             ],
         )
         .await
@@ -691,16 +768,16 @@ impl RedisStorage {
         let out: Vec<redis::Value> = script.invoke_async(&mut self.conn()).await?;
         let int = |v: &redis::Value| -> Result<u64, StorageError> {
             redis::from_redis_value_ref(v)
-                .map_err(|e| StorageError(format!("unexpected activity reply: {e}")))
+                .map_err(|e| StorageError::new(format!("unexpected activity reply: {e}")))
         };
         let (Some(rejected), Some(users)) = (out.first(), out.get(1)) else {
-            return Err(StorageError("unexpected activity reply".into()));
+            return Err(StorageError::new("unexpected activity reply"));
         };
         let mut by_platform = BTreeMap::new();
         for pair in out[2..].chunks(2) {
             if let [p, n] = pair {
                 let p: String = redis::from_redis_value_ref(p)
-                    .map_err(|e| StorageError(format!("unexpected activity reply: {e}")))?;
+                    .map_err(|e| StorageError::new(format!("unexpected activity reply: {e}")))?;
                 by_platform.insert(p, int(n)?);
             }
         }

@@ -558,3 +558,49 @@ async fn junk_query_strings_leave_the_cache_in_redis_flat() {
         "junk query strings made names in redis"
     );
 }
+
+/// #17: attacker-chosen platforms and event types grew Redis without bound, and the dashboard's
+/// summary counted every platform inside one script (64.6 ms of Redis at 20,000 platforms). Past
+/// the first `MAX_PLATFORMS` platforms and `MAX_EVENT_TYPES` event types, events count as `other`,
+/// in Redis and in memory alike: the sets stay bounded, and so does the summary's cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cardinality_flood_leaves_the_sets_and_the_summary_bounded() {
+    use crate::storage::{MAX_EVENT_TYPES, MAX_PLATFORMS, OTHER};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let now = chrono::Utc::now();
+    let flood = |i: usize| EventRecord {
+        user_id: i as u64,
+        event_type: format!("type-{}", i % (MAX_EVENT_TYPES + 500)),
+        platform: format!("platform-{i}"),
+    };
+    let n = MAX_EVENT_TYPES + 500;
+    for storage in [redis_storage(&server), Arc::new(Storage::default())] {
+        for i in 0..n {
+            storage.record_event(&flood(i), now).await.unwrap();
+        }
+        let activity = storage.activity(now).await.unwrap();
+        assert!(
+            activity.by_platform.len() <= MAX_PLATFORMS + 1,
+            "{} platforms told apart",
+            activity.by_platform.len()
+        );
+        assert_eq!(
+            activity.by_platform.get(OTHER).copied(),
+            Some((n - MAX_PLATFORMS) as u64),
+            "the rest count as other"
+        );
+        assert_eq!(activity.active_users, n as u64, "every user still counts");
+        assert_eq!(storage.event_count("type-1").await.unwrap(), 1);
+        assert_eq!(
+            storage.event_count(OTHER).await.unwrap(),
+            500,
+            "event types past the bound count as other"
+        );
+    }
+    let scard: u64 = server.command("SCARD analytics:platforms")[1..].parse().unwrap();
+    assert!(scard <= MAX_PLATFORMS as u64 + 1, "{scard} platforms in redis");
+    let hlen: u64 = server.command("HLEN analytics:event_counts")[1..].parse().unwrap();
+    assert!(hlen <= MAX_EVENT_TYPES as u64 + 1, "{hlen} event types in redis");
+}

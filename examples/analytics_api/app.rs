@@ -663,7 +663,9 @@ async fn list_metrics(
     let newest = async |t: &str| -> Result<(u64, Vec<Metric>), ApiError> {
         let (total, _) = state.storage.metrics_page(t, 0, 0).await?;
         let start = match q.offset {
-            Some(o) => o,
+            // Past the end, the page is empty (and an offset past what Redis takes, 2^63, is
+            // not sent to it: it answered an error, and this a 503).
+            Some(o) => o.min(usize::try_from(total).unwrap_or(usize::MAX)),
             None => usize::try_from(total)
                 .unwrap_or(usize::MAX)
                 .saturating_sub(limit),

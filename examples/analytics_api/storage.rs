@@ -85,7 +85,10 @@ impl Summary {
 #[derive(Clone, Debug, Default)]
 struct Aggregate {
     count: u64,
+    /// The sum, for an exact average; and the running mean, for when finite values overflow the
+    /// sum (two values near `f64::MAX` made the average infinite, and JSON `null`).
     sum: f64,
+    mean: f64,
     min: f64,
     max: f64,
     /// The value with the latest timestamp (the last submitted among equal timestamps).
@@ -103,6 +106,7 @@ impl Aggregate {
         }
         self.count += 1;
         self.sum += m.value;
+        self.mean = running_mean(self.mean, m.value, self.count);
         if self.latest.is_none_or(|(t, _)| m.timestamp >= t) {
             self.latest = Some((m.timestamp, m.value));
         }
@@ -114,7 +118,7 @@ impl Aggregate {
         }
         Summary {
             count: self.count,
-            average: self.sum / self.count as f64,
+            average: average(self.sum, self.mean, self.count),
             min: self.min,
             max: self.max,
             latest: self.latest.map_or(0.0, |(_, v)| v),
@@ -370,6 +374,20 @@ impl MemoryStorage {
     }
 }
 
+/// The mean of `n` values whose first `n - 1` have the mean `mean`, and whose last is `v`: finite
+/// for any finite values (a sum is not: two values near `f64::MAX` overflow it).
+pub(crate) fn running_mean(mean: f64, v: f64, n: u64) -> f64 {
+    let n = n as f64;
+    mean - mean / n + v / n
+}
+
+/// The average of `n` values from their sum (exact as a sum is), or from their running mean when
+/// the sum overflowed.
+fn average(sum: f64, mean: f64, n: u64) -> f64 {
+    let exact = sum / n as f64;
+    if exact.is_finite() { exact } else { mean }
+}
+
 /// The average value per interval of `metrics`, by their timestamps (0 for an empty interval).
 fn averages_by_interval<'a>(
     metrics: impl Iterator<Item = &'a Metric>,
@@ -379,19 +397,20 @@ fn averages_by_interval<'a>(
     let Some(&first) = starts.first() else {
         return Vec::new();
     };
-    let mut sums = vec![(0.0, 0u64); starts.len()];
+    let mut sums = vec![(0.0, 0.0, 0u64); starts.len()];
     for m in metrics {
         let t = m.timestamp.timestamp();
         if t >= first {
             let i = ((t - first) / interval) as usize;
             if let Some(slot) = sums.get_mut(i) {
+                slot.2 += 1;
                 slot.0 += m.value;
-                slot.1 += 1;
+                slot.1 = running_mean(slot.1, m.value, slot.2);
             }
         }
     }
     sums.into_iter()
-        .map(|(sum, n)| if n == 0 { 0.0 } else { sum / n as f64 })
+        .map(|(sum, mean, n)| if n == 0 { 0.0 } else { average(sum, mean, n) })
         .collect()
 }
 
@@ -427,7 +446,18 @@ redis.call('SADD', 'analytics:metric_types', ARGV[4])
 local agg = KEYS[2]
 local v = tonumber(ARGV[2])
 local count = redis.call('HINCRBY', agg, 'count', 1)
-redis.call('HINCRBYFLOAT', agg, 'sum', ARGV[2])
+-- The sum (for an exact average) while it is finite, and a running mean (for when finite values
+-- overflow the sum: HINCRBYFLOAT would then refuse the write).
+local sum = tonumber(redis.call('HGET', agg, 'sum') or '0')
+if sum then sum = sum + v end
+if sum and sum > -math.huge and sum < math.huge then
+  redis.call('HSET', agg, 'sum', string.format('%.17g', sum))
+else
+  redis.call('HSET', agg, 'sum', 'overflow')
+end
+local mean = tonumber(redis.call('HGET', agg, 'mean') or '0')
+mean = mean - mean / count + v / count
+redis.call('HSET', agg, 'mean', string.format('%.17g', mean))
 if count == 1 or v < tonumber(redis.call('HGET', agg, 'min')) then
   redis.call('HSET', agg, 'min', ARGV[2])
 end
@@ -705,7 +735,10 @@ impl RedisStorage {
         }
         Ok(Summary {
             count,
-            average: num("sum")? / count as f64,
+            average: match agg.get("sum").and_then(|s| s.parse::<f64>().ok()) {
+                Some(sum) => average(sum, num("mean")?, count),
+                None => num("mean")?,
+            },
             min: num("min")?,
             max: num("max")?,
             latest: num("latest")?,

@@ -599,8 +599,72 @@ async fn a_cardinality_flood_leaves_the_sets_and_the_summary_bounded() {
             "event types past the bound count as other"
         );
     }
-    let scard: u64 = server.command("SCARD analytics:platforms")[1..].parse().unwrap();
-    assert!(scard <= MAX_PLATFORMS as u64 + 1, "{scard} platforms in redis");
-    let hlen: u64 = server.command("HLEN analytics:event_counts")[1..].parse().unwrap();
-    assert!(hlen <= MAX_EVENT_TYPES as u64 + 1, "{hlen} event types in redis");
+    let scard: u64 = server.command("SCARD analytics:platforms")[1..]
+        .parse()
+        .unwrap();
+    assert!(
+        scard <= MAX_PLATFORMS as u64 + 1,
+        "{scard} platforms in redis"
+    );
+    let hlen: u64 = server.command("HLEN analytics:event_counts")[1..]
+        .parse()
+        .unwrap();
+    assert!(
+        hlen <= MAX_EVENT_TYPES as u64 + 1,
+        "{hlen} event types in redis"
+    );
+}
+
+/// #17: huge finite values made a summary's `average` infinite (JSON `null`) in memory, and in
+/// Redis the sum's overflow refused the write. Averages are running means now: finite for any
+/// finite values, in memory and in Redis alike.
+#[tokio::test]
+async fn huge_finite_values_keep_the_average_finite() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    for storage in [redis_storage(&server), Arc::new(Storage::default())] {
+        for value in [f64::MAX, f64::MAX, -1.0e308, 1.0e308] {
+            let m = Metric {
+                timestamp: chrono::Utc::now(),
+                value,
+                metric_type: "huge".into(),
+            };
+            storage.add_metric(&m).await.expect("stored");
+        }
+        let s = storage.summary("huge", None).await.unwrap();
+        assert_eq!(s.count, 4);
+        assert!(s.average.is_finite(), "average {}", s.average);
+        let expected = f64::MAX / 2.0; // (2 MAX - 1e308 + 1e308) / 4
+        assert!(
+            (s.average - expected).abs() / expected < 1e-9,
+            "average {} vs {expected}",
+            s.average
+        );
+    }
+}
+
+/// #17: an `offset` of 2^63 or more answered 503 with Redis's error text in Redis mode (Redis takes
+/// no such offset). Past the end, a page is empty, in Redis as in memory.
+#[tokio::test]
+async fn a_huge_offset_is_an_empty_page_not_a_503() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let app = start_on(&[], redis_storage(&server)).await;
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for offset in ["1", "9223372036854775808", "18446744073709551615"] {
+        let r = app
+            .send(
+                "GET",
+                &format!("/api/metrics/list?type=cpu_usage&offset={offset}"),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "offset {offset}: {}", r.body);
+        assert_eq!(r.json(), json!([]), "offset {offset}");
+    }
 }

@@ -1,9 +1,9 @@
 #!/bin/bash
 # Run from the repository root after `cargo build --release --example analytics_api`; needs `wrk`
 # (`apt-get install wrk`). Loopback only; the load stops by itself after 60 s.
-# 60 s flood of GET /health and GET summary (no /metrics scrape), sampling RSS every 10 s.
+# A 60 s flood of POST /event (/metrics never scraped), sampling the server's RSS every 10 s.
 PORT=18765
-RUST_LOG=warn BIND=127.0.0.1 PORT=$PORT RATE_LIMIT=100000000 API_V1_RATE_LIMIT=100000000 /work/main/target/release/examples/analytics_api & 
+RUST_LOG=warn BIND=127.0.0.1 PORT=$PORT RATE_LIMIT=100000000 API_V1_RATE_LIMIT=100000000 target/release/examples/analytics_api & 
 PID=$!
 sleep 1
 rss() { grep VmRSS /proc/$PID/status | awk '{print $2}'; }

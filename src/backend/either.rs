@@ -185,7 +185,7 @@ where
 mod rate_limit {
     use super::{Backend, EitherFuture, EitherStore};
     use crate::error::ConfigError;
-    use crate::rate_limit::{Check, RateLimitBackend, RateLimitStore, StoreSpec};
+    use crate::rate_limit::{Check, RateLimitBackend, RateLimitSpec, RateLimitStore};
 
     fn left<A, B>(check: Check<A>) -> Check<EitherFuture<A, B>> {
         match check {
@@ -227,7 +227,7 @@ mod rate_limit {
             <crate::backend::RedisBackend as RateLimitBackend<K>>::Store,
         >;
 
-        fn rate_limit_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+        fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
             Ok(match self {
                 Self::Memory(m) => EitherStore::Memory(m.rate_limit_store(spec)?),
                 Self::Redis(r) => EitherStore::Redis(r.rate_limit_store(spec)?),
@@ -246,8 +246,8 @@ mod cache {
     use crate::backend::redis::RedisCacheValue;
     use crate::backend::{MemoryBackend, RedisBackend};
     use crate::cache::{
-        CacheBackend, CacheEntry, CacheKey, CacheStore, FillLock, Found, LockMode, StoreOp,
-        StoreSpec,
+        CacheBackend, CacheEntry, CacheKey, CacheSpec, CacheStore, FillLock, Found, LockMode,
+        StoreOp,
     };
     use crate::error::ConfigError;
 
@@ -347,7 +347,7 @@ mod cache {
             <RedisBackend as CacheBackend<V>>::Store,
         >;
 
-        fn cache_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+        fn cache_store(&self, spec: &CacheSpec) -> Result<Self::Store, ConfigError> {
             Ok(match self {
                 Self::Memory(m) => EitherStore::Memory(m.cache_store(spec)?),
                 Self::Redis(r) => EitherStore::Redis(r.cache_store(spec)?),

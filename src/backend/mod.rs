@@ -24,6 +24,22 @@ pub use self::memory::MemoryBackend;
 #[cfg(feature = "redis")]
 pub use self::redis::{FailurePolicy, RedisBackend, RedisConnection};
 
+/// The result of a store operation, for every layer's store: known now (the in-memory stores,
+/// always, so their hot path allocates nothing and never yields), or a future when it needs I/O
+/// (Redis).
+#[derive(Debug)]
+pub enum StoreOp<T, F> {
+    /// Done without I/O.
+    Ready(Result<T, BackendError>),
+    /// Done once the future completes.
+    Pending(F),
+}
+
+/// The backend of a builder that has not been given one while the `memory` feature (the default
+/// backend) is off: call the builder's `backend(..)` before `build`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoBackend;
+
 /// A backend could not answer (Redis unreachable, timed out, or holding data it cannot read).
 ///
 /// The in-memory backend never fails. Layers turn this error into a refusal or let the request

@@ -12,7 +12,7 @@ use super::handle::{CacheHandle, HandleImpl};
 use super::key::NoKey;
 use super::mode::{Cloned, PredicateFn, WeigherFn};
 use super::service::Cache;
-use super::store::{CacheBackend, StoreSpec};
+use super::store::{CacheBackend, CacheSpec};
 use crate::error::ConfigError;
 use crate::key::KeyExtractor;
 use crate::throttle::LogThrottle;
@@ -20,12 +20,9 @@ use crate::throttle::LogThrottle;
 #[cfg(feature = "memory")]
 type DefaultBackend = crate::backend::MemoryBackend;
 #[cfg(not(feature = "memory"))]
-type DefaultBackend = crate::cache::NoBackend;
+type DefaultBackend = crate::backend::NoBackend;
 
-/// The backend of a builder that has not been given one (the `memory` feature is off). Call
-/// [`CacheBuilder::backend`] before `build`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoBackend;
+pub use crate::backend::NoBackend;
 
 /// The default bound of the in-memory store: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -157,6 +154,7 @@ impl<X, St, A> CacheLayer<X, St, A> {
     }
 }
 
+#[cfg(feature = "http")]
 impl<X, St> CacheLayer<X, St, super::HttpMode>
 where
     X: Send + Sync + 'static,
@@ -444,7 +442,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
         self.key.validate()?;
         self.mode.validate(self.max_bytes)?;
         crate::error::check_name(self.name)?;
-        let spec = StoreSpec {
+        let spec = CacheSpec {
             name: self.name,
             max_bytes: self.max_bytes,
         };
@@ -474,6 +472,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
     }
 }
 
+#[cfg(feature = "http")]
 impl<X: KeyExtractor, B> CacheBuilder<X, B, super::HttpMode> {
     /// Checks the configuration and builds the layer, with its store, which keeps
     /// [`CachedResponse`](super::CachedResponse)s.

@@ -179,4 +179,4 @@ pub use self::layer::{
 };
 pub use self::mode::{CacheMode, CacheStatus, Cloned};
 pub use self::service::Cache;
-pub use self::store::{CacheBackend, CacheStore, FillLock, Found, LockMode, StoreOp, StoreSpec};
+pub use self::store::{CacheBackend, CacheSpec, CacheStore, FillLock, Found, LockMode, StoreOp};

@@ -50,14 +50,7 @@ use crate::error::ConfigError;
 /// What a lookup finds: an entry, or nothing.
 pub type Found<V> = Option<CacheEntry<V>>;
 
-/// The result of a store operation: known now, or a future.
-#[derive(Debug)]
-pub enum StoreOp<T, F> {
-    /// Done without I/O.
-    Ready(Result<T, BackendError>),
-    /// Done once the future completes.
-    Pending(F),
-}
+pub use crate::backend::StoreOp;
 
 /// The answer to [`CacheStore::lock`].
 #[derive(Clone, Debug)]
@@ -232,17 +225,17 @@ pub trait CacheBackend<V: Send + Sync + 'static> {
     /// # Errors
     ///
     /// When the backend cannot work with these settings.
-    fn cache_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError>;
+    fn cache_store(&self, spec: &CacheSpec) -> Result<Self::Store, ConfigError>;
 }
 
 /// What a backend needs to know to build a store.
 #[derive(Clone, Debug)]
-pub struct StoreSpec {
+pub struct CacheSpec {
     pub(crate) name: &'static str,
     pub(crate) max_bytes: u64,
 }
 
-impl StoreSpec {
+impl CacheSpec {
     /// The cache's name (for key prefixes and metrics labels).
     pub fn name(&self) -> &'static str {
         self.name

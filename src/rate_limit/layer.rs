@@ -8,7 +8,7 @@ use super::error::Policy;
 use super::key::MissingKey;
 use super::quota::{Algorithm, Quota};
 use super::service::RateLimit;
-use super::store::{RateLimitBackend, StoreSpec};
+use super::store::{RateLimitBackend, RateLimitSpec};
 use crate::error::ConfigError;
 use crate::key::{GlobalKey, KeyExtractor};
 use crate::rejection::AsError;
@@ -17,12 +17,9 @@ use crate::throttle::LogThrottle;
 #[cfg(feature = "memory")]
 type DefaultBackend = crate::backend::MemoryBackend;
 #[cfg(not(feature = "memory"))]
-type DefaultBackend = NoBackend;
+type DefaultBackend = crate::backend::NoBackend;
 
-/// The backend of a builder that has not been given one (the `memory` feature is off). Call
-/// [`RateLimitBuilder::backend`] before `build`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoBackend;
+pub use crate::backend::NoBackend;
 
 /// Applies a rate limit to every request of the services it wraps.
 ///
@@ -316,7 +313,7 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
         let limits = quota.validate(self.algorithm)?;
         self.key.validate()?;
         crate::error::check_name(self.name)?;
-        let spec = StoreSpec {
+        let spec = RateLimitSpec {
             quota,
             algorithm: self.algorithm,
             limits,

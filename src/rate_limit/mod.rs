@@ -69,4 +69,4 @@ pub use self::key::MissingKey;
 pub use self::layer::{NoBackend, RateLimitBuilder, RateLimitLayer};
 pub use self::quota::{Algorithm, MAX_PERIOD, Quota};
 pub use self::service::RateLimit;
-pub use self::store::{Check, RateLimitBackend, RateLimitStore, StoreSpec};
+pub use self::store::{Check, RateLimitBackend, RateLimitSpec, RateLimitStore};

@@ -25,14 +25,9 @@ pub trait RateLimitStore<K>: Send + Sync + 'static {
     fn check(&self, key: &K) -> Check<Self::Future>;
 }
 
-/// A decision that is known now, or a future that will produce it.
-#[derive(Debug)]
-pub enum Check<F> {
-    /// Decided without I/O.
-    Ready(Result<Decision, BackendError>),
-    /// Decided once the future completes.
-    Pending(F),
-}
+/// A decision that is known now, or a future that will produce it: the store result every layer's
+/// store answers ([`StoreOp`](crate::backend::StoreOp)), of a [`Decision`].
+pub type Check<F> = crate::backend::StoreOp<Decision, F>;
 
 impl<K, S: RateLimitStore<K>> RateLimitStore<K> for Arc<S> {
     type Future = S::Future;
@@ -56,13 +51,13 @@ pub trait RateLimitBackend<K> {
     /// # Errors
     ///
     /// When the backend cannot serve this quota or algorithm.
-    fn rate_limit_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError>;
+    fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError>;
 }
 
 /// What a backend needs to know to build a store: the (validated) quota and algorithm, and the
 /// limiter's name (used, for example, in Redis key prefixes and metrics labels).
 #[derive(Clone, Debug)]
-pub struct StoreSpec {
+pub struct RateLimitSpec {
     pub(crate) quota: Quota,
     pub(crate) algorithm: Algorithm,
     #[cfg_attr(not(feature = "memory"), allow(dead_code))]
@@ -70,7 +65,7 @@ pub struct StoreSpec {
     pub(crate) name: Arc<str>,
 }
 
-impl StoreSpec {
+impl RateLimitSpec {
     /// The quota, already validated for [`algorithm`](Self::algorithm).
     pub fn quota(&self) -> Quota {
         self.quota

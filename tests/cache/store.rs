@@ -16,8 +16,8 @@ use tower_rampart::backend::memory::MemoryCacheStore;
 use tower_rampart::backend::{BackendError, MemoryBackend};
 use tower_rampart::cache::entry::{Freshness, Lifetimes, Timing};
 use tower_rampart::cache::{
-    CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheStore, CachedResponse, FillLock, Found,
-    LockMode, StoreOp, StoreSpec,
+    CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheSpec, CacheStore, CachedResponse,
+    FillLock, Found, LockMode, StoreOp,
 };
 use tower_rampart::key::key_fn;
 
@@ -40,7 +40,7 @@ struct RemoteBackend {
 impl<V: Send + Sync + 'static> CacheBackend<V> for RemoteBackend {
     type Store = Remote<V>;
 
-    fn cache_store(&self, spec: &StoreSpec) -> Result<Remote<V>, tower_rampart::ConfigError> {
+    fn cache_store(&self, spec: &CacheSpec) -> Result<Remote<V>, tower_rampart::ConfigError> {
         Ok(Remote {
             inner: Arc::new(MemoryBackend::new().cache_store(spec)?),
             down: Arc::clone(&self.down),
@@ -224,7 +224,7 @@ struct CorruptBackend;
 impl CacheBackend<CachedResponse> for CorruptBackend {
     type Store = Corrupt;
 
-    fn cache_store(&self, _: &StoreSpec) -> Result<Corrupt, tower_rampart::ConfigError> {
+    fn cache_store(&self, _: &CacheSpec) -> Result<Corrupt, tower_rampart::ConfigError> {
         Ok(Corrupt)
     }
 }
@@ -272,7 +272,7 @@ struct SharedBackend {
 impl CacheBackend<String> for SharedBackend {
     type Store = SharedBackend;
 
-    fn cache_store(&self, spec: &StoreSpec) -> Result<SharedBackend, tower_rampart::ConfigError> {
+    fn cache_store(&self, spec: &CacheSpec) -> Result<SharedBackend, tower_rampart::ConfigError> {
         let store = MemoryBackend::new().cache_store(spec)?;
         let _ = self.store.set(Arc::new(store));
         Ok(self.clone())
@@ -513,7 +513,7 @@ struct OrderedBackend {
 impl CacheBackend<String> for OrderedBackend {
     type Store = OrderedBackend;
 
-    fn cache_store(&self, spec: &StoreSpec) -> Result<OrderedBackend, tower_rampart::ConfigError> {
+    fn cache_store(&self, spec: &CacheSpec) -> Result<OrderedBackend, tower_rampart::ConfigError> {
         self.shared.cache_store(spec)?;
         Ok(self.clone())
     }
@@ -696,7 +696,7 @@ struct RacingBackend {
 impl CacheBackend<String> for RacingBackend {
     type Store = RacingBackend;
 
-    fn cache_store(&self, spec: &StoreSpec) -> Result<RacingBackend, tower_rampart::ConfigError> {
+    fn cache_store(&self, spec: &CacheSpec) -> Result<RacingBackend, tower_rampart::ConfigError> {
         let _ = self
             .store
             .set(Arc::new(MemoryBackend::new().cache_store(spec)?));

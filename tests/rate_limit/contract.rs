@@ -18,7 +18,8 @@ use tower_rampart::http::AsHttp;
 use tower_rampart::key::PeerIp;
 use tower_rampart::rate_limit::error::RateLimited;
 use tower_rampart::rate_limit::{
-    Check, Decision, Quota, RateLimit, RateLimitBackend, RateLimitLayer, RateLimitStore, StoreSpec,
+    Check, Decision, Quota, RateLimit, RateLimitBackend, RateLimitLayer, RateLimitSpec,
+    RateLimitStore,
 };
 
 use crate::support::Counting;
@@ -134,7 +135,7 @@ struct SlowBackend {
 
 impl RateLimitBackend<()> for SlowBackend {
     type Store = SlowBackend;
-    fn rate_limit_store(&self, _: &StoreSpec) -> Result<Self, tower_rampart::ConfigError> {
+    fn rate_limit_store(&self, _: &RateLimitSpec) -> Result<Self, tower_rampart::ConfigError> {
         Ok(self.clone())
     }
 }

@@ -13,8 +13,8 @@ use tower::util::BoxCloneSyncService;
 use tower_rampart::backend::redis::RedisCacheStore;
 use tower_rampart::backend::{BackendError, RedisBackend};
 use tower_rampart::cache::{
-    CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheStore, FillLock, Found, LockMode, StoreOp,
-    StoreSpec,
+    CacheBackend, CacheEntry, CacheKey, CacheLayer, CacheSpec, CacheStore, FillLock, Found,
+    LockMode, StoreOp,
 };
 use tower_rampart::clock::ManualClock;
 use tower_rampart::key::key_fn;
@@ -41,7 +41,7 @@ struct HookedBackend {
 impl CacheBackend<String> for HookedBackend {
     type Store = Hooked;
 
-    fn cache_store(&self, spec: &StoreSpec) -> Result<Hooked, tower_rampart::ConfigError> {
+    fn cache_store(&self, spec: &CacheSpec) -> Result<Hooked, tower_rampart::ConfigError> {
         Ok(Hooked {
             redis: self.redis.cache_store(spec)?,
             before_next_lock: Arc::clone(&self.before_next_lock),

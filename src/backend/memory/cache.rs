@@ -35,7 +35,7 @@ use super::MemoryBackend;
 use crate::backend::BackendError;
 use crate::cache::entry::{Freshness, Timing};
 use crate::cache::{
-    CacheBackend, CacheEntry, CacheKey, CacheStore, FillLock, Found, LockMode, StoreOp, StoreSpec,
+    CacheBackend, CacheEntry, CacheKey, CacheSpec, CacheStore, FillLock, Found, LockMode, StoreOp,
 };
 use crate::clock::Clock;
 use crate::error::ConfigError;
@@ -424,7 +424,7 @@ impl<V> Table<V> {
 }
 
 impl<V: Send + Sync + 'static> MemoryCacheStore<V> {
-    fn new(spec: &StoreSpec) -> Self {
+    fn new(spec: &CacheSpec) -> Self {
         let max_bytes = spec.max_bytes;
         // Shards of at least MIN_SHARD_BYTES each, a power of two (the index is a mask).
         let wanted = (max_bytes / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS as u64);
@@ -743,7 +743,7 @@ where
 {
     type Store = MemoryCacheStore<V>;
 
-    fn cache_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+    fn cache_store(&self, spec: &CacheSpec) -> Result<Self::Store, ConfigError> {
         Ok(MemoryCacheStore::new(spec))
     }
 }
@@ -754,7 +754,7 @@ mod tests {
     use crate::cache::entry::Lifetimes;
 
     fn store(max_bytes: u64) -> MemoryCacheStore<u64> {
-        MemoryCacheStore::new(&StoreSpec {
+        MemoryCacheStore::new(&CacheSpec {
             name: "test",
             max_bytes,
         })

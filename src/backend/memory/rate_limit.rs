@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 use crate::rate_limit::algorithm::gcra::GcraCell;
 use crate::rate_limit::algorithm::sliding_window::WindowCell;
 use crate::rate_limit::quota::{Algorithm, Limits};
-use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitStore, StoreSpec};
+use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitSpec, RateLimitStore};
 
 impl Expiring for GcraCell {
     type Context = Limits;
@@ -133,7 +133,7 @@ where
 {
     type Store = MemoryRateLimitStore<K, C>;
 
-    fn rate_limit_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+    fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
         let max_keys = self.checked_max_keys()?;
         let cells = match spec.algorithm {
             Algorithm::Gcra => Cells::Gcra {

@@ -19,7 +19,7 @@ use crate::backend::{BackendError, ErrorKind, MemoryBackend};
 use crate::clock::{Clock, Nanos};
 use crate::error::ConfigError;
 use crate::rate_limit::quota::{Algorithm, Limits};
-use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitStore, StoreSpec};
+use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitSpec, RateLimitStore};
 use crate::throttle::LogThrottle;
 
 /// The largest tolerance (GCRA) or period (sliding window) the scripts handle exactly: their Lua
@@ -392,7 +392,7 @@ where
 {
     type Store = RedisRateLimitStore<K>;
 
-    fn rate_limit_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+    fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
         self.check_settings()?;
         let limits = spec.limits;
         let (script, code, params) = match spec.algorithm {

@@ -23,7 +23,7 @@ use crate::backend::memory::MemoryCacheStore;
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
 use crate::cache::entry::Timing;
 use crate::cache::{
-    CacheBackend, CacheEntry, CacheKey, CacheStore, FillLock, Found, LockMode, StoreOp, StoreSpec,
+    CacheBackend, CacheEntry, CacheKey, CacheSpec, CacheStore, FillLock, Found, LockMode, StoreOp,
 };
 use crate::clock::Clock;
 use crate::error::ConfigError;
@@ -261,7 +261,7 @@ impl<T> Future for RedisCacheFuture<T> {
 impl<V: RedisCacheValue> CacheBackend<V> for RedisBackend {
     type Store = RedisCacheStore<V>;
 
-    fn cache_store(&self, spec: &StoreSpec) -> Result<Self::Store, ConfigError> {
+    fn cache_store(&self, spec: &CacheSpec) -> Result<Self::Store, ConfigError> {
         self.check_settings()?;
         let slots = self.settings.cache_slots;
         if slots == 0 || slots > MAX_CACHE_SLOTS {

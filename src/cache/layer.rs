@@ -360,8 +360,10 @@ impl<X, B, A> CacheBuilder<X, B, A> {
         }
     }
 
-    /// How responses are kept and replayed; see [`mode`](super::mode).
-    pub fn mode<A2>(self, mode: A2) -> CacheBuilder<X, B, A2> {
+    /// How responses are kept and replayed ([`Cloned`] or [`HttpMode`](super::HttpMode), or a
+    /// mode of your own); see [`mode`](super::mode). (Named apart from the other layers'
+    /// `rejection`: a cache refuses nothing; this says what it stores.)
+    pub fn cache_mode<A2>(self, mode: A2) -> CacheBuilder<X, B, A2> {
         self.map_mode(|_| mode)
     }
 
@@ -387,7 +389,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
     /// differently).
     #[cfg(feature = "http")]
     pub fn http(self) -> CacheBuilder<super::HttpKey, B, super::HttpMode> {
-        self.mode(super::HttpMode::new()).key(super::HttpKey::new())
+        self.cache_mode(super::HttpMode::new()).key(super::HttpKey::new())
     }
 
     /// Checks the configuration and builds the layer, with its store.

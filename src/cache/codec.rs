@@ -42,13 +42,13 @@
 //! ```
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use tokio::time::Instant;
 
-use super::entry::{CacheEntry, Timing};
+use super::entry::{CacheEntry, Timing, from_unix_ms, times_in_order, to_unix_ms};
 use super::http::CachedResponse;
 
 const MAGIC: &[u8; 3] = b"RMC";
@@ -80,28 +80,6 @@ impl fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
-
-/// `at` as Unix milliseconds, given one reading of both clocks.
-fn to_unix_ms(at: Instant, now: Instant, wall_now: SystemTime) -> u64 {
-    let wall = if at >= now {
-        wall_now.checked_add(at - now)
-    } else {
-        wall_now.checked_sub(now - at)
-    };
-    wall.and_then(|w| w.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Unix milliseconds as an `Instant`, given one reading of both clocks.
-fn from_unix_ms(ms: u64, now: Instant, wall_now: SystemTime) -> Instant {
-    let wall = UNIX_EPOCH + Duration::from_millis(ms);
-    match wall.duration_since(wall_now) {
-        Ok(ahead) => now
-            .checked_add(ahead)
-            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
-        Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
-    }
-}
 
 fn version_code(v: Version) -> u8 {
     match v {
@@ -233,18 +211,15 @@ fn decode_with(
     for t in &mut times {
         *t = from_unix_ms(r.u64()?, now, wall_now);
     }
+    if !times_in_order(&times) {
+        return Err(DecodeError::new("times out of order"));
+    }
     let [
         stored_at,
         fresh_until,
         revalidate_until,
         stale_if_error_until,
     ] = times;
-    if !(stored_at <= fresh_until
-        && fresh_until <= revalidate_until
-        && fresh_until <= stale_if_error_until)
-    {
-        return Err(DecodeError::new("times out of order"));
-    }
     let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::new("bad status"))?;
     let version = match r.u8()? {
         0 => Version::HTTP_09,
@@ -290,6 +265,8 @@ fn decode_with(
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
     use crate::cache::entry::Lifetimes;
 

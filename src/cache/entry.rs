@@ -46,7 +46,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -234,6 +234,45 @@ impl<V: Send + Sync + 'static> CacheEntry<V> {
     /// Back from [`into_any`](Self::into_any); `None` for an entry of another type.
     pub(crate) fn from_any(any: Arc<dyn Any + Send + Sync>) -> Option<Self> {
         any.downcast::<Inner<V>>().ok().map(|inner| Self { inner })
+    }
+}
+
+/// Whether an entry's times (stored at, fresh until, revalidate until, stale-if-error until) are
+/// in the order every entry written has them: anything else was not written by this crate.
+#[cfg_attr(not(any(feature = "http", feature = "redis")), allow(dead_code))]
+pub(crate) fn times_in_order(times: &[Instant; 4]) -> bool {
+    let [
+        stored_at,
+        fresh_until,
+        revalidate_until,
+        stale_if_error_until,
+    ] = *times;
+    stored_at <= fresh_until
+        && fresh_until <= revalidate_until
+        && fresh_until <= stale_if_error_until
+}
+
+/// `at` as Unix milliseconds, given one reading of both clocks.
+#[cfg_attr(not(any(feature = "http", feature = "redis")), allow(dead_code))]
+pub(crate) fn to_unix_ms(at: Instant, now: Instant, wall_now: SystemTime) -> u64 {
+    let wall = if at >= now {
+        wall_now.checked_add(at - now)
+    } else {
+        wall_now.checked_sub(now - at)
+    };
+    wall.and_then(|w| w.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Unix milliseconds as an `Instant`, given one reading of both clocks.
+#[cfg_attr(not(any(feature = "http", feature = "redis")), allow(dead_code))]
+pub(crate) fn from_unix_ms(ms: u64, now: Instant, wall_now: SystemTime) -> Instant {
+    let wall = UNIX_EPOCH + Duration::from_millis(ms);
+    match wall.duration_since(wall_now) {
+        Ok(ahead) => now
+            .checked_add(ahead)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
+        Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
     }
 }
 

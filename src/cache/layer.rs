@@ -389,7 +389,8 @@ impl<X, B, A> CacheBuilder<X, B, A> {
     /// differently).
     #[cfg(feature = "http")]
     pub fn http(self) -> CacheBuilder<super::HttpKey, B, super::HttpMode> {
-        self.cache_mode(super::HttpMode::new()).key(super::HttpKey::new())
+        self.cache_mode(super::HttpMode::new())
+            .key(super::HttpKey::new())
     }
 
     /// Checks the configuration and builds the layer, with its store.

@@ -2,6 +2,7 @@
 //! entry's timing and a format version.
 
 use super::*;
+use crate::cache::entry::{from_unix_ms, times_in_order, to_unix_ms};
 
 /// How a value of the [`Cloned`](crate::cache::Cloned) mode is written to Redis and read back:
 /// implement it for the responses you cache in Redis.
@@ -215,18 +216,15 @@ impl<T: CacheCodec> RedisCacheValue for T {
             ms.copy_from_slice(&bytes[at..at + 8]);
             *t = from_unix_ms(u64::from_be_bytes(ms), now, wall);
         }
+        if !times_in_order(&times) {
+            return Err(UndecodableEntry::new("times out of order"));
+        }
         let [
             stored_at,
             fresh_until,
             revalidate_until,
             stale_if_error_until,
         ] = times;
-        if !(stored_at <= fresh_until
-            && fresh_until <= revalidate_until
-            && fresh_until <= stale_if_error_until)
-        {
-            return Err(UndecodableEntry::new("times out of order"));
-        }
         let body = &bytes[FRAME_HEADER..];
         let value = T::decode(body).map_err(|e| UndecodableEntry {
             reason: "the value's codec refused it",
@@ -258,27 +256,5 @@ impl RedisCacheValue for crate::cache::CachedResponse {
             reason: e.reason(),
             source: Some(Box::new(e)),
         })
-    }
-}
-
-/// `at` as Unix milliseconds, given one reading of both clocks.
-pub(super) fn to_unix_ms(at: Instant, now: Instant, wall: SystemTime) -> u64 {
-    let wall = if at >= now {
-        wall.checked_add(at - now)
-    } else {
-        wall.checked_sub(now - at)
-    };
-    wall.and_then(|w| w.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Unix milliseconds as an `Instant`, given one reading of both clocks.
-pub(super) fn from_unix_ms(ms: u64, now: Instant, wall: SystemTime) -> Instant {
-    let at = UNIX_EPOCH + Duration::from_millis(ms);
-    match at.duration_since(wall) {
-        Ok(ahead) => now
-            .checked_add(ahead)
-            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
-        Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
     }
 }

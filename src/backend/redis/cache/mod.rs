@@ -46,11 +46,11 @@ mod ops;
 #[cfg(test)]
 mod tests;
 
-use self::codec::*;
 pub use self::codec::{CacheCodec, RedisCacheValue, UndecodableEntry};
 use self::inner::*;
 use self::memo::*;
 use self::names::*;
+use crate::cache::entry::to_unix_ms;
 
 // ------------------------------------------------------------------------------------------------
 // Scripts (run through the connection's `Conn::eval`, as every store's are)

@@ -1,3 +1,4 @@
+use super::codec::*;
 use super::*;
 
 #[test]

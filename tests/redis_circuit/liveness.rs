@@ -15,8 +15,8 @@ use crate::support::{Outcome, all_following, all_in, connect, replicas, unique_p
 const INTERVAL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_millis(100);
 /// The documented bound (liveness timeout, plus opening a connection, plus a probe interval),
-/// plus a sync interval for the next round, plus a margin for a loaded machine.
-const BOUND: Duration = DEFAULT_LIVENESS_TIMEOUT.saturating_add(Duration::from_millis(1_000));
+/// plus a sync interval for the next round, plus a margin for a loaded machine (measured: 1.27 s).
+const BOUND: Duration = DEFAULT_LIVENESS_TIMEOUT.saturating_add(Duration::from_millis(2_000));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_circuits_follow_again_after_their_connection_froze() {

@@ -113,6 +113,14 @@ impl fmt::Display for BackendError {
     }
 }
 
+impl BackendError {
+    /// The cause, taken out.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn into_source(self) -> Option<crate::BoxError> {
+        self.source
+    }
+}
+
 impl std::error::Error for BackendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source

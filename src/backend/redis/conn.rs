@@ -614,11 +614,8 @@ impl Conn {
     ) -> Result<Value, RedisError> {
         let (handle, generation) = self.current();
         let result = tokio::time::timeout(timeout, handle.query_raw(cmd)).await;
-        self.observe(&result, generation);
-        match result {
-            Ok(r) => r,
-            Err(_) => Err(timed_out(timeout)),
-        }
+        self.finish(result, timeout, generation)
+            .map_err(|e| into_redis_error(e, timeout))
     }
 
     /// Sends a pipeline as [`query_raw`](Self::query_raw) does.
@@ -631,49 +628,8 @@ impl Conn {
     ) -> Result<Vec<Value>, RedisError> {
         let (handle, generation) = self.current();
         let result = tokio::time::timeout(timeout, handle.pipeline(pipeline, offset, count)).await;
-        self.observe(&result, generation);
-        match result {
-            Ok(r) => r,
-            Err(_) => Err(timed_out(timeout)),
-        }
-    }
-
-    /// Records the outcome of a call made for [`RedisConnection`](super::RedisConnection) in
-    /// the health state, as [`finish`](Self::finish) does for the stores' calls.
-    fn observe<T>(
-        &self,
-        result: &Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
-        generation: u64,
-    ) {
-        match result {
-            Ok(Ok(_)) => self.up(),
-            Ok(Err(e)) => {
-                let answered = matches!(
-                    e.kind(),
-                    RedisErrorKind::Server(_) | RedisErrorKind::Extension
-                );
-                if answered {
-                    self.up();
-                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
-                {
-                    let error = BackendError::with_kind(
-                        ErrorKind::Unreachable,
-                        "redis is unreachable",
-                        None,
-                    );
-                    #[cfg(feature = "metrics")]
-                    self.meters.error(ErrorKind::Unreachable);
-                    self.down(&error);
-                }
-            }
-            Err(_) => {
-                let error = BackendError::with_kind(ErrorKind::Timeout, "redis timed out", None);
-                #[cfg(feature = "metrics")]
-                self.meters.error(ErrorKind::Timeout);
-                self.down(&error);
-                self.suspect(generation);
-            }
-        }
+        self.finish(result, timeout, generation)
+            .map_err(|e| into_redis_error(e, timeout))
     }
 
     /// Sends `TIME` within `timeout`, recording the outcome; the answer also tells how Redis's
@@ -688,12 +644,14 @@ impl Conn {
         Ok(())
     }
 
-    fn finish(
+    /// Records a call's outcome in the health state (a timeout makes the connection a suspect)
+    /// and answers it, a failure as a [`BackendError`] holding the `redis` error.
+    fn finish<T>(
         &self,
-        result: Result<Result<Value, RedisError>, tokio::time::error::Elapsed>,
+        result: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
         timeout: Duration,
         generation: u64,
-    ) -> Result<Value, BackendError> {
+    ) -> Result<T, BackendError> {
         let error = match result {
             Ok(Ok(value)) => {
                 self.up();
@@ -855,12 +813,16 @@ async fn check(conn: Weak<Conn>, generation: u64) {
     }
 }
 
-/// The error a [`RedisConnection`](super::RedisConnection) call answers on its timeout.
-fn timed_out(timeout: Duration) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("redis did not answer within {timeout:?}"),
-    ))
+/// A failed call of a [`RedisConnection`](super::RedisConnection) as `redis`'s own error: the one
+/// Redis or the client answered, or, on the timeout, an I/O error of kind `TimedOut`.
+fn into_redis_error(e: BackendError, timeout: Duration) -> RedisError {
+    match e.into_source().map(|s| s.downcast::<RedisError>()) {
+        Some(Ok(e)) => *e,
+        _ => RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("redis did not answer within {timeout:?}"),
+        )),
+    }
 }
 
 /// The error code of a script that ran past its caller's deadline

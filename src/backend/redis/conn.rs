@@ -411,7 +411,10 @@ impl Conn {
     }
 
     /// Sets how long a suspect connection has to answer `PING` before it is replaced.
+    /// Out of range (10 ms to 60 s), the nearest bound applies; a layer built on the backend
+    /// reports the setting as an error.
     pub(crate) fn set_liveness_timeout(&self, timeout: Duration) {
+        let timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(60));
         self.liveness_timeout
             .store(duration_to_nanos(timeout), Ordering::Relaxed);
     }

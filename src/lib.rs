@@ -98,3 +98,9 @@ pub mod grpc;
 pub mod http;
 
 pub use crate::error::{BoxError, ConfigError};
+
+// Every Rust block of README.md compiles (and the ones that need no server run) with the doc
+// tests: what the README shows is what a user can paste.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

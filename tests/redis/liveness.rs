@@ -418,3 +418,24 @@ async fn a_cluster_with_one_master_frozen_recovers() {
     assert!(redis.replaced_connections() >= 1);
     eprintln!("cluster: back on redis {recovery:?} after the first failure");
 }
+
+/// An absurd liveness timeout is refused by name when a layer is built.
+#[tokio::test]
+async fn an_absurd_liveness_timeout_is_refused_by_name() {
+    for bad in [
+        Duration::ZERO,
+        Duration::from_millis(9),
+        Duration::from_secs(61),
+    ] {
+        let redis = RedisBackend::connect_lazy("redis://127.0.0.1:1/")
+            .unwrap()
+            .liveness_timeout(bad);
+        let e = RateLimitLayer::builder()
+            .quota(Quota::per_hour(1))
+            .backend(redis)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.setting(), "liveness_timeout", "{e}");
+        assert!(e.to_string().contains("between 10 ms and 60 s"), "{e}");
+    }
+}

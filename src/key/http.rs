@@ -11,7 +11,9 @@ use super::{ExtractKey, KeyError, KeyExtractor};
 use crate::error::ConfigError;
 
 const NO_PEER: KeyError = KeyError::new(
-    "the request has no peer address; serve axum apps with \
+    "the request has no peer address that this build reads (axum 0.8's `ConnectInfo<SocketAddr>` \
+     with feature `axum`, tonic 0.14's `TcpConnectInfo` with feature `tonic`, or a `SocketAddr` \
+     in the request extensions); serve axum apps with \
      `into_make_service_with_connect_info::<SocketAddr>()`, or insert the client's `SocketAddr` \
      into the request extensions",
 );

@@ -100,9 +100,13 @@ impl KeyMissing {
     }
 }
 
+/// Says only that the key is missing: this text reaches clients (in the HTTP and gRPC refusals),
+/// and the cause (how the server is deployed, what to fix) is the server's business. The cause is
+/// [`reason`](KeyMissing::reason) and the error's `source`, and the layer logs it (a warning, at
+/// most once per 10 s).
 impl fmt::Display for KeyMissing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rate limit key missing: {}", self.cause)
+        f.write_str("rate limit key missing")
     }
 }
 

@@ -129,7 +129,7 @@ fn hits_are_ready_at_once_without_a_runtime() {
 
 #[test]
 fn layers_services_handles_bodies_and_futures_are_send_sync_static() {
-    fn send_sync_static<T: Send + Sync + 'static>() {}
+    use crate::common::send_sync_static;
     send_sync_static::<CacheLayer<HttpKey, MemoryCacheStore<CachedResponse>, HttpMode>>();
     send_sync_static::<
         Cache<

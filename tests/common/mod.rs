@@ -5,3 +5,8 @@
 pub mod fault_proxy;
 pub mod http;
 pub mod redis;
+pub mod upstream;
+
+/// Compiles only for types that are `Send + Sync + 'static` (layers, services, futures and
+/// errors must be, to serve axum and tonic).
+pub fn send_sync_static<T: Send + Sync + 'static>() {}

@@ -239,7 +239,7 @@ async fn waiting_mode_on_an_io_backend_waits_then_calls() {
 
 #[test]
 fn layers_services_and_futures_are_send_sync_static() {
-    fn send_sync_static<T: Send + Sync + 'static>() {}
+    use crate::common::send_sync_static;
     fn send_static<T: Send + 'static>(_: &T) {}
     type HttpLayer = RateLimitLayer<PeerIp, MemoryRateLimitStore<IpAddr>, AsHttp>;
     send_sync_static::<HttpLayer>();

@@ -8,7 +8,7 @@ use tower_rampart::http::AsHttp;
 use tower_rampart::key::PeerIp;
 use tower_rampart::rate_limit::{RateLimit, RateLimitLayer};
 
-fn send_sync_static<T: Send + Sync + 'static>() {}
+use crate::common::send_sync_static;
 fn send_static<T: Send + 'static>() {}
 
 #[test]

@@ -1,7 +1,6 @@
 //! Helpers shared by the Redis cache tests: a counting upstream and replicas on one Redis.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tower::util::BoxCloneSyncService;
@@ -12,53 +11,7 @@ use tower_rampart::backend::redis::RedisCacheStore;
 use tower_rampart::cache::{CacheHandle, CacheKey, CacheLayer, CacheStore, StoreOp};
 use tower_rampart::key::key_fn;
 
-/// An upstream answering `"<request>#<call number>"` (so tests can tell which call produced an
-/// answer), after an optional delay (real time), or failing.
-#[derive(Clone, Default)]
-pub(crate) struct Upstream {
-    calls: Arc<AtomicUsize>,
-    failing: Arc<AtomicBool>,
-    delay_ms: Arc<AtomicU64>,
-}
-
-impl Upstream {
-    pub(crate) fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn fail(&self, yes: bool) {
-        self.failing.store(yes, Ordering::SeqCst);
-    }
-
-    pub(crate) fn delay(&self, ms: u64) {
-        self.delay_ms.store(ms, Ordering::SeqCst);
-    }
-
-    pub(crate) fn service(
-        &self,
-    ) -> impl Service<String, Response = String, Error = BoxError, Future: Send>
-    + Clone
-    + Send
-    + Sync
-    + 'static {
-        let this = self.clone();
-        tower::service_fn(move |req: String| {
-            let this = this.clone();
-            async move {
-                let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
-                let delay = this.delay_ms.load(Ordering::SeqCst);
-                if delay > 0 {
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                }
-                if this.failing.load(Ordering::SeqCst) {
-                    Err::<String, BoxError>(format!("upstream failed on call {n}").into())
-                } else {
-                    Ok(format!("{req}#{n}"))
-                }
-            }
-        })
-    }
-}
+pub(crate) use crate::common::upstream::Upstream;
 
 /// One call through `svc`.
 pub(crate) async fn call<S>(svc: &mut S, req: &str) -> Result<String, BoxError>

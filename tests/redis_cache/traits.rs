@@ -3,7 +3,7 @@
 use tower_rampart::backend::redis::{RedisCacheFuture, RedisCacheStore};
 use tower_rampart::cache::CachedResponse;
 
-fn send_sync_static<T: Send + Sync + 'static>() {}
+use crate::common::send_sync_static;
 fn send_static<T: Send + 'static>() {}
 
 #[test]

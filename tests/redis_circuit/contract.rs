@@ -73,7 +73,7 @@ async fn the_service_contract_holds_for_a_shared_layer() {
 
 #[test]
 fn shared_types_are_send_sync_static() {
-    fn send_sync_static<T: Send + Sync + 'static>() {}
+    use crate::common::send_sync_static;
     fn send_static<T: Send + 'static>() {}
     // A shared layer has the same type as a local one.
     send_sync_static::<CircuitBreakerLayer>();

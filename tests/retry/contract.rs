@@ -149,7 +149,7 @@ async fn spawned_calls_over_a_boxerror_service_compile_and_run() {
 
 #[test]
 fn layers_services_and_futures_are_send_sync_static() {
-    fn send_sync_static<T: Send + Sync + 'static>() {}
+    use crate::common::send_sync_static;
     send_sync_static::<RetryLayer>();
     send_sync_static::<
         RetryLayer<StandardPolicy<HttpClassifier, HttpRequests>, tower_rampart::http::AsHttp>,

@@ -50,32 +50,6 @@ pub(crate) struct Config {
     pub(crate) server: crate::setup::ServerLimits,
 }
 
-/// `TRUSTED_PROXIES`: comma-separated CIDRs or IP addresses; a bad one is refused naming the
-/// variable.
-pub(crate) fn trusted_proxies(
-    get: &impl Fn(&str) -> Option<String>,
-) -> Result<Vec<String>, ConfigError> {
-    let Some(value) = get("TRUSTED_PROXIES") else {
-        return Ok(Vec::new());
-    };
-    let list: Vec<String> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    for entry in &list {
-        if entry.parse::<ipnet::IpNet>().is_err() && entry.parse::<std::net::IpAddr>().is_err() {
-            return Err(ConfigError {
-                var: "TRUSTED_PROXIES",
-                value,
-                expected: "comma-separated CIDRs (\"10.0.0.0/8\") or IP addresses",
-            });
-        }
-    }
-    Ok(list)
-}
-
 /// A variable that could not be used.
 pub(crate) type ConfigError = crate::setup::EnvError;
 
@@ -127,7 +101,7 @@ impl Config {
             FailurePolicy::Local,
             "`open`, `closed` or `local`",
         )?;
-        let trusted_proxies = trusted_proxies(&get)?;
+        let trusted_proxies = crate::setup::trusted_proxies(&get)?;
         let max_body_bytes = positive(&get, "MAX_BODY_BYTES", 64 * 1024)? as usize;
         let timeout = positive(&get, "REQUEST_TIMEOUT_SECONDS", 10)?;
         let json_logs = json_logs(&get)?;

@@ -126,6 +126,33 @@ impl ServerLimits {
     }
 }
 
+/// `TRUSTED_PROXIES`: comma-separated CIDRs or IP addresses (default none); a bad one is refused
+/// naming the variable.
+pub(crate) fn trusted_proxies(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, EnvError> {
+    let Some(value) = get("TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list
+        .iter()
+        .any(|e| e.parse::<ipnet::IpNet>().is_err() && e.parse::<IpAddr>().is_err())
+    {
+        return Err(EnvError {
+            var: "TRUSTED_PROXIES",
+            value,
+            expected: "comma-separated CIDRs (\"10.0.0.0/8\") or IP addresses",
+        });
+    }
+    Ok(list)
+}
+
 /// `LOG_FORMAT`: `text` (default) or `json`; true for JSON.
 pub(crate) fn json_logs(get: &impl Fn(&str) -> Option<String>) -> Result<bool, EnvError> {
     match get("LOG_FORMAT").as_deref() {

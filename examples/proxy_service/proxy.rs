@@ -149,7 +149,7 @@ impl ProxyConfig {
                 "RATE_LIMIT_WINDOW_SECONDS",
                 60,
             )?)),
-            trusted_proxies: trusted_proxies(&get)?,
+            trusted_proxies: crate::setup::trusted_proxies(&get)?,
             max_body_bytes: positive(&get, "MAX_BODY_BYTES", 1024 * 1024)? as usize,
             request_timeout: Duration::from_secs(u64::from(positive(
                 &get,
@@ -164,31 +164,6 @@ impl ProxyConfig {
             json_logs: json_logs(&get)?,
         })
     }
-}
-
-/// `TRUSTED_PROXIES`: comma-separated CIDRs or IP addresses; a bad one is refused naming the
-/// variable.
-fn trusted_proxies(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<String>, EnvError> {
-    let Some(value) = get("TRUSTED_PROXIES") else {
-        return Ok(Vec::new());
-    };
-    let list: Vec<String> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if list
-        .iter()
-        .any(|e| e.parse::<ipnet::IpNet>().is_err() && e.parse::<std::net::IpAddr>().is_err())
-    {
-        return Err(EnvError {
-            var: "TRUSTED_PROXIES",
-            value,
-            expected: "comma-separated CIDRs (\"10.0.0.0/8\") or IP addresses",
-        });
-    }
-    Ok(list)
 }
 
 /// The outbound client: one upstream call, with its retries and circuit.

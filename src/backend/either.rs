@@ -373,10 +373,7 @@ mod circuit {
 
         fn circuit_store(&self, spec: &CircuitSpec) -> Result<Self::Store, ConfigError> {
             match self {
-                Self::Memory(_) => Err(ConfigError::new(
-                    "backend",
-                    "the memory backend keeps circuits in each replica; it has no store to share them",
-                )),
+                Self::Memory(_) => Err(crate::circuit_breaker::store::no_store()),
                 Self::Redis(redis) => redis.circuit_store(spec),
             }
         }

@@ -104,16 +104,23 @@ impl<K> CircuitStore<K> for NoStore {
     }
 }
 
+/// What `circuit_store` answers for a backend that keeps circuits in each replica (never asked
+/// for: [`CircuitBackend::shares`] says so first).
+#[cfg(feature = "redis")]
+pub(crate) fn no_store() -> ConfigError {
+    ConfigError::new(
+        "backend",
+        "the memory backend keeps circuits in each replica; it has no store to share them",
+    )
+}
+
 /// Each replica keeps its own circuits (as with no backend at all).
 #[cfg(feature = "redis")]
 impl<K> CircuitBackend<K> for crate::backend::MemoryBackend {
     type Store = NoStore;
 
     fn circuit_store(&self, _: &CircuitSpec) -> Result<NoStore, ConfigError> {
-        Err(ConfigError::new(
-            "backend",
-            "the memory backend keeps circuits in each replica; it has no store to share them",
-        ))
+        Err(no_store())
     }
 
     fn shares(&self) -> bool {

@@ -503,10 +503,8 @@ impl RedisBackend {
     ///
     /// Outside a Tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<Self, BackendError> {
-        let info = redis::Client::open(url)
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(|e| url_error(url, e))?
-            .get_connection_info()
-            .clone()
             .set_tcp_settings(tcp_settings());
         let client = redis::Client::open(info).map_err(|e| url_error(url, e))?;
         let (opener, handle) =

@@ -39,14 +39,16 @@ pub trait Clock: Clone + Send + Sync + 'static {
 /// Its epoch is the moment it was created.
 #[derive(Clone, Copy, Debug)]
 pub struct TokioClock {
-    epoch: tokio::time::Instant,
+    // Kept as `std`'s instant: tokio's `now` (which honours paused time) is read, and the difference
+    // taken with one call into `std` rather than through tokio's and `std`'s saturating wrappers.
+    epoch: std::time::Instant,
 }
 
 impl TokioClock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
         Self {
-            epoch: tokio::time::Instant::now(),
+            epoch: tokio::time::Instant::now().into_std(),
         }
     }
 }
@@ -58,9 +60,21 @@ impl Default for TokioClock {
 }
 
 impl Clock for TokioClock {
+    /// `instructions` bench, `u64/rampart_rate_limit_global`: `epoch.elapsed()` then
+    /// `as_nanos()` cost 106 instructions per read (tokio's `elapsed`, `std`'s `duration_since`,
+    /// `sub_timespec`, a 128-bit conversion); this form saves the two wrappers and the 128-bit
+    /// arithmetic (see README's performance section for the figure after).
     #[inline]
     fn now(&self) -> Nanos {
-        duration_to_nanos(self.epoch.elapsed())
+        let now = tokio::time::Instant::now().into_std();
+        match now.checked_duration_since(self.epoch) {
+            // 584 years of nanoseconds fit in a u64; a clock running longer saturates.
+            Some(d) => d
+                .as_secs()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(u64::from(d.subsec_nanos())),
+            None => 0,
+        }
     }
 }
 

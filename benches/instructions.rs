@@ -137,8 +137,7 @@ where
     let mut run = move |n: u64| {
         for _ in 0..n {
             let mut req = Request::new(Body::empty());
-            req.extensions_mut()
-                .insert(ConnectInfo(peer(next, peers)));
+            req.extensions_mut().insert(ConnectInfo(peer(next, peers)));
             next += 1;
             match call_now(&mut svc, &mut cx, req) {
                 Ok(res) if res.status() == StatusCode::OK => drop(black_box(res)),
@@ -172,9 +171,9 @@ fn rampart_http(peers: u64, headers: bool) -> Run {
 }
 
 fn tower_governor_run(peers: u64, headers: bool) -> Run {
+    use tower_governor::GovernorLayer;
     use tower_governor::governor::GovernorConfigBuilder;
     use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
-    use tower_governor::GovernorLayer;
     // governor's largest quota: one cell per nanosecond, a burst of u32::MAX.
     macro_rules! build {
         ($key:expr) => {{
@@ -294,15 +293,19 @@ fn scenarios() -> Vec<Scenario> {
         }),
         s!("http/bare", "http/bare", || http_run(json_handler(), 1)),
         s!("http/rampart_global", "http/bare", || rampart_http(1, true)),
-        s!("http/rampart_global_no_success_headers", "http/bare", || {
-            rampart_http(1, false)
-        }),
+        s!(
+            "http/rampart_global_no_success_headers",
+            "http/bare",
+            || { rampart_http(1, false) }
+        ),
         s!("http/tower_governor_global", "http/bare", || {
             tower_governor_run(1, false)
         }),
-        s!("http/tower_governor_global_use_headers", "http/bare", || {
-            tower_governor_run(1, true)
-        }),
+        s!(
+            "http/tower_governor_global_use_headers",
+            "http/bare",
+            || { tower_governor_run(1, true) }
+        ),
         s!("http10k/bare", "http10k/bare", || {
             http_run(json_handler(), PEERS as u64)
         }),
@@ -385,7 +388,10 @@ fn count(name: &str, n: u64) -> u64 {
     let text = std::fs::read_to_string(&out).expect("callgrind's output");
     let _ = std::fs::remove_file(&out);
     text.lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("an instruction total in callgrind's output")
 }
@@ -444,9 +450,7 @@ fn main() {
         .collect();
     // Every selected row's bare row is measured too.
     for s in &all {
-        if !selected.iter().any(|x| x.name == s.name)
-            && selected.iter().any(|x| x.bare == s.name)
-        {
+        if !selected.iter().any(|x| x.name == s.name) && selected.iter().any(|x| x.bare == s.name) {
             selected.push(s);
         }
     }
@@ -472,13 +476,19 @@ fn main() {
         let two = count(s.name, 2 * n);
         per_call.insert(s.name, two.saturating_sub(one) as f64 / n as f64);
     }
-    let times = TIMES.lock().expect("not poisoned").take().unwrap_or_default();
+    let times = TIMES
+        .lock()
+        .expect("not poisoned")
+        .take()
+        .unwrap_or_default();
     let ns = |name: &str| {
         times
             .get(name)
             .map(|(calls, t)| t.as_nanos() as f64 / *calls as f64)
     };
-    println!("\ninstructions per call: (I(2N) - I(N)) / N under callgrind, N = {n}; times: criterion, same run");
+    println!(
+        "\ninstructions per call: (I(2N) - I(N)) / N under callgrind, N = {n}; times: criterion, same run"
+    );
     println!("| scenario | instructions/call | added | ns/call | added ns |");
     println!("|---|---:|---:|---:|---:|");
     for s in &selected {
@@ -493,7 +503,11 @@ fn main() {
         } else {
             format!("{added:+.0}")
         };
-        let added_t = if s.name == s.bare { String::new() } else { added_t };
+        let added_t = if s.name == s.bare {
+            String::new()
+        } else {
+            added_t
+        };
         println!("| `{}` | {i:.0} | {added} | {t} | {added_t} |", s.name);
     }
 }

@@ -177,6 +177,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "serde")]
+mod config;
 pub mod error;
 pub mod fallback;
 pub mod future;
@@ -194,5 +196,7 @@ mod window;
 pub use self::handle::{
     CircuitHandle, CircuitSnapshot, CircuitState, CircuitsHandle, SharedSnapshot, Transition,
 };
+#[cfg(feature = "serde")]
+pub use self::config::{CircuitBreakerConfig, SlowCallsConfig, WaitConfig, WindowConfig};
 pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use self::service::CircuitBreaker;

@@ -63,9 +63,11 @@ pub(crate) mod duration {
         d.deserialize_any(DurationVisitor)
     }
 
-    struct DurationVisitor;
+    /// Reads a duration; its `visit_*` methods serve values that may be a duration or something
+    /// else.
+    pub(crate) struct DurationVisitor;
 
-    const EXPECTED: &str = r#"a duration such as "100ms", "30s" or "1m 30s""#;
+    pub(crate) const EXPECTED: &str = r#"a duration such as "100ms", "30s" or "1m 30s""#;
 
     fn from_secs<E: de::Error>(secs: f64) -> Result<Duration, E> {
         Duration::try_from_secs_f64(secs).map_err(|_| {
@@ -197,7 +199,10 @@ mod tests {
     #[test]
     fn bad_durations_are_refused_with_what_to_write() {
         let cases = [
-            (r#""5 parsecs""#, r#"invalid duration "5 parsecs": unknown time unit"#),
+            (
+                r#""5 parsecs""#,
+                r#"invalid duration "5 parsecs": unknown time unit"#,
+            ),
             (r#""10""#, r#"invalid duration "10": time unit needed"#),
             ("-1", "invalid duration -1: a number is read as seconds"),
             (
@@ -209,7 +214,10 @@ mod tests {
         for (text, needle) in cases {
             let e = read(&format!(r#"{{"d":{text}}}"#)).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");
-            assert!(e.contains(r#""1m 30s""#), "{text}: {e} should say what to write");
+            assert!(
+                e.contains(r#""1m 30s""#),
+                "{text}: {e} should say what to write"
+            );
             assert!(!e.starts_with(char::is_uppercase), "{e}");
         }
     }

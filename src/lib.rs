@@ -71,6 +71,15 @@ pub mod backend;
 pub mod classify;
 pub mod clock;
 #[cfg(feature = "serde")]
+#[cfg_attr(
+    not(any(
+        feature = "rate-limit",
+        feature = "circuit-breaker",
+        feature = "retry",
+        feature = "cache"
+    )),
+    allow(dead_code)
+)]
 pub mod config;
 pub mod error;
 pub mod key;

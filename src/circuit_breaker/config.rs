@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
+
+use crate::config::duration::DurationVisitor;
 
 use super::{CircuitBreakerBuilder, CircuitBreakerLayer};
 
@@ -71,20 +76,17 @@ pub struct CircuitBreakerConfig {
 }
 
 /// The window of a [`CircuitBreakerConfig`]: a number of calls or a span of time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(
-    untagged,
-    deny_unknown_fields,
-    expecting = r#"a window of `{ calls = 100 }` or `{ span = "1m", buckets = 12 }`"#
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 #[non_exhaustive]
 pub enum WindowConfig {
-    /// The last `calls` calls ([`CircuitBreakerBuilder::window`]).
+    /// The last `calls` calls ([`CircuitBreakerBuilder::window`]), written `{ calls = 100 }`.
     Count {
         /// How many calls.
         calls: u32,
     },
-    /// The calls of the last `span`, in `buckets` buckets ([`CircuitBreakerBuilder::time_window`]).
+    /// The calls of the last `span`, in `buckets` buckets ([`CircuitBreakerBuilder::time_window`]),
+    /// written `{ span = "1m", buckets = 12 }`.
     Time {
         /// How long, as `"1m"`.
         #[serde(with = "crate::config::duration")]
@@ -92,6 +94,40 @@ pub enum WindowConfig {
         /// How many buckets the span is kept in.
         buckets: u32,
     },
+}
+
+const WINDOW_SHAPES: &str = r#"a window of `{ calls = 100 }` or `{ span = "1m", buckets = 12 }`"#;
+
+impl<'de> Deserialize<'de> for WindowConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // One table with every field, so typos are named; then the shape is chosen.
+        #[derive(Deserialize)]
+        #[serde(
+            deny_unknown_fields,
+            expecting = "a window of `{ calls = 100 }` or `{ span = \"1m\", buckets = 12 }`"
+        )]
+        struct Fields {
+            calls: Option<u32>,
+            #[serde(default, with = "crate::config::opt_duration")]
+            span: Option<Duration>,
+            buckets: Option<u32>,
+        }
+        match Fields::deserialize(d)? {
+            Fields {
+                calls: Some(calls),
+                span: None,
+                buckets: None,
+            } => Ok(Self::Count { calls }),
+            Fields {
+                calls: None,
+                span: Some(span),
+                buckets: Some(buckets),
+            } => Ok(Self::Time { span, buckets }),
+            _ => Err(de::Error::custom(format_args!(
+                "invalid window: write {WINDOW_SHAPES}"
+            ))),
+        }
+    }
 }
 
 /// The slow-call condition of a [`CircuitBreakerConfig`] ([`CircuitBreakerBuilder::slow_calls`]).
@@ -114,17 +150,14 @@ impl SlowCallsConfig {
 }
 
 /// How long the circuit of a [`CircuitBreakerConfig`] stays open: fixed or growing.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(
-    untagged,
-    deny_unknown_fields,
-    expecting = r#"a wait of "30s" or `{ initial = "5s", multiplier = 2.0, max = "2m" }`"#
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
 #[non_exhaustive]
 pub enum WaitConfig {
-    /// The same wait every time ([`CircuitBreakerBuilder::wait_duration`]).
+    /// The same wait every time ([`CircuitBreakerBuilder::wait_duration`]), written `"30s"`.
     Fixed(#[serde(with = "crate::config::duration")] Duration),
-    /// Longer each time it reopens ([`CircuitBreakerBuilder::exponential_wait`]).
+    /// Longer each time it reopens ([`CircuitBreakerBuilder::exponential_wait`]), written
+    /// `{ initial = "5s", multiplier = 2.0, max = "2m" }`.
     Exponential {
         /// The first wait.
         #[serde(with = "crate::config::duration")]
@@ -135,6 +168,59 @@ pub enum WaitConfig {
         #[serde(with = "crate::config::duration")]
         max: Duration,
     },
+}
+
+impl<'de> Deserialize<'de> for WaitConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Exponential {
+            #[serde(with = "crate::config::duration")]
+            initial: Duration,
+            multiplier: f64,
+            #[serde(with = "crate::config::duration")]
+            max: Duration,
+        }
+
+        struct WaitVisitor;
+
+        impl<'de> Visitor<'de> for WaitVisitor {
+            type Value = WaitConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    r#"a wait of "30s" or `{ initial = "5s", multiplier = 2.0, max = "2m" }`"#,
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WaitConfig, E> {
+                DurationVisitor.visit_str(v).map(WaitConfig::Fixed)
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<WaitConfig, E> {
+                DurationVisitor.visit_u64(v).map(WaitConfig::Fixed)
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WaitConfig, E> {
+                DurationVisitor.visit_i64(v).map(WaitConfig::Fixed)
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<WaitConfig, E> {
+                DurationVisitor.visit_f64(v).map(WaitConfig::Fixed)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<WaitConfig, A::Error> {
+                let e = Exponential::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(WaitConfig::Exponential {
+                    initial: e.initial,
+                    multiplier: e.multiplier,
+                    max: e.max,
+                })
+            }
+        }
+
+        d.deserialize_any(WaitVisitor)
+    }
 }
 
 impl CircuitBreakerConfig {

@@ -193,10 +193,10 @@ mod state;
 pub mod store;
 mod window;
 
+#[cfg(feature = "serde")]
+pub use self::config::{CircuitBreakerConfig, SlowCallsConfig, WaitConfig, WindowConfig};
 pub use self::handle::{
     CircuitHandle, CircuitSnapshot, CircuitState, CircuitsHandle, SharedSnapshot, Transition,
 };
-#[cfg(feature = "serde")]
-pub use self::config::{CircuitBreakerConfig, SlowCallsConfig, WaitConfig, WindowConfig};
 pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use self::service::CircuitBreaker;

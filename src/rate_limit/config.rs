@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::RateLimitLayer;
 use super::key::MissingKey;
 use super::layer::RateLimitBuilder;
 use super::quota::{Algorithm, Quota};
-use super::RateLimitLayer;
 
 /// A [`RateLimitLayer`]'s settings as data, for configuration files (feature `serde`).
 ///

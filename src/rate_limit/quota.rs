@@ -210,8 +210,7 @@ mod tests {
             serde_json::to_string(&q).unwrap(),
             r#"{"limit":10,"period":"1m"}"#
         );
-        let q: Quota =
-            serde_json::from_str(r#"{"limit":5,"period":"500ms","burst":2}"#).unwrap();
+        let q: Quota = serde_json::from_str(r#"{"limit":5,"period":"500ms","burst":2}"#).unwrap();
         assert_eq!(
             q,
             Quota::with_period(5, Duration::from_millis(500)).burst(2)
@@ -228,8 +227,8 @@ mod tests {
         );
         let e = serde_json::from_str::<Quota>(r#"{"limit":5,"period":-1}"#).unwrap_err();
         assert!(e.to_string().contains("invalid duration -1"), "{e}");
-        let e = serde_json::from_str::<Quota>(r#"{"limit":5,"period":"1s","brust":2}"#)
-            .unwrap_err();
+        let e =
+            serde_json::from_str::<Quota>(r#"{"limit":5,"period":"1s","brust":2}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `brust`"), "{e}");
         let a: Algorithm = serde_json::from_str(r#""sliding_window""#).unwrap();
         assert_eq!(a, Algorithm::SlidingWindow);

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::{Backoff, Budget, Jitter, RetryBuilder, RetryLayer};
@@ -77,25 +80,57 @@ pub struct RetryConfig {
 }
 
 /// The retry budget of a [`RetryConfig`]: a [`Budget`], or `"off"`.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(
-    untagged,
-    expecting = r#"a budget such as `{ percent = 20.0, min_per_second = 10, period = "10s" }`, or "off""#
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
 #[non_exhaustive]
 pub enum BudgetConfig {
-    /// A budget of the layer's own ([`RetryBuilder::budget`]).
+    /// A budget of the layer's own ([`RetryBuilder::budget`]), written
+    /// `{ percent = 20.0, min_per_second = 10, period = "10s" }` (each field optional).
     Budget(Budget),
     /// No budget ([`RetryBuilder::no_budget`]), written `"off"`.
     Off(Off),
 }
 
 /// The word `"off"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Off {
     /// `"off"`.
     Off,
+}
+
+const BUDGET_SHAPES: &str =
+    r#"a budget such as `{ percent = 20.0, min_per_second = 10, period = "10s" }`, or "off""#;
+
+impl<'de> Deserialize<'de> for BudgetConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BudgetVisitor;
+
+        impl<'de> Visitor<'de> for BudgetVisitor {
+            type Value = BudgetConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(BUDGET_SHAPES)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BudgetConfig, E> {
+                if v == "off" {
+                    Ok(BudgetConfig::Off(Off::Off))
+                } else {
+                    Err(E::custom(format_args!(
+                        "invalid budget {v:?}: write {BUDGET_SHAPES}"
+                    )))
+                }
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<BudgetConfig, A::Error> {
+                Budget::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(BudgetConfig::Budget)
+            }
+        }
+
+        d.deserialize_any(BudgetVisitor)
+    }
 }
 
 impl RetryConfig {

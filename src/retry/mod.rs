@@ -250,7 +250,7 @@ impl<Res, E> RetryMode<Res, E> for AsError {
 #[cfg(feature = "http")]
 impl<B, E> RetryMode<http::Response<B>, E> for crate::http::AsHttp
 where
-    B: From<bytes::Bytes> + 'static,
+    B: crate::http::ResponseBody,
     E: 'static,
 {
     #[inline]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{Backoff, Budget, Jitter, RetryBuilder, RetryLayer};
 
@@ -80,23 +80,23 @@ pub struct RetryConfig {
 }
 
 /// The retry budget of a [`RetryConfig`]: a [`Budget`], or `"off"`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(untagged)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum BudgetConfig {
     /// A budget of the layer's own ([`RetryBuilder::budget`]), written
     /// `{ percent = 20.0, min_per_second = 10, period = "10s" }` (each field optional).
     Budget(Budget),
     /// No budget ([`RetryBuilder::no_budget`]), written `"off"`.
-    Off(Off),
+    Off,
 }
 
-/// The word `"off"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Off {
-    /// `"off"`.
-    Off,
+impl Serialize for BudgetConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Budget(budget) => budget.serialize(s),
+            Self::Off => s.serialize_str("off"),
+        }
+    }
 }
 
 const BUDGET_SHAPES: &str =
@@ -115,7 +115,7 @@ impl<'de> Deserialize<'de> for BudgetConfig {
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<BudgetConfig, E> {
                 if v == "off" {
-                    Ok(BudgetConfig::Off(Off::Off))
+                    Ok(BudgetConfig::Off)
                 } else {
                     Err(E::custom(format_args!(
                         "invalid budget {v:?}: write {BUDGET_SHAPES}"
@@ -164,7 +164,7 @@ impl RetryConfig {
         }
         match self.budget {
             Some(BudgetConfig::Budget(budget)) => b = b.budget(budget),
-            Some(BudgetConfig::Off(Off::Off)) => b = b.no_budget(),
+            Some(BudgetConfig::Off) => b = b.no_budget(),
             None => {}
         }
         b

@@ -215,7 +215,7 @@ mod service;
 pub use self::backoff::{Backoff, Delays, Jitter};
 pub use self::budget::{Budget, RetryBudget};
 #[cfg(feature = "serde")]
-pub use self::config::{BudgetConfig, Off, RetryConfig};
+pub use self::config::{BudgetConfig, RetryConfig};
 pub use self::layer::{CustomBuilder, MAX_ATTEMPTS, MAX_TIMEOUT, RetryBuilder, RetryLayer};
 pub use self::policy::{
     Attempt, Decision, GiveUp, Outcome, Policy, StandardPolicy, StandardState, TimeLimit,

@@ -17,7 +17,7 @@ use tower_rampart::key::PeerIp;
 use tower_rampart::rate_limit::{
     Algorithm, MissingKey, Quota, RateLimitConfig, error::RateLimited,
 };
-use tower_rampart::retry::{Backoff, Budget, BudgetConfig, Jitter, Off, RetryConfig};
+use tower_rampart::retry::{Backoff, Budget, BudgetConfig, Jitter, RetryConfig};
 
 /// An application's settings file, with a section per layer.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ fn configurations_round_trip_through_json_and_toml() {
         cb
     );
     let mut retry = RetryConfig::default();
-    retry.budget = Some(BudgetConfig::Off(Off::Off));
+    retry.budget = Some(BudgetConfig::Off);
     let json = serde_json::to_string(&retry).unwrap();
     assert_eq!(json, r#"{"budget":"off"}"#);
     assert_eq!(serde_json::from_str::<RetryConfig>(&json).unwrap(), retry);

@@ -177,6 +177,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "serde")]
+mod config;
 pub mod error;
 pub mod fallback;
 pub mod future;
@@ -191,6 +193,8 @@ mod state;
 pub mod store;
 mod window;
 
+#[cfg(feature = "serde")]
+pub use self::config::{CircuitBreakerConfig, SlowCallsConfig, WaitConfig, WindowConfig};
 pub use self::handle::{
     CircuitHandle, CircuitSnapshot, CircuitState, CircuitsHandle, SharedSnapshot, Transition,
 };

@@ -201,6 +201,8 @@ mod conn;
 mod connection;
 mod key;
 #[cfg(feature = "rate-limit")]
+pub mod lease;
+#[cfg(feature = "rate-limit")]
 mod rate_limit;
 
 use std::fmt;
@@ -218,6 +220,8 @@ pub use self::circuit::{RedisCircuitStore, RedisSync, circuit_script_sha};
 pub use self::conn::DEFAULT_LIVENESS_TIMEOUT;
 pub use self::connection::{FencedScript, RedisConnection};
 pub use self::key::{Hashed, RedisKey};
+#[cfg(feature = "rate-limit")]
+pub use self::lease::{LeaseCheck, LeaseConfig, LeasedRedisBackend, RedisLeasedStore};
 #[cfg(feature = "rate-limit")]
 pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};
 

@@ -148,14 +148,22 @@ impl Cell {
         })
     }
 
-    /// Remembers a refusal decided at `sent`.
-    pub(super) fn refuse(&self, sent: Nanos, d: &Decision) {
-        let retry = crate::clock::duration_to_nanos(d.retry_after());
+    /// Remembers a refusal decided at `sent`, for `wait` more than its retry time.
+    pub(super) fn refuse(&self, sent: Nanos, d: &Decision, wait: Nanos) {
+        let retry = crate::clock::duration_to_nanos(d.retry_after()).saturating_add(wait);
         let reset = crate::clock::duration_to_nanos(d.reset());
         self.reset_at
             .store(sent.saturating_add(reset), Ordering::Release);
         self.refused_until
             .store(sent.saturating_add(retry), Ordering::Release);
+    }
+
+    /// How much longer than its retry time a refusal is remembered, for a quota earning a unit
+    /// every `emission`: the time it takes to earn a quarter of the lease this replica would ask
+    /// for (nothing for a cold key). Refused here, this replica leaves the units to the others
+    /// meanwhile, rather than asking Redis for each unit as it is earned.
+    pub(super) fn refusal_wait(&self, emission: Nanos) -> Nanos {
+        (self.size.load(Ordering::Relaxed) / 4).saturating_mul(emission)
     }
 
     /// Claims the right to make this key's lease call; `false` when one is in flight.
@@ -339,13 +347,13 @@ mod tests {
         let limits = Quota::per_second(10).validate(Algorithm::Gcra).unwrap();
         let c = Cell::default();
         let d = Decision::refused(10, 1_000 * MS, 100 * MS);
-        c.refuse(5 * MS, &d);
+        c.refuse(5 * MS, &d, 0);
         let r = c.refused(10, 55 * MS).unwrap();
         assert!(!r.is_allowed());
         assert_eq!(r.retry_after(), std::time::Duration::from_millis(50));
         assert!(c.refused(10, 105 * MS).is_none());
         // A grant forgets it.
-        c.refuse(200 * MS, &d);
+        c.refuse(200 * MS, &d, 0);
         c.grant(&grant(2), 1, 210 * MS, 1_000 * MS);
         assert!(c.refused(10, 220 * MS).is_none());
         let a = c.admitted(&limits, 1, 220 * MS);

@@ -387,7 +387,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 Ok(cell.admitted(&self.limits, g.units - 1, now))
             }
             Ok(Reply::Refused(d)) => {
-                cell.refuse(now, &d);
+                cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
                 Ok(d)
             }
             Err(e) => self.fallback(key, e),
@@ -440,7 +440,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 g.ahead,
             )),
             Ok(Reply::Refused(d)) => {
-                cell.refuse(now, &d);
+                cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
                 Ok(d)
             }
             Err(e) => self.fallback(&key, e),
@@ -455,7 +455,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             self.strand(stranded);
             match self.call(&key, n, now).await {
                 Ok(Reply::Granted(g)) => cell.grant(&g, 0, now, self.ttl),
-                Ok(Reply::Refused(d)) => cell.refuse(now, &d),
+                Ok(Reply::Refused(d)) => {
+                    cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
+                }
                 // Counted by the connection; the units held keep serving, then the failure policy.
                 Err(error) => tracing::debug!(limiter = %self.name, %error, "lease renewal failed"),
             }

@@ -72,7 +72,12 @@ impl Tally {
 
 /// `CLIENTS` clients spread over `services`, each sending up to `per_client` requests with `gap`
 /// between them, for at most `budget`.
-async fn run_clients(services: &[Svc], per_client: usize, gap: Duration, budget: Duration) -> Tally {
+async fn run_clients(
+    services: &[Svc],
+    per_client: usize,
+    gap: Duration,
+    budget: Duration,
+) -> Tally {
     let deadline = Instant::now() + budget;
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|client| {
@@ -110,7 +115,10 @@ async fn settle(stores: &[RedisLeasedStore<()>]) {
     let mut last = u64::MAX;
     for _ in 0..40 {
         tokio::time::sleep(TIMEOUT / 4).await;
-        let now: u64 = stores.iter().map(|s| s.lease_calls() + s.leased_units()).sum();
+        let now: u64 = stores
+            .iter()
+            .map(|s| s.lease_calls() + s.leased_units())
+            .sum();
         if now == last {
             return;
         }
@@ -126,7 +134,13 @@ async fn bound_holds(replicas: Vec<RedisBackend>, quota: Quota, config: LeaseCon
         .map(|b| leased(b, &prefix, quota, config))
         .unzip();
     let started = Instant::now();
-    let tally = run_clients(&services, 300, Duration::from_millis(1), Duration::from_secs(3)).await;
+    let tally = run_clients(
+        &services,
+        300,
+        Duration::from_millis(1),
+        Duration::from_secs(3),
+    )
+    .await;
     let elapsed = started.elapsed();
     settle(&stores).await;
 
@@ -152,12 +166,19 @@ async fn bound_holds(replicas: Vec<RedisBackend>, quota: Quota, config: LeaseCon
     );
     // Every unit carved is admitted, still held, or dropped unused (stranded): none is lost or
     // admitted twice.
-    assert_eq!(leased, tally.admitted + held + stranded, "{label}: unit accounting");
+    assert_eq!(
+        leased,
+        tally.admitted + held + stranded,
+        "{label}: unit accounting"
+    );
     // Under-admission: what is held at the end is within the bound, and the demand exceeded the
     // quota, so the quota was used but for what the replicas hold or let expire.
     let bound = REPLICAS as u64 * (max_units + max_units / 4);
     assert!(held <= bound, "{label}: held {held} > {bound}");
-    assert!(tally.total() > exact_bound, "{label}: the demand must exceed the quota");
+    assert!(
+        tally.total() > exact_bound,
+        "{label}: the demand must exceed the quota"
+    );
     // The quota was used, but for what the replicas hold, let expire, or left in Redis while
     // refused locally (a quarter lease each): within the bound of what exact mode admits.
     let earned_floor = burst + (rate * elapsed.as_secs_f64() * 0.5) as u64;
@@ -197,7 +218,9 @@ fn cases() -> [(Quota, LeaseConfig, &'static str); 3] {
 async fn replicas(url: &str) -> Vec<RedisBackend> {
     let mut out = Vec::new();
     for _ in 0..REPLICAS {
-        let b = RedisBackend::connect(url).await.expect("connect to the test redis-server");
+        let b = RedisBackend::connect(url)
+            .await
+            .expect("connect to the test redis-server");
         out.push(b.timeout(TIMEOUT).failure_policy(FailurePolicy::Closed));
     }
     out
@@ -238,7 +261,11 @@ async fn cold_keys_stay_exact_one_call_of_one_unit_per_decision() {
     let layer = RateLimitLayer::builder()
         .quota(Quota::per_second(1_000))
         .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend.prefix(unique_prefix("cold")).leased(LeaseConfig::new()))
+        .backend(
+            backend
+                .prefix(unique_prefix("cold"))
+                .leased(LeaseConfig::new()),
+        )
         .build()
         .unwrap();
     let store = layer.store();
@@ -258,7 +285,11 @@ async fn cold_keys_stay_exact_one_call_of_one_unit_per_decision() {
     for _ in 0..200 {
         assert!(decide(store, &7).await.unwrap().is_allowed());
     }
-    assert!(store.lease_calls() < 53 + 50, "{} calls", store.lease_calls());
+    assert!(
+        store.lease_calls() < 53 + 50,
+        "{} calls",
+        store.lease_calls()
+    );
 }
 
 /// An exact replica of the same limiter (same name, quota and prefix: the same keys).
@@ -311,7 +342,7 @@ async fn a_replica_dropped_holding_a_lease_strands_at_most_it_and_only_for_the_b
     let first = decide(&b, &()).await.unwrap();
     let earned = (started_a.elapsed().as_millis() / 50 + 1) as u64;
     assert!(
-        u64::from(first.remaining()) + counted + 1 <= 20 + earned,
+        u64::from(first.remaining()) + counted < 20 + earned,
         "remaining {} with {counted} counted",
         first.remaining()
     );
@@ -344,17 +375,40 @@ async fn redis_killed_mid_run_leases_serve_then_the_policy_then_leases_resume() 
         .into_iter()
         .map(|b| leased(b, &prefix, quota, config))
         .unzip();
-    let up = run_clients(&services, 100, Duration::from_millis(1), Duration::from_secs(3)).await;
-    assert_eq!(up.admitted, up.total(), "a quota far above the load: {up:?}");
+    let up = run_clients(
+        &services,
+        100,
+        Duration::from_millis(1),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        up.admitted,
+        up.total(),
+        "a quota far above the load: {up:?}"
+    );
     settle(&stores).await;
     let held: u64 = stores.iter().map(|s| s.held_units(&())).sum();
     assert!(held > 0, "the replicas hold leases: {up:?}");
 
     server.kill();
-    let down = run_clients(&services, 50, Duration::from_millis(1), Duration::from_secs(3)).await;
+    let down = run_clients(
+        &services,
+        50,
+        Duration::from_millis(1),
+        Duration::from_secs(3),
+    )
+    .await;
     println!("held {held} when Redis died; while down: {down:?}");
-    assert!(down.admitted <= held, "served {} from {held} held", down.admitted);
-    assert!(down.unavailable > 0, "then the failure policy (Closed): {down:?}");
+    assert!(
+        down.admitted <= held,
+        "served {} from {held} held",
+        down.admitted
+    );
+    assert!(
+        down.unavailable > 0,
+        "then the failure policy (Closed): {down:?}"
+    );
     assert_eq!(down.limited, 0);
 
     server.restart();
@@ -382,7 +436,13 @@ async fn redis_killed_mid_run_leases_serve_then_the_policy_then_leases_resume() 
         back <= lag.allowing_for(Duration::from_secs(1)),
         "leases resumed {back:?} after the restart"
     );
-    let again = run_clients(&services, 20, Duration::from_millis(1), Duration::from_secs(3)).await;
+    let again = run_clients(
+        &services,
+        20,
+        Duration::from_millis(1),
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(again.admitted, again.total(), "{again:?}");
 }
 
@@ -397,7 +457,12 @@ async fn leased_mode_takes_gcra_and_a_ttl_longer_than_twice_the_timeout() {
             .build()
             .map(|_| ())
     };
-    let e = build(backend.clone(), Algorithm::SlidingWindow, LeaseConfig::new()).unwrap_err();
+    let e = build(
+        backend.clone(),
+        Algorithm::SlidingWindow,
+        LeaseConfig::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("GCRA only"), "{e}");
     let short = LeaseConfig::new().ttl(Duration::from_millis(80));
     let e = build(backend.clone(), Algorithm::Gcra, short).unwrap_err();

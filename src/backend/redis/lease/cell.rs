@@ -70,7 +70,14 @@ impl Sizing {
     /// rate just seen, within a factor of 4 up or 2 down of `size` (so one odd interval does not
     /// swing it), at most `max`. A key seen less often than twice per half a time to live gets 1:
     /// it is cold, and stays exact.
-    pub(super) fn next(&self, size: u64, held: u64, left: u64, granted_at: Nanos, now: Nanos) -> u64 {
+    pub(super) fn next(
+        &self,
+        size: u64,
+        held: u64,
+        left: u64,
+        granted_at: Nanos,
+        now: Nanos,
+    ) -> u64 {
         if granted_at == 0 || held == 0 {
             return 1;
         }
@@ -213,7 +220,11 @@ impl Cell {
         self.slack_at.store(g.slack, Ordering::Relaxed);
         self.ahead_at.store(g.ahead, Ordering::Relaxed);
         self.prefetch_at.store(
-            if g.units >= 2 { g.units / 4 } else { NO_PREFETCH },
+            if g.units >= 2 {
+                g.units / 4
+            } else {
+                NO_PREFETCH
+            },
             Ordering::Relaxed,
         );
         self.refused_until.store(0, Ordering::Release);

@@ -237,6 +237,11 @@ where
         }
         // The exact store validates the settings and the quota for the script, and names the keys.
         let exact = self.backend.rate_limit_store(spec)?;
-        Ok(RedisLeasedStore::new(&self.backend, spec, self.config, exact))
+        Ok(RedisLeasedStore::new(
+            &self.backend,
+            spec,
+            self.config,
+            exact,
+        ))
     }
 }

@@ -16,7 +16,9 @@ use super::cell::{Cell, Grant, Sizing, Slot};
 use crate::backend::memory::MemoryRateLimitStore;
 use crate::backend::memory::map::BoundedMap;
 use crate::backend::redis::conn::{Conn, Script};
-use crate::backend::redis::{FailurePolicy, RedisBackend, RedisKey, RedisRateLimitStore, StoreClock};
+use crate::backend::redis::{
+    FailurePolicy, RedisBackend, RedisKey, RedisRateLimitStore, StoreClock,
+};
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::rate_limit::quota::Limits;
@@ -320,7 +322,11 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             _ => return Err(bad()),
         }
         match x[0] {
-            0 => Ok(Reply::Refused(Decision::refused(self.limits.limit, x[1], x[2]))),
+            0 => Ok(Reply::Refused(Decision::refused(
+                self.limits.limit,
+                x[1],
+                x[2],
+            ))),
             k if k <= n => Ok(Reply::Granted(Grant {
                 units: k,
                 slack: x[1],

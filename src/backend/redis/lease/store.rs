@@ -382,6 +382,22 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         }
     }
 
+    /// After a grant of fewer units than asked for, the quota in Redis is spent at `sent`: a
+    /// request that finds none of the units granted left is refused, as exact mode would refuse
+    /// it then (rather than wait for another call), for as long as a refusal from Redis would be
+    /// remembered.
+    fn drained(&self, cell: &Cell, g: &Grant, wanted: u64, sent: Nanos) {
+        if g.units < wanted {
+            let e = self.limits.emission;
+            let retry = g
+                .ahead
+                .saturating_add(e)
+                .saturating_sub(self.limits.tolerance);
+            let d = Decision::refused(self.limits.limit, g.ahead, retry.max(1));
+            cell.refuse(sent, &d, cell.refusal_wait(e));
+        }
+    }
+
     /// A lease call by the claimant of `cell` that also decides the caller's request.
     async fn lease_and_serve(&self, cell: &Cell, key: &K) -> Result<Decision, BackendError> {
         let now = self.clock.now();
@@ -390,6 +406,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         match self.call(key, n, now).await {
             Ok(Reply::Granted(g)) => {
                 cell.grant(&g, 1, now, self.ttl);
+                self.drained(cell, &g, n, now);
                 Ok(cell.admitted(&self.limits, g.units - 1, now))
             }
             Ok(Reply::Refused(d)) => {
@@ -460,7 +477,10 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             let (stranded, n) = cell.prepare(&self.sizing, now);
             self.strand(stranded);
             match self.call(&key, n, now).await {
-                Ok(Reply::Granted(g)) => cell.grant(&g, 0, now, self.ttl),
+                Ok(Reply::Granted(g)) => {
+                    cell.grant(&g, 0, now, self.ttl);
+                    self.drained(&cell, &g, n, now);
+                }
                 Ok(Reply::Refused(d)) => {
                     cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
                 }

@@ -39,8 +39,15 @@
 //! bounded map's read lock, at in-memory speed. When the units left fall to a quarter of the lease,
 //! one call renews it in the background (units still held are carried over, under the new expiry),
 //! so a key under steady load never waits. A request that finds no live unit waits for the call in
-//! flight, or makes it; a key Redis refused is refused locally until its retry time, as in exact
-//! mode.
+//! flight, or makes it.
+//!
+//! A spent quota is refused locally, as in exact mode: when Redis refuses a lease, or grants fewer
+//! units than asked for (the quota ran out at that instant, so exact mode would refuse the next
+//! request too), the replica refuses the key's requests that find no unit left until the retry
+//! time Redis gave, plus the time the quota takes to earn a quarter of the lease the replica would
+//! ask for (nothing for a cold key). Meanwhile the units it leaves accrue in Redis for the other
+//! replicas or its next lease: a replica asks for a key at a spent quota at most once per quarter
+//! lease, rather than once per unit earned.
 //!
 //! **A lease's size follows the key's rate**: enough units for half a time to live at the rate the
 //! replica just saw, moving by at most 4 times up or 2 times down per lease, at most
@@ -68,6 +75,9 @@
 //!   every counted unit does, at the quota's rate: `u` units within `u` emission intervals. The
 //!   default `max_units` is what the quota earns in one time to live (and at most a quarter of
 //!   the burst), so a dead replica's quota is back within 1.25 times to live (1.25 s by default).
+//!   At a spent quota, a replica that refuses locally leaves what the quota earns meanwhile in
+//!   Redis (at most a quarter lease per replica before it asks again): requests refused then that
+//!   exact mode might have admitted, never more than that.
 //!
 //! # When Redis is slow or gone
 //!

@@ -103,7 +103,7 @@
 //!
 //! GCRA only (the default algorithm): a sliding window's counts cannot be carved ahead of time
 //! without moving its window; building a leased limiter with
-//! [`Algorithm::SlidingWindow`](crate::rate_limit::Algorithm::SlidingWindow) is a
+//! [`Algorithm::SlidingWindow`] is a
 //! [`ConfigError`].
 
 mod cell;

@@ -392,11 +392,13 @@ async fn redis_killed_mid_run_leases_serve_then_the_policy_then_leases_resume() 
     assert!(held > 0, "the replicas hold leases: {up:?}");
 
     server.kill();
+    // More requests than the units held: some must fall to the policy.
+    let per_client = usize::try_from(held).unwrap() / CLIENTS + 50;
     let down = run_clients(
         &services,
-        50,
+        per_client,
         Duration::from_millis(1),
-        Duration::from_secs(3),
+        Duration::from_secs(5),
     )
     .await;
     println!("held {held} when Redis died; while down: {down:?}");
@@ -468,4 +470,101 @@ async fn leased_mode_takes_gcra_and_a_ttl_longer_than_twice_the_timeout() {
     let e = build(backend.clone(), Algorithm::Gcra, short).unwrap_err();
     assert!(e.to_string().contains("at least twice"), "{e}");
     assert!(build(backend, Algorithm::Gcra, LeaseConfig::new()).is_ok());
+}
+
+/// The lease counters and exact mode's refusal counter, from a recorder local to this thread: the
+/// runtime is a current-thread one, so every call (background renewals included) runs here.
+#[cfg(feature = "metrics")]
+#[test]
+fn lease_calls_units_and_stranded_units_are_measured() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let backend = RedisBackend::connect(&server.url())
+                .await
+                .unwrap()
+                .timeout(Duration::from_millis(40));
+            let config = LeaseConfig::new().ttl(Duration::from_millis(100));
+            let (store, mut svc) = leased(
+                backend,
+                &unique_prefix("metered"),
+                Quota::per_second(50),
+                config,
+            );
+            let mut refused = 0;
+            for _ in 0..100 {
+                if let Err(e) = svc.ready().await.unwrap().call(()).await {
+                    assert!(e.is::<RateLimited>(), "{e}");
+                    refused += 1;
+                }
+            }
+            assert!(
+                refused >= 40,
+                "a burst of 50 for 100 requests: {refused} refused"
+            );
+            // Earn units back, lease some, and let the lease expire unused.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for _ in 0..10 {
+                let _ = svc.ready().await.unwrap().call(()).await;
+            }
+            settle(std::slice::from_ref(&store)).await;
+            let held = store.held_units(&());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let _ = svc.ready().await.unwrap().call(()).await;
+            settle(std::slice::from_ref(&store)).await;
+            assert!(
+                held == 0 || store.stranded_units() >= held,
+                "{held} held went stale"
+            );
+            (store, refused)
+        })
+    });
+    let (store, refused) = store;
+    let mut got = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        if key
+            .labels()
+            .any(|l| l.key() == "name" && l.value() == "leases")
+            && let DebugValue::Counter(n) = value
+        {
+            let reason = key
+                .labels()
+                .find(|l| l.key() == "reason")
+                .map(|l| l.value().to_string());
+            got.insert((key.name().to_string(), reason), n);
+        }
+    }
+    let get = |name: &str, reason: Option<&str>| {
+        got.get(&(name.to_string(), reason.map(String::from)))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        get("rampart_rate_limit_lease_calls_total", None),
+        store.lease_calls()
+    );
+    assert!(store.lease_calls() > 0);
+    assert_eq!(
+        get("rampart_rate_limit_lease_units_total", None),
+        store.leased_units()
+    );
+    assert_eq!(
+        get("rampart_rate_limit_lease_stranded_units_total", None),
+        store.stranded_units()
+    );
+    assert!(
+        get("rampart_rate_limit_rejected_total", Some("rate_limited")) >= refused,
+        "refusals counted as in exact mode: {got:?}"
+    );
 }

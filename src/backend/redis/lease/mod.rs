@@ -63,11 +63,11 @@
 //!
 //! - **Over-admission: none in count.** Every unit admitted was carved from the quota in Redis
 //!   first, so the replicas together never admit more than exact mode would have counted: over
-//!   any run, admitted ≤ burst + rate × duration, as exact. What leasing moves is *when*: a unit
-//!   counted at its lease is admitted up to the lease's lifetime later, so over any window, the
-//!   replicas admit at most what exact mode admits in that window plus the units held in leases
-//!   at its start: at most `1.25 × max_units` per replica (a lease and the quarter carried into its
-//!   renewal).
+//!   any run counted from its first lease, admitted ≤ burst + rate × duration, as exact. What
+//!   leasing moves is *when*: a unit counted at its lease is admitted later, while the replica
+//!   holds it. So over any window the replicas admit at most what exact mode admits in that
+//!   window plus the units held in leases at its start: at most `1.25 × max_units` per replica
+//!   (a lease and the quarter carried into its renewal).
 //! - **Under-admission: bounded and temporary.** Units a replica holds are counted in Redis and
 //!   not available to others. Units of a lease that expires unused are dropped (counted in
 //!   `rampart_rate_limit_lease_stranded_units_total`); a replica that dies or is cut off from Redis

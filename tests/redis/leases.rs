@@ -28,6 +28,7 @@ use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::error::RateLimited;
 use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
 
+use crate::common::fault_proxy::FaultProxy;
 use crate::common::redis::{RedisCluster, RedisServer};
 use crate::support::{LagProbe, decide, unique_prefix};
 
@@ -62,6 +63,8 @@ struct Tally {
     admitted: u64,
     limited: u64,
     unavailable: u64,
+    /// The longest any request waited for its decision.
+    longest: Duration,
 }
 
 impl Tally {
@@ -88,7 +91,10 @@ async fn run_clients(
                     if Instant::now() >= deadline {
                         break;
                     }
-                    match svc.ready().await.unwrap().call(()).await {
+                    let asked = Instant::now();
+                    let result = svc.ready().await.unwrap().call(()).await;
+                    t.longest = t.longest.max(asked.elapsed());
+                    match result {
                         Ok(()) => t.admitted += 1,
                         Err(e) if e.is::<RateLimited>() => t.limited += 1,
                         Err(e) if e.is::<BackendUnavailable>() => t.unavailable += 1,
@@ -106,6 +112,7 @@ async fn run_clients(
         all.admitted += t.admitted;
         all.limited += t.limited;
         all.unavailable += t.unavailable;
+        all.longest = all.longest.max(t.longest);
     }
     all
 }
@@ -566,5 +573,80 @@ fn lease_calls_units_and_stranded_units_are_measured() {
     assert!(
         get("rampart_rate_limit_rejected_total", Some("rate_limited")) >= refused,
         "refusals counted as in exact mode: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cut_off_no_request_waits_past_twice_the_timeout_and_leases_resume() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let lag = LagProbe::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let prefix = unique_prefix("cut");
+    let (stores, services): (Vec<_>, Vec<_>) = replicas(&proxy.url())
+        .await
+        .into_iter()
+        .map(|b| leased(b, &prefix, Quota::per_second(1_000_000), LeaseConfig::new()))
+        .unzip();
+    let up = run_clients(
+        &services,
+        100,
+        Duration::from_millis(1),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(up.admitted, up.total(), "{up:?}");
+    settle(&stores).await;
+    let held: u64 = stores.iter().map(|s| s.held_units(&())).sum();
+
+    // Every byte held, on every connection: calls only time out.
+    proxy.pause();
+    let per_client = usize::try_from(held).unwrap() / CLIENTS + 50;
+    let cut = run_clients(
+        &services,
+        per_client,
+        Duration::from_millis(1),
+        Duration::from_secs(5),
+    )
+    .await;
+    println!("held {held} when cut off; while cut off: {cut:?}");
+    assert!(
+        cut.admitted <= held,
+        "served {} from {held} held",
+        cut.admitted
+    );
+    assert!(
+        cut.unavailable > 0,
+        "then the failure policy (Closed): {cut:?}"
+    );
+    let bound = lag.allowing_for(2 * TIMEOUT);
+    assert!(
+        cut.longest <= bound,
+        "a request waited {:?} (bound {bound:?})",
+        cut.longest
+    );
+
+    proxy.forward();
+    let resumed = Instant::now();
+    for (store, svc) in stores.iter().zip(&services) {
+        let calls_before = store.lease_calls();
+        let mut svc = svc.clone();
+        loop {
+            if svc.ready().await.unwrap().call(()).await.is_ok()
+                && store.lease_calls() > calls_before
+            {
+                break;
+            }
+            assert!(
+                resumed.elapsed() < lag.allowing_for(Duration::from_secs(5)),
+                "leases did not resume within 5 s of the link's return"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "every replica leasing again {:?} after the link came back",
+        resumed.elapsed()
     );
 }

@@ -433,7 +433,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 return Ok(d);
             }
             if cell.claim() {
-                if !admitted && !self.conn.admit() {
+                // After waiting for another request's call, call Redis only while it answers: a
+                // request never waits for more than two calls (the one it waited for, its own).
+                if !admitted && !self.conn.is_connected() {
                     cell.release();
                     return self.fallback(&key, self.conn.down_error());
                 }
@@ -451,7 +453,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             }
         }
         // The grants went to the requests ahead of this one: decide this one on its own, exactly.
-        if !self.conn.admit() {
+        if !self.conn.is_connected() {
             return self.fallback(&key, self.conn.down_error());
         }
         let now = self.clock.now();

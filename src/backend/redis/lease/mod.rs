@@ -85,8 +85,8 @@
 //! admissions from them were counted before the outage. Then decisions fall to the backend's
 //! [`FailurePolicy`](super::FailurePolicy), as in exact mode (the same probe every 100 ms, the same
 //! timeout, the same metrics), and leases resume when Redis answers again. A renewal that fails
-//! does not wait for anything: the replica serves what it holds. A request waits for at most two
-//! calls (one in flight for its key, then its own, and that one only while Redis answers), so
+//! does not wait for anything: the replica serves what it holds. A request waits at most one
+//! timeout for other requests' calls on its key, then makes its own (only while Redis answers):
 //! never more than twice the backend's timeout, as in exact mode.
 //!
 //! # Metrics

@@ -424,6 +424,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         key: K,
         mut admitted: bool,
     ) -> Result<Decision, BackendError> {
+        // Waiting for other requests' calls takes at most one timeout, and this request's own call
+        // another: never more than twice the timeout in all.
+        let waits_until = tokio::time::Instant::now() + self.timeout;
         for _ in 0..WAIT_ROUNDS {
             let now = self.clock.now();
             if let Some(left) = cell.take(now) {
@@ -433,8 +436,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 return Ok(d);
             }
             if cell.claim() {
-                // After waiting for another request's call, call Redis only while it answers: a
-                // request never waits for more than two calls (the one it waited for, its own).
+                // After waiting for another request's call, call Redis only while it answers.
                 if !admitted && !self.conn.is_connected() {
                     cell.release();
                     return self.fallback(&key, self.conn.down_error());
@@ -447,10 +449,20 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             let notified = cell.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if cell.is_busy() {
-                // The call in flight ends within the timeout; bounded anyway.
-                let _ = tokio::time::timeout(self.timeout, notified).await;
+            if cell.is_busy()
+                && tokio::time::timeout_at(waits_until, notified)
+                    .await
+                    .is_err()
+            {
+                break;
             }
+        }
+        let now = self.clock.now();
+        if let Some(left) = cell.take(now) {
+            return Ok(cell.admitted(&self.limits, left, now));
+        }
+        if let Some(d) = cell.refused(self.limits.limit, now) {
+            return Ok(d);
         }
         // The grants went to the requests ahead of this one: decide this one on its own, exactly.
         if !self.conn.is_connected() {

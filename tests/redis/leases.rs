@@ -276,9 +276,12 @@ async fn cold_keys_stay_exact_one_call_of_one_unit_per_decision() {
         .build()
         .unwrap();
     let store = layer.store();
-    // Many keys, each seen once.
+    // Many keys, each seen once: the decisions (and so the headers) exact mode gives.
     for k in 0..50u32 {
-        assert!(decide(store, &k).await.unwrap().is_allowed());
+        let d = decide(store, &k).await.unwrap();
+        assert!(d.is_allowed() && d.is_counted());
+        assert_eq!((d.limit(), d.remaining()), (1_000, 999));
+        assert_eq!(d.reset(), Duration::from_millis(1));
     }
     assert_eq!((store.lease_calls(), store.leased_units()), (50, 50));
     // One key seen every 300 ms: fewer than 2 per half a time to live.
@@ -288,9 +291,11 @@ async fn cold_keys_stay_exact_one_call_of_one_unit_per_decision() {
         assert_eq!(store.held_units(&7), 0, "a cold key holds nothing");
     }
     assert_eq!((store.lease_calls(), store.leased_units()), (53, 53));
-    // The same key hammered: it is leased.
+    // The same key hammered: it is leased, and its decisions still carry the quota's fields.
     for _ in 0..200 {
-        assert!(decide(store, &7).await.unwrap().is_allowed());
+        let d = decide(store, &7).await.unwrap();
+        assert!(d.is_allowed() && d.is_counted());
+        assert!(d.remaining() < 1_000 && d.reset() <= Duration::from_secs(1));
     }
     assert!(
         store.lease_calls() < 53 + 50,

@@ -103,10 +103,13 @@
 //!
 //! # Limits
 //!
-//! GCRA only (the default algorithm): a sliding window's counts cannot be carved ahead of time
-//! without moving its window; building a leased limiter with
-//! [`Algorithm::SlidingWindow`] is a
-//! [`ConfigError`].
+//! - GCRA only (the default algorithm): a sliding window's counts cannot be carved ahead of time
+//!   without moving its window; building a leased limiter with [`Algorithm::SlidingWindow`] is a
+//!   [`ConfigError`].
+//! - Rate limiters only, and given as a [`LeasedRedisBackend`]: the run-time
+//!   [`Backend`](crate::backend::Backend) does not offer leased mode yet.
+//! - Units left in a lease are not given back to Redis: they serve until the lease expires, then
+//!   are dropped (stranded, within the bounds above).
 
 mod cell;
 mod store;

@@ -28,6 +28,7 @@ mod clock;
 mod rate_limit;
 mod redis;
 mod redis_cache;
+mod redis_lease;
 mod retry;
 mod support;
 
@@ -44,7 +45,9 @@ fn config() -> Criterion {
 mod groups {
     use criterion::criterion_group;
 
-    use crate::{cache, circuit_breaker, clock, config, rate_limit, redis, redis_cache, retry};
+    use crate::{
+        cache, circuit_breaker, clock, config, rate_limit, redis, redis_cache, redis_lease, retry,
+    };
 
     criterion_group! {
         name = rate_limit_benches;
@@ -78,6 +81,12 @@ mod groups {
     }
 
     criterion_group! {
+        name = redis_lease_benches;
+        config = config();
+        targets = redis_lease::lease
+    }
+
+    criterion_group! {
         name = redis_cache_benches;
         config = config();
         targets = redis_cache::hit
@@ -90,5 +99,6 @@ criterion_main!(
     groups::retry_benches,
     groups::cache_benches,
     groups::redis_benches,
+    groups::redis_lease_benches,
     groups::redis_cache_benches
 );

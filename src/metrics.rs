@@ -14,6 +14,9 @@
 //! | `rampart_rate_limit_rejected_total` | counter | `name`, `reason` | requests refused: `rate_limited`, `backend_unavailable`, `missing_key` |
 //! | `rampart_rate_limit_backend_fallback_total` | counter | `name`, `policy` | decisions Redis could not make, left to the failure policy |
 //! | `rampart_rate_limit_backend_repaired_total` | counter | `name` | unreadable Redis states replaced with fresh ones |
+//! | `rampart_rate_limit_lease_calls_total` | counter | `name` | Redis round trips of a leased limiter (`backend::redis::lease`) |
+//! | `rampart_rate_limit_lease_units_total` | counter | `name` | units carved from quotas by those round trips |
+//! | `rampart_rate_limit_lease_stranded_units_total` | counter | `name` | leased units that expired unused (counted in Redis, never admitted) |
 //! | `rampart_circuit_state` | gauge | `name`, `key` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled |
 //! | `rampart_circuit_transitions_total` | counter | `name`, `key`, `to` | state changes |
 //! | `rampart_circuit_rejected_total` | counter | `name`, `key` | calls refused by an open circuit |
@@ -113,6 +116,21 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         "rampart_rate_limit_backend_repaired_total",
         Some(Unit::Count),
         "unreadable rate-limit states in Redis replaced with fresh ones",
+    ),
+    (
+        "rampart_rate_limit_lease_calls_total",
+        Some(Unit::Count),
+        "redis round trips of a leased rate limiter",
+    ),
+    (
+        "rampart_rate_limit_lease_units_total",
+        Some(Unit::Count),
+        "units carved from rate-limit quotas in redis by lease calls",
+    ),
+    (
+        "rampart_rate_limit_lease_stranded_units_total",
+        Some(Unit::Count),
+        "leased rate-limit units that expired unused: counted in redis, never admitted",
     ),
     (
         "rampart_circuit_state",

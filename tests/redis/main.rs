@@ -21,6 +21,7 @@ mod faults;
 mod fenced;
 mod health;
 mod http;
+mod leases;
 mod liveness;
 mod over_limit;
 mod support;

@@ -20,6 +20,13 @@
 //! A key found over its limit is remembered in the replica until its retry time: a client
 //! hammering a refused key costs no Redis round trips at all.
 //!
+//! # Leased quotas for hot keys
+//!
+//! Opt-in per limiter, `.backend(redis.leased(LeaseConfig::new()))` lets each replica lease slices
+//! of a hot key's quota in one round trip and decide from them in memory, past what one Redis
+//! shard runs; cold keys stay exact. No over-admission in count; see [`lease`] for the design and
+//! the bounds.
+//!
 //! # Shared circuits
 //!
 //! With the `circuit-breaker` feature, the same backend shares circuit breakers between replicas:
@@ -137,6 +144,7 @@
 //! | `rampart_redis_errors_total{server,kind}` | calls that failed: `unreachable`, `timeout`, `data`, `other` |
 //! | `rampart_rate_limit_backend_fallback_total{name,policy}` | decisions left to the failure policy |
 //! | `rampart_rate_limit_backend_repaired_total{name}` | unreadable states replaced with fresh ones |
+//! | `rampart_rate_limit_lease_calls_total{name}`, `_lease_units_total`, `_lease_stranded_units_total` | a [leased](lease) limiter's round trips, units leased, units expired unused |
 //! | `rampart_redis_reconnects_total{server}` | connections replaced because they went silent |
 //!
 //! `server` is the URL without credentials (`redis://10.0.0.5:6379/0`; the node list for a
@@ -201,6 +209,8 @@ mod conn;
 mod connection;
 mod key;
 #[cfg(feature = "rate-limit")]
+pub mod lease;
+#[cfg(feature = "rate-limit")]
 mod rate_limit;
 
 use std::fmt;
@@ -218,6 +228,8 @@ pub use self::circuit::{RedisCircuitStore, RedisSync, circuit_script_sha};
 pub use self::conn::DEFAULT_LIVENESS_TIMEOUT;
 pub use self::connection::{FencedScript, RedisConnection};
 pub use self::key::{Hashed, RedisKey};
+#[cfg(feature = "rate-limit")]
+pub use self::lease::{LeaseCheck, LeaseConfig, LeasedRedisBackend, RedisLeasedStore};
 #[cfg(feature = "rate-limit")]
 pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};
 

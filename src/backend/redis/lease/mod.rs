@@ -1,0 +1,262 @@
+//! Leased quotas: a replica decides a hot key's requests in memory, from a slice of its quota leased
+//! from Redis, with a bound on what that costs in exactness (issue #20).
+//!
+//! Exact mode (the default, [`RedisBackend`] as it is) costs one Redis round trip per decision, so a
+//! hot key (one global limit, one big tenant) is capped at what one Redis shard runs, whatever the
+//! number of replicas. Leased mode, opt-in per limiter, takes a key's units from Redis in batches:
+//!
+//! ```no_run
+//! use tower_rampart::backend::RedisBackend;
+//! use tower_rampart::backend::redis::LeaseConfig;
+//! use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+//!
+//! # async fn run() -> Result<(), tower_rampart::BoxError> {
+//! let redis = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
+//! let limit = RateLimitLayer::builder()
+//!     .name("api") // a global limit: every replica together, 200,000 a second
+//!     .quota(Quota::per_second(200_000))
+//!     .backend(redis.leased(LeaseConfig::new()))
+//!     .build()?;
+//! # let _ = limit; Ok(()) }
+//! ```
+//!
+//! # How a lease is taken
+//!
+//! One script call (`lease.lua`) carves up to `n` units from the key's GCRA state: it advances the
+//! key's theoretical arrival time by `k` emission intervals, `k` being `n` or as many as the quota
+//! holds now, which is exactly what `k` exact decisions at that instant would write. The state is
+//! the exact mode's, at the same key, so exact and leased replicas share one quota, and a lease of
+//! one unit *is* an exact decision. Like every decision script, it reads Redis `TIME` and writes
+//! nothing when it starts after the caller has given up on it (see
+//! [a request is counted once](super#a-request-is-counted-once-even-when-redis-answers-late)): a
+//! lease given up on never counts.
+//!
+//! # How decisions are made
+//!
+//! A replica keeps, per key, the units left in its lease and the lease's expiry: the time the lease
+//! was asked for plus its [time to live](LeaseConfig::ttl) (1 s by default), on the replica's clock.
+//! A request takes a unit with one compare-and-swap and is admitted: no I/O, no lock but the
+//! bounded map's read lock, at in-memory speed. When the units left fall to a quarter of the lease,
+//! one call renews it in the background (units still held are carried over, under the new expiry),
+//! so a key under steady load never waits. A request that finds no live unit waits for the call in
+//! flight, or makes it.
+//!
+//! A spent quota is refused locally, as in exact mode: when Redis refuses a lease, or grants fewer
+//! units than asked for (the quota ran out at that instant, so exact mode would refuse the next
+//! request too), the replica refuses the key's requests that find no unit left until the retry
+//! time Redis gave, plus the time the quota takes to earn a quarter of the lease the replica would
+//! ask for (nothing for a cold key). Meanwhile the units it leaves accrue in Redis for the other
+//! replicas or its next lease: a replica asks for a key at a spent quota at most once per quarter
+//! lease, rather than once per unit earned.
+//!
+//! **A lease's size follows the key's rate**: enough units for half a time to live at the rate the
+//! replica just saw, moving by at most 4 times up or 2 times down per lease, at most
+//! [`max_units`](LeaseConfig::max_units). A key a replica sees less than 4 times a second (with the
+//! default time to live) gets leases of one unit, taken and used by the request that asked: **cold
+//! keys stay exact**, one round trip per decision, as in exact mode.
+//!
+//! Decisions carry the same `RateLimit` fields as exact mode's: remaining is what Redis had left
+//! after the last lease (plus what time has earned since) plus the units this replica holds, so
+//! it is this replica's view, not the sum of every replica's.
+//!
+//! # The bounds
+//!
+//! - **Over-admission: none in count.** Every unit admitted was carved from the quota in Redis
+//!   first, so the replicas together never admit more than exact mode would have counted: over
+//!   any run counted from its first lease, admitted ≤ burst + rate × duration, as exact. What
+//!   leasing moves is *when*: a unit counted at its lease is admitted later, while the replica
+//!   holds it. So over any window the replicas admit at most what exact mode admits in that
+//!   window plus the units held in leases at its start: at most `1.25 × max_units` per replica
+//!   (a lease and the quarter carried into its renewal).
+//! - **Under-admission: bounded and temporary.** Units a replica holds are counted in Redis and
+//!   not available to others. Units of a lease that expires unused are dropped (counted in
+//!   `rampart_rate_limit_lease_stranded_units_total`); a replica that dies or is cut off from Redis
+//!   strands at most its leases, `1.25 × max_units` units per key. Stranded units come back as
+//!   every counted unit does, at the quota's rate: `u` units within `u` emission intervals. The
+//!   default `max_units` is what the quota earns in one time to live (and at most a quarter of
+//!   the burst), so a dead replica's quota is back within 1.25 times to live (1.25 s by default).
+//!   At a spent quota, a replica that refuses locally leaves what the quota earns meanwhile in
+//!   Redis (at most a quarter lease per replica before it asks again): requests refused then that
+//!   exact mode might have admitted, never more than that.
+//!
+//! # When Redis is slow or gone
+//!
+//! Outstanding leases keep serving until they are spent or expire (at most a time to live):
+//! admissions from them were counted before the outage. Then decisions fall to the backend's
+//! [`FailurePolicy`](super::FailurePolicy), as in exact mode (the same probe every 100 ms, the same
+//! timeout, the same metrics), and leases resume when Redis answers again. A renewal that fails
+//! does not wait for anything: the replica serves what it holds. A request waits at most one
+//! timeout for other requests' calls on its key, then makes its own (only while Redis answers):
+//! never more than twice the backend's timeout, as in exact mode.
+//!
+//! # Metrics
+//!
+//! Those of exact mode (`rampart_rate_limit_rejected_total`,
+//! `rampart_rate_limit_backend_fallback_total`, `rampart_rate_limit_backend_repaired_total`), and,
+//! labelled `name`:
+//!
+//! | metric | what |
+//! |---|---|
+//! | `rampart_rate_limit_lease_calls_total` | lease round trips (Redis calls made by leased decisions, cold keys' included) |
+//! | `rampart_rate_limit_lease_units_total` | units carved from quotas by those calls |
+//! | `rampart_rate_limit_lease_stranded_units_total` | units of leases that expired unused in this replica: counted in Redis, never admitted |
+//!
+//! # Limits
+//!
+//! - GCRA only (the default algorithm): a sliding window's counts cannot be carved ahead of time
+//!   without moving its window; building a leased limiter with [`Algorithm::SlidingWindow`] is a
+//!   [`ConfigError`].
+//! - Rate limiters only, and given as a [`LeasedRedisBackend`]: the run-time
+//!   [`Backend`](crate::backend::Backend) does not offer leased mode yet.
+//! - Units left in a lease are not given back to Redis: they serve until the lease expires, then
+//!   are dropped (stranded, within the bounds above).
+
+mod cell;
+mod store;
+
+use std::fmt;
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+pub use self::store::{LeaseCheck, RedisLeasedStore};
+
+use super::{RedisBackend, RedisKey};
+use crate::error::ConfigError;
+use crate::rate_limit::quota::Algorithm;
+use crate::rate_limit::{RateLimitBackend, RateLimitSpec};
+
+/// The default [time to live](LeaseConfig::ttl) of a lease.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// How a leased limiter leases: the lifetime of a lease and the most units one holds. See the
+/// [module documentation](self) for what they bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct LeaseConfig {
+    ttl: Duration,
+    max_units: Option<NonZeroU32>,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LeaseConfig {
+    /// A time to live of [`DEFAULT_LEASE_TTL`] (1 s), and leases of at most what the quota earns in
+    /// one time to live (at most a quarter of its burst, at least 1).
+    pub const fn new() -> Self {
+        Self {
+            ttl: DEFAULT_LEASE_TTL,
+            max_units: None,
+        }
+    }
+
+    /// How long a lease is used after it was asked for (default 1 s; 10 ms to 60 s, and at least
+    /// twice the backend's [timeout](RedisBackend::timeout); checked when a layer is built).
+    /// Longer leases cost fewer round trips; shorter ones bound the time a unit is admitted after
+    /// it was counted, and the time a dead replica's units take to come back.
+    pub const fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The most units one lease holds (default: what the quota earns in one time to live, at most
+    /// a quarter of its burst). Larger leases cost fewer round trips; smaller ones bound what a
+    /// replica holds (and strands if it dies). Capped at the burst.
+    pub const fn max_units(mut self, units: NonZeroU32) -> Self {
+        self.max_units = Some(units);
+        self
+    }
+
+    /// The time to live.
+    pub const fn get_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The most units one lease holds, if set.
+    pub const fn get_max_units(&self) -> Option<NonZeroU32> {
+        self.max_units
+    }
+}
+
+/// A [`RedisBackend`] whose rate limiters lease their hot keys' quotas: built by
+/// [`RedisBackend::leased`]; give it to a limiter's `.backend(..)`. See the
+/// [module documentation](self).
+#[derive(Clone)]
+pub struct LeasedRedisBackend {
+    backend: RedisBackend,
+    config: LeaseConfig,
+}
+
+impl fmt::Debug for LeasedRedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeasedRedisBackend")
+            .field("backend", &self.backend)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl LeasedRedisBackend {
+    /// The backend leases are taken through.
+    pub fn backend(&self) -> &RedisBackend {
+        &self.backend
+    }
+
+    /// The lease configuration.
+    pub fn config(&self) -> LeaseConfig {
+        self.config
+    }
+}
+
+impl RedisBackend {
+    /// This backend in leased mode, for rate limiters with hot keys: each replica leases slices of
+    /// a key's quota and decides from them in memory; cold keys stay exact. Opt-in per limiter
+    /// (exact mode, one round trip per decision, is the default): `.backend(redis.clone().leased(LeaseConfig::new()))`.
+    /// See [the lease module](crate::backend::redis::lease) for the bounds on exactness.
+    pub fn leased(self, config: LeaseConfig) -> LeasedRedisBackend {
+        LeasedRedisBackend {
+            backend: self,
+            config,
+        }
+    }
+}
+
+impl<K> RateLimitBackend<K> for LeasedRedisBackend
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Store = RedisLeasedStore<K>;
+
+    fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
+        if spec.algorithm != Algorithm::Gcra {
+            return Err(ConfigError::new(
+                "algorithm",
+                "leased mode supports GCRA only (a sliding window's counts cannot be taken ahead \
+                 of time); use exact mode for a sliding window",
+            ));
+        }
+        let ttl = self.config.ttl;
+        let timeout = self.backend.settings.timeout;
+        if ttl < Duration::from_millis(10) || ttl > Duration::from_secs(60) || ttl < 2 * timeout {
+            return Err(ConfigError::new(
+                "lease_ttl",
+                format!(
+                    "the lease time to live must be between 10 ms and 60 s and at least twice \
+                     the redis timeout ({timeout:?}); got {ttl:?}"
+                ),
+            ));
+        }
+        // The exact store validates the settings and the quota for the script, and names the keys.
+        let exact = self.backend.rate_limit_store(spec)?;
+        Ok(RedisLeasedStore::new(
+            &self.backend,
+            spec,
+            self.config,
+            exact,
+        ))
+    }
+}

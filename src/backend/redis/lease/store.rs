@@ -1,0 +1,567 @@
+//! The leased store: decisions from a replica's leases, lease calls to Redis, the failure policy.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use redis::Value;
+
+use super::LeaseConfig;
+use super::cell::{Cell, Grant, Sizing, Slot};
+use crate::backend::memory::MemoryRateLimitStore;
+use crate::backend::memory::map::BoundedMap;
+use crate::backend::redis::conn::{Conn, Script};
+use crate::backend::redis::{
+    FailurePolicy, RedisBackend, RedisKey, RedisRateLimitStore, StoreClock,
+};
+use crate::backend::{BackendError, ErrorKind, MemoryBackend};
+use crate::clock::{Clock, Nanos, duration_to_nanos};
+use crate::rate_limit::quota::Limits;
+use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitSpec, RateLimitStore};
+use crate::throttle::LogThrottle;
+
+fn lease_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("lease.lua")))
+}
+
+/// Rounds of waiting for another request's lease call before a request decides on its own.
+const WAIT_ROUNDS: usize = 4;
+
+/// The [`RateLimitStore`] of a [`LeasedRedisBackend`](super::LeasedRedisBackend): decisions from
+/// this replica's leases of each key's quota, a Redis round trip only to take a lease (cold keys:
+/// one per decision, exactly). See the [lease module](super) for how and the bounds.
+pub struct RedisLeasedStore<K> {
+    inner: Arc<Inner<K>>,
+}
+
+struct Inner<K> {
+    conn: Arc<Conn>,
+    /// The exact store of the same limiter: it names the keys (leases and exact decisions share
+    /// them).
+    exact: RedisRateLimitStore<K>,
+    limits: Limits,
+    name: Arc<str>,
+    config: LeaseConfig,
+    sizing: Sizing,
+    ttl: Nanos,
+    /// The script's first two arguments: emission and tolerance.
+    params: [Vec<u8>; 2],
+    timeout: Duration,
+    policy: FailurePolicy,
+    clock: StoreClock,
+    repair: &'static [u8],
+    cells: BoundedMap<K, Slot>,
+    /// The one cell of a limiter whose key type holds no data (a global limit): no hashing.
+    single: Arc<Cell>,
+    local: Option<MemoryRateLimitStore<K, StoreClock>>,
+    calls: AtomicU64,
+    units: AtomicU64,
+    stranded: AtomicU64,
+    log: LogThrottle,
+    repair_log: LogThrottle,
+    #[cfg(feature = "metrics")]
+    meters: Meters,
+}
+
+/// The store's metric keys, made once.
+#[cfg(feature = "metrics")]
+struct Meters {
+    fallback: metrics::Key,
+    repaired: metrics::Key,
+    calls: metrics::Key,
+    units: metrics::Key,
+    stranded: metrics::Key,
+}
+
+#[cfg(feature = "metrics")]
+impl Meters {
+    fn new(name: &str, policy: FailurePolicy) -> Self {
+        let key = |metric, labels: &[(&'static str, &'static str)]| {
+            crate::metrics::key(metric, name.to_string(), labels)
+        };
+        Self {
+            fallback: key(
+                "rampart_rate_limit_backend_fallback_total",
+                &[("policy", policy.as_str())],
+            ),
+            repaired: key("rampart_rate_limit_backend_repaired_total", &[]),
+            calls: key("rampart_rate_limit_lease_calls_total", &[]),
+            units: key("rampart_rate_limit_lease_units_total", &[]),
+            stranded: key("rampart_rate_limit_lease_stranded_units_total", &[]),
+        }
+    }
+
+    fn add(key: &metrics::Key, n: u64) {
+        crate::metrics::counter(key).increment(n);
+    }
+}
+
+/// What Redis answered a lease call.
+enum Reply {
+    Granted(Grant),
+    Refused(Decision),
+}
+
+/// What the hot path found.
+enum Hot {
+    Done(Decision),
+    /// Admitted, and the lease is running low: renew it.
+    Renew(Decision, Arc<Cell>),
+    /// No live unit: a lease call is needed.
+    Miss(Arc<Cell>),
+}
+
+impl<K> fmt::Debug for RedisLeasedStore<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("RedisLeasedStore")
+            .field("exact", &i.exact)
+            .field("config", &i.config)
+            .field("max_units", &i.sizing.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> Clone for RedisLeasedStore<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> RedisLeasedStore<K> {
+    pub(super) fn new(
+        backend: &RedisBackend,
+        spec: &RateLimitSpec,
+        config: LeaseConfig,
+        exact: RedisRateLimitStore<K>,
+    ) -> Self {
+        let limits = spec.limits;
+        let s = &backend.settings;
+        let ttl = duration_to_nanos(config.get_ttl());
+        let burst = u64::from(limits.burst);
+        let max = match config.get_max_units() {
+            Some(n) => u64::from(n.get()),
+            None => (ttl / limits.emission).min(burst / 4),
+        }
+        .clamp(1, burst);
+        let local = match s.policy {
+            FailurePolicy::Local => Some(
+                MemoryBackend::new()
+                    .max_keys(s.local_max_keys)
+                    .clock(s.clock.clone())
+                    .rate_limit_store(spec)
+                    .expect("the exact store accepted this quota"),
+            ),
+            FailurePolicy::Open | FailurePolicy::Closed => None,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                conn: Arc::clone(&backend.conn),
+                exact,
+                limits,
+                name: Arc::from(spec.name()),
+                config,
+                sizing: Sizing { ttl, max },
+                ttl,
+                params: [
+                    limits.emission.to_string().into_bytes(),
+                    limits.tolerance.to_string().into_bytes(),
+                ],
+                timeout: s.timeout,
+                policy: s.policy,
+                clock: s.clock.clone(),
+                repair: if s.repair { b"1" } else { b"0" },
+                cells: BoundedMap::new(s.local_max_keys),
+                single: Arc::default(),
+                local,
+                calls: AtomicU64::new(0),
+                units: AtomicU64::new(0),
+                stranded: AtomicU64::new(0),
+                log: LogThrottle::new(Duration::from_secs(10)),
+                repair_log: LogThrottle::new(Duration::from_secs(10)),
+                #[cfg(feature = "metrics")]
+                meters: Meters::new(spec.name(), s.policy),
+            }),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + RedisKey> RedisLeasedStore<K> {
+    /// The Redis key holding `key`'s state (the exact store's).
+    pub fn redis_key(&self, key: &K) -> Vec<u8> {
+        self.inner.exact.redis_key(key)
+    }
+
+    /// The failure policy this store follows.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.inner.policy
+    }
+
+    /// The lease configuration.
+    pub fn config(&self) -> LeaseConfig {
+        self.inner.config
+    }
+
+    /// The most units one lease holds.
+    pub fn max_lease_units(&self) -> u64 {
+        self.inner.sizing.max
+    }
+
+    /// Lease calls made to Redis so far (also `rampart_rate_limit_lease_calls_total`).
+    pub fn lease_calls(&self) -> u64 {
+        self.inner.calls.load(Ordering::Relaxed)
+    }
+
+    /// Units carved from quotas in Redis so far (also `rampart_rate_limit_lease_units_total`).
+    pub fn leased_units(&self) -> u64 {
+        self.inner.units.load(Ordering::Relaxed)
+    }
+
+    /// Units of leases that expired unused so far (also
+    /// `rampart_rate_limit_lease_stranded_units_total`).
+    pub fn stranded_units(&self) -> u64 {
+        self.inner.stranded.load(Ordering::Relaxed)
+    }
+
+    /// Units this replica holds for `key` right now (live, or expired and not yet dropped): what
+    /// it would strand if it died now.
+    pub fn held_units(&self, key: &K) -> u64 {
+        let i = &self.inner;
+        if std::mem::size_of::<K>() == 0 {
+            return i.single.held();
+        }
+        i.cells.get(key, |s| s.0.held()).unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
+    /// The hot path on `cell`.
+    #[inline]
+    fn hot(&self, cell: &Arc<Cell>, now: Nanos) -> Hot {
+        if let Some(left) = cell.take(now) {
+            let d = cell.admitted(&self.limits, left, now);
+            if cell.wants_prefetch(left) {
+                return Hot::Renew(d, Arc::clone(cell));
+            }
+            return Hot::Done(d);
+        }
+        if let Some(d) = cell.refused(self.limits.limit, now) {
+            return Hot::Done(d);
+        }
+        Hot::Miss(Arc::clone(cell))
+    }
+
+    /// One lease call for `key`: `n` units wanted, sent at `sent`.
+    async fn call(&self, key: &K, n: u64, sent: Nanos) -> Result<Reply, BackendError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        Meters::add(&self.meters.calls, 1);
+        let redis_key = self.exact.redis_key(key);
+        let clock_arg = self.clock.is_custom().then(|| sent.to_string());
+        let now_arg = clock_arg.as_deref().unwrap_or("").as_bytes();
+        let min_ttl: &[u8] = if clock_arg.is_some() { b"600000" } else { b"0" };
+        let n_arg = n.to_string();
+        let value = self
+            .conn
+            .eval_before_deadline(
+                lease_script(),
+                &[&redis_key],
+                &[
+                    &self.params[0],
+                    &self.params[1],
+                    now_arg,
+                    min_ttl,
+                    self.repair,
+                    n_arg.as_bytes(),
+                ],
+                self.timeout,
+            )
+            .await?;
+        let reply = self.parse(&value, &redis_key, n)?;
+        if let Reply::Granted(g) = &reply {
+            self.units.fetch_add(g.units, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            Meters::add(&self.meters.units, g.units);
+        }
+        Ok(reply)
+    }
+
+    /// Reads `[k, a, b, repaired]` (the connection took the server's time off the end).
+    fn parse(&self, value: &Value, redis_key: &[u8], n: u64) -> Result<Reply, BackendError> {
+        let bad = || {
+            BackendError::with_kind(
+                ErrorKind::Data,
+                format!("redis answered the lease script with {value:?}"),
+                None,
+            )
+        };
+        let Value::Array(items) = value else {
+            return Err(bad());
+        };
+        let [k, a, b, repaired] = items.as_slice() else {
+            return Err(bad());
+        };
+        let mut x = [0u64; 3];
+        for (slot, item) in x.iter_mut().zip([k, a, b]) {
+            match item {
+                Value::Int(i) if *i >= 0 => *slot = *i as u64,
+                _ => return Err(bad()),
+            }
+        }
+        match repaired {
+            Value::BulkString(what) if what.is_empty() => {}
+            Value::BulkString(what) => self.repaired(redis_key, what),
+            _ => return Err(bad()),
+        }
+        match x[0] {
+            0 => Ok(Reply::Refused(Decision::refused(
+                self.limits.limit,
+                x[1],
+                x[2],
+            ))),
+            k if k <= n => Ok(Reply::Granted(Grant {
+                units: k,
+                slack: x[1],
+                ahead: x[2],
+            })),
+            _ => Err(bad()),
+        }
+    }
+
+    #[cold]
+    fn repaired(&self, redis_key: &[u8], what: &[u8]) {
+        #[cfg(feature = "metrics")]
+        Meters::add(&self.meters.repaired, 1);
+        if let Some(suppressed) = self.repair_log.check() {
+            tracing::warn!(
+                limiter = %self.name,
+                key = %String::from_utf8_lossy(redis_key),
+                problem = %String::from_utf8_lossy(what),
+                suppressed,
+                "redis held state this limiter cannot read at this key; replaced it with a fresh \
+                 state (see RedisBackend::repair_corrupt_data)"
+            );
+        }
+    }
+
+    fn strand(&self, units: u64) {
+        if units > 0 {
+            self.stranded.fetch_add(units, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            Meters::add(&self.meters.stranded, units);
+        }
+    }
+
+    /// What the failure policy makes of a decision Redis could not make.
+    fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
+        #[cfg(feature = "metrics")]
+        Meters::add(&self.meters.fallback, 1);
+        if error.kind() != ErrorKind::Unreachable
+            && let Some(suppressed) = self.log.check()
+        {
+            tracing::warn!(
+                limiter = %self.name,
+                %error,
+                policy = self.policy.as_str(),
+                suppressed,
+                "redis lease call failed and no lease is left; following the failure policy"
+            );
+        }
+        match (self.policy, &self.local) {
+            (FailurePolicy::Open, _) => Ok(Decision::uncounted(self.limits.limit)),
+            (FailurePolicy::Local, Some(local)) => Ok(local.decide(key)),
+            (FailurePolicy::Closed, _) | (FailurePolicy::Local, None) => Err(error),
+        }
+    }
+
+    /// After a grant of fewer units than asked for, the quota in Redis is spent at `sent`: a
+    /// request that finds none of the units granted left is refused, as exact mode would refuse
+    /// it then (rather than wait for another call), for as long as a refusal from Redis would be
+    /// remembered.
+    fn drained(&self, cell: &Cell, g: &Grant, wanted: u64, sent: Nanos) {
+        if g.units < wanted {
+            let e = self.limits.emission;
+            let retry = g
+                .ahead
+                .saturating_add(e)
+                .saturating_sub(self.limits.tolerance);
+            let d = Decision::refused(self.limits.limit, g.ahead, retry.max(1));
+            cell.refuse(sent, &d, cell.refusal_wait(e));
+        }
+    }
+
+    /// A lease call by the claimant of `cell` that also decides the caller's request.
+    async fn lease_and_serve(&self, cell: &Cell, key: &K) -> Result<Decision, BackendError> {
+        let now = self.clock.now();
+        let (stranded, n) = cell.prepare(&self.sizing, now);
+        self.strand(stranded);
+        match self.call(key, n, now).await {
+            Ok(Reply::Granted(g)) => {
+                cell.grant(&g, 1, now, self.ttl);
+                self.drained(cell, &g, n, now);
+                Ok(cell.admitted(&self.limits, g.units - 1, now))
+            }
+            Ok(Reply::Refused(d)) => {
+                cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
+                Ok(d)
+            }
+            Err(e) => self.fallback(key, e),
+        }
+    }
+
+    /// A request with no live unit: waits for the lease call in flight, or makes it.
+    async fn acquire(
+        self: Arc<Self>,
+        cell: Arc<Cell>,
+        key: K,
+        mut admitted: bool,
+    ) -> Result<Decision, BackendError> {
+        // Waiting for other requests' calls takes at most one timeout, and this request's own call
+        // another: never more than twice the timeout in all.
+        let waits_until = tokio::time::Instant::now() + self.timeout;
+        for _ in 0..WAIT_ROUNDS {
+            let now = self.clock.now();
+            if let Some(left) = cell.take(now) {
+                return Ok(cell.admitted(&self.limits, left, now));
+            }
+            if let Some(d) = cell.refused(self.limits.limit, now) {
+                return Ok(d);
+            }
+            if cell.claim() {
+                // After waiting for another request's call, call Redis only while it answers.
+                if !admitted && !self.conn.is_connected() {
+                    cell.release();
+                    return self.fallback(&key, self.conn.down_error());
+                }
+                let result = self.lease_and_serve(&cell, &key).await;
+                cell.release();
+                return result;
+            }
+            admitted = false;
+            let notified = cell.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cell.is_busy()
+                && tokio::time::timeout_at(waits_until, notified)
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        let now = self.clock.now();
+        if let Some(left) = cell.take(now) {
+            return Ok(cell.admitted(&self.limits, left, now));
+        }
+        if let Some(d) = cell.refused(self.limits.limit, now) {
+            return Ok(d);
+        }
+        // The grants went to the requests ahead of this one: decide this one on its own, exactly.
+        if !self.conn.is_connected() {
+            return self.fallback(&key, self.conn.down_error());
+        }
+        let now = self.clock.now();
+        match self.call(&key, 1, now).await {
+            Ok(Reply::Granted(g)) => Ok(Decision::admitted(
+                self.limits.limit,
+                g.slack,
+                self.limits.emission,
+                g.ahead,
+            )),
+            Ok(Reply::Refused(d)) => {
+                cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
+                Ok(d)
+            }
+            Err(e) => self.fallback(&key, e),
+        }
+    }
+
+    /// Renews the lease of `cell` (claimed) in the background, while its units last.
+    async fn renew(self: Arc<Self>, cell: Arc<Cell>, key: K) {
+        if self.conn.admit() {
+            let now = self.clock.now();
+            let (stranded, n) = cell.prepare(&self.sizing, now);
+            self.strand(stranded);
+            match self.call(&key, n, now).await {
+                Ok(Reply::Granted(g)) => {
+                    cell.grant(&g, 0, now, self.ttl);
+                    self.drained(&cell, &g, n, now);
+                }
+                Ok(Reply::Refused(d)) => {
+                    cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
+                }
+                // Counted by the connection; the units held keep serving, then the failure policy.
+                Err(error) => tracing::debug!(limiter = %self.name, %error, "lease renewal failed"),
+            }
+        }
+        cell.release();
+    }
+}
+
+/// A pending leased decision (boxed; the type is named so it can change without breaking anyone).
+pub struct LeaseCheck {
+    inner: Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>,
+}
+
+impl fmt::Debug for LeaseCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseCheck").finish_non_exhaustive()
+    }
+}
+
+impl Future for LeaseCheck {
+    type Output = Result<Decision, BackendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<K> RateLimitStore<K> for RedisLeasedStore<K>
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Future = LeaseCheck;
+
+    #[inline]
+    fn check(&self, key: &K) -> Check<LeaseCheck> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let hot = if std::mem::size_of::<K>() == 0 {
+            inner.hot(&inner.single, now)
+        } else {
+            inner.cells.with(key, &(), now, |s| inner.hot(&s.0, now))
+        };
+        match hot {
+            Hot::Done(d) => Check::Ready(Ok(d)),
+            Hot::Renew(d, cell) => {
+                if cell.claim() {
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => {
+                            rt.spawn(Arc::clone(inner).renew(cell, key.clone()));
+                        }
+                        Err(_) => cell.release(),
+                    }
+                }
+                Check::Ready(Ok(d))
+            }
+            Hot::Miss(cell) => {
+                if !inner.conn.admit() {
+                    return Check::Ready(inner.fallback(key, inner.conn.down_error()));
+                }
+                let fut = Arc::clone(inner).acquire(cell, key.clone(), true);
+                Check::Pending(LeaseCheck {
+                    inner: Box::pin(fut),
+                })
+            }
+        }
+    }
+}

@@ -53,6 +53,9 @@ use tower_rampart::retry::RetryLayer;
 #[allow(dead_code)]
 mod support;
 
+#[path = "instructions_redis.rs"]
+mod redis_rows;
+
 use support::{bare_u64, call_now, noop_cx, refused};
 
 /// Far more than any run spends: every call is admitted.
@@ -344,6 +347,20 @@ fn scenarios() -> Vec<Scenario> {
         s!("http10k/throttle_kit_peer_ip", "http10k/bare", || {
             throttle_kit_run(PEERS as u64)
         }),
+        s!("redis1/raw_evalsha", "redis1/raw_evalsha", || redis_rows::raw(1)),
+        s!("redis1/rampart_store", "redis1/raw_evalsha", || {
+            redis_rows::store(1)
+        }),
+        s!("redis64/raw_evalsha", "redis64/raw_evalsha", || {
+            redis_rows::raw(64)
+        }),
+        s!("redis64/rampart_store", "redis64/raw_evalsha", || {
+            redis_rows::store(64)
+        }),
+        s!("redis64/raw_get", "redis64/raw_get", || redis_rows::raw_get(64)),
+        s!("redis64/rampart_cache_hit", "redis64/raw_get", || {
+            redis_rows::cache_hit(64)
+        }),
     ]
 }
 
@@ -452,7 +469,12 @@ fn main() {
     let bench = args.iter().any(|a| a == "--bench");
     enter_runtime();
     if !bench {
+        let redis = redis_rows::available();
         for s in scenarios() {
+            if s.name.starts_with("redis") && !redis {
+                println!("instructions: {} skipped, no redis-server", s.name);
+                continue;
+            }
             let mut run = (s.setup)();
             run(100);
         }

@@ -53,6 +53,21 @@ impl TokioClock {
     }
 }
 
+impl TokioClock {
+    /// This clock's reading at `instant` (read once, it can serve both a `Nanos` and a tokio
+    /// deadline).
+    #[inline]
+    pub(crate) fn at(&self, instant: tokio::time::Instant) -> Nanos {
+        match instant.into_std().checked_duration_since(self.epoch) {
+            Some(d) => d
+                .as_secs()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(u64::from(d.subsec_nanos())),
+            None => 0,
+        }
+    }
+}
+
 impl Default for TokioClock {
     fn default() -> Self {
         Self::new()
@@ -66,15 +81,8 @@ impl Clock for TokioClock {
     /// arithmetic (see README's performance section for the figure after).
     #[inline]
     fn now(&self) -> Nanos {
-        let now = tokio::time::Instant::now().into_std();
-        match now.checked_duration_since(self.epoch) {
-            // 584 years of nanoseconds fit in a u64; a clock running longer saturates.
-            Some(d) => d
-                .as_secs()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(u64::from(d.subsec_nanos())),
-            None => 0,
-        }
+        // 584 years of nanoseconds fit in a u64; a clock running longer saturates.
+        self.at(tokio::time::Instant::now())
     }
 }
 

@@ -67,16 +67,24 @@ impl Script {
         &self.sha
     }
 
+    /// The command, its buffers sized for it at once: `redis::cmd` starts them empty, and
+    /// growing them arg by arg reallocated both four or five times per call (bench
+    /// `instructions -- redis`, rows `redis*/rampart_store` against `redis*/raw_evalsha`).
     fn cmd(
         &self,
         verb: &str,
         body: &str,
         keys: &[&[u8]],
         args: &[&[u8]],
-        last: Option<&[u8]>,
+        last: Option<u64>,
     ) -> Cmd {
-        let mut cmd = redis::cmd(verb);
-        cmd.arg(body).arg(keys.len());
+        let bytes = verb.len()
+            + body.len()
+            + 20
+            + keys.iter().chain(args).map(|a| a.len()).sum::<usize>()
+            + 20;
+        let mut cmd = Cmd::with_capacity(3 + keys.len() + args.len() + 1, bytes);
+        cmd.arg(verb).arg(body).arg(keys.len());
         for k in keys {
             cmd.arg(*k);
         }
@@ -84,6 +92,7 @@ impl Script {
             cmd.arg(*a);
         }
         if let Some(last) = last {
+            // Its digits, written by the `redis` crate straight into the command (no `String`).
             cmd.arg(last);
         }
         cmd
@@ -96,7 +105,9 @@ impl fmt::Debug for Script {
     }
 }
 
-/// A connection handle; cloning it is cheap (an `Arc` or a channel sender).
+/// A connection handle; cloning it is cheap (an `Arc` or a channel sender). A call takes the
+/// handle by `&mut`: the caller's clone of [`Conn`]'s handle is the only one made per call (a
+/// second clone here cost two more atomic read-modify-writes on the shared count per call).
 #[derive(Clone)]
 pub(crate) enum Handle {
     Single(redis::aio::ConnectionManager),
@@ -106,30 +117,30 @@ pub(crate) enum Handle {
 
 impl Handle {
     /// Sends `cmd`; a server error reply becomes `Err`.
-    async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+    async fn query(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
         self.query_raw(cmd).await?.extract_error()
     }
 
     /// Sends `cmd`; a server error reply stays a value, as `ConnectionLike` answers it.
-    async fn query_raw(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+    async fn query_raw(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
         match self {
-            Self::Single(c) => c.clone().req_packed_command(cmd).await,
+            Self::Single(c) => c.req_packed_command(cmd).await,
             #[cfg(feature = "redis-cluster")]
-            Self::Cluster(c) => c.clone().req_packed_command(cmd).await,
+            Self::Cluster(c) => c.req_packed_command(cmd).await,
         }
     }
 
     /// Sends a pipeline, as `ConnectionLike::req_packed_commands` does.
     async fn pipeline(
-        &self,
+        &mut self,
         pipeline: &redis::Pipeline,
         offset: usize,
         count: usize,
     ) -> Result<Vec<Value>, RedisError> {
         match self {
-            Self::Single(c) => c.clone().req_packed_commands(pipeline, offset, count).await,
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
             #[cfg(feature = "redis-cluster")]
-            Self::Cluster(c) => c.clone().req_packed_commands(pipeline, offset, count).await,
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
         }
     }
 
@@ -480,11 +491,11 @@ impl Conn {
     /// Sends `script` (EVALSHA, or EVAL when the server answers NOSCRIPT) with `last` appended to
     /// `args` when given.
     async fn run(
-        handle: &Handle,
+        handle: &mut Handle,
         script: &Script,
         keys: &[&[u8]],
         args: &[&[u8]],
-        last: Option<&[u8]>,
+        last: Option<u64>,
     ) -> Result<Value, RedisError> {
         match handle
             .query(&script.cmd("EVALSHA", &script.sha, keys, args, last))
@@ -519,8 +530,8 @@ impl Conn {
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
-        let (handle, generation) = self.current();
-        let call = Self::run(&handle, script, keys, args, None);
+        let (mut handle, generation) = self.current();
+        let call = Self::run(&mut handle, script, keys, args, None);
         self.finish(
             tokio::time::timeout(timeout, call).await,
             timeout,
@@ -552,18 +563,26 @@ impl Conn {
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
-        let gives_up_at = self.clock.now().saturating_add(duration_to_nanos(timeout));
-        let (handle, generation) = self.current();
+        // One clock read for the deadline on our clock and tokio's timer: `timeout` would read the
+        // clock again (about 100 instructions per call, `instructions -- redis`).
+        let start = tokio::time::Instant::now();
+        let gives_up_at = self
+            .clock
+            .at(start)
+            .saturating_add(duration_to_nanos(timeout));
+        let (mut handle, generation) = self.current();
         let call = async {
             let mut sent_again = false;
             loop {
-                let not_after = self
-                    .redis_clock
-                    .redis_us_at(gives_up_at)
-                    .map(|us| us.to_string())
-                    .unwrap_or_default();
-                let reply =
-                    Self::run(&handle, script, keys, args, Some(not_after.as_bytes())).await;
+                // `""` until a reply has told how Redis's clock relates to ours.
+                let not_after = self.redis_clock.redis_us_at(gives_up_at);
+                let reply = match not_after {
+                    Some(us) => Self::run(&mut handle, script, keys, args, Some(us)).await,
+                    None => {
+                        let args = [args, &[b"".as_slice()]].concat();
+                        Self::run(&mut handle, script, keys, &args, None).await
+                    }
+                };
                 let received = self.clock.now();
                 match reply {
                     Ok(Value::Array(mut items)) => {
@@ -594,7 +613,7 @@ impl Conn {
             }
         };
         self.finish(
-            tokio::time::timeout(timeout, call).await,
+            tokio::time::timeout_at(start + timeout, call).await,
             timeout,
             generation,
         )
@@ -603,7 +622,7 @@ impl Conn {
     /// Sends one command within `timeout`, recording the outcome (for stores that need plain
     /// commands rather than scripts).
     pub(crate) async fn query(&self, cmd: &Cmd, timeout: Duration) -> Result<Value, BackendError> {
-        let (handle, generation) = self.current();
+        let (mut handle, generation) = self.current();
         let result = tokio::time::timeout(timeout, handle.query(cmd)).await;
         self.finish(result, timeout, generation)
     }
@@ -615,7 +634,7 @@ impl Conn {
         cmd: &Cmd,
         timeout: Duration,
     ) -> Result<Value, RedisError> {
-        let (handle, generation) = self.current();
+        let (mut handle, generation) = self.current();
         let result = tokio::time::timeout(timeout, handle.query_raw(cmd)).await;
         self.finish(result, timeout, generation)
             .map_err(|e| into_redis_error(e, timeout))
@@ -629,7 +648,7 @@ impl Conn {
         count: usize,
         timeout: Duration,
     ) -> Result<Vec<Value>, RedisError> {
-        let (handle, generation) = self.current();
+        let (mut handle, generation) = self.current();
         let result = tokio::time::timeout(timeout, handle.pipeline(pipeline, offset, count)).await;
         self.finish(result, timeout, generation)
             .map_err(|e| into_redis_error(e, timeout))
@@ -766,7 +785,7 @@ impl Conn {
 /// cluster, every master), and a replacement when it does not answer within the liveness timeout.
 /// Holds only a weak reference between steps, so a backend dropped meanwhile ends it.
 async fn check(conn: Weak<Conn>, generation: u64) {
-    let (handle, timeout) = {
+    let (mut handle, timeout) = {
         let Some(conn) = conn.upgrade() else {
             return;
         };

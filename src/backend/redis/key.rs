@@ -1,6 +1,5 @@
 //! How a limiter's key becomes part of a Redis key.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -59,10 +58,12 @@ impl RedisKey for () {
     }
 }
 
+/// Writes `value` straight into `out` (formatting into a `String` first allocated and freed one
+/// per decision).
 fn write_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
-    let mut s = String::new();
-    let _ = write!(s, "{value}");
-    out.extend_from_slice(s.as_bytes());
+    use std::io::Write as _;
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "{value}");
 }
 
 impl RedisKey for Ipv4Addr {
@@ -86,8 +87,11 @@ impl RedisKey for IpAddr {
 macro_rules! integer_keys {
     ($($t:ty),*) => {$(
         impl RedisKey for $t {
+            /// The digits by `itoa`, on the stack: `Display` through `fmt::write` cost about
+            /// 300 instructions and an allocation per key (`instructions -- redis`,
+            /// `redis64/rampart_store`).
             fn write_redis_key(&self, out: &mut Vec<u8>) {
-                write_display(out, self);
+                out.extend_from_slice(itoa::Buffer::new().format(*self).as_bytes());
             }
         }
     )*};

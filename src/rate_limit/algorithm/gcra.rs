@@ -45,8 +45,24 @@ pub(crate) struct GcraCell {
 }
 
 impl GcraCell {
-    #[inline]
+    /// Decides one request at `now` (the tests' entry: the stores use
+    /// [`check_reading`](Self::check_reading)).
+    #[cfg(test)]
     pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
+        self.check_reading(limits, now, || now)
+    }
+
+    /// Decides as [`check`](Self::check) does, reading the time again from `clock` when another
+    /// decision on this cell committed first: that decision may have used a later time than
+    /// `now`, and deciding again at the older `now` against its state could refuse a request by
+    /// the microseconds between the two reads. The uncontended path reads no clock.
+    #[inline]
+    pub(crate) fn check_reading(
+        &self,
+        limits: &Limits,
+        mut now: Nanos,
+        clock: impl Fn() -> Nanos,
+    ) -> Decision {
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
             let (decision, next) = decide(limits, current, now);
@@ -58,7 +74,10 @@ impl GcraCell {
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return decision,
-                Err(actual) => current = actual,
+                Err(actual) => {
+                    current = actual;
+                    now = now.max(clock());
+                }
             }
         }
     }

@@ -26,6 +26,10 @@
 //!   tower layer (in memory);
 //! - circuit breaker closed; retry with a successful first attempt (ours, ours without a budget,
 //!   tower's `Retry`); cache hit; the stack rate limit + circuit breaker + retry.
+//! - Redis (`redis1/*`, `redis64/*`, each row on its own `redis-server`; see `instructions_redis.rs`):
+//!   a rate-limit decision through our store against a raw `EVALSHA` of the same script, 1 and 64
+//!   in flight, and an HTTP cache hit on Redis against a raw `GET` of the entry, 64 in flight.
+//!   Callgrind counts the client side only. Each call is a round trip: `INSTRUCTIONS_CALLS=2000`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -347,7 +351,9 @@ fn scenarios() -> Vec<Scenario> {
         s!("http10k/throttle_kit_peer_ip", "http10k/bare", || {
             throttle_kit_run(PEERS as u64)
         }),
-        s!("redis1/raw_evalsha", "redis1/raw_evalsha", || redis_rows::raw(1)),
+        s!("redis1/raw_evalsha", "redis1/raw_evalsha", || {
+            redis_rows::raw(1)
+        }),
         s!("redis1/rampart_store", "redis1/raw_evalsha", || {
             redis_rows::store(1)
         }),
@@ -357,7 +363,11 @@ fn scenarios() -> Vec<Scenario> {
         s!("redis64/rampart_store", "redis64/raw_evalsha", || {
             redis_rows::store(64)
         }),
-        s!("redis64/raw_get", "redis64/raw_get", || redis_rows::raw_get(64)),
+        s!(
+            "redis64/raw_get",
+            "redis64/raw_get",
+            || redis_rows::raw_get(64)
+        ),
         s!("redis64/rampart_cache_hit", "redis64/raw_get", || {
             redis_rows::cache_hit(64)
         }),

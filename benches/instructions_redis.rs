@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use futures::future::join_all;
-use tower_rampart::backend::{FailurePolicy, RedisBackend};
 use tower_rampart::backend::redis::{RedisRateLimitStore, script_sha};
+use tower_rampart::backend::{FailurePolicy, RedisBackend};
 use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Check, RateLimitLayer, RateLimitStore};
 

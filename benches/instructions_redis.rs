@@ -144,14 +144,21 @@ pub(crate) fn raw(inflight: u32) -> Run {
     })
 }
 
+/// One cache hit through the layer.
+type Hit = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// What the cache rows drive.
+struct CacheRig<F> {
+    rt: tokio::runtime::Runtime,
+    server: RedisServer,
+    hit: F,
+    raw: redis::aio::ConnectionManager,
+    /// The cached entry's Redis key.
+    name: Vec<u8>,
+}
+
 /// A 1 KiB JSON response with a few headers, stored once and then hit.
-fn cache_rig() -> (
-    tokio::runtime::Runtime,
-    RedisServer,
-    impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-    redis::aio::ConnectionManager,
-    Vec<u8>,
-) {
+fn cache_rig() -> CacheRig<impl Fn() -> Hit> {
     use http::{Request, Response};
     use http_body_util::Full;
     use tower::{Layer, ServiceExt};
@@ -217,7 +224,7 @@ fn cache_rig() -> (
         }
         (svc, raw, name)
     });
-    let hit = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    let hit = move || -> Hit {
         let svc = svc.clone();
         Box::pin(async move {
             let res = svc.oneshot(request()).await.expect("infallible");
@@ -225,13 +232,22 @@ fn cache_rig() -> (
             black_box(res);
         })
     };
-    (rt, server, hit, raw, name)
+    CacheRig {
+        rt,
+        server,
+        hit,
+        raw,
+        name,
+    }
 }
 
 /// `n` cache hits through an HTTP `CacheLayer` on Redis, `inflight` at a time.
 pub(crate) fn cache_hit(inflight: u32) -> Run {
-    let (rt, server, hit, _, _) = cache_rig();
+    let CacheRig {
+        rt, server, hit, ..
+    } = cache_rig();
     Box::new(move |n| {
+        // Kept until the row is dropped.
         let _server = &server;
         let mut left = n;
         while left > 0 {
@@ -244,8 +260,15 @@ pub(crate) fn cache_hit(inflight: u32) -> Run {
 
 /// `n` raw `GET`s of the cached entry's key, `inflight` at a time.
 pub(crate) fn raw_get(inflight: u32) -> Run {
-    let (rt, server, _, raw, name) = cache_rig();
+    let CacheRig {
+        rt,
+        server,
+        raw,
+        name,
+        ..
+    } = cache_rig();
     Box::new(move |n| {
+        // Kept until the row is dropped.
         let _server = &server;
         let mut left = n;
         while left > 0 {

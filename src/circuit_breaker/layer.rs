@@ -5,7 +5,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::fallback::{FallbackFn, NoFallback};
-use super::handle::{CircuitHandle, CircuitsHandle, Transition};
+use super::handle::CircuitHandle;
 use super::key::PerKey;
 use super::keyed::CircuitMap;
 use super::service::CircuitBreaker;
@@ -13,6 +13,7 @@ use super::state::{Breaker, Config, Hook, MAX_PROBES, SlowCalls, Wait, WindowCon
 #[cfg(feature = "redis")]
 use super::store::SharedWith;
 use super::store::{DEFAULT_SYNC_INTERVAL, NotShared};
+use super::transition::Transition;
 use crate::classify::ErrorsAreFailures;
 #[cfg(feature = "http")]
 use crate::classify::{GrpcClassifier, HttpClassifier};
@@ -26,8 +27,8 @@ const MAX_CIRCUITS: usize = 1_000_000;
 /// Stops calling an upstream that keeps failing, and probes it until it recovers.
 ///
 /// The layer holds its circuit (or, [per key](super::key), its circuits) in an `Arc`: every clone
-/// of the layer and every service it makes share it, and [`handle`](Self::handle) (or
-/// [`circuits`](Self::circuits)) reads and steers it. Build it with
+/// of the layer and every service it makes share it, and [`handle`](Self::handle) reads and
+/// steers it. Build it with
 /// [`CircuitBreakerLayer::builder`]. See the [module documentation](super).
 pub struct CircuitBreakerLayer<C = ErrorsAreFailures, M = AsError, F = NoFallback, X = GlobalKey>
 where
@@ -128,26 +129,21 @@ impl<C, M, F, X: KeyExtractor> CircuitBreakerLayer<C, M, F, X> {
     }
 }
 
-impl<C, M, F> CircuitBreakerLayer<C, M, F, GlobalKey> {
-    /// A handle to the circuit: state, counts, and forcing it open, closed or disabled.
-    pub fn handle(&self) -> CircuitHandle {
+impl<C, M, F, X: KeyExtractor> CircuitBreakerLayer<C, M, F, X> {
+    /// A handle to the layer's circuits: state, counts, and forcing a circuit open, closed or
+    /// disabled. For a layer with one circuit, a [`CircuitHandle`] of that circuit; for
+    /// [per-key circuits](super::key), a `CircuitHandle<Key>` that reaches each key's circuit
+    /// ([`circuit`](CircuitHandle::circuit), [`get`](CircuitHandle::get)).
+    pub fn handle(&self) -> CircuitHandle<X::Key> {
         match &self.shared.circuits {
-            Circuits::One(breaker) => CircuitHandle {
-                breaker: Arc::clone(breaker),
-            },
-            Circuits::PerKey(_) => unreachable!("a layer with one circuit has no per-key map"),
-        }
-    }
-}
-
-impl<C, M, F, X: KeyExtractor> CircuitBreakerLayer<C, M, F, PerKey<X>> {
-    /// A handle to the per-key circuits: each one's state and counts, forcing any of them.
-    pub fn circuits(&self) -> CircuitsHandle<X::Key> {
-        match &self.shared.circuits {
-            Circuits::PerKey(map) => CircuitsHandle {
-                map: Arc::clone(map),
-            },
-            Circuits::One(_) => unreachable!("a per-key layer has a per-key map"),
+            Circuits::One(breaker) => CircuitHandle::new_one(
+                self.shared
+                    .key
+                    .fixed_key()
+                    .expect("a layer with one circuit has one key"),
+                Arc::clone(breaker),
+            ),
+            Circuits::PerKey(map) => CircuitHandle::per_key(Arc::clone(map)),
         }
     }
 }

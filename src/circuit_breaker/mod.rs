@@ -187,12 +187,14 @@ mod layer;
 mod service;
 #[cfg(feature = "redis")]
 mod shared;
+mod snapshot;
 mod state;
 pub mod store;
+mod transition;
 mod window;
 
-pub use self::handle::{
-    CircuitHandle, CircuitSnapshot, CircuitState, CircuitsHandle, SharedSnapshot, Transition,
-};
+pub use self::handle::CircuitHandle;
 pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use self::service::CircuitBreaker;
+pub use self::snapshot::{CircuitSnapshot, SharedSnapshot};
+pub use self::transition::{CircuitState, Transition, TransitionReason};

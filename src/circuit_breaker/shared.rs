@@ -17,8 +17,8 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use super::handle::SharedSnapshot;
 use super::keyed::CircuitMap;
+use super::snapshot::SharedSnapshot;
 use super::state::Breaker;
 use super::store::{CircuitStore, Command, SyncReply};
 use super::window::{stripe_count, stripe_index};

@@ -177,6 +177,8 @@
 //! # }
 //! ```
 
+mod build;
+mod builder;
 pub mod error;
 pub mod fallback;
 pub mod future;
@@ -193,8 +195,9 @@ pub mod store;
 mod transition;
 mod window;
 
+pub use self::builder::CircuitBreakerBuilder;
 pub use self::handle::CircuitHandle;
-pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
+pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
 pub use self::snapshot::{CircuitSnapshot, SharedSnapshot};
 pub use self::transition::{CircuitState, Transition, TransitionReason};

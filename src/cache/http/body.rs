@@ -8,10 +8,11 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::Response;
-use http::header::{self};
+use http::header;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::body::Resumed;
 use crate::cache::entry::Lifetimes;
 use crate::cache::mode::{CacheStatus, Captured};
 
@@ -36,11 +37,7 @@ pin_project! {
     enum Kind<B, E> {
         Full { data: Option<Bytes> },
         Stream { #[pin] body: B },
-        Resumed {
-            prefix: VecDeque<Frame<Bytes>>,
-            error: Option<E>,
-            rest: Pin<Box<B>>,
-        },
+        Resumed { body: Resumed<Pin<Box<B>>, E> },
     }
 }
 
@@ -64,9 +61,7 @@ impl<B: Body> CacheBody<B> {
     fn resume(prefix: VecDeque<Frame<Bytes>>, error: Option<B::Error>, rest: Pin<Box<B>>) -> Self {
         Self {
             kind: Kind::Resumed {
-                prefix,
-                error,
-                rest,
+                body: Resumed::new(prefix, error, Some(rest)),
             },
         }
     }
@@ -86,19 +81,7 @@ where
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Stream { body } => body.poll_frame(cx),
-            KindProj::Resumed {
-                prefix,
-                error,
-                rest,
-            } => {
-                if let Some(frame) = prefix.pop_front() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                if let Some(e) = error.take() {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                rest.as_mut().poll_frame(cx)
-            }
+            KindProj::Resumed { body } => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -106,11 +89,7 @@ where
         match &self.kind {
             Kind::Full { data } => data.is_none(),
             Kind::Stream { body } => body.is_end_stream(),
-            Kind::Resumed {
-                prefix,
-                error,
-                rest,
-            } => prefix.is_empty() && error.is_none() && rest.is_end_stream(),
+            Kind::Resumed { body } => body.is_end_stream(),
         }
     }
 
@@ -120,20 +99,7 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Stream { body } => body.size_hint(),
-            Kind::Resumed { prefix, rest, .. } => {
-                let buffered: u64 = prefix
-                    .iter()
-                    .filter_map(|f| f.data_ref())
-                    .map(|d| d.len() as u64)
-                    .sum();
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + buffered);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + buffered);
-                }
-                hint
-            }
+            Kind::Resumed { body } => body.size_hint(),
         }
     }
 }

@@ -17,7 +17,7 @@
 //! move. (The Prometheus recorder calibrates its clock once at start, for a time rather than a
 //! number of instructions; leave `once_cell` and `clock_gettime` out of the difference.)
 
-#[path = "../examples/analytics_api/app.rs"]
+#[path = "../examples/analytics_api/app/mod.rs"]
 #[allow(dead_code)]
 mod app;
 #[path = "../examples/analytics_api/config.rs"]
@@ -44,7 +44,7 @@ mod input;
 #[path = "../examples/common/setup.rs"]
 #[allow(dead_code)]
 mod setup;
-#[path = "../examples/analytics_api/storage.rs"]
+#[path = "../examples/analytics_api/storage/mod.rs"]
 #[allow(dead_code)]
 mod storage;
 #[path = "../examples/analytics_api/telemetry.rs"]

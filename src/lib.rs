@@ -46,7 +46,7 @@
 //! | `axum` | | `http`, plus reading axum's `ConnectInfo` |
 //! | `tonic` | | `http`, plus tonic's peer address, `From<RateLimited>` / `From<CircuitOpen>` for `tonic::Status`, and classifying tonic's results |
 //! | `metrics` | | `rampart_*` counters and gauges through the [`metrics`](https://docs.rs/metrics) facade |
-//! | `serde` | | `Deserialize`/`Serialize` for configuration types |
+//! | `serde` | | `Deserialize`/`Serialize` for configuration types, and a whole-layer configuration type per layer, read from files ([`config`]) |
 //! | `full` | | all of the above |
 //!
 //! # Minimum supported Rust version
@@ -75,6 +75,17 @@ pub mod backend;
 mod body;
 pub mod classify;
 pub mod clock;
+#[cfg(feature = "serde")]
+#[cfg_attr(
+    not(any(
+        feature = "rate-limit",
+        feature = "circuit-breaker",
+        feature = "retry",
+        feature = "cache"
+    )),
+    allow(dead_code)
+)]
+pub mod config;
 pub mod error;
 pub mod key;
 #[cfg(feature = "metrics")]

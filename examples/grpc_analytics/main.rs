@@ -33,7 +33,7 @@ mod server;
 #[path = "../common/setup.rs"]
 #[allow(dead_code, reason = "shared by every example; each uses part of it")]
 mod setup;
-#[path = "../analytics_api/storage.rs"]
+#[path = "../analytics_api/storage/mod.rs"]
 #[allow(dead_code)]
 mod storage;
 #[path = "../analytics_api/timestamp.rs"]

@@ -154,6 +154,8 @@
 
 #[cfg(feature = "http")]
 pub mod codec;
+#[cfg(feature = "serde")]
+mod config;
 pub mod entry;
 mod flight;
 pub mod future;
@@ -166,6 +168,8 @@ pub mod mode;
 mod service;
 mod store;
 
+#[cfg(feature = "serde")]
+pub use self::config::{CacheConfig, FillLockConfig};
 pub use self::entry::CacheEntry;
 pub use self::handle::{CacheHandle, Invalidation};
 #[cfg(feature = "http")]

@@ -179,6 +179,8 @@
 
 mod build;
 mod builder;
+#[cfg(feature = "serde")]
+mod config;
 pub mod error;
 pub mod fallback;
 pub mod future;
@@ -196,6 +198,8 @@ mod transition;
 mod window;
 
 pub use self::builder::CircuitBreakerBuilder;
+#[cfg(feature = "serde")]
+pub use self::config::{CircuitBreakerConfig, SlowCallsConfig, WaitConfig, WindowConfig};
 pub use self::handle::CircuitHandle;
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;

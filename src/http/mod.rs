@@ -114,9 +114,59 @@ impl fmt::Debug for AsHttp {
     }
 }
 
+/// A response body [`AsHttp`] can build refusal responses in: any type that is `From<Bytes>`
+/// (axum's `Body`, `http_body_util::Full<Bytes>`, ...), and only those.
+///
+/// It exists for its compile error. A client's response body, such as hyper's `Incoming`, cannot
+/// be made up, so a client stack in the HTTP mode cannot answer a refusal (an open circuit, a
+/// final timeout) with a response of its own. Keep refusals as errors there, with
+/// `.http().rejection(AsError)`: the classifier and request rules of `.http()` stay, and a refusal
+/// is a downcastable `Err(BoxError)`. The README's hyper client stack does this.
+///
+/// Forgetting it gives the error below where rustc checks the stack against `Service` directly
+/// (a function taking `S: Service<..>`, `Service::call(&mut stack, req)`, hyper-util's
+/// `TowerToHyperService`, ...). Called as a method (`stack.ready()`, `stack.oneshot(req)`), rustc
+/// reports E0599 "the method `ready` exists ... but its trait bounds were not satisfied" with
+/// `Retry<..>: Service<_>` and no note: the cause is the same.
+///
+/// ```compile_fail
+/// // error[E0277]: `.http()` answers refusals with a response built from `Bytes`, and
+/// //               `hyper::body::incoming::Incoming` cannot be built from `Bytes`
+/// //    = note: on a client stack (hyper's `Incoming` body, ...), keep refusals as errors:
+/// //            `.http().rejection(AsError)` on the retry and circuit breaker builders
+/// //            (`use tower_rampart::rejection::AsError`)
+/// // (compile_fail doctests do not check the message; this one was checked by hand.)
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+/// use tower::{Service, ServiceBuilder};
+/// use tower_rampart::circuit_breaker::CircuitBreakerLayer;
+/// use tower_rampart::retry::RetryLayer;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// let mut stack = ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::builder().http().build()?)
+///     .layer(RetryLayer::builder().http().build()?)
+///     .service(client);
+/// let req = http::Request::get("http://127.0.0.1:8080/").body(Full::new(Bytes::new()))?;
+/// let res = Service::call(&mut stack, req).await?;
+/// # let _ = res; Ok(()) }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`.http()` answers refusals with a response built from `Bytes`, and `{Self}` cannot be built from `Bytes`",
+    label = "not a body `AsHttp` can build refusal responses in",
+    note = "on a client stack (hyper's `Incoming` body, ...), keep refusals as errors: `.http().rejection(AsError)` on the retry and circuit breaker builders (`use tower_rampart::rejection::AsError`)",
+    note = "on a server, answer with a body type that is `From<Bytes>` (axum's `Body`, `http_body_util::Full<Bytes>`, ...)"
+)]
+pub trait ResponseBody: From<Bytes> + 'static {}
+
+#[diagnostic::do_not_recommend]
+impl<B: From<Bytes> + 'static> ResponseBody for B {}
+
 impl<B, E> RejectionMode<http::Response<B>, E> for AsHttp
 where
-    B: From<Bytes> + 'static,
+    B: ResponseBody,
     E: 'static,
 {
     type Error = E;

@@ -56,6 +56,8 @@
 //! ```
 
 pub(crate) mod algorithm;
+#[cfg(feature = "serde")]
+mod config;
 pub mod error;
 pub mod future;
 pub mod key;
@@ -65,6 +67,8 @@ mod service;
 mod store;
 
 pub use self::algorithm::Decision;
+#[cfg(feature = "serde")]
+pub use self::config::RateLimitConfig;
 pub use self::key::MissingKey;
 pub use self::layer::{NoBackend, RateLimitBuilder, RateLimitLayer};
 pub use self::quota::{Algorithm, MAX_PERIOD, Quota};

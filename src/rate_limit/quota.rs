@@ -17,6 +17,9 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 /// admits 10 requests at once (the burst defaults to the limit) and then one every 6 seconds.
 /// [`burst`](Self::burst) sets how many may arrive back to back independently of the rate.
 ///
+/// With feature `serde` it reads and writes as `{"limit": 100, "period": "1m", "burst": 20}`
+/// (`burst` optional; the period in the [duration format](crate::config#durations)).
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_rampart::rate_limit::Quota;
@@ -28,11 +31,15 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Quota {
     limit: u32,
-    #[cfg_attr(feature = "serde", serde(with = "duration_secs_f64"))]
+    #[cfg_attr(feature = "serde", serde(with = "crate::config::duration"))]
     period: Duration,
-    #[cfg_attr(feature = "serde", serde(default))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     burst: Option<u32>,
 }
 
@@ -177,22 +184,6 @@ pub(crate) struct Limits {
     pub(crate) tolerance: Nanos,
 }
 
-#[cfg(feature = "serde")]
-mod duration_secs_f64 {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs)
-            .map_err(|e| D::Error::custom(format!("period (seconds) {secs}: {e}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,15 +204,32 @@ mod tests {
     #[cfg(feature = "serde")]
     #[test]
     fn quotas_load_from_configuration_files() {
-        let q: Quota = serde_json::from_str(r#"{"limit":10,"period":60}"#).unwrap();
+        let q: Quota = serde_json::from_str(r#"{"limit":10,"period":"1m"}"#).unwrap();
         assert_eq!(q, Quota::per_minute(10));
+        assert_eq!(
+            serde_json::to_string(&q).unwrap(),
+            r#"{"limit":10,"period":"1m"}"#
+        );
+        let q: Quota = serde_json::from_str(r#"{"limit":5,"period":"500ms","burst":2}"#).unwrap();
+        assert_eq!(
+            q,
+            Quota::with_period(5, Duration::from_millis(500)).burst(2)
+        );
+        assert_eq!(
+            serde_json::to_string(&q).unwrap(),
+            r#"{"limit":5,"period":"500ms","burst":2}"#
+        );
+        // Files written for earlier versions: the period as a number of seconds.
         let q: Quota = serde_json::from_str(r#"{"limit":5,"period":0.5,"burst":2}"#).unwrap();
         assert_eq!(
             q,
             Quota::with_period(5, Duration::from_millis(500)).burst(2)
         );
         let e = serde_json::from_str::<Quota>(r#"{"limit":5,"period":-1}"#).unwrap_err();
-        assert!(e.to_string().contains("period (seconds) -1"), "{e}");
+        assert!(e.to_string().contains("invalid duration -1"), "{e}");
+        let e =
+            serde_json::from_str::<Quota>(r#"{"limit":5,"period":"1s","brust":2}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `brust`"), "{e}");
         let a: Algorithm = serde_json::from_str(r#""sliding_window""#).unwrap();
         assert_eq!(a, Algorithm::SlidingWindow);
     }

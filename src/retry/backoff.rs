@@ -72,11 +72,19 @@ pub enum Jitter {
 /// Checked when the layer is built (or by [`Backoff::validate`]): the initial delay must be longer
 /// than zero, the multiplier a finite number from 1 to 1000, and the maximum at least the initial
 /// delay and at most [`MAX_DELAY`].
+///
+/// With feature `serde` it reads and writes as
+/// `{"initial": "100ms", "multiplier": 2.0, "max": "5s", "jitter": "full"}`, each field optional
+/// (a field left out keeps its value in [`Backoff::default`]; durations in the
+/// [duration format](crate::config#durations)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Backoff {
+    #[cfg_attr(feature = "serde", serde(with = "crate::config::duration"))]
     initial: Duration,
     multiplier: f64,
+    #[cfg_attr(feature = "serde", serde(with = "crate::config::duration"))]
     max: Duration,
     jitter: Jitter,
 }

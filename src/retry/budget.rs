@@ -85,11 +85,17 @@ const MAX_PERCENT: f64 = 1000.0;
 ///
 /// The default, as in Finagle and tower: 20% of the requests of the last 10 seconds, plus 10 retries
 /// per second.
+///
+/// With feature `serde` it reads and writes as
+/// `{"percent": 20.0, "min_per_second": 10, "period": "10s"}`, each field optional (a field left
+/// out keeps its default; the period in the [duration format](crate::config#durations)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Budget {
     percent: f64,
     min_per_second: u32,
+    #[cfg_attr(feature = "serde", serde(with = "crate::config::duration"))]
     period: Duration,
 }
 

@@ -347,10 +347,11 @@ impl<C, R, M> RetryBuilder<C, R, M> {
     ///
     /// Everything else keeps its value.
     ///
-    /// The `504` is built from [`Bytes`](bytes::Bytes), so the response body must be `From<Bytes>`
-    /// (axum's `Body`, `Full<Bytes>`, ...). hyper's `Incoming` is not: for a hyper client, keep the
-    /// default mode, `.http().rejection(AsError)`, which returns timeouts and the client's errors
-    /// as `BoxError`s that carry the attempt count.
+    /// The `504` is built from [`Bytes`](bytes::Bytes), so the response body must be a
+    /// [`ResponseBody`](crate::http::ResponseBody) (`From<Bytes>`: axum's `Body`, `Full<Bytes>`,
+    /// ...). hyper's `Incoming` is not: for a hyper client, keep the default mode,
+    /// `.http().rejection(AsError)`, which returns timeouts and the client's errors as
+    /// `BoxError`s that carry the attempt count (the compile error says so).
     #[cfg(feature = "http")]
     pub fn http(
         self,

@@ -203,6 +203,8 @@
 
 pub mod backoff;
 pub mod budget;
+#[cfg(feature = "serde")]
+mod config;
 pub mod error;
 pub mod future;
 mod layer;
@@ -212,6 +214,8 @@ mod service;
 
 pub use self::backoff::{Backoff, Delays, Jitter};
 pub use self::budget::{Budget, RetryBudget};
+#[cfg(feature = "serde")]
+pub use self::config::{BudgetConfig, RetryConfig};
 pub use self::layer::{CustomBuilder, MAX_ATTEMPTS, MAX_TIMEOUT, RetryBuilder, RetryLayer};
 pub use self::policy::{
     Attempt, Decision, GiveUp, Outcome, Policy, StandardPolicy, StandardState, TimeLimit,
@@ -246,7 +250,7 @@ impl<Res, E> RetryMode<Res, E> for AsError {
 #[cfg(feature = "http")]
 impl<B, E> RetryMode<http::Response<B>, E> for crate::http::AsHttp
 where
-    B: From<bytes::Bytes> + 'static,
+    B: crate::http::ResponseBody,
     E: 'static,
 {
     #[inline]

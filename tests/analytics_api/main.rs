@@ -4,7 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-#[path = "../../examples/analytics_api/app.rs"]
+#[path = "../../examples/analytics_api/app/mod.rs"]
 #[allow(dead_code)]
 mod app;
 #[path = "../../examples/analytics_api/config.rs"]
@@ -34,7 +34,7 @@ mod serve;
 #[path = "../../examples/common/setup.rs"]
 #[allow(dead_code)]
 mod setup;
-#[path = "../../examples/analytics_api/storage.rs"]
+#[path = "../../examples/analytics_api/storage/mod.rs"]
 #[allow(dead_code)]
 mod storage;
 #[path = "../../examples/analytics_api/telemetry.rs"]

@@ -19,7 +19,7 @@ mod server;
 #[path = "../../examples/common/setup.rs"]
 #[allow(dead_code)]
 mod setup;
-#[path = "../../examples/analytics_api/storage.rs"]
+#[path = "../../examples/analytics_api/storage/mod.rs"]
 #[allow(dead_code)]
 mod storage;
 #[path = "../../examples/analytics_api/timestamp.rs"]

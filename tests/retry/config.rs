@@ -128,9 +128,9 @@ fn sensible_settings_are_accepted() {
 #[test]
 fn configuration_types_deserialize() {
     let backoff: Backoff = serde_json::from_value(serde_json::json!({
-        "initial": {"secs": 0, "nanos": 100_000_000},
+        "initial": "100ms",
         "multiplier": 2.0,
-        "max": {"secs": 5, "nanos": 0},
+        "max": "5s",
         "jitter": "decorrelated",
     }))
     .unwrap();
@@ -140,10 +140,25 @@ fn configuration_types_deserialize() {
             .jitter(Jitter::Decorrelated)
     );
     let budget: Budget = serde_json::from_value(serde_json::json!({
-        "percent": 12.5, "min_per_second": 3, "period": {"secs": 10, "nanos": 0},
+        "percent": 12.5, "min_per_second": 3, "period": "10s",
     }))
     .unwrap();
     assert_eq!(budget, Budget::new(12.5).min_per_second(3));
+    // Every field is optional: the defaults fill the rest.
+    let budget: Budget = serde_json::from_value(serde_json::json!({ "percent": 5.0 })).unwrap();
+    assert_eq!(budget, Budget::new(5.0));
+    let backoff: Backoff = serde_json::from_value(serde_json::json!({ "max": "1s" })).unwrap();
+    assert_eq!(
+        backoff,
+        Backoff::default().with_max_delay(Duration::from_secs(1))
+    );
+    // The old {"secs", "nanos"} form is refused with what to write instead.
+    let e = serde_json::from_value::<Budget>(serde_json::json!({
+        "period": {"secs": 10, "nanos": 0},
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(r#"write a duration such as "100ms""#), "{e}");
 }
 
 /// Regression (#5 review): `fixed_backoff` and `exponential_backoff` once replaced the jitter and

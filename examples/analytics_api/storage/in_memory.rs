@@ -1,0 +1,213 @@
+//! The in-memory store.
+
+use super::*;
+
+/// The metrics of one type, in memory: in submission order, with the running aggregate.
+#[derive(Debug, Default)]
+struct MetricsOfType {
+    list: Vec<Metric>,
+    all: Aggregate,
+}
+
+/// Time-bucketed activity, in memory. Pruned as it is written, so it stays bounded by the traffic
+/// of the retention periods.
+#[derive(Debug, Default)]
+struct ActivityLog {
+    /// Last event time (seconds) of each user, and of each (platform, user).
+    users: HashMap<u64, i64>,
+    platform_users: HashMap<(String, u64), i64>,
+    /// Distinct users per minute.
+    users_by_minute: BTreeMap<i64, HashSet<u64>>,
+    /// Rejections per second (for the sliding five minutes) and per minute (for history).
+    rejections_by_second: BTreeMap<i64, u64>,
+    rejections_by_minute: BTreeMap<i64, u64>,
+    /// When the user maps were last pruned (seconds).
+    pruned_at: i64,
+    /// The platforms told apart (at most [`MAX_PLATFORMS`]; later ones count as [`OTHER`]).
+    platforms: HashSet<String>,
+}
+
+impl ActivityLog {
+    fn prune(&mut self, now: i64) {
+        let active_since = now - ACTIVE_WINDOW.as_secs() as i64;
+        if now != self.pruned_at {
+            self.users.retain(|_, t| *t > active_since);
+            self.platform_users.retain(|_, t| *t > active_since);
+            self.pruned_at = now;
+        }
+        let keep_minutes = now.div_euclid(60) - HISTORY_RETENTION_MINUTES;
+        self.users_by_minute = self.users_by_minute.split_off(&keep_minutes);
+        self.rejections_by_minute = self.rejections_by_minute.split_off(&keep_minutes);
+        self.rejections_by_second = self.rejections_by_second.split_off(&(active_since + 1));
+    }
+}
+
+/// The in-memory store.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryStorage {
+    metrics: RwLock<HashMap<String, MetricsOfType>>,
+    metric_count: AtomicUsize,
+    event_counts: RwLock<HashMap<String, u64>>,
+    activity: Mutex<ActivityLog>,
+}
+
+impl MemoryStorage {
+    /// The number of metrics of a type, and `limit` of them from `offset`, in submission order.
+    pub(super) fn page(
+        &self,
+        metric_type: &str,
+        offset: usize,
+        limit: usize,
+    ) -> (u64, Vec<Metric>) {
+        self.with_type(metric_type, |o| {
+            let list = o.map(|o| o.list.as_slice()).unwrap_or_default();
+            (
+                list.len() as u64,
+                list.iter().skip(offset).take(limit).cloned().collect(),
+            )
+        })
+    }
+
+    /// The metric types stored, in no particular order.
+    pub(super) fn metric_types(&self) -> Vec<String> {
+        self.metrics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The summary of a type's metrics, all of them (from the running aggregate) or those
+    /// timestamped at or after `since`.
+    pub(super) fn summary(&self, metric_type: &str, since: Option<DateTime<Utc>>) -> Summary {
+        self.with_type(metric_type, |o| match since {
+            None => o.map(|o| o.all.summary()).unwrap_or_default(),
+            Some(since) => {
+                let list = o.map(|o| o.list.as_slice()).unwrap_or_default();
+                Summary::of(list.iter().filter(|m| m.timestamp >= since))
+            }
+        })
+    }
+
+    /// How many events of a type were recorded.
+    pub(super) fn event_count(&self, event_type: &str) -> u64 {
+        self.event_counts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(event_type)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(super) fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
+        if self.metric_count.fetch_add(1, Ordering::AcqRel) >= MAX_METRICS {
+            self.metric_count.fetch_sub(1, Ordering::AcqRel);
+            return Err(StorageError::full(METRICS_FULL));
+        }
+        let mut map = self.metrics.write().unwrap_or_else(|p| p.into_inner());
+        let of_type = map.entry(m.metric_type.clone()).or_default();
+        of_type.all.add(m);
+        of_type.list.push(m.clone());
+        Ok(())
+    }
+
+    fn with_type<R>(&self, metric_type: &str, f: impl FnOnce(Option<&MetricsOfType>) -> R) -> R {
+        let map = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        f(map.get(metric_type))
+    }
+
+    pub(super) fn record_event(&self, e: &EventRecord, now: DateTime<Utc>) {
+        {
+            let mut counts = self.event_counts.write().unwrap_or_else(|p| p.into_inner());
+            let kind = if counts.contains_key(&e.event_type) || counts.len() < MAX_EVENT_TYPES {
+                e.event_type.as_str()
+            } else {
+                OTHER
+            };
+            *counts.entry(kind.to_owned()).or_default() += 1;
+        }
+        let now = now.timestamp();
+        let mut log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        log.prune(now);
+        log.users.insert(e.user_id, now);
+        let platform = if log.platforms.contains(&e.platform) || log.platforms.len() < MAX_PLATFORMS
+        {
+            log.platforms.insert(e.platform.clone());
+            e.platform.clone()
+        } else {
+            OTHER.to_owned()
+        };
+        log.platform_users.insert((platform, e.user_id), now);
+        log.users_by_minute
+            .entry(now.div_euclid(60))
+            .or_default()
+            .insert(e.user_id);
+    }
+
+    pub(super) fn record_rejections(&self, n: u64, now: DateTime<Utc>) {
+        let now = now.timestamp();
+        let mut log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        log.prune(now);
+        *log.rejections_by_second.entry(now).or_default() += n;
+        *log.rejections_by_minute
+            .entry(now.div_euclid(60))
+            .or_default() += n;
+    }
+
+    pub(super) fn activity(&self, now: DateTime<Utc>) -> Activity {
+        let now = now.timestamp();
+        let since = now - ACTIVE_WINDOW.as_secs() as i64;
+        let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_platform = BTreeMap::new();
+        for ((platform, _), t) in &log.platform_users {
+            if *t > since {
+                *by_platform.entry(platform.clone()).or_default() += 1;
+            }
+        }
+        Activity {
+            active_users: log.users.values().filter(|t| **t > since).count() as u64,
+            by_platform,
+            rejected: log
+                .rejections_by_second
+                .range(since + 1..=now)
+                .map(|(_, n)| n)
+                .sum(),
+        }
+    }
+
+    pub(super) fn history(&self, series: &Series, starts: &[i64], interval: i64) -> Vec<f64> {
+        match series {
+            Series::ActiveUsers => {
+                let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+                starts
+                    .iter()
+                    .map(|&s| {
+                        let users: HashSet<u64> = log
+                            .users_by_minute
+                            .range(s.div_euclid(60)..(s + interval).div_euclid(60))
+                            .flat_map(|(_, u)| u.iter().copied())
+                            .collect();
+                        users.len() as f64
+                    })
+                    .collect()
+            }
+            Series::ApiRejections => {
+                let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+                starts
+                    .iter()
+                    .map(|&s| {
+                        log.rejections_by_minute
+                            .range(s.div_euclid(60)..(s + interval).div_euclid(60))
+                            .map(|(_, n)| *n as f64)
+                            .sum()
+                    })
+                    .collect()
+            }
+            Series::Metric(t) => self.with_type(t, |of_type| {
+                let list = of_type.map(|o| o.list.as_slice()).unwrap_or_default();
+                averages_by_interval(list.iter(), starts, interval)
+            }),
+        }
+    }
+}

@@ -68,6 +68,11 @@ mod macros;
 mod name;
 
 pub mod backend;
+#[cfg(any(
+    all(feature = "cache", feature = "http"),
+    all(feature = "retry", any(feature = "axum", feature = "tonic"))
+))]
+mod body;
 pub mod classify;
 pub mod clock;
 #[cfg(feature = "serde")]

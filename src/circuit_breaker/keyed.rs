@@ -18,8 +18,8 @@ use crossbeam_utils::CachePadded;
 use crossbeam_utils::sync::ShardedLock;
 use hashbrown::HashTable;
 
-use super::handle::CircuitState;
 use super::state::{Breaker, Config, Hook};
+use super::transition::CircuitState;
 
 struct Slot {
     breaker: Arc<Breaker>,
@@ -205,6 +205,19 @@ impl<K: Hash + Eq + Clone> CircuitMap<K> {
             );
         }
         out
+    }
+
+    /// The layer's name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.cfg.name
+    }
+
+    /// Whether the circuits are shared through a store.
+    pub(crate) fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.signal.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     /// How many circuits there are.

@@ -10,6 +10,7 @@
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
+//! | `rampart_rate_limit_admitted_total` | counter | `name` | requests a rate limiter's decision admitted |
 //! | `rampart_rate_limit_rejected_total` | counter | `name`, `reason` | requests refused: `rate_limited`, `backend_unavailable`, `missing_key` |
 //! | `rampart_rate_limit_backend_fallback_total` | counter | `name`, `policy` | decisions Redis could not make, left to the failure policy |
 //! | `rampart_rate_limit_backend_repaired_total` | counter | `name` | unreadable Redis states replaced with fresh ones |
@@ -93,6 +94,11 @@ pub(crate) fn count(
 
 /// Every metric, its unit and what it counts, as the table in the module documentation says.
 const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
+    (
+        "rampart_rate_limit_admitted_total",
+        Some(Unit::Count),
+        "requests admitted by a rate limiter's decision",
+    ),
     (
         "rampart_rate_limit_rejected_total",
         Some(Unit::Count),

@@ -83,10 +83,12 @@ where
     type Error = M::Error;
     type Future = ResponseFuture<S, Req, C, M, S::Response, M::Error>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(M::Error::from)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &*self.shared;
         // A per-key circuit is looked up (a reference taken); the one circuit is borrowed, and its

@@ -173,6 +173,7 @@ where
 {
     type Output = Result<S::Response, M::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -247,7 +248,7 @@ where
             let shared = &**this.shared;
             match decided {
                 Ok(d) if d.is_allowed() => {
-                    *headers = shared.success_headers::<S::Response, S::Error>(d);
+                    *headers = shared.admit::<S::Response, S::Error>(d);
                     this.phase.set(Phase::Readying);
                 }
                 Ok(d) => {

@@ -46,6 +46,10 @@ pub(crate) struct Shared<X, St, M> {
     pub(crate) missing_key_log: LogThrottle,
     /// Likewise for a backend that is down (every request would warn).
     pub(crate) backend_log: LogThrottle,
+    /// `rampart_rate_limit_admitted_total` for this layer, registered on first use and kept, so
+    /// that counting an admission builds no key and looks nothing up.
+    #[cfg(feature = "metrics")]
+    pub(crate) admitted: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl<X, St, M> Clone for RateLimitLayer<X, St, M> {
@@ -339,6 +343,8 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
                     ),
                 },
                 headers_on_success: self.headers_on_success,
+                #[cfg(feature = "metrics")]
+                admitted: std::sync::OnceLock::new(),
                 wait: self.wait,
                 missing_key_log: LogThrottle::new(Duration::from_secs(10)),
                 backend_log: LogThrottle::new(Duration::from_secs(10)),

@@ -96,6 +96,7 @@ where
     type Error = M::Error;
     type Future = ResponseFuture<S, Req, X, St, M>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(max_wait) = self.shared.wait
             && let Some(key) = self.shared.key.fixed_key()
@@ -105,6 +106,7 @@ where
         self.inner.poll_ready(cx).map_err(M::Error::from)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &*self.shared;
         if shared.wait.is_some() && shared.key.fixed_key().is_some() {
@@ -116,7 +118,7 @@ where
             return match reserved {
                 Reserved::Granted(d) => ResponseFuture::inner(
                     self.inner.call(req),
-                    shared.success_headers::<S::Response, S::Error>(d),
+                    shared.admit::<S::Response, S::Error>(d),
                 ),
                 Reserved::Refused(d) => ResponseFuture::done(shared.refuse(d)),
                 Reserved::Failed(e) => ResponseFuture::done(shared.unavailable(e)),
@@ -146,7 +148,7 @@ where
         match shared.store.check(&key) {
             Check::Ready(Ok(d)) if d.is_allowed() => ResponseFuture::inner(
                 self.inner.call(req),
-                shared.success_headers::<S::Response, S::Error>(d),
+                shared.admit::<S::Response, S::Error>(d),
             ),
             Check::Ready(Ok(d)) => match shared.wait {
                 Some(max) if d.retry_after() <= max => {
@@ -236,13 +238,23 @@ where
 }
 
 impl<X, St, M> Shared<X, St, M> {
-    /// The decision to render as headers on an admitted response, if the layer sends them and the
-    /// mode's responses have headers.
+    /// Counts an admission, and gives the decision to render as headers on the admitted response,
+    /// if the layer sends them and the mode's responses have headers.
     #[inline]
-    pub(crate) fn success_headers<Res, E>(&self, d: Decision) -> Option<(Decision, Policy)>
+    pub(crate) fn admit<Res, E>(&self, d: Decision) -> Option<(Decision, Policy)>
     where
         M: RejectionMode<Res, E>,
     {
+        #[cfg(feature = "metrics")]
+        self.admitted
+            .get_or_init(|| {
+                crate::metrics::counter(&crate::metrics::key(
+                    "rampart_rate_limit_admitted_total",
+                    self.policy.name,
+                    &[],
+                ))
+            })
+            .increment(1);
         (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then_some((d, self.policy))
     }
 

@@ -89,11 +89,6 @@ impl<E> Hooks<E> {
         Self { list: list.into() }
     }
 
-    /// Whether there are none (then an event need not be made).
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
 }
 
 impl<E: Event> Hooks<E> {
@@ -161,7 +156,6 @@ mod tests {
     #[test]
     fn no_hooks_make_no_event() {
         let hooks = Hooks::<Ping>::new();
-        assert!(hooks.is_empty());
         hooks.emit(|| unreachable!("an event was made with no hook to hear it"));
     }
 

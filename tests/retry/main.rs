@@ -12,6 +12,7 @@ mod contract;
 mod delays;
 mod grpc;
 mod http;
+mod hooks;
 mod http_real;
 mod metrics;
 mod stack;

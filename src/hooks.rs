@@ -74,9 +74,7 @@ pub(crate) struct Hooks<E> {
 impl<E> Hooks<E> {
     /// No hooks.
     pub(crate) fn new() -> Self {
-        Self {
-            list: Arc::new([]),
-        }
+        Self { list: Arc::new([]) }
     }
 
     /// These hooks and `hook` after them.
@@ -88,7 +86,6 @@ impl<E> Hooks<E> {
         list.push(Arc::new(hook));
         Self { list: list.into() }
     }
-
 }
 
 impl<E: Event> Hooks<E> {

@@ -136,11 +136,7 @@ impl<K: Hash + Eq + Clone> CircuitMap<K> {
             None => Breaker::new(self.cfg.clone(), label, self.hooks.clone()),
         });
         #[cfg(not(feature = "redis"))]
-        let breaker = Arc::new(Breaker::new(
-            self.cfg.clone(),
-            label,
-            self.hooks.clone(),
-        ));
+        let breaker = Arc::new(Breaker::new(self.cfg.clone(), label, self.hooks.clone()));
         let slot = Slot {
             breaker: Arc::clone(&breaker),
             touched: AtomicBool::new(true),

@@ -11,10 +11,10 @@ use tower_service::Service;
 
 use super::Decision;
 use super::error::{KeyMissing, Policy, RateLimited};
+use super::event::RateLimitEvent;
 use super::future::ResponseFuture;
 use super::key::MissingKey;
 use super::layer::Shared;
-use super::event::RateLimitEvent;
 use super::store::{Check, RateLimitStore};
 use crate::backend::{BackendError, BackendUnavailable};
 use crate::key::{ExtractKey, KeyExtractor};

@@ -13,8 +13,8 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::RetryMode;
-use super::event::RetryEvent;
 use super::error::AttemptTimedOut;
+use super::event::RetryEvent;
 use super::layer::Shared;
 use super::policy::{Attempt, Decision, GiveUp, Outcome, Policy, TimeLimit};
 use super::request::NotRetryable;

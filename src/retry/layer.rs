@@ -486,7 +486,9 @@ impl<C, R, M> RetryBuilder<C, R, M> {
             classifier: self.classifier,
             requests: self.requests,
         };
-        Ok(RetryLayer::from_parts(self.name, policy, self.mode, self.hooks))
+        Ok(RetryLayer::from_parts(
+            self.name, policy, self.mode, self.hooks,
+        ))
     }
 }
 
@@ -607,6 +609,11 @@ impl<P, M> CustomBuilder<P, M> {
     /// A [`ConfigError`] when the name has characters logs cannot carry.
     pub fn build(self) -> Result<RetryLayer<P, M>, ConfigError> {
         crate::error::check_name(self.name)?;
-        Ok(RetryLayer::from_parts(self.name, self.policy, self.mode, self.hooks))
+        Ok(RetryLayer::from_parts(
+            self.name,
+            self.policy,
+            self.mode,
+            self.hooks,
+        ))
     }
 }

@@ -22,6 +22,8 @@ mod fenced;
 mod health;
 mod http;
 mod liveness;
+#[cfg(feature = "metrics")]
+mod observe;
 mod over_limit;
 mod support;
 mod timeouts;

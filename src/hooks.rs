@@ -17,8 +17,8 @@
 //! single generic function can be plugged into every layer:
 //!
 //! ```
-//! # #[cfg(all(feature = "retry", feature = "cache", feature = "memory"))] {
-//! use tower_rampart::cache::CacheLayer;
+//! # #[cfg(all(feature = "retry", feature = "circuit-breaker"))] {
+//! use tower_rampart::circuit_breaker::CircuitBreakerLayer;
 //! use tower_rampart::hooks::Event;
 //! use tower_rampart::retry::RetryLayer;
 //!
@@ -27,8 +27,8 @@
 //! }
 //!
 //! let retry = RetryLayer::builder().name("upstream").on_event(log).build()?;
-//! let cache = CacheLayer::builder().name("summaries").on_event(log).build()?;
-//! # let _ = (retry, cache);
+//! let breaker = CircuitBreakerLayer::builder().name("upstream").on_event(log).build()?;
+//! # let _ = (retry, breaker);
 //! # }
 //! # Ok::<(), tower_rampart::error::ConfigError>(())
 //! ```

@@ -243,7 +243,8 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     /// Keeps a circuit per key that `key` takes from each request (for example one per upstream
     /// host, [`UpstreamHost`](crate::key::UpstreamHost)), each with this configuration: any
     /// extractor from [`crate::key`]; see [per-key circuits](super::key). The layer's circuits are
-    /// then read and steered through [`CircuitBreakerLayer::circuits`]. A call the extractor finds
+    /// then read and steered through [`CircuitBreakerLayer::handle`] (each key's circuit through
+    /// [`CircuitHandle::circuit`](super::CircuitHandle::circuit)). A call the extractor finds
     /// no key for goes straight to the inner service, through no circuit.
     ///
     /// Keys appear (as their [`KeyLabel`]) in logs, hooks, snapshots, refusals and metrics labels.

@@ -96,7 +96,7 @@ impl<S, C, M, F, X: KeyExtractor> Layer<S> for CircuitBreakerLayer<C, M, F, X> {
 
 impl<C, M, F, X: KeyExtractor> CircuitBreakerLayer<C, M, F, X> {
     /// Whether the layer's circuits are shared by the replicas through a store
-    /// ([`backend`](CircuitBreakerBuilder::backend)).
+    /// ([`backend`](super::CircuitBreakerBuilder::backend)).
     pub fn is_shared(&self) -> bool {
         #[cfg(feature = "redis")]
         return self.shared.sync.is_some();

@@ -39,9 +39,9 @@ pub(super) struct Settings {
 /// The connection reconnects by itself: when it is closed (a single node through the `redis`
 /// crate's `ConnectionManager`, a cluster through its async cluster client), and when it goes
 /// silent without closing (it is replaced; see
-/// [When a connection goes silent](self#when-a-connection-goes-silent)).
+/// [When a connection goes silent](super#when-a-connection-goes-silent)).
 ///
-/// See the [module documentation](self) for how decisions are made and what happens when Redis is
+/// See the [module documentation](super) for how decisions are made and what happens when Redis is
 /// slow or down.
 #[derive(Clone)]
 pub struct RedisBackend {
@@ -330,7 +330,7 @@ impl RedisBackend {
     }
 
     /// How long a connection suspected dead has to answer before it is replaced (default
-    /// [`DEFAULT_LIVENESS_TIMEOUT`], 1 s; between 10 ms and 60 s, checked when a layer is built).
+    /// [`DEFAULT_LIVENESS_TIMEOUT`](super::DEFAULT_LIVENESS_TIMEOUT), 1 s; between 10 ms and 60 s, checked when a layer is built).
     ///
     /// A call that times out makes its connection a suspect: one `PING` goes down that connection
     /// (on a cluster, to every master), and if no answer comes within this timeout, a new
@@ -414,7 +414,7 @@ impl RedisBackend {
     /// Sends `TIME` (within this backend's timeout) and updates
     /// [`is_connected`](Self::is_connected). The answer also tells the backend how Redis's clock
     /// relates to this process's, which it needs to keep calls abandoned on their timeout from
-    /// counting (see the [module documentation](self#when-redis-is-slow-or-gone)).
+    /// counting (see the [module documentation](super#when-redis-is-slow-or-gone)).
     ///
     /// # Errors
     ///

@@ -121,8 +121,8 @@
 //! with a fresh state and decides as for a new key, and the store logs a warning (naming the key
 //! and what was wrong, at most once per 10 s per limiter) and counts the repair. With
 //! [`repair_corrupt_data(false)`](RedisBackend::repair_corrupt_data) the data is left for someone
-//! to look at, and every decision on that key is a [`BackendError`] that
-//! [`is_corrupt_data`](BackendError::is_corrupt_data), handled by the failure policy and counted,
+//! to look at, and every decision on that key is a [`BackendError`](crate::backend::BackendError) that
+//! [`is_corrupt_data`](crate::backend::BackendError::is_corrupt_data), handled by the failure policy and counted,
 //! until the key is deleted.
 //!
 //! ## Health and metrics

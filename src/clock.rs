@@ -138,10 +138,10 @@ pub(crate) fn duration_to_nanos(d: Duration) -> Nanos {
 ///
 /// - **Resolution.** Time moves in steps of `resolution` (1 ms is a good value): requests within
 ///   one step see the same time, and it runs behind tokio's by up to a step (plus up to 1 ms, the
-///   granularity of tokio's timer, which wakes the task). A rate limiter on this clock is never more permissive than on
-///   [`TokioClock`] (it sees time late, so it refills late), but it can be up to one step stricter:
-///   for quotas whose emission interval is near or below `resolution` (thousands per second per
-///   key), prefer [`TokioClock`].
+///   granularity of tokio's timer, which wakes the task). A rate limiter on this clock is never
+///   more permissive than on [`TokioClock`] (it sees time late, so it refills late), but it can be
+///   up to one step stricter: for quotas whose emission interval is near or below `resolution`
+///   (thousands per second per key), prefer [`TokioClock`].
 /// - **A task.** It runs every `resolution` while any clone of the clock is alive, and stops once
 ///   they are all dropped; on a runtime that is shut down, time stops.
 /// - **Paused time.** It follows tokio's paused time (the task reads `tokio::time::Instant` and

@@ -87,6 +87,16 @@ pub mod clock;
 )]
 pub mod config;
 pub mod error;
+#[cfg_attr(
+    not(any(
+        feature = "rate-limit",
+        feature = "circuit-breaker",
+        feature = "retry",
+        feature = "cache"
+    )),
+    allow(dead_code)
+)]
+pub mod hooks;
 pub mod key;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -10,7 +10,7 @@ use super::keyed::CircuitMap;
 #[cfg(feature = "redis")]
 use super::layer::SyncGuard;
 use super::layer::{CircuitBreakerLayer, Circuits, Shared};
-use super::state::{Breaker, Config, Hook, MAX_PROBES, SlowCalls, Wait, WindowConfig};
+use super::state::{Breaker, Config, Hooks, MAX_PROBES, SlowCalls, Wait, WindowConfig};
 use super::store::NotShared;
 #[cfg(feature = "redis")]
 use super::store::SharedWith;
@@ -57,7 +57,7 @@ pub(super) struct Settings {
     wait: Wait,
     half_open_probes: u32,
     max_circuits: usize,
-    hooks: Vec<Hook>,
+    hooks: Hooks,
     sync_interval: Duration,
 }
 
@@ -261,7 +261,7 @@ fn build_one<C, M, F>(
     key: GlobalKey,
 ) -> Result<CircuitBreakerLayer<C, M, F>, ConfigError> {
     let cfg = settings.config()?;
-    let breaker = Breaker::new(cfg, None, Arc::from(settings.hooks));
+    let breaker = Breaker::new(cfg, None, settings.hooks.clone());
     Ok(CircuitBreakerLayer {
         shared: Arc::new(Shared {
             circuits: Circuits::One(Arc::new(breaker)),
@@ -302,7 +302,7 @@ where
         let breaker = Arc::new(Breaker::new_shared(
             cfg,
             None,
-            Arc::from(settings.hooks),
+            settings.hooks.clone(),
             &signal,
         ));
         let driver = super::shared::driver(
@@ -361,7 +361,7 @@ where
     let map = CircuitMap::new(
         settings.max_circuits,
         cfg,
-        Arc::from(settings.hooks),
+        settings.hooks.clone(),
         label::<X::Key>,
     );
     Ok(CircuitBreakerLayer {
@@ -404,7 +404,7 @@ where
             CircuitMap::new(
                 settings.max_circuits,
                 cfg,
-                Arc::from(settings.hooks),
+                settings.hooks.clone(),
                 label::<X::Key>,
             )
             .with_signal(Arc::clone(&signal)),

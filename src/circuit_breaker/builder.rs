@@ -2,17 +2,16 @@
 //! classifier, rejection, key, backend, hooks).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::fallback::{FallbackFn, NoFallback};
 use super::key::PerKey;
 use super::layer::CircuitBreakerLayer;
-use super::state::{Hook, SlowCalls, Wait, WindowConfig};
+use super::state::{Hooks, SlowCalls, Wait, WindowConfig};
 #[cfg(feature = "redis")]
 use super::store::SharedWith;
 use super::store::{DEFAULT_SYNC_INTERVAL, NotShared};
-use super::transition::Transition;
+use super::transition::{CircuitEvent, Transition};
 use crate::classify::ErrorsAreFailures;
 #[cfg(feature = "http")]
 use crate::classify::{GrpcClassifier, HttpClassifier};
@@ -46,7 +45,7 @@ impl CircuitBreakerLayer {
             fallback: NoFallback,
             key: GlobalKey,
             max_circuits: 1_000,
-            hooks: Vec::new(),
+            hooks: Hooks::new(),
             store: NotShared,
             sync_interval: DEFAULT_SYNC_INTERVAL,
         }
@@ -78,7 +77,7 @@ pub struct CircuitBreakerBuilder<
     pub(super) fallback: F,
     pub(super) key: X,
     pub(super) max_circuits: usize,
-    pub(super) hooks: Vec<Hook>,
+    pub(super) hooks: Hooks,
     pub(super) store: S,
     pub(super) sync_interval: Duration,
 }
@@ -101,7 +100,7 @@ impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: fmt::Debug, S: fmt::Debug> 
             .field("fallback", &self.fallback)
             .field("key", &self.key)
             .field("max_circuits", &self.max_circuits)
-            .field("hooks", &self.hooks.len())
+            .field("hooks", &self.hooks)
             .field("store", &self.store)
             .field("sync_interval", &self.sync_interval)
             .finish()
@@ -188,13 +187,32 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
         self
     }
 
-    /// Calls `hook` on every change of state (after the change, outside any lock).
-    pub fn on_state_change<H>(mut self, hook: H) -> Self
+    /// Calls `hook` on every [`CircuitEvent`] (today: every change of state, after the change,
+    /// outside any lock). Hooks run in the order added; a panicking hook is caught and logged.
+    /// See [`crate::hooks`].
+    pub fn on_event<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(&CircuitEvent) + Send + Sync + 'static,
+    {
+        self.hooks = self.hooks.with(hook);
+        self
+    }
+
+    /// Calls `hook` on every change of state (after the change, outside any lock): shorthand for
+    /// an [`on_event`](Self::on_event) hook that reads [`CircuitEvent::StateChanged`].
+    pub fn on_state_change<H>(self, hook: H) -> Self
     where
         H: Fn(&Transition) + Send + Sync + 'static,
     {
-        self.hooks.push(Arc::new(hook));
-        self
+        self.on_event(move |event| {
+            #[allow(
+                irrefutable_let_patterns,
+                reason = "CircuitEvent is non_exhaustive: more events may come"
+            )]
+            if let CircuitEvent::StateChanged(transition) = event {
+                hook(transition);
+            }
+        })
     }
 
     /// What counts as a failure (default [`ErrorsAreFailures`]: errors do, responses do not): any

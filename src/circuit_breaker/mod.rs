@@ -204,4 +204,4 @@ pub use self::handle::CircuitHandle;
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
 pub use self::snapshot::{CircuitSnapshot, SharedSnapshot};
-pub use self::transition::{CircuitState, Transition, TransitionReason};
+pub use self::transition::{CircuitEvent, CircuitState, Transition, TransitionReason};

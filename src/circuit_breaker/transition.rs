@@ -3,6 +3,36 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::hooks::Event;
+
+/// An event of a circuit breaker, as its [hooks](crate::hooks) see it
+/// ([`on_event`](super::CircuitBreakerBuilder::on_event)).
+///
+/// Calls refused by an open circuit are not events (an open circuit refuses every call; count
+/// them with the `rampart_circuit_rejected_total` metric, or read
+/// [`CircuitSnapshot`](super::CircuitSnapshot)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CircuitEvent {
+    /// A circuit changed state: from, to, and the typed [`TransitionReason`].
+    StateChanged(Transition),
+}
+
+impl Event for CircuitEvent {
+    fn layer_name(&self) -> &str {
+        match self {
+            Self::StateChanged(t) => t.name,
+        }
+    }
+
+    /// `state_changed`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::StateChanged(_) => "state_changed",
+        }
+    }
+}
+
 /// The state of a circuit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -33,8 +63,8 @@ impl fmt::Display for CircuitState {
     }
 }
 
-/// A change of state, as passed to [`on_state_change`](super::CircuitBreakerBuilder::on_state_change)
-/// hooks.
+/// A change of state, as [`CircuitEvent::StateChanged`] and
+/// [`on_state_change`](super::CircuitBreakerBuilder::on_state_change) hooks carry it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub(crate) name: &'static str,

@@ -187,6 +187,7 @@ struct Meters {
     replaced: metrics::Key,
     /// `rampart_redis_errors_total` by [`ErrorKind`], in [`kind_index`] order.
     errors: [metrics::Key; 4],
+    latency: metrics::Key,
 }
 
 #[cfg(feature = "metrics")]
@@ -213,9 +214,17 @@ impl Meters {
                 "rampart_redis_reconnects_total",
                 vec![server.clone()],
             ),
+            latency: metrics::Key::from_parts(
+                "rampart_redis_call_duration_seconds",
+                vec![server.clone()],
+            ),
             up: metrics::Key::from_parts("rampart_redis_up", vec![server]),
             errors,
         }
+    }
+
+    fn call_took(&self, nanos: Nanos) {
+        crate::metrics::histogram(&self.latency).record(nanos as f64 / 1e9);
     }
 
     fn replaced(&self) {
@@ -391,12 +400,19 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Value, BackendError> {
         let (handle, generation) = self.current();
+        let started = self.clock.now();
         let call = Self::run(&handle, script, keys, args, None);
-        self.finish(
-            tokio::time::timeout(timeout, call).await,
-            timeout,
-            generation,
-        )
+        let result = tokio::time::timeout(timeout, call).await;
+        self.took(started);
+        self.finish(result, timeout, generation)
+    }
+
+    /// Records the time a store's call took since `started` (feature `metrics`).
+    fn took(&self, started: Nanos) {
+        #[cfg(feature = "metrics")]
+        self.meters
+            .call_took(self.clock.now().saturating_sub(started));
+        let _ = started;
     }
 
     /// Runs `script` as [`eval`](Self::eval) does, telling it until when its work is still wanted,
@@ -423,7 +439,8 @@ impl Conn {
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
-        let gives_up_at = self.clock.now().saturating_add(duration_to_nanos(timeout));
+        let started = self.clock.now();
+        let gives_up_at = started.saturating_add(duration_to_nanos(timeout));
         let (handle, generation) = self.current();
         let call = async {
             let mut sent_again = false;
@@ -464,18 +481,18 @@ impl Conn {
                 }
             }
         };
-        self.finish(
-            tokio::time::timeout(timeout, call).await,
-            timeout,
-            generation,
-        )
+        let result = tokio::time::timeout(timeout, call).await;
+        self.took(started);
+        self.finish(result, timeout, generation)
     }
 
     /// Sends one command within `timeout`, recording the outcome (for stores that need plain
     /// commands rather than scripts).
     pub(crate) async fn query(&self, cmd: &Cmd, timeout: Duration) -> Result<Value, BackendError> {
         let (handle, generation) = self.current();
+        let started = self.clock.now();
         let result = tokio::time::timeout(timeout, handle.query(cmd)).await;
+        self.took(started);
         self.finish(result, timeout, generation)
     }
 

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Breaker {
-    pub(crate) fn new(cfg: Config, key: Option<Arc<str>>, hooks: Arc<[Hook]>) -> Self {
+    pub(crate) fn new(cfg: Config, key: Option<Arc<str>>, hooks: Hooks) -> Self {
         let clock = TokioClock::new();
         let cfg_probes = cfg.half_open_probes;
         let window = match cfg.window {
@@ -45,7 +45,7 @@ impl Breaker {
     pub(crate) fn new_shared(
         cfg: Config,
         key: Option<Arc<str>>,
-        hooks: Arc<[Hook]>,
+        hooks: Hooks,
         signal: &Arc<crate::circuit_breaker::shared::Signal>,
     ) -> Self {
         let mut breaker = Self::new(cfg, key, hooks);
@@ -407,13 +407,6 @@ impl Breaker {
     }
 
     pub(super) fn announce(&self, from: CircuitState, to: CircuitState, reason: TransitionReason) {
-        let transition = Transition {
-            name: self.cfg.name,
-            key: self.key.clone(),
-            from,
-            to,
-            reason,
-        };
         let key = self.key.as_deref().unwrap_or("");
         if to == CircuitState::Open || to == CircuitState::ForcedOpen {
             tracing::warn!(circuit = self.cfg.name, key, %from, %to, reason = reason.as_str(), "circuit breaker state change");
@@ -422,9 +415,15 @@ impl Breaker {
         }
         #[cfg(feature = "metrics")]
         self.meters.set_state(to);
-        for hook in self.hooks.iter() {
-            hook(&transition);
-        }
+        self.hooks.emit(|| {
+            CircuitEvent::StateChanged(Transition {
+                name: self.cfg.name,
+                key: self.key.clone(),
+                from,
+                to,
+                reason,
+            })
+        });
     }
 
     pub(crate) fn snapshot(&self) -> CircuitSnapshot {

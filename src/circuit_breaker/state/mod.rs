@@ -30,7 +30,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 use super::snapshot::CircuitSnapshot;
-use super::transition::{CircuitState, Transition, TransitionReason};
+use super::transition::{CircuitEvent, CircuitState, Transition, TransitionReason};
 use super::window::{CountWindow, Counts, TimeWindow, Window};
 use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
 
@@ -134,7 +134,8 @@ pub(crate) struct Config {
     pub(crate) half_open_probes: u32,
 }
 
-pub(crate) type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
+/// The hooks of a layer's circuits.
+pub(crate) type Hooks = crate::hooks::Hooks<CircuitEvent>;
 
 /// Permission for one call, from [`Breaker::acquire`].
 #[derive(Clone, Copy, Debug)]
@@ -180,7 +181,7 @@ pub(crate) struct Breaker {
     probe_allowance: AtomicU32,
     rejected: AtomicU64,
     transitions: Mutex<()>,
-    hooks: Arc<[Hook]>,
+    hooks: Hooks,
     /// For a shared circuit: its link to the sync task.
     #[cfg(feature = "redis")]
     pub(crate) link: Option<Box<super::shared::Link>>,

@@ -85,10 +85,10 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         let keyless = std::mem::size_of::<K>() == 0;
         match &self.cells {
             Cells::Gcra { single, .. } if keyless => {
-                single.check_reading(limits, now, || self.clock.now())
+                single.check_with(limits, now, || self.clock.now())
             }
             Cells::Gcra { map, .. } => map.with(key, limits, now, |c| {
-                c.check_reading(limits, now, || self.clock.now())
+                c.check_with(limits, now, || self.clock.now())
             }),
             Cells::Window { single, .. } if keyless => single.check(limits, now),
             Cells::Window { map, .. } => map.with(key, limits, now, |c| c.check(limits, now)),

@@ -45,23 +45,23 @@ pub(crate) struct GcraCell {
 }
 
 impl GcraCell {
-    /// Decides one request at `now` (the tests' entry: the stores use
-    /// [`check_reading`](Self::check_reading)).
-    #[cfg(test)]
+    #[inline]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
-        self.check_reading(limits, now, || now)
+        self.check_with(limits, now, || now)
     }
 
-    /// Decides as [`check`](Self::check) does, reading the time again from `clock` when another
-    /// decision on this cell committed first: that decision may have used a later time than
-    /// `now`, and deciding again at the older `now` against its state could refuse a request by
-    /// the microseconds between the two reads. The uncontended path reads no clock.
+    /// Decides at `now`, reading the time again with `reread` each time another decision wins
+    /// the race for the cell: that decision may have read the clock after `now`, and deciding at
+    /// the older `now` against its newer TAT would refuse by the few nanoseconds between the two
+    /// reads (five concurrent requests on a quota of five saw one refused). The clock is read again
+    /// only under contention.
     #[inline]
-    pub(crate) fn check_reading(
+    pub(crate) fn check_with(
         &self,
         limits: &Limits,
         mut now: Nanos,
-        clock: impl Fn() -> Nanos,
+        mut reread: impl FnMut() -> Nanos,
     ) -> Decision {
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
@@ -76,7 +76,7 @@ impl GcraCell {
                 Ok(_) => return decision,
                 Err(actual) => {
                     current = actual;
-                    now = now.max(clock());
+                    now = now.max(reread());
                 }
             }
         }

@@ -212,8 +212,14 @@ mod tests {
                 r#""5 parsecs""#,
                 r#"invalid duration "5 parsecs": unknown time unit"#,
             ),
-            (r#""-3""#, "invalid duration -3: a number is read as seconds"),
-            (r#""NaN""#, "invalid duration NaN: a number is read as seconds"),
+            (
+                r#""-3""#,
+                "invalid duration -3: a number is read as seconds",
+            ),
+            (
+                r#""NaN""#,
+                "invalid duration NaN: a number is read as seconds",
+            ),
             ("-1", "invalid duration -1: a number is read as seconds"),
             (
                 r#"{"secs":1,"nanos":0}"#,

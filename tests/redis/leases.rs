@@ -58,13 +58,26 @@ fn leased(
 }
 
 /// What the clients saw.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Tally {
     admitted: u64,
     limited: u64,
     unavailable: u64,
     /// The longest any request waited for its decision.
     longest: Duration,
+    /// When each admitted request's answer came back, in order.
+    admitted_at: Vec<Instant>,
+}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tally")
+            .field("admitted", &self.admitted)
+            .field("limited", &self.limited)
+            .field("unavailable", &self.unavailable)
+            .field("longest", &self.longest)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tally {
@@ -95,7 +108,10 @@ async fn run_clients(
                     let result = svc.ready().await.unwrap().call(()).await;
                     t.longest = t.longest.max(asked.elapsed());
                     match result {
-                        Ok(()) => t.admitted += 1,
+                        Ok(()) => {
+                            t.admitted += 1;
+                            t.admitted_at.push(Instant::now());
+                        }
                         Err(e) if e.is::<RateLimited>() => t.limited += 1,
                         Err(e) if e.is::<BackendUnavailable>() => t.unavailable += 1,
                         Err(e) => panic!("unexpected error from the limiter: {e}"),
@@ -113,8 +129,24 @@ async fn run_clients(
         all.limited += t.limited;
         all.unavailable += t.unavailable;
         all.longest = all.longest.max(t.longest);
+        all.admitted_at.extend(t.admitted_at);
     }
+    all.admitted_at.sort_unstable();
     all
+}
+
+/// The most admissions in any window of length `window` (sliding over the admission times: a
+/// window holding the most starts at an admission).
+fn busiest_window(admitted_at: &[Instant], window: Duration) -> u64 {
+    let mut end = 0;
+    let mut most = 0;
+    for (start, &t) in admitted_at.iter().enumerate() {
+        while end < admitted_at.len() && admitted_at[end] <= t + window {
+            end += 1;
+        }
+        most = most.max(end - start);
+    }
+    most as u64
 }
 
 /// Waits until no lease call is in flight in `stores` (their counts stop moving), at most 2 s.
@@ -134,7 +166,13 @@ async fn settle(stores: &[RedisLeasedStore<()>]) {
 }
 
 /// The property, for one quota and lease configuration, against `replicas`.
-async fn bound_holds(replicas: Vec<RedisBackend>, quota: Quota, config: LeaseConfig, label: &str) {
+async fn bound_holds(
+    replicas: Vec<RedisBackend>,
+    quota: Quota,
+    config: LeaseConfig,
+    label: &str,
+    per_client: usize,
+) {
     let prefix = unique_prefix("leases");
     let (stores, services): (Vec<_>, Vec<_>) = replicas
         .into_iter()
@@ -143,7 +181,7 @@ async fn bound_holds(replicas: Vec<RedisBackend>, quota: Quota, config: LeaseCon
     let started = Instant::now();
     let tally = run_clients(
         &services,
-        300,
+        per_client,
         Duration::from_millis(1),
         Duration::from_secs(3),
     )
@@ -182,6 +220,23 @@ async fn bound_holds(replicas: Vec<RedisBackend>, quota: Quota, config: LeaseCon
     // quota, so the quota was used but for what the replicas hold or let expire.
     let bound = REPLICAS as u64 * (max_units + max_units / 4);
     assert!(held <= bound, "{label}: held {held} > {bound}");
+    // Over-admission per window, over every window of the quota's period: at most what exact mode
+    // admits in it (GCRA: burst + rate x length) plus the units held in leases at its start (the
+    // bound). An answer is seen after its decision, by at most the longest wait seen, so a window
+    // of seen answers holds decisions from a window that much longer.
+    let period = quota.period();
+    let busiest = busiest_window(&tally.admitted_at, period);
+    let span = (period + tally.longest).as_secs_f64();
+    let exact_window = burst + (rate * span).ceil() as u64;
+    println!(
+        "{label}: busiest {period:?} window admitted {busiest}; exact mode's allowance {exact_window} \
+         (a window of {span:.3}s) + bound {bound}"
+    );
+    assert!(
+        busiest <= exact_window + bound,
+        "{label}: {busiest} admitted in one {period:?} window > exact allowance {exact_window} + \
+         leased bound {bound}"
+    );
     assert!(
         tally.total() > exact_bound,
         "{label}: the demand must exceed the quota"
@@ -239,7 +294,7 @@ async fn four_replicas_forty_clients_stay_within_the_bound_on_one_node() {
         return;
     };
     for (quota, config, label) in cases() {
-        bound_holds(replicas(&server.url()).await, quota, config, label).await;
+        bound_holds(replicas(&server.url()).await, quota, config, label, 300).await;
     }
 }
 
@@ -256,7 +311,26 @@ async fn four_replicas_forty_clients_stay_within_the_bound_on_a_cluster() {
         backends.push(b.timeout(TIMEOUT).failure_policy(FailurePolicy::Closed));
     }
     let (quota, config, label) = cases()[0];
-    bound_holds(backends, quota, config, label).await;
+    bound_holds(backends, quota, config, label, 300).await;
+}
+
+/// The per-window bound, over many windows: a quota of 20 per 100 ms (burst 20, so leases of at
+/// most 5 units) under a demand far above it for about 2 s, so about 20 windows of the period
+/// slide over the admissions, each checked against exact mode's allowance plus the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_window_of_the_period_admits_at_most_exact_plus_the_outstanding_leases() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let quota = Quota::with_period(20, Duration::from_millis(100));
+    bound_holds(
+        replicas(&server.url()).await,
+        quota,
+        LeaseConfig::new(),
+        "20 per 100ms",
+        900,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,7 +208,6 @@ mod cache;
 mod conn;
 mod connection;
 mod key;
-#[cfg(feature = "rate-limit")]
 pub mod lease;
 #[cfg(feature = "rate-limit")]
 mod rate_limit;
@@ -228,8 +227,9 @@ pub use self::circuit::{RedisCircuitStore, RedisSync, circuit_script_sha};
 pub use self::conn::DEFAULT_LIVENESS_TIMEOUT;
 pub use self::connection::{FencedScript, RedisConnection};
 pub use self::key::{Hashed, RedisKey};
+pub use self::lease::{DEFAULT_LEASE_TTL, LeaseConfig, LeasedRedisBackend};
 #[cfg(feature = "rate-limit")]
-pub use self::lease::{LeaseCheck, LeaseConfig, LeasedRedisBackend, RedisLeasedStore};
+pub use self::lease::{LeaseCheck, RedisLeasedStore};
 #[cfg(feature = "rate-limit")]
 pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};
 

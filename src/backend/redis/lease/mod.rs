@@ -111,7 +111,23 @@
 //!   (`Backend::from(redis.leased(config))`), whose other layers then use the Redis backend
 //!   underneath.
 //! - Units left in a lease are not given back to Redis: they serve until the lease expires, then
-//!   are dropped (stranded, within the bounds above).
+//!   are dropped (stranded, within the bounds above). Giving them back on a graceful shutdown
+//!   would need the lease call to return the arrival time it wrote, the replica to keep it per
+//!   key, and a second script that moves the time back by the units left only when the key
+//!   still holds that value (no other replica has leased since, or the units would be counted
+//!   twice): on a hot key shared by several replicas the compare fails almost always, so it
+//!   would shorten the under-admission only for keys one replica had to itself. Not done yet.
+//! - **Redis keeps no record of who holds what**, so neither an operator nor the surviving
+//!   replicas can see a dead replica's stranded units; each replica reports its own
+//!   (`rampart_rate_limit_lease_stranded_units_total`, and what it holds, via
+//!   [`RedisLeasedStore::held_units`]). A record would be a per-key hash of owner → units granted
+//!   and expiry, written by the lease script: no extra round trip, but two more writes
+//!   (`HSET`, `PEXPIRE`) in every lease call, a second key that must share the limiter key's
+//!   cluster slot (a hash tag, so a change of key names), and what it could say is only *granted*,
+//!   not *left*: units are taken in memory with no I/O, so Redis cannot tell a spent lease from
+//!   a stranded one without a call per unit or per flush, which is what leasing removes. The
+//!   record's upper bound, at most 1.25 leases per replica for at most 1.25 times to live, is
+//!   the bound stated above, known without it.
 
 // The configuration types exist with the `redis` feature alone, so that [`Backend`](crate::backend::Backend)
 // has one shape whatever the features; the leased store needs the rate limiter.

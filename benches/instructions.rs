@@ -25,7 +25,7 @@
 //!   limiter, tower_governor (global and peer IP, with and without `use_headers()`), throttle-kit's
 //!   tower layer (in memory);
 //! - circuit breaker closed; retry with a successful first attempt (ours, ours without a budget,
-//!   tower's `Retry`); cache hit; the stack rate limit + circuit breaker + retry.
+//!   tower's `Retry`); cache hit (and with one event hook); the stack rate limit + circuit breaker + retry.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -43,7 +43,7 @@ use criterion::Criterion;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service, ServiceBuilder, service_fn};
 use tower_rampart::backend::MemoryBackend;
-use tower_rampart::cache::CacheLayer;
+use tower_rampart::cache::{CacheEvent, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitBreakerLayer;
 use tower_rampart::clock::CoarseClock;
 use tower_rampart::key::{PeerIp, key_fn};
@@ -286,6 +286,22 @@ fn scenarios() -> Vec<Scenario> {
             let layer = CacheLayer::builder()
                 .ttl(Duration::from_secs(3600))
                 .key(key_fn(|_: &u64| Some(7u64)))
+                .build()
+                .expect("valid cache");
+            u64_run(layer.layer(bare_u64()))
+        }),
+        s!("u64/rampart_cache_hit_hooked", "u64/bare", || {
+            // The same hit with one `.on_event` hook (counting hits): what a hook adds where a
+            // layer emits on its hot path; `u64/rampart_cache_hit` is the cost with none (#19).
+            let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let layer = CacheLayer::builder()
+                .ttl(Duration::from_secs(3600))
+                .key(key_fn(|_: &u64| Some(7u64)))
+                .on_event(move |e: &CacheEvent| {
+                    if matches!(e, CacheEvent::Hit { .. }) {
+                        hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
                 .build()
                 .expect("valid cache");
             u64_run(layer.layer(bare_u64()))

@@ -68,6 +68,11 @@ mod macros;
 mod name;
 
 pub mod backend;
+#[cfg(any(
+    all(feature = "cache", feature = "http"),
+    all(feature = "retry", any(feature = "axum", feature = "tonic"))
+))]
+mod body;
 pub mod classify;
 pub mod clock;
 #[cfg(feature = "serde")]
@@ -82,6 +87,16 @@ pub mod clock;
 )]
 pub mod config;
 pub mod error;
+#[cfg_attr(
+    not(any(
+        feature = "rate-limit",
+        feature = "circuit-breaker",
+        feature = "retry",
+        feature = "cache"
+    )),
+    allow(dead_code)
+)]
+pub mod hooks;
 pub mod key;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -25,7 +25,9 @@
 //! | `rampart_retry_attempts_total` | counter | `name`, `reason` | retries made |
 //! | `rampart_retry_budget_exhausted_total` | counter | `name` | retries the budget did not allow |
 //! | `rampart_retry_gave_up_total` | counter | `name`, `cause` | requests that ended with a failure they were not retried after |
+//! | `rampart_retry_delay_seconds` | histogram (seconds) | `name` | the wait before each retry scheduled |
 //! | `rampart_cache_hits_total`, `_misses_total`, `_stale_total`, `_stale_if_error_total`, `_coalesced_total`, `_unusable_total` | counter | `name` | requests by how the cache answered |
+//! | `rampart_cache_fill_duration_seconds` | histogram (seconds) | `name` | each fill: from the upstream call made on a miss to its response captured (stored or not) or its failure |
 //! | `rampart_cache_bytes` | gauge (bytes) | `name` | bytes of entries held in memory |
 //! | `rampart_cache_evictions_total` | counter | `name`, `reason` | entries evicted from memory: `size`, `expired` |
 //! | `rampart_cache_backend_errors_total` | counter | `name`, `op` | store operations that failed |
@@ -35,6 +37,7 @@
 //! | `rampart_redis_up` | gauge | `server` | 1 while calls reach Redis, 0 while they fail |
 //! | `rampart_redis_errors_total` | counter | `server`, `kind` | calls that failed: `unreachable`, `timeout`, `data`, `other` |
 //! | `rampart_redis_reconnects_total` | counter | `server` | connections replaced because they went silent |
+//! | `rampart_redis_call_duration_seconds` | histogram (seconds) | `server` | each script or command a store sends to Redis (a `NOSCRIPT` resend included in its call), until its answer, error or timeout |
 //!
 //! [`name`]: crate::rate_limit::RateLimitBuilder::name
 
@@ -49,7 +52,7 @@
     allow(dead_code)
 )]
 
-use ::metrics::{Counter, Gauge, Key, Label, Level, Metadata, SharedString, Unit};
+use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, SharedString, Unit};
 
 /// The label every layer's series carry: the layer's name.
 pub(crate) const NAME: &str = "name";
@@ -83,6 +86,11 @@ pub(crate) fn counter(key: &Key) -> Counter {
 /// The gauge `key`, from the recorder installed now.
 pub(crate) fn gauge(key: &Key) -> Gauge {
     ::metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+}
+
+/// The histogram `key`, from the recorder installed now.
+pub(crate) fn histogram(key: &Key) -> Histogram {
+    ::metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
 }
 
 /// Adds one to `metric` for the layer named `name`, with more labels (for rare events: it builds
@@ -173,6 +181,11 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         "requests that ended with a failure they were not retried after",
     ),
     (
+        "rampart_retry_delay_seconds",
+        Some(Unit::Seconds),
+        "the wait before each retry scheduled",
+    ),
+    (
         "rampart_cache_hits_total",
         Some(Unit::Count),
         "requests answered from the cache",
@@ -201,6 +214,11 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         "rampart_cache_unusable_total",
         Some(Unit::Count),
         "requests the cache could not key or serve",
+    ),
+    (
+        "rampart_cache_fill_duration_seconds",
+        Some(Unit::Seconds),
+        "time from a cache miss's upstream call to its response captured or its failure",
     ),
     (
         "rampart_cache_bytes",
@@ -247,6 +265,11 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         Some(Unit::Count),
         "connections to Redis replaced because they stopped answering",
     ),
+    (
+        "rampart_redis_call_duration_seconds",
+        Some(Unit::Seconds),
+        "time a store's call to Redis took, until its answer, error or timeout",
+    ),
 ];
 
 /// Describes every metric (unit and text) to the recorder installed now. Layers call it when
@@ -258,6 +281,8 @@ pub(crate) fn describe() {
             let text = SharedString::const_str(text);
             if metric.ends_with("_total") {
                 r.describe_counter(key, *unit, text);
+            } else if metric.ends_with("_seconds") {
+                r.describe_histogram(key, *unit, text);
             } else {
                 r.describe_gauge(key, *unit, text);
             }
@@ -289,6 +314,11 @@ mod tests {
                 "{metric}: lowercase text"
             );
             assert!(unit.is_some() || !metric.ends_with("_total"), "{metric}");
+            assert_eq!(
+                metric.ends_with("_seconds"),
+                *unit == Some(Unit::Seconds),
+                "{metric}: histograms are in seconds and named so"
+            );
         }
     }
 }

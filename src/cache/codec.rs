@@ -48,7 +48,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use tokio::time::Instant;
 
-use super::entry::{CacheEntry, Timing, from_unix_ms, times_in_order, to_unix_ms};
+use super::entry::{CacheEntry, Timing};
 use super::http::CachedResponse;
 
 const MAGIC: &[u8; 3] = b"RMC";
@@ -104,13 +104,8 @@ pub fn encode(entry: &CacheEntry<CachedResponse>, now: Instant, wall_now: System
     let mut out = Vec::with_capacity(4 + 32 + 3 + 4 + headers_len + 4 + r.body().len());
     out.extend_from_slice(MAGIC);
     out.push(FORMAT_VERSION);
-    for at in [
-        t.stored_at,
-        t.fresh_until,
-        t.revalidate_until,
-        t.stale_if_error_until,
-    ] {
-        out.extend_from_slice(&to_unix_ms(at, now, wall_now).to_be_bytes());
+    for ms in t.to_unix_ms(now, wall_now) {
+        out.extend_from_slice(&ms.to_be_bytes());
     }
     out.extend_from_slice(&r.status().as_u16().to_be_bytes());
     out.push(version_code(r.version()));
@@ -207,19 +202,9 @@ fn decode_with(
     if r.u8()? != FORMAT_VERSION {
         return Err(DecodeError::new("unknown format version"));
     }
-    let mut times = [now; 4];
-    for t in &mut times {
-        *t = from_unix_ms(r.u64()?, now, wall_now);
-    }
-    if !times_in_order(&times) {
-        return Err(DecodeError::new("times out of order"));
-    }
-    let [
-        stored_at,
-        fresh_until,
-        revalidate_until,
-        stale_if_error_until,
-    ] = times;
+    let ms = [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+    let timing = Timing::from_unix_ms(ms, now, wall_now)
+        .ok_or_else(|| DecodeError::new("times out of order"))?;
     let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::new("bad status"))?;
     let version = match r.u8()? {
         0 => Version::HTTP_09,
@@ -254,12 +239,6 @@ fn decode_with(
         return Err(DecodeError::new("content-length does not match the body"));
     }
     let weight = response.weight();
-    let timing = Timing {
-        stored_at,
-        fresh_until,
-        revalidate_until,
-        stale_if_error_until,
-    };
     Ok(CacheEntry::new(response, timing, weight))
 }
 

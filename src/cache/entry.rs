@@ -237,6 +237,44 @@ impl<V: Send + Sync + 'static> CacheEntry<V> {
     }
 }
 
+impl Timing {
+    /// The four times (stored at, fresh until, revalidate until, stale-if-error until) as Unix
+    /// milliseconds, given one reading of both clocks: how a store's codec writes them.
+    #[cfg_attr(not(any(feature = "http", feature = "redis")), allow(dead_code))]
+    pub(crate) fn to_unix_ms(self, now: Instant, wall_now: SystemTime) -> [u64; 4] {
+        [
+            self.stored_at,
+            self.fresh_until,
+            self.revalidate_until,
+            self.stale_if_error_until,
+        ]
+        .map(|at| to_unix_ms(at, now, wall_now))
+    }
+
+    /// The times written by [`to_unix_ms`](Self::to_unix_ms), read back given one reading of both
+    /// clocks; `None` when they are not in the order every entry written has them (anything else
+    /// was not written by this crate).
+    #[cfg_attr(not(any(feature = "http", feature = "redis")), allow(dead_code))]
+    pub(crate) fn from_unix_ms(ms: [u64; 4], now: Instant, wall_now: SystemTime) -> Option<Self> {
+        let times = ms.map(|ms| from_unix_ms(ms, now, wall_now));
+        if !times_in_order(&times) {
+            return None;
+        }
+        let [
+            stored_at,
+            fresh_until,
+            revalidate_until,
+            stale_if_error_until,
+        ] = times;
+        Some(Self {
+            stored_at,
+            fresh_until,
+            revalidate_until,
+            stale_if_error_until,
+        })
+    }
+}
+
 /// Whether an entry's times (stored at, fresh until, revalidate until, stale-if-error until) are
 /// in the order every entry written has them: anything else was not written by this crate.
 #[cfg_attr(not(any(feature = "http", feature = "redis")), allow(dead_code))]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::entry::Lifetimes;
+use super::event::CacheEvent;
 use super::flight::Flights;
 use super::handle::{CacheHandle, HandleImpl};
 use super::key::NoKey;
@@ -14,6 +15,7 @@ use super::mode::{Cloned, PredicateFn, WeigherFn};
 use super::service::Cache;
 use super::store::{CacheBackend, CacheSpec};
 use crate::error::ConfigError;
+use crate::hooks::Hooks;
 use crate::key::KeyExtractor;
 use crate::throttle::LogThrottle;
 
@@ -59,6 +61,8 @@ pub(crate) struct Shared<X, St, A> {
     pub(crate) lock_wait: Duration,
     /// Keeps a failing store (every request would warn) from flooding the logs.
     pub(crate) backend_log: LogThrottle,
+    /// Told of hits, misses, stale answers and failures.
+    pub(crate) hooks: Hooks<CacheEvent>,
     /// Counter handles, registered on first use.
     #[cfg(feature = "metrics")]
     pub(crate) meters: [std::sync::OnceLock<metrics::Counter>; Meter::COUNT],
@@ -76,6 +80,18 @@ pub(crate) enum Meter {
 }
 
 impl Meter {
+    /// The event a request counted under this meter is.
+    pub(crate) fn event(self, name: &'static str) -> CacheEvent {
+        match self {
+            Self::Hits => CacheEvent::Hit { name },
+            Self::Misses => CacheEvent::Miss { name },
+            Self::Stale => CacheEvent::Stale { name },
+            Self::StaleIfError => CacheEvent::StaleIfError { name },
+            Self::Coalesced => CacheEvent::Coalesced { name },
+            Self::Unusable => CacheEvent::Unusable { name },
+        }
+    }
+
     #[cfg(feature = "metrics")]
     pub(crate) const COUNT: usize = 6;
 
@@ -204,6 +220,7 @@ impl CacheLayer<NoKey, (), Cloned> {
             lock_hold: DEFAULT_LOCK_HOLD,
             lock_wait: DEFAULT_LOCK_WAIT,
             name: "default",
+            hooks: Hooks::new(),
         }
     }
 }
@@ -248,6 +265,7 @@ pub struct CacheBuilder<X = NoKey, B = DefaultBackend, A = Cloned> {
     lock_hold: Duration,
     lock_wait: Duration,
     name: &'static str,
+    hooks: Hooks<CacheEvent>,
 }
 
 /// The default hold of a shared store's fill lock.
@@ -319,6 +337,17 @@ impl<X, B, A> CacheBuilder<X, B, A> {
         self
     }
 
+    /// Calls `hook` on every [`CacheEvent`]: hits, misses, stale answers, failed fills and
+    /// store operations. Hooks run in the order added; a panicking hook is caught and logged.
+    /// See [`crate::hooks`].
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&CacheEvent) + Send + Sync + 'static,
+    {
+        self.hooks = self.hooks.with(hook);
+        self
+    }
+
     /// Which requests share a response (required in the clone mode; method and URI in HTTP mode):
     /// any extractor from [`crate::key`] whose keys convert into a
     /// [`CacheKey`](super::CacheKey). A request it finds no key for is not cached: it goes
@@ -340,6 +369,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
             lock_hold: self.lock_hold,
             lock_wait: self.lock_wait,
             name: self.name,
+            hooks: self.hooks,
         }
     }
 
@@ -357,6 +387,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
             lock_hold: self.lock_hold,
             lock_wait: self.lock_wait,
             name: self.name,
+            hooks: self.hooks,
         }
     }
 
@@ -380,6 +411,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
             lock_hold: self.lock_hold,
             lock_wait: self.lock_wait,
             name: self.name,
+            hooks: self.hooks,
         }
     }
 
@@ -468,6 +500,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
                 lock_hold: self.lock_hold,
                 lock_wait: self.lock_wait,
                 backend_log: LogThrottle::new(Duration::from_secs(10)),
+                hooks: self.hooks,
                 #[cfg(feature = "metrics")]
                 meters: Default::default(),
             }),
@@ -576,6 +609,11 @@ impl<X, St, A> Shared<X, St, A> {
             self.name,
             &[("op", op)],
         );
+        self.hooks.emit(|| CacheEvent::StoreFailed {
+            name: self.name,
+            op,
+            error: e.to_string(),
+        });
     }
 
     pub(crate) fn epoch(&self) -> u64 {

@@ -157,6 +157,7 @@ pub mod codec;
 #[cfg(feature = "serde")]
 mod config;
 pub mod entry;
+mod event;
 mod flight;
 pub mod future;
 mod handle;
@@ -171,6 +172,7 @@ mod store;
 #[cfg(feature = "serde")]
 pub use self::config::{CacheConfig, FillLockConfig};
 pub use self::entry::CacheEntry;
+pub use self::event::CacheEvent;
 pub use self::handle::{CacheHandle, Invalidation};
 #[cfg(feature = "http")]
 pub use self::http::{

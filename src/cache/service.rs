@@ -120,7 +120,7 @@ impl<X, St, A> Shared<X, St, A> {
                 crate::metrics::counter(&crate::metrics::key(meter.name(), self.name, &[]))
             })
             .increment(1);
-        let _ = meter;
+        self.hooks.emit(|| meter.event(self.name));
     }
 
     /// A stored entry the mode could not turn back into a response: a miss, reported.

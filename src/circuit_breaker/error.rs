@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::handle::CircuitState;
+use super::transition::CircuitState;
 use crate::rejection::{Rejection, RejectionKind};
 
 /// The call was refused because the circuit is open, forced open, or half-open with all its probe

@@ -11,9 +11,9 @@ use pin_project_lite::pin_project;
 
 use tower_service::Service;
 
-#[cfg(feature = "redis")]
-use super::handle::CircuitState;
 use super::state::{Breaker, Outcome, Permit};
+#[cfg(feature = "redis")]
+use super::transition::CircuitState;
 use crate::classify::Classify;
 use crate::rejection::RejectionMode;
 

@@ -36,7 +36,7 @@
 //!     .key(key_fn(|call: &Call| Some(call.host)))
 //!     .build()
 //!     .unwrap();
-//! let circuits = layer.circuits();
+//! let circuits = layer.handle();
 //! let mut svc = layer.layer(service_fn(|call: Call| async move {
 //!     if call.host == "down.example" { Err::<&str, BoxError>("refused".into()) } else { Ok("ok") }
 //! }));

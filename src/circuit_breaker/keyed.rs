@@ -18,8 +18,8 @@ use crossbeam_utils::CachePadded;
 use crossbeam_utils::sync::ShardedLock;
 use hashbrown::HashTable;
 
-use super::handle::CircuitState;
-use super::state::{Breaker, Config, Hook};
+use super::state::{Breaker, Config, Hooks};
+use super::transition::CircuitState;
 
 struct Slot {
     breaker: Arc<Breaker>,
@@ -38,7 +38,7 @@ pub(crate) struct CircuitMap<K> {
     cap: usize,
     hasher: foldhash::fast::RandomState,
     cfg: Config,
-    hooks: Arc<[Hook]>,
+    hooks: Hooks,
     label: Label<K>,
     /// For shared circuits: the layer's sync task.
     #[cfg(feature = "redis")]
@@ -58,7 +58,7 @@ impl<K> fmt::Debug for CircuitMap<K> {
 impl<K: Hash + Eq + Clone> CircuitMap<K> {
     /// A map of at most `max` circuits (rounded up to a multiple of the shard count), each built
     /// with `cfg` and `hooks`, named in logs by `label`.
-    pub(crate) fn new(max: usize, cfg: Config, hooks: Arc<[Hook]>, label: Label<K>) -> Self {
+    pub(crate) fn new(max: usize, cfg: Config, hooks: Hooks, label: Label<K>) -> Self {
         let max = max.max(1);
         // Shards of at least 16 circuits, up to 16 shards.
         let shard_count = 1usize << (max / 16).clamp(1, 16).ilog2();
@@ -131,16 +131,12 @@ impl<K: Hash + Eq + Clone> CircuitMap<K> {
         #[cfg(feature = "redis")]
         let breaker = Arc::new(match &self.signal {
             Some(signal) => {
-                Breaker::new_shared(self.cfg.clone(), label, Arc::clone(&self.hooks), signal)
+                Breaker::new_shared(self.cfg.clone(), label, self.hooks.clone(), signal)
             }
-            None => Breaker::new(self.cfg.clone(), label, Arc::clone(&self.hooks)),
+            None => Breaker::new(self.cfg.clone(), label, self.hooks.clone()),
         });
         #[cfg(not(feature = "redis"))]
-        let breaker = Arc::new(Breaker::new(
-            self.cfg.clone(),
-            label,
-            Arc::clone(&self.hooks),
-        ));
+        let breaker = Arc::new(Breaker::new(self.cfg.clone(), label, self.hooks.clone()));
         let slot = Slot {
             breaker: Arc::clone(&breaker),
             touched: AtomicBool::new(true),
@@ -205,6 +201,19 @@ impl<K: Hash + Eq + Clone> CircuitMap<K> {
             );
         }
         out
+    }
+
+    /// The layer's name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.cfg.name
+    }
+
+    /// Whether the circuits are shared through a store.
+    pub(crate) fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.signal.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     /// How many circuits there are.

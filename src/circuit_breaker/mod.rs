@@ -177,6 +177,8 @@
 //! # }
 //! ```
 
+mod build;
+mod builder;
 #[cfg(feature = "serde")]
 mod config;
 pub mod error;
@@ -189,14 +191,17 @@ mod layer;
 mod service;
 #[cfg(feature = "redis")]
 mod shared;
+mod snapshot;
 mod state;
 pub mod store;
+mod transition;
 mod window;
 
+pub use self::builder::CircuitBreakerBuilder;
 #[cfg(feature = "serde")]
 pub use self::config::{CircuitBreakerConfig, SlowCallsConfig, WaitConfig, WindowConfig};
-pub use self::handle::{
-    CircuitHandle, CircuitSnapshot, CircuitState, CircuitsHandle, SharedSnapshot, Transition,
-};
-pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
+pub use self::handle::CircuitHandle;
+pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
+pub use self::snapshot::{CircuitSnapshot, SharedSnapshot};
+pub use self::transition::{CircuitEvent, CircuitState, Transition, TransitionReason};

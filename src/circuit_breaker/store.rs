@@ -17,9 +17,9 @@ use std::future::Future;
 use std::time::Duration;
 
 #[cfg(feature = "redis")]
-use super::handle::CircuitState;
-#[cfg(feature = "redis")]
 use super::state::{Config, WindowConfig};
+#[cfg(feature = "redis")]
+use super::transition::CircuitState;
 #[cfg(feature = "redis")]
 use crate::backend::BackendError;
 #[cfg(feature = "redis")]

@@ -5,11 +5,13 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::error::Policy;
+use super::event::RateLimitEvent;
 use super::key::MissingKey;
 use super::quota::{Algorithm, Quota};
 use super::service::RateLimit;
 use super::store::{RateLimitBackend, RateLimitSpec};
 use crate::error::ConfigError;
+use crate::hooks::Hooks;
 use crate::key::{GlobalKey, KeyExtractor};
 use crate::rejection::AsError;
 use crate::throttle::LogThrottle;
@@ -46,6 +48,8 @@ pub(crate) struct Shared<X, St, M> {
     pub(crate) missing_key_log: LogThrottle,
     /// Likewise for a backend that is down (every request would warn).
     pub(crate) backend_log: LogThrottle,
+    /// Told of refusals and fallbacks.
+    pub(crate) hooks: Hooks<RateLimitEvent>,
     /// `rampart_rate_limit_admitted_total` for this layer, registered on first use and kept, so
     /// that counting an admission builds no key and looks nothing up.
     #[cfg(feature = "metrics")]
@@ -110,6 +114,7 @@ impl RateLimitLayer<GlobalKey, (), AsError> {
             legacy_headers: false,
             headers_on_success: true,
             wait: None,
+            hooks: Hooks::new(),
         }
     }
 }
@@ -175,6 +180,7 @@ pub struct RateLimitBuilder<X = GlobalKey, B = DefaultBackend, M = AsError> {
     legacy_headers: bool,
     headers_on_success: bool,
     wait: Option<Duration>,
+    hooks: Hooks<RateLimitEvent>,
 }
 
 impl<X, B, M> RateLimitBuilder<X, B, M> {
@@ -205,6 +211,7 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
             legacy_headers: self.legacy_headers,
             headers_on_success: self.headers_on_success,
             wait: self.wait,
+            hooks: self.hooks,
         }
     }
 
@@ -221,6 +228,7 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
             legacy_headers: self.legacy_headers,
             headers_on_success: self.headers_on_success,
             wait: self.wait,
+            hooks: self.hooks,
         }
     }
 
@@ -237,6 +245,7 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
             legacy_headers: self.legacy_headers,
             headers_on_success: self.headers_on_success,
             wait: self.wait,
+            hooks: self.hooks,
         }
     }
 
@@ -296,6 +305,17 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
         self
     }
 
+    /// Calls `hook` on every [`RateLimitEvent`]: refusals and backend fallbacks (not admissions).
+    /// Hooks run in the order added; a panicking hook is caught and logged. See
+    /// [`crate::hooks`].
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&RateLimitEvent) + Send + Sync + 'static,
+    {
+        self.hooks = self.hooks.with(hook);
+        self
+    }
+
     /// Checks the configuration and builds the layer, with its store.
     ///
     /// # Errors
@@ -322,6 +342,8 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
             algorithm: self.algorithm,
             limits,
             name: Arc::from(self.name),
+            hooks: self.hooks.clone(),
+            event_name: self.name,
         };
         let store = self.backend.rate_limit_store(&spec)?;
         let window_secs = quota.period().as_secs() + u64::from(quota.period().subsec_nanos() > 0);
@@ -348,6 +370,7 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
                 wait: self.wait,
                 missing_key_log: LogThrottle::new(Duration::from_secs(10)),
                 backend_log: LogThrottle::new(Duration::from_secs(10)),
+                hooks: self.hooks,
             }),
         })
     }

@@ -59,6 +59,7 @@ pub(crate) mod algorithm;
 #[cfg(feature = "serde")]
 mod config;
 pub mod error;
+mod event;
 pub mod future;
 pub mod key;
 mod layer;
@@ -69,6 +70,7 @@ mod store;
 pub use self::algorithm::Decision;
 #[cfg(feature = "serde")]
 pub use self::config::RateLimitConfig;
+pub use self::event::RateLimitEvent;
 pub use self::key::MissingKey;
 pub use self::layer::{NoBackend, RateLimitBuilder, RateLimitLayer};
 pub use self::quota::{Algorithm, MAX_PERIOD, Quota};

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use super::Decision;
 use super::error::{KeyMissing, Policy, RateLimited};
+use super::event::RateLimitEvent;
 use super::future::ResponseFuture;
 use super::key::MissingKey;
 use super::layer::Shared;
@@ -140,6 +141,8 @@ where
                         }
                         #[cfg(feature = "metrics")]
                         shared.count_rejection("key_missing");
+                        let name = shared.policy.name;
+                        shared.hooks.emit(|| RateLimitEvent::KeyMissing { name });
                         ResponseFuture::done(shared.mode.reject(KeyMissing::new(cause)))
                     }
                 };
@@ -265,6 +268,9 @@ impl<X, St, M> Shared<X, St, M> {
         tracing::debug!(limiter = self.policy.name, retry_after = ?d.retry_after(), "rate limited");
         #[cfg(feature = "metrics")]
         self.count_rejection("rate_limited");
+        let (name, retry_after) = (self.policy.name, d.retry_after());
+        self.hooks
+            .emit(|| RateLimitEvent::Refused { name, retry_after });
         self.mode.reject(RateLimited::new(d, self.policy))
     }
 
@@ -282,6 +288,10 @@ impl<X, St, M> Shared<X, St, M> {
         }
         #[cfg(feature = "metrics")]
         self.count_rejection("backend_unavailable");
+        self.hooks.emit(|| RateLimitEvent::BackendUnavailable {
+            name: self.policy.name,
+            error: e.to_string(),
+        });
         self.mode.reject(BackendUnavailable::new(e))
     }
 

@@ -63,6 +63,12 @@ pub struct RateLimitSpec {
     #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) limits: Limits,
     pub(crate) name: Arc<str>,
+    /// The layer's hooks, for stores that report events of their own (a Redis fallback).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) hooks: crate::hooks::Hooks<super::RateLimitEvent>,
+    /// The name as events carry it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) event_name: &'static str,
 }
 
 impl RateLimitSpec {

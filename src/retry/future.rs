@@ -14,6 +14,7 @@ use tower_service::Service;
 
 use super::RetryMode;
 use super::error::AttemptTimedOut;
+use super::event::RetryEvent;
 use super::layer::Shared;
 use super::policy::{Attempt, Decision, GiveUp, Outcome, Policy, TimeLimit};
 use super::request::NotRetryable;
@@ -382,6 +383,19 @@ impl<P, M> Shared<P, M> {
             ],
         ))
         .increment(1);
+        #[cfg(feature = "metrics")]
+        crate::metrics::histogram(&crate::metrics::key(
+            "rampart_retry_delay_seconds",
+            self.name,
+            &[],
+        ))
+        .record(after.as_secs_f64());
+        self.hooks.emit(|| RetryEvent::RetryScheduled {
+            name: self.name,
+            attempt,
+            delay: after,
+            reason,
+        });
     }
 
     /// Logs and counts why a request ends without another attempt, when it was worth one.
@@ -411,6 +425,11 @@ impl<P, M> Shared<P, M> {
             }
             #[cfg(feature = "metrics")]
             crate::metrics::count("rampart_retry_budget_exhausted_total", self.name, &[]);
+            self.hooks.emit(|| RetryEvent::BudgetExhausted {
+                name: self.name,
+                attempts,
+                reason,
+            });
         } else {
             tracing::debug!(
                 retrier = self.name,
@@ -426,6 +445,13 @@ impl<P, M> Shared<P, M> {
             self.name,
             &[("cause", cause)],
         );
+        self.hooks.emit(|| RetryEvent::GaveUp {
+            name: self.name,
+            attempts,
+            reason,
+            why,
+            cause,
+        });
     }
 }
 

@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use super::backoff::{Backoff, Jitter};
 use super::budget::{Budget, RetryBudget};
+use super::event::RetryEvent;
 use super::policy::{Seeds, StandardPolicy};
 use super::request::CloneAll;
 use super::service::Retry;
@@ -13,6 +14,7 @@ use crate::classify::ErrorsAreFailures;
 #[cfg(feature = "http")]
 use crate::classify::{GrpcClassifier, HttpClassifier};
 use crate::error::ConfigError;
+use crate::hooks::Hooks;
 use crate::rejection::AsError;
 use crate::throttle::LogThrottle;
 
@@ -39,6 +41,8 @@ pub(crate) struct Shared<P, M> {
     pub(crate) mode: M,
     /// Keeps an exhausted budget (every failing request would warn) from flooding the logs.
     pub(crate) budget_log: LogThrottle,
+    /// Told of retries and of requests given up on.
+    pub(crate) hooks: Hooks<RetryEvent>,
 }
 
 impl<P, M> Clone for RetryLayer<P, M> {
@@ -111,6 +115,7 @@ impl RetryLayer {
             classifier: ErrorsAreFailures,
             requests: CloneAll,
             mode: AsError,
+            hooks: Hooks::new(),
         }
     }
 
@@ -120,6 +125,7 @@ impl RetryLayer {
             name: "custom",
             policy,
             mode: AsError,
+            hooks: Hooks::new(),
         }
     }
 }
@@ -154,6 +160,7 @@ pub struct RetryBuilder<C = ErrorsAreFailures, R = CloneAll, M = AsError> {
     classifier: C,
     requests: R,
     mode: M,
+    hooks: Hooks<RetryEvent>,
 }
 
 impl<C, R, M> RetryBuilder<C, R, M> {
@@ -161,6 +168,17 @@ impl<C, R, M> RetryBuilder<C, R, M> {
     /// only; checked by `build`.
     pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         self.name = crate::name::intern(name);
+        self
+    }
+
+    /// Calls `hook` on every [`RetryEvent`]: retries scheduled, budget refusals, requests given
+    /// up on. Hooks run in the order added; a panicking hook is caught and logged. See
+    /// [`crate::hooks`].
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&RetryEvent) + Send + Sync + 'static,
+    {
+        self.hooks = self.hooks.with(hook);
         self
     }
 
@@ -291,6 +309,7 @@ impl<C, R, M> RetryBuilder<C, R, M> {
             classifier,
             requests: self.requests,
             mode: self.mode,
+            hooks: self.hooks,
         }
     }
 
@@ -311,6 +330,7 @@ impl<C, R, M> RetryBuilder<C, R, M> {
             classifier: self.classifier,
             requests,
             mode: self.mode,
+            hooks: self.hooks,
         }
     }
 
@@ -331,6 +351,7 @@ impl<C, R, M> RetryBuilder<C, R, M> {
             classifier: self.classifier,
             requests: self.requests,
             mode,
+            hooks: self.hooks,
         }
     }
 
@@ -465,7 +486,9 @@ impl<C, R, M> RetryBuilder<C, R, M> {
             classifier: self.classifier,
             requests: self.requests,
         };
-        Ok(RetryLayer::from_parts(self.name, policy, self.mode))
+        Ok(RetryLayer::from_parts(
+            self.name, policy, self.mode, self.hooks,
+        ))
     }
 }
 
@@ -527,13 +550,14 @@ impl<C, M> RetryBuilder<C, super::request::HttpRequests, M> {
 }
 
 impl<P, M> RetryLayer<P, M> {
-    fn from_parts(name: &'static str, policy: P, mode: M) -> Self {
+    fn from_parts(name: &'static str, policy: P, mode: M, hooks: Hooks<RetryEvent>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 name,
                 policy,
                 mode,
                 budget_log: LogThrottle::new(Duration::from_secs(10)),
+                hooks,
             }),
         }
     }
@@ -547,6 +571,7 @@ pub struct CustomBuilder<P, M = AsError> {
     name: &'static str,
     policy: P,
     mode: M,
+    hooks: Hooks<RetryEvent>,
 }
 
 impl<P, M> CustomBuilder<P, M> {
@@ -556,12 +581,24 @@ impl<P, M> CustomBuilder<P, M> {
         self
     }
 
+    /// Calls `hook` on every [`RetryEvent`]: retries scheduled, budget refusals, requests given
+    /// up on. Hooks run in the order added; a panicking hook is caught and logged. See
+    /// [`crate::hooks`].
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&RetryEvent) + Send + Sync + 'static,
+    {
+        self.hooks = self.hooks.with(hook);
+        self
+    }
+
     /// How a timeout reaches the caller (default [`AsError`]); see [`crate::rejection`].
     pub fn rejection<M2>(self, mode: M2) -> CustomBuilder<P, M2> {
         CustomBuilder {
             name: self.name,
             policy: self.policy,
             mode,
+            hooks: self.hooks,
         }
     }
 
@@ -572,6 +609,11 @@ impl<P, M> CustomBuilder<P, M> {
     /// A [`ConfigError`] when the name has characters logs cannot carry.
     pub fn build(self) -> Result<RetryLayer<P, M>, ConfigError> {
         crate::error::check_name(self.name)?;
-        Ok(RetryLayer::from_parts(self.name, self.policy, self.mode))
+        Ok(RetryLayer::from_parts(
+            self.name,
+            self.policy,
+            self.mode,
+            self.hooks,
+        ))
     }
 }

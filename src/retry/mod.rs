@@ -206,6 +206,7 @@ pub mod budget;
 #[cfg(feature = "serde")]
 mod config;
 pub mod error;
+mod event;
 pub mod future;
 mod layer;
 pub mod policy;
@@ -216,6 +217,7 @@ pub use self::backoff::{Backoff, Delays, Jitter};
 pub use self::budget::{Budget, RetryBudget};
 #[cfg(feature = "serde")]
 pub use self::config::{BudgetConfig, RetryConfig};
+pub use self::event::RetryEvent;
 pub use self::layer::{CustomBuilder, MAX_ATTEMPTS, MAX_TIMEOUT, RetryBuilder, RetryLayer};
 pub use self::policy::{
     Attempt, Decision, GiveUp, Outcome, Policy, StandardPolicy, StandardState, TimeLimit,

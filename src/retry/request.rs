@@ -169,80 +169,15 @@ mod buffer {
     use std::task::{Context, Poll, Waker};
 
     use bytes::Bytes;
-    use http_body::{Body, Frame, SizeHint};
+    use http_body::{Body, Frame};
+
+    use crate::body::Resumed;
+
+    /// What of a body was read, put back in front of the rest.
+    pub(super) type Replay<B> = Resumed<B, <B as Body>::Error>;
 
     /// The most frames read at once: a body of endless empty frames must not hold the thread.
     const MAX_FRAMES: usize = 1024;
-
-    /// Frames read from a body, then what stopped the reading (an error), then the rest of the
-    /// body, if it did not end.
-    pub(super) struct Replay<B: Body> {
-        frames: VecDeque<Frame<Bytes>>,
-        error: Option<B::Error>,
-        rest: Option<B>,
-    }
-
-    impl<B: Body> std::fmt::Debug for Replay<B> {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Replay")
-                .field("frames", &self.frames.len())
-                .field("rest", &self.rest.is_some())
-                .finish_non_exhaustive()
-        }
-    }
-
-    // Nothing in a `Replay` is ever pinned: it polls `rest` through `Pin::new`, which needs
-    // `B: Unpin`, and holds frames and errors by value.
-    impl<B: Body> Unpin for Replay<B> {}
-
-    impl<B: Body<Data = Bytes> + Unpin> Body for Replay<B> {
-        type Data = Bytes;
-        type Error = B::Error;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-            let this = self.get_mut();
-            if let Some(frame) = this.frames.pop_front() {
-                return Poll::Ready(Some(Ok(frame)));
-            }
-            if let Some(e) = this.error.take() {
-                this.rest = None;
-                return Poll::Ready(Some(Err(e)));
-            }
-            match &mut this.rest {
-                Some(rest) => Pin::new(rest).poll_frame(cx),
-                None => Poll::Ready(None),
-            }
-        }
-
-        fn is_end_stream(&self) -> bool {
-            self.frames.is_empty()
-                && self.error.is_none()
-                && self.rest.as_ref().is_none_or(Body::is_end_stream)
-        }
-
-        fn size_hint(&self) -> SizeHint {
-            let read: u64 = self
-                .frames
-                .iter()
-                .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
-                .sum();
-            match &self.rest {
-                None => SizeHint::with_exact(read),
-                Some(rest) => {
-                    let rest = rest.size_hint();
-                    let mut hint = SizeHint::new();
-                    hint.set_lower(rest.lower().saturating_add(read));
-                    if let Some(upper) = rest.upper() {
-                        hint.set_upper(upper.saturating_add(read));
-                    }
-                    hint
-                }
-            }
-        }
-    }
 
     fn copy_frame(frame: &Frame<Bytes>) -> Frame<Bytes> {
         match (frame.data_ref(), frame.trailers_ref()) {
@@ -283,24 +218,12 @@ mod buffer {
         };
         if ended && size <= limit {
             let copy = frames.iter().map(copy_frame).collect();
-            *body = wrap(Replay {
-                frames,
-                error: None,
-                rest: None,
-            });
-            return Some(wrap(Replay {
-                frames: copy,
-                error: None,
-                rest: None,
-            }));
+            *body = wrap(Resumed::new(frames, None, None));
+            return Some(wrap(Resumed::new(copy, None, None)));
         }
         if !frames.is_empty() || error.is_some() {
             let rest = (!ended).then(|| std::mem::take(body));
-            *body = wrap(Replay {
-                frames,
-                error,
-                rest,
-            });
+            *body = wrap(Resumed::new(frames, error, rest));
         }
         None
     }

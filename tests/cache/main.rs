@@ -9,6 +9,7 @@ mod common;
 mod clone_mode;
 mod contract;
 mod grpc;
+mod hooks;
 mod http;
 mod metrics;
 mod single_flight;

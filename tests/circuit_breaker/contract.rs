@@ -78,7 +78,7 @@ fn layers_services_handles_and_futures_are_send_sync_static() {
             Keyed,
         >,
     >();
-    send_sync_static::<tower_rampart::circuit_breaker::CircuitsHandle<Box<str>>>();
+    send_sync_static::<tower_rampart::circuit_breaker::CircuitHandle<Box<str>>>();
     send_sync_static::<CircuitOpen>();
     fn send<T: Send + 'static>(_: &T) {}
     let mut svc = tower::Layer::layer(

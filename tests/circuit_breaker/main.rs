@@ -7,6 +7,7 @@ mod common;
 
 mod config;
 mod contract;
+mod hooks;
 mod http;
 mod metrics;
 mod per_key;

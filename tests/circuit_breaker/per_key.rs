@@ -41,7 +41,7 @@ async fn each_key_has_its_own_circuit_and_refusals_say_which() {
         .key(key_fn(|host: &String| Some(host.clone())))
         .build()
         .unwrap();
-    let circuits = layer.circuits();
+    let circuits = layer.handle();
     let mut svc = layer.layer(hosts());
 
     for _ in 0..3 {
@@ -113,7 +113,7 @@ async fn a_full_map_evicts_idle_closed_circuits_and_keeps_open_ones() {
         .max_circuits(16)
         .build()
         .unwrap();
-    let circuits = layer.circuits();
+    let circuits = layer.handle();
     assert_eq!(circuits.capacity(), 16);
     let mut svc = layer.layer(hosts());
     let _ = svc
@@ -156,7 +156,7 @@ async fn a_key_can_be_forced_open_before_any_call() {
         .key(key_fn(|host: &String| Some(host.clone())))
         .build()
         .unwrap();
-    let circuits = layer.circuits();
+    let circuits = layer.handle();
     assert!(circuits.is_empty());
     circuits.circuit(&"maintenance.example".into()).force_open();
     let mut svc = layer.layer(hosts());
@@ -186,7 +186,7 @@ async fn upstream_host_gives_http_clients_a_circuit_per_host_answering_503() {
         .http()
         .build()
         .unwrap();
-    let circuits = layer.circuits();
+    let circuits = layer.handle();
     let mut svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
         let flaky = req
             .uri()
@@ -266,7 +266,7 @@ async fn peer_ip_keys_a_circuit_per_client_and_a_call_without_a_peer_goes_throug
         .http()
         .build()
         .unwrap();
-    let circuits = layer.circuits();
+    let circuits = layer.handle();
     let calls = Arc::new(Mutex::new(0));
     let mut svc = layer.layer(by_peer(Arc::clone(&calls)));
     let mut get = async |peer: Option<&str>| {
@@ -296,7 +296,7 @@ async fn a_key_function_returning_none_passes_the_call_through_unrecorded() {
         }))
         .build()
         .unwrap();
-    let circuits = layer.circuits();
+    let circuits = layer.handle();
     let mut svc = layer.layer(hosts());
     for _ in 0..3 {
         let err = svc
@@ -319,7 +319,7 @@ async fn header_key_labels_circuits_without_the_header_value() {
         .http()
         .build()
         .unwrap();
-    let circuits = layer.circuits();
+    let circuits = layer.handle();
     let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
         let mut res = http::Response::new(bytes::Bytes::new());
         *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
@@ -386,6 +386,6 @@ mod named {
     #[test]
     fn a_layer_keyed_by_a_fn_can_be_returned_from_a_function() {
         let layer: PerHost = per_host();
-        assert_eq!(layer.circuits().len(), 0);
+        assert_eq!(layer.handle().len(), 0);
     }
 }

@@ -18,7 +18,11 @@ async fn consecutive_failures_open_probe_closes_and_hooks_see_every_change() {
         .name("external")
         .consecutive_failures(5)
         .wait_duration(Duration::from_secs(30))
-        .on_state_change(move |t| log.lock().unwrap().push((t.from(), t.to(), t.reason())))
+        .on_state_change(move |t| {
+            log.lock()
+                .unwrap()
+                .push((t.from(), t.to(), t.reason().as_str()))
+        })
         .build()
         .unwrap();
     let handle = layer.handle();

@@ -9,6 +9,7 @@ mod concurrency;
 mod config;
 mod contract;
 mod grpc;
+mod hooks;
 mod http;
 mod metrics;
 mod paused_time;

@@ -176,12 +176,12 @@ async fn per_key_circuits_are_shared_key_by_key(backends: Vec<RedisBackend>) {
     // call: outcomes seen before a circuit follows the shared state stay local).
     for l in &layers {
         for host in ["up.example", "down-a.example", "down-b.example"] {
-            let _ = l.circuits().circuit(&host);
+            let _ = l.handle().circuit(&host);
         }
     }
     within(Duration::from_secs(5), "every circuit follows", || {
         layers.iter().all(|l| {
-            let c = l.circuits();
+            let c = l.handle();
             c.len() == 3 && c.all().iter().all(|(_, h)| h.is_following_shared())
         })
     })
@@ -199,7 +199,7 @@ async fn per_key_circuits_are_shared_key_by_key(backends: Vec<RedisBackend>) {
         "down-a open on every replica",
         || {
             layers.iter().all(|l| {
-                l.circuits()
+                l.handle()
                     .get(&"down-a.example")
                     .is_some_and(|h| h.state() == CircuitState::Open)
             })
@@ -216,11 +216,11 @@ async fn per_key_circuits_are_shared_key_by_key(backends: Vec<RedisBackend>) {
         );
         assert_eq!(call(i, "up.example").await, Outcome::Ok, "replica {i}");
         for host in ["up.example", "down-b.example"] {
-            let h = l.circuits().get(&host).unwrap();
+            let h = l.handle().get(&host).unwrap();
             assert_eq!(h.state(), CircuitState::Closed, "replica {i}, {host}");
             assert!(h.is_following_shared());
         }
-        let b = l.circuits().get(&"down-b.example").unwrap().snapshot();
+        let b = l.handle().get(&"down-b.example").unwrap().snapshot();
         assert_eq!(b.shared().unwrap().consecutive_failures(), 1, "replica {i}");
     }
 }

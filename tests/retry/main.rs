@@ -11,6 +11,7 @@ mod config;
 mod contract;
 mod delays;
 mod grpc;
+mod hooks;
 mod http;
 mod http_real;
 mod metrics;

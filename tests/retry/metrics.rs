@@ -182,3 +182,50 @@ fn every_retry_is_a_tracing_event_with_attempt_delay_and_reason() {
         "{text}"
     );
 }
+
+/// `rampart_retry_delay_seconds`: one sample per retry scheduled, its delay in seconds (#19).
+#[test]
+fn retry_delays_are_recorded_in_seconds() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let layer = RetryLayer::builder()
+                .name("delays")
+                .max_attempts(3)
+                .exponential_backoff(100 * MS, 2.0, Duration::from_secs(5))
+                .jitter(tower_rampart::retry::Jitter::None)
+                .no_budget()
+                .build()
+                .unwrap();
+            let upstream = Scripted::failing();
+            let mut svc = layer.layer(upstream.service());
+            call(&mut svc, 1).await.unwrap_err();
+        });
+    });
+    let histograms: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, unit, _, value)| match value {
+            DebugValue::Histogram(samples) => Some((key, unit, samples)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(histograms.len(), 1, "{histograms:?}");
+    let (key, _, samples) = &histograms[0];
+    assert_eq!(key.key().name(), "rampart_retry_delay_seconds");
+    let labels: Vec<_> = key
+        .key()
+        .labels()
+        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+        .collect();
+    assert_eq!(labels, [("name".to_owned(), "delays".to_owned())]);
+    let samples: Vec<f64> = samples.iter().map(|s| s.into_inner()).collect();
+    assert_eq!(samples, [0.1, 0.2]);
+}

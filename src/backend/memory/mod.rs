@@ -6,7 +6,7 @@
 //!
 //! # Memory use
 //!
-//! Measured by the `memory_flood` test, which floods a store with 1,000,000 distinct IP-address
+//! Measured by the `rate_limit_flood` test, which floods a store with 1,000,000 distinct IP-address
 //! keys that all stay active: at its peak (table growth and eviction included) a store holds
 //! **82-86 bytes per key of capacity with GCRA** and **124-128 with the sliding window** (the
 //! range is hash-seed noise); the test fails above 96 and 144. The default cap of 100,000 keys therefore bounds one limiter at about 9 MB

@@ -84,8 +84,12 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         // Keys without data are all equal: one cell serves them, with no hashing or locking.
         let keyless = std::mem::size_of::<K>() == 0;
         match &self.cells {
-            Cells::Gcra { single, .. } if keyless => single.check(limits, now),
-            Cells::Gcra { map, .. } => map.with(key, limits, now, |c| c.check(limits, now)),
+            Cells::Gcra { single, .. } if keyless => {
+                single.check_with(limits, now, || self.clock.now())
+            }
+            Cells::Gcra { map, .. } => map.with(key, limits, now, |c| {
+                c.check_with(limits, now, || self.clock.now())
+            }),
             Cells::Window { single, .. } if keyless => single.check(limits, now),
             Cells::Window { map, .. } => map.with(key, limits, now, |c| c.check(limits, now)),
         }

@@ -6,6 +6,7 @@
 //! Stores (the rate limiter's, the cache's, shared circuits') call [`Conn::eval`] (or
 //! [`Conn::eval_before_deadline`], for scripts that must not write once the caller has given up on
 //! them) with their own timeout, after asking [`Conn::admit`] whether to try Redis at all.
+//! Scripts are in `script`, Redis's clock in `clock`, the error kinds in `error`.
 //!
 //! # Liveness
 //!
@@ -19,7 +20,7 @@
 //! connection that answers was only slow, and is kept. One check runs at a time.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -28,6 +29,12 @@ use arc_swap::ArcSwap;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind as RedisErrorKind, RedisError, ServerErrorKind, Value};
 
+use super::clock::{RedisClock, parse_time};
+pub(crate) use super::error::classify;
+use super::error::{LATE, into_redis_error};
+#[cfg(feature = "metrics")]
+use super::error::{kind_index, kind_label};
+pub(crate) use super::script::Script;
 use crate::backend::{BackendError, ErrorKind};
 use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
 
@@ -45,56 +52,6 @@ const REOPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Waits between failed attempts to open a replacement connection: doubling from the first to the
 /// last.
 const REOPEN_DELAYS: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
-
-/// A Lua script, run by its SHA1 (EVALSHA) and sent whole (EVAL) when the server answers NOSCRIPT,
-/// which also loads it into that server's script cache.
-pub(crate) struct Script {
-    code: std::borrow::Cow<'static, str>,
-    sha: String,
-}
-
-impl Script {
-    pub(crate) fn new(code: impl Into<std::borrow::Cow<'static, str>>) -> Self {
-        let code = code.into();
-        Self {
-            sha: sha1_smol::Sha1::from(code.as_bytes()).digest().to_string(),
-            code,
-        }
-    }
-
-    /// The script's SHA1, as EVALSHA takes it.
-    pub(crate) fn sha(&self) -> &str {
-        &self.sha
-    }
-
-    fn cmd(
-        &self,
-        verb: &str,
-        body: &str,
-        keys: &[&[u8]],
-        args: &[&[u8]],
-        last: Option<&[u8]>,
-    ) -> Cmd {
-        let mut cmd = redis::cmd(verb);
-        cmd.arg(body).arg(keys.len());
-        for k in keys {
-            cmd.arg(*k);
-        }
-        for a in args {
-            cmd.arg(*a);
-        }
-        if let Some(last) = last {
-            cmd.arg(last);
-        }
-        cmd
-    }
-}
-
-impl fmt::Debug for Script {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Script").field("sha", &self.sha).finish()
-    }
-}
 
 /// A connection handle; cloning it is cheap (an `Arc` or a channel sender).
 #[derive(Clone)]
@@ -196,92 +153,6 @@ const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
 
-/// How Redis's clock (`TIME`, nanoseconds since the Unix epoch) relates to this process's
-/// ([`Conn::clock`]), as far as replies tell, so that a call can say until when, on Redis's clock,
-/// it may still count (see [`Conn::eval_before_deadline`]).
-///
-/// A reply carrying the `TIME` at which Redis ran the call, received at local time `r`, bounds the
-/// offset from below: `redis_time - r <= offset`, since the call ran before its reply arrived (by
-/// the reply's travel time). The estimate is the largest such bound seen in the current or the
-/// previous window of [`OFFSET_WINDOW`] (so it follows a Redis clock that is stepped or slewed,
-/// within 20 s), and it errs on the early side by about the travel time of the fastest recent
-/// reply: a bound computed from it expires that much before the caller gives up, which is what a
-/// reply needs to get back in time.
-///
-/// Nodes of a cluster each have their own clock; one estimate serves them all, following the node
-/// furthest ahead (so on a node behind it, a bound is late by the difference: see the module
-/// documentation).
-struct RedisClock {
-    /// The window (`local time / OFFSET_WINDOW`) that `current` covers.
-    window: AtomicU64,
-    current: AtomicI64,
-    previous: AtomicI64,
-}
-
-/// An offset not known yet.
-const NO_OFFSET: i64 = i64::MIN;
-
-/// How long one offset sample counts for: between one and two of these.
-const OFFSET_WINDOW: Nanos = 10_000_000_000;
-
-impl RedisClock {
-    const fn new() -> Self {
-        Self {
-            window: AtomicU64::new(0),
-            current: AtomicI64::new(NO_OFFSET),
-            previous: AtomicI64::new(NO_OFFSET),
-        }
-    }
-
-    /// Learns from a reply received at local time `received` saying Redis ran the call at
-    /// `redis_us` (microseconds since the Unix epoch).
-    fn learn(&self, received: Nanos, redis_us: u64) {
-        let (Some(redis_ns), Ok(received_ns)) = (
-            redis_us
-                .checked_mul(1_000)
-                .and_then(|n| i64::try_from(n).ok()),
-            i64::try_from(received),
-        ) else {
-            return;
-        };
-        let sample = redis_ns - received_ns;
-        let window = received / OFFSET_WINDOW;
-        let seen = self.window.load(Ordering::Acquire);
-        if window > seen
-            && self
-                .window
-                .compare_exchange(seen, window, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            let carried = if window == seen + 1 {
-                self.current.swap(NO_OFFSET, Ordering::AcqRel)
-            } else {
-                self.current.store(NO_OFFSET, Ordering::Release);
-                NO_OFFSET
-            };
-            self.previous.store(carried, Ordering::Release);
-        }
-        // Most replies teach nothing new: read before writing the shared line.
-        if sample > self.current.load(Ordering::Relaxed) {
-            self.current.fetch_max(sample, Ordering::AcqRel);
-        }
-    }
-
-    /// Redis's time, in microseconds since the Unix epoch, at local time `at` (rounded down), or
-    /// `None` before any reply has told.
-    fn redis_us_at(&self, at: Nanos) -> Option<u64> {
-        let offset = self
-            .current
-            .load(Ordering::Acquire)
-            .max(self.previous.load(Ordering::Acquire));
-        if offset == NO_OFFSET {
-            return None;
-        }
-        let t = i64::try_from(at).ok()?.checked_add(offset)?;
-        u64::try_from(t).ok().map(|t| t / 1_000)
-    }
-}
-
 /// The shared connection and what is known of its health.
 pub(crate) struct Conn {
     /// The connection in use; swapped for a new one when it stops answering.
@@ -316,6 +187,7 @@ struct Meters {
     replaced: metrics::Key,
     /// `rampart_redis_errors_total` by [`ErrorKind`], in [`kind_index`] order.
     errors: [metrics::Key; 4],
+    latency: metrics::Key,
 }
 
 #[cfg(feature = "metrics")]
@@ -342,9 +214,17 @@ impl Meters {
                 "rampart_redis_reconnects_total",
                 vec![server.clone()],
             ),
+            latency: metrics::Key::from_parts(
+                "rampart_redis_call_duration_seconds",
+                vec![server.clone()],
+            ),
             up: metrics::Key::from_parts("rampart_redis_up", vec![server]),
             errors,
         }
+    }
+
+    fn call_took(&self, nanos: Nanos) {
+        crate::metrics::histogram(&self.latency).record(nanos as f64 / 1e9);
     }
 
     fn replaced(&self) {
@@ -520,12 +400,19 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Value, BackendError> {
         let (handle, generation) = self.current();
+        let started = self.clock.now();
         let call = Self::run(&handle, script, keys, args, None);
-        self.finish(
-            tokio::time::timeout(timeout, call).await,
-            timeout,
-            generation,
-        )
+        let result = tokio::time::timeout(timeout, call).await;
+        self.took(started);
+        self.finish(result, timeout, generation)
+    }
+
+    /// Records the time a store's call took since `started` (feature `metrics`).
+    fn took(&self, started: Nanos) {
+        #[cfg(feature = "metrics")]
+        self.meters
+            .call_took(self.clock.now().saturating_sub(started));
+        let _ = started;
     }
 
     /// Runs `script` as [`eval`](Self::eval) does, telling it until when its work is still wanted,
@@ -552,7 +439,8 @@ impl Conn {
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
-        let gives_up_at = self.clock.now().saturating_add(duration_to_nanos(timeout));
+        let started = self.clock.now();
+        let gives_up_at = started.saturating_add(duration_to_nanos(timeout));
         let (handle, generation) = self.current();
         let call = async {
             let mut sent_again = false;
@@ -593,18 +481,18 @@ impl Conn {
                 }
             }
         };
-        self.finish(
-            tokio::time::timeout(timeout, call).await,
-            timeout,
-            generation,
-        )
+        let result = tokio::time::timeout(timeout, call).await;
+        self.took(started);
+        self.finish(result, timeout, generation)
     }
 
     /// Sends one command within `timeout`, recording the outcome (for stores that need plain
     /// commands rather than scripts).
     pub(crate) async fn query(&self, cmd: &Cmd, timeout: Duration) -> Result<Value, BackendError> {
         let (handle, generation) = self.current();
+        let started = self.clock.now();
         let result = tokio::time::timeout(timeout, handle.query(cmd)).await;
+        self.took(started);
         self.finish(result, timeout, generation)
     }
 
@@ -816,102 +704,6 @@ async fn check(conn: Weak<Conn>, generation: u64) {
     }
 }
 
-/// A failed call of a [`RedisConnection`](super::RedisConnection) as `redis`'s own error: the one
-/// Redis or the client answered, or, on the timeout, an I/O error of kind `TimedOut`.
-fn into_redis_error(e: BackendError, timeout: Duration) -> RedisError {
-    match e.into_source().map(|s| s.downcast::<RedisError>()) {
-        Some(Ok(e)) => *e,
-        _ => RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("redis did not answer within {timeout:?}"),
-        )),
-    }
-}
-
-/// The error code of a script that ran past its caller's deadline
-/// ([`Conn::eval_before_deadline`]).
-const LATE: &str = "RAMPARTLATE";
-
-/// `TIME`'s answer, `[seconds, microseconds]`.
-fn parse_time(value: &Value) -> Option<(u64, u64)> {
-    let Value::Array(items) = value else {
-        return None;
-    };
-    let number = |v: &Value| match v {
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        Value::Int(i) => u64::try_from(*i).ok(),
-        _ => None,
-    };
-    match items.as_slice() {
-        [s, us] => Some((number(s)?, number(us)?)),
-        _ => None,
-    }
-}
-
-#[cfg(feature = "metrics")]
-fn kind_index(kind: ErrorKind) -> usize {
-    match kind {
-        ErrorKind::Unreachable => 0,
-        ErrorKind::Timeout => 1,
-        ErrorKind::Data => 2,
-        ErrorKind::Other => 3,
-    }
-}
-
-#[cfg(feature = "metrics")]
-fn kind_label(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Unreachable => "unreachable",
-        ErrorKind::Timeout => "timeout",
-        ErrorKind::Data => "data",
-        ErrorKind::Other => "other",
-    }
-}
-
-/// Turns a `redis` error into a [`BackendError`] of the right kind.
-pub(crate) fn classify(e: RedisError) -> BackendError {
-    let kind = if e.code() == Some("RAMPARTDATA") || e.code() == Some("WRONGTYPE") {
-        ErrorKind::Data
-    } else if e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            RedisErrorKind::ClusterConnectionNotFound
-                | RedisErrorKind::Server(
-                    ServerErrorKind::ClusterDown
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::BusyLoading
-                        | ServerErrorKind::TryAgain
-                )
-        )
-    {
-        if e.is_timeout() {
-            ErrorKind::Timeout
-        } else {
-            ErrorKind::Unreachable
-        }
-    } else {
-        ErrorKind::Other
-    };
-    let message = match kind {
-        ErrorKind::Other if e.code() == Some(LATE) => {
-            "redis ran the call after its deadline by its own clock (was its clock stepped?), \
-             so it did not count"
-                .to_string()
-        }
-        ErrorKind::Data => match e.detail() {
-            Some(detail) => format!("redis holds data the store cannot read: {detail}"),
-            None => "redis holds data the store cannot read".to_string(),
-        },
-        ErrorKind::Unreachable => "redis is unreachable".to_string(),
-        ErrorKind::Timeout => "redis timed out".to_string(),
-        ErrorKind::Other => "redis call failed".to_string(),
-    };
-    BackendError::with_kind(kind, message, Some(Box::new(e)))
-}
-
 /// The integration tests' throw-away `redis-server`.
 #[cfg(test)]
 #[allow(dead_code, unreachable_pub)]
@@ -920,53 +712,8 @@ mod test_server;
 
 #[cfg(test)]
 mod tests {
+    use super::super::clock::NO_OFFSET;
     use super::*;
-
-    const S: Nanos = 1_000_000_000;
-
-    #[test]
-    fn redis_clock_is_unknown_until_a_reply_tells() {
-        let c = RedisClock::new();
-        assert_eq!(c.redis_us_at(5 * S), None);
-        // Received at local 2 s, Redis ran it at 1,000,000 s: Redis is at least 999,998 s ahead.
-        c.learn(2 * S, 1_000_000_000_000);
-        assert_eq!(c.redis_us_at(3 * S), Some(1_000_001_000_000));
-    }
-
-    #[test]
-    fn redis_clock_keeps_the_tightest_lower_bound() {
-        let c = RedisClock::new();
-        c.learn(S, 10_000_000); // offset >= 9 s
-        c.learn(S, 10_000_500); // a faster reply: offset >= 9.0005 s
-        c.learn(S, 10_000_200); // a slower one teaches nothing
-        assert_eq!(c.redis_us_at(2 * S), Some(11_000_500));
-    }
-
-    #[test]
-    fn redis_clock_follows_a_clock_stepped_back_within_two_windows() {
-        let c = RedisClock::new();
-        c.learn(S, 100_000_000); // offset 99 s
-        // Redis's clock is stepped back by 50 s: samples say 49 s from now on.
-        let later = |local: Nanos| local / 1_000 + 49_000_000;
-        c.learn(OFFSET_WINDOW + S, later(OFFSET_WINDOW + S));
-        assert_eq!(
-            c.redis_us_at(OFFSET_WINDOW + S),
-            Some((OFFSET_WINDOW + S) / 1_000 + 99_000_000),
-            "the previous window still counts"
-        );
-        c.learn(2 * OFFSET_WINDOW + S, later(2 * OFFSET_WINDOW + S));
-        assert_eq!(
-            c.redis_us_at(2 * OFFSET_WINDOW + S),
-            Some(later(2 * OFFSET_WINDOW + S)),
-            "two windows on, only what Redis says now counts"
-        );
-        // After a long silence, the first reply decides alone.
-        c.learn(10 * OFFSET_WINDOW, 10 * OFFSET_WINDOW / 1_000 + 5_000_000);
-        assert_eq!(
-            c.redis_us_at(10 * OFFSET_WINDOW),
-            Some(10 * OFFSET_WINDOW / 1_000 + 5_000_000)
-        );
-    }
 
     use super::test_server as server;
 
@@ -1019,15 +766,5 @@ return {redis.call('INCR', KEYS[1]), time_us}
         let now = conn.redis_clock.redis_us_at(conn.clock.now()).unwrap();
         assert!(now + 1_000_000 > learned, "corrected from the late reply");
         assert!(conn.is_connected());
-    }
-
-    #[test]
-    fn time_replies_parse() {
-        let v = Value::Array(vec![
-            Value::BulkString(b"1771234567".to_vec()),
-            Value::BulkString(b"891234".to_vec()),
-        ]);
-        assert_eq!(parse_time(&v), Some((1_771_234_567, 891_234)));
-        assert_eq!(parse_time(&Value::Okay), None);
     }
 }

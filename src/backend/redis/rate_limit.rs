@@ -18,8 +18,11 @@ use crate::backend::memory::map::{BoundedMap, Expiring};
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
 use crate::clock::{Clock, Nanos};
 use crate::error::ConfigError;
+use crate::hooks::Hooks;
 use crate::rate_limit::quota::{Algorithm, Limits};
-use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitSpec, RateLimitStore};
+use crate::rate_limit::{
+    Check, Decision, RateLimitBackend, RateLimitEvent, RateLimitSpec, RateLimitStore,
+};
 use crate::throttle::LogThrottle;
 
 /// The largest tolerance (GCRA) or period (sliding window) the scripts handle exactly: their Lua
@@ -119,6 +122,9 @@ struct Inner<K> {
     local: Option<MemoryRateLimitStore<K, StoreClock>>,
     log: LogThrottle,
     repair_log: LogThrottle,
+    /// The layer's hooks, told of fallbacks, and its name as events carry it.
+    hooks: Hooks<RateLimitEvent>,
+    event_name: &'static str,
     #[cfg(feature = "metrics")]
     meters: Meters,
 }
@@ -232,6 +238,11 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
     fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
         #[cfg(feature = "metrics")]
         Meters::count(&self.meters.fallback);
+        self.hooks.emit(|| RateLimitEvent::BackendFallback {
+            name: self.event_name,
+            policy: self.policy.as_str(),
+            error: error.to_string(),
+        });
         if error.kind() != ErrorKind::Unreachable
             && let Some(suppressed) = self.log.check()
         {
@@ -474,6 +485,8 @@ where
                 local,
                 log: LogThrottle::new(Duration::from_secs(10)),
                 repair_log: LogThrottle::new(Duration::from_secs(10)),
+                hooks: spec.hooks.clone(),
+                event_name: spec.event_name,
                 #[cfg(feature = "metrics")]
                 meters: Meters::new(spec.name(), self.settings.policy),
             }),

@@ -2,6 +2,7 @@
 //! to the requests waiting on the flight, and the store writes that follow.
 
 use super::*;
+use crate::cache::CacheEvent;
 
 /// A permit for one background refresh; given back when dropped.
 pub(crate) struct RefreshPermit(Arc<AtomicUsize>);
@@ -41,6 +42,9 @@ pub(crate) struct Fill<X, St, A, V> {
     pub(crate) unlock: Option<Box<dyn FnOnce() + Send + Sync>>,
     /// Whether this fill may store, as far as a shared store's fill lock goes.
     pub(crate) lease: Lease,
+    /// When the fill began (for `rampart_cache_fill_duration_seconds`).
+    #[cfg(feature = "metrics")]
+    pub(crate) started: Instant,
 }
 
 /// A fill's standing with a shared store's fill lock.
@@ -92,6 +96,8 @@ where
             _permit: permit,
             unlock: None,
             lease: Lease::NotShared,
+            #[cfg(feature = "metrics")]
+            started: Instant::now(),
         }
     }
 
@@ -123,6 +129,17 @@ where
         self.guard.as_ref().expect("flight not finished").key()
     }
 
+    /// Records how long the fill took, its upstream call answered (or failed).
+    fn timed(&self) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::histogram(&crate::metrics::key(
+            "rampart_cache_fill_duration_seconds",
+            self.shared.name,
+            &[],
+        ))
+        .record(self.started.elapsed().as_secs_f64());
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if let Some(guard) = self.guard.take() {
             guard.finish(outcome);
@@ -151,6 +168,9 @@ where
                 Step::Capture(capture, self)
             }
             Err(e) => {
+                self.timed();
+                let name = shared.name;
+                shared.hooks.emit(|| CacheEvent::FillFailed { name });
                 if let Some(stale) = self.serve_stale::<Req, Res, E>() {
                     return Step::Done(Ok(stale));
                 }
@@ -195,6 +215,7 @@ where
     where
         A: CacheMode<Req, Res, E, Stored = V>,
     {
+        self.timed();
         match captured {
             Captured::Store {
                 value,

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Breaker {
-    pub(crate) fn new(cfg: Config, key: Option<Arc<str>>, hooks: Arc<[Hook]>) -> Self {
+    pub(crate) fn new(cfg: Config, key: Option<Arc<str>>, hooks: Hooks) -> Self {
         let clock = TokioClock::new();
         let cfg_probes = cfg.half_open_probes;
         let window = match cfg.window {
@@ -45,7 +45,7 @@ impl Breaker {
     pub(crate) fn new_shared(
         cfg: Config,
         key: Option<Arc<str>>,
-        hooks: Arc<[Hook]>,
+        hooks: Hooks,
         signal: &Arc<crate::circuit_breaker::shared::Signal>,
     ) -> Self {
         let mut breaker = Self::new(cfg, key, hooks);
@@ -65,7 +65,7 @@ impl Breaker {
         if kind(word) == CircuitState::Open
             && self.clock.now() >= self.open_until.load(Ordering::Acquire)
         {
-            self.transition(word, CircuitState::HalfOpen, "wait duration elapsed");
+            self.transition(word, CircuitState::HalfOpen, TransitionReason::WaitElapsed);
         }
     }
 
@@ -101,7 +101,7 @@ impl Breaker {
                         return Err(self.refuse(CircuitState::Open, Some(wait)));
                     }
                     // The wait is over: the first caller to get here moves the circuit to half-open.
-                    self.transition(word, CircuitState::HalfOpen, "wait duration elapsed");
+                    self.transition(word, CircuitState::HalfOpen, TransitionReason::WaitElapsed);
                 }
                 CircuitState::HalfOpen => {
                     if probes(word) >= self.probe_allowance.load(Ordering::Acquire) {
@@ -201,7 +201,7 @@ impl Breaker {
     /// A trip condition is met on this breaker's window: open, or for a shared circuit following
     /// its store, have the store decide at once (on the window of every replica).
     #[cold]
-    pub(super) fn trip(&self, word: u64, reason: &'static str) {
+    pub(super) fn trip(&self, word: u64, reason: TransitionReason) {
         #[cfg(feature = "redis")]
         if let Some(link) = &self.link
             && link.is_following()
@@ -215,7 +215,7 @@ impl Breaker {
     /// Which condition, if any, opens the circuit given the window's counts (`None` when the call
     /// could not have raised a rate) and the failures in a row.
     #[inline]
-    pub(super) fn trips(&self, c: Option<Counts>, consecutive: u32) -> Option<&'static str> {
+    pub(super) fn trips(&self, c: Option<Counts>, consecutive: u32) -> Option<TransitionReason> {
         let c = c.unwrap_or(Counts {
             calls: 0,
             failures: 0,
@@ -229,20 +229,20 @@ impl Breaker {
                 .failure_rate
                 .is_some_and(|r| at_least(c.failures, r))
         {
-            Some("failure rate over the threshold")
+            Some(TransitionReason::FailureRate)
         } else if enough
             && self
                 .cfg
                 .slow_calls
                 .is_some_and(|s| at_least(c.slow, s.rate))
         {
-            Some("slow-call rate over the threshold")
+            Some(TransitionReason::SlowCallRate)
         } else if self
             .cfg
             .consecutive_failures
             .is_some_and(|n| consecutive >= n)
         {
-            Some("consecutive failures")
+            Some(TransitionReason::ConsecutiveFailures)
         } else {
             None
         }
@@ -270,9 +270,13 @@ impl Breaker {
             None => bad > 0,
         };
         if reopen {
-            self.transition(word, CircuitState::Open, "half-open probes failed");
+            self.transition(word, CircuitState::Open, TransitionReason::ProbesFailed);
         } else if ok + bad >= n {
-            self.transition(word, CircuitState::Closed, "half-open probes succeeded");
+            self.transition(
+                word,
+                CircuitState::Closed,
+                TransitionReason::ProbesSucceeded,
+            );
         }
     }
 
@@ -300,7 +304,7 @@ impl Breaker {
     }
 
     /// Moves from the state in `from` (same epoch) to `to`, unless another caller moved it first.
-    pub(super) fn transition(&self, from: u64, to: CircuitState, reason: &'static str) {
+    pub(super) fn transition(&self, from: u64, to: CircuitState, reason: TransitionReason) {
         // A shared circuit opened by its local state machine (its store unreachable) reports the
         // opening when it rejoins.
         #[cfg(feature = "redis")]
@@ -308,7 +312,7 @@ impl Breaker {
             && let Some(link) = &self.link
             && !link.is_following()
         {
-            link.opened_locally(reason_code(reason));
+            link.opened_locally(reason.code());
         }
         // Probes that all succeeded end the run of openings: the next wait starts from the initial.
         let forget_streak = to == CircuitState::Closed;
@@ -317,7 +321,7 @@ impl Breaker {
 
     /// Forces a state from the handle: always moves (to the same state, it starts afresh). A shared
     /// circuit also sends the command to its store.
-    pub(crate) fn force(&self, to: CircuitState, forget_streak: bool, reason: &'static str) {
+    pub(crate) fn force(&self, to: CircuitState, forget_streak: bool, reason: TransitionReason) {
         #[cfg(feature = "redis")]
         if let Some(link) = &self.link {
             link.command(crate::circuit_breaker::store::Command::from_force(
@@ -333,7 +337,7 @@ impl Breaker {
         from: Option<u64>,
         to: CircuitState,
         forget_streak: bool,
-        reason: &'static str,
+        reason: TransitionReason,
     ) {
         let guard = self
             .transitions
@@ -402,25 +406,24 @@ impl Breaker {
             .store(next_epoch | kind_bits(to), Ordering::Release);
     }
 
-    pub(super) fn announce(&self, from: CircuitState, to: CircuitState, reason: &'static str) {
-        let transition = Transition {
-            name: self.cfg.name,
-            key: self.key.clone(),
-            from,
-            to,
-            reason,
-        };
+    pub(super) fn announce(&self, from: CircuitState, to: CircuitState, reason: TransitionReason) {
         let key = self.key.as_deref().unwrap_or("");
         if to == CircuitState::Open || to == CircuitState::ForcedOpen {
-            tracing::warn!(circuit = self.cfg.name, key, %from, %to, reason, "circuit breaker state change");
+            tracing::warn!(circuit = self.cfg.name, key, %from, %to, reason = reason.as_str(), "circuit breaker state change");
         } else {
-            tracing::info!(circuit = self.cfg.name, key, %from, %to, reason, "circuit breaker state change");
+            tracing::info!(circuit = self.cfg.name, key, %from, %to, reason = reason.as_str(), "circuit breaker state change");
         }
         #[cfg(feature = "metrics")]
         self.meters.set_state(to);
-        for hook in self.hooks.iter() {
-            hook(&transition);
-        }
+        self.hooks.emit(|| {
+            CircuitEvent::StateChanged(Transition {
+                name: self.cfg.name,
+                key: self.key.clone(),
+                from,
+                to,
+                reason,
+            })
+        });
     }
 
     pub(crate) fn snapshot(&self) -> CircuitSnapshot {

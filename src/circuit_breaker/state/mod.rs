@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use super::handle::{CircuitSnapshot, CircuitState, Transition};
+use super::snapshot::CircuitSnapshot;
+use super::transition::{CircuitEvent, CircuitState, Transition, TransitionReason};
 use super::window::{CountWindow, Counts, TimeWindow, Window};
 use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
 
@@ -55,40 +56,6 @@ pub(super) const PROBE_MASK: u64 = ((1 << PROBE_BITS) - 1) << KIND_BITS;
 pub(super) const EPOCH_SHIFT: u64 = KIND_BITS + PROBE_BITS;
 /// The most probe permits one half-open period may have (13 bits).
 pub(crate) const MAX_PROBES: u32 = (1 << PROBE_BITS) - 1;
-
-/// Why a circuit changed state, by code: the texts hooks and logs see, and the codes the shared
-/// store keeps (so that every replica announces a shared transition with the same text).
-pub(crate) const REASONS: [&str; 11] = [
-    "shared state reset",
-    "failure rate over the threshold",
-    "slow-call rate over the threshold",
-    "consecutive failures",
-    "wait duration elapsed",
-    "half-open probes failed",
-    "half-open probes succeeded",
-    "forced open",
-    "forced closed",
-    "reset",
-    "disabled",
-];
-
-/// The code of a reason text (0 for one not in [`REASONS`]).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) fn reason_code(reason: &str) -> u8 {
-    REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .map_or(0, |i| i as u8)
-}
-
-/// The text of a reason code (the first, "shared state reset", for an unknown one).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) fn reason_text(code: u8) -> &'static str {
-    REASONS
-        .get(usize::from(code))
-        .copied()
-        .unwrap_or(REASONS[0])
-}
 
 pub(super) fn kind(word: u64) -> CircuitState {
     match word & KIND_MASK {
@@ -167,7 +134,8 @@ pub(crate) struct Config {
     pub(crate) half_open_probes: u32,
 }
 
-pub(crate) type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
+/// The hooks of a layer's circuits.
+pub(crate) type Hooks = crate::hooks::Hooks<CircuitEvent>;
 
 /// Permission for one call, from [`Breaker::acquire`].
 #[derive(Clone, Copy, Debug)]
@@ -213,7 +181,7 @@ pub(crate) struct Breaker {
     probe_allowance: AtomicU32,
     rejected: AtomicU64,
     transitions: Mutex<()>,
-    hooks: Arc<[Hook]>,
+    hooks: Hooks,
     /// For a shared circuit: its link to the sync task.
     #[cfg(feature = "redis")]
     pub(crate) link: Option<Box<super::shared::Link>>,

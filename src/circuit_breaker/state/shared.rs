@@ -217,8 +217,11 @@ impl Breaker {
             let new_epoch = reply.epoch != st.epoch;
             if new_epoch || rejoin || lost {
                 // A rejoining replica's local half-open period (its own probes) ends too.
-                let bumped =
-                    self.apply_shared(&reply, reason_text(reply.reason), new_epoch || rejoin);
+                let bumped = self.apply_shared(
+                    &reply,
+                    TransitionReason::from_code(reply.reason),
+                    new_epoch || rejoin,
+                );
                 st.epoch = reply.epoch;
                 st.reason = reply.reason;
                 if reply.state == CircuitState::HalfOpen {
@@ -262,7 +265,7 @@ impl Breaker {
     pub(super) fn apply_shared(
         &self,
         reply: &crate::circuit_breaker::store::SyncReply,
-        reason: &'static str,
+        reason: TransitionReason,
         new_epoch: bool,
     ) -> bool {
         let to = reply.state;

@@ -17,7 +17,7 @@ fn breaker(probes: u32) -> Breaker {
             half_open_probes: probes,
         },
         None,
-        Arc::from(Vec::new()),
+        super::Hooks::new(),
     )
 }
 

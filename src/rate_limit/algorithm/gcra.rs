@@ -46,7 +46,23 @@ pub(crate) struct GcraCell {
 
 impl GcraCell {
     #[inline]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
+        self.check_with(limits, now, || now)
+    }
+
+    /// Decides at `now`, reading the time again with `reread` each time another decision wins
+    /// the race for the cell: that decision may have read the clock after `now`, and deciding at
+    /// the older `now` against its newer TAT would refuse by the few nanoseconds between the two
+    /// reads (five concurrent requests on a quota of five saw one refused). The clock is read again
+    /// only under contention.
+    #[inline]
+    pub(crate) fn check_with(
+        &self,
+        limits: &Limits,
+        mut now: Nanos,
+        mut reread: impl FnMut() -> Nanos,
+    ) -> Decision {
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
             let (decision, next) = decide(limits, current, now);
@@ -58,7 +74,10 @@ impl GcraCell {
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return decision,
-                Err(actual) => current = actual,
+                Err(actual) => {
+                    current = actual;
+                    now = now.max(reread());
+                }
             }
         }
     }

@@ -2,7 +2,6 @@
 //! entry's timing and a format version.
 
 use super::*;
-use crate::cache::entry::{from_unix_ms, times_in_order, to_unix_ms};
 
 /// How a value of the [`Cloned`](crate::cache::Cloned) mode is written to Redis and read back:
 /// implement it for the responses you cache in Redis.
@@ -183,13 +182,8 @@ impl<T: CacheCodec> RedisCacheValue for T {
         out.extend_from_slice(MAGIC);
         out.push(FRAME_VERSION);
         let t = entry.timing();
-        for at in [
-            t.stored_at,
-            t.fresh_until,
-            t.revalidate_until,
-            t.stale_if_error_until,
-        ] {
-            out.extend_from_slice(&to_unix_ms(at, now, wall).to_be_bytes());
+        for ms in t.to_unix_ms(now, wall) {
+            out.extend_from_slice(&ms.to_be_bytes());
         }
         entry.value().encode(&mut out);
         out
@@ -209,33 +203,19 @@ impl<T: CacheCodec> RedisCacheValue for T {
         if bytes.len() < FRAME_HEADER {
             return Err(UndecodableEntry::new("truncated"));
         }
-        let mut times = [now; 4];
-        for (i, t) in times.iter_mut().enumerate() {
+        let ms: [u64; 4] = std::array::from_fn(|i| {
             let at = 4 + 8 * i;
             let mut ms = [0; 8];
             ms.copy_from_slice(&bytes[at..at + 8]);
-            *t = from_unix_ms(u64::from_be_bytes(ms), now, wall);
-        }
-        if !times_in_order(&times) {
-            return Err(UndecodableEntry::new("times out of order"));
-        }
-        let [
-            stored_at,
-            fresh_until,
-            revalidate_until,
-            stale_if_error_until,
-        ] = times;
+            u64::from_be_bytes(ms)
+        });
+        let timing = Timing::from_unix_ms(ms, now, wall)
+            .ok_or_else(|| UndecodableEntry::new("times out of order"))?;
         let body = &bytes[FRAME_HEADER..];
         let value = T::decode(body).map_err(|e| UndecodableEntry {
             reason: "the value's codec refused it",
             source: Some(e),
         })?;
-        let timing = Timing {
-            stored_at,
-            fresh_until,
-            revalidate_until,
-            stale_if_error_until,
-        };
         Ok(CacheEntry::new(value, timing, body.len()))
     }
 }

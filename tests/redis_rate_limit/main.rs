@@ -23,6 +23,8 @@ mod health;
 mod http;
 mod leases;
 mod liveness;
+#[cfg(feature = "metrics")]
+mod observe;
 mod over_limit;
 mod support;
 mod timeouts;

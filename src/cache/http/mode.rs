@@ -1,0 +1,350 @@
+//! `HttpMode`: its settings, the builder's HTTP setters, and the rules it applies to requests and
+//! responses (what is looked up, what is stored, how a stored response is replayed).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tokio::time::Instant;
+
+use crate::cache::entry::{CacheEntry, Lifetimes};
+use crate::cache::layer::{CacheBuilder, ModeConfig};
+use crate::cache::mode::{CacheMode, CacheStatus, RequestPolicy};
+use crate::error::ConfigError;
+use crate::key::KeyExtractor;
+
+use super::body::{CacheBody, CaptureState, HttpCapture};
+use super::directives::{Directives, age_value, split_list};
+use super::response::CachedResponse;
+use super::{DEFAULT_MAX_BODY_BYTES, X_CACHE};
+
+type StatusPredicate = dyn Fn(StatusCode, &HeaderMap) -> bool + Send + Sync;
+
+/// The mode for HTTP services; set with [`CacheBuilder::http`]. See the
+/// [module documentation](crate::cache#http) for the rules it follows.
+#[derive(Clone)]
+pub struct HttpMode {
+    pub(super) max_body_bytes: usize,
+    honor_cache_control: bool,
+    request_no_cache: bool,
+    cache_authorized: bool,
+    pub(super) x_cache: Option<HeaderName>,
+    pub(super) age: bool,
+    cacheable: Option<Arc<StatusPredicate>>,
+}
+
+impl fmt::Debug for HttpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMode")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("honor_cache_control", &self.honor_cache_control)
+            .field("request_no_cache", &self.request_no_cache)
+            .field("cache_authorized", &self.cache_authorized)
+            .field("x_cache", &self.x_cache)
+            .field("age", &self.age)
+            .field("custom_cacheable", &self.cacheable.is_some())
+            .finish()
+    }
+}
+
+impl Default for HttpMode {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpMode {
+    /// The defaults: bodies up to 1 MiB, `Cache-Control` honoured, `x-cache` and `age` sent,
+    /// 2xx responses (but 206) stored.
+    pub fn new() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            honor_cache_control: true,
+            request_no_cache: true,
+            cache_authorized: false,
+            x_cache: Some(X_CACHE.clone()),
+            age: true,
+            cacheable: None,
+        }
+    }
+
+    fn is_cacheable_status(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        match &self.cacheable {
+            Some(f) => f(status, headers),
+            None => status.is_success() && status != StatusCode::PARTIAL_CONTENT,
+        }
+    }
+
+    pub(super) fn mark(&self, headers: &mut HeaderMap, status: CacheStatus) {
+        if let Some(name) = &self.x_cache {
+            headers.insert(name.clone(), HeaderValue::from_static(status.as_str()));
+        }
+    }
+
+    /// Decides from the status and headers alone: `Err(reason)` when the response may not be
+    /// stored, or its lifetimes.
+    fn check(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        defaults: Lifetimes,
+        key: &impl KeyExtractor,
+    ) -> Result<Lifetimes, &'static str> {
+        if !self.is_cacheable_status(status, headers) {
+            return Err("status");
+        }
+        let cc = Directives::parse(headers);
+        if cc.no_store {
+            return Err("no-store");
+        }
+        if cc.private {
+            return Err("private");
+        }
+        if cc.no_cache {
+            return Err("no-cache");
+        }
+        if headers.contains_key(header::SET_COOKIE) {
+            return Err("set-cookie");
+        }
+        for vary in headers.get_all(header::VARY) {
+            for name in split_list(vary.as_bytes()) {
+                if name == b"*" {
+                    return Err("vary");
+                }
+                let covered = std::str::from_utf8(name)
+                    .is_ok_and(|n| key.covers_header(&n.to_ascii_lowercase()));
+                if !covered {
+                    return Err("vary");
+                }
+            }
+        }
+        let mut lifetimes = defaults;
+        if self.honor_cache_control {
+            if let Some(secs) = cc.s_maxage.or(cc.max_age) {
+                if secs == 0 {
+                    return Err("max-age=0");
+                }
+                lifetimes.ttl = Duration::from_secs(secs);
+            }
+            if let Some(secs) = cc.stale_while_revalidate {
+                lifetimes.stale_while_revalidate = Duration::from_secs(secs);
+            }
+            if let Some(secs) = cc.stale_if_error {
+                lifetimes.stale_if_error = Duration::from_secs(secs);
+            }
+            if cc.must_revalidate {
+                lifetimes.stale_while_revalidate = Duration::ZERO;
+                lifetimes.stale_if_error = Duration::ZERO;
+            }
+        }
+        Ok(lifetimes)
+    }
+}
+
+impl ModeConfig for HttpMode {
+    fn validate(&self, max_bytes: u64) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "max_body_bytes",
+                "must be at least 1 byte (got 0); bodies larger than it are passed through uncached",
+            ));
+        }
+        if self.max_body_bytes as u64 > max_bytes {
+            return Err(ConfigError::new(
+                "max_body_bytes",
+                format!(
+                    "a body cap of {} bytes is larger than the whole cache ({max_bytes} bytes); \
+                     lower it or raise max_bytes",
+                    self.max_body_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<X, B> CacheBuilder<X, B, HttpMode> {
+    /// The largest body buffered to be stored (default 1 MiB). Larger responses, by their
+    /// `content-length` or as they stream, are passed through uncached; nothing is buffered beyond
+    /// this. The leader of a miss reads the body before answering.
+    pub fn max_body_bytes(self, bytes: usize) -> Self {
+        self.map_mode(|mut m| {
+            m.max_body_bytes = bytes;
+            m
+        })
+    }
+
+    /// Take the TTL from the response's `s-maxage` or `max-age` (and the stale windows from its
+    /// `stale-while-revalidate` / `stale-if-error`, RFC 5861) when it has them (default on). With
+    /// it off, the layer's settings always apply. `no-store`, `private` and `no-cache` are
+    /// honoured either way.
+    pub fn honor_cache_control(self, on: bool) -> Self {
+        self.map_mode(|mut m| {
+            m.honor_cache_control = on;
+            m
+        })
+    }
+
+    /// Let a request's `Cache-Control: no-cache` (or `max-age=0`, or `Pragma: no-cache`) skip the
+    /// cache and refresh the entry (default on). Such requests still share one call per key.
+    pub fn request_no_cache(self, on: bool) -> Self {
+        self.map_mode(|mut m| {
+            m.request_no_cache = on;
+            m
+        })
+    }
+
+    /// Use the cache for requests with an `Authorization` header too (default off: they bypass it,
+    /// as RFC 9111 asks of shared caches). Only turn this on with a key that includes the header
+    /// (`HttpKey::new().header(AUTHORIZATION)`) or for responses that do not depend on who asks.
+    pub fn cache_authorized(self, on: bool) -> Self {
+        self.map_mode(|mut m| {
+            m.cache_authorized = on;
+            m
+        })
+    }
+
+    /// Send `x-cache: HIT | MISS | STALE` (default on).
+    pub fn x_cache_header(self, on: bool) -> Self {
+        self.map_mode(|mut m| {
+            m.x_cache = on.then(|| X_CACHE.clone());
+            m
+        })
+    }
+
+    /// Send `age` (seconds since the entry was stored) on hits and stale answers (default on).
+    pub fn age_header(self, on: bool) -> Self {
+        self.map_mode(|mut m| {
+            m.age = on;
+            m
+        })
+    }
+
+    /// Which responses may be stored, by status and headers (default: 2xx but 206). The safety
+    /// rules apply on top: `no-store`, `private`, `no-cache`, `Set-Cookie` and an uncovered `Vary`
+    /// are never stored.
+    pub fn cacheable<F>(self, f: F) -> Self
+    where
+        F: Fn(StatusCode, &HeaderMap) -> bool + Send + Sync + 'static,
+    {
+        self.map_mode(|mut m| {
+            m.cacheable = Some(Arc::new(f));
+            m
+        })
+    }
+}
+
+impl<ReqB, B, E> CacheMode<Request<ReqB>, Response<B>, E> for HttpMode
+where
+    B: Body<Data = Bytes>,
+{
+    type Stored = CachedResponse;
+    type Response = Response<CacheBody<B>>;
+    type Capture = HttpCapture<B>;
+
+    fn request_policy(&self, req: &Request<ReqB>) -> RequestPolicy {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return RequestPolicy::Bypass;
+        }
+        let headers = req.headers();
+        if (!self.cache_authorized && headers.contains_key(header::AUTHORIZATION))
+            || headers.contains_key(header::RANGE)
+        {
+            return RequestPolicy::Bypass;
+        }
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            if self.request_no_cache
+                && headers
+                    .get_all(header::PRAGMA)
+                    .iter()
+                    .any(|v| split_list(v.as_bytes()).any(|d| d.eq_ignore_ascii_case(b"no-cache")))
+            {
+                return RequestPolicy::Refresh;
+            }
+            return RequestPolicy::Lookup;
+        }
+        let cc = Directives::parse(headers);
+        if cc.no_store {
+            RequestPolicy::Bypass
+        } else if self.request_no_cache && (cc.no_cache || cc.max_age == Some(0)) {
+            RequestPolicy::Refresh
+        } else {
+            RequestPolicy::Lookup
+        }
+    }
+
+    fn capture<X: KeyExtractor>(
+        &self,
+        res: Response<B>,
+        defaults: Lifetimes,
+        key: &X,
+    ) -> Self::Capture {
+        let (parts, body) = res.into_parts();
+        let lifetimes = match self.check(parts.status, &parts.headers, defaults, key) {
+            Ok(lifetimes) => lifetimes,
+            Err(reason) => return HttpCapture::pass(self, parts, body, reason),
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            .max(body.size_hint().lower());
+        if declared > self.max_body_bytes as u64 {
+            return HttpCapture::pass(self, parts, body, "too large");
+        }
+        HttpCapture {
+            state: Some(CaptureState::Reading {
+                parts,
+                body: Box::pin(body),
+                chunks: Vec::new(),
+                len: 0,
+                lifetimes,
+                mode: self.clone(),
+            }),
+        }
+    }
+
+    fn replay(
+        &self,
+        entry: &CacheEntry<CachedResponse>,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Option<Self::Response> {
+        let stored = entry.value();
+        if !stored.consistent {
+            return None;
+        }
+        let mut res = Response::new(CacheBody::full(stored.body.clone()));
+        *res.status_mut() = stored.status;
+        *res.version_mut() = stored.version;
+        *res.headers_mut() = stored.headers.clone();
+        let headers = res.headers_mut();
+        self.mark(headers, status);
+        if self.age {
+            if status == CacheStatus::Miss {
+                headers.remove(header::AGE);
+            } else {
+                headers.insert(header::AGE, age_value(entry.age(now).as_secs()));
+            }
+        }
+        Some(res)
+    }
+
+    fn pass(&self, res: Response<B>, status: Option<CacheStatus>) -> Self::Response {
+        let mut res = res.map(CacheBody::stream);
+        if let Some(status) = status {
+            self.mark(res.headers_mut(), status);
+        }
+        res
+    }
+
+    fn is_failure(&self, res: &Response<B>) -> bool {
+        res.status().is_server_error()
+    }
+}

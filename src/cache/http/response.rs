@@ -1,0 +1,148 @@
+//! `CachedResponse`: what the HTTP cache stores (status, version, headers, whole body).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use super::mode::HttpMode;
+
+/// A stored HTTP response: status, version, headers and the whole body.
+///
+/// Hop-by-hop headers (`connection`, `transfer-encoding`, ...) are not kept. The HTTP mode keeps
+/// its own `x-cache` and `age` fields in the map, as placeholders it overwrites on each answer.
+/// Cloning it copies the header map and shares the body.
+#[derive(Clone, Debug)]
+pub struct CachedResponse {
+    pub(super) status: StatusCode,
+    pub(super) version: Version,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+    /// Checked once when made, not on every replay: see [`is_consistent`](Self::is_consistent).
+    pub(super) consistent: bool,
+}
+
+/// Headers that describe one connection, not the response, and the cache's own.
+fn is_not_stored(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "age"
+            | "x-cache"
+    )
+}
+
+impl CachedResponse {
+    /// A stored response (as decoded by a shared store, for example). Hop-by-hop headers and
+    /// `age` / `x-cache` are removed from `headers`.
+    pub fn new(status: StatusCode, version: Version, mut headers: HeaderMap, body: Bytes) -> Self {
+        if headers.keys().any(is_not_stored) {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|n| is_not_stored(n))
+                .cloned()
+                .collect();
+            for name in names {
+                headers.remove(name);
+            }
+        }
+        let mut stored = Self {
+            status,
+            version,
+            headers,
+            body,
+            consistent: false,
+        };
+        stored.consistent = stored.is_consistent();
+        stored
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The HTTP version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Bytes taken by the response: the body, the header map's tables (sized by its capacity,
+    /// as allocated) and the bytes of header names and values, and the struct itself. It errs
+    /// high (names and values that are static strings are counted as if allocated), so that the
+    /// store's byte bound holds for the memory really used (the `cache_flood` test checks it).
+    pub fn weight(&self) -> usize {
+        // A header map slot: its entry (hash, name, value, links: 104 bytes on 64-bit targets)
+        // and its share of the index (4 bytes per position, a third more positions than slots).
+        const SLOT: usize = 112;
+        // A second value for a name: the value and two links.
+        const EXTRA_VALUE: usize = 72;
+        // The reference-count block a body gets once it is shared (replayed).
+        const SHARED_BODY: usize = 32;
+        let text: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        let extra_values = self.headers.len() - self.headers.keys_len();
+        std::mem::size_of::<Self>()
+            + self.body.len()
+            + SHARED_BODY
+            + self.headers.capacity() * SLOT
+            + extra_values * EXTRA_VALUE
+            + text
+    }
+
+    /// Whether it can be replayed as it is: a `content-length` field, if any, matches the body
+    /// (unless the body is empty, as for `HEAD`). Checked once, when it is made; an entry that is
+    /// not replayable is treated as a miss.
+    pub fn is_replayable(&self) -> bool {
+        self.consistent
+    }
+
+    /// Adds the `x-cache` and `age` fields the mode will set on each answer, so that replaying
+    /// replaces values in a clone of this map instead of growing it (a clone has no spare room).
+    pub(super) fn with_placeholders(mut self, mode: &HttpMode) -> Self {
+        if let Some(name) = &mode.x_cache {
+            self.headers
+                .insert(name.clone(), HeaderValue::from_static("HIT"));
+        }
+        if mode.age {
+            self.headers
+                .insert(header::AGE, HeaderValue::from_static("0"));
+        }
+        self
+    }
+
+    /// Whether the stored data can be replayed: a `content-length` must match the body (unless
+    /// the body is empty, as for `HEAD`).
+    fn is_consistent(&self) -> bool {
+        if self.body.is_empty() {
+            return true;
+        }
+        let mut lengths = self.headers.get_all(header::CONTENT_LENGTH).iter();
+        match (lengths.next(), lengths.next()) {
+            (None, _) => true,
+            (Some(len), None) => {
+                len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok())
+                    == Some(self.body.len() as u64)
+            }
+            (Some(_), Some(_)) => false,
+        }
+    }
+}

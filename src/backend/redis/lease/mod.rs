@@ -104,8 +104,9 @@
 //! # Limits
 //!
 //! - GCRA only (the default algorithm): a sliding window's counts cannot be carved ahead of time
-//!   without moving its window; building a leased limiter with [`Algorithm::SlidingWindow`] is a
-//!   [`ConfigError`].
+//!   without moving its window; building a leased limiter with
+//!   [`Algorithm::SlidingWindow`](crate::rate_limit::Algorithm::SlidingWindow) is a
+//!   [`ConfigError`](crate::ConfigError).
 //! - Rate limiters only. A [`LeasedRedisBackend`] is given to a limiter's `.backend(..)` as it
 //!   is, or as the run-time [`Backend`](crate::backend::Backend)
 //!   (`Backend::from(redis.leased(config))`), whose other layers then use the Redis backend

@@ -30,7 +30,8 @@
 //!
 //! For compatibility with files written for earlier versions (where a quota's period was a number
 //! of seconds), a plain number is still read, as seconds: `60` and `0.5` are `"60s"` and
-//! `"500ms"`. The `{"secs": .., "nanos": ..}` form is no longer read: write `"1s 500ms"` instead.
+//! `"500ms"`. So is a string that is only a number (`"60"`), as environment variables and
+//! environment-to-config loaders give every value. The `{"secs": .., "nanos": ..}` form is no longer read: write `"1s 500ms"` instead.
 //!
 //! # Example
 //!
@@ -86,7 +87,13 @@ pub(crate) mod duration {
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            humantime::parse_duration(v.trim()).map_err(|e| {
+            let v = v.trim();
+            // A string that is only a number is read as the number is: seconds. Environment
+            // variables and most environment-to-config loaders hand every value over as a string.
+            if let Ok(secs) = v.parse::<f64>() {
+                return from_secs(secs);
+            }
+            humantime::parse_duration(v).map_err(|e| {
                 E::custom(format_args!(
                     "invalid duration {v:?}: {e}; write {EXPECTED}"
                 ))
@@ -169,6 +176,8 @@ mod tests {
             (r#""0""#, Duration::ZERO),
             ("60", Duration::from_secs(60)),
             ("0.5", Duration::from_millis(500)),
+            (r#""60""#, Duration::from_secs(60)),
+            (r#"" 0.25 ""#, Duration::from_millis(250)),
         ];
         for (text, want) in cases {
             let got = read(&format!(r#"{{"d":{text}}}"#)).unwrap();
@@ -203,7 +212,8 @@ mod tests {
                 r#""5 parsecs""#,
                 r#"invalid duration "5 parsecs": unknown time unit"#,
             ),
-            (r#""10""#, r#"invalid duration "10": time unit needed"#),
+            (r#""-3""#, "invalid duration -3: a number is read as seconds"),
+            (r#""NaN""#, "invalid duration NaN: a number is read as seconds"),
             ("-1", "invalid duration -1: a number is read as seconds"),
             (
                 r#"{"secs":1,"nanos":0}"#,

@@ -43,6 +43,10 @@ async fn decide(store: &RedisRateLimitStore<u32>, key: u32) -> bool {
 }
 
 pub(crate) fn rate_limit(c: &mut Criterion) {
+    // Its redis-server and set-up only when the filter may select it.
+    if !crate::group_selected("redis_rate_limit") {
+        return;
+    }
     // Prints why and returns None where redis-server is not installed.
     let Some(server) = RedisServer::start() else {
         println!("redis_rate_limit: skipped, no redis-server (apt-get install redis-server)");

@@ -47,6 +47,10 @@ use tower_rampart::cache::{CacheKey, CacheLayer};
 use self::redis_server::RedisServer;
 
 pub(crate) fn hit(c: &mut Criterion) {
+    // Its redis-server and set-up only when the filter may select it.
+    if !crate::group_selected("redis_cache_hit") {
+        return;
+    }
     let Some(server) = RedisServer::start() else {
         println!("redis_cache_hit: skipped, no redis-server (apt-get install redis-server)");
         return;

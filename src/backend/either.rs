@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
+use super::redis::LeasedRedisBackend;
 use super::{MemoryBackend, RedisBackend};
 
 /// A backend chosen at run time: in memory, or shared through Redis.
@@ -22,6 +23,11 @@ use super::{MemoryBackend, RedisBackend};
 /// ([`CacheBackend`](crate::cache::CacheBackend), for values Redis can store), and the circuit
 /// breaker's ([`CircuitBackend`](crate::circuit_breaker::store::CircuitBackend): in memory, each
 /// replica's own circuits; in Redis, shared ones).
+///
+/// Redis in [leased mode](crate::backend::redis::lease) is a third choice with the same type:
+/// `Backend::from(redis.leased(config))`. Rate limiters given it lease their hot keys' quotas
+/// (their store is then [`RedisModeStore::Leased`]); caches and circuit breakers given it use the
+/// Redis backend underneath as [`Backend::Redis`] would, since leases are for rate limits only.
 ///
 /// ```no_run
 /// # #[cfg(feature = "rate-limit")]
@@ -46,6 +52,10 @@ pub enum Backend {
     Memory(MemoryBackend),
     /// Shared by every replica through Redis ([`RedisBackend`]).
     Redis(RedisBackend),
+    /// Shared through Redis, with rate limiters in [leased mode](crate::backend::redis::lease)
+    /// ([`LeasedRedisBackend`], from [`RedisBackend::leased`]); other layers use its Redis backend
+    /// as [`Backend::Redis`] does.
+    LeasedRedis(LeasedRedisBackend),
 }
 
 impl Backend {
@@ -54,26 +64,52 @@ impl Backend {
         Self::Memory(MemoryBackend::new())
     }
 
-    /// The Redis backend, if this is one.
+    /// The Redis backend, if this is one (leased or not: a leased backend's is the one its leases
+    /// are taken through).
     pub fn as_redis(&self) -> Option<&RedisBackend> {
         match self {
             Self::Memory(_) => None,
             Self::Redis(redis) => Some(redis),
+            Self::LeasedRedis(leased) => Some(leased.backend()),
         }
     }
 
-    /// Whether state is shared through Redis.
+    /// The leased Redis backend, if this is one.
+    pub fn as_leased(&self) -> Option<&LeasedRedisBackend> {
+        match self {
+            Self::LeasedRedis(leased) => Some(leased),
+            Self::Memory(_) | Self::Redis(_) => None,
+        }
+    }
+
+    /// Whether state is shared through Redis (leased or not).
     pub fn is_redis(&self) -> bool {
-        matches!(self, Self::Redis(_))
+        matches!(self, Self::Redis(_) | Self::LeasedRedis(_))
     }
 
     /// Applies `f` to the Redis backend (to set a prefix, a timeout or a failure policy for one
-    /// layer); a memory backend is returned as it is.
+    /// layer); a leased backend keeps its [`LeaseConfig`](crate::backend::redis::LeaseConfig), a
+    /// memory backend is returned as it is.
     #[must_use]
     pub fn map_redis(self, f: impl FnOnce(RedisBackend) -> RedisBackend) -> Self {
         match self {
             Self::Memory(memory) => Self::Memory(memory),
             Self::Redis(redis) => Self::Redis(f(redis)),
+            Self::LeasedRedis(leased) => {
+                Self::LeasedRedis(f(leased.backend().clone()).leased(leased.config()))
+            }
+        }
+    }
+
+    /// This backend with rate limiters in [leased mode](crate::backend::redis::lease) when it is
+    /// Redis (exact or already leased: the new configuration replaces the old); a memory backend
+    /// is returned as it is.
+    #[must_use]
+    pub fn leased(self, config: crate::backend::redis::LeaseConfig) -> Self {
+        match self {
+            Self::Memory(memory) => Self::Memory(memory),
+            Self::Redis(redis) => Self::LeasedRedis(redis.leased(config)),
+            Self::LeasedRedis(leased) => Self::LeasedRedis(leased.backend().clone().leased(config)),
         }
     }
 }
@@ -93,6 +129,49 @@ impl From<MemoryBackend> for Backend {
 impl From<RedisBackend> for Backend {
     fn from(redis: RedisBackend) -> Self {
         Self::Redis(redis)
+    }
+}
+
+impl From<LeasedRedisBackend> for Backend {
+    fn from(leased: LeasedRedisBackend) -> Self {
+        Self::LeasedRedis(leased)
+    }
+}
+
+/// The Redis side of a [`Backend`]'s rate-limit store: exact (one round trip per decision) or
+/// [leased](crate::backend::redis::lease).
+#[derive(Clone)]
+pub enum RedisModeStore<E, L> {
+    /// Exact mode ([`RedisRateLimitStore`](crate::backend::redis::RedisRateLimitStore)).
+    Exact(E),
+    /// Leased mode ([`RedisLeasedStore`](crate::backend::redis::RedisLeasedStore)).
+    Leased(L),
+}
+
+impl<E: fmt::Debug, L: fmt::Debug> fmt::Debug for RedisModeStore<E, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(e) => e.fmt(f),
+            Self::Leased(l) => l.fmt(f),
+        }
+    }
+}
+
+impl<E, L> RedisModeStore<E, L> {
+    /// The exact store, if this is one.
+    pub fn as_exact(&self) -> Option<&E> {
+        match self {
+            Self::Exact(e) => Some(e),
+            Self::Leased(_) => None,
+        }
+    }
+
+    /// The leased store, if this is one.
+    pub fn as_leased(&self) -> Option<&L> {
+        match self {
+            Self::Exact(_) => None,
+            Self::Leased(l) => Some(l),
+        }
     }
 }
 
@@ -183,7 +262,9 @@ where
 
 #[cfg(feature = "rate-limit")]
 mod rate_limit {
-    use super::{Backend, EitherFuture, EitherStore};
+    use super::{Backend, EitherFuture, EitherStore, RedisModeStore};
+    use crate::backend::redis::LeasedRedisBackend;
+    use crate::backend::{MemoryBackend, RedisBackend};
     use crate::error::ConfigError;
     use crate::rate_limit::{Check, RateLimitBackend, RateLimitSpec, RateLimitStore};
 
@@ -217,20 +298,45 @@ mod rate_limit {
         }
     }
 
+    impl<K, E, L> RateLimitStore<K> for RedisModeStore<E, L>
+    where
+        E: RateLimitStore<K>,
+        L: RateLimitStore<K>,
+    {
+        type Future = EitherFuture<E::Future, L::Future>;
+
+        #[inline]
+        fn check(&self, key: &K) -> Check<Self::Future> {
+            match self {
+                Self::Exact(e) => left(e.check(key)),
+                Self::Leased(l) => right(l.check(key)),
+            }
+        }
+    }
+
     impl<K> RateLimitBackend<K> for Backend
     where
-        crate::backend::MemoryBackend: RateLimitBackend<K>,
-        crate::backend::RedisBackend: RateLimitBackend<K>,
+        MemoryBackend: RateLimitBackend<K>,
+        RedisBackend: RateLimitBackend<K>,
+        LeasedRedisBackend: RateLimitBackend<K>,
     {
         type Store = EitherStore<
-            <crate::backend::MemoryBackend as RateLimitBackend<K>>::Store,
-            <crate::backend::RedisBackend as RateLimitBackend<K>>::Store,
+            <MemoryBackend as RateLimitBackend<K>>::Store,
+            RedisModeStore<
+                <RedisBackend as RateLimitBackend<K>>::Store,
+                <LeasedRedisBackend as RateLimitBackend<K>>::Store,
+            >,
         >;
 
         fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
             Ok(match self {
                 Self::Memory(m) => EitherStore::Memory(m.rate_limit_store(spec)?),
-                Self::Redis(r) => EitherStore::Redis(r.rate_limit_store(spec)?),
+                Self::Redis(r) => {
+                    EitherStore::Redis(RedisModeStore::Exact(r.rate_limit_store(spec)?))
+                }
+                Self::LeasedRedis(l) => {
+                    EitherStore::Redis(RedisModeStore::Leased(l.rate_limit_store(spec)?))
+                }
             })
         }
     }
@@ -351,6 +457,7 @@ mod cache {
             Ok(match self {
                 Self::Memory(m) => EitherStore::Memory(m.cache_store(spec)?),
                 Self::Redis(r) => EitherStore::Redis(r.cache_store(spec)?),
+                Self::LeasedRedis(l) => EitherStore::Redis(l.backend().cache_store(spec)?),
             })
         }
     }
@@ -375,6 +482,7 @@ mod circuit {
             match self {
                 Self::Memory(_) => Err(crate::circuit_breaker::store::no_store()),
                 Self::Redis(redis) => redis.circuit_store(spec),
+                Self::LeasedRedis(leased) => leased.backend().circuit_store(spec),
             }
         }
 

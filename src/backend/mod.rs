@@ -18,7 +18,7 @@ pub mod memory;
 pub mod redis;
 
 #[cfg(feature = "redis")]
-pub use self::either::{Backend, EitherFuture, EitherStore};
+pub use self::either::{Backend, EitherFuture, EitherStore, RedisModeStore};
 #[cfg(feature = "memory")]
 pub use self::memory::MemoryBackend;
 #[cfg(feature = "redis")]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower_rampart::backend::redis::LeaseConfig;
 use tower_rampart::backend::{FailurePolicy, RedisBackend};
 use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Quota, RateLimitEvent, RateLimitLayer};
@@ -102,4 +103,73 @@ fn redis_calls_are_timed_and_fallbacks_reach_the_hooks() {
         sorted[..5].iter().sum::<f64>() <= elapsed.as_secs_f64(),
         "{calls:?} in {elapsed:?}"
     );
+}
+
+/// A leased limiter follows the same failure policy as the exact one, through the same code: when
+/// Redis is gone and no lease is left, the fallback reaches the hooks and the fallback counter
+/// (the leased store had its own copy of the failure policy, which did not tell the hooks).
+#[test]
+fn a_leased_limiters_fallback_reaches_the_hooks_and_the_fallback_counter() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let events: Arc<Mutex<Vec<RateLimitEvent>>> = Arc::default();
+    let log = Arc::clone(&events);
+    let url = server.url();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let redis = RedisBackend::connect(&url)
+                .await
+                .unwrap()
+                .timeout(Duration::from_millis(200))
+                .failure_policy(FailurePolicy::Open)
+                .prefix(unique_prefix("observe-leased"));
+            let layer = RateLimitLayer::builder()
+                .name("observed_leased")
+                .quota(Quota::per_hour(100))
+                .key(key_fn(|k: &u32| Some(*k)))
+                .backend(redis.leased(LeaseConfig::new()))
+                .on_event(move |e: &RateLimitEvent| log.lock().unwrap().push(e.clone()))
+                .build()
+                .unwrap();
+            let store = layer.store();
+            // A cold key: each decision is a one-unit lease, so nothing is held afterwards.
+            assert!(decide(store, &7).await.unwrap().is_counted());
+            assert!(events.lock().unwrap().is_empty(), "no fallback yet");
+            server.kill();
+            let d = decide(store, &8).await.unwrap();
+            assert!(d.is_allowed() && !d.is_counted(), "{d:?}");
+        })
+    });
+
+    let events = events.lock().unwrap();
+    let Some(RateLimitEvent::BackendFallback { name, policy, .. }) = events.first() else {
+        panic!("{events:?}");
+    };
+    assert_eq!((*name, *policy), ("observed_leased", "open"));
+    let fallbacks: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "rampart_rate_limit_backend_fallback_total")
+        .map(|(key, _, _, value)| {
+            assert!(
+                key.key()
+                    .labels()
+                    .any(|l| l.key() == "name" && l.value() == "observed_leased"),
+                "{key:?}"
+            );
+            match value {
+                DebugValue::Counter(n) => n,
+                other => panic!("{other:?}"),
+            }
+        })
+        .sum();
+    assert_eq!(fallbacks, 1);
 }

@@ -213,7 +213,6 @@ mod connection;
 #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 mod error;
 mod key;
-#[cfg(feature = "rate-limit")]
 pub mod lease;
 #[cfg(feature = "rate-limit")]
 mod rate_limit;
@@ -236,8 +235,9 @@ pub use self::circuit::{RedisCircuitStore, RedisSync, circuit_script_sha};
 pub use self::conn::DEFAULT_LIVENESS_TIMEOUT;
 pub use self::connection::{FencedScript, RedisConnection};
 pub use self::key::{Hashed, RedisKey};
+pub use self::lease::{DEFAULT_LEASE_TTL, LeaseConfig, LeasedRedisBackend};
 #[cfg(feature = "rate-limit")]
-pub use self::lease::{LeaseCheck, LeaseConfig, LeasedRedisBackend, RedisLeasedStore};
+pub use self::lease::{LeaseCheck, RedisLeasedStore};
 #[cfg(feature = "rate-limit")]
 pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};
 

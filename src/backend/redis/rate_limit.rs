@@ -103,7 +103,7 @@ pub struct RedisRateLimitStore<K> {
     inner: Arc<Inner<K>>,
 }
 
-struct Inner<K> {
+pub(super) struct Inner<K> {
     conn: Arc<Conn>,
     script: &'static Script,
     algorithm: Algorithm,
@@ -181,6 +181,12 @@ impl<K> Clone for RedisRateLimitStore<K> {
 }
 
 impl<K: Hash + Eq + Clone + RedisKey> RedisRateLimitStore<K> {
+    /// The shared part of the limiter's Redis state (its failure policy, its reply reader), for
+    /// the leased store built on this one.
+    pub(super) fn shared(&self) -> &Inner<K> {
+        &self.inner
+    }
+
     /// The Redis key holding `key`'s state.
     pub fn redis_key(&self, key: &K) -> Vec<u8> {
         self.inner.redis_key(key)
@@ -235,7 +241,9 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
     }
 
     /// What the failure policy makes of a failed decision.
-    fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
+    /// What the failure policy makes of a decision Redis could not make: the exact store's and the
+    /// leased store's (one policy, one local store, one warning, one event and metric per limiter).
+    pub(super) fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
         #[cfg(feature = "metrics")]
         Meters::count(&self.meters.fallback);
         self.hooks.emit(|| RateLimitEvent::BackendFallback {
@@ -271,24 +279,7 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
                 None,
             )
         };
-        let Value::Array(items) = value else {
-            return Err(bad());
-        };
-        let [allowed, a, b, repaired] = items.as_slice() else {
-            return Err(bad());
-        };
-        let mut n = [0u64; 3];
-        for (slot, item) in n.iter_mut().zip([allowed, a, b]) {
-            match item {
-                Value::Int(i) if *i >= 0 => *slot = *i as u64,
-                _ => return Err(bad()),
-            }
-        }
-        match repaired {
-            Value::BulkString(what) if what.is_empty() => {}
-            Value::BulkString(what) => self.repaired(redis_key, what),
-            _ => return Err(bad()),
-        }
+        let n = self.read_reply(value, redis_key).ok_or_else(bad)?;
         let limit = self.limits.limit;
         Ok(match (n[0], self.algorithm) {
             (1, Algorithm::Gcra) => Decision::admitted(limit, n[1], self.limits.emission, n[2]),
@@ -300,6 +291,32 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
 
     /// The script replaced state it could not read at `redis_key` with a fresh one.
     #[cold]
+    /// Reads a decision or lease script's answer, `[n0, n1, n2, repaired]` (the connection took
+    /// the server's time off the end): three counts, and what the script repaired at the key (empty
+    /// when nothing), logged and counted here. `None` for any other shape. One reader for the exact
+    /// and the leased store, which share the scripts' conventions.
+    pub(super) fn read_reply(&self, value: &Value, redis_key: &[u8]) -> Option<[u64; 3]> {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        let [n0, n1, n2, repaired] = items.as_slice() else {
+            return None;
+        };
+        let mut n = [0u64; 3];
+        for (slot, item) in n.iter_mut().zip([n0, n1, n2]) {
+            match item {
+                Value::Int(i) if *i >= 0 => *slot = *i as u64,
+                _ => return None,
+            }
+        }
+        match repaired {
+            Value::BulkString(what) if what.is_empty() => {}
+            Value::BulkString(what) => self.repaired(redis_key, what),
+            _ => return None,
+        }
+        Some(n)
+    }
+
     fn repaired(&self, redis_key: &[u8], what: &[u8]) {
         #[cfg(feature = "metrics")]
         Meters::count(&self.meters.repaired);

@@ -104,38 +104,78 @@
 //! # Limits
 //!
 //! - GCRA only (the default algorithm): a sliding window's counts cannot be carved ahead of time
-//!   without moving its window; building a leased limiter with [`Algorithm::SlidingWindow`] is a
-//!   [`ConfigError`].
-//! - Rate limiters only, and given as a [`LeasedRedisBackend`]: the run-time
-//!   [`Backend`](crate::backend::Backend) does not offer leased mode yet.
+//!   without moving its window; building a leased limiter with
+//!   [`Algorithm::SlidingWindow`](crate::rate_limit::Algorithm::SlidingWindow) is a
+//!   [`ConfigError`](crate::ConfigError).
+//! - Rate limiters only. A [`LeasedRedisBackend`] is given to a limiter's `.backend(..)` as it
+//!   is, or as the run-time [`Backend`](crate::backend::Backend)
+//!   (`Backend::from(redis.leased(config))`), whose other layers then use the Redis backend
+//!   underneath.
 //! - Units left in a lease are not given back to Redis: they serve until the lease expires, then
-//!   are dropped (stranded, within the bounds above).
+//!   are dropped (stranded, within the bounds above). Giving them back on a graceful shutdown
+//!   would need the lease call to return the arrival time it wrote, the replica to keep it per
+//!   key, and a second script that moves the time back by the units left only when the key
+//!   still holds that value (no other replica has leased since, or the units would be counted
+//!   twice): on a hot key shared by several replicas the compare fails almost always, so it
+//!   would shorten the under-admission only for keys one replica had to itself. Not done yet.
+//! - **Redis keeps no record of who holds what**, so neither an operator nor the surviving
+//!   replicas can see a dead replica's stranded units; each replica reports its own
+//!   (`rampart_rate_limit_lease_stranded_units_total`, and what it holds, via
+//!   [`RedisLeasedStore::held_units`]). A record would be a per-key hash of owner → units granted
+//!   and expiry, written by the lease script: no extra round trip, but two more writes
+//!   (`HSET`, `PEXPIRE`) in every lease call, a second key that must share the limiter key's
+//!   cluster slot (a hash tag, so a change of key names), and what it could say is only *granted*,
+//!   not *left*: units are taken in memory with no I/O, so Redis cannot tell a spent lease from
+//!   a stranded one without a call per unit or per flush, which is what leasing removes. The
+//!   record's upper bound, at most 1.25 leases per replica for at most 1.25 times to live, is
+//!   the bound stated above, known without it.
 
+// The configuration types exist with the `redis` feature alone, so that [`Backend`](crate::backend::Backend)
+// has one shape whatever the features; the leased store needs the rate limiter.
+#[cfg(feature = "rate-limit")]
 mod cell;
+#[cfg(feature = "rate-limit")]
 mod store;
 
 use std::fmt;
-use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+#[cfg(feature = "rate-limit")]
 pub use self::store::{LeaseCheck, RedisLeasedStore};
 
-use super::{RedisBackend, RedisKey};
-use crate::error::ConfigError;
-use crate::rate_limit::quota::Algorithm;
-use crate::rate_limit::{RateLimitBackend, RateLimitSpec};
+use super::RedisBackend;
 
 /// The default [time to live](LeaseConfig::ttl) of a lease.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// How a leased limiter leases: the lifetime of a lease and the most units one holds. See the
 /// [module documentation](self) for what they bound.
+///
+/// With the feature `serde` it reads and writes as the [configuration types](crate::config) do:
+/// fields named after the setters, each optional (left out, the default), durations as strings
+/// such as `"500ms"`, unknown fields refused: `{ "ttl": "500ms", "max_units": 1000 }`. The values
+/// are checked when a layer is built, as when set in code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize, serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 #[must_use]
 pub struct LeaseConfig {
+    #[cfg_attr(
+        feature = "serde",
+        serde(default = "default_ttl", with = "crate::config::duration")
+    )]
     ttl: Duration,
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     max_units: Option<NonZeroU32>,
+}
+
+#[cfg(feature = "serde")]
+fn default_ttl() -> Duration {
+    DEFAULT_LEASE_TTL
 }
 
 impl Default for LeaseConfig {
@@ -225,13 +265,20 @@ impl RedisBackend {
     }
 }
 
-impl<K> RateLimitBackend<K> for LeasedRedisBackend
+#[cfg(feature = "rate-limit")]
+impl<K> crate::rate_limit::RateLimitBackend<K> for LeasedRedisBackend
 where
-    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+    K: super::RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
 {
     type Store = RedisLeasedStore<K>;
 
-    fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
+    fn rate_limit_store(
+        &self,
+        spec: &crate::rate_limit::RateLimitSpec,
+    ) -> Result<Self::Store, crate::error::ConfigError> {
+        use crate::error::ConfigError;
+        use crate::rate_limit::quota::Algorithm;
+
         if spec.algorithm != Algorithm::Gcra {
             return Err(ConfigError::new(
                 "algorithm",
@@ -258,5 +305,65 @@ where
             self.config,
             exact,
         ))
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use super::{DEFAULT_LEASE_TTL, LeaseConfig};
+
+    fn read(json: &str) -> Result<LeaseConfig, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fields_left_out_keep_the_defaults() {
+        assert_eq!(read("{}").unwrap(), LeaseConfig::new());
+        let ttl_only = read(r#"{ "ttl": "250ms" }"#).unwrap();
+        assert_eq!(ttl_only.get_ttl(), Duration::from_millis(250));
+        assert_eq!(ttl_only.get_max_units(), None);
+        let units_only = read(r#"{ "max_units": 500 }"#).unwrap();
+        assert_eq!(units_only.get_ttl(), DEFAULT_LEASE_TTL);
+        assert_eq!(units_only.get_max_units(), NonZeroU32::new(500));
+    }
+
+    #[test]
+    fn durations_are_human_strings_or_seconds() {
+        assert_eq!(
+            read(r#"{ "ttl": "1m 30s" }"#).unwrap().get_ttl(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            read(r#"{ "ttl": 0.5 }"#).unwrap().get_ttl(),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn round_trips_in_the_human_format() {
+        let config = LeaseConfig::new()
+            .ttl(Duration::from_millis(1500))
+            .max_units(NonZeroU32::new(64).unwrap());
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(json, r#"{"ttl":"1s 500ms","max_units":64}"#);
+        assert_eq!(read(&json).unwrap(), config);
+        // The default writes its time to live and leaves the unset maximum out.
+        assert_eq!(
+            serde_json::to_string(&LeaseConfig::new()).unwrap(),
+            r#"{"ttl":"1s"}"#
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused_when_read() {
+        let typo = read(r#"{ "max_unit": 5 }"#).unwrap_err();
+        assert!(typo.contains("unknown field `max_unit`"), "{typo}");
+        let zero = read(r#"{ "max_units": 0 }"#).unwrap_err();
+        assert!(zero.contains("nonzero"), "{zero}");
+        let bad = read(r#"{ "ttl": "fast" }"#).unwrap_err();
+        assert!(bad.contains("invalid duration"), "{bad}");
     }
 }

@@ -13,17 +13,15 @@ use redis::Value;
 
 use super::LeaseConfig;
 use super::cell::{Cell, Grant, Sizing, Slot};
-use crate::backend::memory::MemoryRateLimitStore;
 use crate::backend::memory::map::BoundedMap;
 use crate::backend::redis::conn::{Conn, Script};
 use crate::backend::redis::{
     FailurePolicy, RedisBackend, RedisKey, RedisRateLimitStore, StoreClock,
 };
-use crate::backend::{BackendError, ErrorKind, MemoryBackend};
+use crate::backend::{BackendError, ErrorKind};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::rate_limit::quota::Limits;
-use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitSpec, RateLimitStore};
-use crate::throttle::LogThrottle;
+use crate::rate_limit::{Check, Decision, RateLimitSpec, RateLimitStore};
 
 fn lease_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
@@ -59,12 +57,9 @@ struct Inner<K> {
     cells: BoundedMap<K, Slot>,
     /// The one cell of a limiter whose key type holds no data (a global limit): no hashing.
     single: Arc<Cell>,
-    local: Option<MemoryRateLimitStore<K, StoreClock>>,
     calls: AtomicU64,
     units: AtomicU64,
     stranded: AtomicU64,
-    log: LogThrottle,
-    repair_log: LogThrottle,
     #[cfg(feature = "metrics")]
     meters: Meters,
 }
@@ -72,8 +67,6 @@ struct Inner<K> {
 /// The store's metric keys, made once.
 #[cfg(feature = "metrics")]
 struct Meters {
-    fallback: metrics::Key,
-    repaired: metrics::Key,
     calls: metrics::Key,
     units: metrics::Key,
     stranded: metrics::Key,
@@ -81,16 +74,11 @@ struct Meters {
 
 #[cfg(feature = "metrics")]
 impl Meters {
-    fn new(name: &str, policy: FailurePolicy) -> Self {
+    fn new(name: &str) -> Self {
         let key = |metric, labels: &[(&'static str, &'static str)]| {
             crate::metrics::key(metric, name.to_string(), labels)
         };
         Self {
-            fallback: key(
-                "rampart_rate_limit_backend_fallback_total",
-                &[("policy", policy.as_str())],
-            ),
-            repaired: key("rampart_rate_limit_backend_repaired_total", &[]),
             calls: key("rampart_rate_limit_lease_calls_total", &[]),
             units: key("rampart_rate_limit_lease_units_total", &[]),
             stranded: key("rampart_rate_limit_lease_stranded_units_total", &[]),
@@ -152,16 +140,6 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> RedisLeasedStore<K
             None => (ttl / limits.emission).min(burst / 4),
         }
         .clamp(1, burst);
-        let local = match s.policy {
-            FailurePolicy::Local => Some(
-                MemoryBackend::new()
-                    .max_keys(s.local_max_keys)
-                    .clock(s.clock.clone())
-                    .rate_limit_store(spec)
-                    .expect("the exact store accepted this quota"),
-            ),
-            FailurePolicy::Open | FailurePolicy::Closed => None,
-        };
         Self {
             inner: Arc::new(Inner {
                 conn: Arc::clone(&backend.conn),
@@ -181,14 +159,11 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> RedisLeasedStore<K
                 repair: if s.repair { b"1" } else { b"0" },
                 cells: BoundedMap::new(s.local_max_keys),
                 single: Arc::default(),
-                local,
                 calls: AtomicU64::new(0),
                 units: AtomicU64::new(0),
                 stranded: AtomicU64::new(0),
-                log: LogThrottle::new(Duration::from_secs(10)),
-                repair_log: LogThrottle::new(Duration::from_secs(10)),
                 #[cfg(feature = "metrics")]
-                meters: Meters::new(spec.name(), s.policy),
+                meters: Meters::new(spec.name()),
             }),
         }
     }
@@ -303,24 +278,11 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 None,
             )
         };
-        let Value::Array(items) = value else {
-            return Err(bad());
-        };
-        let [k, a, b, repaired] = items.as_slice() else {
-            return Err(bad());
-        };
-        let mut x = [0u64; 3];
-        for (slot, item) in x.iter_mut().zip([k, a, b]) {
-            match item {
-                Value::Int(i) if *i >= 0 => *slot = *i as u64,
-                _ => return Err(bad()),
-            }
-        }
-        match repaired {
-            Value::BulkString(what) if what.is_empty() => {}
-            Value::BulkString(what) => self.repaired(redis_key, what),
-            _ => return Err(bad()),
-        }
+        let x = self
+            .exact
+            .shared()
+            .read_reply(value, redis_key)
+            .ok_or_else(bad)?;
         match x[0] {
             0 => Ok(Reply::Refused(Decision::refused(
                 self.limits.limit,
@@ -336,22 +298,6 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         }
     }
 
-    #[cold]
-    fn repaired(&self, redis_key: &[u8], what: &[u8]) {
-        #[cfg(feature = "metrics")]
-        Meters::add(&self.meters.repaired, 1);
-        if let Some(suppressed) = self.repair_log.check() {
-            tracing::warn!(
-                limiter = %self.name,
-                key = %String::from_utf8_lossy(redis_key),
-                problem = %String::from_utf8_lossy(what),
-                suppressed,
-                "redis held state this limiter cannot read at this key; replaced it with a fresh \
-                 state (see RedisBackend::repair_corrupt_data)"
-            );
-        }
-    }
-
     fn strand(&self, units: u64) {
         if units > 0 {
             self.stranded.fetch_add(units, Ordering::Relaxed);
@@ -360,26 +306,10 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         }
     }
 
-    /// What the failure policy makes of a decision Redis could not make.
+    /// What the failure policy makes of a decision Redis could not make: the exact store's own
+    /// (one policy, local store, warning, event and metric for the limiter, in either mode).
     fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
-        #[cfg(feature = "metrics")]
-        Meters::add(&self.meters.fallback, 1);
-        if error.kind() != ErrorKind::Unreachable
-            && let Some(suppressed) = self.log.check()
-        {
-            tracing::warn!(
-                limiter = %self.name,
-                %error,
-                policy = self.policy.as_str(),
-                suppressed,
-                "redis lease call failed and no lease is left; following the failure policy"
-            );
-        }
-        match (self.policy, &self.local) {
-            (FailurePolicy::Open, _) => Ok(Decision::uncounted(self.limits.limit)),
-            (FailurePolicy::Local, Some(local)) => Ok(local.decide(key)),
-            (FailurePolicy::Closed, _) | (FailurePolicy::Local, None) => Err(error),
-        }
+        self.exact.shared().fallback(key, error)
     }
 
     /// After a grant of fewer units than asked for, the quota in Redis is spent at `sent`: a

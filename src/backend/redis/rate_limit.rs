@@ -29,14 +29,29 @@ use crate::throttle::LogThrottle;
 /// numbers are doubles, exact below 2^53, and they add two such values at most.
 const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 
+/// The GCRA decision script as Redis runs it: the helpers every rate limit script shares
+/// (`prelude.lua`), those of the GCRA state (`gcra_tat.lua`, shared with the lease script), then
+/// its own body.
+const GCRA_LUA: &str = concat!(
+    include_str!("prelude.lua"),
+    include_str!("gcra_tat.lua"),
+    include_str!("gcra.lua")
+);
+
+/// The sliding-window decision script as Redis runs it: the shared helpers, then its body.
+const WINDOW_LUA: &str = concat!(
+    include_str!("prelude.lua"),
+    include_str!("sliding_window.lua")
+);
+
 fn gcra_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("gcra.lua")))
+    SCRIPT.get_or_init(|| Script::new(GCRA_LUA))
 }
 
 fn window_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("sliding_window.lua")))
+    SCRIPT.get_or_init(|| Script::new(WINDOW_LUA))
 }
 
 /// The SHA1 of the script behind `algorithm`, as `EVALSHA` takes it (for benchmarks and tools that
@@ -51,8 +66,8 @@ pub fn script_sha(algorithm: Algorithm) -> &'static str {
 /// The source of the script behind `algorithm`.
 pub fn script_source(algorithm: Algorithm) -> &'static str {
     match algorithm {
-        Algorithm::Gcra => include_str!("gcra.lua"),
-        Algorithm::SlidingWindow => include_str!("sliding_window.lua"),
+        Algorithm::Gcra => GCRA_LUA,
+        Algorithm::SlidingWindow => WINDOW_LUA,
     }
 }
 

@@ -25,47 +25,9 @@
 -- for counts w <= d < 2^32, computed exactly in pieces below 2^53. The store requires
 -- 1 us <= period <= 2^52 ns, which keeps every value here below 2^53.
 
-if redis.replicate_commands then
-  redis.replicate_commands() -- Redis < 5: allows writes after the non-deterministic TIME
-end
-
-local SKEW = 1000000000 -- ns
-
--- q, r = floor(a / b), a mod b, exactly for integers 0 <= a < 2^53 (fmod is exact; `%` is not).
-local function divmod(a, b)
-  local r = math.fmod(a, b)
-  return (a - r) / b, r
-end
-
-local function split_ns(s)
-  if type(s) ~= 'string' or #s == 0 or #s > 19 or not string.match(s, '^%d+$') then
-    return nil
-  end
-  if #s <= 3 then
-    return 0, tonumber(s)
-  end
-  local us = tonumber(string.sub(s, 1, -4))
-  if us >= 9007199254740992 then
-    return nil
-  end
-  return us, tonumber(string.sub(s, -3))
-end
-
-local t = redis.call('TIME')
-local time_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local not_after = tonumber(ARGV[6] or '')
-if not_after and time_us > not_after then
-  return redis.error_reply(string.format('RAMPARTLATE %.0f', time_us))
-end
-
-local now_us, now_frac
-if ARGV[3] == '' then
-  now_us, now_frac = time_us, 0
-else
-  now_us, now_frac = split_ns(ARGV[3])
-  if not now_us then
-    return redis.error_reply('RAMPARTARG the clock value is out of range')
-  end
+local time_us, now_us, now_frac = clock(ARGV[3], ARGV[6])
+if not now_us then
+  return time_us
 end
 local P = tonumber(ARGV[1])
 local L = tonumber(ARGV[2])

@@ -25,7 +25,13 @@ use crate::rate_limit::{Check, Decision, RateLimitSpec, RateLimitStore};
 
 fn lease_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("lease.lua")))
+    SCRIPT.get_or_init(|| {
+        Script::new(concat!(
+            include_str!("../prelude.lua"),
+            include_str!("../gcra_tat.lua"),
+            include_str!("lease.lua")
+        ))
+    })
 }
 
 /// Rounds of waiting for another request's lease call before a request decides on its own.

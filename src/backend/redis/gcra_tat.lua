@@ -1,0 +1,59 @@
+-- GCRA state at KEYS[1], shared by gcra.lua and lease/lease.lua (prepended after prelude.lua): the
+-- theoretical arrival time (TAT) of the next request, in nanoseconds since the clock's epoch, as
+-- decimal digits.
+
+-- How far the stored TAT is ahead of now (0 when it is not): `base - now` in gcra.rs; and what was
+-- wrong with the state, "" when nothing. State it cannot read (another type of value, anything but
+-- 1 to 19 digits, or a TAT further ahead of now than the tolerance by more than SKEW) is replaced
+-- by a fresh state (base 0) when `repair` is "1", and answered with a RAMPARTDATA error reply
+-- otherwise, as (error reply, nil).
+local function gcra_base(now_us, now_frac, tolerance, repair)
+  local base = 0
+  local problem
+  local raw = redis.pcall('GET', KEYS[1])
+  if type(raw) == 'table' and raw.err then
+    problem = 'the key holds another type of value (' .. raw.err .. ')'
+  elseif raw then
+    local tat_us, tat_frac = split_ns(raw)
+    if not tat_us then
+      problem = 'the key does not hold a GCRA arrival time'
+    elseif tat_us > now_us or (tat_us == now_us and tat_frac > now_frac) then
+      -- In microseconds first: a foreign value may be centuries ahead, beyond 2^53 ns.
+      if tat_us - now_us > (tolerance + SKEW) / 1000 + 1 then
+        base = tolerance + SKEW + 1
+      else
+        base = (tat_us - now_us) * 1000 + (tat_frac - now_frac)
+      end
+      if base > tolerance + SKEW then
+        problem = 'the key holds a GCRA arrival time further ahead than the quota allows'
+      end
+    end
+  end
+  if not problem then
+    return base, ''
+  end
+  if repair ~= '1' then
+    return redis.error_reply('RAMPARTDATA ' .. problem), nil
+  end
+  -- A fresh state: always admitted, and written by the caller (SET replaces a value of any type).
+  return 0, problem
+end
+
+-- Stores now + ahead as the TAT, expiring once it has passed (the key is then as good as absent),
+-- and no sooner than `min_ttl_arg` ms.
+local function gcra_write(now_us, now_frac, ahead, min_ttl_arg)
+  local carry, frac = divmod(now_frac + ahead, 1000)
+  local tat_us = now_us + carry
+  local value
+  if tat_us > 0 then
+    value = string.format('%.0f%03d', tat_us, frac)
+  else
+    value = string.format('%d', frac)
+  end
+  local ttl = divmod(ahead, 1000000) + 1
+  local min_ttl = tonumber(min_ttl_arg)
+  if ttl < min_ttl then
+    ttl = min_ttl
+  end
+  redis.call('SET', KEYS[1], value, 'PX', ttl)
+end

@@ -132,6 +132,12 @@ impl Clock for ManualClock {
     }
 }
 
+/// Whole seconds, rounded up, so a client that waits that long is never early.
+#[cfg(feature = "http")]
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// Converts a duration to nanoseconds, saturating at `u64::MAX` (about 584 years).
 #[inline]
 pub(crate) fn duration_to_nanos(d: Duration) -> Nanos {

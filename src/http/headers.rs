@@ -1,14 +1,12 @@
-//! The `RateLimit` and `RateLimit-Policy` fields (draft-ietf-httpapi-ratelimit-headers), the legacy
-//! `X-RateLimit-*` headers, and `Retry-After`.
+//! The names of the `RateLimit` and `RateLimit-Policy` fields (draft-ietf-httpapi-ratelimit-headers)
+//! and of the legacy `X-RateLimit-*` headers, and `Retry-After`. The rate limiter writes its
+//! fields' values itself (`rate_limit::headers`).
 
 use std::time::Duration;
 
-#[cfg(feature = "rate-limit")]
-use http::HeaderValue;
 use http::{HeaderMap, HeaderName};
 
-#[cfg(feature = "rate-limit")]
-use crate::rate_limit::{Decision, error::Policy};
+use crate::clock::ceil_secs;
 
 /// `RateLimit-Policy`: the quota, e.g. `"default";q=10;w=60`.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -20,131 +18,6 @@ pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// Legacy `X-RateLimit-Reset` (seconds until the quota resets).
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// Whole seconds, rounded up, so a client that waits that long is never early.
-pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// The `RateLimit-Policy` value `"name";q=limit;w=window`, made once per distinct policy and kept
-/// for the life of the process (a few dozen bytes per policy; rebuilding a layer reuses it). Its
-/// bytes are `'static`, so cloning the value onto a response copies two pointers: no allocation, no
-/// shared reference count.
-#[cfg(feature = "rate-limit")]
-pub(crate) fn policy_value(name: &str, limit: u32, window_secs: u64) -> &'static HeaderValue {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static INTERNED: OnceLock<Mutex<HashMap<String, &'static HeaderValue>>> = OnceLock::new();
-    let text = format!("\"{name}\";q={limit};w={window_secs}");
-    let mut map = INTERNED
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    map.entry(text).or_insert_with_key(|text| {
-        let text: &'static str = Box::leak(text.clone().into_boxed_str());
-        // Names are checked when the layer is built: letters, digits and -_.: only.
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_static(text.as_bytes()))
-            .expect("policy names are visible ASCII");
-        Box::leak(Box::new(value))
-    })
-}
-
-/// Per-request header values are cut from a per-thread buffer of this many bytes: one allocation
-/// per about a hundred values instead of one per value (a value keeps its buffer alive until it is
-/// dropped, as long as the response it is on).
-#[cfg(feature = "rate-limit")]
-const ARENA_BYTES: usize = 4096;
-
-/// A small stack buffer for one header value: formatted here, copied once into the arena.
-#[cfg(feature = "rate-limit")]
-struct ValueBuf {
-    bytes: [u8; 128],
-    len: usize,
-}
-
-#[cfg(feature = "rate-limit")]
-impl ValueBuf {
-    #[inline]
-    fn new() -> Self {
-        Self {
-            bytes: [0; 128],
-            len: 0,
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, s: &[u8]) {
-        self.bytes[self.len..self.len + s.len()].copy_from_slice(s);
-        self.len += s.len();
-    }
-
-    #[inline]
-    fn push_u64(&mut self, n: u64) {
-        self.push(itoa::Buffer::new().format(n).as_bytes());
-    }
-
-    /// The value, cut from this thread's arena (no allocation but one per `ARENA_BYTES`).
-    ///
-    /// `instructions` bench, `http/rampart_global`, 10,000 calls: a fresh `Vec` and `Bytes` per
-    /// value (`HeaderValue::from_bytes`: an allocation, a copy and a free per response) against
-    /// the arena's shared buffer (a reference count, no allocation); see README's performance
-    /// section for the rows.
-    fn value(&self) -> HeaderValue {
-        use std::cell::RefCell;
-        thread_local! {
-            static ARENA: RefCell<Option<bytes::BytesMut>> = const { RefCell::new(None) };
-        }
-        let text = &self.bytes[..self.len];
-        let bytes = ARENA.with(|arena| {
-            let mut arena = arena.borrow_mut();
-            let arena = match &mut *arena {
-                Some(a) if a.capacity() - a.len() >= text.len() => a,
-                other => other.insert(bytes::BytesMut::with_capacity(ARENA_BYTES)),
-            };
-            arena.extend_from_slice(text);
-            arena.split().freeze()
-        });
-        HeaderValue::from_maybe_shared(bytes)
-            .expect("a checked name and digits are a valid header value")
-    }
-}
-
-/// Adds the rate limit fields for `decision` under `policy`. Appends, so stacked limiters each
-/// contribute their own list member.
-#[cfg(feature = "rate-limit")]
-pub(crate) fn write_rate_limit(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
-    let reset = ceil_secs(decision.reset());
-    let remaining = decision.remaining();
-    // An empty map gets room for every field at once (rather than growing as they come); a map
-    // that has entries has room for a few more already.
-    if headers.is_empty() {
-        headers.reserve(if policy.legacy_headers { 5 } else { 2 });
-    }
-    // `'static` bytes: cloning the policy value copies pointers.
-    headers.append(RATELIMIT_POLICY.clone(), policy.header.clone());
-    // `"` + name (at most 64, checked at build) + `";r=` + 10 digits + `;t=` + 20 digits < 128.
-    let mut buf = ValueBuf::new();
-    buf.push(b"\"");
-    buf.push(policy.name.as_bytes());
-    buf.push(b"\";r=");
-    buf.push_u64(u64::from(remaining));
-    buf.push(b";t=");
-    buf.push_u64(reset);
-    headers.append(RATELIMIT.clone(), buf.value());
-    if policy.legacy_headers {
-        let number = |n: u64| {
-            let mut buf = ValueBuf::new();
-            buf.push_u64(n);
-            buf.value()
-        };
-        headers.insert(
-            X_RATELIMIT_LIMIT.clone(),
-            number(u64::from(decision.limit())),
-        );
-        headers.insert(X_RATELIMIT_REMAINING.clone(), number(u64::from(remaining)));
-        headers.insert(X_RATELIMIT_RESET.clone(), number(reset));
-    }
-}
 
 /// Sets `Retry-After` in whole seconds (at least 1).
 pub(crate) fn write_retry_after(headers: &mut HeaderMap, retry_after: Duration) {

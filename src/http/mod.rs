@@ -100,7 +100,7 @@ fn default_body(rejection: &dyn Rejection) -> String {
     s.push('"');
     if let Some(d) = rejection.retry_after() {
         s.push_str(",\"retry_after\":");
-        s.push_str(&headers::ceil_secs(d).max(1).to_string());
+        s.push_str(&crate::clock::ceil_secs(d).max(1).to_string());
     }
     s.push('}');
     s

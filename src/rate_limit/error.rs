@@ -78,7 +78,7 @@ impl Rejection for RateLimited {
 
     #[cfg(feature = "http")]
     fn write_headers(&self, headers: &mut http::HeaderMap) {
-        crate::http::headers::write_rate_limit(headers, &self.policy, &self.decision);
+        super::headers::write_rate_limit(headers, &self.policy, &self.decision);
     }
 }
 

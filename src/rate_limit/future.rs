@@ -185,7 +185,7 @@ where
                     if let Some((decision, policy)) = this.headers.take()
                         && let Some(headers) = M::headers_mut(&mut res)
                     {
-                        crate::http::headers::write_rate_limit(headers, &policy, &decision);
+                        super::headers::write_rate_limit(headers, &policy, &decision);
                     }
                     return Poll::Ready(Ok(res));
                 }

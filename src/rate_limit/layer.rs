@@ -358,11 +358,7 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
                     window_secs,
                     legacy_headers: self.legacy_headers,
                     #[cfg(feature = "http")]
-                    header: crate::http::headers::policy_value(
-                        self.name,
-                        quota.limit(),
-                        window_secs,
-                    ),
+                    header: super::headers::policy_value(self.name, quota.limit(), window_secs),
                 },
                 headers_on_success: self.headers_on_success,
                 #[cfg(feature = "metrics")]

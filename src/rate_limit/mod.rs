@@ -61,6 +61,8 @@ mod config;
 pub mod error;
 mod event;
 pub mod future;
+#[cfg(feature = "http")]
+pub(crate) mod headers;
 pub mod key;
 mod layer;
 pub(crate) mod quota;

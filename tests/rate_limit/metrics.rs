@@ -3,7 +3,7 @@
 
 use std::task::{Context, Poll, Waker};
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshot};
 use tower::{Layer, Service};
 use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
@@ -13,33 +13,45 @@ use crate::support::Counting;
 /// A counter's name, labels and value.
 type Counted = (String, Vec<(String, String)>, u64);
 
-#[test]
-fn refusals_are_counted_by_limiter_and_reason() {
+/// Builds a limiter named `name` on `quota`, keyed by the request (no key for 0), under a local
+/// recorder; runs `script` with a function that sends one request through it and says whether it
+/// was admitted; and returns what the recorder holds.
+fn recorded(
+    name: &'static str,
+    quota: Quota,
+    script: impl FnOnce(&mut dyn FnMut(u32) -> bool),
+) -> Snapshot {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
         let layer = RateLimitLayer::builder()
-            .name("uploads")
-            .quota(Quota::per_hour(2))
+            .name(name)
+            .quota(quota)
             .key(key_fn(|n: &u32| (*n > 0).then_some(*n)))
             .build()
             .unwrap();
         let mut svc = layer.layer(Counting::default());
         let mut cx = Context::from_waker(Waker::noop());
-        let mut send = |n: u32| {
+        script(&mut |n: u32| {
             assert!(Service::<u32>::poll_ready(&mut svc, &mut cx).is_ready());
             let mut fut = std::pin::pin!(svc.call(n));
             match fut.as_mut().poll(&mut cx) {
                 Poll::Ready(r) => r.is_ok(),
                 Poll::Pending => panic!("the in-memory path is synchronous"),
             }
-        };
+        });
+    });
+    snapshotter.snapshot()
+}
+
+#[test]
+fn refusals_are_counted_by_limiter_and_reason() {
+    let snapshot = recorded("uploads", Quota::per_hour(2), |send| {
         assert!(send(1) && send(1));
         assert!(!send(1) && !send(1) && !send(1));
         assert!(!send(0), "no key: refused");
     });
-    let counts: Vec<Counted> = snapshotter
-        .snapshot()
+    let counts: Vec<Counted> = snapshot
         .into_vec()
         .into_iter()
         .filter_map(|(key, _, _, value)| match value {
@@ -71,32 +83,14 @@ fn refusals_are_counted_by_limiter_and_reason() {
 /// Issue #19: admissions are counted too, so a dashboard can show the share refused.
 #[test]
 fn admissions_are_counted_by_limiter() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let layer = RateLimitLayer::builder()
-            .name("search")
-            .quota(Quota::per_hour(3))
-            .key(key_fn(|n: &u32| (*n > 0).then_some(*n)))
-            .build()
-            .unwrap();
-        let mut svc = layer.layer(Counting::default());
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut send = |n: u32| {
-            assert!(Service::<u32>::poll_ready(&mut svc, &mut cx).is_ready());
-            let mut fut = std::pin::pin!(svc.call(n));
-            match fut.as_mut().poll(&mut cx) {
-                Poll::Ready(r) => r.is_ok(),
-                Poll::Pending => panic!("the in-memory path is synchronous"),
-            }
-        };
+    let snapshot = recorded("search", Quota::per_hour(3), |send| {
         // Three admitted on key 1, one refused; two admitted on key 2.
         assert!(send(1) && send(1) && send(1));
         assert!(!send(1));
         assert!(send(2) && send(2));
         assert!(!send(0), "no key: refused, not admitted");
     });
-    let snapshot = snapshotter.snapshot().into_hashmap();
+    let snapshot = snapshot.into_hashmap();
     let admitted: Vec<(Vec<(String, String)>, u64)> = snapshot
         .iter()
         .filter(|(key, _)| key.key().name() == "rampart_rate_limit_admitted_total")

@@ -89,6 +89,32 @@ impl Tally {
     }
 }
 
+/// With Redis out of reach (`what`) and `held` units in the replicas' leases: sends more requests
+/// than that, and checks that the replicas served at most what they held, then followed the
+/// failure policy (Closed). Returns the tally.
+async fn served_from_leases_then_refused(services: &[Svc], held: u64, what: &str) -> Tally {
+    // More requests than the units held: some must fall to the policy.
+    let per_client = usize::try_from(held).unwrap() / CLIENTS + 50;
+    let tally = run_clients(
+        services,
+        per_client,
+        Duration::from_millis(1),
+        Duration::from_secs(5),
+    )
+    .await;
+    println!("held {held} when {what}; meanwhile: {tally:?}");
+    assert!(
+        tally.admitted <= held,
+        "{what}: served {} from {held} held",
+        tally.admitted
+    );
+    assert!(
+        tally.unavailable > 0,
+        "{what}: then the failure policy (Closed): {tally:?}"
+    );
+    tally
+}
+
 /// `CLIENTS` clients spread over `services`, each sending up to `per_client` requests with `gap`
 /// between them, for at most `budget`.
 async fn run_clients(
@@ -491,25 +517,7 @@ async fn redis_killed_mid_run_leases_serve_then_the_policy_then_leases_resume() 
     assert!(held > 0, "the replicas hold leases: {up:?}");
 
     server.kill();
-    // More requests than the units held: some must fall to the policy.
-    let per_client = usize::try_from(held).unwrap() / CLIENTS + 50;
-    let down = run_clients(
-        &services,
-        per_client,
-        Duration::from_millis(1),
-        Duration::from_secs(5),
-    )
-    .await;
-    println!("held {held} when Redis died; while down: {down:?}");
-    assert!(
-        down.admitted <= held,
-        "served {} from {held} held",
-        down.admitted
-    );
-    assert!(
-        down.unavailable > 0,
-        "then the failure policy (Closed): {down:?}"
-    );
+    let down = served_from_leases_then_refused(&services, held, "Redis died").await;
     assert_eq!(down.limited, 0);
 
     server.restart();
@@ -694,24 +702,7 @@ async fn redis_cut_off_no_request_waits_past_twice_the_timeout_and_leases_resume
 
     // Every byte held, on every connection: calls only time out.
     proxy.pause();
-    let per_client = usize::try_from(held).unwrap() / CLIENTS + 50;
-    let cut = run_clients(
-        &services,
-        per_client,
-        Duration::from_millis(1),
-        Duration::from_secs(5),
-    )
-    .await;
-    println!("held {held} when cut off; while cut off: {cut:?}");
-    assert!(
-        cut.admitted <= held,
-        "served {} from {held} held",
-        cut.admitted
-    );
-    assert!(
-        cut.unavailable > 0,
-        "then the failure policy (Closed): {cut:?}"
-    );
+    let cut = served_from_leases_then_refused(&services, held, "cut off").await;
     let bound = lag.allowing_for(2 * TIMEOUT);
     assert!(
         cut.longest <= bound,

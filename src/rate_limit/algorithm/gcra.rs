@@ -45,8 +45,8 @@ pub(crate) struct GcraCell {
 }
 
 impl GcraCell {
-    #[inline]
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Decides at `now`, the clock never read again (the unit tests' fixed instants).
+    #[cfg(test)]
     pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
         self.check_with(limits, now, || now)
     }

@@ -45,13 +45,13 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use criterion::Criterion;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use tower::{Layer, Service, ServiceBuilder, service_fn};
+use tower::{Layer, Service, service_fn};
 use tower_rampart::backend::MemoryBackend;
 use tower_rampart::cache::{CacheEvent, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitBreakerLayer;
 use tower_rampart::clock::CoarseClock;
 use tower_rampart::key::{PeerIp, key_fn};
-use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+use tower_rampart::rate_limit::RateLimitLayer;
 use tower_rampart::retry::RetryLayer;
 
 #[allow(dead_code)]
@@ -60,10 +60,7 @@ mod support;
 #[path = "instructions_redis.rs"]
 mod redis_rows;
 
-use support::{bare_u64, call_now, noop_cx, refused};
-
-/// Far more than any run spends: every call is admitted.
-const HUGE: Quota = Quota::with_period(u32::MAX, Duration::from_secs(3600));
+use support::{HUGE, bare_u64, call_now, noop_cx, refused, rl_cb_retry_u64};
 
 /// Distinct peers in the `http10k` rows.
 const PEERS: usize = 10_000;
@@ -314,20 +311,7 @@ fn scenarios() -> Vec<Scenario> {
             u64_run(layer.layer(bare_u64()))
         }),
         s!("u64/rampart_stack_rl_cb_retry", "u64/bare", || {
-            let svc = ServiceBuilder::new()
-                .layer(
-                    RateLimitLayer::builder()
-                        .quota(HUGE)
-                        .build()
-                        .expect("valid quota"),
-                )
-                .layer(
-                    CircuitBreakerLayer::builder()
-                        .build()
-                        .expect("valid configuration"),
-                )
-                .layer(RetryLayer::builder().build().expect("valid configuration"))
-                .service(bare_u64());
+            let svc = rl_cb_retry_u64();
             u64_run(svc)
         }),
         s!("http/bare", "http/bare", || http_run(json_handler(), 1)),

@@ -35,13 +35,9 @@ use tower::{Layer, Service, service_fn};
 use tower_rampart::backend::MemoryBackend;
 use tower_rampart::clock::ManualClock;
 use tower_rampart::key::{PeerIp, key_fn};
-use tower_rampart::rate_limit::{Algorithm, Quota, RateLimitLayer};
+use tower_rampart::rate_limit::{Algorithm, RateLimitLayer};
 
-use crate::support::{bare_u64, call_now, noop_cx, parallel, refused};
-
-/// About 4.3 billion requests per hour, all of them allowed back to back: no run gets near it.
-/// (GCRA spaces them 838 ns apart, so even a clock that never moves admits 4.3 billion calls.)
-const HUGE: Quota = Quota::with_period(u32::MAX, Duration::from_secs(3600));
+use crate::support::{HUGE, bare_u64, call_now, noop_cx, parallel, refused};
 
 /// Distinct peers in the keyed group.
 const PEERS: usize = 10_000;

@@ -30,8 +30,7 @@ use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Check, Quota, RateLimitLayer, RateLimitStore};
 
 use self::redis_server::RedisServer;
-
-const HUGE: Quota = Quota::with_period(u32::MAX, Duration::from_secs(3600));
+use crate::support::HUGE;
 
 async fn decide(store: &RedisRateLimitStore<u32>, key: u32) -> bool {
     match store.check(&key) {

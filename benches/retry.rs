@@ -14,7 +14,6 @@
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::Criterion;
@@ -23,13 +22,10 @@ use tower::{Layer, Service, ServiceBuilder, service_fn};
 use tower_rampart::backend::MemoryBackend;
 use tower_rampart::circuit_breaker::CircuitBreakerLayer;
 use tower_rampart::clock::ManualClock;
-use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+use tower_rampart::rate_limit::RateLimitLayer;
 use tower_rampart::retry::RetryLayer;
 
-use crate::support::{bare_u64, call_now, noop_cx, refused};
-
-/// Far more than any run spends (see the rate limiter's benches).
-const HUGE: Quota = Quota::with_period(u32::MAX, Duration::from_secs(3600));
+use crate::support::{HUGE, bare_u64, call_now, noop_cx, refused, rl_cb_retry_u64};
 
 /// The value of a successful call; anything else stops the run.
 #[inline]
@@ -163,22 +159,9 @@ pub(crate) fn stacked(c: &mut Criterion) {
         b.iter(|| ok(call_now(&mut svc, &mut cx, black_box(7))));
     });
 
-    // Rate limit, circuit breaker, retry, from the outside in (built twice rather than through a
-    // helper, so that no layer's type needs naming).
-    let mut svc = ServiceBuilder::new()
-        .layer(
-            RateLimitLayer::builder()
-                .quota(HUGE)
-                .build()
-                .expect("valid quota"),
-        )
-        .layer(
-            CircuitBreakerLayer::builder()
-                .build()
-                .expect("valid configuration"),
-        )
-        .layer(RetryLayer::builder().build().expect("valid configuration"))
-        .service(bare_u64());
+    // Rate limit, circuit breaker, retry, from the outside in; below, the same with the limiter
+    // on a manual clock.
+    let mut svc = rl_cb_retry_u64();
     g.bench_function("rate_limit_breaker_retry", |b| {
         b.iter(|| ok(call_now(&mut svc, &mut cx, black_box(7))));
     });

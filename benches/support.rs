@@ -13,7 +13,10 @@ use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tower::{Service, service_fn};
+use tower::{Service, ServiceBuilder, service_fn};
+use tower_rampart::circuit_breaker::CircuitBreakerLayer;
+use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+use tower_rampart::retry::RetryLayer;
 
 /// A task context whose waker does nothing (nothing benchmarked here ever needs waking).
 pub(crate) fn noop_cx() -> Context<'static> {
@@ -58,6 +61,29 @@ fn not_ready(what: &str) -> ! {
 #[inline(never)]
 pub(crate) fn refused() -> ! {
     panic!("a request was refused; the benchmark quota must be large enough to admit every call")
+}
+
+/// A quota far above what any run spends: every call is admitted, so the rows measure the
+/// admitted path.
+pub(crate) const HUGE: Quota = Quota::with_period(u32::MAX, Duration::from_secs(3600));
+
+/// Rate limit, circuit breaker and retry, from the outside in, each with its defaults (the
+/// limiter on [`HUGE`]), around [`bare_u64`].
+pub(crate) fn rl_cb_retry_u64() -> impl Service<u64, Response = u64> + 'static {
+    ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder()
+                .quota(HUGE)
+                .build()
+                .expect("valid quota"),
+        )
+        .layer(
+            CircuitBreakerLayer::builder()
+                .build()
+                .expect("valid configuration"),
+        )
+        .layer(RetryLayer::builder().build().expect("valid configuration"))
+        .service(bare_u64())
 }
 
 /// The inner service of the `u64` groups: echoes its request.

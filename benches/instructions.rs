@@ -371,6 +371,9 @@ fn scenarios() -> Vec<Scenario> {
         s!("redis64/rampart_cache_hit", "redis64/raw_get", || {
             redis_rows::cache_hit(64)
         }),
+        s!("redis64/build_request", "redis64/build_request", || {
+            redis_rows::build_request()
+        }),
     ]
 }
 

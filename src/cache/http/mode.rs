@@ -145,6 +145,25 @@ impl HttpMode {
     }
 }
 
+/// Sets the placeholder field `name` of a replayed map to `value`, in place (the stored map has
+/// exactly one value for it, see `CachedResponse::with_placeholders`; inserted if it has none).
+///
+/// `HeaderMap::insert` makes room for one more field before looking the name up, even when it
+/// then replaces a value, and a cloned map has none to spare: on a replay each `insert` grew the
+/// clone's tables (a reallocation and a rehash of every field), 813 instructions per hit in the
+/// `instructions` bench's `redis64/rampart_cache_hit` row (`INSTRUCTIONS_ONLY=1
+/// INSTRUCTIONS_CALLS=2000 cargo bench --bench instructions --all-features -- redis64/`); see
+/// README's Redis cache rows for the hit before and after.
+#[inline]
+fn set_placeholder(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.get_mut(name) {
+        Some(v) => *v = value,
+        None => {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
 impl ModeConfig for HttpMode {
     fn validate(&self, max_bytes: u64) -> Result<(), ConfigError> {
         if self.max_body_bytes == 0 {
@@ -325,13 +344,21 @@ where
         *res.version_mut() = stored.version;
         *res.headers_mut() = stored.headers.clone();
         let headers = res.headers_mut();
-        self.mark(headers, status);
-        if self.age {
-            if status == CacheStatus::Miss {
-                headers.remove(header::AGE);
-            } else {
-                headers.insert(header::AGE, age_value(entry.age(now).as_secs()));
+        // The clone has this mode's placeholders (one value each): set in place. An entry with
+        // both (decoded by a shared store) loses those this mode does not send.
+        match &self.x_cache {
+            Some(name) => {
+                set_placeholder(headers, name, HeaderValue::from_static(status.as_str()));
             }
+            None if stored.all_placeholders => {
+                headers.remove(&X_CACHE);
+            }
+            None => {}
+        }
+        if self.age && status != CacheStatus::Miss {
+            set_placeholder(headers, &header::AGE, age_value(entry.age(now).as_secs()));
+        } else if self.age || stored.all_placeholders {
+            headers.remove(header::AGE);
         }
         Some(res)
     }

@@ -144,6 +144,51 @@ pub(crate) fn raw(inflight: u32) -> Run {
     })
 }
 
+/// `n` decisions from throttle-kit's Redis backend (its own GCRA script through a
+/// `MultiplexedConnection` of `redis` 0.25), `inflight` at a time, each on its own key: the peer
+/// of the `rampart_store` rows, on the same kind of server. Its quota is one request per
+/// millisecond with a burst of `u32::MAX` (its script works in whole milliseconds), so every call
+/// is an admission made by Redis; it fails open on errors with `remaining` 0, which stops the
+/// row.
+pub(crate) fn throttle_kit(inflight: u32) -> Run {
+    let server = RedisServer::start()
+        .expect("the redis rows need redis-server (apt-get install redis-server)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let backend = rt.block_on(async {
+        throttle_kit::RedisBackend::connect(&server.url())
+            .await
+            .expect("throttle-kit connects to the bench redis-server")
+    });
+    let quota = throttle_kit::Quota::from_parts(Duration::from_millis(1), u32::MAX);
+    let keys: Vec<String> = (0..inflight).map(|k| format!("tk:{}", 1_000 + k)).collect();
+    async fn decide(backend: &throttle_kit::RedisBackend, key: &str, quota: &throttle_kit::Quota) {
+        use throttle_kit::RateLimitBackend;
+        let r = backend.check(key, quota).await;
+        assert!(
+            r.allowed && r.remaining > 0,
+            "throttle-kit's decision did not come from Redis"
+        );
+        black_box(r);
+    }
+    // Its first call loads its script.
+    rt.block_on(decide(&backend, "tk:0", &quota));
+    Box::new(move |n| {
+        // Kept until the row is dropped.
+        let _server = &server;
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(u64::from(inflight)) as usize;
+            rt.block_on(join_all(
+                keys[..batch].iter().map(|key| decide(&backend, key, &quota)),
+            ));
+            left -= batch as u64;
+        }
+    })
+}
+
 /// What the cache rows drive.
 struct CacheRig<S> {
     rt: tokio::runtime::Runtime,

@@ -182,7 +182,9 @@ pub(crate) fn throttle_kit(inflight: u32) -> Run {
         while left > 0 {
             let batch = left.min(u64::from(inflight)) as usize;
             rt.block_on(join_all(
-                keys[..batch].iter().map(|key| decide(&backend, key, &quota)),
+                keys[..batch]
+                    .iter()
+                    .map(|key| decide(&backend, key, &quota)),
             ));
             left -= batch as u64;
         }

@@ -79,11 +79,19 @@ fn a_success_on_the_inlined_path_ends_a_run_of_failures() {
         b.record(b.acquire().unwrap(), Outcome::Failure);
         b.record(b.acquire().unwrap(), Outcome::Failure);
         b.record(b.acquire().unwrap(), Outcome::Success);
-        assert_eq!(b.state(), CircuitState::Closed, "two failures in a row at most");
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "two failures in a row at most"
+        );
     }
     b.record(b.acquire().unwrap(), Outcome::Failure);
     b.record(b.acquire().unwrap(), Outcome::Failure);
     b.record(b.acquire().unwrap(), Outcome::Failure);
     assert_eq!(b.state(), CircuitState::Open);
-    assert_eq!(b.window.counts(0).failures, 13, "every failure reached the ring");
+    assert_eq!(
+        b.window.counts(0).failures,
+        13,
+        "every failure reached the ring"
+    );
 }

@@ -158,7 +158,7 @@ async fn a_redis_hit_sends_only_the_cache_fields_its_layer_sends() {
         let redis = RedisBackend::connect(&server.url())
             .await
             .unwrap()
-            .prefix(&unique_prefix("fields"))
+            .prefix(unique_prefix("fields"))
             .timeout(Duration::from_secs(5));
         let layer = CacheLayer::builder()
             .http()

@@ -145,6 +145,16 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> RateLimitHandle<K> {
         Arc::clone(self.live.resolve(&p, key))
     }
 
+    /// The default set now (to ask a store directly, with [`Ask::new`]).
+    pub fn default_set(&self) -> Arc<LimitSet> {
+        Arc::clone(&self.live.current.load().default)
+    }
+
+    /// Tier `name`'s set now, if the layer has that tier.
+    pub fn tier_set(&self, name: &str) -> Option<Arc<LimitSet>> {
+        self.live.current.load().tiers.get(name).cloned()
+    }
+
     /// The limits `key`'s requests are decided against now.
     pub fn limits_of(&self, key: &K) -> Vec<Limit> {
         limits(&self.resolved(key))

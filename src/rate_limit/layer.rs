@@ -547,7 +547,7 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
             }
         };
         let default = LimitSet::new(s.algorithm, &default_limits, s.legacy_headers)?;
-        let mut tiers = std::collections::HashMap::with_hasher(Default::default());
+        let mut tiers = super::policies::Tiers::default();
         for (name, limits) in &s.tiers {
             crate::error::check_name(name)
                 .map_err(|e| ConfigError::new("tier", format!("tier {name:?}: {}", e.reason())))?;

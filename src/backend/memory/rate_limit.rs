@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::MemoryBackend;
 use super::map::{BoundedMap, Expiring};
@@ -9,9 +11,12 @@ use crate::backend::BackendError;
 use crate::clock::{Clock, Nanos};
 use crate::error::ConfigError;
 use crate::rate_limit::algorithm::gcra::GcraCell;
-use crate::rate_limit::algorithm::sliding_window::WindowCell;
+use crate::rate_limit::algorithm::sliding_window::{Window, WindowCell};
 use crate::rate_limit::quota::{Algorithm, Limits};
-use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitSpec, RateLimitStore};
+use crate::rate_limit::{
+    Ask, Check, Decision, LimitSet, MAX_LIMITS, RateLimitBackend, RateLimitSpec, RateLimitStore,
+    SetLimit,
+};
 
 impl Expiring for GcraCell {
     type Context = Limits;
@@ -39,13 +44,77 @@ impl Expiring for WindowCell {
     }
 }
 
+/// A sliding-window cell of a limit other than the store's first: it keeps its own period, since
+/// one map holds the states of limits with different periods.
+#[derive(Debug, Default)]
+pub(crate) struct NamedWindow {
+    cell: WindowCell,
+    period: AtomicU64,
+}
+
+impl NamedWindow {
+    /// The cell, its counts moved to `limits`' period if the limit's period changed (their
+    /// windows' start times kept: conservative, nothing counted is dropped early).
+    #[inline]
+    fn cell(&self, limits: &Limits) -> &WindowCell {
+        let old = self.period.load(Ordering::Relaxed);
+        if old != limits.period {
+            if old != 0 {
+                self.cell.rescale(old, limits.period);
+            }
+            self.period.store(limits.period, Ordering::Relaxed);
+        }
+        &self.cell
+    }
+
+    fn limits(&self) -> Limits {
+        let period = self.period.load(Ordering::Relaxed).max(1);
+        Limits {
+            limit: 1,
+            burst: 1,
+            period,
+            emission: period,
+            tolerance: period,
+        }
+    }
+}
+
+impl Expiring for NamedWindow {
+    type Context = Limits;
+
+    #[inline]
+    fn is_idle(&self, _: &Limits, now: Nanos) -> bool {
+        self.cell.is_idle(&self.limits(), now)
+    }
+
+    fn due(&self, _: &Limits) -> Nanos {
+        self.cell.due(&self.limits())
+    }
+}
+
 /// The in-memory [`RateLimitStore`]: lock-free GCRA cells (or tiny per-key mutexes for the sliding
 /// window) in a bounded sharded map. Built by [`MemoryBackend`].
 ///
-/// A key type with no data (such as the global key `()`) skips the map altogether: the whole
-/// limiter is then one atomic word.
+/// State is kept per key and per limit name. The layer's first default limit (the one
+/// [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets) has a map of its own keyed by the
+/// key alone, exactly as a single-quota limiter; every other limit shares a second map keyed by
+/// (key, limit). Each map holds at most [`max_keys`](MemoryBackend::max_keys) entries.
+///
+/// A decision over one limit is one atomic operation on one cell. A decision over several limits
+/// reads every limit's state, decides, and then stores each new state only if it is unchanged
+/// since it was read (compare and swap); if another decision on one of those cells got in between,
+/// what was stored is taken back and the set is decided again from the start. So the set is spent
+/// all or nothing, with no lock (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits`
+/// measures it).
+///
+/// A key type with no data (such as the global key `()`) skips the first map altogether: the
+/// whole single-limit limiter is then one atomic word.
 pub struct MemoryRateLimitStore<K, C = crate::clock::TokioClock> {
     limits: Limits,
+    /// The layer's default set, as built.
+    set: Arc<LimitSet>,
+    /// The id of the first default limit's name: its state lives in the key-only map.
+    primary: u16,
     clock: C,
     cells: Cells<K>,
 }
@@ -54,10 +123,12 @@ enum Cells<K> {
     Gcra {
         single: GcraCell,
         map: BoundedMap<K, GcraCell>,
+        others: BoundedMap<(K, u16), GcraCell>,
     },
     Window {
         single: WindowCell,
         map: BoundedMap<K, WindowCell>,
+        others: BoundedMap<(K, u16), NamedWindow>,
     },
 }
 
@@ -75,8 +146,16 @@ impl<K, C: fmt::Debug> fmt::Debug for MemoryRateLimitStore<K, C> {
     }
 }
 
+/// The state of one limit read for a decision over several.
+#[derive(Clone, Copy)]
+enum State {
+    Tat(Nanos),
+    Window(Window),
+}
+
 impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
-    /// Decides one request for `key` now.
+    /// Decides one request for `key` now, against the layer's first default limit as it was
+    /// built (the plain single-quota decision).
     #[inline]
     pub fn decide(&self, key: &K) -> Decision {
         let now = self.clock.now();
@@ -90,16 +169,203 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             Cells::Gcra { map, .. } => map.with(key, limits, now, |c| {
                 c.check_with(limits, now, || self.clock.now())
             }),
-            Cells::Window { single, .. } if keyless => single.check(limits, now),
-            Cells::Window { map, .. } => map.with(key, limits, now, |c| c.check(limits, now)),
+            Cells::Window { single, .. } if keyless => single.check_units(limits, now, 1, false),
+            Cells::Window { map, .. } => {
+                map.with(key, limits, now, |c| c.check_units(limits, now, 1, false))
+            }
         }
     }
 
-    /// How many keys the store holds right now (idle ones included until they are swept).
+    /// Whether `limit`'s state lives in the key-only map: the first default limit's name, and
+    /// for the sliding window its period too (that map judges idleness by the caller's period).
+    #[inline(always)]
+    fn is_primary(&self, limit: &SetLimit) -> bool {
+        limit.id == self.primary
+            && match self.cells {
+                Cells::Gcra { .. } => true,
+                Cells::Window { .. } => limit.limits.period == self.limits.period,
+            }
+    }
+
+    /// Decides `cost` units of one limit for `key` at `now`, spending them unless `peek`.
+    #[inline(always)]
+    fn decide_one(&self, key: &K, limit: &SetLimit, now: Nanos, cost: u32, peek: bool) -> Decision {
+        let limits = &limit.limits;
+        let gcra = |c: &GcraCell| {
+            if peek {
+                c.peek(limits, now, cost)
+            } else {
+                c.check_units(limits, now, cost, || self.clock.now())
+            }
+        };
+        let window = |c: &WindowCell| c.check_units(limits, now, cost, peek);
+        let keyless = std::mem::size_of::<K>() == 0;
+        if self.is_primary(limit) {
+            return match &self.cells {
+                Cells::Gcra { single, .. } if keyless => gcra(single),
+                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
+                Cells::Window { single, .. } if keyless => window(single),
+                Cells::Window { map, .. } => map.with(key, limits, now, window),
+            };
+        }
+        match &self.cells {
+            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
+            Cells::Window { others, .. } => {
+                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
+            }
+        }
+    }
+
+    /// Runs `f` on `limit`'s cell for `key` in the (key, limit) map, without cloning the key
+    /// unless the cell is new.
+    #[inline]
+    fn with_other<V: Expiring<Context = Limits>, R>(
+        &self,
+        map: &BoundedMap<(K, u16), V>,
+        key: &K,
+        limit: &SetLimit,
+        now: Nanos,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        let id = limit.id;
+        let hash = map.hash_of((key, id));
+        map.with_hashed(
+            hash,
+            |(k, i)| *i == id && k == key,
+            || (key.clone(), id),
+            &limit.limits,
+            now,
+            f,
+        )
+    }
+
+    /// Decides `cost` units of one limit for `key` at `now`, spending them if `spend` and the
+    /// limit admits; returns the decision and, when spent, the state before and after (to take the
+    /// spend back).
+    fn decide_traced(
+        &self,
+        key: &K,
+        limit: &SetLimit,
+        now: Nanos,
+        cost: u32,
+        spend: bool,
+    ) -> (Decision, Option<(State, State)>) {
+        let limits = &limit.limits;
+        let gcra = |c: &GcraCell| {
+            if spend {
+                let (d, moved) = c.check_traced(limits, now, cost, || self.clock.now());
+                (d, moved.map(|(o, n)| (State::Tat(o), State::Tat(n))))
+            } else {
+                (c.peek(limits, now, cost), None)
+            }
+        };
+        let window = |c: &WindowCell| {
+            let (d, moved) = c.check_traced(limits, now, cost, !spend);
+            (d, moved.map(|(o, n)| (State::Window(o), State::Window(n))))
+        };
+        let keyless = std::mem::size_of::<K>() == 0;
+        if self.is_primary(limit) {
+            return match &self.cells {
+                Cells::Gcra { single, .. } if keyless => gcra(single),
+                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
+                Cells::Window { single, .. } if keyless => window(single),
+                Cells::Window { map, .. } => map.with(key, limits, now, window),
+            };
+        }
+        match &self.cells {
+            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
+            Cells::Window { others, .. } => {
+                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
+            }
+        }
+    }
+
+    /// Takes back a spend of `cost` units that moved `limit`'s state for `key` from `old` to
+    /// `new`.
+    fn undo(&self, key: &K, limit: &SetLimit, now: Nanos, (old, new): (State, State), cost: u32) {
+        let keyless = std::mem::size_of::<K>() == 0;
+        let limits = &limit.limits;
+        let gcra = |c: &GcraCell| {
+            if let (State::Tat(o), State::Tat(n)) = (old, new) {
+                c.undo(o, n);
+            }
+        };
+        let window = |c: &WindowCell| {
+            if let State::Window(n) = new {
+                c.undo(n, cost);
+            }
+        };
+        if self.is_primary(limit) {
+            return match &self.cells {
+                Cells::Gcra { single, .. } if keyless => gcra(single),
+                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
+                Cells::Window { single, .. } if keyless => window(single),
+                Cells::Window { map, .. } => map.with(key, limits, now, window),
+            };
+        }
+        match &self.cells {
+            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
+            Cells::Window { others, .. } => {
+                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
+            }
+        }
+    }
+
+    /// Decides a set of several limits (or one shadow limit, or any cost or peek) for `key`.
+    ///
+    /// Limits are decided in order at one `now`, each spending as it admits (one lookup each on
+    /// the admitted path); once an enforced limit refuses, the rest are only looked at, and the
+    /// enforced limits that had spent take it back. A concurrent decision may see such a spend
+    /// before it is taken back and refuse: never admit more than the limits allow.
+    fn decide_set(&self, key: &K, ask: &Ask<'_>) -> Decision {
+        let set = ask.set();
+        let limits = set.limits();
+        let (cost, peek) = (ask.units(), ask.is_peek());
+        let now = self.clock.now();
+        if let [one] = limits {
+            let d = self.decide_one(key, one, now, cost, peek);
+            return if one.shadow && !d.is_allowed() {
+                d.admitted_anyway().with_shadow_refused(1)
+            } else {
+                d
+            };
+        }
+        let n = limits.len();
+        let mut decisions = [Decision::uncounted(0); MAX_LIMITS];
+        let mut spent: [Option<(State, State)>; MAX_LIMITS] = [None; MAX_LIMITS];
+        let mut refused = false;
+        let mut shadow_mask = 0u8;
+        for (i, l) in limits.iter().enumerate() {
+            // Enforced limits spend while every one before them admitted; shadow limits when
+            // they admit themselves.
+            let spend = !peek && (l.shadow || !refused);
+            let (d, moved) = self.decide_traced(key, l, now, cost, spend);
+            decisions[i] = d;
+            spent[i] = moved;
+            if !d.is_allowed() {
+                if l.shadow {
+                    shadow_mask |= 1 << i;
+                } else {
+                    refused = true;
+                }
+            }
+        }
+        if refused {
+            for (l, moved) in limits.iter().zip(&spent) {
+                if let (false, Some(moved)) = (l.shadow, moved) {
+                    self.undo(key, l, now, *moved, cost);
+                }
+            }
+        }
+        Decision::combine(limits, &decisions[..n], !refused).with_shadow_refused(shadow_mask)
+    }
+
+    /// How many keys the store holds right now (idle ones included until they are swept), for
+    /// every limit: a key limited by two limits counts twice.
     pub fn len(&self) -> usize {
         match &self.cells {
-            Cells::Gcra { map, .. } => map.len(),
-            Cells::Window { map, .. } => map.len(),
+            Cells::Gcra { map, others, .. } => map.len() + others.len(),
+            Cells::Window { map, others, .. } => map.len() + others.len(),
         }
     }
 
@@ -108,7 +374,8 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         self.len() == 0
     }
 
-    /// The most keys the store will hold.
+    /// The most keys the store will hold for the layer's first default limit (and as many again
+    /// for every other limit together).
     pub fn capacity(&self) -> usize {
         match &self.cells {
             Cells::Gcra { map, .. } => map.capacity(),
@@ -124,9 +391,13 @@ where
 {
     type Future = std::future::Pending<Result<Decision, BackendError>>;
 
-    #[inline]
-    fn check(&self, key: &K) -> Check<Self::Future> {
-        Check::Ready(Ok(self.decide(key)))
+    #[inline(always)]
+    fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
+        if let Some(limit) = ask.plain() {
+            let now = self.clock.now();
+            return Check::Ready(Ok(self.decide_one(key, limit, now, 1, false)));
+        }
+        Check::Ready(Ok(self.decide_set(key, ask)))
     }
 }
 
@@ -143,16 +414,26 @@ where
             Algorithm::Gcra => Cells::Gcra {
                 single: GcraCell::default(),
                 map: BoundedMap::new(max_keys),
+                others: BoundedMap::new(max_keys),
             },
             Algorithm::SlidingWindow => Cells::Window {
                 single: WindowCell::default(),
                 map: BoundedMap::new(max_keys),
+                others: BoundedMap::new(max_keys),
             },
         };
         Ok(MemoryRateLimitStore {
             limits: spec.limits,
+            set: Arc::clone(&spec.set),
+            primary: spec.set.limits()[0].id,
             clock: self.clock.clone(),
             cells,
         })
+    }
+}
+
+impl<K, C> crate::rate_limit::StoreLimits for MemoryRateLimitStore<K, C> {
+    fn limit_set(&self) -> &Arc<crate::rate_limit::LimitSet> {
+        &self.set
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod sliding_window;
 use std::time::Duration;
 
 use crate::clock::Nanos;
+use crate::rate_limit::SetLimit;
 
 /// The outcome of one rate-limit check.
 ///
@@ -29,6 +30,12 @@ pub struct Decision {
     reset: Nanos,
     retry_after: Nanos,
     counted: bool,
+    /// Index in the decided set of the limit whose figures these are.
+    binding: u8,
+    /// Bit `i` set: the set's shadow limit `i` would have refused.
+    shadow_refused: u8,
+    /// Refused because no state could ever admit the cost asked (more than the burst).
+    over_capacity: bool,
 }
 
 impl Decision {
@@ -56,6 +63,9 @@ impl Decision {
             reset,
             retry_after: 0,
             counted: true,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: false,
         }
     }
 
@@ -71,6 +81,9 @@ impl Decision {
             reset: 0,
             retry_after: 0,
             counted: false,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: false,
         }
     }
 
@@ -84,7 +97,61 @@ impl Decision {
             reset,
             retry_after,
             counted: true,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: false,
         }
+    }
+
+    /// A refusal of a cost no state could ever admit (more units than the burst): no retry helps.
+    #[inline]
+    pub(crate) const fn over_capacity(limit: u32, reset: Nanos) -> Self {
+        Self {
+            allowed: false,
+            limit,
+            slack: 0,
+            unit: 1,
+            reset,
+            retry_after: 0,
+            counted: true,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: true,
+        }
+    }
+
+    /// This decision, as the figures of the set's limit `index`.
+    #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) const fn with_binding(mut self, index: usize) -> Self {
+        self.binding = index as u8;
+        self
+    }
+
+    /// This decision, noting that the set's shadow limits in `mask` (bit `i` for limit `i`) would
+    /// have refused.
+    #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) const fn with_shadow_refused(mut self, mask: u8) -> Self {
+        self.shadow_refused = mask;
+        self
+    }
+
+    /// This decision admitted anyway (a shadow limit's refusal, or the layer's shadow mode): the
+    /// figures stay, the retry time goes.
+    #[inline]
+    pub(crate) const fn admitted_anyway(mut self) -> Self {
+        self.allowed = true;
+        self.retry_after = 0;
+        self.over_capacity = false;
+        self
+    }
+
+    /// The slack in units of `unit` (for comparing remaining counts without dividing).
+    #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) const fn slack_parts(&self) -> (u64, u64) {
+        (self.slack, self.unit)
     }
 
     /// Whether the request may proceed.
@@ -115,6 +182,29 @@ impl Decision {
         }
     }
 
+    /// Which limit of the decided set these figures are: when refused, the refusing enforced limit
+    /// with the longest wait; when admitted, the enforced limit with the fewest requests remaining
+    /// (ties: the first); 0 for a set of one limit.
+    pub const fn policy_index(&self) -> usize {
+        self.binding as usize
+    }
+
+    /// Whether a shadow limit of the set would have refused (it was admitted anyway).
+    pub const fn shadow_refused(&self) -> bool {
+        self.shadow_refused != 0
+    }
+
+    /// Which shadow limits would have refused: bit `i` for the set's limit `i`.
+    pub const fn shadow_refused_mask(&self) -> u8 {
+        self.shadow_refused
+    }
+
+    /// Whether the request was refused because it asks for more units than the limit could ever
+    /// admit at once (a cost above the burst): waiting does not help, so there is no retry time.
+    pub const fn exceeds_capacity(&self) -> bool {
+        self.over_capacity
+    }
+
     /// Time until the full quota is available again.
     pub const fn reset(&self) -> Duration {
         Duration::from_nanos(self.reset)
@@ -127,6 +217,53 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// The decision over a set from each limit's own `decisions` (in the set's order; `admitted`:
+    /// whether every enforced limit admitted): the binding limit's figures, as
+    /// [`RateLimitStore`](super::RateLimitStore) defines it. Shared by the stores, so they agree.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn combine(limits: &[SetLimit], decisions: &[Decision], admitted: bool) -> Decision {
+        let fewer = |a: &Decision, b: &Decision| {
+            // Fewer requests remaining, as `remaining()` counts them.
+            let ((sa, ua), (sb, ub)) = (a.slack_parts(), b.slack_parts());
+            (sa / ua) < (sb / ub)
+        };
+        let mut best: Option<usize> = None;
+        for (i, (l, d)) in limits.iter().zip(decisions).enumerate() {
+            if l.shadow {
+                continue;
+            }
+            let better = match best {
+                None => admitted || !d.is_allowed(),
+                Some(b) if !admitted => {
+                    let cur = &decisions[b];
+                    !d.is_allowed()
+                        && (d.exceeds_capacity() && !cur.exceeds_capacity()
+                            || d.exceeds_capacity() == cur.exceeds_capacity()
+                                && d.retry_after() > cur.retry_after())
+                }
+                Some(b) => fewer(d, &decisions[b]),
+            };
+            if better {
+                best = Some(i);
+            }
+        }
+        match best {
+            Some(i) => decisions[i].with_binding(i),
+            None => {
+                // Shadow limits only: the one with the fewest remaining, admitted.
+                let mut b = 0;
+                for i in 1..decisions.len() {
+                    if fewer(&decisions[i], &decisions[b]) {
+                        b = i;
+                    }
+                }
+                decisions[b].admitted_anyway().with_binding(b)
+            }
+        }
+    }
+}
+
 impl PartialEq for Decision {
     fn eq(&self, other: &Self) -> bool {
         self.allowed == other.allowed
@@ -135,6 +272,9 @@ impl PartialEq for Decision {
             && self.reset == other.reset
             && self.retry_after == other.retry_after
             && self.counted == other.counted
+            && self.binding == other.binding
+            && self.shadow_refused == other.shadow_refused
+            && self.over_capacity == other.over_capacity
     }
 }
 

@@ -30,17 +30,21 @@ use crate::throttle::LogThrottle;
 const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 
 /// The GCRA decision script as Redis runs it: the helpers every rate limit script shares
-/// (`prelude.lua`), those of the GCRA state (`gcra_tat.lua`, shared with the lease script), then
-/// its own body.
+/// (`prelude.lua`), those of the GCRA state (`gcra_tat.lua`, shared with the lease script), the
+/// decision over a set of limits (`limit_set.lua`, shared with the sliding window), then its own
+/// body.
 const GCRA_LUA: &str = concat!(
     include_str!("prelude.lua"),
     include_str!("gcra_tat.lua"),
+    include_str!("limit_set.lua"),
     include_str!("gcra.lua")
 );
 
-/// The sliding-window decision script as Redis runs it: the shared helpers, then its body.
+/// The sliding-window decision script as Redis runs it: the shared helpers, the decision over a
+/// set of limits, then its body.
 const WINDOW_LUA: &str = concat!(
     include_str!("prelude.lua"),
+    include_str!("limit_set.lua"),
     include_str!("sliding_window.lua")
 );
 

@@ -217,6 +217,8 @@ mod error;
 mod key;
 pub mod lease;
 #[cfg(feature = "rate-limit")]
+mod over_limit;
+#[cfg(feature = "rate-limit")]
 mod rate_limit;
 #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 mod script;

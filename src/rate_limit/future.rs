@@ -13,6 +13,7 @@ use tower_service::Service;
 use super::Decision;
 use super::error::Policy;
 use super::layer::Shared;
+use super::limit::Ask;
 use super::store::{Check, RateLimitStore};
 use crate::backend::BackendError;
 use crate::key::KeyExtractor;
@@ -236,7 +237,11 @@ where
                 PhaseProj::Checking { check } => ready!(check.poll(cx)),
                 PhaseProj::Sleeping { sleep } => {
                     ready!(sleep.poll(cx));
-                    match this.shared.store.check(this.key) {
+                    match this
+                        .shared
+                        .store
+                        .check(this.key, &Ask::new(&this.shared.default_set))
+                    {
                         Check::Ready(result) => result,
                         Check::Pending(check) => {
                             this.phase.set(Phase::Checking { check });

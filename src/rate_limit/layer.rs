@@ -7,6 +7,7 @@ use tower_layer::Layer;
 use super::error::Policy;
 use super::event::RateLimitEvent;
 use super::key::MissingKey;
+use super::limit::{Limit, LimitSet};
 use super::quota::{Algorithm, Quota};
 use super::service::RateLimit;
 use super::store::{RateLimitBackend, RateLimitSpec};
@@ -41,7 +42,10 @@ pub(crate) struct Shared<X, St, M> {
     pub(crate) store: St,
     pub(crate) mode: M,
     pub(crate) missing_key: MissingKey,
+    /// The layer's own name and header settings (logs, metrics, refusals without a decision).
     pub(crate) policy: Policy,
+    /// The limits every request is decided against (until tiers and live changes).
+    pub(crate) default_set: Arc<LimitSet>,
     pub(crate) headers_on_success: bool,
     pub(crate) wait: Option<Duration>,
     /// Keeps a misconfiguration (every request without a key) from flooding the logs.
@@ -337,7 +341,13 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
         let limits = quota.validate(self.algorithm)?;
         self.key.validate()?;
         crate::error::check_name(self.name)?;
+        let default_set = LimitSet::new(
+            self.algorithm,
+            &[Limit::new(self.name, quota)],
+            self.legacy_headers,
+        )?;
         let spec = RateLimitSpec {
+            set: Arc::clone(&default_set),
             quota,
             algorithm: self.algorithm,
             limits,
@@ -346,20 +356,14 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
             event_name: self.name,
         };
         let store = self.backend.rate_limit_store(&spec)?;
-        let window_secs = quota.period().as_secs() + u64::from(quota.period().subsec_nanos() > 0);
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 key: self.key,
                 store,
                 mode: self.mode,
                 missing_key: self.missing_key,
-                policy: Policy {
-                    name: self.name,
-                    window_secs,
-                    legacy_headers: self.legacy_headers,
-                    #[cfg(feature = "http")]
-                    header: super::headers::policy_value(self.name, quota.limit(), window_secs),
-                },
+                policy: default_set.policy_of(0),
+                default_set,
                 headers_on_success: self.headers_on_success,
                 #[cfg(feature = "metrics")]
                 admitted: std::sync::OnceLock::new(),
@@ -377,5 +381,12 @@ impl<X, St, M> RateLimitLayer<X, St, M> {
     /// [`MemoryRateLimitStore::len`](crate::backend::memory::MemoryRateLimitStore::len)).
     pub fn store(&self) -> &St {
         &self.shared.store
+    }
+
+    /// The layer's default limits, as its store is asked to decide them (to call
+    /// [`RateLimitStore::check`](super::RateLimitStore::check) directly, with
+    /// [`Ask::new`](super::Ask::new)).
+    pub fn limit_set(&self) -> Arc<LimitSet> {
+        Arc::clone(&self.shared.default_set)
     }
 }

@@ -15,6 +15,7 @@ use super::event::RateLimitEvent;
 use super::future::ResponseFuture;
 use super::key::MissingKey;
 use super::layer::Shared;
+use super::limit::Ask;
 use super::store::{Check, RateLimitStore};
 use crate::backend::{BackendError, BackendUnavailable};
 use crate::key::{ExtractKey, KeyExtractor};
@@ -148,7 +149,7 @@ where
                 };
             }
         };
-        match shared.store.check(&key) {
+        match shared.store.check(&key, &Ask::new(&shared.default_set)) {
             Check::Ready(Ok(d)) if d.is_allowed() => ResponseFuture::inner(
                 self.inner.call(req),
                 shared.admit::<S::Response, S::Error>(d),
@@ -207,7 +208,11 @@ where
                 r.pending = None;
                 result
             } else {
-                match self.shared.store.check(key) {
+                match self
+                    .shared
+                    .store
+                    .check(key, &Ask::new(&self.shared.default_set))
+                {
                     Check::Ready(result) => result,
                     Check::Pending(fut) => {
                         r.pending = Some(SyncWrapper::new(Box::pin(fut)));
@@ -258,7 +263,8 @@ impl<X, St, M> Shared<X, St, M> {
                 ))
             })
             .increment(1);
-        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then_some((d, self.policy))
+        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted())
+            .then(|| (d, self.default_set.policy_of(d.policy_index())))
     }
 
     pub(crate) fn refuse<Res, E>(&self, d: Decision) -> Result<Res, M::Error>
@@ -271,7 +277,10 @@ impl<X, St, M> Shared<X, St, M> {
         let (name, retry_after) = (self.policy.name, d.retry_after());
         self.hooks
             .emit(|| RateLimitEvent::Refused { name, retry_after });
-        self.mode.reject(RateLimited::new(d, self.policy))
+        self.mode.reject(RateLimited::new(
+            d,
+            self.default_set.policy_of(d.policy_index()),
+        ))
     }
 
     pub(crate) fn unavailable<Res, E>(&self, e: BackendError) -> Result<Res, M::Error>

@@ -117,8 +117,6 @@ pub(super) struct Inner<K> {
     algorithm: Algorithm,
     /// The layer's default set, as built.
     set: Arc<LimitSet>,
-    /// The first default limit as built: the store's figures when it has no decision (Open).
-    limits: Limits,
     name: Arc<str>,
     /// The limit whose keys are the ones a single-quota limiter has always used (its name is the
     /// layer's, and it is in the default set), and its quota as built.
@@ -295,7 +293,7 @@ fn unscriptable(algorithm: Algorithm, limits: &Limits) -> Option<String> {
     }
 }
 
-impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
+impl<K: RedisKey> Inner<K> {
     /// The Redis key of `key`'s state under the limit named `limit`.
     fn limit_key(&self, limit: &str, key: &K) -> Vec<u8> {
         let mut out;
@@ -313,6 +311,9 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
         out
     }
 
+}
+
+impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// A refusal remembered for `key` that answers `ask`, as Redis would now give it.
     #[inline]
     fn remembered(&self, key: &K, ask: &Ask<'_>, now: Nanos) -> Option<Decision> {
@@ -769,7 +770,6 @@ where
                 script,
                 algorithm: spec.algorithm,
                 set: Arc::clone(&spec.set),
-                limits: spec.set.limits()[0].limits,
                 name: Arc::from(spec.name()),
                 own,
                 head,

@@ -512,3 +512,9 @@ where
         }
     }
 }
+
+impl<K> crate::rate_limit::StoreLimits for RedisLeasedStore<K> {
+    fn limit_set(&self) -> &Arc<crate::rate_limit::LimitSet> {
+        crate::rate_limit::StoreLimits::limit_set(&self.inner.exact)
+    }
+}

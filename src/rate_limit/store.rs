@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::algorithm::Decision;
+use super::handle::{PolicyChange, PolicySink};
 use super::limit::{Ask, LimitSet};
 use super::quota::{Algorithm, Limits, Quota};
 use crate::backend::BackendError;
@@ -50,6 +51,19 @@ pub trait RateLimitStore<K>: Send + Sync + 'static {
     /// Decides `ask` for `key`: spends its cost on every limit of its set if they all admit (and
     /// `ask` is not a peek), and says whether the request may pass.
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future>;
+
+    /// Carries a change made through a [`RateLimitHandle`](super::RateLimitHandle) (already
+    /// applied to this replica) to the other replicas sharing this store's state. The default does
+    /// nothing: the in-memory store's state is this process's only.
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        let _ = change;
+    }
+
+    /// Called once when the layer is built, with where to apply changes received from other
+    /// replicas ([`PolicySink::apply`]). The default ignores it.
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        let _ = sink;
+    }
 }
 
 /// A store that knows the limits it was built for (the layer's default set): every store of this
@@ -76,6 +90,14 @@ impl<K, S: RateLimitStore<K>> RateLimitStore<K> for Arc<S> {
     #[inline]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
         (**self).check(key, ask)
+    }
+
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        (**self).publish_policy(change);
+    }
+
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        (**self).subscribe_policies(sink);
     }
 }
 

@@ -219,6 +219,8 @@ pub mod lease;
 #[cfg(feature = "rate-limit")]
 mod over_limit;
 #[cfg(feature = "rate-limit")]
+mod policy_sync;
+#[cfg(feature = "rate-limit")]
 mod rate_limit;
 #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 mod script;
@@ -250,6 +252,10 @@ use crate::error::ConfigError;
 
 /// The default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How often a rate limiter asks Redis for live changes made by other replicas, by default (see
+/// [`RedisBackend::policy_poll_interval`]).
+pub const DEFAULT_POLICY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "rampart";

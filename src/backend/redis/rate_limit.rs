@@ -12,6 +12,7 @@ use redis::Value;
 
 use super::conn::{Conn, Script};
 use super::over_limit::{OverLimits, Remembered, tag};
+use super::policy_sync::PolicySync;
 use super::{FailurePolicy, RedisBackend, RedisKey, StoreClock};
 use crate::backend::memory::MemoryRateLimitStore;
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
@@ -20,8 +21,8 @@ use crate::error::ConfigError;
 use crate::hooks::Hooks;
 use crate::rate_limit::quota::{Algorithm, Limits};
 use crate::rate_limit::{
-    Ask, Check, Decision, LimitSet, RateLimitBackend, RateLimitEvent, RateLimitSpec,
-    RateLimitStore, SetLimit,
+    Ask, Check, Decision, LimitSet, PolicyChange, PolicySink, RateLimitBackend, RateLimitEvent,
+    RateLimitSpec, RateLimitStore, SetLimit,
 };
 use crate::throttle::LogThrottle;
 
@@ -136,6 +137,8 @@ pub(super) struct Inner<K> {
     /// The script's fifth argument: `1` to repair state it cannot read, `0` to report it.
     repair: &'static [u8],
     over_limit: OverLimits<K>,
+    /// Live changes to and from the other replicas.
+    sync: Arc<PolicySync<K>>,
     local: Option<MemoryRateLimitStore<K, StoreClock>>,
     log: LogThrottle,
     repair_log: LogThrottle,
@@ -227,6 +230,12 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisRateLimitStore<K> {
     pub fn over_limit_len(&self) -> usize {
         self.inner.over_limit.len()
     }
+
+    /// The Redis keys holding the limiter's live changes: the policies hash and its change log
+    /// (see [Limits, tiers and live changes](super#limits-tiers-and-live-changes)).
+    pub fn policy_keys(&self) -> [Vec<u8>; 2] {
+        self.inner.sync.redis_keys().clone()
+    }
 }
 
 /// The set a pending decision asks about: the store's default set (not cloned on the hot path) or
@@ -310,10 +319,17 @@ impl<K: RedisKey> Inner<K> {
         out.push(b'}');
         out
     }
-
 }
 
 impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
+    /// Before a decision for `key`: the sync task runs, and `key`'s own limits received from
+    /// another replica apply (two atomic loads when there is nothing to do).
+    #[inline]
+    pub(super) fn live_changes(&self, key: &K) {
+        self.sync.start();
+        self.sync.apply_pending(key);
+    }
+
     /// A refusal remembered for `key` that answers `ask`, as Redis would now give it.
     #[inline]
     fn remembered(&self, key: &K, ask: &Ask<'_>, now: Nanos) -> Option<Decision> {
@@ -453,8 +469,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         let [n0, n1, n2, repaired, index, status, mask] = items.as_slice() else {
             return Err(bad());
         };
-        let [allowed, a, b, index, status, mask] = counts([n0, n1, n2, index, status, mask])
-            .ok_or_else(bad)?;
+        let [allowed, a, b, index, status, mask] =
+            counts([n0, n1, n2, index, status, mask]).ok_or_else(bad)?;
         let i = usize::try_from(index)
             .ok()
             .and_then(|i| i.checked_sub(1))
@@ -604,7 +620,11 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             }
         }
         args.push(clock_arg.unwrap_or("").as_bytes().to_vec());
-        args.push(if clock_arg.is_some() { b"600000".to_vec() } else { b"0".to_vec() });
+        args.push(if clock_arg.is_some() {
+            b"600000".to_vec()
+        } else {
+            b"0".to_vec()
+        });
         args.push(self.repair.to_vec());
         args.push(itoa::Buffer::new().format(ask.units()).as_bytes().to_vec());
         args.push(flags);
@@ -615,7 +635,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
 
 /// A remembered refusal of `set`, as Redis would now give it.
 fn replay(set: &LimitSet, r: Remembered, now: Nanos) -> Decision {
-    let limit = set.limits()[r.binding.min(set.limits().len() - 1)].limits.limit;
+    let limit = set.limits()[r.binding.min(set.limits().len() - 1)]
+        .limits
+        .limit;
     Decision::refused(limit, r.reset_at.saturating_sub(now), r.until - now).with_binding(r.binding)
 }
 
@@ -667,6 +689,7 @@ where
 
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<RedisCheck> {
         let inner = &self.inner;
+        inner.live_changes(key);
         let now = inner.clock.now();
         if Inner::<K>::memorable(ask)
             && let Some(d) = inner.remembered(key, ask, now)
@@ -716,6 +739,14 @@ where
         };
         Check::Pending(RedisCheck { inner: fut })
     }
+
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        self.inner.sync.publish(change);
+    }
+
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        self.inner.sync.subscribe(sink);
+    }
 }
 
 impl<K> RateLimitBackend<K> for RedisBackend
@@ -728,7 +759,11 @@ where
         self.check_settings()?;
         for l in spec.set.limits() {
             if let Some(why) = unscriptable(spec.algorithm, &l.limits) {
-                let setting = if spec.set.limits().len() == 1 { "quota" } else { "limits" };
+                let setting = if spec.set.limits().len() == 1 {
+                    "quota"
+                } else {
+                    "limits"
+                };
                 return Err(ConfigError::new(setting, why));
             }
         }
@@ -781,6 +816,13 @@ where
                 clock: self.settings.clock.clone(),
                 repair: if self.settings.repair { b"1" } else { b"0" },
                 over_limit: OverLimits::new(self.settings.local_max_keys),
+                sync: Arc::new(PolicySync::new(
+                    Arc::clone(&self.conn),
+                    &self.settings.prefix,
+                    spec.name(),
+                    self.settings.policy_poll_interval,
+                    self.settings.timeout,
+                )),
                 local,
                 log: LogThrottle::new(Duration::from_secs(10)),
                 repair_log: LogThrottle::new(Duration::from_secs(10)),

@@ -11,8 +11,8 @@
 //! - `{P:rl:L}:changes`, a sorted set: each field, scored with the version of its last change.
 //!
 //! A change is one script call (`policy_publish.lua`): next version, value, log. A replica asks
-//! for what changed since the version it has applied (`policy_poll.lua`, one call per interval),
-//! and applies each field's latest value: tiers and the default at once; a key's own limits at
+//! for what changed since the version it has applied (one `HGET` per interval; when there is
+//! something new, the changed fields and their values), and applies each field's latest value: tiers and the default at once; a key's own limits at
 //! that key's next request (only then does the replica hold the key as its layer knows it: a key
 //! is written to Redis, never read back). Its own changes are applied already, and skipped.
 //!
@@ -39,13 +39,8 @@ fn publish_script() -> &'static Script {
     SCRIPT.get_or_init(|| Script::new(include_str!("policy_publish.lua")))
 }
 
-fn poll_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("policy_poll.lua")))
-}
-
-/// The most changes one poll returns (a new replica catching up polls again at once).
-const POLL_BATCH: u64 = 500;
+/// The most changes one poll reads (a new replica catching up reads again at once).
+const POLL_BATCH: usize = 500;
 
 /// The format of an encoded limit list: `1:` then the limits.
 const FORMAT: &str = "1:";
@@ -320,58 +315,104 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
     }
 
     /// Asks Redis what changed since the version applied, and applies it; until caught up.
+    ///
+    /// Plain commands, not a script: with nothing new (the usual case) a poll is one `HGET`. When
+    /// something changed, the fields changed since (`ZRANGEBYSCORE`) and their values (`HMGET`)
+    /// are two reads; a change landing between them is read with its newer value and read again at
+    /// the next poll, which applies the same value once more.
     async fn poll(&self) -> Result<(), BackendError> {
         for _ in 0..1_000 {
             let known = self.known.load(Ordering::Acquire);
             let reply = self
                 .conn
-                .eval(
-                    poll_script(),
-                    &[&self.keys[0], &self.keys[1]],
-                    &[
-                        itoa::Buffer::new().format(known).as_bytes(),
-                        itoa::Buffer::new().format(POLL_BATCH).as_bytes(),
-                    ],
-                    self.timeout,
-                )
+                .query(redis::cmd("HGET").arg(&self.keys[0]).arg("v"), self.timeout)
                 .await?;
-            let bad = || {
-                BackendError::new(
-                    format!("redis answered the policy poll with {reply:?}"),
-                    None,
-                )
+            let version = match &reply {
+                Value::Nil => 0,
+                Value::BulkString(v) => {
+                    match std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()) {
+                        Some(v) => v,
+                        None => {
+                            self.rejected(b"v", "the version is not a number");
+                            0
+                        }
+                    }
+                }
+                other => return Err(bad("the policies' version", other)),
             };
-            let Value::Array(items) = &reply else {
-                return Err(bad());
-            };
-            let int = |v: &Value| match v {
-                Value::Int(i) if *i >= 0 => Some(*i as u64),
-                _ => None,
-            };
-            let (Some(version), Some(covered)) =
-                (items.first().and_then(int), items.get(1).and_then(int))
-            else {
-                return Err(bad());
-            };
-            if version < known {
+            if version == known {
+                return Ok(());
+            }
+            let since = if version < known {
                 self.warn(
                     "the rate limit policies in redis are older than this replica's (deleted, or \
                      the data was lost); keeping the limits in force here, applying what is there",
                     &self.name,
                 );
-            }
-            for row in items[2..].chunks(3) {
-                let [Value::BulkString(field), value, at] = row else {
-                    return Err(bad());
+                0
+            } else {
+                known
+            };
+            let rows = self
+                .conn
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&self.keys[1])
+                        .arg(format!("({since}"))
+                        .arg("+inf")
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(POLL_BATCH),
+                    self.timeout,
+                )
+                .await?;
+            let Value::Array(rows) = &rows else {
+                return Err(bad("the change log", &rows));
+            };
+            let mut changes = Vec::with_capacity(rows.len() / 2);
+            for row in rows.chunks(2) {
+                let [Value::BulkString(field), at] = row else {
+                    return Err(bad("the change log", &Value::Array(rows.clone())));
                 };
-                let value: &[u8] = match value {
-                    Value::BulkString(v) => v,
-                    _ => return Err(bad()),
-                };
-                self.received(field, value, int(at).ok_or_else(bad)?);
+                let at = match at {
+                    Value::BulkString(a) => std::str::from_utf8(a)
+                        .ok()
+                        .and_then(|a| a.parse::<f64>().ok()),
+                    Value::Double(a) => Some(*a),
+                    _ => None,
+                }
+                .filter(|a| *a >= 0.0)
+                .ok_or_else(|| bad("the change log", at))?;
+                changes.push((field.clone(), at as u64));
             }
+            let last = changes.last().map_or(version, |(_, at)| *at);
+            if !changes.is_empty() {
+                let mut get = redis::cmd("HMGET");
+                get.arg(&self.keys[0]);
+                for (field, _) in &changes {
+                    get.arg(field);
+                }
+                let values = self.conn.query(&get, self.timeout).await?;
+                let Value::Array(values) = values else {
+                    return Err(bad("the policies", &values));
+                };
+                if values.len() != changes.len() {
+                    return Err(bad("the policies", &Value::Array(values)));
+                }
+                for ((field, at), value) in changes.iter().zip(&values) {
+                    let value: &[u8] = match value {
+                        Value::BulkString(v) => v,
+                        Value::Nil => b"",
+                        other => return Err(bad("the policies", other)),
+                    };
+                    self.received(field, value, *at);
+                }
+            }
+            let complete = rows.len() / 2 < POLL_BATCH;
+            let covered = if complete { version.max(last) } else { last };
             self.known.store(covered, Ordering::Release);
-            if covered >= version {
+            if complete {
                 return Ok(());
             }
         }
@@ -455,6 +496,14 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             tracing::warn!(limiter, suppressed, "{what}");
         }
     }
+}
+
+/// An answer of the wrong shape.
+fn bad(what: &str, value: &Value) -> BackendError {
+    BackendError::new(
+        format!("redis answered the read of {what} with {value:?}"),
+        None,
+    )
 }
 
 /// The sync task: write the outbox, poll, wait for the interval or a change; until the store is

@@ -539,7 +539,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             .and_then(|v| self.parse_one(&v, &redis_key, limit));
         match result {
             Ok(d) => {
-                if !d.is_allowed() {
+                if d.is_allowed() {
+                    self.over_limit.forget(&key);
+                } else {
                     let tag = match set {
                         SetOf::Default => self.default_tag,
                         SetOf::Other(ref s) => set_tag(s, 1),
@@ -582,6 +584,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 if !d.is_allowed() && Self::memorable(&ask) {
                     self.over_limit
                         .remember(&key, sent, &d, set_tag(limits, cost));
+                } else if d.is_allowed() && !peek && cost > 0 {
+                    self.over_limit.forget(&key);
                 }
                 Ok(d)
             }

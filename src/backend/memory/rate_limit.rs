@@ -271,6 +271,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
 
     /// Stores `new` for `limit` if its state is still `old`; `undo` instead takes a stored `new`
     /// back to `old`.
+    #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
         key: &K,

@@ -773,6 +773,8 @@ async fn leases_serve_the_layers_own_quota_and_everything_else_is_decided_exactl
     };
     let handle = layer.handle();
     let own = handle.default_set();
+    // Loads the script (a peek of nothing), so that each question below is one call.
+    assert_eq!(ask(own.clone(), 0, true).await.remaining(), 10);
     let calls = server.calls("evalsha") + server.calls("eval");
     // A cost of 3: exact, one call, 7 left in Redis.
     let d = ask(own.clone(), 3, false).await;

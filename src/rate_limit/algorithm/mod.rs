@@ -13,6 +13,7 @@ pub(crate) mod sliding_window;
 use std::time::Duration;
 
 use crate::clock::Nanos;
+use crate::rate_limit::SetLimit;
 
 /// The outcome of one rate-limit check.
 ///
@@ -121,6 +122,7 @@ impl Decision {
 
     /// This decision, as the figures of the set's limit `index`.
     #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) const fn with_binding(mut self, index: usize) -> Self {
         self.binding = index as u8;
         self
@@ -129,6 +131,7 @@ impl Decision {
     /// This decision, noting that the set's shadow limits in `mask` (bit `i` for limit `i`) would
     /// have refused.
     #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) const fn with_shadow_refused(mut self, mask: u8) -> Self {
         self.shadow_refused = mask;
         self
@@ -146,6 +149,7 @@ impl Decision {
 
     /// The slack in units of `unit` (for comparing remaining counts without dividing).
     #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) const fn slack_parts(&self) -> (u64, u64) {
         (self.slack, self.unit)
     }
@@ -210,6 +214,53 @@ impl Decision {
     /// else arrives in between); zero for an admitted one.
     pub const fn retry_after(&self) -> Duration {
         Duration::from_nanos(self.retry_after)
+    }
+}
+
+impl Decision {
+    /// The decision over a set from each limit's own `decisions` (in the set's order; `admitted`:
+    /// whether every enforced limit admitted): the binding limit's figures, as
+    /// [`RateLimitStore`](super::RateLimitStore) defines it. Shared by the stores, so they agree.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn combine(limits: &[SetLimit], decisions: &[Decision], admitted: bool) -> Decision {
+        let fewer = |a: &Decision, b: &Decision| {
+            // Fewer requests remaining, as `remaining()` counts them.
+            let ((sa, ua), (sb, ub)) = (a.slack_parts(), b.slack_parts());
+            (sa / ua) < (sb / ub)
+        };
+        let mut best: Option<usize> = None;
+        for (i, (l, d)) in limits.iter().zip(decisions).enumerate() {
+            if l.shadow {
+                continue;
+            }
+            let better = match best {
+                None => admitted || !d.is_allowed(),
+                Some(b) if !admitted => {
+                    let cur = &decisions[b];
+                    !d.is_allowed()
+                        && (d.exceeds_capacity() && !cur.exceeds_capacity()
+                            || d.exceeds_capacity() == cur.exceeds_capacity()
+                                && d.retry_after() > cur.retry_after())
+                }
+                Some(b) => fewer(d, &decisions[b]),
+            };
+            if better {
+                best = Some(i);
+            }
+        }
+        match best {
+            Some(i) => decisions[i].with_binding(i),
+            None => {
+                // Shadow limits only: the one with the fewest remaining, admitted.
+                let mut b = 0;
+                for i in 1..decisions.len() {
+                    if fewer(&decisions[i], &decisions[b]) {
+                        b = i;
+                    }
+                }
+                decisions[b].admitted_anyway().with_binding(b)
+            }
+        }
     }
 }
 

@@ -21,7 +21,9 @@ use crate::backend::redis::{
 use crate::backend::{BackendError, ErrorKind};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::rate_limit::quota::Limits;
-use crate::rate_limit::{Ask, Check, Decision, RateLimitSpec, RateLimitStore};
+use crate::rate_limit::{
+    Ask, Check, Decision, PolicyChange, PolicySink, RateLimitSpec, RateLimitStore,
+};
 
 fn lease_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
@@ -315,7 +317,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// What the failure policy makes of a decision Redis could not make: the exact store's own
     /// (one policy, local store, warning, event and metric for the limiter, in either mode).
     fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
-        self.exact.shared().fallback(key, error)
+        self.exact.shared().fallback_default(key, error)
     }
 
     /// After a grant of fewer units than asked for, the quota in Redis is spent at `sent`: a
@@ -470,8 +472,17 @@ where
     #[inline]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<LeaseCheck> {
         let inner = &self.inner;
-        if !ask.plain().is_some_and(|l| l.limits == inner.limits) {
-            return Check::Ready(Err(crate::backend::redis::rate_limit::unserved(ask)));
+        inner.exact.shared().live_changes(key);
+        // Leases serve the layer's own limit at cost 1; anything else (another tier's limits, a
+        // key's own, several limits, a cost, a peek) is decided exactly.
+        if !ask
+            .plain()
+            .is_some_and(|l| l.name == inner.name.as_ref() && l.limits == inner.limits)
+        {
+            return match inner.exact.check(key, ask) {
+                Check::Ready(d) => Check::Ready(d),
+                Check::Pending(f) => Check::Pending(LeaseCheck { inner: f.inner }),
+            };
         }
         let now = inner.clock.now();
         let hot = if std::mem::size_of::<K>() == 0 {
@@ -502,6 +513,14 @@ where
                 })
             }
         }
+    }
+
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        self.inner.exact.publish_policy(change);
+    }
+
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        self.inner.exact.subscribe_policies(sink);
     }
 }
 

@@ -113,7 +113,9 @@ impl GcraCell {
         }
     }
 
-    /// [`check_units`](Self::check_units), also returning the TAT before and after when spent.
+    /// [`check_units`](Self::check_units), also returning, when spent, the spend's start (the TAT
+    /// or `now`, whichever is later: a TAT in the past is the same state as `now`) and the TAT
+    /// after it, so that [`undo`](Self::undo) takes back exactly `cost` emission intervals.
     #[inline]
     pub(crate) fn check_traced(
         &self,
@@ -132,7 +134,7 @@ impl GcraCell {
                 .tat
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return (decision, Some((current, next))),
+                Ok(_) => return (decision, Some((current.max(now), next))),
                 Err(actual) => {
                     current = actual;
                     now = now.max(reread());
@@ -155,9 +157,12 @@ impl GcraCell {
             .is_ok()
     }
 
-    /// Takes back a spend that moved the TAT from `old` to `new`, when a decision across several
+    /// Takes back a spend that moved the TAT from `old` (its start, as
+    /// [`check_traced`](Self::check_traced) returns it) to `new`, when a decision across several
     /// cells could not complete: exactly when nothing else spent meanwhile, otherwise by the
-    /// spend's length (never below `old`).
+    /// spend's length, `new - old` (never below `old`), so a spend made on top of ours stays.
+    /// (Measuring the length from the TAT before the spend, when that was in the past, took back
+    /// the idle time too, and with it the other spend.)
     pub(crate) fn undo(&self, old: Nanos, new: Nanos) {
         if self.replace(new, old) {
             return;
@@ -233,6 +238,29 @@ mod tests {
         assert!(!d.is_allowed());
         assert_eq!(d.retry_after(), Duration::from_millis(100));
         assert!(cell.check(&l, S / 10).is_allowed());
+    }
+
+    #[test]
+    fn undo_keeps_a_spend_made_on_top_of_the_one_taken_back() {
+        let l = limits(Quota::per_second(1).burst(10));
+        let cell = GcraCell::default();
+        // An idle key (TAT 0) at 100 s: the spend starts at now, not at the stale TAT.
+        let (d, moved) = cell.check_traced(&l, 100 * S, 1, || 100 * S);
+        assert!(d.is_allowed());
+        assert_eq!(moved, Some((100 * S, 101 * S)));
+        // Another decision spends on top before the first is taken back.
+        assert!(cell.check(&l, 100 * S).is_allowed());
+        assert_eq!(cell.due(), 102 * S);
+        let (old, new) = moved.unwrap();
+        cell.undo(old, new);
+        // Only the first spend is gone: the second's interval remains.
+        assert_eq!(cell.due(), 101 * S);
+        // Uncontended, the undo restores the start exactly.
+        let (_, moved) = cell.check_traced(&l, 100 * S, 3, || 100 * S);
+        let (old, new) = moved.unwrap();
+        assert_eq!((old, new), (101 * S, 104 * S));
+        cell.undo(old, new);
+        assert_eq!(cell.due(), 101 * S);
     }
 
     #[test]

@@ -456,12 +456,12 @@ mod tests {
     #[test]
     fn inline_and_heap_keys_compare_and_hash_by_bytes() {
         let short = CacheKey::from("GET /a");
-        let long_text =
-            "GET /api/metrics/summary?type=cpu_usage&period=daily&x=1\naccept-encoding=gzip, deflate, br";
+        let long_text = "GET /api/metrics/summary?type=cpu_usage&period=daily&x=1\naccept-encoding=gzip, deflate, br";
         let long = CacheKey::from(long_text);
         assert!(matches!(short.repr, Repr::Inline { .. }));
         assert_eq!(std::mem::size_of::<CacheKey>(), 96);
-        let typical = CacheKey::from("GET /api/metrics/summary?type=cpu_usage\naccept-encoding=gzip");
+        let typical =
+            CacheKey::from("GET /api/metrics/summary?type=cpu_usage\naccept-encoding=gzip");
         assert!(matches!(typical.repr, Repr::Inline { .. }));
         assert!(matches!(long.repr, Repr::Heap(_)));
         assert_eq!(long.as_bytes(), long_text.as_bytes());

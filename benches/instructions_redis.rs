@@ -198,6 +198,8 @@ struct CacheRig<S> {
     rt: tokio::runtime::Runtime,
     server: RedisServer,
     svc: S,
+    /// Calls that reached the inner service (1 after set-up: the miss that stored the entry).
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     raw: redis::aio::ConnectionManager,
     /// The cached entry's Redis key.
     name: Vec<u8>,
@@ -236,7 +238,10 @@ fn cache_rig() -> CacheRig<
         .build()
         .expect("tokio runtime");
     let body = bytes::Bytes::from(vec![b'x'; 1024]);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
     let inner = tower::service_fn(move |_: Request<()>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = body.clone();
         async move {
             let res = Response::builder()
@@ -287,17 +292,29 @@ fn cache_rig() -> CacheRig<
         rt,
         server,
         svc,
+        calls,
         raw,
         name,
     }
 }
 
 /// `n` cache hits through an HTTP `CacheLayer` on Redis, `inflight` at a time.
+///
+/// That every call was a hit is checked after each batch by the inner service's call count (no
+/// call reached it), as the criterion group checks it: looking `x-cache` up by a string in every
+/// response cost the measured loop about 330 instructions per call (the name parsed and hashed),
+/// work of the bench that the raw row does not do.
 pub(crate) fn cache_hit(inflight: u32) -> Run {
+    use std::sync::atomic::Ordering;
     use tower::ServiceExt;
     let CacheRig {
-        rt, server, svc, ..
+        rt,
+        server,
+        svc,
+        calls,
+        ..
     } = cache_rig();
+    let before = calls.load(Ordering::Relaxed);
     Box::new(move |n| {
         // Kept until the row is dropped.
         let _server = &server;
@@ -308,10 +325,14 @@ pub(crate) fn cache_hit(inflight: u32) -> Run {
                 let svc = svc.clone();
                 async move {
                     let res = svc.oneshot(request()).await.expect("infallible");
-                    assert_eq!(res.headers()["x-cache"], "HIT");
                     drop(black_box(res));
                 }
             })));
+            assert_eq!(
+                calls.load(Ordering::Relaxed),
+                before,
+                "every measured call was a hit"
+            );
             left -= batch;
         }
     })

@@ -53,8 +53,13 @@ impl Inner {
 
     /// One reading of tokio's clock and of the wall clock the entries' times are written in.
     pub(super) fn clocks(&self) -> (Instant, SystemTime) {
-        let now = Instant::now();
-        let wall = match &self.clock {
+        (Instant::now(), self.wall())
+    }
+
+    /// The wall clock the entries' times are written in: this process's, corrected by the offset
+    /// to Redis's `TIME`, or the caller's clock.
+    pub(super) fn wall(&self) -> SystemTime {
+        match &self.clock {
             StoreClock::Redis(_) => {
                 let offset = self.offset_ms.load(Ordering::Relaxed);
                 let system = SystemTime::now();
@@ -71,17 +76,21 @@ impl Inner {
                     + Duration::from_secs(CUSTOM_EPOCH_SECS)
                     + Duration::from_nanos(self.clock.now())
             }
-        };
-        (now, wall)
+        }
     }
 
-    /// The wall clock minus tokio's (from [`base`](Self::base)), in milliseconds, for one reading
+    /// The wall clock minus tokio's (from [`base`](Self::base)), in nanoseconds, for one reading
     /// of both.
-    pub(super) fn mapping(&self, now: Instant, wall: SystemTime) -> i128 {
-        let wall = wall
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i128);
-        wall - now.saturating_duration_since(self.base).as_millis() as i128
+    ///
+    /// In nanoseconds, compared with a slack ([`MAPPING_SLACK_NS`]): it was in whole
+    /// milliseconds, each clock truncated on its own, and two readings of an unchanged mapping
+    /// could differ by 2 when its fraction of a millisecond sat near a whole one, so that a hot
+    /// key's hits decoded their entry again now and then (115 of 3,000 hits in one run of the
+    /// `instructions` bench's `redis64/rampart_cache_hit` row, about 130 instructions per hit on
+    /// average). No 128-bit division either.
+    pub(super) fn mapping(&self, now: Instant, wall: SystemTime) -> i64 {
+        let wall = wall.duration_since(UNIX_EPOCH).map_or(0, nanos);
+        wall.saturating_sub(nanos(now.saturating_duration_since(self.base)))
     }
 
     /// Learns the offset of Redis's clock from a reply carrying its `TIME`.
@@ -152,6 +161,19 @@ impl Inner {
         }
     }
 }
+
+/// A duration in nanoseconds, saturating (at about 292 years).
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_secs())
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(d.subsec_nanos()))
+}
+
+/// How far the wall clock may have moved against tokio's since an entry was decoded for its
+/// decoding (whose times are `Instant`s made from wall times) to be reused: 1 ms, the resolution
+/// of the entries' times.
+pub(super) const MAPPING_SLACK_NS: u64 = 1_000_000;
 
 pub(super) fn bulk_u64(v: &Value) -> Option<u64> {
     match v {

@@ -42,6 +42,41 @@ impl<V> Memoized<V> {
     }
 }
 
+/// What a lookup reads: a remembered key (its name, command and last decoded entry), or another
+/// key, its name and command made for this lookup.
+pub(super) enum Target<V> {
+    Remembered(Arc<Memoized<V>>),
+    New {
+        key: CacheKey,
+        name: Vec<u8>,
+        cmd: redis::Cmd,
+    },
+}
+
+impl<V> Target<V> {
+    pub(super) fn key(&self) -> &CacheKey {
+        match self {
+            Self::Remembered(m) => &m.key,
+            Self::New { key, .. } => key,
+        }
+    }
+
+    pub(super) fn cmd(&self) -> &redis::Cmd {
+        match self {
+            Self::Remembered(m) => &m.get,
+            Self::New { cmd, .. } => cmd,
+        }
+    }
+
+    /// The key and its Redis name, to remember.
+    pub(super) fn into_parts(self) -> (CacheKey, Box<[u8]>) {
+        match self {
+            Self::Remembered(m) => (m.key.clone(), m.name.clone()),
+            Self::New { key, name, .. } => (key, name.into_boxed_slice()),
+        }
+    }
+}
+
 /// `GET <name>`, its buffers sized at once.
 pub(super) fn get_command(name: &[u8]) -> redis::Cmd {
     let mut cmd = redis::Cmd::with_capacity(2, 3 + name.len());
@@ -53,9 +88,9 @@ pub(super) fn get_command(name: &[u8]) -> redis::Cmd {
 pub(super) struct Seen<V> {
     pub(super) bytes: Box<[u8]>,
     pub(super) entry: CacheEntry<V>,
-    /// The wall clock minus tokio's, in milliseconds, when they were decoded: an entry's times
-    /// are `Instant`s, right only while this holds.
-    pub(super) mapping: i128,
+    /// The wall clock minus tokio's, in nanoseconds, when they were decoded: an entry's times
+    /// are `Instant`s, right only while this holds (to within [`MAPPING_SLACK_NS`]).
+    pub(super) mapping: i64,
 }
 
 impl<V> Memo<V> {

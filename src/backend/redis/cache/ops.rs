@@ -214,51 +214,46 @@ impl<V: RedisCacheValue> CacheStore<V> for RedisCacheStore<V> {
                 None => StoreOp::Ready(Err(inner.conn.down_error())),
             };
         }
-        let memoized = self.memo.find(key);
-        // A remembered key's command is its memo's; another's is made here.
-        let (name, fresh) = match &memoized {
-            Some(_) => (None, None),
+        // A remembered key's command, name and key are its memo's; another's are made here.
+        let target = match self.memo.find(key) {
+            Some(memoized) => Target::Remembered(memoized),
             None => {
                 let name = inner.place(key).entry();
-                let cmd = get_command(&name);
-                (Some(name), Some(cmd))
+                Target::New {
+                    cmd: get_command(&name),
+                    name,
+                    key: key.clone(),
+                }
             }
         };
         let inner = Arc::clone(inner);
         let local = self.local.clone();
         let memo = Arc::clone(&self.memo);
-        let key = key.clone();
         StoreOp::Pending(RedisCacheFuture::new(async move {
-            let cmd = match (&fresh, &memoized) {
-                (Some(cmd), _) => cmd,
-                (None, Some(m)) => &m.get,
-                (None, None) => unreachable!("a command was made or remembered"),
-            };
-            match inner.conn.query(cmd, inner.timeout).await {
+            // The instant the reply came is the hit's `now` (one clock read fewer).
+            let (result, now) = inner.conn.query_timed(target.cmd(), inner.timeout).await;
+            match result {
                 Ok(Value::Nil) => {
                     inner.redis_answered(local.as_deref());
-                    if let Some(name) = name {
+                    if let Target::New { key, name, .. } = target {
                         memo.remember(Memoized::new(key, name.into_boxed_slice(), None));
                     }
                     Ok(None)
                 }
                 Ok(Value::BulkString(bytes)) => {
                     inner.redis_answered(local.as_deref());
-                    let (now, wall) = inner.clocks();
+                    let wall = inner.wall();
                     let mapping = inner.mapping(now, wall);
-                    if let Some(seen) = memoized.as_ref().and_then(|m| m.seen.as_ref())
+                    if let Target::Remembered(m) = &target
+                        && let Some(seen) = &m.seen
                         && *seen.bytes == *bytes
-                        && (seen.mapping - mapping).abs() <= 1
+                        && seen.mapping.abs_diff(mapping) <= MAPPING_SLACK_NS
                     {
                         return Ok(Some(seen.entry.clone()));
                     }
                     let copy = (bytes.len() <= MEMO_MAX_BYTES).then(|| Box::from(&bytes[..]));
-                    let found = inner.decode::<V>(&key, bytes, now, wall);
-                    let name = match (name, memoized) {
-                        (Some(name), _) => name.into_boxed_slice(),
-                        (None, Some(m)) => m.name.clone(),
-                        (None, None) => unreachable!("a name was made or remembered"),
-                    };
+                    let found = inner.decode::<V>(target.key(), bytes, now, wall);
+                    let (key, name) = target.into_parts();
                     memo.remember(Memoized::new(
                         key,
                         name,
@@ -271,17 +266,17 @@ impl<V: RedisCacheValue> CacheStore<V> for RedisCacheStore<V> {
                     Ok(found)
                 }
                 Ok(_) => {
-                    inner.undecodable(&key, "not a string");
+                    inner.undecodable(target.key(), "not a string");
                     Ok(None)
                 }
                 // A foreign type at the key (WRONGTYPE): a miss like any undecodable entry.
                 Err(e) if e.is_corrupt_data() => {
-                    inner.undecodable(&key, "not a string");
+                    inner.undecodable(target.key(), "not a string");
                     Ok(None)
                 }
                 Err(e) if is_outage(&e) && local.is_some() => {
                     inner.local_in_use.store(true, Ordering::Release);
-                    ready(local.expect("checked").get(&key))
+                    ready(local.expect("checked").get(target.key()))
                 }
                 Err(e) => Err(e),
             }

@@ -101,11 +101,13 @@ impl Expiring for NamedWindow {
 /// (key, limit). Each map holds at most [`max_keys`](MemoryBackend::max_keys) entries.
 ///
 /// A decision over one limit is one atomic operation on one cell. A decision over several limits
-/// reads every limit's state, decides, and then stores each new state only if it is unchanged
-/// since it was read (compare and swap); if another decision on one of those cells got in between,
-/// what was stored is taken back and the set is decided again from the start. So the set is spent
-/// all or nothing, with no lock (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits`
-/// measures it).
+/// decides them in order at one `now`, each enforced limit spending as it admits (one atomic
+/// operation per cell); when a later enforced limit refuses, the earlier ones take their spend
+/// back (exactly their own length, so spends made on top of it stay). So a set is spent all or
+/// nothing, with no lock (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits` measures
+/// it). The one trade: a decision racing with a set that is about to be refused may see that
+/// set's spend and be refused too, so a hot key can be under-admitted by a few units at such
+/// instants, never over-admitted.
 ///
 /// A key type with no data (such as the global key `()`) skips the first map altogether: the
 /// whole single-limit limiter is then one atomic word.

@@ -160,9 +160,14 @@ impl GcraCell {
     /// Takes back a spend that moved the TAT from `old` (its start, as
     /// [`check_traced`](Self::check_traced) returns it) to `new`, when a decision across several
     /// cells could not complete: exactly when nothing else spent meanwhile, otherwise by the
-    /// spend's length, `new - old` (never below `old`), so a spend made on top of ours stays.
-    /// (Measuring the length from the TAT before the spend, when that was in the past, took back
-    /// the idle time too, and with it the other spend.)
+    /// spend's length, `new - old`, so a spend made on top of ours stays. Two spends taken back
+    /// in the other order than they were made each remove their own length.
+    ///
+    /// Two earlier forms lost units: measuring the length from the TAT before the spend (when
+    /// that was in the past) took back the idle time too, and with it another decision's spend;
+    /// and a floor at `old` kept the later of two spends taken back first from going below its
+    /// own start, leaving one emission interval spent for nothing (a set test saw a limit end
+    /// full with half its units admitted).
     pub(crate) fn undo(&self, old: Nanos, new: Nanos) {
         if self.replace(new, old) {
             return;
@@ -171,7 +176,7 @@ impl GcraCell {
         let _ = self
             .tat
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_sub(spent).max(old))
+                Some(t.saturating_sub(spent))
             });
     }
 
@@ -254,6 +259,14 @@ mod tests {
         let (old, new) = moved.unwrap();
         cell.undo(old, new);
         // Only the first spend is gone: the second's interval remains.
+        assert_eq!(cell.due(), 101 * S);
+        // Two spends taken back in the other order: each removes its own length.
+        let (_, x) = cell.check_traced(&l, 100 * S, 1, || 100 * S);
+        let (_, y) = cell.check_traced(&l, 100 * S, 1, || 100 * S);
+        let ((xo, xn), (yo, yn)) = (x.unwrap(), y.unwrap());
+        assert_eq!((xo, xn, yo, yn), (101 * S, 102 * S, 102 * S, 103 * S));
+        cell.undo(xo, xn);
+        cell.undo(yo, yn);
         assert_eq!(cell.due(), 101 * S);
         // Uncontended, the undo restores the start exactly.
         let (_, moved) = cell.check_traced(&l, 100 * S, 3, || 100 * S);

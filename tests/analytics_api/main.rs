@@ -40,6 +40,9 @@ mod storage;
 #[path = "../../examples/analytics_api/telemetry.rs"]
 #[allow(dead_code)]
 mod telemetry;
+#[path = "../../examples/analytics_api/tiers.rs"]
+#[allow(dead_code)]
+mod tiers;
 #[path = "../../examples/analytics_api/timestamp.rs"]
 #[allow(dead_code)]
 mod timestamp;

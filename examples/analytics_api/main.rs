@@ -47,6 +47,7 @@ mod serve;
 mod setup;
 mod storage;
 mod telemetry;
+mod tiers;
 mod timestamp;
 
 use std::sync::Arc;
@@ -61,8 +62,19 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = config::Config::from_env()?;
+    let tiers = tiers::Tiers::from_env()?;
     setup::init_logging(config.json_logs);
     telemetry::prometheus();
+    if !tiers.tiers().is_empty() || tiers.shadow() {
+        // Tier names and how many keys, never a key.
+        let names: Vec<&str> = tiers.tiers().iter().map(|t| t.name).collect();
+        tracing::info!(
+            tiers = ?names,
+            api_keys = tiers.key_count(),
+            shadow = tiers.shadow(),
+            "metric submissions limited per API key at their tier's quota"
+        );
+    }
     let storage = match &config.redis_url {
         None => storage::Storage::default(),
         Some(url) => {
@@ -75,7 +87,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let storage = Arc::new(storage);
-    let (router, _state) = app::build(&config, storage, app::system_clock())?;
+    let (router, _state) = app::build(&config, &tiers, storage, app::system_clock())?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {} (set BIND/PORT): {e}", config.addr))?;

@@ -97,6 +97,15 @@ pub(crate) fn config(vars: &[(&str, &str)]) -> config::Config {
     config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
 }
 
+/// The API-key tiers the environment `vars` give.
+pub(crate) fn tiers(vars: &[(&str, &str)]) -> tiers::Tiers {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tiers::Tiers::from_lookup(|k| vars.get(k).cloned()).unwrap()
+}
+
 /// An app served on loopback, with its state and its time of day.
 pub(crate) struct TestApp {
     pub(crate) http: Served,
@@ -121,7 +130,7 @@ pub(crate) async fn start(vars: &[(&str, &str)]) -> TestApp {
 pub(crate) async fn start_on(vars: &[(&str, &str)], storage: Arc<storage::Storage>) -> TestApp {
     telemetry::prometheus();
     let time = ManualTime::new();
-    let (router, state) = app::build(&config(vars), storage, time.clock()).unwrap();
+    let (router, state) = app::build(&config(vars), &tiers(vars), storage, time.clock()).unwrap();
     TestApp {
         http: serve(router, true).await,
         state,

@@ -32,6 +32,7 @@ use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
 use crate::config::Config;
+use crate::tiers::Tiers;
 use crate::dashboard::{self, Dataset};
 use crate::dependency::{self, ExternalClient, FailureRate};
 use crate::errors::{self, ApiError, FieldError};
@@ -149,13 +150,15 @@ impl AppInner {
     }
 }
 
-/// The whole application, with its layers, for `config`, keeping data in `storage`; and its state
-/// (for tests and benches, which steer the simulated dependency and read the circuit).
+/// The whole application, with its layers, for `config` and the API-key `tiers`, keeping data in
+/// `storage`; and its state (for tests and benches, which steer the simulated dependency and read
+/// the circuit).
 ///
 /// With a remote store it starts a task that writes counted rejections once a second; it ends
 /// when the app is dropped.
 pub(crate) fn build(
     config: &Config,
+    tiers: &Tiers,
     storage: Arc<Storage>,
     clock: Clock,
 ) -> Result<(Router, AppState), tower_rampart::ConfigError> {
@@ -222,13 +225,11 @@ pub(crate) fn build(
         .storage
         .backend()
         .map_redis(|redis| redis.failure_policy(config.rate_limit_failure_policy));
-    let per_client = |quota: Quota, name: &'static str, on_success: bool| {
-        let builder = RateLimitLayer::builder()
+    // The refusal is the one error shape (`errors.rs`), `detail` saying what the references say.
+    let per_client = |name: &'static str, on_success: bool| {
+        RateLimitLayer::builder()
             .name(name)
-            .quota(quota)
-            .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
             .headers_on_success(on_success)
-            // The one error shape (`errors.rs`), `detail` saying what the references say.
             .rejection(AsHttp::new().json_body(|r| {
                 let (status, message) = match r.kind() {
                     RejectionKind::RateLimited => (
@@ -243,16 +244,27 @@ pub(crate) fn build(
                 };
                 errors::body(status, &message, &[]).to_string()
             }))
-            .backend(backend.clone());
-        builder.build()
+            .backend(backend.clone())
     };
-    let metrics_limit = per_client(
-        Quota::with_period(config.metrics_limit, config.metrics_window),
-        "metrics",
-        true,
-    )?;
-    let events_limit = per_client(Quota::per_minute(config.events_per_minute), "events", false)?;
-    let api_v1_limit = per_client(Quota::per_minute(config.api_v1_per_minute), "api_v1", true)?;
+    let client_ip = ClientIp::new().trusted_proxies(&config.trusted_proxies);
+    // Metric submission: a known API key (`X-API-Key`, listed in `API_KEYS`) is limited per key at
+    // its tier's quota (`TIER_QUOTAS`); anyone else per client IP at the default quota, exactly as
+    // without tiers (`tiers.rs`).
+    let metrics_limit = per_client("metrics", true)
+        .quota(Quota::with_period(
+            config.metrics_limit,
+            config.metrics_window,
+        ))
+        .key(tiers.extractor(client_ip.clone()))
+        .build()?;
+    let events_limit = per_client("events", false)
+        .quota(Quota::per_minute(config.events_per_minute))
+        .key(client_ip.clone())
+        .build()?;
+    let api_v1_limit = per_client("api_v1", true)
+        .quota(Quota::per_minute(config.api_v1_per_minute))
+        .key(client_ip)
+        .build()?;
 
     // Validation runs before the limiters, so an invalid body (or one that is not JSON) never
     // spends quota; both wrap the POST handlers only, so other methods get their 405 untouched.

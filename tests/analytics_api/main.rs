@@ -58,6 +58,7 @@ mod process;
 mod redis_storage;
 mod server;
 mod surface;
+mod tiers_api;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

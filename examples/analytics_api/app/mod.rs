@@ -32,7 +32,6 @@ use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
 use crate::config::Config;
-use crate::tiers::Tiers;
 use crate::dashboard::{self, Dataset};
 use crate::dependency::{self, ExternalClient, FailureRate};
 use crate::errors::{self, ApiError, FieldError};
@@ -41,6 +40,7 @@ use crate::input::{self, FromBody};
 use crate::storage::{
     EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
 };
+use crate::tiers::Tiers;
 use crate::{docs, telemetry};
 
 mod handlers;

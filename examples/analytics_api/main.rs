@@ -27,6 +27,11 @@
 //! example's, `examples/common/serve.rs`): `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS`
 //! (1024), `SHUTDOWN_GRACE_SECS` (10).
 //!
+//! API-key tiers (`tiers.rs`): `TIER_QUOTAS` (`free=10/60s,pro=1000/60s`) and `API_KEYS`
+//! (`key=tier,...`) limit metric submissions whose `X-API-Key` is listed per key at the tier's
+//! quota, anything else per client IP as above; `RATE_LIMIT_SHADOW=1` makes every limit admit what
+//! it would refuse, counting it (`rampart_rate_limit_shadow_rejected_total`).
+//!
 //! Data and limits live in memory by default; with `REDIS_URL` (and `REDIS_TIMEOUT_MS`, default
 //! 250) they live in Redis, where several instances share them and a restart loses nothing;
 //! `RATE_LIMIT_FAILURE_POLICY` (`local`, `open` or `closed`) says what the limits do while Redis is

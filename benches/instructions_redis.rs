@@ -15,7 +15,9 @@ use futures::future::join_all;
 use tower_rampart::backend::redis::{RedisRateLimitStore, script_sha};
 use tower_rampart::backend::{FailurePolicy, RedisBackend};
 use tower_rampart::key::key_fn;
-use tower_rampart::rate_limit::{Algorithm, Check, RateLimitLayer, RateLimitStore};
+use tower_rampart::rate_limit::{
+    Algorithm, Ask, Check, RateLimitLayer, RateLimitStore, StoreLimits,
+};
 
 use self::redis_server::RedisServer;
 use super::{HUGE, Run};
@@ -81,7 +83,7 @@ fn rig() -> Rig {
 }
 
 async fn decide(store: &RedisRateLimitStore<u32>, key: u32) {
-    let d = match store.check(&key) {
+    let d = match store.check(&key, &Ask::new(store.limit_set())) {
         Check::Ready(r) => r,
         Check::Pending(f) => f.await,
     }

@@ -27,13 +27,15 @@ use futures::future::join_all;
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::{RedisRateLimitStore, script_sha};
 use tower_rampart::key::key_fn;
-use tower_rampart::rate_limit::{Algorithm, Check, Quota, RateLimitLayer, RateLimitStore};
+use tower_rampart::rate_limit::{
+    Algorithm, Ask, Check, Quota, RateLimitLayer, RateLimitStore, StoreLimits,
+};
 
 use self::redis_server::RedisServer;
 use crate::support::HUGE;
 
 async fn decide(store: &RedisRateLimitStore<u32>, key: u32) -> bool {
-    match store.check(&key) {
+    match store.check(&key, &Ask::new(store.limit_set())) {
         Check::Ready(r) => r,
         Check::Pending(f) => f.await,
     }
@@ -132,6 +134,7 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
         .build()
         .expect("valid configuration");
     let over_store = over.store();
+    let over_set = over.limit_set();
     rt.block_on(async {
         assert!(decide(over_store, 9).await);
         assert!(!decide(over_store, 9).await);
@@ -139,10 +142,12 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
     let before = server.calls("evalsha");
     g.throughput(Throughput::Elements(1));
     g.bench_function("known_over_limit", |b| {
-        b.iter(|| match over_store.check(black_box(&9)) {
-            Check::Ready(Ok(d)) => black_box(d.is_allowed()),
-            _ => panic!("a known over-limit key must be answered locally"),
-        });
+        b.iter(
+            || match over_store.check(black_box(&9), &Ask::new(&over_set)) {
+                Check::Ready(Ok(d)) => black_box(d.is_allowed()),
+                _ => panic!("a known over-limit key must be answered locally"),
+            },
+        );
     });
     let after = server.calls("evalsha");
     println!(

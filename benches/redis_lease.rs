@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::LeaseConfig;
-use tower_rampart::rate_limit::{Check, Quota, RateLimitLayer, RateLimitStore};
+use tower_rampart::rate_limit::{Ask, Check, Quota, RateLimitLayer, RateLimitStore, StoreLimits};
 
 use crate::redis::redis_server::RedisServer;
 
@@ -43,7 +43,7 @@ struct Count {
 /// Runs `iters` decisions spread over the replicas' clients; the time they took.
 async fn run<St>(stores: &[Arc<St>], iters: u64, count: &Arc<Count>) -> Duration
 where
-    St: RateLimitStore<()> + 'static,
+    St: RateLimitStore<()> + StoreLimits + 'static,
 {
     let clients = (REPLICAS * CLIENTS_PER_REPLICA) as u64;
     let each = iters.div_ceil(clients);
@@ -55,7 +55,7 @@ where
             tokio::spawn(async move {
                 let mut admitted = 0u64;
                 for i in 0..each {
-                    let d = match store.check(&()) {
+                    let d = match store.check(&(), &Ask::new(store.limit_set())) {
                         Check::Ready(r) => r,
                         Check::Pending(f) => f.await,
                     }
@@ -173,7 +173,7 @@ fn row<St>(
     binding: Option<(Quota, u64)>,
 ) -> u64
 where
-    St: RateLimitStore<()> + 'static,
+    St: RateLimitStore<()> + StoreLimits + 'static,
 {
     let count = Arc::new(Count::default());
     let before = commands(server);

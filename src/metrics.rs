@@ -11,7 +11,9 @@
 //! | metric | type | labels | what |
 //! |---|---|---|---|
 //! | `rampart_rate_limit_admitted_total` | counter | `name` | requests a rate limiter's decision admitted |
-//! | `rampart_rate_limit_rejected_total` | counter | `name`, `reason` | requests refused: `rate_limited`, `backend_unavailable`, `missing_key` |
+//! | `rampart_rate_limit_rejected_total` | counter | `name`, `reason` | requests refused: `rate_limited`, `cost_too_high`, `backend_unavailable`, `missing_key` |
+//! | `rampart_rate_limit_shadow_rejected_total` | counter | `name`, `policy` | requests a shadow limit (`policy`), or any limit in a layer's shadow mode, would have refused; admitted |
+//! | `rampart_rate_limit_unknown_tier_total` | counter | `name` | requests whose tier resolver named a tier the layer does not have (the default limits applied) |
 //! | `rampart_rate_limit_backend_fallback_total` | counter | `name`, `policy` | decisions Redis could not make, left to the failure policy |
 //! | `rampart_rate_limit_backend_repaired_total` | counter | `name` | unreadable Redis states replaced with fresh ones |
 //! | `rampart_rate_limit_lease_calls_total` | counter | `name` | Redis round trips of a leased limiter (`backend::redis::lease`) |
@@ -114,6 +116,16 @@ const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         "rampart_rate_limit_rejected_total",
         Some(Unit::Count),
         "requests refused by a rate limiter",
+    ),
+    (
+        "rampart_rate_limit_shadow_rejected_total",
+        Some(Unit::Count),
+        "requests a shadow limit would have refused, admitted",
+    ),
+    (
+        "rampart_rate_limit_unknown_tier_total",
+        Some(Unit::Count),
+        "requests whose tier resolver named an unknown tier (default limits applied)",
     ),
     (
         "rampart_rate_limit_backend_fallback_total",

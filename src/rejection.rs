@@ -61,6 +61,14 @@ pub trait Rejection: std::error::Error + Send + Sync + 'static {
     }
 }
 
+impl dyn Rejection {
+    /// The refusal as its own type (for example [`RateLimited`](crate::rate_limit::error::RateLimited),
+    /// to read its figures), if it is one.
+    pub fn downcast_ref<T: Rejection>(&self) -> Option<&T> {
+        (self as &dyn std::error::Error).downcast_ref::<T>()
+    }
+}
+
 /// The kinds of refusal, for choosing a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -74,6 +82,9 @@ pub enum RejectionKind {
     BackendUnavailable,
     /// A circuit breaker is open (HTTP 503, gRPC `UNAVAILABLE`).
     CircuitOpen,
+    /// A request asks for more of a rate limit than it could ever admit at once (its cost is above
+    /// the burst): HTTP 413, gRPC `OUT_OF_RANGE`. Waiting does not help.
+    CostTooHigh,
     /// The last attempt at a request ran out of time, its own or the request's deadline (HTTP 504,
     /// gRPC `DEADLINE_EXCEEDED`).
     TimedOut,
@@ -85,6 +96,7 @@ impl RejectionKind {
     pub fn status(self) -> http::StatusCode {
         match self {
             Self::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
+            Self::CostTooHigh => http::StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyMissing => http::StatusCode::INTERNAL_SERVER_ERROR,
             Self::BackendUnavailable | Self::CircuitOpen => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::TimedOut => http::StatusCode::GATEWAY_TIMEOUT,
@@ -95,6 +107,7 @@ impl RejectionKind {
     pub fn grpc_code(self) -> GrpcCode {
         match self {
             Self::RateLimited => GrpcCode::ResourceExhausted,
+            Self::CostTooHigh => GrpcCode::OutOfRange,
             Self::KeyMissing => GrpcCode::Internal,
             Self::BackendUnavailable | Self::CircuitOpen => GrpcCode::Unavailable,
             Self::TimedOut => GrpcCode::DeadlineExceeded,
@@ -171,6 +184,7 @@ impl fmt::Display for RejectionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::RateLimited => "rate_limited",
+            Self::CostTooHigh => "cost_too_high",
             Self::KeyMissing => "key_missing",
             Self::BackendUnavailable => "backend_unavailable",
             Self::CircuitOpen => "circuit_open",

@@ -266,7 +266,7 @@ mod rate_limit {
     use crate::backend::redis::LeasedRedisBackend;
     use crate::backend::{MemoryBackend, RedisBackend};
     use crate::error::ConfigError;
-    use crate::rate_limit::{Check, RateLimitBackend, RateLimitSpec, RateLimitStore};
+    use crate::rate_limit::{Ask, Check, RateLimitBackend, RateLimitSpec, RateLimitStore};
 
     fn left<A, B>(check: Check<A>) -> Check<EitherFuture<A, B>> {
         match check {
@@ -282,6 +282,32 @@ mod rate_limit {
         }
     }
 
+    impl<M, R> crate::rate_limit::StoreLimits for EitherStore<M, R>
+    where
+        M: crate::rate_limit::StoreLimits,
+        R: crate::rate_limit::StoreLimits,
+    {
+        fn limit_set(&self) -> &std::sync::Arc<crate::rate_limit::LimitSet> {
+            match self {
+                Self::Memory(m) => m.limit_set(),
+                Self::Redis(r) => r.limit_set(),
+            }
+        }
+    }
+
+    impl<E, L> crate::rate_limit::StoreLimits for RedisModeStore<E, L>
+    where
+        E: crate::rate_limit::StoreLimits,
+        L: crate::rate_limit::StoreLimits,
+    {
+        fn limit_set(&self) -> &std::sync::Arc<crate::rate_limit::LimitSet> {
+            match self {
+                Self::Exact(e) => e.limit_set(),
+                Self::Leased(l) => l.limit_set(),
+            }
+        }
+    }
+
     impl<K, M, R> RateLimitStore<K> for EitherStore<M, R>
     where
         M: RateLimitStore<K>,
@@ -290,10 +316,10 @@ mod rate_limit {
         type Future = EitherFuture<M::Future, R::Future>;
 
         #[inline]
-        fn check(&self, key: &K) -> Check<Self::Future> {
+        fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
             match self {
-                Self::Memory(m) => left(m.check(key)),
-                Self::Redis(r) => right(r.check(key)),
+                Self::Memory(m) => left(m.check(key, ask)),
+                Self::Redis(r) => right(r.check(key, ask)),
             }
         }
     }
@@ -306,10 +332,10 @@ mod rate_limit {
         type Future = EitherFuture<E::Future, L::Future>;
 
         #[inline]
-        fn check(&self, key: &K) -> Check<Self::Future> {
+        fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
             match self {
-                Self::Exact(e) => left(e.check(key)),
-                Self::Leased(l) => right(l.check(key)),
+                Self::Exact(e) => left(e.check(key, ask)),
+                Self::Leased(l) => right(l.check(key, ask)),
             }
         }
     }

@@ -48,7 +48,8 @@ impl RateLimited {
         Duration::from_secs(self.policy.window_secs)
     }
 
-    /// The limiter's name, as in its `RateLimit-Policy` field.
+    /// The name of the limit that refused, as in the `RateLimit-Policy` field (the layer's name
+    /// for a layer built with one [`quota`](super::RateLimitBuilder::quota)).
     pub fn policy(&self) -> &'static str {
         self.policy.name
     }
@@ -119,6 +120,59 @@ impl std::error::Error for KeyMissing {
 impl Rejection for KeyMissing {
     fn kind(&self) -> RejectionKind {
         RejectionKind::KeyMissing
+    }
+}
+
+/// The request asks for more units than a limit could ever admit at once (its cost is above the
+/// limit's burst): waiting does not help, so this is not a 429 but HTTP 413 (Content Too Large),
+/// gRPC `OUT_OF_RANGE`, with no `Retry-After`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CostTooHigh {
+    cost: u32,
+    capacity: u32,
+    policy: &'static str,
+}
+
+impl CostTooHigh {
+    pub(crate) const fn new(cost: u32, capacity: u32, policy: &'static str) -> Self {
+        Self {
+            cost,
+            capacity,
+            policy,
+        }
+    }
+
+    /// The units the request asked for.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// The most units the limit admits at once (its burst).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The name of the limit that cannot admit it.
+    pub fn policy(&self) -> &'static str {
+        self.policy
+    }
+}
+
+impl fmt::Display for CostTooHigh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request cost {} exceeds the rate limit's capacity of {} at once",
+            self.cost, self.capacity
+        )
+    }
+}
+
+impl std::error::Error for CostTooHigh {}
+
+impl Rejection for CostTooHigh {
+    fn kind(&self) -> RejectionKind {
+        RejectionKind::CostTooHigh
     }
 }
 

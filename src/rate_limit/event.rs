@@ -19,6 +19,27 @@ pub enum RateLimitEvent {
         /// How long until a request with this key may be admitted.
         retry_after: Duration,
     },
+    /// A request would have been refused by a shadow limit (or by any limit, in the layer's shadow
+    /// mode) and was admitted.
+    #[non_exhaustive]
+    ShadowRefused {
+        /// The limiter's name.
+        name: &'static str,
+        /// The limit that would have refused.
+        policy: &'static str,
+    },
+    /// A request was refused because its cost is more than a limit admits at once.
+    #[non_exhaustive]
+    CostTooHigh {
+        /// The limiter's name.
+        name: &'static str,
+        /// The limit that cannot admit it.
+        policy: &'static str,
+        /// The units asked for.
+        cost: u32,
+        /// The most the limit admits at once.
+        capacity: u32,
+    },
     /// A request was refused because the backend could not decide (Redis unreachable, say, under
     /// a failure policy that refuses).
     #[non_exhaustive]
@@ -51,16 +72,21 @@ impl Event for RateLimitEvent {
     fn layer_name(&self) -> &str {
         match self {
             Self::Refused { name, .. }
+            | Self::ShadowRefused { name, .. }
+            | Self::CostTooHigh { name, .. }
             | Self::BackendUnavailable { name, .. }
             | Self::KeyMissing { name }
             | Self::BackendFallback { name, .. } => name,
         }
     }
 
-    /// `refused`, `backend_unavailable`, `key_missing` or `backend_fallback`.
+    /// `refused`, `shadow_refused`, `cost_too_high`, `backend_unavailable`, `key_missing` or
+    /// `backend_fallback`.
     fn kind(&self) -> &'static str {
         match self {
             Self::Refused { .. } => "refused",
+            Self::ShadowRefused { .. } => "shadow_refused",
+            Self::CostTooHigh { .. } => "cost_too_high",
             Self::BackendUnavailable { .. } => "backend_unavailable",
             Self::KeyMissing { .. } => "key_missing",
             Self::BackendFallback { .. } => "backend_fallback",

@@ -13,6 +13,9 @@ use tower_service::Service;
 use super::Decision;
 use super::error::Policy;
 use super::layer::Shared;
+use super::limit::Ask;
+use super::policies::{PerRequest, RequestPolicy};
+use super::service::Asked;
 use super::store::{Check, RateLimitStore};
 use crate::backend::BackendError;
 use crate::key::KeyExtractor;
@@ -25,7 +28,7 @@ pin_project! {
     /// decision to render as headers; a refusal is ready at once. Backends that do I/O, and the
     /// waiting mode with per-request keys, take a boxed slow path (the box keeps this future as
     /// small as the fast path needs).
-    pub struct ResponseFuture<S, Req, X, St, M>
+    pub struct ResponseFuture<S, Req, X, St, M, P = PerRequest>
     where
         S: Service<Req>,
         X: KeyExtractor,
@@ -36,7 +39,7 @@ pin_project! {
         state: State<
             S::Future,
             Result<S::Response, M::Error>,
-            Pin<Box<Slow<S, Req, X, St, M>>>,
+            Pin<Box<Slow<S, Req, X, St, M, P>>>,
         >,
         headers: Option<(Decision, Policy)>,
     }
@@ -53,7 +56,7 @@ pin_project! {
 
 pin_project! {
     /// The slow path: waiting for a backend's decision or for quota, then readying the service.
-    struct Slow<S, Req, X, St, M>
+    struct Slow<S, Req, X, St, M, P>
     where
         S: Service<Req>,
         X: KeyExtractor,
@@ -64,8 +67,9 @@ pin_project! {
         svc: S,
         req: Option<Req>,
         key: X::Key,
+        ask: Asked,
         deadline: Option<Instant>,
-        shared: Arc<Shared<X, St, M>>,
+        shared: Arc<Shared<X, St, M, P>>,
     }
 }
 
@@ -84,7 +88,7 @@ enum Outcome<F, T, E> {
     Answered(Result<T, E>),
 }
 
-impl<S, Req, X, St, M> ResponseFuture<S, Req, X, St, M>
+impl<S, Req, X, St, M, P> ResponseFuture<S, Req, X, St, M, P>
 where
     S: Service<Req>,
     X: KeyExtractor,
@@ -115,7 +119,8 @@ where
         svc: S,
         req: Req,
         key: X::Key,
-        shared: Arc<Shared<X, St, M>>,
+        ask: Asked,
+        shared: Arc<Shared<X, St, M, P>>,
     ) -> Self {
         Self {
             state: State::Slow {
@@ -124,6 +129,7 @@ where
                     svc,
                     req: Some(req),
                     key,
+                    ask,
                     deadline,
                     shared,
                 }),
@@ -138,9 +144,18 @@ where
         svc: S,
         req: Req,
         key: X::Key,
-        shared: Arc<Shared<X, St, M>>,
+        ask: Asked,
+        shared: Arc<Shared<X, St, M, P>>,
     ) -> Self {
-        Self::slow(Phase::Checking { check }, deadline, svc, req, key, shared)
+        Self::slow(
+            Phase::Checking { check },
+            deadline,
+            svc,
+            req,
+            key,
+            ask,
+            shared,
+        )
     }
 
     pub(crate) fn sleeping(
@@ -149,7 +164,8 @@ where
         svc: S,
         req: Req,
         key: X::Key,
-        shared: Arc<Shared<X, St, M>>,
+        ask: Asked,
+        shared: Arc<Shared<X, St, M, P>>,
     ) -> Self {
         let sleep = tokio::time::sleep_until(wake);
         Self::slow(
@@ -158,18 +174,20 @@ where
             svc,
             req,
             key,
+            ask,
             shared,
         )
     }
 }
 
-impl<S, Req, X, St, M> Future for ResponseFuture<S, Req, X, St, M>
+impl<S, Req, X, St, M, P> Future for ResponseFuture<S, Req, X, St, M, P>
 where
     S: Service<Req>,
     X: KeyExtractor,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
+    P: RequestPolicy<Req, S::Response>,
 {
     type Output = Result<S::Response, M::Error>;
 
@@ -210,13 +228,14 @@ where
     }
 }
 
-impl<S, Req, X, St, M> Slow<S, Req, X, St, M>
+impl<S, Req, X, St, M, P> Slow<S, Req, X, St, M, P>
 where
     S: Service<Req>,
     X: KeyExtractor,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
+    P: RequestPolicy<Req, S::Response>,
 {
     fn poll_slow(
         self: Pin<&mut Self>,
@@ -236,7 +255,8 @@ where
                 PhaseProj::Checking { check } => ready!(check.poll(cx)),
                 PhaseProj::Sleeping { sleep } => {
                     ready!(sleep.poll(cx));
-                    match this.shared.store.check(this.key) {
+                    let ask = Ask::new(&this.ask.set).cost(this.ask.cost);
+                    match this.shared.store.check(this.key, &ask) {
                         Check::Ready(result) => result,
                         Check::Pending(check) => {
                             this.phase.set(Phase::Checking { check });
@@ -246,32 +266,41 @@ where
                 }
             };
             let shared = &**this.shared;
-            match decided {
-                Ok(d) if d.is_allowed() => {
-                    *headers = shared.admit::<S::Response, S::Error>(d);
+            let set = &this.ask.set;
+            match decided.map(|d| shared.judge(d, set)) {
+                Ok(Ok(d)) => {
+                    *headers =
+                        shared.admit::<S::Response, S::Error>(d, set.policy_of(d.policy_index()));
                     this.phase.set(Phase::Readying);
                 }
-                Ok(d) => {
+                Ok(Err(d)) => {
                     let wake = Instant::now() + d.retry_after();
                     match *this.deadline {
-                        Some(deadline) if wake <= deadline => {
+                        Some(deadline) if wake <= deadline && !d.exceeds_capacity() => {
                             this.phase.set(Phase::Sleeping {
                                 sleep: tokio::time::sleep_until(wake),
                             });
                         }
-                        _ => return Poll::Ready(Outcome::Answered(shared.refuse(d))),
+                        _ => {
+                            let req = this.req.take();
+                            let refused =
+                                shared.refuse::<_, S::Error, _>(d, set, this.ask.cost, req);
+                            return Poll::Ready(Outcome::Answered(refused));
+                        }
                     }
                 }
                 Err(e) => {
                     let e: BackendError = e;
-                    return Poll::Ready(Outcome::Answered(shared.unavailable(e)));
+                    let req = this.req.take();
+                    let refused = shared.unavailable::<_, S::Error, _>(e, req);
+                    return Poll::Ready(Outcome::Answered(refused));
                 }
             }
         }
     }
 }
 
-impl<S, Req, X, St, M> fmt::Debug for ResponseFuture<S, Req, X, St, M>
+impl<S, Req, X, St, M, P> fmt::Debug for ResponseFuture<S, Req, X, St, M, P>
 where
     S: Service<Req>,
     X: KeyExtractor,

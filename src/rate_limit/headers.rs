@@ -10,15 +10,23 @@ use crate::http::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 
-/// The `RateLimit-Policy` value `"name";q=limit;w=window`, made once per distinct policy and kept
-/// for the life of the process (a few dozen bytes per policy; rebuilding a layer reuses it). Its
-/// bytes are `'static`, so cloning the value onto a response copies two pointers: no allocation, no
-/// shared reference count.
-pub(crate) fn policy_value(name: &str, limit: u32, window_secs: u64) -> &'static HeaderValue {
+/// The `RateLimit-Policy` value listing several policies, `"minute";q=10;w=60, "day";q=1000;w=86400`,
+/// made once per distinct
+/// list and kept for the life of the process (a few dozen bytes per policy; rebuilding a layer
+/// reuses it). Its bytes are `'static`, so cloning the value onto a response copies two pointers:
+/// no allocation, no shared reference count.
+pub(crate) fn policy_list_value(items: &[(&str, u32, u64)]) -> &'static HeaderValue {
     use std::collections::HashMap;
+    use std::fmt::Write;
     use std::sync::{Mutex, OnceLock};
     static INTERNED: OnceLock<Mutex<HashMap<String, &'static HeaderValue>>> = OnceLock::new();
-    let text = format!("\"{name}\";q={limit};w={window_secs}");
+    let mut text = String::with_capacity(32 * items.len());
+    for (i, (name, limit, window_secs)) in items.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "\"{name}\";q={limit};w={window_secs}");
+    }
     let mut map = INTERNED
         .get_or_init(Default::default)
         .lock()

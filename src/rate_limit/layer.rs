@@ -6,7 +6,10 @@ use tower_layer::Layer;
 
 use super::error::Policy;
 use super::event::RateLimitEvent;
+use super::handle::RateLimitHandle;
 use super::key::MissingKey;
+use super::limit::{Limit, LimitSet};
+use super::policies::{Live, PerRequest, Policies, TierOf};
 use super::quota::{Algorithm, Quota};
 use super::service::RateLimit;
 use super::store::{RateLimitBackend, RateLimitSpec};
@@ -31,17 +34,24 @@ pub use crate::backend::NoBackend;
 /// answering with HTTP responses; feature `http`).
 ///
 /// See the [module documentation](super) for an overview.
-pub struct RateLimitLayer<X, St, M = AsError> {
-    pub(crate) shared: Arc<Shared<X, St, M>>,
+pub struct RateLimitLayer<X: KeyExtractor, St, M = AsError, P = PerRequest> {
+    pub(crate) shared: Arc<Shared<X, St, M, P>>,
 }
 
 /// Everything services of one layer share.
-pub(crate) struct Shared<X, St, M> {
+pub(crate) struct Shared<X: KeyExtractor, St, M, P> {
     pub(crate) key: X,
     pub(crate) store: St,
     pub(crate) mode: M,
     pub(crate) missing_key: MissingKey,
+    /// The layer's own name and header settings (logs, metrics).
     pub(crate) policy: Policy,
+    /// The limit sets in force and how a key finds its own.
+    pub(crate) live: Arc<Live<X::Key>>,
+    /// Layer-wide shadow mode: refusals are counted and admitted.
+    pub(crate) shadow: bool,
+    /// The cost of a request and the response to a refused one.
+    pub(crate) per_request: P,
     pub(crate) headers_on_success: bool,
     pub(crate) wait: Option<Duration>,
     /// Keeps a misconfiguration (every request without a key) from flooding the logs.
@@ -56,7 +66,7 @@ pub(crate) struct Shared<X, St, M> {
     pub(crate) admitted: std::sync::OnceLock<metrics::Counter>,
 }
 
-impl<X, St, M> Clone for RateLimitLayer<X, St, M> {
+impl<X: KeyExtractor, St, M, P> Clone for RateLimitLayer<X, St, M, P> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -64,7 +74,9 @@ impl<X, St, M> Clone for RateLimitLayer<X, St, M> {
     }
 }
 
-impl<X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> fmt::Debug for RateLimitLayer<X, St, M> {
+impl<X: KeyExtractor + fmt::Debug, St: fmt::Debug, M: fmt::Debug, P> fmt::Debug
+    for RateLimitLayer<X, St, M, P>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.shared
             .fmt_fields(f.debug_struct("RateLimitLayer"))
@@ -72,7 +84,7 @@ impl<X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> fmt::Debug for RateLimitLayer
     }
 }
 
-impl<X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> Shared<X, St, M> {
+impl<X: KeyExtractor + fmt::Debug, St: fmt::Debug, M: fmt::Debug, P> Shared<X, St, M, P> {
     pub(crate) fn fmt_fields<'a, 'b>(
         &self,
         mut d: fmt::DebugStruct<'a, 'b>,
@@ -81,15 +93,16 @@ impl<X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> Shared<X, St, M> {
             .field("store", &self.store)
             .field("mode", &self.mode)
             .field("missing_key", &self.missing_key)
-            .field("policy", &self.policy)
+            .field("policies", &self.live)
+            .field("shadow", &self.shadow)
             .field("headers_on_success", &self.headers_on_success)
             .field("wait", &self.wait);
         d
     }
 }
 
-impl<S, X, St, M> Layer<S> for RateLimitLayer<X, St, M> {
-    type Service = RateLimit<S, X, St, M>;
+impl<S, X: KeyExtractor, St, M, P> Layer<S> for RateLimitLayer<X, St, M, P> {
+    type Service = RateLimit<S, X, St, M, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::new(inner, Arc::clone(&self.shared))
@@ -104,17 +117,24 @@ impl RateLimitLayer<GlobalKey, (), AsError> {
         #[cfg(feature = "metrics")]
         crate::metrics::describe();
         RateLimitBuilder {
-            quota: None,
-            algorithm: Algorithm::Gcra,
             key: GlobalKey,
             backend: DefaultBackend::default(),
             mode: AsError,
-            name: "default",
-            missing_key: MissingKey::Reject,
-            legacy_headers: false,
-            headers_on_success: true,
-            wait: None,
-            hooks: Hooks::new(),
+            per_request: PerRequest::default(),
+            tier_of: None,
+            settings: Settings {
+                quota: None,
+                limits: None,
+                tiers: Vec::new(),
+                algorithm: Algorithm::Gcra,
+                name: "default",
+                missing_key: MissingKey::Reject,
+                legacy_headers: false,
+                headers_on_success: true,
+                shadow: false,
+                wait: None,
+                hooks: Hooks::new(),
+            },
         }
     }
 }
@@ -166,100 +186,181 @@ impl
 
 /// Configures a [`RateLimitLayer`]. Made by [`RateLimitLayer::builder`].
 ///
-/// Type parameters: `X` the key extractor, `B` the backend, `M` the rejection mode.
+/// Type parameters: `X` the key extractor, `B` the backend, `M` the rejection mode, `P` the
+/// per-request settings (cost, refusal response).
 #[must_use = "a builder does nothing until `build` is called"]
 #[derive(Clone, Debug)]
-pub struct RateLimitBuilder<X = GlobalKey, B = DefaultBackend, M = AsError> {
-    quota: Option<Quota>,
-    algorithm: Algorithm,
+pub struct RateLimitBuilder<X = GlobalKey, B = DefaultBackend, M = AsError, P = PerRequest> {
     key: X,
     backend: B,
     mode: M,
+    per_request: P,
+    tier_of: Option<Resolver>,
+    settings: Settings,
+}
+
+/// The builder's settings that do not change its type.
+#[derive(Clone, Debug)]
+struct Settings {
+    quota: Option<Quota>,
+    limits: Option<Vec<Limit>>,
+    tiers: Vec<(&'static str, Vec<Limit>)>,
+    algorithm: Algorithm,
     name: &'static str,
     missing_key: MissingKey,
     legacy_headers: bool,
     headers_on_success: bool,
+    shadow: bool,
     wait: Option<Duration>,
     hooks: Hooks<RateLimitEvent>,
 }
 
-impl<X, B, M> RateLimitBuilder<X, B, M> {
-    /// The quota (required).
+/// A [`TierOf`] for the key type the builder had when it was given (checked at `build`).
+#[derive(Clone)]
+struct Resolver(Arc<dyn std::any::Any + Send + Sync>);
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TierOf")
+    }
+}
+
+impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
+    /// The quota (this or [`limits`](Self::limits) is required): the default set is then one limit
+    /// named after the layer (see [`name`](Self::name)), exactly as a single-quota limiter.
     pub fn quota(mut self, quota: Quota) -> Self {
-        self.quota = Some(quota);
+        self.settings.quota = Some(quota);
+        self
+    }
+
+    /// The default set: up to [`MAX_LIMITS`](super::MAX_LIMITS) named limits decided at once,
+    /// all or nothing (instead of [`quota`](Self::quota)). A request is admitted only if every
+    /// enforced limit admits it, and then every one spends; `Retry-After` is the longest wait.
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Limit, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .limits([
+    ///         Limit::new("second", Quota::per_second(10)),
+    ///         Limit::new("hour", Quota::per_hour(1000)),
+    ///     ])
+    ///     .build()?;
+    /// # let _ = layer; Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn limits(mut self, limits: impl IntoIterator<Item = Limit>) -> Self {
+        self.settings.limits = Some(limits.into_iter().collect());
+        self
+    }
+
+    /// A named set of limits (a tier), for the keys [`tier_of`](Self::tier_of) says belong to it.
+    /// A tier given twice keeps the last limits.
+    pub fn tier(
+        mut self,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        limits: impl IntoIterator<Item = Limit>,
+    ) -> Self {
+        let name = crate::name::intern(name);
+        let limits = limits.into_iter().collect();
+        self.settings.tiers.retain(|(n, _)| *n != name);
+        self.settings.tiers.push((name, limits));
+        self
+    }
+
+    /// The tier of a key: `Some(name)` of a tier set with [`tier`](Self::tier) (or later through
+    /// a [`RateLimitHandle`]). `None`, or a name the layer has no tier for, gets the default set,
+    /// never "unlimited"; an unknown name is also logged (at most once per 10 s) and counted
+    /// (`rampart_rate_limit_unknown_tier_total`). Call it after [`key`](Self::key).
+    ///
+    /// ```
+    /// use tower_rampart::key::HeaderKey;
+    /// use tower_rampart::rate_limit::{Limit, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .quota(Quota::per_minute(10)) // anyone else
+    ///     .tier("pro", [Limit::new("minute", Quota::per_minute(1000))])
+    ///     .key(HeaderKey::new("x-api-key"))
+    ///     // The key is the header's value.
+    ///     .tier_of(|key: &http::HeaderValue| key.as_bytes().starts_with(b"pro_").then_some("pro"))
+    ///     .http()
+    ///     .build()?;
+    /// # let _ = layer; Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn tier_of<F>(mut self, tier_of: F) -> Self
+    where
+        X: KeyExtractor,
+        F: Fn(&X::Key) -> Option<&str> + Send + Sync + 'static,
+    {
+        let f: TierOf<X::Key> = Arc::new(tier_of);
+        self.tier_of = Some(Resolver(Arc::new(f)));
+        self
+    }
+
+    /// Shadow mode for the whole layer (default off): every request is decided as usual (the
+    /// counts evolve exactly as they would in real mode), and a refusal is counted
+    /// (`rampart_rate_limit_shadow_rejected_total{name, policy}`), reported to hooks
+    /// ([`RateLimitEvent::ShadowRefused`]), traced at debug level, and admitted. For one limit
+    /// only, see [`Limit::shadow`].
+    pub fn shadow(mut self, enabled: bool) -> Self {
+        self.settings.shadow = enabled;
         self
     }
 
     /// The counting algorithm (default [`Algorithm::Gcra`]).
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
-        self.algorithm = algorithm;
+        self.settings.algorithm = algorithm;
         self
     }
 
     /// What requests are counted against (default: one global bucket, [`GlobalKey`]): any
     /// extractor from [`crate::key`]. A request it finds no key for follows
     /// [`on_missing_key`](Self::on_missing_key).
-    pub fn key<X2: KeyExtractor>(self, key: X2) -> RateLimitBuilder<X2, B, M> {
+    pub fn key<X2: KeyExtractor>(self, key: X2) -> RateLimitBuilder<X2, B, M, P> {
         RateLimitBuilder {
-            quota: self.quota,
-            algorithm: self.algorithm,
             key,
             backend: self.backend,
             mode: self.mode,
-            name: self.name,
-            missing_key: self.missing_key,
-            legacy_headers: self.legacy_headers,
-            headers_on_success: self.headers_on_success,
-            wait: self.wait,
-            hooks: self.hooks,
+            per_request: self.per_request,
+            tier_of: self.tier_of,
+            settings: self.settings,
         }
     }
 
     /// Where the counts live (default: in memory).
-    pub fn backend<B2>(self, backend: B2) -> RateLimitBuilder<X, B2, M> {
+    pub fn backend<B2>(self, backend: B2) -> RateLimitBuilder<X, B2, M, P> {
         RateLimitBuilder {
-            quota: self.quota,
-            algorithm: self.algorithm,
             key: self.key,
             backend,
             mode: self.mode,
-            name: self.name,
-            missing_key: self.missing_key,
-            legacy_headers: self.legacy_headers,
-            headers_on_success: self.headers_on_success,
-            wait: self.wait,
-            hooks: self.hooks,
+            per_request: self.per_request,
+            tier_of: self.tier_of,
+            settings: self.settings,
         }
     }
 
     /// How refusals reach the caller (default [`AsError`]); see [`crate::rejection`].
-    pub fn rejection<M2>(self, mode: M2) -> RateLimitBuilder<X, B, M2> {
+    pub fn rejection<M2>(self, mode: M2) -> RateLimitBuilder<X, B, M2, P> {
         RateLimitBuilder {
-            quota: self.quota,
-            algorithm: self.algorithm,
             key: self.key,
             backend: self.backend,
             mode,
-            name: self.name,
-            missing_key: self.missing_key,
-            legacy_headers: self.legacy_headers,
-            headers_on_success: self.headers_on_success,
-            wait: self.wait,
-            hooks: self.hooks,
+            per_request: self.per_request,
+            tier_of: self.tier_of,
+            settings: self.settings,
         }
     }
 
     /// Answer refusals with HTTP responses (429 + headers + JSON body); shorthand for
     /// `.rejection(AsHttp::new())`.
     #[cfg(feature = "http")]
-    pub fn http(self) -> RateLimitBuilder<X, B, crate::http::AsHttp> {
+    pub fn http(self) -> RateLimitBuilder<X, B, crate::http::AsHttp, P> {
         self.rejection(crate::http::AsHttp::new())
     }
 
     /// Answer refusals with gRPC `RESOURCE_EXHAUSTED` responses; shorthand for
     /// `.rejection(AsGrpc::new())`.
     #[cfg(feature = "http")]
-    pub fn grpc(self) -> RateLimitBuilder<X, B, crate::grpc::AsGrpc> {
+    pub fn grpc(self) -> RateLimitBuilder<X, B, crate::grpc::AsGrpc, P> {
         self.rejection(crate::grpc::AsGrpc::new())
     }
 
@@ -267,28 +368,28 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
     /// Letters, digits and `-_.:` only; checked by `build`. A `&'static str`, or a `String` read from configuration
     /// (kept once per distinct name for the life of the process: build layers at start-up).
     pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
-        self.name = crate::name::intern(name);
+        self.settings.name = crate::name::intern(name);
         self
     }
 
     /// What to do with requests the key extractor finds no key for (default
     /// [`MissingKey::Reject`]).
     pub fn on_missing_key(mut self, missing_key: MissingKey) -> Self {
-        self.missing_key = missing_key;
+        self.settings.missing_key = missing_key;
         self
     }
 
     /// Also send the legacy `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
     /// headers (default off).
     pub fn legacy_headers(mut self, enabled: bool) -> Self {
-        self.legacy_headers = enabled;
+        self.settings.legacy_headers = enabled;
         self
     }
 
     /// Add the `RateLimit` / `RateLimit-Policy` fields to admitted responses too, not only to
     /// refusals (default on; HTTP and gRPC modes).
     pub fn headers_on_success(mut self, enabled: bool) -> Self {
-        self.headers_on_success = enabled;
+        self.settings.headers_on_success = enabled;
         self
     }
 
@@ -297,85 +398,250 @@ impl<X, B, M> RateLimitBuilder<X, B, M> {
     ///
     /// With a key that does not depend on the request (the global key) the wait happens in
     /// `poll_ready`, so the layer exerts backpressure the way tower's own `RateLimit` does: capacity
-    /// is reserved in `poll_ready` and spent by the next `call`. With per-request keys it happens in
-    /// the response future. Servers (axum does not honour backpressure) should keep the default,
-    /// refusing at once.
+    /// is reserved in `poll_ready` and spent by the next `call` (one unit: the request, and so its
+    /// [cost](Self::cost), is not known yet). With per-request keys it happens in the response
+    /// future. Servers (axum does not honour backpressure) should keep the default, refusing at
+    /// once.
     pub fn wait_up_to(mut self, max: Duration) -> Self {
-        self.wait = Some(max);
+        self.settings.wait = Some(max);
         self
     }
 
-    /// Calls `hook` on every [`RateLimitEvent`]: refusals and backend fallbacks (not admissions).
-    /// Hooks run in the order added; a panicking hook is caught and logged. See
+    /// Calls `hook` on every [`RateLimitEvent`]: refusals, shadow refusals and backend fallbacks
+    /// (not admissions). Hooks run in the order added; a panicking hook is caught and logged. See
     /// [`crate::hooks`].
     pub fn on_event<F>(mut self, hook: F) -> Self
     where
         F: Fn(&RateLimitEvent) + Send + Sync + 'static,
     {
-        self.hooks = self.hooks.with(hook);
+        self.settings.hooks = self.settings.hooks.with(hook);
         self
     }
+}
 
+impl<X, B, M, C, R> RateLimitBuilder<X, B, M, PerRequest<C, R>> {
+    /// How many units a request spends (default 1): a closure `Fn(&Req) -> u32` or a
+    /// [`Cost`](super::Cost) (bytes, rows, tokens). A cost of 0 passes without spending; a cost
+    /// above what a limit could ever admit at once (its burst) is refused with
+    /// [`CostTooHigh`](super::error::CostTooHigh) (HTTP 413), not a 429 that invites a retry.
+    ///
+    /// ```
+    /// use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+    ///
+    /// // A batch of n rows spends n units of 1000 rows per minute.
+    /// struct Batch { rows: u32 }
+    /// let layer = RateLimitLayer::builder()
+    ///     .quota(Quota::per_minute(1000))
+    ///     .cost(|batch: &Batch| batch.rows)
+    ///     .build()?;
+    /// # let _ = layer; Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<X, B, M, PerRequest<C2, R>> {
+        RateLimitBuilder {
+            key: self.key,
+            backend: self.backend,
+            mode: self.mode,
+            per_request: PerRequest {
+                cost,
+                responder: self.per_request.responder,
+            },
+            tier_of: self.tier_of,
+            settings: self.settings,
+        }
+    }
+
+    /// Answers refusals (over quota, cost too high, missing key, backend unavailable) with the
+    /// application's own response, made from the refusal and the request's parts (method, URI,
+    /// headers, extensions): status, headers, body and content type are the application's. The
+    /// rejection mode still answers when no request is at hand (a reservation made in
+    /// `poll_ready`). Feature `http`.
+    ///
+    /// ```
+    /// use axum::{Router, body::Body, routing::get};
+    /// use http::{Response, StatusCode, header};
+    /// use tower_rampart::rate_limit::{Quota, RateLimitLayer, error::RateLimited};
+    /// use tower_rampart::rejection::RejectionKind;
+    ///
+    /// let limit = RateLimitLayer::builder()
+    ///     .quota(Quota::per_minute(10))
+    ///     .http()
+    ///     .respond_with(|refusal, parts| {
+    ///         let wait = refusal.retry_after().map_or(0, |d| d.as_secs());
+    ///         let text = match refusal.kind() {
+    ///             RejectionKind::RateLimited => format!("slow down on {}; retry in {wait} s", parts.uri.path()),
+    ///             _ => refusal.to_string(),
+    ///         };
+    ///         Response::builder()
+    ///             .status(refusal.kind().status())
+    ///             .header(header::CONTENT_TYPE, "text/plain")
+    ///             .body(Body::from(text))
+    ///             .unwrap()
+    ///     })
+    ///     .build()?;
+    /// let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(limit);
+    /// # let _ = app; Ok::<_, tower_rampart::ConfigError>(())
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn respond_with<F, ResB>(
+        self,
+        respond: F,
+    ) -> RateLimitBuilder<X, B, M, PerRequest<C, super::policies::RespondFn<F>>>
+    where
+        F: Fn(&dyn crate::rejection::Rejection, &http::request::Parts) -> http::Response<ResB>
+            + Send
+            + Sync
+            + 'static,
+    {
+        RateLimitBuilder {
+            key: self.key,
+            backend: self.backend,
+            mode: self.mode,
+            per_request: PerRequest {
+                cost: self.per_request.cost,
+                responder: super::policies::RespondFn(respond),
+            },
+            tier_of: self.tier_of,
+            settings: self.settings,
+        }
+    }
+}
+
+impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
     /// Checks the configuration and builds the layer, with its store.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the setting when the quota is missing or cannot work (zero limit,
-    /// zero or overlong period, zero burst, a burst with the sliding window), the name has characters
-    /// a header cannot carry, or the backend refuses the configuration.
-    pub fn build(self) -> Result<RateLimitLayer<X, B::Store, M>, ConfigError>
+    /// A [`ConfigError`] naming the setting when no quota or limits were set (or both), a quota
+    /// cannot work (zero limit, zero or overlong period, zero burst, a burst with the sliding
+    /// window), a set has no limits, more than [`MAX_LIMITS`](super::MAX_LIMITS) or two of the
+    /// same name, a name has characters a header cannot carry, `tier_of` was called before `key`,
+    /// or the backend refuses the configuration.
+    pub fn build(self) -> Result<RateLimitLayer<X, B::Store, M, P>, ConfigError>
     where
         X: KeyExtractor,
         B: RateLimitBackend<X::Key>,
+        B::Store: super::RateLimitStore<X::Key>,
     {
-        let quota = self.quota.ok_or_else(|| {
-            ConfigError::new(
-                "quota",
-                "no quota was set; call .quota(Quota::per_minute(n)) or similar",
-            )
-        })?;
-        let limits = quota.validate(self.algorithm)?;
+        let s = self.settings;
         self.key.validate()?;
-        crate::error::check_name(self.name)?;
+        crate::error::check_name(s.name)?;
+        let default_limits = match (s.quota, s.limits) {
+            (Some(quota), None) => {
+                // Validated here for the error the single-quota limiter always gave.
+                quota.validate(s.algorithm)?;
+                vec![Limit::new(s.name, quota)]
+            }
+            (None, Some(limits)) => limits,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "quota",
+                    "no quota was set; call .quota(Quota::per_minute(n)) or .limits([...])",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "limits",
+                    "both .quota(..) and .limits(..) were set; the default set is one or the \
+                     other (put the quota in the list as a Limit)",
+                ));
+            }
+        };
+        let default = LimitSet::new(s.algorithm, &default_limits, s.legacy_headers)?;
+        let mut tiers = std::collections::HashMap::with_hasher(Default::default());
+        for (name, limits) in &s.tiers {
+            crate::error::check_name(name)
+                .map_err(|e| ConfigError::new("tier", format!("tier {name:?}: {}", e.reason())))?;
+            let set = LimitSet::new(s.algorithm, limits, s.legacy_headers)
+                .map_err(|e| ConfigError::new("tier", format!("tier {name:?}: {}", e.reason())))?;
+            tiers.insert(*name, set);
+        }
+        let tier_of = match self.tier_of {
+            None => None,
+            Some(Resolver(any)) => Some(any.downcast_ref::<TierOf<X::Key>>().cloned().ok_or_else(
+                || {
+                    ConfigError::new(
+                        "tier_of",
+                        "the resolver was given for another key type; call .key(..) before \
+                             .tier_of(..)",
+                    )
+                },
+            )?),
+        };
+        let first = &default.limits()[0];
         let spec = RateLimitSpec {
-            quota,
-            algorithm: self.algorithm,
-            limits,
-            name: Arc::from(self.name),
-            hooks: self.hooks.clone(),
-            event_name: self.name,
+            set: Arc::clone(&default),
+            quota: first.quota(),
+            algorithm: s.algorithm,
+            limits: first.limits,
+            name: Arc::from(s.name),
+            hooks: s.hooks.clone(),
+            event_name: s.name,
         };
         let store = self.backend.rate_limit_store(&spec)?;
-        let window_secs = quota.period().as_secs() + u64::from(quota.period().subsec_nanos() > 0);
+        let policy = Policy {
+            name: s.name,
+            ..default.policy_of(0)
+        };
+        let live = Live::new(
+            Policies {
+                default,
+                tiers,
+                keys: std::collections::HashMap::with_hasher(Default::default()),
+            },
+            tier_of,
+            s.name,
+            s.algorithm,
+            s.legacy_headers,
+        );
+        let live = Arc::new(live);
+        super::RateLimitStore::subscribe_policies(
+            &store,
+            super::handle::PolicySink::new(Arc::clone(&live)),
+        );
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 key: self.key,
                 store,
                 mode: self.mode,
-                missing_key: self.missing_key,
-                policy: Policy {
-                    name: self.name,
-                    window_secs,
-                    legacy_headers: self.legacy_headers,
-                    #[cfg(feature = "http")]
-                    header: super::headers::policy_value(self.name, quota.limit(), window_secs),
-                },
-                headers_on_success: self.headers_on_success,
+                missing_key: s.missing_key,
+                policy,
+                live,
+                shadow: s.shadow,
+                per_request: self.per_request,
+                headers_on_success: s.headers_on_success,
                 #[cfg(feature = "metrics")]
                 admitted: std::sync::OnceLock::new(),
-                wait: self.wait,
+                wait: s.wait,
                 missing_key_log: LogThrottle::new(Duration::from_secs(10)),
                 backend_log: LogThrottle::new(Duration::from_secs(10)),
-                hooks: self.hooks,
+                hooks: s.hooks,
             }),
         })
     }
 }
 
-impl<X, St, M> RateLimitLayer<X, St, M> {
+impl<X: KeyExtractor, St, M, P> RateLimitLayer<X, St, M, P> {
     /// The layer's store, shared by all its services (for example to read
     /// [`MemoryRateLimitStore::len`](crate::backend::memory::MemoryRateLimitStore::len)).
     pub fn store(&self) -> &St {
         &self.shared.store
+    }
+
+    /// The layer's default limits, as its store is asked to decide them (to call
+    /// [`RateLimitStore::check`](super::RateLimitStore::check) directly, with
+    /// [`Ask::new`](super::Ask::new)).
+    pub fn limit_set(&self) -> Arc<LimitSet> {
+        Arc::clone(&self.shared.live.current.load().default)
+    }
+
+    /// A handle on the layer's limits: read them, change them while it runs, and peek at what a
+    /// key would get. See [`RateLimitHandle`].
+    pub fn handle(&self) -> RateLimitHandle<X::Key>
+    where
+        St: super::RateLimitStore<X::Key>,
+        M: Send + Sync + 'static,
+        P: Send + Sync + 'static,
+    {
+        RateLimitHandle::new(Arc::clone(&self.shared))
     }
 }

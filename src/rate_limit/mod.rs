@@ -61,10 +61,13 @@ mod config;
 pub mod error;
 mod event;
 pub mod future;
+mod handle;
 #[cfg(feature = "http")]
 pub(crate) mod headers;
 pub mod key;
 mod layer;
+mod limit;
+mod policies;
 pub(crate) mod quota;
 mod service;
 mod store;
@@ -73,8 +76,13 @@ pub use self::algorithm::Decision;
 #[cfg(feature = "serde")]
 pub use self::config::RateLimitConfig;
 pub use self::event::RateLimitEvent;
+pub use self::handle::{MAX_KEYS_WITH_OWN_LIMITS, PolicyChange, PolicySink, RateLimitHandle};
 pub use self::key::MissingKey;
 pub use self::layer::{NoBackend, RateLimitBuilder, RateLimitLayer};
+pub use self::limit::{Ask, Limit, LimitSet, MAX_LIMITS, SetLimit};
+#[cfg(feature = "http")]
+pub use self::policies::RespondFn;
+pub use self::policies::{Cost, ModeResponds, PerRequest, RequestPolicy, Responder, UnitCost};
 pub use self::quota::{Algorithm, MAX_PERIOD, Quota};
 pub use self::service::RateLimit;
-pub use self::store::{Check, RateLimitBackend, RateLimitSpec, RateLimitStore};
+pub use self::store::{Check, RateLimitBackend, RateLimitSpec, RateLimitStore, StoreLimits};

@@ -10,15 +10,17 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::Decision;
-use super::error::{KeyMissing, Policy, RateLimited};
+use super::error::{CostTooHigh, KeyMissing, Policy, RateLimited};
 use super::event::RateLimitEvent;
 use super::future::ResponseFuture;
 use super::key::MissingKey;
 use super::layer::Shared;
+use super::limit::{Ask, LimitSet};
+use super::policies::{PerRequest, RequestPolicy};
 use super::store::{Check, RateLimitStore};
 use crate::backend::{BackendError, BackendUnavailable};
-use crate::key::{ExtractKey, KeyExtractor};
-use crate::rejection::RejectionMode;
+use crate::key::{ExtractKey, KeyError, KeyExtractor};
+use crate::rejection::{Rejection, RejectionMode};
 
 /// Applies a rate limit to requests; made by [`RateLimitLayer`](super::RateLimitLayer).
 ///
@@ -27,9 +29,9 @@ use crate::rejection::RejectionMode;
 /// request and does not honour backpressure. In waiting mode with a global key the wait and the
 /// reservation happen in `poll_ready` instead; see
 /// [`RateLimitBuilder::wait_up_to`](super::RateLimitBuilder::wait_up_to).
-pub struct RateLimit<S, X, St, M> {
+pub struct RateLimit<S, X: KeyExtractor, St, M, P = PerRequest> {
     inner: S,
-    shared: Arc<Shared<X, St, M>>,
+    shared: Arc<Shared<X, St, M, P>>,
     reservation: Reservation,
 }
 
@@ -48,13 +50,19 @@ struct Reservation {
 type BoxCheck = SyncWrapper<Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>>;
 
 enum Reserved {
-    Granted(Decision),
-    Refused(Decision),
+    Granted(Decision, Policy),
+    Refused(Decision, Arc<LimitSet>),
     Failed(BackendError),
 }
 
-impl<S, X, St, M> RateLimit<S, X, St, M> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<X, St, M>>) -> Self {
+/// What a request asked the store, kept for a decision made again later (the slow path).
+pub(crate) struct Asked {
+    pub(crate) set: Arc<LimitSet>,
+    pub(crate) cost: u32,
+}
+
+impl<S, X: KeyExtractor, St, M, P> RateLimit<S, X, St, M, P> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<X, St, M, P>>) -> Self {
         Self {
             inner,
             shared,
@@ -65,15 +73,15 @@ impl<S, X, St, M> RateLimit<S, X, St, M> {
     define_inner_service_accessors!();
 }
 
-impl<S: Clone, X, St, M> Clone for RateLimit<S, X, St, M> {
+impl<S: Clone, X: KeyExtractor, St, M, P> Clone for RateLimit<S, X, St, M, P> {
     /// Clones share the limits; a reservation made by `poll_ready` is not cloned.
     fn clone(&self) -> Self {
         Self::new(self.inner.clone(), Arc::clone(&self.shared))
     }
 }
 
-impl<S: fmt::Debug, X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> fmt::Debug
-    for RateLimit<S, X, St, M>
+impl<S: fmt::Debug, X: KeyExtractor + fmt::Debug, St: fmt::Debug, M: fmt::Debug, P> fmt::Debug
+    for RateLimit<S, X, St, M, P>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RateLimit");
@@ -85,17 +93,18 @@ impl<S: fmt::Debug, X: fmt::Debug, St: fmt::Debug, M: fmt::Debug> fmt::Debug
     }
 }
 
-impl<S, Req, X, St, M> Service<Req> for RateLimit<S, X, St, M>
+impl<S, Req, X, St, M, P> Service<Req> for RateLimit<S, X, St, M, P>
 where
     S: Service<Req> + Clone,
     X: ExtractKey<Req>,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
     M::Error: From<S::Error>,
+    P: RequestPolicy<Req, S::Response>,
 {
     type Response = S::Response;
     type Error = M::Error;
-    type Future = ResponseFuture<S, Req, X, St, M>;
+    type Future = ResponseFuture<S, Req, X, St, M, P>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -117,12 +126,16 @@ where
                 .take()
                 .expect("poll_ready must be called first");
             return match reserved {
-                Reserved::Granted(d) => ResponseFuture::inner(
+                Reserved::Granted(d, policy) => ResponseFuture::inner(
                     self.inner.call(req),
-                    shared.admit::<S::Response, S::Error>(d),
+                    shared.admit::<S::Response, S::Error>(d, policy),
                 ),
-                Reserved::Refused(d) => ResponseFuture::done(shared.refuse(d)),
-                Reserved::Failed(e) => ResponseFuture::done(shared.unavailable(e)),
+                Reserved::Refused(d, set) => {
+                    ResponseFuture::done(shared.refuse::<_, S::Error, _>(d, &set, 1, Some(req)))
+                }
+                Reserved::Failed(e) => {
+                    ResponseFuture::done(shared.unavailable::<_, S::Error, _>(e, Some(req)))
+                }
             };
         }
         let key = match shared.key.extract(&req) {
@@ -131,54 +144,71 @@ where
                 return match shared.missing_key {
                     MissingKey::Allow => ResponseFuture::inner(self.inner.call(req), None),
                     MissingKey::Reject => {
-                        if let Some(suppressed) = shared.missing_key_log.check() {
-                            tracing::warn!(
-                                limiter = shared.policy.name,
-                                %cause,
-                                suppressed,
-                                "rate limit key missing; request refused"
-                            );
-                        }
-                        #[cfg(feature = "metrics")]
-                        shared.count_rejection("key_missing");
-                        let name = shared.policy.name;
-                        shared.hooks.emit(|| RateLimitEvent::KeyMissing { name });
-                        ResponseFuture::done(shared.mode.reject(KeyMissing::new(cause)))
+                        ResponseFuture::done(shared.key_missing::<_, S::Error, _>(cause, req))
                     }
                 };
             }
         };
-        match shared.store.check(&key) {
-            Check::Ready(Ok(d)) if d.is_allowed() => ResponseFuture::inner(
-                self.inner.call(req),
-                shared.admit::<S::Response, S::Error>(d),
-            ),
-            Check::Ready(Ok(d)) => match shared.wait {
-                Some(max) if d.retry_after() <= max => {
-                    let now = Instant::now();
-                    let svc = self.take_ready_inner();
-                    ResponseFuture::sleeping(
-                        now + d.retry_after(),
-                        now + max,
-                        svc,
-                        req,
-                        key,
-                        Arc::clone(&self.shared),
-                    )
-                }
-                _ => ResponseFuture::done(shared.refuse(d)),
+        let policies = shared.live.current.load();
+        let set = shared.live.resolve(&policies, &key);
+        let cost = shared.per_request.cost(&req);
+        match shared.store.check(&key, &Ask::new(set).cost(cost)) {
+            Check::Ready(Ok(d)) => match shared.judge(d, set) {
+                Ok(d) => ResponseFuture::inner(
+                    self.inner.call(req),
+                    shared.admit::<S::Response, S::Error>(d, set.policy_of(d.policy_index())),
+                ),
+                Err(d) => match shared.wait {
+                    Some(max) if !d.exceeds_capacity() && d.retry_after() <= max => {
+                        let now = Instant::now();
+                        let svc = self.take_ready_inner();
+                        let ask = Asked {
+                            set: Arc::clone(set),
+                            cost,
+                        };
+                        ResponseFuture::sleeping(
+                            now + d.retry_after(),
+                            now + max,
+                            svc,
+                            req,
+                            key,
+                            ask,
+                            Arc::clone(&self.shared),
+                        )
+                    }
+                    _ => ResponseFuture::done(shared.refuse::<_, S::Error, _>(
+                        d,
+                        set,
+                        cost,
+                        Some(req),
+                    )),
+                },
             },
-            Check::Ready(Err(e)) => ResponseFuture::done(shared.unavailable(e)),
+            Check::Ready(Err(e)) => {
+                ResponseFuture::done(shared.unavailable::<_, S::Error, _>(e, Some(req)))
+            }
             Check::Pending(check) => {
                 let deadline = shared.wait.map(|max| Instant::now() + max);
                 let svc = self.take_ready_inner();
-                ResponseFuture::checking(check, deadline, svc, req, key, Arc::clone(&self.shared))
+                let ask = Asked {
+                    set: Arc::clone(set),
+                    cost,
+                };
+                ResponseFuture::checking(
+                    check,
+                    deadline,
+                    svc,
+                    req,
+                    key,
+                    ask,
+                    Arc::clone(&self.shared),
+                )
             }
         }
     }
 }
 
-impl<S: Clone, X, St, M> RateLimit<S, X, St, M> {
+impl<S: Clone, X: KeyExtractor, St, M, P> RateLimit<S, X, St, M, P> {
     /// Moves the service that `poll_ready` readied into a future, leaving a clone in its place.
     fn take_ready_inner(&mut self) -> S {
         let clone = self.inner.clone();
@@ -186,7 +216,7 @@ impl<S: Clone, X, St, M> RateLimit<S, X, St, M> {
     }
 }
 
-impl<S, X, St, M> RateLimit<S, X, St, M>
+impl<S, X, St, M, P> RateLimit<S, X, St, M, P>
 where
     X: KeyExtractor,
     St: RateLimitStore<X::Key>,
@@ -202,12 +232,16 @@ where
                 ready!(sleep.as_mut().poll(cx));
                 r.sleep = None;
             }
+            let set = {
+                let policies = self.shared.live.current.load();
+                Arc::clone(self.shared.live.resolve(&policies, key))
+            };
             let result = if let Some(pending) = r.pending.as_mut() {
                 let result = ready!(pending.get_mut().as_mut().poll(cx));
                 r.pending = None;
                 result
             } else {
-                match self.shared.store.check(key) {
+                match self.shared.store.check(key, &Ask::new(&set)) {
                     Check::Ready(result) => result,
                     Check::Pending(fut) => {
                         r.pending = Some(SyncWrapper::new(Box::pin(fut)));
@@ -215,20 +249,20 @@ where
                     }
                 }
             };
-            match result {
-                Ok(d) if d.is_allowed() => {
+            match result.map(|d| self.shared.judge(d, &set)) {
+                Ok(Ok(d)) => {
                     r.deadline = None;
-                    r.outcome = Some(Reserved::Granted(d));
+                    r.outcome = Some(Reserved::Granted(d, set.policy_of(d.policy_index())));
                 }
-                Ok(d) => {
+                Ok(Err(d)) => {
                     let now = Instant::now();
                     let deadline = *r.deadline.get_or_insert(now + max_wait);
                     let wake = now + d.retry_after();
-                    if wake <= deadline {
+                    if wake <= deadline && !d.exceeds_capacity() {
                         r.sleep = Some(Box::pin(tokio::time::sleep_until(wake)));
                     } else {
                         r.deadline = None;
-                        r.outcome = Some(Reserved::Refused(d));
+                        r.outcome = Some(Reserved::Refused(d, set));
                     }
                 }
                 Err(e) => {
@@ -240,11 +274,11 @@ where
     }
 }
 
-impl<X, St, M> Shared<X, St, M> {
+impl<X: KeyExtractor, St, M, P> Shared<X, St, M, P> {
     /// Counts an admission, and gives the decision to render as headers on the admitted response,
     /// if the layer sends them and the mode's responses have headers.
     #[inline]
-    pub(crate) fn admit<Res, E>(&self, d: Decision) -> Option<(Decision, Policy)>
+    pub(crate) fn admit<Res, E>(&self, d: Decision, policy: Policy) -> Option<(Decision, Policy)>
     where
         M: RejectionMode<Res, E>,
     {
@@ -258,25 +292,128 @@ impl<X, St, M> Shared<X, St, M> {
                 ))
             })
             .increment(1);
-        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then_some((d, self.policy))
+        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then_some((d, policy))
     }
 
-    pub(crate) fn refuse<Res, E>(&self, d: Decision) -> Result<Res, M::Error>
+    /// What the layer makes of a store's decision over `set`: `Ok` to admit (counting the shadow
+    /// limits' refusals, and in shadow mode admitting a refusal after counting it), `Err` to refuse.
+    #[inline]
+    pub(crate) fn judge(&self, d: Decision, set: &LimitSet) -> Result<Decision, Decision> {
+        if d.shadow_refused_mask() != 0 {
+            self.shadow_refused(set, d.shadow_refused_mask());
+        }
+        if d.is_allowed() {
+            return Ok(d);
+        }
+        if self.shadow {
+            self.shadow_refused(set, 1 << d.policy_index());
+            return Ok(d.admitted_anyway());
+        }
+        Err(d)
+    }
+
+    /// Counts, traces and reports the refusals shadow limits (bits of `mask`) would have made.
+    #[cold]
+    fn shadow_refused(&self, set: &LimitSet, mask: u8) {
+        let name = self.policy.name;
+        for (i, limit) in set.limits().iter().enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            let policy = limit.name();
+            tracing::debug!(
+                limiter = name,
+                policy,
+                "rate limit would have refused (shadow); admitted"
+            );
+            #[cfg(feature = "metrics")]
+            crate::metrics::count(
+                "rampart_rate_limit_shadow_rejected_total",
+                name,
+                &[("policy", policy)],
+            );
+            self.hooks
+                .emit(|| RateLimitEvent::ShadowRefused { name, policy });
+        }
+    }
+
+    /// Refuses a request of `cost` units over `set` with decision `d`: over quota, or a cost no
+    /// state could ever admit.
+    pub(crate) fn refuse<Res, E, Req>(
+        &self,
+        d: Decision,
+        set: &LimitSet,
+        cost: u32,
+        req: Option<Req>,
+    ) -> Result<Res, M::Error>
     where
         M: RejectionMode<Res, E>,
+        P: RequestPolicy<Req, Res>,
     {
-        tracing::debug!(limiter = self.policy.name, retry_after = ?d.retry_after(), "rate limited");
+        let index = d.policy_index().min(set.limits().len() - 1);
+        let policy = set.policy_of(index);
+        let name = self.policy.name;
+        if d.exceeds_capacity() {
+            let capacity = set.limits()[index].limits.burst;
+            tracing::debug!(
+                limiter = name,
+                policy = policy.name,
+                cost,
+                capacity,
+                "rate limit refused a cost above the limit's capacity"
+            );
+            #[cfg(feature = "metrics")]
+            self.count_rejection("cost_too_high");
+            self.hooks.emit(|| RateLimitEvent::CostTooHigh {
+                name,
+                policy: policy.name,
+                cost,
+                capacity,
+            });
+            return self.answer(CostTooHigh::new(cost, capacity, policy.name), req);
+        }
+        tracing::debug!(limiter = name, policy = policy.name, retry_after = ?d.retry_after(), "rate limited");
         #[cfg(feature = "metrics")]
         self.count_rejection("rate_limited");
-        let (name, retry_after) = (self.policy.name, d.retry_after());
+        let retry_after = d.retry_after();
         self.hooks
             .emit(|| RateLimitEvent::Refused { name, retry_after });
-        self.mode.reject(RateLimited::new(d, self.policy))
+        self.answer(RateLimited::new(d, policy), req)
     }
 
-    pub(crate) fn unavailable<Res, E>(&self, e: BackendError) -> Result<Res, M::Error>
+    /// Refuses a request the key extractor found no key in.
+    pub(crate) fn key_missing<Res, E, Req>(
+        &self,
+        cause: KeyError,
+        req: Req,
+    ) -> Result<Res, M::Error>
     where
         M: RejectionMode<Res, E>,
+        P: RequestPolicy<Req, Res>,
+    {
+        if let Some(suppressed) = self.missing_key_log.check() {
+            tracing::warn!(
+                limiter = self.policy.name,
+                %cause,
+                suppressed,
+                "rate limit key missing; request refused"
+            );
+        }
+        #[cfg(feature = "metrics")]
+        self.count_rejection("key_missing");
+        let name = self.policy.name;
+        self.hooks.emit(|| RateLimitEvent::KeyMissing { name });
+        self.answer(KeyMissing::new(cause), Some(req))
+    }
+
+    pub(crate) fn unavailable<Res, E, Req>(
+        &self,
+        e: BackendError,
+        req: Option<Req>,
+    ) -> Result<Res, M::Error>
+    where
+        M: RejectionMode<Res, E>,
+        P: RequestPolicy<Req, Res>,
     {
         if let Some(suppressed) = self.backend_log.check() {
             tracing::warn!(
@@ -292,7 +429,26 @@ impl<X, St, M> Shared<X, St, M> {
             name: self.policy.name,
             error: e.to_string(),
         });
-        self.mode.reject(BackendUnavailable::new(e))
+        self.answer(BackendUnavailable::new(e), req)
+    }
+
+    /// The application's response to `rejection` when it has one and the request is at hand,
+    /// the rejection mode's otherwise.
+    fn answer<R: Rejection, Res, E, Req>(
+        &self,
+        rejection: R,
+        req: Option<Req>,
+    ) -> Result<Res, M::Error>
+    where
+        M: RejectionMode<Res, E>,
+        P: RequestPolicy<Req, Res>,
+    {
+        if let Some(req) = req
+            && let Some(res) = self.per_request.respond(&rejection, req)
+        {
+            return Ok(res);
+        }
+        self.mode.reject(rejection)
     }
 
     #[cfg(feature = "metrics")]

@@ -4,15 +4,42 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::algorithm::Decision;
+use super::handle::{PolicyChange, PolicySink};
+use super::limit::{Ask, LimitSet};
 use super::quota::{Algorithm, Limits, Quota};
 use crate::backend::BackendError;
 use crate::error::ConfigError;
 
 /// Where a rate limiter keeps its counts: one atomic decision per request.
 ///
-/// A store is built for one quota and one algorithm by a [`RateLimitBackend`], and shared (in an
-/// `Arc`) by every clone of the layer and every service it makes. Implementations must decide
-/// atomically: two concurrent checks on one key must never both take the last unit of quota.
+/// A store is built for a layer by a [`RateLimitBackend`], and shared (in an `Arc`) by every clone
+/// of the layer and every service it makes. Each decision says what it asks ([`Ask`]): a
+/// [`LimitSet`] (one or more named limits), a cost in units, and whether to spend or only look.
+///
+/// # Semantics every store follows
+///
+/// - Every limit of the set is decided at one `now`, against its own state for the key. State
+///   identity is (key, limit name): changing a limit's quota keeps its state.
+/// - A limit admits when its state has room for `cost` units (GCRA:
+///   `max(tat, now) + cost * emission - now <= tolerance`; sliding window:
+///   `weighted count + cost <= limit`).
+/// - Enforced limits: the request is admitted if and only if every one admits, and then every
+///   enforced limit spends `cost`. If any refuses, none spends (never partially).
+/// - A shadow limit is decided as if it were the only limit: it spends if it admits itself, and
+///   never refuses; [`Decision::shadow_refused_mask`] says which would have.
+/// - A peek ([`Ask::is_peek`]) is the same decision with nothing spent anywhere.
+/// - A cost of zero is admitted without spending. A cost above an enforced limit's capacity (its
+///   burst, or the sliding window's limit) is refused with no retry time
+///   ([`Decision::exceeds_capacity`]).
+/// - The returned [`Decision`]'s figures are the *binding* limit's ([`Decision::policy_index`]):
+///   when refused, the refusing enforced limit with the longest `retry_after`; when admitted, the
+///   enforced limit with the fewest remaining (ties: the first). With only shadow limits: allowed,
+///   with the figures of the one with the fewest remaining.
+/// - One enforced limit, cost 1, not a peek: exactly the single-quota decision (the in-memory
+///   store's lock-free cell, Redis's one script call).
+///
+/// Implementations must decide atomically: two concurrent checks on one key must never both take
+/// the last unit of quota.
 ///
 /// `check` returns [`Check::Ready`] when the decision is known at once (the in-memory store always
 /// is, so its hot path allocates nothing and never yields) and [`Check::Pending`] with a future when
@@ -21,8 +48,36 @@ pub trait RateLimitStore<K>: Send + Sync + 'static {
     /// The future of a decision that needs I/O.
     type Future: Future<Output = Result<Decision, BackendError>> + Send + 'static;
 
-    /// Counts one request for `key` and says whether it may pass.
-    fn check(&self, key: &K) -> Check<Self::Future>;
+    /// Decides `ask` for `key`: spends its cost on every limit of its set if they all admit (and
+    /// `ask` is not a peek), and says whether the request may pass.
+    fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future>;
+
+    /// Carries a change made through a [`RateLimitHandle`](super::RateLimitHandle) (already
+    /// applied to this replica) to the other replicas sharing this store's state. The default does
+    /// nothing: the in-memory store's state is this process's only.
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        let _ = change;
+    }
+
+    /// Called once when the layer is built, with where to apply changes received from other
+    /// replicas ([`PolicySink::apply`]). The default ignores it.
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        let _ = sink;
+    }
+}
+
+/// A store that knows the limits it was built for (the layer's default set): every store of this
+/// crate. Code that holds only a store (tests, benchmarks, tools) asks it the layer's plain
+/// question with `store.check(&key, &Ask::new(store.limit_set()))`.
+pub trait StoreLimits {
+    /// The layer's default set, as the store was built with it.
+    fn limit_set(&self) -> &Arc<LimitSet>;
+}
+
+impl<S: StoreLimits> StoreLimits for Arc<S> {
+    fn limit_set(&self) -> &Arc<LimitSet> {
+        (**self).limit_set()
+    }
 }
 
 /// A decision that is known now, or a future that will produce it: the store result every layer's
@@ -33,15 +88,24 @@ impl<K, S: RateLimitStore<K>> RateLimitStore<K> for Arc<S> {
     type Future = S::Future;
 
     #[inline]
-    fn check(&self, key: &K) -> Check<Self::Future> {
-        (**self).check(key)
+    fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
+        (**self).check(key, ask)
+    }
+
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        (**self).publish_policy(change);
+    }
+
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        (**self).subscribe_policies(sink);
     }
 }
 
 /// A source of [`RateLimitStore`]s: the in-memory backend, or Redis.
 ///
 /// The layer's builder calls [`rate_limit_store`](Self::rate_limit_store) once, with the validated
-/// quota and algorithm.
+/// default limit set and algorithm. The store then decides whatever sets the layer asks (its
+/// tiers, a key's own limits, live changes).
 pub trait RateLimitBackend<K> {
     /// The store this backend builds.
     type Store: RateLimitStore<K>;
@@ -54,10 +118,13 @@ pub trait RateLimitBackend<K> {
     fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError>;
 }
 
-/// What a backend needs to know to build a store: the (validated) quota and algorithm, and the
-/// limiter's name (used, for example, in Redis key prefixes and metrics labels).
+/// What a backend needs to know to build a store: the (validated) default limits and algorithm,
+/// and the limiter's name (used, for example, in Redis key prefixes and metrics labels).
 #[derive(Clone, Debug)]
 pub struct RateLimitSpec {
+    /// The layer's default set (its first limit is `quota` / `limits` below).
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) set: Arc<LimitSet>,
     pub(crate) quota: Quota,
     pub(crate) algorithm: Algorithm,
     #[cfg_attr(not(feature = "memory"), allow(dead_code))]
@@ -72,7 +139,13 @@ pub struct RateLimitSpec {
 }
 
 impl RateLimitSpec {
-    /// The quota, already validated for [`algorithm`](Self::algorithm).
+    /// The layer's default limits (a set of one, named after the layer, when it was built with
+    /// [`quota`](super::RateLimitBuilder::quota)).
+    pub fn limit_set(&self) -> &Arc<LimitSet> {
+        &self.set
+    }
+
+    /// The first default limit's quota, already validated for [`algorithm`](Self::algorithm).
     pub fn quota(&self) -> Quota {
         self.quota
     }

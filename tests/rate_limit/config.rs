@@ -15,7 +15,7 @@ fn every_bad_setting_is_named_in_the_error() {
     let cases: Vec<(String, &str)> = vec![
         (
             build_err(|| RateLimitLayer::builder().build().map(drop)),
-            "invalid quota: no quota was set; call .quota(Quota::per_minute(n)) or similar",
+            "invalid quota: no quota was set; call .quota(Quota::per_minute(n)) or .limits([...])",
         ),
         (
             build_err(|| {

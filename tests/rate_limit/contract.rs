@@ -150,7 +150,7 @@ type SlowCheck = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + S
 
 impl RateLimitStore<()> for SlowBackend {
     type Future = SlowCheck;
-    fn check(&self, _: &()) -> Check<SlowCheck> {
+    fn check(&self, _: &(), _: &tower_rampart::rate_limit::Ask<'_>) -> Check<SlowCheck> {
         let n = self.checks.fetch_add(1, Ordering::SeqCst);
         let allow = n < self.allow;
         let fail = self.fail.load(Ordering::SeqCst);

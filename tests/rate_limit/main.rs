@@ -13,4 +13,6 @@ mod hooks;
 mod http;
 mod metrics;
 mod paused_time;
+mod policies;
+mod policy_cases;
 mod support;

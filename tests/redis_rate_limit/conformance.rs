@@ -17,10 +17,12 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_rampart::backend::{MemoryBackend, RedisBackend};
 use tower_rampart::clock::{Clock, ManualClock};
 use tower_rampart::key::key_fn;
-use tower_rampart::rate_limit::{Algorithm, Decision, Quota, RateLimitBackend, RateLimitLayer};
+use tower_rampart::rate_limit::{
+    Algorithm, Ask, Decision, Quota, RateLimitBackend, RateLimitLayer,
+};
 
 use crate::common::redis::{RedisCluster, RedisServer};
-use crate::support::{connect, connect_cluster, decide, unique_prefix};
+use crate::support::{connect, connect_cluster, decide_ask, unique_prefix};
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
@@ -46,7 +48,8 @@ where
     Box::new(move |k| {
         let layer = layer.clone();
         Box::pin(async move {
-            decide(layer.store(), &k)
+            let set = layer.limit_set();
+            decide_ask(layer.store(), &k, &Ask::new(&set))
                 .await
                 .expect("no backend error in the conformance suite")
         })

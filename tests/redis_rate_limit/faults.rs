@@ -22,7 +22,7 @@ use tower_rampart::BoxError;
 use tower_rampart::backend::{BackendUnavailable, FailurePolicy, RedisBackend};
 use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::error::RateLimited;
-use tower_rampart::rate_limit::{Quota, RateLimitLayer, RateLimitStore};
+use tower_rampart::rate_limit::{Quota, RateLimitLayer, RateLimitStore, StoreLimits};
 
 use crate::common::redis::{RedisServer, command_at};
 use crate::support::{LagProbe, decide, unique_prefix};
@@ -168,7 +168,7 @@ fn count(outcomes: &[(Outcome, Duration)], which: Outcome) -> usize {
 
 /// Restarts `server` and returns how long it took until a decision for a fresh key was made by
 /// Redis again (the script wrote the key), polling every 20 ms for at most 5 s.
-async fn back_on_redis<St: RateLimitStore<u32>>(
+async fn back_on_redis<St: RateLimitStore<u32> + StoreLimits>(
     server: &mut RedisServer,
     store: &St,
     redis_key: impl Fn(u32) -> Vec<u8>,

@@ -6,14 +6,26 @@ use std::time::Duration;
 
 use tower_rampart::backend::BackendError;
 use tower_rampart::backend::RedisBackend;
-use tower_rampart::rate_limit::{Check, Decision, RateLimitStore};
+use tower_rampart::rate_limit::{Ask, Check, Decision, RateLimitStore, StoreLimits};
 
-/// One decision from `store`, waiting for it if it needs I/O.
-pub(crate) async fn decide<K, St: RateLimitStore<K>>(
+/// One decision from `store` on the layer's default limits, waiting for it if it needs I/O.
+pub(crate) async fn decide<K, St: RateLimitStore<K> + StoreLimits>(
     store: &St,
     key: &K,
 ) -> Result<Decision, BackendError> {
-    match store.check(key) {
+    match store.check(key, &Ask::new(store.limit_set())) {
+        Check::Ready(result) => result,
+        Check::Pending(fut) => fut.await,
+    }
+}
+
+/// One decision from `store` for `ask`, waiting for it if it needs I/O.
+pub(crate) async fn decide_ask<K, St: RateLimitStore<K>>(
+    store: &St,
+    key: &K,
+    ask: &Ask<'_>,
+) -> Result<Decision, BackendError> {
+    match store.check(key, ask) {
         Check::Ready(result) => result,
         Check::Pending(fut) => fut.await,
     }

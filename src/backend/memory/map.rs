@@ -120,6 +120,44 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         f(&entry.get().1)
     }
 
+    /// Runs `f` on the value for `key` (hashed as `hash`, recognised by `eq`), creating it with
+    /// `make` if absent: [`with`](Self::with) for callers that can compare and hash a key without
+    /// building it (the in-memory rate limit store's `(key, limit)` pairs).
+    #[inline]
+    pub(crate) fn with_hashed<R>(
+        &self,
+        hash: u64,
+        eq: impl Fn(&K) -> bool,
+        make: impl FnOnce() -> K,
+        cx: &V::Context,
+        now: Nanos,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        {
+            let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, v)) = state.table.find(hash, |(k, _)| eq(k)) {
+                return f(v);
+            }
+        }
+        let mut state = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, v)) = state.table.find(hash, |(k, _)| eq(k)) {
+            return f(v);
+        }
+        Self::make_room(&mut state, shard.cap, &self.hasher, cx, now);
+        let hasher = &self.hasher;
+        let entry = state
+            .table
+            .insert_unique(hash, (make(), V::default()), |(k, _)| hasher.hash_one(k));
+        f(&entry.get().1)
+    }
+
+    /// The hash this map gives `value` (equal to a key's when `value` hashes as the key does).
+    #[inline]
+    pub(crate) fn hash_of(&self, value: impl Hash) -> u64 {
+        self.hasher.hash_one(value)
+    }
+
     /// Runs `f` on the value for `key` if there is one; never inserts.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[inline]

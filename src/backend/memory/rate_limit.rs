@@ -2,16 +2,23 @@
 
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crossbeam_utils::CachePadded;
 
 use super::MemoryBackend;
 use super::map::{BoundedMap, Expiring};
 use crate::backend::BackendError;
 use crate::clock::{Clock, Nanos};
 use crate::error::ConfigError;
-use crate::rate_limit::algorithm::gcra::GcraCell;
-use crate::rate_limit::algorithm::sliding_window::WindowCell;
+use crate::rate_limit::algorithm::gcra::{self, GcraCell};
+use crate::rate_limit::algorithm::sliding_window::{self, Window, WindowCell};
 use crate::rate_limit::quota::{Algorithm, Limits};
-use crate::rate_limit::{Check, Decision, RateLimitBackend, RateLimitSpec, RateLimitStore};
+use crate::rate_limit::{
+    Ask, Check, Decision, LimitSet, MAX_LIMITS, RateLimitBackend, RateLimitSpec, RateLimitStore,
+    SetLimit,
+};
 
 impl Expiring for GcraCell {
     type Context = Limits;
@@ -39,25 +46,94 @@ impl Expiring for WindowCell {
     }
 }
 
+/// A sliding-window cell of a limit other than the store's first: it keeps its own period, since
+/// one map holds the states of limits with different periods.
+#[derive(Debug, Default)]
+pub(crate) struct NamedWindow {
+    cell: WindowCell,
+    period: AtomicU64,
+}
+
+impl NamedWindow {
+    /// The cell, its counts moved to `limits`' period if the limit's period changed (their
+    /// windows' start times kept: conservative, nothing counted is dropped early).
+    #[inline]
+    fn cell(&self, limits: &Limits) -> &WindowCell {
+        let old = self.period.load(Ordering::Relaxed);
+        if old != limits.period {
+            if old != 0 {
+                self.cell.rescale(old, limits.period);
+            }
+            self.period.store(limits.period, Ordering::Relaxed);
+        }
+        &self.cell
+    }
+
+    fn limits(&self) -> Limits {
+        let period = self.period.load(Ordering::Relaxed).max(1);
+        Limits {
+            limit: 1,
+            burst: 1,
+            period,
+            emission: period,
+            tolerance: period,
+        }
+    }
+}
+
+impl Expiring for NamedWindow {
+    type Context = Limits;
+
+    #[inline]
+    fn is_idle(&self, _: &Limits, now: Nanos) -> bool {
+        self.cell.is_idle(&self.limits(), now)
+    }
+
+    fn due(&self, _: &Limits) -> Nanos {
+        self.cell.due(&self.limits())
+    }
+}
+
 /// The in-memory [`RateLimitStore`]: lock-free GCRA cells (or tiny per-key mutexes for the sliding
 /// window) in a bounded sharded map. Built by [`MemoryBackend`].
 ///
-/// A key type with no data (such as the global key `()`) skips the map altogether: the whole
-/// limiter is then one atomic word.
+/// State is kept per key and per limit name. The layer's first default limit (the one
+/// [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets) has a map of its own keyed by the
+/// key alone, exactly as a single-quota limiter; every other limit shares a second map keyed by
+/// (key, limit). Each map holds at most [`max_keys`](MemoryBackend::max_keys) entries.
+///
+/// A decision over one limit is one atomic operation on one cell. A decision over several limits
+/// takes a lock for the key (one of 64 striped by key hash), reads every limit's state, decides,
+/// and then stores each new state only if it is unchanged since it was read; if a single-limit
+/// decision on one of those cells got in between (a key whose tier just changed), what was
+/// stored is taken back and the set is decided again. So the set is spent all or nothing.
+///
+/// A key type with no data (such as the global key `()`) skips the first map altogether: the
+/// whole single-limit limiter is then one atomic word.
 pub struct MemoryRateLimitStore<K, C = crate::clock::TokioClock> {
     limits: Limits,
+    /// The layer's default set, as built.
+    set: Arc<LimitSet>,
+    /// The id of the first default limit's name: its state lives in the key-only map.
+    primary: u16,
     clock: C,
     cells: Cells<K>,
+    stripes: Box<[CachePadded<Mutex<()>>]>,
 }
+
+/// Locks serialising decisions over several limits of one key (striped by the key's hash).
+const STRIPES: usize = 64;
 
 enum Cells<K> {
     Gcra {
         single: GcraCell,
         map: BoundedMap<K, GcraCell>,
+        others: BoundedMap<(K, u16), GcraCell>,
     },
     Window {
         single: WindowCell,
         map: BoundedMap<K, WindowCell>,
+        others: BoundedMap<(K, u16), NamedWindow>,
     },
 }
 
@@ -75,8 +151,16 @@ impl<K, C: fmt::Debug> fmt::Debug for MemoryRateLimitStore<K, C> {
     }
 }
 
+/// The state of one limit read for a decision over several.
+#[derive(Clone, Copy)]
+enum State {
+    Tat(Nanos),
+    Window(Window),
+}
+
 impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
-    /// Decides one request for `key` now.
+    /// Decides one request for `key` now, against the layer's first default limit as it was
+    /// built (the plain single-quota decision).
     #[inline]
     pub fn decide(&self, key: &K) -> Decision {
         let now = self.clock.now();
@@ -90,16 +174,247 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             Cells::Gcra { map, .. } => map.with(key, limits, now, |c| {
                 c.check_with(limits, now, || self.clock.now())
             }),
-            Cells::Window { single, .. } if keyless => single.check(limits, now),
-            Cells::Window { map, .. } => map.with(key, limits, now, |c| c.check(limits, now)),
+            Cells::Window { single, .. } if keyless => single.check_units(limits, now, 1, false),
+            Cells::Window { map, .. } => {
+                map.with(key, limits, now, |c| c.check_units(limits, now, 1, false))
+            }
         }
     }
 
-    /// How many keys the store holds right now (idle ones included until they are swept).
+    /// Whether `limit`'s state lives in the key-only map: the first default limit's name, and
+    /// for the sliding window its period too (that map judges idleness by the caller's period).
+    #[inline]
+    fn is_primary(&self, limit: &SetLimit) -> bool {
+        limit.id == self.primary
+            && match self.cells {
+                Cells::Gcra { .. } => true,
+                Cells::Window { .. } => limit.limits.period == self.limits.period,
+            }
+    }
+
+    /// Decides `cost` units of one limit for `key` at `now`, spending them unless `peek`.
+    #[inline]
+    fn decide_one(&self, key: &K, limit: &SetLimit, now: Nanos, cost: u32, peek: bool) -> Decision {
+        let limits = &limit.limits;
+        let gcra = |c: &GcraCell| {
+            if peek {
+                c.peek(limits, now, cost)
+            } else {
+                c.check_units(limits, now, cost, || self.clock.now())
+            }
+        };
+        let window = |c: &WindowCell| c.check_units(limits, now, cost, peek);
+        let keyless = std::mem::size_of::<K>() == 0;
+        if self.is_primary(limit) {
+            return match &self.cells {
+                Cells::Gcra { single, .. } if keyless => gcra(single),
+                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
+                Cells::Window { single, .. } if keyless => window(single),
+                Cells::Window { map, .. } => map.with(key, limits, now, window),
+            };
+        }
+        match &self.cells {
+            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
+            Cells::Window { others, .. } => {
+                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
+            }
+        }
+    }
+
+    /// Runs `f` on `limit`'s cell for `key` in the (key, limit) map, without cloning the key
+    /// unless the cell is new.
+    #[inline]
+    fn with_other<V: Expiring<Context = Limits>, R>(
+        &self,
+        map: &BoundedMap<(K, u16), V>,
+        key: &K,
+        limit: &SetLimit,
+        now: Nanos,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        let id = limit.id;
+        let hash = map.hash_of((key, id));
+        map.with_hashed(
+            hash,
+            |(k, i)| *i == id && k == key,
+            || (key.clone(), id),
+            &limit.limits,
+            now,
+            f,
+        )
+    }
+
+    /// Runs `f` on `limit`'s cell for `key` (creating it if absent).
+    #[inline]
+    fn read(&self, key: &K, limit: &SetLimit, now: Nanos) -> State {
+        let keyless = std::mem::size_of::<K>() == 0;
+        let limits = &limit.limits;
+        if self.is_primary(limit) {
+            return match &self.cells {
+                Cells::Gcra { single, .. } if keyless => State::Tat(single.load()),
+                Cells::Gcra { map, .. } => State::Tat(map.with(key, limits, now, GcraCell::load)),
+                Cells::Window { single, .. } if keyless => State::Window(single.load()),
+                Cells::Window { map, .. } => {
+                    State::Window(map.with(key, limits, now, WindowCell::load))
+                }
+            };
+        }
+        match &self.cells {
+            Cells::Gcra { others, .. } => {
+                State::Tat(self.with_other(others, key, limit, now, GcraCell::load))
+            }
+            Cells::Window { others, .. } => {
+                State::Window(self.with_other(others, key, limit, now, |c| c.cell(limits).load()))
+            }
+        }
+    }
+
+    /// Stores `new` for `limit` if its state is still `old`; `undo` instead takes a stored `new`
+    /// back to `old`.
+    fn write(
+        &self,
+        key: &K,
+        limit: &SetLimit,
+        now: Nanos,
+        old: State,
+        new: State,
+        cost: u32,
+        undo: bool,
+    ) -> bool {
+        let keyless = std::mem::size_of::<K>() == 0;
+        let limits = &limit.limits;
+        let gcra = |c: &GcraCell| match (old, new) {
+            (State::Tat(o), State::Tat(n)) if undo => {
+                c.undo(o, n);
+                true
+            }
+            (State::Tat(o), State::Tat(n)) => c.replace(o, n),
+            _ => unreachable!("a GCRA store holds GCRA states"),
+        };
+        let window = |c: &WindowCell| match (old, new) {
+            (State::Window(_), State::Window(n)) if undo => {
+                c.undo(n, cost);
+                true
+            }
+            (State::Window(o), State::Window(n)) => c.replace(o, n),
+            _ => unreachable!("a sliding-window store holds windows"),
+        };
+        if self.is_primary(limit) {
+            return match &self.cells {
+                Cells::Gcra { single, .. } if keyless => gcra(single),
+                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
+                Cells::Window { single, .. } if keyless => window(single),
+                Cells::Window { map, .. } => map.with(key, limits, now, window),
+            };
+        }
+        match &self.cells {
+            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
+            Cells::Window { others, .. } => {
+                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
+            }
+        }
+    }
+
+    /// Decides a set of several limits (or one shadow limit, or any cost or peek) for `key`.
+    fn decide_set(&self, key: &K, ask: &Ask<'_>) -> Decision {
+        let set = ask.set();
+        let limits = set.limits();
+        let (cost, peek) = (ask.units(), ask.is_peek());
+        if let [one] = limits {
+            let d = self.decide_one(key, one, self.clock.now(), cost, peek);
+            return if one.shadow && !d.is_allowed() {
+                d.admitted_anyway().with_shadow_refused(1)
+            } else {
+                d
+            };
+        }
+        let stripe = &self.stripes[(self.stripe_hash(key) as usize) % STRIPES];
+        let _serial = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let now = self.clock.now();
+            let mut olds = [State::Tat(0); MAX_LIMITS];
+            let mut nexts: [Option<State>; MAX_LIMITS] = [None; MAX_LIMITS];
+            let mut decisions = [Decision::uncounted(0); MAX_LIMITS];
+            for (i, l) in limits.iter().enumerate() {
+                let old = self.read(key, l, now);
+                let (d, next) = match old {
+                    State::Tat(tat) => {
+                        let (d, next) = gcra::decide_units(&l.limits, tat, now, cost);
+                        (d, next.map(State::Tat))
+                    }
+                    State::Window(w) => {
+                        let (d, next) = sliding_window::decide_units(&l.limits, w, now, cost);
+                        (
+                            d,
+                            (d.is_allowed() && cost > 0).then_some(State::Window(next)),
+                        )
+                    }
+                };
+                olds[i] = old;
+                nexts[i] = next;
+                decisions[i] = d;
+            }
+            let n = limits.len();
+            let admitted = limits
+                .iter()
+                .zip(&decisions)
+                .all(|(l, d)| l.shadow || d.is_allowed());
+            let mut shadow_mask = 0u8;
+            for (i, (l, d)) in limits.iter().zip(&decisions).enumerate() {
+                if l.shadow && !d.is_allowed() {
+                    shadow_mask |= 1 << i;
+                }
+            }
+            let combined =
+                combine(limits, &decisions[..n], admitted).with_shadow_refused(shadow_mask);
+            if peek {
+                return combined;
+            }
+            // Spend: every enforced limit if admitted, each shadow limit that admits itself.
+            let mut done = 0usize;
+            let mut raced = false;
+            for i in 0..n {
+                let l = &limits[i];
+                let spends = if l.shadow {
+                    decisions[i].is_allowed()
+                } else {
+                    admitted
+                };
+                let Some(new) = nexts[i].filter(|_| spends) else {
+                    continue;
+                };
+                if self.write(key, l, now, olds[i], new, cost, false) {
+                    done |= 1 << i;
+                } else {
+                    raced = true;
+                    break;
+                }
+            }
+            if !raced {
+                return combined;
+            }
+            for i in 0..n {
+                if done & (1 << i) != 0 {
+                    let new = nexts[i].expect("a stored state");
+                    self.write(key, &limits[i], now, olds[i], new, cost, true);
+                }
+            }
+        }
+    }
+
+    fn stripe_hash(&self, key: &K) -> u64 {
+        match &self.cells {
+            Cells::Gcra { others, .. } => others.hash_of(key),
+            Cells::Window { others, .. } => others.hash_of(key),
+        }
+    }
+
+    /// How many keys the store holds right now (idle ones included until they are swept), for
+    /// every limit: a key limited by two limits counts twice.
     pub fn len(&self) -> usize {
         match &self.cells {
-            Cells::Gcra { map, .. } => map.len(),
-            Cells::Window { map, .. } => map.len(),
+            Cells::Gcra { map, others, .. } => map.len() + others.len(),
+            Cells::Window { map, others, .. } => map.len() + others.len(),
         }
     }
 
@@ -108,11 +423,54 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         self.len() == 0
     }
 
-    /// The most keys the store will hold.
+    /// The most keys the store will hold for the layer's first default limit (and as many again
+    /// for every other limit together).
     pub fn capacity(&self) -> usize {
         match &self.cells {
             Cells::Gcra { map, .. } => map.capacity(),
             Cells::Window { map, .. } => map.capacity(),
+        }
+    }
+}
+
+/// The figures of a set's decision: the binding limit's (see [`RateLimitStore`]).
+fn combine(limits: &[SetLimit], decisions: &[Decision], admitted: bool) -> Decision {
+    let fewer = |a: &Decision, b: &Decision| {
+        // a.remaining < b.remaining, compared exactly without dividing.
+        let ((sa, ua), (sb, ub)) = (a.slack_parts(), b.slack_parts());
+        (sa / ua) < (sb / ub)
+    };
+    let mut best: Option<usize> = None;
+    for (i, (l, d)) in limits.iter().zip(decisions).enumerate() {
+        if l.shadow {
+            continue;
+        }
+        let better = match best {
+            None => admitted || !d.is_allowed(),
+            Some(b) if !admitted => {
+                let cur = &decisions[b];
+                !d.is_allowed()
+                    && (d.exceeds_capacity() && !cur.exceeds_capacity()
+                        || d.exceeds_capacity() == cur.exceeds_capacity()
+                            && d.retry_after() > cur.retry_after())
+            }
+            Some(b) => fewer(d, &decisions[b]),
+        };
+        if better {
+            best = Some(i);
+        }
+    }
+    match best {
+        Some(i) => decisions[i].with_binding(i),
+        None => {
+            // Shadow limits only: the one with the fewest remaining, admitted.
+            let mut b = 0;
+            for i in 1..decisions.len() {
+                if fewer(&decisions[i], &decisions[b]) {
+                    b = i;
+                }
+            }
+            decisions[b].admitted_anyway().with_binding(b)
         }
     }
 }
@@ -125,8 +483,12 @@ where
     type Future = std::future::Pending<Result<Decision, BackendError>>;
 
     #[inline]
-    fn check(&self, key: &K) -> Check<Self::Future> {
-        Check::Ready(Ok(self.decide(key)))
+    fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
+        if let Some(limit) = ask.plain() {
+            let now = self.clock.now();
+            return Check::Ready(Ok(self.decide_one(key, limit, now, 1, false)));
+        }
+        Check::Ready(Ok(self.decide_set(key, ask)))
     }
 }
 
@@ -143,16 +505,29 @@ where
             Algorithm::Gcra => Cells::Gcra {
                 single: GcraCell::default(),
                 map: BoundedMap::new(max_keys),
+                others: BoundedMap::new(max_keys),
             },
             Algorithm::SlidingWindow => Cells::Window {
                 single: WindowCell::default(),
                 map: BoundedMap::new(max_keys),
+                others: BoundedMap::new(max_keys),
             },
         };
         Ok(MemoryRateLimitStore {
             limits: spec.limits,
+            set: Arc::clone(&spec.set),
+            primary: spec.set.limits()[0].id,
             clock: self.clock.clone(),
             cells,
+            stripes: (0..STRIPES)
+                .map(|_| CachePadded::new(Mutex::new(())))
+                .collect(),
         })
+    }
+}
+
+impl<K, C> crate::rate_limit::StoreLimits for MemoryRateLimitStore<K, C> {
+    fn limit_set(&self) -> &Arc<crate::rate_limit::LimitSet> {
+        &self.set
     }
 }

@@ -21,7 +21,7 @@ use crate::error::ConfigError;
 use crate::hooks::Hooks;
 use crate::rate_limit::quota::{Algorithm, Limits};
 use crate::rate_limit::{
-    Check, Decision, RateLimitBackend, RateLimitEvent, RateLimitSpec, RateLimitStore,
+    Ask, Check, Decision, LimitSet, RateLimitBackend, RateLimitEvent, RateLimitSpec, RateLimitStore,
 };
 use crate::throttle::LogThrottle;
 
@@ -123,6 +123,8 @@ pub(super) struct Inner<K> {
     script: &'static Script,
     algorithm: Algorithm,
     limits: Limits,
+    /// The layer's default set, the one this store decides.
+    set: Arc<LimitSet>,
     name: Arc<str>,
     /// `<prefix>:rl:<name>:<algorithm>:{`, to which the key and `}` are appended.
     key_head: Vec<u8>,
@@ -216,6 +218,29 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisRateLimitStore<K> {
     /// are swept).
     pub fn over_limit_len(&self) -> usize {
         self.inner.over_limit.len()
+    }
+}
+
+/// The error for a decision the Redis stores do not make yet.
+pub(super) fn unserved(ask: &Ask<'_>) -> BackendError {
+    BackendError::new(
+        format!(
+            "the redis rate limit store decides one enforced limit at a cost of 1, the layer's \
+             own quota (asked: {} limit(s), cost {}, peek {}); several limits, costs, peeks, \
+             tiers and live changes on Redis are not supported yet",
+            ask.set().limits().len(),
+            ask.units(),
+            ask.is_peek()
+        ),
+        None,
+    )
+}
+
+impl<K> Inner<K> {
+    /// Whether this store can decide `ask`: the plain case for the quota it was built with.
+    #[inline]
+    pub(super) fn serves(&self, ask: &Ask<'_>) -> bool {
+        ask.plain().is_some_and(|l| l.limits == self.limits)
     }
 }
 
@@ -411,8 +436,11 @@ where
 {
     type Future = RedisCheck;
 
-    fn check(&self, key: &K) -> Check<RedisCheck> {
+    fn check(&self, key: &K, ask: &Ask<'_>) -> Check<RedisCheck> {
         let inner = &self.inner;
+        if !inner.serves(ask) {
+            return Check::Ready(Err(unserved(ask)));
+        }
         let now = inner.clock.now();
         if let Some(d) = inner.remembered(key, now) {
             return Check::Ready(Ok(d));
@@ -437,6 +465,13 @@ where
 
     fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
         self.check_settings()?;
+        if spec.set.limits().len() != 1 || spec.set.limits()[0].is_shadow() {
+            return Err(ConfigError::new(
+                "limits",
+                "the redis backend decides one enforced limit per layer for now; several limits \
+                 and shadow limits are not supported on Redis yet",
+            ));
+        }
         let limits = spec.limits;
         let (script, code, params) = match spec.algorithm {
             Algorithm::Gcra => {
@@ -506,6 +541,7 @@ where
                 script,
                 algorithm: spec.algorithm,
                 limits,
+                set: Arc::clone(&spec.set),
                 name: Arc::from(spec.name()),
                 key_head,
                 params: params.map(String::into_bytes),
@@ -523,5 +559,11 @@ where
                 meters: Meters::new(spec.name(), self.settings.policy),
             }),
         })
+    }
+}
+
+impl<K> crate::rate_limit::StoreLimits for RedisRateLimitStore<K> {
+    fn limit_set(&self) -> &Arc<crate::rate_limit::LimitSet> {
+        &self.inner.set
     }
 }

@@ -14,10 +14,29 @@ use crate::rate_limit::quota::Limits;
 
 /// Decides one request at `now` against the stored `tat`; returns the decision and, when admitted,
 /// the new TAT to store.
-#[inline]
+#[cfg(test)]
 pub(crate) fn decide(limits: &Limits, tat: Nanos, now: Nanos) -> (Decision, Option<Nanos>) {
+    decide_units(limits, tat, now, 1)
+}
+
+/// Decides a request of `cost` units at `now` against the stored `tat`; returns the decision and,
+/// when admitted with a cost above zero, the new TAT to store.
+///
+/// Admitted when `max(tat, now) + cost * emission - now <= tolerance`. A cost above the burst can
+/// never be admitted: refused with no retry time ([`Decision::exceeds_capacity`]). A cost of zero is
+/// admitted without spending.
+#[inline]
+pub(crate) fn decide_units(
+    limits: &Limits,
+    tat: Nanos,
+    now: Nanos,
+    cost: u32,
+) -> (Decision, Option<Nanos>) {
     let base = tat.max(now);
-    let new_tat = base.saturating_add(limits.emission);
+    if cost > limits.burst {
+        return (Decision::over_capacity(limits.limit, base - now), None);
+    }
+    let new_tat = base.saturating_add(limits.emission * u64::from(cost));
     let ahead = new_tat - now;
     if ahead > limits.tolerance {
         // Admitted once new_tat - later <= tolerance.
@@ -28,7 +47,7 @@ pub(crate) fn decide(limits: &Limits, tat: Nanos, now: Nanos) -> (Decision, Opti
         // Remaining: how many more emission intervals fit under the tolerance.
         let slack = limits.tolerance - ahead;
         let decision = Decision::admitted(limits.limit, slack, limits.emission, ahead);
-        (decision, Some(new_tat))
+        (decision, (cost > 0).then_some(new_tat))
     }
 }
 
@@ -60,12 +79,24 @@ impl GcraCell {
     pub(crate) fn check_with(
         &self,
         limits: &Limits,
+        now: Nanos,
+        reread: impl FnMut() -> Nanos,
+    ) -> Decision {
+        self.check_units(limits, now, 1, reread)
+    }
+
+    /// [`check_with`](Self::check_with) for `cost` units.
+    #[inline]
+    pub(crate) fn check_units(
+        &self,
+        limits: &Limits,
         mut now: Nanos,
+        cost: u32,
         mut reread: impl FnMut() -> Nanos,
     ) -> Decision {
         let mut current = self.tat.load(Ordering::Acquire);
         loop {
-            let (decision, next) = decide(limits, current, now);
+            let (decision, next) = decide_units(limits, current, now, cost);
             let Some(next) = next else {
                 return decision;
             };
@@ -80,6 +111,41 @@ impl GcraCell {
                 }
             }
         }
+    }
+
+    /// The decision for `cost` units at `now`, nothing spent.
+    #[inline]
+    pub(crate) fn peek(&self, limits: &Limits, now: Nanos, cost: u32) -> Decision {
+        decide_units(limits, self.tat.load(Ordering::Acquire), now, cost).0
+    }
+
+    /// The stored TAT (for a decision across several cells).
+    #[inline]
+    pub(crate) fn load(&self) -> Nanos {
+        self.tat.load(Ordering::Acquire)
+    }
+
+    /// Stores `new` if the cell still holds `old`.
+    #[inline]
+    pub(crate) fn replace(&self, old: Nanos, new: Nanos) -> bool {
+        self.tat
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Takes back a spend that moved the TAT from `old` to `new`, when a decision across several
+    /// cells could not complete: exactly when nothing else spent meanwhile, otherwise by the
+    /// spend's length (never below `old`).
+    pub(crate) fn undo(&self, old: Nanos, new: Nanos) {
+        if self.replace(new, old) {
+            return;
+        }
+        let spent = new - old.min(new);
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_sub(spent).max(old))
+            });
     }
 
     #[inline]

@@ -29,6 +29,12 @@ pub struct Decision {
     reset: Nanos,
     retry_after: Nanos,
     counted: bool,
+    /// Index in the decided set of the limit whose figures these are.
+    binding: u8,
+    /// Bit `i` set: the set's shadow limit `i` would have refused.
+    shadow_refused: u8,
+    /// Refused because no state could ever admit the cost asked (more than the burst).
+    over_capacity: bool,
 }
 
 impl Decision {
@@ -56,6 +62,9 @@ impl Decision {
             reset,
             retry_after: 0,
             counted: true,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: false,
         }
     }
 
@@ -71,6 +80,9 @@ impl Decision {
             reset: 0,
             retry_after: 0,
             counted: false,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: false,
         }
     }
 
@@ -84,7 +96,58 @@ impl Decision {
             reset,
             retry_after,
             counted: true,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: false,
         }
+    }
+
+    /// A refusal of a cost no state could ever admit (more units than the burst): no retry helps.
+    #[inline]
+    pub(crate) const fn over_capacity(limit: u32, reset: Nanos) -> Self {
+        Self {
+            allowed: false,
+            limit,
+            slack: 0,
+            unit: 1,
+            reset,
+            retry_after: 0,
+            counted: true,
+            binding: 0,
+            shadow_refused: 0,
+            over_capacity: true,
+        }
+    }
+
+    /// This decision, as the figures of the set's limit `index`.
+    #[inline]
+    pub(crate) const fn with_binding(mut self, index: usize) -> Self {
+        self.binding = index as u8;
+        self
+    }
+
+    /// This decision, noting that the set's shadow limits in `mask` (bit `i` for limit `i`) would
+    /// have refused.
+    #[inline]
+    pub(crate) const fn with_shadow_refused(mut self, mask: u8) -> Self {
+        self.shadow_refused = mask;
+        self
+    }
+
+    /// This decision admitted anyway (a shadow limit's refusal, or the layer's shadow mode): the
+    /// figures stay, the retry time goes.
+    #[inline]
+    pub(crate) const fn admitted_anyway(mut self) -> Self {
+        self.allowed = true;
+        self.retry_after = 0;
+        self.over_capacity = false;
+        self
+    }
+
+    /// The slack in units of `unit` (for comparing remaining counts without dividing).
+    #[inline]
+    pub(crate) const fn slack_parts(&self) -> (u64, u64) {
+        (self.slack, self.unit)
     }
 
     /// Whether the request may proceed.
@@ -115,6 +178,29 @@ impl Decision {
         }
     }
 
+    /// Which limit of the decided set these figures are: when refused, the refusing enforced limit
+    /// with the longest wait; when admitted, the enforced limit with the fewest requests remaining
+    /// (ties: the first); 0 for a set of one limit.
+    pub const fn policy_index(&self) -> usize {
+        self.binding as usize
+    }
+
+    /// Whether a shadow limit of the set would have refused (it was admitted anyway).
+    pub const fn shadow_refused(&self) -> bool {
+        self.shadow_refused != 0
+    }
+
+    /// Which shadow limits would have refused: bit `i` for the set's limit `i`.
+    pub const fn shadow_refused_mask(&self) -> u8 {
+        self.shadow_refused
+    }
+
+    /// Whether the request was refused because it asks for more units than the limit could ever
+    /// admit at once (a cost above the burst): waiting does not help, so there is no retry time.
+    pub const fn exceeds_capacity(&self) -> bool {
+        self.over_capacity
+    }
+
     /// Time until the full quota is available again.
     pub const fn reset(&self) -> Duration {
         Duration::from_nanos(self.reset)
@@ -135,6 +221,9 @@ impl PartialEq for Decision {
             && self.reset == other.reset
             && self.retry_after == other.retry_after
             && self.counted == other.counted
+            && self.binding == other.binding
+            && self.shadow_refused == other.shadow_refused
+            && self.over_capacity == other.over_capacity
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) struct Window {
 impl Window {
     /// The counts as seen from window `index` (rolling forward if time moved on).
     #[inline]
-    fn at(self, index: u64) -> Self {
+    pub(crate) fn at(self, index: u64) -> Self {
         if index == self.index {
             self
         } else if index == self.index + 1 {
@@ -44,23 +44,39 @@ impl Window {
     }
 }
 
-/// Decides one request at `now`. Returns the decision and the window to store (unchanged when refused,
-/// apart from rolling forward).
-pub(crate) fn decide(limits: &Limits, stored: Window, now: Nanos) -> (Decision, Window) {
+/// Decides a request of `cost` units at `now`: admitted when the weighted count plus `cost` is at
+/// most the limit. Returns the decision and the window to store (unchanged when refused or for a
+/// cost of zero, apart from rolling forward). A cost above the limit is refused with no retry
+/// time ([`Decision::exceeds_capacity`]).
+pub(crate) fn decide_units(
+    limits: &Limits,
+    stored: Window,
+    now: Nanos,
+    cost: u32,
+) -> (Decision, Window) {
     let period = u128::from(limits.period);
     let limit = u128::from(limits.limit);
     let index = now / limits.period;
     let elapsed = u128::from(now % limits.period);
     let w = stored.at(index);
     let (prev, curr) = (u128::from(w.prev), u128::from(w.curr));
+    let units = u128::from(cost);
     // Everything below is scaled by `period` to stay in integers.
     let weighted_prev = prev * (period - elapsed);
     let capacity = limit * period;
-    let used = weighted_prev + (curr + 1) * period;
+    let used = weighted_prev + (curr + units) * period;
     let to_window_end = period - elapsed;
+    if units > limit {
+        let reset = if curr > 0 {
+            to_window_end + period
+        } else {
+            to_window_end
+        };
+        return (Decision::over_capacity(limits.limit, reset as u64), w);
+    }
     if used <= capacity {
         let next = Window {
-            curr: w.curr + 1,
+            curr: w.curr.saturating_add(cost),
             ..w
         };
         // Everything counted now has decayed by the end of the next window.
@@ -76,14 +92,14 @@ pub(crate) fn decide(limits: &Limits, stored: Window, now: Nanos) -> (Decision, 
         };
         (d, next)
     } else {
-        let retry_after = if curr < limit {
+        let retry_after = if curr + units <= limit {
             // Still room in this window once enough of the previous one has slid out:
-            // prev * (period - e) <= (limit - curr - 1) * period.
-            let needed = period - ((limit - curr - 1) * period) / prev;
+            // prev * (period - e) <= (limit - curr - cost) * period.
+            let needed = period - ((limit - curr - units) * period) / prev;
             needed - elapsed
         } else {
             // Wait for the next window, where this window's count becomes `prev`.
-            let needed = period - ((limit - 1) * period) / curr;
+            let needed = period - ((limit - units) * period) / curr;
             to_window_end + needed
         };
         let reset = if curr > 0 {
@@ -110,12 +126,62 @@ pub(crate) struct WindowCell {
 }
 
 impl WindowCell {
+    #[cfg(test)]
     #[inline]
     pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
+        self.check_units(limits, now, 1, false)
+    }
+
+    /// Decides `cost` units at `now`; stores the outcome unless `peek`.
+    #[inline]
+    pub(crate) fn check_units(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        peek: bool,
+    ) -> Decision {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let (decision, next) = decide(limits, *w, now);
-        *w = next;
+        let (decision, next) = decide_units(limits, *w, now, cost);
+        if !peek {
+            *w = next;
+        }
         decision
+    }
+
+    /// The stored counts (for a decision across several cells).
+    #[inline]
+    pub(crate) fn load(&self) -> Window {
+        self.snapshot()
+    }
+
+    /// Stores `new` if the cell still holds `old` (compared after rolling both forward to `new`'s
+    /// window).
+    #[inline]
+    pub(crate) fn replace(&self, old: Window, new: Window) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.at(new.index) == old.at(new.index) {
+            *w = new;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes back `cost` units counted in `new`'s window, when a decision across several cells
+    /// could not complete.
+    pub(crate) fn undo(&self, new: Window, cost: u32) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.index == new.index {
+            w.curr = w.curr.saturating_sub(cost);
+        }
+    }
+
+    /// Moves the counts from windows of `old` nanoseconds to windows of `new` ones (the limit's
+    /// period was changed): the current window keeps its start time.
+    pub(crate) fn rescale(&self, old: Nanos, new: Nanos) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        w.index = (u128::from(w.index) * u128::from(old) / u128::from(new.max(1))) as u64;
     }
 
     #[inline]

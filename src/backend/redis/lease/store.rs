@@ -21,7 +21,7 @@ use crate::backend::redis::{
 use crate::backend::{BackendError, ErrorKind};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::rate_limit::quota::Limits;
-use crate::rate_limit::{Check, Decision, RateLimitSpec, RateLimitStore};
+use crate::rate_limit::{Ask, Check, Decision, RateLimitSpec, RateLimitStore};
 
 fn lease_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
@@ -468,8 +468,11 @@ where
     type Future = LeaseCheck;
 
     #[inline]
-    fn check(&self, key: &K) -> Check<LeaseCheck> {
+    fn check(&self, key: &K, ask: &Ask<'_>) -> Check<LeaseCheck> {
         let inner = &self.inner;
+        if !ask.plain().is_some_and(|l| l.limits == inner.limits) {
+            return Check::Ready(Err(crate::backend::redis::rate_limit::unserved(ask)));
+        }
         let now = inner.clock.now();
         let hot = if std::mem::size_of::<K>() == 0 {
             inner.hot(&inner.single, now)
@@ -499,5 +502,11 @@ where
                 })
             }
         }
+    }
+}
+
+impl<K> crate::rate_limit::StoreLimits for RedisLeasedStore<K> {
+    fn limit_set(&self) -> &Arc<crate::rate_limit::LimitSet> {
+        crate::rate_limit::StoreLimits::limit_set(&self.inner.exact)
     }
 }

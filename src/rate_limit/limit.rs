@@ -1,0 +1,386 @@
+//! Named limits, the sets one decision checks, and what a decision asks of a store.
+//
+// Issue 18 plan (API sketch for the helpers building on this branch; replaced by the real docs
+// as each part lands):
+//
+// Builder (RateLimitBuilder):
+//   .quota(q)                       default set = one limit named after the layer (as today)
+//   .limits([Limit::new("minute", q1), Limit::new("day", q2).shadow(true)])   default set of several
+//   .tier("pro", [Limit::new("minute", Quota::per_minute(1000))])             a named set
+//   .tier_of(|key: &K| -> Option<&str>)      resolver (also a `TierOf<K>` trait); None or unknown
+//                                            name -> default set (unknown logged once per 10 s and
+//                                            counted: rampart_rate_limit_unknown_tier_total{name})
+//   .cost(|req: &Req| -> u32)                cost function (`Cost<Req>` trait, closures implement it;
+//                                            default `UnitCost`, a constant 1 the compiler folds)
+//   .shadow(true)                            layer-wide shadow: the store decides normally (all
+//                                            limits enforced); the layer admits refusals anyway
+//   .http().respond_with(|refusal: &Refusal<'_>, parts: &http::request::Parts| -> Response)
+//                                            the app's own refusal response (whole response)
+// A refusal for a cost above capacity is `error::CostTooHigh` (RejectionKind::CostTooHigh, HTTP
+// 413 Payload Too Large, gRPC OUT_OF_RANGE), never a 429.
+//
+// Handle: `layer.handle() -> RateLimitHandle<K>` (Clone, Send, Sync):
+//   async peek(&key) -> Result<Decision, BackendError>    (memory answers at once)
+//   set_tier(name, limits) -> Result<(), ConfigError>     (adds or replaces a tier)
+//   set_default(limits), set_key(&key, limits), clear_key(&key) -> Result<..., ConfigError>
+//   tiers() -> Vec<(&'static str, Vec<Limit>)>, limits_for(&key) -> Arc<LimitSet>
+// Live state: `arc_swap::ArcSwap<Policies<K>>` (default, tiers, per-key overrides); a layer with
+// no tiers and no overrides reads one pointer per request. Propagation hook for shared backends:
+//   trait RateLimitStore { ... fn policies(&self) -> Option<&dyn PolicyBus> { None } }
+//   pub trait PolicyBus: Send + Sync { fn publish(&self, change: &PolicyChange); fn subscribe(
+//       &self, apply: Box<dyn Fn(PolicyChange) + Send + Sync>); }
+// The handle applies a change locally, then publishes it through the store's bus (Redis:
+// PUBLISH on `<prefix>:rl:<layer>:policies`, every replica's subscriber applies it).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use super::error::Policy;
+use super::quota::{Algorithm, Limits, Quota};
+use crate::error::ConfigError;
+
+/// The most limits one decision checks.
+pub const MAX_LIMITS: usize = 8;
+
+/// One named quota: `Limit::new("minute", Quota::per_minute(10))`.
+///
+/// A limit's state is kept per key and per limit *name*: two tiers that both have a limit named
+/// `"minute"` share a key's state under it, and changing a limit's quota (through a
+/// [`RateLimitHandle`](super::RateLimitHandle)) keeps the state (with GCRA the theoretical
+/// arrival time carries over exactly).
+///
+/// A shadow limit ([`shadow`](Self::shadow)) is decided, counted
+/// (`rampart_rate_limit_shadow_rejected_total{name, policy}`), traced and reported to hooks, but
+/// never refuses: how a new limit is rolled out safely.
+///
+/// ```
+/// use tower_rampart::rate_limit::{Limit, Quota};
+///
+/// let day = Limit::new("day", Quota::per_hour(1000).burst(50)).shadow(true);
+/// assert_eq!(day.name(), "day");
+/// assert!(day.is_shadow());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limit {
+    name: &'static str,
+    quota: Quota,
+    shadow: bool,
+}
+
+impl Limit {
+    /// A limit named `name` (letters, digits and `-_.:`, checked when the layer is built) with
+    /// `quota`. A `String` read from configuration is kept once per distinct name for the life of
+    /// the process, as layer names are.
+    pub fn new(name: impl Into<std::borrow::Cow<'static, str>>, quota: Quota) -> Self {
+        Self {
+            name: crate::name::intern(name),
+            quota,
+            shadow: false,
+        }
+    }
+
+    /// Decide, count and trace refusals, but admit anyway (default `false`).
+    #[must_use]
+    pub const fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The limit's name, as in the `RateLimit-Policy` field.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The limit's quota.
+    pub const fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Whether the limit only observes.
+    pub const fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+}
+
+/// A validated set of [`Limit`]s that one decision checks: all enforced limits must admit, and
+/// then all spend (never some). Built by the layer from its configuration (its default set, its
+/// tiers) and by a [`RateLimitHandle`](super::RateLimitHandle) for live changes; read by stores.
+pub struct LimitSet {
+    algorithm: Algorithm,
+    limits: Box<[SetLimit]>,
+    /// Index of the first enforced limit, if any (a set of shadow limits only never refuses).
+    any_enforced: bool,
+}
+
+/// One limit of a [`LimitSet`], validated, in the units the algorithms use.
+pub struct SetLimit {
+    pub(crate) name: &'static str,
+    /// A small number standing for `name` in this process (the in-memory store keys state on it).
+    pub(crate) id: u16,
+    pub(crate) quota: Quota,
+    pub(crate) limits: Limits,
+    pub(crate) shadow: bool,
+    /// How the limit describes itself in headers: its name and window, and the set's
+    /// `RateLimit-Policy` value (every enforced limit of the set).
+    pub(crate) policy: Policy,
+}
+
+impl SetLimit {
+    /// The limit's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The limit's quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Whether the limit only observes (never refuses).
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// The limit as configured.
+    pub fn limit(&self) -> Limit {
+        Limit {
+            name: self.name,
+            quota: self.quota,
+            shadow: self.shadow,
+        }
+    }
+}
+
+impl fmt::Debug for SetLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetLimit")
+            .field("name", &self.name)
+            .field("quota", &self.quota)
+            .field("shadow", &self.shadow)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LimitSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimitSet")
+            .field("algorithm", &self.algorithm)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl LimitSet {
+    /// Checks `limits` for `algorithm` and prepares them: 1 to [`MAX_LIMITS`] limits with distinct
+    /// valid names and quotas the algorithm can run.
+    ///
+    /// `legacy_headers`: whether refusals and admissions also carry the `X-RateLimit-*` headers.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for `limits` naming the problem.
+    pub(crate) fn new(
+        algorithm: Algorithm,
+        limits: &[Limit],
+        legacy_headers: bool,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let err = |reason: String| Err(ConfigError::new("limits", reason));
+        if limits.is_empty() {
+            return err("a limit set needs at least one limit".into());
+        }
+        if limits.len() > MAX_LIMITS {
+            return err(format!(
+                "a decision checks at most {MAX_LIMITS} limits (got {})",
+                limits.len()
+            ));
+        }
+        for (i, l) in limits.iter().enumerate() {
+            crate::error::check_name(l.name).map_err(|e| {
+                ConfigError::new("limits", format!("limit {:?}: {}", l.name, e.reason()))
+            })?;
+            if limits[..i].iter().any(|o| o.name == l.name) {
+                return err(format!(
+                    "two limits are named {:?}; names must differ",
+                    l.name
+                ));
+            }
+        }
+        let validated: Vec<(Limit, Limits, u64)> = limits
+            .iter()
+            .map(|l| {
+                let v = l.quota.validate(algorithm).map_err(|e| {
+                    ConfigError::new("limits", format!("limit {:?}: {}", l.name, e.reason()))
+                })?;
+                Ok((*l, v, window_secs(l.quota.period())))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        #[cfg(feature = "http")]
+        let header = {
+            let items: Vec<(&str, u32, u64)> = validated
+                .iter()
+                .filter(|(l, ..)| !l.shadow)
+                .map(|(l, v, w)| (l.name, v.limit, *w))
+                .collect();
+            // A set of shadow limits only lists them all (it never refuses; the header then says
+            // what is being observed).
+            let items = if items.is_empty() {
+                validated
+                    .iter()
+                    .map(|(l, v, w)| (l.name, v.limit, *w))
+                    .collect()
+            } else {
+                items
+            };
+            super::headers::policy_list_value(&items)
+        };
+        let limits: Box<[SetLimit]> = validated
+            .into_iter()
+            .map(|(l, v, w)| {
+                Ok(SetLimit {
+                    name: l.name,
+                    id: limit_id(l.name)?,
+                    quota: l.quota,
+                    limits: v,
+                    shadow: l.shadow,
+                    policy: Policy {
+                        name: l.name,
+                        window_secs: w,
+                        legacy_headers,
+                        #[cfg(feature = "http")]
+                        header,
+                    },
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(Arc::new(Self {
+            algorithm,
+            any_enforced: limits.iter().any(|l| !l.shadow),
+            limits,
+        }))
+    }
+
+    /// The counting algorithm every limit of the set uses (the layer's).
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The limits, in the order configured.
+    pub fn limits(&self) -> &[SetLimit] {
+        &self.limits
+    }
+
+    /// Whether any limit of the set is enforced (not shadow).
+    pub fn has_enforced(&self) -> bool {
+        self.any_enforced
+    }
+
+    /// The one limit, when the set is one enforced limit (the hot path every store keeps as fast
+    /// as before sets existed).
+    #[inline]
+    pub(crate) fn single(&self) -> Option<&SetLimit> {
+        match &*self.limits {
+            [one] if !one.shadow => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The same limits marked shadow (the layer-wide shadow mode keeps the store's decision exact
+    /// and admits refusals itself, so this is for display only).
+    pub(crate) fn policy_of(&self, index: usize) -> Policy {
+        self.limits[index.min(self.limits.len() - 1)].policy
+    }
+}
+
+/// What one decision asks of a [`RateLimitStore`](super::RateLimitStore): which limits, how
+/// many units, and whether to spend them or only look.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    pub(crate) set: &'a Arc<LimitSet>,
+    pub(crate) cost: u32,
+    pub(crate) peek: bool,
+}
+
+impl<'a> Ask<'a> {
+    /// One unit of every limit of `set`, spent if admitted.
+    #[inline]
+    pub const fn new(set: &'a Arc<LimitSet>) -> Self {
+        Self {
+            set,
+            cost: 1,
+            peek: false,
+        }
+    }
+
+    /// Asks for `cost` units instead of one (zero is admitted without spending anything).
+    #[inline]
+    #[must_use]
+    pub const fn cost(mut self, cost: u32) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Decides without spending anything (what the request would get).
+    #[inline]
+    #[must_use]
+    pub const fn peek(mut self) -> Self {
+        self.peek = true;
+        self
+    }
+
+    /// The limits to decide.
+    #[inline]
+    pub fn set(&self) -> &'a Arc<LimitSet> {
+        self.set
+    }
+
+    /// The units asked for.
+    #[inline]
+    pub const fn units(&self) -> u32 {
+        self.cost
+    }
+
+    /// Whether nothing is to be spent.
+    #[inline]
+    pub const fn is_peek(&self) -> bool {
+        self.peek
+    }
+
+    /// The one limit of the plain case (one enforced limit, one unit, spent): every store keeps
+    /// this path exactly as it was before sets, costs and peeks existed.
+    #[inline]
+    pub(crate) fn plain(&self) -> Option<&'a SetLimit> {
+        if self.cost == 1 && !self.peek {
+            self.set.single()
+        } else {
+            None
+        }
+    }
+}
+
+/// Whole seconds of a window, rounded up (as the `w=` parameter of `RateLimit-Policy`).
+pub(crate) fn window_secs(period: Duration) -> u64 {
+    period.as_secs() + u64::from(period.subsec_nanos() > 0)
+}
+
+/// The process-wide number standing for a limit name (the in-memory store keys a limit's state
+/// on `(key, id)`); at most 65,536 distinct names per process.
+fn limit_id(name: &'static str) -> Result<u16, ConfigError> {
+    static IDS: OnceLock<Mutex<HashMap<&'static str, u16>>> = OnceLock::new();
+    let mut ids = IDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(id) = ids.get(name) {
+        return Ok(*id);
+    }
+    let Ok(id) = u16::try_from(ids.len()) else {
+        return Err(ConfigError::new(
+            "limits",
+            "more than 65536 distinct limit names in one process; reuse names",
+        ));
+    };
+    ids.insert(name, id);
+    Ok(id)
+}

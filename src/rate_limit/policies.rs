@@ -1,0 +1,242 @@
+//! Which limits a request is decided against, and what it costs: the layer's default set, its
+//! tiers and a resolver from the key to a tier, keys' own limits, and the cost and refusal
+//! response of a request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::limit::LimitSet;
+use crate::rejection::Rejection;
+use crate::throttle::LogThrottle;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// A resolver from a key to the name of its tier (see
+/// [`RateLimitBuilder::tier_of`](super::RateLimitBuilder::tier_of)).
+pub(crate) type TierOf<K> = Arc<dyn Fn(&K) -> Option<&str> + Send + Sync>;
+
+/// The limit sets in force: replaced whole on every live change, read with one atomic load.
+pub(crate) struct Policies<K> {
+    pub(crate) default: Arc<LimitSet>,
+    pub(crate) tiers: HashMap<&'static str, Arc<LimitSet>, Hasher>,
+    pub(crate) keys: HashMap<K, Arc<LimitSet>, Hasher>,
+}
+
+impl<K: Clone> Clone for Policies<K> {
+    fn clone(&self) -> Self {
+        Self {
+            default: Arc::clone(&self.default),
+            tiers: self.tiers.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// A layer's policies, shared by its services and its handles.
+pub(crate) struct Live<K> {
+    pub(crate) current: ArcSwap<Policies<K>>,
+    pub(crate) tier_of: Option<TierOf<K>>,
+    /// Serialises writers (each reads, copies, changes and swaps the policies).
+    pub(crate) write: Mutex<()>,
+    /// The layer's name, for logs and metrics.
+    pub(crate) name: &'static str,
+    /// What sets built by handles need: the layer's algorithm and header settings.
+    pub(crate) algorithm: super::Algorithm,
+    pub(crate) legacy_headers: bool,
+    unknown_log: LogThrottle,
+    #[cfg(feature = "metrics")]
+    unknown: std::sync::OnceLock<metrics::Counter>,
+}
+
+impl<K> fmt::Debug for Live<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.current.load();
+        let mut tiers: Vec<_> = p.tiers.keys().collect();
+        tiers.sort();
+        f.debug_struct("Policies")
+            .field("default", &p.default)
+            .field("tiers", &tiers)
+            .field("keys_with_own_limits", &p.keys.len())
+            .field("tier_of", &self.tier_of.is_some())
+            .finish()
+    }
+}
+
+impl<K: Hash + Eq> Live<K> {
+    pub(crate) fn new(
+        policies: Policies<K>,
+        tier_of: Option<TierOf<K>>,
+        name: &'static str,
+        algorithm: super::Algorithm,
+        legacy_headers: bool,
+    ) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(policies),
+            tier_of,
+            write: Mutex::new(()),
+            name,
+            algorithm,
+            legacy_headers,
+            unknown_log: LogThrottle::new(Duration::from_secs(10)),
+            #[cfg(feature = "metrics")]
+            unknown: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The set `key` is decided against: its own limits, else its tier's, else the default.
+    #[inline]
+    pub(crate) fn resolve<'p>(&self, p: &'p Policies<K>, key: &K) -> &'p Arc<LimitSet> {
+        if !p.keys.is_empty()
+            && let Some(set) = p.keys.get(key)
+        {
+            return set;
+        }
+        if let Some(tier_of) = &self.tier_of
+            && let Some(name) = tier_of(key)
+        {
+            match p.tiers.get(name) {
+                Some(set) => return set,
+                None => self.unknown_tier(name),
+            }
+        }
+        &p.default
+    }
+
+    /// A resolver named a tier the layer does not have: the default set applies; logged at most
+    /// once per 10 s, and counted.
+    #[cold]
+    fn unknown_tier(&self, tier: &str) {
+        if let Some(suppressed) = self.unknown_log.check() {
+            tracing::warn!(
+                limiter = self.name,
+                tier,
+                suppressed,
+                "rate limit tier unknown; the default limits apply"
+            );
+        }
+        #[cfg(feature = "metrics")]
+        self.unknown
+            .get_or_init(|| {
+                crate::metrics::counter(&crate::metrics::key(
+                    "rampart_rate_limit_unknown_tier_total",
+                    self.name,
+                    &[],
+                ))
+            })
+            .increment(1);
+    }
+}
+
+/// How many units a request spends (see [`RateLimitBuilder::cost`](super::RateLimitBuilder::cost)).
+///
+/// Implemented by closures `Fn(&Req) -> u32` and by [`UnitCost`] (the default: every request
+/// costs 1, at no cost on the request path).
+pub trait Cost<Req>: Send + Sync + 'static {
+    /// The units `req` spends (0 is admitted without spending anything).
+    fn cost(&self, req: &Req) -> u32;
+}
+
+/// Every request costs one unit (the default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnitCost;
+
+impl<Req> Cost<Req> for UnitCost {
+    #[inline(always)]
+    fn cost(&self, _: &Req) -> u32 {
+        1
+    }
+}
+
+impl<Req, F> Cost<Req> for F
+where
+    F: Fn(&Req) -> u32 + Send + Sync + 'static,
+{
+    #[inline]
+    fn cost(&self, req: &Req) -> u32 {
+        self(req)
+    }
+}
+
+/// Answers a refused request with a response of the application's own (see
+/// `RateLimitBuilder::respond_with`, feature `http`), or leaves it to the rejection mode.
+pub trait Responder<Req, Res>: Send + Sync + 'static {
+    /// The response for `refusal` of `req`, or `None` for the rejection mode's.
+    fn respond(&self, refusal: &dyn Rejection, req: Req) -> Option<Res>;
+}
+
+/// Refusals are answered by the rejection mode (the default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModeResponds;
+
+impl<Req, Res> Responder<Req, Res> for ModeResponds {
+    #[inline(always)]
+    fn respond(&self, _: &dyn Rejection, _: Req) -> Option<Res> {
+        None
+    }
+}
+
+/// An HTTP responder: a function of the refusal and the request's parts.
+#[cfg(feature = "http")]
+#[derive(Clone)]
+pub struct RespondFn<F>(pub(crate) F);
+
+#[cfg(feature = "http")]
+impl<F> fmt::Debug for RespondFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RespondFn")
+    }
+}
+
+#[cfg(feature = "http")]
+impl<F, B, ResB> Responder<http::Request<B>, http::Response<ResB>> for RespondFn<F>
+where
+    F: Fn(&dyn Rejection, &http::request::Parts) -> http::Response<ResB> + Send + Sync + 'static,
+{
+    fn respond(
+        &self,
+        refusal: &dyn Rejection,
+        req: http::Request<B>,
+    ) -> Option<http::Response<ResB>> {
+        let (parts, _body) = req.into_parts();
+        Some((self.0)(refusal, &parts))
+    }
+}
+
+/// What the layer does per request beyond the key: the cost ([`Cost`]) and the refusal response
+/// ([`Responder`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PerRequest<C = UnitCost, R = ModeResponds> {
+    pub(crate) cost: C,
+    pub(crate) responder: R,
+}
+
+/// The per-request settings of a layer's services, for a request type and a response type:
+/// implemented by [`PerRequest`] when its cost and responder fit them.
+pub trait RequestPolicy<Req, Res>: Send + Sync + 'static {
+    /// The units `req` spends.
+    fn cost(&self, req: &Req) -> u32;
+
+    /// The application's response to `refusal` of `req`, or `None` for the rejection mode's.
+    fn respond(&self, refusal: &dyn Rejection, req: Req) -> Option<Res>;
+}
+
+impl<Req, Res, C, R> RequestPolicy<Req, Res> for PerRequest<C, R>
+where
+    C: Cost<Req>,
+    R: Responder<Req, Res>,
+{
+    #[inline(always)]
+    fn cost(&self, req: &Req) -> u32 {
+        self.cost.cost(req)
+    }
+
+    #[inline]
+    fn respond(&self, refusal: &dyn Rejection, req: Req) -> Option<Res> {
+        self.responder.respond(refusal, req)
+    }
+}

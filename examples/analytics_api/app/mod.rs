@@ -28,7 +28,7 @@ use tower_rampart::cache::{CacheHandle, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::http::AsHttp;
 use tower_rampart::key::{ClientIp, key_fn};
-use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+use tower_rampart::rate_limit::{Limit, Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
 use crate::config::Config;
@@ -40,7 +40,7 @@ use crate::input::{self, FromBody};
 use crate::storage::{
     EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
 };
-use crate::tiers::Tiers;
+use crate::tiers::{Client, Tiers};
 use crate::{docs, telemetry};
 
 mod handlers;
@@ -250,20 +250,31 @@ pub(crate) fn build(
     // Metric submission: a known API key (`X-API-Key`, listed in `API_KEYS`) is limited per key at
     // its tier's quota (`TIER_QUOTAS`); anyone else per client IP at the default quota, exactly as
     // without tiers (`tiers.rs`).
-    let metrics_limit = per_client("metrics", true)
+    let mut metrics_limit = per_client("metrics", true)
         .quota(Quota::with_period(
             config.metrics_limit,
             config.metrics_window,
         ))
-        .key(tiers.extractor(client_ip.clone()))
-        .build()?;
+        .key(tiers.extractor(client_ip.clone()));
+    if tiers.key_count() > 0 {
+        // Each tier one limit named after it: its answers say `RateLimit-Policy: "pro";q=..`.
+        for tier in tiers.tiers() {
+            metrics_limit = metrics_limit.tier(tier.name, [Limit::new(tier.name, tier.quota)]);
+        }
+        let resolver = tiers.clone();
+        metrics_limit = metrics_limit.tier_of(move |client: &Client| resolver.tier_of(client));
+    }
+    // `RATE_LIMIT_SHADOW=1`: every limit decides and counts as usual, and admits.
+    let metrics_limit = metrics_limit.shadow(tiers.shadow()).build()?;
     let events_limit = per_client("events", false)
         .quota(Quota::per_minute(config.events_per_minute))
         .key(client_ip.clone())
+        .shadow(tiers.shadow())
         .build()?;
     let api_v1_limit = per_client("api_v1", true)
         .quota(Quota::per_minute(config.api_v1_per_minute))
         .key(client_ip)
+        .shadow(tiers.shadow())
         .build()?;
 
     // Validation runs before the limiters, so an invalid body (or one that is not JSON) never

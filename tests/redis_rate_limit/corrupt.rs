@@ -34,9 +34,10 @@ fn foreign(algorithm: Algorithm) -> &'static [&'static str] {
             "a b c",
             "1 2 99999999999",
             "-1 0 0",
-            // Counts above the limit of 3, and a window that begins in 3 million years.
-            "1 4 0",
-            "1 0 4",
+            // Counts above any limit (a u32; counts above this limit of 3 are a larger limit's,
+            // before a change at run time, #18), and a window that begins in 3 million years.
+            "1 4294967296 0",
+            "1 0 4294967296",
             "9000000000000 0 0",
         ],
     }
@@ -304,10 +305,10 @@ async fn redis_now(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
 
 /// Review of #7: a GCRA arrival time centuries ahead (digits, so it parsed) was taken as state: the
 /// key was refused for 228 years, and the refusal remembered. An arrival time further ahead than
-/// the quota allows cannot have been written by the script: it is unreadable data, repaired by
+/// any quota allows cannot have been written by the script: it is unreadable data, repaired by
 /// default (a fresh state, with an expiry).
 #[tokio::test]
-async fn an_arrival_time_beyond_the_quota_is_repaired() {
+async fn an_arrival_time_beyond_any_quota_is_repaired() {
     let Some(server) = RedisServer::start() else {
         return;
     };
@@ -352,11 +353,13 @@ async fn an_arrival_time_beyond_the_quota_is_repaired() {
     assert!(ttl > 0 && ttl <= 6_001, "the repaired state expires: {ttl}");
 }
 
-/// Where "beyond what the quota allows" begins: a state up to 1 s past it (clocks of a failed-over
-/// node, a stepped clock) is read as it is; further is unreadable. Repair is off here, so that a
-/// state taken as unreadable shows as an error rather than as a fresh state.
+/// Where "beyond what any quota allows" begins: a state up to 1 s past the furthest a quota the
+/// store accepts reaches (2^52 ns) is read as it is; further is unreadable. A state past what this
+/// limit's quota allows but within that was written under a larger quota before a change at run
+/// time (#18): a state, refused until it drains, as in memory. Repair is off here, so that a state
+/// taken as unreadable shows as an error rather than as a fresh state.
 #[tokio::test]
-async fn states_past_what_the_quota_allows_are_read_within_one_second_for_clocks() {
+async fn states_past_what_any_quota_allows_are_read_within_one_second_for_clocks() {
     let Some(server) = RedisServer::start() else {
         return;
     };
@@ -381,7 +384,8 @@ async fn states_past_what_the_quota_allows_are_read_within_one_second_for_clocks
         }
     };
 
-    // GCRA, 10 per minute: the arrival time runs at most 60 s (the tolerance) ahead of now.
+    // GCRA, 10 per minute: its own decisions run the arrival time at most 60 s (the tolerance)
+    // ahead of now.
     let gcra = RateLimitLayer::builder()
         .quota(Quota::per_minute(10))
         .key(key_fn(|k: &u32| Some(*k)))
@@ -400,16 +404,36 @@ async fn states_past_what_the_quota_allows_are_read_within_one_second_for_clocks
         d.retry_after() > Duration::from_secs(6) && d.retry_after() <= Duration::from_millis(6_500),
         "{d:?}"
     );
+    // An hour ahead: a larger quota's state (say 60 per minute with a burst of 60 x 60).
     set(
         gcra.store().redis_key(&2),
-        (now + 62_000_000_000).to_string(),
+        (now + 3_600_000_000_000).to_string(),
     )
     .await;
-    let e = decide(gcra.store(), &2).await.unwrap_err();
-    assert!(e.is_corrupt_data(), "62 s ahead: {e}");
+    let d = decide(gcra.store(), &2).await.unwrap();
+    assert!(!d.is_allowed(), "an hour ahead: read as a state, {d:?}");
+    assert!(
+        d.retry_after() > Duration::from_secs(3_545) && d.retry_after() <= Duration::from_secs(3_546),
+        "{d:?}"
+    );
+    const MAX: u64 = 1 << 52;
+    set(
+        gcra.store().redis_key(&3),
+        (now + MAX + 500_000_000).to_string(),
+    )
+    .await;
+    let d = decide(gcra.store(), &3).await.unwrap();
+    assert!(!d.is_allowed(), "2^52 ns + 0.5 s ahead: read as a state, {d:?}");
+    set(
+        gcra.store().redis_key(&4),
+        (now + MAX + 2_000_000_000).to_string(),
+    )
+    .await;
+    let e = decide(gcra.store(), &4).await.unwrap_err();
+    assert!(e.is_corrupt_data(), "2^52 ns + 2 s ahead: {e}");
     assert!(
         e.to_string()
-            .contains("further ahead than the quota allows"),
+            .contains("further ahead than any quota allows"),
         "{e}"
     );
 
@@ -426,6 +450,10 @@ async fn states_past_what_the_quota_allows_are_read_within_one_second_for_clocks
     set(window.store().redis_key(&1), format!("{} 0 3", index + 1)).await;
     let d = decide(window.store(), &1).await.unwrap();
     assert!(!d.is_allowed(), "the next window's 3 count now: {d:?}");
+    // Counts above the limit: a larger limit's, before a change at run time.
+    set(window.store().redis_key(&3), format!("{index} 0 7")).await;
+    let d = decide(window.store(), &3).await.unwrap();
+    assert!(!d.is_allowed(), "7 counted against a limit of 3: {d:?}");
     set(window.store().redis_key(&2), format!("{} 0 0", index + 3)).await;
     let e = decide(window.store(), &2).await.unwrap_err();
     assert!(e.is_corrupt_data(), "{e}");

@@ -1,48 +1,42 @@
--- GCRA, one decision: exactly what src/rate_limit/algorithm/gcra.rs `decide` computes, atomically.
+-- GCRA: one decision over a set of limits on one key (limit_set.lua: arguments, reply, the set's
+-- rules), each limit computed exactly as src/rate_limit/algorithm/gcra.rs `decide` does, atomically.
 --
--- KEYS[1]  the limiter key; its value is the theoretical arrival time (TAT) of the next request, in
---          nanoseconds since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits.
--- ARGV[1]  emission interval (ns)
--- ARGV[2]  tolerance, burst x emission (ns)
--- ARGV[3]  now (ns) from the caller's clock, or "" to read the server's TIME (the default, so
---          replicas with skewed clocks agree)
--- ARGV[4]  minimum expiry (ms); 0 for none
--- ARGV[5]  "1" to repair state it cannot read (replace it with a fresh state and say so), "0" to
---          answer it with a RAMPARTDATA error and leave it as it is
--- ARGV[6]  not after: the server TIME (us since the Unix epoch) after which the caller has given
---          up on this call, or "" for no bound
+-- KEYS[i]  limit i's state: the theoretical arrival time (TAT) of the key's next request, in
+--          nanoseconds since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits
+-- A limit's two parameters: its emission interval (ns) and its tolerance, burst x emission (ns).
 --
--- Returns {1, slack, reset, repaired, time} when admitted (remaining = slack / emission),
--- {0, reset, retry_after, repaired, time} when refused: nanoseconds; `repaired` is "" or what was
--- wrong with the state it replaced; `time` is the server's TIME in microseconds, which tells the
--- caller how the server's clock relates to its own. Past ARGV[6] it answers the error
--- "RAMPARTLATE <time>" without reading or writing anything: the caller has answered its request
--- without Redis (failure policy), and counting it now would count it twice.
+-- A limit's figures: admitted, a = slack (remaining = slack / emission) and b = reset, how far
+-- ahead of now its TAT runs; refused, a = reset and b = retry after; a cost above the burst, a =
+-- reset and b = 0. Nanoseconds.
 --
 -- State it cannot read: another type of value, anything but 1 to 19 digits, or a TAT further
--- ahead of now than the tolerance (which no decision writes) by more than SKEW, an allowance for
--- clocks: a key written on a node whose clock ran ahead (before a failover) or before the clock
--- was stepped back.
+-- ahead of now than any quota's tolerance (2^52 ns) by more than SKEW, an allowance for clocks: a
+-- key written on a node whose clock ran ahead (before a failover) or before the clock was stepped
+-- back. A TAT ahead by more than this limit's tolerance but less than that was written under a
+-- larger quota, before a change at run time: it is a state, refused until it drains.
 --
 -- Lua numbers are doubles, exact for integers below 2^53. Absolute times (about 2^60 ns) are
 -- therefore split into microseconds and a sub-microsecond remainder, and everything computed is
--- relative to now and below 2^53: the store refuses quotas whose tolerance exceeds 2^52 ns.
+-- relative to now: the store refuses quotas whose tolerance exceeds 2^52 ns, and cost x emission
+-- is compared with the tolerance before it is added to anything.
 
-local time_us, now_us, now_frac = clock(ARGV[3], ARGV[6])
-if not now_us then
-  return time_us
+local function gcra_one(key, emission, tolerance, cost, now_us, now_frac, repair, min_ttl)
+  local base, repaired = gcra_base(key, now_us, now_frac, repair)
+  if not repaired then
+    return nil, base
+  end
+  -- Exact below 2^53; above, still above any tolerance.
+  local need = cost * emission
+  if need > tolerance then
+    return 2, base, 0, 0, repaired
+  end
+  local ahead = base + need
+  if ahead > tolerance then
+    return 0, base, ahead - tolerance, 0, repaired
+  end
+  local slack = tolerance - ahead
+  local value, ttl = gcra_state(now_us, now_frac, ahead, min_ttl)
+  return 1, slack, ahead, divmod(slack, emission), repaired, value, ttl
 end
-local emission = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
 
-local base, repaired = gcra_base(now_us, now_frac, tolerance, ARGV[5])
-if not repaired then
-  return base
-end
-
-local ahead = base + emission
-if ahead > tolerance then
-  return {0, base, ahead - tolerance, repaired, time_us}
-end
-gcra_write(now_us, now_frac, ahead, ARGV[4])
-return {1, tolerance - ahead, ahead, repaired, time_us}
+return decide_set(gcra_one)

@@ -1,16 +1,22 @@
--- GCRA state at KEYS[1], shared by gcra.lua and lease/lease.lua (prepended after prelude.lua): the
--- theoretical arrival time (TAT) of the next request, in nanoseconds since the clock's epoch, as
--- decimal digits.
+-- GCRA state, shared by gcra.lua and lease/lease.lua (prepended after prelude.lua): the theoretical
+-- arrival time (TAT) of a key's next request, in nanoseconds since the clock's epoch, as decimal
+-- digits.
 
--- How far the stored TAT is ahead of now (0 when it is not): `base - now` in gcra.rs; and what was
--- wrong with the state, "" when nothing. State it cannot read (another type of value, anything but
--- 1 to 19 digits, or a TAT further ahead of now than the tolerance by more than SKEW) is replaced
--- by a fresh state (base 0) when `repair` is "1", and answered with a RAMPARTDATA error reply
+-- The furthest ahead of now (ns) a TAT can be that some decision wrote: the largest tolerance the
+-- store accepts (2^52 ns, about 52 days), plus SKEW. A quota changed at run time keeps its state,
+-- so a TAT written under a larger quota than the one deciding now is a state, not damage: it is
+-- refused until it drains, as in memory.
+local MAX_AHEAD = 4503599627370496 + SKEW
+
+-- How far the TAT stored at `key` is ahead of now (0 when it is not): `base - now` in gcra.rs; and
+-- what was wrong with the state, "" when nothing. State it cannot read (another type of value,
+-- anything but 1 to 19 digits, or a TAT further ahead of now than MAX_AHEAD) is replaced by a
+-- fresh state (base 0) when `repair` is "1", and answered with a RAMPARTDATA error reply
 -- otherwise, as (error reply, nil).
-local function gcra_base(now_us, now_frac, tolerance, repair)
+local function gcra_base(key, now_us, now_frac, repair)
   local base = 0
   local problem
-  local raw = redis.pcall('GET', KEYS[1])
+  local raw = redis.pcall('GET', key)
   if type(raw) == 'table' and raw.err then
     problem = 'the key holds another type of value (' .. raw.err .. ')'
   elseif raw then
@@ -19,13 +25,13 @@ local function gcra_base(now_us, now_frac, tolerance, repair)
       problem = 'the key does not hold a GCRA arrival time'
     elseif tat_us > now_us or (tat_us == now_us and tat_frac > now_frac) then
       -- In microseconds first: a foreign value may be centuries ahead, beyond 2^53 ns.
-      if tat_us - now_us > (tolerance + SKEW) / 1000 + 1 then
-        base = tolerance + SKEW + 1
+      if tat_us - now_us > MAX_AHEAD / 1000 + 1 then
+        base = MAX_AHEAD + 1
       else
         base = (tat_us - now_us) * 1000 + (tat_frac - now_frac)
       end
-      if base > tolerance + SKEW then
-        problem = 'the key holds a GCRA arrival time further ahead than the quota allows'
+      if base > MAX_AHEAD then
+        problem = 'the key holds a GCRA arrival time further ahead than any quota allows'
       end
     end
   end
@@ -35,13 +41,13 @@ local function gcra_base(now_us, now_frac, tolerance, repair)
   if repair ~= '1' then
     return redis.error_reply('RAMPARTDATA ' .. problem), nil
   end
-  -- A fresh state: always admitted, and written by the caller (SET replaces a value of any type).
+  -- A fresh state, which the caller writes or deletes.
   return 0, problem
 end
 
--- Stores now + ahead as the TAT, expiring once it has passed (the key is then as good as absent),
--- and no sooner than `min_ttl_arg` ms.
-local function gcra_write(now_us, now_frac, ahead, min_ttl_arg)
+-- The state that puts the TAT at now + ahead, and its expiry (ms): once it has passed (the key is
+-- then as good as absent), and no sooner than `min_ttl_arg` ms.
+local function gcra_state(now_us, now_frac, ahead, min_ttl_arg)
   local carry, frac = divmod(now_frac + ahead, 1000)
   local tat_us = now_us + carry
   local value
@@ -55,5 +61,11 @@ local function gcra_write(now_us, now_frac, ahead, min_ttl_arg)
   if ttl < min_ttl then
     ttl = min_ttl
   end
-  redis.call('SET', KEYS[1], value, 'PX', ttl)
+  return value, ttl
+end
+
+-- Stores now + ahead as the TAT at `key` (SET replaces a value of any type).
+local function gcra_write(key, now_us, now_frac, ahead, min_ttl_arg)
+  local value, ttl = gcra_state(now_us, now_frac, ahead, min_ttl_arg)
+  redis.call('SET', key, value, 'PX', ttl)
 end

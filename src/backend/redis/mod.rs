@@ -123,8 +123,10 @@
 //! A limiter's key holding something its script cannot read was written by something else (most
 //! likely a leftover, or another program's keys under the same prefix): another type of value,
 //! text that is not a state, or a state no decision writes, such as a GCRA arrival time further
-//! ahead than the quota allows (more than 1 s beyond it, which leaves room for the clocks of
-//! failed-over nodes) or sliding-window counts above the limit. By default the script replaces it
+//! ahead than any quota allows (2^52 ns, about 52 days, and 1 s more, which leaves room for the
+//! clocks of failed-over nodes) or sliding-window counts of 2^32 or more. (A state beyond what the
+//! limit's own quota allows was written under a larger quota before a change at run time: it is
+//! read, and refused until it drains, as in memory.) By default the script replaces it
 //! with a fresh state and decides as for a new key, and the store logs a warning (naming the key
 //! and what was wrong, at most once per 10 s per limiter) and counts the repair. With
 //! [`repair_corrupt_data(false)`](RedisBackend::repair_corrupt_data) the data is left for someone
@@ -214,6 +216,8 @@ mod connection;
 mod error;
 mod key;
 pub mod lease;
+#[cfg(feature = "rate-limit")]
+mod over_limit;
 #[cfg(feature = "rate-limit")]
 mod rate_limit;
 #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]

@@ -5,23 +5,23 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use redis::Value;
 
 use super::conn::{Conn, Script};
+use super::over_limit::{OverLimits, Remembered, tag};
 use super::{FailurePolicy, RedisBackend, RedisKey, StoreClock};
 use crate::backend::memory::MemoryRateLimitStore;
-use crate::backend::memory::map::{BoundedMap, Expiring};
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
 use crate::clock::{Clock, Nanos};
 use crate::error::ConfigError;
 use crate::hooks::Hooks;
 use crate::rate_limit::quota::{Algorithm, Limits};
 use crate::rate_limit::{
-    Ask, Check, Decision, LimitSet, RateLimitBackend, RateLimitEvent, RateLimitSpec, RateLimitStore,
+    Ask, Check, Decision, LimitSet, RateLimitBackend, RateLimitEvent, RateLimitSpec,
+    RateLimitStore, SetLimit,
 };
 use crate::throttle::LogThrottle;
 
@@ -30,17 +30,21 @@ use crate::throttle::LogThrottle;
 const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 
 /// The GCRA decision script as Redis runs it: the helpers every rate limit script shares
-/// (`prelude.lua`), those of the GCRA state (`gcra_tat.lua`, shared with the lease script), then
-/// its own body.
+/// (`prelude.lua`), those of the GCRA state (`gcra_tat.lua`, shared with the lease script), the
+/// decision over a set of limits (`limit_set.lua`, shared with the sliding window), then its own
+/// body.
 const GCRA_LUA: &str = concat!(
     include_str!("prelude.lua"),
     include_str!("gcra_tat.lua"),
+    include_str!("limit_set.lua"),
     include_str!("gcra.lua")
 );
 
-/// The sliding-window decision script as Redis runs it: the shared helpers, then its body.
+/// The sliding-window decision script as Redis runs it: the shared helpers, the decision over a
+/// set of limits, then its body.
 const WINDOW_LUA: &str = concat!(
     include_str!("prelude.lua"),
+    include_str!("limit_set.lua"),
     include_str!("sliding_window.lua")
 );
 
@@ -82,37 +86,26 @@ fn period_text(nanos: Nanos) -> String {
     }
 }
 
-/// A key known to be over its limit until `until`: refused locally, with no round trip.
-#[derive(Debug, Default)]
-pub(crate) struct OverLimit {
-    until: AtomicU64,
-    reset_at: AtomicU64,
-}
-
-impl Expiring for OverLimit {
-    type Context = ();
-
-    fn is_idle(&self, _: &(), now: Nanos) -> bool {
-        now >= self.until.load(Ordering::Acquire)
-    }
-
-    fn due(&self, _: &()) -> Nanos {
-        self.until.load(Ordering::Relaxed)
-    }
-}
-
 /// The [`RateLimitStore`] kept in Redis: one script call per decision, shared by every replica.
 /// Built by [`RedisBackend`].
 ///
-/// - A refusal is remembered locally until its retry time: further requests for that key are
-///   refused without a round trip (their decision is the one Redis would give, with the time
-///   moved on). Another replica's traffic can only push a key's admission later, never earlier, so
-///   this never refuses what Redis would admit.
+/// - A decision over a set of limits (a tier's, a key's own, several quotas at once) is one
+///   script call too: every limit's state is a key of its own, all with the key's `{hash tag}`
+///   (one Cluster slot), decided and spent all or nothing in the script (see the
+///   [module documentation](super#limits-tiers-and-live-changes)).
+/// - A refusal is remembered locally until its retry time: further requests for that key with the
+///   same limits and the same cost are refused without a round trip (their decision is the one
+///   Redis would give, with the time moved on). Another replica's traffic can only push a key's
+///   admission later, never earlier, so this never refuses what Redis would admit. A request with
+///   another cost or other limits goes to Redis (a refusal of 5 units says nothing about 1), and
+///   so do peeks and sets with shadow limits (a shadow limit must spend what it admits, even
+///   when an enforced limit refuses).
 /// - When Redis fails (unreachable, timed out, or unreadable data with
 ///   [`repair_corrupt_data(false)`](RedisBackend::repair_corrupt_data)), the store follows its
-///   [`FailurePolicy`]. While Redis is known to be down, requests do not wait for it: one request
-///   per 100 ms probes it, and decisions go back to Redis as soon as one succeeds. A call given
-///   up on its timeout does not count when Redis runs it later (see the
+///   [`FailurePolicy`], for the same request (its limits, cost and peek). While Redis is known to
+///   be down, requests do not wait for it: one request per 100 ms probes it, and decisions go back
+///   to Redis as soon as one succeeds. A call given up on its timeout does not count when Redis
+///   runs it later (see the
 ///   [module documentation](super#a-request-is-counted-once-even-when-redis-answers-late)).
 pub struct RedisRateLimitStore<K> {
     inner: Arc<Inner<K>>,
@@ -122,20 +115,27 @@ pub(super) struct Inner<K> {
     conn: Arc<Conn>,
     script: &'static Script,
     algorithm: Algorithm,
-    limits: Limits,
-    /// The layer's default set, the one this store decides.
+    /// The layer's default set, as built.
     set: Arc<LimitSet>,
     name: Arc<str>,
-    /// `<prefix>:rl:<name>:<algorithm>:{`, to which the key and `}` are appended.
+    /// The limit whose keys are the ones a single-quota limiter has always used (its name is the
+    /// layer's, and it is in the default set), and its quota as built.
+    own: Option<(&'static str, Limits)>,
+    /// `<prefix>:rl:<name>:<algorithm>:`: a limit's key is this, the limit's name, `:{`, the key
+    /// and `}`; the `own` limit's has its quota as built in place of its name (`10/60s`).
+    head: Vec<u8>,
+    /// `head` and the `own` limit's quota and `:{`, to which the key and `}` are appended.
     key_head: Vec<u8>,
-    /// The script's first two arguments (emission and tolerance, or period and limit).
+    /// The script's first two arguments for the `own` limit as built.
     params: [Vec<u8>; 2],
+    /// The tag of the default set at cost 1, for the over-limit memory.
+    default_tag: u64,
     timeout: Duration,
     policy: FailurePolicy,
     clock: StoreClock,
     /// The script's fifth argument: `1` to repair state it cannot read, `0` to report it.
     repair: &'static [u8],
-    over_limit: BoundedMap<K, OverLimit>,
+    over_limit: OverLimits<K>,
     local: Option<MemoryRateLimitStore<K, StoreClock>>,
     log: LogThrottle,
     repair_log: LogThrottle,
@@ -179,9 +179,9 @@ impl<K> fmt::Debug for RedisRateLimitStore<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
         f.debug_struct("RedisRateLimitStore")
-            .field("key_prefix", &String::from_utf8_lossy(&i.key_head))
+            .field("key_prefix", &String::from_utf8_lossy(&i.head))
             .field("algorithm", &i.algorithm)
-            .field("limits", &i.limits)
+            .field("limits", &i.set)
             .field("timeout", &i.timeout)
             .field("failure_policy", &i.policy)
             .field("conn", &i.conn)
@@ -204,9 +204,17 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisRateLimitStore<K> {
         &self.inner
     }
 
-    /// The Redis key holding `key`'s state.
+    /// The Redis key holding `key`'s state for the layer's first default limit.
     pub fn redis_key(&self, key: &K) -> Vec<u8> {
-        self.inner.redis_key(key)
+        let first = self.inner.set.limits()[0].name;
+        self.inner.limit_key(first, key)
+    }
+
+    /// The Redis key holding `key`'s state for the limit named `limit`: every limit of one key has
+    /// a key of its own, with the same `{hash tag}` (see the
+    /// [module documentation](super#limits-tiers-and-live-changes)).
+    pub fn limit_key(&self, limit: &str, key: &K) -> Vec<u8> {
+        self.inner.limit_key(limit, key)
     }
 
     /// The failure policy this store follows.
@@ -221,69 +229,120 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisRateLimitStore<K> {
     }
 }
 
-/// The error for a decision the Redis stores do not make yet.
-pub(super) fn unserved(ask: &Ask<'_>) -> BackendError {
-    BackendError::new(
-        format!(
-            "the redis rate limit store decides one enforced limit at a cost of 1, the layer's \
-             own quota (asked: {} limit(s), cost {}, peek {}); several limits, costs, peeks, \
-             tiers and live changes on Redis are not supported yet",
-            ask.set().limits().len(),
-            ask.units(),
-            ask.is_peek()
-        ),
-        None,
-    )
+/// The set a pending decision asks about: the store's default set (not cloned on the hot path) or
+/// another.
+enum SetOf {
+    Default,
+    Other(Arc<LimitSet>),
 }
 
-impl<K> Inner<K> {
-    /// Whether this store can decide `ask`: the plain case for the quota it was built with.
-    #[inline]
-    pub(super) fn serves(&self, ask: &Ask<'_>) -> bool {
-        ask.plain().is_some_and(|l| l.limits == self.limits)
+impl SetOf {
+    fn new<K>(inner: &Inner<K>, set: &Arc<LimitSet>) -> Self {
+        if Arc::ptr_eq(set, &inner.set) {
+            Self::Default
+        } else {
+            Self::Other(Arc::clone(set))
+        }
+    }
+
+    fn get<'a, K>(&'a self, inner: &'a Inner<K>) -> &'a Arc<LimitSet> {
+        match self {
+            Self::Default => &inner.set,
+            Self::Other(set) => set,
+        }
     }
 }
 
-impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
-    fn redis_key(&self, key: &K) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.key_head.len() + 48);
-        out.extend_from_slice(&self.key_head);
+/// The tag of `set` at `cost` for the over-limit memory.
+fn set_tag(set: &LimitSet, cost: u32) -> u64 {
+    tag(set.limits().iter().map(|l| (l.name, &l.limits)), cost)
+}
+
+/// The script's two parameters of `limits` for `algorithm`.
+fn params(algorithm: Algorithm, limits: &Limits) -> [Vec<u8>; 2] {
+    let (a, b) = match algorithm {
+        Algorithm::Gcra => (limits.emission, limits.tolerance),
+        Algorithm::SlidingWindow => (limits.period, u64::from(limits.limit)),
+    };
+    [
+        itoa::Buffer::new().format(a).as_bytes().to_vec(),
+        itoa::Buffer::new().format(b).as_bytes().to_vec(),
+    ]
+}
+
+/// Why the scripts cannot decide `limits` exactly, if they cannot (their Lua numbers are doubles,
+/// exact below 2^53).
+fn unscriptable(algorithm: Algorithm, limits: &Limits) -> Option<String> {
+    match algorithm {
+        Algorithm::Gcra if limits.tolerance > MAX_SCRIPT_NANOS => Some(format!(
+            "the Redis backend handles GCRA bursts spanning up to 52 days (burst x period / \
+             limit); {} per {:?} with a burst of {} spans {:?}",
+            limits.limit,
+            Duration::from_nanos(limits.period),
+            limits.burst,
+            Duration::from_nanos(limits.tolerance)
+        )),
+        Algorithm::SlidingWindow if limits.period > MAX_SCRIPT_NANOS || limits.period < 1_000 => {
+            Some(format!(
+                "the Redis backend handles sliding-window periods from 1 microsecond to 52 days \
+                 (got {:?})",
+                Duration::from_nanos(limits.period)
+            ))
+        }
+        _ => None,
+    }
+}
+
+impl<K: RedisKey> Inner<K> {
+    /// The Redis key of `key`'s state under the limit named `limit`.
+    fn limit_key(&self, limit: &str, key: &K) -> Vec<u8> {
+        let mut out;
+        if self.own.is_some_and(|(own, _)| own == limit) {
+            out = Vec::with_capacity(self.key_head.len() + 48);
+            out.extend_from_slice(&self.key_head);
+        } else {
+            out = Vec::with_capacity(self.head.len() + limit.len() + 50);
+            out.extend_from_slice(&self.head);
+            out.extend_from_slice(limit.as_bytes());
+            out.extend_from_slice(b":{");
+        }
         key.write_redis_key(&mut out);
         out.push(b'}');
         out
     }
 
-    /// A refusal remembered for `key`, as Redis would now give it.
+}
+
+impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
+    /// A refusal remembered for `key` that answers `ask`, as Redis would now give it.
     #[inline]
-    fn remembered(&self, key: &K, now: Nanos) -> Option<Decision> {
-        let (until, reset_at) = self.over_limit.get(key, |o| {
-            (
-                o.until.load(Ordering::Acquire),
-                o.reset_at.load(Ordering::Acquire),
-            )
+    fn remembered(&self, key: &K, ask: &Ask<'_>, now: Nanos) -> Option<Decision> {
+        let set = ask.set();
+        let r = self.over_limit.get(key, now, || {
+            if ask.units() == 1 && Arc::ptr_eq(set, &self.set) {
+                self.default_tag
+            } else {
+                set_tag(set, ask.units())
+            }
         })?;
-        (now < until).then(|| {
-            Decision::refused(self.limits.limit, reset_at.saturating_sub(now), until - now)
-        })
+        Some(replay(set, r, now))
     }
 
-    fn remember(&self, key: &K, sent: Nanos, d: &Decision) {
-        let retry = crate::clock::duration_to_nanos(d.retry_after());
-        if retry == 0 {
-            return;
-        }
-        let reset = crate::clock::duration_to_nanos(d.reset());
-        self.over_limit.with(key, &(), sent, |o| {
-            o.reset_at
-                .store(sent.saturating_add(reset), Ordering::Release);
-            o.until.store(sent.saturating_add(retry), Ordering::Release);
-        });
+    /// Whether a refusal of `ask` may be remembered and answered locally: not for peeks, nor for
+    /// sets with shadow limits (they spend what they admit, whatever the others say).
+    #[inline]
+    fn memorable(ask: &Ask<'_>) -> bool {
+        !ask.is_peek() && ask.set().limits().iter().all(|l| !l.shadow)
     }
 
-    /// What the failure policy makes of a failed decision.
     /// What the failure policy makes of a decision Redis could not make: the exact store's and the
     /// leased store's (one policy, one local store, one warning, one event and metric per limiter).
-    pub(super) fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
+    pub(super) fn fallback(
+        &self,
+        key: &K,
+        ask: &Ask<'_>,
+        error: BackendError,
+    ) -> Result<Decision, BackendError> {
         #[cfg(feature = "metrics")]
         Meters::count(&self.meters.fallback);
         self.hooks.emit(|| RateLimitEvent::BackendFallback {
@@ -303,34 +362,26 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
             );
         }
         match (self.policy, &self.local) {
-            (FailurePolicy::Open, _) => Ok(Decision::uncounted(self.limits.limit)),
-            (FailurePolicy::Local, Some(local)) => Ok(local.decide(key)),
+            (FailurePolicy::Open, _) => Ok(Decision::uncounted(ask.set().limits()[0].limits.limit)),
+            (FailurePolicy::Local, Some(local)) => match local.check(key, ask) {
+                Check::Ready(decision) => decision,
+                // The in-memory store always decides at once.
+                Check::Pending(_) => Err(error),
+            },
             (FailurePolicy::Closed, _) | (FailurePolicy::Local, None) => Err(error),
         }
     }
 
-    /// Reads the script's answer, `[allowed, a, b, repaired]` (the connection took the server's
-    /// time off the end), logging and counting a repair.
-    fn parse(&self, value: &Value, redis_key: &[u8]) -> Result<Decision, BackendError> {
-        let bad = || {
-            BackendError::with_kind(
-                ErrorKind::Data,
-                format!("redis answered the rate limit script with {value:?}"),
-                None,
-            )
-        };
-        let n = self.read_reply(value, redis_key).ok_or_else(bad)?;
-        let limit = self.limits.limit;
-        Ok(match (n[0], self.algorithm) {
-            (1, Algorithm::Gcra) => Decision::admitted(limit, n[1], self.limits.emission, n[2]),
-            (1, _) => Decision::admitted(limit, n[1], 1, n[2]),
-            (0, _) => Decision::refused(limit, n[1], n[2]),
-            _ => return Err(bad()),
-        })
+    /// [`fallback`](Self::fallback) for the layer's default limits at cost 1 (the leased store's
+    /// requests).
+    pub(super) fn fallback_default(
+        &self,
+        key: &K,
+        error: BackendError,
+    ) -> Result<Decision, BackendError> {
+        self.fallback(key, &Ask::new(&self.set), error)
     }
 
-    /// The script replaced state it could not read at `redis_key` with a fresh one.
-    #[cold]
     /// Reads a decision or lease script's answer, `[n0, n1, n2, repaired]` (the connection took
     /// the server's time off the end): three counts, and what the script repaired at the key (empty
     /// when nothing), logged and counted here. `None` for any other shape. One reader for the exact
@@ -342,13 +393,7 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
         let [n0, n1, n2, repaired] = items.as_slice() else {
             return None;
         };
-        let mut n = [0u64; 3];
-        for (slot, item) in n.iter_mut().zip([n0, n1, n2]) {
-            match item {
-                Value::Int(i) if *i >= 0 => *slot = *i as u64,
-                _ => return None,
-            }
-        }
+        let n = counts([n0, n1, n2])?;
         match repaired {
             Value::BulkString(what) if what.is_empty() => {}
             Value::BulkString(what) => self.repaired(redis_key, what),
@@ -357,6 +402,8 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
         Some(n)
     }
 
+    /// The script replaced state it could not read at `redis_key` with a fresh one.
+    #[cold]
     fn repaired(&self, redis_key: &[u8], what: &[u8]) {
         #[cfg(feature = "metrics")]
         Meters::count(&self.meters.repaired);
@@ -372,48 +419,230 @@ impl<K: Hash + Eq + Clone + RedisKey> Inner<K> {
         }
     }
 
-    async fn decide_remote(
+    /// Reads the single form's answer for `limit`, `[allowed, a, b, repaired]`.
+    fn parse_one(
+        &self,
+        value: &Value,
+        redis_key: &[u8],
+        limit: &SetLimit,
+    ) -> Result<Decision, BackendError> {
+        let n = self
+            .read_reply(value, redis_key)
+            .ok_or_else(|| bad_reply(value))?;
+        let l = &limit.limits;
+        Ok(match (n[0], self.algorithm) {
+            (1, Algorithm::Gcra) => Decision::admitted(l.limit, n[1], l.emission, n[2]),
+            (1, _) => Decision::admitted(l.limit, n[1], 1, n[2]),
+            (0, _) => Decision::refused(l.limit, n[1], n[2]),
+            _ => return Err(bad_reply(value)),
+        })
+    }
+
+    /// Reads the set form's answer, `[allowed, a, b, repaired, index, status, shadow_refused]`
+    /// (see `limit_set.lua`), as the in-memory store's decision for the same set.
+    fn parse_set(
+        &self,
+        value: &Value,
+        keys: &[Vec<u8>],
+        set: &LimitSet,
+    ) -> Result<Decision, BackendError> {
+        let bad = || bad_reply(value);
+        let Value::Array(items) = value else {
+            return Err(bad());
+        };
+        let [n0, n1, n2, repaired, index, status, mask] = items.as_slice() else {
+            return Err(bad());
+        };
+        let [allowed, a, b, index, status, mask] = counts([n0, n1, n2, index, status, mask])
+            .ok_or_else(bad)?;
+        let i = usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .filter(|i| *i < set.limits().len())
+            .ok_or_else(bad)?;
+        match repaired {
+            Value::BulkString(what) if what.is_empty() => {}
+            Value::BulkString(what) => {
+                for line in what.split(|c| *c == b'\n') {
+                    let mut parts = line.splitn(2, |c| *c == b' ');
+                    let (Some(n), Some(problem)) = (parts.next(), parts.next()) else {
+                        return Err(bad());
+                    };
+                    let key = std::str::from_utf8(n)
+                        .ok()
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .and_then(|n| keys.get(n.wrapping_sub(1)))
+                        .ok_or_else(bad)?;
+                    self.repaired(key, problem);
+                }
+            }
+            _ => return Err(bad()),
+        }
+        let l = &set.limits()[i].limits;
+        let d = match (status, self.algorithm) {
+            (1, Algorithm::Gcra) => Decision::admitted(l.limit, a, l.emission, b),
+            (1, _) => Decision::admitted(l.limit, a, 1, b),
+            (0, _) => Decision::refused(l.limit, a, b),
+            (2, _) => Decision::over_capacity(l.limit, a),
+            _ => return Err(bad()),
+        };
+        let d = match allowed {
+            1 if status != 1 => d.admitted_anyway(),
+            0 | 1 => d,
+            _ => return Err(bad()),
+        };
+        Ok(d.with_binding(i)
+            .with_shadow_refused(u8::try_from(mask).map_err(|_| bad())?))
+    }
+
+    /// One limit at cost 1, spent (the form single-quota limiters have always sent).
+    async fn decide_one(
         self: Arc<Self>,
         key: K,
+        set: SetOf,
         redis_key: Vec<u8>,
+        params: Option<[Vec<u8>; 2]>,
         sent: Nanos,
         clock_arg: Option<String>,
     ) -> Result<Decision, BackendError> {
         let now_arg = clock_arg.as_deref().unwrap_or("").as_bytes();
         // With a caller's clock, Redis expiry (on Redis time) must not cut a key short.
         let min_ttl: &[u8] = if clock_arg.is_some() { b"600000" } else { b"0" };
+        let params = params.as_ref().unwrap_or(&self.params);
+        let limits = set.get(&self);
+        let limit = &limits.limits()[0];
         let result = self
             .conn
             .eval_before_deadline(
                 self.script,
                 &[&redis_key],
-                &[
-                    &self.params[0],
-                    &self.params[1],
-                    now_arg,
-                    min_ttl,
-                    self.repair,
-                ],
+                &[&params[0], &params[1], now_arg, min_ttl, self.repair],
                 self.timeout,
             )
             .await
-            .and_then(|v| self.parse(&v, &redis_key));
+            .and_then(|v| self.parse_one(&v, &redis_key, limit));
         match result {
             Ok(d) => {
                 if !d.is_allowed() {
-                    self.remember(&key, sent, &d);
+                    let tag = match set {
+                        SetOf::Default => self.default_tag,
+                        SetOf::Other(ref s) => set_tag(s, 1),
+                    };
+                    self.over_limit.remember(&key, sent, &d, tag);
                 }
                 Ok(d)
             }
-            Err(e) => self.fallback(&key, e),
+            Err(e) => self.fallback(&key, &Ask::new(limits), e),
         }
     }
+
+    /// A set of limits, or any cost, or a peek: the set form.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_set(
+        self: Arc<Self>,
+        key: K,
+        set: SetOf,
+        cost: u32,
+        peek: bool,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+        sent: Nanos,
+    ) -> Result<Decision, BackendError> {
+        let limits = set.get(&self);
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let result = self
+            .conn
+            .eval_before_deadline(self.script, &key_refs, &arg_refs, self.timeout)
+            .await
+            .and_then(|v| self.parse_set(&v, &keys, limits));
+        let ask = Ask {
+            set: limits,
+            cost,
+            peek,
+        };
+        match result {
+            Ok(d) => {
+                if !d.is_allowed() && Self::memorable(&ask) {
+                    self.over_limit
+                        .remember(&key, sent, &d, set_tag(limits, cost));
+                }
+                Ok(d)
+            }
+            Err(e) => self.fallback(&key, &ask, e),
+        }
+    }
+
+    /// The set form's keys and arguments for `ask` on `key` (all but the last argument, which
+    /// the connection adds), or why the scripts cannot decide this set.
+    fn set_call(
+        &self,
+        key: &K,
+        ask: &Ask<'_>,
+        clock_arg: Option<&str>,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), BackendError> {
+        let limits = ask.set().limits();
+        let mut keys = Vec::with_capacity(limits.len());
+        let mut args = Vec::with_capacity(2 * limits.len() + 5);
+        let mut flags = Vec::with_capacity(limits.len() + 1);
+        flags.push(if ask.is_peek() { b'1' } else { b'0' });
+        let mut rest = Vec::with_capacity(2 * limits.len());
+        for (i, l) in limits.iter().enumerate() {
+            if let Some(why) = unscriptable(self.algorithm, &l.limits) {
+                return Err(BackendError::new(
+                    format!("limit {:?}: {why}", l.name),
+                    None,
+                ));
+            }
+            keys.push(self.limit_key(l.name, key));
+            flags.push(if l.shadow { b'1' } else { b'0' });
+            let p = params(self.algorithm, &l.limits);
+            if i == 0 {
+                args.extend(p);
+            } else {
+                rest.extend(p);
+            }
+        }
+        args.push(clock_arg.unwrap_or("").as_bytes().to_vec());
+        args.push(if clock_arg.is_some() { b"600000".to_vec() } else { b"0".to_vec() });
+        args.push(self.repair.to_vec());
+        args.push(itoa::Buffer::new().format(ask.units()).as_bytes().to_vec());
+        args.push(flags);
+        args.extend(rest);
+        Ok((keys, args))
+    }
+}
+
+/// A remembered refusal of `set`, as Redis would now give it.
+fn replay(set: &LimitSet, r: Remembered, now: Nanos) -> Decision {
+    let limit = set.limits()[r.binding.min(set.limits().len() - 1)].limits.limit;
+    Decision::refused(limit, r.reset_at.saturating_sub(now), r.until - now).with_binding(r.binding)
+}
+
+/// Non-negative integers from a reply, or `None`.
+fn counts<const N: usize>(items: [&Value; N]) -> Option<[u64; N]> {
+    let mut n = [0u64; N];
+    for (slot, item) in n.iter_mut().zip(items) {
+        match item {
+            Value::Int(i) if *i >= 0 => *slot = *i as u64,
+            _ => return None,
+        }
+    }
+    Some(n)
+}
+
+fn bad_reply(value: &Value) -> BackendError {
+    BackendError::with_kind(
+        ErrorKind::Data,
+        format!("redis answered the rate limit script with {value:?}"),
+        None,
+    )
 }
 
 /// A pending decision of the Redis store (boxed; the type is named so it can change without
 /// breaking anyone).
 pub struct RedisCheck {
-    inner: Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>,
+    pub(super) inner: Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>,
 }
 
 impl fmt::Debug for RedisCheck {
@@ -438,22 +667,54 @@ where
 
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<RedisCheck> {
         let inner = &self.inner;
-        if !inner.serves(ask) {
-            return Check::Ready(Err(unserved(ask)));
-        }
         let now = inner.clock.now();
-        if let Some(d) = inner.remembered(key, now) {
+        if Inner::<K>::memorable(ask)
+            && let Some(d) = inner.remembered(key, ask, now)
+        {
             return Check::Ready(Ok(d));
         }
         if !inner.conn.admit() {
-            return Check::Ready(inner.fallback(key, inner.conn.down_error()));
+            return Check::Ready(inner.fallback(key, ask, inner.conn.down_error()));
         }
         let clock_arg = inner.clock.is_custom().then(|| now.to_string());
-        let redis_key = inner.redis_key(key);
-        let fut = Arc::clone(inner).decide_remote(key.clone(), redis_key, now, clock_arg);
-        Check::Pending(RedisCheck {
-            inner: Box::pin(fut),
-        })
+        let set = SetOf::new(inner, ask.set());
+        let fut: Pin<Box<dyn Future<Output = _> + Send>> = match ask.plain() {
+            Some(limit) => {
+                let built = inner
+                    .own
+                    .is_some_and(|(name, l)| name == limit.name && l == limit.limits);
+                let params = if built {
+                    None
+                } else if let Some(why) = unscriptable(inner.algorithm, &limit.limits) {
+                    let error = BackendError::new(format!("limit {:?}: {why}", limit.name), None);
+                    return Check::Ready(inner.fallback(key, ask, error));
+                } else {
+                    Some(params(inner.algorithm, &limit.limits))
+                };
+                let redis_key = inner.limit_key(limit.name, key);
+                Box::pin(Arc::clone(inner).decide_one(
+                    key.clone(),
+                    set,
+                    redis_key,
+                    params,
+                    now,
+                    clock_arg,
+                ))
+            }
+            None => match inner.set_call(key, ask, clock_arg.as_deref()) {
+                Ok((keys, args)) => Box::pin(Arc::clone(inner).decide_set(
+                    key.clone(),
+                    set,
+                    ask.units(),
+                    ask.is_peek(),
+                    keys,
+                    args,
+                    now,
+                )),
+                Err(error) => return Check::Ready(inner.fallback(key, ask, error)),
+            },
+        };
+        Check::Pending(RedisCheck { inner: fut })
     }
 }
 
@@ -465,67 +726,35 @@ where
 
     fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
         self.check_settings()?;
-        if spec.set.limits().len() != 1 || spec.set.limits()[0].is_shadow() {
-            return Err(ConfigError::new(
-                "limits",
-                "the redis backend decides one enforced limit per layer for now; several limits \
-                 and shadow limits are not supported on Redis yet",
-            ));
+        for l in spec.set.limits() {
+            if let Some(why) = unscriptable(spec.algorithm, &l.limits) {
+                let setting = if spec.set.limits().len() == 1 { "quota" } else { "limits" };
+                return Err(ConfigError::new(setting, why));
+            }
         }
-        let limits = spec.limits;
-        let (script, code, params) = match spec.algorithm {
-            Algorithm::Gcra => {
-                if limits.tolerance > MAX_SCRIPT_NANOS {
-                    return Err(ConfigError::new(
-                        "quota",
-                        format!(
-                            "the Redis backend handles GCRA bursts spanning up to 52 days \
-                             (burst x period / limit); {} per {:?} with a burst of {} spans {:?}",
-                            limits.limit,
-                            spec.quota.period(),
-                            limits.burst,
-                            Duration::from_nanos(limits.tolerance)
-                        ),
-                    ));
-                }
-                (
-                    gcra_script(),
-                    "gcra",
-                    [limits.emission.to_string(), limits.tolerance.to_string()],
-                )
-            }
-            Algorithm::SlidingWindow => {
-                if limits.period > MAX_SCRIPT_NANOS || limits.period < 1_000 {
-                    return Err(ConfigError::new(
-                        "quota",
-                        format!(
-                            "the Redis backend handles sliding-window periods from 1 microsecond \
-                             to 52 days (got {:?})",
-                            spec.quota.period()
-                        ),
-                    ));
-                }
-                (
-                    window_script(),
-                    "sw",
-                    [limits.period.to_string(), limits.limit.to_string()],
-                )
-            }
+        let (script, code) = match spec.algorithm {
+            Algorithm::Gcra => (gcra_script(), "gcra"),
+            Algorithm::SlidingWindow => (window_script(), "sw"),
         };
-        // The quota is part of the key: limiters with different quotas never read each other's
-        // state (a rolling deploy that changes a quota starts its keys afresh).
-        let mut key_head = format!(
-            "{}:rl:{}:{code}:{}/{}",
-            self.settings.prefix,
-            spec.name(),
-            limits.limit,
-            period_text(limits.period)
+        let head = format!("{}:rl:{}:{code}:", self.settings.prefix, spec.name()).into_bytes();
+        // The limit named after the layer keeps the keys a single-quota limiter has always used,
+        // with the quota it was built with in them (state written before sets existed is read,
+        // and a deploy that changes the layer's quota starts them afresh, as it always has).
+        let own = spec
+            .set
+            .limits()
+            .iter()
+            .find(|l| l.name == spec.name())
+            .map(|l| (l.name, l.limits));
+        let own_limits = own.map_or(spec.set.limits()[0].limits, |(_, l)| l);
+        let mut key_head = head.clone();
+        key_head.extend_from_slice(
+            format!("{}/{}", own_limits.limit, period_text(own_limits.period)).as_bytes(),
         );
-        if limits.burst != limits.limit {
-            key_head.push_str(&format!(":b{}", limits.burst));
+        if own_limits.burst != own_limits.limit {
+            key_head.extend_from_slice(format!(":b{}", own_limits.burst).as_bytes());
         }
-        key_head.push_str(":{");
-        let key_head = key_head.into_bytes();
+        key_head.extend_from_slice(b":{");
         let local = match self.settings.policy {
             FailurePolicy::Local => Some(
                 MemoryBackend::new()
@@ -540,16 +769,18 @@ where
                 conn: Arc::clone(&self.conn),
                 script,
                 algorithm: spec.algorithm,
-                limits,
                 set: Arc::clone(&spec.set),
                 name: Arc::from(spec.name()),
+                own,
+                head,
                 key_head,
-                params: params.map(String::into_bytes),
+                params: params(spec.algorithm, &own_limits),
+                default_tag: set_tag(&spec.set, 1),
                 timeout: self.settings.timeout,
                 policy: self.settings.policy,
                 clock: self.settings.clock.clone(),
                 repair: if self.settings.repair { b"1" } else { b"0" },
-                over_limit: BoundedMap::new(self.settings.local_max_keys),
+                over_limit: OverLimits::new(self.settings.local_max_keys),
                 local,
                 log: LogThrottle::new(Duration::from_secs(10)),
                 repair_log: LogThrottle::new(Duration::from_secs(10)),
@@ -563,7 +794,7 @@ where
 }
 
 impl<K> crate::rate_limit::StoreLimits for RedisRateLimitStore<K> {
-    fn limit_set(&self) -> &Arc<crate::rate_limit::LimitSet> {
+    fn limit_set(&self) -> &Arc<LimitSet> {
         &self.inner.set
     }
 }

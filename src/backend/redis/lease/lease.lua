@@ -33,7 +33,7 @@ if not wanted or wanted < 1 or wanted ~= math.floor(wanted) then
   return redis.error_reply('RAMPARTARG the lease size must be a whole number of units, 1 or more')
 end
 
-local base, repaired = gcra_base(now_us, now_frac, tolerance, ARGV[5])
+local base, repaired = gcra_base(KEYS[1], now_us, now_frac, ARGV[5])
 if not repaired then
   return base
 end
@@ -48,5 +48,5 @@ if fit < k then
   k = fit
 end
 local ahead = base + k * emission
-gcra_write(now_us, now_frac, ahead, ARGV[4])
+gcra_write(KEYS[1], now_us, now_frac, ahead, ARGV[4])
 return {k, tolerance - ahead, ahead, repaired, time_us}

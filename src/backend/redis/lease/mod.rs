@@ -107,6 +107,12 @@
 //!   without moving its window; building a leased limiter with
 //!   [`Algorithm::SlidingWindow`](crate::rate_limit::Algorithm::SlidingWindow) is a
 //!   [`ConfigError`](crate::ConfigError).
+//! - The layer's own quota (`.quota(..)`), one unit per request: leases serve exactly that. Any
+//!   other decision the layer asks (a tier's or a key's own limits, several limits at once, a cost
+//!   per request, a peek) goes to the exact path, one script call, on the same keys (a limit named
+//!   after the layer shares its state with the leases). A layer whose default limits are several
+//!   (`.limits(..)`) or a shadow limit could never be served by leases: building it in leased mode
+//!   is a [`ConfigError`](crate::ConfigError).
 //! - Rate limiters only. A [`LeasedRedisBackend`] is given to a limiter's `.backend(..)` as it
 //!   is, or as the run-time [`Backend`](crate::backend::Backend)
 //!   (`Backend::from(redis.leased(config))`), whose other layers then use the Redis backend
@@ -295,6 +301,13 @@ where
                     "the lease time to live must be between 10 ms and 60 s and at least twice \
                      the redis timeout ({timeout:?}); got {ttl:?}"
                 ),
+            ));
+        }
+        if !matches!(spec.set.limits(), [one] if !one.is_shadow() && one.name() == spec.name()) {
+            return Err(ConfigError::new(
+                "limits",
+                "leased mode leases the layer's own quota (`.quota(..)`): a default set of several \
+                 limits or of a shadow limit is decided exactly, so use exact mode for it",
             ));
         }
         // The exact store validates the settings and the quota for the script, and names the keys.

@@ -315,7 +315,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// What the failure policy makes of a decision Redis could not make: the exact store's own
     /// (one policy, local store, warning, event and metric for the limiter, in either mode).
     fn fallback(&self, key: &K, error: BackendError) -> Result<Decision, BackendError> {
-        self.exact.shared().fallback(key, error)
+        self.exact.shared().fallback_default(key, error)
     }
 
     /// After a grant of fewer units than asked for, the quota in Redis is spent at `sent`: a
@@ -470,8 +470,16 @@ where
     #[inline]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<LeaseCheck> {
         let inner = &self.inner;
-        if !ask.plain().is_some_and(|l| l.limits == inner.limits) {
-            return Check::Ready(Err(crate::backend::redis::rate_limit::unserved(ask)));
+        // Leases serve the layer's own limit at cost 1; anything else (another tier's limits, a
+        // key's own, several limits, a cost, a peek) is decided exactly.
+        if !ask
+            .plain()
+            .is_some_and(|l| l.name == inner.name.as_ref() && l.limits == inner.limits)
+        {
+            return match inner.exact.check(key, ask) {
+                Check::Ready(d) => Check::Ready(d),
+                Check::Pending(f) => Check::Pending(LeaseCheck { inner: f.inner }),
+            };
         }
         let now = inner.clock.now();
         let hot = if std::mem::size_of::<K>() == 0 {

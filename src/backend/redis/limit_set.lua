@@ -1,0 +1,157 @@
+-- One decision over a set of limits on one key, in one call: the part gcra.lua and
+-- sliding_window.lua share (prepended after prelude.lua; each script ends by calling `decide_set`
+-- with its own one-limit decision).
+--
+-- KEYS[i]  limit i's state (one key per limit, all with the same {hash tag}: one Cluster slot)
+--
+-- The single form, six arguments (one limit, cost 1, spent, enforced; the form the store has always
+-- sent, with the same reply):
+-- ARGV[1], ARGV[2]  the limit's parameters (the algorithm's; see its script)
+-- ARGV[3]  now (ns) from the caller's clock, or "" to read the server's TIME (the default, so
+--          replicas with skewed clocks agree)
+-- ARGV[4]  minimum expiry (ms); 0 for none
+-- ARGV[5]  "1" to repair state it cannot read (replace it with a fresh state and say so), "0" to
+--          answer it with a RAMPARTDATA error and leave it as it is
+-- ARGV[6]  not after: the server TIME (us since the Unix epoch) after which the caller has given
+--          up on this call, or "" for no bound
+-- Returns {1, a, b, repaired, time} when admitted, {0, a, b, repaired, time} when refused (the
+-- figures as the algorithm's script says); `repaired` is "" or what was wrong with the state it
+-- replaced; `time` is the server's TIME in microseconds.
+--
+-- The set form, 2n + 6 arguments for n keys (1 <= n <= 8):
+-- ARGV[1] to ARGV[5]  as above, ARGV[1] and ARGV[2] for limit 1
+-- ARGV[6]  cost: the units asked for, 0 to 2^32 - 1
+-- ARGV[7]  flags, n + 1 characters "0" or "1": peek (decide, spend nothing), then for each limit
+--          whether it is a shadow limit
+-- ARGV[2i + 4], ARGV[2i + 5]  limit i's parameters, for 2 <= i <= n
+-- ARGV[2n + 6]  not after, as above
+-- Returns {allowed, a, b, repaired, index, status, shadow_refused, time}: `allowed` is 1 when every
+-- enforced limit admits; `index` (1-based) names the binding limit, whose figures are `a` and `b`
+-- and whose own outcome is `status` (1 admits, 0 refuses, 2 refuses a cost it could never admit:
+-- `b` is then 0); `shadow_refused` has bit i - 1 set for each shadow limit that refuses;
+-- `repaired` holds "<i> <what was wrong>" lines for the states it replaced.
+--
+-- The decision (identical to the in-memory store's): every limit is decided at one `now` against
+-- its own state. Admitted iff every enforced limit admits; then every enforced limit spends the
+-- cost, and none does otherwise. A shadow limit spends iff it admits, whatever the others say,
+-- and never refuses. A peek spends nothing, nor does a cost of 0. The binding
+-- limit: when refused, the refusing enforced limit with the longest wait (one that could never
+-- admit the cost before any other); when admitted, the enforced limit with the fewest remaining;
+-- with only shadow limits, the one with the fewest remaining (a refusing one has none). Ties go to
+-- the first. A repaired state that is not written is deleted (a fresh state is an absent key).
+--
+-- `one(key, p1, p2, cost, now_us, now_frac, repair, min_ttl)` answers limit `key`'s decision as
+-- (status, a, b, remaining, repaired, value, ttl): `status` as above; admitted, `remaining` is the
+-- units left after it and `value`, `ttl` the state to write when it spends; or (nil, error reply).
+
+local function decide_set(one)
+  local n, nargs = #KEYS, #ARGV
+  local time_us, now_us, now_frac = clock(ARGV[3], ARGV[nargs])
+  if not now_us then
+    return time_us
+  end
+  local min_ttl, repair = ARGV[4], ARGV[5]
+
+  if nargs == 6 then
+    if n ~= 1 then
+      return redis.error_reply('RAMPARTARG the single form takes one key')
+    end
+    local s, a, b, _, repaired, value, ttl =
+      one(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), 1, now_us, now_frac, repair, min_ttl)
+    if not s then
+      return a
+    end
+    if s == 1 then
+      redis.call('SET', KEYS[1], value, 'PX', ttl)
+      return {1, a, b, repaired, time_us}
+    end
+    if repaired ~= '' then
+      redis.call('DEL', KEYS[1])
+    end
+    return {0, a, b, repaired, time_us}
+  end
+
+  if n < 1 or n > 8 or nargs ~= 2 * n + 6 then
+    return redis.error_reply('RAMPARTARG a set of n limits takes n keys and 2n + 6 arguments')
+  end
+  local cost = tonumber(ARGV[6])
+  if not cost or cost < 0 or cost > 4294967295 or cost ~= math.floor(cost) then
+    return redis.error_reply('RAMPARTARG the cost must be a whole number from 0 to 2^32 - 1')
+  end
+  local flags = ARGV[7]
+  if #flags ~= n + 1 or not string.match(flags, '^[01]+$') then
+    return redis.error_reply('RAMPARTARG the flags must be n + 1 characters 0 or 1')
+  end
+  local peek = string.byte(flags, 1) == 49
+
+  local status, fa, fb, rem, values, ttls, shadow, fixed = {}, {}, {}, {}, {}, {}, {}, {}
+  local problems = {}
+  local allowed, enforced, shadow_refused = true, false, 0
+  for i = 1, n do
+    local p1, p2 = ARGV[1], ARGV[2]
+    if i > 1 then
+      p1, p2 = ARGV[2 * i + 4], ARGV[2 * i + 5]
+    end
+    local s, a, b, r, repaired, value, ttl =
+      one(KEYS[i], tonumber(p1), tonumber(p2), cost, now_us, now_frac, repair, min_ttl)
+    if not s then
+      return a
+    end
+    status[i], fa[i], fb[i], rem[i], values[i], ttls[i] = s, a, b, r, value, ttl
+    if repaired ~= '' then
+      fixed[i] = true
+      problems[#problems + 1] = i .. ' ' .. repaired
+    end
+    shadow[i] = string.byte(flags, i + 1) == 49
+    if shadow[i] then
+      if s ~= 1 then
+        shadow_refused = shadow_refused + 2 ^ (i - 1)
+      end
+    else
+      enforced = true
+      if s ~= 1 then
+        allowed = false
+      end
+    end
+  end
+
+  local bind
+  if allowed then
+    local fewest
+    for i = 1, n do
+      if not shadow[i] or not enforced then
+        local r = 0
+        if status[i] == 1 then
+          r = rem[i]
+        end
+        if not bind or r < fewest then
+          bind, fewest = i, r
+        end
+      end
+    end
+  else
+    for i = 1, n do
+      if not shadow[i] and status[i] ~= 1 then
+        if not bind
+          or (status[i] == 2 and status[bind] ~= 2)
+          or (status[i] == 0 and status[bind] == 0 and fb[i] > fb[bind]) then
+          bind = i
+        end
+      end
+    end
+  end
+
+  for i = 1, n do
+    if not peek and cost > 0 and status[i] == 1 and (allowed or shadow[i]) then
+      redis.call('SET', KEYS[i], values[i], 'PX', ttls[i])
+    elseif fixed[i] then
+      redis.call('DEL', KEYS[i])
+    end
+  end
+  local a = 0
+  if allowed then
+    a = 1
+  end
+  return {a, fa[bind], fb[bind], table.concat(problems, '\n'), bind, status[bind], shadow_refused,
+    time_us}
+end

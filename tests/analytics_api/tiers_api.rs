@@ -239,7 +239,7 @@ fn counter(metrics: &str, name: &str, labels: &[&str]) -> Option<u64> {
 
 /// Shadow mode in the example binary (a process of its own, so its `/metrics` counts only this
 /// test's requests): everything is admitted and stored, and the counter shows exactly the refusals
-/// the limits would have made, by tier.
+/// the limits would have made, by limiter and tier.
 async fn shadow_mode_admits_everything_and_counts_would_be_refusals(redis: Option<&RedisServer>) {
     let url = redis.map(RedisServer::url);
     let mut vars = vec![
@@ -247,6 +247,7 @@ async fn shadow_mode_admits_everything_and_counts_would_be_refusals(redis: Optio
         ("API_KEYS", API_KEYS),
         ("TRUSTED_PROXIES", "127.0.0.1"),
         ("RATE_LIMIT_REQUESTS", "2"),
+        ("API_V1_RATE_LIMIT", "1"),
         ("RATE_LIMIT_SHADOW", "1"),
         ("EXTERNAL_SERVICE_LATENCY_MS", "0"),
         // Everything the app logs, to check that no key is among it.
@@ -262,6 +263,17 @@ async fn shadow_mode_admits_everything_and_counts_would_be_refusals(redis: Optio
             let r = submit(&app, key, "203.0.113.9").await;
             assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         }
+    }
+    // Every limiter, not only the tiered one: the dashboard's one a minute, asked three times.
+    for _ in 0..3 {
+        let r = app
+            .send(
+                "GET",
+                "/api/v1/modules",
+                &[("x-forwarded-for", "203.0.113.9")],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
     let list = app
         .send("GET", "/api/metrics/list?type=cpu_usage&limit=1", &[])
@@ -288,13 +300,17 @@ async fn shadow_mode_admits_everything_and_counts_would_be_refusals(redis: Optio
         0,
         "{metrics}"
     );
-    assert!(
+    assert_eq!(
         counter(
             &metrics,
-            "rampart_rate_limit_rejected_total",
-            &[r#"name="metrics""#]
-        )
-        .is_none(),
+            SHADOW,
+            &[r#"name="api_v1""#, r#"policy="api_v1""#]
+        ),
+        Some(2),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("rampart_rate_limit_rejected_total{"),
         "nothing refused for real: {metrics}"
     );
     let logs = app.logs();

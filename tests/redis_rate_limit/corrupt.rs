@@ -413,7 +413,8 @@ async fn states_past_what_any_quota_allows_are_read_within_one_second_for_clocks
     let d = decide(gcra.store(), &2).await.unwrap();
     assert!(!d.is_allowed(), "an hour ahead: read as a state, {d:?}");
     assert!(
-        d.retry_after() > Duration::from_secs(3_545) && d.retry_after() <= Duration::from_secs(3_546),
+        d.retry_after() > Duration::from_secs(3_545)
+            && d.retry_after() <= Duration::from_secs(3_546),
         "{d:?}"
     );
     const MAX: u64 = 1 << 52;
@@ -423,7 +424,10 @@ async fn states_past_what_any_quota_allows_are_read_within_one_second_for_clocks
     )
     .await;
     let d = decide(gcra.store(), &3).await.unwrap();
-    assert!(!d.is_allowed(), "2^52 ns + 0.5 s ahead: read as a state, {d:?}");
+    assert!(
+        !d.is_allowed(),
+        "2^52 ns + 0.5 s ahead: read as a state, {d:?}"
+    );
     set(
         gcra.store().redis_key(&4),
         (now + MAX + 2_000_000_000).to_string(),

@@ -310,7 +310,6 @@ impl<K: RedisKey> Inner<K> {
         out.push(b'}');
         out
     }
-
 }
 
 impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
@@ -453,8 +452,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         let [n0, n1, n2, repaired, index, status, mask] = items.as_slice() else {
             return Err(bad());
         };
-        let [allowed, a, b, index, status, mask] = counts([n0, n1, n2, index, status, mask])
-            .ok_or_else(bad)?;
+        let [allowed, a, b, index, status, mask] =
+            counts([n0, n1, n2, index, status, mask]).ok_or_else(bad)?;
         let i = usize::try_from(index)
             .ok()
             .and_then(|i| i.checked_sub(1))
@@ -604,7 +603,11 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             }
         }
         args.push(clock_arg.unwrap_or("").as_bytes().to_vec());
-        args.push(if clock_arg.is_some() { b"600000".to_vec() } else { b"0".to_vec() });
+        args.push(if clock_arg.is_some() {
+            b"600000".to_vec()
+        } else {
+            b"0".to_vec()
+        });
         args.push(self.repair.to_vec());
         args.push(itoa::Buffer::new().format(ask.units()).as_bytes().to_vec());
         args.push(flags);
@@ -615,7 +618,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
 
 /// A remembered refusal of `set`, as Redis would now give it.
 fn replay(set: &LimitSet, r: Remembered, now: Nanos) -> Decision {
-    let limit = set.limits()[r.binding.min(set.limits().len() - 1)].limits.limit;
+    let limit = set.limits()[r.binding.min(set.limits().len() - 1)]
+        .limits
+        .limit;
     Decision::refused(limit, r.reset_at.saturating_sub(now), r.until - now).with_binding(r.binding)
 }
 
@@ -728,7 +733,11 @@ where
         self.check_settings()?;
         for l in spec.set.limits() {
             if let Some(why) = unscriptable(spec.algorithm, &l.limits) {
-                let setting = if spec.set.limits().len() == 1 { "quota" } else { "limits" };
+                let setting = if spec.set.limits().len() == 1 {
+                    "quota"
+                } else {
+                    "limits"
+                };
                 return Err(ConfigError::new(setting, why));
             }
         }

@@ -52,15 +52,23 @@ impl KeyId {
         Self(sha1_smol::Sha1::from(key).digest().bytes())
     }
 
-    fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    /// Appends the first `bytes` bytes of the digest in lowercase hex, straight into `out` (the
+    /// Redis key is written on every decision for a key).
+    fn write_hex(&self, bytes: usize, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in &self.0[..bytes] {
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
     }
 }
 
 impl fmt::Debug for KeyId {
     /// The digest's first 4 bytes: enough to tell keys apart in a debug print, and not the key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({}…)", &self.hex()[..8])
+        let mut hex = Vec::with_capacity(8);
+        self.write_hex(4, &mut hex);
+        write!(f, "KeyId({}…)", String::from_utf8_lossy(&hex))
     }
 }
 
@@ -82,7 +90,7 @@ impl RedisKey for Client {
             Self::Ip(ip) => ip.write_redis_key(out),
             Self::Key { id, .. } => {
                 out.extend_from_slice(b"h:");
-                out.extend_from_slice(id.hex().as_bytes());
+                id.write_hex(id.0.len(), out);
             }
         }
     }

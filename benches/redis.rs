@@ -8,6 +8,10 @@
 //! - `redis_rate_limit/store/N`: N concurrent decisions from one `RedisBackend` store (key
 //!   encoding, the call with its timeout, health bookkeeping, parsing). Throughput is in elements,
 //!   so criterion reports decisions per second; compare each with `raw_evalsha` at the same N.
+//! - `redis_rate_limit/two_limits_raw_evalsha/N` and `two_limits_store/N` (#18): the same with
+//!   a layer of two limits (`.limits([a, b])`), decided and spent together in one script call on
+//!   two keys: the set form of the same script. Compare `two_limits_store` with `store` at the
+//!   same N (the goal: at least 90% of the single-limit rate at 64 in flight).
 //! - `redis_rate_limit/known_over_limit`: a decision for a key Redis has already refused: answered
 //!   from the replica's memory. The group prints the `EVALSHA` count before and after it from
 //!   `INFO commandstats`: it does not move.
@@ -28,7 +32,7 @@ use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::{RedisRateLimitStore, script_sha};
 use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{
-    Algorithm, Ask, Check, Quota, RateLimitLayer, RateLimitStore, StoreLimits,
+    Algorithm, Ask, Check, Limit, Quota, RateLimitLayer, RateLimitStore, StoreLimits,
 };
 
 use self::redis_server::RedisServer;
@@ -59,7 +63,7 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
 
-    let (layer, raw, args) = rt.block_on(async {
+    let (layer, two, raw, args) = rt.block_on(async {
         let backend = RedisBackend::connect(&server.url())
             .await
             .expect("connect to the bench redis-server")
@@ -67,6 +71,13 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
             .timeout(Duration::from_secs(1));
         let layer = RateLimitLayer::builder()
             .quota(HUGE)
+            .key(key_fn(|k: &u32| Some(*k)))
+            .backend(backend.clone())
+            .build()
+            .expect("valid configuration");
+        let two = RateLimitLayer::builder()
+            .name("two")
+            .limits([Limit::new("a", HUGE), Limit::new("b", HUGE)])
             .key(key_fn(|k: &u32| Some(*k)))
             .backend(backend)
             .build()
@@ -79,11 +90,13 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
             emission.to_string(),
             (emission * u64::from(u32::MAX)).to_string(),
         ];
-        (layer, raw, args)
+        (layer, two, raw, args)
     });
     let store = layer.store();
+    let two_store = two.store();
     // One decision through the store loads the script.
     assert!(rt.block_on(decide(store, 0)));
+    assert!(rt.block_on(decide(two_store, 0)));
     let sha = script_sha(Algorithm::Gcra);
 
     let mut g = c.benchmark_group("redis_rate_limit");
@@ -116,6 +129,46 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
             b.to_async(&rt).iter(|| {
                 join_all((0..n).map(|k| async move {
                     assert!(decide(store, 1_000 + k).await);
+                }))
+            });
+        });
+        let pairs: Vec<[Vec<u8>; 2]> = (0..n)
+            .map(|k| {
+                let key = 1_000 + k;
+                [two_store.limit_key("a", &key), two_store.limit_key("b", &key)]
+            })
+            .collect();
+        g.bench_with_input(BenchmarkId::new("two_limits_raw_evalsha", n), &n, |b, _| {
+            b.to_async(&rt).iter(|| {
+                let calls = pairs.iter().map(|[ka, kb]| {
+                    let mut con = raw.clone();
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(sha)
+                        .arg(2)
+                        .arg(ka)
+                        .arg(kb)
+                        .arg(&args[0]) // limit a
+                        .arg(&args[1])
+                        .arg("") // Redis TIME
+                        .arg("0") // no minimum expiry
+                        .arg("1") // repair unreadable state
+                        .arg("1") // cost
+                        .arg("000") // spend; a and b enforced
+                        .arg(&args[0]) // limit b
+                        .arg(&args[1])
+                        .arg("9007199254740991"); // not after (us)
+                    async move {
+                        let v: redis::Value = cmd.query_async(&mut con).await.expect("evalsha");
+                        black_box(v)
+                    }
+                });
+                join_all(calls)
+            });
+        });
+        g.bench_with_input(BenchmarkId::new("two_limits_store", n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| {
+                join_all((0..n).map(|k| async move {
+                    assert!(decide(two_store, 1_000 + k).await);
                 }))
             });
         });

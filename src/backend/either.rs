@@ -322,6 +322,20 @@ mod rate_limit {
                 Self::Redis(r) => right(r.check(key, ask)),
             }
         }
+
+        fn publish_policy(&self, change: &crate::rate_limit::PolicyChange<K>) {
+            match self {
+                Self::Memory(m) => m.publish_policy(change),
+                Self::Redis(r) => r.publish_policy(change),
+            }
+        }
+
+        fn subscribe_policies(&self, sink: crate::rate_limit::PolicySink<K>) {
+            match self {
+                Self::Memory(m) => m.subscribe_policies(sink),
+                Self::Redis(r) => r.subscribe_policies(sink),
+            }
+        }
     }
 
     impl<K, E, L> RateLimitStore<K> for RedisModeStore<E, L>
@@ -336,6 +350,20 @@ mod rate_limit {
             match self {
                 Self::Exact(e) => left(e.check(key, ask)),
                 Self::Leased(l) => right(l.check(key, ask)),
+            }
+        }
+
+        fn publish_policy(&self, change: &crate::rate_limit::PolicyChange<K>) {
+            match self {
+                Self::Exact(e) => e.publish_policy(change),
+                Self::Leased(l) => l.publish_policy(change),
+            }
+        }
+
+        fn subscribe_policies(&self, sink: crate::rate_limit::PolicySink<K>) {
+            match self {
+                Self::Exact(e) => e.subscribe_policies(sink),
+                Self::Leased(l) => l.subscribe_policies(sink),
             }
         }
     }

@@ -26,6 +26,9 @@ mod liveness;
 #[cfg(feature = "metrics")]
 mod observe;
 mod over_limit;
+mod policies;
+#[path = "../rate_limit/policy_cases.rs"]
+mod policy_cases;
 mod support;
 mod timeouts;
 #[cfg(feature = "redis-tls")]

@@ -28,6 +28,9 @@ pub(super) struct Settings {
     /// As last given to [`RedisBackend::liveness_timeout`] (the connection holds the value in
     /// force); checked when a layer is built.
     pub(super) liveness_timeout: Duration,
+    /// How often a rate limiter asks Redis for live changes made by other replicas.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(super) policy_poll_interval: Duration,
 }
 
 /// A Redis connection (single node or cluster) and the settings of the stores built on it.
@@ -59,6 +62,7 @@ impl fmt::Debug for RedisBackend {
             .field("local_max_keys", &self.settings.local_max_keys)
             .field("clock", &self.settings.clock)
             .field("repair_corrupt_data", &self.settings.repair)
+            .field("policy_poll_interval", &self.settings.policy_poll_interval)
             .finish()
     }
 }
@@ -157,6 +161,7 @@ impl RedisBackend {
                 repair: true,
                 cache_slots: 16,
                 liveness_timeout: conn::DEFAULT_LIVENESS_TIMEOUT,
+                policy_poll_interval: super::DEFAULT_POLICY_POLL_INTERVAL,
             },
         }
     }
@@ -369,6 +374,18 @@ impl RedisBackend {
         self
     }
 
+    /// How often each rate limiter on this backend asks Redis for live changes made through
+    /// another replica's [`RateLimitHandle`](crate::rate_limit::RateLimitHandle) (default
+    /// [`DEFAULT_POLICY_POLL_INTERVAL`](super::DEFAULT_POLICY_POLL_INTERVAL), 1 s; between 10 ms
+    /// and 60 s, checked when a layer is built). One script call per limiter per interval; a change
+    /// reaches every replica within this interval plus the [timeout](Self::timeout) (see
+    /// [Limits, tiers and live changes](super#limits-tiers-and-live-changes)).
+    #[must_use]
+    pub fn policy_poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.policy_poll_interval = interval;
+        self
+    }
+
     /// What the layer given this backend does when Redis cannot decide (default
     /// [`FailurePolicy::Local`]).
     #[must_use]
@@ -503,6 +520,17 @@ impl RedisBackend {
                 format!(
                     "the redis liveness timeout must be between 10 ms and 60 s (got {:?})",
                     s.liveness_timeout
+                ),
+            ));
+        }
+        if s.policy_poll_interval < Duration::from_millis(10)
+            || s.policy_poll_interval > Duration::from_secs(60)
+        {
+            return Err(ConfigError::new(
+                "policy_poll_interval",
+                format!(
+                    "the rate limit policy poll interval must be between 10 ms and 60 s (got {:?})",
+                    s.policy_poll_interval
                 ),
             ));
         }

@@ -20,6 +20,63 @@
 //! A key found over its limit is remembered in the replica until its retry time: a client
 //! hammering a refused key costs no Redis round trips at all.
 //!
+//! # Limits, tiers and live changes
+//!
+//! A layer's tiers, several limits at once, costs, peeks and shadow limits
+//! ([`Limit`](crate::rate_limit::Limit), [`RateLimitHandle`](crate::rate_limit::RateLimitHandle))
+//! are decided in Redis exactly as in memory, and still in **one round trip**: the script gets every limit of the set and decides them together,
+//! all or nothing over the enforced ones.
+//!
+//! - **Keys.** Each limit of a key has its own state key, all with the key's hash tag, so they live
+//!   in one Cluster slot and one script call reaches them all:
+//!   `<prefix>:rl:<limiter>:<algorithm>:<limit>:{<key>}`, for example
+//!   `rampart:rl:api:gcra:day:{203.0.113.9}`. The limit named after the layer (the one
+//!   [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets) keeps the key a single-quota
+//!   limiter has always had, `<prefix>:rl:<limiter>:<algorithm>:<quota>:{<key>}` with the quota
+//!   the layer was built with: state written before sets existed is read as it is.
+//! - **State follows the limit's name.** Two tiers with a limit named `minute` share a key's state
+//!   under it, and a change of a limit's quota keeps the state (with GCRA the arrival time carries
+//!   over exactly). So a state ahead of what a limit's current quota allows is read, not repaired
+//!   (it was written under a larger quota); only what no quota could write is
+//!   [unreadable](#state-the-scripts-cannot-read).
+//! - **The over-limit memory** answers only what Redis answered: a refusal is replayed for the same
+//!   limits at the same cost (a refusal of 5 units says nothing about 1); peeks and sets with a
+//!   shadow limit always go to Redis; an admission of the key forgets it.
+//! - **The failure policy** gets the same question: [`Local`](FailurePolicy::Local) decides the
+//!   set, cost and peek in memory.
+//! - A limit the scripts cannot decide exactly (a GCRA burst spanning more than 52 days, a
+//!   sliding window shorter than 1 µs or longer than 52 days) is a
+//!   [`ConfigError`] when the layer is built, and, given later through a
+//!   handle, a decision left to the failure policy.
+//!
+//! **Live changes reach every replica within [`policy_poll_interval`](RedisBackend::policy_poll_interval)
+//! (1 s by default) plus the [timeout](RedisBackend::timeout).** A change made through a
+//! [`RateLimitHandle`](crate::rate_limit::RateLimitHandle) applies at once in the replica that
+//! made it, and is written to Redis under the limiter's own hash tag: the hash
+//! `{<prefix>:rl:<limiter>}:policies` (a version, and each changed tier's, the default's and each
+//! key's own limits) and the sorted set `{<prefix>:rl:<limiter>}:changes` (each field, scored with
+//! the version of its last change), both in the slot of `<prefix>:rl:<limiter>`. Each replica asks
+//! for what changed every interval (one `HGET` when nothing did) and applies it:
+//!
+//! - a tier's limits and the default limits at once;
+//! - a key's own limits at that key's first request after the poll (that request is decided with
+//!   the limits it had; every later one with the new): the replica learns a key's own limits under
+//!   the key's Redis form, which cannot be turned back into the layer's key type, and holds them
+//!   until it sees the key.
+//!
+//! The changes stay in Redis, so a replica started later applies them too (it polls right after it
+//! is built); limits set in code apply to whatever no handle has changed. When two replicas change
+//! the same tier or key, the change that reaches Redis last wins everywhere. While Redis is down, a
+//! change waits in the replica that made it (applied there already) and is written when Redis
+//! answers again; the others keep the limits they have. Data the replica cannot read there (not
+//! limits, limits that cannot work, a newer release's format) is skipped, logged at most once per
+//! 10 s and counted; the limits in force stay.
+//!
+//! (Per-key limits read by the script itself would reach every replica at once, but a key's own
+//! limits must be known where the layer resolves the key, to build its headers, and keeping the
+//! plain decision's call exactly as it was matters more than the interval: a key's change is
+//! rare, every request is not.)
+//!
 //! # Leased quotas for hot keys
 //!
 //! Opt-in per limiter, `.backend(redis.leased(LeaseConfig::new()))` lets each replica lease slices
@@ -146,6 +203,7 @@
 //! | `rampart_redis_errors_total{server,kind}` | calls that failed: `unreachable`, `timeout`, `data`, `other` |
 //! | `rampart_rate_limit_backend_fallback_total{name,policy}` | decisions left to the failure policy |
 //! | `rampart_rate_limit_backend_repaired_total{name}` | unreadable states replaced with fresh ones |
+//! | `rampart_rate_limit_policy_errors_total{name}` | live changes read from Redis that could not apply (see [above](#limits-tiers-and-live-changes)) |
 //! | `rampart_rate_limit_lease_calls_total{name}`, `_lease_units_total`, `_lease_stranded_units_total` | a [leased](lease) limiter's round trips, units leased, units expired unused |
 //! | `rampart_redis_reconnects_total{server}` | connections replaced because they went silent |
 //!
@@ -219,6 +277,8 @@ pub mod lease;
 #[cfg(feature = "rate-limit")]
 mod over_limit;
 #[cfg(feature = "rate-limit")]
+mod policy_sync;
+#[cfg(feature = "rate-limit")]
 mod rate_limit;
 #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 mod script;
@@ -250,6 +310,10 @@ use crate::error::ConfigError;
 
 /// The default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How often a rate limiter asks Redis for live changes made by other replicas, by default (see
+/// [`RedisBackend::policy_poll_interval`]).
+pub const DEFAULT_POLICY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "rampart";

@@ -5,11 +5,12 @@
 //! quotas) at the same cost. A refusal of 5 units says nothing about 1 unit, and one under a tier's
 //! old limits nothing about its new ones. So each remembered refusal carries a tag of what it
 //! answered (the limits and the cost, hashed), and answers only a request whose tag is the same;
-//! any other goes to Redis, and its refusal (if any) replaces the one remembered. Peeks and sets
+//! any other goes to Redis, and its refusal (if any) replaces the one remembered, while its
+//! admission (a spend, which moves the state the refusal was read from) forgets it. Peeks and sets
 //! with shadow limits neither use nor fill it (see [`RedisRateLimitStore`](super::RedisRateLimitStore)).
 
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::backend::memory::map::{BoundedMap, Expiring};
 use crate::clock::{Nanos, duration_to_nanos};
@@ -60,12 +61,15 @@ pub(crate) struct Remembered {
 /// The refusals remembered by one store, at most `max_keys`.
 pub(crate) struct OverLimits<K> {
     map: BoundedMap<K, OverLimit>,
+    /// Whether anything was ever remembered (until then, [`forget`](Self::forget) costs one load).
+    used: AtomicBool,
 }
 
 impl<K: Hash + Eq + Clone> OverLimits<K> {
     pub(crate) fn new(max_keys: usize) -> Self {
         Self {
             map: BoundedMap::new(max_keys),
+            used: AtomicBool::new(false),
         }
     }
 
@@ -96,12 +100,25 @@ impl<K: Hash + Eq + Clone> OverLimits<K> {
         }
         let reset = duration_to_nanos(d.reset());
         let binding = d.policy_index().min(0xff) as u64;
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
         self.map.with(key, &(), sent, |o| {
             o.tag.store(tag | binding, Ordering::Release);
             o.reset_at
                 .store(sent.saturating_add(reset), Ordering::Release);
             o.until.store(sent.saturating_add(retry), Ordering::Release);
         });
+    }
+
+    /// Forgets `key`'s refusal, if one is remembered: a request for it was just admitted and
+    /// spent, so the state any refusal was read from has moved (a refusal of 3 units, then 1 unit
+    /// admitted: the 3 units now wait longer than the refusal said).
+    #[inline]
+    pub(crate) fn forget(&self, key: &K) {
+        if self.used.load(Ordering::Relaxed) {
+            self.map.get(key, |o| o.until.store(0, Ordering::Release));
+        }
     }
 
     /// How many keys are remembered (idle ones included until they are swept).

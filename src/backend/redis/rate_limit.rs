@@ -12,6 +12,7 @@ use redis::Value;
 
 use super::conn::{Conn, Script};
 use super::over_limit::{OverLimits, Remembered, tag};
+use super::policy_sync::PolicySync;
 use super::{FailurePolicy, RedisBackend, RedisKey, StoreClock};
 use crate::backend::memory::MemoryRateLimitStore;
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
@@ -20,8 +21,8 @@ use crate::error::ConfigError;
 use crate::hooks::Hooks;
 use crate::rate_limit::quota::{Algorithm, Limits};
 use crate::rate_limit::{
-    Ask, Check, Decision, LimitSet, RateLimitBackend, RateLimitEvent, RateLimitSpec,
-    RateLimitStore, SetLimit,
+    Ask, Check, Decision, LimitSet, PolicyChange, PolicySink, RateLimitBackend, RateLimitEvent,
+    RateLimitSpec, RateLimitStore, SetLimit,
 };
 use crate::throttle::LogThrottle;
 
@@ -136,6 +137,8 @@ pub(super) struct Inner<K> {
     /// The script's fifth argument: `1` to repair state it cannot read, `0` to report it.
     repair: &'static [u8],
     over_limit: OverLimits<K>,
+    /// Live changes to and from the other replicas.
+    sync: Arc<PolicySync<K>>,
     local: Option<MemoryRateLimitStore<K, StoreClock>>,
     log: LogThrottle,
     repair_log: LogThrottle,
@@ -227,6 +230,12 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisRateLimitStore<K> {
     pub fn over_limit_len(&self) -> usize {
         self.inner.over_limit.len()
     }
+
+    /// The Redis keys holding the limiter's live changes: the policies hash and its change log
+    /// (see [Limits, tiers and live changes](super#limits-tiers-and-live-changes)).
+    pub fn policy_keys(&self) -> [Vec<u8>; 2] {
+        self.inner.sync.redis_keys().clone()
+    }
 }
 
 /// The set a pending decision asks about: the store's default set (not cloned on the hot path) or
@@ -313,6 +322,14 @@ impl<K: RedisKey> Inner<K> {
 }
 
 impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
+    /// Before a decision for `key`: the sync task runs, and `key`'s own limits received from
+    /// another replica apply (two atomic loads when there is nothing to do).
+    #[inline]
+    pub(super) fn live_changes(&self, key: &K) {
+        self.sync.start();
+        self.sync.apply_pending(key);
+    }
+
     /// A refusal remembered for `key` that answers `ask`, as Redis would now give it.
     #[inline]
     fn remembered(&self, key: &K, ask: &Ask<'_>, now: Nanos) -> Option<Decision> {
@@ -522,7 +539,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             .and_then(|v| self.parse_one(&v, &redis_key, limit));
         match result {
             Ok(d) => {
-                if !d.is_allowed() {
+                if d.is_allowed() {
+                    self.over_limit.forget(&key);
+                } else {
                     let tag = match set {
                         SetOf::Default => self.default_tag,
                         SetOf::Other(ref s) => set_tag(s, 1),
@@ -565,6 +584,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 if !d.is_allowed() && Self::memorable(&ask) {
                     self.over_limit
                         .remember(&key, sent, &d, set_tag(limits, cost));
+                } else if d.is_allowed() && !peek && cost > 0 {
+                    self.over_limit.forget(&key);
                 }
                 Ok(d)
             }
@@ -672,6 +693,7 @@ where
 
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<RedisCheck> {
         let inner = &self.inner;
+        inner.live_changes(key);
         let now = inner.clock.now();
         if Inner::<K>::memorable(ask)
             && let Some(d) = inner.remembered(key, ask, now)
@@ -720,6 +742,14 @@ where
             },
         };
         Check::Pending(RedisCheck { inner: fut })
+    }
+
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        self.inner.sync.publish(change);
+    }
+
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        self.inner.sync.subscribe(sink);
     }
 }
 
@@ -790,6 +820,13 @@ where
                 clock: self.settings.clock.clone(),
                 repair: if self.settings.repair { b"1" } else { b"0" },
                 over_limit: OverLimits::new(self.settings.local_max_keys),
+                sync: Arc::new(PolicySync::new(
+                    Arc::clone(&self.conn),
+                    &self.settings.prefix,
+                    spec.name(),
+                    self.settings.policy_poll_interval,
+                    self.settings.timeout,
+                )),
                 local,
                 log: LogThrottle::new(Duration::from_secs(10)),
                 repair_log: LogThrottle::new(Duration::from_secs(10)),

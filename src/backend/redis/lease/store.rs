@@ -21,7 +21,9 @@ use crate::backend::redis::{
 use crate::backend::{BackendError, ErrorKind};
 use crate::clock::{Clock, Nanos, duration_to_nanos};
 use crate::rate_limit::quota::Limits;
-use crate::rate_limit::{Ask, Check, Decision, RateLimitSpec, RateLimitStore};
+use crate::rate_limit::{
+    Ask, Check, Decision, PolicyChange, PolicySink, RateLimitSpec, RateLimitStore,
+};
 
 fn lease_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
@@ -470,6 +472,7 @@ where
     #[inline]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<LeaseCheck> {
         let inner = &self.inner;
+        inner.exact.shared().live_changes(key);
         // Leases serve the layer's own limit at cost 1; anything else (another tier's limits, a
         // key's own, several limits, a cost, a peek) is decided exactly.
         if !ask
@@ -510,6 +513,14 @@ where
                 })
             }
         }
+    }
+
+    fn publish_policy(&self, change: &PolicyChange<K>) {
+        self.inner.exact.publish_policy(change);
+    }
+
+    fn subscribe_policies(&self, sink: PolicySink<K>) {
+        self.inner.exact.subscribe_policies(sink);
     }
 }
 

@@ -1,0 +1,20 @@
+-- A live change to a limiter's policies (a tier's limits, the default limits, a key's own limits),
+-- published for every replica: the next version number, the change stored under it, and the
+-- field marked changed at that version. Atomic, so versions and values never disagree.
+--
+-- KEYS[1]  the limiter's policies: a hash of field -> encoded limits, and `v`, the last version
+-- KEYS[2]  the change log: a sorted set of fields, each scored with the version of its last change
+--          (both keys share the limiter's hash tag: one Cluster slot)
+-- ARGV[1]  the field: `d` (default limits), `t:<tier>`, or `k:<key>` (the key as in its state keys)
+-- ARGV[2]  the encoded limits, or "" to clear the field (a key's own limits taken away)
+--
+-- Returns the version of this change.
+
+local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('ZADD', KEYS[2], v, ARGV[1])
+return v

@@ -51,7 +51,7 @@ use tower_rampart::cache::{CacheEvent, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitBreakerLayer;
 use tower_rampart::clock::CoarseClock;
 use tower_rampart::key::{PeerIp, key_fn};
-use tower_rampart::rate_limit::RateLimitLayer;
+use tower_rampart::rate_limit::{Limit, RateLimitLayer};
 use tower_rampart::retry::RetryLayer;
 
 #[allow(dead_code)]
@@ -230,6 +230,49 @@ fn scenarios() -> Vec<Scenario> {
                 .expect("valid quota");
             u64_run(layer.layer(bare_u64()))
         }),
+        s!(
+            "u64/rampart_rate_limit_global_two_limits",
+            "u64/bare",
+            || {
+                let layer = RateLimitLayer::builder()
+                    .limits([Limit::new("a", HUGE), Limit::new("b", HUGE)])
+                    .build()
+                    .expect("valid quota");
+                u64_run(layer.layer(bare_u64()))
+            }
+        ),
+        // Keyed rows: 1,024 keys (`n % 1024`), known to the store after the first calls.
+        s!("u64/rampart_rate_limit_keyed", "u64/bare", || {
+            let layer = RateLimitLayer::builder()
+                .quota(HUGE)
+                .key(key_fn(|n: &u64| Some(n % 1024)))
+                .build()
+                .expect("valid quota");
+            u64_run(layer.layer(bare_u64()))
+        }),
+        s!("u64/rampart_rate_limit_keyed_tiers", "u64/bare", || {
+            // Per-key quota resolution: half the keys in a tier, the rest on the default.
+            let layer = RateLimitLayer::builder()
+                .quota(HUGE)
+                .tier("pro", [Limit::new("pro", HUGE)])
+                .key(key_fn(|n: &u64| Some(n % 1024)))
+                .tier_of(|k: &u64| (k % 2 == 0).then_some("pro"))
+                .build()
+                .expect("valid quota");
+            u64_run(layer.layer(bare_u64()))
+        }),
+        s!(
+            "u64/rampart_rate_limit_keyed_two_limits",
+            "u64/bare",
+            || {
+                let layer = RateLimitLayer::builder()
+                    .limits([Limit::new("a", HUGE), Limit::new("b", HUGE)])
+                    .key(key_fn(|n: &u64| Some(n % 1024)))
+                    .build()
+                    .expect("valid quota");
+                u64_run(layer.layer(bare_u64()))
+            }
+        ),
         s!(
             "u64/rampart_rate_limit_global_coarse_clock",
             "u64/bare",

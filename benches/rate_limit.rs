@@ -35,7 +35,7 @@ use tower::{Layer, Service, service_fn};
 use tower_rampart::backend::MemoryBackend;
 use tower_rampart::clock::ManualClock;
 use tower_rampart::key::{PeerIp, key_fn};
-use tower_rampart::rate_limit::{Algorithm, RateLimitLayer};
+use tower_rampart::rate_limit::{Algorithm, Ask, Check, Limit, RateLimitLayer, RateLimitStore};
 
 use crate::support::{HUGE, bare_u64, call_now, noop_cx, parallel, refused};
 
@@ -238,6 +238,36 @@ pub(crate) fn keyed_peer_ip(c: &mut Criterion) {
         b.iter_custom(|iters| drive(&mut svc, &pool, &mut cursor, iters, is_200));
     });
 
+    // Per-key quota resolution (#18): a resolver puts every other peer in a tier; the rest get the
+    // default. Compare with `rampart_peer_ip`.
+    let layer = RateLimitLayer::builder()
+        .quota(HUGE)
+        .tier("pro", [Limit::new("pro", HUGE)])
+        .key(PeerIp::new())
+        .tier_of(|ip: &IpAddr| match ip {
+            IpAddr::V4(v4) if v4.octets()[3] % 2 == 0 => Some("pro"),
+            _ => None,
+        })
+        .build()
+        .expect("valid quota");
+    let mut svc = layer.layer(bare_http());
+    drive(&mut svc, &pool, &mut cursor, PEERS as u64, is_ok);
+    g.bench_function("rampart_peer_ip_tiers", |b| {
+        b.iter_custom(|iters| drive(&mut svc, &pool, &mut cursor, iters, is_ok));
+    });
+
+    // Two limits in one decision (#18), all or nothing. Compare with `rampart_peer_ip`.
+    let layer = RateLimitLayer::builder()
+        .limits([Limit::new("a", HUGE), Limit::new("b", HUGE)])
+        .key(PeerIp::new())
+        .build()
+        .expect("valid quota");
+    let mut svc = layer.layer(bare_http());
+    drive(&mut svc, &pool, &mut cursor, PEERS as u64, is_ok);
+    g.bench_function("rampart_peer_ip_two_limits", |b| {
+        b.iter_custom(|iters| drive(&mut svc, &pool, &mut cursor, iters, is_ok));
+    });
+
     // axum records the peer as `ConnectInfo<SocketAddr>`, which `PeerIp` looks for first.
     #[cfg(feature = "axum")]
     {
@@ -300,6 +330,37 @@ pub(crate) fn keyed_peer_ip(c: &mut Criterion) {
             d
         });
     });
+
+    // The store's decision through `RateLimitStore::check`: one limit, and two (#18).
+    for (row, limits) in [
+        ("rampart_store_check_one_limit", vec![Limit::new("a", HUGE)]),
+        (
+            "rampart_store_check_two_limits",
+            vec![Limit::new("a", HUGE), Limit::new("b", HUGE)],
+        ),
+    ] {
+        let layer = RateLimitLayer::builder()
+            .limits(limits)
+            .key(PeerIp::new())
+            .build()
+            .expect("valid quota");
+        let (store, set) = (layer.store(), layer.limit_set());
+        let check = |ip: &IpAddr| match store.check(ip, &Ask::new(&set)) {
+            Check::Ready(Ok(d)) if d.is_allowed() => d,
+            _ => refused(),
+        };
+        for ip in &ips {
+            check(ip);
+        }
+        let mut i = 0;
+        g.bench_function(row, |b| {
+            b.iter(|| {
+                let ip = &ips[i];
+                i = if i + 1 == ips.len() { 0 } else { i + 1 };
+                check(black_box(ip))
+            });
+        });
+    }
 
     g.finish();
 }

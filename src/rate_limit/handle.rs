@@ -318,7 +318,7 @@ impl<K: Hash + Eq + Clone> PolicySink<K> {
             .unwrap_or_else(PoisonError::into_inner);
         let mut next = Policies::clone(&self.live.current.load());
         f(&mut next)?;
-        self.live.current.store(Arc::new(next));
+        self.live.replace(next);
         Ok(())
     }
 

@@ -1,36 +1,4 @@
 //! Named limits, the sets one decision checks, and what a decision asks of a store.
-//
-// Issue 18 plan (API sketch for the helpers building on this branch; replaced by the real docs
-// as each part lands):
-//
-// Builder (RateLimitBuilder):
-//   .quota(q)                       default set = one limit named after the layer (as today)
-//   .limits([Limit::new("minute", q1), Limit::new("day", q2).shadow(true)])   default set of several
-//   .tier("pro", [Limit::new("minute", Quota::per_minute(1000))])             a named set
-//   .tier_of(|key: &K| -> Option<&str>)      resolver (also a `TierOf<K>` trait); None or unknown
-//                                            name -> default set (unknown logged once per 10 s and
-//                                            counted: rampart_rate_limit_unknown_tier_total{name})
-//   .cost(|req: &Req| -> u32)                cost function (`Cost<Req>` trait, closures implement it;
-//                                            default `UnitCost`, a constant 1 the compiler folds)
-//   .shadow(true)                            layer-wide shadow: the store decides normally (all
-//                                            limits enforced); the layer admits refusals anyway
-//   .http().respond_with(|refusal: &Refusal<'_>, parts: &http::request::Parts| -> Response)
-//                                            the app's own refusal response (whole response)
-// A refusal for a cost above capacity is `error::CostTooHigh` (RejectionKind::CostTooHigh, HTTP
-// 413 Payload Too Large, gRPC OUT_OF_RANGE), never a 429.
-//
-// Handle: `layer.handle() -> RateLimitHandle<K>` (Clone, Send, Sync):
-//   async peek(&key) -> Result<Decision, BackendError>    (memory answers at once)
-//   set_tier(name, limits) -> Result<(), ConfigError>     (adds or replaces a tier)
-//   set_default(limits), set_key(&key, limits), clear_key(&key) -> Result<..., ConfigError>
-//   tiers() -> Vec<(&'static str, Vec<Limit>)>, limits_for(&key) -> Arc<LimitSet>
-// Live state: `arc_swap::ArcSwap<Policies<K>>` (default, tiers, per-key overrides); a layer with
-// no tiers and no overrides reads one pointer per request. Propagation hook for shared backends:
-//   trait RateLimitStore { ... fn policies(&self) -> Option<&dyn PolicyBus> { None } }
-//   pub trait PolicyBus: Send + Sync { fn publish(&self, change: &PolicyChange); fn subscribe(
-//       &self, apply: Box<dyn Fn(PolicyChange) + Send + Sync>); }
-// The handle applies a change locally, then publishes it through the store's bus (Redis:
-// PUBLISH on `<prefix>:rl:<layer>:policies`, every replica's subscriber applies it).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -110,7 +78,7 @@ impl Limit {
 pub struct LimitSet {
     algorithm: Algorithm,
     limits: Box<[SetLimit]>,
-    /// Index of the first enforced limit, if any (a set of shadow limits only never refuses).
+    /// Whether any limit is enforced (a set of shadow limits only never refuses).
     any_enforced: bool,
 }
 
@@ -278,7 +246,7 @@ impl LimitSet {
 
     /// The one limit, when the set is one enforced limit (the hot path every store keeps as fast
     /// as before sets existed).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn single(&self) -> Option<&SetLimit> {
         match &*self.limits {
             [one] if !one.shadow => Some(one),
@@ -286,8 +254,9 @@ impl LimitSet {
         }
     }
 
-    /// The same limits marked shadow (the layer-wide shadow mode keeps the store's decision exact
-    /// and admits refusals itself, so this is for display only).
+    /// How limit `index` describes itself in headers and refusals (the last limit's for an index
+    /// out of range: a decision made over a set that a live change has since replaced).
+    #[inline]
     pub(crate) fn policy_of(&self, index: usize) -> Policy {
         self.limits[index.min(self.limits.len() - 1)].policy
     }
@@ -349,7 +318,7 @@ impl<'a> Ask<'a> {
 
     /// The one limit of the plain case (one enforced limit, one unit, spent): every store keeps
     /// this path exactly as it was before sets, costs and peeks existed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn plain(&self) -> Option<&'a SetLimit> {
         if self.cost == 1 && !self.peek {
             self.set.single()

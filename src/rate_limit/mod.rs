@@ -16,6 +16,70 @@
 //! Requests over quota are refused at once by default. For client stacks that prefer to wait,
 //! see [`RateLimitBuilder::wait_up_to`].
 //!
+//! # Policies: tiers, costs, several quotas, shadow mode, live changes
+//!
+//! - **Several quotas, one decision**: [`limits`](RateLimitBuilder::limits) takes up to
+//!   [`MAX_LIMITS`] named [`Limit`]s (10 per second *and* 1000 per day). A request is admitted
+//!   only if every one admits it, and then all spend; never some. `RateLimit-Policy` lists them,
+//!   `RateLimit` and `Retry-After` are the binding limit's (the longest wait).
+//! - **Tiers**: [`tier`](RateLimitBuilder::tier) names other sets, and
+//!   [`tier_of`](RateLimitBuilder::tier_of) maps a key to its tier. No tier, or a tier the layer
+//!   does not have, gets the default set: never "unlimited".
+//! - **Cost**: [`cost`](RateLimitBuilder::cost) says how many units a request spends (bytes, rows,
+//!   tokens). A cost no limit could ever admit is refused with
+//!   [`CostTooHigh`](error::CostTooHigh) (HTTP 413), not a 429 that invites a retry.
+//! - **Shadow**: a [`Limit::shadow`] limit, or the whole layer
+//!   ([`shadow`](RateLimitBuilder::shadow)), decides, counts
+//!   (`rampart_rate_limit_shadow_rejected_total{name,policy}`), reports
+//!   ([`RateLimitEvent::ShadowRefused`]) and admits: how a new limit is rolled out.
+//! - **Peek and live changes**: a [`RateLimitHandle`] from [`RateLimitLayer::handle`] peeks at what
+//!   a key would get without spending, and changes the default, a tier or a key's own limits while
+//!   the layer runs. State is kept per key and limit *name*, so a changed quota keeps its counts.
+//! - **The refusal is the app's**: `respond_with` (feature `http`) builds the whole response from the
+//!   refusal and the request's parts.
+//!
+//! ```
+//! use tower::{Layer, Service, ServiceExt, service_fn};
+//! use tower_rampart::BoxError;
+//! use tower_rampart::key::key_fn;
+//! use tower_rampart::rate_limit::{Limit, Quota, RateLimitLayer, error::RateLimited};
+//!
+//! struct Upload { user: u64, plan: &'static str, rows: u32 }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+//! let layer = RateLimitLayer::builder()
+//!     // Free users: 100 rows a minute and 1000 an hour, both enforced.
+//!     .limits([
+//!         Limit::new("minute", Quota::per_minute(100)),
+//!         Limit::new("hour", Quota::per_hour(1000)),
+//!     ])
+//!     // Pro users: 1000 a minute; a daily cap observed in shadow before it is enforced.
+//!     .tier("pro", [
+//!         Limit::new("minute", Quota::per_minute(1000)),
+//!         Limit::new("day", Quota::with_period(20_000, std::time::Duration::from_secs(86_400)))
+//!             .shadow(true),
+//!     ])
+//!     .cost(|upload: &Upload| upload.rows)
+//!     .key(key_fn(|upload: &Upload| Some((upload.user, upload.plan))))
+//!     .tier_of(|&(_, plan): &(u64, &'static str)| (plan == "pro").then_some("pro"))
+//!     .build()?;
+//! let handle = layer.handle();
+//! let mut svc = layer.layer(service_fn(|u: Upload| async move { Ok::<_, BoxError>(u.rows) }));
+//!
+//! let free = Upload { user: 1, plan: "free", rows: 80 };
+//! assert_eq!(svc.ready().await?.call(free).await?, 80);
+//! let again = Upload { user: 1, plan: "free", rows: 80 };
+//! let refused = svc.ready().await?.call(again).await.unwrap_err();
+//! assert_eq!(refused.downcast_ref::<RateLimited>().unwrap().policy(), "minute");
+//!
+//! // What user 1 has left, without spending it; then a bigger quota, live.
+//! assert_eq!(handle.peek(&(1, "free")).await?.remaining(), 19);
+//! handle.set_key(&(1, "free"), [Limit::new("minute", Quota::per_minute(1000))])?;
+//! let again = Upload { user: 1, plan: "free", rows: 80 };
+//! assert_eq!(svc.ready().await?.call(again).await?, 80);
+//! # Ok(()) }
+//! ```
+//!
 //! # Example: axum, 10 metric submissions per minute per client, reads free
 //!
 //! ```

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ impl<K: Clone> Clone for Policies<K> {
 /// A layer's policies, shared by its services and its handles.
 pub(crate) struct Live<K> {
     pub(crate) current: ArcSwap<Policies<K>>,
+    /// The default set as built: every request's set while [`dynamic`](Self::dynamic) is false.
+    pub(crate) fixed: Arc<LimitSet>,
+    /// Whether requests must read `current` (a resolver, or a change made through a handle):
+    /// until then a request reads this flag and `fixed`, and pays nothing for live changes.
+    dynamic: AtomicBool,
     pub(crate) tier_of: Option<TierOf<K>>,
     /// Serialises writers (each reads, copies, changes and swaps the policies).
     pub(crate) write: Mutex<()>,
@@ -76,6 +82,8 @@ impl<K: Hash + Eq> Live<K> {
         legacy_headers: bool,
     ) -> Self {
         Self {
+            fixed: Arc::clone(&policies.default),
+            dynamic: AtomicBool::new(tier_of.is_some()),
             current: ArcSwap::from_pointee(policies),
             tier_of,
             write: Mutex::new(()),
@@ -86,6 +94,18 @@ impl<K: Hash + Eq> Live<K> {
             #[cfg(feature = "metrics")]
             unknown: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether every request is decided against [`fixed`](Self::fixed).
+    #[inline]
+    pub(crate) fn is_fixed(&self) -> bool {
+        !self.dynamic.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the policies (a handle's change): from now on requests read them.
+    pub(crate) fn replace(&self, policies: Policies<K>) {
+        self.current.store(Arc::new(policies));
+        self.dynamic.store(true, Ordering::Release);
     }
 
     /// The set `key` is decided against: its own limits, else its tier's, else the default.

@@ -149,8 +149,13 @@ where
                 };
             }
         };
-        let policies = shared.live.current.load();
-        let set = shared.live.resolve(&policies, &key);
+        let policies;
+        let set = if shared.live.is_fixed() {
+            &shared.live.fixed
+        } else {
+            policies = shared.live.current.load();
+            shared.live.resolve(&policies, &key)
+        };
         let cost = shared.per_request.cost(&req);
         match shared.store.check(&key, &Ask::new(set).cost(cost)) {
             Check::Ready(Ok(d)) => match shared.judge(d, set) {
@@ -161,7 +166,7 @@ where
                 Err(d) => match shared.wait {
                     Some(max) if !d.exceeds_capacity() && d.retry_after() <= max => {
                         let now = Instant::now();
-                        let svc = self.take_ready_inner();
+                        let svc = take_ready(&mut self.inner);
                         let ask = Asked {
                             set: Arc::clone(set),
                             cost,
@@ -189,7 +194,7 @@ where
             }
             Check::Pending(check) => {
                 let deadline = shared.wait.map(|max| Instant::now() + max);
-                let svc = self.take_ready_inner();
+                let svc = take_ready(&mut self.inner);
                 let ask = Asked {
                     set: Arc::clone(set),
                     cost,
@@ -208,12 +213,10 @@ where
     }
 }
 
-impl<S: Clone, X: KeyExtractor, St, M, P> RateLimit<S, X, St, M, P> {
-    /// Moves the service that `poll_ready` readied into a future, leaving a clone in its place.
-    fn take_ready_inner(&mut self) -> S {
-        let clone = self.inner.clone();
-        std::mem::replace(&mut self.inner, clone)
-    }
+/// Moves the service that `poll_ready` readied into a future, leaving a clone in its place.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }
 
 impl<S, X, St, M, P> RateLimit<S, X, St, M, P>
@@ -233,8 +236,12 @@ where
                 r.sleep = None;
             }
             let set = {
-                let policies = self.shared.live.current.load();
-                Arc::clone(self.shared.live.resolve(&policies, key))
+                let live = &self.shared.live;
+                if live.is_fixed() {
+                    Arc::clone(&live.fixed)
+                } else {
+                    Arc::clone(live.resolve(&live.current.load(), key))
+                }
             };
             let result = if let Some(pending) = r.pending.as_mut() {
                 let result = ready!(pending.get_mut().as_mut().poll(cx));
@@ -297,7 +304,7 @@ impl<X: KeyExtractor, St, M, P> Shared<X, St, M, P> {
 
     /// What the layer makes of a store's decision over `set`: `Ok` to admit (counting the shadow
     /// limits' refusals, and in shadow mode admitting a refusal after counting it), `Err` to refuse.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn judge(&self, d: Decision, set: &LimitSet) -> Result<Decision, Decision> {
         if d.shadow_refused_mask() != 0 {
             self.shadow_refused(set, d.shadow_refused_mask());

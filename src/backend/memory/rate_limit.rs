@@ -2,18 +2,16 @@
 
 use std::fmt;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use crossbeam_utils::CachePadded;
 
 use super::MemoryBackend;
 use super::map::{BoundedMap, Expiring};
 use crate::backend::BackendError;
 use crate::clock::{Clock, Nanos};
 use crate::error::ConfigError;
-use crate::rate_limit::algorithm::gcra::{self, GcraCell};
-use crate::rate_limit::algorithm::sliding_window::{self, Window, WindowCell};
+use crate::rate_limit::algorithm::gcra::GcraCell;
+use crate::rate_limit::algorithm::sliding_window::{Window, WindowCell};
 use crate::rate_limit::quota::{Algorithm, Limits};
 use crate::rate_limit::{
     Ask, Check, Decision, LimitSet, MAX_LIMITS, RateLimitBackend, RateLimitSpec, RateLimitStore,
@@ -103,10 +101,11 @@ impl Expiring for NamedWindow {
 /// (key, limit). Each map holds at most [`max_keys`](MemoryBackend::max_keys) entries.
 ///
 /// A decision over one limit is one atomic operation on one cell. A decision over several limits
-/// takes a lock for the key (one of 64 striped by key hash), reads every limit's state, decides,
-/// and then stores each new state only if it is unchanged since it was read; if a single-limit
-/// decision on one of those cells got in between (a key whose tier just changed), what was
-/// stored is taken back and the set is decided again. So the set is spent all or nothing.
+/// reads every limit's state, decides, and then stores each new state only if it is unchanged
+/// since it was read (compare and swap); if another decision on one of those cells got in between,
+/// what was stored is taken back and the set is decided again from the start. So the set is spent
+/// all or nothing, with no lock (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits`
+/// measures it).
 ///
 /// A key type with no data (such as the global key `()`) skips the first map altogether: the
 /// whole single-limit limiter is then one atomic word.
@@ -118,11 +117,7 @@ pub struct MemoryRateLimitStore<K, C = crate::clock::TokioClock> {
     primary: u16,
     clock: C,
     cells: Cells<K>,
-    stripes: Box<[CachePadded<Mutex<()>>]>,
 }
-
-/// Locks serialising decisions over several limits of one key (striped by the key's hash).
-const STRIPES: usize = 64;
 
 enum Cells<K> {
     Gcra {
@@ -183,7 +178,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
 
     /// Whether `limit`'s state lives in the key-only map: the first default limit's name, and
     /// for the sliding window its period too (that map judges idleness by the caller's period).
-    #[inline]
+    #[inline(always)]
     fn is_primary(&self, limit: &SetLimit) -> bool {
         limit.id == self.primary
             && match self.cells {
@@ -193,7 +188,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     }
 
     /// Decides `cost` units of one limit for `key` at `now`, spending them unless `peek`.
-    #[inline]
+    #[inline(always)]
     fn decide_one(&self, key: &K, limit: &SetLimit, now: Nanos, cost: u32, peek: bool) -> Decision {
         let limits = &limit.limits;
         let gcra = |c: &GcraCell| {
@@ -244,60 +239,61 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         )
     }
 
-    /// Runs `f` on `limit`'s cell for `key` (creating it if absent).
-    #[inline]
-    fn read(&self, key: &K, limit: &SetLimit, now: Nanos) -> State {
-        let keyless = std::mem::size_of::<K>() == 0;
-        let limits = &limit.limits;
-        if self.is_primary(limit) {
-            return match &self.cells {
-                Cells::Gcra { single, .. } if keyless => State::Tat(single.load()),
-                Cells::Gcra { map, .. } => State::Tat(map.with(key, limits, now, GcraCell::load)),
-                Cells::Window { single, .. } if keyless => State::Window(single.load()),
-                Cells::Window { map, .. } => {
-                    State::Window(map.with(key, limits, now, WindowCell::load))
-                }
-            };
-        }
-        match &self.cells {
-            Cells::Gcra { others, .. } => {
-                State::Tat(self.with_other(others, key, limit, now, GcraCell::load))
-            }
-            Cells::Window { others, .. } => {
-                State::Window(self.with_other(others, key, limit, now, |c| c.cell(limits).load()))
-            }
-        }
-    }
-
-    /// Stores `new` for `limit` if its state is still `old`; `undo` instead takes a stored `new`
-    /// back to `old`.
-    fn write(
+    /// Decides `cost` units of one limit for `key` at `now`, spending them if `spend` and the
+    /// limit admits; returns the decision and, when spent, the state before and after (to take the
+    /// spend back).
+    fn decide_traced(
         &self,
         key: &K,
         limit: &SetLimit,
         now: Nanos,
-        old: State,
-        new: State,
         cost: u32,
-        undo: bool,
-    ) -> bool {
+        spend: bool,
+    ) -> (Decision, Option<(State, State)>) {
+        let limits = &limit.limits;
+        let gcra = |c: &GcraCell| {
+            if spend {
+                let (d, moved) = c.check_traced(limits, now, cost, || self.clock.now());
+                (d, moved.map(|(o, n)| (State::Tat(o), State::Tat(n))))
+            } else {
+                (c.peek(limits, now, cost), None)
+            }
+        };
+        let window = |c: &WindowCell| {
+            let (d, moved) = c.check_traced(limits, now, cost, !spend);
+            (d, moved.map(|(o, n)| (State::Window(o), State::Window(n))))
+        };
+        let keyless = std::mem::size_of::<K>() == 0;
+        if self.is_primary(limit) {
+            return match &self.cells {
+                Cells::Gcra { single, .. } if keyless => gcra(single),
+                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
+                Cells::Window { single, .. } if keyless => window(single),
+                Cells::Window { map, .. } => map.with(key, limits, now, window),
+            };
+        }
+        match &self.cells {
+            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
+            Cells::Window { others, .. } => {
+                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
+            }
+        }
+    }
+
+    /// Takes back a spend of `cost` units that moved `limit`'s state for `key` from `old` to
+    /// `new`.
+    fn undo(&self, key: &K, limit: &SetLimit, now: Nanos, (old, new): (State, State), cost: u32) {
         let keyless = std::mem::size_of::<K>() == 0;
         let limits = &limit.limits;
-        let gcra = |c: &GcraCell| match (old, new) {
-            (State::Tat(o), State::Tat(n)) if undo => {
+        let gcra = |c: &GcraCell| {
+            if let (State::Tat(o), State::Tat(n)) = (old, new) {
                 c.undo(o, n);
-                true
             }
-            (State::Tat(o), State::Tat(n)) => c.replace(o, n),
-            _ => unreachable!("a GCRA store holds GCRA states"),
         };
-        let window = |c: &WindowCell| match (old, new) {
-            (State::Window(_), State::Window(n)) if undo => {
+        let window = |c: &WindowCell| {
+            if let State::Window(n) = new {
                 c.undo(n, cost);
-                true
             }
-            (State::Window(o), State::Window(n)) => c.replace(o, n),
-            _ => unreachable!("a sliding-window store holds windows"),
         };
         if self.is_primary(limit) {
             return match &self.cells {
@@ -316,97 +312,52 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     }
 
     /// Decides a set of several limits (or one shadow limit, or any cost or peek) for `key`.
+    ///
+    /// Limits are decided in order at one `now`, each spending as it admits (one lookup each on
+    /// the admitted path); once an enforced limit refuses, the rest are only looked at, and the
+    /// enforced limits that had spent take it back. A concurrent decision may see such a spend
+    /// before it is taken back and refuse: never admit more than the limits allow.
     fn decide_set(&self, key: &K, ask: &Ask<'_>) -> Decision {
         let set = ask.set();
         let limits = set.limits();
         let (cost, peek) = (ask.units(), ask.is_peek());
+        let now = self.clock.now();
         if let [one] = limits {
-            let d = self.decide_one(key, one, self.clock.now(), cost, peek);
+            let d = self.decide_one(key, one, now, cost, peek);
             return if one.shadow && !d.is_allowed() {
                 d.admitted_anyway().with_shadow_refused(1)
             } else {
                 d
             };
         }
-        let stripe = &self.stripes[(self.stripe_hash(key) as usize) % STRIPES];
-        let _serial = stripe.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            let now = self.clock.now();
-            let mut olds = [State::Tat(0); MAX_LIMITS];
-            let mut nexts: [Option<State>; MAX_LIMITS] = [None; MAX_LIMITS];
-            let mut decisions = [Decision::uncounted(0); MAX_LIMITS];
-            for (i, l) in limits.iter().enumerate() {
-                let old = self.read(key, l, now);
-                let (d, next) = match old {
-                    State::Tat(tat) => {
-                        let (d, next) = gcra::decide_units(&l.limits, tat, now, cost);
-                        (d, next.map(State::Tat))
-                    }
-                    State::Window(w) => {
-                        let (d, next) = sliding_window::decide_units(&l.limits, w, now, cost);
-                        (
-                            d,
-                            (d.is_allowed() && cost > 0).then_some(State::Window(next)),
-                        )
-                    }
-                };
-                olds[i] = old;
-                nexts[i] = next;
-                decisions[i] = d;
-            }
-            let n = limits.len();
-            let admitted = limits
-                .iter()
-                .zip(&decisions)
-                .all(|(l, d)| l.shadow || d.is_allowed());
-            let mut shadow_mask = 0u8;
-            for (i, (l, d)) in limits.iter().zip(&decisions).enumerate() {
-                if l.shadow && !d.is_allowed() {
+        let n = limits.len();
+        let mut decisions = [Decision::uncounted(0); MAX_LIMITS];
+        let mut spent: [Option<(State, State)>; MAX_LIMITS] = [None; MAX_LIMITS];
+        let mut refused = false;
+        let mut shadow_mask = 0u8;
+        for (i, l) in limits.iter().enumerate() {
+            // Enforced limits spend while every one before them admitted; shadow limits when
+            // they admit themselves.
+            let spend = !peek && (l.shadow || !refused);
+            let (d, moved) = self.decide_traced(key, l, now, cost, spend);
+            decisions[i] = d;
+            spent[i] = moved;
+            if !d.is_allowed() {
+                if l.shadow {
                     shadow_mask |= 1 << i;
-                }
-            }
-            let combined =
-                combine(limits, &decisions[..n], admitted).with_shadow_refused(shadow_mask);
-            if peek {
-                return combined;
-            }
-            // Spend: every enforced limit if admitted, each shadow limit that admits itself.
-            let mut done = 0usize;
-            let mut raced = false;
-            for i in 0..n {
-                let l = &limits[i];
-                let spends = if l.shadow {
-                    decisions[i].is_allowed()
                 } else {
-                    admitted
-                };
-                let Some(new) = nexts[i].filter(|_| spends) else {
-                    continue;
-                };
-                if self.write(key, l, now, olds[i], new, cost, false) {
-                    done |= 1 << i;
-                } else {
-                    raced = true;
-                    break;
-                }
-            }
-            if !raced {
-                return combined;
-            }
-            for i in 0..n {
-                if done & (1 << i) != 0 {
-                    let new = nexts[i].expect("a stored state");
-                    self.write(key, &limits[i], now, olds[i], new, cost, true);
+                    refused = true;
                 }
             }
         }
-    }
-
-    fn stripe_hash(&self, key: &K) -> u64 {
-        match &self.cells {
-            Cells::Gcra { others, .. } => others.hash_of(key),
-            Cells::Window { others, .. } => others.hash_of(key),
+        if refused {
+            for (l, moved) in limits.iter().zip(&spent) {
+                if let (false, Some(moved)) = (l.shadow, moved) {
+                    self.undo(key, l, now, *moved, cost);
+                }
+            }
         }
+        combine(limits, &decisions[..n], !refused).with_shadow_refused(shadow_mask)
     }
 
     /// How many keys the store holds right now (idle ones included until they are swept), for
@@ -482,7 +433,7 @@ where
 {
     type Future = std::future::Pending<Result<Decision, BackendError>>;
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
         if let Some(limit) = ask.plain() {
             let now = self.clock.now();
@@ -519,9 +470,6 @@ where
             primary: spec.set.limits()[0].id,
             clock: self.clock.clone(),
             cells,
-            stripes: (0..STRIPES)
-                .map(|_| CachePadded::new(Mutex::new(())))
-                .collect(),
         })
     }
 }

@@ -25,7 +25,7 @@ pub(crate) fn decide(limits: &Limits, tat: Nanos, now: Nanos) -> (Decision, Opti
 /// Admitted when `max(tat, now) + cost * emission - now <= tolerance`. A cost above the burst can
 /// never be admitted: refused with no retry time ([`Decision::exceeds_capacity`]). A cost of zero is
 /// admitted without spending.
-#[inline]
+#[inline(always)]
 pub(crate) fn decide_units(
     limits: &Limits,
     tat: Nanos,
@@ -113,16 +113,38 @@ impl GcraCell {
         }
     }
 
+    /// [`check_units`](Self::check_units), also returning the TAT before and after when spent.
+    #[inline]
+    pub(crate) fn check_traced(
+        &self,
+        limits: &Limits,
+        mut now: Nanos,
+        cost: u32,
+        mut reread: impl FnMut() -> Nanos,
+    ) -> (Decision, Option<(Nanos, Nanos)>) {
+        let mut current = self.tat.load(Ordering::Acquire);
+        loop {
+            let (decision, next) = decide_units(limits, current, now, cost);
+            let Some(next) = next else {
+                return (decision, None);
+            };
+            match self
+                .tat
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return (decision, Some((current, next))),
+                Err(actual) => {
+                    current = actual;
+                    now = now.max(reread());
+                }
+            }
+        }
+    }
+
     /// The decision for `cost` units at `now`, nothing spent.
     #[inline]
     pub(crate) fn peek(&self, limits: &Limits, now: Nanos, cost: u32) -> Decision {
         decide_units(limits, self.tat.load(Ordering::Acquire), now, cost).0
-    }
-
-    /// The stored TAT (for a decision across several cells).
-    #[inline]
-    pub(crate) fn load(&self) -> Nanos {
-        self.tat.load(Ordering::Acquire)
     }
 
     /// Stores `new` if the cell still holds `old`.

@@ -149,23 +149,25 @@ impl WindowCell {
         decision
     }
 
-    /// The stored counts (for a decision across several cells).
+    /// [`check_units`](Self::check_units), also returning the counts before and after when
+    /// spent.
     #[inline]
-    pub(crate) fn load(&self) -> Window {
-        self.snapshot()
-    }
-
-    /// Stores `new` if the cell still holds `old` (compared after rolling both forward to `new`'s
-    /// window).
-    #[inline]
-    pub(crate) fn replace(&self, old: Window, new: Window) -> bool {
+    pub(crate) fn check_traced(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        peek: bool,
+    ) -> (Decision, Option<(Window, Window)>) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.at(new.index) == old.at(new.index) {
-            *w = new;
-            true
-        } else {
-            false
+        let old = *w;
+        let (decision, next) = decide_units(limits, old, now, cost);
+        if peek {
+            return (decision, None);
         }
+        *w = next;
+        let spent = decision.is_allowed() && cost > 0;
+        (decision, spent.then_some((old, next)))
     }
 
     /// Takes back `cost` units counted in `new`'s window, when a decision across several cells

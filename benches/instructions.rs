@@ -256,7 +256,7 @@ fn scenarios() -> Vec<Scenario> {
                 .quota(HUGE)
                 .tier("pro", [Limit::new("pro", HUGE)])
                 .key(key_fn(|n: &u64| Some(n % 1024)))
-                .tier_of(|k: &u64| (k % 2 == 0).then_some("pro"))
+                .tier_of(|k: &u64| k.is_multiple_of(2).then_some("pro"))
                 .build()
                 .expect("valid quota");
             u64_run(layer.layer(bare_u64()))

@@ -135,7 +135,10 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
         let pairs: Vec<[Vec<u8>; 2]> = (0..n)
             .map(|k| {
                 let key = 1_000 + k;
-                [two_store.limit_key("a", &key), two_store.limit_key("b", &key)]
+                [
+                    two_store.limit_key("a", &key),
+                    two_store.limit_key("b", &key),
+                ]
             })
             .collect();
         g.bench_with_input(BenchmarkId::new("two_limits_raw_evalsha", n), &n, |b, _| {

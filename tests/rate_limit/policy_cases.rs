@@ -23,7 +23,7 @@ use tower_rampart::rate_limit::{
 /// A store under test with the sets the cases ask: `ab` = {a, b}, `a`, `b` alone, and `ab_shadow`
 /// = {a, b (shadow)}.
 pub(crate) struct Subject {
-    pub(crate) check: Box<dyn Fn(u8, &Ask<'_>) -> Pending + Send + Sync>,
+    pub(crate) check: Box<CheckFn>,
     pub(crate) handle: RateLimitHandle<u8>,
     pub(crate) ab: Arc<LimitSet>,
     pub(crate) a: Arc<LimitSet>,
@@ -32,6 +32,9 @@ pub(crate) struct Subject {
 }
 
 pub(crate) type Pending = Pin<Box<dyn Future<Output = Decision> + Send>>;
+
+/// A decision of the store under test.
+pub(crate) type CheckFn = dyn Fn(u8, &Ask<'_>) -> Pending + Send + Sync;
 
 /// The two limits of the cases: a short one and a long one, both burstable.
 pub(crate) fn quotas(algorithm: Algorithm) -> (Quota, Quota) {

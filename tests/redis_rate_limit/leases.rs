@@ -733,3 +733,81 @@ async fn redis_cut_off_no_request_waits_past_twice_the_timeout_and_leases_resume
         resumed.elapsed()
     );
 }
+
+/// Issue #18 in leased mode: leases serve the layer's own quota, one unit per request; any other
+/// question (a tier's limits, a cost, a peek) is decided exactly, on the same keys, so a cost
+/// spends from the same quota the leases carve. A default of several limits could never be leased:
+/// building it in leased mode says so.
+#[tokio::test]
+async fn leases_serve_the_layers_own_quota_and_everything_else_is_decided_exactly() {
+    use tower_rampart::rate_limit::{Ask, Check, Limit, RateLimitStore};
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let backend = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(TIMEOUT)
+        .prefix(unique_prefix("lease-policies"));
+    let layer = RateLimitLayer::builder()
+        .name("leased")
+        .quota(Quota::per_hour(10))
+        .tier("pro", [Limit::new("pro", Quota::per_hour(100))])
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend.clone().leased(LeaseConfig::new()))
+        .build()
+        .unwrap();
+    let store = layer.store();
+    let ask = |set, cost: u32, peek: bool| {
+        let store = store.clone();
+        async move {
+            let ask = Ask::new(&set).cost(cost);
+            let ask = if peek { ask.peek() } else { ask };
+            match store.check(&1u32, &ask) {
+                Check::Ready(r) => r,
+                Check::Pending(f) => f.await,
+            }
+            .unwrap()
+        }
+    };
+    let handle = layer.handle();
+    let own = handle.default_set();
+    // Loads the script (a peek of nothing), so that each question below is one call.
+    assert_eq!(ask(own.clone(), 0, true).await.remaining(), 10);
+    let calls = server.calls("evalsha") + server.calls("eval");
+    // A cost of 3: exact, one call, 7 left in Redis.
+    let d = ask(own.clone(), 3, false).await;
+    assert!(d.is_allowed());
+    assert_eq!(d.remaining(), 7);
+    // A peek: exact, spends nothing.
+    assert_eq!(ask(own.clone(), 1, true).await.remaining(), 6);
+    assert_eq!(ask(own.clone(), 3, true).await.remaining(), 4);
+    // Another tier's limits: exact, their own state.
+    let pro = handle.tier_set("pro").unwrap();
+    let d = ask(pro, 1, false).await;
+    assert_eq!((d.limit(), d.remaining()), (100, 99));
+    assert_eq!(
+        server.calls("evalsha") + server.calls("eval") - calls,
+        4,
+        "one call each"
+    );
+    // The plain question: leased from the same quota, 7 units left of it.
+    let mut admitted = 0;
+    for _ in 0..20 {
+        admitted += usize::from(decide(store, &1).await.unwrap().is_allowed());
+    }
+    assert_eq!(admitted, 7, "the units the exact decisions left");
+    assert!(!ask(own, 1, true).await.is_allowed(), "the quota is spent");
+
+    let err = RateLimitLayer::builder()
+        .limits([
+            Limit::new("minute", Quota::per_minute(10)),
+            Limit::new("day", Quota::per_hour(100)),
+        ])
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend.leased(LeaseConfig::new()))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("leased mode"), "{err}");
+}

@@ -398,7 +398,7 @@ fn replica(
         .tier("free", [Limit::new("minute", Quota::per_minute(10))])
         .tier("pro", [Limit::new("minute", Quota::per_minute(100))])
         .key(key_fn(|k: &u32| Some(*k)))
-        .tier_of(|k: &u32| Some(if k % 2 == 0 { "pro" } else { "free" }))
+        .tier_of(|k: &u32| Some(if k.is_multiple_of(2) { "pro" } else { "free" }))
         .backend(backend.policy_poll_interval(Duration::from_millis(50)))
         .build()
         .expect("valid limits")
@@ -663,4 +663,38 @@ async fn a_set_beyond_the_scripts_range_is_left_to_the_failure_policy() {
         Check::Pending(f) => f.await.unwrap_err(),
     };
     assert!(err.to_string().contains("52 days"), "{err}");
+}
+
+/// Redis gone: the failure policy gets the same question. `Local` decides the set, the cost and the
+/// peek in memory, all or nothing, with the binding limit's figures.
+#[tokio::test]
+async fn with_redis_gone_the_local_policy_decides_the_same_set_cost_and_peek() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let backend = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .prefix(unique_prefix("local"))
+        .failure_policy(tower_rampart::backend::FailurePolicy::Local);
+    let layer = two_limits(
+        backend,
+        Algorithm::Gcra,
+        Quota::per_hour(5),
+        Quota::per_hour(3),
+    );
+    let h = layer.handle();
+    let (ab, a) = (h.tier_set("ab").unwrap(), h.tier_set("a").unwrap());
+    server.kill();
+    let store = layer.store();
+    let d = decide(store, 1, &Ask::new(&ab).cost(2)).await;
+    assert!(d.is_allowed());
+    assert_eq!((d.policy_index(), d.remaining()), (1, 1), "b binds: {d:?}");
+    let peek = decide(store, 1, &Ask::new(&ab).cost(2).peek()).await;
+    assert!(!peek.is_allowed() && peek.policy_index() == 1, "{peek:?}");
+    let d = decide(store, 1, &Ask::new(&ab).cost(2)).await;
+    assert!(!d.is_allowed(), "{d:?}");
+    // Nothing spent by the refusal: a has 3 of its 5 left, so one more unit would leave 2.
+    assert_eq!(decide(store, 1, &Ask::new(&a).peek()).await.remaining(), 2);
 }

@@ -45,9 +45,10 @@
 //! - **The failure policy** gets the same question: [`Local`](FailurePolicy::Local) decides the
 //!   set, cost and peek in memory.
 //! - A limit the scripts cannot decide exactly (a GCRA burst spanning more than 52 days, a
-//!   sliding window shorter than 1 µs or longer than 52 days) is a
-//!   [`ConfigError`] when the layer is built, and, given later through a
-//!   handle, a decision left to the failure policy.
+//!   sliding window shorter than 1 µs or longer than 52 days) is a [`ConfigError`] when the layer
+//!   is built if it is among the default limits (the store is built for those); in a tier or given
+//!   through a handle, its decisions are left to the failure policy (the store sees those sets only
+//!   when asked them).
 //!
 //! **Live changes reach every replica within [`policy_poll_interval`](RedisBackend::policy_poll_interval)
 //! (1 s by default) plus the [timeout](RedisBackend::timeout).** A change made through a

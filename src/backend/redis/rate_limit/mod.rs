@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use redis::Value;
-
 use super::conn::{Conn, Script};
 use super::over_limit::{OverLimits, Remembered, tag};
 use super::policy_sync::PolicySync;
@@ -22,9 +20,11 @@ use crate::hooks::Hooks;
 use crate::rate_limit::quota::{Algorithm, Limits};
 use crate::rate_limit::{
     Ask, Check, Decision, LimitSet, PolicyChange, PolicySink, RateLimitBackend, RateLimitEvent,
-    RateLimitSpec, RateLimitStore, SetLimit,
+    RateLimitSpec, RateLimitStore,
 };
 use crate::throttle::LogThrottle;
+
+mod reply;
 
 /// The largest tolerance (GCRA) or period (sliding window) the scripts handle exactly: their Lua
 /// numbers are doubles, exact below 2^53, and they add two such values at most.
@@ -35,18 +35,18 @@ const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 /// decision over a set of limits (`limit_set.lua`, shared with the sliding window), then its own
 /// body.
 const GCRA_LUA: &str = concat!(
-    include_str!("prelude.lua"),
-    include_str!("gcra_tat.lua"),
-    include_str!("limit_set.lua"),
-    include_str!("gcra.lua")
+    include_str!("../prelude.lua"),
+    include_str!("../gcra_tat.lua"),
+    include_str!("../limit_set.lua"),
+    include_str!("../gcra.lua")
 );
 
 /// The sliding-window decision script as Redis runs it: the shared helpers, the decision over a
 /// set of limits, then its body.
 const WINDOW_LUA: &str = concat!(
-    include_str!("prelude.lua"),
-    include_str!("limit_set.lua"),
-    include_str!("sliding_window.lua")
+    include_str!("../prelude.lua"),
+    include_str!("../limit_set.lua"),
+    include_str!("../sliding_window.lua")
 );
 
 fn gcra_script() -> &'static Script {
@@ -262,6 +262,9 @@ impl SetOf {
     }
 }
 
+/// The set form's keys (one per limit) and arguments (all but the last, which the connection adds).
+type SetCall = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// The tag of `set` at `cost` for the over-limit memory.
 fn set_tag(set: &LimitSet, cost: u32) -> u64 {
     tag(set.limits().iter().map(|l| (l.name, &l.limits)), cost)
@@ -398,119 +401,6 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         self.fallback(key, &Ask::new(&self.set), error)
     }
 
-    /// Reads a decision or lease script's answer, `[n0, n1, n2, repaired]` (the connection took
-    /// the server's time off the end): three counts, and what the script repaired at the key (empty
-    /// when nothing), logged and counted here. `None` for any other shape. One reader for the exact
-    /// and the leased store, which share the scripts' conventions.
-    pub(super) fn read_reply(&self, value: &Value, redis_key: &[u8]) -> Option<[u64; 3]> {
-        let Value::Array(items) = value else {
-            return None;
-        };
-        let [n0, n1, n2, repaired] = items.as_slice() else {
-            return None;
-        };
-        let n = counts([n0, n1, n2])?;
-        match repaired {
-            Value::BulkString(what) if what.is_empty() => {}
-            Value::BulkString(what) => self.repaired(redis_key, what),
-            _ => return None,
-        }
-        Some(n)
-    }
-
-    /// The script replaced state it could not read at `redis_key` with a fresh one.
-    #[cold]
-    fn repaired(&self, redis_key: &[u8], what: &[u8]) {
-        #[cfg(feature = "metrics")]
-        Meters::count(&self.meters.repaired);
-        if let Some(suppressed) = self.repair_log.check() {
-            tracing::warn!(
-                limiter = %self.name,
-                key = %String::from_utf8_lossy(redis_key),
-                problem = %String::from_utf8_lossy(what),
-                suppressed,
-                "redis held state this limiter cannot read at this key; replaced it with a fresh \
-                 state (see RedisBackend::repair_corrupt_data)"
-            );
-        }
-    }
-
-    /// Reads the single form's answer for `limit`, `[allowed, a, b, repaired]`.
-    fn parse_one(
-        &self,
-        value: &Value,
-        redis_key: &[u8],
-        limit: &SetLimit,
-    ) -> Result<Decision, BackendError> {
-        let n = self
-            .read_reply(value, redis_key)
-            .ok_or_else(|| bad_reply(value))?;
-        let l = &limit.limits;
-        Ok(match (n[0], self.algorithm) {
-            (1, Algorithm::Gcra) => Decision::admitted(l.limit, n[1], l.emission, n[2]),
-            (1, _) => Decision::admitted(l.limit, n[1], 1, n[2]),
-            (0, _) => Decision::refused(l.limit, n[1], n[2]),
-            _ => return Err(bad_reply(value)),
-        })
-    }
-
-    /// Reads the set form's answer, `[allowed, a, b, repaired, index, status, shadow_refused]`
-    /// (see `limit_set.lua`), as the in-memory store's decision for the same set.
-    fn parse_set(
-        &self,
-        value: &Value,
-        keys: &[Vec<u8>],
-        set: &LimitSet,
-    ) -> Result<Decision, BackendError> {
-        let bad = || bad_reply(value);
-        let Value::Array(items) = value else {
-            return Err(bad());
-        };
-        let [n0, n1, n2, repaired, index, status, mask] = items.as_slice() else {
-            return Err(bad());
-        };
-        let [allowed, a, b, index, status, mask] =
-            counts([n0, n1, n2, index, status, mask]).ok_or_else(bad)?;
-        let i = usize::try_from(index)
-            .ok()
-            .and_then(|i| i.checked_sub(1))
-            .filter(|i| *i < set.limits().len())
-            .ok_or_else(bad)?;
-        match repaired {
-            Value::BulkString(what) if what.is_empty() => {}
-            Value::BulkString(what) => {
-                for line in what.split(|c| *c == b'\n') {
-                    let mut parts = line.splitn(2, |c| *c == b' ');
-                    let (Some(n), Some(problem)) = (parts.next(), parts.next()) else {
-                        return Err(bad());
-                    };
-                    let key = std::str::from_utf8(n)
-                        .ok()
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .and_then(|n| keys.get(n.wrapping_sub(1)))
-                        .ok_or_else(bad)?;
-                    self.repaired(key, problem);
-                }
-            }
-            _ => return Err(bad()),
-        }
-        let l = &set.limits()[i].limits;
-        let d = match (status, self.algorithm) {
-            (1, Algorithm::Gcra) => Decision::admitted(l.limit, a, l.emission, b),
-            (1, _) => Decision::admitted(l.limit, a, 1, b),
-            (0, _) => Decision::refused(l.limit, a, b),
-            (2, _) => Decision::over_capacity(l.limit, a),
-            _ => return Err(bad()),
-        };
-        let d = match allowed {
-            1 if status != 1 => d.admitted_anyway(),
-            0 | 1 => d,
-            _ => return Err(bad()),
-        };
-        Ok(d.with_binding(i)
-            .with_shadow_refused(u8::try_from(mask).map_err(|_| bad())?))
-    }
-
     /// One limit at cost 1, spent (the form single-quota limiters have always sent).
     async fn decide_one(
         self: Arc<Self>,
@@ -600,7 +490,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         key: &K,
         ask: &Ask<'_>,
         clock_arg: Option<&str>,
-    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), BackendError> {
+    ) -> Result<SetCall, BackendError> {
         let limits = ask.set().limits();
         let mut keys = Vec::with_capacity(limits.len());
         let mut args = Vec::with_capacity(2 * limits.len() + 5);
@@ -643,26 +533,6 @@ fn replay(set: &LimitSet, r: Remembered, now: Nanos) -> Decision {
         .limits
         .limit;
     Decision::refused(limit, r.reset_at.saturating_sub(now), r.until - now).with_binding(r.binding)
-}
-
-/// Non-negative integers from a reply, or `None`.
-fn counts<const N: usize>(items: [&Value; N]) -> Option<[u64; N]> {
-    let mut n = [0u64; N];
-    for (slot, item) in n.iter_mut().zip(items) {
-        match item {
-            Value::Int(i) if *i >= 0 => *slot = *i as u64,
-            _ => return None,
-        }
-    }
-    Some(n)
-}
-
-fn bad_reply(value: &Value) -> BackendError {
-    BackendError::with_kind(
-        ErrorKind::Data,
-        format!("redis answered the rate limit script with {value:?}"),
-        None,
-    )
 }
 
 /// A pending decision of the Redis store (boxed; the type is named so it can change without

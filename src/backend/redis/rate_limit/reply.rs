@@ -1,0 +1,154 @@
+//! Reading the rate limit scripts' replies: the single form's and the set form's (see
+//! `limit_set.lua`), as the in-memory store's decisions; repairs the scripts report are logged and
+//! counted here.
+
+use std::hash::Hash;
+
+use redis::Value;
+
+use super::Inner;
+#[cfg(feature = "metrics")]
+use super::Meters;
+use crate::backend::redis::RedisKey;
+use crate::backend::{BackendError, ErrorKind};
+use crate::rate_limit::quota::Algorithm;
+use crate::rate_limit::{Decision, LimitSet, SetLimit};
+
+impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
+    /// Reads a decision or lease script's answer, `[n0, n1, n2, repaired]` (the connection took
+    /// the server's time off the end): three counts, and what the script repaired at the key (empty
+    /// when nothing), logged and counted here. `None` for any other shape. One reader for the exact
+    /// and the leased store, which share the scripts' conventions.
+    pub(in crate::backend::redis) fn read_reply(
+        &self,
+        value: &Value,
+        redis_key: &[u8],
+    ) -> Option<[u64; 3]> {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        let [n0, n1, n2, repaired] = items.as_slice() else {
+            return None;
+        };
+        let n = counts([n0, n1, n2])?;
+        match repaired {
+            Value::BulkString(what) if what.is_empty() => {}
+            Value::BulkString(what) => self.repaired(redis_key, what),
+            _ => return None,
+        }
+        Some(n)
+    }
+
+    /// The script replaced state it could not read at `redis_key` with a fresh one.
+    #[cold]
+    pub(super) fn repaired(&self, redis_key: &[u8], what: &[u8]) {
+        #[cfg(feature = "metrics")]
+        Meters::count(&self.meters.repaired);
+        if let Some(suppressed) = self.repair_log.check() {
+            tracing::warn!(
+                limiter = %self.name,
+                key = %String::from_utf8_lossy(redis_key),
+                problem = %String::from_utf8_lossy(what),
+                suppressed,
+                "redis held state this limiter cannot read at this key; replaced it with a fresh \
+                 state (see RedisBackend::repair_corrupt_data)"
+            );
+        }
+    }
+
+    /// Reads the single form's answer for `limit`, `[allowed, a, b, repaired]`.
+    pub(super) fn parse_one(
+        &self,
+        value: &Value,
+        redis_key: &[u8],
+        limit: &SetLimit,
+    ) -> Result<Decision, BackendError> {
+        let n = self
+            .read_reply(value, redis_key)
+            .ok_or_else(|| bad_reply(value))?;
+        let l = &limit.limits;
+        Ok(match (n[0], self.algorithm) {
+            (1, Algorithm::Gcra) => Decision::admitted(l.limit, n[1], l.emission, n[2]),
+            (1, _) => Decision::admitted(l.limit, n[1], 1, n[2]),
+            (0, _) => Decision::refused(l.limit, n[1], n[2]),
+            _ => return Err(bad_reply(value)),
+        })
+    }
+
+    /// Reads the set form's answer, `[allowed, a, b, repaired, index, status, shadow_refused]`
+    /// (see `limit_set.lua`), as the in-memory store's decision for the same set.
+    pub(super) fn parse_set(
+        &self,
+        value: &Value,
+        keys: &[Vec<u8>],
+        set: &LimitSet,
+    ) -> Result<Decision, BackendError> {
+        let bad = || bad_reply(value);
+        let Value::Array(items) = value else {
+            return Err(bad());
+        };
+        let [n0, n1, n2, repaired, index, status, mask] = items.as_slice() else {
+            return Err(bad());
+        };
+        let [allowed, a, b, index, status, mask] =
+            counts([n0, n1, n2, index, status, mask]).ok_or_else(bad)?;
+        let i = usize::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .filter(|i| *i < set.limits().len())
+            .ok_or_else(bad)?;
+        match repaired {
+            Value::BulkString(what) if what.is_empty() => {}
+            Value::BulkString(what) => {
+                for line in what.split(|c| *c == b'\n') {
+                    let mut parts = line.splitn(2, |c| *c == b' ');
+                    let (Some(n), Some(problem)) = (parts.next(), parts.next()) else {
+                        return Err(bad());
+                    };
+                    let key = std::str::from_utf8(n)
+                        .ok()
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .and_then(|n| keys.get(n.wrapping_sub(1)))
+                        .ok_or_else(bad)?;
+                    self.repaired(key, problem);
+                }
+            }
+            _ => return Err(bad()),
+        }
+        let l = &set.limits()[i].limits;
+        let d = match (status, self.algorithm) {
+            (1, Algorithm::Gcra) => Decision::admitted(l.limit, a, l.emission, b),
+            (1, _) => Decision::admitted(l.limit, a, 1, b),
+            (0, _) => Decision::refused(l.limit, a, b),
+            (2, _) => Decision::over_capacity(l.limit, a),
+            _ => return Err(bad()),
+        };
+        let d = match allowed {
+            1 if status != 1 => d.admitted_anyway(),
+            0 | 1 => d,
+            _ => return Err(bad()),
+        };
+        Ok(d.with_binding(i)
+            .with_shadow_refused(u8::try_from(mask).map_err(|_| bad())?))
+    }
+}
+
+/// Non-negative integers from a reply, or `None`.
+fn counts<const N: usize>(items: [&Value; N]) -> Option<[u64; N]> {
+    let mut n = [0u64; N];
+    for (slot, item) in n.iter_mut().zip(items) {
+        match item {
+            Value::Int(i) if *i >= 0 => *slot = *i as u64,
+            _ => return None,
+        }
+    }
+    Some(n)
+}
+
+pub(super) fn bad_reply(value: &Value) -> BackendError {
+    BackendError::with_kind(
+        ErrorKind::Data,
+        format!("redis answered the rate limit script with {value:?}"),
+        None,
+    )
+}

@@ -245,7 +245,7 @@ pub(crate) fn keyed_peer_ip(c: &mut Criterion) {
         .tier("pro", [Limit::new("pro", HUGE)])
         .key(PeerIp::new())
         .tier_of(|ip: &IpAddr| match ip {
-            IpAddr::V4(v4) if v4.octets()[3] % 2 == 0 => Some("pro"),
+            IpAddr::V4(v4) if v4.octets()[3].is_multiple_of(2) => Some("pro"),
             _ => None,
         })
         .build()

@@ -86,6 +86,7 @@ pub struct LimitSet {
 pub struct SetLimit {
     pub(crate) name: &'static str,
     /// A small number standing for `name` in this process (the in-memory store keys state on it).
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) id: u16,
     pub(crate) quota: Quota,
     pub(crate) limits: Limits,
@@ -247,6 +248,7 @@ impl LimitSet {
     /// The one limit, when the set is one enforced limit (the hot path every store keeps as fast
     /// as before sets existed).
     #[inline(always)]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) fn single(&self) -> Option<&SetLimit> {
         match &*self.limits {
             [one] if !one.shadow => Some(one),
@@ -319,6 +321,7 @@ impl<'a> Ask<'a> {
     /// The one limit of the plain case (one enforced limit, one unit, spent): every store keeps
     /// this path exactly as it was before sets, costs and peeks existed.
     #[inline(always)]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) fn plain(&self) -> Option<&'a SetLimit> {
         if self.cost == 1 && !self.peek {
             self.set.single()

@@ -121,6 +121,7 @@ impl Decision {
 
     /// This decision, as the figures of the set's limit `index`.
     #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) const fn with_binding(mut self, index: usize) -> Self {
         self.binding = index as u8;
         self
@@ -129,6 +130,7 @@ impl Decision {
     /// This decision, noting that the set's shadow limits in `mask` (bit `i` for limit `i`) would
     /// have refused.
     #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) const fn with_shadow_refused(mut self, mask: u8) -> Self {
         self.shadow_refused = mask;
         self
@@ -146,6 +148,7 @@ impl Decision {
 
     /// The slack in units of `unit` (for comparing remaining counts without dividing).
     #[inline]
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) const fn slack_parts(&self) -> (u64, u64) {
         (self.slack, self.unit)
     }

@@ -23,7 +23,7 @@ use tower_rampart::rate_limit::{
 /// A store under test with the sets the cases ask: `ab` = {a, b}, `a`, `b` alone, and `ab_shadow`
 /// = {a, b (shadow)}.
 pub(crate) struct Subject {
-    pub(crate) check: Box<CheckFn>,
+    pub(crate) check: CheckFn,
     pub(crate) handle: RateLimitHandle<u8>,
     pub(crate) ab: Arc<LimitSet>,
     pub(crate) a: Arc<LimitSet>,
@@ -33,8 +33,8 @@ pub(crate) struct Subject {
 
 pub(crate) type Pending = Pin<Box<dyn Future<Output = Decision> + Send>>;
 
-/// A decision of the store under test.
-pub(crate) type CheckFn = dyn Fn(u8, &Ask<'_>) -> Pending + Send + Sync;
+/// The store's decision for a key and an ask.
+pub(crate) type CheckFn = Box<dyn Fn(u8, &Ask<'_>) -> Pending + Send + Sync>;
 
 /// The two limits of the cases: a short one and a long one, both burstable.
 pub(crate) fn quotas(algorithm: Algorithm) -> (Quota, Quota) {

@@ -357,7 +357,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
                 }
             }
         }
-        combine(limits, &decisions[..n], !refused).with_shadow_refused(shadow_mask)
+        Decision::combine(limits, &decisions[..n], !refused).with_shadow_refused(shadow_mask)
     }
 
     /// How many keys the store holds right now (idle ones included until they are swept), for
@@ -380,48 +380,6 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         match &self.cells {
             Cells::Gcra { map, .. } => map.capacity(),
             Cells::Window { map, .. } => map.capacity(),
-        }
-    }
-}
-
-/// The figures of a set's decision: the binding limit's (see [`RateLimitStore`]).
-fn combine(limits: &[SetLimit], decisions: &[Decision], admitted: bool) -> Decision {
-    let fewer = |a: &Decision, b: &Decision| {
-        // a.remaining < b.remaining, compared exactly without dividing.
-        let ((sa, ua), (sb, ub)) = (a.slack_parts(), b.slack_parts());
-        (sa / ua) < (sb / ub)
-    };
-    let mut best: Option<usize> = None;
-    for (i, (l, d)) in limits.iter().zip(decisions).enumerate() {
-        if l.shadow {
-            continue;
-        }
-        let better = match best {
-            None => admitted || !d.is_allowed(),
-            Some(b) if !admitted => {
-                let cur = &decisions[b];
-                !d.is_allowed()
-                    && (d.exceeds_capacity() && !cur.exceeds_capacity()
-                        || d.exceeds_capacity() == cur.exceeds_capacity()
-                            && d.retry_after() > cur.retry_after())
-            }
-            Some(b) => fewer(d, &decisions[b]),
-        };
-        if better {
-            best = Some(i);
-        }
-    }
-    match best {
-        Some(i) => decisions[i].with_binding(i),
-        None => {
-            // Shadow limits only: the one with the fewest remaining, admitted.
-            let mut b = 0;
-            for i in 1..decisions.len() {
-                if fewer(&decisions[i], &decisions[b]) {
-                    b = i;
-                }
-            }
-            decisions[b].admitted_anyway().with_binding(b)
         }
     }
 }

@@ -503,6 +503,37 @@ impl Conn {
         self.finish(result, timeout, generation)
     }
 
+    /// Runs `script` (or, with `script` `None`, sends `cmd`) within `timeout` without recording
+    /// the outcome in the health state: for background work that decides nothing (the rate
+    /// limiter's policy polls and changes). A poll sent on a connection that is being replaced
+    /// times out after decisions went back to Redis on the new one; recorded, it would mark Redis
+    /// down again and send requests to the failure policy for a probe interval.
+    pub(crate) async fn quiet(
+        &self,
+        script: Option<(&Script, &[&[u8]], &[&[u8]])>,
+        cmd: &Cmd,
+        timeout: Duration,
+    ) -> Result<Value, BackendError> {
+        let (mut handle, _) = self.current();
+        let call = async {
+            match script {
+                Some((script, keys, args)) => {
+                    Self::run(&mut handle, script, keys, args, None).await
+                }
+                None => handle.query(cmd).await,
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(BackendError::with_kind(
+                ErrorKind::Timeout,
+                format!("redis did not answer within {timeout:?}"),
+                None,
+            )),
+        }
+    }
+
     /// Sends `cmd` as [`query`](Self::query) does, answering `redis`'s own error type (for
     /// [`RedisConnection`](super::RedisConnection)): a timeout is an I/O error of kind `TimedOut`.
     pub(crate) async fn query_raw(

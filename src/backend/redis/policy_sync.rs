@@ -16,6 +16,7 @@
 //! that key's next request (only then does the replica hold the key as its layer knows it: a key
 //! is written to Redis, never read back). Its own changes are applied already, and skipped.
 //!
+//! These calls leave the connection's health alone (they decide nothing; see `Conn::quiet`).
 //! Publishing never blocks the handle: changes wait in an outbox (one per field, the latest) for
 //! the replica's sync task, which writes them in order and tries again every interval while Redis
 //! is down.
@@ -283,10 +284,13 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             };
             let reply = self
                 .conn
-                .eval(
-                    publish_script(),
-                    &[&self.keys[0], &self.keys[1]],
-                    &[&field, value.as_bytes()],
+                .quiet(
+                    Some((
+                        publish_script(),
+                        &[&self.keys[0], &self.keys[1]],
+                        &[&field, value.as_bytes()],
+                    )),
+                    &redis::Cmd::new(),
                     self.timeout,
                 )
                 .await?;
@@ -325,7 +329,11 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             let known = self.known.load(Ordering::Acquire);
             let reply = self
                 .conn
-                .query(redis::cmd("HGET").arg(&self.keys[0]).arg("v"), self.timeout)
+                .quiet(
+                    None,
+                    redis::cmd("HGET").arg(&self.keys[0]).arg("v"),
+                    self.timeout,
+                )
                 .await?;
             let version = match &reply {
                 Value::Nil => 0,
@@ -355,7 +363,8 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             };
             let rows = self
                 .conn
-                .query(
+                .quiet(
+                    None,
                     redis::cmd("ZRANGEBYSCORE")
                         .arg(&self.keys[1])
                         .arg(format!("({since}"))
@@ -393,7 +402,7 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
                 for (field, _) in &changes {
                     get.arg(field);
                 }
-                let values = self.conn.query(&get, self.timeout).await?;
+                let values = self.conn.quiet(None, &get, self.timeout).await?;
                 let Value::Array(values) = values else {
                     return Err(bad("the policies", &values));
                 };

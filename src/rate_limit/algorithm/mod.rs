@@ -13,6 +13,7 @@ pub(crate) mod sliding_window;
 use std::time::Duration;
 
 use crate::clock::Nanos;
+use crate::rate_limit::SetLimit;
 
 /// The outcome of one rate-limit check.
 ///
@@ -213,6 +214,53 @@ impl Decision {
     /// else arrives in between); zero for an admitted one.
     pub const fn retry_after(&self) -> Duration {
         Duration::from_nanos(self.retry_after)
+    }
+}
+
+impl Decision {
+    /// The decision over a set from each limit's own `decisions` (in the set's order; `admitted`:
+    /// whether every enforced limit admitted): the binding limit's figures, as
+    /// [`RateLimitStore`](super::RateLimitStore) defines it. Shared by the stores, so they agree.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn combine(limits: &[SetLimit], decisions: &[Decision], admitted: bool) -> Decision {
+        let fewer = |a: &Decision, b: &Decision| {
+            // Fewer requests remaining, as `remaining()` counts them.
+            let ((sa, ua), (sb, ub)) = (a.slack_parts(), b.slack_parts());
+            (sa / ua) < (sb / ub)
+        };
+        let mut best: Option<usize> = None;
+        for (i, (l, d)) in limits.iter().zip(decisions).enumerate() {
+            if l.shadow {
+                continue;
+            }
+            let better = match best {
+                None => admitted || !d.is_allowed(),
+                Some(b) if !admitted => {
+                    let cur = &decisions[b];
+                    !d.is_allowed()
+                        && (d.exceeds_capacity() && !cur.exceeds_capacity()
+                            || d.exceeds_capacity() == cur.exceeds_capacity()
+                                && d.retry_after() > cur.retry_after())
+                }
+                Some(b) => fewer(d, &decisions[b]),
+            };
+            if better {
+                best = Some(i);
+            }
+        }
+        match best {
+            Some(i) => decisions[i].with_binding(i),
+            None => {
+                // Shadow limits only: the one with the fewest remaining, admitted.
+                let mut b = 0;
+                for i in 1..decisions.len() {
+                    if fewer(&decisions[i], &decisions[b]) {
+                        b = i;
+                    }
+                }
+                decisions[b].admitted_anyway().with_binding(b)
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use self::call::{params, unscriptable};
 use super::conn::{Conn, Script};
 use super::over_limit::{OverLimits, Remembered, tag};
 use super::policy_sync::PolicySync;
@@ -24,6 +25,7 @@ use crate::rate_limit::{
 };
 use crate::throttle::LogThrottle;
 
+mod call;
 mod reply;
 
 /// The largest tolerance (GCRA) or period (sliding window) the scripts handle exactly: their Lua
@@ -262,47 +264,9 @@ impl SetOf {
     }
 }
 
-/// The set form's keys (one per limit) and arguments (all but the last, which the connection adds).
-type SetCall = (Vec<Vec<u8>>, Vec<Vec<u8>>);
-
 /// The tag of `set` at `cost` for the over-limit memory.
 fn set_tag(set: &LimitSet, cost: u32) -> u64 {
     tag(set.limits().iter().map(|l| (l.name, &l.limits)), cost)
-}
-
-/// The script's two parameters of `limits` for `algorithm`.
-fn params(algorithm: Algorithm, limits: &Limits) -> [Vec<u8>; 2] {
-    let (a, b) = match algorithm {
-        Algorithm::Gcra => (limits.emission, limits.tolerance),
-        Algorithm::SlidingWindow => (limits.period, u64::from(limits.limit)),
-    };
-    [
-        itoa::Buffer::new().format(a).as_bytes().to_vec(),
-        itoa::Buffer::new().format(b).as_bytes().to_vec(),
-    ]
-}
-
-/// Why the scripts cannot decide `limits` exactly, if they cannot (their Lua numbers are doubles,
-/// exact below 2^53).
-fn unscriptable(algorithm: Algorithm, limits: &Limits) -> Option<String> {
-    match algorithm {
-        Algorithm::Gcra if limits.tolerance > MAX_SCRIPT_NANOS => Some(format!(
-            "the Redis backend handles GCRA bursts spanning up to 52 days (burst x period / \
-             limit); {} per {:?} with a burst of {} spans {:?}",
-            limits.limit,
-            Duration::from_nanos(limits.period),
-            limits.burst,
-            Duration::from_nanos(limits.tolerance)
-        )),
-        Algorithm::SlidingWindow if limits.period > MAX_SCRIPT_NANOS || limits.period < 1_000 => {
-            Some(format!(
-                "the Redis backend handles sliding-window periods from 1 microsecond to 52 days \
-                 (got {:?})",
-                Duration::from_nanos(limits.period)
-            ))
-        }
-        _ => None,
-    }
 }
 
 impl<K: RedisKey> Inner<K> {
@@ -481,49 +445,6 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             }
             Err(e) => self.fallback(&key, &ask, e),
         }
-    }
-
-    /// The set form's keys and arguments for `ask` on `key` (all but the last argument, which
-    /// the connection adds), or why the scripts cannot decide this set.
-    fn set_call(
-        &self,
-        key: &K,
-        ask: &Ask<'_>,
-        clock_arg: Option<&str>,
-    ) -> Result<SetCall, BackendError> {
-        let limits = ask.set().limits();
-        let mut keys = Vec::with_capacity(limits.len());
-        let mut args = Vec::with_capacity(2 * limits.len() + 5);
-        let mut flags = Vec::with_capacity(limits.len() + 1);
-        flags.push(if ask.is_peek() { b'1' } else { b'0' });
-        let mut rest = Vec::with_capacity(2 * limits.len());
-        for (i, l) in limits.iter().enumerate() {
-            if let Some(why) = unscriptable(self.algorithm, &l.limits) {
-                return Err(BackendError::new(
-                    format!("limit {:?}: {why}", l.name),
-                    None,
-                ));
-            }
-            keys.push(self.limit_key(l.name, key));
-            flags.push(if l.shadow { b'1' } else { b'0' });
-            let p = params(self.algorithm, &l.limits);
-            if i == 0 {
-                args.extend(p);
-            } else {
-                rest.extend(p);
-            }
-        }
-        args.push(clock_arg.unwrap_or("").as_bytes().to_vec());
-        args.push(if clock_arg.is_some() {
-            b"600000".to_vec()
-        } else {
-            b"0".to_vec()
-        });
-        args.push(self.repair.to_vec());
-        args.push(itoa::Buffer::new().format(ask.units()).as_bytes().to_vec());
-        args.push(flags);
-        args.extend(rest);
-        Ok((keys, args))
     }
 }
 

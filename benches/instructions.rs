@@ -28,7 +28,9 @@
 //!   tower's `Retry`); cache hit (and with one event hook); the stack rate limit + circuit breaker + retry.
 //! - Redis (`redis1/*`, `redis64/*`, each row on its own `redis-server`; see `instructions_redis.rs`):
 //!   a rate-limit decision through our store against a raw `EVALSHA` of the same script, 1 and 64
-//!   in flight, and an HTTP cache hit on Redis against a raw `GET` of the entry, 64 in flight.
+//!   in flight (and throttle-kit's Redis backend, its own script, beside them), and an HTTP
+//!   cache hit on Redis against a raw `GET` of the entry, 64 in flight (both rows build the same
+//!   request per call; `redis64/build_request` counts that alone).
 //!   Callgrind counts the client side only. Each call is a round trip: `INSTRUCTIONS_CALLS=2000`.
 
 use std::collections::HashMap;
@@ -400,11 +402,17 @@ fn scenarios() -> Vec<Scenario> {
         s!("redis1/rampart_store", "redis1/raw_evalsha", || {
             redis_rows::store(1)
         }),
+        s!("redis1/throttle_kit", "redis1/raw_evalsha", || {
+            redis_rows::throttle_kit(1)
+        }),
         s!("redis64/raw_evalsha", "redis64/raw_evalsha", || {
             redis_rows::raw(64)
         }),
         s!("redis64/rampart_store", "redis64/raw_evalsha", || {
             redis_rows::store(64)
+        }),
+        s!("redis64/throttle_kit", "redis64/raw_evalsha", || {
+            redis_rows::throttle_kit(64)
         }),
         s!(
             "redis64/raw_get",
@@ -413,6 +421,9 @@ fn scenarios() -> Vec<Scenario> {
         ),
         s!("redis64/rampart_cache_hit", "redis64/raw_get", || {
             redis_rows::cache_hit(64)
+        }),
+        s!("redis64/build_request", "redis64/build_request", || {
+            redis_rows::build_request()
         }),
     ]
 }

@@ -146,21 +146,84 @@ pub(crate) fn raw(inflight: u32) -> Run {
     })
 }
 
-/// One cache hit through the layer.
-type Hit = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+/// `n` decisions from throttle-kit's Redis backend (its own GCRA script through a
+/// `MultiplexedConnection` of `redis` 0.25), `inflight` at a time, each on its own key: the peer
+/// of the `rampart_store` rows, on the same kind of server. Its quota is one request per
+/// millisecond with a burst of `u32::MAX` (its script works in whole milliseconds), so every call
+/// is an admission made by Redis; it fails open on errors with `remaining` 0, which stops the
+/// row.
+pub(crate) fn throttle_kit(inflight: u32) -> Run {
+    let server = RedisServer::start()
+        .expect("the redis rows need redis-server (apt-get install redis-server)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let backend = rt.block_on(async {
+        throttle_kit::RedisBackend::connect(&server.url())
+            .await
+            .expect("throttle-kit connects to the bench redis-server")
+    });
+    let quota = throttle_kit::Quota::from_parts(Duration::from_millis(1), u32::MAX);
+    let keys: Vec<String> = (0..inflight).map(|k| format!("tk:{}", 1_000 + k)).collect();
+    async fn decide(backend: &throttle_kit::RedisBackend, key: &str, quota: &throttle_kit::Quota) {
+        use throttle_kit::RateLimitBackend;
+        let r = backend.check(key, quota).await;
+        assert!(
+            r.allowed && r.remaining > 0,
+            "throttle-kit's decision did not come from Redis"
+        );
+        black_box(r);
+    }
+    // Its first call loads its script.
+    rt.block_on(decide(&backend, "tk:0", &quota));
+    Box::new(move |n| {
+        // Kept until the row is dropped.
+        let _server = &server;
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(u64::from(inflight)) as usize;
+            rt.block_on(join_all(
+                keys[..batch]
+                    .iter()
+                    .map(|key| decide(&backend, key, &quota)),
+            ));
+            left -= batch as u64;
+        }
+    })
+}
 
 /// What the cache rows drive.
-struct CacheRig<F> {
+struct CacheRig<S> {
     rt: tokio::runtime::Runtime,
     server: RedisServer,
-    hit: F,
+    svc: S,
     raw: redis::aio::ConnectionManager,
     /// The cached entry's Redis key.
     name: Vec<u8>,
 }
 
+/// The request of every cache row, built as a server hands one over: both rows build one per
+/// call (the raw row drops it), so that the difference between them is the layer's work, not the
+/// building of a request that a server makes whether or not a cache answers it. The
+/// `redis64/build_request` row counts the building alone.
+fn request() -> http::Request<()> {
+    http::Request::get("/api/metrics/summary?type=cpu_usage")
+        .header("accept-encoding", "gzip")
+        .body(())
+        .expect("a valid request")
+}
+
 /// A 1 KiB JSON response with a few headers, stored once and then hit.
-fn cache_rig() -> CacheRig<impl Fn() -> Hit> {
+fn cache_rig() -> CacheRig<
+    impl tower::Service<
+        http::Request<()>,
+        Response = http::Response<impl http_body::Body>,
+        Error = std::convert::Infallible,
+        Future = impl std::future::Future + 'static,
+    > + Clone
+    + 'static,
+> {
     use http::{Request, Response};
     use http_body_util::Full;
     use tower::{Layer, ServiceExt};
@@ -186,12 +249,6 @@ fn cache_rig() -> CacheRig<impl Fn() -> Hit> {
             Ok::<_, std::convert::Infallible>(res)
         }
     });
-    fn request() -> Request<()> {
-        Request::get("/api/metrics/summary?type=cpu_usage")
-            .header("accept-encoding", "gzip")
-            .body(())
-            .expect("a valid request")
-    }
     let (svc, raw, name) = rt.block_on(async {
         let backend = RedisBackend::connect(&server.url())
             .await
@@ -226,18 +283,10 @@ fn cache_rig() -> CacheRig<impl Fn() -> Hit> {
         }
         (svc, raw, name)
     });
-    let hit = move || -> Hit {
-        let svc = svc.clone();
-        Box::pin(async move {
-            let res = svc.oneshot(request()).await.expect("infallible");
-            assert_eq!(res.headers()["x-cache"], "HIT");
-            black_box(res);
-        })
-    };
     CacheRig {
         rt,
         server,
-        hit,
+        svc,
         raw,
         name,
     }
@@ -245,8 +294,9 @@ fn cache_rig() -> CacheRig<impl Fn() -> Hit> {
 
 /// `n` cache hits through an HTTP `CacheLayer` on Redis, `inflight` at a time.
 pub(crate) fn cache_hit(inflight: u32) -> Run {
+    use tower::ServiceExt;
     let CacheRig {
-        rt, server, hit, ..
+        rt, server, svc, ..
     } = cache_rig();
     Box::new(move |n| {
         // Kept until the row is dropped.
@@ -254,13 +304,21 @@ pub(crate) fn cache_hit(inflight: u32) -> Run {
         let mut left = n;
         while left > 0 {
             let batch = left.min(u64::from(inflight));
-            rt.block_on(join_all((0..batch).map(|_| hit())));
+            rt.block_on(join_all((0..batch).map(|_| {
+                let svc = svc.clone();
+                async move {
+                    let res = svc.oneshot(request()).await.expect("infallible");
+                    assert_eq!(res.headers()["x-cache"], "HIT");
+                    drop(black_box(res));
+                }
+            })));
             left -= batch;
         }
     })
 }
 
-/// `n` raw `GET`s of the cached entry's key, `inflight` at a time.
+/// `n` raw `GET`s of the cached entry's key, `inflight` at a time, each building (and dropping)
+/// the request a hit would answer.
 pub(crate) fn raw_get(inflight: u32) -> Run {
     let CacheRig {
         rt,
@@ -280,11 +338,21 @@ pub(crate) fn raw_get(inflight: u32) -> Run {
                 let mut cmd = redis::cmd("GET");
                 cmd.arg(&name);
                 async move {
-                    let v: Vec<u8> = cmd.query_async(&mut con).await.expect("get");
-                    black_box(v);
+                    drop(black_box(request()));
+                    let v: redis::Value = cmd.query_async(&mut con).await.expect("get");
+                    drop(black_box(v));
                 }
             })));
             left -= batch;
+        }
+    })
+}
+
+/// `n` requests built and dropped, as each row above does per call (no Redis, no layer).
+pub(crate) fn build_request() -> Run {
+    Box::new(move |n| {
+        for _ in 0..n {
+            drop(black_box(request()));
         }
     })
 }

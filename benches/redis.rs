@@ -8,6 +8,13 @@
 //! - `redis_rate_limit/store/N`: N concurrent decisions from one `RedisBackend` store (key
 //!   encoding, the call with its timeout, health bookkeeping, parsing). Throughput is in elements,
 //!   so criterion reports decisions per second; compare each with `raw_evalsha` at the same N.
+//! - `redis_rate_limit/throttle_kit/N`: N concurrent decisions from throttle-kit's Redis backend
+//!   (its `RateLimitBackend::check`, GCRA in its own Lua script through a `MultiplexedConnection`
+//!   of `redis` 0.25), same server, same run: the peer the store must keep up with (issue #21). Its
+//!   quota is one request per millisecond with a burst of `u32::MAX` (its script works in whole
+//!   milliseconds and an interval under one would be 0), so it too admits every call; a reply
+//!   that is not an admission from Redis (it fails open on errors, with `remaining` 0) stops the
+//!   run.
 //! - `redis_rate_limit/two_limits_raw_evalsha/N` and `two_limits_store/N` (#18): the same with
 //!   a layer of two limits (`.limits([a, b])`), decided and spent together in one script call on
 //!   two keys: the set form of the same script. Compare `two_limits_store` with `store` at the
@@ -45,6 +52,18 @@ async fn decide(store: &RedisRateLimitStore<u32>, key: u32) -> bool {
     }
     .expect("no backend error while benchmarking")
     .is_allowed()
+}
+
+/// One decision from throttle-kit's Redis backend, which must be an admission made by Redis.
+async fn tk_decide(backend: &throttle_kit::RedisBackend, key: &str, quota: &throttle_kit::Quota) {
+    use throttle_kit::RateLimitBackend;
+    let r = backend.check(key, quota).await;
+    // On a Redis error it fails open with `remaining` 0; an admission from its script has at least 1.
+    assert!(
+        r.allowed && r.remaining > 0,
+        "throttle-kit's decision did not come from Redis"
+    );
+    black_box(r);
 }
 
 pub(crate) fn rate_limit(c: &mut Criterion) {
@@ -96,6 +115,14 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
     let two_store = two.store();
     // One decision through the store loads the script.
     assert!(rt.block_on(decide(store, 0)));
+    let tk = rt.block_on(async {
+        throttle_kit::RedisBackend::connect(&server.url())
+            .await
+            .expect("throttle-kit connects to the bench redis-server")
+    });
+    let tk_quota = throttle_kit::Quota::from_parts(Duration::from_millis(1), u32::MAX);
+    // Its first call loads its script.
+    rt.block_on(tk_decide(&tk, "tk:0", &tk_quota));
     assert!(rt.block_on(decide(two_store, 0)));
     let sha = script_sha(Algorithm::Gcra);
 
@@ -130,6 +157,13 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
                 join_all((0..n).map(|k| async move {
                     assert!(decide(store, 1_000 + k).await);
                 }))
+            });
+        });
+        let tk_keys: Vec<String> = (0..n).map(|k| format!("tk:{}", 1_000 + k)).collect();
+        g.bench_with_input(BenchmarkId::new("throttle_kit", n), &n, |b, _| {
+            b.to_async(&rt).iter(|| {
+                let (tk, quota) = (&tk, &tk_quota);
+                join_all(tk_keys.iter().map(move |key| tk_decide(tk, key, quota)))
             });
         });
         let pairs: Vec<[Vec<u8>; 2]> = (0..n)

@@ -4,7 +4,10 @@
 //! the group is skipped with a printed reason.
 //!
 //! - `redis_cache_hit/raw_get/N`: N concurrent `GET`s of the stored entry's key, straight through
-//!   a `ConnectionManager`: the ceiling (the same bytes over the same kind of connection).
+//!   a `ConnectionManager`: the ceiling (the same bytes over the same kind of connection). Each
+//!   also builds and drops the request a hit would answer, as the `layer` rows build it: a server
+//!   makes that request whether or not a cache answers it, so the rows differ by the layer's work
+//!   alone.
 //! - `redis_cache_hit/layer/N`: N concurrent requests through an HTTP `CacheLayer` on a
 //!   `RedisBackend`, each a hit on a 1 KiB response with a few headers: the request (built as a
 //!   server would hand it over), the key, the `GET` with its timeout and health bookkeeping, the
@@ -136,6 +139,7 @@ pub(crate) fn hit(c: &mut Criterion) {
                     let mut cmd = redis::cmd("GET");
                     cmd.arg(&name);
                     tokio::spawn(async move {
+                        drop(black_box(request()));
                         let v: redis::Value = cmd.query_async(&mut con).await.expect("get");
                         drop(black_box(v));
                     })
@@ -251,6 +255,7 @@ where
             let mut cmd = redis::cmd("GET");
             cmd.arg(&name);
             async move {
+                drop(black_box(request()));
                 let v: redis::Value = cmd.query_async(&mut con).await.expect("get");
                 drop(black_box(v));
             }

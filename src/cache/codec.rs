@@ -170,7 +170,7 @@ pub fn decode(
     now: Instant,
     wall_now: SystemTime,
 ) -> Result<CacheEntry<CachedResponse>, DecodeError> {
-    decode_with(bytes, now, wall_now, Bytes::copy_from_slice)
+    decode_with(bytes, now, wall_now, Bytes::copy_from_slice, false)
 }
 
 /// As [`decode`], for bytes already in a [`Bytes`]: the entry's body and header values share their
@@ -184,7 +184,19 @@ pub fn decode_shared(
     now: Instant,
     wall_now: SystemTime,
 ) -> Result<CacheEntry<CachedResponse>, DecodeError> {
-    decode_with(bytes, now, wall_now, |body| bytes.slice_ref(body))
+    decode_with(bytes, now, wall_now, |body| bytes.slice_ref(body), false)
+}
+
+/// As [`decode_shared`], with the `x-cache` and `age` placeholders in the header map (see
+/// `CachedResponse::with_all_placeholders`): what the Redis store hands the layer, which replays
+/// it.
+#[cfg(feature = "redis")]
+pub(crate) fn decode_for_replay(
+    bytes: &Bytes,
+    now: Instant,
+    wall_now: SystemTime,
+) -> Result<CacheEntry<CachedResponse>, DecodeError> {
+    decode_with(bytes, now, wall_now, |body| bytes.slice_ref(body), true)
 }
 
 /// Decodes `bytes`, making the body and header values with `shared` (a copy, or a slice of the
@@ -194,6 +206,7 @@ fn decode_with(
     now: Instant,
     wall_now: SystemTime,
     shared: impl Fn(&[u8]) -> Bytes,
+    placeholders: bool,
 ) -> Result<CacheEntry<CachedResponse>, DecodeError> {
     let mut r = Reader { bytes };
     if r.take(3)? != MAGIC {
@@ -219,7 +232,7 @@ fn decode_with(
     if count > r.bytes.len() / 6 {
         return Err(DecodeError::new("truncated"));
     }
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(count + if placeholders { 2 } else { 0 });
     for _ in 0..count {
         let len = usize::from(r.u16()?);
         let name = HeaderName::from_bytes(r.take(len)?)
@@ -234,9 +247,12 @@ fn decode_with(
     if !r.bytes.is_empty() {
         return Err(DecodeError::new("trailing bytes"));
     }
-    let response = CachedResponse::new(status, version, headers, body);
+    let mut response = CachedResponse::new(status, version, headers, body);
     if !response.is_replayable() {
         return Err(DecodeError::new("content-length does not match the body"));
+    }
+    if placeholders {
+        response = response.with_all_placeholders();
     }
     let weight = response.weight();
     Ok(CacheEntry::new(response, timing, weight))

@@ -168,7 +168,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> RateLimitHandle<K> {
     /// Every tier and its limits, by name.
     pub fn tiers(&self) -> Vec<(&'static str, Vec<Limit>)> {
         let p = self.live.current.load();
-        let mut tiers: Vec<_> = p.tiers.iter().map(|(n, s)| (*n, limits(s))).collect();
+        let mut tiers: Vec<_> = p.tiers.iter().map(|(n, s)| (n, limits(s))).collect();
         tiers.sort_by_key(|(n, _)| *n);
         tiers
     }

@@ -547,13 +547,13 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
             }
         };
         let default = LimitSet::new(s.algorithm, &default_limits, s.legacy_headers)?;
-        let mut tiers = std::collections::HashMap::with_hasher(Default::default());
-        for (name, limits) in &s.tiers {
+        let mut tiers = super::policies::Tiers::default();
+        for &(name, ref limits) in &s.tiers {
             crate::error::check_name(name)
                 .map_err(|e| ConfigError::new("tier", format!("tier {name:?}: {}", e.reason())))?;
             let set = LimitSet::new(s.algorithm, limits, s.legacy_headers)
                 .map_err(|e| ConfigError::new("tier", format!("tier {name:?}: {}", e.reason())))?;
-            tiers.insert(*name, set);
+            tiers.insert(name, set);
         }
         let tier_of = match self.tier_of {
             None => None,

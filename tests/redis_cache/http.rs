@@ -141,3 +141,78 @@ async fn a_miss_on_one_replica_is_a_hit_on_the_other_and_a_write_invalidates_bot
     assert_eq!(hit.body, fresh.body);
     assert_eq!(computed.load(Ordering::SeqCst), 2);
 }
+
+/// A hit on an entry decoded from Redis (which carries both the `x-cache` and the `age`
+/// placeholders, set in place on replay) answers exactly the fields its layer sends: both, one, or
+/// neither, and the stored response's own headers once each.
+#[tokio::test]
+async fn a_redis_hit_sends_only_the_cache_fields_its_layer_sends() {
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use tower::{Layer, ServiceExt};
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    for (x_cache, age) in [(true, true), (false, true), (true, false), (false, false)] {
+        let redis = RedisBackend::connect(&server.url())
+            .await
+            .unwrap()
+            .prefix(unique_prefix("fields"))
+            .timeout(Duration::from_secs(5));
+        let layer = CacheLayer::builder()
+            .http()
+            .name("fields")
+            .ttl(Duration::from_secs(300))
+            .x_cache_header(x_cache)
+            .age_header(age)
+            .backend(redis)
+            .build()
+            .unwrap();
+        let store = layer.store().clone();
+        let svc = layer.layer(tower::service_fn(|_: Request<()>| async {
+            let res = Response::builder()
+                .header("content-type", "application/json")
+                .header("etag", "\"v1\"")
+                .body(Full::new(bytes::Bytes::from_static(b"{\"n\":1}")))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(res)
+        }));
+        let get = || Request::get("/summary").body(()).unwrap();
+        svc.clone().oneshot(get()).await.unwrap();
+        // The miss's write lands in the background: wait for it (bounded).
+        let key = CacheKey::from("GET /summary");
+        let mut stored = false;
+        for _ in 0..500 {
+            if let StoreOp::Pending(f) = store.get(&key)
+                && f.await.unwrap().is_some()
+            {
+                stored = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(stored, "the miss was stored in redis");
+        // Twice: the first hit decodes the entry, the second reuses the remembered one.
+        for _ in 0..2 {
+            let res = svc.clone().oneshot(get()).await.unwrap();
+            let h = res.headers();
+            let case = format!("x_cache_header({x_cache}), age_header({age})");
+            assert_eq!(
+                h.get_all("x-cache").iter().collect::<Vec<_>>(),
+                if x_cache { vec!["HIT"] } else { vec![] },
+                "{case}"
+            );
+            assert_eq!(h.get_all("age").iter().count(), usize::from(age), "{case}");
+            assert_eq!(h.get_all("content-type").iter().count(), 1, "{case}");
+            assert_eq!(h["etag"], "\"v1\"", "{case}");
+            assert_eq!(
+                h.len(),
+                2 + usize::from(x_cache) + usize::from(age),
+                "{case}"
+            );
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"{\"n\":1}", "{case}");
+        }
+    }
+}

@@ -150,6 +150,9 @@ struct Line {
     generation: u64,
 }
 
+/// A script and its keys and arguments, for [`Conn::quiet`].
+pub(crate) type ScriptCall<'a> = (&'a Script, &'a [&'a [u8]], &'a [&'a [u8]]);
+
 /// What is known of the connection's health ([`Conn::state`]).
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -510,7 +513,7 @@ impl Conn {
     /// down again and send requests to the failure policy for a probe interval.
     pub(crate) async fn quiet(
         &self,
-        script: Option<(&Script, &[&[u8]], &[&[u8]])>,
+        script: Option<ScriptCall<'_>>,
         cmd: &Cmd,
         timeout: Duration,
     ) -> Result<Value, BackendError> {

@@ -145,6 +145,84 @@ impl HttpMode {
     }
 }
 
+/// Which of the fields a request's policy depends on it has.
+#[derive(Default)]
+struct RequestFields {
+    authorization: bool,
+    range: bool,
+    cache_control: bool,
+    pragma: bool,
+}
+
+impl RequestFields {
+    /// Requests have few fields: one pass comparing names (standard names compare as small
+    /// integers) rather than four lookups, each hashing a name (`contains_key` and `get_all`:
+    /// about 230 instructions per request with one field, in the `instructions` bench's
+    /// `redis64/rampart_cache_hit` row). A request with many fields is looked up by name.
+    #[inline]
+    fn of(headers: &HeaderMap) -> Self {
+        let mut seen = Self::default();
+        if headers.keys_len() > 8 {
+            seen.authorization = headers.contains_key(header::AUTHORIZATION);
+            seen.range = headers.contains_key(header::RANGE);
+            seen.cache_control = headers.contains_key(header::CACHE_CONTROL);
+            seen.pragma = headers.contains_key(header::PRAGMA);
+            return seen;
+        }
+        for name in headers.keys() {
+            if *name == header::AUTHORIZATION {
+                seen.authorization = true;
+            } else if *name == header::RANGE {
+                seen.range = true;
+            } else if *name == header::CACHE_CONTROL {
+                seen.cache_control = true;
+            } else if *name == header::PRAGMA {
+                seen.pragma = true;
+            }
+        }
+        seen
+    }
+}
+
+/// Sets the placeholder fields of a replayed map, `x-cache` (`name`) and `age`, to their values,
+/// in place: the stored map has one value for each (see `CachedResponse::with_placeholders`);
+/// one missing is inserted.
+///
+/// In place, because `HeaderMap::insert` on the clone of a stored map is costly: a new field is
+/// pushed onto entries a clone has no spare room for (a reallocation), and even a replacement
+/// first makes room for one more field, which regrows and rehashes a map at its load limit. On
+/// the `instructions` bench's `redis64/rampart_cache_hit` row (`INSTRUCTIONS_ONLY=1
+/// INSTRUCTIONS_CALLS=2000 cargo bench --bench instructions --all-features -- redis64/`) the two
+/// inserts were about 870 instructions per hit, two lookups by name in place 250, and this one
+/// pass over the fields (names compared, none hashed) fewer still: see README's Redis cache rows.
+#[inline]
+fn set_placeholders(
+    headers: &mut HeaderMap,
+    mut x_cache: Option<(&HeaderName, HeaderValue)>,
+    mut age: Option<HeaderValue>,
+) {
+    for (name, value) in headers.iter_mut() {
+        if *name == header::AGE {
+            if let Some(v) = age.take() {
+                *value = v;
+            }
+        } else if let Some((x, _)) = &x_cache
+            && *name == **x
+        {
+            *value = x_cache.take().expect("checked").1;
+        }
+        if x_cache.is_none() && age.is_none() {
+            return;
+        }
+    }
+    if let Some((name, v)) = x_cache {
+        headers.insert(name.clone(), v);
+    }
+    if let Some(v) = age {
+        headers.insert(header::AGE, v);
+    }
+}
+
 impl ModeConfig for HttpMode {
     fn validate(&self, max_bytes: u64) -> Result<(), ConfigError> {
         if self.max_body_bytes == 0 {
@@ -251,13 +329,13 @@ where
             return RequestPolicy::Bypass;
         }
         let headers = req.headers();
-        if (!self.cache_authorized && headers.contains_key(header::AUTHORIZATION))
-            || headers.contains_key(header::RANGE)
-        {
+        let seen = RequestFields::of(headers);
+        if (!self.cache_authorized && seen.authorization) || seen.range {
             return RequestPolicy::Bypass;
         }
-        if !headers.contains_key(header::CACHE_CONTROL) {
+        if !seen.cache_control {
             if self.request_no_cache
+                && seen.pragma
                 && headers
                     .get_all(header::PRAGMA)
                     .iter()
@@ -325,13 +403,21 @@ where
         *res.version_mut() = stored.version;
         *res.headers_mut() = stored.headers.clone();
         let headers = res.headers_mut();
-        self.mark(headers, status);
-        if self.age {
-            if status == CacheStatus::Miss {
-                headers.remove(header::AGE);
-            } else {
-                headers.insert(header::AGE, age_value(entry.age(now).as_secs()));
-            }
+        // The clone has this mode's placeholders (one value each): set in place. An entry with
+        // both (decoded by a shared store) loses those this mode does not send.
+        let age = self.age && status != CacheStatus::Miss;
+        set_placeholders(
+            headers,
+            self.x_cache
+                .as_ref()
+                .map(|name| (name, HeaderValue::from_static(status.as_str()))),
+            age.then(|| age_value(entry.age(now).as_secs())),
+        );
+        if self.x_cache.is_none() && stored.all_placeholders {
+            headers.remove(&X_CACHE);
+        }
+        if !age && (self.age || stored.all_placeholders) {
+            headers.remove(header::AGE);
         }
         Some(res)
     }

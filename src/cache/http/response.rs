@@ -19,6 +19,10 @@ pub struct CachedResponse {
     pub(super) body: Bytes,
     /// Checked once when made, not on every replay: see [`is_consistent`](Self::is_consistent).
     pub(super) consistent: bool,
+    /// Whether the map has both the `x-cache` and the `age` placeholder whatever the mode sends
+    /// ([`with_all_placeholders`](Self::with_all_placeholders)): a replay removes those its mode
+    /// does not send.
+    pub(super) all_placeholders: bool,
 }
 
 /// Headers that describe one connection, not the response, and the cache's own.
@@ -57,6 +61,7 @@ impl CachedResponse {
             headers,
             body,
             consistent: false,
+            all_placeholders: false,
         };
         stored.consistent = stored.is_consistent();
         stored
@@ -126,6 +131,19 @@ impl CachedResponse {
             self.headers
                 .insert(header::AGE, HeaderValue::from_static("0"));
         }
+        self
+    }
+
+    /// Adds both placeholders, `x-cache` and `age`, for a layer whose mode is not known here (an
+    /// entry decoded by a shared store): its replay sets them in place, or removes those its mode
+    /// does not send.
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_all_placeholders(mut self) -> Self {
+        self.headers
+            .insert(super::X_CACHE.clone(), HeaderValue::from_static("HIT"));
+        self.headers
+            .insert(header::AGE, HeaderValue::from_static("0"));
+        self.all_placeholders = true;
         self
     }
 

@@ -57,3 +57,41 @@ async fn stale_outcomes_are_ignored_and_dropped_probes_give_their_permit_back() 
     assert_eq!(b.state(), CircuitState::Closed);
     assert!(b.now() > 0);
 }
+
+#[test]
+fn a_success_on_the_inlined_path_ends_a_run_of_failures() {
+    // A full count window of 100: successes then take `record`'s inlined path (a count in the
+    // thread's stripe, on machines of up to 8 threads: see `striping`), which must still end a run
+    // of failures.
+    let b = Breaker::new(
+        Config {
+            window: WindowConfig::Count(100),
+            consecutive_failures: Some(3),
+            ..breaker(1).cfg
+        },
+        None,
+        super::Hooks::new(),
+    );
+    for _ in 0..100 {
+        b.record(b.acquire().unwrap(), Outcome::Success);
+    }
+    for _ in 0..5 {
+        b.record(b.acquire().unwrap(), Outcome::Failure);
+        b.record(b.acquire().unwrap(), Outcome::Failure);
+        b.record(b.acquire().unwrap(), Outcome::Success);
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "two failures in a row at most"
+        );
+    }
+    b.record(b.acquire().unwrap(), Outcome::Failure);
+    b.record(b.acquire().unwrap(), Outcome::Failure);
+    b.record(b.acquire().unwrap(), Outcome::Failure);
+    assert_eq!(b.state(), CircuitState::Open);
+    assert_eq!(
+        b.window.counts(0).failures,
+        13,
+        "every failure reached the ring"
+    );
+}

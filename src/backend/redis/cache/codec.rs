@@ -232,7 +232,9 @@ impl RedisCacheValue for crate::cache::CachedResponse {
         wall: SystemTime,
     ) -> Result<CacheEntry<Self>, UndecodableEntry> {
         let bytes = bytes::Bytes::from(bytes);
-        crate::cache::codec::decode_shared(&bytes, now, wall).map_err(|e| UndecodableEntry {
+        // With the placeholders the layer's replay sets in place (no growing of the replayed
+        // map's clone per hit).
+        crate::cache::codec::decode_for_replay(&bytes, now, wall).map_err(|e| UndecodableEntry {
             reason: e.reason(),
             source: Some(Box::new(e)),
         })

@@ -215,16 +215,13 @@ impl<V: RedisCacheValue> CacheStore<V> for RedisCacheStore<V> {
             };
         }
         let memoized = self.memo.find(key);
-        let mut cmd = redis::cmd("GET");
-        let name = match &memoized {
-            Some(m) => {
-                cmd.arg(&*m.name);
-                None
-            }
+        // A remembered key's command is its memo's; another's is made here.
+        let (name, fresh) = match &memoized {
+            Some(_) => (None, None),
             None => {
                 let name = inner.place(key).entry();
-                cmd.arg(&name);
-                Some(name)
+                let cmd = get_command(&name);
+                (Some(name), Some(cmd))
             }
         };
         let inner = Arc::clone(inner);
@@ -232,15 +229,16 @@ impl<V: RedisCacheValue> CacheStore<V> for RedisCacheStore<V> {
         let memo = Arc::clone(&self.memo);
         let key = key.clone();
         StoreOp::Pending(RedisCacheFuture::new(async move {
-            match inner.conn.query(&cmd, inner.timeout).await {
+            let cmd = match (&fresh, &memoized) {
+                (Some(cmd), _) => cmd,
+                (None, Some(m)) => &m.get,
+                (None, None) => unreachable!("a command was made or remembered"),
+            };
+            match inner.conn.query(cmd, inner.timeout).await {
                 Ok(Value::Nil) => {
                     inner.redis_answered(local.as_deref());
                     if let Some(name) = name {
-                        memo.remember(Memoized {
-                            key,
-                            name: name.into_boxed_slice(),
-                            seen: None,
-                        });
+                        memo.remember(Memoized::new(key, name.into_boxed_slice(), None));
                     }
                     Ok(None)
                 }
@@ -261,15 +259,15 @@ impl<V: RedisCacheValue> CacheStore<V> for RedisCacheStore<V> {
                         (None, Some(m)) => m.name.clone(),
                         (None, None) => unreachable!("a name was made or remembered"),
                     };
-                    memo.remember(Memoized {
+                    memo.remember(Memoized::new(
                         key,
                         name,
-                        seen: found.clone().zip(copy).map(|(entry, bytes)| Seen {
+                        found.clone().zip(copy).map(|(entry, bytes)| Seen {
                             bytes,
                             entry,
                             mapping,
                         }),
-                    });
+                    ));
                     Ok(found)
                 }
                 Ok(_) => {

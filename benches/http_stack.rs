@@ -50,6 +50,9 @@ mod storage;
 #[path = "../examples/analytics_api/telemetry.rs"]
 #[allow(dead_code)]
 mod telemetry;
+#[path = "../examples/analytics_api/tiers.rs"]
+#[allow(dead_code)]
+mod tiers;
 #[path = "../examples/analytics_api/timestamp.rs"]
 // Its unit tests are the test suite's; here they compile to nothing.
 #[allow(dead_code, unused_imports)]
@@ -306,7 +309,8 @@ fn main() {
         telemetry::prometheus();
         let config = config();
         let storage = Arc::new(storage::Storage::default());
-        let (full, state) = app::build(&config, Arc::clone(&storage), app::system_clock())
+        let tiers = tiers::Tiers::default();
+        let (full, state) = app::build(&config, &tiers, Arc::clone(&storage), app::system_clock())
             .expect("the example builds");
         let bare = app::bare_router(state);
         for i in 0..1000 {

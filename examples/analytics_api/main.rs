@@ -27,6 +27,11 @@
 //! example's, `examples/common/serve.rs`): `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS`
 //! (1024), `SHUTDOWN_GRACE_SECS` (10).
 //!
+//! API-key tiers (`tiers.rs`): `TIER_QUOTAS` (`free=10/60s,pro=1000/60s`) and `API_KEYS`
+//! (`key=tier,...`) limit metric submissions whose `X-API-Key` is listed per key at the tier's
+//! quota, anything else per client IP as above; `RATE_LIMIT_SHADOW=1` makes every limit admit what
+//! it would refuse, counting it (`rampart_rate_limit_shadow_rejected_total`).
+//!
 //! Data and limits live in memory by default; with `REDIS_URL` (and `REDIS_TIMEOUT_MS`, default
 //! 250) they live in Redis, where several instances share them and a restart loses nothing;
 //! `RATE_LIMIT_FAILURE_POLICY` (`local`, `open` or `closed`) says what the limits do while Redis is
@@ -47,6 +52,7 @@ mod serve;
 mod setup;
 mod storage;
 mod telemetry;
+mod tiers;
 mod timestamp;
 
 use std::sync::Arc;
@@ -61,8 +67,19 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = config::Config::from_env()?;
+    let tiers = tiers::Tiers::from_env()?;
     setup::init_logging(config.json_logs);
     telemetry::prometheus();
+    if !tiers.tiers().is_empty() || tiers.shadow() {
+        // Tier names and how many keys, never a key.
+        let names: Vec<&str> = tiers.tiers().iter().map(|t| t.name).collect();
+        tracing::info!(
+            tiers = ?names,
+            api_keys = tiers.key_count(),
+            shadow = tiers.shadow(),
+            "metric submissions limited per API key at their tier's quota"
+        );
+    }
     let storage = match &config.redis_url {
         None => storage::Storage::default(),
         Some(url) => {
@@ -75,7 +92,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let storage = Arc::new(storage);
-    let (router, _state) = app::build(&config, storage, app::system_clock())?;
+    let (router, _state) = app::build(&config, &tiers, storage, app::system_clock())?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {} (set BIND/PORT): {e}", config.addr))?;

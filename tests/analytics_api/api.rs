@@ -337,6 +337,7 @@ fn the_env_example_lists_every_variable_with_a_valid_default() {
     let source = [
         include_str!("../../examples/analytics_api/config.rs"),
         include_str!("../../examples/common/setup.rs"),
+        include_str!("../../examples/analytics_api/tiers.rs"),
     ]
     .concat();
     // Every string literal in config.rs that looks like a variable name is one it reads.
@@ -360,10 +361,13 @@ fn the_env_example_lists_every_variable_with_a_valid_default() {
             "{var} is read but not in .env.example"
         );
     }
-    // Without the commented-out REDIS_URL and with the listed values, the configuration is valid.
+    // Without the commented-out REDIS_URL and with the listed values (the commented-out tiers
+    // included), the configuration is valid.
     vars.remove("REDIS_URL");
     vars.remove("RUST_LOG");
     crate::config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let tiers = crate::tiers::Tiers::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    assert_eq!((tiers.tiers().len(), tiers.key_count()), (2, 2));
 }
 
 #[tokio::test]

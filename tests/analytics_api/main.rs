@@ -40,6 +40,9 @@ mod storage;
 #[path = "../../examples/analytics_api/telemetry.rs"]
 #[allow(dead_code)]
 mod telemetry;
+#[path = "../../examples/analytics_api/tiers.rs"]
+#[allow(dead_code)]
+mod tiers;
 #[path = "../../examples/analytics_api/timestamp.rs"]
 #[allow(dead_code)]
 mod timestamp;
@@ -55,6 +58,7 @@ mod process;
 mod redis_storage;
 mod server;
 mod surface;
+mod tiers_api;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -94,6 +98,15 @@ pub(crate) fn config(vars: &[(&str, &str)]) -> config::Config {
     config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap()
 }
 
+/// The API-key tiers the environment `vars` give.
+pub(crate) fn tiers(vars: &[(&str, &str)]) -> tiers::Tiers {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tiers::Tiers::from_lookup(|k| vars.get(k).cloned()).unwrap()
+}
+
 /// An app served on loopback, with its state and its time of day.
 pub(crate) struct TestApp {
     pub(crate) http: Served,
@@ -118,7 +131,7 @@ pub(crate) async fn start(vars: &[(&str, &str)]) -> TestApp {
 pub(crate) async fn start_on(vars: &[(&str, &str)], storage: Arc<storage::Storage>) -> TestApp {
     telemetry::prometheus();
     let time = ManualTime::new();
-    let (router, state) = app::build(&config(vars), storage, time.clock()).unwrap();
+    let (router, state) = app::build(&config(vars), &tiers(vars), storage, time.clock()).unwrap();
     TestApp {
         http: serve(router, true).await,
         state,

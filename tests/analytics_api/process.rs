@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The example binary, next to this test's (`target/<profile>/examples/analytics_api`).
-fn example_binary() -> PathBuf {
+pub(crate) fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let dir = exe
         .parent()
@@ -18,12 +18,117 @@ fn example_binary() -> PathBuf {
         .join(format!("analytics_api{}", std::env::consts::EXE_SUFFIX))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The example binary running on a free loopback port with `vars` (and nothing else from this
+/// process's environment), killed when dropped; its stderr goes to a file.
+pub(crate) struct Running {
+    child: std::process::Child,
+    log: PathBuf,
+    pub(crate) http: crate::common::http::Served,
+}
+
+impl Running {
+    /// What it has logged so far.
+    pub(crate) fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = crate::common::http::Served;
+
+    fn deref(&self) -> &Self::Target {
+        &self.http
+    }
+}
+
+/// Starts the example binary with `vars` and waits (up to 20 s) until `/health` answers.
+pub(crate) async fn run_example(vars: &[(&str, &str)]) -> Running {
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!(
+        "rampart-analytics-api-{}-{port}.log",
+        std::process::id()
+    ));
+    let out = std::fs::File::create(&log).expect("create the log file");
+    let child = Command::new(example_binary())
+        .env_clear()
+        .env("BIND", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
+        // Logs go to stdout, errors to stderr: both into the file, through one descriptor.
+        .stdout(out.try_clone().expect("share the log file"))
+        .stderr(out)
+        .spawn()
+        .expect("run the example binary (built by `cargo build --examples`)");
+    let running = Running {
+        child,
+        log,
+        http: crate::common::http::connect(([127, 0, 0, 1], port).into()),
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://127.0.0.1:{port}/health").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.get(uri.clone()).await {
+            Ok(_) => return running,
+            Err(e) if Instant::now() > deadline => panic!("the example never answered: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Runs the example binary with `vars` alone, expecting it to stop at start-up (within 10 s) with
+/// exit status 1; its stderr.
+pub(crate) fn start_up_error(vars: &[(&str, &str)]) -> String {
+    use std::io::Read;
+    let mut child = Command::new(example_binary())
+        .env_clear()
+        .env("BIND", "127.0.0.1")
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the example binary (built by `cargo build --examples`)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the example started with {vars:?}; it should have refused them");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    err
 }
 
 #[test]

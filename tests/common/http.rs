@@ -10,16 +10,28 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// An app served on a loopback port; the server stops when this is dropped.
+/// An app served on a loopback port; the server stops when this is dropped. Or, made by
+/// [`connect`], a client of a server running elsewhere (another process).
 pub struct Served {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A client of the server at `addr`, with the same methods as a [`Served`] app.
+pub fn connect(addr: SocketAddr) -> Served {
+    Served {
+        addr,
+        task: None,
+        client: Client::builder(TokioExecutor::new()).build_http(),
     }
 }
 
@@ -55,7 +67,11 @@ pub async fn serve(app: Router, connect_info: bool) -> Served {
         }
     });
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Served { addr, task, client }
+    Served {
+        addr,
+        task: Some(task),
+        client,
+    }
 }
 
 impl Served {

@@ -28,7 +28,7 @@ use tower_rampart::cache::{CacheHandle, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::http::AsHttp;
 use tower_rampart::key::{ClientIp, key_fn};
-use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+use tower_rampart::rate_limit::{Limit, Quota, RateLimitLayer};
 use tower_rampart::rejection::RejectionKind;
 
 use crate::config::Config;
@@ -40,6 +40,7 @@ use crate::input::{self, FromBody};
 use crate::storage::{
     EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
 };
+use crate::tiers::{Client, Tiers};
 use crate::{docs, telemetry};
 
 mod handlers;
@@ -149,13 +150,15 @@ impl AppInner {
     }
 }
 
-/// The whole application, with its layers, for `config`, keeping data in `storage`; and its state
-/// (for tests and benches, which steer the simulated dependency and read the circuit).
+/// The whole application, with its layers, for `config` and the API-key `tiers`, keeping data in
+/// `storage`; and its state (for tests and benches, which steer the simulated dependency and read
+/// the circuit).
 ///
 /// With a remote store it starts a task that writes counted rejections once a second; it ends
 /// when the app is dropped.
 pub(crate) fn build(
     config: &Config,
+    tiers: &Tiers,
     storage: Arc<Storage>,
     clock: Clock,
 ) -> Result<(Router, AppState), tower_rampart::ConfigError> {
@@ -222,13 +225,11 @@ pub(crate) fn build(
         .storage
         .backend()
         .map_redis(|redis| redis.failure_policy(config.rate_limit_failure_policy));
-    let per_client = |quota: Quota, name: &'static str, on_success: bool| {
-        let builder = RateLimitLayer::builder()
+    // The refusal is the one error shape (`errors.rs`), `detail` saying what the references say.
+    let per_client = |name: &'static str, on_success: bool| {
+        RateLimitLayer::builder()
             .name(name)
-            .quota(quota)
-            .key(ClientIp::new().trusted_proxies(&config.trusted_proxies))
             .headers_on_success(on_success)
-            // The one error shape (`errors.rs`), `detail` saying what the references say.
             .rejection(AsHttp::new().json_body(|r| {
                 let (status, message) = match r.kind() {
                     RejectionKind::RateLimited => (
@@ -243,16 +244,38 @@ pub(crate) fn build(
                 };
                 errors::body(status, &message, &[]).to_string()
             }))
-            .backend(backend.clone());
-        builder.build()
+            .backend(backend.clone())
     };
-    let metrics_limit = per_client(
-        Quota::with_period(config.metrics_limit, config.metrics_window),
-        "metrics",
-        true,
-    )?;
-    let events_limit = per_client(Quota::per_minute(config.events_per_minute), "events", false)?;
-    let api_v1_limit = per_client(Quota::per_minute(config.api_v1_per_minute), "api_v1", true)?;
+    let client_ip = ClientIp::new().trusted_proxies(&config.trusted_proxies);
+    // Metric submission: a known API key (`X-API-Key`, listed in `API_KEYS`) is limited per key at
+    // its tier's quota (`TIER_QUOTAS`); anyone else per client IP at the default quota, exactly as
+    // without tiers (`tiers.rs`).
+    let mut metrics_limit = per_client("metrics", true)
+        .quota(Quota::with_period(
+            config.metrics_limit,
+            config.metrics_window,
+        ))
+        .key(tiers.extractor(client_ip.clone()));
+    if tiers.key_count() > 0 {
+        // Each tier one limit named after it: its answers say `RateLimit-Policy: "pro";q=..`.
+        for tier in tiers.tiers() {
+            metrics_limit = metrics_limit.tier(tier.name, [Limit::new(tier.name, tier.quota)]);
+        }
+        let resolver = tiers.clone();
+        metrics_limit = metrics_limit.tier_of(move |client: &Client| resolver.tier_of(client));
+    }
+    // `RATE_LIMIT_SHADOW=1`: every limit decides and counts as usual, and admits.
+    let metrics_limit = metrics_limit.shadow(tiers.shadow()).build()?;
+    let events_limit = per_client("events", false)
+        .quota(Quota::per_minute(config.events_per_minute))
+        .key(client_ip.clone())
+        .shadow(tiers.shadow())
+        .build()?;
+    let api_v1_limit = per_client("api_v1", true)
+        .quota(Quota::per_minute(config.api_v1_per_minute))
+        .key(client_ip)
+        .shadow(tiers.shadow())
+        .build()?;
 
     // Validation runs before the limiters, so an invalid body (or one that is not JSON) never
     // spends quota; both wrap the POST handlers only, so other methods get their 405 untouched.

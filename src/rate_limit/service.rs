@@ -128,7 +128,7 @@ where
             return match reserved {
                 Reserved::Granted(d, policy) => ResponseFuture::inner(
                     self.inner.call(req),
-                    shared.admit::<S::Response, S::Error>(d, policy),
+                    shared.admit::<S::Response, S::Error>(d, || policy),
                 ),
                 Reserved::Refused(d, set) => {
                     ResponseFuture::done(shared.refuse::<_, S::Error, _>(d, &set, 1, Some(req)))
@@ -161,7 +161,7 @@ where
             Check::Ready(Ok(d)) => match shared.judge(d, set) {
                 Ok(d) => ResponseFuture::inner(
                     self.inner.call(req),
-                    shared.admit::<S::Response, S::Error>(d, set.policy_of(d.policy_index())),
+                    shared.admit::<S::Response, S::Error>(d, || set.policy_of(d.policy_index())),
                 ),
                 Err(d) => match shared.wait {
                     Some(max) if !d.exceeds_capacity() && d.retry_after() <= max => {
@@ -283,9 +283,14 @@ where
 
 impl<X: KeyExtractor, St, M, P> Shared<X, St, M, P> {
     /// Counts an admission, and gives the decision to render as headers on the admitted response,
-    /// if the layer sends them and the mode's responses have headers.
+    /// if the layer sends them and the mode's responses have headers (`policy` is asked only
+    /// then: a mode without headers never looks the binding limit up).
     #[inline]
-    pub(crate) fn admit<Res, E>(&self, d: Decision, policy: Policy) -> Option<(Decision, Policy)>
+    pub(crate) fn admit<Res, E>(
+        &self,
+        d: Decision,
+        policy: impl FnOnce() -> Policy,
+    ) -> Option<(Decision, Policy)>
     where
         M: RejectionMode<Res, E>,
     {
@@ -299,7 +304,7 @@ impl<X: KeyExtractor, St, M, P> Shared<X, St, M, P> {
                 ))
             })
             .increment(1);
-        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then_some((d, policy))
+        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then(|| (d, policy()))
     }
 
     /// What the layer makes of a store's decision over `set`: `Ok` to admit (counting the shadow

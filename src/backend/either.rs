@@ -336,6 +336,18 @@ mod rate_limit {
                 Self::Redis(r) => r.subscribe_policies(sink),
             }
         }
+
+        #[inline]
+        fn check_plain(
+            &self,
+            key: &K,
+            set: &std::sync::Arc<crate::rate_limit::LimitSet>,
+        ) -> Check<Self::Future> {
+            match self {
+                Self::Memory(m) => left(m.check_plain(key, set)),
+                Self::Redis(r) => right(r.check_plain(key, set)),
+            }
+        }
     }
 
     impl<K, E, L> RateLimitStore<K> for RedisModeStore<E, L>
@@ -364,6 +376,18 @@ mod rate_limit {
             match self {
                 Self::Exact(e) => e.subscribe_policies(sink),
                 Self::Leased(l) => l.subscribe_policies(sink),
+            }
+        }
+
+        #[inline]
+        fn check_plain(
+            &self,
+            key: &K,
+            set: &std::sync::Arc<crate::rate_limit::LimitSet>,
+        ) -> Check<Self::Future> {
+            match self {
+                Self::Exact(e) => left(e.check_plain(key, set)),
+                Self::Leased(l) => right(l.check_plain(key, set)),
             }
         }
     }

@@ -269,8 +269,8 @@ where
             let set = &this.ask.set;
             match decided.map(|d| shared.judge(d, set)) {
                 Ok(Ok(d)) => {
-                    *headers =
-                        shared.admit::<S::Response, S::Error>(d, set.policy_of(d.policy_index()));
+                    *headers = shared
+                        .admit::<S::Response, S::Error>(d, || set.policy_of(d.policy_index()));
                     this.phase.set(Phase::Readying);
                 }
                 Ok(Err(d)) => {

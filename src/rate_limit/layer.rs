@@ -50,6 +50,10 @@ pub(crate) struct Shared<X: KeyExtractor, St, M, P> {
     pub(crate) live: Arc<Live<X::Key>>,
     /// Layer-wide shadow mode: refusals are counted and admitted.
     pub(crate) shadow: bool,
+    /// The plain layer: its default set is one enforced limit, no resolver and no layer-wide
+    /// shadow mode. While no live change has been made, a request of unit cost then asks the
+    /// store's [`check_plain`](super::RateLimitStore::check_plain) and needs no judging.
+    pub(crate) direct: bool,
     /// The cost of a request and the response to a refused one.
     pub(crate) per_request: P,
     pub(crate) headers_on_success: bool,
@@ -582,6 +586,7 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
             name: s.name,
             ..default.policy_of(0)
         };
+        let direct = default.single().is_some() && tier_of.is_none() && !s.shadow;
         let live = Live::new(
             Policies {
                 default,
@@ -607,6 +612,7 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
                 policy,
                 live,
                 shadow: s.shadow,
+                direct,
                 per_request: self.per_request,
                 headers_on_success: s.headers_on_success,
                 #[cfg(feature = "metrics")]

@@ -128,7 +128,7 @@ where
             return match reserved {
                 Reserved::Granted(d, policy) => ResponseFuture::inner(
                     self.inner.call(req),
-                    shared.admit::<S::Response, S::Error>(d, policy),
+                    shared.admit::<S::Response, S::Error>(d, || policy),
                 ),
                 Reserved::Refused(d, set) => {
                     ResponseFuture::done(shared.refuse::<_, S::Error, _>(d, &set, 1, Some(req)))
@@ -149,6 +149,19 @@ where
                 };
             }
         };
+        let cost = shared.per_request.cost(&req);
+        if cost == 1 && shared.direct && shared.live.is_fixed() {
+            // The plain layer: one enforced limit, as built. An admission needs no judging (no
+            // shadow limit, no shadow mode); anything else takes the general path below.
+            let set = &shared.live.fixed;
+            return match shared.store.check_plain(&key, set) {
+                Check::Ready(Ok(d)) if d.is_allowed() => ResponseFuture::inner(
+                    self.inner.call(req),
+                    shared.admit::<S::Response, S::Error>(d, || set.policy_of(0)),
+                ),
+                checked => decided(&mut self.inner, &self.shared, checked, req, key, set, cost),
+            };
+        }
         let policies;
         let set = if shared.live.is_fixed() {
             &shared.live.fixed
@@ -156,59 +169,70 @@ where
             policies = shared.live.current.load();
             shared.live.resolve(&policies, &key)
         };
-        let cost = shared.per_request.cost(&req);
-        match shared.store.check(&key, &Ask::new(set).cost(cost)) {
-            Check::Ready(Ok(d)) => match shared.judge(d, set) {
-                Ok(d) => ResponseFuture::inner(
-                    self.inner.call(req),
-                    shared.admit::<S::Response, S::Error>(d, set.policy_of(d.policy_index())),
-                ),
-                Err(d) => match shared.wait {
-                    Some(max) if !d.exceeds_capacity() && d.retry_after() <= max => {
-                        let now = Instant::now();
-                        let svc = take_ready(&mut self.inner);
-                        let ask = Asked {
-                            set: Arc::clone(set),
-                            cost,
-                        };
-                        ResponseFuture::sleeping(
-                            now + d.retry_after(),
-                            now + max,
-                            svc,
-                            req,
-                            key,
-                            ask,
-                            Arc::clone(&self.shared),
-                        )
-                    }
-                    _ => ResponseFuture::done(shared.refuse::<_, S::Error, _>(
-                        d,
-                        set,
+        let checked = shared.store.check(&key, &Ask::new(set).cost(cost));
+        decided(&mut self.inner, &self.shared, checked, req, key, set, cost)
+    }
+}
+
+/// What a request gets once the store has answered (or will answer) over `set`.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn decided<S, Req, X, St, M, P>(
+    inner: &mut S,
+    this: &Arc<Shared<X, St, M, P>>,
+    checked: Check<St::Future>,
+    req: Req,
+    key: X::Key,
+    set: &Arc<LimitSet>,
+    cost: u32,
+) -> ResponseFuture<S, Req, X, St, M, P>
+where
+    S: Service<Req> + Clone,
+    X: ExtractKey<Req>,
+    St: RateLimitStore<X::Key>,
+    M: RejectionMode<S::Response, S::Error>,
+    M::Error: From<S::Error>,
+    P: RequestPolicy<Req, S::Response>,
+{
+    let shared = &**this;
+    match checked {
+        Check::Ready(Ok(d)) => match shared.judge(d, set) {
+            Ok(d) => ResponseFuture::inner(
+                inner.call(req),
+                shared.admit::<S::Response, S::Error>(d, || set.policy_of(d.policy_index())),
+            ),
+            Err(d) => match shared.wait {
+                Some(max) if !d.exceeds_capacity() && d.retry_after() <= max => {
+                    let now = Instant::now();
+                    let svc = take_ready(inner);
+                    let ask = Asked {
+                        set: Arc::clone(set),
                         cost,
-                        Some(req),
-                    )),
-                },
+                    };
+                    ResponseFuture::sleeping(
+                        now + d.retry_after(),
+                        now + max,
+                        svc,
+                        req,
+                        key,
+                        ask,
+                        Arc::clone(this),
+                    )
+                }
+                _ => ResponseFuture::done(shared.refuse::<_, S::Error, _>(d, set, cost, Some(req))),
             },
-            Check::Ready(Err(e)) => {
-                ResponseFuture::done(shared.unavailable::<_, S::Error, _>(e, Some(req)))
-            }
-            Check::Pending(check) => {
-                let deadline = shared.wait.map(|max| Instant::now() + max);
-                let svc = take_ready(&mut self.inner);
-                let ask = Asked {
-                    set: Arc::clone(set),
-                    cost,
-                };
-                ResponseFuture::checking(
-                    check,
-                    deadline,
-                    svc,
-                    req,
-                    key,
-                    ask,
-                    Arc::clone(&self.shared),
-                )
-            }
+        },
+        Check::Ready(Err(e)) => {
+            ResponseFuture::done(shared.unavailable::<_, S::Error, _>(e, Some(req)))
+        }
+        Check::Pending(check) => {
+            let deadline = shared.wait.map(|max| Instant::now() + max);
+            let svc = take_ready(inner);
+            let ask = Asked {
+                set: Arc::clone(set),
+                cost,
+            };
+            ResponseFuture::checking(check, deadline, svc, req, key, ask, Arc::clone(this))
         }
     }
 }
@@ -283,9 +307,14 @@ where
 
 impl<X: KeyExtractor, St, M, P> Shared<X, St, M, P> {
     /// Counts an admission, and gives the decision to render as headers on the admitted response,
-    /// if the layer sends them and the mode's responses have headers.
+    /// if the layer sends them and the mode's responses have headers (`policy` is asked only
+    /// then: a mode without headers never looks the binding limit up).
     #[inline]
-    pub(crate) fn admit<Res, E>(&self, d: Decision, policy: Policy) -> Option<(Decision, Policy)>
+    pub(crate) fn admit<Res, E>(
+        &self,
+        d: Decision,
+        policy: impl FnOnce() -> Policy,
+    ) -> Option<(Decision, Policy)>
     where
         M: RejectionMode<Res, E>,
     {
@@ -299,7 +328,7 @@ impl<X: KeyExtractor, St, M, P> Shared<X, St, M, P> {
                 ))
             })
             .increment(1);
-        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then_some((d, policy))
+        (M::WRITES_HEADERS && self.headers_on_success && d.is_counted()).then(|| (d, policy()))
     }
 
     /// What the layer makes of a store's decision over `set`: `Ok` to admit (counting the shadow

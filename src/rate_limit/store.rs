@@ -52,6 +52,15 @@ pub trait RateLimitStore<K>: Send + Sync + 'static {
     /// `ask` is not a peek), and says whether the request may pass.
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future>;
 
+    /// Decides one unit of `set`, the default set this store was built with when it is one
+    /// enforced limit (the layer asks this only then, and only while no live change has replaced
+    /// that set): the plain single-quota decision. The default asks [`check`](Self::check) with
+    /// [`Ask::new`]; a store may answer it with a path of its own that skips reading the set.
+    #[inline]
+    fn check_plain(&self, key: &K, set: &Arc<LimitSet>) -> Check<Self::Future> {
+        self.check(key, &Ask::new(set))
+    }
+
     /// Carries a change made through a [`RateLimitHandle`](super::RateLimitHandle) (already
     /// applied to this replica) to the other replicas sharing this store's state. The default does
     /// nothing: the in-memory store's state is this process's only.
@@ -90,6 +99,11 @@ impl<K, S: RateLimitStore<K>> RateLimitStore<K> for Arc<S> {
     #[inline]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
         (**self).check(key, ask)
+    }
+
+    #[inline]
+    fn check_plain(&self, key: &K, set: &Arc<LimitSet>) -> Check<Self::Future> {
+        (**self).check_plain(key, set)
     }
 
     fn publish_policy(&self, change: &PolicyChange<K>) {

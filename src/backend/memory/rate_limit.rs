@@ -160,8 +160,14 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// built (the plain single-quota decision).
     #[inline]
     pub fn decide(&self, key: &K) -> Decision {
+        self.decide_primary(key, &self.limits)
+    }
+
+    /// One unit of the first default limit for `key` now, with `limits` (the plain decision: one
+    /// closure per cell kind, each inlined, as before sets existed).
+    #[inline(always)]
+    fn decide_primary(&self, key: &K, limits: &Limits) -> Decision {
         let now = self.clock.now();
-        let limits = &self.limits;
         // Keys without data are all equal: one cell serves them, with no hashing or locking.
         let keyless = std::mem::size_of::<K>() == 0;
         match &self.cells {
@@ -396,10 +402,21 @@ where
     #[inline(always)]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
         if let Some(limit) = ask.plain() {
+            if self.is_primary(limit) {
+                return Check::Ready(Ok(self.decide_primary(key, &limit.limits)));
+            }
             let now = self.clock.now();
             return Check::Ready(Ok(self.decide_one(key, limit, now, 1, false)));
         }
         Check::Ready(Ok(self.decide_set(key, ask)))
+    }
+
+    /// The plain decision on the store's own first limit, as built: the set is not read.
+    #[inline(always)]
+    fn check_plain(&self, key: &K, set: &Arc<LimitSet>) -> Check<Self::Future> {
+        debug_assert!(Arc::ptr_eq(set, &self.set) && set.single().is_some());
+        let _ = set;
+        Check::Ready(Ok(self.decide(key)))
     }
 }
 

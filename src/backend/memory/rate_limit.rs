@@ -207,6 +207,23 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             }
         };
         let window = |c: &WindowCell| c.check_units(limits, now, cost, peek);
+        self.with_cell(key, limit, now, gcra, window)
+    }
+
+    /// Runs `gcra` or `window` (whichever this store's algorithm is) on `limit`'s cell for `key`:
+    /// the first default limit's in the key-only map (or the single cell of a key with no data),
+    /// any other limit's in the (key, limit) map. Every decision about one limit finds its cell
+    /// here.
+    #[inline(always)]
+    fn with_cell<R>(
+        &self,
+        key: &K,
+        limit: &SetLimit,
+        now: Nanos,
+        gcra: impl FnOnce(&GcraCell) -> R,
+        window: impl FnOnce(&WindowCell) -> R,
+    ) -> R {
+        let limits = &limit.limits;
         let keyless = std::mem::size_of::<K>() == 0;
         if self.is_primary(limit) {
             return match &self.cells {
@@ -271,28 +288,12 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             let (d, moved) = c.check_traced(limits, now, cost, !spend);
             (d, moved.map(|(o, n)| (State::Window(o), State::Window(n))))
         };
-        let keyless = std::mem::size_of::<K>() == 0;
-        if self.is_primary(limit) {
-            return match &self.cells {
-                Cells::Gcra { single, .. } if keyless => gcra(single),
-                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
-                Cells::Window { single, .. } if keyless => window(single),
-                Cells::Window { map, .. } => map.with(key, limits, now, window),
-            };
-        }
-        match &self.cells {
-            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
-            Cells::Window { others, .. } => {
-                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
-            }
-        }
+        self.with_cell(key, limit, now, gcra, window)
     }
 
     /// Takes back a spend of `cost` units that moved `limit`'s state for `key` from `old` to
     /// `new`.
     fn undo(&self, key: &K, limit: &SetLimit, now: Nanos, (old, new): (State, State), cost: u32) {
-        let keyless = std::mem::size_of::<K>() == 0;
-        let limits = &limit.limits;
         let gcra = |c: &GcraCell| {
             if let (State::Tat(o), State::Tat(n)) = (old, new) {
                 c.undo(o, n);
@@ -303,20 +304,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
                 c.undo(n, cost);
             }
         };
-        if self.is_primary(limit) {
-            return match &self.cells {
-                Cells::Gcra { single, .. } if keyless => gcra(single),
-                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
-                Cells::Window { single, .. } if keyless => window(single),
-                Cells::Window { map, .. } => map.with(key, limits, now, window),
-            };
-        }
-        match &self.cells {
-            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
-            Cells::Window { others, .. } => {
-                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
-            }
-        }
+        self.with_cell(key, limit, now, gcra, window);
     }
 
     /// Decides a set of several limits (or one shadow limit, or any cost or peek) for `key`.

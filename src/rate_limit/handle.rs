@@ -142,7 +142,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> RateLimitHandle<K> {
     /// The set `key`'s requests are decided against now.
     pub fn resolved(&self, key: &K) -> Arc<LimitSet> {
         let p = self.live.current.load();
-        Arc::clone(self.live.resolve(&p, key))
+        Arc::clone(&self.live.resolve(&p, key))
     }
 
     /// The default set now (to ask a store directly, with [`Ask::new`]).
@@ -348,25 +348,27 @@ impl<K: Hash + Eq + Clone> PolicySink<K> {
 
     fn set_key(&self, key: &K, limits: Option<&[Limit]>) -> Result<(), ConfigError> {
         let set = limits.map(|l| self.build(l)).transpose()?;
-        self.set(|p| {
-            match set {
-                Some(set) => {
-                    if p.keys.len() >= MAX_KEYS_WITH_OWN_LIMITS && !p.keys.contains_key(key) {
-                        return Err(ConfigError::new(
-                            "key_limits",
-                            format!(
-                                "at most {MAX_KEYS_WITH_OWN_LIMITS} keys have limits of their own; \
-                                 use tiers for groups of keys"
-                            ),
-                        ));
-                    }
-                    p.keys.insert(key.clone(), set);
-                }
-                None => {
-                    p.keys.remove(key);
-                }
-            }
-            Ok(())
-        })
+        // Keys' own limits are changed in place (not copied with the tiers): see `KeyLimits`.
+        let _writer = self
+            .live
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.live
+            .current
+            .load()
+            .keys
+            .set(key, set, MAX_KEYS_WITH_OWN_LIMITS)
+            .map_err(|()| {
+                ConfigError::new(
+                    "key_limits",
+                    format!(
+                        "at most {MAX_KEYS_WITH_OWN_LIMITS} keys have limits of their own; \
+                         use tiers for groups of keys"
+                    ),
+                )
+            })?;
+        self.live.mark_dynamic();
+        Ok(())
     }
 }

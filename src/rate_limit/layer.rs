@@ -591,7 +591,7 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
             Policies {
                 default,
                 tiers,
-                keys: std::collections::HashMap::with_hasher(Default::default()),
+                keys: Default::default(),
             },
             tier_of,
             s.name,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,19 +21,105 @@ type Hasher = foldhash::fast::RandomState;
 /// [`RateLimitBuilder::tier_of`](super::RateLimitBuilder::tier_of)).
 pub(crate) type TierOf<K> = Arc<dyn Fn(&K) -> Option<&str> + Send + Sync>;
 
-/// The limit sets in force: replaced whole on every live change, read with one atomic load.
+/// The limit sets in force: the default and the tiers are replaced whole on every change of
+/// theirs and read with one atomic load; keys' own limits are one table shared by every version,
+/// changed in place.
 pub(crate) struct Policies<K> {
     pub(crate) default: Arc<LimitSet>,
     pub(crate) tiers: Tiers,
-    pub(crate) keys: HashMap<K, Arc<LimitSet>, Hasher>,
+    pub(crate) keys: Arc<KeyLimits<K>>,
 }
 
-impl<K: Clone> Clone for Policies<K> {
+impl<K> Clone for Policies<K> {
     fn clone(&self) -> Self {
         Self {
             default: Arc::clone(&self.default),
             tiers: self.tiers.clone(),
-            keys: self.keys.clone(),
+            keys: Arc::clone(&self.keys),
+        }
+    }
+}
+
+/// Keys' own limits ([`RateLimitHandle::set_key`](super::RateLimitHandle::set_key)), up to
+/// [`MAX_KEYS_WITH_OWN_LIMITS`](super::MAX_KEYS_WITH_OWN_LIMITS).
+///
+/// Changed in place under a lock rather than copied with the tiers: a copy per change made
+/// loading n keys' limits (a replica catching up on Redis's change log, a configuration reload)
+/// cost n² entry copies, minutes for the 100,000 allowed. A request reads a flag while no key has
+/// limits of its own, and takes the read lock only when some key has.
+pub(crate) struct KeyLimits<K> {
+    map: RwLock<HashMap<K, Arc<LimitSet>, Hasher>>,
+    any: AtomicBool,
+}
+
+impl<K> Default for KeyLimits<K> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::new(HashMap::with_hasher(Hasher::default())),
+            any: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<K: Hash + Eq> KeyLimits<K> {
+    /// `key`'s own limits, if it has some.
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<Arc<LimitSet>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.read().get(key).cloned()
+    }
+
+    /// Gives `key` limits of its own (`Some`) or takes them away (`None`); refuses a new key past
+    /// `max` keys with `Err(())`.
+    pub(crate) fn set(&self, key: &K, set: Option<Arc<LimitSet>>, max: usize) -> Result<(), ()>
+    where
+        K: Clone,
+    {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        match set {
+            Some(set) => {
+                if map.len() >= max && !map.contains_key(key) {
+                    return Err(());
+                }
+                map.insert(key.clone(), set);
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+        self.any.store(!map.is_empty(), Ordering::Release);
+        Ok(())
+    }
+}
+
+impl<K> KeyLimits<K> {
+    /// How many keys have limits of their own.
+    pub(crate) fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, Arc<LimitSet>, Hasher>> {
+        self.map.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The set a request resolved to: borrowed from the policies, or a key's own limits (held while
+/// the request is decided).
+pub(crate) enum Resolved<'p> {
+    Borrowed(&'p Arc<LimitSet>),
+    Owned(Arc<LimitSet>),
+}
+
+impl std::ops::Deref for Resolved<'_> {
+    type Target = Arc<LimitSet>;
+
+    #[inline]
+    fn deref(&self) -> &Arc<LimitSet> {
+        match self {
+            Self::Borrowed(set) => set,
+            Self::Owned(set) => set,
         }
     }
 }
@@ -129,26 +215,29 @@ impl<K: Hash + Eq> Live<K> {
     /// Replaces the policies (a handle's change): from now on requests read them.
     pub(crate) fn replace(&self, policies: Policies<K>) {
         self.current.store(Arc::new(policies));
+        self.mark_dynamic();
+    }
+
+    /// From now on requests read the policies (a key was given limits of its own).
+    pub(crate) fn mark_dynamic(&self) {
         self.dynamic.store(true, Ordering::Release);
     }
 
     /// The set `key` is decided against: its own limits, else its tier's, else the default.
     #[inline]
-    pub(crate) fn resolve<'p>(&self, p: &'p Policies<K>, key: &K) -> &'p Arc<LimitSet> {
-        if !p.keys.is_empty()
-            && let Some(set) = p.keys.get(key)
-        {
-            return set;
+    pub(crate) fn resolve<'p>(&self, p: &'p Policies<K>, key: &K) -> Resolved<'p> {
+        if let Some(set) = p.keys.get(key) {
+            return Resolved::Owned(set);
         }
         if let Some(tier_of) = &self.tier_of
             && let Some(name) = tier_of(key)
         {
             match p.tiers.get(name) {
-                Some(set) => return set,
+                Some(set) => return Resolved::Borrowed(set),
                 None => self.unknown_tier(name),
             }
         }
-        &p.default
+        Resolved::Borrowed(&p.default)
     }
 
     /// A resolver named a tier the layer does not have: the default set applies; logged at most

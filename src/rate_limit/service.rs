@@ -162,12 +162,13 @@ where
                 checked => decided(&mut self.inner, &self.shared, checked, req, key, set, cost),
             };
         }
-        let policies;
+        let (policies, resolved);
         let set = if shared.live.is_fixed() {
             &shared.live.fixed
         } else {
             policies = shared.live.current.load();
-            shared.live.resolve(&policies, &key)
+            resolved = shared.live.resolve(&policies, &key);
+            &*resolved
         };
         let checked = shared.store.check(&key, &Ask::new(set).cost(cost));
         decided(&mut self.inner, &self.shared, checked, req, key, set, cost)
@@ -264,7 +265,7 @@ where
                 if live.is_fixed() {
                     Arc::clone(&live.fixed)
                 } else {
-                    Arc::clone(live.resolve(&live.current.load(), key))
+                    Arc::clone(&live.resolve(&live.current.load(), key))
                 }
             };
             let result = if let Some(pending) = r.pending.as_mut() {

@@ -587,3 +587,41 @@ fn concurrent_sets_and_single_limits_on_one_key_spend_exactly() {
         }
     }
 }
+
+/// Keys' own limits: as many as the cap allows (each added in place, so loading them all is
+/// linear), one more refused with the reason, a tier change made afterwards keeps them, and a
+/// key taken off frees its place.
+#[tokio::test]
+async fn keys_own_limits_fill_to_the_cap_and_survive_tier_changes() {
+    use tower_rampart::rate_limit::MAX_KEYS_WITH_OWN_LIMITS;
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_minute(1))
+        .tier("free", [Limit::new("minute", Quota::per_minute(2))])
+        .key(key_fn(|k: &u32| Some(*k)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let own = [Limit::new("own", Quota::per_minute(30))];
+    let cap = u32::try_from(MAX_KEYS_WITH_OWN_LIMITS).unwrap();
+    for k in 0..cap {
+        handle.set_key(&k, own).unwrap();
+    }
+    let e = handle.set_key(&cap, own).unwrap_err();
+    assert_eq!(e.setting(), "key_limits");
+    assert!(e.reason().contains("use tiers"), "{e}");
+    // Replacing a key's limits at the cap is not a new key.
+    handle
+        .set_key(&7, [Limit::new("own", Quota::per_minute(40))])
+        .unwrap();
+    // A tier change after the keys' limits keeps them.
+    handle
+        .set_tier("free", [Limit::new("minute", Quota::per_minute(3))])
+        .unwrap();
+    assert_eq!(handle.peek(&7).await.unwrap().limit(), 40);
+    assert_eq!(handle.peek(&8).await.unwrap().limit(), 30);
+    assert_eq!(handle.peek(&cap).await.unwrap().limit(), 1);
+    handle.clear_key(&8);
+    assert_eq!(handle.peek(&8).await.unwrap().limit(), 1);
+    handle.set_key(&cap, own).unwrap();
+    assert_eq!(handle.peek(&cap).await.unwrap().limit(), 30);
+}

@@ -37,11 +37,6 @@ pub const MAX_LIMITS: usize = 8;
 /// assert!(day.is_shadow());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Deserialize, serde::Serialize),
-    serde(from = "serde_form::LimitForm", into = "serde_form::LimitForm")
-)]
 pub struct Limit {
     name: &'static str,
     quota: Quota,
@@ -88,13 +83,26 @@ impl Limit {
 mod serde_form {
     use std::time::Duration;
 
-    use serde::{Deserialize, Serialize};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::{Limit, Quota};
 
+    // By hand: a derive would ask `'de: 'static` for the interned name.
+    impl<'de> Deserialize<'de> for Limit {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            LimitForm::deserialize(d).map(Self::from)
+        }
+    }
+
+    impl Serialize for Limit {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            LimitForm::from(*self).serialize(s)
+        }
+    }
+
     #[derive(Deserialize, Serialize)]
     #[serde(deny_unknown_fields)]
-    pub(super) struct LimitForm {
+    struct LimitForm {
         name: String,
         limit: u32,
         #[serde(with = "crate::config::duration")]

@@ -61,12 +61,9 @@ fn toml_and_json_files_configure_limits_and_tiers() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        assert_eq!(
-            handle.default_limits(),
-            expected().limits.unwrap(),
-            "{file}"
-        );
-        let want: Vec<(&str, Vec<Limit>)> = expected()
+        assert_eq!(Some(handle.default_limits()), expected().limits, "{file}");
+        let expected = expected();
+        let want: Vec<(&str, Vec<Limit>)> = expected
             .tiers
             .iter()
             .map(|(name, limits)| (name.as_str(), limits.clone()))

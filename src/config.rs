@@ -10,14 +10,16 @@
 //!   `stale_while_revalidate`, ...), and a field left out keeps the builder's default, so there is
 //!   one list of defaults: the builder's.
 //! - **`into_builder()`** turns the configuration into the layer's builder, where the parts that
-//!   are code rather than data (`.key(..)`, `.backend(..)`, `.http()`, hooks, classifiers) are
-//!   added before `.build()`.
+//!   are code rather than data (`.key(..)`, `.backend(..)`, `.http()`, hooks, classifiers, the
+//!   rate limiter's `.tier_of(..)` resolver) are added before `.build()`. What is data stays in the
+//!   file, down to a rate limiter's several limits, tiers and shadow mode.
 //! - **The builder checks the values**: a value that cannot work is refused by `build()` with the
 //!   same [`ConfigError`](crate::ConfigError), naming the same setting, as when it is set in code.
 //! - **Unknown fields are refused** (`deny_unknown_fields`), so a typo such as `max_attempt` is an
 //!   error when the file is read, not a setting silently ignored.
 //!
 //! The value types inside them ([`Quota`](crate::rate_limit::Quota),
+//! [`Limit`](crate::rate_limit::Limit),
 //! [`Backoff`](crate::retry::Backoff), [`Budget`](crate::retry::Budget), ...) use the same
 //! format on their own.
 //!

@@ -23,6 +23,12 @@ pub const MAX_LIMITS: usize = 8;
 /// (`rampart_rate_limit_shadow_rejected_total{name, policy}`), traced and reported to hooks, but
 /// never refuses: how a new limit is rolled out safely.
 ///
+/// With feature `serde` it reads and writes as
+/// `{"name": "day", "limit": 1000, "period": "1h", "burst": 50, "shadow": true}` (the
+/// [`Quota`]'s fields beside the name; `burst` and `shadow` optional; the period in the
+/// [duration format](crate::config#durations)). Unknown fields are refused; the name is checked
+/// when the layer is built.
+///
 /// ```
 /// use tower_rampart::rate_limit::{Limit, Quota};
 ///
@@ -69,6 +75,68 @@ impl Limit {
     /// Whether the limit only observes.
     pub const fn is_shadow(&self) -> bool {
         self.shadow
+    }
+}
+
+/// A [`Limit`] as configuration files write it: the quota's fields beside the name.
+#[cfg(feature = "serde")]
+mod serde_form {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Limit, Quota};
+
+    // By hand: a derive would ask `'de: 'static` for the interned name.
+    impl<'de> Deserialize<'de> for Limit {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            LimitForm::deserialize(d).map(Self::from)
+        }
+    }
+
+    impl Serialize for Limit {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            LimitForm::from(*self).serialize(s)
+        }
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct LimitForm {
+        name: String,
+        limit: u32,
+        #[serde(with = "crate::config::duration")]
+        period: Duration,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        burst: Option<u32>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        shadow: bool,
+    }
+
+    impl From<LimitForm> for Limit {
+        fn from(f: LimitForm) -> Self {
+            let mut quota = Quota::with_period(f.limit, f.period);
+            if let Some(burst) = f.burst {
+                quota = quota.burst(burst);
+            }
+            Limit::new(f.name, quota).shadow(f.shadow)
+        }
+    }
+
+    impl From<Limit> for LimitForm {
+        fn from(l: Limit) -> Self {
+            let q = l.quota;
+            // A burst that was set is written even when it equals the limit (the quota compares
+            // unequal to the same quota without one).
+            let unset = Quota::with_period(q.limit(), q.period());
+            Self {
+                name: l.name.to_owned(),
+                limit: q.limit(),
+                period: q.period(),
+                burst: (q != unset).then(|| q.burst_size()),
+                shadow: l.shadow,
+            }
+        }
     }
 }
 

@@ -10,7 +10,9 @@ use tower_rampart::backend::RedisBackend;
 use tower_rampart::cache::{CacheConfig, CacheLayer};
 use tower_rampart::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use tower_rampart::key::key_fn;
-use tower_rampart::rate_limit::{Algorithm, MAX_PERIOD, Quota, RateLimitConfig, RateLimitLayer};
+use tower_rampart::rate_limit::{
+    Algorithm, Limit, MAX_LIMITS, MAX_PERIOD, Quota, RateLimitConfig, RateLimitLayer,
+};
 use tower_rampart::retry::{Backoff, Budget, RetryConfig, RetryLayer};
 
 fn read<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -91,6 +93,125 @@ fn rate_limit_errors_are_the_builders() {
     ];
     for (config, code, needle) in cases {
         let e = same(config, code);
+        assert!(e.to_string().contains(needle), "{e} should say {needle}");
+    }
+}
+
+/// The policies (#18): `quota` or `limits`, the limits and the tiers.
+#[test]
+fn rate_limit_policy_errors_are_the_builders() {
+    let rl = |v: Value| read::<RateLimitConfig>(v).into_builder().build().map(drop);
+    let b = RateLimitLayer::builder;
+    let minute = |name: &'static str, n: u32| Limit::new(name, Quota::per_minute(n));
+    let limit = |name: &str, n: u32| json!({"name": name, "limit": n, "period": "1m"});
+    let nine: Vec<Value> = (0..=MAX_LIMITS)
+        .map(|i| limit(&format!("l{i}"), 10))
+        .collect();
+    let cases = [
+        (
+            rl(json!({})),
+            b().build().map(drop),
+            "quota",
+            "no quota was set",
+        ),
+        (
+            rl(json!({"quota": {"limit": 5, "period": "1m"}, "limits": [limit("minute", 5)]})),
+            b().quota(Quota::per_minute(5))
+                .limits([minute("minute", 5)])
+                .build()
+                .map(drop),
+            "limits",
+            "both .quota(..) and .limits(..) were set",
+        ),
+        (
+            rl(json!({"limits": []})),
+            b().limits(Vec::new()).build().map(drop),
+            "limits",
+            "at least one limit",
+        ),
+        (
+            rl(json!({ "limits": nine })),
+            b().limits(
+                (0..=MAX_LIMITS).map(|i| Limit::new(format!("l{i}"), Quota::per_minute(10))),
+            )
+            .build()
+            .map(drop),
+            "limits",
+            "at most 8 limits (got 9)",
+        ),
+        (
+            rl(json!({"limits": [limit("minute", 5), limit("minute", 50)]})),
+            b().limits([minute("minute", 5), minute("minute", 50)])
+                .build()
+                .map(drop),
+            "limits",
+            "names must differ",
+        ),
+        (
+            rl(json!({"limits": [limit("per minute", 5)]})),
+            b().limits([minute("per minute", 5)]).build().map(drop),
+            "limits",
+            r#"limit "per minute": "#,
+        ),
+        (
+            rl(json!({"limits": [limit("minute", 5), limit("hour", 0)]})),
+            b().limits([minute("minute", 5), minute("hour", 0)])
+                .build()
+                .map(drop),
+            "limits",
+            r#"limit "hour": the limit must be at least 1"#,
+        ),
+        (
+            rl(json!({
+                "limits": [{"name": "second", "limit": 5, "period": "1s", "burst": 2}],
+                "algorithm": "sliding_window",
+            })),
+            b().limits([Limit::new("second", Quota::per_second(5).burst(2))])
+                .algorithm(Algorithm::SlidingWindow)
+                .build()
+                .map(drop),
+            "limits",
+            "GCRA algorithm only",
+        ),
+        (
+            rl(
+                json!({"quota": {"limit": 5, "period": "1m"}, "tiers": {"pro plan": [limit("minute", 50)]}}),
+            ),
+            b().quota(Quota::per_minute(5))
+                .tier("pro plan", [minute("minute", 50)])
+                .build()
+                .map(drop),
+            "tier",
+            r#"tier "pro plan": "#,
+        ),
+        (
+            rl(json!({"quota": {"limit": 5, "period": "1m"}, "tiers": {"pro": []}})),
+            b().quota(Quota::per_minute(5))
+                .tier("pro", Vec::new())
+                .build()
+                .map(drop),
+            "tier",
+            r#"tier "pro": a limit set needs at least one limit"#,
+        ),
+        (
+            rl(json!({
+                "quota": {"limit": 5, "period": "1m"},
+                "tiers": {"pro": [{"name": "minute", "limit": 5, "period": "0"}]},
+            })),
+            b().quota(Quota::per_minute(5))
+                .tier(
+                    "pro",
+                    [Limit::new("minute", Quota::with_period(5, Duration::ZERO))],
+                )
+                .build()
+                .map(drop),
+            "tier",
+            "longer than zero",
+        ),
+    ];
+    for (config, code, setting, needle) in cases {
+        let e = same(config, code);
+        assert_eq!(e.setting(), setting, "{e}");
         assert!(e.to_string().contains(needle), "{e} should say {needle}");
     }
 }

@@ -45,6 +45,25 @@ use tower_rampart::rate_limit::{
 use self::redis_server::RedisServer;
 use crate::support::HUGE;
 
+/// What every Redis group starts with: nothing unless the filter may select `group` (no
+/// redis-server started for nothing), then a throw-away redis-server on a free loopback port and
+/// a two-worker runtime; `None`, with the reason printed, where redis-server is not installed.
+pub(crate) fn redis_group(group: &str) -> Option<(RedisServer, tokio::runtime::Runtime)> {
+    if !crate::group_selected(group) {
+        return None;
+    }
+    let Some(server) = RedisServer::start() else {
+        println!("{group}: skipped, no redis-server (apt-get install redis-server)");
+        return None;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    Some((server, rt))
+}
+
 async fn decide(store: &RedisRateLimitStore<u32>, key: u32) -> bool {
     match store.check(&key, &Ask::new(store.limit_set())) {
         Check::Ready(r) => r,
@@ -67,20 +86,9 @@ async fn tk_decide(backend: &throttle_kit::RedisBackend, key: &str, quota: &thro
 }
 
 pub(crate) fn rate_limit(c: &mut Criterion) {
-    // Its redis-server and set-up only when the filter may select it.
-    if !crate::group_selected("redis_rate_limit") {
-        return;
-    }
-    // Prints why and returns None where redis-server is not installed.
-    let Some(server) = RedisServer::start() else {
-        println!("redis_rate_limit: skipped, no redis-server (apt-get install redis-server)");
+    let Some((server, rt)) = redis_group("redis_rate_limit") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
 
     let (layer, two, raw, args) = rt.block_on(async {
         let backend = RedisBackend::connect(&server.url())

@@ -27,12 +27,6 @@
 //! layer in alternating 250 ms slices for 3 s each, with requests per second, p50 and p99 latency
 //! and the layer's share of the raw throughput.
 
-// The same throw-away server support as the `redis` group (a private module there), compiled once
-// more here rather than reaching into that module.
-#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
-#[path = "../tests/common/redis.rs"]
-mod redis_server;
-
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,22 +41,10 @@ use tower::{Layer, ServiceExt};
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::cache::{CacheKey, CacheLayer};
 
-use self::redis_server::RedisServer;
-
 pub(crate) fn hit(c: &mut Criterion) {
-    // Its redis-server and set-up only when the filter may select it.
-    if !crate::group_selected("redis_cache_hit") {
-        return;
-    }
-    let Some(server) = RedisServer::start() else {
-        println!("redis_cache_hit: skipped, no redis-server (apt-get install redis-server)");
+    let Some((server, rt)) = crate::redis::redis_group("redis_cache_hit") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let body = Bytes::from(vec![b'x'; 1024]);

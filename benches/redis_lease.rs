@@ -82,19 +82,9 @@ fn commands(server: &RedisServer) -> u64 {
 }
 
 pub(crate) fn lease(c: &mut Criterion) {
-    // Its redis-server and set-up only when the filter may select it.
-    if !crate::group_selected("redis_lease") {
-        return;
-    }
-    let Some(server) = RedisServer::start() else {
-        println!("redis_lease: skipped, no redis-server (apt-get install redis-server)");
+    let Some((server, rt)) = crate::redis::redis_group("redis_lease") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let backends: Vec<RedisBackend> = rt.block_on(async {
         let mut out = Vec::new();
         for _ in 0..REPLICAS {

@@ -107,16 +107,8 @@ impl Decision {
     #[inline]
     pub(crate) const fn over_capacity(limit: u32, reset: Nanos) -> Self {
         Self {
-            allowed: false,
-            limit,
-            slack: 0,
-            unit: 1,
-            reset,
-            retry_after: 0,
-            counted: true,
-            binding: 0,
-            shadow_refused: 0,
             over_capacity: true,
+            ..Self::refused(limit, reset, 0)
         }
     }
 

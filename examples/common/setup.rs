@@ -166,7 +166,8 @@ pub(crate) fn json_logs(get: &impl Fn(&str) -> Option<String>) -> Result<bool, E
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON.
+/// Logs to stdout (one line per event, for a container runtime or a log shipper to collect),
+/// filtered by `RUST_LOG` (default `info`), as text or JSON.
 #[allow(
     dead_code,
     reason = "the tests include this file without starting a program"

@@ -17,7 +17,7 @@
 //!   run.
 //! - `redis_rate_limit/two_limits_raw_evalsha/N` and `two_limits_store/N` (#18): the same with
 //!   a layer of two limits (`.limits([a, b])`), decided and spent together in one script call on
-//!   two keys: the set form of the same script. Compare `two_limits_store` with `store` at the
+//!   one key, whose one value holds both states: the set form of the same script. Compare `two_limits_store` with `store` at the
 //!   same N (the goal: at least 90% of the single-limit rate at 64 in flight).
 //! - `redis_rate_limit/known_over_limit`: a decision for a key Redis has already refused: answered
 //!   from the replica's memory. The group prints the `EVALSHA` count before and after it from
@@ -174,24 +174,16 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
                 join_all(tk_keys.iter().map(move |key| tk_decide(tk, key, quota)))
             });
         });
-        let pairs: Vec<[Vec<u8>; 2]> = (0..n)
-            .map(|k| {
-                let key = 1_000 + k;
-                [
-                    two_store.limit_key("a", &key),
-                    two_store.limit_key("b", &key),
-                ]
-            })
-            .collect();
+        // Both limits' states are in the key's one value.
+        let pair_keys: Vec<Vec<u8>> = (0..n).map(|k| two_store.redis_key(&(1_000 + k))).collect();
         g.bench_with_input(BenchmarkId::new("two_limits_raw_evalsha", n), &n, |b, _| {
             b.to_async(&rt).iter(|| {
-                let calls = pairs.iter().map(|[ka, kb]| {
+                let calls = pair_keys.iter().map(|key| {
                     let mut con = raw.clone();
                     let mut cmd = redis::cmd("EVALSHA");
                     cmd.arg(sha)
-                        .arg(2)
-                        .arg(ka)
-                        .arg(kb)
+                        .arg(1)
+                        .arg(key)
                         .arg(&args[0]) // limit a
                         .arg(&args[1])
                         .arg("") // Redis TIME
@@ -199,7 +191,9 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
                         .arg("1") // repair unreadable state
                         .arg("1") // cost
                         .arg("000") // spend; a and b enforced
-                        .arg(&args[0]) // limit b
+                        .arg("a") // limit a's name
+                        .arg("b") // limit b
+                        .arg(&args[0])
                         .arg(&args[1])
                         .arg("9007199254740991"); // not after (us)
                     async move {

@@ -26,6 +26,7 @@ mod liveness;
 #[cfg(feature = "metrics")]
 mod observe;
 mod over_limit;
+mod packed;
 mod policies;
 #[path = "../rate_limit/policy_cases.rs"]
 mod policy_cases;

@@ -277,11 +277,11 @@ async fn concurrent_clients_on_two_replicas_never_over_admit_a_limit_on_a_cluste
     concurrent([connect_cluster(&urls).await, connect_cluster(&urls).await]).await;
 }
 
-/// A key's limits live in one Cluster slot: every limit's state key carries the key's hash tag
-/// (the limit named after the layer keeps the key a single-quota limiter has always had), and a
-/// limiter's live changes are two keys of one slot of their own.
+/// A key's limits live in one Redis key, the one a single-quota limiter has always had (so one
+/// Cluster slot, by the key's hash tag), and a limiter's live changes are two keys of one slot of
+/// their own.
 #[tokio::test]
-async fn a_keys_limits_share_its_slot_and_the_changes_have_one_of_their_own() {
+async fn a_keys_limits_share_one_key_and_the_changes_have_one_slot_of_their_own() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
@@ -293,9 +293,6 @@ async fn a_keys_limits_share_its_slot_and_the_changes_have_one_of_their_own() {
     );
     let store = layer.store();
     assert_eq!(store.redis_key(&42), b"tags:rl:two:gcra:1000/1s:{42}");
-    assert_eq!(store.limit_key("two", &42), store.redis_key(&42));
-    assert_eq!(store.limit_key("a", &42), b"tags:rl:two:gcra:a:{42}");
-    assert_eq!(store.limit_key("b", &42), b"tags:rl:two:gcra:b:{42}");
     let [policies, changes] = store.policy_keys();
     assert_eq!(policies, b"{tags:rl:two}:policies");
     assert_eq!(changes, b"{tags:rl:two}:changes");
@@ -307,9 +304,7 @@ async fn a_keys_limits_share_its_slot_and_the_changes_have_one_of_their_own() {
     };
     let tag = slot(b"42");
     assert!(tag.starts_with(':'), "{tag}");
-    for name in ["a", "b", "two"] {
-        assert_eq!(slot(&store.limit_key(name, &42)), tag, "limit {name}");
-    }
+    assert_eq!(slot(&store.redis_key(&42)), tag);
     assert_eq!(slot(&policies), slot(b"tags:rl:two"));
     assert_eq!(slot(&changes), slot(b"tags:rl:two"));
     // And one script call decides them all there.

@@ -1,15 +1,15 @@
 -- GCRA: one decision over a set of limits on one key (limit_set.lua: arguments, reply, the set's
 -- rules), each limit computed exactly as src/rate_limit/algorithm/gcra.rs `decide` does, atomically.
 --
--- KEYS[i]  limit i's state: the theoretical arrival time (TAT) of the key's next request, in
---          nanoseconds since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits
+-- A limit's state: the theoretical arrival time (TAT) of the key's next request, in nanoseconds
+-- since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits
 -- A limit's two parameters: its emission interval (ns) and its tolerance, burst x emission (ns).
 --
 -- A limit's figures: admitted, a = slack (remaining = slack / emission) and b = reset, how far
 -- ahead of now its TAT runs; refused, a = reset and b = retry after; a cost above the burst, a =
 -- reset and b = 0. Nanoseconds.
 --
--- State it cannot read: another type of value, anything but 1 to 19 digits, or a TAT further
+-- State it cannot read: anything but 1 to 19 digits, or a TAT further
 -- ahead of now than any quota's tolerance (2^52 ns) by more than SKEW, an allowance for clocks: a
 -- key written on a node whose clock ran ahead (before a failover) or before the clock was stepped
 -- back. A TAT ahead by more than this limit's tolerance but less than that was written under a
@@ -20,8 +20,8 @@
 -- relative to now: the store refuses quotas whose tolerance exceeds 2^52 ns, and cost x emission
 -- is compared with the tolerance before it is added to anything.
 
-local function gcra_one(key, emission, tolerance, cost, now_us, now_frac, repair, min_ttl)
-  local base, repaired = gcra_base(key, now_us, now_frac, repair)
+local function gcra_one(raw, emission, tolerance, cost, now_us, now_frac, repair, min_ttl)
+  local base, repaired = gcra_base(raw, now_us, now_frac, repair)
   if not repaired then
     return nil, base
   end

@@ -8,18 +8,15 @@
 -- refused until it drains, as in memory.
 local MAX_AHEAD = 4503599627370496 + SKEW
 
--- How far the TAT stored at `key` is ahead of now (0 when it is not): `base - now` in gcra.rs; and
--- what was wrong with the state, "" when nothing. State it cannot read (another type of value,
--- anything but 1 to 19 digits, or a TAT further ahead of now than MAX_AHEAD) is replaced by a
--- fresh state (base 0) when `repair` is "1", and answered with a RAMPARTDATA error reply
--- otherwise, as (error reply, nil).
-local function gcra_base(key, now_us, now_frac, repair)
+-- How far the TAT `raw` (a state as read from a rate limit value, or nil/false when there is
+-- none) is ahead of now (0 when it is not): `base - now` in gcra.rs; and what was wrong with the
+-- state, "" when nothing. A state it cannot read (anything but 1 to 19 digits, or a TAT further
+-- ahead of now than MAX_AHEAD) is replaced by a fresh state (base 0) when `repair` is "1", and
+-- answered with a RAMPARTDATA error reply otherwise, as (error reply, nil).
+local function gcra_base(raw, now_us, now_frac, repair)
   local base = 0
   local problem
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'table' and raw.err then
-    problem = 'the key holds another type of value (' .. raw.err .. ')'
-  elseif raw then
+  if raw then
     local tat_us, tat_frac = split_ns(raw)
     if not tat_us then
       problem = 'the key does not hold a GCRA arrival time'
@@ -64,8 +61,3 @@ local function gcra_state(now_us, now_frac, ahead, min_ttl_arg)
   return value, ttl
 end
 
--- Stores now + ahead as the TAT at `key` (SET replaces a value of any type).
-local function gcra_write(key, now_us, now_frac, ahead, min_ttl_arg)
-  local value, ttl = gcra_state(now_us, now_frac, ahead, min_ttl_arg)
-  redis.call('SET', key, value, 'PX', ttl)
-end

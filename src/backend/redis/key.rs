@@ -6,8 +6,9 @@ use std::sync::Arc;
 /// A key type the Redis backend can store: how it is written into a Redis key.
 ///
 /// The Redis key of a limiter is `<prefix>:rl:<limiter name>:<algorithm>:<quota>:{<key>}` (for
-/// example `rampart:rl:default:gcra:10/60s:{203.0.113.9}`); this trait writes the `<key>` part. The braces make it a Redis Cluster hash tag, so everything stored for one key
-/// lives on one node.
+/// example `rampart:rl:default:gcra:10/60s:{203.0.113.9}`; its value holds every limit's state for
+/// that key); this trait writes the `<key>` part. The braces make it a Redis Cluster hash tag, so
+/// everything stored for one key lives on one node.
 ///
 /// Implemented for the keys of the crate's extractors and for common plain types:
 ///

@@ -27,13 +27,21 @@
 //! are decided in Redis exactly as in memory, and still in **one round trip**: the script gets every limit of the set and decides them together,
 //! all or nothing over the enforced ones.
 //!
-//! - **Keys.** Each limit of a key has its own state key, all with the key's hash tag, so they live
-//!   in one Cluster slot and one script call reaches them all:
-//!   `<prefix>:rl:<limiter>:<algorithm>:<limit>:{<key>}`, for example
-//!   `rampart:rl:api:gcra:day:{203.0.113.9}`. The limit named after the layer (the one
-//!   [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets) keeps the key a single-quota
-//!   limiter has always had, `<prefix>:rl:<limiter>:<algorithm>:<quota>:{<key>}` with the quota
-//!   the layer was built with: state written before sets existed is read as it is.
+//! - **One key, one value.** Every limit of a key (the default set's, every tier's, the key's own)
+//!   keeps its state in the one Redis key a single-quota limiter has always had,
+//!   `<prefix>:rl:<limiter>:<algorithm>:<quota>:{<key>}` with the quota the layer was built with
+//!   ([`RedisRateLimitStore::redis_key`]): a decision over any number of limits reads and writes
+//!   one value (`TIME`, one `GET`, one `SET`), in one Cluster slot by construction. While the only
+//!   live state is that of the limit named after the layer (the one
+//!   [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets), the value is that state alone,
+//!   byte for byte what a single-quota limiter writes (state written before sets existed is read
+//!   as it is, and such a limiter reads what this one writes). Otherwise the value is *packed*:
+//!   one entry per limit, `|<name>|<expires>|<state>` (the layer's own limit with an empty name;
+//!   `<expires>` in ms on the Redis clock), each expiring on its own; the key's expiry is the
+//!   longest entry's. An entry of a limit not in a decision (another tier the key was in, a limit
+//!   removed at run time) is kept while it is live and dropped at the next write after it expires.
+//!   The [leased store](#leased-quotas-for-hot-keys) reads and writes the own limit's state in the
+//!   same value.
 //! - **State follows the limit's name.** Two tiers with a limit named `minute` share a key's state
 //!   under it, and a change of a limit's quota keeps the state (with GCRA the arrival time carries
 //!   over exactly). So a state ahead of what a limit's current quota allows is read, not repaired

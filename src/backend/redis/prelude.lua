@@ -52,3 +52,108 @@ local function clock(now_arg, not_after_arg)
   end
   return time_us, now_us, now_frac
 end
+
+-- A rate limit key's value: the state of every limit of one key (src/backend/redis/mod.rs, "Redis
+-- keys"). Two forms:
+--
+-- * bare: the state of the layer's own limit (the one named after the layer) and nothing else,
+--   exactly what a single-quota limiter has always written (a GCRA arrival time, or sliding-window
+--   counts); the key's PX is that state's expiry. A value whose first byte is not "|" is bare.
+-- * packed: one or more entries, each "|<name>|<expires>|<state>", one per limit:
+--   <name>     the limit's name (letters, digits and "-_.:"), empty for the layer's own limit
+--   <expires>  when the entry expires: the server's TIME, in ms since the Unix epoch, as digits
+--   <state>    the limit's state, as a bare value holds it
+--   Names and states never hold "|". An entry whose expiry has passed is as good as absent and is
+--   dropped at the next write; the key's PX is the longest live entry's.
+--
+-- A value with only the own limit's state is always written bare, so the single form's value is
+-- what it has always been. An entry of a limit not in a decision (another tier the key was in, a
+-- limit removed at run time) is carried through while it is live.
+
+-- The live entries of `raw` (what GET answered), read at `time_ms`: states and expiries by name,
+-- names in their stored order, and `bare` when `raw` is a bare state (its expiry is the key's,
+-- read when it must be packed); or (nil, problem) when the value cannot be read at all (another
+-- type of value, a packed value that does not parse).
+local function read_entries(raw, time_ms)
+  local states, expires, order = {}, {}, {}
+  if type(raw) == 'table' then
+    return nil, 'the key holds another type of value (' .. tostring(raw.err) .. ')'
+  end
+  if not raw then
+    return states, expires, order, false
+  end
+  if string.byte(raw, 1) ~= 124 then
+    if string.find(raw, '|', 1, true) then
+      return nil, 'the key holds a value that is neither a limit state nor packed limit states'
+    end
+    states[''], order[1] = raw, ''
+    return states, expires, order, true
+  end
+  local seen = {}
+  local pos, len = 1, #raw
+  while pos <= len do
+    local _, e, name, exp, state = string.find(raw, '^|([%w%-_%.:]*)|(%d+)|([^|]*)', pos)
+    if not e or #exp > 15 or seen[name] then
+      return nil, 'the key holds packed limit states that do not parse'
+    end
+    seen[name] = true
+    exp = tonumber(exp)
+    if exp > time_ms then
+      states[name], expires[name], order[#order + 1] = state, exp, name
+    end
+    pos = e + 1
+  end
+  return states, expires, order, false
+end
+
+-- Writes the live entries back to `key` (SET replaces a value of any type): bare when only the
+-- own limit's is left, packed otherwise, nothing (DEL) when none is. A bare state carried into a
+-- packed value takes the key's expiry (`bare`: it has none of its own yet; one without any takes
+-- the longest of the others').
+local function write_entries(key, states, expires, order, time_ms, bare)
+  local longest, own_only, count = 0, true, 0
+  for _, name in ipairs(order) do
+    if states[name] then
+      count = count + 1
+      if name ~= '' then
+        own_only = false
+      end
+      local exp = expires[name]
+      if exp and exp > longest then
+        longest = exp
+      end
+    end
+  end
+  if count == 0 then
+    redis.call('DEL', key)
+    return
+  end
+  if own_only then
+    local exp = expires['']
+    if not exp then
+      -- The bare state as it was: nothing to write.
+      return
+    end
+    redis.call('SET', key, states[''], 'PX', exp - time_ms)
+    return
+  end
+  if bare and states[''] and not expires[''] then
+    local pttl = redis.call('PTTL', key)
+    if pttl > 0 then
+      expires[''] = time_ms + pttl
+      if expires[''] > longest then
+        longest = expires['']
+      end
+    else
+      expires[''] = longest
+    end
+  end
+  local parts = {}
+  for _, name in ipairs(order) do
+    local state = states[name]
+    if state then
+      parts[#parts + 1] = '|' .. name .. '|' .. string.format('%.0f', expires[name]) .. '|' .. state
+    end
+  end
+  redis.call('SET', key, table.concat(parts), 'PX', longest - time_ms)
+end

@@ -2,13 +2,13 @@
 -- reply, the set's rules), each limit computed exactly as src/rate_limit/algorithm/sliding_window.rs
 -- `decide` does, atomically.
 --
--- KEYS[i]  limit i's state: "<window index> <previous count> <current count>"
+-- A limit's state: "<window index> <previous count> <current count>"
 -- A limit's two parameters: its period (ns) and its limit (units per period).
 --
 -- A limit's figures: admitted, a = remaining and b = reset; refused, a = reset and b = retry
 -- after; a cost above the limit, a = reset and b = 0. Nanoseconds.
 --
--- State it cannot read: another type of value, text not of the form above, a count of 2^32 or
+-- State it cannot read: text not of the form above, a count of 2^32 or
 -- more (no decision writes one; counts above this limit's are those of a larger limit before a
 -- change at run time, and are read), or a window that begins more than SKEW after now (an
 -- allowance for clocks, as in gcra.lua; a window that begins within it is taken as the current
@@ -35,7 +35,7 @@ local function T(P, w, d)
   return w * qp + muldiv(w, rp, d)
 end
 
-local function window_one(key, P, L, cost, now_us, now_frac, repair, min_ttl)
+local function window_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   -- index, e = floor(now / P), now mod P, where now = now_us * 1000 + now_frac (ns).
   local q1, r1 = divmod(now_us, P)
   -- (r1 * 1000) by binary Horner over 1000 = 0b1111101000, reducing mod P at each step (all < 2P).
@@ -62,10 +62,7 @@ local function window_one(key, P, L, cost, now_us, now_frac, repair, min_ttl)
   -- The window the state is written back for: this one, or a later one read within SKEW.
   local stored_index = index
   local problem
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'table' and raw.err then
-    problem = 'the key holds another type of value (' .. raw.err .. ')'
-  elseif raw then
+  if raw then
     local si, sp, sc = string.match(raw, '^(%d+) (%d+) (%d+)$')
     if not si or #si > 16 or #sp > 10 or #sc > 10 or tonumber(si) >= 9007199254740992 then
       problem = 'the key does not hold sliding-window counts'

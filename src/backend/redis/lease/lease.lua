@@ -2,8 +2,10 @@
 -- exactly k decisions of gcra.lua at the same instant (the state is the same TAT, at the same key,
 -- so exact and leased replicas share one quota); with N = 1 it is one exact decision.
 --
--- KEYS[1]  the limiter key; its value is the theoretical arrival time (TAT) of the next request, in
---          nanoseconds since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits.
+-- KEYS[1]  the limiter key; its value holds the layer's own limit's state (prelude.lua: a bare
+--          value, or its entry in a packed one, whose other entries are kept as they are): the
+--          theoretical arrival time (TAT) of the next request, in nanoseconds since the clock's
+--          epoch (the Unix epoch with Redis TIME), as decimal digits.
 -- ARGV[1]  emission interval (ns)
 -- ARGV[2]  tolerance, burst x emission (ns)
 -- ARGV[3]  now (ns) from the caller's clock, or "" to read the server's TIME
@@ -33,9 +35,28 @@ if not wanted or wanted < 1 or wanted ~= math.floor(wanted) then
   return redis.error_reply('RAMPARTARG the lease size must be a whole number of units, 1 or more')
 end
 
-local base, repaired = gcra_base(KEYS[1], now_us, now_frac, ARGV[5])
+local key = KEYS[1]
+local raw = redis.pcall('GET', key)
+-- A packed value (or another type of value): the own limit's entry, the others kept.
+local states, expires, order, problem
+if type(raw) == 'table' or (raw and string.byte(raw, 1) == 124) then
+  states, expires, order = read_entries(raw, divmod(time_us, 1000))
+  if not states then
+    problem = expires
+    if ARGV[5] ~= '1' then
+      return redis.error_reply('RAMPARTDATA ' .. problem)
+    end
+    states, expires, order = {}, {}, {}
+  end
+  raw = states['']
+end
+
+local base, repaired = gcra_base(raw, now_us, now_frac, ARGV[5])
 if not repaired then
   return base
+end
+if problem then
+  repaired = problem
 end
 
 if base + emission > tolerance then
@@ -48,5 +69,15 @@ if fit < k then
   k = fit
 end
 local ahead = base + k * emission
-gcra_write(KEYS[1], now_us, now_frac, ahead, ARGV[4])
+local value, ttl = gcra_state(now_us, now_frac, ahead, ARGV[4])
+if states then
+  local time_ms = divmod(time_us, 1000)
+  if not states[''] then
+    order[#order + 1] = ''
+  end
+  states[''], expires[''] = value, time_ms + ttl
+  write_entries(key, states, expires, order, time_ms, false)
+else
+  redis.call('SET', key, value, 'PX', ttl)
+end
 return {k, tolerance - ahead, ahead, repaired, time_us}

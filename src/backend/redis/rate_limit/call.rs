@@ -1,5 +1,5 @@
 //! What the store sends: the scripts' parameters for a limit, whether the scripts can decide it
-//! exactly, and the set form's keys and arguments.
+//! exactly, and the set form's arguments.
 
 use std::hash::Hash;
 use std::time::Duration;
@@ -10,8 +10,9 @@ use crate::backend::redis::RedisKey;
 use crate::rate_limit::Ask;
 use crate::rate_limit::quota::{Algorithm, Limits};
 
-/// The set form's keys (one per limit) and arguments (all but the last, which the connection adds).
-type SetCall = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+/// The set form's key (the one holding every limit's state) and arguments (all but the last, which
+/// the connection adds).
+type SetCall = (Vec<u8>, Vec<Vec<u8>>);
 
 /// The script's two parameters of `limits` for `algorithm`.
 pub(super) fn params(algorithm: Algorithm, limits: &Limits) -> [Vec<u8>; 2] {
@@ -49,8 +50,8 @@ pub(super) fn unscriptable(algorithm: Algorithm, limits: &Limits) -> Option<Stri
 }
 
 impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
-    /// The set form's keys and arguments for `ask` on `key` (all but the last argument, which
-    /// the connection adds), or why the scripts cannot decide this set.
+    /// The set form's key and arguments for `ask` on `key` (all but the last argument, which the
+    /// connection adds), or why the scripts cannot decide this set.
     pub(super) fn set_call(
         &self,
         key: &K,
@@ -58,11 +59,10 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         clock_arg: Option<&str>,
     ) -> Result<SetCall, BackendError> {
         let limits = ask.set().limits();
-        let mut keys = Vec::with_capacity(limits.len());
-        let mut args = Vec::with_capacity(2 * limits.len() + 5);
+        let mut args = Vec::with_capacity(3 * limits.len() + 5);
         let mut flags = Vec::with_capacity(limits.len() + 1);
         flags.push(if ask.is_peek() { b'1' } else { b'0' });
-        let mut rest = Vec::with_capacity(2 * limits.len());
+        let mut rest = Vec::with_capacity(3 * limits.len());
         for (i, l) in limits.iter().enumerate() {
             if let Some(why) = unscriptable(self.algorithm, &l.limits) {
                 return Err(BackendError::new(
@@ -70,13 +70,20 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                     None,
                 ));
             }
-            keys.push(self.limit_key(l.name, key));
             flags.push(if l.shadow { b'1' } else { b'0' });
-            let p = params(self.algorithm, &l.limits);
-            if i == 0 {
-                args.extend(p);
+            let [p1, p2] = params(self.algorithm, &l.limits);
+            // The layer's own limit's entry has no name: it is the bare state a single-quota
+            // limiter has always written.
+            let name = if self.is_own(l.name) {
+                Vec::new()
             } else {
-                rest.extend(p);
+                l.name.as_bytes().to_vec()
+            };
+            if i == 0 {
+                args.extend([p1, p2]);
+                rest.push(name);
+            } else {
+                rest.extend([name, p1, p2]);
             }
         }
         args.push(clock_arg.unwrap_or("").as_bytes().to_vec());
@@ -89,6 +96,6 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         args.push(itoa::Buffer::new().format(ask.units()).as_bytes().to_vec());
         args.push(flags);
         args.extend(rest);
-        Ok((keys, args))
+        Ok((self.redis_key(key), args))
     }
 }

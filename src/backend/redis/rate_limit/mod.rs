@@ -93,8 +93,9 @@ fn period_text(nanos: Nanos) -> String {
 /// Built by [`RedisBackend`].
 ///
 /// - A decision over a set of limits (a tier's, a key's own, several quotas at once) is one
-///   script call too: every limit's state is a key of its own, all with the key's `{hash tag}`
-///   (one Cluster slot), decided and spent all or nothing in the script (see the
+///   script call too, on one Redis key: every limit of a key keeps its state in that key's one
+///   value, so a decision reads and writes it once whatever the number of limits (and it is one
+///   Cluster slot); the limits are decided and spent all or nothing in the script (see the
 ///   [module documentation](super#limits-tiers-and-live-changes)).
 /// - A refusal is remembered locally until its retry time: further requests for that key with the
 ///   same limits and the same cost are refused without a round trip (their decision is the one
@@ -121,13 +122,14 @@ pub(super) struct Inner<K> {
     /// The layer's default set, as built.
     set: Arc<LimitSet>,
     name: Arc<str>,
-    /// The limit whose keys are the ones a single-quota limiter has always used (its name is the
-    /// layer's, and it is in the default set), and its quota as built.
+    /// The limit whose state is the bare value a single-quota limiter has always written (its name
+    /// is the layer's, and it is in the default set), and its quota as built.
     own: Option<(&'static str, Limits)>,
-    /// `<prefix>:rl:<name>:<algorithm>:`: a limit's key is this, the limit's name, `:{`, the key
-    /// and `}`; the `own` limit's has its quota as built in place of its name (`10/60s`).
+    /// `<prefix>:rl:<name>:<algorithm>:`.
     head: Vec<u8>,
-    /// `head` and the `own` limit's quota and `:{`, to which the key and `}` are appended.
+    /// `head`, the quota the layer was built with (its `own` limit's, or else its first limit's)
+    /// and `:{`, to which the key and `}` are appended: the key a single-quota limiter has always
+    /// used, now holding every limit's state.
     key_head: Vec<u8>,
     /// The script's first two arguments for the `own` limit as built.
     params: [Vec<u8>; 2],
@@ -209,17 +211,11 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisRateLimitStore<K> {
         &self.inner
     }
 
-    /// The Redis key holding `key`'s state for the layer's first default limit.
-    pub fn redis_key(&self, key: &K) -> Vec<u8> {
-        let first = self.inner.set.limits()[0].name;
-        self.inner.limit_key(first, key)
-    }
-
-    /// The Redis key holding `key`'s state for the limit named `limit`: every limit of one key has
-    /// a key of its own, with the same `{hash tag}` (see the
+    /// The Redis key holding `key`'s state: every limit's (the default set's, every tier's, the
+    /// key's own), in one value (see the
     /// [module documentation](super#limits-tiers-and-live-changes)).
-    pub fn limit_key(&self, limit: &str, key: &K) -> Vec<u8> {
-        self.inner.limit_key(limit, key)
+    pub fn redis_key(&self, key: &K) -> Vec<u8> {
+        self.inner.redis_key(key)
     }
 
     /// The failure policy this store follows.
@@ -270,21 +266,19 @@ fn set_tag(set: &LimitSet, cost: u32) -> u64 {
 }
 
 impl<K: RedisKey> Inner<K> {
-    /// The Redis key of `key`'s state under the limit named `limit`.
-    fn limit_key(&self, limit: &str, key: &K) -> Vec<u8> {
-        let mut out;
-        if self.own.is_some_and(|(own, _)| own == limit) {
-            out = Vec::with_capacity(self.key_head.len() + 48);
-            out.extend_from_slice(&self.key_head);
-        } else {
-            out = Vec::with_capacity(self.head.len() + limit.len() + 50);
-            out.extend_from_slice(&self.head);
-            out.extend_from_slice(limit.as_bytes());
-            out.extend_from_slice(b":{");
-        }
+    /// The Redis key of `key`'s state, every limit's.
+    pub(super) fn redis_key(&self, key: &K) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.key_head.len() + 48);
+        out.extend_from_slice(&self.key_head);
         key.write_redis_key(&mut out);
         out.push(b'}');
         out
+    }
+
+    /// Whether the limit named `limit` is the layer's own: its state is the value's bare form (the
+    /// single form's, without a name).
+    fn is_own(&self, limit: &str) -> bool {
+        self.own.is_some_and(|(own, _)| own == limit)
     }
 }
 
@@ -416,18 +410,17 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         set: SetOf,
         cost: u32,
         peek: bool,
-        keys: Vec<Vec<u8>>,
+        redis_key: Vec<u8>,
         args: Vec<Vec<u8>>,
         sent: Nanos,
     ) -> Result<Decision, BackendError> {
         let limits = set.get(&self);
-        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         let result = self
             .conn
-            .eval_before_deadline(self.script, &key_refs, &arg_refs, self.timeout)
+            .eval_before_deadline(self.script, &[&redis_key], &arg_refs, self.timeout)
             .await
-            .and_then(|v| self.parse_set(&v, &keys, limits));
+            .and_then(|v| self.parse_set(&v, &redis_key, limits));
         let ask = Ask {
             set: limits,
             cost,
@@ -497,7 +490,8 @@ where
         let clock_arg = inner.clock.is_custom().then(|| now.to_string());
         let set = SetOf::new(inner, ask.set());
         let fut: Pin<Box<dyn Future<Output = _> + Send>> = match ask.plain() {
-            Some(limit) => {
+            // The layer's own limit at cost 1, spent: the single form.
+            Some(limit) if inner.is_own(limit.name) => {
                 let built = inner
                     .own
                     .is_some_and(|(name, l)| name == limit.name && l == limit.limits);
@@ -509,7 +503,7 @@ where
                 } else {
                     Some(params(inner.algorithm, &limit.limits))
                 };
-                let redis_key = inner.limit_key(limit.name, key);
+                let redis_key = inner.redis_key(key);
                 Box::pin(Arc::clone(inner).decide_one(
                     key.clone(),
                     set,
@@ -519,13 +513,13 @@ where
                     clock_arg,
                 ))
             }
-            None => match inner.set_call(key, ask, clock_arg.as_deref()) {
-                Ok((keys, args)) => Box::pin(Arc::clone(inner).decide_set(
+            _ => match inner.set_call(key, ask, clock_arg.as_deref()) {
+                Ok((redis_key, args)) => Box::pin(Arc::clone(inner).decide_set(
                     key.clone(),
                     set,
                     ask.units(),
                     ask.is_peek(),
-                    keys,
+                    redis_key,
                     args,
                     now,
                 )),
@@ -567,9 +561,10 @@ where
             Algorithm::SlidingWindow => (window_script(), "sw"),
         };
         let head = format!("{}:rl:{}:{code}:", self.settings.prefix, spec.name()).into_bytes();
-        // The limit named after the layer keeps the keys a single-quota limiter has always used,
-        // with the quota it was built with in them (state written before sets existed is read,
-        // and a deploy that changes the layer's quota starts them afresh, as it always has).
+        // Every limit of a key is in the value at the key a single-quota limiter has always used,
+        // with the quota the layer was built with in it (state written before sets existed is
+        // read as the limit named after the layer's, and a deploy that changes the layer's quota
+        // starts afresh, as it always has).
         let own = spec
             .set
             .limits()

@@ -80,7 +80,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     pub(super) fn parse_set(
         &self,
         value: &Value,
-        keys: &[Vec<u8>],
+        redis_key: &[u8],
         set: &LimitSet,
     ) -> Result<Decision, BackendError> {
         let bad = || bad_reply(value);
@@ -105,12 +105,23 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                     let (Some(n), Some(problem)) = (parts.next(), parts.next()) else {
                         return Err(bad());
                     };
-                    let key = std::str::from_utf8(n)
+                    // 0 for the value as a whole, i for limit i's entry.
+                    let n = std::str::from_utf8(n)
                         .ok()
                         .and_then(|n| n.parse::<usize>().ok())
-                        .and_then(|n| keys.get(n.wrapping_sub(1)))
+                        .filter(|n| *n <= set.limits().len())
                         .ok_or_else(bad)?;
-                    self.repaired(key, problem);
+                    match n.checked_sub(1) {
+                        None => self.repaired(redis_key, problem),
+                        Some(i) => {
+                            let what = format!(
+                                "limit {:?}: {}",
+                                set.limits()[i].name,
+                                String::from_utf8_lossy(problem)
+                            );
+                            self.repaired(redis_key, what.as_bytes());
+                        }
+                    }
                 }
             }
             _ => return Err(bad()),

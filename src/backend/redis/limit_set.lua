@@ -102,18 +102,23 @@ local function decide_set(one)
 
   local time_ms = divmod(time_us, 1000)
   local states, expires, order, bare = read_entries(raw, time_ms)
-  local problems = {}
+  -- Made when there is one: "<i> <what was wrong>" lines.
+  local problems
   local dirty = false
   if not states then
     if repair ~= '1' then
       return redis.error_reply('RAMPARTDATA ' .. expires)
     end
-    problems[1] = '0 ' .. expires
+    problems = {'0 ' .. expires}
     states, expires, order, bare, dirty = {}, {}, {}, false, true
   end
 
-  local names, status, fa, fb, rem, values, ttls, shadow, fixed = {}, {}, {}, {}, {}, {}, {}, {}, {}
+  -- Each limit's decision in one table (fewer allocations per call), 8 slots per limit from
+  -- k = 8 (i - 1): name, status, a, b, remaining, value, ttl, and whether it was repaired; shadow
+  -- limits are read from the flags.
+  local d = {}
   local allowed, enforced, shadow_refused = true, false, 0
+  min_ttl = tonumber(min_ttl)
   for i = 1, n do
     local name, p1, p2 = '', ARGV[1], ARGV[2]
     if not single then
@@ -122,24 +127,27 @@ local function decide_set(one)
         name, p1, p2 = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
       end
       for j = 1, i - 1 do
-        if names[j] == name then
+        if d[8 * j - 7] == name then
           return redis.error_reply('RAMPARTARG two limits of a set have one name')
         end
       end
     end
-    names[i] = name
     local s, a, b, r, repaired, value, ttl =
       one(states[name], tonumber(p1), tonumber(p2), cost, now_us, now_frac, repair, min_ttl)
     if not s then
       return a
     end
-    status[i], fa[i], fb[i], rem[i], values[i], ttls[i] = s, a, b, r, value, ttl
+    local k = 8 * (i - 1)
+    d[k + 1], d[k + 2], d[k + 3], d[k + 4], d[k + 5], d[k + 6], d[k + 7] =
+      name, s, a, b, r, value, ttl
     if repaired ~= '' then
-      fixed[i] = true
+      d[k + 8] = true
+      if not problems then
+        problems = {}
+      end
       problems[#problems + 1] = i .. ' ' .. repaired
     end
-    shadow[i] = string.byte(flags, i + 1) == 49
-    if shadow[i] then
+    if string.byte(flags, i + 1) == 49 then
       if s ~= 1 then
         shadow_refused = shadow_refused + 2 ^ (i - 1)
       end
@@ -155,10 +163,11 @@ local function decide_set(one)
   if allowed then
     local fewest
     for i = 1, n do
-      if not shadow[i] or not enforced then
+      if string.byte(flags, i + 1) ~= 49 or not enforced then
+        local k = 8 * (i - 1)
         local r = 0
-        if status[i] == 1 then
-          r = rem[i]
+        if d[k + 2] == 1 then
+          r = d[k + 5]
         end
         if not bind or r < fewest then
           bind, fewest = i, r
@@ -166,26 +175,28 @@ local function decide_set(one)
       end
     end
   else
+    local bs, bb
     for i = 1, n do
-      if not shadow[i] and status[i] ~= 1 then
-        if not bind
-          or (status[i] == 2 and status[bind] ~= 2)
-          or (status[i] == 0 and status[bind] == 0 and fb[i] > fb[bind]) then
-          bind = i
+      local k = 8 * (i - 1)
+      local s = d[k + 2]
+      if string.byte(flags, i + 1) ~= 49 and s ~= 1 then
+        if not bind or (s == 2 and bs ~= 2) or (s == 0 and bs == 0 and d[k + 4] > bb) then
+          bind, bs, bb = i, s, d[k + 4]
         end
       end
     end
   end
 
   for i = 1, n do
-    local name = names[i]
-    if not peek and cost > 0 and status[i] == 1 and (allowed or shadow[i]) then
+    local k = 8 * (i - 1)
+    local name = d[k + 1]
+    if not peek and cost > 0 and d[k + 2] == 1 and (allowed or string.byte(flags, i + 1) == 49) then
       if not states[name] then
         order[#order + 1] = name
       end
-      states[name], expires[name] = values[i], time_ms + ttls[i]
+      states[name], expires[name] = d[k + 6], time_ms + d[k + 7]
       dirty = true
-    elseif fixed[i] then
+    elseif d[k + 8] then
       states[name] = nil
       dirty = true
     end
@@ -198,13 +209,17 @@ local function decide_set(one)
   if allowed then
     a = 1
   end
+  local k = 8 * (bind - 1)
   if single then
     local repaired = ''
-    if problems[1] then
+    if problems then
       repaired = string.sub(problems[1], 3)
     end
-    return {a, fa[1], fb[1], repaired, time_us}
+    return {a, d[3], d[4], repaired, time_us}
   end
-  return {a, fa[bind], fb[bind], table.concat(problems, '\n'), bind, status[bind], shadow_refused,
-    time_us}
+  local repaired = ''
+  if problems then
+    repaired = table.concat(problems, '\n')
+  end
+  return {a, d[k + 3], d[k + 4], repaired, bind, d[k + 2], shadow_refused, time_us}
 end

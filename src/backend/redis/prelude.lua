@@ -62,6 +62,7 @@ end
 -- * packed: one or more entries, each "|<name>|<expires>|<state>", one per limit:
 --   <name>     the limit's name (letters, digits and "-_.:"), empty for the layer's own limit
 --   <expires>  when the entry expires: the server's TIME, in ms since the Unix epoch, as digits
+--              (at most 13)
 --   <state>    the limit's state, as a bare value holds it
 --   Names and states never hold "|". An entry whose expiry has passed is as good as absent and is
 --   dropped at the next write; the key's PX is the longest live entry's.
@@ -89,17 +90,17 @@ local function read_entries(raw, time_ms)
     states[''], order[1] = raw, ''
     return states, expires, order, true
   end
-  local seen = {}
   local pos, len = 1, #raw
   while pos <= len do
     local _, e, name, exp, state = string.find(raw, '^|([%w%-_%.:]*)|(%d+)|([^|]*)', pos)
-    if not e or #exp > 15 or seen[name] then
+    if not e or #exp > 13 or expires[name] then
       return nil, 'the key holds packed limit states that do not parse'
     end
-    seen[name] = true
+    -- Kept for an expired entry too (its state is not): a name given twice is unreadable.
     exp = tonumber(exp)
+    expires[name] = exp
     if exp > time_ms then
-      states[name], expires[name], order[#order + 1] = state, exp, name
+      states[name], order[#order + 1] = state, name
     end
     pos = e + 1
   end
@@ -152,7 +153,8 @@ local function write_entries(key, states, expires, order, time_ms, bare)
   for _, name in ipairs(order) do
     local state = states[name]
     if state then
-      parts[#parts + 1] = '|' .. name .. '|' .. string.format('%.0f', expires[name]) .. '|' .. state
+      -- An expiry (a whole number of ms below 10^13 until the year 2286) is written whole by `..`.
+      parts[#parts + 1] = '|' .. name .. '|' .. expires[name] .. '|' .. state
     end
   end
   redis.call('SET', key, table.concat(parts), 'PX', longest - time_ms)

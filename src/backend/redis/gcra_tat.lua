@@ -49,7 +49,8 @@ local function gcra_state(now_us, now_frac, ahead, min_ttl_arg)
   local tat_us = now_us + carry
   local value
   if tat_us > 0 then
-    value = string.format('%.0f%03d', tat_us, frac)
+    -- %d formats a 64-bit integer (exact below 2^53), several times cheaper than %.0f.
+    value = string.format('%d%03d', tat_us, frac)
   else
     value = string.format('%d', frac)
   end

@@ -153,8 +153,8 @@ local function write_entries(key, states, expires, order, time_ms, bare)
   for _, name in ipairs(order) do
     local state = states[name]
     if state then
-      -- An expiry (a whole number of ms below 10^13 until the year 2286) is written whole by `..`.
-      parts[#parts + 1] = '|' .. name .. '|' .. expires[name] .. '|' .. state
+      -- %d: a 64-bit integer, several times cheaper than a number's `..` (%.14g).
+      parts[#parts + 1] = string.format('|%s|%d|%s', name, expires[name], state)
     end
   end
   redis.call('SET', key, table.concat(parts), 'PX', longest - time_ms)

@@ -131,7 +131,8 @@ local function window_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
     if ttl < min then
       ttl = min
     end
-    local value = string.format('%.0f %d %d', stored_index, prev, curr + cost)
+    -- %d formats a 64-bit integer (the index is below 2^53), several times cheaper than %.0f.
+    local value = string.format('%d %d %d', stored_index, prev, curr + cost)
     return 1, left, to_window_end + P, left, repaired, value, ttl
   end
 

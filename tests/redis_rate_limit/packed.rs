@@ -371,3 +371,72 @@ async fn without_repair_unreadable_packed_values_are_errors_and_left_alone() {
         }
     }
 }
+
+/// The leased store's script carves from the layer's own limit's entry of a packed value and keeps
+/// the others; other sets go through the exact store, on the same value.
+#[tokio::test]
+async fn leases_carve_from_the_own_entry_of_a_packed_value() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    // Leases live at least twice the timeout (1 s by default).
+    let backend = connect(&server.url())
+        .await
+        .timeout(std::time::Duration::from_millis(200))
+        .prefix(unique_prefix("packed-lease"))
+        .leased(tower_rampart::backend::redis::LeaseConfig::new());
+    let layer = RateLimitLayer::builder()
+        .name("api")
+        .quota(Quota::per_minute(1000))
+        .tier("day", [Limit::new("day", Quota::per_hour(100))])
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend)
+        .build()
+        .expect("valid limits");
+    let store = layer.store();
+    let day = layer.handle().tier_set("day").unwrap();
+    for _ in 0..3 {
+        assert!(
+            decide_ask(store, &5, &Ask::new(&day))
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+    }
+    let name = store.redis_key(&5);
+    let get = |mut raw: redis::aio::MultiplexedConnection| {
+        let name = name.clone();
+        async move {
+            let v: String = redis::cmd("GET")
+                .arg(&name)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let before = get(raw.clone()).await;
+    assert_eq!(entries(&before).len(), 1, "{before:?}");
+    // The layer's own limit: leased, so the script carves a lease from its entry.
+    assert!(decide(store, &5).await.unwrap().is_allowed());
+    let after = get(raw.clone()).await;
+    let e = entries(&after);
+    let names: Vec<&str> = e.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(names, ["day", ""], "{after:?}");
+    assert_eq!(
+        format!("|{}|{}|{}", e[0].0, e[0].1, e[0].2),
+        before,
+        "day's entry kept as it was"
+    );
+    assert!(is_bare_state(Algorithm::Gcra, &e[1].2), "{after:?}");
+    // And the day limit still counts what it spent.
+    let peek = decide_ask(store, &5, &Ask::new(&day).peek()).await.unwrap();
+    assert_eq!(peek.remaining(), 96);
+    let _: () = redis::cmd("DEL")
+        .arg(store.redis_key(&5))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}

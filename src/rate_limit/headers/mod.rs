@@ -1,6 +1,9 @@
 //! The rate limiter's HTTP fields: `RateLimit-Policy` and `RateLimit` (and the legacy
-//! `X-RateLimit-*` headers) written from a decision, with no allocation per response but one per
-//! few dozen.
+//! `X-RateLimit-*` headers) written from a decision. The `RateLimit-Policy` value is built once per
+//! policy; a `RateLimit` value seen before is a clone of a kept one ([`prebuilt`]); any other is
+//! formatted per response with no allocation but one per few dozen.
+
+mod prebuilt;
 
 use http::{HeaderMap, HeaderValue};
 
@@ -10,16 +13,41 @@ use crate::http::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 
+/// A set of limits' `RateLimit-Policy` value, and the `RateLimit` values its limits have sent.
+pub(crate) struct PolicyHeader {
+    /// The `RateLimit-Policy` value (`'static` bytes: cloning it copies two pointers).
+    pub(crate) value: HeaderValue,
+    /// `RateLimit` values kept for this set's limits.
+    prebuilt: prebuilt::Prebuilt,
+}
+
+impl std::fmt::Debug for PolicyHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyHeader")
+            .field("value", &self.value)
+            .field("prebuilt", &self.prebuilt)
+            .finish()
+    }
+}
+
+impl PartialEq for PolicyHeader {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for PolicyHeader {}
+
 /// The `RateLimit-Policy` value listing several policies, `"minute";q=10;w=60, "day";q=1000;w=86400`,
 /// made once per distinct
 /// list and kept for the life of the process (a few dozen bytes per policy; rebuilding a layer
 /// reuses it). Its bytes are `'static`, so cloning the value onto a response copies two pointers:
 /// no allocation, no shared reference count.
-pub(crate) fn policy_list_value(items: &[(&str, u32, u64)]) -> &'static HeaderValue {
+pub(crate) fn policy_list_value(items: &[(&str, u32, u64)]) -> &'static PolicyHeader {
     use std::collections::HashMap;
     use std::fmt::Write;
     use std::sync::{Mutex, OnceLock};
-    static INTERNED: OnceLock<Mutex<HashMap<String, &'static HeaderValue>>> = OnceLock::new();
+    static INTERNED: OnceLock<Mutex<HashMap<String, &'static PolicyHeader>>> = OnceLock::new();
     let mut text = String::with_capacity(32 * items.len());
     for (i, (name, limit, window_secs)) in items.iter().enumerate() {
         if i > 0 {
@@ -36,7 +64,10 @@ pub(crate) fn policy_list_value(items: &[(&str, u32, u64)]) -> &'static HeaderVa
         // Names are checked when the layer is built: letters, digits and -_.: only.
         let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_static(text.as_bytes()))
             .expect("policy names are visible ASCII");
-        Box::leak(Box::new(value))
+        Box::leak(Box::new(PolicyHeader {
+            value,
+            prebuilt: prebuilt::Prebuilt::default(),
+        }))
     })
 }
 
@@ -97,6 +128,21 @@ impl ValueBuf {
     }
 }
 
+/// The `RateLimit` value `"<name>";r=<remaining>;t=<reset>`, formatted and cut from the arena.
+#[cold]
+#[inline(never)]
+fn rate_limit_value(name: &str, remaining: u32, reset: u64) -> HeaderValue {
+    // `"` + name (at most 64, checked at build) + `";r=` + 10 digits + `;t=` + 20 digits < 128.
+    let mut buf = ValueBuf::new();
+    buf.push(b"\"");
+    buf.push(name.as_bytes());
+    buf.push(b"\";r=");
+    buf.push_u64(u64::from(remaining));
+    buf.push(b";t=");
+    buf.push_u64(reset);
+    buf.value()
+}
+
 /// Adds the rate limit fields for `decision` under `policy`. Appends, so stacked limiters each
 /// contribute their own list member.
 pub(crate) fn write_rate_limit(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
@@ -108,16 +154,12 @@ pub(crate) fn write_rate_limit(headers: &mut HeaderMap, policy: &Policy, decisio
         headers.reserve(if policy.legacy_headers { 5 } else { 2 });
     }
     // `'static` bytes: cloning the policy value copies pointers.
-    headers.append(RATELIMIT_POLICY.clone(), policy.header.clone());
-    // `"` + name (at most 64, checked at build) + `";r=` + 10 digits + `;t=` + 20 digits < 128.
-    let mut buf = ValueBuf::new();
-    buf.push(b"\"");
-    buf.push(policy.name.as_bytes());
-    buf.push(b"\";r=");
-    buf.push_u64(u64::from(remaining));
-    buf.push(b";t=");
-    buf.push_u64(reset);
-    headers.append(RATELIMIT.clone(), buf.value());
+    headers.append(RATELIMIT_POLICY.clone(), policy.header.value.clone());
+    let value = match policy.header.prebuilt.get(policy.name, remaining, reset) {
+        Some(kept) => kept,
+        None => rate_limit_value(policy.name, remaining, reset),
+    };
+    headers.append(RATELIMIT.clone(), value);
     if policy.legacy_headers {
         let number = |n: u64| {
             let mut buf = ValueBuf::new();

@@ -185,3 +185,53 @@ fn write_legacy(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: u64)
     headers.insert(X_RATELIMIT_REMAINING.clone(), number(u64::from(remaining)));
     headers.insert(X_RATELIMIT_RESET.clone(), number(reset));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_constant_names_are_the_public_ones() {
+        assert_eq!(RATELIMIT_NAME, crate::http::RATELIMIT);
+        assert_eq!(RATELIMIT_POLICY_NAME, crate::http::RATELIMIT_POLICY);
+    }
+
+    /// The fields are the same bytes whether the `RateLimit` value is kept, built and kept now, or
+    /// built per response (a policy whose table cannot take it).
+    #[test]
+    fn kept_and_built_values_are_the_same_bytes() {
+        let header = policy_list_value(&[("kept-or-built", 10, 60)]);
+        let policy = Policy {
+            name: "kept-or-built",
+            window_secs: 60,
+            legacy_headers: true,
+            header,
+        };
+        for (remaining, reset_ms) in [(9, 6_000), (9, 6_000), (0, 59_001), (3, 1), (3, 1)] {
+            let decision = Decision::allowed(10, remaining, Duration::from_millis(reset_ms));
+            let mut headers = HeaderMap::new();
+            write_rate_limit(&mut headers, &policy, &decision);
+            let t = reset_ms.div_ceil(1000);
+            let text = format!("\"kept-or-built\";r={remaining};t={t}");
+            assert_eq!(headers[&crate::http::RATELIMIT].as_bytes(), text.as_bytes());
+            assert_eq!(
+                headers[&crate::http::RATELIMIT_POLICY],
+                "\"kept-or-built\";q=10;w=60"
+            );
+            assert_eq!(
+                headers[&crate::http::X_RATELIMIT_REMAINING],
+                remaining.to_string().as_str()
+            );
+            assert_eq!(
+                headers[&crate::http::X_RATELIMIT_RESET],
+                t.to_string().as_str()
+            );
+            assert_eq!(
+                rate_limit_value("kept-or-built", remaining, t).as_bytes(),
+                text.as_bytes()
+            );
+        }
+    }
+}

@@ -79,7 +79,12 @@ impl Prebuilt {
     /// The `RateLimit` value `"<name>";r=<remaining>;t=<reset>`, kept or built now and kept; `None`
     /// when the triple's slots hold other triples or a cap is reached (the caller builds it).
     #[inline]
-    pub(crate) fn get(&self, name: &'static str, remaining: u32, reset: u64) -> Option<HeaderValue> {
+    pub(crate) fn get(
+        &self,
+        name: &'static str,
+        remaining: u32,
+        reset: u64,
+    ) -> Option<HeaderValue> {
         let slots = match self.slots.get() {
             Some(slots) => slots,
             None => self.allocate()?,
@@ -161,7 +166,9 @@ mod tests {
     fn a_kept_value_is_the_formatted_text_and_is_shared() {
         let table = Prebuilt::default();
         let name: &'static str = "kept";
-        let a = table.get(name, 9, 6).expect("an empty table keeps the value");
+        let a = table
+            .get(name, 9, 6)
+            .expect("an empty table keeps the value");
         assert_eq!(a.as_bytes(), text(name, 9, 6).as_bytes());
         let b = table.get(name, 9, 6).expect("kept");
         // The same `'static` bytes: the second is a clone of the first, not a new value.
@@ -232,7 +239,10 @@ mod tests {
                 })
             })
             .collect();
-        let hits: u32 = threads.into_iter().map(|t| t.join().expect("no panic")).sum();
+        let hits: u32 = threads
+            .into_iter()
+            .map(|t| t.join().expect("no panic"))
+            .sum();
         assert!(hits > 0, "some lookups were answered from the table");
     }
 }

@@ -8,7 +8,7 @@
 //! response with the same triple gets a clone of it (two pointers, no reference count, no
 //! allocation, no validation). Everything is bounded: a policy's table has [`SLOTS`] slots, each
 //! filled once and never replaced; at most [`MAX_TABLES`] tables and [`MAX_ENTRIES`] values for
-//! the whole process (under 4 MiB); a triple whose slots are taken, or past those caps, is built
+//! the whole process (about 4 MiB at most); a triple whose slots are taken, or past those caps, is built
 //! per response as before (`super::ValueBuf`).
 
 use std::sync::OnceLock;

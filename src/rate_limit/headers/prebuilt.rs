@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderValue;
 
-/// Slots in one policy's table (a power of two). A triple may sit in its slot or the next one.
+/// Slots in one policy's table (a power of two). A triple may sit in its slot or its neighbour
+/// (the index with the lowest bit flipped).
 pub(crate) const SLOTS: usize = 256;
 /// Tables the process may allocate (each `SLOTS` pointers, 4 KiB): one per policy that has sent a
 /// value. Policies past it build their values per response.
@@ -51,10 +52,13 @@ impl Entry {
     }
 }
 
+/// A table's slots: an array, so the index (a hash's top bits) needs no bounds check.
+type Slots = [OnceLock<&'static Entry>; SLOTS];
+
 /// A policy's table of kept `RateLimit` values (empty, and unallocated, until its first value).
 #[derive(Default)]
 pub(crate) struct Prebuilt {
-    slots: OnceLock<Box<[OnceLock<&'static Entry>]>>,
+    slots: OnceLock<Box<Slots>>,
 }
 
 impl std::fmt::Debug for Prebuilt {
@@ -72,7 +76,8 @@ impl std::fmt::Debug for Prebuilt {
 fn index(name: &'static str, remaining: u32, reset: u64) -> usize {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let h = (name.as_ptr() as usize as u64) ^ (u64::from(remaining) << 32) ^ reset.wrapping_mul(K);
-    (h.wrapping_mul(K) >> 56) as usize % SLOTS
+    // The top bits: always below `SLOTS`.
+    (h.wrapping_mul(K) >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
 impl Prebuilt {
@@ -104,14 +109,14 @@ impl Prebuilt {
 
     /// This policy's table, allocated now if the process-wide cap allows.
     #[cold]
-    fn allocate(&self) -> Option<&[OnceLock<&'static Entry>]> {
+    fn allocate(&self) -> Option<&Slots> {
         if !take(&TABLES_LEFT) {
             return None;
         }
         let mut made = false;
         let slots = self.slots.get_or_init(|| {
             made = true;
-            (0..SLOTS).map(|_| OnceLock::new()).collect()
+            Box::new(std::array::from_fn(|_| OnceLock::new()))
         });
         if !made {
             // Another thread allocated it first: give the budget back.

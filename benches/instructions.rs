@@ -20,7 +20,8 @@
 //! handlers answer, with one peer IP in `ConnectInfo`; `http10k/*` cycle through 10,000 peer IPs,
 //! every one known to the limiter before measuring):
 //!
-//! - rate limiter: ours global (plain service, on the opt-in `CoarseClock` too, and HTTP mode with and without the success headers),
+//! - rate limiter: ours global (plain service, on the opt-in `CoarseClock` too, and HTTP mode with and without the success headers,
+//!   and with a quota where no `RateLimit` value repeats),
 //!   keyed by peer IP in HTTP mode (with and without), tower's `RateLimit`, governor's direct
 //!   limiter, tower_governor (global and peer IP, with and without `use_headers()`), throttle-kit's
 //!   tower layer (in memory);
@@ -155,6 +156,21 @@ where
     };
     run(peers);
     Box::new(run)
+}
+
+/// The global limiter in HTTP mode where no `RateLimit` value repeats: `u32::MAX` requests per 366
+/// days (one unit every 7.4 ms), so every response has one request fewer remaining than the last.
+/// Its policy's table of kept values is full after the warm-up: every value is built per response.
+fn rampart_http_new_values() -> Run {
+    let layer = RateLimitLayer::builder()
+        .quota(tower_rampart::rate_limit::Quota::with_period(
+            u32::MAX,
+            Duration::from_secs(366 * 24 * 3600),
+        ))
+        .http()
+        .build()
+        .expect("valid quota");
+    http_run(layer.layer(json_handler()), 1)
 }
 
 fn rampart_http(peers: u64, headers: bool) -> Run {
@@ -366,6 +382,9 @@ fn scenarios() -> Vec<Scenario> {
             "http/bare",
             || { rampart_http(1, false) }
         ),
+        s!("http/rampart_global_new_values", "http/bare", || {
+            rampart_http_new_values()
+        }),
         s!("http/tower_governor_global", "http/bare", || {
             tower_governor_run(1, false)
         }),

@@ -183,7 +183,8 @@ pub(crate) struct Policy {
     pub(crate) window_secs: u64,
     /// Also send `X-RateLimit-Limit` / `-Remaining` / `-Reset`.
     pub(crate) legacy_headers: bool,
-    /// The `RateLimit-Policy` value, built once per distinct policy (cloning it copies a pointer).
+    /// The `RateLimit-Policy` value, built once per distinct policy (cloning it copies a pointer),
+    /// and the `RateLimit` values kept for it.
     #[cfg(feature = "http")]
-    pub(crate) header: &'static http::HeaderValue,
+    pub(crate) header: &'static super::headers::PolicyHeader,
 }

@@ -200,10 +200,11 @@ where
                     #[cfg_attr(not(feature = "http"), allow(unused_mut))]
                     let mut res = ready!(fut.poll(cx)).map_err(M::Error::from)?;
                     #[cfg(feature = "http")]
-                    if let Some((decision, policy)) = this.headers.take()
+                    // Read in place (no move of the pair out of the future): this state answers once.
+                    if let Some((decision, policy)) = this.headers.as_ref()
                         && let Some(headers) = M::headers_mut(&mut res)
                     {
-                        super::headers::write_rate_limit(headers, &policy, &decision);
+                        super::headers::write_rate_limit(headers, policy, decision);
                     }
                     return Poll::Ready(Ok(res));
                 }

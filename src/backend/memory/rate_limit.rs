@@ -304,6 +304,15 @@ impl Expiring for WindowCell {
     }
 }
 
+/// When and how a decision over a set decides: its one `now`, its cost, whether it only looks,
+/// and whether the key has no data (its first limit's cell is then the store's single one).
+struct Moment {
+    now: Nanos,
+    cost: u32,
+    peek: bool,
+    keyless: bool,
+}
+
 /// The in-memory [`RateLimitStore`]: lock-free GCRA cells (or tiny per-key mutexes for the sliding
 /// window) in a bounded sharded map. Built by [`MemoryBackend`].
 ///
@@ -463,51 +472,80 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
                 d
             };
         }
-        let decide_all = |cells: &[&O::Cell]| {
-            let mut decisions = [Decision::uncounted(0); MAX_LIMITS];
-            let mut spent: [Option<<O::Cell as SetCell>::Moved>; MAX_LIMITS] = [None; MAX_LIMITS];
-            let mut refused = false;
-            let mut shadow_mask = 0u8;
-            for (i, (l, c)) in limits.iter().zip(cells).enumerate() {
-                // Enforced limits spend while every one before them admitted; shadow limits when
-                // they admit themselves.
-                let spend = !peek && (l.shadow || !refused);
-                let (d, moved) = c.decide_traced(&l.limits, now, cost, spend, reread);
-                decisions[i] = d;
-                spent[i] = moved;
-                if !d.is_allowed() {
-                    if l.shadow {
-                        shadow_mask |= 1 << i;
-                    } else {
-                        refused = true;
-                    }
-                }
-            }
-            if refused {
-                for ((l, c), moved) in limits.iter().zip(cells).zip(&spent) {
-                    if let (false, Some(moved)) = (l.shadow, moved) {
-                        c.undo(*moved, cost);
-                    }
-                }
-            }
-            Decision::combine(limits, &decisions[..limits.len()], !refused)
-                .with_shadow_refused(shadow_mask)
+        let at = Moment {
+            now,
+            cost,
+            peek,
+            keyless,
         };
+        // Arrays as long as the set (rounded up), not MAX_LIMITS: filling eight decisions and
+        // eight spends for a set of two was a fifth of the two-limit decision's instructions.
         map.with_grow(
             key,
             &self.limits,
             now,
-            |e| {
-                let mut cells: [&O::Cell; MAX_LIMITS] = [single; MAX_LIMITS];
-                for (c, l) in cells.iter_mut().zip(limits) {
-                    let primary = self.is_primary(l);
-                    if !(primary && keyless) {
-                        *c = e.find(l, primary)?;
-                    }
-                }
-                Some(decide_all(&cells[..limits.len()]))
+            |e| match limits.len() {
+                0..=2 => self.decide_cells::<O, 2>(single, e, limits, &at, reread),
+                3..=4 => self.decide_cells::<O, 4>(single, e, limits, &at, reread),
+                _ => self.decide_cells::<O, MAX_LIMITS>(single, e, limits, &at, reread),
             },
             grow,
+        )
+    }
+
+    /// Decides `limits` (at most `N`) on `entry`'s cells (`single` for a key with no data's first
+    /// limit), or `None` when the entry lacks one of them (nothing decided then).
+    #[inline(always)]
+    fn decide_cells<O: OtherCell, const N: usize>(
+        &self,
+        single: &O::Cell,
+        entry: &Entry<O>,
+        limits: &[SetLimit],
+        at: &Moment,
+        reread: impl Fn() -> Nanos,
+    ) -> Option<Decision> {
+        let &Moment {
+            now,
+            cost,
+            peek,
+            keyless,
+        } = at;
+        let mut cells: [&O::Cell; N] = [single; N];
+        for (c, l) in cells.iter_mut().zip(limits) {
+            let primary = self.is_primary(l);
+            if !(primary && keyless) {
+                *c = entry.find(l, primary)?;
+            }
+        }
+        let mut decisions = [Decision::uncounted(0); N];
+        let mut spent: [Option<<O::Cell as SetCell>::Moved>; N] = [None; N];
+        let mut refused = false;
+        let mut shadow_mask = 0u8;
+        for (i, (l, c)) in limits.iter().zip(&cells).enumerate() {
+            // Enforced limits spend while every one before them admitted; shadow limits when
+            // they admit themselves.
+            let spend = !peek && (l.shadow || !refused);
+            let (d, moved) = c.decide_traced(&l.limits, now, cost, spend, &reread);
+            decisions[i] = d;
+            spent[i] = moved;
+            if !d.is_allowed() {
+                if l.shadow {
+                    shadow_mask |= 1 << i;
+                } else {
+                    refused = true;
+                }
+            }
+        }
+        if refused {
+            for ((l, c), moved) in limits.iter().zip(&cells).zip(&spent) {
+                if let (false, Some(moved)) = (l.shadow, moved) {
+                    c.undo(*moved, cost);
+                }
+            }
+        }
+        Some(
+            Decision::combine(limits, &decisions[..limits.len()], !refused)
+                .with_shadow_refused(shadow_mask),
         )
     }
 

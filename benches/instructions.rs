@@ -24,7 +24,8 @@
 //!   and with a quota where no `RateLimit` value repeats),
 //!   keyed by peer IP in HTTP mode (with and without), tower's `RateLimit`, governor's direct
 //!   limiter, tower_governor (global and peer IP, with and without `use_headers()`), throttle-kit's
-//!   tower layer (in memory);
+//!   tower layer (in memory); our in-memory store alone (`RateLimitStore::check`, no service), one
+//!   limit and two;
 //! - circuit breaker closed; retry with a successful first attempt (ours, ours without a budget,
 //!   tower's `Retry`); cache hit (and with one event hook); the stack rate limit + circuit breaker + retry.
 //! - Redis (`redis1/*`, `redis64/*`, each row on its own `redis-server`; see `instructions_redis.rs`):
@@ -54,7 +55,7 @@ use tower_rampart::cache::{CacheEvent, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitBreakerLayer;
 use tower_rampart::clock::CoarseClock;
 use tower_rampart::key::{PeerIp, key_fn};
-use tower_rampart::rate_limit::{Limit, RateLimitLayer};
+use tower_rampart::rate_limit::{Ask, Check, Limit, RateLimitLayer, RateLimitStore};
 use tower_rampart::retry::RetryLayer;
 
 #[allow(dead_code)]
@@ -105,6 +106,25 @@ where
             match call_now(&mut svc, &mut cx, black_box(i)) {
                 Ok(v) => drop(black_box(v)),
                 Err(_) => refused(),
+            }
+        }
+    })
+}
+
+/// Runs `n` decisions of an in-memory store over `limits` on 1,024 keys, without a service.
+fn store_run(limits: Vec<Limit>) -> Run {
+    let layer = RateLimitLayer::builder()
+        .limits(limits)
+        .key(key_fn(|n: &u64| Some(n % 1024)))
+        .build()
+        .expect("valid quota");
+    let set = layer.limit_set();
+    Box::new(move |n| {
+        let store = layer.store();
+        for i in 0..n {
+            match store.check(&black_box(i % 1024), &Ask::new(&set)) {
+                Check::Ready(Ok(d)) if d.is_allowed() => drop(black_box(d)),
+                _ => refused(),
             }
         }
     })
@@ -304,6 +324,16 @@ fn scenarios() -> Vec<Scenario> {
                     .expect("valid quota");
                 u64_run(layer.layer(bare_u64()))
             }
+        ),
+        // The in-memory store alone (`RateLimitStore::check`, 1,024 keys), one limit and two
+        // (#18's 1.6x goal at the store).
+        s!("u64/rampart_rate_limit_store_one_limit", "u64/bare", || {
+            store_run(vec![Limit::new("a", HUGE)])
+        }),
+        s!(
+            "u64/rampart_rate_limit_store_two_limits",
+            "u64/bare",
+            || store_run(vec![Limit::new("a", HUGE), Limit::new("b", HUGE)])
         ),
         s!("u64/tower_rate_limit", "u64/bare", || {
             u64_run(

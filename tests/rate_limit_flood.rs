@@ -20,8 +20,8 @@ static ALLOC: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX)
 /// peak (table growth and eviction included), for IP-address keys.
 fn max_bytes_per_key(algorithm: Algorithm) -> usize {
     match algorithm {
-        Algorithm::Gcra => 96,
-        _ => 144,
+        Algorithm::Gcra => 64,
+        _ => 96,
     }
 }
 

@@ -120,42 +120,77 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         f(&entry.get().1)
     }
 
-    /// Runs `f` on the value for `key` (hashed as `hash`, recognised by `eq`), creating it with
-    /// `make` if absent: [`with`](Self::with) for callers that can compare and hash a key without
-    /// building it (the in-memory rate limit store's `(key, limit)` pairs).
+    /// Runs `f` on the value for `key`, creating it if absent; when `f` finds the value lacking
+    /// (returns `None`), takes the shard's write lock, lets `grow` add what was missing, and runs
+    /// `f` again there. A value that already has what `f` needs is read under the read lock only,
+    /// as [`with`](Self::with) reads it: the in-memory rate limit store's keys, whose cells for
+    /// limits other than the first are added the first time a decision names them.
+    ///
+    /// `f` must return `Some` once `grow` has run, and must have done nothing when it returns
+    /// `None`.
     #[inline]
-    pub(crate) fn with_hashed<R>(
+    pub(crate) fn with_grow<R>(
         &self,
-        hash: u64,
-        eq: impl Fn(&K) -> bool,
-        make: impl FnOnce() -> K,
+        key: &K,
         cx: &V::Context,
         now: Nanos,
-        f: impl FnOnce(&V) -> R,
-    ) -> R {
+        mut f: impl FnMut(&V) -> Option<R>,
+        grow: impl FnOnce(&mut V),
+    ) -> R
+    where
+        K: Clone,
+    {
+        let hash = self.hasher.hash_one(key);
         let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
         {
             let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, v)) = state.table.find(hash, |(k, _)| eq(k)) {
-                return f(v);
+            if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key)
+                && let Some(r) = f(v)
+            {
+                return r;
             }
         }
-        let mut state = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, v)) = state.table.find(hash, |(k, _)| eq(k)) {
-            return f(v);
-        }
-        Self::make_room(&mut state, shard.cap, &self.hasher, cx, now);
-        let hasher = &self.hasher;
-        let entry = state
-            .table
-            .insert_unique(hash, (make(), V::default()), |(k, _)| hasher.hash_one(k));
-        f(&entry.get().1)
+        self.grow_slow(shard, hash, key, cx, now, f, grow)
     }
 
-    /// The hash this map gives `value` (equal to a key's when `value` hashes as the key does).
-    #[inline]
-    pub(crate) fn hash_of(&self, value: impl Hash) -> u64 {
-        self.hasher.hash_one(value)
+    /// [`with_grow`](Self::with_grow)'s write-locked part, out of line: it runs once per key and
+    /// new limit.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn grow_slow<R>(
+        &self,
+        shard: &Shard<K, V>,
+        hash: u64,
+        key: &K,
+        cx: &V::Context,
+        now: Nanos,
+        mut f: impl FnMut(&V) -> Option<R>,
+        grow: impl FnOnce(&mut V),
+    ) -> R
+    where
+        K: Clone,
+    {
+        let mut state = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *state;
+        if state.table.find(hash, |(k, _)| k == key).is_none() {
+            Self::make_room(state, shard.cap, &self.hasher, cx, now);
+            let hasher = &self.hasher;
+            state
+                .table
+                .insert_unique(hash, (key.clone(), V::default()), |(k, _)| {
+                    hasher.hash_one(k)
+                });
+        }
+        let (_, v) = state
+            .table
+            .find_mut(hash, |(k, _)| k == key)
+            .expect("the value was just found or inserted under the write lock");
+        if let Some(r) = f(v) {
+            return r; // another thread grew it meanwhile
+        }
+        grow(v);
+        f(v).expect("a grown value has what was asked")
     }
 
     /// Runs `f` on the value for `key` if there is one; never inserts.
@@ -190,14 +225,19 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
             let (_, threshold, _) = dues.select_nth_unstable(cut - 1);
             let threshold = *threshold;
             let mut to_drop = cut;
-            state.table.retain(|(_, v)| {
+            // Into a fresh table of the shard's size: erased in place, the forgotten values
+            // would leave tombstones, and hashbrown doubles a table whose tombstones run its
+            // room out while it is more than half full (a flooded shard's table grew to twice
+            // the buckets its cap needs: 4,096 for 1,563 keys).
+            let mut kept = HashTable::with_capacity(cap);
+            for (k, v) in state.table.drain() {
                 if to_drop > 0 && v.due(cx) <= threshold {
                     to_drop -= 1;
-                    false
                 } else {
-                    true
+                    kept.insert_unique(hasher.hash_one(&k), (k, v), |(k, _)| hasher.hash_one(k));
                 }
-            });
+            }
+            state.table = kept;
             tracing::debug!(
                 shard_cap = cap,
                 forgotten = cut,

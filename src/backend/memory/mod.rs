@@ -8,10 +8,12 @@
 //!
 //! Measured by the `rate_limit_flood` test, which floods a store with 1,000,000 distinct IP-address
 //! keys that all stay active: at its peak (table growth and eviction included) a store holds
-//! **82-86 bytes per key of capacity with GCRA** and **124-128 with the sliding window** (the
-//! range is hash-seed noise); the test fails above 96 and 144. The default cap of 100,000 keys therefore bounds one limiter at about 9 MB
-//! (GCRA) or 12.5 MB (sliding window), whatever the traffic. Larger keys (strings, header values)
-//! add their own size.
+//! **53 bytes per key of capacity with GCRA** and **74 with the sliding window**; the test fails
+//! above 64 and 96. The default cap of 100,000 keys therefore bounds one limiter at about 5.4 MB
+//! (GCRA) or 7.5 MB (sliding window), whatever the traffic. Larger keys (strings, header values)
+//! add their own size, and a key limited by more than one limit its other limits' cells (one
+//! allocation per key: 16 bytes per limit with GCRA, 40 with the sliding window, rounded up to
+//! four limits, and 24 bytes more).
 //!
 //! The cache's store, [`MemoryCacheStore`] (feature `cache`), is bounded by bytes instead (entries
 //! and tables, measured by the `cache_flood` test): see its documentation.

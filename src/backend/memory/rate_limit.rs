@@ -18,6 +18,266 @@ use crate::rate_limit::{
     SetLimit,
 };
 
+/// A cell of one limit's state for one key, as a decision over a set uses it: decide (spending or
+/// not) and take a spend back.
+trait SetCell: Default + Send + Sync + 'static {
+    /// What a spend moved, to take it back.
+    type Moved: Copy;
+
+    /// Decides `cost` units at `now`, spending them unless `peek` (no trace kept).
+    fn decide(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        peek: bool,
+        reread: impl FnMut() -> Nanos,
+    ) -> Decision;
+
+    /// Decides `cost` units at `now`, spending them if `spend` and admitted; returns what the
+    /// spend moved.
+    fn decide_traced(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        spend: bool,
+        reread: impl FnMut() -> Nanos,
+    ) -> (Decision, Option<Self::Moved>);
+
+    /// Takes back a spend of `cost` units that moved this cell by `moved`.
+    fn undo(&self, moved: Self::Moved, cost: u32);
+}
+
+impl SetCell for GcraCell {
+    type Moved = (Nanos, Nanos);
+
+    #[inline(always)]
+    fn decide(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        peek: bool,
+        reread: impl FnMut() -> Nanos,
+    ) -> Decision {
+        if peek {
+            self.peek(limits, now, cost)
+        } else {
+            self.check_units(limits, now, cost, reread)
+        }
+    }
+
+    #[inline(always)]
+    fn decide_traced(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        spend: bool,
+        reread: impl FnMut() -> Nanos,
+    ) -> (Decision, Option<(Nanos, Nanos)>) {
+        if spend {
+            self.check_traced(limits, now, cost, reread)
+        } else {
+            (self.peek(limits, now, cost), None)
+        }
+    }
+
+    fn undo(&self, (old, new): (Nanos, Nanos), _cost: u32) {
+        GcraCell::undo(self, old, new);
+    }
+}
+
+impl SetCell for WindowCell {
+    type Moved = Window;
+
+    #[inline(always)]
+    fn decide(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        peek: bool,
+        _reread: impl FnMut() -> Nanos,
+    ) -> Decision {
+        self.check_units(limits, now, cost, peek)
+    }
+
+    #[inline(always)]
+    fn decide_traced(
+        &self,
+        limits: &Limits,
+        now: Nanos,
+        cost: u32,
+        spend: bool,
+        _reread: impl FnMut() -> Nanos,
+    ) -> (Decision, Option<Window>) {
+        let (d, moved) = self.check_traced(limits, now, cost, !spend);
+        (d, moved.map(|(_, new)| new))
+    }
+
+    fn undo(&self, new: Window, cost: u32) {
+        WindowCell::undo(self, new, cost);
+    }
+}
+
+/// The state of a limit other than the store's first, kept in a key's [`Entry`]: it judges its
+/// own idleness (the map's context is the first limit's).
+trait OtherCell: Default + Send + Sync + 'static {
+    /// The cell a decision runs on.
+    type Cell: SetCell;
+
+    /// The cell, for a decision under `limits`.
+    fn cell(&self, limits: &Limits) -> &Self::Cell;
+
+    /// Whether forgetting this state now changes nothing.
+    fn is_idle(&self, now: Nanos) -> bool;
+
+    /// When the state will be idle.
+    fn due(&self) -> Nanos;
+}
+
+impl OtherCell for GcraCell {
+    type Cell = GcraCell;
+
+    #[inline(always)]
+    fn cell(&self, _: &Limits) -> &GcraCell {
+        self
+    }
+
+    #[inline]
+    fn is_idle(&self, now: Nanos) -> bool {
+        GcraCell::is_idle(self, now)
+    }
+
+    fn due(&self) -> Nanos {
+        GcraCell::due(self)
+    }
+}
+
+/// A sliding-window cell of a limit other than the store's first: it keeps its own period, since
+/// one key's entry holds the states of limits with different periods.
+#[derive(Debug, Default)]
+struct NamedWindow {
+    cell: WindowCell,
+    period: AtomicU64,
+}
+
+impl NamedWindow {
+    fn limits(&self) -> Limits {
+        let period = self.period.load(Ordering::Relaxed).max(1);
+        Limits {
+            limit: 1,
+            burst: 1,
+            period,
+            emission: period,
+            tolerance: period,
+        }
+    }
+}
+
+impl OtherCell for NamedWindow {
+    type Cell = WindowCell;
+
+    /// The cell, its counts moved to `limits`' period if the limit's period changed (their
+    /// windows' start times kept: conservative, nothing counted is dropped early).
+    #[inline]
+    fn cell(&self, limits: &Limits) -> &WindowCell {
+        let old = self.period.load(Ordering::Relaxed);
+        if old != limits.period {
+            if old != 0 {
+                self.cell.rescale(old, limits.period);
+            }
+            self.period.store(limits.period, Ordering::Relaxed);
+        }
+        &self.cell
+    }
+
+    #[inline]
+    fn is_idle(&self, now: Nanos) -> bool {
+        self.cell.is_idle(&self.limits(), now)
+    }
+
+    fn due(&self) -> Nanos {
+        self.cell.due(&self.limits())
+    }
+}
+
+/// One key's state in the store: the cell of the layer's first default limit, and beside it the
+/// cells of the other limits the key was decided under (added the first time a decision names
+/// one, under the shard's write lock; found by the limit's id, in the order they were added). A
+/// decision over any set of limits finds every cell it needs with one lookup of the key.
+struct Entry<O: OtherCell> {
+    primary: O::Cell,
+    others: Option<Box<Others<O>>>,
+}
+
+/// A key's cells of limits other than the first, behind one thin pointer (a `Vec` in a box: a
+/// key with only the first limit pays 8 bytes for them, not a `Vec`'s 24).
+#[derive(Default)]
+struct Others<O>(Vec<(u16, O)>);
+
+impl<O: OtherCell> Default for Entry<O> {
+    fn default() -> Self {
+        Self {
+            primary: O::Cell::default(),
+            others: None,
+        }
+    }
+}
+
+impl<O: OtherCell> Entry<O> {
+    /// The cell of `limit` (the first limit's if `primary`), if this key has one yet.
+    #[inline(always)]
+    fn find(&self, limit: &SetLimit, primary: bool) -> Option<&O::Cell> {
+        if primary {
+            return Some(&self.primary);
+        }
+        let (_, other) = self
+            .others
+            .as_ref()?
+            .0
+            .iter()
+            .find(|(id, _)| *id == limit.id)?;
+        Some(other.cell(&limit.limits))
+    }
+
+    /// Adds a fresh cell for limit `id` unless there is one.
+    fn add(&mut self, id: u16) {
+        let others = &mut self.others.get_or_insert_with(Default::default).0;
+        if !others.iter().any(|(i, _)| *i == id) {
+            others.push((id, O::default()));
+        }
+    }
+}
+
+impl<O: OtherCell> Expiring for Entry<O>
+where
+    O::Cell: Expiring<Context = Limits>,
+{
+    type Context = Limits;
+
+    /// Idle when every one of the key's cells is: forgetting the key forgets all its limits at once.
+    #[inline]
+    fn is_idle(&self, limits: &Limits, now: Nanos) -> bool {
+        self.primary.is_idle(limits, now)
+            && self
+                .others
+                .as_ref()
+                .is_none_or(|o| o.0.iter().all(|(_, c)| c.is_idle(now)))
+    }
+
+    /// When the last of the key's cells will be idle.
+    fn due(&self, limits: &Limits) -> Nanos {
+        let others = self
+            .others
+            .as_ref()
+            .map_or(0, |o| o.0.iter().map(|(_, c)| c.due()).max().unwrap_or(0));
+        self.primary.due(limits).max(others)
+    }
+}
+
 impl Expiring for GcraCell {
     type Context = Limits;
 
@@ -44,78 +304,42 @@ impl Expiring for WindowCell {
     }
 }
 
-/// A sliding-window cell of a limit other than the store's first: it keeps its own period, since
-/// one map holds the states of limits with different periods.
-#[derive(Debug, Default)]
-pub(crate) struct NamedWindow {
-    cell: WindowCell,
-    period: AtomicU64,
-}
-
-impl NamedWindow {
-    /// The cell, its counts moved to `limits`' period if the limit's period changed (their
-    /// windows' start times kept: conservative, nothing counted is dropped early).
-    #[inline]
-    fn cell(&self, limits: &Limits) -> &WindowCell {
-        let old = self.period.load(Ordering::Relaxed);
-        if old != limits.period {
-            if old != 0 {
-                self.cell.rescale(old, limits.period);
-            }
-            self.period.store(limits.period, Ordering::Relaxed);
-        }
-        &self.cell
-    }
-
-    fn limits(&self) -> Limits {
-        let period = self.period.load(Ordering::Relaxed).max(1);
-        Limits {
-            limit: 1,
-            burst: 1,
-            period,
-            emission: period,
-            tolerance: period,
-        }
-    }
-}
-
-impl Expiring for NamedWindow {
-    type Context = Limits;
-
-    #[inline]
-    fn is_idle(&self, _: &Limits, now: Nanos) -> bool {
-        self.cell.is_idle(&self.limits(), now)
-    }
-
-    fn due(&self, _: &Limits) -> Nanos {
-        self.cell.due(&self.limits())
-    }
+/// When and how a decision over a set decides: its one `now`, its cost, whether it only looks,
+/// and whether the key has no data (its first limit's cell is then the store's single one).
+struct Moment {
+    now: Nanos,
+    cost: u32,
+    peek: bool,
+    keyless: bool,
 }
 
 /// The in-memory [`RateLimitStore`]: lock-free GCRA cells (or tiny per-key mutexes for the sliding
 /// window) in a bounded sharded map. Built by [`MemoryBackend`].
 ///
-/// State is kept per key and per limit name. The layer's first default limit (the one
-/// [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets) has a map of its own keyed by the
-/// key alone, exactly as a single-quota limiter; every other limit shares a second map keyed by
-/// (key, limit). Each map holds at most [`max_keys`](MemoryBackend::max_keys) entries.
+/// State is kept per key and per limit name, in one entry per key: the layer's first default
+/// limit's cell (the one [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets), exactly as
+/// a single-quota limiter keeps it, and beside it the cells of the key's other limits, added the
+/// first time a decision names one. The map holds at most [`max_keys`](MemoryBackend::max_keys)
+/// keys, each with all its limits; a key is forgotten (all its limits at once) when every one of
+/// them is idle, or, in a shard full of active keys, when the last of them is due soonest.
 ///
-/// A decision over one limit is one atomic operation on one cell. A decision over several limits
-/// decides them in order at one `now`, each enforced limit spending as it admits (one atomic
-/// operation per cell); when a later enforced limit refuses, the earlier ones take their spend
-/// back (exactly their own length, so spends made on top of it stay). So a set is spent all or
-/// nothing, with no lock (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits` measures
-/// it). The one trade: a decision racing with a set that is about to be refused may see that
-/// set's spend and be refused too, so a hot key can be under-admitted by a few units at such
-/// instants, never over-admitted.
+/// A decision over one limit is one lookup and one atomic operation on one cell. A decision over
+/// several limits finds the key's entry once and decides the limits in order at one `now`, each
+/// enforced limit spending as it admits (one atomic operation per cell); when a later enforced
+/// limit refuses, the earlier ones take their spend back (exactly their own length, so spends
+/// made on top of it stay). So a set is spent all or nothing, with no lock but the shard's read
+/// side (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits` measures it). The one
+/// trade: a decision racing with a set that is about to be refused may see that set's spend and
+/// be refused too, so a hot key can be under-admitted by a few units at such instants, never
+/// over-admitted.
 ///
-/// A key type with no data (such as the global key `()`) skips the first map altogether: the
-/// whole single-limit limiter is then one atomic word.
+/// A key type with no data (such as the global key `()`) keeps its first limit's cell outside the
+/// map: the whole single-limit limiter is then one atomic word.
 pub struct MemoryRateLimitStore<K, C = crate::clock::TokioClock> {
     limits: Limits,
     /// The layer's default set, as built.
     set: Arc<LimitSet>,
-    /// The id of the first default limit's name: its state lives in the key-only map.
+    /// The id of the first default limit's name: its state is each entry's primary cell.
     primary: u16,
     clock: C,
     cells: Cells<K>,
@@ -124,13 +348,11 @@ pub struct MemoryRateLimitStore<K, C = crate::clock::TokioClock> {
 enum Cells<K> {
     Gcra {
         single: GcraCell,
-        map: BoundedMap<K, GcraCell>,
-        others: BoundedMap<(K, u16), GcraCell>,
+        map: BoundedMap<K, Entry<GcraCell>>,
     },
     Window {
         single: WindowCell,
-        map: BoundedMap<K, WindowCell>,
-        others: BoundedMap<(K, u16), NamedWindow>,
+        map: BoundedMap<K, Entry<NamedWindow>>,
     },
 }
 
@@ -146,13 +368,6 @@ impl<K, C: fmt::Debug> fmt::Debug for MemoryRateLimitStore<K, C> {
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
-}
-
-/// The state of one limit read for a decision over several.
-#[derive(Clone, Copy)]
-enum State {
-    Tat(Nanos),
-    Window(Window),
 }
 
 impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
@@ -174,18 +389,19 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             Cells::Gcra { single, .. } if keyless => {
                 single.check_with(limits, now, || self.clock.now())
             }
-            Cells::Gcra { map, .. } => map.with(key, limits, now, |c| {
-                c.check_with(limits, now, || self.clock.now())
+            Cells::Gcra { map, .. } => map.with(key, limits, now, |e| {
+                e.primary.check_with(limits, now, || self.clock.now())
             }),
             Cells::Window { single, .. } if keyless => single.check_units(limits, now, 1, false),
-            Cells::Window { map, .. } => {
-                map.with(key, limits, now, |c| c.check_units(limits, now, 1, false))
-            }
+            Cells::Window { map, .. } => map.with(key, limits, now, |e| {
+                e.primary.check_units(limits, now, 1, false)
+            }),
         }
     }
 
-    /// Whether `limit`'s state lives in the key-only map: the first default limit's name, and
-    /// for the sliding window its period too (that map judges idleness by the caller's period).
+    /// Whether `limit`'s state is the entries' primary cell: the first default limit's name, and
+    /// for the sliding window its period too (the map judges a primary cell's idleness by the
+    /// built period).
     #[inline(always)]
     fn is_primary(&self, limit: &SetLimit) -> bool {
         limit.id == self.primary
@@ -195,147 +411,121 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             }
     }
 
-    /// Decides `cost` units of one limit for `key` at `now`, spending them unless `peek`.
+    /// Decides `ask`'s set for `key` (any set, cost or peek).
     #[inline(always)]
-    fn decide_one(&self, key: &K, limit: &SetLimit, now: Nanos, cost: u32, peek: bool) -> Decision {
-        let limits = &limit.limits;
-        let gcra = |c: &GcraCell| {
-            if peek {
-                c.peek(limits, now, cost)
-            } else {
-                c.check_units(limits, now, cost, || self.clock.now())
-            }
-        };
-        let window = |c: &WindowCell| c.check_units(limits, now, cost, peek);
-        self.with_cell(key, limit, now, gcra, window)
-    }
-
-    /// Runs `gcra` or `window` (whichever this store's algorithm is) on `limit`'s cell for `key`:
-    /// the first default limit's in the key-only map (or the single cell of a key with no data),
-    /// any other limit's in the (key, limit) map. Every decision about one limit finds its cell
-    /// here.
-    #[inline(always)]
-    fn with_cell<R>(
-        &self,
-        key: &K,
-        limit: &SetLimit,
-        now: Nanos,
-        gcra: impl FnOnce(&GcraCell) -> R,
-        window: impl FnOnce(&WindowCell) -> R,
-    ) -> R {
-        let limits = &limit.limits;
-        let keyless = std::mem::size_of::<K>() == 0;
-        if self.is_primary(limit) {
-            return match &self.cells {
-                Cells::Gcra { single, .. } if keyless => gcra(single),
-                Cells::Gcra { map, .. } => map.with(key, limits, now, gcra),
-                Cells::Window { single, .. } if keyless => window(single),
-                Cells::Window { map, .. } => map.with(key, limits, now, window),
-            };
-        }
+    fn decide_ask(&self, key: &K, limits: &[SetLimit], cost: u32, peek: bool) -> Decision {
         match &self.cells {
-            Cells::Gcra { others, .. } => self.with_other(others, key, limit, now, gcra),
-            Cells::Window { others, .. } => {
-                self.with_other(others, key, limit, now, |c| window(c.cell(limits)))
-            }
+            Cells::Gcra { single, map } => self.decide_in(single, map, key, limits, cost, peek),
+            Cells::Window { single, map } => self.decide_in(single, map, key, limits, cost, peek),
         }
     }
 
-    /// Runs `f` on `limit`'s cell for `key` in the (key, limit) map, without cloning the key
-    /// unless the cell is new.
-    #[inline]
-    fn with_other<V: Expiring<Context = Limits>, R>(
-        &self,
-        map: &BoundedMap<(K, u16), V>,
-        key: &K,
-        limit: &SetLimit,
-        now: Nanos,
-        f: impl FnOnce(&V) -> R,
-    ) -> R {
-        let id = limit.id;
-        let hash = map.hash_of((key, id));
-        map.with_hashed(
-            hash,
-            |(k, i)| *i == id && k == key,
-            || (key.clone(), id),
-            &limit.limits,
-            now,
-            f,
-        )
-    }
-
-    /// Decides `cost` units of one limit for `key` at `now`, spending them if `spend` and the
-    /// limit admits; returns the decision and, when spent, the state before and after (to take the
-    /// spend back).
-    fn decide_traced(
-        &self,
-        key: &K,
-        limit: &SetLimit,
-        now: Nanos,
-        cost: u32,
-        spend: bool,
-    ) -> (Decision, Option<(State, State)>) {
-        let limits = &limit.limits;
-        let gcra = |c: &GcraCell| {
-            if spend {
-                let (d, moved) = c.check_traced(limits, now, cost, || self.clock.now());
-                (d, moved.map(|(o, n)| (State::Tat(o), State::Tat(n))))
-            } else {
-                (c.peek(limits, now, cost), None)
-            }
-        };
-        let window = |c: &WindowCell| {
-            let (d, moved) = c.check_traced(limits, now, cost, !spend);
-            (d, moved.map(|(o, n)| (State::Window(o), State::Window(n))))
-        };
-        self.with_cell(key, limit, now, gcra, window)
-    }
-
-    /// Takes back a spend of `cost` units that moved `limit`'s state for `key` from `old` to
-    /// `new`.
-    fn undo(&self, key: &K, limit: &SetLimit, now: Nanos, (old, new): (State, State), cost: u32) {
-        let gcra = |c: &GcraCell| {
-            if let (State::Tat(o), State::Tat(n)) = (old, new) {
-                c.undo(o, n);
-            }
-        };
-        let window = |c: &WindowCell| {
-            if let State::Window(n) = new {
-                c.undo(n, cost);
-            }
-        };
-        self.with_cell(key, limit, now, gcra, window);
-    }
-
-    /// Decides a set of several limits (or one shadow limit, or any cost or peek) for `key`.
+    /// Decides `limits` for `key` with the algorithm's `single` cell (a key with no data's first
+    /// limit) and `map`: one lookup of the key's entry, which gets the cells it lacks first.
     ///
-    /// Limits are decided in order at one `now`, each spending as it admits (one lookup each on
-    /// the admitted path); once an enforced limit refuses, the rest are only looked at, and the
-    /// enforced limits that had spent take it back. A concurrent decision may see such a spend
-    /// before it is taken back and refuse: never admit more than the limits allow.
-    fn decide_set(&self, key: &K, ask: &Ask<'_>) -> Decision {
-        let set = ask.set();
-        let limits = set.limits();
-        let (cost, peek) = (ask.units(), ask.is_peek());
+    /// Limits are decided in order at one `now`, each spending as it admits; once an enforced
+    /// limit refuses, the rest are only looked at, and the enforced limits that had spent take
+    /// it back. A concurrent decision may see such a spend before it is taken back and refuse:
+    /// never admit more than the limits allow.
+    #[inline(always)]
+    fn decide_in<O: OtherCell>(
+        &self,
+        single: &O::Cell,
+        map: &BoundedMap<K, Entry<O>>,
+        key: &K,
+        limits: &[SetLimit],
+        cost: u32,
+        peek: bool,
+    ) -> Decision
+    where
+        O::Cell: Expiring<Context = Limits>,
+    {
         let now = self.clock.now();
+        let keyless = std::mem::size_of::<K>() == 0;
+        let reread = || self.clock.now();
+        let grow = |e: &mut Entry<O>| {
+            for l in limits {
+                if !self.is_primary(l) {
+                    e.add(l.id);
+                }
+            }
+        };
         if let [one] = limits {
-            let d = self.decide_one(key, one, now, cost, peek);
+            let primary = self.is_primary(one);
+            let d = if primary && keyless {
+                single.decide(&one.limits, now, cost, peek, reread)
+            } else {
+                map.with_grow(
+                    key,
+                    &self.limits,
+                    now,
+                    |e| {
+                        let c = e.find(one, primary)?;
+                        Some(c.decide(&one.limits, now, cost, peek, reread))
+                    },
+                    grow,
+                )
+            };
             return if one.shadow && !d.is_allowed() {
                 d.admitted_anyway().with_shadow_refused(1)
             } else {
                 d
             };
         }
-        let n = limits.len();
-        let mut decisions = [Decision::uncounted(0); MAX_LIMITS];
-        let mut spent: [Option<(State, State)>; MAX_LIMITS] = [None; MAX_LIMITS];
+        let at = Moment {
+            now,
+            cost,
+            peek,
+            keyless,
+        };
+        // Arrays as long as the set (rounded up), not MAX_LIMITS: filling eight decisions and
+        // eight spends for a set of two was a fifth of the two-limit decision's instructions.
+        map.with_grow(
+            key,
+            &self.limits,
+            now,
+            |e| match limits.len() {
+                0..=2 => self.decide_cells::<O, 2>(single, e, limits, &at, reread),
+                3..=4 => self.decide_cells::<O, 4>(single, e, limits, &at, reread),
+                _ => self.decide_cells::<O, MAX_LIMITS>(single, e, limits, &at, reread),
+            },
+            grow,
+        )
+    }
+
+    /// Decides `limits` (at most `N`) on `entry`'s cells (`single` for a key with no data's first
+    /// limit), or `None` when the entry lacks one of them (nothing decided then).
+    #[inline(always)]
+    fn decide_cells<O: OtherCell, const N: usize>(
+        &self,
+        single: &O::Cell,
+        entry: &Entry<O>,
+        limits: &[SetLimit],
+        at: &Moment,
+        reread: impl Fn() -> Nanos,
+    ) -> Option<Decision> {
+        let &Moment {
+            now,
+            cost,
+            peek,
+            keyless,
+        } = at;
+        let mut cells: [&O::Cell; N] = [single; N];
+        for (c, l) in cells.iter_mut().zip(limits) {
+            let primary = self.is_primary(l);
+            if !(primary && keyless) {
+                *c = entry.find(l, primary)?;
+            }
+        }
+        let mut decisions = [Decision::uncounted(0); N];
+        let mut spent: [Option<<O::Cell as SetCell>::Moved>; N] = [None; N];
         let mut refused = false;
         let mut shadow_mask = 0u8;
-        for (i, l) in limits.iter().enumerate() {
+        for (i, (l, c)) in limits.iter().zip(&cells).enumerate() {
             // Enforced limits spend while every one before them admitted; shadow limits when
             // they admit themselves.
             let spend = !peek && (l.shadow || !refused);
-            let (d, moved) = self.decide_traced(key, l, now, cost, spend);
+            let (d, moved) = c.decide_traced(&l.limits, now, cost, spend, &reread);
             decisions[i] = d;
             spent[i] = moved;
             if !d.is_allowed() {
@@ -347,21 +537,24 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             }
         }
         if refused {
-            for (l, moved) in limits.iter().zip(&spent) {
+            for ((l, c), moved) in limits.iter().zip(&cells).zip(&spent) {
                 if let (false, Some(moved)) = (l.shadow, moved) {
-                    self.undo(key, l, now, *moved, cost);
+                    c.undo(*moved, cost);
                 }
             }
         }
-        Decision::combine(limits, &decisions[..n], !refused).with_shadow_refused(shadow_mask)
+        Some(
+            Decision::combine(limits, &decisions[..limits.len()], !refused)
+                .with_shadow_refused(shadow_mask),
+        )
     }
 
-    /// How many keys the store holds right now (idle ones included until they are swept), for
-    /// every limit: a key limited by two limits counts twice.
+    /// How many keys the store holds right now (idle ones included until they are swept); a key
+    /// counts once, whatever the number of its limits.
     pub fn len(&self) -> usize {
         match &self.cells {
-            Cells::Gcra { map, others, .. } => map.len() + others.len(),
-            Cells::Window { map, others, .. } => map.len() + others.len(),
+            Cells::Gcra { map, .. } => map.len(),
+            Cells::Window { map, .. } => map.len(),
         }
     }
 
@@ -370,8 +563,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         self.len() == 0
     }
 
-    /// The most keys the store will hold for the layer's first default limit (and as many again
-    /// for every other limit together).
+    /// The most keys the store will hold, each with all its limits.
     pub fn capacity(&self) -> usize {
         match &self.cells {
             Cells::Gcra { map, .. } => map.capacity(),
@@ -389,14 +581,13 @@ where
 
     #[inline(always)]
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<Self::Future> {
-        if let Some(limit) = ask.plain() {
-            if self.is_primary(limit) {
-                return Check::Ready(Ok(self.decide_primary(key, &limit.limits)));
-            }
-            let now = self.clock.now();
-            return Check::Ready(Ok(self.decide_one(key, limit, now, 1, false)));
+        if let Some(limit) = ask.plain()
+            && self.is_primary(limit)
+        {
+            return Check::Ready(Ok(self.decide_primary(key, &limit.limits)));
         }
-        Check::Ready(Ok(self.decide_set(key, ask)))
+        let limits = ask.set().limits();
+        Check::Ready(Ok(self.decide_ask(key, limits, ask.units(), ask.is_peek())))
     }
 
     /// The plain decision on the store's own first limit, as built: the set is not read.
@@ -421,12 +612,10 @@ where
             Algorithm::Gcra => Cells::Gcra {
                 single: GcraCell::default(),
                 map: BoundedMap::new(max_keys),
-                others: BoundedMap::new(max_keys),
             },
             Algorithm::SlidingWindow => Cells::Window {
                 single: WindowCell::default(),
                 map: BoundedMap::new(max_keys),
-                others: BoundedMap::new(max_keys),
             },
         };
         Ok(MemoryRateLimitStore {
@@ -442,5 +631,62 @@ where
 impl<K, C> crate::rate_limit::StoreLimits for MemoryRateLimitStore<K, C> {
     fn limit_set(&self) -> &Arc<crate::rate_limit::LimitSet> {
         &self.set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::backend::MemoryBackend;
+    use crate::clock::ManualClock;
+    use crate::key::key_fn;
+    use crate::rate_limit::{
+        Algorithm, Ask, Check, Limit, LimitSet, Quota, RateLimitLayer, RateLimitStore,
+    };
+
+    #[test]
+    fn a_key_is_one_entry_with_all_its_limits_counted_and_evicted_once() {
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            let clock = ManualClock::new();
+            let layer = RateLimitLayer::builder()
+                .limits([
+                    Limit::new("hour", Quota::per_hour(10)),
+                    Limit::new("burst", Quota::per_hour(3)),
+                ])
+                .algorithm(algorithm)
+                .key(key_fn(|k: &u64| Some(*k)))
+                .backend(MemoryBackend::new().max_keys(128).clock(clock.clone()))
+                .build()
+                .unwrap();
+            let (store, set) = (layer.store(), layer.limit_set());
+            let check = |k: u64| match store.check(&k, &Ask::new(&set)) {
+                Check::Ready(Ok(d)) => d,
+                _ => unreachable!("the memory store decides at once"),
+            };
+            // 200 keys through a store of 128: each key spends both limits, the cap counts keys.
+            for k in 0..200 {
+                for _ in 0..3 {
+                    assert!(check(k).is_allowed(), "{algorithm:?} key {k}");
+                }
+                assert!(store.len() <= store.capacity(), "{}", store.len());
+            }
+            assert!(store.len() > 64, "eviction is too eager: {}", store.len());
+            // The newest key kept both its limits: the second refuses, the first was not spent.
+            let refused = check(199);
+            assert!(!refused.is_allowed());
+            assert_eq!(refused.policy_index(), 1);
+            let hour = LimitSet::new(algorithm, &[Limit::new("hour", Quota::per_hour(10))], false)
+                .unwrap();
+            match store.check(&199, &Ask::new(&hour).peek()) {
+                // 10, 3 spent, and the one peeked at.
+                Check::Ready(Ok(d)) => assert_eq!(d.remaining(), 6, "{algorithm:?}"),
+                _ => unreachable!(),
+            }
+            // Once every limit of every key is idle, a new key sweeps them all (each once).
+            clock.advance(Duration::from_secs(3 * 3600));
+            check(1_000);
+            assert_eq!(store.len(), 1, "{algorithm:?}");
+        }
     }
 }

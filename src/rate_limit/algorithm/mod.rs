@@ -10,6 +10,7 @@ pub(crate) mod gcra;
 #[cfg_attr(not(feature = "memory"), allow(dead_code))]
 pub(crate) mod sliding_window;
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::clock::Nanos;
@@ -19,23 +20,47 @@ use crate::rate_limit::SetLimit;
 ///
 /// Returned by every [`RateLimitStore`](super::RateLimitStore), and carried by
 /// [`RateLimited`](super::error::RateLimited) when the request was refused.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Decision {
-    allowed: bool,
-    limit: u32,
-    // `remaining` is `slack / unit`, divided only when asked for: most admitted requests never are,
-    // and the division (128-bit for the sliding window) would otherwise be on every hot path.
-    slack: u64,
+    // 32 bytes, copied from the store to the service and into the response future on every
+    // request: the slack and the retry time share a word (an admission has no retry time, a
+    // refusal no slack), the three flags a byte.
+    /// When admitted, the slack: `remaining` is `slack / unit`, divided only when asked for (most
+    /// admitted requests never are, and the division, 128-bit for the sliding window, would
+    /// otherwise be on every hot path). When refused, the retry time.
+    slack_or_retry: u64,
     unit: u64,
     reset: Nanos,
-    retry_after: Nanos,
-    counted: bool,
+    limit: u32,
+    /// [`ALLOWED`], [`COUNTED`], [`OVER_CAPACITY`].
+    flags: u8,
     /// Index in the decided set of the limit whose figures these are.
     binding: u8,
     /// Bit `i` set: the set's shadow limit `i` would have refused.
     shadow_refused: u8,
-    /// Refused because no state could ever admit the cost asked (more than the burst).
-    over_capacity: bool,
+}
+
+/// The request may proceed.
+const ALLOWED: u8 = 1;
+/// The request was counted against the quota.
+const COUNTED: u8 = 2;
+/// Refused because no state could ever admit the cost asked (more than the burst).
+const OVER_CAPACITY: u8 = 4;
+
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decision")
+            .field("allowed", &self.is_allowed())
+            .field("limit", &self.limit)
+            .field("remaining", &self.remaining())
+            .field("reset", &self.reset())
+            .field("retry_after", &self.retry_after())
+            .field("counted", &self.is_counted())
+            .field("binding", &self.binding)
+            .field("shadow_refused", &self.shadow_refused)
+            .field("over_capacity", &self.exceeds_capacity())
+            .finish()
+    }
 }
 
 impl Decision {
@@ -56,16 +81,13 @@ impl Decision {
     #[inline]
     pub(crate) const fn admitted(limit: u32, slack: u64, unit: u64, reset: Nanos) -> Self {
         Self {
-            allowed: true,
-            limit,
-            slack,
+            slack_or_retry: slack,
             unit,
             reset,
-            retry_after: 0,
-            counted: true,
+            limit,
+            flags: ALLOWED | COUNTED,
             binding: 0,
             shadow_refused: 0,
-            over_capacity: false,
         }
     }
 
@@ -74,42 +96,30 @@ impl Decision {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) const fn uncounted(limit: u32) -> Self {
         Self {
-            allowed: true,
-            limit,
-            slack: limit as u64,
-            unit: 1,
-            reset: 0,
-            retry_after: 0,
-            counted: false,
-            binding: 0,
-            shadow_refused: 0,
-            over_capacity: false,
+            flags: ALLOWED,
+            ..Self::admitted(limit, limit as u64, 1, 0)
         }
     }
 
     #[inline]
     pub(crate) const fn refused(limit: u32, reset: Nanos, retry_after: Nanos) -> Self {
         Self {
-            allowed: false,
-            limit,
-            slack: 0,
+            slack_or_retry: retry_after,
             unit: 1,
             reset,
-            retry_after,
-            counted: true,
+            limit,
+            flags: COUNTED,
             binding: 0,
             shadow_refused: 0,
-            over_capacity: false,
         }
     }
 
     /// A refusal of a cost no state could ever admit (more units than the burst): no retry helps.
     #[inline]
     pub(crate) const fn over_capacity(limit: u32, reset: Nanos) -> Self {
-        Self {
-            over_capacity: true,
-            ..Self::refused(limit, reset, 0)
-        }
+        let mut d = Self::refused(limit, reset, 0);
+        d.flags |= OVER_CAPACITY;
+        d
     }
 
     /// This decision, as the figures of the set's limit `index`.
@@ -130,12 +140,13 @@ impl Decision {
     }
 
     /// This decision admitted anyway (a shadow limit's refusal, or the layer's shadow mode): the
-    /// figures stay, the retry time goes.
+    /// figures stay, the retry time goes (a refusal had no slack: none remaining).
     #[inline]
     pub(crate) const fn admitted_anyway(mut self) -> Self {
-        self.allowed = true;
-        self.retry_after = 0;
-        self.over_capacity = false;
+        if !self.is_allowed() {
+            self.slack_or_retry = 0;
+        }
+        self.flags = (self.flags | ALLOWED) & !OVER_CAPACITY;
         self
     }
 
@@ -143,12 +154,22 @@ impl Decision {
     #[inline]
     #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) const fn slack_parts(&self) -> (u64, u64) {
-        (self.slack, self.unit)
+        (self.slack(), self.unit)
+    }
+
+    /// The slack, zero for a refusal.
+    #[inline]
+    const fn slack(&self) -> u64 {
+        if self.is_allowed() {
+            self.slack_or_retry
+        } else {
+            0
+        }
     }
 
     /// Whether the request may proceed.
     pub const fn is_allowed(&self) -> bool {
-        self.allowed
+        self.flags & ALLOWED != 0
     }
 
     /// Whether the request was counted against the quota. `false` only when a shared backend could
@@ -156,7 +177,7 @@ impl Decision {
     /// ([`FailurePolicy::Open`](crate::backend::redis::FailurePolicy::Open)); such admissions carry
     /// no `RateLimit` header fields.
     pub const fn is_counted(&self) -> bool {
-        self.counted
+        self.flags & COUNTED != 0
     }
 
     /// The quota's limit (requests per period).
@@ -166,7 +187,7 @@ impl Decision {
 
     /// Requests that would still be admitted right now, after this one.
     pub const fn remaining(&self) -> u32 {
-        let r = self.slack / self.unit;
+        let r = self.slack() / self.unit;
         if r > u32::MAX as u64 {
             u32::MAX
         } else {
@@ -194,7 +215,7 @@ impl Decision {
     /// Whether the request was refused because it asks for more units than the limit could ever
     /// admit at once (a cost above the burst): waiting does not help, so there is no retry time.
     pub const fn exceeds_capacity(&self) -> bool {
-        self.over_capacity
+        self.flags & OVER_CAPACITY != 0
     }
 
     /// Time until the full quota is available again.
@@ -205,7 +226,11 @@ impl Decision {
     /// For a refused request, the time after which the same request would be admitted (if nothing
     /// else arrives in between); zero for an admitted one.
     pub const fn retry_after(&self) -> Duration {
-        Duration::from_nanos(self.retry_after)
+        if self.is_allowed() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.slack_or_retry)
+        }
     }
 }
 
@@ -258,15 +283,13 @@ impl Decision {
 
 impl PartialEq for Decision {
     fn eq(&self, other: &Self) -> bool {
-        self.allowed == other.allowed
+        self.flags == other.flags
             && self.limit == other.limit
             && self.remaining() == other.remaining()
             && self.reset == other.reset
-            && self.retry_after == other.retry_after
-            && self.counted == other.counted
+            && self.retry_after() == other.retry_after()
             && self.binding == other.binding
             && self.shadow_refused == other.shadow_refused
-            && self.over_capacity == other.over_capacity
     }
 }
 
@@ -274,4 +297,38 @@ impl Eq for Decision {}
 
 fn nanos(d: Duration) -> Nanos {
     crate::clock::duration_to_nanos(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_is_four_words_and_its_shared_word_reads_by_outcome() {
+        // Copied from the store to the service and into the response future on every request.
+        assert_eq!(std::mem::size_of::<Decision>(), 32);
+        let admitted = Decision::admitted(10, 7, 1, 5);
+        assert_eq!(
+            (admitted.remaining(), admitted.retry_after()),
+            (7, Duration::ZERO)
+        );
+        let refused = Decision::refused(10, 5, 3);
+        assert_eq!(
+            (refused.remaining(), refused.retry_after()),
+            (0, Duration::from_nanos(3))
+        );
+        // Admitted anyway: a refusal's retry time goes and nothing remains; an admission keeps
+        // its slack.
+        let anyway = refused.admitted_anyway();
+        assert!(anyway.is_allowed() && anyway.is_counted());
+        assert_eq!(
+            (anyway.remaining(), anyway.retry_after()),
+            (0, Duration::ZERO)
+        );
+        assert_eq!(admitted.admitted_anyway(), admitted);
+        let over = Decision::over_capacity(10, 5);
+        assert!(over.exceeds_capacity() && !over.admitted_anyway().exceeds_capacity());
+        assert!(!Decision::uncounted(10).is_counted());
+        assert_eq!(Decision::uncounted(10).remaining(), 10);
+    }
 }

@@ -18,17 +18,24 @@
 //! cluster, to every master), and a connection that does not answer it within the liveness
 //! timeout ([`DEFAULT_LIVENESS_TIMEOUT`], 1 s) is replaced by a fresh one, the old dropped. A
 //! connection that answers was only slow, and is kept. One check runs at a time.
+//!
+//! # Deadlines
+//!
+//! A call's timeout is watched by the connection's deadline watcher (`deadline`), not by a tokio
+//! timer of its own: a call that waits leaves its deadline and waker in a slot, and one task per
+//! connection wakes the calls whose deadline has passed. A late call is answered at its deadline
+//! as before (paused time included); what is saved is the timer wheel's registration and removal
+//! on every call.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
-
-use arc_swap::ArcSwap;
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind as RedisErrorKind, RedisError, ServerErrorKind, Value};
 
+use self::deadline::{Deadlines, Late};
 use super::clock::{RedisClock, parse_time};
 pub(crate) use super::error::classify;
 use super::error::{LATE, into_redis_error};
@@ -41,6 +48,8 @@ use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
 /// While Redis is known to be down, one request per this interval tries it again (the others
 /// follow the failure policy at once, without waiting for a timeout).
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+mod deadline;
 
 /// How long a connection suspected dead (a call on it timed out) has to answer a `PING` before it
 /// is replaced: the default of [`RedisBackend::liveness_timeout`](super::RedisBackend::liveness_timeout).
@@ -70,9 +79,12 @@ impl Handle {
     }
 
     /// Sends `cmd`; a server error reply stays a value, as `ConnectionLike` answers it.
+    ///
+    /// A single node's call goes through `ConnectionManager::send_packed_command` itself, not
+    /// its `ConnectionLike` method, which boxes that future (an allocation and its free per call).
     async fn query_raw(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
         match self {
-            Self::Single(c) => c.req_packed_command(cmd).await,
+            Self::Single(c) => c.send_packed_command(cmd).await,
             #[cfg(feature = "redis-cluster")]
             Self::Cluster(c) => c.req_packed_command(cmd).await,
         }
@@ -86,7 +98,7 @@ impl Handle {
         count: usize,
     ) -> Result<Vec<Value>, RedisError> {
         match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
+            Self::Single(c) => c.send_packed_commands(pipeline, offset, count).await,
             #[cfg(feature = "redis-cluster")]
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
         }
@@ -160,8 +172,13 @@ const DOWN: u8 = 2;
 
 /// The shared connection and what is known of its health.
 pub(crate) struct Conn {
-    /// The connection in use; swapped for a new one when it stops answering.
-    line: ArcSwap<Line>,
+    /// The connection in use; replaced by a new one when it stops answering. Read on every call
+    /// (its handle cloned under the read lock), written once per replacement: a read lock is two
+    /// atomic operations, where `ArcSwap::load` cost about 130 instructions per call (its debt
+    /// list and thread-local node; the `instructions` bench's `redis64/rampart_cache_hit` row).
+    line: RwLock<Line>,
+    /// The deadlines of the calls waiting on it, watched by one task (see `deadline`).
+    deadlines: Arc<Deadlines>,
     opener: Opener,
     /// This connection, for the liveness check's task (which must not keep it alive).
     me: Weak<Conn>,
@@ -262,7 +279,7 @@ impl fmt::Debug for Conn {
             _ => "unknown",
         };
         f.debug_struct("Conn")
-            .field("kind", &self.line.load().handle.kind())
+            .field("kind", &self.line().handle.kind())
             .field("server", &self.server)
             .field("state", &state)
             .finish_non_exhaustive()
@@ -275,10 +292,11 @@ impl Conn {
     pub(crate) fn new(handle: Handle, opener: Opener, server: impl Into<Arc<str>>) -> Arc<Self> {
         let server = server.into();
         Arc::new_cyclic(|me| Self {
-            line: ArcSwap::from_pointee(Line {
+            line: RwLock::new(Line {
                 handle,
                 generation: 0,
             }),
+            deadlines: Deadlines::new(),
             opener,
             me: me.clone(),
             checking: AtomicBool::new(false),
@@ -311,7 +329,7 @@ impl Conn {
 
     /// The database of the connection in use.
     pub(crate) fn db(&self) -> i64 {
-        self.line.load().handle.db()
+        self.line().handle.db()
     }
 
     /// How many connections were replaced because they stopped answering.
@@ -322,8 +340,14 @@ impl Conn {
     /// The connection in use now, and its generation.
     #[inline]
     fn current(&self) -> (Handle, u64) {
-        let line = self.line.load();
+        let line = self.line();
         (line.handle.clone(), line.generation)
+    }
+
+    /// The connection in use, read-locked.
+    #[inline]
+    fn line(&self) -> RwLockReadGuard<'_, Line> {
+        self.line.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether the last call or probe reached Redis (an error reply counts: Redis answered it).
@@ -405,10 +429,10 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Value, BackendError> {
         let (mut handle, generation) = self.current();
-        let started = self.clock.now();
+        let start = tokio::time::Instant::now();
         let call = Self::run(&mut handle, script, keys, args, None);
-        let result = tokio::time::timeout(timeout, call).await;
-        self.took(started);
+        let result = self.deadlines.until(deadline(start, timeout), call).await;
+        self.took_between(start, tokio::time::Instant::now());
         self.finish(result, timeout, generation)
     }
 
@@ -454,7 +478,7 @@ impl Conn {
         args: &[&[u8]],
         timeout: Duration,
     ) -> Result<Value, BackendError> {
-        // One clock read for the deadline on our clock and tokio's timer: `timeout` would read the
+        // One clock read for the deadline on our clock and the call's: `timeout` would read the
         // clock again (about 100 instructions per call, `instructions -- redis`).
         let start = tokio::time::Instant::now();
         let started = self.clock.at(start);
@@ -501,7 +525,7 @@ impl Conn {
                 }
             }
         };
-        let result = tokio::time::timeout_at(start + timeout, call).await;
+        let result = self.deadlines.until(deadline(start, timeout), call).await;
         self.took(started);
         self.finish(result, timeout, generation)
     }
@@ -516,8 +540,8 @@ impl Conn {
     /// (tokio's clock) the call ended: a caller that needs the time after the reply (the cache's
     /// hit path) reads it here rather than once more.
     ///
-    /// Two clock reads per call, before and after: the deadline of tokio's timer and the call's
-    /// latency share the first (`tokio::time::timeout` would read it again, and the latency had
+    /// Two clock reads per call, before and after: the call's deadline and its latency share the
+    /// first (`tokio::time::timeout` would read it again, and the latency had
     /// one of each end of its own: about 150 instructions per call in the `instructions` bench's
     /// `redis64/rampart_cache_hit` row, `INSTRUCTIONS_ONLY=1 INSTRUCTIONS_CALLS=2000 cargo bench
     /// --bench instructions --all-features -- redis64/`).
@@ -528,12 +552,10 @@ impl Conn {
     ) -> (Result<Value, BackendError>, tokio::time::Instant) {
         let (mut handle, generation) = self.current();
         let start = tokio::time::Instant::now();
-        let call = handle.query(cmd);
-        let timer = match start.checked_add(timeout) {
-            Some(deadline) => tokio::time::timeout_at(deadline, call),
-            None => tokio::time::timeout(timeout, call),
-        };
-        let result = timer.await;
+        let result = self
+            .deadlines
+            .until(deadline(start, timeout), handle.query(cmd))
+            .await;
         let ended = tokio::time::Instant::now();
         self.took_between(start, ended);
         (self.finish(result, timeout, generation), ended)
@@ -578,7 +600,8 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Value, RedisError> {
         let (mut handle, generation) = self.current();
-        let result = tokio::time::timeout(timeout, handle.query_raw(cmd)).await;
+        let due = deadline(tokio::time::Instant::now(), timeout);
+        let result = self.deadlines.until(due, handle.query_raw(cmd)).await;
         self.finish(result, timeout, generation)
             .map_err(|e| into_redis_error(e, timeout))
     }
@@ -592,7 +615,11 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Vec<Value>, RedisError> {
         let (mut handle, generation) = self.current();
-        let result = tokio::time::timeout(timeout, handle.pipeline(pipeline, offset, count)).await;
+        let due = deadline(tokio::time::Instant::now(), timeout);
+        let result = self
+            .deadlines
+            .until(due, handle.pipeline(pipeline, offset, count))
+            .await;
         self.finish(result, timeout, generation)
             .map_err(|e| into_redis_error(e, timeout))
     }
@@ -613,7 +640,7 @@ impl Conn {
     /// and answers it, a failure as a [`BackendError`] holding the `redis` error.
     fn finish<T>(
         &self,
-        result: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+        result: Result<Result<T, RedisError>, Late>,
         timeout: Duration,
         generation: u64,
     ) -> Result<T, BackendError> {
@@ -635,7 +662,10 @@ impl Conn {
                 match error.kind() {
                     ErrorKind::Data | ErrorKind::Other if answered => self.up(),
                     ErrorKind::Data | ErrorKind::Other => {}
-                    ErrorKind::Unreachable | ErrorKind::Timeout => self.down(&error),
+                    ErrorKind::Unreachable | ErrorKind::Timeout if self.is_current(generation) => {
+                        self.down(&error)
+                    }
+                    ErrorKind::Unreachable | ErrorKind::Timeout => {}
                 }
                 return Err(error);
             }
@@ -647,16 +677,29 @@ impl Conn {
         };
         #[cfg(feature = "metrics")]
         self.meters.error(error.kind());
-        self.down(&error);
-        self.suspect(generation);
+        if self.is_current(generation) {
+            self.down(&error);
+            self.suspect(generation);
+        }
         Err(error)
     }
 
-    /// A call on connection `generation` timed out: unless a check is under way or that connection
-    /// was replaced already, check in the background that it still answers, and replace it if it
-    /// does not (see the module documentation).
+    /// Whether connection `generation` is still the one in use. A call that fails on a connection
+    /// already replaced (it was sent before the replacement, and times out after it) says nothing
+    /// of the new one: counted as an error, it neither marks Redis down (which would send the
+    /// next probe interval's requests to the failure policy although the new connection answers)
+    /// nor makes the new connection a suspect. The `redis_cache` test `liveness` caught it: a
+    /// probe sent down the frozen connection timed out just after the replacement, and a request
+    /// right after it was answered by the policy instead of from Redis.
+    fn is_current(&self, generation: u64) -> bool {
+        self.line().generation == generation
+    }
+
+    /// A call on connection `generation` (the one in use) timed out: unless a check is under way
+    /// or that connection was replaced meanwhile, check in the background that it still answers,
+    /// and replace it if it does not (see the module documentation).
     fn suspect(&self, generation: u64) {
-        if self.line.load().generation != generation || self.checking.swap(true, Ordering::AcqRel) {
+        if self.line().generation != generation || self.checking.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -668,10 +711,13 @@ impl Conn {
 
     /// Puts `handle` in place of connection `generation`, which stopped answering.
     fn replace(&self, handle: Handle, generation: u64) {
-        let old = self.line.swap(Arc::new(Line {
-            handle,
-            generation: generation + 1,
-        }));
+        let old = std::mem::replace(
+            &mut *self.line.write().unwrap_or_else(PoisonError::into_inner),
+            Line {
+                handle,
+                generation: generation + 1,
+            },
+        );
         self.replaced.fetch_add(1, Ordering::Relaxed);
         // The next request tries the new connection at once rather than at the next probe.
         self.next_probe.store(0, Ordering::Release);
@@ -699,7 +745,7 @@ impl Conn {
         }
         if was == DOWN {
             tracing::info!(
-                connection = self.line.load().handle.kind(),
+                connection = self.line().handle.kind(),
                 server = %self.server,
                 "redis is reachable again; decisions are shared again"
             );
@@ -713,7 +759,7 @@ impl Conn {
             .store(self.clock.now() + self.probe_interval, Ordering::Release);
         if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
             tracing::warn!(
-                connection = self.line.load().handle.kind(),
+                connection = self.line().handle.kind(),
                 server = %self.server,
                 %error,
                 "redis is unavailable; following the failure policy until it answers again"
@@ -724,6 +770,13 @@ impl Conn {
     }
 }
 
+/// `start + timeout`, or as far off as tokio's `timeout` puts a deadline that overflows.
+fn deadline(start: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// The liveness check of connection `generation` of `conn`: a `PING` down that connection (on a
 /// cluster, every master), and a replacement when it does not answer within the liveness timeout.
 /// Holds only a weak reference between steps, so a backend dropped meanwhile ends it.
@@ -732,7 +785,7 @@ async fn check(conn: Weak<Conn>, generation: u64) {
         let Some(conn) = conn.upgrade() else {
             return;
         };
-        let line = conn.line.load();
+        let line = conn.line();
         if line.generation != generation {
             conn.checking.store(false, Ordering::Release);
             return;

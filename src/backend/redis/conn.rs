@@ -855,6 +855,37 @@ end
 return {redis.call('INCR', KEYS[1]), time_us}
 ";
 
+    /// A call that times out (or cannot reach Redis) on a connection replaced meanwhile says
+    /// nothing of the new one: Redis is not marked down (requests keep going to it rather than to
+    /// the failure policy) and no check of the new connection starts. The same failure on the
+    /// connection in use marks it down, as before.
+    #[tokio::test]
+    async fn a_late_call_on_a_replaced_connection_does_not_mark_redis_down() {
+        let client = || redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let config = redis::aio::ConnectionManagerConfig::new();
+        let (opener, handle) = Opener::lazy(client(), config.clone()).unwrap();
+        let conn = Conn::new(handle, opener, "test");
+        conn.up();
+        let (_, replacement) = Opener::lazy(client(), config).unwrap();
+        conn.replace(replacement, 0);
+        let timeout = Duration::from_millis(50);
+
+        let late = conn.finish::<Value>(Err(Late), timeout, 0);
+        assert!(late.unwrap_err().is_timeout());
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let unreachable = conn.finish::<Value>(Ok(Err(refused)), timeout, 0);
+        assert!(unreachable.unwrap_err().is_unreachable());
+        assert!(conn.is_connected(), "a failure of the old connection");
+        assert!(
+            !conn.checking.load(Ordering::SeqCst),
+            "no check of the new one"
+        );
+
+        let late = conn.finish::<Value>(Err(Late), timeout, 1);
+        assert!(late.unwrap_err().is_timeout());
+        assert!(!conn.is_connected(), "a failure of the connection in use");
+    }
+
     /// When the estimate of Redis's clock is off (its clock was stepped forward), a script
     /// refuses as late a call whose caller still waits: the estimate is corrected from the reply
     /// and the call sent again, once; the refused run wrote nothing.

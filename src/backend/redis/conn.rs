@@ -21,11 +21,9 @@
 //!
 //! # Deadlines
 //!
-//! A call's timeout is watched by the connection's deadline watcher (`deadline`), not by a tokio
-//! timer of its own: a call that waits leaves its deadline and waker in a slot, and one task per
-//! connection wakes the calls whose deadline has passed. A late call is answered at its deadline
-//! as before (paused time included); what is saved is the timer wheel's registration and removal
-//! on every call.
+//! A call's timeout is a tokio timer of its own (`deadline`), answered by the runtime that waits for
+//! the call (paused time included), whatever any other runtime does; `deadline` says why a watcher
+//! shared by a connection's calls, cheaper per call, was not kept.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -35,7 +33,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind as RedisErrorKind, RedisError, ServerErrorKind, Value};
 
-use self::deadline::{Deadlines, Late};
+use self::deadline::Late;
 use super::clock::{RedisClock, parse_time};
 pub(crate) use super::error::classify;
 use super::error::{LATE, into_redis_error};
@@ -177,8 +175,6 @@ pub(crate) struct Conn {
     /// atomic operations, where `ArcSwap::load` cost about 130 instructions per call (its debt
     /// list and thread-local node; the `instructions` bench's `redis64/rampart_cache_hit` row).
     line: RwLock<Line>,
-    /// The deadlines of the calls waiting on it, watched by one task (see `deadline`).
-    deadlines: Arc<Deadlines>,
     opener: Opener,
     /// This connection, for the liveness check's task (which must not keep it alive).
     me: Weak<Conn>,
@@ -296,7 +292,6 @@ impl Conn {
                 handle,
                 generation: 0,
             }),
-            deadlines: Deadlines::new(),
             opener,
             me: me.clone(),
             checking: AtomicBool::new(false),
@@ -431,7 +426,7 @@ impl Conn {
         let (mut handle, generation) = self.current();
         let start = tokio::time::Instant::now();
         let call = Self::run(&mut handle, script, keys, args, None);
-        let result = self.deadlines.until(deadline(start, timeout), call).await;
+        let result = deadline::until(deadline(start, timeout), call).await;
         self.took_between(start, tokio::time::Instant::now());
         self.finish(result, timeout, generation)
     }
@@ -525,7 +520,7 @@ impl Conn {
                 }
             }
         };
-        let result = self.deadlines.until(deadline(start, timeout), call).await;
+        let result = deadline::until(deadline(start, timeout), call).await;
         self.took(started);
         self.finish(result, timeout, generation)
     }
@@ -552,10 +547,7 @@ impl Conn {
     ) -> (Result<Value, BackendError>, tokio::time::Instant) {
         let (mut handle, generation) = self.current();
         let start = tokio::time::Instant::now();
-        let result = self
-            .deadlines
-            .until(deadline(start, timeout), handle.query(cmd))
-            .await;
+        let result = deadline::until(deadline(start, timeout), handle.query(cmd)).await;
         let ended = tokio::time::Instant::now();
         self.took_between(start, ended);
         (self.finish(result, timeout, generation), ended)
@@ -601,7 +593,7 @@ impl Conn {
     ) -> Result<Value, RedisError> {
         let (mut handle, generation) = self.current();
         let due = deadline(tokio::time::Instant::now(), timeout);
-        let result = self.deadlines.until(due, handle.query_raw(cmd)).await;
+        let result = deadline::until(due, handle.query_raw(cmd)).await;
         self.finish(result, timeout, generation)
             .map_err(|e| into_redis_error(e, timeout))
     }
@@ -616,10 +608,7 @@ impl Conn {
     ) -> Result<Vec<Value>, RedisError> {
         let (mut handle, generation) = self.current();
         let due = deadline(tokio::time::Instant::now(), timeout);
-        let result = self
-            .deadlines
-            .until(due, handle.pipeline(pipeline, offset, count))
-            .await;
+        let result = deadline::until(due, handle.pipeline(pipeline, offset, count)).await;
         self.finish(result, timeout, generation)
             .map_err(|e| into_redis_error(e, timeout))
     }

@@ -92,7 +92,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     }
 
     /// Runs `f` on the value for `key`, creating it if absent.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with<R>(&self, key: &K, cx: &V::Context, now: Nanos, f: impl FnOnce(&V) -> R) -> R
     where
         K: Clone,

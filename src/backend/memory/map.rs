@@ -92,7 +92,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     }
 
     /// Runs `f` on the value for `key`, creating it if absent.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with<R>(&self, key: &K, cx: &V::Context, now: Nanos, f: impl FnOnce(&V) -> R) -> R
     where
         K: Clone,
@@ -128,7 +128,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     ///
     /// `f` must return `Some` once `grow` has run, and must have done nothing when it returns
     /// `None`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with_grow<R>(
         &self,
         key: &K,

@@ -304,6 +304,14 @@ impl Expiring for WindowCell {
     }
 }
 
+/// A decision's requests remaining, as [`Decision::remaining`] counts them before capping (what
+/// the binding limit is chosen by).
+#[inline(always)]
+fn remaining_quotient(d: &Decision) -> u64 {
+    let (slack, unit) = d.slack_parts();
+    slack / unit
+}
+
 /// When and how a decision over a set decides: its one `now`, its cost, whether it only looks,
 /// and whether the key has no data (its first limit's cell is then the store's single one).
 struct Moment {
@@ -517,22 +525,57 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
                 *c = entry.find(l, primary)?;
             }
         }
-        let mut decisions = [Decision::uncounted(0); N];
         let mut spent: [Option<<O::Cell as SetCell>::Moved>; N] = [None; N];
         let mut refused = false;
         let mut shadow_mask = 0u8;
+        // The binding limit, folded in as the limits are decided (what `Decision::combine`
+        // picks from the decisions once all are made, without keeping them): among enforced
+        // limits, the fewest requests remaining (ties: the first) while every one admits, and
+        // once one refuses the refusing one with the longest wait (a cost over capacity first);
+        // for a set of shadow limits only, the fewest remaining of them.
+        let mut fewest: Option<(usize, Decision, u64)> = None;
+        let mut longest: Option<(usize, Decision)> = None;
+        let mut shadow_fewest: Option<(usize, Decision, u64)> = None;
+        // The decisions themselves only for checking the fold against `combine` (debug builds).
+        let mut decisions = [Decision::uncounted(0); N];
         for (i, (l, c)) in limits.iter().zip(&cells).enumerate() {
             // Enforced limits spend while every one before them admitted; shadow limits when
             // they admit themselves.
             let spend = !peek && (l.shadow || !refused);
             let (d, moved) = c.decide_traced(&l.limits, now, cost, spend, &reread);
-            decisions[i] = d;
             spent[i] = moved;
-            if !d.is_allowed() {
-                if l.shadow {
+            if cfg!(debug_assertions) {
+                decisions[i] = d;
+            }
+            if l.shadow {
+                if !d.is_allowed() {
                     shadow_mask |= 1 << i;
-                } else {
-                    refused = true;
+                }
+                let q = remaining_quotient(&d);
+                if shadow_fewest.is_none_or(|(_, _, b)| q < b) {
+                    shadow_fewest = Some((i, d, q));
+                }
+            } else if d.is_allowed() {
+                // Only an admitted set's figures are the fewest remaining: no division once
+                // an enforced limit has refused.
+                if !refused {
+                    let q = remaining_quotient(&d);
+                    if fewest.is_none_or(|(_, _, b)| q < b) {
+                        fewest = Some((i, d, q));
+                    }
+                }
+            } else {
+                refused = true;
+                let longer = match &longest {
+                    None => true,
+                    Some((_, cur)) => {
+                        d.exceeds_capacity() && !cur.exceeds_capacity()
+                            || d.exceeds_capacity() == cur.exceeds_capacity()
+                                && d.retry_after() > cur.retry_after()
+                    }
+                };
+                if longer {
+                    longest = Some((i, d));
                 }
             }
         }
@@ -543,10 +586,20 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
                 }
             }
         }
-        Some(
+        let decision = match (refused, longest, fewest, shadow_fewest) {
+            (true, Some((i, d)), _, _) => d.with_binding(i),
+            (false, _, Some((i, d, _)), _) => d.with_binding(i),
+            (_, _, _, Some((i, d, _))) => d.admitted_anyway().with_binding(i),
+            _ => unreachable!("a set has at least one limit"),
+        }
+        .with_shadow_refused(shadow_mask);
+        debug_assert_eq!(
+            decision,
             Decision::combine(limits, &decisions[..limits.len()], !refused)
                 .with_shadow_refused(shadow_mask),
-        )
+            "the folded decision is the combined one"
+        );
+        Some(decision)
     }
 
     /// How many keys the store holds right now (idle ones included until they are swept); a key

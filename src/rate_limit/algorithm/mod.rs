@@ -237,7 +237,8 @@ impl Decision {
 impl Decision {
     /// The decision over a set from each limit's own `decisions` (in the set's order; `admitted`:
     /// whether every enforced limit admitted): the binding limit's figures, as
-    /// [`RateLimitStore`](super::RateLimitStore) defines it. Shared by the stores, so they agree.
+    /// [`RateLimitStore`](super::RateLimitStore) defines it. The in-memory store folds the same
+    /// choice into its loop over the limits and, in debug builds, checks its answer against this.
     #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) fn combine(limits: &[SetLimit], decisions: &[Decision], admitted: bool) -> Decision {
         let fewer = |a: &Decision, b: &Decision| {

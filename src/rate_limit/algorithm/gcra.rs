@@ -71,10 +71,11 @@ impl GcraCell {
     }
 
     /// Decides at `now`, reading the time again with `reread` each time another decision wins
-    /// the race for the cell: that decision may have read the clock after `now`, and deciding at
-    /// the older `now` against its newer TAT would refuse by the few nanoseconds between the two
-    /// reads (five concurrent requests on a quota of five saw one refused). The clock is read again
-    /// only under contention.
+    /// the race for the cell, and once more before refusing: another decision may have read the
+    /// clock after `now` and spent before this one loaded the cell, and deciding at the older `now`
+    /// against its newer TAT would refuse by the few nanoseconds between the two reads (five
+    /// concurrent requests on a quota of five saw one refused, with a `retry_after` of 107 ns). The
+    /// clock is read again only under contention or on a refusal.
     #[inline]
     pub(crate) fn check_with(
         &self,
@@ -95,9 +96,19 @@ impl GcraCell {
         mut reread: impl FnMut() -> Nanos,
     ) -> Decision {
         let mut current = self.tat.load(Ordering::Acquire);
+        let mut reread_on_refusal = true;
         loop {
             let (decision, next) = decide_units(limits, current, now, cost);
             let Some(next) = next else {
+                if reread_on_refusal && current > now {
+                    // Refused against a TAT another decision moved: decide again at a fresh now.
+                    reread_on_refusal = false;
+                    let later = reread();
+                    if later > now {
+                        now = later;
+                        continue;
+                    }
+                }
                 return decision;
             };
             match self
@@ -125,9 +136,19 @@ impl GcraCell {
         mut reread: impl FnMut() -> Nanos,
     ) -> (Decision, Option<(Nanos, Nanos)>) {
         let mut current = self.tat.load(Ordering::Acquire);
+        let mut reread_on_refusal = true;
         loop {
             let (decision, next) = decide_units(limits, current, now, cost);
             let Some(next) = next else {
+                if reread_on_refusal && current > now {
+                    // As in `check_units`: a refusal is decided again once at a fresh now.
+                    reread_on_refusal = false;
+                    let later = reread();
+                    if later > now {
+                        now = later;
+                        continue;
+                    }
+                }
                 return (decision, None);
             };
             match self
@@ -202,6 +223,44 @@ mod tests {
 
     fn limits(q: Quota) -> Limits {
         q.validate(Algorithm::Gcra).unwrap()
+    }
+
+    #[test]
+    fn a_decision_with_an_older_clock_read_is_decided_again_before_it_refuses() {
+        // Four decisions read the clock at `later` and spent; a fifth read it 107 ns earlier and
+        // loads the cell only now (no race lost, so no reread on that account). At its own `now`
+        // it would be refused by 107 ns; read again, the clock says `later`, and it is admitted.
+        let l = limits(Quota::per_hour(5));
+        let cell = GcraCell::default();
+        let later = 1_000 * S + 107;
+        for _ in 0..4 {
+            assert!(cell.check(&l, later).is_allowed());
+        }
+        let mut reads = 0;
+        let d = cell.check_units(&l, later - 107, 1, || {
+            reads += 1;
+            later
+        });
+        assert!(d.is_allowed(), "{d:?}");
+        assert_eq!(d.remaining(), 0);
+        assert_eq!(reads, 1);
+        // A real refusal reads the clock once more and stays a refusal (nothing spent).
+        let mut reads = 0;
+        let refused = cell.check_units(&l, later, 1, || {
+            reads += 1;
+            later + 1
+        });
+        assert!(!refused.is_allowed());
+        assert_eq!(reads, 1);
+        let (d, moved) = cell.check_traced(&l, later + 1, 1, || later + 2);
+        assert!(!d.is_allowed() && moved.is_none());
+        // With a clock that reads the same instant again (paused time), the older read is
+        // refused by its 107 ns: the second decision follows the clock, it does not guess.
+        let cell = GcraCell::default();
+        for _ in 0..4 {
+            assert!(cell.check(&l, later).is_allowed());
+        }
+        assert!(!cell.check(&l, later - 107).is_allowed());
     }
 
     #[test]

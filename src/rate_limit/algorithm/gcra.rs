@@ -86,45 +86,21 @@ impl GcraCell {
         self.check_units(limits, now, 1, reread)
     }
 
-    /// [`check_with`](Self::check_with) for `cost` units.
+    /// [`check_with`](Self::check_with) for `cost` units: [`check_traced`](Self::check_traced)'s
+    /// decision (inlined, the trace it does not use costs nothing).
     #[inline]
     pub(crate) fn check_units(
         &self,
         limits: &Limits,
-        mut now: Nanos,
+        now: Nanos,
         cost: u32,
-        mut reread: impl FnMut() -> Nanos,
+        reread: impl FnMut() -> Nanos,
     ) -> Decision {
-        let mut current = self.tat.load(Ordering::Acquire);
-        let mut reread_on_refusal = true;
-        loop {
-            let (decision, next) = decide_units(limits, current, now, cost);
-            let Some(next) = next else {
-                if reread_on_refusal && current > now {
-                    // Refused against a TAT another decision moved: decide again at a fresh now.
-                    reread_on_refusal = false;
-                    let later = reread();
-                    if later > now {
-                        now = later;
-                        continue;
-                    }
-                }
-                return decision;
-            };
-            match self
-                .tat
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return decision,
-                Err(actual) => {
-                    current = actual;
-                    now = now.max(reread());
-                }
-            }
-        }
+        self.check_traced(limits, now, cost, reread).0
     }
 
-    /// [`check_units`](Self::check_units), also returning, when spent, the spend's start (the TAT
+    /// Decides `cost` units at `now` as [`check_with`](Self::check_with) says (the clock read again
+    /// on a lost race and once before a refusal), also returning, when spent, the spend's start (the TAT
     /// or `now`, whichever is later: a TAT in the past is the same state as `now`) and the TAT
     /// after it, so that [`undo`](Self::undo) takes back exactly `cost` emission intervals.
     #[inline]
@@ -141,7 +117,7 @@ impl GcraCell {
             let (decision, next) = decide_units(limits, current, now, cost);
             let Some(next) = next else {
                 if reread_on_refusal && current > now {
-                    // As in `check_units`: a refusal is decided again once at a fresh now.
+                    // Refused against a TAT another decision moved: decide again at a fresh now.
                     reread_on_refusal = false;
                     let later = reread();
                     if later > now {

@@ -92,8 +92,26 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     }
 
     /// Runs `f` on the value for `key`, creating it if absent.
+    #[cfg_attr(not(any(test, feature = "redis")), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn with<R>(&self, key: &K, cx: &V::Context, now: Nanos, f: impl FnOnce(&V) -> R) -> R
+    where
+        K: Clone,
+    {
+        self.with_lazy(key, cx, || now, f)
+    }
+
+    /// [`with`](Self::with), the time read with `now` only when a key is added (under the shard's
+    /// write lock): a value that reads the clock itself after loading its state (the rate limit
+    /// store's cells) is found without a read of the clock before it.
+    #[inline(always)]
+    pub(crate) fn with_lazy<R>(
+        &self,
+        key: &K,
+        cx: &V::Context,
+        now: impl FnOnce() -> Nanos,
+        f: impl FnOnce(&V) -> R,
+    ) -> R
     where
         K: Clone,
     {
@@ -110,7 +128,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key) {
             return f(v); // another thread inserted it meanwhile
         }
-        Self::make_room(&mut state, shard.cap, &self.hasher, cx, now);
+        Self::make_room(&mut state, shard.cap, &self.hasher, cx, now());
         let hasher = &self.hasher;
         let entry = state
             .table
@@ -127,13 +145,14 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     /// limits other than the first are added the first time a decision names them.
     ///
     /// `f` must return `Some` once `grow` has run, and must have done nothing when it returns
-    /// `None`.
+    /// `None`. The time is read with `now` only when a key is added, as in
+    /// [`with_lazy`](Self::with_lazy).
     #[inline(always)]
     pub(crate) fn with_grow<R>(
         &self,
         key: &K,
         cx: &V::Context,
-        now: Nanos,
+        now: impl FnOnce() -> Nanos,
         mut f: impl FnMut(&V) -> Option<R>,
         grow: impl FnOnce(&mut V),
     ) -> R
@@ -164,7 +183,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         hash: u64,
         key: &K,
         cx: &V::Context,
-        now: Nanos,
+        now: impl FnOnce() -> Nanos,
         mut f: impl FnMut(&V) -> Option<R>,
         grow: impl FnOnce(&mut V),
     ) -> R
@@ -174,7 +193,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         let mut state = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *state;
         if state.table.find(hash, |(k, _)| k == key).is_none() {
-            Self::make_room(state, shard.cap, &self.hasher, cx, now);
+            Self::make_room(state, shard.cap, &self.hasher, cx, now());
             let hasher = &self.hasher;
             state
                 .table

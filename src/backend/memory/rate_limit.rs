@@ -20,29 +20,46 @@ use crate::rate_limit::{
 
 /// A cell of one limit's state for one key, as a decision over a set uses it: decide (spending or
 /// not) and take a spend back.
+///
+/// Every decision loads the cell before it reads the clock, so that it never sees a spend made
+/// with a later clock read than its own (see [`GcraCell::check_with`]). A decision over a set
+/// loads all its cells, then reads the clock once; a cell whose state is behind a lock (the
+/// sliding window's) reads the clock itself, under the lock.
 trait SetCell: Default + Send + Sync + 'static {
     /// What a spend moved, to take it back.
     type Moved: Copy;
 
-    /// Decides `cost` units at `now`, spending them unless `peek` (no trace kept).
+    /// What a decision over a set loads of the cell before the set's clock read.
+    type Loaded: Copy + Default;
+
+    /// Whether a decision over a set of these cells reads the clock once after loading them all
+    /// (otherwise each cell reads it when it decides).
+    const LOADS: bool;
+
+    /// The cell's state as a decision over a set loads it, before it reads the clock.
+    fn load(&self) -> Self::Loaded;
+
+    /// Decides `cost` units at the time `clock` reads after the cell is loaded, spending them
+    /// unless `peek` (no trace kept); on a lost race, `clock` is read again.
     fn decide(
         &self,
         limits: &Limits,
-        now: Nanos,
         cost: u32,
         peek: bool,
-        reread: impl FnMut() -> Nanos,
+        clock: impl FnMut() -> Nanos,
     ) -> Decision;
 
-    /// Decides `cost` units at `now`, spending them if `spend` and admitted; returns what the
-    /// spend moved.
+    /// Decides `cost` units against `loaded`, loaded before `now` was read (`now` unused when
+    /// not [`LOADS`](Self::LOADS): `clock` is read then), spending them if `spend` and admitted;
+    /// returns what the spend moved.
     fn decide_traced(
         &self,
         limits: &Limits,
+        loaded: Self::Loaded,
         now: Nanos,
         cost: u32,
         spend: bool,
-        reread: impl FnMut() -> Nanos,
+        clock: impl FnMut() -> Nanos,
     ) -> (Decision, Option<Self::Moved>);
 
     /// Takes back a spend of `cost` units that moved this cell by `moved`.
@@ -51,20 +68,26 @@ trait SetCell: Default + Send + Sync + 'static {
 
 impl SetCell for GcraCell {
     type Moved = (Nanos, Nanos);
+    type Loaded = Nanos;
+    const LOADS: bool = true;
+
+    #[inline(always)]
+    fn load(&self) -> Nanos {
+        GcraCell::load(self)
+    }
 
     #[inline(always)]
     fn decide(
         &self,
         limits: &Limits,
-        now: Nanos,
         cost: u32,
         peek: bool,
-        reread: impl FnMut() -> Nanos,
+        clock: impl FnMut() -> Nanos,
     ) -> Decision {
         if peek {
-            self.peek(limits, now, cost)
+            self.peek(limits, cost, clock)
         } else {
-            self.check_units(limits, now, cost, reread)
+            self.check_units(limits, cost, clock)
         }
     }
 
@@ -72,15 +95,16 @@ impl SetCell for GcraCell {
     fn decide_traced(
         &self,
         limits: &Limits,
+        tat: Nanos,
         now: Nanos,
         cost: u32,
         spend: bool,
-        reread: impl FnMut() -> Nanos,
+        clock: impl FnMut() -> Nanos,
     ) -> (Decision, Option<(Nanos, Nanos)>) {
         if spend {
-            self.check_traced(limits, now, cost, reread)
+            self.spend_from(limits, tat, now, cost, clock)
         } else {
-            (self.peek(limits, now, cost), None)
+            (GcraCell::peek_from(limits, tat, now, cost), None)
         }
     }
 
@@ -91,29 +115,34 @@ impl SetCell for GcraCell {
 
 impl SetCell for WindowCell {
     type Moved = Window;
+    type Loaded = ();
+    const LOADS: bool = false;
+
+    #[inline(always)]
+    fn load(&self) {}
 
     #[inline(always)]
     fn decide(
         &self,
         limits: &Limits,
-        now: Nanos,
         cost: u32,
         peek: bool,
-        _reread: impl FnMut() -> Nanos,
+        clock: impl FnMut() -> Nanos,
     ) -> Decision {
-        self.check_units(limits, now, cost, peek)
+        self.check_units(limits, cost, peek, clock)
     }
 
     #[inline(always)]
     fn decide_traced(
         &self,
         limits: &Limits,
-        now: Nanos,
+        _: (),
+        _: Nanos,
         cost: u32,
         spend: bool,
-        _reread: impl FnMut() -> Nanos,
+        clock: impl FnMut() -> Nanos,
     ) -> (Decision, Option<Window>) {
-        let (d, moved) = self.check_traced(limits, now, cost, !spend);
+        let (d, moved) = self.check_traced(limits, cost, !spend, clock);
         (d, moved.map(|(_, new)| new))
     }
 
@@ -312,10 +341,9 @@ fn remaining_quotient(d: &Decision) -> u64 {
     slack / unit
 }
 
-/// When and how a decision over a set decides: its one `now`, its cost, whether it only looks,
-/// and whether the key has no data (its first limit's cell is then the store's single one).
+/// How a decision over a set decides: its cost, whether it only looks, and whether the key has
+/// no data (its first limit's cell is then the store's single one).
 struct Moment {
-    now: Nanos,
     cost: u32,
     peek: bool,
     keyless: bool,
@@ -331,8 +359,10 @@ struct Moment {
 /// keys, each with all its limits; a key is forgotten (all its limits at once) when every one of
 /// them is idle, or, in a shard full of active keys, when the last of them is due soonest.
 ///
-/// A decision over one limit is one lookup and one atomic operation on one cell. A decision over
-/// several limits finds the key's entry once and decides the limits in order at one `now`, each
+/// A decision over one limit is one lookup and one atomic operation on one cell, loaded before the
+/// clock is read (so that no decision sees a spend made with a later clock read than its own). A
+/// decision over several limits finds the key's entry once, loads its cells, reads the clock once
+/// (a sliding window's cell reads it under its own lock instead), and decides the limits in order, each
 /// enforced limit spending as it admits (one atomic operation per cell); when a later enforced
 /// limit refuses, the earlier ones take their spend back (exactly their own length, so spends
 /// made on top of it stay). So a set is spent all or nothing, with no lock but the shard's read
@@ -387,22 +417,21 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     }
 
     /// One unit of the first default limit for `key` now, with `limits` (the plain decision: one
-    /// closure per cell kind, each inlined, as before sets existed).
+    /// closure per cell kind, each inlined, as before sets existed). The cell is loaded (or
+    /// locked) before the clock is read.
     #[inline(always)]
     fn decide_primary(&self, key: &K, limits: &Limits) -> Decision {
-        let now = self.clock.now();
+        let clock = || self.clock.now();
         // Keys without data are all equal: one cell serves them, with no hashing or locking.
         let keyless = std::mem::size_of::<K>() == 0;
         match &self.cells {
-            Cells::Gcra { single, .. } if keyless => {
-                single.check_with(limits, now, || self.clock.now())
+            Cells::Gcra { single, .. } if keyless => single.check_with(limits, clock),
+            Cells::Gcra { map, .. } => {
+                map.with_lazy(key, limits, clock, |e| e.primary.check_with(limits, clock))
             }
-            Cells::Gcra { map, .. } => map.with(key, limits, now, |e| {
-                e.primary.check_with(limits, now, || self.clock.now())
-            }),
-            Cells::Window { single, .. } if keyless => single.check_units(limits, now, 1, false),
-            Cells::Window { map, .. } => map.with(key, limits, now, |e| {
-                e.primary.check_units(limits, now, 1, false)
+            Cells::Window { single, .. } if keyless => single.check_units(limits, 1, false, clock),
+            Cells::Window { map, .. } => map.with_lazy(key, limits, clock, |e| {
+                e.primary.check_units(limits, 1, false, clock)
             }),
         }
     }
@@ -431,7 +460,8 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// Decides `limits` for `key` with the algorithm's `single` cell (a key with no data's first
     /// limit) and `map`: one lookup of the key's entry, which gets the cells it lacks first.
     ///
-    /// Limits are decided in order at one `now`, each spending as it admits; once an enforced
+    /// The key's cells are loaded, then the clock read once (a sliding window's cell reads it
+    /// under its own lock). Limits are decided in order at that `now`, each spending as it admits; once an enforced
     /// limit refuses, the rest are only looked at, and the enforced limits that had spent take
     /// it back. A concurrent decision may see such a spend before it is taken back and refuse:
     /// never admit more than the limits allow.
@@ -448,9 +478,8 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     where
         O::Cell: Expiring<Context = Limits>,
     {
-        let now = self.clock.now();
         let keyless = std::mem::size_of::<K>() == 0;
-        let reread = || self.clock.now();
+        let clock = || self.clock.now();
         let grow = |e: &mut Entry<O>| {
             for l in limits {
                 if !self.is_primary(l) {
@@ -461,15 +490,15 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         if let [one] = limits {
             let primary = self.is_primary(one);
             let d = if primary && keyless {
-                single.decide(&one.limits, now, cost, peek, reread)
+                single.decide(&one.limits, cost, peek, clock)
             } else {
                 map.with_grow(
                     key,
                     &self.limits,
-                    now,
+                    clock,
                     |e| {
                         let c = e.find(one, primary)?;
-                        Some(c.decide(&one.limits, now, cost, peek, reread))
+                        Some(c.decide(&one.limits, cost, peek, clock))
                     },
                     grow,
                 )
@@ -481,7 +510,6 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             };
         }
         let at = Moment {
-            now,
             cost,
             peek,
             keyless,
@@ -491,18 +519,19 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         map.with_grow(
             key,
             &self.limits,
-            now,
+            clock,
             |e| match limits.len() {
-                0..=2 => self.decide_cells::<O, 2>(single, e, limits, &at, reread),
-                3..=4 => self.decide_cells::<O, 4>(single, e, limits, &at, reread),
-                _ => self.decide_cells::<O, MAX_LIMITS>(single, e, limits, &at, reread),
+                0..=2 => self.decide_cells::<O, 2>(single, e, limits, &at, clock),
+                3..=4 => self.decide_cells::<O, 4>(single, e, limits, &at, clock),
+                _ => self.decide_cells::<O, MAX_LIMITS>(single, e, limits, &at, clock),
             },
             grow,
         )
     }
 
     /// Decides `limits` (at most `N`) on `entry`'s cells (`single` for a key with no data's first
-    /// limit), or `None` when the entry lacks one of them (nothing decided then).
+    /// limit), or `None` when the entry lacks one of them (nothing decided then). The cells are
+    /// all loaded before `clock` is read.
     #[inline(always)]
     fn decide_cells<O: OtherCell, const N: usize>(
         &self,
@@ -510,21 +539,28 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         entry: &Entry<O>,
         limits: &[SetLimit],
         at: &Moment,
-        reread: impl Fn() -> Nanos,
+        clock: impl Fn() -> Nanos,
     ) -> Option<Decision> {
         let &Moment {
-            now,
             cost,
             peek,
             keyless,
         } = at;
         let mut cells: [&O::Cell; N] = [single; N];
-        for (c, l) in cells.iter_mut().zip(limits) {
+        let mut loaded = [<O::Cell as SetCell>::Loaded::default(); N];
+        for ((c, t), l) in cells.iter_mut().zip(&mut loaded).zip(limits) {
             let primary = self.is_primary(l);
             if !(primary && keyless) {
                 *c = entry.find(l, primary)?;
             }
+            *t = c.load();
         }
+        // After every load: no cell holds a spend made with a later clock read than this one.
+        let now = if <O::Cell as SetCell>::LOADS {
+            clock()
+        } else {
+            0
+        };
         let mut spent: [Option<<O::Cell as SetCell>::Moved>; N] = [None; N];
         let mut refused = false;
         let mut shadow_mask = 0u8;
@@ -538,11 +574,11 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         let mut shadow_fewest: Option<(usize, Decision, u64)> = None;
         // The decisions themselves only for checking the fold against `combine` (debug builds).
         let mut decisions = [Decision::uncounted(0); N];
-        for (i, (l, c)) in limits.iter().zip(&cells).enumerate() {
+        for (i, ((l, c), t)) in limits.iter().zip(&cells).zip(loaded).enumerate() {
             // Enforced limits spend while every one before them admitted; shadow limits when
             // they admit themselves.
             let spend = !peek && (l.shadow || !refused);
-            let (d, moved) = c.decide_traced(&l.limits, now, cost, spend, &reread);
+            let (d, moved) = c.decide_traced(&l.limits, t, now, cost, spend, &clock);
             spent[i] = moved;
             if cfg!(debug_assertions) {
                 decisions[i] = d;

@@ -67,64 +67,80 @@ impl GcraCell {
     /// Decides at `now`, the clock never read again (the unit tests' fixed instants).
     #[cfg(test)]
     pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
-        self.check_with(limits, now, || now)
+        self.check_with(limits, || now)
     }
 
-    /// Decides at `now`, reading the time again with `reread` each time another decision wins
-    /// the race for the cell, and once more before refusing: another decision may have read the
-    /// clock after `now` and spent before this one loaded the cell, and deciding at the older `now`
-    /// against its newer TAT would refuse by the few nanoseconds between the two reads (five
-    /// concurrent requests on a quota of five saw one refused, with a `retry_after` of 107 ns). The
-    /// clock is read again only under contention or on a refusal.
-    #[inline]
-    pub(crate) fn check_with(
-        &self,
-        limits: &Limits,
-        now: Nanos,
-        reread: impl FnMut() -> Nanos,
-    ) -> Decision {
-        self.check_units(limits, now, 1, reread)
+    /// Loads the cell, then reads the time with `clock`, and decides one unit; on a lost race for
+    /// the cell, decides again with the TAT that won and the clock read again.
+    ///
+    /// The load comes first so that no decision sees a TAT spent with a later clock read than its
+    /// own: whoever wrote the TAT it loads read the clock before its compare-exchange, which came
+    /// before this load, which comes before this read (the clock is monotonic). Reading the clock
+    /// first let a decision preempted between the two refuse by the nanoseconds between them (five
+    /// concurrent requests on a quota of five saw one refused, with a `retry_after` of 107 ns).
+    #[inline(always)]
+    pub(crate) fn check_with(&self, limits: &Limits, clock: impl FnMut() -> Nanos) -> Decision {
+        self.check_units(limits, 1, clock)
     }
 
     /// [`check_with`](Self::check_with) for `cost` units: [`check_traced`](Self::check_traced)'s
     /// decision (inlined, the trace it does not use costs nothing).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_units(
         &self,
         limits: &Limits,
-        now: Nanos,
         cost: u32,
-        reread: impl FnMut() -> Nanos,
+        clock: impl FnMut() -> Nanos,
     ) -> Decision {
-        self.check_traced(limits, now, cost, reread).0
+        self.check_traced(limits, cost, clock).0
     }
 
-    /// Decides `cost` units at `now` as [`check_with`](Self::check_with) says (the clock read again
-    /// on a lost race and once before a refusal), also returning, when spent, the spend's start (the TAT
-    /// or `now`, whichever is later: a TAT in the past is the same state as `now`) and the TAT
-    /// after it, so that [`undo`](Self::undo) takes back exactly `cost` emission intervals.
-    #[inline]
+    /// Decides `cost` units as [`check_with`](Self::check_with) says (the cell loaded, then the
+    /// clock read), also returning, when spent, the spend's start (the TAT or `now`, whichever is
+    /// later: a TAT in the past is the same state as `now`) and the TAT after it, so that
+    /// [`undo`](Self::undo) takes back exactly `cost` emission intervals.
+    ///
+    /// Inlined always, as [`spend_from`](Self::spend_from) is: out of line (`#[inline]` left the
+    /// choice to the compiler, which kept a call), `INSTRUCTIONS_ONLY=1 cargo bench --bench
+    /// instructions --all-features -- u64/rampart_rate_limit` gave global +266, store two limits
+    /// +576 instructions; inlined, +238 and +565.
+    #[inline(always)]
     pub(crate) fn check_traced(
         &self,
         limits: &Limits,
+        cost: u32,
+        mut clock: impl FnMut() -> Nanos,
+    ) -> (Decision, Option<(Nanos, Nanos)>) {
+        let tat = self.load();
+        let now = clock();
+        self.spend_from(limits, tat, now, cost, clock)
+    }
+
+    /// The TAT, as a decision loads it before it reads the clock (see
+    /// [`check_with`](Self::check_with)).
+    #[inline(always)]
+    pub(crate) fn load(&self) -> Nanos {
+        self.tat.load(Ordering::Acquire)
+    }
+
+    /// Decides `cost` units at `now` against `tat`, which this cell held when it was loaded
+    /// (before `now` was read), and spends them if admitted; on a lost race, decides again with
+    /// the TAT that won and the time read again with `clock` (its writer read the clock before
+    /// the compare-exchange this one lost). Returns the decision and, when spent, the spend's start
+    /// and end as [`check_traced`](Self::check_traced) does.
+    #[inline(always)]
+    pub(crate) fn spend_from(
+        &self,
+        limits: &Limits,
+        tat: Nanos,
         mut now: Nanos,
         cost: u32,
-        mut reread: impl FnMut() -> Nanos,
+        mut clock: impl FnMut() -> Nanos,
     ) -> (Decision, Option<(Nanos, Nanos)>) {
-        let mut current = self.tat.load(Ordering::Acquire);
-        let mut reread_on_refusal = true;
+        let mut current = tat;
         loop {
             let (decision, next) = decide_units(limits, current, now, cost);
             let Some(next) = next else {
-                if reread_on_refusal && current > now {
-                    // Refused against a TAT another decision moved: decide again at a fresh now.
-                    reread_on_refusal = false;
-                    let later = reread();
-                    if later > now {
-                        now = later;
-                        continue;
-                    }
-                }
                 return (decision, None);
             };
             match self
@@ -134,16 +150,29 @@ impl GcraCell {
                 Ok(_) => return (decision, Some((current.max(now), next))),
                 Err(actual) => {
                     current = actual;
-                    now = now.max(reread());
+                    now = now.max(clock());
                 }
             }
         }
     }
 
-    /// The decision for `cost` units at `now`, nothing spent.
+    /// The decision for `cost` units at `now` against `tat` (as loaded before `now` was read),
+    /// nothing spent.
     #[inline]
-    pub(crate) fn peek(&self, limits: &Limits, now: Nanos, cost: u32) -> Decision {
-        decide_units(limits, self.tat.load(Ordering::Acquire), now, cost).0
+    pub(crate) fn peek_from(limits: &Limits, tat: Nanos, now: Nanos, cost: u32) -> Decision {
+        decide_units(limits, tat, now, cost).0
+    }
+
+    /// The decision for `cost` units, nothing spent: the cell loaded, then the clock read.
+    #[inline]
+    pub(crate) fn peek(
+        &self,
+        limits: &Limits,
+        cost: u32,
+        clock: impl FnOnce() -> Nanos,
+    ) -> Decision {
+        let tat = self.load();
+        Self::peek_from(limits, tat, clock(), cost)
     }
 
     /// Stores `new` if the cell still holds `old`.
@@ -202,41 +231,107 @@ mod tests {
     }
 
     #[test]
-    fn a_decision_with_an_older_clock_read_is_decided_again_before_it_refuses() {
-        // Four decisions read the clock at `later` and spent; a fifth read it 107 ns earlier and
-        // loads the cell only now (no race lost, so no reread on that account). At its own `now`
-        // it would be refused by 107 ns; read again, the clock says `later`, and it is admitted.
+    fn a_decision_loads_the_cell_before_it_reads_the_clock() {
+        // Four decisions read the clock at `later` and spent. A fifth that had read the clock
+        // 107 ns earlier and loaded the cell only then was refused by those 107 ns; now it loads
+        // the cell first and reads the clock after, which says `later` at least (the others read
+        // it before they spent, and it is monotonic): admitted, with one read.
         let l = limits(Quota::per_hour(5));
         let cell = GcraCell::default();
         let later = 1_000 * S + 107;
         for _ in 0..4 {
             assert!(cell.check(&l, later).is_allowed());
         }
+        let tat = cell.due();
         let mut reads = 0;
-        let d = cell.check_units(&l, later - 107, 1, || {
+        let d = cell.check_units(&l, 1, || {
             reads += 1;
+            // The load came first: the cell holds what the four spent.
+            assert_eq!(cell.due(), tat);
             later
         });
         assert!(d.is_allowed(), "{d:?}");
         assert_eq!(d.remaining(), 0);
         assert_eq!(reads, 1);
-        // A real refusal reads the clock once more and stays a refusal (nothing spent).
+        // A real refusal reads the clock once, and spends nothing.
         let mut reads = 0;
-        let refused = cell.check_units(&l, later, 1, || {
+        let (refused, moved) = cell.check_traced(&l, 1, || {
             reads += 1;
             later + 1
         });
-        assert!(!refused.is_allowed());
+        assert!(!refused.is_allowed() && moved.is_none());
         assert_eq!(reads, 1);
-        let (d, moved) = cell.check_traced(&l, later + 1, 1, || later + 2);
-        assert!(!d.is_allowed() && moved.is_none());
-        // With a clock that reads the same instant again (paused time), the older read is
-        // refused by its 107 ns: the second decision follows the clock, it does not guess.
+        // Under paused time (the clock reads the same instant again) the five are admitted too.
         let cell = GcraCell::default();
-        for _ in 0..4 {
-            assert!(cell.check(&l, later).is_allowed());
+        for _ in 0..5 {
+            assert!(cell.check_with(&l, || later).is_allowed());
         }
-        assert!(!cell.check(&l, later - 107).is_allowed());
+        assert!(!cell.check_with(&l, || later).is_allowed());
+    }
+
+    #[test]
+    fn a_lost_race_decides_again_with_the_winner_and_a_fresh_clock() {
+        // Between this decision's load and its compare-exchange another one reads a later clock
+        // and spends: the compare-exchange fails, and the decision is made again against the TAT
+        // that won, at the clock read again (not earlier than the winner's).
+        let l = limits(Quota::per_hour(5));
+        let cell = GcraCell::default();
+        let t = 1_000 * S;
+        for _ in 0..3 {
+            assert!(cell.check(&l, t).is_allowed());
+        }
+        let mut reads = Vec::new();
+        let (d, moved) = cell.check_traced(&l, 1, || {
+            let now = if reads.is_empty() {
+                // The other decision, after this one's load and clock read.
+                assert!(cell.check(&l, t + 5).is_allowed());
+                t
+            } else {
+                t + 5
+            };
+            reads.push(now);
+            now
+        });
+        assert_eq!(reads, [t, t + 5]);
+        assert!(d.is_allowed(), "{d:?}");
+        assert_eq!(d.remaining(), 0);
+        let emission = 720 * S;
+        assert_eq!(moved, Some((t + 4 * emission, t + 5 * emission)));
+        assert_eq!(cell.due(), t + 5 * emission);
+    }
+
+    #[test]
+    fn concurrent_decisions_on_a_moving_clock_admit_the_whole_burst() {
+        // Threads each make one decision on a clock another thread keeps moving: however they
+        // interleave, none sees a spend made with a later clock than its own, so a quota of as
+        // many as there are threads admits every one (reading the clock first refused one at
+        // times).
+        use crate::clock::{Clock, ManualClock};
+        let l = limits(Quota::per_hour(4));
+        for _ in 0..200 {
+            let clock = ManualClock::new();
+            clock.set(1_000 * S);
+            let cell = GcraCell::default();
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let admitted = std::thread::scope(|s| {
+                s.spawn(|| {
+                    while !done.load(Ordering::Relaxed) {
+                        clock.advance(std::time::Duration::from_nanos(1));
+                    }
+                });
+                let decisions: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| cell.check_with(&l, || clock.now()).is_allowed()))
+                    .collect();
+                let admitted = decisions
+                    .into_iter()
+                    .map(|d| d.join().expect("a decision thread"))
+                    .filter(|allowed| *allowed)
+                    .count();
+                done.store(true, Ordering::Relaxed);
+                admitted
+            });
+            assert_eq!(admitted, 4);
+        }
     }
 
     #[test]
@@ -285,7 +380,7 @@ mod tests {
         let l = limits(Quota::per_second(1).burst(10));
         let cell = GcraCell::default();
         // An idle key (TAT 0) at 100 s: the spend starts at now, not at the stale TAT.
-        let (d, moved) = cell.check_traced(&l, 100 * S, 1, || 100 * S);
+        let (d, moved) = cell.check_traced(&l, 1, || 100 * S);
         assert!(d.is_allowed());
         assert_eq!(moved, Some((100 * S, 101 * S)));
         // Another decision spends on top before the first is taken back.
@@ -296,15 +391,15 @@ mod tests {
         // Only the first spend is gone: the second's interval remains.
         assert_eq!(cell.due(), 101 * S);
         // Two spends taken back in the other order: each removes its own length.
-        let (_, x) = cell.check_traced(&l, 100 * S, 1, || 100 * S);
-        let (_, y) = cell.check_traced(&l, 100 * S, 1, || 100 * S);
+        let (_, x) = cell.check_traced(&l, 1, || 100 * S);
+        let (_, y) = cell.check_traced(&l, 1, || 100 * S);
         let ((xo, xn), (yo, yn)) = (x.unwrap(), y.unwrap());
         assert_eq!((xo, xn, yo, yn), (101 * S, 102 * S, 102 * S, 103 * S));
         cell.undo(xo, xn);
         cell.undo(yo, yn);
         assert_eq!(cell.due(), 101 * S);
         // Uncontended, the undo restores the start exactly.
-        let (_, moved) = cell.check_traced(&l, 100 * S, 3, || 100 * S);
+        let (_, moved) = cell.check_traced(&l, 3, || 100 * S);
         let (old, new) = moved.unwrap();
         assert_eq!((old, new), (101 * S, 104 * S));
         cell.undo(old, new);

@@ -129,20 +129,27 @@ impl WindowCell {
     #[cfg(test)]
     #[inline]
     pub(crate) fn check(&self, limits: &Limits, now: Nanos) -> Decision {
-        self.check_units(limits, now, 1, false)
+        self.check_units(limits, 1, false, || now)
     }
 
-    /// Decides `cost` units at `now`; stores the outcome unless `peek`.
+    /// Locks the cell, then reads the time with `clock`, and decides `cost` units; stores the
+    /// outcome unless `peek`.
+    ///
+    /// The clock is read under the lock so that no decision sees counts stored with a later clock
+    /// read than its own: read before the lock, a decision preempted between the two could come
+    /// to counts another one had rolled into the next window, and take them for a window two
+    /// behind (forgetting them, so admitting too much), or weigh the previous window more than at
+    /// its own time (refusing by the nanoseconds between the reads).
     #[inline]
     pub(crate) fn check_units(
         &self,
         limits: &Limits,
-        now: Nanos,
         cost: u32,
         peek: bool,
+        clock: impl FnOnce() -> Nanos,
     ) -> Decision {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let (decision, next) = decide_units(limits, *w, now, cost);
+        let (decision, next) = decide_units(limits, *w, clock(), cost);
         if !peek {
             *w = next;
         }
@@ -155,13 +162,13 @@ impl WindowCell {
     pub(crate) fn check_traced(
         &self,
         limits: &Limits,
-        now: Nanos,
         cost: u32,
         peek: bool,
+        clock: impl FnOnce() -> Nanos,
     ) -> (Decision, Option<(Window, Window)>) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         let old = *w;
-        let (decision, next) = decide_units(limits, old, now, cost);
+        let (decision, next) = decide_units(limits, old, clock(), cost);
         if peek {
             return (decision, None);
         }
@@ -247,6 +254,33 @@ mod tests {
         assert!(!d.is_allowed());
         assert_eq!(d.retry_after(), Duration::from_millis(250));
         assert!(cell.check(&l, S + 250_000_000).is_allowed());
+    }
+
+    #[test]
+    fn the_clock_is_read_under_the_lock() {
+        // A decision whose time was read before another rolled the counts into the next window
+        // took them for a window two behind: the four spent counted for nothing. Reading the
+        // clock under the lock, it cannot come to counts stored with a later time than its own.
+        let l = limits(Quota::per_second(4));
+        let cell = WindowCell::default();
+        let late = S - 10;
+        assert!(cell.check(&l, late).is_allowed());
+        for _ in 0..3 {
+            assert!(cell.check(&l, S + 10).is_allowed());
+        }
+        // The stale instant, as the old order would have decided it: counts forgotten.
+        let (stale, _) = decide_units(&l, cell.snapshot(), late, 1);
+        assert_eq!(stale.remaining(), 3);
+        // The order now: the clock read after the lock, so at least the others' time.
+        let mut reads = 0;
+        let d = cell.check_units(&l, 1, true, || {
+            reads += 1;
+            // The lock is held while the clock is read.
+            assert!(cell.window.try_lock().is_err());
+            S + 10
+        });
+        assert_eq!(reads, 1);
+        assert!(!d.is_allowed(), "{d:?}");
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub type Nanos = u64;
 
 /// A monotonic time source.
 ///
-/// Implementations must never go backwards. Clones share one timeline.
+/// Implementations must never go backwards, across threads too: a read that happens after another
+/// (through the store's atomics or locks) returns at least as much. Clones share one timeline.
+/// Stores may read the clock more than once per decision (again after losing a race for a cell,
+/// and when adding a key) and while holding a lock of their own (the in-memory sliding window's
+/// cell), so a read should be quick and must not block or call back into the store.
 pub trait Clock: Clone + Send + Sync + 'static {
     /// Nanoseconds elapsed since this clock's epoch.
     fn now(&self) -> Nanos;

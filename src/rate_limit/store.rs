@@ -18,8 +18,12 @@ use crate::error::ConfigError;
 ///
 /// # Semantics every store follows
 ///
-/// - Every limit of the set is decided at one `now`, against its own state for the key. State
-///   identity is (key, limit name): changing a limit's quota keeps its state.
+/// - Every limit of the set is decided against its own state for the key, at a `now` read after
+///   that state was loaded (so no decision sees a spend made with a later clock than its own):
+///   GCRA limits at one `now` for the set, read again only when another decision wins the race
+///   for a cell; the in-memory sliding window reads the clock under each limit's lock, so a set's
+///   window limits are decided at reads nanoseconds apart; Redis decides every limit at one
+///   server `TIME`. State identity is (key, limit name): changing a limit's quota keeps its state.
 /// - A limit admits when its state has room for `cost` units (GCRA:
 ///   `max(tat, now) + cost * emission - now <= tolerance`; sliding window:
 ///   `weighted count + cost <= limit`).

@@ -460,8 +460,9 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// Decides `limits` for `key` with the algorithm's `single` cell (a key with no data's first
     /// limit) and `map`: one lookup of the key's entry, which gets the cells it lacks first.
     ///
-    /// The key's cells are loaded, then the clock read once (a sliding window's cell reads it
-    /// under its own lock). Limits are decided in order at that `now`, each spending as it admits; once an enforced
+    /// The key's cells are loaded, then the clock read once; GCRA limits are decided at that `now`
+    /// (a sliding window's cell reads the clock itself, under its own lock). Limits are decided in
+    /// order, each spending as it admits; once an enforced
     /// limit refuses, the rest are only looked at, and the enforced limits that had spent take
     /// it back. A concurrent decision may see such a spend before it is taken back and refuse:
     /// never admit more than the limits allow.

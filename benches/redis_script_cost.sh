@@ -14,9 +14,9 @@
 # script exactly as the crate builds it (`cargo run --example redis_script_source`) and
 # throttle-kit's GCRA script (from its source in ~/.cargo/registry), then, round after round with
 # the rows alternating, runs `redis-benchmark -c $CLIENTS -n $CALLS EVALSHA ...` for each and reads
-# `usec_per_call`. Each row's keys (`-r $KEYS`: 64 by default, as the criterion group's 64 in
-# flight) are warmed first, so every measured call reads a state and writes one back, as a
-# limiter's steady state does. Prints every round's figure and the minimum per row.
+# `usec_per_call` (and redis-benchmark's calls per second). Each row's keys (`-r $KEYS`: 64 by
+# default, as the criterion group's 64 in flight) are warmed first, so every measured call reads a
+# state and writes one back, as a limiter's steady state does. Prints every round's figure and the minimum per row.
 #
 # Rows (the arguments are the criterion group's `redis_rate_limit`, benches/redis.rs, but for the
 # quota: a GCRA emission interval of 1 ms (EMISSION, ns) with a burst of an hour (TOLERANCE, ns),
@@ -89,11 +89,12 @@ args() {
   esac
 }
 
-run() { # row calls -> usec_per_call
+run() { # row calls; prints redis-benchmark's requests per second
   local row=$1 calls=$2
   local -a a
   eval "a=($(args "$row"))"
-  nice -n "${NICE:-0}" redis-benchmark -p "$port" -c "$CLIENTS" -n "$calls" -r "$KEYS" EVALSHA "${a[@]}" >/dev/null
+  nice -n "${NICE:-0}" redis-benchmark -p "$port" -c "$CLIENTS" -n "$calls" -r "$KEYS" -q EVALSHA "${a[@]}" |
+    tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1
 }
 
 # Check each row answers an admission, then warm its keys.
@@ -106,14 +107,17 @@ for row in $ROWS; do
     cli EVALSHA "${a[@]}" >&2
     exit 1
   fi
-  run "$row" $((KEYS * 20))
+  run "$row" $((KEYS * 20)) >/dev/null
 done
 
-declare -A best all
+declare -A best all top
 for r in $(seq "$RUNS"); do
   for row in $ROWS; do
     cli CONFIG RESETSTAT >/dev/null
-    run "$row" "$CALLS"
+    rps=$(run "$row" "$CALLS")
+    if [ -z "${top[$row]:-}" ] || awk "BEGIN { exit !($rps > ${top[$row]}) }"; then
+      top[$row]=$rps
+    fi
     us=$(cli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')
     all[$row]="${all[$row]:-}${all[$row]:+ }$us"
     if [ -z "${best[$row]:-}" ] || awk "BEGIN { exit !($us < ${best[$row]}) }"; then
@@ -122,7 +126,9 @@ for r in $(seq "$RUNS"); do
   done
 done
 
-echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), $RUNS rounds of $CALLS calls, -c $CLIENTS, $KEYS keys; usec_per_call (EVALSHA)"
+echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), $RUNS rounds of $CALLS calls, -c $CLIENTS, $KEYS keys"
+echo "usec_per_call of EVALSHA (Redis's accounting, the script's run), min and every round; the best"
+echo "round's calls/s by redis-benchmark (client on the same machine: a rough figure)"
 for row in $ROWS; do
-  printf '%-14s min %6s   all: %s\n' "$row" "${best[$row]}" "${all[$row]}"
+  printf '%-14s min %6s us  %9s calls/s   all: %s\n' "$row" "${best[$row]}" "${top[$row]}" "${all[$row]}"
 done

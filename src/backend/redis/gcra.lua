@@ -1,5 +1,6 @@
 -- GCRA: one decision over a set of limits on one key (limit_set.lua: arguments, reply, the set's
--- rules), each limit computed exactly as src/rate_limit/algorithm/gcra.rs `decide` does, atomically.
+-- rules; decide.lua and limit_set.lua follow this file in the script), each limit computed exactly
+-- as src/rate_limit/algorithm/gcra.rs `decide` does, atomically.
 --
 -- A limit's state: the theoretical arrival time (TAT) of the key's next request, in nanoseconds
 -- since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits
@@ -20,7 +21,9 @@
 -- relative to now: the store refuses quotas whose tolerance exceeds 2^52 ns, and cost x emission
 -- is compared with the tolerance before it is added to anything.
 
-local function gcra_one(raw, emission, tolerance, cost, now_us, now_frac, repair, min_ttl)
+-- The one-limit decision decide.lua and limit_set.lua make (limit_set.lua: its arguments and
+-- answers).
+local function decide_one(raw, emission, tolerance, cost, now_us, now_frac, repair, min_ttl)
   local base, repaired = gcra_base(raw, now_us, now_frac, repair)
   if not repaired then
     return nil, base
@@ -36,7 +39,5 @@ local function gcra_one(raw, emission, tolerance, cost, now_us, now_frac, repair
   end
   local slack = tolerance - ahead
   local value, ttl = gcra_state(now_us, now_frac, ahead, min_ttl)
-  return 1, slack, ahead, divmod(slack, emission), repaired, value, ttl
+  return 1, slack, ahead, (slack - fmod(slack, emission)) / emission, repaired, value, ttl
 end
-
-return decide_set(gcra_one)

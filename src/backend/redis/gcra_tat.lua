@@ -43,22 +43,21 @@ local function gcra_base(raw, now_us, now_frac, repair)
 end
 
 -- The state that puts the TAT at now + ahead, and its expiry (ms): once it has passed (the key is
--- then as good as absent), and no sooner than `min_ttl_arg` ms.
-local function gcra_state(now_us, now_frac, ahead, min_ttl_arg)
-  local carry, frac = divmod(now_frac + ahead, 1000)
-  local tat_us = now_us + carry
+-- then as good as absent), and no sooner than `min_ttl` ms (a number).
+local function gcra_state(now_us, now_frac, ahead, min_ttl)
+  local x = now_frac + ahead
+  local frac = fmod(x, 1000)
+  local tat_us = now_us + (x - frac) / 1000
   local value
   if tat_us > 0 then
     -- %d formats a 64-bit integer (exact below 2^53), several times cheaper than %.0f.
-    value = string.format('%d%03d', tat_us, frac)
+    value = format('%d%03d', tat_us, frac)
   else
-    value = string.format('%d', frac)
+    value = format('%d', frac)
   end
-  local ttl = divmod(ahead, 1000000) + 1
-  local min_ttl = tonumber(min_ttl_arg)
+  local ttl = (ahead - fmod(ahead, 1000000)) / 1000000 + 1
   if ttl < min_ttl then
     ttl = min_ttl
   end
   return value, ttl
 end
-

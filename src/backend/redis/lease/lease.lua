@@ -72,25 +72,35 @@ if type(raw) == 'table' or (raw and byte(raw, 1) == 124) then
   end
 end
 
-local base, repaired = gcra_base(raw, now_us, now_frac, ARGV[5])
-if not repaired then
-  return base
+-- One unit, as a decision of cost 1: refused, or the units that fit (`remaining` more than this
+-- one), carved by a second decision of that cost when more than one is wanted.
+local min_ttl = tonumber(ARGV[4])
+local s, a, b, remaining, repaired, value, ttl =
+  decide_one(raw, emission, tolerance, 1, now_us, now_frac, ARGV[5], min_ttl)
+if not s then
+  return a
 end
 if problem then
   repaired = problem
 end
-
-if base + emission > tolerance then
-  return {0, base, base + emission - tolerance, repaired, time_us}
+if s ~= 1 then
+  -- a is how far ahead of now the TAT is: reset. A unit fits once it is within the tolerance.
+  return {0, a, a + emission - tolerance, repaired, time_us}
 end
--- As many units as fit under the tolerance, at most the ones wanted.
-local fit = (tolerance - base - fmod(tolerance - base, emission)) / emission
 local k = wanted
-if fit < k then
-  k = fit
+if remaining + 1 < k then
+  k = remaining + 1
 end
-local ahead = base + k * emission
-local value, ttl = gcra_state(now_us, now_frac, ahead, tonumber(ARGV[4]))
+if k > 1 then
+  -- The same state read again (a repaired one as fresh: `repair` has said so once).
+  local state = raw
+  if repaired ~= '' then
+    state = nil
+  end
+  local _
+  s, a, b, remaining, _, value, ttl =
+    decide_one(state, emission, tolerance, k, now_us, now_frac, ARGV[5], min_ttl)
+end
 if E then
   if own == 0 then
     m = m + 1
@@ -102,4 +112,5 @@ if E then
 else
   redis.call('SET', key, value, 'PX', ttl)
 end
-return {k, tolerance - ahead, ahead, repaired, time_us}
+-- a = slack, what is left in Redis after the k units; b = reset, how far ahead the TAT runs.
+return {k, a, b, repaired, time_us}

@@ -30,6 +30,7 @@ mod packed;
 mod policies;
 #[path = "../rate_limit/policy_cases.rs"]
 mod policy_cases;
+mod script;
 mod support;
 mod timeouts;
 #[cfg(feature = "redis-tls")]

@@ -1,6 +1,6 @@
 //! Every limit of a key in the key's one value (#18): the layer's own limit alone keeps the bare
 //! state a single-quota limiter has always written; any other limit's state makes the value packed
-//! (`|<name>|<expires ms>|<state>` entries, see `prelude.lua`), read and written by the single form
+//! (`|<name>|<expires ms>|<state>` entries, see `entries.lua`), read and written by the single form
 //! and the set form alike. Entries of limits outside a decision are carried while live and dropped
 //! once expired; unreadable values and entries follow the repair rule.
 

@@ -1,6 +1,8 @@
 -- One decision over a set of limits on one key, in one call: the part gcra.lua and
--- sliding_window.lua share (prepended after prelude.lua; each script ends by calling `decide_set`
--- with its own one-limit decision).
+-- sliding_window.lua share. A script is prelude.lua, the algorithm's file (its `decide_one`),
+-- decide.lua (the clock, the key's value, the single form on a bare value), entries.lua, then
+-- this file, the set form (and the single form on a packed value), which goes on with
+-- decide.lua's locals.
 --
 -- KEYS[1]  the key's value: every limit's state, bare or packed by limit name (prelude.lua), so a
 --          decision is TIME, one GET and at most one SET (or DEL) whatever the number of limits
@@ -46,180 +48,169 @@
 -- Entries of limits not in the decision are kept while they are live; nothing is written when no
 -- state changes (a refusal, a peek), so expired entries go at the next write.
 --
--- `one(state, p1, p2, cost, now_us, now_frac, repair, min_ttl)` answers the decision of the limit
--- whose state is `state` (a string, or nil for none) as (status, a, b, remaining, repaired, value,
--- ttl): `status` as above; admitted, `remaining` is the units left after it and `value`, `ttl` the
--- state to write when it spends; or (nil, error reply).
+-- `decide_one(state, p1, p2, cost, now_us, now_frac, repair, min_ttl)` (numbers but `state` and
+-- `repair`) answers the decision of the limit whose state is `state` (a string, or nil for none)
+-- as (status, a, b, remaining, repaired, value, ttl): `status` as above; admitted, `remaining` is
+-- the units left after it and `value`, `ttl` the state to write when it spends; or (nil, error
+-- reply).
 
-local function decide_set(one)
-  local n, nargs = #KEYS, #ARGV
-  local time_us, now_us, now_frac = clock(ARGV[3], ARGV[nargs])
-  if not now_us then
-    return time_us
+local n, cost, flags = 1, 1, '00'
+if not single then
+  n = (nargs - 6) / 3
+  if n < 1 or n > 8 or n % 1 ~= 0 then
+    return redis.error_reply('RAMPARTARG a set of n limits takes 3n + 6 arguments')
   end
-  if n ~= 1 then
-    return redis.error_reply('RAMPARTARG the rate limit script takes one key')
-  end
-  local key, min_ttl, repair = KEYS[1], ARGV[4], ARGV[5]
-  local raw = redis.pcall('GET', key)
-  local single = nargs == 6
-
-  if single and type(raw) ~= 'table' and (not raw or string.byte(raw, 1) ~= 124) then
-    -- The layer's own limit on a bare value or none: what the single form has always done.
-    local s, a, b, _, repaired, value, ttl =
-      one(raw, tonumber(ARGV[1]), tonumber(ARGV[2]), 1, now_us, now_frac, repair, min_ttl)
-    if not s then
-      return a
-    end
-    if s == 1 then
-      redis.call('SET', key, value, 'PX', ttl)
-      return {1, a, b, repaired, time_us}
-    end
-    if repaired ~= '' then
-      redis.call('DEL', key)
-    end
-    return {0, a, b, repaired, time_us}
-  end
-
-  local cost, flags = 1, '00'
-  if single then
-    n = 1
-  else
-    n = (nargs - 6) / 3
-    if n < 1 or n > 8 or n ~= math.floor(n) then
-      return redis.error_reply('RAMPARTARG a set of n limits takes 3n + 6 arguments')
-    end
+  -- A cost of 1, the common one, without a `tonumber` call.
+  cost = 1
+  if ARGV[6] ~= '1' then
     cost = tonumber(ARGV[6])
-    if not cost or cost < 0 or cost > 4294967295 or cost ~= math.floor(cost) then
-      return redis.error_reply('RAMPARTARG the cost must be a whole number from 0 to 2^32 - 1')
-    end
-    flags = ARGV[7]
-    if #flags ~= n + 1 or not string.match(flags, '^[01]+$') then
-      return redis.error_reply('RAMPARTARG the flags must be n + 1 characters 0 or 1')
-    end
   end
-  local peek = string.byte(flags, 1) == 49
-
-  local time_ms = divmod(time_us, 1000)
-  local states, expires, order, bare = read_entries(raw, time_ms)
-  -- Made when there is one: "<i> <what was wrong>" lines.
-  local problems
-  local dirty = false
-  if not states then
-    if repair ~= '1' then
-      return redis.error_reply('RAMPARTDATA ' .. expires)
-    end
-    problems = {'0 ' .. expires}
-    states, expires, order, bare, dirty = {}, {}, {}, false, true
+  if not cost or cost < 0 or cost > 4294967295 or cost % 1 ~= 0 then
+    return redis.error_reply('RAMPARTARG the cost must be a whole number from 0 to 2^32 - 1')
   end
+  flags = ARGV[7]
+  -- Spend, every limit enforced: one comparison of interned strings instead of a `find`.
+  if (n ~= 2 or flags ~= '000') and (#flags ~= n + 1 or find(flags, '[^01]')) then
+    return redis.error_reply('RAMPARTARG the flags must be n + 1 characters 0 or 1')
+  end
+end
+local peek = byte(flags, 1) == 49
+-- No shadow limit and no peek (the flags of a plain decision): no flag to read per limit.
+local plain = (n == 2 and flags == '000') or flags == '00'
 
-  -- Each limit's decision in one table (fewer allocations per call), 8 slots per limit from
-  -- k = 8 (i - 1): name, status, a, b, remaining, value, ttl, and whether it was repaired; shadow
-  -- limits are read from the flags.
-  local d = {}
-  local allowed, enforced, shadow_refused = true, false, 0
-  min_ttl = tonumber(min_ttl)
-  for i = 1, n do
-    local name, p1, p2 = '', ARGV[1], ARGV[2]
-    if not single then
-      name = ARGV[8]
-      if i > 1 then
-        name, p1, p2 = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+local time_ms = (time_us - fmod(time_us, 1000)) / 1000
+local E, m, bare = read_entries(raw, time_ms)
+-- Made when there is one: "<i> <what was wrong>" lines.
+local problems
+local dirty = false
+if not E then
+  if repair ~= '1' then
+    return redis.error_reply('RAMPARTDATA ' .. m)
+  end
+  problems = {'0 ' .. m}
+  E, m, bare, dirty = {}, 0, false, true
+end
+
+-- Each limit's decision, 5 slots from k = 5 (i - 1): its entry's slot in E (0 for none), status,
+-- the state to write and its expiry, and whether its state was repaired; made at once for two
+-- limits. The binding limit is chosen as the limits are decided (see above): `r*` the refusing
+-- enforced limit with the longest wait, `e*` the enforced limit with the fewest remaining, `o*`
+-- the limit with the fewest remaining of all (for a set of shadow limits only); each with its
+-- index, status and figures.
+local d = {false, false, false, false, false, false, false, false, false, false}
+local allowed, enforced, shadow_refused = true, false, 0
+local ri, rs, ra, rb, ei, er, ea, eb, oi, ostatus, orem, oa, ob
+for i = 1, n do
+  local name, p1, p2 = '', ARGV[1], ARGV[2]
+  if not single then
+    name = ARGV[8]
+    if i > 1 then
+      name, p1, p2 = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+      if name == ARGV[8] then
+        return redis.error_reply('RAMPARTARG two limits of a set have one name')
       end
-      for j = 1, i - 1 do
-        if d[8 * j - 7] == name then
+      for j = 2, i - 1 do
+        if ARGV[3 * j + 3] == name then
           return redis.error_reply('RAMPARTARG two limits of a set have one name')
         end
       end
     end
-    local s, a, b, r, repaired, value, ttl =
-      one(states[name], tonumber(p1), tonumber(p2), cost, now_us, now_frac, repair, min_ttl)
-    if not s then
-      return a
-    end
-    local k = 8 * (i - 1)
-    d[k + 1], d[k + 2], d[k + 3], d[k + 4], d[k + 5], d[k + 6], d[k + 7] =
-      name, s, a, b, r, value, ttl
-    if repaired ~= '' then
-      d[k + 8] = true
-      if not problems then
-        problems = {}
-      end
-      problems[#problems + 1] = i .. ' ' .. repaired
-    end
-    if string.byte(flags, i + 1) == 49 then
-      if s ~= 1 then
-        shadow_refused = shadow_refused + 2 ^ (i - 1)
-      end
-    else
-      enforced = true
-      if s ~= 1 then
-        allowed = false
-      end
+  end
+  -- The slot of its live entry (names are unique in E).
+  local ks, state = 0, nil
+  for k = 3, 3 * m, 3 do
+    if E[k] and E[k - 2] == name then
+      ks, state = k, E[k]
+      break
     end
   end
-
-  local bind
-  if allowed then
-    local fewest
-    for i = 1, n do
-      if string.byte(flags, i + 1) ~= 49 or not enforced then
-        local k = 8 * (i - 1)
-        local r = 0
-        if d[k + 2] == 1 then
-          r = d[k + 5]
-        end
-        if not bind or r < fewest then
-          bind, fewest = i, r
-        end
-      end
+  local s, a, b, r, repaired, value, ttl =
+    decide_one(state, p1 + 0, p2 + 0, cost, now_us, now_frac, repair, min_ttl)
+  if not s then
+    return a
+  end
+  local k = 5 * (i - 1)
+  d[k + 1], d[k + 2], d[k + 3], d[k + 4], d[k + 5] = ks, s, value, ttl, repaired ~= ''
+  if repaired ~= '' then
+    if not problems then
+      problems = {}
+    end
+    problems[#problems + 1] = i .. ' ' .. repaired
+  end
+  if s ~= 1 then
+    r = 0
+  end
+  if not plain and byte(flags, i + 1) == 49 then
+    if s ~= 1 then
+      shadow_refused = shadow_refused + 2 ^ (i - 1)
     end
   else
-    local bs, bb
-    for i = 1, n do
-      local k = 8 * (i - 1)
-      local s = d[k + 2]
-      if string.byte(flags, i + 1) ~= 49 and s ~= 1 then
-        if not bind or (s == 2 and bs ~= 2) or (s == 0 and bs == 0 and d[k + 4] > bb) then
-          bind, bs, bb = i, s, d[k + 4]
+    enforced = true
+    if s ~= 1 then
+      allowed = false
+      if not ri or (s == 2 and rs ~= 2) or (s == 0 and rs == 0 and b > rb) then
+        ri, rs, ra, rb = i, s, a, b
+      end
+    elseif not ei or r < er then
+      ei, er, ea, eb = i, r, a, b
+    end
+  end
+  if not oi or r < orem then
+    oi, ostatus, orem, oa, ob = i, s, r, a, b
+  end
+end
+
+for i = 1, n do
+  local k = 5 * (i - 1)
+  local ks = d[k + 1]
+  local spends = not peek and cost > 0 and d[k + 2] == 1
+  if spends and (allowed or (not plain and byte(flags, i + 1) == 49)) then
+    local exp = time_ms + d[k + 4]
+    if ks == 0 then
+      local name = ''
+      if not single then
+        name = ARGV[8]
+        if i > 1 then
+          name = ARGV[3 * i + 3]
         end
       end
+      m = m + 1
+      ks = 3 * m
+      E[ks - 2] = name
     end
+    E[ks - 1], E[ks] = exp, d[k + 3]
+    dirty = true
+  elseif d[k + 5] then
+    -- A repaired state that is not written: dropped (a fresh state is an absent entry).
+    E[ks] = nil
+    dirty = true
   end
+end
+if dirty then
+  write_entries(key, E, m, time_ms, bare)
+end
 
-  for i = 1, n do
-    local k = 8 * (i - 1)
-    local name = d[k + 1]
-    if not peek and cost > 0 and d[k + 2] == 1 and (allowed or string.byte(flags, i + 1) == 49) then
-      if not states[name] then
-        order[#order + 1] = name
-      end
-      states[name], expires[name] = d[k + 6], time_ms + d[k + 7]
-      dirty = true
-    elseif d[k + 8] then
-      states[name] = nil
-      dirty = true
-    end
+local bind, status, a, b = ri, rs, ra, rb
+if allowed then
+  if enforced then
+    bind, status, a, b = ei, 1, ea, eb
+  else
+    bind, status, a, b = oi, ostatus, oa, ob
   end
-  if dirty then
-    write_entries(key, states, expires, order, time_ms, bare)
-  end
-
-  local a = 0
-  if allowed then
-    a = 1
-  end
-  local k = 8 * (bind - 1)
-  if single then
-    local repaired = ''
-    if problems then
-      repaired = string.sub(problems[1], 3)
-    end
-    return {a, d[3], d[4], repaired, time_us}
-  end
+end
+local verdict = 0
+if allowed then
+  verdict = 1
+end
+if single then
   local repaired = ''
   if problems then
-    repaired = table.concat(problems, '\n')
+    repaired = string.sub(problems[1], 3)
   end
-  return {a, d[k + 3], d[k + 4], repaired, bind, d[k + 2], shadow_refused, time_us}
+  return {verdict, a, b, repaired, time_us}
 end
+local repaired = ''
+if problems then
+  repaired = table.concat(problems, '\n')
+end
+return {verdict, a, b, repaired, bind, status, shadow_refused, time_us}

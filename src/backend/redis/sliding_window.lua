@@ -1,6 +1,6 @@
 -- Sliding-window counter: one decision over a set of limits on one key (limit_set.lua: arguments,
--- reply, the set's rules), each limit computed exactly as src/rate_limit/algorithm/sliding_window.rs
--- `decide` does, atomically.
+-- reply, the set's rules; decide.lua and limit_set.lua follow this file in the script), each
+-- limit computed exactly as src/rate_limit/algorithm/sliding_window.rs `decide` does, atomically.
 --
 -- A limit's state: "<window index> <previous count> <current count>"
 -- A limit's two parameters: its period (ns) and its limit (units per period).
@@ -20,6 +20,12 @@
 -- for counts w <= d < 2^32, computed exactly in pieces below 2^53. The store requires
 -- 1 us <= period <= 2^52 ns, which keeps every value here below 2^53.
 
+-- q, r = floor(a / b), a mod b, exactly for integers 0 <= a < 2^53 (fmod is exact; `%` is not).
+local function divmod(a, b)
+  local r = fmod(a, b)
+  return (a - r) / b, r
+end
+
 -- floor(a * b / c) for integers a, b, c < 2^32 (a * b may reach 2^64: split a in 16-bit halves).
 local function muldiv(a, b, c)
   local ah, al = divmod(a, 65536)
@@ -35,22 +41,28 @@ local function T(P, w, d)
   return w * qp + muldiv(w, rp, d)
 end
 
-local function window_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
+-- The one-limit decision decide.lua and limit_set.lua make (limit_set.lua: its arguments and
+-- answers).
+local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   -- index, e = floor(now / P), now mod P, where now = now_us * 1000 + now_frac (ns).
   local q1, r1 = divmod(now_us, P)
-  -- (r1 * 1000) by binary Horner over 1000 = 0b1111101000, reducing mod P at each step (all < 2P).
+  -- (r1 * 1000) by binary Horner over 1000 = 0b1111101000, reducing mod P at each step (all < 2P);
+  -- the bits from the top, by arithmetic (no table nor `ipairs` per call).
   local q2, e = 0, 0
-  for _, bit in ipairs({1, 1, 1, 1, 1, 0, 1, 0, 0, 0}) do
+  local bits, bit = 1000, 512
+  while bit >= 1 do
     q2, e = q2 * 2, e * 2
     if e >= P then
       q2, e = q2 + 1, e - P
     end
-    if bit == 1 then
+    if bits >= bit then
+      bits = bits - bit
       e = e + r1
       if e >= P then
         q2, e = q2 + 1, e - P
       end
     end
+    bit = bit / 2
   end
   e = e + now_frac
   if e >= P then
@@ -127,9 +139,8 @@ local function window_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
     local left = j - weighted()
     -- Everything counted now has decayed by the end of the window after the stored one.
     local ttl = divmod(to_window_end + P + (stored_index - index) * P, 1000000) + 1
-    local min = tonumber(min_ttl)
-    if ttl < min then
-      ttl = min
+    if ttl < min_ttl then
+      ttl = min_ttl
     end
     -- %d formats a 64-bit integer (the index is below 2^53), several times cheaper than %.0f.
     local value = string.format('%d %d %d', stored_index, prev, curr + cost)
@@ -146,5 +157,3 @@ local function window_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   end
   return 0, reset, retry_after, 0, repaired
 end
-
-return decide_set(window_one)

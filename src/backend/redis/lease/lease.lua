@@ -2,7 +2,7 @@
 -- exactly k decisions of gcra.lua at the same instant (the state is the same TAT, at the same key,
 -- so exact and leased replicas share one quota); with N = 1 it is one exact decision.
 --
--- KEYS[1]  the limiter key; its value holds the layer's own limit's state (prelude.lua: a bare
+-- KEYS[1]  the limiter key; its value holds the layer's own limit's state (entries.lua: a bare
 --          value, or its entry in a packed one, whose other entries are kept as they are): the
 --          theoretical arrival time (TAT) of the next request, in nanoseconds since the clock's
 --          epoch (the Unix epoch with Redis TIME), as decimal digits.
@@ -24,9 +24,22 @@
 -- microseconds and a remainder, everything computed is relative to now and below 2^53 (the store
 -- refuses quotas whose tolerance exceeds 2^52 ns), and k * emission <= tolerance.
 
-local time_us, now_us, now_frac = clock(ARGV[3], ARGV[7])
-if not now_us then
-  return time_us
+-- The clock and the deadline, as decide.lua reads them.
+local time_us
+do
+  local t = redis.call('TIME')
+  time_us = t[1] * 1000000 + t[2]
+end
+local not_after = tonumber(ARGV[7] or '')
+if not_after and time_us > not_after then
+  return redis.error_reply(format('RAMPARTLATE %.0f', time_us))
+end
+local now_us, now_frac = time_us, 0
+if ARGV[3] ~= '' then
+  now_us, now_frac = split_ns(ARGV[3] or '')
+  if not now_us then
+    return redis.error_reply('RAMPARTARG the clock value is out of range')
+  end
 end
 local emission = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -38,46 +51,66 @@ end
 local key = KEYS[1]
 local raw = redis.pcall('GET', key)
 -- A packed value (or another type of value): the own limit's entry, the others kept.
-local states, expires, order, problem
-if type(raw) == 'table' or (raw and string.byte(raw, 1) == 124) then
-  states, expires, order = read_entries(raw, divmod(time_us, 1000))
-  if not states then
-    problem = expires
+local E, m, own, problem
+local time_ms = (time_us - fmod(time_us, 1000)) / 1000
+if type(raw) == 'table' or (raw and byte(raw, 1) == 124) then
+  E, m = read_entries(raw, time_ms)
+  if not E then
+    problem = m
     if ARGV[5] ~= '1' then
       return redis.error_reply('RAMPARTDATA ' .. problem)
     end
-    states, expires, order = {}, {}, {}
+    E, m = {}, 0
   end
-  raw = states['']
+  -- The slot of the own limit's live entry, 0 for none.
+  own, raw = 0, nil
+  for k = 3, 3 * m, 3 do
+    if E[k] and E[k - 2] == '' then
+      own, raw = k, E[k]
+      break
+    end
+  end
 end
 
-local base, repaired = gcra_base(raw, now_us, now_frac, ARGV[5])
-if not repaired then
-  return base
+-- One unit, as a decision of cost 1: refused, or the units that fit (`remaining` more than this
+-- one), carved by a second decision of that cost when more than one is wanted.
+local min_ttl = tonumber(ARGV[4])
+local s, a, b, remaining, repaired, value, ttl =
+  decide_one(raw, emission, tolerance, 1, now_us, now_frac, ARGV[5], min_ttl)
+if not s then
+  return a
 end
 if problem then
   repaired = problem
 end
-
-if base + emission > tolerance then
-  return {0, base, base + emission - tolerance, repaired, time_us}
+if s ~= 1 then
+  -- a is how far ahead of now the TAT is: reset. A unit fits once it is within the tolerance.
+  return {0, a, a + emission - tolerance, repaired, time_us}
 end
--- As many units as fit under the tolerance, at most the ones wanted.
-local fit = divmod(tolerance - base, emission)
 local k = wanted
-if fit < k then
-  k = fit
+if remaining + 1 < k then
+  k = remaining + 1
 end
-local ahead = base + k * emission
-local value, ttl = gcra_state(now_us, now_frac, ahead, ARGV[4])
-if states then
-  local time_ms = divmod(time_us, 1000)
-  if not states[''] then
-    order[#order + 1] = ''
+if k > 1 then
+  -- The same state read again (a repaired one as fresh: `repair` has said so once).
+  local state = raw
+  if repaired ~= '' then
+    state = nil
   end
-  states[''], expires[''] = value, time_ms + ttl
-  write_entries(key, states, expires, order, time_ms, false)
+  local _
+  s, a, b, remaining, _, value, ttl =
+    decide_one(state, emission, tolerance, k, now_us, now_frac, ARGV[5], min_ttl)
+end
+if E then
+  if own == 0 then
+    m = m + 1
+    own = 3 * m
+    E[own - 2] = ''
+  end
+  E[own - 1], E[own] = time_ms + ttl, value
+  write_entries(key, E, m, time_ms, false)
 else
   redis.call('SET', key, value, 'PX', ttl)
 end
-return {k, tolerance - ahead, ahead, repaired, time_us}
+-- a = slack, what is left in Redis after the k units; b = reset, how far ahead the TAT runs.
+return {k, a, b, repaired, time_us}

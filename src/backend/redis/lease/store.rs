@@ -30,7 +30,8 @@ fn lease_script() -> &'static Script {
     SCRIPT.get_or_init(|| {
         Script::new(concat!(
             include_str!("../prelude.lua"),
-            include_str!("../gcra_tat.lua"),
+            include_str!("../gcra.lua"),
+            include_str!("../entries.lua"),
             include_str!("lease.lua")
         ))
     })

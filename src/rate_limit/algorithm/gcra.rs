@@ -330,12 +330,11 @@ mod tests {
                 let decisions: Vec<_> = (0..4)
                     .map(|_| s.spawn(|| cell.check_with(&l, || clock.now()).is_allowed()))
                     .collect();
-                let admitted = decisions
+                decisions
                     .into_iter()
                     .map(|d| d.join().expect("a decision thread"))
                     .filter(|allowed| *allowed)
-                    .count();
-                admitted
+                    .count()
             });
             assert_eq!(admitted, 4);
         }

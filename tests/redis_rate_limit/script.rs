@@ -97,6 +97,8 @@ async fn the_callers_clock_and_stored_states_are_split_exactly() {
         ("5", "1005"),
         ("999", "1999"),
         ("1000", "2000"),
+        // Zero-padded to nineteen digits: the number it spells.
+        ("0000000000000001000", "2000"),
     ] {
         let key = format!("split:{now}");
         let (reply, state) = single_at(&raw, &key, now).await;
@@ -106,12 +108,14 @@ async fn the_callers_clock_and_stored_states_are_split_exactly() {
         // Read back at the same instant: a TAT 1,000 ns ahead, then 2,000.
         let (reply, state) = single_at(&raw, &key, now).await;
         assert_eq!((int(&reply[1]), int(&reply[2])), (3000, 2000), "at {now}");
-        assert!(state.is_some());
+        let second = (tat.parse::<u128>().unwrap() + 1000).to_string();
+        assert_eq!(state.as_deref(), Some(second.as_str()), "at {now}");
     }
 
     // What is not 1 to 19 digits (or reaches 2^53 microseconds) is no clock.
     for now in [
         "0001700000000123456789",
+        "123 ",
         "12a",
         "1e3",
         " 123456",
@@ -197,18 +201,82 @@ async fn the_set_forms_flags_are_checked_for_every_size() {
             "{flags:?} with {names:?}: {err}"
         );
     }
-    // Shadow and peek flags of two limits still take the general check.
-    let reply = raw
-        .eval("flags:shadow", &set("001", &["a", "b"]))
-        .await
-        .unwrap();
-    assert_eq!(int(&reply[0]), 1);
+    // Shadow and peek flags of two limits still take the general path, and are read: `b` with
+    // a burst of one (tolerance = emission = 1,000 s), spent by a first decision, refuses the next.
+    let two = |flags: &'static str| {
+        vec![
+            "1000",
+            "5000",
+            "",
+            "0",
+            "1",
+            "1",
+            flags,
+            "a",
+            "b",
+            "1000000000000",
+            "1000000000000",
+            NO_BOUND,
+        ]
+    };
+    let first = raw.eval("flags:b", &two("000")).await.unwrap();
+    assert_eq!(int(&first[0]), 1);
+    let spent = raw.get("flags:b").await;
+    // Enforced, `b` refuses the set: binding limit 2 (status 0), nothing written.
+    let refused = raw.eval("flags:b", &two("000")).await.unwrap();
+    assert_eq!(int(&refused[0]), 0);
+    assert_eq!((int(&refused[4]), int(&refused[5])), (2, 0));
+    assert_eq!(int(&refused[6]), 0);
+    assert_eq!(raw.get("flags:b").await, spent, "a refusal writes nothing");
+    // A peek at it says the same and writes nothing either.
+    let peek = raw.eval("flags:b", &two("100")).await.unwrap();
+    assert_eq!((int(&peek[0]), int(&peek[4])), (0, 2));
+    assert_eq!(raw.get("flags:b").await, spent, "a peek writes nothing");
+    // `b` in shadow: admitted, `b` flagged as refusing (bit 1), `a` binding and spent.
+    let shadow = raw.eval("flags:b", &two("001")).await.unwrap();
+    assert_eq!(int(&shadow[0]), 1);
+    assert_eq!(int(&shadow[6]), 2);
+    assert_eq!((int(&shadow[4]), int(&shadow[5])), (1, 1));
+    assert_ne!(raw.get("flags:b").await, spent, "the admitted `a` spent");
+    // A peek on a fresh key writes nothing.
     let reply = raw
         .eval("flags:peek", &set("100", &["a", "b"]))
         .await
         .unwrap();
     assert_eq!(int(&reply[0]), 1);
     assert_eq!(raw.get("flags:peek").await, None, "a peek writes nothing");
+}
+
+#[tokio::test]
+async fn a_minimum_expiry_that_is_not_a_number_is_refused_whatever_the_decision() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let raw = Raw::new(&server).await;
+    for args in [
+        &["1000", "5000", "", "soon", "1", NO_BOUND][..],
+        &[
+            "1000", "5000", "", "", "1", "1", "000", "a", "b", "1000", "5000", NO_BOUND,
+        ][..],
+    ] {
+        let err = raw.eval("ttl:bad", args).await.expect_err("no expiry");
+        assert!(
+            err.to_string()
+                .contains("the minimum expiry must be a number of ms"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(raw.get("ttl:bad").await, None);
+    }
+    // Three arguments are no form at all: the arity is what is wrong.
+    let err = raw
+        .eval("ttl:bad", &["1000", "5000", NO_BOUND])
+        .await
+        .expect_err("three arguments");
+    assert!(
+        err.to_string()
+            .contains("a set of n limits takes 3n + 6 arguments"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

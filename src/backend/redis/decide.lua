@@ -31,7 +31,13 @@ end
 if #KEYS ~= 1 then
   return redis.error_reply('RAMPARTARG the rate limit script takes one key')
 end
-local key, repair, min_ttl = KEYS[1], ARGV[5], ARGV[4] + 0
+local key, repair, min_ttl = KEYS[1], ARGV[5], tonumber(ARGV[4] or '')
+if not min_ttl then
+  if nargs ~= 6 and (nargs < 9 or (nargs - 6) % 3 ~= 0) then
+    return redis.error_reply('RAMPARTARG a set of n limits takes 3n + 6 arguments')
+  end
+  return redis.error_reply('RAMPARTARG the minimum expiry must be a number of ms')
+end
 local raw = redis.pcall('GET', key)
 local single = nargs == 6
 

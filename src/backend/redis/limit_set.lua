@@ -4,7 +4,7 @@
 -- this file, the set form (and the single form on a packed value), which goes on with
 -- decide.lua's locals.
 --
--- KEYS[1]  the key's value: every limit's state, bare or packed by limit name (prelude.lua), so a
+-- KEYS[1]  the key's value: every limit's state, bare or packed by limit name (entries.lua), so a
 --          decision is TIME, one GET and at most one SET (or DEL) whatever the number of limits
 --
 -- The single form, six arguments (the layer's own limit, cost 1, spent, enforced; the form the

@@ -530,3 +530,13 @@ impl<K> crate::rate_limit::StoreLimits for RedisLeasedStore<K> {
         crate::rate_limit::StoreLimits::limit_set(&self.inner.exact)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lease_script_replicates_commands_before_time_on_redis_before_7() {
+        crate::backend::redis::rate_limit::script_text_tests::replicates_commands_before_time(
+            &super::lease_script().code,
+        );
+    }
+}

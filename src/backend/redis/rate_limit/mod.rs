@@ -36,9 +36,10 @@ const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 /// (`prelude.lua`), the one-limit decision (`gcra.lua`, shared with the lease script), then the
 /// decision shared with the sliding window: the clock, the key's value and the single form on a
 /// bare value (`decide.lua`), the packed value's entries (`entries.lua`, shared with the lease
-/// script) and the decision over a set of limits (`limit_set.lua`). The body runs from the top on every call, and each helper defined on the way
-/// is a closure made anew, so the single form on a bare value returns before the set form's
-/// helpers are defined (`benches/redis_script_cost.sh` measures what each form costs Redis).
+/// script) and the decision over a set of limits (`limit_set.lua`). The body runs from the top on
+/// every call, and each helper defined on the way is a closure made anew, so the single form on a
+/// bare value returns before the set form's helpers are defined (`benches/redis_script_cost.sh`
+/// measures what each form costs Redis).
 const GCRA_LUA: &str = concat!(
     include_str!("../prelude.lua"),
     include_str!("../gcra.lua"),
@@ -634,5 +635,41 @@ where
 impl<K> crate::rate_limit::StoreLimits for RedisRateLimitStore<K> {
     fn limit_set(&self) -> &Arc<LimitSet> {
         &self.inner.set
+    }
+}
+
+/// Checks of the scripts' text that no server run can make here (the tests' Redis is 7.0).
+#[cfg(test)]
+pub(crate) mod script_text_tests {
+    use super::{GCRA_LUA, WINDOW_LUA};
+
+    /// Redis before 5 allows writes after the non-deterministic `TIME` only once
+    /// `redis.replicate_commands()` has been called: on a server without `REDIS_VERSION_NUM` the
+    /// script must call it before its first `TIME`, unconditionally but for that check.
+    pub(crate) fn replicates_commands_before_time(script: &str) {
+        let guard = script
+            .find("if redis.replicate_commands and not redis.REDIS_VERSION_NUM then")
+            .expect("the call is guarded by the version check alone");
+        let call = guard
+            + script[guard..]
+                .find("\n  redis.replicate_commands()\n")
+                .expect("the guarded block calls redis.replicate_commands()");
+        let time = script
+            .find("redis.call('TIME')")
+            .expect("the script reads TIME");
+        assert!(
+            guard < call && call < time,
+            "guard {guard}, call {call}, TIME {time}"
+        );
+        // Nothing between the guard and the call but the comment and the call itself.
+        let between = &script[guard..call];
+        assert_eq!(between.matches("\nend").count(), 0, "{between}");
+        assert_eq!(script.matches("redis.call('TIME')").count(), 1);
+    }
+
+    #[test]
+    fn the_decision_scripts_replicate_commands_before_time_on_redis_before_7() {
+        replicates_commands_before_time(GCRA_LUA);
+        replicates_commands_before_time(WINDOW_LUA);
     }
 }

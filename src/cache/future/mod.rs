@@ -231,10 +231,15 @@ where
                         unreachable!("a lock wait leads or answers")
                     }
                 },
-                StateProj::Looking { lookup } => {
-                    let next = ready!(lookup.poll_lookup(cx));
-                    this.state.set(next);
-                }
+                StateProj::Looking { lookup } => match ready!(lookup.poll_lookup(cx)) {
+                    // A hit answers at once: the whole state is not moved in only to be taken
+                    // apart on the next turn of the loop.
+                    State::Done { result } => {
+                        this.state.set(State::Done { result: None });
+                        return Poll::Ready(result.expect("a lookup's answer is ready"));
+                    }
+                    next => this.state.set(next),
+                },
             }
         }
     }

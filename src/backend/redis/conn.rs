@@ -547,7 +547,11 @@ impl Conn {
     ) -> (Result<Value, BackendError>, tokio::time::Instant) {
         let (mut handle, generation) = self.current();
         let start = tokio::time::Instant::now();
-        let result = deadline::until(deadline(start, timeout), handle.query(cmd)).await;
+        // `query_raw` and the error reply taken out here, not through `Handle::query`: each
+        // `async fn` level holds and moves the whole call's future once more.
+        let result = deadline::until(deadline(start, timeout), handle.query_raw(cmd))
+            .await
+            .map(|r| r.and_then(Value::extract_error));
         let ended = tokio::time::Instant::now();
         self.took_between(start, ended);
         (self.finish(result, timeout, generation), ended)

@@ -66,7 +66,7 @@ impl<B> ExtractKey<Request<B>> for HttpKey {
     fn extract(&self, req: &Request<B>) -> Result<CacheKey, KeyError> {
         let mut key = KeyBuf::new();
         key.push(req.method().as_str().as_bytes());
-        key.push(b" ");
+        key.push_byte(b' ');
         let uri = req.uri();
         if self.authority
             && let Some(authority) = uri.authority()
@@ -82,13 +82,13 @@ impl<B> ExtractKey<Request<B>> for HttpKey {
         for name in &self.headers {
             let mut values = req.headers().get_all(name).iter().peekable();
             if values.peek().is_none() {
-                key.push(b"\n");
+                key.push_byte(b'\n');
                 key.push(name.as_str().as_bytes());
             }
             for value in values {
-                key.push(b"\n");
+                key.push_byte(b'\n');
                 key.push(name.as_str().as_bytes());
-                key.push(b"=");
+                key.push_byte(b'=');
                 key.push(value.as_bytes());
             }
         }

@@ -150,14 +150,31 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key) {
             return f(v); // another thread inserted it meanwhile
         }
-        Self::make_room(&mut state, shard.cap, &self.hasher, cx, now());
+        f(self.insert_locked(&mut state, shard.cap, hash, key, cx, now))
+    }
+
+    /// Adds `key` with a default value to a shard whose write lock is held and which does not
+    /// hold it, room made first (the time read with `now` only here).
+    fn insert_locked<'s>(
+        &self,
+        state: &'s mut ShardState<K, V>,
+        cap: usize,
+        hash: u64,
+        key: &K,
+        cx: &V::Context,
+        now: impl FnOnce() -> Nanos,
+    ) -> &'s mut V
+    where
+        K: Clone,
+    {
+        Self::make_room(state, cap, &self.hasher, cx, now());
         let hasher = &self.hasher;
         let entry = state
             .table
             .insert_unique(hash, (key.clone(), V::default()), |(k, _)| {
                 hasher.hash_one(k)
             });
-        f(&entry.get().1)
+        &mut entry.into_mut().1
     }
 
     /// Runs `f` on the value for `key`, creating it if absent; when `f` finds the value lacking
@@ -215,13 +232,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         let mut state = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *state;
         if state.table.find(hash, |(k, _)| k == key).is_none() {
-            Self::make_room(state, shard.cap, &self.hasher, cx, now());
-            let hasher = &self.hasher;
-            state
-                .table
-                .insert_unique(hash, (key.clone(), V::default()), |(k, _)| {
-                    hasher.hash_one(k)
-                });
+            self.insert_locked(state, shard.cap, hash, key, cx, now);
         }
         let (_, v) = state
             .table

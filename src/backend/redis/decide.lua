@@ -1,33 +1,9 @@
--- The start of every decision script (after prelude.lua and the algorithm's `decide_one`, before
--- entries.lua and limit_set.lua; limit_set.lua documents the arguments and the reply): the clock,
--- the caller's deadline, the key's value, and the single form on a bare value or none, which needs
--- nothing more. It runs as the script's top-level code, so limit_set.lua goes on with its locals,
--- and the single form returns before the set form's helpers are made (prelude.lua: each costs a
--- closure per call).
+-- The start of every decision script after its clock (now.lua: `nargs`, `time_us`, `now_us`,
+-- `now_frac`; before entries.lua and limit_set.lua, which documents the arguments and the reply):
+-- the key's value, and the single form on a bare value or none, which needs nothing more. It runs
+-- as the script's top-level code, so limit_set.lua goes on with its locals, and the single form
+-- returns before the set form's helpers are made (prelude.lua: each costs a closure per call).
 
-local nargs = #ARGV
--- The server's TIME in microseconds (its two fields are digits: the arithmetic converts them).
-local time_us
-do
-  local t = redis.call('TIME')
-  time_us = t[1] * 1000000 + t[2]
-end
--- Past the caller's deadline (server us; "" for no bound) it answers the error reply
--- "RAMPARTLATE <time>" instead, and nothing is read or written: the caller has answered its
--- request without Redis.
-local not_after = tonumber(ARGV[nargs] or '')
-if not_after and time_us > not_after then
-  return redis.error_reply(format('RAMPARTLATE %.0f', time_us))
-end
--- Now, as microseconds and a sub-microsecond remainder: the caller's clock (ns), or the server's
--- TIME when ARGV[3] is "".
-local now_us, now_frac = time_us, 0
-if ARGV[3] ~= '' then
-  now_us, now_frac = split_ns(ARGV[3] or '')
-  if not now_us then
-    return redis.error_reply('RAMPARTARG the clock value is out of range')
-  end
-end
 if #KEYS ~= 1 then
   return redis.error_reply('RAMPARTARG the rate limit script takes one key')
 end

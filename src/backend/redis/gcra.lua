@@ -1,6 +1,6 @@
 -- GCRA: one decision over a set of limits on one key (limit_set.lua: arguments, reply, the set's
--- rules; decide.lua and limit_set.lua follow this file in the script), each limit computed exactly
--- as src/rate_limit/algorithm/gcra.rs `decide` does, atomically. The lease script
+-- rules; now.lua, decide.lua and limit_set.lua follow this file in the script), each limit computed
+-- exactly as src/rate_limit/algorithm/gcra.rs `decide` does, atomically. The lease script
 -- (lease/lease.lua) carves its units with the same `decide_one`.
 --
 -- A limit's state: the theoretical arrival time (TAT) of the key's next request, in nanoseconds

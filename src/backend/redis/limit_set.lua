@@ -1,8 +1,8 @@
 -- One decision over a set of limits on one key, in one call: the part gcra.lua and
 -- sliding_window.lua share. A script is prelude.lua, the algorithm's file (its `decide_one`),
--- decide.lua (the clock, the key's value, the single form on a bare value), entries.lua, then
--- this file, the set form (and the single form on a packed value), which goes on with
--- decide.lua's locals.
+-- now.lua (the clock), decide.lua (the key's value, the single form on a bare value),
+-- entries.lua, then this file, the set form (and the single form on a packed value), which goes
+-- on with now.lua's and decide.lua's locals.
 --
 -- KEYS[1]  the key's value: every limit's state, bare or packed by limit name (entries.lua), so a
 --          decision is TIME, one GET and at most one SET (or DEL) whatever the number of limits

@@ -1,6 +1,7 @@
 -- Sliding-window counter: one decision over a set of limits on one key (limit_set.lua: arguments,
--- reply, the set's rules; decide.lua and limit_set.lua follow this file in the script), each
--- limit computed exactly as src/rate_limit/algorithm/sliding_window.rs `decide` does, atomically.
+-- reply, the set's rules; now.lua, decide.lua and limit_set.lua follow this file in the script),
+-- each limit computed exactly as src/rate_limit/algorithm/sliding_window.rs `decide` does,
+-- atomically.
 --
 -- A limit's state: "<window index> <previous count> <current count>"
 -- A limit's two parameters: its period (ns) and its limit (units per period).

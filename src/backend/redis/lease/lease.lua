@@ -24,22 +24,9 @@
 -- microseconds and a remainder, everything computed is relative to now and below 2^53 (the store
 -- refuses quotas whose tolerance exceeds 2^52 ns), and k * emission <= tolerance.
 
--- The clock and the deadline, as decide.lua reads them.
-local time_us
-do
-  local t = redis.call('TIME')
-  time_us = t[1] * 1000000 + t[2]
-end
-local not_after = tonumber(ARGV[7] or '')
-if not_after and time_us > not_after then
-  return redis.error_reply(format('RAMPARTLATE %.0f', time_us))
-end
-local now_us, now_frac = time_us, 0
-if ARGV[3] ~= '' then
-  now_us, now_frac = split_ns(ARGV[3] or '')
-  if not now_us then
-    return redis.error_reply('RAMPARTARG the clock value is out of range')
-  end
+-- The clock and the deadline (ARGV[7], the last) come first, from now.lua.
+if nargs ~= 7 then
+  return redis.error_reply('RAMPARTARG the lease script takes seven arguments')
 end
 local emission = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])

@@ -31,6 +31,7 @@ fn lease_script() -> &'static Script {
         Script::new(concat!(
             include_str!("../prelude.lua"),
             include_str!("../gcra.lua"),
+            include_str!("../now.lua"),
             include_str!("../entries.lua"),
             include_str!("lease.lua")
         ))

@@ -34,15 +34,17 @@ const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 
 /// The GCRA decision script as Redis runs it: the helpers every rate limit script shares
 /// (`prelude.lua`), the one-limit decision (`gcra.lua`, shared with the lease script), then the
-/// decision shared with the sliding window: the clock, the key's value and the single form on a
-/// bare value (`decide.lua`), the packed value's entries (`entries.lua`, shared with the lease
-/// script) and the decision over a set of limits (`limit_set.lua`). The body runs from the top on
+/// decision shared with the sliding window: the clock (`now.lua`, shared with the lease script),
+/// the key's value and the single form on a bare value (`decide.lua`), the packed value's entries
+/// (`entries.lua`, shared with the lease script) and the decision over a set of limits
+/// (`limit_set.lua`). The body runs from the top on
 /// every call, and each helper defined on the way is a closure made anew, so the single form on a
 /// bare value returns before the set form's helpers are defined (`benches/redis_script_cost.sh`
 /// measures what each form costs Redis).
 const GCRA_LUA: &str = concat!(
     include_str!("../prelude.lua"),
     include_str!("../gcra.lua"),
+    include_str!("../now.lua"),
     include_str!("../decide.lua"),
     include_str!("../entries.lua"),
     include_str!("../limit_set.lua")
@@ -53,6 +55,7 @@ const GCRA_LUA: &str = concat!(
 const WINDOW_LUA: &str = concat!(
     include_str!("../prelude.lua"),
     include_str!("../sliding_window.lua"),
+    include_str!("../now.lua"),
     include_str!("../decide.lua"),
     include_str!("../entries.lua"),
     include_str!("../limit_set.lua")

@@ -1,0 +1,28 @@
+-- The clock of every rate limit script (after prelude.lua and the algorithm's file, before
+-- decide.lua or, in the lease script, entries.lua and lease.lua): the server's TIME, the caller's
+-- deadline (the last argument) and now. Top-level code, not a function, so the script goes on with
+-- its locals and no closure is made for it (prelude.lua).
+
+local nargs = #ARGV
+-- The server's TIME in microseconds (its two fields are digits: the arithmetic converts them).
+local time_us
+do
+  local t = redis.call('TIME')
+  time_us = t[1] * 1000000 + t[2]
+end
+-- Past the caller's deadline (server us; "" for no bound) it answers the error reply
+-- "RAMPARTLATE <time>" instead, and nothing is read or written: the caller has answered its
+-- request without Redis.
+local not_after = tonumber(ARGV[nargs] or '')
+if not_after and time_us > not_after then
+  return redis.error_reply(format('RAMPARTLATE %.0f', time_us))
+end
+-- Now, as microseconds and a sub-microsecond remainder: the caller's clock (ns), or the server's
+-- TIME when ARGV[3] is "".
+local now_us, now_frac = time_us, 0
+if ARGV[3] ~= '' then
+  now_us, now_frac = split_ns(ARGV[3] or '')
+  if not now_us then
+    return redis.error_reply('RAMPARTARG the clock value is out of range')
+  end
+end

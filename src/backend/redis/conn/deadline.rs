@@ -47,3 +47,35 @@ impl<F: Future> Future for Until<F> {
         self.project().call.poll(cx).map(|r| r.map_err(|_| Late))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_answered_by_its_deadline_is_its_answer_and_one_after_it_is_late() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        // Answered before the deadline.
+        let early = until(deadline, async {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            7
+        });
+        assert_eq!(early.await.ok(), Some(7));
+        // Answered at the deadline itself: the call is polled before the timer, so it counts.
+        let at = until(deadline, tokio::time::sleep_until(deadline));
+        assert!(at.await.is_ok());
+        assert_eq!(Instant::now(), deadline);
+        // Not answered by it: late, at the deadline and not later.
+        let late = until(
+            start + Duration::from_millis(200),
+            std::future::pending::<()>(),
+        );
+        assert!(matches!(late.await, Err(Late)));
+        assert_eq!(Instant::now(), start + Duration::from_millis(200));
+        // A deadline already past: a call that answers at once still answers.
+        let ready = until(start, std::future::ready(1));
+        assert_eq!(ready.await.ok(), Some(1));
+    }
+}

@@ -469,6 +469,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn separators_pushed_one_byte_at_a_time_make_the_key_push_would() {
+        // A separator landing just before, at and just past the inline buffer's end (85, 86 and
+        // 87 bytes in all), and one pushed onto a key already on the heap: the same key, inline or
+        // heap alike, as the pieces joined with `from_parts`.
+        for before in [INLINE - 2, INLINE - 1, INLINE, INLINE + 5] {
+            let head = vec![b'a'; before];
+            let mut buf = KeyBuf::new();
+            buf.push(&head);
+            buf.push_byte(b'\n');
+            buf.push(b"tail");
+            buf.push_byte(0);
+            let key = buf.finish();
+            let expected = CacheKey::from_parts(&[&head, b"\n", b"tail", &[0]]);
+            assert_eq!(key, expected, "{before} bytes before the separator");
+            assert_eq!(key.as_bytes(), expected.as_bytes());
+            assert_eq!(key.hash, expected.hash, "{before}");
+            let inline = before + 1 + 4 + 1 <= INLINE;
+            assert_eq!(matches!(key.repr, Repr::Inline { .. }), inline, "{before}");
+        }
+    }
+
+    #[test]
     fn inline_and_heap_keys_compare_and_hash_by_bytes() {
         let short = CacheKey::from("GET /a");
         let long_text = "GET /api/metrics/summary?type=cpu_usage&period=daily&x=1\naccept-encoding=gzip, deflate, br";

@@ -122,47 +122,28 @@ impl CachedResponse {
 
     /// Adds the `x-cache` and `age` fields the mode will set on each answer, so that replaying
     /// replaces values in a clone of this map instead of growing it (a clone has no spare room).
-    pub(super) fn with_placeholders(self, mode: &HttpMode) -> Self {
-        self.placeholders_first(mode.x_cache.as_ref(), mode.age)
+    pub(super) fn with_placeholders(mut self, mode: &HttpMode) -> Self {
+        if let Some(name) = &mode.x_cache {
+            self.headers
+                .insert(name.clone(), HeaderValue::from_static("HIT"));
+        }
+        if mode.age {
+            self.headers
+                .insert(header::AGE, HeaderValue::from_static("0"));
+        }
+        self
     }
 
     /// Adds both placeholders, `x-cache` and `age`, for a layer whose mode is not known here (an
     /// entry decoded by a shared store): its replay sets them in place, or removes those its mode
     /// does not send.
     #[cfg(feature = "redis")]
-    pub(crate) fn with_all_placeholders(self) -> Self {
-        let mut stored = self.placeholders_first(Some(&super::X_CACHE), true);
-        stored.all_placeholders = true;
-        stored
-    }
-
-    /// The map again with the placeholders first, then the response's fields in their order.
-    ///
-    /// First, because a replay sets them in one pass over the fields that stops once both are
-    /// set: at the end of the map that pass walked every field (about 110 instructions per hit
-    /// with the four fields of the `instructions` bench's `redis64/rampart_cache_hit` row,
-    /// `INSTRUCTIONS_ONLY=1 INSTRUCTIONS_CALLS=2000 cargo bench --bench instructions
-    /// --all-features -- redis64/rampart_cache_hit`, alternate runs: about 17,120 → 17,010).
-    /// Made once per stored entry.
-    fn placeholders_first(mut self, x_cache: Option<&HeaderName>, age: bool) -> Self {
-        let extra = usize::from(x_cache.is_some()) + usize::from(age);
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + extra);
-        if let Some(name) = x_cache {
-            headers.insert(name.clone(), HeaderValue::from_static("HIT"));
-        }
-        if age {
-            headers.insert(header::AGE, HeaderValue::from_static("0"));
-        }
-        let mut last: Option<HeaderName> = None;
-        for (name, value) in std::mem::take(&mut self.headers) {
-            if let Some(name) = name {
-                last = Some(name);
-            }
-            if let Some(name) = &last {
-                headers.append(name.clone(), value);
-            }
-        }
-        self.headers = headers;
+    pub(crate) fn with_all_placeholders(mut self) -> Self {
+        self.headers
+            .insert(super::X_CACHE.clone(), HeaderValue::from_static("HIT"));
+        self.headers
+            .insert(header::AGE, HeaderValue::from_static("0"));
+        self.all_placeholders = true;
         self
     }
 

@@ -485,7 +485,7 @@ mod tests {
             assert_eq!(key, expected, "{before} bytes before the separator");
             assert_eq!(key.as_bytes(), expected.as_bytes());
             assert_eq!(key.hash, expected.hash, "{before}");
-            let inline = before + 1 + 4 + 1 <= INLINE;
+            let inline = before + 6 <= INLINE; // the separator, "tail" and the 0
             assert_eq!(matches!(key.repr, Repr::Inline { .. }), inline, "{before}");
         }
     }

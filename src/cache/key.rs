@@ -411,6 +411,7 @@ impl KeyBuf {
     /// Appends one byte (a separator): [`push`](Self::push) copies with `memcpy`, a call that
     /// costs more than the byte (the HTTP key's three separators were about 75 instructions of
     /// the `instructions` bench's `redis64/rampart_cache_hit` row).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     #[inline]
     pub(crate) fn push_byte(&mut self, byte: u8) {
         match &mut self.heap {

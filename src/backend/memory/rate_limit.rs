@@ -272,6 +272,15 @@ impl<O: OtherCell> Entry<O> {
         Some(other.cell(&limit.limits))
     }
 
+    /// An entry with fresh cells for the first limit and each of `others`.
+    fn with_others(others: &[SetLimit]) -> Self {
+        let mut entry = Self::default();
+        for l in others {
+            entry.add(l.id);
+        }
+        entry
+    }
+
     /// Adds a fresh cell for limit `id` unless there is one.
     fn add(&mut self, id: u16) {
         let others = &mut self.others.get_or_insert_with(Default::default).0;
@@ -383,13 +392,17 @@ pub struct MemoryRateLimitStore<K, C = crate::clock::TokioClock> {
     cells: Cells<K>,
 }
 
+/// Each algorithm's cells: `single`, the entry of a key type with no data (the global key `()`),
+/// kept outside the map with a cell for every limit of the default set made at build, so that a
+/// global limiter decides its default set with no lookup (a limit added later, by a live change,
+/// lives in the map's entry for that key); and the map of every other key's entry.
 enum Cells<K> {
     Gcra {
-        single: GcraCell,
+        single: Entry<GcraCell>,
         map: BoundedMap<K, Entry<GcraCell>>,
     },
     Window {
-        single: WindowCell,
+        single: Entry<NamedWindow>,
         map: BoundedMap<K, Entry<NamedWindow>>,
     },
 }
@@ -425,11 +438,13 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         // Keys without data are all equal: one cell serves them, with no hashing or locking.
         let keyless = std::mem::size_of::<K>() == 0;
         match &self.cells {
-            Cells::Gcra { single, .. } if keyless => single.check_with(limits, clock),
+            Cells::Gcra { single, .. } if keyless => single.primary.check_with(limits, clock),
             Cells::Gcra { map, .. } => {
                 map.with_lazy(key, limits, clock, |e| e.primary.check_with(limits, clock))
             }
-            Cells::Window { single, .. } if keyless => single.check_units(limits, 1, false, clock),
+            Cells::Window { single, .. } if keyless => {
+                single.primary.check_units(limits, 1, false, clock)
+            }
             Cells::Window { map, .. } => map.with_lazy(key, limits, clock, |e| {
                 e.primary.check_units(limits, 1, false, clock)
             }),
@@ -457,8 +472,10 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         }
     }
 
-    /// Decides `limits` for `key` with the algorithm's `single` cell (a key with no data's first
-    /// limit) and `map`: one lookup of the key's entry, which gets the cells it lacks first.
+    /// Decides `limits` for `key` with the algorithm's `single` entry (a key with no data's cells
+    /// of the default set) and `map`: for a key with no data whose limits all have a cell in
+    /// `single`, no lookup; otherwise one lookup of the key's entry, which gets the cells it lacks
+    /// first.
     ///
     /// The key's cells are loaded, then the clock read once; GCRA limits are decided at that `now`
     /// (a sliding window's cell reads the clock itself, under its own lock). Limits are decided in
@@ -469,7 +486,61 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     #[inline(always)]
     fn decide_in<O: OtherCell>(
         &self,
-        single: &O::Cell,
+        single: &Entry<O>,
+        map: &BoundedMap<K, Entry<O>>,
+        key: &K,
+        limits: &[SetLimit],
+        cost: u32,
+        peek: bool,
+    ) -> Decision
+    where
+        O::Cell: Expiring<Context = Limits>,
+    {
+        if std::mem::size_of::<K>() == 0 {
+            return self.decide_keyless(single, map, key, limits, cost, peek);
+        }
+        self.decide_mapped(single, map, key, limits, cost, peek)
+    }
+
+    /// [`decide_in`](Self::decide_in) for a key with no data, out of line (so that the global
+    /// layer's `call`, whose plain path is one cell, stays small enough to be inlined): a set
+    /// whose every limit has a cell in `single` (the default set) is decided there, with no
+    /// lookup; any other in the map's entry for the key (`single`'s cells still `single`'s).
+    #[inline(never)]
+    fn decide_keyless<O: OtherCell>(
+        &self,
+        single: &Entry<O>,
+        map: &BoundedMap<K, Entry<O>>,
+        key: &K,
+        limits: &[SetLimit],
+        cost: u32,
+        peek: bool,
+    ) -> Decision
+    where
+        O::Cell: Expiring<Context = Limits>,
+    {
+        let at = Moment {
+            cost,
+            peek,
+            keyless: true,
+        };
+        let clock = || self.clock.now();
+        let d = match limits.len() {
+            0..=2 => self.decide_cells::<O, 2>(single, single, limits, &at, clock),
+            3..=4 => self.decide_cells::<O, 4>(single, single, limits, &at, clock),
+            _ => self.decide_cells::<O, MAX_LIMITS>(single, single, limits, &at, clock),
+        };
+        match d {
+            Some(d) => d,
+            None => self.decide_mapped(single, map, key, limits, cost, peek),
+        }
+    }
+
+    /// [`decide_in`](Self::decide_in) through the map's entry for `key`.
+    #[inline(always)]
+    fn decide_mapped<O: OtherCell>(
+        &self,
+        single: &Entry<O>,
         map: &BoundedMap<K, Entry<O>>,
         key: &K,
         limits: &[SetLimit],
@@ -483,7 +554,10 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         let clock = || self.clock.now();
         let grow = |e: &mut Entry<O>| {
             for l in limits {
-                if !self.is_primary(l) {
+                let primary = self.is_primary(l);
+                // A key with no data keeps its default set's cells in `single`.
+                let in_single = keyless && single.find(l, primary).is_some();
+                if !primary && !in_single {
                     e.add(l.id);
                 }
             }
@@ -491,7 +565,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         if let [one] = limits {
             let primary = self.is_primary(one);
             let d = if primary && keyless {
-                single.decide(&one.limits, cost, peek, clock)
+                single.primary.decide(&one.limits, cost, peek, clock)
             } else {
                 map.with_grow(
                     key,
@@ -530,13 +604,13 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         )
     }
 
-    /// Decides `limits` (at most `N`) on `entry`'s cells (`single` for a key with no data's first
-    /// limit), or `None` when the entry lacks one of them (nothing decided then). The cells are
+    /// Decides `limits` (at most `N`) on `entry`'s cells (for a key with no data, `single`'s
+    /// first), or `None` when the entry lacks one of them (nothing decided then). The cells are
     /// all loaded before `clock` is read.
     #[inline(always)]
     fn decide_cells<O: OtherCell, const N: usize>(
         &self,
-        single: &O::Cell,
+        single: &Entry<O>,
         entry: &Entry<O>,
         limits: &[SetLimit],
         at: &Moment,
@@ -547,12 +621,17 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             peek,
             keyless,
         } = at;
-        let mut cells: [&O::Cell; N] = [single; N];
+        let mut cells: [&O::Cell; N] = [&single.primary; N];
         let mut loaded = [<O::Cell as SetCell>::Loaded::default(); N];
         for ((c, t), l) in cells.iter_mut().zip(&mut loaded).zip(limits) {
             let primary = self.is_primary(l);
             if !(primary && keyless) {
-                *c = entry.find(l, primary)?;
+                *c = if keyless {
+                    // The default set's cells are `single`'s; a limit added later is the map's.
+                    single.find(l, primary).or_else(|| entry.find(l, primary))?
+                } else {
+                    entry.find(l, primary)?
+                };
             }
             *t = c.load();
         }
@@ -640,7 +719,9 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     }
 
     /// How many keys the store holds right now (idle ones included until they are swept); a key
-    /// counts once, whatever the number of its limits.
+    /// counts once, whatever the number of its limits. The global key (a key type with no data)
+    /// counts only once a limit outside the default set has state for it: the default set's
+    /// cells are kept outside the map.
     pub fn len(&self) -> usize {
         match &self.cells {
             Cells::Gcra { map, .. } => map.len(),
@@ -698,13 +779,19 @@ where
 
     fn rate_limit_store(&self, spec: &RateLimitSpec) -> Result<Self::Store, ConfigError> {
         let max_keys = self.checked_max_keys()?;
+        // A key type with no data: a cell for each limit of the default set, outside the map.
+        let defaults = if std::mem::size_of::<K>() == 0 {
+            &spec.set.limits()[1..]
+        } else {
+            &[]
+        };
         let cells = match spec.algorithm {
             Algorithm::Gcra => Cells::Gcra {
-                single: GcraCell::default(),
+                single: Entry::with_others(defaults),
                 map: BoundedMap::new(max_keys),
             },
             Algorithm::SlidingWindow => Cells::Window {
-                single: WindowCell::default(),
+                single: Entry::with_others(defaults),
                 map: BoundedMap::new(max_keys),
             },
         };
@@ -726,6 +813,7 @@ impl<K, C> crate::rate_limit::StoreLimits for MemoryRateLimitStore<K, C> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use crate::backend::MemoryBackend;
@@ -734,6 +822,91 @@ mod tests {
     use crate::rate_limit::{
         Algorithm, Ask, Check, Limit, LimitSet, Quota, RateLimitLayer, RateLimitStore,
     };
+
+    #[test]
+    fn a_global_limiters_default_set_lives_outside_the_map_and_a_later_limit_in_it() {
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            let clock = ManualClock::new();
+            let layer = RateLimitLayer::builder()
+                .limits([
+                    Limit::new("global-hour", Quota::per_hour(5)),
+                    Limit::new("global-burst", Quota::per_hour(3)),
+                ])
+                .algorithm(algorithm)
+                .backend(MemoryBackend::new().clock(clock.clone()))
+                .build()
+                .unwrap();
+            let (store, set) = (layer.store(), layer.limit_set());
+            let decide = |set: &Arc<LimitSet>, cost: u32| match store
+                .check(&(), &Ask::new(set).cost(cost))
+            {
+                Check::Ready(Ok(d)) => d,
+                _ => unreachable!("the memory store decides at once"),
+            };
+            // The default set: both limits spent together, the second binding; no map entry.
+            for _ in 0..3 {
+                assert!(decide(&set, 1).is_allowed(), "{algorithm:?}");
+            }
+            let refused = decide(&set, 1);
+            assert!(!refused.is_allowed());
+            assert_eq!(refused.policy_index(), 1, "{algorithm:?}");
+            assert_eq!(
+                store.len(),
+                0,
+                "{algorithm:?}: the default set is outside the map"
+            );
+            // A set with a limit the layer was not built with (a live change): that limit's state
+            // goes in the map's entry for `()`, the default limits' stay where they are.
+            let wider = Arc::new(
+                LimitSet::new(
+                    algorithm,
+                    &[
+                        Limit::new("global-day", Quota::per_hour(100)),
+                        Limit::new("global-hour", Quota::per_hour(5)),
+                    ],
+                    false,
+                )
+                .unwrap(),
+            );
+            // "global-hour" has 2 left of 5 (3 spent above): a cost of 3 is refused, all or
+            // nothing, and a cost of 2 is admitted.
+            let over = decide(&wider, 3);
+            assert!(!over.is_allowed(), "{algorithm:?}");
+            assert_eq!(over.policy_index(), 1);
+            assert!(decide(&wider, 2).is_allowed(), "{algorithm:?}");
+            assert_eq!(
+                store.len(),
+                1,
+                "{algorithm:?}: the new limit's state is in the map"
+            );
+            // "global-day" spent 2 (not the refused 3): 100, 2 spent and the one peeked at.
+            let day = Arc::new(
+                LimitSet::new(
+                    algorithm,
+                    &[Limit::new("global-day", Quota::per_hour(100))],
+                    false,
+                )
+                .unwrap(),
+            );
+            match store.check(&(), &Ask::new(&day).peek()) {
+                Check::Ready(Ok(d)) => assert_eq!(d.remaining(), 97, "{algorithm:?}"),
+                _ => unreachable!(),
+            }
+            // "global-hour" has one state, spent by both sets: 3 + 2 of 5, none left.
+            let hour = Arc::new(
+                LimitSet::new(
+                    algorithm,
+                    &[Limit::new("global-hour", Quota::per_hour(5))],
+                    false,
+                )
+                .unwrap(),
+            );
+            match store.check(&(), &Ask::new(&hour).peek()) {
+                Check::Ready(Ok(d)) => assert!(!d.is_allowed(), "{algorithm:?}"),
+                _ => unreachable!(),
+            }
+        }
+    }
 
     #[test]
     fn a_key_is_one_entry_with_all_its_limits_counted_and_evicted_once() {

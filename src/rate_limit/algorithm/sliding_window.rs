@@ -148,17 +148,13 @@ impl WindowCell {
         peek: bool,
         clock: impl FnOnce() -> Nanos,
     ) -> Decision {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let (decision, next) = decide_units(limits, *w, clock(), cost);
-        if !peek {
-            *w = next;
-        }
-        decision
+        // The traced decision with its trace dropped (inlined: the trace is never built).
+        self.check_traced(limits, cost, peek, clock).0
     }
 
     /// [`check_units`](Self::check_units), also returning the counts before and after when
     /// spent.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_traced(
         &self,
         limits: &Limits,

@@ -82,7 +82,7 @@ impl Clock for TokioClock {
     /// `instructions` bench, `u64/rampart_rate_limit_global`: `epoch.elapsed()` then
     /// `as_nanos()` cost 106 instructions per read (tokio's `elapsed`, `std`'s `duration_since`,
     /// `sub_timespec`, a 128-bit conversion); this form saves the two wrappers and the 128-bit
-    /// arithmetic (see README's performance section for the figure after).
+    /// arithmetic (see BENCHMARKS.md for the figure after).
     #[inline]
     fn now(&self) -> Nanos {
         // 584 years of nanoseconds fit in a u64; a clock running longer saturates.
@@ -168,7 +168,7 @@ pub(crate) fn duration_to_nanos(d: Duration) -> Nanos {
 ///   `tokio::time::advance`, or use [`TokioClock`] or [`ManualClock`].
 ///
 /// `instructions` bench, `u64/rampart_rate_limit_global_coarse_clock` against
-/// `u64/rampart_rate_limit_global`: see README's performance section for both rows.
+/// `u64/rampart_rate_limit_global`: see BENCHMARKS.md for both rows.
 ///
 /// # Example
 ///

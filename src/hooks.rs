@@ -44,7 +44,7 @@
 //! - With no hook added, a layer pays one predictable branch where it would emit an event (a
 //!   length read from its shared settings): nothing is allocated, cloned or built. Only the
 //!   cache's `hit` is on a hot path: the `instructions` bench measures it at 4 instructions per
-//!   hit with no hook, and 63 more with one hook (README, "Benchmarks").
+//!   hit with no hook, and 63 more with one hook (BENCHMARKS.md).
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -137,7 +137,7 @@
 //! # Costs
 //!
 //! Measured by `cargo bench --bench rampart --all-features -- circuit_breaker/` against a bare
-//! service in the same run (README has the table): a call through a closed circuit adds about
+//! service in the same run (BENCHMARKS.md has the table): a call through a closed circuit adds about
 //! 30 ns; slow-call detection or a time window add one or two reads of tokio's clock (about 25 ns
 //! each on a small VM); a refusal while open costs a clock read plus, in the default error mode,
 //! boxing the error.

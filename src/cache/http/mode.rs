@@ -194,7 +194,7 @@ impl RequestFields {
 /// the `instructions` bench's `redis64/rampart_cache_hit` row (`INSTRUCTIONS_ONLY=1
 /// INSTRUCTIONS_CALLS=2000 cargo bench --bench instructions --all-features -- redis64/`) the two
 /// inserts were about 870 instructions per hit, two lookups by name in place 250, and this one
-/// pass over the fields (names compared, none hashed) fewer still: see README's Redis cache rows.
+/// pass over the fields (names compared, none hashed) fewer still: see BENCHMARKS.md's Redis cache rows.
 #[inline]
 fn set_placeholders(
     headers: &mut HeaderMap,

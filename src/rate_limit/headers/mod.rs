@@ -112,8 +112,8 @@ impl ValueBuf {
     ///
     /// `instructions` bench, `http/rampart_global`, 10,000 calls: a fresh `Vec` and `Bytes` per
     /// value (`HeaderValue::from_bytes`: an allocation, a copy and a free per response) against
-    /// the arena's shared buffer (a reference count, no allocation); see README's performance
-    /// section for the rows.
+    /// the arena's shared buffer (a reference count, no allocation); see BENCHMARKS.md for the
+    /// rows.
     fn value(&self) -> HeaderValue {
         use std::cell::RefCell;
         thread_local! {

@@ -10,7 +10,7 @@ use super::map::{BoundedMap, Expiring};
 use crate::backend::BackendError;
 use crate::clock::{Clock, Nanos};
 use crate::error::ConfigError;
-use crate::rate_limit::algorithm::gcra::GcraCell;
+use crate::rate_limit::algorithm::gcra::{GcraCell, decide_units};
 use crate::rate_limit::algorithm::sliding_window::{Window, WindowCell};
 use crate::rate_limit::quota::{Algorithm, Limits};
 use crate::rate_limit::{
@@ -64,6 +64,23 @@ trait SetCell: Default + Send + Sync + 'static {
 
     /// Takes back a spend of `cost` units that moved this cell by `moved`.
     fn undo(&self, moved: Self::Moved, cost: u32);
+
+    /// Decides `limits` (at most `N`, every one enforced) for `cost` units at `now` on `cells`,
+    /// each loaded in `loaded` before `now` was read, and spends them only once every limit
+    /// admits, each cell with one compare-exchange from the state it loaded. `None` when a cell
+    /// changed since it was loaded (nothing is left spent: the caller decides again), or when
+    /// this kind of cell decides under a lock instead (the default: the caller's general path).
+    #[inline(always)]
+    fn decide_enforced<const N: usize>(
+        cells: &[&Self; N],
+        loaded: &[Self::Loaded; N],
+        limits: &[SetLimit],
+        now: Nanos,
+        cost: u32,
+    ) -> Option<Decision> {
+        let _ = (cells, loaded, limits, now, cost);
+        None
+    }
 }
 
 impl SetCell for GcraCell {
@@ -110,6 +127,44 @@ impl SetCell for GcraCell {
 
     fn undo(&self, (old, new): (Nanos, Nanos), _cost: u32) {
         GcraCell::undo(self, old, new);
+    }
+
+    /// Every limit decided against its loaded TAT at `now` (no atomic operation), then, if all
+    /// admit, each TAT moved with one compare-exchange from the value loaded; a lost one takes
+    /// back those already made (exactly, or by their length if a spend landed on top) and answers
+    /// `None`. Against the general path (spend as each admits, take back on a refusal), a refused
+    /// set writes nothing, and an admitted one keeps no trace per limit
+    /// (`u64/rampart_rate_limit_*_two_limits` rows of the `instructions` bench, BENCHMARKS.md).
+    #[inline(always)]
+    fn decide_enforced<const N: usize>(
+        cells: &[&GcraCell; N],
+        loaded: &[Nanos; N],
+        limits: &[SetLimit],
+        now: Nanos,
+        cost: u32,
+    ) -> Option<Decision> {
+        let mut binding = Binding::default();
+        let mut next = [None; N];
+        for (i, ((l, &tat), n)) in limits.iter().zip(loaded).zip(&mut next).enumerate() {
+            let (d, spend) = decide_units(&l.limits, tat, now, cost);
+            *n = spend;
+            binding.add(i, false, d);
+        }
+        if !binding.refused {
+            for (i, ((c, &tat), n)) in cells.iter().zip(loaded).zip(&next).enumerate() {
+                if let Some(n) = *n
+                    && !c.replace(tat, n)
+                {
+                    for ((c, &tat), n) in cells.iter().zip(loaded).zip(&next).take(i) {
+                        if let Some(n) = *n {
+                            GcraCell::undo(c, tat.max(now), n);
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(binding.decision())
     }
 }
 
@@ -236,7 +291,9 @@ impl OtherCell for NamedWindow {
 /// One key's state in the store: the cell of the layer's first default limit, and beside it the
 /// cells of the other limits the key was decided under (added the first time a decision names
 /// one, under the shard's write lock; found by the limit's id, in the order they were added). A
-/// decision over any set of limits finds every cell it needs with one lookup of the key.
+/// decision over any set of limits finds every cell it needs with one lookup of the key. The
+/// global key's entry for the default set (`Cells`' `single`) is outside the map, its cells made
+/// at build.
 struct Entry<O: OtherCell> {
     primary: O::Cell,
     others: Option<Box<Others<O>>>,
@@ -350,6 +407,70 @@ fn remaining_quotient(d: &Decision) -> u64 {
     slack / unit
 }
 
+/// The binding limit of a set, folded in as its limits are decided in order (what
+/// `Decision::combine` picks from the decisions once all are made, without keeping them): among
+/// enforced limits, the fewest requests remaining (ties: the first) while every one admits, and
+/// once one refuses the refusing one with the longest wait (a cost over capacity first); for a
+/// set of shadow limits only, the fewest remaining of them.
+#[derive(Default)]
+struct Binding {
+    refused: bool,
+    shadow_mask: u8,
+    fewest: Option<(usize, Decision, u64)>,
+    longest: Option<(usize, Decision)>,
+    shadow_fewest: Option<(usize, Decision, u64)>,
+}
+
+impl Binding {
+    /// Limit `i`'s decision `d`.
+    #[inline(always)]
+    fn add(&mut self, i: usize, shadow: bool, d: Decision) {
+        if shadow {
+            if !d.is_allowed() {
+                self.shadow_mask |= 1 << i;
+            }
+            let q = remaining_quotient(&d);
+            if self.shadow_fewest.is_none_or(|(_, _, b)| q < b) {
+                self.shadow_fewest = Some((i, d, q));
+            }
+        } else if d.is_allowed() {
+            // Only an admitted set's figures are the fewest remaining: no division once an
+            // enforced limit has refused.
+            if !self.refused {
+                let q = remaining_quotient(&d);
+                if self.fewest.is_none_or(|(_, _, b)| q < b) {
+                    self.fewest = Some((i, d, q));
+                }
+            }
+        } else {
+            self.refused = true;
+            let longer = match &self.longest {
+                None => true,
+                Some((_, cur)) => {
+                    d.exceeds_capacity() && !cur.exceeds_capacity()
+                        || d.exceeds_capacity() == cur.exceeds_capacity()
+                            && d.retry_after() > cur.retry_after()
+                }
+            };
+            if longer {
+                self.longest = Some((i, d));
+            }
+        }
+    }
+
+    /// The set's decision: the binding limit's, with the shadow limits' refusals noted.
+    #[inline(always)]
+    fn decision(&self) -> Decision {
+        match (self.refused, self.longest, self.fewest, self.shadow_fewest) {
+            (true, Some((i, d)), _, _) => d.with_binding(i),
+            (false, _, Some((i, d, _)), _) => d.with_binding(i),
+            (_, _, _, Some((i, d, _))) => d.admitted_anyway().with_binding(i),
+            _ => unreachable!("a set has at least one limit"),
+        }
+        .with_shadow_refused(self.shadow_mask)
+    }
+}
+
 /// How a decision over a set decides: its cost, whether it only looks, and whether the key has
 /// no data (its first limit's cell is then the store's single one).
 struct Moment {
@@ -370,18 +491,23 @@ struct Moment {
 ///
 /// A decision over one limit is one lookup and one atomic operation on one cell, loaded before the
 /// clock is read (so that no decision sees a spend made with a later clock read than its own). A
-/// decision over several limits finds the key's entry once, loads its cells, reads the clock once
-/// (a sliding window's cell reads it under its own lock instead), and decides the limits in order, each
-/// enforced limit spending as it admits (one atomic operation per cell); when a later enforced
-/// limit refuses, the earlier ones take their spend back (exactly their own length, so spends
-/// made on top of it stay). So a set is spent all or nothing, with no lock but the shard's read
-/// side (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits` measures it). The one
-/// trade: a decision racing with a set that is about to be refused may see that set's spend and
-/// be refused too, so a hot key can be under-admitted by a few units at such instants, never
-/// over-admitted.
+/// decision over several limits finds the key's entry once, loads its cells and reads the clock
+/// once (a sliding window's cell reads it under its own lock instead). A GCRA set of enforced
+/// limits is then decided whole against the loaded states, and spent only if every limit admits:
+/// one compare-exchange per cell from the state it loaded, so a refused set writes nothing.
+/// Otherwise (a cell changed since it was loaded, a shadow limit, the sliding window) the limits
+/// are decided in order, each enforced limit spending as it admits (one atomic operation per
+/// cell); when a later enforced limit refuses, the earlier ones take their spend back (exactly
+/// their own length, so spends made on top of it stay). So a set is spent all or nothing, with no
+/// lock but the shard's read side (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits`
+/// measures it). The one trade, on that second path only: a decision racing with a set that is
+/// about to be refused may see that set's spend and be refused too, so a hot key can be
+/// under-admitted by a few units at such instants, never over-admitted.
 ///
-/// A key type with no data (such as the global key `()`) keeps its first limit's cell outside the
-/// map: the whole single-limit limiter is then one atomic word.
+/// A key type with no data (such as the global key `()`) keeps its default set's cells outside
+/// the map, made at build: the whole single-limit limiter is then one atomic word, and a global
+/// set of several limits needs no lookup. A limit added later (a live change, a tier) has its
+/// cell in the map's entry for the key.
 pub struct MemoryRateLimitStore<K, C = crate::clock::TokioClock> {
     limits: Limits,
     /// The layer's default set, as built.
@@ -564,20 +690,17 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         };
         if let [one] = limits {
             let primary = self.is_primary(one);
-            let d = if primary && keyless {
-                single.primary.decide(&one.limits, cost, peek, clock)
-            } else {
-                map.with_grow(
-                    key,
-                    &self.limits,
-                    clock,
-                    |e| {
-                        let c = e.find(one, primary)?;
-                        Some(c.decide(&one.limits, cost, peek, clock))
-                    },
-                    grow,
-                )
-            };
+            // (For a key with no data, `decide_keyless` found no cell for it in `single`.)
+            let d = map.with_grow(
+                key,
+                &self.limits,
+                clock,
+                |e| {
+                    let c = e.find(one, primary)?;
+                    Some(c.decide(&one.limits, cost, peek, clock))
+                },
+                grow,
+            );
             return if one.shadow && !d.is_allowed() {
                 d.admitted_anyway().with_shadow_refused(1)
             } else {
@@ -604,9 +727,9 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         )
     }
 
-    /// Decides `limits` (at most `N`) on `entry`'s cells (for a key with no data, `single`'s
-    /// first), or `None` when the entry lacks one of them (nothing decided then). The cells are
-    /// all loaded before `clock` is read.
+    /// Decides `limits` (at most `N`) on their cells: `entry`'s, or for a key with no data
+    /// `single`'s where it has the limit and `entry`'s otherwise; `None` when a cell is missing
+    /// (nothing decided then). The cells are all loaded before `clock` is read.
     #[inline(always)]
     fn decide_cells<O: OtherCell, const N: usize>(
         &self,
@@ -641,78 +764,44 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         } else {
             0
         };
+        // A set of enforced limits that spends: decided first, spent only if every limit
+        // admits (a refusal leaves nothing to take back); a cell changed since it was loaded
+        // takes the general path below.
+        if <O::Cell as SetCell>::LOADS
+            && !peek
+            && limits.iter().all(|l| !l.shadow)
+            && let Some(d) =
+                <O::Cell as SetCell>::decide_enforced::<N>(&cells, &loaded, limits, now, cost)
+        {
+            return Some(d);
+        }
         let mut spent: [Option<<O::Cell as SetCell>::Moved>; N] = [None; N];
-        let mut refused = false;
-        let mut shadow_mask = 0u8;
-        // The binding limit, folded in as the limits are decided (what `Decision::combine`
-        // picks from the decisions once all are made, without keeping them): among enforced
-        // limits, the fewest requests remaining (ties: the first) while every one admits, and
-        // once one refuses the refusing one with the longest wait (a cost over capacity first);
-        // for a set of shadow limits only, the fewest remaining of them.
-        let mut fewest: Option<(usize, Decision, u64)> = None;
-        let mut longest: Option<(usize, Decision)> = None;
-        let mut shadow_fewest: Option<(usize, Decision, u64)> = None;
+        let mut binding = Binding::default();
         // The decisions themselves only for checking the fold against `combine` (debug builds).
         let mut decisions = [Decision::uncounted(0); N];
         for (i, ((l, c), t)) in limits.iter().zip(&cells).zip(loaded).enumerate() {
             // Enforced limits spend while every one before them admitted; shadow limits when
             // they admit themselves.
-            let spend = !peek && (l.shadow || !refused);
+            let spend = !peek && (l.shadow || !binding.refused);
             let (d, moved) = c.decide_traced(&l.limits, t, now, cost, spend, &clock);
             spent[i] = moved;
             if cfg!(debug_assertions) {
                 decisions[i] = d;
             }
-            if l.shadow {
-                if !d.is_allowed() {
-                    shadow_mask |= 1 << i;
-                }
-                let q = remaining_quotient(&d);
-                if shadow_fewest.is_none_or(|(_, _, b)| q < b) {
-                    shadow_fewest = Some((i, d, q));
-                }
-            } else if d.is_allowed() {
-                // Only an admitted set's figures are the fewest remaining: no division once
-                // an enforced limit has refused.
-                if !refused {
-                    let q = remaining_quotient(&d);
-                    if fewest.is_none_or(|(_, _, b)| q < b) {
-                        fewest = Some((i, d, q));
-                    }
-                }
-            } else {
-                refused = true;
-                let longer = match &longest {
-                    None => true,
-                    Some((_, cur)) => {
-                        d.exceeds_capacity() && !cur.exceeds_capacity()
-                            || d.exceeds_capacity() == cur.exceeds_capacity()
-                                && d.retry_after() > cur.retry_after()
-                    }
-                };
-                if longer {
-                    longest = Some((i, d));
-                }
-            }
+            binding.add(i, l.shadow, d);
         }
-        if refused {
+        if binding.refused {
             for ((l, c), moved) in limits.iter().zip(&cells).zip(&spent) {
                 if let (false, Some(moved)) = (l.shadow, moved) {
                     c.undo(*moved, cost);
                 }
             }
         }
-        let decision = match (refused, longest, fewest, shadow_fewest) {
-            (true, Some((i, d)), _, _) => d.with_binding(i),
-            (false, _, Some((i, d, _)), _) => d.with_binding(i),
-            (_, _, _, Some((i, d, _))) => d.admitted_anyway().with_binding(i),
-            _ => unreachable!("a set has at least one limit"),
-        }
-        .with_shadow_refused(shadow_mask);
+        let decision = binding.decision();
         debug_assert_eq!(
             decision,
-            Decision::combine(limits, &decisions[..limits.len()], !refused)
-                .with_shadow_refused(shadow_mask),
+            Decision::combine(limits, &decisions[..limits.len()], !binding.refused)
+                .with_shadow_refused(binding.shadow_mask),
             "the folded decision is the combined one"
         );
         Some(decision)
@@ -824,6 +913,49 @@ mod tests {
     };
 
     #[test]
+    fn an_enforced_gcra_set_spends_only_when_all_admit_and_a_lost_race_leaves_nothing() {
+        use super::{GcraCell, SetCell};
+        const NOW: u64 = 1_000_000_000;
+        let set = LimitSet::new(
+            Algorithm::Gcra,
+            &[
+                Limit::new("race-a", Quota::per_second(10)),
+                Limit::new("race-b", Quota::per_second(2)),
+            ],
+            false,
+        )
+        .unwrap();
+        let limits = set.limits();
+        let (a, b) = (GcraCell::default(), GcraCell::default());
+        let decide = |loaded: [u64; 2]| {
+            <GcraCell as SetCell>::decide_enforced::<2>(&[&a, &b], &loaded, limits, NOW, 1)
+        };
+        // Both admit: both spent, b (2 a second) binding with 1 left.
+        let d = decide([a.load(), b.load()]).expect("no race");
+        assert!(d.is_allowed());
+        assert_eq!((d.policy_index(), d.remaining()), (1, 1));
+        let (a1, b1) = (a.load(), b.load());
+        assert!(a1 > NOW && b1 > NOW);
+        // Another decision spends b after this one loaded it: the lost compare-exchange on b
+        // takes a's spend back, and nothing is decided.
+        let loaded = [a.load(), b.load()];
+        assert!(b.check(&limits[1].limits, NOW).is_allowed());
+        let b2 = b.load();
+        assert_eq!(decide(loaded), None);
+        assert_eq!(a.load(), a1, "a's spend was taken back exactly");
+        assert_eq!(b.load(), b2, "b holds the other decision's spend only");
+        // b is spent (2 of 2): the set is refused by it and writes nothing.
+        let d = decide([a.load(), b.load()]).expect("no race");
+        assert!(!d.is_allowed());
+        assert_eq!(d.policy_index(), 1);
+        assert_eq!(
+            (a.load(), b.load()),
+            (a1, b2),
+            "a refused set writes nothing"
+        );
+    }
+
+    #[test]
     fn a_global_limiters_default_set_lives_outside_the_map_and_a_later_limit_in_it() {
         for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
             let clock = ManualClock::new();
@@ -890,6 +1022,27 @@ mod tests {
             );
             match store.check(&(), &Ask::new(&day).peek()) {
                 Check::Ready(Ok(d)) => assert_eq!(d.remaining(), 97, "{algorithm:?}"),
+                _ => unreachable!(),
+            }
+            // The second default limit's state (in `single`, beside the first) is the one a mixed
+            // set decides: "global-burst" is spent (3 of 3), so a set of it and the new limit is
+            // refused by it and spends neither.
+            let mixed = Arc::new(
+                LimitSet::new(
+                    algorithm,
+                    &[
+                        Limit::new("global-day", Quota::per_hour(100)),
+                        Limit::new("global-burst", Quota::per_hour(3)),
+                    ],
+                    false,
+                )
+                .unwrap(),
+            );
+            let refused = decide(&mixed, 1);
+            assert!(!refused.is_allowed(), "{algorithm:?}");
+            assert_eq!(refused.policy_index(), 1, "{algorithm:?}");
+            match store.check(&(), &Ask::new(&day).peek()) {
+                Check::Ready(Ok(d)) => assert_eq!(d.remaining(), 97, "{algorithm:?}: unspent"),
                 _ => unreachable!(),
             }
             // "global-hour" has one state, spent by both sets: 3 + 2 of 5, none left.

@@ -399,12 +399,23 @@ impl Expiring for WindowCell {
     }
 }
 
-/// A decision's requests remaining, as [`Decision::remaining`] counts them before capping (what
-/// the binding limit is chosen by).
+/// Whether `d` has fewer requests remaining than `than`, as [`Decision::remaining`] counts them
+/// before capping (what the binding limit is chosen by: slack / unit, rounded down), without
+/// dividing unless the two quotients are less than one apart: `a / b < c / e` as rationals is
+/// `a * e < c * b`, and when they are one or more apart the rounded-down ones differ too. Two
+/// 64-bit divisions were about 4.5 ns of a global two-limit decision's 50 (alternating runs of
+/// `u64/rampart_rate_limit_global_two_limits`, `instructions` bench; BENCHMARKS.md).
 #[inline(always)]
-fn remaining_quotient(d: &Decision) -> u64 {
-    let (slack, unit) = d.slack_parts();
-    slack / unit
+fn fewer_remaining(d: &Decision, than: &Decision) -> bool {
+    let ((a, b), (c, e)) = (d.slack_parts(), than.slack_parts());
+    let (left, right) = (u128::from(a) * u128::from(e), u128::from(c) * u128::from(b));
+    if left >= right {
+        false
+    } else if right - left >= u128::from(b) * u128::from(e) {
+        true
+    } else {
+        a / b < c / e
+    }
 }
 
 /// The binding limit of a set, folded in as its limits are decided in order (what
@@ -416,9 +427,9 @@ fn remaining_quotient(d: &Decision) -> u64 {
 struct Binding {
     refused: bool,
     shadow_mask: u8,
-    fewest: Option<(usize, Decision, u64)>,
+    fewest: Option<(usize, Decision)>,
     longest: Option<(usize, Decision)>,
-    shadow_fewest: Option<(usize, Decision, u64)>,
+    shadow_fewest: Option<(usize, Decision)>,
 }
 
 impl Binding {
@@ -429,18 +440,17 @@ impl Binding {
             if !d.is_allowed() {
                 self.shadow_mask |= 1 << i;
             }
-            let q = remaining_quotient(&d);
-            if self.shadow_fewest.is_none_or(|(_, _, b)| q < b) {
-                self.shadow_fewest = Some((i, d, q));
+            if self
+                .shadow_fewest
+                .is_none_or(|(_, f)| fewer_remaining(&d, &f))
+            {
+                self.shadow_fewest = Some((i, d));
             }
         } else if d.is_allowed() {
-            // Only an admitted set's figures are the fewest remaining: no division once an
+            // Only an admitted set's figures are the fewest remaining: no comparison once an
             // enforced limit has refused.
-            if !self.refused {
-                let q = remaining_quotient(&d);
-                if self.fewest.is_none_or(|(_, _, b)| q < b) {
-                    self.fewest = Some((i, d, q));
-                }
+            if !self.refused && self.fewest.is_none_or(|(_, f)| fewer_remaining(&d, &f)) {
+                self.fewest = Some((i, d));
             }
         } else {
             self.refused = true;
@@ -463,8 +473,8 @@ impl Binding {
     fn decision(&self) -> Decision {
         match (self.refused, self.longest, self.fewest, self.shadow_fewest) {
             (true, Some((i, d)), _, _) => d.with_binding(i),
-            (false, _, Some((i, d, _)), _) => d.with_binding(i),
-            (_, _, _, Some((i, d, _))) => d.admitted_anyway().with_binding(i),
+            (false, _, Some((i, d)), _) => d.with_binding(i),
+            (_, _, _, Some((i, d))) => d.admitted_anyway().with_binding(i),
             _ => unreachable!("a set has at least one limit"),
         }
         .with_shadow_refused(self.shadow_mask)
@@ -911,6 +921,40 @@ mod tests {
     use crate::rate_limit::{
         Algorithm, Ask, Check, Limit, LimitSet, Quota, RateLimitLayer, RateLimitStore,
     };
+
+    #[test]
+    fn fewer_remaining_compares_the_rounded_down_quotients() {
+        use super::{Decision, fewer_remaining};
+        let admitted = |slack: u64, unit: u64| Decision::admitted(1, slack, unit, 0);
+        let mut values: Vec<u64> = (0..24).collect();
+        values.extend([
+            999,
+            1_000,
+            1_001,
+            u64::from(u32::MAX),
+            1 << 52,
+            u64::MAX / 3,
+            u64::MAX - 1,
+            u64::MAX,
+        ]);
+        for &a in &values {
+            for &b in values.iter().filter(|&&b| b > 0) {
+                for &c in &values {
+                    for &e in values.iter().filter(|&&e| e > 0) {
+                        assert_eq!(
+                            fewer_remaining(&admitted(a, b), &admitted(c, e)),
+                            a / b < c / e,
+                            "{a}/{b} against {c}/{e}"
+                        );
+                    }
+                }
+            }
+        }
+        // A refusal has no slack: none remaining.
+        let refused = Decision::refused(1, 0, 5);
+        assert!(fewer_remaining(&refused, &admitted(1, 1)));
+        assert!(!fewer_remaining(&admitted(0, 7), &refused));
+    }
 
     #[test]
     fn an_enforced_gcra_set_spends_only_when_all_admit_and_a_lost_race_leaves_nothing() {

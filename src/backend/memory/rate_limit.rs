@@ -613,12 +613,8 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// `single`, no lookup; otherwise one lookup of the key's entry, which gets the cells it lacks
     /// first.
     ///
-    /// The key's cells are loaded, then the clock read once; GCRA limits are decided at that `now`
-    /// (a sliding window's cell reads the clock itself, under its own lock). Limits are decided in
-    /// order, each spending as it admits; once an enforced
-    /// limit refuses, the rest are only looked at, and the enforced limits that had spent take
-    /// it back. A concurrent decision may see such a spend before it is taken back and refuse:
-    /// never admit more than the limits allow.
+    /// The key's cells are loaded, then the clock read once, and the set decided as the store's
+    /// documentation says ([`decide_cells`](Self::decide_cells)).
     #[inline(always)]
     fn decide_in<O: OtherCell>(
         &self,
@@ -660,13 +656,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             peek,
             keyless: true,
         };
-        let clock = || self.clock.now();
-        let d = match limits.len() {
-            0..=2 => self.decide_cells::<O, 2>(single, single, limits, &at, clock),
-            3..=4 => self.decide_cells::<O, 4>(single, single, limits, &at, clock),
-            _ => self.decide_cells::<O, MAX_LIMITS>(single, single, limits, &at, clock),
-        };
-        match d {
+        match self.decide_sized(single, single, limits, &at) {
             Some(d) => d,
             None => self.decide_mapped(single, map, key, limits, cost, peek),
         }
@@ -722,19 +712,32 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             peek,
             keyless,
         };
-        // Arrays as long as the set (rounded up), not MAX_LIMITS: filling eight decisions and
-        // eight spends for a set of two was a fifth of the two-limit decision's instructions.
         map.with_grow(
             key,
             &self.limits,
             clock,
-            |e| match limits.len() {
-                0..=2 => self.decide_cells::<O, 2>(single, e, limits, &at, clock),
-                3..=4 => self.decide_cells::<O, 4>(single, e, limits, &at, clock),
-                _ => self.decide_cells::<O, MAX_LIMITS>(single, e, limits, &at, clock),
-            },
+            |e| self.decide_sized(single, e, limits, &at),
             grow,
         )
+    }
+
+    /// [`decide_cells`](Self::decide_cells) with arrays as long as the set (rounded up), not
+    /// `MAX_LIMITS`: filling eight decisions and eight spends for a set of two was a fifth of the
+    /// two-limit decision's instructions.
+    #[inline(always)]
+    fn decide_sized<O: OtherCell>(
+        &self,
+        single: &Entry<O>,
+        entry: &Entry<O>,
+        limits: &[SetLimit],
+        at: &Moment,
+    ) -> Option<Decision> {
+        let clock = || self.clock.now();
+        match limits.len() {
+            0..=2 => self.decide_cells::<O, 2>(single, entry, limits, at, clock),
+            3..=4 => self.decide_cells::<O, 4>(single, entry, limits, at, clock),
+            _ => self.decide_cells::<O, MAX_LIMITS>(single, entry, limits, at, clock),
+        }
     }
 
     /// Decides `limits` (at most `N`) on their cells: `entry`'s, or for a key with no data
@@ -1002,28 +1005,32 @@ mod tests {
     #[test]
     fn a_global_limiters_default_set_lives_outside_the_map_and_a_later_limit_in_it() {
         for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
-            let clock = ManualClock::new();
+            let (hour, burst, day) = (
+                Limit::new("global-hour", Quota::per_hour(5)),
+                Limit::new("global-burst", Quota::per_hour(3)),
+                Limit::new("global-day", Quota::per_hour(100)),
+            );
             let layer = RateLimitLayer::builder()
-                .limits([
-                    Limit::new("global-hour", Quota::per_hour(5)),
-                    Limit::new("global-burst", Quota::per_hour(3)),
-                ])
+                .limits([hour, burst])
                 .algorithm(algorithm)
-                .backend(MemoryBackend::new().clock(clock.clone()))
+                .backend(MemoryBackend::new().clock(ManualClock::new()))
                 .build()
                 .unwrap();
-            let (store, set) = (layer.store(), layer.limit_set());
-            let decide = |set: &Arc<LimitSet>, cost: u32| match store
-                .check(&(), &Ask::new(set).cost(cost))
-            {
-                Check::Ready(Ok(d)) => d,
-                _ => unreachable!("the memory store decides at once"),
+            let store = layer.store();
+            let set = |limits: &[Limit]| Arc::new(LimitSet::new(algorithm, limits, false).unwrap());
+            let ask = |set: &Arc<LimitSet>, cost: u32, peek: bool| {
+                let ask = Ask::new(set).cost(cost);
+                match store.check(&(), &if peek { ask.peek() } else { ask }) {
+                    Check::Ready(Ok(d)) => d,
+                    _ => unreachable!("the memory store decides at once"),
+                }
             };
             // The default set: both limits spent together, the second binding; no map entry.
+            let default = layer.limit_set();
             for _ in 0..3 {
-                assert!(decide(&set, 1).is_allowed(), "{algorithm:?}");
+                assert!(ask(&default, 1, false).is_allowed(), "{algorithm:?}");
             }
-            let refused = decide(&set, 1);
+            let refused = ask(&default, 1, false);
             assert!(!refused.is_allowed());
             assert_eq!(refused.policy_index(), 1, "{algorithm:?}");
             assert_eq!(
@@ -1033,75 +1040,31 @@ mod tests {
             );
             // A set with a limit the layer was not built with (a live change): that limit's state
             // goes in the map's entry for `()`, the default limits' stay where they are.
-            let wider = Arc::new(
-                LimitSet::new(
-                    algorithm,
-                    &[
-                        Limit::new("global-day", Quota::per_hour(100)),
-                        Limit::new("global-hour", Quota::per_hour(5)),
-                    ],
-                    false,
-                )
-                .unwrap(),
-            );
             // "global-hour" has 2 left of 5 (3 spent above): a cost of 3 is refused, all or
             // nothing, and a cost of 2 is admitted.
-            let over = decide(&wider, 3);
+            let wider = set(&[day, hour]);
+            let over = ask(&wider, 3, false);
             assert!(!over.is_allowed(), "{algorithm:?}");
             assert_eq!(over.policy_index(), 1);
-            assert!(decide(&wider, 2).is_allowed(), "{algorithm:?}");
+            assert!(ask(&wider, 2, false).is_allowed(), "{algorithm:?}");
             assert_eq!(
                 store.len(),
                 1,
                 "{algorithm:?}: the new limit's state is in the map"
             );
             // "global-day" spent 2 (not the refused 3): 100, 2 spent and the one peeked at.
-            let day = Arc::new(
-                LimitSet::new(
-                    algorithm,
-                    &[Limit::new("global-day", Quota::per_hour(100))],
-                    false,
-                )
-                .unwrap(),
-            );
-            match store.check(&(), &Ask::new(&day).peek()) {
-                Check::Ready(Ok(d)) => assert_eq!(d.remaining(), 97, "{algorithm:?}"),
-                _ => unreachable!(),
-            }
+            let day = set(&[day]);
+            assert_eq!(ask(&day, 1, true).remaining(), 97, "{algorithm:?}");
             // The second default limit's state (in `single`, beside the first) is the one a mixed
             // set decides: "global-burst" is spent (3 of 3), so a set of it and the new limit is
             // refused by it and spends neither.
-            let mixed = Arc::new(
-                LimitSet::new(
-                    algorithm,
-                    &[
-                        Limit::new("global-day", Quota::per_hour(100)),
-                        Limit::new("global-burst", Quota::per_hour(3)),
-                    ],
-                    false,
-                )
-                .unwrap(),
-            );
-            let refused = decide(&mixed, 1);
+            let mixed = set(&[Limit::new("global-day", Quota::per_hour(100)), burst]);
+            let refused = ask(&mixed, 1, false);
             assert!(!refused.is_allowed(), "{algorithm:?}");
             assert_eq!(refused.policy_index(), 1, "{algorithm:?}");
-            match store.check(&(), &Ask::new(&day).peek()) {
-                Check::Ready(Ok(d)) => assert_eq!(d.remaining(), 97, "{algorithm:?}: unspent"),
-                _ => unreachable!(),
-            }
+            assert_eq!(ask(&day, 1, true).remaining(), 97, "{algorithm:?}: unspent");
             // "global-hour" has one state, spent by both sets: 3 + 2 of 5, none left.
-            let hour = Arc::new(
-                LimitSet::new(
-                    algorithm,
-                    &[Limit::new("global-hour", Quota::per_hour(5))],
-                    false,
-                )
-                .unwrap(),
-            );
-            match store.check(&(), &Ask::new(&hour).peek()) {
-                Check::Ready(Ok(d)) => assert!(!d.is_allowed(), "{algorithm:?}"),
-                _ => unreachable!(),
-            }
+            assert!(!ask(&set(&[hour]), 1, true).is_allowed(), "{algorithm:?}");
         }
     }
 

@@ -130,9 +130,15 @@ impl std::ops::Deref for Resolved<'_> {
 pub(crate) struct Tiers(Vec<(&'static str, Arc<LimitSet>)>);
 
 impl Tiers {
+    /// The set of tier `name`. A resolver usually returns the very `&'static str` the tier was
+    /// registered with (a literal, or a name leaked once from configuration): the same pointer
+    /// and length are equal without comparing bytes.
     #[inline]
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<LimitSet>> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, set)| set)
+        self.0
+            .iter()
+            .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
+            .map(|(_, set)| set)
     }
 
     /// Adds tier `name`, or replaces its set.
@@ -224,7 +230,7 @@ impl<K: Hash + Eq> Live<K> {
     }
 
     /// The set `key` is decided against: its own limits, else its tier's, else the default.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn resolve<'p>(&self, p: &'p Policies<K>, key: &K) -> Resolved<'p> {
         if let Some(set) = p.keys.get(key) {
             return Resolved::Owned(set);

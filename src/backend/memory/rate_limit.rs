@@ -131,9 +131,10 @@ impl SetCell for GcraCell {
 
     /// Every limit decided against its loaded TAT at `now` (no atomic operation), then, if all
     /// admit, each TAT moved with one compare-exchange from the value loaded; a lost one takes
-    /// back those already made (exactly, or by their length if a spend landed on top) and answers
-    /// `None`. Against the general path (spend as each admits, take back on a refusal), a refused
-    /// set writes nothing, and an admitted one keeps no trace per limit
+    /// back those already made (to the spend's start, `max(tat, now)`, the same state as the TAT
+    /// loaded; or by their length if a spend landed on top) and answers `None`. Against the
+    /// general path (spend as each admits, take back on a refusal), a set refused here writes
+    /// nothing, and an admitted one keeps no trace per limit
     /// (`u64/rampart_rate_limit_*_two_limits` rows of the `instructions` bench, BENCHMARKS.md).
     #[inline(always)]
     fn decide_enforced<const N: usize>(
@@ -145,11 +146,21 @@ impl SetCell for GcraCell {
     ) -> Option<Decision> {
         let mut binding = Binding::default();
         let mut next = [None; N];
+        // The decisions themselves only for checking the fold against `combine` (debug builds).
+        let mut decisions = [Decision::uncounted(0); N];
         for (i, ((l, &tat), n)) in limits.iter().zip(loaded).zip(&mut next).enumerate() {
             let (d, spend) = decide_units(&l.limits, tat, now, cost);
             *n = spend;
+            if cfg!(debug_assertions) {
+                decisions[i] = d;
+            }
             binding.add(i, false, d);
         }
+        debug_assert_eq!(
+            binding.decision(),
+            Decision::combine(limits, &decisions[..limits.len()], !binding.refused),
+            "the folded decision is the combined one"
+        );
         if !binding.refused {
             for (i, ((c, &tat), n)) in cells.iter().zip(loaded).zip(&next).enumerate() {
                 if let Some(n) = *n
@@ -504,15 +515,16 @@ struct Moment {
 /// decision over several limits finds the key's entry once, loads its cells and reads the clock
 /// once (a sliding window's cell reads it under its own lock instead). A GCRA set of enforced
 /// limits is then decided whole against the loaded states, and spent only if every limit admits:
-/// one compare-exchange per cell from the state it loaded, so a refused set writes nothing.
-/// Otherwise (a cell changed since it was loaded, a shadow limit, the sliding window) the limits
-/// are decided in order, each enforced limit spending as it admits (one atomic operation per
-/// cell); when a later enforced limit refuses, the earlier ones take their spend back (exactly
+/// one compare-exchange per cell from the state it loaded, so a set refused there writes nothing.
+/// Otherwise (a cell changed since it was loaded, a peek, a shadow limit, the sliding window) the
+/// limits are decided in order, each enforced limit spending as it admits (one atomic operation
+/// per cell); when a later enforced limit refuses, the earlier ones take their spend back (exactly
 /// their own length, so spends made on top of it stay). So a set is spent all or nothing, with no
 /// lock but the shard's read side (`rate_limit/keyed_peer_ip_10k/rampart_store_check_two_limits`
-/// measures it). The one trade, on that second path only: a decision racing with a set that is
-/// about to be refused may see that set's spend and be refused too, so a hot key can be
-/// under-admitted by a few units at such instants, never over-admitted.
+/// measures it). The one trade: a decision racing with a set whose spend is about to be taken
+/// back (a refusal on the second path, or a lost compare-exchange on the first) may see that spend
+/// and be refused too, so a hot key can be under-admitted by a few units at such instants, never
+/// over-admitted.
 ///
 /// A key type with no data (such as the global key `()`) keeps its default set's cells outside
 /// the map, made at build: the whole single-limit limiter is then one atomic word, and a global
@@ -999,6 +1011,80 @@ mod tests {
             (a.load(), b.load()),
             (a1, b2),
             "a refused set writes nothing"
+        );
+    }
+
+    /// A clock that runs a hook (once) the first time it is read after the hook is set: a
+    /// decision racing with the one reading it, at the only instant a set's decision can lose.
+    #[derive(Clone, Default)]
+    struct RacingClock {
+        time: ManualClock,
+        hook: Arc<std::sync::Mutex<Option<Hook>>>,
+    }
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    impl crate::clock::Clock for RacingClock {
+        fn now(&self) -> crate::clock::Nanos {
+            let hook = self.hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+            self.time.now()
+        }
+    }
+
+    #[test]
+    fn a_set_that_loses_a_race_after_loading_is_decided_again_and_spent_once() {
+        let clock = RacingClock::default();
+        clock.time.advance(Duration::from_secs(1));
+        let (a, b) = (
+            Limit::new("race-set-a", Quota::per_hour(10)),
+            Limit::new("race-set-b", Quota::per_hour(4)),
+        );
+        let layer = RateLimitLayer::builder()
+            .limits([a, b])
+            .key(key_fn(|k: &u64| Some(*k)))
+            .backend(MemoryBackend::new().clock(clock.clone()))
+            .build()
+            .unwrap();
+        let only_b = Arc::new(LimitSet::new(Algorithm::Gcra, &[b], false).unwrap());
+        let ask = |set: &Arc<LimitSet>, peek: bool| {
+            let ask = Ask::new(set);
+            match layer
+                .store()
+                .check(&7, &if peek { ask.peek() } else { ask })
+            {
+                Check::Ready(Ok(d)) => d,
+                _ => unreachable!("the memory store decides at once"),
+            }
+        };
+        // The key's entry exists (both cells made): the next set decision loads both cells, then
+        // reads the clock, which spends b once behind its back.
+        assert!(ask(&layer.limit_set(), false).is_allowed());
+        let racer = layer.clone();
+        let racer_set = Arc::clone(&only_b);
+        *clock.hook.lock().unwrap() = Some(Box::new(move || {
+            match racer.store().check(&7, &Ask::new(&racer_set)) {
+                Check::Ready(Ok(d)) => assert!(d.is_allowed()),
+                _ => unreachable!(),
+            }
+        }));
+        let d = ask(&layer.limit_set(), false);
+        assert!(clock.hook.lock().unwrap().is_none(), "the race ran");
+        // Admitted once, each limit spent once by it: a 2 of 10, b 3 of 4 (the racer's too).
+        assert!(d.is_allowed());
+        assert_eq!((d.policy_index(), d.remaining()), (1, 1));
+        let a_only = Arc::new(LimitSet::new(Algorithm::Gcra, &[a], false).unwrap());
+        assert_eq!(
+            ask(&a_only, true).remaining(),
+            7,
+            "a: 10, 2 spent, the one peeked at"
+        );
+        assert_eq!(
+            ask(&only_b, true).remaining(),
+            0,
+            "b: 4, 3 spent, the one peeked at"
         );
     }
 

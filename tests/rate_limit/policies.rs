@@ -79,6 +79,9 @@ fn costs_peeks_and_live_quota_changes() {
     // GCRA's state is a time, and carries over to a new quota exactly.
     let (s, clock) = memory(Algorithm::Gcra);
     run(cases::quota_change_keeps_state(&s, &clock));
+    // A sliding window's counts carry over to a new period.
+    let (s, clock) = memory(Algorithm::SlidingWindow);
+    run(cases::window_period_change_keeps_counts(&s, &clock));
 }
 
 /// A keyed service on `u32` requests, keyed by `req / 100`: as a test sends them.

@@ -263,3 +263,46 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
         .expect("valid");
     assert_eq!(s.peek(30, &s.handle.resolved(&30), 1).await.remaining(), 19);
 }
+
+/// A sliding-window limit whose period is changed through the handle keeps its counts: they are
+/// those of the new period's window that their window began in (memory and Redis alike; a fresh
+/// state would admit the whole limit again).
+pub(crate) async fn window_period_change_keeps_counts(s: &Subject, clock: &ManualClock) {
+    const MINUTE: u64 = 60_000_000_000;
+    let live = |minutes: u64| {
+        Limit::new(
+            "live-window",
+            Quota::with_period(10, std::time::Duration::from_nanos(minutes * MINUTE)),
+        )
+    };
+    // From the start of a two-minute window.
+    let into = tower_rampart::clock::Clock::now(clock) % (2 * MINUTE);
+    if into > 0 {
+        clock.advance(std::time::Duration::from_nanos(2 * MINUTE - into));
+    }
+    s.handle.set_key(&31, [live(1)]).expect("valid");
+    let set = s.handle.resolved(&31);
+    for _ in 0..6 {
+        assert!(s.ask(31, &set, 1).await.is_allowed());
+    }
+    // Twice the period: the 6 still count.
+    s.handle.set_key(&31, [live(2)]).expect("valid");
+    let set = s.handle.resolved(&31);
+    for i in 0..4 {
+        assert!(s.ask(31, &set, 1).await.is_allowed(), "{i}");
+    }
+    let d = s.ask(31, &set, 1).await;
+    assert!(!d.is_allowed(), "{d:?}");
+    // One minute again (a peek): the two minutes' window began in this minute, its 10 count.
+    s.handle.set_key(&31, [live(1)]).expect("valid");
+    let set = s.handle.resolved(&31);
+    let d = s.peek(31, &set, 1).await;
+    assert!(!d.is_allowed(), "{d:?}");
+    // 90 s on, the 10 are the minute before this one's, half of it slid out: 5 fit.
+    clock.advance(std::time::Duration::from_secs(90));
+    for i in 0..5 {
+        assert!(s.ask(31, &set, 1).await.is_allowed(), "{i}");
+    }
+    let d = s.ask(31, &set, 1).await;
+    assert!(!d.is_allowed(), "{d:?}");
+}

@@ -39,6 +39,8 @@ fn foreign(algorithm: Algorithm) -> &'static [&'static str] {
             "1 4294967296 0",
             "1 0 4294967296",
             "9000000000000 0 0",
+            // Counts of a period no limit has (5 ns; the store takes 1 us to 2^52 ns).
+            "1 0 0 5",
         ],
     }
 }

@@ -134,13 +134,14 @@ fn entries(value: &str) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-/// A bare state of `algorithm`, as a single-quota limiter has always written it.
+/// A bare state of `algorithm`, as a single-quota limiter writes it.
 fn is_bare_state(algorithm: Algorithm, value: &str) -> bool {
     match algorithm {
         Algorithm::Gcra => !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()),
         _ => {
             let parts: Vec<&str> = value.split(' ').collect();
-            parts.len() == 3 && parts.iter().all(|p| p.parse::<u64>().is_ok())
+            // Window index, previous and current counts, and the period they were counted under.
+            parts.len() == 4 && parts.iter().all(|p| p.parse::<u64>().is_ok())
         }
     }
 }
@@ -153,7 +154,7 @@ async fn every_limit_of_a_key_is_in_its_one_value_and_the_own_limit_alone_stays_
     for algorithm in ALGORITHMS {
         let r = rig(&server, algorithm, "packed", |b| b).await;
         let store = r.layer.store();
-        // The single form writes the bare state, as it always has.
+        // The single form writes the bare state.
         assert_eq!(decide(store, &1).await.unwrap().remaining(), 9);
         let bare = r.get(1).await.unwrap();
         assert!(is_bare_state(algorithm, &bare), "{algorithm:?}: {bare:?}");

@@ -76,6 +76,9 @@ async fn policy_cases(make: impl Fn(&ManualClock) -> RedisBackend) {
         let s = cases::subject(make(&clock), Algorithm::Gcra);
         cases::quota_change_keeps_state(&s, &clock).await;
     }
+    let clock = clock_at(STARTS[1]);
+    let s = cases::subject(make(&clock), Algorithm::SlidingWindow);
+    cases::window_period_change_keeps_counts(&s, &clock).await;
 }
 
 /// Random questions (sets {a, b}, {a, b (shadow)}, {a}, {b} and the layer's default; costs 0-6;

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::MemoryBackend;
 use super::map::{BoundedMap, Expiring};
@@ -251,51 +250,23 @@ impl OtherCell for GcraCell {
     }
 }
 
-/// A sliding-window cell of a limit other than the store's first: it keeps its own period, since
-/// one key's entry holds the states of limits with different periods.
-#[derive(Debug, Default)]
-struct NamedWindow {
-    cell: WindowCell,
-    period: AtomicU64,
-}
-
-impl NamedWindow {
-    fn limits(&self) -> Limits {
-        let period = self.period.load(Ordering::Relaxed).max(1);
-        Limits {
-            limit: 1,
-            burst: 1,
-            period,
-            emission: period,
-            tolerance: period,
-        }
-    }
-}
-
-impl OtherCell for NamedWindow {
+/// A sliding-window cell keeps the period it was counted under in its state (so a limit whose
+/// period changes at run time keeps its counts, and its idleness is judged by its own period).
+impl OtherCell for WindowCell {
     type Cell = WindowCell;
 
-    /// The cell, its counts moved to `limits`' period if the limit's period changed (their
-    /// windows' start times kept: conservative, nothing counted is dropped early).
-    #[inline]
-    fn cell(&self, limits: &Limits) -> &WindowCell {
-        let old = self.period.load(Ordering::Relaxed);
-        if old != limits.period {
-            if old != 0 {
-                self.cell.rescale(old, limits.period);
-            }
-            self.period.store(limits.period, Ordering::Relaxed);
-        }
-        &self.cell
+    #[inline(always)]
+    fn cell(&self, _: &Limits) -> &WindowCell {
+        self
     }
 
     #[inline]
     fn is_idle(&self, now: Nanos) -> bool {
-        self.cell.is_idle(&self.limits(), now)
+        WindowCell::is_idle(self, now)
     }
 
     fn due(&self) -> Nanos {
-        self.cell.due(&self.limits())
+        WindowCell::due(self)
     }
 }
 
@@ -401,12 +372,12 @@ impl Expiring for WindowCell {
     type Context = Limits;
 
     #[inline]
-    fn is_idle(&self, limits: &Limits, now: Nanos) -> bool {
-        WindowCell::is_idle(self, limits, now)
+    fn is_idle(&self, _: &Limits, now: Nanos) -> bool {
+        WindowCell::is_idle(self, now)
     }
 
-    fn due(&self, limits: &Limits) -> Nanos {
-        WindowCell::due(self, limits)
+    fn due(&self, _: &Limits) -> Nanos {
+        WindowCell::due(self)
     }
 }
 
@@ -550,8 +521,8 @@ enum Cells<K> {
         map: BoundedMap<K, Entry<GcraCell>>,
     },
     Window {
-        single: Entry<NamedWindow>,
-        map: BoundedMap<K, Entry<NamedWindow>>,
+        single: Entry<WindowCell>,
+        map: BoundedMap<K, Entry<WindowCell>>,
     },
 }
 
@@ -599,16 +570,11 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         }
     }
 
-    /// Whether `limit`'s state is the entries' primary cell: the first default limit's name, and
-    /// for the sliding window its period too (the map judges a primary cell's idleness by the
-    /// built period).
+    /// Whether `limit`'s state is the entries' primary cell: the first default limit's name (its
+    /// quota may have changed since the build: a cell's state does not depend on it).
     #[inline(always)]
     fn is_primary(&self, limit: &SetLimit) -> bool {
         limit.id == self.primary
-            && match self.cells {
-                Cells::Gcra { .. } => true,
-                Cells::Window { .. } => limit.limits.period == self.limits.period,
-            }
     }
 
     /// Decides `ask`'s set for `key` (any set, cost or peek).
@@ -1152,6 +1118,55 @@ mod tests {
             // "global-hour" has one state, spent by both sets: 3 + 2 of 5, none left.
             assert!(!ask(&set(&[hour]), 1, true).is_allowed(), "{algorithm:?}");
         }
+    }
+
+    #[test]
+    fn a_live_change_of_the_first_limits_period_keeps_the_sliding_windows_counts() {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let clock = ManualClock::new();
+        let layer = RateLimitLayer::builder()
+            .limits([Limit::new("minute", Quota::with_period(10, MINUTE))])
+            .algorithm(Algorithm::SlidingWindow)
+            .key(key_fn(|k: &u64| Some(*k)))
+            .backend(MemoryBackend::new().clock(clock.clone()))
+            .build()
+            .unwrap();
+        let store = layer.store();
+        let check = |k: u64, set: &Arc<LimitSet>, peek: bool| {
+            let ask = Ask::new(set);
+            match store.check(&k, &if peek { ask.peek() } else { ask }) {
+                Check::Ready(Ok(d)) => d,
+                _ => unreachable!("the memory store decides at once"),
+            }
+        };
+        let built = layer.limit_set();
+        for _ in 0..6 {
+            assert!(check(1, &built, false).is_allowed());
+        }
+        // The same limit, its period doubled at run time: the 6 counted still count (a fresh
+        // state would admit 10 more).
+        let doubled = Arc::new(
+            LimitSet::new(
+                Algorithm::SlidingWindow,
+                &[Limit::new("minute", Quota::with_period(10, 2 * MINUTE))],
+                false,
+            )
+            .unwrap(),
+        );
+        for i in 0..4 {
+            assert!(check(1, &doubled, false).is_allowed(), "{i}");
+        }
+        assert!(!check(1, &doubled, false).is_allowed());
+        // Back to the built period (a peek, which stores nothing): the 10 are in its window too.
+        assert!(!check(1, &built, true).is_allowed());
+        // 130 s on, the counts are past two of the built periods but not of their own: sweeps
+        // (a new key in every shard) keep the key, its previous window weighing 110/120 of 10.
+        clock.advance(Duration::from_secs(130));
+        for k in 100..400 {
+            assert!(check(k, &built, false).is_allowed());
+        }
+        let d = check(1, &doubled, true);
+        assert!(!d.is_allowed(), "the key's counts were forgotten: {d:?}");
     }
 
     #[test]

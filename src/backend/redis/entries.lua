@@ -3,7 +3,7 @@
 -- of each, after prelude.lua). Two forms:
 --
 -- * bare: the state of the layer's own limit (the one named after the layer) and nothing else,
---   exactly what a single-quota limiter has always written (a GCRA arrival time, or sliding-window
+--   exactly what a single-quota limiter writes (a GCRA arrival time, or sliding-window
 --   counts); the key's PX is that state's expiry. A value whose first byte is not "|" is bare.
 -- * packed: one or more entries, each "|<name>|<expires>|<state>", one per limit:
 --   <name>     the limit's name (letters, digits and "-_.:"), empty for the layer's own limit
@@ -14,7 +14,7 @@
 --   dropped at the next write; the key's PX is the longest live entry's.
 --
 -- A value with only the own limit's state is always written bare, so the single form's value is
--- what it has always been. An entry of a limit not in a decision (another tier the key was in, a
+-- the single-quota limiter's. An entry of a limit not in a decision (another tier the key was in, a
 -- limit removed at run time) is carried through while it is live.
 --
 -- In Lua the entries are one flat table, three slots per entry in their stored order (the j-th at

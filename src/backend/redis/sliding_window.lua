@@ -3,7 +3,11 @@
 -- each limit computed exactly as src/rate_limit/algorithm/sliding_window.rs `decide` does,
 -- atomically.
 --
--- A limit's state: "<window index> <previous count> <current count>"
+-- A limit's state: "<window index> <previous count> <current count> <period>", the index in
+-- windows of that period (ns). A state without the period (as written before it was added) is in
+-- the decision's period. Under another period (the limit's was changed at run time), the counts
+-- are those of the window of the decision's period that their window began in, as the in-memory
+-- store keeps them (src/rate_limit/algorithm/sliding_window.rs `Window::at`).
 -- A limit's two parameters: its period (ns) and its limit (units per period).
 --
 -- A limit's figures: admitted, a = remaining and b = reset; refused, a = reset and b = retry
@@ -42,10 +46,8 @@ local function T(P, w, d)
   return w * qp + muldiv(w, rp, d)
 end
 
--- The one-limit decision decide.lua and limit_set.lua make (limit_set.lua: its arguments and
--- answers).
-local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
-  -- index, e = floor(now / P), now mod P, where now = now_us * 1000 + now_frac (ns).
+-- floor(now / P), now mod P, where now = now_us * 1000 + now_frac (ns).
+local function split(now_us, now_frac, P)
   local q1, r1 = divmod(now_us, P)
   -- (r1 * 1000) by binary Horner over 1000 = 0b1111101000, reducing mod P at each step (all < 2P);
   -- the bits from the top, by arithmetic (no table nor `ipairs` per call).
@@ -69,19 +71,50 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   if e >= P then
     q2, e = q2 + 1, e - P
   end
-  local index = q1 * 1000 + q2
+  return q1 * 1000 + q2, e
+end
+
+-- The one-limit decision decide.lua and limit_set.lua make (limit_set.lua: its arguments and
+-- answers).
+local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
+  local index, e = split(now_us, now_frac, P)
 
   local prev, curr = 0, 0
   -- The window the state is written back for: this one, or a later one read within SKEW.
   local stored_index = index
   local problem
   if raw then
-    local si, sp, sc = string.match(raw, '^(%d+) (%d+) (%d+)$')
-    if not si or #si > 16 or #sp > 10 or #sc > 10 or tonumber(si) >= 9007199254740992 then
+    local si, sp, sc, sq = string.match(raw, '^(%d+) (%d+) (%d+) ?(%d*)$')
+    if not si or #si > 16 or #sp > 10 or #sc > 10 or #sq > 16 or tonumber(si) >= 9007199254740992
+    then
       problem = 'the key does not hold sliding-window counts'
     else
-      si, sp, sc = tonumber(si), tonumber(sp), tonumber(sc)
-      if sp > 4294967295 or sc > 4294967295 then
+      si, sp, sc, sq = tonumber(si), tonumber(sp), tonumber(sc), tonumber(sq)
+      if sq and (sq < 1000 or sq > 4503599627370496) then
+        problem = 'the key holds sliding-window counts of a period no limit has'
+      elseif sq and sq ~= P then
+        -- Counted under another period Q: their window began at now - age; against this period's
+        -- windows, age <= e is this one and age <= e + P the one before.
+        local qi, qe = split(now_us, now_frac, sq)
+        if si > qi then
+          if (si - qi) * sq - qe > SKEW then
+            problem = 'the key holds a sliding window that has not begun'
+          end
+          si = index
+        else
+          local age = (qi - si) * sq + qe
+          if age <= e then
+            si = index
+          elseif age <= e + P then
+            si = index - 1
+          else
+            si = index - 2
+          end
+        end
+      end
+      if problem then
+        -- Reported below.
+      elseif sp > 4294967295 or sc > 4294967295 then
         problem = 'the key holds sliding-window counts above any limit'
       elseif si > index and (si - index) * P - e > SKEW then
         problem = 'the key holds a sliding window that has not begun'
@@ -144,7 +177,7 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
       ttl = min_ttl
     end
     -- %d formats a 64-bit integer (the index is below 2^53), several times cheaper than %.0f.
-    local value = string.format('%d %d %d', stored_index, prev, curr + cost)
+    local value = string.format('%d %d %d %d', stored_index, prev, curr + cost, P)
     return 1, left, to_window_end + P, left, repaired, value, ttl
   end
 

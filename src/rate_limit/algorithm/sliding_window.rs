@@ -13,34 +13,68 @@ use crate::clock::Nanos;
 use crate::rate_limit::quota::Limits;
 
 /// Counts of one key.
+///
+/// The window is kept as its start time and the period it was counted under, not as an index:
+/// when a limit's period changes at run time, the counts belong to the window of the new period
+/// that their window began in (nothing is rescaled, and a live change cannot restart the counts),
+/// and the state alone says when it stops counting (the store judges idleness by it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Window {
-    /// Index of the window `curr` counts (`now / period`).
-    pub(crate) index: u64,
+    /// When the window `curr` counts began (a multiple of `period`), in nanoseconds.
+    pub(crate) start: u64,
+    /// The period the window was last decided under; 0 for a key never decided.
+    pub(crate) period: u64,
     pub(crate) prev: u32,
     pub(crate) curr: u32,
 }
 
 impl Window {
-    /// The counts as seen from window `index` (rolling forward if time moved on).
+    /// The counts as seen from the window of `period` beginning at `start` (rolling forward if
+    /// time moved on). A window counted under another period is the one of `period` it began in;
+    /// one that begins later than `start`'s (a read of the clock older than the counts: the store
+    /// reads it under the cell's lock, so only a caller of [`decide_units`] with an old instant)
+    /// is taken as it is, its counts current: never forgotten.
     #[inline]
-    pub(crate) fn at(self, index: u64) -> Self {
-        if index == self.index {
+    pub(crate) fn at(self, start: u64, period: u64) -> Self {
+        if self.start >= start.saturating_add(period) {
             self
-        } else if index == self.index + 1 {
+        } else if self.start >= start {
             Self {
-                index,
+                start,
+                period,
+                ..self
+            }
+        } else if self.start.saturating_add(period) >= start {
+            Self {
+                start,
+                period,
                 prev: self.curr,
                 curr: 0,
             }
         } else {
             // Two or more windows later (or a fresh key): nothing counts any more.
             Self {
-                index,
+                start,
+                period,
                 prev: 0,
                 curr: 0,
             }
         }
+    }
+
+    /// Whether nothing counted here counts at `now` any more (or nothing was counted): the key
+    /// can be forgotten.
+    #[inline]
+    pub(crate) fn is_idle(self, now: Nanos) -> bool {
+        (self.prev == 0 && self.curr == 0)
+            || now >= self.start.saturating_add(self.period.saturating_mul(2))
+            || (self.curr == 0 && now >= self.start.saturating_add(self.period))
+    }
+
+    /// When the key's counts will have fully decayed.
+    #[inline]
+    pub(crate) fn due(self) -> Nanos {
+        self.start.saturating_add(self.period.saturating_mul(2))
     }
 }
 
@@ -56,9 +90,9 @@ pub(crate) fn decide_units(
 ) -> (Decision, Window) {
     let period = u128::from(limits.period);
     let limit = u128::from(limits.limit);
-    let index = now / limits.period;
-    let elapsed = u128::from(now % limits.period);
-    let w = stored.at(index);
+    let elapsed = now % limits.period;
+    let w = stored.at(now - elapsed, limits.period);
+    let elapsed = u128::from(elapsed);
     let (prev, curr) = (u128::from(w.prev), u128::from(w.curr));
     let units = u128::from(cost);
     // Everything below is scaled by `period` to stay in integers.
@@ -110,13 +144,6 @@ pub(crate) fn decide_units(
         let d = Decision::refused(limits.limit, reset as u64, retry_after as u64);
         (d, w)
     }
-}
-
-/// Whether a key's counts have decayed to nothing at `now`.
-#[inline]
-pub(crate) fn is_idle(stored: Window, limits: &Limits, now: Nanos) -> bool {
-    now / limits.period >= stored.index + 2
-        || (stored.curr == 0 && now / limits.period == stored.index + 1)
 }
 
 /// One key's sliding-window state behind a tiny mutex (held for a few arithmetic operations).
@@ -177,30 +204,22 @@ impl WindowCell {
     /// could not complete.
     pub(crate) fn undo(&self, new: Window, cost: u32) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.index == new.index {
+        if w.start == new.start {
             w.curr = w.curr.saturating_sub(cost);
         }
     }
 
-    /// Moves the counts from windows of `old` nanoseconds to windows of `new` ones (the limit's
-    /// period was changed): the current window keeps its start time.
-    pub(crate) fn rescale(&self, old: Nanos, new: Nanos) {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        w.index = (u128::from(w.index) * u128::from(old) / u128::from(new.max(1))) as u64;
-    }
-
+    /// Whether the key's counts have decayed to nothing at `now` (judged by the period they were
+    /// counted under).
     #[inline]
-    pub(crate) fn is_idle(&self, limits: &Limits, now: Nanos) -> bool {
-        is_idle(self.snapshot(), limits, now)
+    pub(crate) fn is_idle(&self, now: Nanos) -> bool {
+        self.snapshot().is_idle(now)
     }
 
     /// When the key's counts will have fully decayed; used to pick which busy keys to forget first.
     #[inline]
-    pub(crate) fn due(&self, limits: &Limits) -> Nanos {
-        self.snapshot()
-            .index
-            .saturating_add(2)
-            .saturating_mul(limits.period)
+    pub(crate) fn due(&self) -> Nanos {
+        self.snapshot().due()
     }
 
     fn snapshot(&self) -> Window {
@@ -255,8 +274,8 @@ mod tests {
     #[test]
     fn the_clock_is_read_under_the_lock() {
         // A decision whose time was read before another rolled the counts into the next window
-        // took them for a window two behind: the four spent counted for nothing. Reading the
-        // clock under the lock, it cannot come to counts stored with a later time than its own.
+        // would come to counts stored with a later time than its own. Reading the clock under the
+        // lock, it cannot.
         let l = limits(Quota::per_second(4));
         let cell = WindowCell::default();
         let late = S - 10;
@@ -264,9 +283,11 @@ mod tests {
         for _ in 0..3 {
             assert!(cell.check(&l, S + 10).is_allowed());
         }
-        // The stale instant, as the old order would have decided it: counts forgotten.
-        let (stale, _) = decide_units(&l, cell.snapshot(), late, 1);
-        assert_eq!(stale.remaining(), 3);
+        // Even so, a stale instant takes a later window's counts as current: never forgotten
+        // (kept as an index, they once read as two windows behind and counted for nothing).
+        let (stale, kept) = decide_units(&l, cell.snapshot(), late, 1);
+        assert!(!stale.is_allowed(), "{stale:?}");
+        assert_eq!(kept, cell.snapshot());
         // The order now: the clock read after the lock, so at least the others' time.
         let mut reads = 0;
         let d = cell.check_units(&l, 1, true, || {
@@ -284,8 +305,8 @@ mod tests {
         let l = limits(Quota::per_second(4));
         let cell = WindowCell::default();
         assert!(cell.check(&l, S / 2).is_allowed());
-        assert!(!cell.is_idle(&l, S + S / 2));
-        assert!(cell.is_idle(&l, 2 * S));
-        assert_eq!(cell.due(&l), 2 * S);
+        assert!(!cell.is_idle(S + S / 2));
+        assert!(cell.is_idle(2 * S));
+        assert_eq!(cell.due(), 2 * S);
     }
 }

@@ -264,9 +264,9 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
     assert_eq!(s.peek(30, &s.handle.resolved(&30), 1).await.remaining(), 19);
 }
 
-/// A sliding-window limit whose period is changed through the handle keeps its counts: they are
-/// those of the new period's window that their window began in (memory and Redis alike; a fresh
-/// state would admit the whole limit again).
+/// A sliding-window limit whose period is changed through the handle keeps its counts: each goes
+/// to the window of the new period holding the latest instant it can have been made at (memory
+/// and Redis alike; a fresh state would admit the whole limit again).
 pub(crate) async fn window_period_change_keeps_counts(s: &Subject, clock: &ManualClock) {
     const MINUTE: u64 = 60_000_000_000;
     let live = |minutes: u64| {
@@ -275,34 +275,53 @@ pub(crate) async fn window_period_change_keeps_counts(s: &Subject, clock: &Manua
             Quota::with_period(10, std::time::Duration::from_nanos(minutes * MINUTE)),
         )
     };
-    // From the start of a two-minute window.
-    let into = tower_rampart::clock::Clock::now(clock) % (2 * MINUTE);
+    let resolved = |key: u8, minutes: u64| {
+        s.handle.set_key(&key, [live(minutes)]).expect("valid");
+        s.handle.resolved(&key)
+    };
+    let advance = |nanos: u64| clock.advance(std::time::Duration::from_nanos(nanos));
+    // From the start of a ten-minute window.
+    let into = tower_rampart::clock::Clock::now(clock) % (10 * MINUTE);
     if into > 0 {
-        clock.advance(std::time::Duration::from_nanos(2 * MINUTE - into));
+        advance(10 * MINUTE - into);
     }
-    s.handle.set_key(&31, [live(1)]).expect("valid");
-    let set = s.handle.resolved(&31);
+    // Key 31: 6 of 10 a minute spent; twice the period, the 6 still count.
+    let set = resolved(31, 1);
     for _ in 0..6 {
         assert!(s.ask(31, &set, 1).await.is_allowed());
     }
-    // Twice the period: the 6 still count.
-    s.handle.set_key(&31, [live(2)]).expect("valid");
-    let set = s.handle.resolved(&31);
+    let set = resolved(31, 2);
     for i in 0..4 {
         assert!(s.ask(31, &set, 1).await.is_allowed(), "{i}");
     }
     let d = s.ask(31, &set, 1).await;
     assert!(!d.is_allowed(), "{d:?}");
-    // One minute again (a peek): the two minutes' window began in this minute, its 10 count.
-    s.handle.set_key(&31, [live(1)]).expect("valid");
-    let set = s.handle.resolved(&31);
+    // One minute again: the 10 may have been made as late as now, so 90 s on they count in this
+    // minute (a peek), and at 150 s in the minute before, half slid out: 5 fit.
+    let set = resolved(31, 1);
+    advance(90_000_000_000);
     let d = s.peek(31, &set, 1).await;
     assert!(!d.is_allowed(), "{d:?}");
-    // 90 s on, the 10 are the minute before this one's, half of it slid out: 5 fit.
-    clock.advance(std::time::Duration::from_secs(90));
+    advance(60_000_000_000);
     for i in 0..5 {
         assert!(s.ask(31, &set, 1).await.is_allowed(), "{i}");
     }
     let d = s.ask(31, &set, 1).await;
     assert!(!d.is_allowed(), "{d:?}");
+    // Key 32: 10 of 10 per ten minutes spent late in the window, then one minute: they were made
+    // within this minute as far as the state can tell, and still count.
+    let set = resolved(32, 10);
+    advance(10 * MINUTE - into_window(clock, 10 * MINUTE) - 10_000_000_000);
+    for _ in 0..10 {
+        assert!(s.ask(32, &set, 1).await.is_allowed());
+    }
+    advance(5_000_000_000);
+    let set = resolved(32, 1);
+    let d = s.ask(32, &set, 1).await;
+    assert!(!d.is_allowed(), "{d:?}");
+}
+
+/// How far `clock` is into its current window of `period` nanoseconds.
+fn into_window(clock: &ManualClock, period: u64) -> u64 {
+    tower_rampart::clock::Clock::now(clock) % period
 }

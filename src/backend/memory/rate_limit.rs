@@ -1128,7 +1128,7 @@ mod tests {
             .limits([Limit::new("minute", Quota::with_period(10, MINUTE))])
             .algorithm(Algorithm::SlidingWindow)
             .key(key_fn(|k: &u64| Some(*k)))
-            .backend(MemoryBackend::new().clock(clock.clone()))
+            .backend(MemoryBackend::new().max_keys(128).clock(clock.clone()))
             .build()
             .unwrap();
         let store = layer.store();
@@ -1159,12 +1159,14 @@ mod tests {
         assert!(!check(1, &doubled, false).is_allowed());
         // Back to the built period (a peek, which stores nothing): the 10 are in its window too.
         assert!(!check(1, &built, true).is_allowed());
-        // 130 s on, the counts are past two of the built periods but not of their own: sweeps
-        // (a new key in every shard) keep the key, its previous window weighing 110/120 of 10.
+        // 130 s on, the counts are past two of the built periods but not of their own: a sweep
+        // (a new key; 128 keys are one shard) keeps the key, whose previous window weighs 110/120
+        // of 10; a key idle by its own period is swept.
+        check(2, &built, false);
         clock.advance(Duration::from_secs(130));
-        for k in 100..400 {
-            assert!(check(k, &built, false).is_allowed());
-        }
+        assert_eq!(store.len(), 2);
+        assert!(check(100, &built, false).is_allowed());
+        assert_eq!(store.len(), 2, "key 2 swept, key 1 kept");
         let d = check(1, &doubled, true);
         assert!(!d.is_allowed(), "the key's counts were forgotten: {d:?}");
     }

@@ -5,9 +5,9 @@
 --
 -- A limit's state: "<window index> <previous count> <current count> <period>", the index in
 -- windows of that period (ns). A state without the period (as written before it was added) is in
--- the decision's period. Under another period (the limit's was changed at run time), the counts
--- are those of the window of the decision's period that their window began in, as the in-memory
--- store keeps them (src/rate_limit/algorithm/sliding_window.rs `Window::at`).
+-- the decision's period. Counts made under another period (the limit's was changed at run time)
+-- are moved as the in-memory store moves them (src/rate_limit/algorithm/sliding_window.rs
+-- `Window::rebased`): none is forgotten early.
 -- A limit's two parameters: its period (ns) and its limit (units per period).
 --
 -- A limit's figures: admitted, a = remaining and b = reset; refused, a = reset and b = retry
@@ -84,38 +84,44 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   local stored_index = index
   local problem
   if raw then
-    local si, sp, sc, sq = string.match(raw, '^(%d+) (%d+) (%d+) ?(%d*)$')
-    if not si or #si > 16 or #sp > 10 or #sc > 10 or #sq > 16 or tonumber(si) >= 9007199254740992
-    then
+    local si, sp, sc, sq = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
+    if not si then
+      si, sp, sc = string.match(raw, '^(%d+) (%d+) (%d+)$')
+    end
+    if not si or #si > 16 or #sp > 10 or #sc > 10 or (sq and #sq > 16)
+      or tonumber(si) >= 9007199254740992 then
       problem = 'the key does not hold sliding-window counts'
     else
-      si, sp, sc, sq = tonumber(si), tonumber(sp), tonumber(sc), tonumber(sq)
+      si, sp, sc, sq = tonumber(si), tonumber(sp), tonumber(sc), sq and tonumber(sq)
       if sq and (sq < 1000 or sq > 4503599627370496) then
         problem = 'the key holds sliding-window counts of a period no limit has'
-      elseif sq and sq ~= P then
-        -- Counted under another period Q: their window began at now - age; against this period's
-        -- windows, age <= e is this one and age <= e + P the one before.
-        local qi, qe = split(now_us, now_frac, sq)
-        if si > qi then
-          if (si - qi) * sq - qe > SKEW then
-            problem = 'the key holds a sliding window that has not begun'
-          end
-          si = index
-        else
-          local age = (qi - si) * sq + qe
-          if age <= e then
-            si = index
-          elseif age <= e + P then
-            si = index - 1
-          else
-            si = index - 2
-          end
-        end
-      end
-      if problem then
-        -- Reported below.
       elseif sp > 4294967295 or sc > 4294967295 then
         problem = 'the key holds sliding-window counts above any limit'
+      elseif sq and sq ~= P then
+        -- Counted under another period Q (sliding_window.rs `Window::rebased`): each count goes
+        -- to the window of P holding the latest instant it can have been made at (the current
+        -- count's: now or its window's end; the previous count's: its window's end), by its age
+        -- before now: age <= e is this window, age <= e + P the one before, older no longer counts.
+        local qi, qe = split(now_us, now_frac, sq)
+        if si > qi then
+          -- A window of Q that begins after now: within SKEW, its counts are this window's.
+          if (si - qi) * sq - qe > SKEW then
+            problem = 'the key holds a sliding window that has not begun'
+          else
+            prev, curr = sp, sc
+          end
+        else
+          local age = (qi - si) * sq + qe
+          local function place(a, n)
+            if a <= e then
+              curr = math.min(curr + n, 4294967295)
+            elseif a <= e + P then
+              prev = math.min(prev + n, 4294967295)
+            end
+          end
+          place(math.max(age - sq + 1, 0), sc)
+          place(age + 1, sp)
+        end
       elseif si > index and (si - index) * P - e > SKEW then
         problem = 'the key holds a sliding window that has not begun'
       elseif si >= index then

@@ -14,10 +14,11 @@ use crate::rate_limit::quota::Limits;
 
 /// Counts of one key.
 ///
-/// The window is kept as its start time and the period it was counted under, not as an index:
-/// when a limit's period changes at run time, the counts belong to the window of the new period
-/// that their window began in (nothing is rescaled, and a live change cannot restart the counts),
-/// and the state alone says when it stops counting (the store judges idleness by it).
+/// The window is kept as its start time and the period it was counted under, not as an index, so
+/// that a limit whose period changes at run time keeps its counts: each count goes to the window of
+/// the new period holding the latest instant it can have been made at, so none is forgotten early
+/// (at worst one counts longer than it would have). The state alone says when it stops counting
+/// (the store judges idleness by it, in the period of its last decision).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Window {
     /// When the window `curr` counts began (a multiple of `period`), in nanoseconds.
@@ -29,15 +30,17 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// The counts as seen from the window of `period` beginning at `start` (rolling forward if
-    /// time moved on). A window counted under another period is the one of `period` it began in;
-    /// one that begins later than `start`'s (a read of the clock older than the counts: the store
-    /// reads it under the cell's lock, so only a caller of [`decide_units`] with an old instant)
-    /// is taken as it is, its counts current: never forgotten.
+    /// The counts as seen at `now`, in the window of `period` beginning at `start` (rolling
+    /// forward if time moved on; [`rebased`](Self::rebased) if they were counted under another
+    /// period). A window that begins later than `start`'s (a read of the clock older than the
+    /// counts: the store reads it under the cell's lock, so only a caller of [`decide_units`]
+    /// with an old instant) is taken as it is, its counts current: never forgotten.
     #[inline]
-    pub(crate) fn at(self, start: u64, period: u64) -> Self {
+    pub(crate) fn at(self, start: u64, period: u64, now: Nanos) -> Self {
         if self.start >= start.saturating_add(period) {
             self
+        } else if self.period != period && self.period != 0 {
+            self.rebased(start, period, now)
         } else if self.start >= start {
             Self {
                 start,
@@ -60,6 +63,36 @@ impl Window {
                 curr: 0,
             }
         }
+    }
+
+    /// Counts made under another period, seen at `now` in the window of `period` beginning at
+    /// `start`: each goes to the window holding the latest instant it can have been made at
+    /// (`curr`'s: `now` or its window's end; `prev`'s: its window's end), this one or the one
+    /// before, or no longer counts. Never fewer than were made count, whichever way the period
+    /// moved. (With the same period this is the roll of [`at`](Self::at).)
+    #[cold]
+    fn rebased(self, start: u64, period: u64, now: Nanos) -> Self {
+        let mut w = Self {
+            start,
+            period,
+            prev: 0,
+            curr: 0,
+        };
+        let mut place = |latest: u64, n: u32| {
+            if latest >= start {
+                w.curr = w.curr.saturating_add(n);
+            } else if latest.saturating_add(period) >= start {
+                w.prev = w.prev.saturating_add(n);
+            }
+        };
+        place(
+            now.min(self.start.saturating_add(self.period - 1)),
+            self.curr,
+        );
+        if let Some(latest) = self.start.checked_sub(1) {
+            place(latest, self.prev);
+        }
+        w
     }
 
     /// Whether nothing counted here counts at `now` any more (or nothing was counted): the key
@@ -91,7 +124,7 @@ pub(crate) fn decide_units(
     let period = u128::from(limits.period);
     let limit = u128::from(limits.limit);
     let elapsed = now % limits.period;
-    let w = stored.at(now - elapsed, limits.period);
+    let w = stored.at(now - elapsed, limits.period, now);
     let elapsed = u128::from(elapsed);
     let (prev, curr) = (u128::from(w.prev), u128::from(w.curr));
     let units = u128::from(cost);

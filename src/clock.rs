@@ -46,13 +46,18 @@ pub struct TokioClock {
     // Kept as `std`'s instant: tokio's `now` (which honours paused time) is read, and the difference
     // taken with one call into `std` rather than through tokio's and `std`'s saturating wrappers.
     epoch: std::time::Instant,
+    /// `epoch` in nanoseconds as [`timespec_nanos`] reads it, where that reading was checked to
+    /// agree with `std`'s arithmetic (see [`timespec_hashing`]); `None` elsewhere.
+    raw_epoch: Option<u64>,
 }
 
 impl TokioClock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
+        let epoch = tokio::time::Instant::now().into_std();
         Self {
-            epoch: tokio::time::Instant::now().into_std(),
+            epoch,
+            raw_epoch: timespec_hashing().then(|| timespec_nanos(epoch)),
         }
     }
 }
@@ -62,7 +67,11 @@ impl TokioClock {
     /// deadline).
     #[inline]
     pub(crate) fn at(&self, instant: tokio::time::Instant) -> Nanos {
-        match instant.into_std().checked_duration_since(self.epoch) {
+        let instant = instant.into_std();
+        if let Some(epoch) = self.raw_epoch {
+            return timespec_nanos(instant).saturating_sub(epoch);
+        }
+        match instant.checked_duration_since(self.epoch) {
             Some(d) => d
                 .as_secs()
                 .saturating_mul(1_000_000_000)
@@ -70,6 +79,94 @@ impl TokioClock {
             None => 0,
         }
     }
+}
+
+/// What an `Instant`'s `Hash` writes, where it is a `timespec` (seconds, then nanoseconds): `std`
+/// gives no other way to read an instant as a number than subtracting another, and that
+/// subtraction (`Instant::checked_duration_since`: a call to `sub_timespec`, its comparisons and
+/// `Duration::new`'s normalising) was about half of a clock read. Anything else written marks the
+/// reading unusable.
+#[derive(Default)]
+struct TimespecHash {
+    writes: u8,
+    secs: i64,
+    nanos: u32,
+    other: bool,
+}
+
+impl std::hash::Hasher for TimespecHash {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, _: &[u8]) {
+        self.other = true;
+    }
+
+    #[inline]
+    fn write_i64(&mut self, secs: i64) {
+        self.other |= self.writes != 0;
+        self.secs = secs;
+        self.writes += 1;
+    }
+
+    #[inline]
+    fn write_u32(&mut self, nanos: u32) {
+        self.other |= self.writes != 1;
+        self.nanos = nanos;
+        self.writes += 1;
+    }
+}
+
+/// `instant` in nanoseconds as its `Hash` writes it, assuming it writes a `timespec` (which
+/// [`timespec_hashing`] checked before any clock uses this).
+///
+/// `instructions` bench, `u64/rampart_rate_limit_global`, same build: a read through
+/// `checked_duration_since` against this one; see BENCHMARKS.md for the rows.
+#[inline(always)]
+fn timespec_nanos(instant: std::time::Instant) -> u64 {
+    use std::hash::Hash;
+    let mut h = TimespecHash::default();
+    instant.hash(&mut h);
+    (h.secs as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(h.nanos))
+}
+
+/// Whether this target's `std::time::Instant` hashes as a `timespec` whose nanoseconds
+/// [`timespec_nanos`] reads exactly as `std`'s own arithmetic counts them (checked once per
+/// process on instants a few nanoseconds to hours apart). Where it does not (another platform's
+/// representation, or a future `std`'s), clocks take `std`'s subtraction instead.
+fn timespec_hashing() -> bool {
+    use std::hash::Hash;
+    use std::sync::OnceLock;
+    static CHECKED: OnceLock<bool> = OnceLock::new();
+    *CHECKED.get_or_init(|| {
+        let read = |instant: std::time::Instant| {
+            let mut h = TimespecHash::default();
+            instant.hash(&mut h);
+            (h.writes == 2 && !h.other && h.secs >= 0 && h.nanos < 1_000_000_000)
+                .then(|| timespec_nanos(instant))
+        };
+        let base = std::time::Instant::now();
+        let Some(zero) = read(base) else {
+            return false;
+        };
+        [
+            1,
+            999,
+            999_999_999,
+            1_000_000_000,
+            1_000_000_001,
+            1_999_999_999,
+            7_384_123_456_789,
+        ]
+        .into_iter()
+        .all(|ns| {
+            let later = base + Duration::from_nanos(ns);
+            read(later).and_then(|n| n.checked_sub(zero)) == Some(ns)
+        })
+    })
 }
 
 impl Default for TokioClock {
@@ -277,5 +374,58 @@ mod coarse_tests {
         drop(copy);
         tokio::time::sleep(Duration::from_millis(3)).await;
         assert_eq!(tasks(), before, "no clone left: the task ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clock read through the instant's `Hash` against one through `std`'s subtraction, on the
+    /// same instants: real ones, and tokio's paused ones.
+    fn both_ways(instant: tokio::time::Instant) -> (Nanos, Nanos) {
+        let fast = TokioClock::new();
+        let slow = TokioClock {
+            raw_epoch: None,
+            ..fast
+        };
+        (fast.at(instant), slow.at(instant))
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn linux_instants_are_read_through_their_hash() {
+        assert!(timespec_hashing());
+        assert!(TokioClock::new().raw_epoch.is_some());
+    }
+
+    #[test]
+    fn a_read_through_the_hash_is_stds_to_the_nanosecond() {
+        let start = tokio::time::Instant::now();
+        for ns in [0, 1, 999_999_999, 1_000_000_000, 86_400_000_000_123] {
+            let (fast, slow) = both_ways(start + Duration::from_nanos(ns));
+            assert_eq!(fast, slow, "{ns} ns on");
+        }
+        // Before the epoch: zero either way.
+        let clock = TokioClock::new();
+        assert_eq!(clock.at(start), 0);
+        assert_eq!(
+            TokioClock {
+                raw_epoch: None,
+                ..clock
+            }
+            .at(start),
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_time_moves_the_clock_exactly() {
+        let clock = TokioClock::new();
+        let before = clock.now();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(clock.now() - before, 1_500_000_000);
+        let (fast, slow) = both_ways(tokio::time::Instant::now());
+        assert_eq!(fast, slow);
     }
 }

@@ -43,49 +43,63 @@ pub trait Clock: Clone + Send + Sync + 'static {
 /// Its epoch is the moment it was created.
 #[derive(Clone, Copy, Debug)]
 pub struct TokioClock {
-    // Kept as `std`'s instant: tokio's `now` (which honours paused time) is read, and the difference
-    // taken with one call into `std` rather than through tokio's and `std`'s saturating wrappers.
-    epoch: std::time::Instant,
-    /// `epoch` in nanoseconds as [`timespec_nanos`] reads it, where that reading was checked to
-    /// agree with `std`'s arithmetic (see [`timespec_hashing`]); `None` elsewhere.
-    raw_epoch: Option<u64>,
+    epoch: Epoch,
+}
+
+/// A [`TokioClock`]'s epoch, in the form its reads subtract it in.
+#[derive(Clone, Copy, Debug)]
+enum Epoch {
+    /// Nanoseconds as [`timespec_nanos`] reads an instant, where that reading was checked to
+    /// agree with `std`'s arithmetic ([`timespec_hashing`]).
+    Raw(u64),
+    /// `std`'s instant, subtracted with `std` (one call, rather than through tokio's and `std`'s
+    /// saturating wrappers).
+    Std(std::time::Instant),
 }
 
 impl TokioClock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
-        let epoch = tokio::time::Instant::now().into_std();
-        Self {
-            epoch,
-            raw_epoch: timespec_hashing().then(|| timespec_nanos(epoch)),
-        }
+        let now = tokio::time::Instant::now().into_std();
+        let epoch = if timespec_hashing() {
+            Epoch::Raw(timespec_nanos(now))
+        } else {
+            Epoch::Std(now)
+        };
+        Self { epoch }
     }
-}
 
-impl TokioClock {
     /// This clock's reading at `instant` (read once, it can serve both a `Nanos` and a tokio
-    /// deadline).
+    /// deadline); 0 before the epoch. A reading past `u64::MAX` nanoseconds (584 years) saturates.
     #[inline]
     pub(crate) fn at(&self, instant: tokio::time::Instant) -> Nanos {
         let instant = instant.into_std();
-        if let Some(epoch) = self.raw_epoch {
-            return timespec_nanos(instant).saturating_sub(epoch);
-        }
-        match instant.checked_duration_since(self.epoch) {
-            Some(d) => d
-                .as_secs()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(u64::from(d.subsec_nanos())),
-            None => 0,
+        match self.epoch {
+            Epoch::Raw(epoch) => timespec_nanos(instant).saturating_sub(epoch),
+            Epoch::Std(epoch) => match instant.checked_duration_since(epoch) {
+                Some(d) => d
+                    .as_secs()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(u64::from(d.subsec_nanos())),
+                None => 0,
+            },
         }
     }
 }
 
-/// What an `Instant`'s `Hash` writes, where it is a `timespec` (seconds, then nanoseconds): `std`
-/// gives no other way to read an instant as a number than subtracting another, and that
-/// subtraction (`Instant::checked_duration_since`: a call to `sub_timespec`, its comparisons and
-/// `Duration::new`'s normalising) was about half of a clock read. Anything else written marks the
-/// reading unusable.
+// Reading an instant through its `Hash`.
+//
+// `std` offers no way to read an `Instant` as a number but subtracting another, and that
+// subtraction (`Instant::checked_duration_since`: a call to `sub_timespec`, its comparisons and
+// `Duration::new`'s normalising) was about half of a clock read on the rate limiter's hot path
+// (55 of 106 instructions). Where an `Instant` is a `timespec` (Linux, macOS and the other Unix
+// targets), its derived `Hash` writes the seconds, then the nanoseconds; a `Hasher` that keeps
+// them reads the instant in a few instructions. The order of those writes is not something `std`
+// promises, so it is checked once per process, and a clock made where it does not hold (Windows'
+// `Duration`-based instant, or a future `std`'s) subtracts with `std` as before.
+
+/// What an `Instant`'s `Hash` writes, where it is a `timespec`: its seconds, then its
+/// nanoseconds. Anything else written marks the reading unusable.
 #[derive(Default)]
 struct TimespecHash {
     writes: u8,
@@ -119,18 +133,20 @@ impl std::hash::Hasher for TimespecHash {
 }
 
 /// `instant` in nanoseconds as its `Hash` writes it, assuming it writes a `timespec` (which
-/// [`timespec_hashing`] checked before any clock uses this).
+/// [`timespec_hashing`] checked before any clock uses this); 0 for seconds before zero.
 ///
-/// `instructions` bench, `u64/rampart_rate_limit_global`, same build: a read through
-/// `checked_duration_since` against this one; see BENCHMARKS.md for the rows.
+/// `INSTRUCTIONS_ONLY=1 cargo bench --bench instructions --all-features -- u64/`, builds before
+/// and after, same machine: `u64/rampart_rate_limit_global` +227 -> +168 instructions per call
+/// (BENCHMARKS.md, "The clock").
 #[inline(always)]
 fn timespec_nanos(instant: std::time::Instant) -> u64 {
     use std::hash::Hash;
     let mut h = TimespecHash::default();
     instant.hash(&mut h);
-    (h.secs as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(h.nanos))
+    u64::try_from(h.secs).map_or(0, |secs| {
+        secs.saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(h.nanos))
+    })
 }
 
 /// Whether this target's `std::time::Instant` hashes as a `timespec` whose nanoseconds
@@ -178,8 +194,8 @@ impl Default for TokioClock {
 impl Clock for TokioClock {
     /// `instructions` bench, `u64/rampart_rate_limit_global`: `epoch.elapsed()` then
     /// `as_nanos()` cost 106 instructions per read (tokio's `elapsed`, `std`'s `duration_since`,
-    /// `sub_timespec`, a 128-bit conversion); this form saves the two wrappers and the 128-bit
-    /// arithmetic (see BENCHMARKS.md for the figure after).
+    /// `sub_timespec`, a 128-bit conversion); tokio's `Instant::now` read through the instant's
+    /// `Hash` ([`Epoch::Raw`]) is about 47 of them (BENCHMARKS.md, "The clock").
     #[inline]
     fn now(&self) -> Nanos {
         // 584 years of nanoseconds fit in a u64; a clock running longer saturates.
@@ -381,42 +397,47 @@ mod coarse_tests {
 mod tests {
     use super::*;
 
-    /// A clock read through the instant's `Hash` against one through `std`'s subtraction, on the
-    /// same instants: real ones, and tokio's paused ones.
-    fn both_ways(instant: tokio::time::Instant) -> (Nanos, Nanos) {
-        let fast = TokioClock::new();
-        let slow = TokioClock {
-            raw_epoch: None,
-            ..fast
-        };
-        (fast.at(instant), slow.at(instant))
-    }
-
     #[test]
     #[cfg(target_os = "linux")]
     fn linux_instants_are_read_through_their_hash() {
         assert!(timespec_hashing());
-        assert!(TokioClock::new().raw_epoch.is_some());
+        assert!(matches!(TokioClock::new().epoch, Epoch::Raw(_)));
+        assert_eq!(std::mem::size_of::<TokioClock>(), 16);
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_read_through_the_hash_is_stds_to_the_nanosecond() {
-        let start = tokio::time::Instant::now();
-        for ns in [0, 1, 999_999_999, 1_000_000_000, 86_400_000_000_123] {
-            let (fast, slow) = both_ways(start + Duration::from_nanos(ns));
-            assert_eq!(fast, slow, "{ns} ns on");
-        }
-        // Before the epoch: zero either way.
         let clock = TokioClock::new();
-        assert_eq!(clock.at(start), 0);
-        assert_eq!(
-            TokioClock {
-                raw_epoch: None,
-                ..clock
-            }
-            .at(start),
-            0
-        );
+        let Epoch::Raw(_) = clock.epoch else {
+            unreachable!()
+        };
+        let epoch = tokio::time::Instant::now();
+        let std = TokioClock {
+            epoch: Epoch::Std(epoch.into_std()),
+        };
+        let offset = clock.at(epoch);
+        for ns in [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            1_000_000_001,
+            86_400_000_000_123,
+        ] {
+            let later = epoch + Duration::from_nanos(ns);
+            assert_eq!(std.at(later), ns);
+            assert_eq!(clock.at(later) - offset, ns, "{ns} ns on");
+        }
+        // Before the epoch, even before the monotonic clock's zero: 0 either way.
+        let before = epoch - Duration::from_nanos(1);
+        assert_eq!(std.at(before), 0);
+        let made = TokioClock::new();
+        assert_eq!(made.at(before), 0);
+        if let Some(long_ago) = epoch.checked_sub(Duration::from_secs(1 << 40)) {
+            assert_eq!(made.at(long_ago), 0);
+            assert_eq!(std.at(long_ago), 0);
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -425,7 +446,7 @@ mod tests {
         let before = clock.now();
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert_eq!(clock.now() - before, 1_500_000_000);
-        let (fast, slow) = both_ways(tokio::time::Instant::now());
-        assert_eq!(fast, slow);
+        tokio::time::advance(Duration::from_nanos(7)).await;
+        assert_eq!(clock.now() - before, 1_500_000_007);
     }
 }

@@ -195,7 +195,7 @@ impl Clock for TokioClock {
     /// `instructions` bench, `u64/rampart_rate_limit_global`: `epoch.elapsed()` then
     /// `as_nanos()` cost 106 instructions per read (tokio's `elapsed`, `std`'s `duration_since`,
     /// `sub_timespec`, a 128-bit conversion); tokio's `Instant::now` read through the instant's
-    /// `Hash` ([`Epoch::Raw`]) is about 47 of them (BENCHMARKS.md, "The clock").
+    /// `Hash` is about 47 of them (BENCHMARKS.md, "The clock").
     #[inline]
     fn now(&self) -> Nanos {
         // 584 years of nanoseconds fit in a u64; a clock running longer saturates.

@@ -434,6 +434,25 @@ fn scenarios() -> Vec<Scenario> {
             "http10k/bare",
             || rampart_http(PEERS as u64, false)
         ),
+        s!(
+            "http10k/rampart_peer_ip_no_success_headers_coarse_clock",
+            "http10k/bare",
+            || {
+                // The row above on `CoarseClock`: what the default clock's read costs of it (the
+                // peers' rows read the TSC through `quanta`).
+                let layer = RateLimitLayer::builder()
+                    .quota(HUGE)
+                    .key(PeerIp::new())
+                    .http()
+                    .headers_on_success(false)
+                    .backend(
+                        MemoryBackend::new().clock(CoarseClock::spawn(Duration::from_millis(1))),
+                    )
+                    .build()
+                    .expect("valid quota");
+                http_run(layer.layer(json_handler()), PEERS as u64)
+            }
+        ),
         s!("http10k/tower_governor_peer_ip", "http10k/bare", || {
             tower_governor_run(PEERS as u64, false)
         }),

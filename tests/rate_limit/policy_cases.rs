@@ -319,6 +319,23 @@ pub(crate) async fn window_period_change_keeps_counts(s: &Subject, clock: &Manua
     let set = resolved(32, 1);
     let d = s.ask(32, &set, 1).await;
     assert!(!d.is_allowed(), "{d:?}");
+    // Key 33: 10 of 10 per ten minutes spent at a window's start, then one minute. A refusal 10 s
+    // on keeps the counts in that minute (memory keeps every decision's window; Redis writes the
+    // moved counts back even on a refusal), so a minute later they are the minute before's: 50 of
+    // its 60 s still weigh, 8.33 of 10, and one request fits.
+    advance(10 * MINUTE - into_window(clock, 10 * MINUTE));
+    let set = resolved(33, 10);
+    for _ in 0..10 {
+        assert!(s.ask(33, &set, 1).await.is_allowed());
+    }
+    let set = resolved(33, 1);
+    advance(10_000_000_000);
+    let d = s.ask(33, &set, 1).await;
+    assert!(!d.is_allowed(), "{d:?}");
+    advance(MINUTE);
+    assert!(s.ask(33, &set, 1).await.is_allowed());
+    let d = s.ask(33, &set, 1).await;
+    assert!(!d.is_allowed(), "{d:?}");
 }
 
 /// How far `clock` is into its current window of `period` nanoseconds.

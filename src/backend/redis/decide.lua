@@ -19,7 +19,7 @@ local single = nargs == 6
 
 if single and type(raw) ~= 'table' and (not raw or byte(raw, 1) ~= 124) then
   -- The layer's own limit on a bare value or none: what the single form has always done.
-  local s, a, b, _, repaired, value, ttl =
+  local s, a, b, _, repaired, value, ttl, keep, keep_ttl =
     decide_one(raw, ARGV[1] + 0, ARGV[2] + 0, 1, now_us, now_frac, repair, min_ttl)
   if not s then
     return a
@@ -30,6 +30,9 @@ if single and type(raw) ~= 'table' and (not raw or byte(raw, 1) ~= 124) then
   end
   if repaired ~= '' then
     redis.call('DEL', key)
+  elseif keep then
+    -- A sliding window's counts moved from another period (limit_set.lua).
+    redis.call('SET', key, keep, 'PX', keep_ttl)
   end
   return {0, a, b, repaired, time_us}
 end

@@ -46,13 +46,16 @@
 -- with only shadow limits, the one with the fewest remaining (a refusing one has none). Ties go to
 -- the first. A repaired state that is not written is deleted (a fresh state is an absent entry).
 -- Entries of limits not in the decision are kept while they are live; nothing is written when no
--- state changes (a refusal, a peek), so expired entries go at the next write.
+-- state changes (a refusal, a peek), so expired entries go at the next write. One exception: a
+-- sliding window's counts made under another period (the limit's was changed at run time) are
+-- written back moved to this period when nothing else is written for the limit (not on a peek).
 --
 -- `decide_one(state, p1, p2, cost, now_us, now_frac, repair, min_ttl)` (numbers but `state` and
 -- `repair`) answers the decision of the limit whose state is `state` (a string, or nil for none)
--- as (status, a, b, remaining, repaired, value, ttl): `status` as above; admitted, `remaining` is
--- the units left after it and `value`, `ttl` the state to write when it spends; or (nil, error
--- reply).
+-- as (status, a, b, remaining, repaired, value, ttl, keep, keep_ttl): `status` as above;
+-- admitted, `remaining` is the units left after it and `value`, `ttl` the state to write when it
+-- spends; `keep`, `keep_ttl` a state to write when nothing is spent (nil but for counts moved
+-- from another period); or (nil, error reply).
 
 local n, cost, flags = 1, 1, '00'
 if not single then
@@ -97,7 +100,10 @@ end
 -- enforced limit with the longest wait, `e*` the enforced limit with the fewest remaining, `o*`
 -- the limit with the fewest remaining of all (for a set of shadow limits only); each with its
 -- index, status and figures.
-local d = {false, false, false, false, false, false, false, false, false, false}
+local d = {
+  false, false, false, false, false, false, false,
+  false, false, false, false, false, false, false,
+}
 local allowed, enforced, shadow_refused = true, false, 0
 local ri, rs, ra, rb, ei, er, ea, eb, oi, ostatus, orem, oa, ob
 for i = 1, n do
@@ -124,13 +130,14 @@ for i = 1, n do
       break
     end
   end
-  local s, a, b, r, repaired, value, ttl =
+  local s, a, b, r, repaired, value, ttl, keep, keep_ttl =
     decide_one(state, p1 + 0, p2 + 0, cost, now_us, now_frac, repair, min_ttl)
   if not s then
     return a
   end
-  local k = 5 * (i - 1)
+  local k = 7 * (i - 1)
   d[k + 1], d[k + 2], d[k + 3], d[k + 4], d[k + 5] = ks, s, value, ttl, repaired ~= ''
+  d[k + 6], d[k + 7] = keep, keep_ttl
   if repaired ~= '' then
     if not problems then
       problems = {}
@@ -161,7 +168,7 @@ for i = 1, n do
 end
 
 for i = 1, n do
-  local k = 5 * (i - 1)
+  local k = 7 * (i - 1)
   local ks = d[k + 1]
   local spends = not peek and cost > 0 and d[k + 2] == 1
   if spends and (allowed or (not plain and byte(flags, i + 1) == 49)) then
@@ -179,6 +186,10 @@ for i = 1, n do
       E[ks - 2] = name
     end
     E[ks - 1], E[ks] = exp, d[k + 3]
+    dirty = true
+  elseif d[k + 6] and not peek then
+    -- Counts moved from another period, spent or not: kept, expiring by this period.
+    E[ks - 1], E[ks] = time_ms + d[k + 7], d[k + 6]
     dirty = true
   elseif d[k + 5] then
     -- A repaired state that is not written: dropped (a fresh state is an absent entry).

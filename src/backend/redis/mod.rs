@@ -194,10 +194,12 @@
 //! limit's own quota allows was written under a larger quota before a change at run time: it is
 //! read, and refused until it drains, as in memory. A sliding window's state names the period it
 //! was counted under: after a change of the period each count goes to the window of the new
-//! period holding the latest instant it can have been made at, as in memory, so none is forgotten
-//! early; a state without it, as builds before it wrote, is read in the decision's period. A
-//! period no limit can have is unreadable.) By default the script replaces it with a fresh state and decides as for a new key, and the store logs a warning (naming the key
-//! and what was wrong, at most once per 10 s per limiter) and counts the repair. With
+//! period holding the latest instant it can have been made at, as in memory, and is written back
+//! so moved on any decision but a peek; a state without it, as builds before it wrote, is read in
+//! the decision's period. A period no limit can have is unreadable.) By default the script
+//! replaces it with a fresh state and decides as for a new key, and the store logs a warning
+//! (naming the key and what was wrong, at most once per 10 s per limiter) and counts the repair.
+//! With
 //! [`repair_corrupt_data(false)`](RedisBackend::repair_corrupt_data) the data is left for someone
 //! to look at, and every decision on that key is a [`BackendError`](crate::backend::BackendError) that
 //! [`is_corrupt_data`](crate::backend::BackendError::is_corrupt_data), handled by the failure policy and counted,

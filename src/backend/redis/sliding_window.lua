@@ -7,7 +7,7 @@
 -- windows of that period (ns). A state without the period (as written before it was added) is in
 -- the decision's period. Counts made under another period (the limit's was changed at run time)
 -- are moved as the in-memory store moves them (src/rate_limit/algorithm/sliding_window.rs
--- `Window::rebased`): none is forgotten early.
+-- `Window::rebased`), and written back even when nothing is spent (`keep`; limit_set.lua).
 -- A limit's two parameters: its period (ns) and its limit (units per period).
 --
 -- A limit's figures: admitted, a = remaining and b = reset; refused, a = reset and b = retry
@@ -83,6 +83,8 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   -- The window the state is written back for: this one, or a later one read within SKEW.
   local stored_index = index
   local problem
+  -- Counts moved from another period: written back even when nothing is spent (below).
+  local rebased = false
   if raw then
     local si, sp, sc, sq = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
     if not si then
@@ -103,12 +105,14 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
         -- count's: now or its window's end; the previous count's: its window's end), by its age
         -- before now: age <= e is this window, age <= e + P the one before, older no longer counts.
         local qi, qe = split(now_us, now_frac, sq)
+        rebased = true
         if si > qi then
-          -- A window of Q that begins after now: within SKEW, its counts are this window's.
+          -- A window of Q that begins after now: within SKEW, all its counts are this window's
+          -- (both may have been made as late as now).
           if (si - qi) * sq - qe > SKEW then
             problem = 'the key holds a sliding window that has not begun'
           else
-            prev, curr = sp, sc
+            curr = math.min(sp + sc, 4294967295)
           end
         else
           local age = (qi - si) * sq + qe
@@ -168,23 +172,30 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   if curr > 0 then
     reset = to_window_end + P
   end
+  -- Everything counted now has decayed by the end of the window after the stored one.
+  local ttl = divmod(to_window_end + P + (stored_index - index) * P, 1000000) + 1
+  if ttl < min_ttl then
+    ttl = min_ttl
+  end
+  -- Counts moved from another period, unspent: the caller writes them when it writes nothing
+  -- else for this limit (a refusal, a peek aside), so that they expire by this period, and a later
+  -- decision reads them as the in-memory store does (which keeps them on every decision).
+  local keep
+  if rebased and not problem then
+    keep = string.format('%d %d %d %d', stored_index, prev, curr, P)
+  end
 
   if cost > L then
-    return 2, reset, 0, 0, repaired
+    return 2, reset, 0, 0, repaired, nil, nil, keep, ttl
   end
   -- Admitted iff prev * (P - e) <= (L - curr - cost) * P, i.e. (with j = L - curr - cost >= 0)
   -- when prev = 0, j >= prev, or P - e <= T(j, prev).
   local j = L - curr - cost
   if j >= 0 and (prev == 0 or j >= prev or to_window_end <= T(P, j, prev)) then
     local left = j - weighted()
-    -- Everything counted now has decayed by the end of the window after the stored one.
-    local ttl = divmod(to_window_end + P + (stored_index - index) * P, 1000000) + 1
-    if ttl < min_ttl then
-      ttl = min_ttl
-    end
     -- %d formats a 64-bit integer (the index is below 2^53), several times cheaper than %.0f.
     local value = string.format('%d %d %d %d', stored_index, prev, curr + cost, P)
-    return 1, left, to_window_end + P, left, repaired, value, ttl
+    return 1, left, to_window_end + P, left, repaired, value, ttl, keep, ttl
   end
 
   local retry_after
@@ -195,5 +206,5 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
     -- Wait for the next window, where this window's count becomes the previous one.
     retry_after = to_window_end + P - T(P, L - cost, curr)
   end
-  return 0, reset, retry_after, 0, repaired
+  return 0, reset, retry_after, 0, repaired, nil, nil, keep, ttl
 end

@@ -16,9 +16,10 @@ use crate::rate_limit::quota::Limits;
 ///
 /// The window is kept as its start time and the period it was counted under, not as an index, so
 /// that a limit whose period changes at run time keeps its counts: each count goes to the window of
-/// the new period holding the latest instant it can have been made at, so none is forgotten early
-/// (at worst one counts longer than it would have). The state alone says when it stops counting
-/// (the store judges idleness by it, in the period of its last decision).
+/// the new period holding the latest instant it can have been made at, so none is forgotten before
+/// it would have been under its own period (at worst one counts longer than it would have). The
+/// state alone says when it stops counting (the store judges idleness by it, in the period of its
+/// last decision: a key not decided since the change is swept by the period it was counted under).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Window {
     /// When the window `curr` counts began (a multiple of `period`), in nanoseconds.
@@ -32,15 +33,16 @@ pub(crate) struct Window {
 impl Window {
     /// The counts as seen at `now`, in the window of `period` beginning at `start` (rolling
     /// forward if time moved on; [`rebased`](Self::rebased) if they were counted under another
-    /// period). A window that begins later than `start`'s (a read of the clock older than the
-    /// counts: the store reads it under the cell's lock, so only a caller of [`decide_units`]
-    /// with an old instant) is taken as it is, its counts current: never forgotten.
+    /// period). A window of the same period that begins later than `start`'s (a read of the clock
+    /// older than the counts: the store reads it under the cell's lock, so only a caller of
+    /// [`decide_units`] with an old instant) is taken as it is, its counts current: never
+    /// forgotten.
     #[inline]
     pub(crate) fn at(self, start: u64, period: u64, now: Nanos) -> Self {
-        if self.start >= start.saturating_add(period) {
-            self
-        } else if self.period != period && self.period != 0 {
+        if self.period != period && self.period != 0 {
             self.rebased(start, period, now)
+        } else if self.start >= start.saturating_add(period) {
+            self
         } else if self.start >= start {
             Self {
                 start,
@@ -68,8 +70,9 @@ impl Window {
     /// Counts made under another period, seen at `now` in the window of `period` beginning at
     /// `start`: each goes to the window holding the latest instant it can have been made at
     /// (`curr`'s: `now` or its window's end; `prev`'s: its window's end), this one or the one
-    /// before, or no longer counts. Never fewer than were made count, whichever way the period
-    /// moved. (With the same period this is the roll of [`at`](Self::at).)
+    /// before (or, for a window that begins after `start`'s, this one), or no longer counts. None
+    /// is forgotten before it would have been under the period it was made under. (With the same
+    /// period this is the roll of [`at`](Self::at).) `sliding_window.lua` moves them the same way.
     #[cold]
     fn rebased(self, start: u64, period: u64, now: Nanos) -> Self {
         let mut w = Self {

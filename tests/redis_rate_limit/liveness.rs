@@ -51,6 +51,23 @@ async fn closed_backend(url: &str) -> RedisBackend {
         .prefix(unique_prefix("liveness"))
 }
 
+/// A test's first decision, made before any fault: key 1, through Redis. Under the whole suite's
+/// load on two cores one call can outlast the 50 ms timeout (seen once, at stop 28, in
+/// `a_reset_connection_recovers`), which says nothing about what the tests check, so a first call
+/// that timed out is asked again, for up to 5 s. (A timed-out call almost never counts: the
+/// backend connected, so each call carries the deadline after which Redis must not run it; the
+/// tests using this only ask that the decision admits.)
+async fn first_decision(store: &RedisRateLimitStore<u32>) -> Decision {
+    let started = Instant::now();
+    loop {
+        match decide(store, &1).await {
+            Ok(d) => return d,
+            Err(e) if e.is_timeout() && started.elapsed() < Duration::from_secs(5) => {}
+            Err(e) => panic!("the first decision, before any fault: {e}"),
+        }
+    }
+}
+
 /// Whether `Closed` answered this decision for want of Redis (rather than Redis deciding).
 fn from_policy(result: &Result<Decision, BackendError>) -> bool {
     match result {
@@ -170,7 +187,7 @@ async fn a_frozen_connection_is_replaced_and_decisions_go_back_to_redis() {
     let probe = LagProbe::start();
     let redis = closed_backend(&proxy.url()).await;
     let store = limiter(redis.clone());
-    assert!(decide(&store, &1).await.unwrap().is_allowed());
+    assert!(first_decision(&store).await.is_allowed());
     assert_eq!(proxy.open(), 1, "one connection, shared");
     let tasks_before = alive_tasks();
 
@@ -279,7 +296,7 @@ async fn a_reset_connection_recovers() {
     let probe = LagProbe::start();
     let redis = closed_backend(&proxy.url()).await;
     let store = limiter(redis.clone());
-    assert!(decide(&store, &1).await.unwrap().is_allowed());
+    assert!(first_decision(&store).await.is_allowed());
     let load = Load::start(&store, 4);
     tokio::time::sleep(Duration::from_millis(50)).await;
     proxy.reset();
@@ -313,7 +330,7 @@ async fn a_slow_but_answering_connection_is_kept() {
     let proxy = FaultProxy::start(server.addr()).await;
     let redis = closed_backend(&proxy.url()).await;
     let store = limiter(redis.clone());
-    assert!(decide(&store, &1).await.unwrap().is_allowed());
+    assert!(first_decision(&store).await.is_allowed());
     let addr = server.addr();
     let mut timed_out = 0;
     for round in 0..3u32 {

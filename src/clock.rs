@@ -121,14 +121,14 @@ impl std::hash::Hasher for TimespecHash {
     fn write_i64(&mut self, secs: i64) {
         self.other |= self.writes != 0;
         self.secs = secs;
-        self.writes += 1;
+        self.writes = self.writes.saturating_add(1);
     }
 
     #[inline]
     fn write_u32(&mut self, nanos: u32) {
         self.other |= self.writes != 1;
         self.nanos = nanos;
-        self.writes += 1;
+        self.writes = self.writes.saturating_add(1);
     }
 }
 

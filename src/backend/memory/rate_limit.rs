@@ -216,59 +216,11 @@ impl SetCell for WindowCell {
     }
 }
 
-/// The state of a limit other than the store's first, kept in a key's [`Entry`]: it judges its
-/// own idleness (the map's context is the first limit's).
-trait OtherCell: Default + Send + Sync + 'static {
-    /// The cell a decision runs on.
-    type Cell: SetCell;
+/// A limit's state in a key's [`Entry`]: decided as one cell of a set, and judging its own
+/// idleness (each cell's state says when it stops counting; the map's context is not needed).
+trait KeyCell: SetCell + Expiring<Context = Limits> {}
 
-    /// The cell, for a decision under `limits`.
-    fn cell(&self, limits: &Limits) -> &Self::Cell;
-
-    /// Whether forgetting this state now changes nothing.
-    fn is_idle(&self, now: Nanos) -> bool;
-
-    /// When the state will be idle.
-    fn due(&self) -> Nanos;
-}
-
-impl OtherCell for GcraCell {
-    type Cell = GcraCell;
-
-    #[inline(always)]
-    fn cell(&self, _: &Limits) -> &GcraCell {
-        self
-    }
-
-    #[inline]
-    fn is_idle(&self, now: Nanos) -> bool {
-        GcraCell::is_idle(self, now)
-    }
-
-    fn due(&self) -> Nanos {
-        GcraCell::due(self)
-    }
-}
-
-/// A sliding-window cell keeps the period it was counted under in its state (so a limit whose
-/// period changes at run time keeps its counts, and its idleness is judged by its own period).
-impl OtherCell for WindowCell {
-    type Cell = WindowCell;
-
-    #[inline(always)]
-    fn cell(&self, _: &Limits) -> &WindowCell {
-        self
-    }
-
-    #[inline]
-    fn is_idle(&self, now: Nanos) -> bool {
-        WindowCell::is_idle(self, now)
-    }
-
-    fn due(&self) -> Nanos {
-        WindowCell::due(self)
-    }
-}
+impl<C: SetCell + Expiring<Context = Limits>> KeyCell for C {}
 
 /// One key's state in the store: the cell of the layer's first default limit, and beside it the
 /// cells of the other limits the key was decided under (added the first time a decision names
@@ -276,29 +228,29 @@ impl OtherCell for WindowCell {
 /// decision over any set of limits finds every cell it needs with one lookup of the key. The
 /// global key's entry for the default set (`Cells`' `single`) is outside the map, its cells made
 /// at build.
-struct Entry<O: OtherCell> {
-    primary: O::Cell,
-    others: Option<Box<Others<O>>>,
+struct Entry<C: KeyCell> {
+    primary: C,
+    others: Option<Box<Others<C>>>,
 }
 
 /// A key's cells of limits other than the first, behind one thin pointer (a `Vec` in a box: a
 /// key with only the first limit pays 8 bytes for them, not a `Vec`'s 24).
 #[derive(Default)]
-struct Others<O>(Vec<(u16, O)>);
+struct Others<C>(Vec<(u16, C)>);
 
-impl<O: OtherCell> Default for Entry<O> {
+impl<C: KeyCell> Default for Entry<C> {
     fn default() -> Self {
         Self {
-            primary: O::Cell::default(),
+            primary: C::default(),
             others: None,
         }
     }
 }
 
-impl<O: OtherCell> Entry<O> {
+impl<C: KeyCell> Entry<C> {
     /// The cell of `limit` (the first limit's if `primary`), if this key has one yet.
     #[inline(always)]
-    fn find(&self, limit: &SetLimit, primary: bool) -> Option<&O::Cell> {
+    fn find(&self, limit: &SetLimit, primary: bool) -> Option<&C> {
         if primary {
             return Some(&self.primary);
         }
@@ -308,7 +260,7 @@ impl<O: OtherCell> Entry<O> {
             .0
             .iter()
             .find(|(id, _)| *id == limit.id)?;
-        Some(other.cell(&limit.limits))
+        Some(other)
     }
 
     /// An entry with fresh cells for the first limit and each of `others`.
@@ -324,15 +276,12 @@ impl<O: OtherCell> Entry<O> {
     fn add(&mut self, id: u16) {
         let others = &mut self.others.get_or_insert_with(Default::default).0;
         if !others.iter().any(|(i, _)| *i == id) {
-            others.push((id, O::default()));
+            others.push((id, C::default()));
         }
     }
 }
 
-impl<O: OtherCell> Expiring for Entry<O>
-where
-    O::Cell: Expiring<Context = Limits>,
-{
+impl<C: KeyCell> Expiring for Entry<C> {
     type Context = Limits;
 
     /// Idle when every one of the key's cells is: forgetting the key forgets all its limits at once.
@@ -342,15 +291,14 @@ where
             && self
                 .others
                 .as_ref()
-                .is_none_or(|o| o.0.iter().all(|(_, c)| c.is_idle(now)))
+                .is_none_or(|o| o.0.iter().all(|(_, c)| c.is_idle(limits, now)))
     }
 
     /// When the last of the key's cells will be idle.
     fn due(&self, limits: &Limits) -> Nanos {
-        let others = self
-            .others
-            .as_ref()
-            .map_or(0, |o| o.0.iter().map(|(_, c)| c.due()).max().unwrap_or(0));
+        let others = self.others.as_ref().map_or(0, |o| {
+            o.0.iter().map(|(_, c)| c.due(limits)).max().unwrap_or(0)
+        });
         self.primary.due(limits).max(others)
     }
 }
@@ -594,18 +542,15 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// The key's cells are loaded, then the clock read once, and the set decided as the store's
     /// documentation says ([`decide_cells`](Self::decide_cells)).
     #[inline(always)]
-    fn decide_in<O: OtherCell>(
+    fn decide_in<V: KeyCell>(
         &self,
-        single: &Entry<O>,
-        map: &BoundedMap<K, Entry<O>>,
+        single: &Entry<V>,
+        map: &BoundedMap<K, Entry<V>>,
         key: &K,
         limits: &[SetLimit],
         cost: u32,
         peek: bool,
-    ) -> Decision
-    where
-        O::Cell: Expiring<Context = Limits>,
-    {
+    ) -> Decision {
         if std::mem::size_of::<K>() == 0 {
             return self.decide_keyless(single, map, key, limits, cost, peek);
         }
@@ -617,18 +562,15 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// whose every limit has a cell in `single` (the default set) is decided there, with no
     /// lookup; any other in the map's entry for the key (`single`'s cells still `single`'s).
     #[inline(never)]
-    fn decide_keyless<O: OtherCell>(
+    fn decide_keyless<V: KeyCell>(
         &self,
-        single: &Entry<O>,
-        map: &BoundedMap<K, Entry<O>>,
+        single: &Entry<V>,
+        map: &BoundedMap<K, Entry<V>>,
         key: &K,
         limits: &[SetLimit],
         cost: u32,
         peek: bool,
-    ) -> Decision
-    where
-        O::Cell: Expiring<Context = Limits>,
-    {
+    ) -> Decision {
         let at = Moment {
             cost,
             peek,
@@ -642,21 +584,18 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
 
     /// [`decide_in`](Self::decide_in) through the map's entry for `key`.
     #[inline(always)]
-    fn decide_mapped<O: OtherCell>(
+    fn decide_mapped<V: KeyCell>(
         &self,
-        single: &Entry<O>,
-        map: &BoundedMap<K, Entry<O>>,
+        single: &Entry<V>,
+        map: &BoundedMap<K, Entry<V>>,
         key: &K,
         limits: &[SetLimit],
         cost: u32,
         peek: bool,
-    ) -> Decision
-    where
-        O::Cell: Expiring<Context = Limits>,
-    {
+    ) -> Decision {
         let keyless = std::mem::size_of::<K>() == 0;
         let clock = || self.clock.now();
-        let grow = |e: &mut Entry<O>| {
+        let grow = |e: &mut Entry<V>| {
             for l in limits {
                 let primary = self.is_primary(l);
                 // A key with no data keeps its default set's cells in `single`.
@@ -703,18 +642,18 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// `MAX_LIMITS`: filling eight decisions and eight spends for a set of two was a fifth of the
     /// two-limit decision's instructions.
     #[inline(always)]
-    fn decide_sized<O: OtherCell>(
+    fn decide_sized<V: KeyCell>(
         &self,
-        single: &Entry<O>,
-        entry: &Entry<O>,
+        single: &Entry<V>,
+        entry: &Entry<V>,
         limits: &[SetLimit],
         at: &Moment,
     ) -> Option<Decision> {
         let clock = || self.clock.now();
         match limits.len() {
-            0..=2 => self.decide_cells::<O, 2>(single, entry, limits, at, clock),
-            3..=4 => self.decide_cells::<O, 4>(single, entry, limits, at, clock),
-            _ => self.decide_cells::<O, MAX_LIMITS>(single, entry, limits, at, clock),
+            0..=2 => self.decide_cells::<V, 2>(single, entry, limits, at, clock),
+            3..=4 => self.decide_cells::<V, 4>(single, entry, limits, at, clock),
+            _ => self.decide_cells::<V, MAX_LIMITS>(single, entry, limits, at, clock),
         }
     }
 
@@ -722,10 +661,10 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
     /// `single`'s where it has the limit and `entry`'s otherwise; `None` when a cell is missing
     /// (nothing decided then). The cells are all loaded before `clock` is read.
     #[inline(always)]
-    fn decide_cells<O: OtherCell, const N: usize>(
+    fn decide_cells<V: KeyCell, const N: usize>(
         &self,
-        single: &Entry<O>,
-        entry: &Entry<O>,
+        single: &Entry<V>,
+        entry: &Entry<V>,
         limits: &[SetLimit],
         at: &Moment,
         clock: impl Fn() -> Nanos,
@@ -735,8 +674,8 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             peek,
             keyless,
         } = at;
-        let mut cells: [&O::Cell; N] = [&single.primary; N];
-        let mut loaded = [<O::Cell as SetCell>::Loaded::default(); N];
+        let mut cells: [&V; N] = [&single.primary; N];
+        let mut loaded = [<V as SetCell>::Loaded::default(); N];
         for ((c, t), l) in cells.iter_mut().zip(&mut loaded).zip(limits) {
             let primary = self.is_primary(l);
             if !(primary && keyless) {
@@ -750,23 +689,19 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             *t = c.load();
         }
         // After every load: no cell holds a spend made with a later clock read than this one.
-        let now = if <O::Cell as SetCell>::LOADS {
-            clock()
-        } else {
-            0
-        };
+        let now = if <V as SetCell>::LOADS { clock() } else { 0 };
         // A set of enforced limits that spends: decided first, spent only if every limit
         // admits (a refusal leaves nothing to take back); a cell changed since it was loaded
         // takes the general path below.
-        if <O::Cell as SetCell>::LOADS
+        if <V as SetCell>::LOADS
             && !peek
             && limits.iter().all(|l| !l.shadow)
             && let Some(d) =
-                <O::Cell as SetCell>::decide_enforced::<N>(&cells, &loaded, limits, now, cost)
+                <V as SetCell>::decide_enforced::<N>(&cells, &loaded, limits, now, cost)
         {
             return Some(d);
         }
-        let mut spent: [Option<<O::Cell as SetCell>::Moved>; N] = [None; N];
+        let mut spent: [Option<<V as SetCell>::Moved>; N] = [None; N];
         let mut binding = Binding::default();
         // The decisions themselves only for checking the fold against `combine` (debug builds).
         let mut decisions = [Decision::uncounted(0); N];

@@ -149,6 +149,39 @@ fn timespec_nanos(instant: std::time::Instant) -> u64 {
     })
 }
 
+/// Nanoseconds from `earlier` to `later`, 0 when `later` is not after it: `std`'s saturating
+/// subtraction, read through the instants' `Hash` where [`timespec_hashing`] found that agrees
+/// with `std` (and both read as nanoseconds past the monotonic zero that fit a `u64`).
+///
+/// For the times measured on hot paths: a Redis call's latency, a cache entry's age.
+/// `INSTRUCTIONS_ONLY=1 INSTRUCTIONS_CALLS=2000 cargo bench --bench instructions --all-features --
+/// redis64/`: `std`'s `saturating_duration_since` was about 50 instructions each (three per
+/// Redis cache hit); see BENCHMARKS.md, "Instant arithmetic".
+#[cfg(any(feature = "cache", all(feature = "redis", feature = "metrics")))]
+#[inline]
+pub(crate) fn nanos_between(earlier: std::time::Instant, later: std::time::Instant) -> Nanos {
+    if timespec_hashing()
+        && let (Some(earlier_ns), Some(later_ns)) = (timespec_exact(earlier), timespec_exact(later))
+    {
+        return later_ns.saturating_sub(earlier_ns);
+    }
+    duration_to_nanos(later.saturating_duration_since(earlier))
+}
+
+/// [`timespec_nanos`], `None` where it would clamp or saturate (seconds before zero, or past
+/// `u64::MAX` nanoseconds).
+#[cfg(any(feature = "cache", all(feature = "redis", feature = "metrics")))]
+#[inline(always)]
+fn timespec_exact(instant: std::time::Instant) -> Option<u64> {
+    use std::hash::Hash;
+    let mut h = TimespecHash::default();
+    instant.hash(&mut h);
+    u64::try_from(h.secs)
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::from(h.nanos))
+}
+
 /// Whether this target's `std::time::Instant` hashes as a `timespec` whose nanoseconds
 /// [`timespec_nanos`] reads exactly as `std`'s own arithmetic counts them (checked once per
 /// process on instants a few nanoseconds to hours apart). Where it does not (another platform's
@@ -438,6 +471,49 @@ mod tests {
             assert_eq!(made.at(long_ago), 0);
             assert_eq!(std.at(long_ago), 0);
         }
+    }
+
+    #[test]
+    #[cfg(any(feature = "cache", all(feature = "redis", feature = "metrics")))]
+    fn nanos_between_is_stds_saturating_subtraction() {
+        let base = std::time::Instant::now();
+        let std_ns = |a: std::time::Instant, b: std::time::Instant| {
+            duration_to_nanos(b.saturating_duration_since(a))
+        };
+        for ns in [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            1_000_000_001,
+            1_999_999_999,
+            86_400_000_000_123,
+        ] {
+            let later = base + Duration::from_nanos(ns);
+            assert_eq!(nanos_between(base, later), ns, "{ns} ns on");
+            assert_eq!(nanos_between(base, later), std_ns(base, later));
+            // The other way round saturates at 0, as `std`'s does.
+            assert_eq!(nanos_between(later, base), 0, "{ns} ns back");
+        }
+        // Instants before the monotonic clock's zero (read as 0 by the clock) still subtract
+        // exactly: they take `std`'s arithmetic.
+        if let Some(long_ago) = base.checked_sub(Duration::from_secs(1 << 40)) {
+            let later = long_ago + Duration::from_nanos(1_500_000_001);
+            assert_eq!(nanos_between(long_ago, later), 1_500_000_001);
+            assert_eq!(nanos_between(long_ago, base), std_ns(long_ago, base));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[cfg(any(feature = "cache", all(feature = "redis", feature = "metrics")))]
+    async fn nanos_between_follows_paused_time() {
+        let start = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_nanos(2_000_000_003)).await;
+        let end = tokio::time::Instant::now();
+        assert_eq!(
+            nanos_between(start.into_std(), end.into_std()),
+            2_000_000_003
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -194,7 +194,8 @@ impl<V> CacheEntry<V> {
     /// How long ago it was stored, as of `now`.
     #[inline]
     pub fn age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.inner.timing.stored_at)
+        let stored_at = self.inner.timing.stored_at.into_std();
+        Duration::from_nanos(crate::clock::nanos_between(stored_at, now.into_std()))
     }
 
     /// Where the entry stands at `now`.

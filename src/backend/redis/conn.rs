@@ -444,8 +444,10 @@ impl Conn {
     #[inline]
     fn took_between(&self, start: tokio::time::Instant, end: tokio::time::Instant) {
         #[cfg(feature = "metrics")]
-        self.meters
-            .call_took(duration_to_nanos(end.saturating_duration_since(start)));
+        self.meters.call_took(crate::clock::nanos_between(
+            start.into_std(),
+            end.into_std(),
+        ));
         let _ = (start, end);
     }
 

@@ -90,7 +90,8 @@ impl Inner {
     /// average). No 128-bit division either.
     pub(super) fn mapping(&self, now: Instant, wall: SystemTime) -> i64 {
         let wall = wall.duration_since(UNIX_EPOCH).map_or(0, nanos);
-        wall.saturating_sub(nanos(now.saturating_duration_since(self.base)))
+        let since_base = crate::clock::nanos_between(self.base.into_std(), now.into_std());
+        wall.saturating_sub(i64::try_from(since_base).unwrap_or(i64::MAX))
     }
 
     /// Learns the offset of Redis's clock from a reply carrying its `TIME`.
@@ -199,9 +200,9 @@ pub(super) fn is_outage(e: &BackendError) -> bool {
 
 /// The hard expiry of an entry in milliseconds from now, at least 1; `None` if it has passed.
 pub(super) fn lifetime_ms(timing: &Timing, now: Instant) -> Option<u64> {
-    let left = timing.expires_at().saturating_duration_since(now);
-    if left.is_zero() {
+    let left = crate::clock::nanos_between(now.into_std(), timing.expires_at().into_std());
+    if left == 0 {
         return None;
     }
-    Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
+    Some((left / 1_000_000).max(1))
 }

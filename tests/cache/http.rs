@@ -590,3 +590,97 @@ async fn stale_while_revalidate_over_http_marks_stale_answers() {
         (Some("HIT"), &b"call 2"[..])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_authority_keys_an_origin_form_request_on_its_host_header() {
+    let origin = Origin::new(|req, n| {
+        let host = req
+            .headers()
+            .get("host")
+            .map_or("none", |h| h.to_str().unwrap())
+            .to_owned();
+        let body: &'static [u8] = Box::leak(format!("{host} {n}").into_bytes().into_boxed_slice());
+        Response::new(Frames::chunks(&[body], true))
+    });
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .key(HttpKey::new().with_authority())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(origin.clone());
+    let for_host = |host: &str| Request::get("/x").header("host", host).body(()).unwrap();
+    // HTTP/1.1 to a server: the target is a path, the host is only in `Host`.
+    let a = send(&mut svc, for_host("a.example")).await;
+    let b = send(&mut svc, for_host("b.example")).await;
+    assert_eq!(
+        (a.x_cache(), a.body.as_ref()),
+        (Some("MISS"), &b"a.example 1"[..])
+    );
+    assert_eq!(
+        (b.x_cache(), b.body.as_ref()),
+        (Some("MISS"), &b"b.example 2"[..]),
+        "another host's request is another entry"
+    );
+    let a_again = send(&mut svc, for_host("a.example")).await;
+    assert_eq!(
+        (a_again.x_cache(), a_again.body.as_ref()),
+        (Some("HIT"), &b"a.example 1"[..])
+    );
+    // An absolute-form target names its host itself, whatever `Host` says (RFC 9112 §3.2.2).
+    let absolute = Request::get("http://c.example/x")
+        .header("host", "a.example")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&mut svc, absolute).await.x_cache(), Some("MISS"));
+    // Without the option, the host is not part of the key.
+    let mut plain = cache().layer(origin.clone());
+    send(&mut plain, for_host("a.example")).await;
+    assert_eq!(
+        send(&mut plain, for_host("b.example")).await.x_cache(),
+        Some("HIT")
+    );
+}
+
+#[tokio::test]
+async fn nested_routers_sharing_a_layer_key_on_the_path_the_client_sent() {
+    let layer = CacheLayer::http(Duration::from_secs(60));
+    let handle = layer.handle();
+    let users = Router::new()
+        .route("/{id}", get(|| async { "a user" }))
+        .route_layer(layer.clone());
+    let orgs = Router::new()
+        .route("/{id}", get(|| async { "an org" }))
+        .route_layer(layer);
+    let app = Router::new().nest("/users", users).nest("/orgs", orgs);
+    let served = serve(app, false).await;
+
+    let user = served.send("GET", "/users/1", &[]).await;
+    assert_eq!(
+        (
+            user.headers["x-cache"].to_str().unwrap(),
+            user.body.as_str()
+        ),
+        ("MISS", "a user")
+    );
+    let org = served.send("GET", "/orgs/1", &[]).await;
+    assert_eq!(
+        (org.headers["x-cache"].to_str().unwrap(), org.body.as_str()),
+        ("MISS", "an org"),
+        "the nested routers' stripped paths (`/1`) would have shared an entry"
+    );
+    assert_eq!(
+        served.send("GET", "/users/1", &[]).await.headers["x-cache"],
+        "HIT"
+    );
+    // Invalidation takes the path as clients see it.
+    handle.invalidate_prefix("GET /users/").await.unwrap();
+    assert_eq!(
+        served.send("GET", "/users/1", &[]).await.headers["x-cache"],
+        "MISS"
+    );
+    assert_eq!(
+        served.send("GET", "/orgs/1", &[]).await.headers["x-cache"],
+        "HIT"
+    );
+}

@@ -12,8 +12,12 @@ use crate::key::{ExtractKey, KeyError, KeyExtractor};
 /// - The query string is taken as sent: `?a=1&b=2` and `?b=2&a=1` are different entries.
 /// - The URI's scheme and authority are left out by default, so a server's keys are the same
 ///   over HTTP/1.1 (whose request target is a path) and HTTP/2 (whose URI has both). For a
-///   client, or a server answering for several hosts, add them with
-///   [`with_authority`](Self::with_authority) (or key on the `host` header).
+///   client, or a server answering for several hosts, add the host with
+///   [`with_authority`](Self::with_authority).
+/// - Under axum, the path is the one the client sent ([`OriginalUri`]), also inside a
+///   [`Router::nest`], which strips its prefix from the request's own URI: two nested routers
+///   sharing a layer (or a Redis backend) do not share entries, and
+///   [`CacheHandle::invalidate_prefix`] takes the path as clients see it.
 /// - Responses that `Vary` on a header are cached only if the key includes it
 ///   ([`header`](Self::header)); `Vary: *` never is.
 ///
@@ -22,6 +26,8 @@ use crate::key::{ExtractKey, KeyError, KeyExtractor};
 /// `"GET /path"` reaches every variant.
 ///
 /// [`CacheHandle::invalidate_prefix`]: crate::cache::CacheHandle::invalidate_prefix
+/// [`OriginalUri`]: https://docs.rs/axum/0.8/axum/extract/struct.OriginalUri.html
+/// [`Router::nest`]: https://docs.rs/axum/0.8/axum/struct.Router.html#method.nest
 #[derive(Clone, Debug, Default)]
 pub struct HttpKey {
     headers: Vec<HeaderName>,
@@ -44,8 +50,11 @@ impl HttpKey {
         self
     }
 
-    /// Also keys on the URI's scheme and authority, when it has them (as a client's requests
-    /// do): `GET https://api.example.com/path`.
+    /// Also keys on the host the request is for: the URI's scheme and authority when it has
+    /// them (a client's requests, HTTP/2's `:scheme` and `:authority`, an HTTP/1.1 request in
+    /// absolute form), `GET https://api.example.com/path`; otherwise the `Host` header (an
+    /// HTTP/1.1 request to a server), `GET //api.example.com/path`. A request with neither is
+    /// keyed without a host.
     #[must_use]
     pub fn with_authority(mut self) -> Self {
         self.authority = true;
@@ -67,13 +76,18 @@ impl<B> ExtractKey<Request<B>> for HttpKey {
         let mut key = KeyBuf::new();
         key.push(req.method().as_str().as_bytes());
         key.push_byte(b' ');
-        let uri = req.uri();
-        if self.authority
-            && let Some(authority) = uri.authority()
-        {
-            key.push(uri.scheme_str().unwrap_or("http").as_bytes());
-            key.push(b"://");
-            key.push(authority.as_str().as_bytes());
+        let uri = original_uri(req);
+        if self.authority {
+            if let Some(authority) = uri.authority() {
+                key.push(uri.scheme_str().unwrap_or("http").as_bytes());
+                key.push(b"://");
+                key.push(authority.as_str().as_bytes());
+            } else if let Some(host) = req.headers().get(http::header::HOST) {
+                // RFC 9112 §3.2: an origin-form request names its host in `Host` alone. No
+                // scheme is known here, so none is written (`//host`).
+                key.push(b"//");
+                key.push(host.as_bytes());
+            }
         }
         match uri.path_and_query() {
             Some(pq) => key.push(pq.as_str().as_bytes()),
@@ -94,4 +108,15 @@ impl<B> ExtractKey<Request<B>> for HttpKey {
         }
         Ok(key.finish())
     }
+}
+
+/// The URI the client sent: axum's [`OriginalUri`](axum::extract::OriginalUri) where a router
+/// recorded it (a nested router's own URI has lost its prefix), else the request's.
+#[inline]
+fn original_uri<B>(req: &Request<B>) -> &http::Uri {
+    #[cfg(feature = "axum")]
+    if let Some(original) = req.extensions().get::<axum::extract::OriginalUri>() {
+        return &original.0;
+    }
+    req.uri()
 }

@@ -32,7 +32,7 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/api/metrics/summary", get(|| async { r#"{"count":3}"# }))
-//!     // GET and HEAD, 2xx, fresh for 5 minutes (or the response's max-age); x-cache on answers.
+//!     // GET and HEAD, 200/203/204, fresh for 5 minutes (or the response's max-age); x-cache on answers.
 //!     .route_layer(CacheLayer::http(Duration::from_secs(300)));
 //! # let _ = app;
 //! ```
@@ -108,7 +108,9 @@
 //!   [`cache_authorized`](CacheBuilder::cache_authorized)), as do requests with
 //!   `Cache-Control: no-store`. `Cache-Control: no-cache` (or `max-age=0`, or `Pragma: no-cache`)
 //!   skips the lookup and stores the fresh answer ([`request_no_cache`](CacheBuilder::request_no_cache)).
-//! - **Responses stored.** 2xx but 206 by default ([`cacheable`](CacheBuilder::cacheable)), and
+//! - **Responses stored.** 200, 203 and 204 by default, and the other 2xx but 206 when they say
+//!   how long they stay fresh (`max-age` or `s-maxage`): a `202 Accepted` or `201 Created` is
+//!   not served again for the layer's TTL ([`cacheable`](CacheBuilder::cacheable)), and
 //!   never with `Cache-Control: no-store`, `private` or `no-cache`, with `Set-Cookie`, with
 //!   `Vary: *`, or with a `Vary` naming a request header the key does not include (key on it
 //!   with [`HttpKey::header`]; put a compression layer *outside* the cache, or key on
@@ -116,8 +118,9 @@
 //!   at: responses that depend on them must say `private` or `Vary: cookie`.
 //! - **Lifetime.** `s-maxage`, else `max-age`, sets the TTL, and `stale-while-revalidate` /
 //!   `stale-if-error` (RFC 5861) the stale windows, unless
-//!   [`honor_cache_control`](CacheBuilder::honor_cache_control) is off; `must-revalidate` turns
-//!   the stale windows off. `Expires` is not read.
+//!   [`honor_cache_control`](CacheBuilder::honor_cache_control) is off; `must-revalidate`,
+//!   `proxy-revalidate` and `s-maxage` (RFC 9111 §5.2.2.10) turn the stale windows off.
+//!   `Expires` is not read.
 //! - **Bodies.** Read whole before answering, up to [`max_body_bytes`](CacheBuilder::max_body_bytes)
 //!   (1 MiB by default). A response whose `content-length` (or size hint) is larger is passed
 //!   through without being read; one found larger while reading, or ending with trailers, is

@@ -684,3 +684,90 @@ async fn nested_routers_sharing_a_layer_key_on_the_path_the_client_sent() {
         "HIT"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn statuses_without_freshness_from_the_origin_are_stored_only_when_heuristically_cacheable() {
+    let with_status = |status: StatusCode, headers: &'static [(&'static str, &'static str)]| {
+        Origin::new(move |_, n| {
+            let body: &'static [u8] =
+                Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
+            let mut res = Response::new(Frames::chunks(&[body], true));
+            *res.status_mut() = status;
+            for (k, v) in headers {
+                res.headers_mut().append(*k, HeaderValue::from_static(v));
+            }
+            res
+        })
+    };
+    // A job still running answers 202; the next answer must come from the origin.
+    for status in [
+        StatusCode::CREATED,
+        StatusCode::ACCEPTED,
+        StatusCode::RESET_CONTENT,
+    ] {
+        let origin = with_status(status, &[]);
+        let mut svc = cache().layer(origin.clone());
+        send(&mut svc, get_req("/x")).await;
+        let again = send(&mut svc, get_req("/x")).await;
+        assert_eq!(
+            (again.x_cache(), again.body.as_ref()),
+            (Some("MISS"), &b"call 2"[..]),
+            "{status}"
+        );
+        // The origin saying how long it stays fresh makes it storable.
+        let origin = with_status(status, &[("cache-control", "max-age=30")]);
+        let mut svc = cache().layer(origin.clone());
+        send(&mut svc, get_req("/x")).await;
+        assert_eq!(
+            send(&mut svc, get_req("/x")).await.x_cache(),
+            Some("HIT"),
+            "{status}"
+        );
+    }
+    for status in [
+        StatusCode::OK,
+        StatusCode::NON_AUTHORITATIVE_INFORMATION,
+        StatusCode::NO_CONTENT,
+    ] {
+        let origin = with_status(status, &[]);
+        let mut svc = cache().layer(origin.clone());
+        send(&mut svc, get_req("/x")).await;
+        assert_eq!(
+            send(&mut svc, get_req("/x")).await.x_cache(),
+            Some("HIT"),
+            "{status}"
+        );
+    }
+    // 206 never, even with max-age: the cache does not assemble ranges.
+    let origin = with_status(
+        StatusCode::PARTIAL_CONTENT,
+        &[("cache-control", "max-age=30")],
+    );
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("MISS"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn s_maxage_forbids_stale_answers_like_proxy_revalidate() {
+    for (cc, stale) in [
+        ("max-age=1", true),
+        ("s-maxage=1", false),
+        ("max-age=1, proxy-revalidate", false),
+        ("s-maxage=1, stale-while-revalidate=60", false),
+    ] {
+        let origin = ok_with(Box::leak(Box::new([("cache-control", cc)])));
+        let layer = CacheLayer::builder()
+            .http()
+            .ttl(Duration::from_secs(60))
+            .stale_while_revalidate(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(origin.clone());
+        send(&mut svc, get_req("/x")).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let after = send(&mut svc, get_req("/x")).await;
+        let expected = if stale { "STALE" } else { "MISS" };
+        assert_eq!(after.x_cache(), Some(expected), "{cc}");
+    }
+}

@@ -59,7 +59,8 @@ impl Default for HttpMode {
 
 impl HttpMode {
     /// The defaults: bodies up to 1 MiB, `Cache-Control` honoured, `x-cache` and `age` sent,
-    /// 2xx responses (but 206) stored.
+    /// 200, 203 and 204 responses stored, and other 2xx but 206 when they carry `max-age` or
+    /// `s-maxage`.
     pub fn new() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -72,10 +73,18 @@ impl HttpMode {
         }
     }
 
-    fn is_cacheable_status(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+    /// Whether `status` may be stored: the app's rule, or by default the 2xx statuses a cache
+    /// may store without being told how long they stay fresh (RFC 9110 §15.1: 200, 203, 204;
+    /// 206 is a range, never stored here) and the other 2xx when the origin says (`explicit`:
+    /// a `max-age` or `s-maxage` that is honoured). A `202 Accepted` for a job still running, or a
+    /// `201 Created`, is not served again for the layer's TTL.
+    fn is_cacheable_status(&self, status: StatusCode, headers: &HeaderMap, explicit: bool) -> bool {
         match &self.cacheable {
             Some(f) => f(status, headers),
-            None => status.is_success() && status != StatusCode::PARTIAL_CONTENT,
+            None => {
+                matches!(status.as_u16(), 200 | 203 | 204)
+                    || (explicit && status.is_success() && status != StatusCode::PARTIAL_CONTENT)
+            }
         }
     }
 
@@ -94,10 +103,11 @@ impl HttpMode {
         defaults: Lifetimes,
         key: &impl KeyExtractor,
     ) -> Result<Lifetimes, &'static str> {
-        if !self.is_cacheable_status(status, headers) {
+        let cc = Directives::parse(headers);
+        let explicit = self.honor_cache_control && (cc.s_maxage.is_some() || cc.max_age.is_some());
+        if !self.is_cacheable_status(status, headers, explicit) {
             return Err("status");
         }
-        let cc = Directives::parse(headers);
         if cc.no_store {
             return Err("no-store");
         }
@@ -136,7 +146,9 @@ impl HttpMode {
             if let Some(secs) = cc.stale_if_error {
                 lifetimes.stale_if_error = Duration::from_secs(secs);
             }
-            if cc.must_revalidate {
+            // `s-maxage` carries `proxy-revalidate`'s meaning for a shared cache (RFC 9111
+            // §5.2.2.10): no stale answers once it has passed, as with `must-revalidate`.
+            if cc.must_revalidate || cc.s_maxage.is_some() {
                 lifetimes.stale_while_revalidate = Duration::ZERO;
                 lifetimes.stale_if_error = Duration::ZERO;
             }
@@ -302,7 +314,9 @@ impl<X, B> CacheBuilder<X, B, HttpMode> {
         })
     }
 
-    /// Which responses may be stored, by status and headers (default: 2xx but 206). The safety
+    /// Which responses may be stored, by status and headers (default: 200, 203 and 204, and the
+    /// other 2xx but 206 when they carry `max-age` or `s-maxage` and `Cache-Control` is
+    /// honoured). The safety
     /// rules apply on top: `no-store`, `private`, `no-cache`, `Set-Cookie` and an uncovered `Vary`
     /// are never stored.
     pub fn cacheable<F>(self, f: F) -> Self

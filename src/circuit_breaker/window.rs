@@ -137,11 +137,16 @@ pub(crate) struct CountWindow {
 }
 
 /// Adds the difference `new - old` (each 0 or 1) to `counter`, returning its value after.
+///
+/// A slot's swap and its counters' adjustments are separate steps, so a counter can be one short
+/// for a moment (a thread replaced a failure another thread has put in the ring but not yet
+/// counted) and wraps below zero: the arithmetic wraps with it, and [`CountWindow::read`] reads
+/// such a value as 0, never as four billion failures.
 #[inline]
 fn adjust(counter: &AtomicU32, old: bool, new: bool) -> u32 {
     match (old, new) {
-        (false, true) => counter.fetch_add(1, Ordering::Relaxed) + 1,
-        (true, false) => counter.fetch_sub(1, Ordering::Relaxed) - 1,
+        (false, true) => counter.fetch_add(1, Ordering::Relaxed).wrapping_add(1),
+        (true, false) => counter.fetch_sub(1, Ordering::Relaxed).wrapping_sub(1),
         _ => counter.load(Ordering::Relaxed),
     }
 }
@@ -200,10 +205,24 @@ impl CountWindow {
         let i = self.head.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
         let new = FILLED | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         let old = self.slots[i as usize].swap(new, Ordering::AcqRel);
-        Counts {
+        self.read(Counts {
             calls: adjust(&self.calls, old != EMPTY, true),
             failures: adjust(&self.failures, old & FAILED != 0, failed),
             slow: adjust(&self.slow, old & SLOW != 0, slow),
+        })
+    }
+
+    /// The counters as a decision may read them: a counter wrapped below zero (see [`adjust`])
+    /// is 0, and none counts more outcomes than there are calls.
+    #[inline]
+    fn read(&self, raw: Counts) -> Counts {
+        let size = self.size();
+        let calls = if raw.calls > size { 0 } else { raw.calls };
+        let bounded = |v: u32| if v > size { 0 } else { v.min(calls) };
+        Counts {
+            calls,
+            failures: bounded(raw.failures),
+            slow: bounded(raw.slow),
         }
     }
 
@@ -240,11 +259,11 @@ impl CountWindow {
 
     pub(crate) fn counts(&self) -> Counts {
         self.flush();
-        Counts {
+        self.read(Counts {
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             slow: self.slow.load(Ordering::Relaxed),
-        }
+        })
     }
 
     /// Empties the window. Callers serialise resets with transitions; a call recorded concurrently
@@ -437,6 +456,22 @@ impl TimeWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_replaced_before_it_is_counted_never_reads_as_billions() {
+        // Thread A has put a failure in the only slot and not yet counted it; thread B's
+        // success replaces it and takes the failure off a counter still at 0.
+        let w = CountWindow::with_striping(1, 1, 1);
+        w.slots[0].swap(FILLED | FAILED, Ordering::AcqRel);
+        w.calls.fetch_add(1, Ordering::Relaxed);
+        let c = w.record(false, false).expect("no striping");
+        assert_eq!((c.calls, c.failures, c.slow), (1, 0, 0));
+        assert_eq!(w.counts().failures, 0);
+        // A's count lands: the counter is back to the truth (the slot holds a success).
+        adjust(&w.failures, false, true);
+        assert_eq!(w.counts().failures, 0);
+        assert_eq!(w.failures.load(Ordering::Relaxed), 0);
+    }
 
     fn c(calls: u32, failures: u32, slow: u32) -> Counts {
         Counts {

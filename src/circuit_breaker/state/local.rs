@@ -308,10 +308,6 @@ impl Breaker {
     pub(super) fn record_probe(&self, word: u64, failed: bool) {
         let inc = if failed { 1 << 32 } else { 1 };
         let results = self.probe_results.fetch_add(inc, Ordering::AcqRel) + inc;
-        let (ok, bad) = (
-            (results & u64::from(u32::MAX)) as u32,
-            (results >> 32) as u32,
-        );
         #[cfg(feature = "redis")]
         if let Some(link) = &self.link
             && link.is_following()
@@ -320,6 +316,16 @@ impl Breaker {
             link.probe_result(failed);
             return;
         }
+        self.decide_probes(word, results);
+    }
+
+    /// The local decision on the half-open period of `word` from its probes' `results` (the
+    /// successes in the low half, the failures in the high one): reopen, close, or wait for more.
+    pub(super) fn decide_probes(&self, word: u64, results: u64) {
+        let (ok, bad) = (
+            (results & u64::from(u32::MAX)) as u32,
+            (results >> 32) as u32,
+        );
         let n = self.cfg.half_open_probes;
         // Reopen as soon as the probes can no longer pass; close once all have reported and passed.
         let reopen = match self.cfg.failure_rate {

@@ -186,13 +186,23 @@ impl Breaker {
                 let left = link.set_following(false);
                 if left {
                     // On its own again: a half-open circuit probes with its own permits.
-                    let _guard = self
-                        .transitions
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if self.state() == CircuitState::HalfOpen {
-                        self.probe_allowance
-                            .store(self.cfg.half_open_probes, Ordering::Release);
+                    let half_open = {
+                        let _guard = self
+                            .transitions
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        let word = self.state.load(Ordering::Acquire);
+                        (kind(word) == CircuitState::HalfOpen).then(|| {
+                            self.probe_allowance
+                                .store(self.cfg.half_open_probes, Ordering::Release);
+                            word
+                        })
+                    };
+                    // And decides on the probes it has run in this period: their results went to
+                    // the store, which will not answer, and with every permit used no probe is
+                    // left to report one (every call was refused until Redis came back).
+                    if let Some(word) = half_open {
+                        self.decide_probes(word, self.probe_results.load(Ordering::Acquire));
                     }
                 }
                 return SyncOutcome::Failed { left, error };

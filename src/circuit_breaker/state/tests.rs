@@ -95,3 +95,78 @@ fn a_success_on_the_inlined_path_ends_a_run_of_failures() {
         "every failure reached the ring"
     );
 }
+
+#[cfg(feature = "redis")]
+mod shared {
+    use super::*;
+    use crate::backend::{BackendError, ErrorKind};
+    use crate::circuit_breaker::store::SyncReply;
+
+    fn half_open_reply(epoch: u64, held: u32) -> SyncReply {
+        SyncReply {
+            generation: 1,
+            epoch,
+            state: CircuitState::HalfOpen,
+            open_for: None,
+            streak: 1,
+            reason: 0,
+            held,
+            calls: 0,
+            failures: 0,
+            slow: 0,
+            run: 0,
+            in_state_for: Duration::ZERO,
+            contended: false,
+        }
+    }
+
+    fn unreachable() -> BackendError {
+        BackendError::with_kind(ErrorKind::Unreachable, "redis is down", None)
+    }
+
+    /// A replica following its store in half-open runs the one probe the store granted it; the
+    /// store then stops answering. Its probe's result went to the store: the replica must decide
+    /// on it itself, not refuse every call until Redis is back.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_reported_to_a_store_that_then_fails_is_decided_locally() {
+        for (outcome, after) in [
+            (Outcome::Success, CircuitState::Closed),
+            (Outcome::Failure, CircuitState::Open),
+        ] {
+            let signal = Arc::new(crate::circuit_breaker::shared::Signal::new());
+            let b = Breaker::new_shared(breaker(1).cfg, None, super::super::Hooks::new(), &signal);
+            let synced = b.prepare_sync(1, Duration::from_secs(5));
+            b.finish_sync(synced, Ok(half_open_reply(3, 1)));
+            assert_eq!(b.state(), CircuitState::HalfOpen);
+            let probe = b.acquire().expect("the store granted one probe");
+            assert!(b.acquire().is_err(), "one probe only");
+            b.record(probe, outcome);
+            assert_eq!(b.state(), CircuitState::HalfOpen, "the store decides");
+            let failed = b.prepare_sync(1, Duration::from_secs(5));
+            b.finish_sync(failed, Err(unreachable()));
+            assert_eq!(b.state(), after, "{outcome:?}");
+            if after == CircuitState::Closed {
+                assert!(b.acquire().is_ok());
+            }
+        }
+    }
+
+    /// Leaving the store with no probe result yet, the replica probes with its own permits.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_replica_left_without_results_probes_on_its_own() {
+        let signal = Arc::new(crate::circuit_breaker::shared::Signal::new());
+        let b = Breaker::new_shared(breaker(2).cfg, None, super::super::Hooks::new(), &signal);
+        let synced = b.prepare_sync(1, Duration::from_secs(5));
+        b.finish_sync(synced, Ok(half_open_reply(3, 0)));
+        assert!(b.acquire().is_err(), "no permit granted here");
+        let failed = b.prepare_sync(1, Duration::from_secs(5));
+        b.finish_sync(failed, Err(unreachable()));
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        let first = b.acquire().expect("its own permits");
+        let second = b.acquire().expect("two of them");
+        assert!(b.acquire().is_err());
+        b.record(first, Outcome::Success);
+        b.record(second, Outcome::Success);
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+}

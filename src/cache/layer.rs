@@ -234,7 +234,7 @@ impl
     >
 {
     /// An HTTP cache in memory (64 MiB): `GET`/`HEAD` 200, 203 and 204 responses (and other 2xx
-    /// that carry `max-age`) keyed by method and URI, fresh for `ttl` (or the response's
+    /// that say how long they are fresh) keyed by method and URI, fresh for `ttl` (or the response's
     /// `s-maxage` / `max-age`), bodies up to 1 MiB, with `x-cache` and `age` on every answer. Ready for axum's `Router::layer` / `route_layer`.
     ///
     /// # Panics

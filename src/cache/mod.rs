@@ -109,7 +109,7 @@
 //!   `Cache-Control: no-store`. `Cache-Control: no-cache` (or `max-age=0`, or `Pragma: no-cache`)
 //!   skips the lookup and stores the fresh answer ([`request_no_cache`](CacheBuilder::request_no_cache)).
 //! - **Responses stored.** 200, 203 and 204 by default, and the other 2xx but 206 when they say
-//!   how long they stay fresh (`max-age` or `s-maxage`): a `202 Accepted` or `201 Created` is
+//!   how long they stay fresh (`max-age`, `s-maxage` or `Expires`): a `202 Accepted` or `201 Created` is
 //!   not served again for the layer's TTL ([`cacheable`](CacheBuilder::cacheable)), and
 //!   never with `Cache-Control: no-store`, `private` or `no-cache`, with `Set-Cookie`, with
 //!   `Vary: *`, or with a `Vary` naming a request header the key does not include (key on it
@@ -120,7 +120,8 @@
 //!   `stale-if-error` (RFC 5861) the stale windows, unless
 //!   [`honor_cache_control`](CacheBuilder::honor_cache_control) is off; `must-revalidate`,
 //!   `proxy-revalidate` and `s-maxage` (RFC 9111 §5.2.2.10) turn the stale windows off.
-//!   `Expires` is not read.
+//!   Without either, `Expires` sets the TTL (counted from the response's `Date`); an `Expires`
+//!   already past, or not a date (`Expires: 0`), means the response is not stored.
 //! - **Bodies.** Read whole before answering, up to [`max_body_bytes`](CacheBuilder::max_body_bytes)
 //!   (1 MiB by default). A response whose `content-length` (or size hint) is larger is passed
 //!   through without being read; one found larger while reading, or ending with trailers, is

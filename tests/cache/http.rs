@@ -771,3 +771,48 @@ async fn s_maxage_forbids_stale_answers_like_proxy_revalidate() {
         assert_eq!(after.x_cache(), Some(expected), "{cc}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn expires_sets_the_ttl_without_max_age_and_a_past_or_invalid_one_is_never_stored() {
+    const DATE: &str = "Sun, 06 Dec 2026 12:00:00 GMT";
+    for headers in [
+        &[("expires", "0")][..],
+        &[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")],
+        &[("date", DATE), ("expires", DATE)],
+        &[("date", DATE), ("expires", "Sun, 06 Dec 2026 11:59:59 GMT")],
+    ] {
+        let origin = ok_with(headers);
+        let mut svc = cache().layer(origin.clone());
+        send(&mut svc, get_req("/x")).await;
+        let again = send(&mut svc, get_req("/x")).await;
+        assert_eq!(
+            (again.x_cache(), again.body.as_ref()),
+            (Some("MISS"), &b"call 2"[..]),
+            "{headers:?}"
+        );
+    }
+    // 30 s after the response's `Date`: fresh for 30 s (not the layer's 60).
+    let origin = ok_with(&[("date", DATE), ("expires", "Sun, 06 Dec 2026 12:00:30 GMT")]);
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    tokio::time::advance(Duration::from_millis(29_999)).await;
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("HIT"));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("MISS"));
+    // `max-age` wins over `Expires`, even a past one.
+    let origin = ok_with(&[("cache-control", "max-age=10"), ("expires", "0")]);
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("HIT"));
+    // Not honouring `Cache-Control` ignores `Expires` too.
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .honor_cache_control(false)
+        .build()
+        .unwrap();
+    let origin = ok_with(&[("expires", "0")]);
+    let mut svc = layer.layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("HIT"));
+}

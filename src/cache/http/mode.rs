@@ -59,8 +59,8 @@ impl Default for HttpMode {
 
 impl HttpMode {
     /// The defaults: bodies up to 1 MiB, `Cache-Control` honoured, `x-cache` and `age` sent,
-    /// 200, 203 and 204 responses stored, and other 2xx but 206 when they carry `max-age` or
-    /// `s-maxage`.
+    /// 200, 203 and 204 responses stored, and other 2xx but 206 when they carry `max-age`,
+    /// `s-maxage` or `Expires`.
     pub fn new() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -76,7 +76,7 @@ impl HttpMode {
     /// Whether `status` may be stored: the app's rule, or by default the 2xx statuses a cache
     /// may store without being told how long they stay fresh (RFC 9110 §15.1: 200, 203, 204;
     /// 206 is a range, never stored here) and the other 2xx when the origin says (`explicit`:
-    /// a `max-age` or `s-maxage` that is honoured). A `202 Accepted` for a job still running, or a
+    /// a `max-age`, `s-maxage` or future `Expires` that is honoured). A `202 Accepted` for a job still running, or a
     /// `201 Created`, is not served again for the layer's TTL.
     fn is_cacheable_status(&self, status: StatusCode, headers: &HeaderMap, explicit: bool) -> bool {
         match &self.cacheable {
@@ -104,7 +104,13 @@ impl HttpMode {
         key: &impl KeyExtractor,
     ) -> Result<Lifetimes, &'static str> {
         let cc = Directives::parse(headers);
-        let explicit = self.honor_cache_control && (cc.s_maxage.is_some() || cc.max_age.is_some());
+        let max_age = cc.s_maxage.or(cc.max_age);
+        // `Expires` counts only where no `max-age` or `s-maxage` does (RFC 9111 §5.3).
+        let expires = match (self.honor_cache_control, max_age) {
+            (true, None) => expires_in(headers),
+            _ => None,
+        };
+        let explicit = self.honor_cache_control && (max_age.is_some() || expires.is_some());
         if !self.is_cacheable_status(status, headers, explicit) {
             return Err("status");
         }
@@ -134,11 +140,16 @@ impl HttpMode {
         }
         let mut lifetimes = defaults;
         if self.honor_cache_control {
-            if let Some(secs) = cc.s_maxage.or(cc.max_age) {
+            if let Some(secs) = max_age {
                 if secs == 0 {
                     return Err("max-age=0");
                 }
                 lifetimes.ttl = Duration::from_secs(secs);
+            }
+            match expires {
+                Some(Some(ttl)) => lifetimes.ttl = ttl,
+                Some(None) => return Err("expires"),
+                None => {}
             }
             if let Some(secs) = cc.stale_while_revalidate {
                 lifetimes.stale_while_revalidate = Duration::from_secs(secs);
@@ -155,6 +166,27 @@ impl HttpMode {
         }
         Ok(lifetimes)
     }
+}
+
+/// How long a response's `Expires` keeps it fresh (RFC 9111 §5.3): `None` without the field,
+/// `Some(None)` when it is already expired: a date not after the response's `Date` (or now,
+/// without one), or a value that is not a date (`Expires: 0` says "expired" that way), which a
+/// cache must treat as in the past.
+fn expires_in(headers: &HeaderMap) -> Option<Option<Duration>> {
+    let expires = headers.get(header::EXPIRES)?;
+    let date = |v: &HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+    };
+    let Some(at) = date(expires) else {
+        return Some(None);
+    };
+    let base = headers
+        .get(header::DATE)
+        .and_then(date)
+        .unwrap_or_else(std::time::SystemTime::now);
+    Some(at.duration_since(base).ok().filter(|d| !d.is_zero()))
 }
 
 /// Which of the fields a request's policy depends on it has.
@@ -315,9 +347,8 @@ impl<X, B> CacheBuilder<X, B, HttpMode> {
     }
 
     /// Which responses may be stored, by status and headers (default: 200, 203 and 204, and the
-    /// other 2xx but 206 when they carry `max-age` or `s-maxage` and `Cache-Control` is
-    /// honoured). The safety
-    /// rules apply on top: `no-store`, `private`, `no-cache`, `Set-Cookie` and an uncovered `Vary`
+    /// other 2xx but 206 when they carry `max-age`, `s-maxage` or `Expires` and `Cache-Control`
+    /// is honoured). The safety rules apply on top: `no-store`, `private`, `no-cache`, `Set-Cookie` and an uncovered `Vary`
     /// are never stored.
     pub fn cacheable<F>(self, f: F) -> Self
     where

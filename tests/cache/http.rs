@@ -816,3 +816,27 @@ async fn expires_sets_the_ttl_without_max_age_and_a_past_or_invalid_one_is_never
     send(&mut svc, get_req("/x")).await;
     assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("HIT"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn fields_for_one_connection_or_a_proxy_are_not_replayed() {
+    let origin = ok_with(&[
+        ("connection", "close, X-Debug-Hop"),
+        ("x-debug-hop", "1"),
+        ("proxy-authenticate", "Basic realm=\"proxy\""),
+        ("proxy-authentication-info", "nextnonce=\"abc\""),
+        ("x-kept", "yes"),
+    ]);
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    let hit = send(&mut svc, get_req("/x")).await;
+    assert_eq!(hit.x_cache(), Some("HIT"));
+    assert_eq!(hit.headers["x-kept"], "yes");
+    for gone in [
+        "connection",
+        "x-debug-hop",
+        "proxy-authenticate",
+        "proxy-authentication-info",
+    ] {
+        assert!(hit.headers.get(gone).is_none(), "{gone} replayed");
+    }
+}

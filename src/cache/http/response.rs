@@ -25,13 +25,16 @@ pub struct CachedResponse {
     pub(super) all_placeholders: bool,
 }
 
-/// Headers that describe one connection, not the response, and the cache's own.
+/// Headers that describe one connection, not the response, those a cache must not store (RFC
+/// 9111 §3.1: `Proxy-Authenticate`, `Proxy-Authentication-Info`), and the cache's own.
 fn is_not_stored(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
             | "keep-alive"
             | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authentication-info"
             | "transfer-encoding"
             | "upgrade"
             | "te"
@@ -41,16 +44,31 @@ fn is_not_stored(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether `name` is one of the fields `headers`' `Connection` lists: fields for that connection
+/// only (RFC 9110 §7.6.1), not stored with the response.
+fn is_named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|option| {
+            option
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+}
+
 impl CachedResponse {
-    /// A stored response (as decoded by a shared store, for example). Hop-by-hop headers and
-    /// `age` / `x-cache` are removed from `headers`.
+    /// A stored response (as decoded by a shared store, for example). Hop-by-hop headers (and
+    /// those `Connection` names), `Proxy-Authenticate`, `Proxy-Authentication-Info` and `age` /
+    /// `x-cache` are removed from `headers`.
     pub fn new(status: StatusCode, version: Version, mut headers: HeaderMap, body: Bytes) -> Self {
-        if headers.keys().any(is_not_stored) {
-            let names: Vec<HeaderName> = headers
-                .keys()
-                .filter(|n| is_not_stored(n))
-                .cloned()
-                .collect();
+        let connection = headers.contains_key(http::header::CONNECTION);
+        let dropped = |n: &HeaderName| {
+            is_not_stored(n) || (connection && is_named_by_connection(&headers, n))
+        };
+        if headers.keys().any(dropped) {
+            let names: Vec<HeaderName> = headers.keys().filter(|n| dropped(n)).cloned().collect();
             for name in names {
                 headers.remove(name);
             }

@@ -182,6 +182,12 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
 
     /// Probe calls let through when half-open (default 1). Exactly this many are admitted, however
     /// many callers arrive at once; the rest are refused at once, not queued.
+    ///
+    /// A probe holds its permit until its call ends (a dropped call gives it back). A probe to an
+    /// upstream that never answers therefore keeps the circuit half-open, refusing everyone else,
+    /// for as long as it hangs: put a timeout *inside* the breaker
+    /// (`ServiceBuilder::new().layer(breaker).timeout(d)`), so that such a probe ends as a failure
+    /// and the circuit reopens.
     pub fn half_open_probes(mut self, probes: u32) -> Self {
         self.half_open_probes = probes;
         self

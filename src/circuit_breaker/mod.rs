@@ -93,10 +93,11 @@
 //! last sync) asks the script for permits; the script never grants more than are left. The
 //! replica's callers use them, the others are refused at once; a replica keeps a permit until
 //! one of its callers uses it, unless another replica waits for one and it had no caller since
-//! its last sync: then it gives its unused permits back. Probe outcomes are reported at once, the script
-//! closes or reopens the circuit, and every replica follows. Permits of a replica that stops
-//! syncing (crashed, cut off from Redis) go back after four sync intervals plus the backend's
-//! timeout.
+//! its last sync: then it gives its unused permits back. Probe outcomes are reported at once, the
+//! script closes or reopens the circuit, and every replica follows (a probe that hangs holds its
+//! permit as long: see [`half_open_probes`](CircuitBreakerBuilder::half_open_probes)). Permits
+//! of a replica that stops syncing (crashed, cut off from Redis) go back after four sync
+//! intervals plus the backend's timeout.
 //!
 //! A replica that had no callers during the wait learns of the half-open state at a sync that
 //! asked for no permits. Its first caller (and any arriving with it) is not refused for that: the

@@ -139,7 +139,8 @@
 //! An invalidation takes effect at once, and a response fetched by a call that was running when
 //! it happened is not stored (the call may have read the old data). HTTP keys read
 //! `GET /path?query`, so `handle.invalidate_prefix("GET /api/metrics/summary")` drops every
-//! summary. With the in-memory store a prefix invalidation walks the entries (it is exact, and
+//! summary fetched with `GET` (`HEAD` requests have entries of their own, `HEAD /path?query`:
+//! invalidate those too where clients send them). With the in-memory store a prefix invalidation walks the entries (it is exact, and
 //! O(entries)).
 //!
 //! # Observability

@@ -281,6 +281,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(600),
+            age: Duration::ZERO,
         };
         CacheEntry::new(r, Timing::new(now - Duration::from_secs(5), lifetimes), 100)
     }

@@ -35,6 +35,7 @@
 //!     ttl: Duration::from_secs(60),
 //!     stale_while_revalidate: Duration::from_secs(30),
 //!     stale_if_error: Duration::from_secs(300),
+//!     age: Duration::ZERO,
 //! };
 //! let entry = CacheEntry::new("summary", Timing::new(now, lifetimes), 7);
 //! assert_eq!(entry.freshness(now + Duration::from_secs(59)), Freshness::Fresh);
@@ -59,6 +60,10 @@ pub struct Lifetimes {
     pub stale_while_revalidate: Duration,
     /// Then (counting from the end of the TTL too) served stale when a refresh fails, for this long.
     pub stale_if_error: Duration,
+    /// How old the value already was when it was stored (an HTTP response's `Age` from a cache
+    /// upstream): the windows count from when it was made, and its age includes this. Zero for
+    /// a value made now.
+    pub age: Duration,
 }
 
 impl Lifetimes {
@@ -68,10 +73,12 @@ impl Lifetimes {
             ttl,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            age: Duration::ZERO,
         }
     }
 
-    /// How long after being stored the entry is of no more use.
+    /// How long after being made (stored, less its [`age`](Self::age)) the entry is of no more
+    /// use.
     pub fn total(&self) -> Duration {
         self.ttl
             .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
@@ -92,8 +99,10 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The timing of an entry stored at `stored_at` with `lifetimes`.
+    /// The timing of an entry stored at `stored_at` with `lifetimes`: made `lifetimes.age` before
+    /// it, its windows counted from then.
     pub fn new(stored_at: Instant, lifetimes: Lifetimes) -> Self {
+        let stored_at = stored_at.checked_sub(lifetimes.age).unwrap_or(stored_at);
         let fresh_until = add(stored_at, lifetimes.ttl);
         Self {
             stored_at,
@@ -331,6 +340,7 @@ mod tests {
                     ttl: s(10),
                     stale_while_revalidate: s(5),
                     stale_if_error: s(60),
+                    age: Duration::ZERO,
                 },
             ),
             1,
@@ -344,6 +354,20 @@ mod tests {
         let any = e.clone().into_any();
         assert!(CacheEntry::<u8>::from_any(any.clone()).is_none());
         assert!(CacheEntry::<&str>::from_any(any).unwrap().ptr_eq(&e));
+    }
+
+    #[test]
+    fn an_age_at_storing_counts_towards_freshness_and_the_age() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let s = Duration::from_secs;
+        let lifetimes = Lifetimes {
+            age: s(55),
+            ..Lifetimes::ttl(s(60))
+        };
+        let e = CacheEntry::new("v", Timing::new(t0, lifetimes), 1);
+        assert_eq!(e.age(t0), s(55));
+        assert_eq!(e.freshness(t0 + s(4)), Freshness::Fresh);
+        assert_eq!(e.freshness(t0 + s(5)), Freshness::Expired);
     }
 
     #[test]

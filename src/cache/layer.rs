@@ -491,6 +491,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
                     ttl,
                     stale_while_revalidate: self.stale_while_revalidate,
                     stale_if_error: self.stale_if_error,
+                    age: Duration::ZERO,
                 },
                 name: self.name,
                 flights: Flights::new(),

@@ -121,7 +121,9 @@
 //!   [`honor_cache_control`](CacheBuilder::honor_cache_control) is off; `must-revalidate`,
 //!   `proxy-revalidate` and `s-maxage` (RFC 9111 §5.2.2.10) turn the stale windows off.
 //!   Without either, `Expires` sets the TTL (counted from the response's `Date`); an `Expires`
-//!   already past, or not a date (`Expires: 0`), means the response is not stored.
+//!   already past, or not a date (`Expires: 0`), means the response is not stored. A response's
+//!   own `Age` (from a cache upstream) counts: it is fresh for the TTL less that age, its `age`
+//!   on replay includes it, and one already older than its TTL is not stored.
 //! - **Bodies.** Read whole before answering, up to [`max_body_bytes`](CacheBuilder::max_body_bytes)
 //!   (1 MiB by default). A response whose `content-length` (or size hint) is larger is passed
 //!   through without being read; one found larger while reading, or ending with trailers, is

@@ -840,3 +840,40 @@ async fn fields_for_one_connection_or_a_proxy_are_not_replayed() {
         assert!(hit.headers.get(gone).is_none(), "{gone} replayed");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_age_counts_towards_freshness_and_the_age_sent() {
+    let origin = ok_with(&[("cache-control", "max-age=60"), ("age", "55")]);
+    let mut svc = cache().layer(origin.clone());
+    let miss = send(&mut svc, get_req("/x")).await;
+    assert_eq!(miss.x_cache(), Some("MISS"));
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    let hit = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        (hit.x_cache(), hit.headers["age"].to_str().unwrap()),
+        (Some("HIT"), "59")
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        send(&mut svc, get_req("/x")).await.x_cache(),
+        Some("MISS"),
+        "60 s old: stale"
+    );
+    // Already as old as its lifetime (here the layer's 60 s): not stored.
+    let origin = ok_with(&[("age", "60")]);
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    assert_eq!(send(&mut svc, get_req("/x")).await.x_cache(), Some("MISS"));
+    // A value that is not seconds is ignored; a list's first member counts.
+    for (age, sent) in [("soon", "0"), ("7, 9", "7")] {
+        let origin = ok_with(Box::leak(Box::new([("age", age)])));
+        let mut svc = cache().layer(origin.clone());
+        send(&mut svc, get_req("/x")).await;
+        let hit = send(&mut svc, get_req("/x")).await;
+        assert_eq!(
+            (hit.x_cache(), hit.headers["age"].to_str().unwrap()),
+            (Some("HIT"), sent),
+            "{age}"
+        );
+    }
+}

@@ -157,6 +157,15 @@ impl HttpMode {
             if let Some(secs) = cc.stale_if_error {
                 lifetimes.stale_if_error = Duration::from_secs(secs);
             }
+            // A response a cache upstream has kept for a while is that much older (RFC 9111
+            // §4.2.3): its freshness counts from when it was made, and its `Age` on replay
+            // includes the time upstream. One already past its lifetime is not stored.
+            if let Some(age) = origin_age(headers) {
+                if age >= lifetimes.ttl {
+                    return Err("age");
+                }
+                lifetimes.age = age;
+            }
             // `s-maxage` carries `proxy-revalidate`'s meaning for a shared cache (RFC 9111
             // §5.2.2.10): no stale answers once it has passed, as with `must-revalidate`.
             if cc.must_revalidate || cc.s_maxage.is_some() {
@@ -187,6 +196,19 @@ fn expires_in(headers: &HeaderMap) -> Option<Option<Duration>> {
         .and_then(date)
         .unwrap_or_else(std::time::SystemTime::now);
     Some(at.duration_since(base).ok().filter(|d| !d.is_zero()))
+}
+
+/// A response's `Age` (RFC 9111 §5.1): its first member, in seconds; `None` without the field
+/// or when it is not a number of seconds (the RFC has a cache ignore it then).
+fn origin_age(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::AGE)?.as_bytes();
+    let first = value.split(|&b| b == b',').next()?.trim_ascii();
+    if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Digits only: a value too large for a u64 is more than 584 billion years.
+    let secs = std::str::from_utf8(first).ok()?.parse().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs))
 }
 
 /// Which of the fields a request's policy depends on it has.

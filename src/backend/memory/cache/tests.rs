@@ -47,6 +47,7 @@ async fn the_lock_answers_a_fresh_entry_unless_forced_and_never_a_stale_one() {
         ttl: Duration::from_secs(10),
         stale_while_revalidate: Duration::from_secs(10),
         stale_if_error: Duration::from_secs(10),
+        age: Duration::ZERO,
     };
     let fresh = CacheEntry::new(1, Timing::new(Instant::now(), lifetimes), 8);
     let _ = s.put(CacheKey::from(1u64), fresh);

@@ -39,6 +39,7 @@ fn framed_values_round_trip_and_refuse_anything_else() {
             ttl: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(600),
+            age: Duration::ZERO,
         },
     );
     let entry = CacheEntry::new(String::from("summary"), timing, 7);

@@ -821,3 +821,47 @@ async fn leases_serve_the_layers_own_quota_and_everything_else_is_decided_exactl
         .unwrap_err();
     assert!(err.to_string().contains("leased mode"), "{err}");
 }
+
+/// A request dropped while its lease call is in flight (a client gone, a timeout around the
+/// layer) must not leave the key's call claimed for good: later requests would each wait a whole
+/// timeout for a call that never answers, and the key would never be leased again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_during_its_lease_call_leaves_the_key_usable() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let timeout = Duration::from_secs(5);
+    let backend = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(timeout);
+    let (store, mut svc) = leased(
+        backend,
+        &unique_prefix("dropped"),
+        Quota::per_second(1000),
+        LeaseConfig::new().ttl(Duration::from_secs(11)),
+    );
+    // Polled once (the lease call is claimed and sent), then dropped.
+    let call = svc.ready().await.unwrap().call(());
+    assert!(
+        tokio::time::timeout(Duration::ZERO, call).await.is_err(),
+        "the first decision waits for Redis"
+    );
+    let calls_before = store.lease_calls();
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(timeout * 2, svc.ready().await.unwrap().call(()))
+            .await
+            .expect("bounded by twice the timeout");
+        answer.expect("quota left");
+        assert!(
+            started.elapsed() < timeout / 2,
+            "decision {i} took {:?}: it waited for the dropped request's call",
+            started.elapsed()
+        );
+    }
+    assert!(
+        store.lease_calls() > calls_before,
+        "the key is leased again"
+    );
+}

@@ -173,20 +173,26 @@ impl Cell {
         (self.size.load(Ordering::Relaxed) / 4).saturating_mul(emission)
     }
 
-    /// Claims the right to make this key's lease call; `false` when one is in flight.
-    pub(super) fn claim(&self) -> bool {
+    /// Claims the right to make this key's lease call; `None` when one is in flight.
+    pub(super) fn claim(self: &Arc<Self>) -> Option<Claim> {
         self.busy
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+            .then(|| Claim(Arc::clone(self)))
     }
 
     /// Ends the call [`claim`](Self::claim)ed, and wakes the requests that waited for it.
-    pub(super) fn release(&self) {
+    fn release(&self) {
         self.busy.store(false, Ordering::Release);
         self.notify.notify_waiters();
     }
 
     /// Whether a lease call is in flight.
+    ///
+    /// (A claim is released when its [`Claim`] is dropped, so that a call whose future is dropped
+    /// halfway, by a cancelled request or a runtime shutting down, cannot leave the key marked
+    /// busy for good: no renewal again, and every request waiting a whole timeout for a call
+    /// that will never answer.)
     pub(super) fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
     }
@@ -265,6 +271,23 @@ impl Expiring for Slot {
     }
 }
 
+/// The right to make one cell's lease call ([`Cell::claim`]): dropping it ends the call and wakes
+/// the requests waiting for it, however the call ends (answered, failed, or abandoned).
+pub(super) struct Claim(Arc<Cell>);
+
+impl Claim {
+    /// The claimed cell.
+    pub(super) fn cell(&self) -> &Arc<Cell> {
+        &self.0
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +334,7 @@ mod tests {
 
     #[test]
     fn units_are_taken_until_none_are_left_or_the_lease_expires() {
-        let c = Cell::default();
+        let c = Arc::new(Cell::default());
         assert_eq!(c.take(0), None, "no lease yet");
         c.grant(&grant(4), 1, 10, 100);
         assert_eq!(c.held(), 3);
@@ -320,12 +343,12 @@ mod tests {
         assert_eq!(c.take(110), None, "expired");
         assert_eq!(c.held(), 1);
         // The claimant drops what expired: stranded.
-        assert!(c.claim());
-        assert!(!c.claim(), "one call at a time");
+        let claim = c.claim().expect("no call in flight");
+        assert!(c.claim().is_none(), "one call at a time");
         let (stranded, _) = c.prepare(&SIZING, 110);
         assert_eq!(stranded, 1);
         assert_eq!(c.held(), 0);
-        c.release();
+        drop(claim);
         assert!(!c.is_busy());
     }
 

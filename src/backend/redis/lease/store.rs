@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::LeaseConfig;
-use super::cell::{Cell, Grant, Sizing, Slot};
+use super::cell::{Cell, Claim, Grant, Sizing, Slot};
 use crate::backend::memory::map::BoundedMap;
 use crate::backend::redis::conn::{Conn, Script};
 use crate::backend::redis::{
@@ -375,14 +375,14 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             if let Some(d) = cell.refused(self.limits.limit, now) {
                 return Ok(d);
             }
-            if cell.claim() {
+            if let Some(claim) = cell.claim() {
                 // After waiting for another request's call, call Redis only while it answers.
                 if !admitted && !self.conn.is_connected() {
-                    cell.release();
                     return self.fallback(&key, self.conn.down_error());
                 }
+                // The claim is released when this ends, or when this future is dropped.
                 let result = self.lease_and_serve(&cell, &key).await;
-                cell.release();
+                drop(claim);
                 return result;
             }
             admitted = false;
@@ -424,8 +424,10 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         }
     }
 
-    /// Renews the lease of `cell` (claimed) in the background, while its units last.
-    async fn renew(self: Arc<Self>, cell: Arc<Cell>, key: K) {
+    /// Renews the lease of the claimed cell in the background, while its units last (the claim is
+    /// released when this ends, or when the task is dropped with its runtime).
+    async fn renew(self: Arc<Self>, claim: Claim, key: K) {
+        let cell = claim.cell();
         if self.conn.admit() {
             let now = self.clock.now();
             let (stranded, n) = cell.prepare(&self.sizing, now);
@@ -433,7 +435,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             match self.call(&key, n, now).await {
                 Ok(Reply::Granted(g)) => {
                     cell.grant(&g, 0, now, self.ttl);
-                    self.drained(&cell, &g, n, now);
+                    self.drained(cell, &g, n, now);
                 }
                 Ok(Reply::Refused(d)) => {
                     cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
@@ -442,7 +444,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 Err(error) => tracing::debug!(limiter = %self.name, %error, "lease renewal failed"),
             }
         }
-        cell.release();
+        drop(claim);
     }
 }
 
@@ -495,12 +497,10 @@ where
         match hot {
             Hot::Done(d) => Check::Ready(Ok(d)),
             Hot::Renew(d, cell) => {
-                if cell.claim() {
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(rt) => {
-                            rt.spawn(Arc::clone(inner).renew(cell, key.clone()));
-                        }
-                        Err(_) => cell.release(),
+                if let Some(claim) = cell.claim() {
+                    // Without a runtime the claim is dropped here, released.
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(Arc::clone(inner).renew(claim, key.clone()));
                     }
                 }
                 Check::Ready(Ok(d))

@@ -38,7 +38,7 @@
 //! | `rampart_cache_undecodable_total` | counter | `name`, `reason` | Redis entries that could not be read (served as misses) |
 //! | `rampart_redis_up` | gauge | `server` | 1 while calls reach Redis, 0 while they fail |
 //! | `rampart_redis_errors_total` | counter | `server`, `kind` | calls that failed: `unreachable`, `timeout`, `data`, `other` |
-//! | `rampart_redis_reconnects_total` | counter | `server` | connections replaced because they went silent |
+//! | `rampart_redis_reconnects_total` | counter | `server` | connections replaced because they went silent or reached a node that takes no writes |
 //! | `rampart_redis_call_duration_seconds` | histogram (seconds) | `server` | each script or command a store sends to Redis (a `NOSCRIPT` resend included in its call), until its answer, error or timeout |
 //!
 //! [`name`]: crate::rate_limit::RateLimitBuilder::name

@@ -460,3 +460,72 @@ async fn an_absurd_liveness_timeout_is_refused_by_name() {
         assert!(e.to_string().contains("between 10 ms and 60 s"), "{e}");
     }
 }
+
+/// A primary demoted by a failover behind the address the backend connected to answers every
+/// write `READONLY` but still answers `PING`: the connection is replaced on that reply (at most
+/// once per liveness timeout), and once the address leads to a primary again decisions are
+/// Redis's again. Here the "address" is a fault proxy in front of node A; A is demoted to a
+/// replica of B, then made a primary again, as a failover back would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_a_demoted_primary_is_replaced() {
+    let (Some(a), Some(b)) = (RedisServer::start(), RedisServer::start()) else {
+        return;
+    };
+    let proxy = FaultProxy::start(a.addr()).await;
+    let redis = closed_backend(&proxy.url()).await;
+    let store = limiter(redis.clone());
+    assert!(first_decision(&store).await.is_allowed());
+    let opened = proxy.accepted();
+    assert_eq!(redis.replaced_connections(), 0);
+
+    a.command(&format!("REPLICAOF 127.0.0.1 {}", b.port()));
+    let started = Instant::now();
+    let mut readonly = 0;
+    while redis.replaced_connections() == 0 && started.elapsed() < Duration::from_secs(5) {
+        if let Err(e) = decide(&store, &2).await {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            if cause.is_some_and(|c| c.to_ascii_uppercase().contains("READ ONLY")) {
+                readonly += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(readonly > 0, "the demoted node refused the writes");
+    assert!(
+        redis.replaced_connections() >= 1,
+        "replaced within 5 s of the first READONLY"
+    );
+    assert!(proxy.accepted() > opened, "a new connection was opened");
+
+    // Still demoted: replaced again at most once per liveness timeout (1 s).
+    let replaced = redis.replaced_connections();
+    let burst = Instant::now();
+    for _ in 0..50 {
+        let _ = decide(&store, &2).await;
+    }
+    let bound =
+        1 + burst.elapsed().as_millis() as u64 / DEFAULT_LIVENESS_TIMEOUT.as_millis() as u64;
+    assert!(
+        redis.replaced_connections() - replaced <= bound,
+        "{} replacements in {:?}",
+        redis.replaced_connections() - replaced,
+        burst.elapsed()
+    );
+
+    // The address leads to a primary again: decisions are Redis's.
+    a.command("REPLICAOF NO ONE");
+    let back = Instant::now();
+    loop {
+        match decide(&store, &3).await {
+            Ok(d) => {
+                assert!(d.is_allowed());
+                break;
+            }
+            Err(e) => assert!(
+                back.elapsed() < Duration::from_secs(5),
+                "still failing 5 s after the failover back: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -352,8 +352,9 @@ impl RedisBackend {
         self
     }
 
-    /// How many connections were replaced because they stopped answering (for a health page;
-    /// also the counter `rampart_redis_reconnects_total{server}`).
+    /// How many connections were replaced because they stopped answering, or reached a node that
+    /// takes no writes (`READONLY`, `MASTERDOWN`) (for a health page; also the counter
+    /// `rampart_redis_reconnects_total{server}`).
     pub fn replaced_connections(&self) -> u64 {
         self.conn.replaced()
     }

@@ -180,6 +180,10 @@ pub(crate) struct Conn {
     me: Weak<Conn>,
     /// Whether a liveness check (or a replacement) is under way.
     checking: AtomicBool,
+    /// When (on `clock`) a connection answering `READONLY` or `MASTERDOWN` may next be replaced:
+    /// at most once per liveness timeout, so a node still demoted behind the address reached
+    /// again is not reconnected to on every call.
+    next_reopen: AtomicU64,
     /// How long a suspect connection has to answer `PING`, in nanoseconds.
     liveness_timeout: AtomicU64,
     /// Connections replaced because they stopped answering.
@@ -295,6 +299,7 @@ impl Conn {
             opener,
             me: me.clone(),
             checking: AtomicBool::new(false),
+            next_reopen: AtomicU64::new(0),
             liveness_timeout: AtomicU64::new(duration_to_nanos(DEFAULT_LIVENESS_TIMEOUT)),
             replaced: AtomicU64::new(0),
             clock: TokioClock::new(),
@@ -651,6 +656,13 @@ impl Conn {
                     e.kind(),
                     RedisErrorKind::Server(_) | RedisErrorKind::Extension
                 );
+                let demoted = matches!(
+                    e.kind(),
+                    RedisErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                );
+                if demoted && self.is_current(generation) {
+                    self.demoted(generation);
+                }
                 let error = classify(e);
                 #[cfg(feature = "metrics")]
                 self.meters.error(error.kind());
@@ -704,8 +716,39 @@ impl Conn {
         runtime.spawn(check(self.me.clone(), generation));
     }
 
-    /// Puts `handle` in place of connection `generation`, which stopped answering.
-    fn replace(&self, handle: Handle, generation: u64) {
+    /// Connection `generation` (the one in use) reached a node that takes no writes: `READONLY`,
+    /// a primary demoted by a failover (the address it was opened to, a virtual IP or DNS name,
+    /// now leads to the new primary), or `MASTERDOWN`. It still answers `PING`, so the liveness
+    /// check would keep it: open a new connection in its place, at most once per liveness
+    /// timeout. A cluster connection is left alone: it follows `READONLY` to the slots' new
+    /// owners itself.
+    fn demoted(&self, generation: u64) {
+        if !matches!(self.line().handle, Handle::Single(_)) {
+            return;
+        }
+        let now = self.clock.now();
+        let next = self.next_reopen.load(Ordering::Acquire);
+        let after = now.saturating_add(duration_to_nanos(self.liveness_timeout()));
+        if now < next
+            || self
+                .next_reopen
+                .compare_exchange(next, after, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            || self.line().generation != generation
+            || self.checking.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.checking.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(reopen(self.me.clone(), generation, Reopen::Demoted));
+    }
+
+    /// Puts `handle` in place of connection `generation`, which stopped answering (or reached a
+    /// node that takes no writes).
+    fn replace(&self, handle: Handle, generation: u64, why: Reopen) {
         let old = std::mem::replace(
             &mut *self.line.write().unwrap_or_else(PoisonError::into_inner),
             Line {
@@ -717,12 +760,20 @@ impl Conn {
         // The next request tries the new connection at once rather than at the next probe.
         self.next_probe.store(0, Ordering::Release);
         self.checking.store(false, Ordering::Release);
-        tracing::warn!(
-            connection = old.handle.kind(),
-            server = %self.server,
-            liveness_timeout = ?self.liveness_timeout(),
-            "a redis connection stopped answering (no reply to PING); replaced it with a new one"
-        );
+        match why {
+            Reopen::Silent => tracing::warn!(
+                connection = old.handle.kind(),
+                server = %self.server,
+                liveness_timeout = ?self.liveness_timeout(),
+                "a redis connection stopped answering (no reply to PING); replaced it with a new one"
+            ),
+            Reopen::Demoted => tracing::warn!(
+                connection = old.handle.kind(),
+                server = %self.server,
+                "a redis connection reached a node that takes no writes (READONLY or MASTERDOWN: \
+                 a failover?); replaced it with a new one"
+            ),
+        }
         #[cfg(feature = "metrics")]
         self.meters.replaced();
         // Calls still waiting on the old connection hold clones of it until their timeouts; it
@@ -803,6 +854,21 @@ async fn check(conn: Weak<Conn>, generation: u64) {
         }
         return;
     }
+    reopen(conn, generation, Reopen::Silent).await;
+}
+
+/// Why a connection is replaced.
+#[derive(Clone, Copy, Debug)]
+enum Reopen {
+    /// It did not answer `PING` within the liveness timeout.
+    Silent,
+    /// It reached a node that takes no writes.
+    Demoted,
+}
+
+/// Opens a new connection and puts it in place of connection `generation` of `conn`, trying
+/// again (with growing delays) until it opens or the backend is dropped.
+async fn reopen(conn: Weak<Conn>, generation: u64, why: Reopen) {
     let mut delay = REOPEN_DELAYS.0;
     loop {
         let opener = match conn.upgrade() {
@@ -812,7 +878,7 @@ async fn check(conn: Weak<Conn>, generation: u64) {
         match tokio::time::timeout(REOPEN_TIMEOUT, opener.open()).await {
             Ok(Ok(handle)) => {
                 if let Some(conn) = conn.upgrade() {
-                    conn.replace(handle, generation);
+                    conn.replace(handle, generation, why);
                 }
                 return;
             }
@@ -862,7 +928,7 @@ return {redis.call('INCR', KEYS[1]), time_us}
         let conn = Conn::new(handle, opener, "test");
         conn.up();
         let (_, replacement) = Opener::lazy(client(), config).unwrap();
-        conn.replace(replacement, 0);
+        conn.replace(replacement, 0, Reopen::Silent);
         let timeout = Duration::from_millis(50);
 
         let late = conn.finish::<Value>(Err(Late), timeout, 0);

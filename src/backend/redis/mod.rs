@@ -133,6 +133,12 @@
 //! slow, and is kept; a stall longer than the liveness timeout cannot be told from a dead connection
 //! and replaces it (harmlessly, at most once per liveness timeout).
 //!
+//! A connection to one node that answers `READONLY` or `MASTERDOWN` (a primary demoted by a
+//! failover, behind a virtual IP or DNS name that now leads to the new primary) still answers
+//! `PING`, so it is replaced on that reply instead, at most once per liveness timeout; meanwhile
+//! its decisions follow the failure policy. (A cluster connection follows the slots' new owners
+//! itself.)
+//!
 //! The same rule serves every store built on the backend (rate limiters, shared circuits, caches)
 //! and the application's own commands sent through [`RedisBackend::connection`].
 //!
@@ -219,7 +225,7 @@
 //! | `rampart_rate_limit_backend_repaired_total{name}` | unreadable states replaced with fresh ones |
 //! | `rampart_rate_limit_policy_errors_total{name}` | live changes read from Redis that could not apply (see [above](#limits-tiers-and-live-changes)) |
 //! | `rampart_rate_limit_lease_calls_total{name}`, `_lease_units_total`, `_lease_stranded_units_total` | a [leased](lease) limiter's round trips, units leased, units expired unused |
-//! | `rampart_redis_reconnects_total{server}` | connections replaced because they went silent |
+//! | `rampart_redis_reconnects_total{server}` | connections replaced because they went silent, or reached a node that takes no writes |
 //!
 //! `server` is the URL without credentials (`redis://10.0.0.5:6379/0`; the node list for a
 //! cluster), or `external` for a backend made from an existing connection.

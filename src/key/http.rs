@@ -176,7 +176,7 @@ impl ClientIp {
                 .parse::<IpNet>()
                 .or_else(|_| p.parse::<IpAddr>().map(IpNet::from));
             match parsed {
-                Ok(net) => nets.push(net.trunc()),
+                Ok(net) => nets.push(canonical_net(net).trunc()),
                 Err(_) => {
                     self.invalid.get_or_insert_with(|| Arc::from(p));
                 }
@@ -210,7 +210,13 @@ impl ClientIp {
         if !self.is_trusted(peer) {
             return peer;
         }
-        let values: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
+        // Every line, read as text even with bytes that are not (a client's `\xff`, which a
+        // proxy appending to the line passes on): dropping such a line would drop the hops the
+        // proxy wrote after it, and key the request on the proxy. A hop that is not an address
+        // stops the walk as any unparseable hop does.
+        let values: Vec<std::borrow::Cow<'_, str>> = values
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .collect();
         if values.is_empty() {
             return peer;
         }
@@ -250,6 +256,18 @@ impl ClientIp {
 impl Default for ClientIp {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `net` with an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 one it maps
+/// (`10.0.0.0/8`): peers and hops are compared in that form.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -341,9 +359,13 @@ impl<B> ExtractKey<Request<B>> for HeaderKey {
             .name
             .as_ref()
             .map_err(|_| KeyError::new("the key header name is invalid"))?;
-        req.headers().get(name).cloned().ok_or(KeyError::new(
+        let value = req.headers().get(name).ok_or(KeyError::new(
             "the request lacks the header the limit is keyed on",
-        ))
+        ))?;
+        // A copy, not a clone: hyper's header values are slices of the request head's buffer
+        // (8 KiB and up), which a key kept in a limiter's map or a breaker's would keep alive for
+        // as long as the key lives. A copy costs the value's own length.
+        Ok(HeaderValue::from_bytes(value.as_bytes()).expect("the bytes of a header value"))
     }
 }
 
@@ -510,5 +532,60 @@ mod tests {
         assert!(k.covers_header("x-tenant"));
         assert!(!k.covers_header("accept"));
         assert!(!PeerIp::new().covers_header("x-forwarded-for"));
+    }
+
+    #[test]
+    fn a_line_with_bytes_that_are_not_text_keeps_the_hops_the_proxy_wrote() {
+        let c = ClientIp::new().trusted_proxies(["10.0.0.0/8"]);
+        for header in [
+            &b"\xff, 198.51.100.7"[..],
+            b"\xff\xfe",
+            b"198.51.100.9, \xff, 10.0.0.3",
+        ] {
+            let mut r = req("10.0.0.2:1", &[]);
+            r.headers_mut()
+                .append("x-forwarded-for", HeaderValue::from_bytes(header).unwrap());
+            let got = c.extract(&r).unwrap();
+            let want = match header {
+                b"\xff\xfe" => ip("10.0.0.2"),
+                b"198.51.100.9, \xff, 10.0.0.3" => ip("10.0.0.3"),
+                _ => ip("198.51.100.7"),
+            };
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(header));
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_written_as_ipv4_mapped_addresses_match_their_ipv4_peers() {
+        for trusted in ["::ffff:10.0.0.0/104", "::ffff:10.0.0.2"] {
+            let c = ClientIp::new().trusted_proxies([trusted]);
+            assert!(c.validate().is_ok());
+            for peer in ["10.0.0.2:1", "[::ffff:10.0.0.2]:1"] {
+                let r = req(peer, &[("x-forwarded-for", "198.51.100.7")]);
+                assert_eq!(
+                    c.extract(&r).unwrap(),
+                    ip("198.51.100.7"),
+                    "{trusted} {peer}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_key_does_not_keep_the_request_head_alive() {
+        // As hyper makes them: the value a slice of the whole head's buffer.
+        let head = bytes::Bytes::from(vec![b'k'; 64 * 1024]);
+        let value = HeaderValue::from_maybe_shared(head.slice(100..140)).unwrap();
+        let req = Request::get("/")
+            .header("x-api-key", value)
+            .body(())
+            .unwrap();
+        let key = HeaderKey::new("x-api-key").extract(&req).unwrap();
+        assert_eq!(key.as_bytes(), &head[100..140]);
+        let range = head.as_ptr_range();
+        assert!(
+            !range.contains(&key.as_bytes().as_ptr()),
+            "the key is a copy of its 40 bytes, not a view of the 64 KiB head"
+        );
     }
 }

@@ -33,8 +33,10 @@ pub(crate) trait Expiring: Default + Send + Sync + 'static {
     /// Whether forgetting this value now changes nothing.
     fn is_idle(&self, cx: &Self::Context, now: Nanos) -> bool;
 
-    /// When the value will be idle; the soonest-due values go first when a full shard must make room.
-    fn due(&self, cx: &Self::Context) -> Nanos;
+    /// The order in which live values are forgotten when a full shard must make room, soonest
+    /// first: when the value will be idle, or (a rate limit's cell) when forgetting it at `now`
+    /// would give back the least.
+    fn due(&self, cx: &Self::Context, now: Nanos) -> Nanos;
 }
 
 #[repr(align(128))] // one shard per cache-line pair: no false sharing between shard locks
@@ -272,7 +274,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
             // Still full of live keys (a flood of distinct keys). Forget the soonest-due eighth,
             // which leaves room for the next eighth of the shard's inserts before this runs again.
             let keep = cap - cap.div_ceil(8);
-            let mut dues: Vec<Nanos> = state.table.iter().map(|(_, v)| v.due(cx)).collect();
+            let mut dues: Vec<Nanos> = state.table.iter().map(|(_, v)| v.due(cx, now)).collect();
             let cut = dues.len() - keep;
             let (_, threshold, _) = dues.select_nth_unstable(cut - 1);
             let threshold = *threshold;
@@ -283,7 +285,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
             // the buckets its cap needs: 4,096 for 1,563 keys).
             let mut kept = HashTable::with_capacity(cap);
             for (k, v) in state.table.drain() {
-                if to_drop > 0 && v.due(cx) <= threshold {
+                if to_drop > 0 && v.due(cx, now) <= threshold {
                     to_drop -= 1;
                 } else {
                     kept.insert_unique(hasher.hash_one(&k), (k, v), |(k, _)| hasher.hash_one(k));
@@ -337,7 +339,7 @@ mod tests {
         fn is_idle(&self, _: &(), now: Nanos) -> bool {
             self.0.load(Ordering::Relaxed) <= now
         }
-        fn due(&self, _: &()) -> Nanos {
+        fn due(&self, _: &(), _: Nanos) -> Nanos {
             self.0.load(Ordering::Relaxed)
         }
     }

@@ -295,11 +295,11 @@ impl<C: KeyCell> Expiring for Entry<C> {
     }
 
     /// When the last of the key's cells will be idle.
-    fn due(&self, limits: &Limits) -> Nanos {
+    fn due(&self, limits: &Limits, now: Nanos) -> Nanos {
         let others = self.others.as_ref().map_or(0, |o| {
-            o.0.iter().map(|(_, c)| c.due(limits)).max().unwrap_or(0)
+            o.0.iter().map(|(_, c)| c.due(limits, now)).max().unwrap_or(0)
         });
-        self.primary.due(limits).max(others)
+        self.primary.due(limits, now).max(others)
     }
 }
 
@@ -311,7 +311,7 @@ impl Expiring for GcraCell {
         GcraCell::is_idle(self, now)
     }
 
-    fn due(&self, _: &Limits) -> Nanos {
+    fn due(&self, _: &Limits, _: Nanos) -> Nanos {
         GcraCell::due(self)
     }
 }
@@ -324,8 +324,8 @@ impl Expiring for WindowCell {
         WindowCell::is_idle(self, now)
     }
 
-    fn due(&self, _: &Limits) -> Nanos {
-        WindowCell::due(self)
+    fn due(&self, limits: &Limits, now: Nanos) -> Nanos {
+        WindowCell::due(self, limits.limit, now)
     }
 }
 
@@ -1148,6 +1148,43 @@ mod tests {
             clock.advance(Duration::from_secs(3 * 3600));
             check(1_000);
             assert_eq!(store.len(), 1, "{algorithm:?}");
+        }
+    }
+
+    /// A flood of distinct keys fills the store: the keys forgotten first are those that spent
+    /// least, for both algorithms, so a client over its limit is not given a fresh quota by
+    /// being evicted (sliding-window keys of one window used to tie, and an eighth of them went
+    /// at random).
+    #[test]
+    fn a_flood_of_new_keys_does_not_evict_a_key_over_its_limit() {
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            let clock = ManualClock::new();
+            let layer = RateLimitLayer::builder()
+                .quota(Quota::per_hour(10))
+                .algorithm(algorithm)
+                .key(key_fn(|k: &u64| Some(*k)))
+                .backend(MemoryBackend::new().max_keys(128).clock(clock.clone()))
+                .build()
+                .unwrap();
+            let store = layer.store();
+            let set = layer.limit_set();
+            let check = |k: u64| match store.check(&k, &Ask::new(&set)) {
+                Check::Ready(Ok(d)) => d,
+                _ => unreachable!("the memory store decides at once"),
+            };
+            for _ in 0..10 {
+                assert!(check(0).is_allowed());
+            }
+            assert!(!check(0).is_allowed(), "{algorithm:?}: spent");
+            for k in 1..2_000 {
+                clock.advance(Duration::from_millis(1));
+                check(k);
+            }
+            assert!(store.len() <= 128, "{algorithm:?}: {}", store.len());
+            assert!(
+                !check(0).is_allowed(),
+                "{algorithm:?}: the spent key was forgotten and started afresh"
+            );
         }
     }
 }

@@ -33,7 +33,7 @@ impl Expiring for OverLimit {
         now >= self.until.load(Ordering::Acquire)
     }
 
-    fn due(&self, _: &()) -> Nanos {
+    fn due(&self, _: &(), _: Nanos) -> Nanos {
         self.until.load(Ordering::Relaxed)
     }
 }

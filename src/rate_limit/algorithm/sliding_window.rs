@@ -107,10 +107,24 @@ impl Window {
             || (self.curr == 0 && now >= self.start.saturating_add(self.period))
     }
 
-    /// When the key's counts will have fully decayed.
-    #[inline]
-    pub(crate) fn due(self) -> Nanos {
-        self.start.saturating_add(self.period.saturating_mul(2))
+    /// When the key, forgotten at `now`, would have earned back what it has spent: its weighted
+    /// count at `now`, at `limit` per period. The order a full shard forgets live keys in, as
+    /// GCRA's theoretical arrival time orders its keys: ordered by when they become idle instead,
+    /// every key counted in the current window would tie, and a key over its limit would be
+    /// forgotten (and start afresh) as readily as one that made a single request.
+    pub(crate) fn due(self, limit: u32, now: Nanos) -> Nanos {
+        let period = u128::from(self.period.max(1));
+        let into = u128::from(now.saturating_sub(self.start));
+        let (prev, curr) = (u128::from(self.prev), u128::from(self.curr));
+        let weighted = if into < period {
+            prev * (period - into) / period + curr
+        } else if into < 2 * period {
+            curr * (2 * period - into) / period
+        } else {
+            0
+        };
+        let earn_back = weighted * period / u128::from(limit.max(1));
+        now.saturating_add(u64::try_from(earn_back).unwrap_or(u64::MAX))
     }
 }
 
@@ -252,10 +266,10 @@ impl WindowCell {
         self.snapshot().is_idle(now)
     }
 
-    /// When the key's counts will have fully decayed; used to pick which busy keys to forget first.
+    /// [`Window::due`]: used to pick which busy keys to forget first.
     #[inline]
-    pub(crate) fn due(&self) -> Nanos {
-        self.snapshot().due()
+    pub(crate) fn due(&self, limit: u32, now: Nanos) -> Nanos {
+        self.snapshot().due(limit, now)
     }
 
     fn snapshot(&self) -> Window {
@@ -343,6 +357,29 @@ mod tests {
         assert!(cell.check(&l, S / 2).is_allowed());
         assert!(!cell.is_idle(S + S / 2));
         assert!(cell.is_idle(2 * S));
-        assert_eq!(cell.due(), 2 * S);
+        assert_eq!(cell.due(4, 2 * S), 2 * S, "nothing left to earn back");
+    }
+
+    #[test]
+    fn due_orders_keys_by_what_they_have_spent() {
+        let l = limits(Quota::per_second(4));
+        let light = WindowCell::default();
+        let spent = WindowCell::default();
+        assert!(light.check(&l, S / 4).is_allowed());
+        for _ in 0..4 {
+            assert!(spent.check(&l, S / 4).is_allowed());
+        }
+        let now = S / 2;
+        // One request earns back in a quarter second, four in a whole one.
+        assert_eq!(light.due(4, now), now + S / 4);
+        assert_eq!(spent.due(4, now), now + S);
+        // In the next window the counts decay with the previous window's weight.
+        let later = S + S / 2;
+        assert_eq!(spent.due(4, later), later + S / 2);
+        assert!(light.due(4, later) < spent.due(4, later));
+        // An exhausted key of the window before stays ahead of a fresh key of this one.
+        let fresh = WindowCell::default();
+        assert!(fresh.check(&l, later).is_allowed());
+        assert!(fresh.due(4, later) < spent.due(4, later));
     }
 }

@@ -263,7 +263,7 @@ impl Expiring for Slot {
             && !c.is_busy()
     }
 
-    fn due(&self, _: &()) -> Nanos {
+    fn due(&self, _: &(), _: Nanos) -> Nanos {
         let c = &self.0;
         c.expires
             .load(Ordering::Relaxed)

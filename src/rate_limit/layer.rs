@@ -70,6 +70,10 @@ pub(crate) struct Shared<X: KeyExtractor, St, M, P> {
     pub(crate) admitted: std::sync::OnceLock<metrics::Counter>,
 }
 
+/// The longest [`wait_up_to`](RateLimitBuilder::wait_up_to) `build` accepts: a deadline past it is
+/// no use to a caller, and one near `Duration::MAX` overflows an instant.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
 impl<X: KeyExtractor, St, M, P> Clone for RateLimitLayer<X, St, M, P> {
     fn clone(&self) -> Self {
         Self {
@@ -397,8 +401,8 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
         self
     }
 
-    /// Waiting mode, for client stacks: instead of refusing at once, wait up to `max` for quota,
-    /// and refuse only if that is not enough.
+    /// Waiting mode, for client stacks: instead of refusing at once, wait up to `max` (at most a
+    /// day; checked by `build`) for quota, and refuse only if that is not enough.
     ///
     /// With a key that does not depend on the request (the global key) the wait happens in
     /// `poll_ready`, so the layer exerts backpressure the way tower's own `RateLimit` does: capacity
@@ -529,6 +533,16 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
         let s = self.settings;
         self.key.validate()?;
         crate::error::check_name(s.name)?;
+        if let Some(wait) = s.wait
+            && wait > MAX_WAIT
+        {
+            return Err(ConfigError::new(
+                "wait_up_to",
+                format!(
+                    "must be at most a day (got {wait:?}); a caller waiting longer for quota is better refused"
+                ),
+            ));
+        }
         let default_limits = match (s.quota, s.limits) {
             (Some(quota), None) => {
                 // Validated here for the error the single-quota limiter always gave.

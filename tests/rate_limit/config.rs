@@ -29,6 +29,16 @@ fn every_bad_setting_is_named_in_the_error() {
         (
             build_err(|| {
                 RateLimitLayer::builder()
+                    .quota(Quota::per_second(1))
+                    .wait_up_to(Duration::MAX)
+                    .build()
+                    .map(drop)
+            }),
+            "invalid wait_up_to: must be at most a day (got 18446744073709551615.999999999s); a caller waiting longer for quota is better refused",
+        ),
+        (
+            build_err(|| {
+                RateLimitLayer::builder()
                     .quota(Quota::with_period(3, Duration::ZERO))
                     .build()
                     .map(drop)

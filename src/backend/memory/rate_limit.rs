@@ -297,7 +297,10 @@ impl<C: KeyCell> Expiring for Entry<C> {
     /// When the last of the key's cells will be idle.
     fn due(&self, limits: &Limits, now: Nanos) -> Nanos {
         let others = self.others.as_ref().map_or(0, |o| {
-            o.0.iter().map(|(_, c)| c.due(limits, now)).max().unwrap_or(0)
+            o.0.iter()
+                .map(|(_, c)| c.due(limits, now))
+                .max()
+                .unwrap_or(0)
         });
         self.primary.due(limits, now).max(others)
     }

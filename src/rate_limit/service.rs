@@ -205,7 +205,11 @@ where
             Err(d) => match shared.wait {
                 Some(max) if !d.exceeds_capacity() && d.retry_after() <= max => {
                     let now = Instant::now();
-                    let svc = take_ready(inner);
+                    // A clone not yet readied: the sleeping future readies it when its quota is
+                    // back. Moving the readied one in would hold what readiness reserved (a
+                    // `ConcurrencyLimit` permit, a `Buffer` slot) while it sleeps, blocking the
+                    // requests of other keys that have quota.
+                    let svc = inner.clone();
                     let ask = Asked {
                         set: Arc::clone(set),
                         cost,

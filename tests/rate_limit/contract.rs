@@ -321,3 +321,31 @@ async fn a_layer_keyed_by_a_fn_is_nameable_and_limits_per_key() {
         .unwrap_err();
     assert!(err.is::<RateLimited>());
 }
+
+/// With per-request keys, a request sleeping for its key's quota does not hold what the inner
+/// service's readiness reserved: another key's request, with quota, goes through at once.
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_quota_does_not_hold_the_inner_services_readiness() {
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_second(1).burst(1))
+        .key(tower_rampart::key::key_fn(|k: &u32| Some(*k)))
+        .wait_up_to(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let inner = Counting::default();
+    let svc = layer.layer(tower::limit::ConcurrencyLimit::new(inner.clone(), 1));
+    let mut svc = tokio_test::task::spawn(svc);
+    // Key 1's first request spends its quota; its second must sleep a second for it.
+    assert_ready_ok!(svc.enter(|cx, mut s| Service::<u32>::poll_ready(s.as_mut().get_mut(), cx)));
+    svc.call(1u32).await.unwrap();
+    assert_ready_ok!(svc.enter(|cx, mut s| Service::<u32>::poll_ready(s.as_mut().get_mut(), cx)));
+    let mut sleeping = tokio_test::task::spawn(svc.call(1u32));
+    assert_pending!(sleeping.poll());
+    // Key 2 has quota: the service is ready for it, and it is answered, with no time passing.
+    assert_ready_ok!(svc.enter(|cx, mut s| Service::<u32>::poll_ready(s.as_mut().get_mut(), cx)));
+    let other = tokio::time::timeout(Duration::ZERO, svc.call(2u32)).await;
+    assert!(matches!(other, Ok(Ok(_))), "key 2 waited for key 1's quota");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ready_ok!(sleeping.poll());
+    assert_eq!(inner.calls(), 3);
+}

@@ -247,6 +247,47 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         f(v).expect("a grown value has what was asked")
     }
 
+    /// [`with_grow`](Self::with_grow) for a look that must change nothing of other keys: a key
+    /// that is absent is judged on a value made for the occasion (grown, never inserted:
+    /// inserting could make room by forgetting other keys); a key present but missing what `f`
+    /// needs is grown in place, as `with_grow` does.
+    pub(crate) fn peek_grow<R>(
+        &self,
+        key: &K,
+        mut f: impl FnMut(&V) -> Option<R>,
+        grow: impl FnOnce(&mut V),
+    ) -> R {
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        {
+            let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
+            match state.table.find(hash, |(k, _)| k == key) {
+                Some((_, v)) => {
+                    if let Some(r) = f(v) {
+                        return r;
+                    }
+                }
+                None => {
+                    drop(state);
+                    let mut fresh = V::default();
+                    grow(&mut fresh);
+                    return f(&fresh).expect("a grown value has what was asked");
+                }
+            }
+        }
+        let mut state = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
+        let mut fresh = V::default();
+        let v = match state.table.find_mut(hash, |(k, _)| k == key) {
+            Some((_, v)) => v,
+            None => &mut fresh, // swept meanwhile
+        };
+        if let Some(r) = f(v) {
+            return r;
+        }
+        grow(v);
+        f(v).expect("a grown value has what was asked")
+    }
+
     /// Runs `f` on the value for `key` if there is one; never inserts.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[inline]

@@ -611,16 +611,15 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         if let [one] = limits {
             let primary = self.is_primary(one);
             // (For a key with no data, `decide_keyless` found no cell for it in `single`.)
-            let d = map.with_grow(
-                key,
-                &self.limits,
-                clock,
-                |e| {
-                    let c = e.find(one, primary)?;
-                    Some(c.decide(&one.limits, cost, peek, clock))
-                },
-                grow,
-            );
+            let decide = |e: &Entry<V>| {
+                let c = e.find(one, primary)?;
+                Some(c.decide(&one.limits, cost, peek, clock))
+            };
+            let d = if peek {
+                map.peek_grow(key, decide, grow)
+            } else {
+                map.with_grow(key, &self.limits, clock, decide, grow)
+            };
             return if one.shadow && !d.is_allowed() {
                 d.admitted_anyway().with_shadow_refused(1)
             } else {
@@ -632,13 +631,12 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             peek,
             keyless,
         };
-        map.with_grow(
-            key,
-            &self.limits,
-            clock,
-            |e| self.decide_sized(single, e, limits, &at),
-            grow,
-        )
+        let decide = |e: &Entry<V>| self.decide_sized(single, e, limits, &at);
+        if peek {
+            map.peek_grow(key, decide, grow)
+        } else {
+            map.with_grow(key, &self.limits, clock, decide, grow)
+        }
     }
 
     /// [`decide_cells`](Self::decide_cells) with arrays as long as the set (rounded up), not
@@ -1188,6 +1186,47 @@ mod tests {
                 !check(0).is_allowed(),
                 "{algorithm:?}: the spent key was forgotten and started afresh"
             );
+        }
+    }
+
+    /// A peek changes nothing: at a key the store has never seen it inserts nothing, so a full
+    /// store forgets no other key for it (a quota endpoint peeking at keys its callers choose
+    /// would otherwise give other clients fresh quotas).
+    #[test]
+    fn a_peek_at_an_unknown_key_inserts_nothing_and_forgets_nothing() {
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            let clock = ManualClock::new();
+            let layer = RateLimitLayer::builder()
+                .limits([
+                    Limit::new("minute", Quota::per_minute(10)),
+                    Limit::new("hour", Quota::per_hour(100)),
+                ])
+                .algorithm(algorithm)
+                .key(key_fn(|k: &u64| Some(*k)))
+                .backend(MemoryBackend::new().max_keys(128).clock(clock.clone()))
+                .build()
+                .unwrap();
+            let store = layer.store();
+            let set = layer.limit_set();
+            let check = |k: u64, peek: bool| {
+                let ask = Ask::new(&set);
+                match store.check(&k, &if peek { ask.peek() } else { ask }) {
+                    Check::Ready(Ok(d)) => d,
+                    _ => unreachable!("the memory store decides at once"),
+                }
+            };
+            for k in 0..128 {
+                assert!(check(k, false).is_allowed());
+            }
+            assert_eq!(store.len(), 128, "{algorithm:?}");
+            for k in 1_000..1_100 {
+                let d = check(k, true);
+                assert!(d.is_allowed(), "{algorithm:?}");
+                assert_eq!(d.remaining(), 9, "{algorithm:?}: as a fresh key's next request");
+            }
+            assert_eq!(store.len(), 128, "{algorithm:?}: nothing inserted");
+            // A peek at a known key sees its spends.
+            assert_eq!(check(5, true).remaining(), 8, "{algorithm:?}");
         }
     }
 }

@@ -73,6 +73,14 @@ fn check_prefix(bits: u8) -> Result<(), ConfigError> {
 ///
 /// Without a recorded peer address the request has no key (see
 /// [when no key can be extracted](super#when-no-key-can-be-extracted)).
+///
+/// The peer address is read from axum's `ConnectInfo<SocketAddr>`, tonic's `TcpConnectInfo`, or
+/// a `SocketAddr` in the request's extensions. A tonic server with TLS (`ServerTlsConfig`)
+/// records it as `TlsConnectInfo<TcpConnectInfo>` instead, a type that exists only with tonic's
+/// TLS features: there, key with `key_fn` on
+/// `req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()` and its
+/// `get_ref().remote_addr()`, or insert the address as a `SocketAddr` extension in a layer
+/// outside the limiter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerIp {
     v6_prefix: u8,

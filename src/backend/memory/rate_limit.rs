@@ -1222,7 +1222,11 @@ mod tests {
             for k in 1_000..1_100 {
                 let d = check(k, true);
                 assert!(d.is_allowed(), "{algorithm:?}");
-                assert_eq!(d.remaining(), 9, "{algorithm:?}: as a fresh key's next request");
+                assert_eq!(
+                    d.remaining(),
+                    9,
+                    "{algorithm:?}: as a fresh key's next request"
+                );
             }
             assert_eq!(store.len(), 128, "{algorithm:?}: nothing inserted");
             // A peek at a known key sees its spends.

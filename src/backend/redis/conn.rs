@@ -827,13 +827,16 @@ fn deadline(start: tokio::time::Instant, timeout: Duration) -> tokio::time::Inst
 /// cluster, every master), and a replacement when it does not answer within the liveness timeout.
 /// Holds only a weak reference between steps, so a backend dropped meanwhile ends it.
 async fn check(conn: Weak<Conn>, generation: u64) {
+    let _end = EndCheck {
+        conn: conn.clone(),
+        generation,
+    };
     let (mut handle, timeout) = {
         let Some(conn) = conn.upgrade() else {
             return;
         };
         let line = conn.line();
         if line.generation != generation {
-            conn.checking.store(false, Ordering::Release);
             return;
         }
         (line.handle.clone(), conn.liveness_timeout())
@@ -849,12 +852,29 @@ async fn check(conn: Weak<Conn>, generation: u64) {
     };
     drop(handle);
     if answered {
-        if let Some(conn) = conn.upgrade() {
-            conn.checking.store(false, Ordering::Release);
-        }
         return;
     }
     reopen(conn, generation, Reopen::Silent).await;
+}
+
+/// Ends a check (or a reopening) of connection `generation` however its task ends: answered,
+/// the backend dropped, or the task dropped halfway with the runtime it ran on. Unless that
+/// connection was replaced meanwhile (the replacement ended the check already, and another may
+/// have begun), the next suspect call may start a check again: without this, a task dropped
+/// mid-check left `checking` set and the backend never checked or replaced a connection again.
+struct EndCheck {
+    conn: Weak<Conn>,
+    generation: u64,
+}
+
+impl Drop for EndCheck {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.upgrade()
+            && conn.line().generation == self.generation
+        {
+            conn.checking.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// Why a connection is replaced.
@@ -869,6 +889,10 @@ enum Reopen {
 /// Opens a new connection and puts it in place of connection `generation` of `conn`, trying
 /// again (with growing delays) until it opens or the backend is dropped.
 async fn reopen(conn: Weak<Conn>, generation: u64, why: Reopen) {
+    let _end = EndCheck {
+        conn: conn.clone(),
+        generation,
+    };
     let mut delay = REOPEN_DELAYS.0;
     loop {
         let opener = match conn.upgrade() {
@@ -920,6 +944,33 @@ return {redis.call('INCR', KEYS[1]), time_us}
     /// nothing of the new one: Redis is not marked down (requests keep going to it rather than to
     /// the failure policy) and no check of the new connection starts. The same failure on the
     /// connection in use marks it down, as before.
+    /// A check whose task is dropped halfway (its runtime shut down) ends: a later suspect call
+    /// can check again. It stayed "under way" for good before, and the backend never checked or
+    /// replaced a connection again.
+    #[test]
+    fn a_check_dropped_with_its_runtime_lets_the_next_one_start() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = rt.block_on(async {
+            let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+            let config = redis::aio::ConnectionManagerConfig::new();
+            let (opener, handle) = Opener::lazy(client, config).unwrap();
+            let conn = Conn::new(handle, opener, "test");
+            conn.suspect(0);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                conn.checking.load(Ordering::SeqCst),
+                "nothing listens there: still checking, or trying to reopen"
+            );
+            conn
+        });
+        drop(rt);
+        assert!(!conn.checking.load(Ordering::SeqCst));
+        assert_eq!(conn.replaced(), 0);
+    }
+
     #[tokio::test]
     async fn a_late_call_on_a_replaced_connection_does_not_mark_redis_down() {
         let client = || redis::Client::open("redis://127.0.0.1:1/").unwrap();

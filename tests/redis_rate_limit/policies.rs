@@ -696,3 +696,46 @@ async fn with_redis_gone_the_local_policy_decides_the_same_set_cost_and_peek() {
     // Nothing spent by the refusal: a has 3 of its 5 left, so one more unit would leave 2.
     assert_eq!(decide(store, 1, &Ask::new(&a).peek()).await.remaining(), 2);
 }
+
+/// A replica whose policy task was dropped with the runtime it ran on (an app with several
+/// runtimes, or one rebuilt) starts it again on the next request made on another: changes keep
+/// reaching it. It stayed marked as started before, and the replica never synced again.
+#[test]
+fn the_policy_task_starts_again_after_its_runtime_is_gone() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let prefix = unique_prefix("runtimes");
+    let first = runtime();
+    let one = first.block_on(async {
+        let one = replica(connect(&server.url()).await.prefix(&prefix));
+        let set = one.handle().resolved(&2);
+        decide(one.store(), 2, &Ask::new(&set)).await;
+        tokio::time::sleep(POLL * 2).await; // the task runs, then waits for its next poll
+        one
+    });
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        let lag = LagProbe::start();
+        let two = replica(connect(&server.url()).await.prefix(&prefix));
+        two.handle()
+            .set_tier("pro", [Limit::new("minute", Quota::per_minute(321))])
+            .unwrap();
+        let h1 = one.handle();
+        let set = h1.resolved(&2);
+        decide(one.store(), 2, &Ask::new(&set)).await;
+        until(
+            lag.allowing_for(BOUND),
+            "the change on the replica whose task was dropped",
+            || tier_quota(&h1, "pro") == 321,
+        )
+        .await;
+    });
+}

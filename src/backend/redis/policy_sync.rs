@@ -520,6 +520,17 @@ fn bad(what: &str, value: &Value) -> BackendError {
 async fn run<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static>(
     sync: Weak<PolicySync<K>>,
 ) {
+    // A task dropped with its runtime (an app with several, a test's) lets the next request on
+    // another start it again; marked started for good, the store never synced again.
+    struct Stopped<K>(Weak<PolicySync<K>>);
+    impl<K> Drop for Stopped<K> {
+        fn drop(&mut self) {
+            if let Some(sync) = self.0.upgrade() {
+                sync.started.store(false, Ordering::Release);
+            }
+        }
+    }
+    let _stopped = Stopped(sync.clone());
     loop {
         let Some(this) = sync.upgrade() else {
             return;

@@ -739,3 +739,35 @@ fn the_policy_task_starts_again_after_its_runtime_is_gone() {
         .await;
     });
 }
+
+/// Redis loses the policies (a restart without persistence, a failover that lost writes) and
+/// versions start again from 1: a change made then, under a version number another replica has
+/// applied before, still reaches it (the hash names its run of versions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_after_redis_lost_the_policies_reaches_replicas_that_knew_its_version() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let lag = LagProbe::start();
+    let prefix = unique_prefix("lost");
+    let one = replica(connect(&server.url()).await.prefix(&prefix));
+    let two = replica(connect(&server.url()).await.prefix(&prefix));
+    let (h1, h2) = (one.handle(), two.handle());
+    h1.set_tier("pro", [Limit::new("minute", Quota::per_minute(200))])
+        .unwrap();
+    until(lag.allowing_for(BOUND), "version 1 on replica two", || {
+        tier_quota(&h2, "pro") == 200
+    })
+    .await;
+    server.command("FLUSHALL");
+    // The next change is version 1 again.
+    h1.set_tier("pro", [Limit::new("minute", Quota::per_minute(300))])
+        .unwrap();
+    until(
+        lag.allowing_for(BOUND),
+        "the new version 1 on replica two",
+        || tier_quota(&h2, "pro") == 300,
+    )
+    .await;
+    assert_eq!(tier_quota(&h1, "pro"), 300);
+}

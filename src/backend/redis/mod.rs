@@ -65,7 +65,8 @@
 //! `{<prefix>:rl:<limiter>}:policies` (a version, and each changed tier's, the default's and each
 //! key's own limits) and the sorted set `{<prefix>:rl:<limiter>}:changes` (each field, scored with
 //! the version of its last change), both in the slot of `<prefix>:rl:<limiter>`. Each replica asks
-//! for what changed every interval (one `HGET` when nothing did) and applies it:
+//! for what changed every interval (one `HMGET` of the version and its run when nothing did) and
+//! applies it:
 //!
 //! - a tier's limits and the default limits at once;
 //! - a key's own limits at that key's first request after the poll (that request is decided with

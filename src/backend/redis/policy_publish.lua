@@ -9,7 +9,12 @@
 -- ARGV[2]  the encoded limits, or "" to clear the field (a key's own limits taken away)
 --
 -- Returns the version of this change.
+--
+-- `e`, set by the first change the hash holds (Redis's `TIME` then), names the run of versions: if
+-- the hash is lost (a restart without persistence, a failover that lost writes) and versions start
+-- again from 1, the new `e` tells replicas that a version they know means something else now.
 
+redis.call('HSETNX', KEYS[1], 'e', table.concat(redis.call('TIME'), '.'))
 local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])

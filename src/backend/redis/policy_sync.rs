@@ -11,7 +11,7 @@
 //! - `{P:rl:L}:changes`, a sorted set: each field, scored with the version of its last change.
 //!
 //! A change is one script call (`policy_publish.lua`): next version, value, log. A replica asks
-//! for what changed since the version it has applied (one `HGET` per interval; when there is
+//! for what changed since the version it has applied (one `HMGET` per interval; when there is
 //! something new, the changed fields and their values), and applies each field's latest value: tiers and the default at once; a key's own limits at
 //! that key's next request (only then does the replica hold the key as its layer knows it: a key
 //! is written to Redis, never read back). Its own changes are applied already, and skipped.
@@ -127,6 +127,9 @@ pub(crate) struct PolicySync<K> {
     started: AtomicBool,
     /// The version whose changes (and every earlier one) this replica has applied.
     known: AtomicU64,
+    /// The run of versions `known` counts in (the hash's `e`; `None` before any, or in a hash an
+    /// earlier build wrote): versions start again from 1 when Redis loses the hash.
+    known_epoch: Mutex<Option<Vec<u8>>>,
     /// Changes made here, not yet written to Redis: the latest value per field, in order.
     outbox: Mutex<Vec<(Vec<u8>, String)>>,
     /// Fields this replica wrote, with the version Redis gave them (skipped when polled).
@@ -174,6 +177,7 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             sink: OnceLock::new(),
             started: AtomicBool::new(false),
             known: AtomicU64::new(0),
+            known_epoch: Mutex::new(None),
             outbox: Mutex::new(Vec::new()),
             own: Mutex::new(HashMap::new()),
             pending: RwLock::new(HashMap::new()),
@@ -320,8 +324,9 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
 
     /// Asks Redis what changed since the version applied, and applies it; until caught up.
     ///
-    /// Plain commands, not a script: with nothing new (the usual case) a poll is one `HGET`. When
-    /// something changed, the fields changed since (`ZRANGEBYSCORE`) and their values (`HMGET`)
+    /// Plain commands, not a script: with nothing new (the usual case) a poll is one `HMGET` (the
+    /// version and the run it counts in; a new run, after Redis lost the hash, is read whole).
+    /// When something changed, the fields changed since (`ZRANGEBYSCORE`) and their values (`HMGET`)
     /// are two reads; a change landing between them is read with its newer value and read again at
     /// the next poll, which applies the same value once more.
     async fn poll(&self) -> Result<(), BackendError> {
@@ -331,11 +336,24 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
                 .conn
                 .quiet(
                     None,
-                    redis::cmd("HGET").arg(&self.keys[0]).arg("v"),
+                    redis::cmd("HMGET").arg(&self.keys[0]).arg("v").arg("e"),
                     self.timeout,
                 )
                 .await?;
-            let version = match &reply {
+            let (reply, epoch) = match &reply {
+                Value::Array(pair) if pair.len() == 2 => match &pair[1] {
+                    Value::Nil => (&pair[0], None),
+                    Value::BulkString(e) => (&pair[0], Some(e.clone())),
+                    other => return Err(bad("the policies' epoch", other)),
+                },
+                other => return Err(bad("the policies' version", other)),
+            };
+            let same_run = *self
+                .known_epoch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                == epoch;
+            let version = match reply {
                 Value::Nil => 0,
                 Value::BulkString(v) => {
                     match std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()) {
@@ -348,15 +366,21 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
                 }
                 other => return Err(bad("the policies' version", other)),
             };
-            if version == known {
+            if version == known && same_run {
                 return Ok(());
             }
-            let since = if version < known {
+            let since = if version < known || (!same_run && known > 0) {
                 self.warn(
                     "the rate limit policies in redis are older than this replica's (deleted, or \
                      the data was lost); keeping the limits in force here, applying what is there",
                     &self.name,
                 );
+                // Versions of the lost run mean nothing in the new one, this replica's own
+                // writes' included.
+                self.own
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
                 0
             } else {
                 known
@@ -421,6 +445,10 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             let complete = rows.len() / 2 < POLL_BATCH;
             let covered = if complete { version.max(last) } else { last };
             self.known.store(covered, Ordering::Release);
+            *self
+                .known_epoch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = epoch;
             if complete {
                 return Ok(());
             }

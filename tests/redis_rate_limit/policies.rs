@@ -484,6 +484,25 @@ async fn propagation(make: impl Fn() -> RedisBackend) {
         "minute",
         "cleared: its tier again"
     );
+    // A key given its own limits through replica two's handle, cleared through replica one's:
+    // cleared on two as well (a clearing is kept for keys whose limits a replica holds).
+    h2.set_key(&5, [Limit::new("vip", Quota::per_minute(2))])
+        .unwrap();
+    tokio::time::sleep(lag.allowing_for(BOUND)).await;
+    h1.clear_key(&5);
+    tokio::time::sleep(lag.allowing_for(BOUND)).await;
+    decide(two.store(), 5, &Ask::new(&h2.resolved(&5))).await;
+    assert_eq!(
+        h2.limits_of(&5)[0].name(),
+        "minute",
+        "cleared on the replica that set it"
+    );
+    decide(one.store(), 5, &Ask::new(&h1.resolved(&5))).await;
+    assert_eq!(
+        h1.limits_of(&5)[0].name(),
+        "minute",
+        "the setting received before the clearing made here is not applied after it"
+    );
 
     // A replica started now: every change made before it.
     let three = replica(make().prefix(&prefix));

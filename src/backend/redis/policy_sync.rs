@@ -138,6 +138,11 @@ pub(crate) struct PolicySync<K> {
     /// written in Redis; `None` clears them.
     pending: RwLock<HashMap<Vec<u8>, Option<Vec<Limit>>>>,
     any_pending: AtomicBool,
+    /// Keys whose own limits this replica holds (set through its handle, or applied from
+    /// `pending`), by the key as written in Redis: only for these is a clearing kept pending. A
+    /// new replica replays the whole change log, and every key ever cleared would otherwise wait
+    /// in `pending` for good (with every request paying a lookup in it).
+    held: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// Wakes the task for a change (its own `Arc`: the task waits on it without holding the sync).
     wake: Arc<tokio::sync::Notify>,
     log: LogThrottle,
@@ -182,6 +187,7 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             own: Mutex::new(HashMap::new()),
             pending: RwLock::new(HashMap::new()),
             any_pending: AtomicBool::new(false),
+            held: Mutex::new(std::collections::HashSet::new()),
             wake: Arc::new(tokio::sync::Notify::new()),
             log: LogThrottle::new(Duration::from_secs(10)),
             #[cfg(feature = "metrics")]
@@ -217,6 +223,22 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
     /// Queues `change` (applied here already) for Redis, and wakes the task.
     pub(crate) fn publish(self: &Arc<Self>, change: &PolicyChange<K>) {
         let (field, value) = field_of(change);
+        if let PolicyChange::Key { limits, .. } = change {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if limits.is_some() {
+                held.insert(field.clone());
+            } else {
+                held.remove(&field);
+            }
+            // A change received earlier and not yet applied is older than this one.
+            if self.any_pending.load(Ordering::Acquire) {
+                let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
+                pending.remove(&field);
+                if pending.is_empty() {
+                    self.any_pending.store(false, Ordering::Release);
+                }
+            }
+        }
         {
             let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
             outbox.retain(|(f, _)| *f != field);
@@ -261,7 +283,18 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             }
             limits
         };
-        let (Some(limits), Some(sink)) = (limits, self.sink.get()) else {
+        let Some(limits) = limits else {
+            return;
+        };
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if limits.is_some() {
+                held.insert(bytes.clone());
+            } else {
+                held.remove(&bytes);
+            }
+        }
+        let Some(sink) = self.sink.get() else {
             return;
         };
         let change = PolicyChange::Key {
@@ -496,11 +529,23 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
                 Err(_) => return self.rejected(field, "the tier's name is not UTF-8"),
             },
             (Some((b"k:", _)), limits) => {
-                self.pending
-                    .write()
+                let held = self
+                    .held
+                    .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(field.to_vec(), limits);
-                self.any_pending.store(true, Ordering::Release);
+                    .contains(field);
+                let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
+                if limits.is_none() && !held {
+                    // Nothing of this key's is held here: nothing to clear (and a setting still
+                    // pending is superseded).
+                    pending.remove(field);
+                    if pending.is_empty() {
+                        self.any_pending.store(false, Ordering::Release);
+                    }
+                } else {
+                    pending.insert(field.to_vec(), limits);
+                    self.any_pending.store(true, Ordering::Release);
+                }
                 return;
             }
             _ => return self.rejected(field, "not a field this release writes"),

@@ -633,6 +633,22 @@ async fn with_authority_keys_an_origin_form_request_on_its_host_header() {
         .body(())
         .unwrap();
     assert_eq!(send(&mut svc, absolute).await.x_cache(), Some("MISS"));
+    // One form whichever carried the host, in any case: HTTP/2's `:authority` (a URI with a
+    // scheme) and an HTTP/1.1 `Host` share the entry.
+    let h2 = Request::get("https://A.Example/x").body(()).unwrap();
+    let shared = send(&mut svc, h2).await;
+    assert_eq!(
+        (shared.x_cache(), shared.body.as_ref()),
+        (Some("HIT"), &b"a.example 1"[..])
+    );
+    // A `Host` that is not a host cannot write another path's key: the request is not cached.
+    let poisoned = send(&mut svc, for_host("a.example/admin")).await;
+    assert_eq!(poisoned.x_cache(), None, "no key: passed through");
+    let admin = Request::get("/admin/x")
+        .header("host", "a.example")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&mut svc, admin).await.x_cache(), Some("MISS"));
     // Without the option, the host is not part of the key.
     let mut plain = cache().layer(origin.clone());
     send(&mut plain, for_host("a.example")).await;

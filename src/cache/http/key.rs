@@ -50,11 +50,12 @@ impl HttpKey {
         self
     }
 
-    /// Also keys on the host the request is for: the URI's scheme and authority when it has
-    /// them (a client's requests, HTTP/2's `:scheme` and `:authority`, an HTTP/1.1 request in
-    /// absolute form), `GET https://api.example.com/path`; otherwise the `Host` header (an
-    /// HTTP/1.1 request to a server), `GET //api.example.com/path`. A request with neither is
-    /// keyed without a host.
+    /// Also keys on the host the request is for, lowercased: the URI's authority when it has one
+    /// (a client's requests, HTTP/2's `:authority`, an HTTP/1.1 request in absolute form),
+    /// otherwise the `Host` header (an HTTP/1.1 request to a server), in one form either way:
+    /// `GET //api.example.com/path`. The scheme is not part of the key (an HTTP/1.1 request has
+    /// none to give). A `Host` that is not a host (`a.example/admin`) gives no key: the request
+    /// is not cached. A request with neither is keyed without a host.
     #[must_use]
     pub fn with_authority(mut self) -> Self {
         self.authority = true;
@@ -78,15 +79,29 @@ impl<B> ExtractKey<Request<B>> for HttpKey {
         key.push_byte(b' ');
         let uri = original_uri(req);
         if self.authority {
-            if let Some(authority) = uri.authority() {
-                key.push(uri.scheme_str().unwrap_or("http").as_bytes());
-                key.push(b"://");
-                key.push(authority.as_str().as_bytes());
-            } else if let Some(host) = req.headers().get(http::header::HOST) {
-                // RFC 9112 §3.2: an origin-form request names its host in `Host` alone. No
-                // scheme is known here, so none is written (`//host`).
+            // The URI's authority, else (RFC 9112 §3.2: an origin-form request names its host in
+            // `Host` alone) the `Host` header's, which must parse as one: raw, a `Host:
+            // a.example/admin` would write the key of another path. Lowercase, and in one form
+            // whichever carried it (`//host`: an HTTP/1.1 request has no scheme to write), so
+            // HTTP/1.1 and HTTP/2 share entries and one prefix invalidates both.
+            let authority = match uri.authority() {
+                Some(authority) => Some(std::borrow::Cow::Borrowed(authority)),
+                None => match req.headers().get(http::header::HOST) {
+                    Some(host) => Some(std::borrow::Cow::Owned(
+                        http::uri::Authority::try_from(host.as_bytes())
+                            .map_err(|_| KeyError::new("the host header is not a host"))?,
+                    )),
+                    None => None,
+                },
+            };
+            if let Some(authority) = authority {
+                // No userinfo (`user:pass@`): it does not name another resource, and keys reach logs.
+                let host = authority.as_str();
+                let host = host.rsplit('@').next().unwrap_or(host);
                 key.push(b"//");
-                key.push(host.as_bytes());
+                for b in host.bytes() {
+                    key.push_byte(b.to_ascii_lowercase());
+                }
             }
         }
         match uri.path_and_query() {

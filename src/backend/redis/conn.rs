@@ -713,7 +713,7 @@ impl Conn {
             self.checking.store(false, Ordering::Release);
             return;
         };
-        runtime.spawn(check(self.me.clone(), generation));
+        runtime.spawn(check(EndCheck::new(&self.me, generation)));
     }
 
     /// Connection `generation` (the one in use) reached a node that takes no writes: `READONLY`,
@@ -743,7 +743,7 @@ impl Conn {
             self.checking.store(false, Ordering::Release);
             return;
         };
-        runtime.spawn(reopen(self.me.clone(), generation, Reopen::Demoted));
+        runtime.spawn(reopen(EndCheck::new(&self.me, generation), Reopen::Demoted));
     }
 
     /// Puts `handle` in place of connection `generation`, which stopped answering (or reached a
@@ -826,11 +826,11 @@ fn deadline(start: tokio::time::Instant, timeout: Duration) -> tokio::time::Inst
 /// The liveness check of connection `generation` of `conn`: a `PING` down that connection (on a
 /// cluster, every master), and a replacement when it does not answer within the liveness timeout.
 /// Holds only a weak reference between steps, so a backend dropped meanwhile ends it.
-async fn check(conn: Weak<Conn>, generation: u64) {
-    let _end = EndCheck {
-        conn: conn.clone(),
-        generation,
-    };
+///
+/// `end` is made before the task is spawned and moved into it: a task dropped before it ever
+/// ran (its runtime shut down first) ends the check too.
+async fn check(end: EndCheck) {
+    let (conn, generation) = (end.conn.clone(), end.generation);
     let (mut handle, timeout) = {
         let Some(conn) = conn.upgrade() else {
             return;
@@ -854,7 +854,7 @@ async fn check(conn: Weak<Conn>, generation: u64) {
     if answered {
         return;
     }
-    reopen(conn, generation, Reopen::Silent).await;
+    reopen(end, Reopen::Silent).await;
 }
 
 /// Ends a check (or a reopening) of connection `generation` however its task ends: answered,
@@ -865,6 +865,15 @@ async fn check(conn: Weak<Conn>, generation: u64) {
 struct EndCheck {
     conn: Weak<Conn>,
     generation: u64,
+}
+
+impl EndCheck {
+    fn new(conn: &Weak<Conn>, generation: u64) -> Self {
+        Self {
+            conn: conn.clone(),
+            generation,
+        }
+    }
 }
 
 impl Drop for EndCheck {
@@ -888,11 +897,8 @@ enum Reopen {
 
 /// Opens a new connection and puts it in place of connection `generation` of `conn`, trying
 /// again (with growing delays) until it opens or the backend is dropped.
-async fn reopen(conn: Weak<Conn>, generation: u64, why: Reopen) {
-    let _end = EndCheck {
-        conn: conn.clone(),
-        generation,
-    };
+async fn reopen(end: EndCheck, why: Reopen) {
+    let (conn, generation) = (end.conn.clone(), end.generation);
     let mut delay = REOPEN_DELAYS.0;
     loop {
         let opener = match conn.upgrade() {
@@ -969,6 +975,16 @@ return {redis.call('INCR', KEYS[1]), time_us}
         drop(rt);
         assert!(!conn.checking.load(Ordering::SeqCst));
         assert_eq!(conn.replaced(), 0);
+
+        // A check task that never ran: its runtime gone before it was first polled.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { conn.suspect(0) });
+        assert!(conn.checking.load(Ordering::SeqCst), "spawned, not yet run");
+        drop(rt);
+        assert!(!conn.checking.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

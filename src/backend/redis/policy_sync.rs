@@ -216,7 +216,7 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             return;
         };
         if !self.started.swap(true, Ordering::AcqRel) {
-            runtime.spawn(run(Arc::downgrade(self)));
+            runtime.spawn(run(Stopped(Arc::downgrade(self))));
         }
     }
 
@@ -588,22 +588,25 @@ fn bad(what: &str, value: &Value) -> BackendError {
     )
 }
 
+/// The sync task's mark on its store: made before the task is spawned and moved into it, so that
+/// the task dropped with its runtime (an app with several, a test's), even before it ever ran,
+/// lets the next request start it again; marked started for good, the store never synced again.
+struct Stopped<K>(Weak<PolicySync<K>>);
+
+impl<K> Drop for Stopped<K> {
+    fn drop(&mut self) {
+        if let Some(sync) = self.0.upgrade() {
+            sync.started.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// The sync task: write the outbox, poll, wait for the interval or a change; until the store is
 /// dropped. Failures (Redis down) are logged at most once per 10 s and tried again each round.
 async fn run<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static>(
-    sync: Weak<PolicySync<K>>,
+    stopped: Stopped<K>,
 ) {
-    // A task dropped with its runtime (an app with several, a test's) lets the next request on
-    // another start it again; marked started for good, the store never synced again.
-    struct Stopped<K>(Weak<PolicySync<K>>);
-    impl<K> Drop for Stopped<K> {
-        fn drop(&mut self) {
-            if let Some(sync) = self.0.upgrade() {
-                sync.started.store(false, Ordering::Release);
-            }
-        }
-    }
-    let _stopped = Stopped(sync.clone());
+    let sync = stopped.0.clone();
     loop {
         let Some(this) = sync.upgrade() else {
             return;

@@ -182,7 +182,7 @@ where
 
 impl<S, Req, X, St, M, P> Future for ResponseFuture<S, Req, X, St, M, P>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     X: KeyExtractor,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
@@ -231,7 +231,7 @@ where
 
 impl<S, Req, X, St, M, P> Slow<S, Req, X, St, M, P>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     X: KeyExtractor,
     St: RateLimitStore<X::Key>,
     M: RejectionMode<S::Response, S::Error>,
@@ -278,6 +278,11 @@ where
                     let wake = Instant::now() + d.retry_after();
                     match *this.deadline {
                         Some(deadline) if wake <= deadline && !d.exceeds_capacity() => {
+                            // Not held while sleeping: what the service's readiness reserved (a
+                            // `ConcurrencyLimit` permit, a `Buffer` slot) would block other keys'
+                            // requests that have quota. A clone is readied once admitted.
+                            let fresh = this.svc.clone();
+                            drop(std::mem::replace(this.svc, fresh));
                             this.phase.set(Phase::Sleeping {
                                 sleep: tokio::time::sleep_until(wake),
                             });

@@ -205,11 +205,12 @@ where
             Err(d) => match shared.wait {
                 Some(max) if !d.exceeds_capacity() && d.retry_after() <= max => {
                     let now = Instant::now();
-                    // A clone not yet readied: the sleeping future readies it when its quota is
-                    // back. Moving the readied one in would hold what readiness reserved (a
-                    // `ConcurrencyLimit` permit, a `Buffer` slot) while it sleeps, blocking the
-                    // requests of other keys that have quota.
-                    let svc = inner.clone();
+                    // The readied service is taken (the contract: this call consumes the
+                    // readiness) and dropped, releasing what readiness reserved (a
+                    // `ConcurrencyLimit` permit, a `Buffer` slot): held while the request sleeps,
+                    // it would block the requests of other keys that have quota. The future
+                    // readies a clone of its own when its quota is back.
+                    let svc = take_ready(inner).clone();
                     let ask = Asked {
                         set: Arc::clone(set),
                         cost,
@@ -232,6 +233,8 @@ where
         }
         Check::Pending(check) => {
             let deadline = shared.wait.map(|max| Instant::now() + max);
+            // The readied service, called as soon as the store admits; if it says to wait for
+            // quota, the future lets it go before sleeping (see `Slow::poll_slow`).
             let svc = take_ready(inner);
             let ask = Asked {
                 set: Arc::clone(set),

@@ -124,16 +124,18 @@ async fn waiting_mode_pending_poll_ready_is_woken_when_quota_returns() {
     svc.call(2u32).await.unwrap();
 }
 
-/// A backend that decides after 10 ms of "I/O": allows the first `allow` checks, then refuses, and
-/// fails every check once `fail` is set. Exercises the path Redis will take.
+/// A backend that decides after 10 ms of "I/O": refuses the first `refuse_first` checks, allows
+/// the `allow` after them, then refuses, and fails every check once `fail` is set. Exercises the
+/// path Redis will take.
 #[derive(Clone, Default)]
 struct SlowBackend {
     checks: Arc<AtomicUsize>,
+    refuse_first: usize,
     allow: usize,
     fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl RateLimitBackend<()> for SlowBackend {
+impl<K> RateLimitBackend<K> for SlowBackend {
     type Store = SlowBackend;
     fn rate_limit_store(&self, _: &RateLimitSpec) -> Result<Self, tower_rampart::ConfigError> {
         Ok(self.clone())
@@ -148,11 +150,11 @@ impl std::fmt::Debug for SlowBackend {
 
 type SlowCheck = Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>;
 
-impl RateLimitStore<()> for SlowBackend {
+impl<K> RateLimitStore<K> for SlowBackend {
     type Future = SlowCheck;
-    fn check(&self, _: &(), _: &tower_rampart::rate_limit::Ask<'_>) -> Check<SlowCheck> {
+    fn check(&self, _: &K, _: &tower_rampart::rate_limit::Ask<'_>) -> Check<SlowCheck> {
         let n = self.checks.fetch_add(1, Ordering::SeqCst);
-        let allow = n < self.allow;
+        let allow = n >= self.refuse_first && n < self.refuse_first + self.allow;
         let fail = self.fail.load(Ordering::SeqCst);
         Check::Pending(Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -348,4 +350,61 @@ async fn a_request_waiting_for_quota_does_not_hold_the_inner_services_readiness(
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_ready_ok!(sleeping.poll());
     assert_eq!(inner.calls(), 3);
+
+    // One caller using the service in turn (`ready().await`, then `call().await`): its second
+    // request for key 3 waits for the quota, then reaches the inner service (the readiness its
+    // `poll_ready` reserved is let go while it sleeps, not kept where nothing will use it).
+    let mut one = layer.layer(tower::limit::ConcurrencyLimit::new(inner.clone(), 1));
+    ServiceExt::<u32>::ready(&mut one)
+        .await
+        .unwrap()
+        .call(3)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let second = ServiceExt::<u32>::ready(&mut one).await.unwrap().call(3);
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("not stuck waiting for its own reservation")
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+/// The pending-check path (an I/O backend such as Redis) in waiting mode with per-request keys: a
+/// request told to wait for quota does not hold what the inner service's readiness reserved
+/// either.
+#[tokio::test(start_paused = true)]
+async fn waiting_mode_on_an_io_backend_does_not_hold_the_inner_services_readiness() {
+    let backend = SlowBackend {
+        refuse_first: 1,
+        allow: 5,
+        ..SlowBackend::default()
+    };
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_second(2))
+        .key(tower_rampart::key::key_fn(|k: &u32| Some(*k)))
+        .backend(backend.clone())
+        .wait_up_to(Duration::from_millis(2500))
+        .build()
+        .unwrap();
+    let inner = Counting::default();
+    let svc = layer.layer(tower::limit::ConcurrencyLimit::new(inner.clone(), 1));
+    let mut svc = tokio_test::task::spawn(svc);
+    assert_ready_ok!(svc.enter(|cx, mut s| Service::<u32>::poll_ready(s.as_mut().get_mut(), cx)));
+    let mut waiting = tokio_test::task::spawn(svc.call(1u32));
+    assert_pending!(waiting.poll());
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert_pending!(waiting.poll()); // refused: sleeping for its quota
+    // The next request: the service is ready for it, and the store admits it.
+    assert_ready_ok!(svc.enter(|cx, mut s| Service::<u32>::poll_ready(s.as_mut().get_mut(), cx)));
+    let started = tokio::time::Instant::now();
+    svc.call(2u32).await.unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(10),
+        "only the check's I/O"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(waiting.await.unwrap(), 1);
+    assert_eq!(inner.calls(), 2);
 }

@@ -10,12 +10,21 @@
 --
 -- Returns the version of this change.
 --
--- `e`, set by the first change the hash holds (Redis's `TIME` then), names the run of versions: if
--- the hash is lost (a restart without persistence, a failover that lost writes) and versions start
--- again from 1, the new `e` tells replicas that a version they know means something else now.
+-- `e`, set by version 1 (Redis's `TIME` then), names the run of versions: if the hash is lost (a
+-- restart without persistence, a failover that lost writes) and versions start again from 1, the
+-- new `e` tells replicas that a version they know means something else now. (A hash an earlier
+-- build began has none, and keeps none: its run is the one replicas know.)
 
-redis.call('HSETNX', KEYS[1], 'e', table.concat(redis.call('TIME'), '.'))
+if redis.replicate_commands and not redis.REDIS_VERSION_NUM then
+  -- Redis < 5: allows writes after the non-deterministic TIME. From 5 on it is the default, and
+  -- Redis 7 (the first to define REDIS_VERSION_NUM) replicates effects only: the call is skipped.
+  redis.replicate_commands()
+end
+
 local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+if v == 1 then
+  redis.call('HSET', KEYS[1], 'e', table.concat(redis.call('TIME'), '.'))
+end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else

@@ -649,6 +649,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_publish_script_replicates_commands_before_time_on_redis_before_7() {
+        crate::backend::redis::rate_limit::script_text_tests::replicates_commands_before_time(
+            include_str!("policy_publish.lua"),
+        );
+    }
+
+    #[test]
     fn limits_round_trip_through_their_encoding() {
         let limits = [
             Limit::new("minute", Quota::per_minute(10)),

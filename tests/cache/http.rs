@@ -893,3 +893,28 @@ async fn an_upstream_age_counts_towards_freshness_and_the_age_sent() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_expires_without_date_is_what_is_left_and_the_age_is_not_taken_off_it_again() {
+    let origin = Origin::new(|_, n| {
+        let body: &'static [u8] = Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
+        let mut res = Response::new(Frames::chunks(&[body], true));
+        let expires =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(31));
+        res.headers_mut()
+            .insert("expires", HeaderValue::from_str(&expires).unwrap());
+        res.headers_mut()
+            .insert("age", HeaderValue::from_static("20"));
+        res
+    });
+    let mut svc = cache().layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    tokio::time::advance(Duration::from_secs(25)).await;
+    let hit = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        hit.x_cache(),
+        Some("HIT"),
+        "fresh until its Expires, 30 s on"
+    );
+    assert_eq!(hit.headers["age"], "45", "20 upstream and 25 here");
+}

@@ -217,7 +217,11 @@ impl SetCell for WindowCell {
 }
 
 /// A limit's state in a key's [`Entry`]: decided as one cell of a set, and judging its own
-/// idleness (each cell's state says when it stops counting; the map's context is not needed).
+/// idleness (each cell's state says when it stops counting). The map's context, the store's first
+/// default limit, serves one purpose: a sliding-window cell's eviction rank, its weighted count
+/// in the time that limit takes to earn it (cells do not keep the limit they were decided under,
+/// which would cost every key 8 bytes): keys are forgotten in the order of the requests forgetting
+/// them gives back, whatever their tier.
 trait KeyCell: SetCell + Expiring<Context = Limits> {}
 
 impl<C: SetCell + Expiring<Context = Limits>> KeyCell for C {}
@@ -327,6 +331,8 @@ impl Expiring for WindowCell {
         WindowCell::is_idle(self, now)
     }
 
+    /// Ranked by the requests forgetting it gives back, in the time the store's first default
+    /// limit takes to earn them (see [`KeyCell`]).
     fn due(&self, limits: &Limits, now: Nanos) -> Nanos {
         WindowCell::due(self, limits.limit, now)
     }
@@ -1229,8 +1235,10 @@ mod tests {
                 );
             }
             assert_eq!(store.len(), 128, "{algorithm:?}: nothing inserted");
-            // A peek at a known key sees its spends.
-            assert_eq!(check(5, true).remaining(), 8, "{algorithm:?}");
+            // Every key is still there with its spend: one request of its 10 made.
+            for k in 0..128 {
+                assert_eq!(check(k, true).remaining(), 8, "{algorithm:?}: key {k}");
+            }
         }
     }
 }

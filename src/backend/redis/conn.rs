@@ -728,13 +728,19 @@ impl Conn {
         }
         let now = self.clock.now();
         let next = self.next_reopen.load(Ordering::Acquire);
-        let after = now.saturating_add(duration_to_nanos(self.liveness_timeout()));
         if now < next
-            || self
-                .next_reopen
-                .compare_exchange(next, after, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
             || self.line().generation != generation
+            || self.checking.load(Ordering::Acquire)
+        {
+            return;
+        }
+        // A check already under way (a timeout's) is left to finish: the slot is not spent, so
+        // the next `READONLY` after it reopens at once.
+        let after = now.saturating_add(duration_to_nanos(self.liveness_timeout()));
+        if self
+            .next_reopen
+            .compare_exchange(next, after, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
             || self.checking.swap(true, Ordering::AcqRel)
         {
             return;

@@ -146,8 +146,14 @@ impl HttpMode {
                 }
                 lifetimes.ttl = Duration::from_secs(secs);
             }
+            // An `Expires` counted from now (no `Date`) is already what is left of the response's
+            // life: its lifetime is that plus its `Age`, which is not taken off it twice.
+            let mut aged = true;
             match expires {
-                Some(Some(ttl)) => lifetimes.ttl = ttl,
+                Some(Some((ttl, dated))) => {
+                    lifetimes.ttl = ttl;
+                    aged = dated;
+                }
                 Some(None) => return Err("expires"),
                 None => {}
             }
@@ -161,6 +167,9 @@ impl HttpMode {
             // §4.2.3): its freshness counts from when it was made, and its `Age` on replay
             // includes the time upstream. One already past its lifetime is not stored.
             if let Some(age) = origin_age(headers) {
+                if !aged {
+                    lifetimes.ttl = lifetimes.ttl.saturating_add(age);
+                }
                 if age >= lifetimes.ttl {
                     return Err("age");
                 }
@@ -181,7 +190,9 @@ impl HttpMode {
 /// `Some(None)` when it is already expired: a date not after the response's `Date` (or now,
 /// without one), or a value that is not a date (`Expires: 0` says "expired" that way), which a
 /// cache must treat as in the past.
-fn expires_in(headers: &HeaderMap) -> Option<Option<Duration>> {
+///
+/// With the TTL, whether it counts from the response's `Date` (`false`: from now).
+fn expires_in(headers: &HeaderMap) -> Option<Option<(Duration, bool)>> {
     let expires = headers.get(header::EXPIRES)?;
     let date = |v: &HeaderValue| {
         v.to_str()
@@ -191,11 +202,14 @@ fn expires_in(headers: &HeaderMap) -> Option<Option<Duration>> {
     let Some(at) = date(expires) else {
         return Some(None);
     };
-    let base = headers
-        .get(header::DATE)
-        .and_then(date)
-        .unwrap_or_else(std::time::SystemTime::now);
-    Some(at.duration_since(base).ok().filter(|d| !d.is_zero()))
+    let dated = headers.get(header::DATE).and_then(date);
+    let base = dated.unwrap_or_else(std::time::SystemTime::now);
+    Some(
+        at.duration_since(base)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(|ttl| (ttl, dated.is_some())),
+    )
 }
 
 /// A response's `Age` (RFC 9111 §5.1): its first member, in seconds; `None` without the field

@@ -63,11 +63,12 @@ impl CachedResponse {
     /// those `Connection` names), `Proxy-Authenticate`, `Proxy-Authentication-Info` and `age` /
     /// `x-cache` are removed from `headers`.
     pub fn new(status: StatusCode, version: Version, mut headers: HeaderMap, body: Bytes) -> Self {
-        let connection = headers.contains_key(http::header::CONNECTION);
-        let dropped = |n: &HeaderName| {
-            is_not_stored(n) || (connection && is_named_by_connection(&headers, n))
-        };
-        if headers.keys().any(dropped) {
+        // (`Connection` is one of those fields: the fields it names are looked for only then.)
+        if headers.keys().any(is_not_stored) {
+            let connection = headers.contains_key(http::header::CONNECTION);
+            let dropped = |n: &HeaderName| {
+                is_not_stored(n) || (connection && is_named_by_connection(&headers, n))
+            };
             let names: Vec<HeaderName> = headers.keys().filter(|n| dropped(n)).cloned().collect();
             for name in names {
                 headers.remove(name);

@@ -118,8 +118,9 @@
 //!   at: responses that depend on them must say `private` or `Vary: cookie`.
 //! - **Lifetime.** `s-maxage`, else `max-age`, sets the TTL, and `stale-while-revalidate` /
 //!   `stale-if-error` (RFC 5861) the stale windows, unless
-//!   [`honor_cache_control`](CacheBuilder::honor_cache_control) is off; `must-revalidate`,
-//!   `proxy-revalidate` and `s-maxage` (RFC 9111 §5.2.2.10) turn the stale windows off.
+//!   [`honor_cache_control`](CacheBuilder::honor_cache_control) is off; `must-revalidate` and
+//!   `proxy-revalidate` turn the stale windows off, and `s-maxage` (RFC 9111 §5.2.2.10) the
+//!   layer's own (a response's `stale-while-revalidate` / `stale-if-error` still apply with it).
 //!   Without either, `Expires` sets the TTL (counted from the response's `Date`); an `Expires`
 //!   already past, or not a date (`Expires: 0`), means the response is not stored. A response's
 //!   own `Age` (from a cache upstream) counts: it is fresh for the TTL less that age, its `age`

@@ -765,12 +765,17 @@ async fn statuses_without_freshness_from_the_origin_are_stored_only_when_heurist
 }
 
 #[tokio::test(start_paused = true)]
-async fn s_maxage_forbids_stale_answers_like_proxy_revalidate() {
+async fn s_maxage_forbids_the_layers_stale_answers_but_not_the_origins_own() {
     for (cc, stale) in [
         ("max-age=1", true),
         ("s-maxage=1", false),
         ("max-age=1, proxy-revalidate", false),
-        ("s-maxage=1, stale-while-revalidate=60", false),
+        // The origin's own window still applies (as CDNs read `s-maxage` with it).
+        ("s-maxage=1, stale-while-revalidate=60", true),
+        (
+            "s-maxage=1, stale-while-revalidate=60, must-revalidate",
+            false,
+        ),
     ] {
         let origin = ok_with(Box::leak(Box::new([("cache-control", cc)])));
         let layer = CacheLayer::builder()

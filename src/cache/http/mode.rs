@@ -157,6 +157,14 @@ impl HttpMode {
                 Some(None) => return Err("expires"),
                 None => {}
             }
+            // `s-maxage` carries `proxy-revalidate`'s meaning for a shared cache (RFC 9111
+            // §5.2.2.10): no stale answers from the layer's own windows. The origin's own
+            // `stale-while-revalidate` / `stale-if-error` (RFC 5861) still apply: it asked for
+            // them (`s-maxage=1, stale-while-revalidate=59`, as CDNs read it).
+            if cc.s_maxage.is_some() {
+                lifetimes.stale_while_revalidate = Duration::ZERO;
+                lifetimes.stale_if_error = Duration::ZERO;
+            }
             if let Some(secs) = cc.stale_while_revalidate {
                 lifetimes.stale_while_revalidate = Duration::from_secs(secs);
             }
@@ -175,9 +183,8 @@ impl HttpMode {
                 }
                 lifetimes.age = age;
             }
-            // `s-maxage` carries `proxy-revalidate`'s meaning for a shared cache (RFC 9111
-            // §5.2.2.10): no stale answers once it has passed, as with `must-revalidate`.
-            if cc.must_revalidate || cc.s_maxage.is_some() {
+            // `must-revalidate` / `proxy-revalidate`: no stale answers at all.
+            if cc.must_revalidate {
                 lifetimes.stale_while_revalidate = Duration::ZERO;
                 lifetimes.stale_if_error = Duration::ZERO;
             }

@@ -223,23 +223,22 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
     /// Queues `change` (applied here already) for Redis, and wakes the task.
     pub(crate) fn publish(self: &Arc<Self>, change: &PolicyChange<K>) {
         let (field, value) = field_of(change);
-        if let PolicyChange::Key { limits, .. } = change {
-            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-            if limits.is_some() {
-                held.insert(field.clone());
-            } else {
-                held.remove(&field);
-            }
-            // A change received earlier and not yet applied is older than this one.
-            if self.any_pending.load(Ordering::Acquire) {
-                let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
-                pending.remove(&field);
-                if pending.is_empty() {
+        {
+            // Under `pending`'s lock, as `received` checks the outbox and keeps a key's change
+            // pending: a key's change received at the same time is either dropped here (older
+            // than this one) or never kept (this one in the outbox already).
+            let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
+            if let PolicyChange::Key { limits, .. } = change {
+                let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+                if limits.is_some() {
+                    held.insert(field.clone());
+                } else {
+                    held.remove(&field);
+                }
+                if pending.remove(&field).is_some() && pending.is_empty() {
                     self.any_pending.store(false, Ordering::Release);
                 }
             }
-        }
-        {
             let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
             outbox.retain(|(f, _)| *f != field);
             outbox.push((field, value));
@@ -529,12 +528,23 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
                 Err(_) => return self.rejected(field, "the tier's name is not UTF-8"),
             },
             (Some((b"k:", _)), limits) => {
+                let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
+                // Checked again under `pending`'s lock (see `publish`): a change made here since
+                // the check above is newer.
+                if self
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .any(|(f, _)| f == field)
+                {
+                    return;
+                }
                 let held = self
                     .held
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .contains(field);
-                let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
                 if limits.is_none() && !held {
                     // Nothing of this key's is held here: nothing to clear (and a setting still
                     // pending is superseded).

@@ -656,10 +656,7 @@ impl Conn {
                     e.kind(),
                     RedisErrorKind::Server(_) | RedisErrorKind::Extension
                 );
-                let demoted = matches!(
-                    e.kind(),
-                    RedisErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
-                );
+                let demoted = takes_no_writes(&e);
                 if demoted && self.is_current(generation) {
                     self.demoted(generation);
                 }
@@ -820,6 +817,18 @@ impl Conn {
             self.meters.set_up(false);
         }
     }
+}
+
+/// Whether `e` says the node takes no writes: `READONLY` (a replica) or `MASTERDOWN`; also as
+/// Redis before 7 reports an error inside a script (`ERR Error running script ...: -READONLY
+/// You can't write against a read only replica.`).
+fn takes_no_writes(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        RedisErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+    ) || (e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.contains("-READONLY ") || d.contains("-MASTERDOWN ")))
 }
 
 /// `start + timeout`, or as far off as tokio's `timeout` puts a deadline that overflows.
@@ -991,6 +1000,34 @@ return {redis.call('INCR', KEYS[1]), time_us}
         assert!(conn.checking.load(Ordering::SeqCst), "spawned, not yet run");
         drop(rt);
         assert!(!conn.checking.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_replica_refusing_writes_is_recognised_as_redis_7_and_earlier_report_it() {
+        let error = |reply: &[u8]| {
+            redis::parse_redis_value(reply)
+                .unwrap()
+                .extract_error()
+                .unwrap_err()
+        };
+        for reply in [
+            &b"-READONLY You can't write against a read only replica.\r\n"[..],
+            b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+            b"-ERR Error running script (call to f_0123): @user_script:191: @user_script: 191: -READONLY You can't write against a read only replica.\r\n",
+        ] {
+            assert!(takes_no_writes(&error(reply)), "{}", String::from_utf8_lossy(reply));
+        }
+        for reply in [
+            &b"-ERR unknown command\r\n"[..],
+            b"-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            b"-ERR Error running script: @user_script:1: RAMPARTDATA bad state\r\n",
+        ] {
+            assert!(
+                !takes_no_writes(&error(reply)),
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+        }
     }
 
     #[tokio::test]

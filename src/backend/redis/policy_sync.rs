@@ -488,6 +488,15 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
         Ok(())
     }
 
+    /// Whether a change of `field` made here waits in the outbox (newer than anything in Redis).
+    fn in_outbox(&self, field: &[u8]) -> bool {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|(f, _)| f == field)
+    }
+
     /// Applies `field`'s latest value, changed at version `at`.
     fn received(&self, field: &[u8], value: &[u8], at: u64) {
         {
@@ -498,13 +507,7 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             }
         }
         // A change made here and not yet written is newer than anything in Redis.
-        if self
-            .outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|(f, _)| f == field)
-        {
+        if self.in_outbox(field) {
             return;
         }
         let Some(sink) = self.sink.get() else {
@@ -531,13 +534,7 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
                 let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
                 // Checked again under `pending`'s lock (see `publish`): a change made here since
                 // the check above is newer.
-                if self
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .any(|(f, _)| f == field)
-                {
+                if self.in_outbox(field) {
                     return;
                 }
                 let held = self

@@ -291,9 +291,11 @@ async fn validate_json(req: axum::extract::Request, next: Next) -> Response {
             };
         }
     };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(v) => {
-            parts.extensions.insert(v);
+    match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        Ok(_) => {
+            // Checked, and forwarded as it came: parsed and written again, keys would be
+            // reordered, duplicates merged and integers past 2^53 rounded.
+            parts.extensions.insert(JsonBody(bytes));
             next.run(axum::extract::Request::from_parts(
                 parts,
                 axum::body::Body::empty(),
@@ -381,13 +383,16 @@ pub(crate) fn router(
     Ok((router, breaker))
 }
 
-/// `POST /api/proxy/data`: forwards the JSON body upstream and wraps its answer.
+/// A request body checked to be JSON, as the client sent it.
+#[derive(Clone)]
+struct JsonBody(Bytes);
+
+/// `POST /api/proxy/data`: forwards the JSON body upstream, unchanged, and wraps its answer.
 async fn proxy_data(
     State(proxy): State<Proxy>,
     headers: http::HeaderMap,
-    Extension(body): Extension<Value>,
+    Extension(JsonBody(bytes)): Extension<JsonBody>,
 ) -> Response {
-    let bytes = Bytes::from(serde_json::to_vec(&body).expect("a JSON value serialises"));
     // One key for every attempt of this request, so the upstream can recognise a repeat; the
     // header also marks the POST as safe to retry.
     let key = headers

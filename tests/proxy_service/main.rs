@@ -388,3 +388,35 @@ async fn a_slow_body_is_cut_off_at_the_body_timeout() {
     assert!(took < Duration::from_secs(3), "held {took:?}");
     assert_eq!(stack.upstream.requests(), 0, "the upstream was not called");
 }
+
+/// The body reaches the upstream as the client sent it: parsed and written again, its keys would
+/// be reordered, duplicates merged and integers past 2^53 rounded (reference 004 forwards it
+/// unchanged).
+#[tokio::test]
+async fn the_body_is_forwarded_byte_for_byte() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&seen);
+    let upstream = axum::Router::new().route(
+        "/external-api/process",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = std::sync::Arc::clone(&keep);
+            async move {
+                keep.lock().unwrap().push(body.to_vec());
+                axum::Json(serde_json::json!({"status": "success"}))
+            }
+        }),
+    );
+    let upstream = serve(upstream, false).await;
+    let url = format!("http://{}/external-api/process", upstream.addr);
+    let mut vars = vec![("EXTERNAL_SERVICE_URL", url.as_str())];
+    vars.extend_from_slice(&FAST);
+    let config = proxy::ProxyConfig::from_lookup(lookup(&vars)).unwrap();
+    let (router, _breaker) = proxy::router(&config).unwrap();
+    let served = serve(router, true).await;
+    let sent = r#"{"z":1,"a":2,"a":3,"id":123456789012345678901234567890, "note":"caf\u00e9"}"#;
+    let r = served
+        .send_body("POST", "/api/proxy/data", &[JSON], sent.to_owned())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(seen.lock().unwrap().as_slice(), [sent.as_bytes().to_vec()]);
+}

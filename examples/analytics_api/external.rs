@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+use tower_rampart::circuit_breaker::CircuitState;
 use tower_rampart::circuit_breaker::error::CircuitOpen;
 
 use crate::app::{AppState, iso};
@@ -31,9 +32,12 @@ pub(crate) async fn external(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /api/external`: the same call, answered as the second reference service answers it: 200
-/// with the value, 503 when the call itself failed, 200 with a fallback while the circuit is open.
+/// with the value, 503 when the call itself failed while the circuit was closed, 200 with a
+/// fallback while the circuit is open or when the half-open probe this call made failed.
 pub(crate) async fn api_external(State(state): State<AppState>) -> Response {
     let now = iso(state.now());
+    // Half-open before the call: if it is let through, it is the probe.
+    let probing = state.breaker.state() == CircuitState::HalfOpen;
     match state.external.clone().oneshot(()).await {
         Ok(value) => Json(json!({
             "status": "success",
@@ -47,7 +51,7 @@ pub(crate) async fn api_external(State(state): State<AppState>) -> Response {
             "timestamp": now,
         }))
         .into_response(),
-        Err(e) if e.is::<CircuitOpen>() => Json(json!({
+        Err(e) if probing || e.is::<CircuitOpen>() => Json(json!({
             "status": "fallback",
             "source": "circuit_breaker_fallback",
             "message": "External service unavailable, using fallback",

@@ -230,8 +230,14 @@ async fn the_external_call_and_the_circuit_status() {
     assert_eq!(b["source"], "circuit_breaker_fallback");
     assert_eq!(b["message"], "External service unavailable, using fallback");
 
-    // Half-open after the timeout without traffic (the reference needs a call); a good probe
-    // closes it.
+    // Half-open after the timeout without traffic (the reference needs a call); a failed probe
+    // answers with the fallback and opens it again, a good probe closes it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(status().await.0, "HALF_OPEN");
+    let r = app.send("GET", "/api/external", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "a failed probe: the fallback");
+    assert_eq!(r.json()["status"], "fallback");
+    assert_eq!(status().await.0, "OPEN");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(status().await.0, "HALF_OPEN");
     app.state.external_failure_rate.set(0.0);

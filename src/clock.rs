@@ -108,6 +108,17 @@ struct TimespecHash {
     other: bool,
 }
 
+impl TimespecHash {
+    /// What `instant`'s `Hash` writes.
+    #[inline(always)]
+    fn of(instant: std::time::Instant) -> Self {
+        use std::hash::Hash;
+        let mut h = Self::default();
+        instant.hash(&mut h);
+        h
+    }
+}
+
 impl std::hash::Hasher for TimespecHash {
     fn finish(&self) -> u64 {
         0
@@ -140,9 +151,7 @@ impl std::hash::Hasher for TimespecHash {
 /// (BENCHMARKS.md, "The clock").
 #[inline(always)]
 fn timespec_nanos(instant: std::time::Instant) -> u64 {
-    use std::hash::Hash;
-    let mut h = TimespecHash::default();
-    instant.hash(&mut h);
+    let h = TimespecHash::of(instant);
     u64::try_from(h.secs).map_or(0, |secs| {
         secs.saturating_mul(1_000_000_000)
             .saturating_add(u64::from(h.nanos))
@@ -173,9 +182,7 @@ pub(crate) fn nanos_between(earlier: std::time::Instant, later: std::time::Insta
 #[cfg(any(feature = "cache", all(feature = "redis", feature = "metrics")))]
 #[inline(always)]
 fn timespec_exact(instant: std::time::Instant) -> Option<u64> {
-    use std::hash::Hash;
-    let mut h = TimespecHash::default();
-    instant.hash(&mut h);
+    let h = TimespecHash::of(instant);
     u64::try_from(h.secs)
         .ok()?
         .checked_mul(1_000_000_000)?
@@ -187,13 +194,11 @@ fn timespec_exact(instant: std::time::Instant) -> Option<u64> {
 /// process on instants a few nanoseconds to hours apart). Where it does not (another platform's
 /// representation, or a future `std`'s), clocks take `std`'s subtraction instead.
 fn timespec_hashing() -> bool {
-    use std::hash::Hash;
     use std::sync::OnceLock;
     static CHECKED: OnceLock<bool> = OnceLock::new();
     *CHECKED.get_or_init(|| {
         let read = |instant: std::time::Instant| {
-            let mut h = TimespecHash::default();
-            instant.hash(&mut h);
+            let h = TimespecHash::of(instant);
             (h.writes == 2 && !h.other && h.secs >= 0 && h.nanos < 1_000_000_000)
                 .then(|| timespec_nanos(instant))
         };

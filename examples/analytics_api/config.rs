@@ -34,6 +34,9 @@ pub(crate) struct Config {
     pub(crate) trusted_proxies: Vec<String>,
     /// `MAX_BODY_BYTES` (default 64 KiB).
     pub(crate) max_body_bytes: usize,
+    /// `MAX_STORED_METRICS` (default 1,000,000): the most metrics kept, in memory or in Redis;
+    /// each one stored past it forgets the oldest stored.
+    pub(crate) max_stored_metrics: usize,
     /// `REQUEST_TIMEOUT_SECONDS` (default 10).
     pub(crate) request_timeout: Duration,
     /// `LOG_FORMAT=json` for JSON logs (default human-readable).
@@ -103,6 +106,11 @@ impl Config {
         )?;
         let trusted_proxies = crate::setup::trusted_proxies(&get)?;
         let max_body_bytes = positive(&get, "MAX_BODY_BYTES", 64 * 1024)? as usize;
+        let max_stored_metrics = positive(
+            &get,
+            "MAX_STORED_METRICS",
+            crate::storage::MAX_METRICS as u32,
+        )? as usize;
         let timeout = positive(&get, "REQUEST_TIMEOUT_SECONDS", 10)?;
         let json_logs = json_logs(&get)?;
         Ok(Self {
@@ -118,6 +126,7 @@ impl Config {
             breaker_reset: Duration::from_secs(u64::from(breaker_reset)),
             trusted_proxies,
             max_body_bytes,
+            max_stored_metrics,
             request_timeout: Duration::from_secs(u64::from(timeout)),
             json_logs,
             redis_url: get("REDIS_URL").filter(|s| !s.is_empty()),

@@ -81,9 +81,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let storage = match &config.redis_url {
-        None => storage::Storage::default(),
+        None => storage::Storage::memory_keeping(config.max_stored_metrics),
         Some(url) => {
-            let redis = storage::RedisStorage::open(url, config.redis_timeout)?;
+            let redis = storage::RedisStorage::open(url, config.redis_timeout)?
+                .keeping(config.max_stored_metrics);
             tracing::info!(
                 failure_policy = %config.rate_limit_failure_policy,
                 "data and rate limits are shared through Redis"

@@ -66,10 +66,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = config::Config::from_env_on(50051)?;
     setup::init_logging(config.json_logs);
     let storage = match &config.redis_url {
-        None => storage::Storage::default(),
-        Some(url) => {
-            storage::Storage::Redis(storage::RedisStorage::open(url, config.redis_timeout)?)
-        }
+        None => storage::Storage::memory_keeping(config.max_stored_metrics),
+        Some(url) => storage::Storage::Redis(
+            storage::RedisStorage::open(url, config.redis_timeout)?
+                .keeping(config.max_stored_metrics),
+        ),
     };
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await

@@ -168,9 +168,6 @@ impl std::fmt::Debug for Analytics {
 }
 
 fn unavailable(e: StorageError) -> Status {
-    if let Some(bound) = e.public() {
-        return Status::unavailable(bound);
-    }
     // The cause is logged, not answered: a client learns nothing of how the service is deployed.
     tracing::warn!(error = %e, "storage failed; answering UNAVAILABLE");
     Status::unavailable("storage unavailable; try again shortly")

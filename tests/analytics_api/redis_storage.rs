@@ -668,3 +668,73 @@ async fn a_huge_offset_is_an_empty_page_not_a_503() {
         assert_eq!(r.json(), json!([]), "offset {offset}");
     }
 }
+
+/// The stores kept every metric up to 1,000,000 and then refused every write with 503, for good:
+/// an outage normal traffic reached in hours. Past the bound they now forget the oldest metric
+/// stored (of any type), a type left with none is forgotten with its aggregate, and no write is
+/// refused for room: in memory and in Redis alike, and a lowered bound is reached over the next
+/// writes.
+#[tokio::test]
+async fn past_the_bound_the_oldest_metrics_are_forgotten_and_writes_go_on() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let t0 = chrono::Utc::now();
+    let metric = |i: i64, kind: &str| Metric {
+        timestamp: t0 + ChronoDuration::seconds(i),
+        value: i as f64,
+        metric_type: kind.into(),
+    };
+    let redis = |kept| {
+        Storage::Redis(
+            RedisStorage::open(&server.url(), Duration::from_millis(500))
+                .unwrap()
+                .keeping(kept),
+        )
+    };
+    for (name, storage) in [("redis", redis(3)), ("memory", Storage::memory_keeping(3))] {
+        // Submission order: a0, b1, a2, a3, c4, a5 with room for 3.
+        for (i, kind) in [(0, "a"), (1, "b"), (2, "a"), (3, "a"), (4, "c"), (5, "a")] {
+            storage
+                .add_metric(&metric(i, kind))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: write {i} refused: {e}"));
+        }
+        // Kept: a3, c4, a5. b's only metric is gone, and b with it.
+        assert_eq!(
+            storage.metric_types().await.unwrap(),
+            vec!["a".to_owned(), "c".to_owned()],
+            "{name}"
+        );
+        let (total, page) = storage.metrics_page("a", 0, 10).await.unwrap();
+        assert_eq!(total, 2, "{name}");
+        let values: Vec<f64> = page.iter().map(|m| m.value).collect();
+        assert_eq!(values, vec![3.0, 5.0], "{name}: the oldest of a forgotten");
+        assert_eq!(storage.metrics_page("b", 0, 10).await.unwrap().0, 0, "{name}");
+        let b = storage.summary("b", None).await.unwrap();
+        assert_eq!((b.count, b.latest), (0, 0.0), "{name}: b's aggregate forgotten");
+        // A type still kept keeps its all-time aggregate; a period summary reads what is kept.
+        let a = storage.summary("a", None).await.unwrap();
+        assert_eq!((a.count, a.min, a.max), (4, 0.0, 5.0), "{name}: all of a's four");
+        let kept = storage.summary("a", Some(t0)).await.unwrap();
+        assert_eq!((kept.count, kept.min), (2, 3.0), "{name}: a's kept two");
+    }
+    let llen: u64 = server.command("LLEN analytics:metric_order")[1..]
+        .parse()
+        .unwrap();
+    assert_eq!(llen, 3, "redis keeps no more entries than metrics");
+    // A lowered bound: each write forgets up to 100 more until the bound is reached.
+    let lowered = redis(1);
+    lowered.add_metric(&metric(6, "c")).await.unwrap();
+    assert_eq!(
+        lowered.metric_types().await.unwrap(),
+        vec!["c".to_owned()],
+        "a forgotten"
+    );
+    assert_eq!(lowered.metrics_page("c", 0, 10).await.unwrap().0, 1);
+    assert_eq!(
+        server.command("EXISTS analytics:metric_agg:a"),
+        ":0",
+        "a's aggregate deleted in redis"
+    );
+}

@@ -83,9 +83,6 @@ pub(crate) fn system_clock() -> Clock {
 impl From<StorageError> for ApiError {
     /// The cause is logged, not answered: a client learns nothing of how the service is deployed.
     fn from(e: StorageError) -> Self {
-        if let Some(bound) = e.public() {
-            return Self::unavailable(bound.to_owned());
-        }
         tracing::warn!(error = %e, "storage failed; answering 503");
         Self::unavailable(STORAGE_UNAVAILABLE)
     }

@@ -2,11 +2,20 @@
 
 use super::*;
 
-/// The metrics of one type, in memory: in submission order, with the running aggregate.
+/// The metrics of one type, in memory: those kept, in submission order, with the running
+/// aggregate of every metric the type has had.
 #[derive(Debug, Default)]
 struct MetricsOfType {
-    list: Vec<Metric>,
+    list: VecDeque<Metric>,
     all: Aggregate,
+}
+
+/// Every type's metrics, and the order they were submitted in across types (the oldest is
+/// forgotten first once more than the store keeps are stored).
+#[derive(Debug, Default)]
+struct Metrics {
+    by_type: HashMap<Arc<str>, MetricsOfType>,
+    order: VecDeque<Arc<str>>,
 }
 
 /// Time-bucketed activity, in memory. Pruned as it is written, so it stays bounded by the traffic
@@ -43,15 +52,32 @@ impl ActivityLog {
 }
 
 /// The in-memory store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MemoryStorage {
-    metrics: RwLock<HashMap<String, MetricsOfType>>,
-    metric_count: AtomicUsize,
+    metrics: RwLock<Metrics>,
+    /// The most metrics kept (at least 1); past it the oldest is forgotten.
+    kept: usize,
     event_counts: RwLock<HashMap<String, u64>>,
     activity: Mutex<ActivityLog>,
 }
 
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::keeping(MAX_METRICS)
+    }
+}
+
 impl MemoryStorage {
+    /// An empty store that keeps at most `kept` metrics (at least 1).
+    pub(crate) fn keeping(kept: usize) -> Self {
+        Self {
+            metrics: RwLock::default(),
+            kept: kept.max(1),
+            event_counts: RwLock::default(),
+            activity: Mutex::default(),
+        }
+    }
+
     /// The number of metrics of a type, and `limit` of them from `offset`, in submission order.
     pub(super) fn page(
         &self,
@@ -60,10 +86,13 @@ impl MemoryStorage {
         limit: usize,
     ) -> (u64, Vec<Metric>) {
         self.with_type(metric_type, |o| {
-            let list = o.map(|o| o.list.as_slice()).unwrap_or_default();
+            let list = o.map(|o| &o.list);
             (
-                list.len() as u64,
-                list.iter().skip(offset).take(limit).cloned().collect(),
+                list.map_or(0, |l| l.len() as u64),
+                list.into_iter()
+                    .flat_map(|l| l.iter().skip(offset).take(limit))
+                    .cloned()
+                    .collect(),
             )
         })
     }
@@ -73,8 +102,9 @@ impl MemoryStorage {
         self.metrics
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .by_type
             .keys()
-            .cloned()
+            .map(|t| t.to_string())
             .collect()
     }
 
@@ -84,8 +114,8 @@ impl MemoryStorage {
         self.with_type(metric_type, |o| match since {
             None => o.map(|o| o.all.summary()).unwrap_or_default(),
             Some(since) => {
-                let list = o.map(|o| o.list.as_slice()).unwrap_or_default();
-                Summary::of(list.iter().filter(|m| m.timestamp >= since))
+                let list = o.into_iter().flat_map(|o| o.list.iter());
+                Summary::of(list.filter(|m| m.timestamp >= since))
             }
         })
     }
@@ -100,21 +130,35 @@ impl MemoryStorage {
             .unwrap_or(0)
     }
 
-    pub(super) fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
-        if self.metric_count.fetch_add(1, Ordering::AcqRel) >= MAX_METRICS {
-            self.metric_count.fetch_sub(1, Ordering::AcqRel);
-            return Err(StorageError::full(METRICS_FULL));
-        }
-        let mut map = self.metrics.write().unwrap_or_else(|p| p.into_inner());
-        let of_type = map.entry(m.metric_type.clone()).or_default();
+    /// Stores `m`; past the most metrics kept, forgets the oldest stored (of any type), and a
+    /// type with no metric left altogether (its aggregate too).
+    pub(super) fn add_metric(&self, m: &Metric) {
+        let mut metrics = self.metrics.write().unwrap_or_else(|p| p.into_inner());
+        let metrics = &mut *metrics;
+        let name = match metrics.by_type.get_key_value(m.metric_type.as_str()) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(m.metric_type.as_str()),
+        };
+        let of_type = metrics.by_type.entry(Arc::clone(&name)).or_default();
         of_type.all.add(m);
-        of_type.list.push(m.clone());
-        Ok(())
+        of_type.list.push_back(m.clone());
+        metrics.order.push_back(name);
+        while metrics.order.len() > self.kept {
+            let Some(oldest) = metrics.order.pop_front() else {
+                break;
+            };
+            if let Some(of_type) = metrics.by_type.get_mut(&oldest) {
+                of_type.list.pop_front();
+                if of_type.list.is_empty() {
+                    metrics.by_type.remove(&oldest);
+                }
+            }
+        }
     }
 
     fn with_type<R>(&self, metric_type: &str, f: impl FnOnce(Option<&MetricsOfType>) -> R) -> R {
-        let map = self.metrics.read().unwrap_or_else(|p| p.into_inner());
-        f(map.get(metric_type))
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        f(metrics.by_type.get(metric_type))
     }
 
     pub(super) fn record_event(&self, e: &EventRecord, now: DateTime<Utc>) {
@@ -205,8 +249,8 @@ impl MemoryStorage {
                     .collect()
             }
             Series::Metric(t) => self.with_type(t, |of_type| {
-                let list = of_type.map(|o| o.list.as_slice()).unwrap_or_default();
-                averages_by_interval(list.iter(), starts, interval)
+                let list = of_type.into_iter().flat_map(|o| o.list.iter());
+                averages_by_interval(list, starts, interval)
             }),
         }
     }

@@ -13,6 +13,8 @@ use super::*;
 pub(crate) struct RedisStorage {
     conn: tower_rampart::backend::RedisConnection,
     backend: tower_rampart::backend::RedisBackend,
+    /// The most metrics kept (at least 1); past it the oldest is forgotten.
+    kept: usize,
 }
 
 impl fmt::Debug for RedisStorage {
@@ -22,15 +24,33 @@ impl fmt::Debug for RedisStorage {
 }
 
 /// Stores a metric: its member in the type's sorted set (by timestamp, then by a zero-padded
-/// sequence number, so equal metrics stay distinct and in submission order) and the type's running
-/// aggregate, atomically.
+/// sequence number, so equal metrics stay distinct and in submission order), its place in the
+/// order of submission across types, and the type's running aggregate, atomically. Past ARGV[5]
+/// metrics the oldest submitted are forgotten (at most 100 per call, so a lowered bound is reached
+/// over the next writes without one long script), and a type left with none is forgotten with its
+/// aggregate. Type names hold no control character, so the first newline of an order entry ends
+/// its type.
 const ADD_METRIC: &str = r"
-if tonumber(redis.call('GET', 'analytics:metric_id') or '0') >= tonumber(ARGV[5]) then
-  return redis.error_reply('RAMPARTFULL metric storage is full')
-end
 local id = redis.call('INCR', 'analytics:metric_id')
-redis.call('ZADD', KEYS[1], ARGV[1], string.format('%020d', id) .. ':' .. ARGV[3])
+local member = string.format('%020d', id) .. ':' .. ARGV[3]
+redis.call('ZADD', KEYS[1], ARGV[1], member)
 redis.call('SADD', 'analytics:metric_types', ARGV[4])
+redis.call('LPUSH', 'analytics:metric_order', ARGV[4] .. '\n' .. member)
+local kept = tonumber(ARGV[5])
+for _ = 1, 100 do
+  if redis.call('LLEN', 'analytics:metric_order') <= kept then break end
+  local old = redis.call('RPOP', 'analytics:metric_order')
+  local nl = string.find(old, '\n', 1, true)
+  if nl then
+    local t = string.sub(old, 1, nl - 1)
+    local set = 'analytics:metrics:' .. t
+    redis.call('ZREM', set, string.sub(old, nl + 1))
+    if redis.call('ZCARD', set) == 0 then
+      redis.call('DEL', set, 'analytics:metric_agg:' .. t)
+      redis.call('SREM', 'analytics:metric_types', t)
+    end
+  end
+end
 local agg = KEYS[2]
 local v = tonumber(ARGV[2])
 local count = redis.call('HINCRBY', agg, 'count', 1)
@@ -233,7 +253,15 @@ impl RedisStorage {
         Ok(Self {
             conn: backend.connection(),
             backend,
+            kept: MAX_METRICS,
         })
+    }
+
+    /// Keeps at most `kept` metrics (at least 1; [`MAX_METRICS`] by default): each one stored past
+    /// it forgets the oldest stored.
+    pub(crate) fn keeping(mut self, kept: usize) -> Self {
+        self.kept = kept.max(1);
+        self
     }
 
     fn conn(&self) -> tower_rampart::backend::RedisConnection {
@@ -253,16 +281,7 @@ impl RedisStorage {
         self.conn
             .eval_fenced(script, &keys, &args)
             .await
-            .map_err(|e| {
-                let full = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<redis::RedisError>())
-                    .is_some_and(|r| r.code() == Some("RAMPARTFULL"));
-                if full {
-                    StorageError::full(METRICS_FULL)
-                } else {
-                    StorageError::new(format!("storage unavailable: {e}"))
-                }
-            })?;
+            .map_err(|e| StorageError::new(format!("storage unavailable: {e}")))?;
         Ok(())
     }
 
@@ -283,7 +302,7 @@ impl RedisStorage {
                 format!("{:?}", m.value), // shortest round-trip form
                 json,
                 m.metric_type.clone(),
-                MAX_METRICS.to_string(),
+                self.kept.to_string(),
             ],
         )
         .await

@@ -7,10 +7,9 @@
 //!
 //! Shared with `examples/grpc_analytics` (included by path).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -22,11 +21,11 @@ mod in_redis;
 pub(crate) use in_memory::MemoryStorage;
 pub(crate) use in_redis::RedisStorage;
 
-/// At most this many metrics are kept (in memory or in Redis); beyond it writes are refused (503),
-/// not dropped.
+/// By default at most this many metrics are kept (in memory or in Redis; `MAX_STORED_METRICS`):
+/// each one stored past it forgets the oldest stored, of any type. A type whose metrics are all
+/// forgotten is forgotten with its all-time aggregate, so attacker-chosen types cannot grow the
+/// state past this bound either. Writes are never refused for room.
 pub(crate) const MAX_METRICS: usize = 1_000_000;
-/// What a client is told when [`MAX_METRICS`] is reached.
-const METRICS_FULL: &str = "metric storage is full; try again later";
 /// At most this many platforms are told apart (in memory and in Redis); events from platforms seen
 /// after them count as [`OTHER`], so attacker-chosen platforms cannot grow the state or the cost
 /// of the dashboard's summary.
@@ -158,13 +157,11 @@ pub(crate) struct Point {
     pub(crate) value: f64,
 }
 
-/// A store could not answer, or is at one of its bounds; the API answers 503. Only a bound's
-/// message is shown to the client; any other cause is logged (it may tell how the service is
-/// deployed).
+/// A store could not answer; the API answers 503. The cause is logged, not answered (it may tell
+/// how the service is deployed).
 #[derive(Debug)]
 pub(crate) struct StorageError {
     message: String,
-    full: bool,
 }
 
 impl StorageError {
@@ -172,21 +169,7 @@ impl StorageError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            full: false,
         }
-    }
-
-    /// The store is at a bound (`message` says which): nothing was stored, and the client is told.
-    pub(crate) fn full(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            full: true,
-        }
-    }
-
-    /// The message a client may see: a bound's, or `None` for a failure whose cause is logged.
-    pub(crate) fn public(&self) -> Option<&str> {
-        self.full.then_some(self.message.as_str())
     }
 }
 
@@ -272,6 +255,11 @@ impl Default for Storage {
 }
 
 impl Storage {
+    /// In memory, keeping at most `kept` metrics (at least 1; [`MAX_METRICS`] by default).
+    pub(crate) fn memory_keeping(kept: usize) -> Self {
+        Self::Memory(Box::new(MemoryStorage::keeping(kept)))
+    }
+
     /// Whether the store's backing service answers: `None` in memory.
     pub(crate) async fn connected(&self) -> Option<bool> {
         match self {
@@ -282,7 +270,10 @@ impl Storage {
 
     pub(crate) async fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
         match self {
-            Self::Memory(s) => s.add_metric(m),
+            Self::Memory(s) => {
+                s.add_metric(m);
+                Ok(())
+            }
             Self::Redis(r) => r.add_metric(m).await,
         }
     }

@@ -701,21 +701,38 @@ async fn past_the_bound_the_oldest_metrics_are_forgotten_and_writes_go_on() {
                 .unwrap_or_else(|e| panic!("{name}: write {i} refused: {e}"));
         }
         // Kept: a3, c4, a5. b's only metric is gone, and b with it.
-        assert_eq!(
-            storage.metric_types().await.unwrap(),
-            vec!["a".to_owned(), "c".to_owned()],
-            "{name}"
-        );
+        let (total, newest) = storage.newest_metrics(10).await.unwrap();
+        let kept: Vec<(String, f64)> = newest
+            .into_iter()
+            .map(|m| (m.metric_type, m.value))
+            .collect();
+        let expected = [("a", 3.0), ("c", 4.0), ("a", 5.0)].map(|(t, v)| (t.to_owned(), v));
+        assert_eq!((total, kept), (3, expected.to_vec()), "{name}");
+        let (_, two) = storage.newest_metrics(2).await.unwrap();
+        let two: Vec<f64> = two.iter().map(|m| m.value).collect();
+        assert_eq!(two, vec![4.0, 5.0], "{name}: the newest two, oldest first");
         let (total, page) = storage.metrics_page("a", 0, 10).await.unwrap();
         assert_eq!(total, 2, "{name}");
         let values: Vec<f64> = page.iter().map(|m| m.value).collect();
         assert_eq!(values, vec![3.0, 5.0], "{name}: the oldest of a forgotten");
-        assert_eq!(storage.metrics_page("b", 0, 10).await.unwrap().0, 0, "{name}");
+        assert_eq!(
+            storage.metrics_page("b", 0, 10).await.unwrap().0,
+            0,
+            "{name}"
+        );
         let b = storage.summary("b", None).await.unwrap();
-        assert_eq!((b.count, b.latest), (0, 0.0), "{name}: b's aggregate forgotten");
+        assert_eq!(
+            (b.count, b.latest),
+            (0, 0.0),
+            "{name}: b's aggregate forgotten"
+        );
         // A type still kept keeps its all-time aggregate; a period summary reads what is kept.
         let a = storage.summary("a", None).await.unwrap();
-        assert_eq!((a.count, a.min, a.max), (4, 0.0, 5.0), "{name}: all of a's four");
+        assert_eq!(
+            (a.count, a.min, a.max),
+            (4, 0.0, 5.0),
+            "{name}: all of a's four"
+        );
         let kept = storage.summary("a", Some(t0)).await.unwrap();
         assert_eq!((kept.count, kept.min), (2, 3.0), "{name}: a's kept two");
     }
@@ -726,9 +743,12 @@ async fn past_the_bound_the_oldest_metrics_are_forgotten_and_writes_go_on() {
     // A lowered bound: each write forgets up to 100 more until the bound is reached.
     let lowered = redis(1);
     lowered.add_metric(&metric(6, "c")).await.unwrap();
+    let (total, newest) = lowered.newest_metrics(10).await.unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(newest[0].value, 6.0);
     assert_eq!(
-        lowered.metric_types().await.unwrap(),
-        vec!["c".to_owned()],
+        lowered.metrics_page("a", 0, 10).await.unwrap().0,
+        0,
         "a forgotten"
     );
     assert_eq!(lowered.metrics_page("c", 0, 10).await.unwrap().0, 1);

@@ -97,15 +97,27 @@ impl MemoryStorage {
         })
     }
 
-    /// The metric types stored, in no particular order.
-    pub(super) fn metric_types(&self) -> Vec<String> {
-        self.metrics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_type
-            .keys()
-            .map(|t| t.to_string())
-            .collect()
+    /// The number of metrics kept (of every type), and the newest `limit` of them, oldest first,
+    /// in submission order: the work is `limit`'s, however many types and metrics there are.
+    pub(super) fn newest(&self, limit: usize) -> (u64, Vec<Metric>) {
+        let metrics = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        // The k-th newest entry of a type in the order is that type's k-th newest metric.
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut newest: Vec<Metric> = metrics
+            .order
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|t| {
+                let back = seen.entry(&**t).or_default();
+                let list = &metrics.by_type.get(t)?.list;
+                let m = list.get(list.len().checked_sub(*back + 1)?)?;
+                *back += 1;
+                Some(m.clone())
+            })
+            .collect();
+        newest.reverse();
+        (metrics.order.len() as u64, newest)
     }
 
     /// The summary of a type's metrics, all of them (from the running aggregate) or those

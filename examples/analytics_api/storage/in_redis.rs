@@ -34,7 +34,6 @@ const ADD_METRIC: &str = r"
 local id = redis.call('INCR', 'analytics:metric_id')
 local member = string.format('%020d', id) .. ':' .. ARGV[3]
 redis.call('ZADD', KEYS[1], ARGV[1], member)
-redis.call('SADD', 'analytics:metric_types', ARGV[4])
 redis.call('LPUSH', 'analytics:metric_order', ARGV[4] .. '\n' .. member)
 local kept = tonumber(ARGV[5])
 for _ = 1, 100 do
@@ -47,7 +46,6 @@ for _ = 1, 100 do
     redis.call('ZREM', set, string.sub(old, nl + 1))
     if redis.call('ZCARD', set) == 0 then
       redis.call('DEL', set, 'analytics:metric_agg:' .. t)
-      redis.call('SREM', 'analytics:metric_types', t)
     end
   end
 end
@@ -220,12 +218,38 @@ impl RedisStorage {
         &self.backend
     }
 
-    /// The metric types stored, in no particular order.
-    pub(super) async fn metric_types(&self) -> Result<Vec<String>, StorageError> {
-        Ok(redis::cmd("SMEMBERS")
-            .arg("analytics:metric_types")
-            .query_async(&mut self.conn())
-            .await?)
+    /// The number of metrics kept (of every type), and the newest `limit` of them, oldest first,
+    /// in submission order: one round trip, whose work is `limit`'s.
+    pub(super) async fn newest(&self, limit: usize) -> Result<(u64, Vec<Metric>), StorageError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg("analytics:metric_order");
+        pipe.cmd("LRANGE")
+            .arg("analytics:metric_order")
+            .arg(0)
+            .arg(limit as i64 - 1);
+        let (total, entries): (u64, Vec<String>) = if limit == 0 {
+            (
+                redis::cmd("LLEN")
+                    .arg("analytics:metric_order")
+                    .query_async(&mut self.conn())
+                    .await?,
+                Vec::new(),
+            )
+        } else {
+            pipe.query_async(&mut self.conn()).await?
+        };
+        // Newest first in Redis (LPUSH): each entry is the type, a newline, the member.
+        let newest = entries
+            .iter()
+            .rev()
+            .map(|e| match e.split_once('\n') {
+                Some((_, member)) => parse_member(member),
+                None => Err(StorageError::new(format!(
+                    "corrupt metric order entry: {e:?}"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((total, newest))
     }
 
     /// The summary of a type's metrics, all of them (from the stored aggregate) or those

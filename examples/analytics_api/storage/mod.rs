@@ -292,14 +292,16 @@ impl Storage {
         }
     }
 
-    /// The metric types stored, in order.
-    pub(crate) async fn metric_types(&self) -> Result<Vec<String>, StorageError> {
-        let mut types: Vec<String> = match self {
-            Self::Memory(s) => s.metric_types(),
-            Self::Redis(r) => r.metric_types().await?,
-        };
-        types.sort();
-        Ok(types)
+    /// The number of metrics kept, of every type, and the newest `limit` of them (oldest first, in
+    /// submission order).
+    pub(crate) async fn newest_metrics(
+        &self,
+        limit: usize,
+    ) -> Result<(u64, Vec<Metric>), StorageError> {
+        match self {
+            Self::Memory(s) => Ok(s.newest(limit)),
+            Self::Redis(r) => r.newest(limit).await,
+        }
     }
 
     /// The summary of a type's metrics, all of them or those timestamped at or after `since`.

@@ -127,21 +127,97 @@ where
     V: Send + Sync + 'static,
 {
     fn invalidate(&self, target: Target) -> Invalidation {
-        let shared = &*self.shared;
+        self.shared.invalidate::<V>(&target)
+    }
+
+    fn name(&self) -> &'static str {
+        self.shared.name
+    }
+}
+
+/// What a successful write to a resource still waits for: its invalidations in a shared store.
+pub(crate) type PendingInvalidation = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl<X, St, A> Shared<X, St, A>
+where
+    X: Send + Sync + 'static,
+    St: Send + Sync + 'static,
+    A: Send + Sync + 'static,
+{
+    /// Invalidates the `GET` and `HEAD` entries of `resource` (as [`HttpKey`] writes their keys:
+    /// the method, a space, the resource, then for each variant a newline and fields) after a
+    /// request that changed it succeeded. Done in this process at once; what a shared store
+    /// still has to do is returned, its failures reported (the write stands either way).
+    ///
+    /// [`HttpKey`]: super::HttpKey
+    pub(crate) fn invalidate_resource<V>(
+        self: &Arc<Self>,
+        resource: &[u8],
+    ) -> Option<PendingInvalidation>
+    where
+        St: CacheStore<V>,
+        V: Send + Sync + 'static,
+    {
+        let mut pending = Vec::new();
+        for method in [&b"GET "[..], b"HEAD "] {
+            let exact = CacheKey::from_parts(&[method, resource]);
+            let variants: Box<[u8]> = [method, resource, b"\n"].concat().into();
+            for target in [Target::Key(exact), Target::Prefix(variants)] {
+                let mut invalidation = self.invalidate::<V>(&target);
+                match &mut invalidation.state {
+                    InvalidationState::Ready(result) => {
+                        if let Some(Err(e)) = result.take() {
+                            self.backend_failed("invalidate", &e);
+                        }
+                    }
+                    InvalidationState::Pending(_) => pending.push(invalidation),
+                }
+            }
+        }
+        if pending.is_empty() {
+            return None;
+        }
+        let shared = Arc::clone(self);
+        Some(Box::pin(std::future::poll_fn(move |cx| {
+            pending.retain_mut(|invalidation| match Pin::new(invalidation).poll(cx) {
+                Poll::Ready(Ok(())) => false,
+                Poll::Ready(Err(e)) => {
+                    shared.backend_failed("invalidate", &e);
+                    false
+                }
+                Poll::Pending => true,
+            });
+            if pending.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })))
+    }
+}
+
+impl<X, St, A> Shared<X, St, A> {
+    /// Invalidates `target`: in this process at once (the epoch, then the flights, then the
+    /// store), and in a shared store when the returned [`Invalidation`] completes.
+    pub(crate) fn invalidate<V>(&self, target: &Target) -> Invalidation
+    where
+        St: CacheStore<V>,
+        V: Send + Sync + 'static,
+    {
         // Order matters: the epoch first, so that a fill that stores after this point sees it
         // and takes its entry back out (see `Fill::store`).
-        shared.epoch.fetch_add(1, Ordering::SeqCst);
-        shared.flights.detach(|k| target.matches(k));
-        let (op, what) = match &target {
-            Target::Key(k) => (shared.store.invalidate(k), "key"),
-            Target::Prefix(p) => (shared.store.invalidate_prefix(p), "prefix"),
-            Target::All => (shared.store.clear(), "all"),
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.flights.detach(|k| target.matches(k));
+        let (op, what) = match target {
+            Target::Key(k) => (self.store.invalidate(k), "key"),
+            Target::Prefix(p) => (self.store.invalidate_prefix(p), "prefix"),
+            Target::All => (self.store.clear(), "all"),
         };
-        tracing::debug!(cache = shared.name, what, "cache invalidated");
+        tracing::debug!(cache = self.name, what, "cache invalidated");
         #[cfg(feature = "metrics")]
         crate::metrics::counter(&crate::metrics::key(
             "rampart_cache_invalidations_total",
-            shared.name,
+            self.name,
             &[("what", what)],
         ))
         .increment(1);
@@ -153,10 +229,6 @@ where
                 state: InvalidationState::Pending(Box::pin(fut)),
             },
         }
-    }
-
-    fn name(&self) -> &'static str {
-        self.shared.name
     }
 }
 

@@ -103,6 +103,12 @@
 //! With `.http()` ([`CacheLayer::http`]), the layer follows the rules of a shared cache (RFC
 //! 9111) where they matter for an application's own responses:
 //!
+//! - **Writes.** A request with any other method but `OPTIONS` and `TRACE` (`POST`, `PUT`,
+//!   `PATCH`, `DELETE`, ...) goes straight through; when it is answered with a 2xx or 3xx, the
+//!   `GET` and `HEAD` entries of its target (every variant) are invalidated before the answer is
+//!   passed on, in Redis too with a shared store (RFC 9111 §4.4;
+//!   [`invalidate_on_write`](CacheBuilder::invalidate_on_write)). Other URIs the write changed (a
+//!   list, a summary) are the app's to invalidate, with a [`CacheHandle`].
 //! - **Requests.** Only `GET` and `HEAD` use the cache (they are separate entries). Requests with
 //!   `Authorization` or `Range` pass straight through (see
 //!   [`cache_authorized`](CacheBuilder::cache_authorized)), as do requests with

@@ -76,9 +76,16 @@ pub enum RequestPolicy {
     Lookup,
     /// Not served from the cache, but its response is stored (HTTP `Cache-Control: no-cache`).
     Refresh,
-    /// Neither: straight to the inner service, response not stored (unsafe methods, `no-store`,
-    /// `Authorization`, ...).
+    /// Neither: straight to the inner service, response not stored (`no-store`, `Authorization`,
+    /// ...).
     Bypass,
+    /// Straight to the inner service, response not stored; when the mode judges the response a
+    /// success ([`CacheMode::invalidates`]), the entries of the resource the request's key names
+    /// ([`KeyExtractor::resource_of`]) are invalidated before it is answered (HTTP's unsafe
+    /// methods, RFC 9111 §4.4).
+    ///
+    /// [`KeyExtractor::resource_of`]: crate::key::KeyExtractor::resource_of
+    Invalidate,
 }
 
 /// What a mode made of a fresh response from the inner service.
@@ -118,6 +125,13 @@ pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
     fn request_policy(&self, req: &Req) -> RequestPolicy {
         let _ = req;
         RequestPolicy::Lookup
+    }
+
+    /// Whether `res`, the answer to a request whose policy is [`RequestPolicy::Invalidate`],
+    /// invalidates the resource's entries (HTTP: a 2xx or 3xx status). Default: no.
+    fn invalidates(&self, res: &Res) -> bool {
+        let _ = res;
+        false
     }
 
     /// Decides whether `res` is stored, and what is. `defaults` are the layer's lifetimes; `key`

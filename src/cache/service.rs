@@ -78,6 +78,21 @@ where
         if policy == RequestPolicy::Bypass {
             return ResponseFuture::pass(self.inner.call(req), Arc::clone(shared), None);
         }
+        if policy == RequestPolicy::Invalidate {
+            // The resource the request may change, if its key names one.
+            let resource = shared.key.extract(&req).ok().and_then(|key| {
+                let key: CacheKey = key.into();
+                shared
+                    .key
+                    .resource_of(key.as_bytes())
+                    .map(Box::<[u8]>::from)
+            });
+            let fut = self.inner.call(req);
+            return match resource {
+                Some(resource) => ResponseFuture::writing(fut, Arc::clone(shared), resource),
+                None => ResponseFuture::pass(fut, Arc::clone(shared), None),
+            };
+        }
         // No key: not cached, straight to the inner service.
         let Ok(key) = shared.key.extract(&req) else {
             return ResponseFuture::pass(self.inner.call(req), Arc::clone(shared), None);

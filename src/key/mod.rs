@@ -105,6 +105,19 @@ pub trait KeyExtractor: Clone + Send + Sync + 'static {
         let _ = name;
         false
     }
+
+    /// The part of a cache key that names the resource, for keys of the form `METHOD resource`,
+    /// optionally followed by a newline and fields (as [`HttpKey`]'s are): `/items/1` in `PUT
+    /// /items/1`. When a request that may change the resource (an HTTP `POST`, `PUT`, `PATCH`,
+    /// `DELETE`, ...) succeeds, the HTTP cache invalidates that resource's `GET` and `HEAD`
+    /// entries, every variant of them (RFC 9111 §4.4). `None`, the default: such requests
+    /// invalidate nothing.
+    ///
+    /// [`HttpKey`]: crate::cache::HttpKey
+    fn resource_of<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        let _ = key;
+        None
+    }
 }
 
 /// Extracts a key from requests of type `Req`.

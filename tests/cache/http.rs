@@ -923,3 +923,124 @@ async fn an_expires_without_date_is_what_is_left_and_the_age_is_not_taken_off_it
     );
     assert_eq!(hit.headers["age"], "45", "20 upstream and 25 here");
 }
+
+/// An app whose items are cached (`GET`, `HEAD`, varying on `accept`) and written with `PUT`,
+/// `DELETE` and `OPTIONS`; `PUT /items/bad` fails with 409. Each answer carries the item's version.
+fn items_app(invalidate_on_write: bool) -> Router {
+    let layer = CacheLayer::builder()
+        .http()
+        .key(HttpKey::new().header(header::ACCEPT))
+        .ttl(Duration::from_secs(300))
+        .invalidate_on_write(invalidate_on_write)
+        .build()
+        .unwrap();
+    use axum::extract::Path;
+    let version = Arc::new(AtomicUsize::new(0));
+    let (read, write) = (Arc::clone(&version), Arc::clone(&version));
+    Router::new()
+        .route(
+            "/items/{id}",
+            get(move |Path(id): Path<String>, headers: HeaderMap| {
+                let v = read.load(Ordering::SeqCst);
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .map(|a| a.to_str().unwrap_or("").to_owned())
+                    .unwrap_or_default();
+                async move {
+                    (
+                        [(header::VARY, "accept")],
+                        format!("{id} v{v} for {accept}"),
+                    )
+                }
+            })
+            .put(move |Path(id): Path<String>| {
+                let ok = id != "bad";
+                if ok {
+                    write.fetch_add(1, Ordering::SeqCst);
+                }
+                async move {
+                    if ok {
+                        StatusCode::NO_CONTENT
+                    } else {
+                        StatusCode::CONFLICT
+                    }
+                }
+            })
+            .delete(|| async { StatusCode::SEE_OTHER })
+            .options(|| async { StatusCode::NO_CONTENT }),
+        )
+        .route_layer(layer)
+}
+
+/// RFC 9111 §4.4: a cache must invalidate a resource's entries when a request that may change it
+/// succeeds. Before, a `PUT /items/1` left `GET /items/1` answered from the cache for the whole
+/// TTL. Now every variant of its `GET` and `HEAD` entries is gone before the `PUT` is answered;
+/// other resources (`/items/10`, whose key starts the same), failed writes (409) and safe methods
+/// (`OPTIONS`) invalidate nothing; a 3xx counts as a success.
+#[tokio::test]
+async fn a_successful_write_invalidates_its_resource_and_nothing_else() {
+    let served = serve(items_app(true), false).await;
+    let x_cache = |r: &crate::common::http::Reply| r.headers["x-cache"].clone();
+    let json = [("accept", "application/json")];
+    let text = [("accept", "text/plain")];
+    // Fill: two variants of /items/1, its HEAD, and /items/10.
+    for (method, path, headers) in [
+        ("GET", "/items/1", &json[..]),
+        ("GET", "/items/1", &text[..]),
+        ("HEAD", "/items/1", &json[..]),
+        ("GET", "/items/10", &json[..]),
+    ] {
+        let first = served.send(method, path, headers).await;
+        assert_eq!(x_cache(&first), "MISS", "{method} {path} {headers:?}");
+        let again = served.send(method, path, headers).await;
+        assert_eq!(x_cache(&again), "HIT", "{method} {path} {headers:?}");
+    }
+    // A failed write and a safe method change nothing.
+    let conflict = served.send("PUT", "/items/bad", &[]).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    let options = served.send("OPTIONS", "/items/1", &[]).await;
+    assert_eq!(options.status, StatusCode::NO_CONTENT);
+    assert_eq!(x_cache(&served.send("GET", "/items/1", &json).await), "HIT");
+
+    let put = served.send("PUT", "/items/1", &[]).await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    assert!(
+        !put.headers.contains_key("x-cache"),
+        "a write is not a cache answer"
+    );
+    for (method, headers) in [("GET", &json[..]), ("GET", &text[..]), ("HEAD", &json[..])] {
+        let after = served.send(method, "/items/1", headers).await;
+        assert_eq!(x_cache(&after), "MISS", "{method} /items/1 {headers:?}");
+        if method == "GET" {
+            assert!(after.body.contains(" v1 "), "fetched again: {}", after.body);
+        }
+    }
+    let other = served.send("GET", "/items/10", &json).await;
+    assert_eq!(x_cache(&other), "HIT", "another resource is left alone");
+    assert!(other.body.contains(" v0 "), "{}", other.body);
+
+    // A 303 answering a DELETE is a success too.
+    assert_eq!(x_cache(&served.send("GET", "/items/1", &json).await), "HIT");
+    let deleted = served.send("DELETE", "/items/1", &[]).await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        x_cache(&served.send("GET", "/items/1", &json).await),
+        "MISS"
+    );
+}
+
+/// `.invalidate_on_write(false)` keeps the entries: the app invalidates them itself.
+#[tokio::test]
+async fn invalidation_on_write_can_be_turned_off() {
+    let served = serve(items_app(false), false).await;
+    let json = [("accept", "application/json")];
+    served.send("GET", "/items/1", &json).await;
+    assert_eq!(
+        served.send("GET", "/items/1", &json).await.headers["x-cache"],
+        "HIT"
+    );
+    served.send("PUT", "/items/1", &[]).await;
+    let after = served.send("GET", "/items/1", &json).await;
+    assert_eq!(after.headers["x-cache"], "HIT");
+    assert!(after.body.contains(" v0 "), "{}", after.body);
+}

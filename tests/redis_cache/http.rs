@@ -216,3 +216,92 @@ async fn a_redis_hit_sends_only_the_cache_fields_its_layer_sends() {
         }
     }
 }
+
+/// A replica of an app whose `/items/{id}` is cached in Redis and changed by `PUT`; its cache's
+/// `StoreFailed` events are counted in `failed` (op `invalidate` only).
+async fn items_replica(
+    url: &str,
+    prefix: &str,
+    version: &Arc<AtomicUsize>,
+    failed: &Arc<AtomicUsize>,
+) -> (Router, RedisCacheStore<CachedResponse>) {
+    use axum::extract::Path;
+    use tower_rampart::cache::CacheEvent;
+    let redis = RedisBackend::connect(url)
+        .await
+        .unwrap()
+        .prefix(prefix)
+        .timeout(Duration::from_millis(300));
+    let counted = Arc::clone(failed);
+    let cache = CacheLayer::builder()
+        .http()
+        .name("items")
+        .ttl(Duration::from_secs(300))
+        .on_event(move |e: &CacheEvent| {
+            if let CacheEvent::StoreFailed {
+                op: "invalidate", ..
+            } = e
+            {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .backend(redis)
+        .build()
+        .unwrap();
+    let store = cache.store().clone();
+    let (read, write) = (Arc::clone(version), Arc::clone(version));
+    let router = Router::new().route(
+        "/items/{id}",
+        get(move |Path(id): Path<String>| {
+            let v = read.load(Ordering::SeqCst);
+            async move { format!("{id} v{v}") }
+        })
+        .put(move || {
+            write.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::NO_CONTENT }
+        })
+        .route_layer(cache),
+    );
+    (router, store)
+}
+
+/// RFC 9111 §4.4 with a shared store: a `PUT` answered by one replica has invalidated the
+/// resource in Redis before it is answered, so the other replica's next `GET` is fetched again.
+/// With Redis gone, the write is still answered (it happened), and the failed invalidation is
+/// reported as a `StoreFailed` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_invalidates_the_resource_for_every_replica() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("http-write");
+    let version = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (a, store) = items_replica(&server.url(), &prefix, &version, &failed).await;
+    let (b, _) = items_replica(&server.url(), &prefix, &version, &failed).await;
+    let (a, b) = (serve(a, false).await, serve(b, false).await);
+
+    assert_eq!(
+        a.send("GET", "/items/1", &[]).await.headers["x-cache"],
+        "MISS"
+    );
+    until_stored(&store, "GET /items/1").await;
+    let hit = b.send("GET", "/items/1", &[]).await;
+    assert_eq!(hit.headers["x-cache"], "HIT", "filled by the other replica");
+    assert_eq!(hit.body, "1 v0");
+
+    let put = b.send("PUT", "/items/1", &[]).await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    let fresh = a.send("GET", "/items/1", &[]).await;
+    assert_eq!(fresh.headers["x-cache"], "MISS", "invalidated in redis");
+    assert_eq!(fresh.body, "1 v1");
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+
+    server.kill();
+    let put = a.send("PUT", "/items/1", &[]).await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "the write is answered");
+    assert!(
+        failed.load(Ordering::SeqCst) >= 1,
+        "the failed invalidation is reported"
+    );
+}

@@ -16,6 +16,7 @@ use tower_service::Service;
 
 use super::entry::{CacheEntry, Freshness, Timing};
 use super::flight::{Flight, FlightGuard, Joined, Outcome};
+use super::handle::PendingInvalidation;
 use super::key::CacheKey;
 use super::layer::Meter;
 use super::layer::Shared;
@@ -88,6 +89,8 @@ pin_project! {
     pub(crate) enum State<F, C, R, Fl, Sh, W, L, K> {
         Done { result: Option<R> },
         Passing { #[pin] fut: F, shared: Sh, status: Option<CacheStatus> },
+        Writing { #[pin] fut: F, shared: Sh, resource: Box<[u8]> },
+        Invalidating { invalidation: PendingInvalidation, result: Option<R> },
         Leading { #[pin] fut: F, fill: Option<Fl> },
         Capturing { #[pin] capture: C, fill: Option<Fl> },
         Waiting { waiting: W },
@@ -144,6 +147,20 @@ where
         })
     }
 
+    /// A request that may change the resource its key names: passed through, and when the
+    /// mode judges its answer a success, the resource's entries invalidated before answering.
+    pub(crate) fn writing(
+        fut: S::Future,
+        shared: Arc<Shared<X, St, A>>,
+        resource: Box<[u8]>,
+    ) -> Self {
+        Self::new(State::Writing {
+            fut,
+            shared,
+            resource,
+        })
+    }
+
     pub(crate) fn looking(lookup: LookupOf<S, Req, X, St, A>) -> Self {
         Self::new(State::Looking { lookup })
     }
@@ -177,6 +194,36 @@ where
                 } => {
                     let res = ready!(fut.poll(cx))?;
                     return Poll::Ready(Ok(shared.mode.pass(res, *status)));
+                }
+                StateProj::Writing {
+                    fut,
+                    shared,
+                    resource,
+                } => {
+                    let res = ready!(fut.poll(cx))?;
+                    let invalidates = shared.mode.invalidates(&res);
+                    let response = shared.mode.pass(res, None);
+                    let pending = if invalidates {
+                        shared.invalidate_resource::<StoredOf<S, Req, A>>(resource)
+                    } else {
+                        None
+                    };
+                    match pending {
+                        None => return Poll::Ready(Ok(response)),
+                        Some(invalidation) => this.state.set(State::Invalidating {
+                            invalidation,
+                            result: Some(Ok(response)),
+                        }),
+                    }
+                }
+                StateProj::Invalidating {
+                    invalidation,
+                    result,
+                } => {
+                    ready!(invalidation.as_mut().poll(cx));
+                    return Poll::Ready(
+                        result.take().expect("cache future polled after completion"),
+                    );
                 }
                 StateProj::Leading { fut, fill } => {
                     let result = ready!(fut.poll(cx));
@@ -255,6 +302,8 @@ where
         let state = match self.state {
             State::Done { .. } => "done",
             State::Passing { .. } => "passing",
+            State::Writing { .. } => "writing",
+            State::Invalidating { .. } => "invalidating",
             State::Leading { .. } => "leading",
             State::Capturing { .. } => "capturing",
             State::Waiting { .. } => "waiting",

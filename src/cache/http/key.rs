@@ -69,6 +69,14 @@ impl KeyExtractor for HttpKey {
     fn covers_header(&self, name: &str) -> bool {
         self.headers.iter().any(|h| h.as_str() == name)
     }
+
+    /// The request target (with the host when keyed on it): what follows the method, up to the
+    /// headers' fields.
+    fn resource_of<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        let (_, rest) = key.split_at(key.iter().position(|&b| b == b' ')? + 1);
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        Some(&rest[..end])
+    }
 }
 
 impl<B> ExtractKey<Request<B>> for HttpKey {

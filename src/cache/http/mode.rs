@@ -32,6 +32,7 @@ pub struct HttpMode {
     honor_cache_control: bool,
     request_no_cache: bool,
     cache_authorized: bool,
+    invalidate_on_write: bool,
     pub(super) x_cache: Option<HeaderName>,
     pub(super) age: bool,
     cacheable: Option<Arc<StatusPredicate>>,
@@ -44,6 +45,7 @@ impl fmt::Debug for HttpMode {
             .field("honor_cache_control", &self.honor_cache_control)
             .field("request_no_cache", &self.request_no_cache)
             .field("cache_authorized", &self.cache_authorized)
+            .field("invalidate_on_write", &self.invalidate_on_write)
             .field("x_cache", &self.x_cache)
             .field("age", &self.age)
             .field("custom_cacheable", &self.cacheable.is_some())
@@ -67,6 +69,7 @@ impl HttpMode {
             honor_cache_control: true,
             request_no_cache: true,
             cache_authorized: false,
+            invalidate_on_write: true,
             x_cache: Some(X_CACHE.clone()),
             age: true,
             cacheable: None,
@@ -373,6 +376,23 @@ impl<X, B> CacheBuilder<X, B, HttpMode> {
         })
     }
 
+    /// Invalidate a resource's entries when a request that may change it succeeds (default on,
+    /// as RFC 9111 §4.4 requires of caches): a request with any method but `GET`, `HEAD`,
+    /// `OPTIONS` and `TRACE` answered with a 2xx or 3xx status invalidates the `GET` and `HEAD`
+    /// entries of its target, every variant (with [`HttpKey`](crate::cache::HttpKey), or a key
+    /// extractor that names the resource: [`KeyExtractor::resource_of`]), in this process and,
+    /// with a shared store, in Redis, before the response is passed on. When the store fails to
+    /// invalidate (Redis down), the response is still passed on (the write happened) and the
+    /// failure reported as a `StoreFailed` event with `op` `invalidate`; entries of other URIs
+    /// the write changed (a collection, `Location`) are the app's to invalidate, with a
+    /// [`CacheHandle`](crate::cache::CacheHandle).
+    pub fn invalidate_on_write(self, on: bool) -> Self {
+        self.map_mode(|mut m| {
+            m.invalidate_on_write = on;
+            m
+        })
+    }
+
     /// Send `x-cache: HIT | MISS | STALE` (default on).
     pub fn x_cache_header(self, on: bool) -> Self {
         self.map_mode(|mut m| {
@@ -414,7 +434,12 @@ where
 
     fn request_policy(&self, req: &Request<ReqB>) -> RequestPolicy {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return RequestPolicy::Bypass;
+            let safe = req.method() == Method::OPTIONS || req.method() == Method::TRACE;
+            return if self.invalidate_on_write && !safe {
+                RequestPolicy::Invalidate
+            } else {
+                RequestPolicy::Bypass
+            };
         }
         let headers = req.headers();
         let seen = RequestFields::of(headers);
@@ -441,6 +466,10 @@ where
         } else {
             RequestPolicy::Lookup
         }
+    }
+
+    fn invalidates(&self, res: &Response<B>) -> bool {
+        res.status().is_success() || res.status().is_redirection()
     }
 
     fn capture<X: KeyExtractor>(

@@ -162,8 +162,10 @@ where
         for method in [&b"GET "[..], b"HEAD "] {
             let exact = CacheKey::from_parts(&[method, resource]);
             let variants: Box<[u8]> = [method, resource, b"\n"].concat().into();
+            // Only the fills of this resource's stripe stop storing (see `Shared::stripe`).
+            self.stripe(exact.as_bytes()).fetch_add(1, Ordering::SeqCst);
             for target in [Target::Key(exact), Target::Prefix(variants)] {
-                let mut invalidation = self.invalidate::<V>(&target);
+                let mut invalidation = self.invalidate_in_store::<V>(&target);
                 match &mut invalidation.state {
                     InvalidationState::Ready(result) => {
                         if let Some(Err(e)) = result.take() {
@@ -207,6 +209,16 @@ impl<X, St, A> Shared<X, St, A> {
         // Order matters: the epoch first, so that a fill that stores after this point sees it
         // and takes its entry back out (see `Fill::store`).
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.invalidate_in_store::<V>(target)
+    }
+
+    /// [`invalidate`](Self::invalidate) once the epoch that fills compare is bumped: the flights,
+    /// then the store.
+    fn invalidate_in_store<V>(&self, target: &Target) -> Invalidation
+    where
+        St: CacheStore<V>,
+        V: Send + Sync + 'static,
+    {
         self.flights.detach(|k| target.matches(k));
         let (op, what) = match target {
             Target::Key(k) => (self.store.invalidate(k), "key"),

@@ -50,8 +50,12 @@ pub(crate) struct Shared<X, St, A> {
     pub(crate) lifetimes: Lifetimes,
     pub(crate) name: &'static str,
     pub(crate) flights: Arc<Flights>,
-    /// Bumped by every invalidation: a fill that began under an older epoch does not store.
+    /// Bumped by every invalidation through a handle: a fill that began under an older epoch
+    /// does not store.
     pub(crate) epoch: AtomicU64,
+    /// Bumped by a write's invalidation of its resource, the stripe of the resource's keys only
+    /// ([`Shared::stripe`]): fills of other resources, running meanwhile, still store.
+    pub(crate) write_epochs: Box<[AtomicU64]>,
     /// Background refreshes running now, and the most allowed.
     pub(crate) refreshing: Arc<AtomicUsize>,
     pub(crate) max_refreshes: usize,
@@ -67,6 +71,11 @@ pub(crate) struct Shared<X, St, A> {
     #[cfg(feature = "metrics")]
     pub(crate) meters: [std::sync::OnceLock<metrics::Counter>; Meter::COUNT],
 }
+
+/// How many stripes the write epochs have: two writes in flight at once to resources of one
+/// stripe each keep the other's concurrent fills from storing (a miss more), so enough that
+/// this is rare, few enough to stay in a few cache lines.
+const WRITE_STRIPES: usize = 64;
 
 /// The counters of the request path.
 #[derive(Clone, Copy, Debug)]
@@ -496,6 +505,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
                 name: self.name,
                 flights: Flights::new(),
                 epoch: AtomicU64::new(0),
+                write_epochs: (0..WRITE_STRIPES).map(|_| AtomicU64::new(0)).collect(),
                 refreshing: Arc::new(AtomicUsize::new(0)),
                 max_refreshes: self.max_refreshes,
                 lock_hold: self.lock_hold,
@@ -617,7 +627,22 @@ impl<X, St, A> Shared<X, St, A> {
         });
     }
 
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+    /// The invalidations `key` has seen: the handle's, and writes' to its resource. A fill
+    /// that began under another value does not store.
+    pub(crate) fn epoch_of(&self, key: &[u8]) -> u64 {
+        let global = self.epoch.load(Ordering::SeqCst);
+        global.wrapping_add(self.stripe(key).load(Ordering::SeqCst))
+    }
+
+    /// The write epoch of `key`'s stripe, chosen by the key up to its first newline: an HTTP
+    /// key's method and resource, without the variant's fields. A write's invalidation bumps the
+    /// stripe of each key it removes exactly (`GET resource`); every key its prefixes remove
+    /// (`GET resource\n...`) has that stripe too, whatever bytes the resource holds, since its
+    /// first newline is within the prefix.
+    pub(crate) fn stripe(&self, key: &[u8]) -> &AtomicU64 {
+        use std::hash::BuildHasher;
+        let head = key.split(|&b| b == b'\n').next().unwrap_or(key);
+        let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(head);
+        &self.write_epochs[(hash % WRITE_STRIPES as u64) as usize]
     }
 }

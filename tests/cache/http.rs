@@ -1044,3 +1044,74 @@ async fn invalidation_on_write_can_be_turned_off() {
     assert_eq!(after.headers["x-cache"], "HIT");
     assert!(after.body.contains(" v0 "), "{}", after.body);
 }
+
+/// A write's invalidation keeps fills of its own resource that were running when it came from
+/// storing (they may have read the resource before the write), and only those: a fill of another
+/// resource, running meanwhile, still stores (a write costs other keys no miss).
+#[tokio::test]
+async fn a_write_drops_its_resources_running_fills_and_no_others() {
+    use axum::body::Body;
+    use axum::extract::Path;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = Arc::clone(&release);
+    let version = Arc::new(AtomicUsize::new(0));
+    let (read, write) = (Arc::clone(&version), Arc::clone(&version));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let waiters = Arc::clone(&waiting);
+    let app: Router = Router::new()
+        .route(
+            "/items/{id}",
+            get(move |Path(id): Path<String>| {
+                let (gate, read) = (Arc::clone(&gate), Arc::clone(&read));
+                let waiters = Arc::clone(&waiters);
+                async move {
+                    // Reads the item, then waits to be let go: a slow fill.
+                    let v = read.load(Ordering::SeqCst);
+                    waiters.fetch_add(1, Ordering::SeqCst);
+                    gate.acquire().await.unwrap().forget();
+                    format!("{id} v{v}")
+                }
+            })
+            .put(move || {
+                write.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::NO_CONTENT }
+            }),
+        )
+        .route_layer(CacheLayer::http(Duration::from_secs(300)));
+    let call = |app: &Router, method: &str, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(req)
+    };
+    let one = tokio::spawn(call(&app, "GET", "/items/1"));
+    let two = tokio::spawn(call(&app, "GET", "/items/2"));
+    // Both fills have read their item and wait.
+    while waiting.load(Ordering::SeqCst) < 2 {
+        tokio::task::yield_now().await;
+    }
+    let put = call(&app, "PUT", "/items/1").await.unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    release.add_permits(2);
+    let (one, two) = (one.await.unwrap().unwrap(), two.await.unwrap().unwrap());
+    assert_eq!(one.headers()["x-cache"], "MISS");
+    assert_eq!(two.headers()["x-cache"], "MISS");
+
+    release.add_permits(2);
+    let two = call(&app, "GET", "/items/2").await.unwrap();
+    assert_eq!(
+        two.headers()["x-cache"],
+        "HIT",
+        "another resource's fill stored"
+    );
+    let one = call(&app, "GET", "/items/1").await.unwrap();
+    assert_eq!(
+        one.headers()["x-cache"],
+        "MISS",
+        "the written resource's fill, begun before the write, did not store"
+    );
+    let body = one.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"1 v1");
+}

@@ -87,7 +87,7 @@ where
         fallback: Option<CacheEntry<V>>,
         permit: Option<RefreshPermit>,
     ) -> Self {
-        let epoch = shared.epoch();
+        let epoch = shared.epoch_of(guard.key().as_bytes());
         Self {
             shared,
             guard: Some(guard),
@@ -254,7 +254,7 @@ where
     fn store(&mut self, entry: &CacheEntry<V>) {
         let shared = &*self.shared;
         let key = self.key();
-        if shared.epoch() != self.epoch {
+        if shared.epoch_of(key.as_bytes()) != self.epoch {
             tracing::debug!(cache = shared.name, key = %key.for_logs(), "invalidated while fetching; not stored");
             return;
         }
@@ -278,7 +278,7 @@ where
         }
         match shared.store.put(key.clone(), entry.clone()) {
             StoreOp::Ready(Ok(())) => {
-                if shared.epoch() != self.epoch {
+                if shared.epoch_of(key.as_bytes()) != self.epoch {
                     run_write(&self.shared, "invalidate", shared.store.invalidate(key));
                 }
             }
@@ -289,7 +289,7 @@ where
                 let epoch = self.epoch;
                 spawn_write(async move {
                     match put.await {
-                        Ok(()) if shared.epoch() != epoch => {
+                        Ok(()) if shared.epoch_of(key.as_bytes()) != epoch => {
                             let result = match shared.store.invalidate(&key) {
                                 StoreOp::Ready(result) => result,
                                 StoreOp::Pending(f) => f.await,
@@ -325,7 +325,7 @@ pub(super) fn write_then_unlock<X, St, A, V>(
     match write {
         StoreOp::Ready(result) => {
             match result {
-                Ok(()) if shared.epoch() != epoch => {
+                Ok(()) if shared.epoch_of(key.as_bytes()) != epoch => {
                     run_write(shared, "invalidate", shared.store.invalidate(&key));
                 }
                 Ok(()) => {}
@@ -345,7 +345,7 @@ pub(super) fn write_then_unlock<X, St, A, V>(
                     }
                 };
                 match write.await {
-                    Ok(()) if shared.epoch() != epoch => {
+                    Ok(()) if shared.epoch_of(key.as_bytes()) != epoch => {
                         if let Err(e) = complete(shared.store.invalidate(&key)).await {
                             shared.backend_failed("invalidate", &e);
                         }

@@ -21,10 +21,11 @@ use crate::setup::{EnvError, json_logs, listen_addr, parse, rate};
 pub(crate) struct UpstreamConfig {
     /// `BIND` and `PORT` (default 5001).
     pub(crate) addr: std::net::SocketAddr,
-    /// `EXTERNAL_FAIL_RATE`: the share of requests that fail, 0.0 to 1.0 (default 0.0); the rate at
+    /// `EXTERNAL_FAIL_RATE`: the share of requests that fail, 0.0 to 1.0 (default 0.2, as the
+    /// reference's mock); the rate at
     /// start, [`UpstreamHandle::set_fail_rate`] changes it.
     pub(crate) fail_rate: f64,
-    /// `EXTERNAL_LATENCY_MS`: how long each answer takes (default 0).
+    /// `EXTERNAL_LATENCY_MS`: how long each answer takes (default 50, as the reference's mock).
     pub(crate) latency: Duration,
     /// `EXTERNAL_UNAVAILABLE_SHARE`: the share of failures answered 503 with `Retry-After` rather
     /// than 500 (default 0.25).
@@ -42,11 +43,11 @@ impl UpstreamConfig {
     pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         Ok(Self {
             addr: listen_addr(&get, 5001)?,
-            fail_rate: rate(&get, "EXTERNAL_FAIL_RATE", 0.0)?,
+            fail_rate: rate(&get, "EXTERNAL_FAIL_RATE", 0.2)?,
             latency: Duration::from_millis(parse(
                 &get,
                 "EXTERNAL_LATENCY_MS",
-                0,
+                50,
                 "a whole number of milliseconds",
             )?),
             unavailable_share: rate(&get, "EXTERNAL_UNAVAILABLE_SHARE", 0.25)?,

@@ -7,15 +7,15 @@
 //! ```sh
 //! EXTERNAL_FAIL_RATE=0.5 cargo run --example mock_upstream &
 //! cargo run --example proxy_service
-//! curl -s -XPOST localhost:8080/api/proxy/data -H 'content-type: application/json' -d '{"order":42}'
-//! curl -s localhost:8080/api/circuit-breaker/status
+//! curl -s -XPOST localhost:8000/api/proxy/data -H 'content-type: application/json' -d '{"order":42}'
+//! curl -s localhost:8000/api/circuit-breaker/status
 //! ```
 //!
 //! Answers: 200 `{"status":"success","external_response":{...},"proxy_notes":"..."}`; 429 when the
 //! client is over its limit; 503 while the circuit is open; 502 when the upstream still fails after
 //! the retries; 504 when it times out; 400/415 for a body that is not JSON.
 //!
-//! Configuration: `BIND`, `PORT` (8080), `EXTERNAL_SERVICE_URL`
+//! Configuration: `BIND`, `PORT` (8000), `EXTERNAL_SERVICE_URL`
 //! (`http://localhost:5001/external-api/process`), `RETRY_MAX_ATTEMPTS` (3),
 //! `RETRY_INITIAL_DELAY_MS` (100), `RETRY_BACKOFF_MULTIPLIER` (2.0), `RETRY_MAX_DELAY_MS` (2000),
 //! `RETRY_BUDGET_PERCENT` (100),

@@ -37,7 +37,7 @@ use crate::setup::{EnvError, json_logs, listen_addr, parse, positive};
 /// The proxy's configuration, from the environment.
 #[derive(Clone, Debug)]
 pub(crate) struct ProxyConfig {
-    /// `BIND` and `PORT` (default 8080).
+    /// `BIND` and `PORT` (default 8000, as the reference).
     pub(crate) addr: SocketAddr,
     /// `EXTERNAL_SERVICE_URL` (default `http://localhost:5001/external-api/process`).
     pub(crate) upstream: http::Uri,
@@ -129,7 +129,7 @@ impl ProxyConfig {
             )?)))
         };
         Ok(Self {
-            addr: listen_addr(&get, 8080)?,
+            addr: listen_addr(&get, 8000)?,
             upstream,
             retry_attempts: attempts,
             retry_initial: ms("RETRY_INITIAL_DELAY_MS", 100)?,

@@ -42,7 +42,11 @@ struct Stack {
 
 /// Serves the upstream with `upstream_vars` and the proxy in front of it with `proxy_vars`.
 async fn start(upstream_vars: &[(&str, &str)], proxy_vars: &[(&str, &str)]) -> Stack {
-    let config = upstream::UpstreamConfig::from_lookup(lookup(upstream_vars)).unwrap();
+    // A healthy, instant upstream unless a test says otherwise (the mock's own defaults are the
+    // reference's: 20% failures, 50 ms).
+    let mut with_defaults = vec![("EXTERNAL_FAIL_RATE", "0"), ("EXTERNAL_LATENCY_MS", "0")];
+    with_defaults.extend_from_slice(upstream_vars);
+    let config = upstream::UpstreamConfig::from_lookup(lookup(&with_defaults)).unwrap();
     let (router, handle) = upstream::router(config);
     let upstream_server = serve(router, false).await;
     let url = format!("http://{}/external-api/process", upstream_server.addr);

@@ -227,7 +227,8 @@ pub(super) async fn metric_summary(
         "type": metric_type,
         "period": period,
         "count": s.count,
-        "average": s.average,
+        // Reference 000 writes an empty summary's average as the integer 0.
+        "average": if s.count == 0 { json!(0) } else { json!(s.average) },
         "min": s.min,
         "max": s.max,
         "latest": s.latest,

@@ -14,7 +14,7 @@ use tower_rampart::BoxError;
 use tower_rampart::cache::{CacheHandle, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitHandle;
 use tower_rampart::circuit_breaker::error::CircuitOpen;
-use tower_rampart::key::{ExtractKey, PeerIp, key_fn};
+use tower_rampart::key::{ClientIp, ExtractKey, key_fn};
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::config::Config;
@@ -50,11 +50,16 @@ pub(crate) struct Analytics {
     /// `SubmitMetric`'s limit, and the one `SubmitEvent` and `GetStats` share.
     pub(crate) metrics_limit: Limiter,
     pub(crate) events_limit: Limiter,
+    /// Who the client is: the TCP peer, or behind a proxy in `TRUSTED_PROXIES`, the address that
+    /// proxy put in `x-forwarded-for`.
+    pub(crate) client_ip: ClientIp,
 }
 
-/// The peer (client) IP of a call, IPv6 grouped by /64 as the HTTP examples group it; a call that
-/// did not come over TCP shares one bucket.
-fn peer_of<T>(request: &Request<T>) -> IpAddr {
+/// The client IP of a call, as the HTTP examples key it: the TCP peer, or for a call through a
+/// trusted proxy (`TRUSTED_PROXIES`) the client that proxy named in `x-forwarded-for` (a gRPC
+/// proxy such as Envoy sets it as metadata); IPv6 grouped by /64. A call that did not come over
+/// TCP shares one bucket.
+fn client_of<T>(client_ip: &ClientIp, request: &Request<T>) -> IpAddr {
     let mut probe = http::Request::new(());
     if let Some(info) = request
         .extensions()
@@ -62,7 +67,12 @@ fn peer_of<T>(request: &Request<T>) -> IpAddr {
     {
         probe.extensions_mut().insert(info.clone());
     }
-    PeerIp::new()
+    for value in request.metadata().get_all("x-forwarded-for") {
+        if let Ok(value) = http::HeaderValue::from_bytes(value.as_encoded_bytes()) {
+            probe.headers_mut().append("x-forwarded-for", value);
+        }
+    }
+    client_ip
         .extract(&probe)
         .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
@@ -238,7 +248,7 @@ impl AnalyticsService for Analytics {
         &self,
         request: Request<pb::SubmitMetricRequest>,
     ) -> Result<Response<pb::SubmitMetricResponse>, Status> {
-        let client = peer_of(&request);
+        let client = client_of(&self.client_ip, &request);
         let metric = from_pb(request.into_inner().metric)?;
         // Checked first: an invalid call spends no quota.
         admit(&self.metrics_limit, client).await?;
@@ -317,7 +327,7 @@ impl AnalyticsService for Analytics {
         &self,
         request: Request<pb::SubmitEventRequest>,
     ) -> Result<Response<pb::SubmitEventResponse>, Status> {
-        let client = peer_of(&request);
+        let client = client_of(&self.client_ip, &request);
         let req = request.into_inner();
         require_type(&req.event_type, "event_type")?;
         let platform = if req.platform.is_empty() {
@@ -346,7 +356,7 @@ impl AnalyticsService for Analytics {
         &self,
         request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::EventStats>, Status> {
-        admit(&self.events_limit, peer_of(&request)).await?;
+        admit(&self.events_limit, client_of(&self.client_ip, &request)).await?;
         let event_type = request.into_inner().event_type;
         let count = self
             .storage
@@ -608,5 +618,6 @@ pub(crate) fn analytics(
         breaker,
         metrics_limit,
         events_limit,
+        client_ip: ClientIp::new().trusted_proxies(&config.trusted_proxies),
     })
 }

@@ -286,6 +286,50 @@ async fn an_exhausted_quota_answers_resource_exhausted_with_retry_info() {
     assert_eq!(err.code(), Code::ResourceExhausted);
 }
 
+/// Behind a proxy every call comes from the proxy's address: `grpc_analytics` keyed its limits on
+/// the TCP peer alone, so all of a proxy's clients shared one quota. With the proxy in
+/// `TRUSTED_PROXIES`, each client named in its `x-forwarded-for` has its own; a peer that is not
+/// trusted is keyed on its own address, whatever it forwards.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
+    use tonic::Request;
+    let submit_as = |c: &mut AnalyticsServiceClient<Channel>, client: &str, v: f64| {
+        let mut req = Request::new(metric(v, "cpu"));
+        req.metadata_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+        let mut c = c.clone();
+        async move { c.submit_metric(req).await.map(|_| ()).map_err(|e| e.code()) }
+    };
+    let limits = [
+        ("RATE_LIMIT_REQUESTS", "1"),
+        ("RATE_LIMIT_WINDOW_SECONDS", "60"),
+    ];
+    let mut trusted = limits.to_vec();
+    trusted.push(("TRUSTED_PROXIES", "127.0.0.1/32"));
+    let server = start(&trusted).await;
+    let mut c = server.client().await;
+    assert_eq!(submit_as(&mut c, "198.51.100.1", 1.0).await, Ok(()));
+    assert_eq!(
+        submit_as(&mut c, "198.51.100.2", 2.0).await,
+        Ok(()),
+        "another client"
+    );
+    assert_eq!(
+        submit_as(&mut c, "198.51.100.1", 3.0).await,
+        Err(Code::ResourceExhausted),
+        "the first client's quota is spent"
+    );
+
+    let server = start(&limits).await;
+    let mut c = server.client().await;
+    assert_eq!(submit_as(&mut c, "198.51.100.1", 1.0).await, Ok(()));
+    assert_eq!(
+        submit_as(&mut c, "198.51.100.2", 2.0).await,
+        Err(Code::ResourceExhausted),
+        "an untrusted peer's forwarding is not believed"
+    );
+}
+
 #[tokio::test]
 async fn the_external_call_falls_back_and_its_circuit_opens() {
     let server = start(&[

@@ -379,7 +379,13 @@ impl AnalyticsService for Analytics {
                     tracing::warn!(error = %e, "external call failed; answering the fallback");
                 }
                 Outcome::Fallback(pb::Fallback {
-                    reason: "external service failure".into(),
+                    // As `analytics_api`'s `/external` (reference 000) says it.
+                    reason: if circuit_open {
+                        "circuit open"
+                    } else {
+                        "external service failure"
+                    }
+                    .into(),
                     circuit_open,
                 })
             }

@@ -350,7 +350,12 @@ async fn the_external_call_falls_back_and_its_circuit_opens() {
         assert_eq!(
             r.result,
             Some(Outcome::Fallback(pb::Fallback {
-                reason: "external service failure".into(),
+                reason: if circuit_open {
+                    "circuit open"
+                } else {
+                    "external service failure"
+                }
+                .into(),
                 circuit_open,
             }))
         );

@@ -128,14 +128,23 @@ impl ProxyConfig {
                 &get, var, default,
             )?)))
         };
+        let retry_initial = ms("RETRY_INITIAL_DELAY_MS", 100)?;
+        let retry_max_delay = ms("RETRY_MAX_DELAY_MS", 2000)?;
+        if retry_initial > retry_max_delay {
+            return Err(EnvError {
+                var: "RETRY_INITIAL_DELAY_MS",
+                value: retry_initial.as_millis().to_string(),
+                expected: "a delay no longer than RETRY_MAX_DELAY_MS (2000 by default)",
+            });
+        }
         Ok(Self {
             addr: listen_addr(&get, 8000)?,
             upstream,
             retry_attempts: attempts,
-            retry_initial: ms("RETRY_INITIAL_DELAY_MS", 100)?,
+            retry_initial,
             retry_multiplier,
             retry_budget_percent,
-            retry_max_delay: ms("RETRY_MAX_DELAY_MS", 2000)?,
+            retry_max_delay,
             attempt_timeout: ms("EXTERNAL_TIMEOUT_MS", 2000)?,
             breaker_threshold: positive(&get, "CB_FAILURE_THRESHOLD", 5)?,
             breaker_reset: Duration::from_secs(u64::from(positive(
@@ -186,8 +195,11 @@ pub(crate) fn upstream_client(
         .classify(tower_rampart::classify::HttpClassifier::new())
         .build()?;
     let handle = breaker.handle();
-    let deadline = config.attempt_timeout * config.retry_attempts
-        + config.retry_max_delay * config.retry_attempts.saturating_sub(1);
+    // The attempts and waits at their longest, but over before the request's own timeout (a
+    // 408 would say the client was slow): the retries give up in time to answer 502 or 504.
+    let deadline = (config.attempt_timeout * config.retry_attempts
+        + config.retry_max_delay * config.retry_attempts.saturating_sub(1))
+    .min(config.request_timeout.mul_f64(0.9));
     let retry = RetryLayer::builder()
         .name("external")
         .max_attempts(config.retry_attempts)

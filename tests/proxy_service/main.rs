@@ -340,6 +340,13 @@ fn bad_settings_name_the_variable() {
         r#"invalid EXTERNAL_SERVICE_URL="ftp://example.com/x": expected an http:// URL with a host"#
     );
     assert_eq!(
+        err(&[
+            ("RETRY_INITIAL_DELAY_MS", "3000"),
+            ("RETRY_MAX_DELAY_MS", "2000")
+        ]),
+        r#"invalid RETRY_INITIAL_DELAY_MS="3000": expected a delay no longer than RETRY_MAX_DELAY_MS (2000 by default)"#
+    );
+    assert_eq!(
         err(&[("CB_RESET_TIMEOUT_SECONDS", "0")]),
         r#"invalid CB_RESET_TIMEOUT_SECONDS="0": expected a whole number from 1 to 4294967295"#
     );
@@ -423,4 +430,24 @@ async fn the_body_is_forwarded_byte_for_byte() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(seen.lock().unwrap().as_slice(), [sent.as_bytes().to_vec()]);
+}
+
+/// The retries' worst case (3 attempts of 900 ms and the waits between them) is longer than the
+/// request's own timeout (1 s): the proxy answered 408 as if the client were slow. The retries
+/// now give up within 90% of it, and the answer says the upstream timed out (504).
+#[tokio::test]
+async fn retries_longer_than_the_request_timeout_end_in_a_504_not_a_408() {
+    let stack = start(
+        &[("EXTERNAL_LATENCY_MS", "5000")],
+        &[
+            ("EXTERNAL_TIMEOUT_MS", "900"),
+            ("RETRY_MAX_ATTEMPTS", "3"),
+            ("RETRY_INITIAL_DELAY_MS", "100"),
+            ("REQUEST_TIMEOUT_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let r = post(&stack, "{}").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+    assert_eq!(r.json()["status"], "error");
 }

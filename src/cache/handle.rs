@@ -147,7 +147,8 @@ where
     /// Invalidates the `GET` and `HEAD` entries of `resource` (as [`HttpKey`] writes their keys:
     /// the method, a space, the resource, then for each variant a newline and fields) after a
     /// request that changed it succeeded. Done in this process at once; what a shared store
-    /// still has to do is returned, its failures reported (the write stands either way).
+    /// still has to do runs on the runtime (to the end, whether or not the returned future is
+    /// awaited), its failures reported (the write stands either way).
     ///
     /// [`HttpKey`]: super::HttpKey
     pub(crate) fn invalidate_resource<V>(
@@ -180,7 +181,7 @@ where
             return None;
         }
         let shared = Arc::clone(self);
-        Some(Box::pin(std::future::poll_fn(move |cx| {
+        let work = std::future::poll_fn(move |cx| {
             pending.retain_mut(|invalidation| match Pin::new(invalidation).poll(cx) {
                 Poll::Ready(Ok(())) => false,
                 Poll::Ready(Err(e)) => {
@@ -194,7 +195,19 @@ where
             } else {
                 Poll::Pending
             }
-        })))
+        });
+        // On the runtime, so that the store completes it even when the answer is no longer
+        // awaited (the client went away, an outer timeout fired): a write that happened is never
+        // left with the resource's old entries in a shared store.
+        Some(match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let task = rt.spawn(work);
+                Box::pin(async move {
+                    let _ = task.await;
+                })
+            }
+            Err(_) => Box::pin(work),
+        })
     }
 }
 

@@ -103,7 +103,7 @@
 //! With `.http()` ([`CacheLayer::http`]), the layer follows the rules of a shared cache (RFC
 //! 9111) where they matter for an application's own responses:
 //!
-//! - **Writes.** A request with any other method but `OPTIONS` and `TRACE` (`POST`, `PUT`,
+//! - **Writes.** A request with any other method but `OPTIONS`, `TRACE` and `CONNECT` (`POST`, `PUT`,
 //!   `PATCH`, `DELETE`, ...) goes straight through; when it is answered with a 2xx or 3xx, the
 //!   `GET` and `HEAD` entries of its target (every variant) are invalidated before the answer is
 //!   passed on, in Redis too with a shared store (RFC 9111 §4.4;

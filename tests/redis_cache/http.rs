@@ -305,3 +305,57 @@ async fn a_write_on_one_replica_invalidates_the_resource_for_every_replica() {
         "the failed invalidation is reported"
     );
 }
+
+/// A write's invalidation in Redis takes several round trips (here: every script answered
+/// `NOSCRIPT` first, as after a Redis restart). It ran only while the write's answer was awaited:
+/// a client that went away (or an outer timeout) right after the write left the resource's old
+/// entry in Redis for every replica until its TTL. It now runs to the end on the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("http-write-drop");
+    let version = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (app, store) = items_replica(&server.url(), &prefix, &version, &failed).await;
+    let request = |method: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri("/items/1")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = app.clone().oneshot(request("GET")).await.unwrap();
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    until_stored(&store, "GET /items/1").await;
+
+    assert_eq!(server.command("SCRIPT FLUSH"), "+OK");
+    // Polled once (the handler answers at once, the invalidation sends its first command), then
+    // dropped.
+    let dropped = tokio::time::timeout(Duration::ZERO, app.clone().oneshot(request("PUT"))).await;
+    assert!(
+        dropped.is_err(),
+        "the write's answer was still waiting for redis"
+    );
+    assert_eq!(version.load(Ordering::SeqCst), 1, "the write happened");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = match store.get(&CacheKey::from("GET /items/1")) {
+            StoreOp::Ready(f) => f,
+            StoreOp::Pending(f) => f.await,
+        };
+        if found.unwrap().is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old entry is still in redis 5 s after the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+}

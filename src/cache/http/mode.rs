@@ -378,7 +378,7 @@ impl<X, B> CacheBuilder<X, B, HttpMode> {
 
     /// Invalidate a resource's entries when a request that may change it succeeds (default on,
     /// as RFC 9111 §4.4 requires of caches): a request with any method but `GET`, `HEAD`,
-    /// `OPTIONS` and `TRACE` answered with a 2xx or 3xx status invalidates the `GET` and `HEAD`
+    /// `OPTIONS`, `TRACE` and `CONNECT` answered with a 2xx or 3xx status invalidates the `GET` and `HEAD`
     /// entries of its target, every variant (with [`HttpKey`](crate::cache::HttpKey), or a key
     /// extractor that names the resource: [`KeyExtractor::resource_of`]), in this process and,
     /// with a shared store, in Redis, before the response is passed on. When the store fails to
@@ -434,8 +434,12 @@ where
 
     fn request_policy(&self, req: &Request<ReqB>) -> RequestPolicy {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            let safe = req.method() == Method::OPTIONS || req.method() == Method::TRACE;
-            return if self.invalidate_on_write && !safe {
+            // Safe methods change nothing; `CONNECT` names a host, not a resource.
+            let writes = !matches!(
+                *req.method(),
+                Method::OPTIONS | Method::TRACE | Method::CONNECT
+            );
+            return if self.invalidate_on_write && writes {
                 RequestPolicy::Invalidate
             } else {
                 RequestPolicy::Bypass

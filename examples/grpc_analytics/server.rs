@@ -252,17 +252,21 @@ impl AnalyticsService for Analytics {
         let metric = from_pb(request.into_inner().metric)?;
         // Checked first: an invalid call spends no quota.
         admit(&self.metrics_limit, client).await?;
-        self.storage
+        let forgotten = self
+            .storage
             .add_metric(&metric)
             .await
             .map_err(unavailable)?;
-        // The next summary of this type is computed afresh, whatever its TTL.
-        if let Err(e) = self
-            .summary_cache
-            .invalidate_prefix(summary_prefix(&metric.metric_type))
-            .await
-        {
-            tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+        // The next summary of this type, and of any whose oldest metrics made room, is computed
+        // afresh, whatever its TTL.
+        for t in std::iter::once(&metric.metric_type).chain(&forgotten) {
+            if let Err(e) = self
+                .summary_cache
+                .invalidate_prefix(summary_prefix(t))
+                .await
+            {
+                tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+            }
         }
         Ok(Response::new(pb::SubmitMetricResponse {
             message: "Metric stored successfully".into(),

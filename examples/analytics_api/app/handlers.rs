@@ -86,14 +86,13 @@ pub(super) async fn submit_metric(
     State(state): State<AppState>,
     Extension(metric): Extension<Metric>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.storage.add_metric(&metric).await?;
-    // The next summary of this type is computed afresh, whatever its TTL.
-    if let Err(e) = state
-        .summaries
-        .invalidate_prefix(summary_prefix(&metric.metric_type))
-        .await
-    {
-        tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+    let forgotten = state.storage.add_metric(&metric).await?;
+    // The next summary of this type, and of any whose oldest metrics made room, is computed
+    // afresh, whatever its TTL.
+    for t in std::iter::once(&metric.metric_type).chain(&forgotten) {
+        if let Err(e) = state.summaries.invalidate_prefix(summary_prefix(t)).await {
+            tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+        }
     }
     Ok((
         StatusCode::CREATED,

@@ -143,8 +143,10 @@ impl MemoryStorage {
     }
 
     /// Stores `m`; past the most metrics kept, forgets the oldest stored (of any type), and a
-    /// type with no metric left altogether (its aggregate too).
-    pub(super) fn add_metric(&self, m: &Metric) {
+    /// type with no metric left altogether (its aggregate too). Answers the types that lost
+    /// metrics.
+    pub(super) fn add_metric(&self, m: &Metric) -> Vec<String> {
+        let mut forgotten: Vec<String> = Vec::new();
         let mut metrics = self.metrics.write().unwrap_or_else(|p| p.into_inner());
         let metrics = &mut *metrics;
         let name = match metrics.by_type.get_key_value(m.metric_type.as_str()) {
@@ -165,7 +167,11 @@ impl MemoryStorage {
                     metrics.by_type.remove(&oldest);
                 }
             }
+            if !forgotten.iter().any(|t| **t == *oldest) {
+                forgotten.push(oldest.to_string());
+            }
         }
+        forgotten
     }
 
     fn with_type<R>(&self, metric_type: &str, f: impl FnOnce(Option<&MetricsOfType>) -> R) -> R {

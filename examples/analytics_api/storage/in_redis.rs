@@ -28,7 +28,7 @@ impl fmt::Debug for RedisStorage {
 /// order of submission across types, and the type's running aggregate, atomically. Past ARGV[5]
 /// metrics the oldest submitted are forgotten (at most 100 per call, so a lowered bound is reached
 /// over the next writes without one long script), and a type left with none is forgotten with its
-/// aggregate. Type names hold no control character, so the first newline of an order entry ends
+/// aggregate; answers the types that lost metrics. Type names hold no control character, so the first newline of an order entry ends
 /// its type.
 const ADD_METRIC: &str = r"
 local id = redis.call('INCR', 'analytics:metric_id')
@@ -36,12 +36,17 @@ local member = string.format('%020d', id) .. ':' .. ARGV[3]
 redis.call('ZADD', KEYS[1], ARGV[1], member)
 redis.call('LPUSH', 'analytics:metric_order', ARGV[4] .. '\n' .. member)
 local kept = tonumber(ARGV[5])
+local forgotten, seen = {}, {}
 for _ = 1, 100 do
   if redis.call('LLEN', 'analytics:metric_order') <= kept then break end
   local old = redis.call('RPOP', 'analytics:metric_order')
   local nl = string.find(old, '\n', 1, true)
   if nl then
     local t = string.sub(old, 1, nl - 1)
+    if not seen[t] then
+      seen[t] = true
+      forgotten[#forgotten + 1] = t
+    end
     local set = 'analytics:metrics:' .. t
     redis.call('ZREM', set, string.sub(old, nl + 1))
     if redis.call('ZCARD', set) == 0 then
@@ -74,7 +79,7 @@ local latest = redis.call('HGET', agg, 'latest_ts')
 if not latest or tonumber(ARGV[1]) >= tonumber(latest) then
   redis.call('HSET', agg, 'latest_ts', ARGV[1], 'latest', ARGV[2])
 end
-return id
+return forgotten
 ";
 
 /// Records an event: its type's count, the user's last activity (overall and on its platform), the
@@ -299,14 +304,13 @@ impl RedisStorage {
         script: &tower_rampart::backend::redis::FencedScript,
         keys: &[String],
         args: &[String],
-    ) -> Result<(), StorageError> {
+    ) -> Result<redis::Value, StorageError> {
         let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         self.conn
             .eval_fenced(script, &keys, &args)
             .await
-            .map_err(|e| StorageError::new(format!("storage unavailable: {e}")))?;
-        Ok(())
+            .map_err(|e| StorageError::new(format!("storage unavailable: {e}")))
     }
 
     pub(super) async fn ping(&self) -> bool {
@@ -316,20 +320,24 @@ impl RedisStorage {
             .is_ok()
     }
 
-    pub(super) async fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
+    /// Stores `m`; answers the types whose oldest metrics it made room by forgetting.
+    pub(super) async fn add_metric(&self, m: &Metric) -> Result<Vec<String>, StorageError> {
         let json = serde_json::to_string(m).map_err(|e| StorageError::new(e.to_string()))?;
-        self.write(
-            &scripts::ADD_METRIC,
-            &[metrics_key(&m.metric_type), aggregate_key(&m.metric_type)],
-            &[
-                m.timestamp.timestamp_millis().to_string(),
-                format!("{:?}", m.value), // shortest round-trip form
-                json,
-                m.metric_type.clone(),
-                self.kept.to_string(),
-            ],
-        )
-        .await
+        let forgotten = self
+            .write(
+                &scripts::ADD_METRIC,
+                &[metrics_key(&m.metric_type), aggregate_key(&m.metric_type)],
+                &[
+                    m.timestamp.timestamp_millis().to_string(),
+                    format!("{:?}", m.value), // shortest round-trip form
+                    json,
+                    m.metric_type.clone(),
+                    self.kept.to_string(),
+                ],
+            )
+            .await?;
+        redis::from_redis_value(forgotten)
+            .map_err(|e| StorageError::new(format!("unexpected reply storing a metric: {e}")))
     }
 
     async fn members(
@@ -425,6 +433,7 @@ impl RedisStorage {
             ],
         )
         .await
+        .map(drop)
     }
 
     pub(super) async fn event_count(&self, event_type: &str) -> Result<u64, StorageError> {
@@ -455,6 +464,7 @@ impl RedisStorage {
             ],
         )
         .await
+        .map(drop)
     }
 
     pub(super) async fn activity(&self, now: DateTime<Utc>) -> Result<Activity, StorageError> {

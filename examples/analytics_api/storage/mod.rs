@@ -268,12 +268,11 @@ impl Storage {
         }
     }
 
-    pub(crate) async fn add_metric(&self, m: &Metric) -> Result<(), StorageError> {
+    /// Stores `m`; answers the types whose oldest metrics were forgotten to make room (their
+    /// summaries changed too).
+    pub(crate) async fn add_metric(&self, m: &Metric) -> Result<Vec<String>, StorageError> {
         match self {
-            Self::Memory(s) => {
-                s.add_metric(m);
-                Ok(())
-            }
+            Self::Memory(s) => Ok(s.add_metric(m)),
             Self::Redis(r) => r.add_metric(m).await,
         }
     }

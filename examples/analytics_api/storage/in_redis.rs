@@ -226,23 +226,9 @@ impl RedisStorage {
     /// The number of metrics kept (of every type), and the newest `limit` of them, oldest first,
     /// in submission order: one round trip, whose work is `limit`'s.
     pub(super) async fn newest(&self, limit: usize) -> Result<(u64, Vec<Metric>), StorageError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("LLEN").arg("analytics:metric_order");
-        pipe.cmd("LRANGE")
-            .arg("analytics:metric_order")
-            .arg(0)
-            .arg(limit as i64 - 1);
-        let (total, entries): (u64, Vec<String>) = if limit == 0 {
-            (
-                redis::cmd("LLEN")
-                    .arg("analytics:metric_order")
-                    .query_async(&mut self.conn())
-                    .await?,
-                Vec::new(),
-            )
-        } else {
-            pipe.query_async(&mut self.conn()).await?
-        };
+        let (total, entries) = self
+            .count_and_range(("LLEN", "LRANGE"), "analytics:metric_order", 0, limit)
+            .await?;
         // Newest first in Redis (LPUSH): each entry is the type, a newline, the member.
         let newest = entries
             .iter()
@@ -255,6 +241,31 @@ impl RedisStorage {
             })
             .collect::<Result<_, _>>()?;
         Ok((total, newest))
+    }
+
+    /// The length of the list or sorted set `key` (`count`: `LLEN` or `ZCARD`) and `limit` of its
+    /// members from `start` (`range`: `LRANGE` or `ZRANGE`), in one round trip.
+    async fn count_and_range(
+        &self,
+        (count, range): (&str, &str),
+        key: &str,
+        start: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<String>), StorageError> {
+        if limit == 0 {
+            let total = redis::cmd(count)
+                .arg(key)
+                .query_async(&mut self.conn())
+                .await?;
+            return Ok((total, Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd(count).arg(key);
+        pipe.cmd(range)
+            .arg(key)
+            .arg(start)
+            .arg(start as i64 + limit as i64 - 1);
+        Ok(pipe.query_async(&mut self.conn()).await?)
     }
 
     /// The summary of a type's metrics, all of them (from the stored aggregate) or those
@@ -362,23 +373,9 @@ impl RedisStorage {
         limit: usize,
     ) -> Result<(u64, Vec<Metric>), StorageError> {
         let key = metrics_key(metric_type);
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZCARD").arg(&key);
-        pipe.cmd("ZRANGE")
-            .arg(&key)
-            .arg(offset)
-            .arg(offset as i64 + limit as i64 - 1);
-        let (total, members): (u64, Vec<String>) = if limit == 0 {
-            (
-                redis::cmd("ZCARD")
-                    .arg(&key)
-                    .query_async(&mut self.conn())
-                    .await?,
-                Vec::new(),
-            )
-        } else {
-            pipe.query_async(&mut self.conn()).await?
-        };
+        let (total, members) = self
+            .count_and_range(("ZCARD", "ZRANGE"), &key, offset, limit)
+            .await?;
         let page = members
             .iter()
             .map(|m| parse_member(m))

@@ -135,6 +135,11 @@
 //!   (1 MiB by default). A response whose `content-length` (or size hint) is larger is passed
 //!   through without being read; one found larger while reading, or ending with trailers, is
 //!   passed through with what was read replayed first. Nothing beyond the cap is ever buffered.
+//! - **Conditional requests.** A request whose `If-None-Match` names the stored response's
+//!   `ETag` (weak comparison, or `*`) or, without `If-None-Match`, whose `If-Modified-Since` is
+//!   no earlier than its `Last-Modified` (else `Date`) is answered `304 Not Modified` from a fresh
+//!   (or revalidating) stored `200`, with its `ETag`, `Cache-Control`, `Date`, `Expires`, `Vary`
+//!   and `Content-Location` and no body (RFC 9111 §4.3.2); any other is the stored response.
 //! - **Answers.** `x-cache: HIT | MISS | STALE` ([`x_cache_header`](CacheBuilder::x_cache_header))
 //!   and, on hits and stale answers, `age` ([`age_header`](CacheBuilder::age_header)). Requests the
 //!   cache does not handle (a `POST`, an `Authorization`) get no `x-cache`. Hop-by-hop headers are

@@ -74,6 +74,10 @@ impl fmt::Display for CacheStatus {
 pub enum RequestPolicy {
     /// Served from the cache when it can be; a miss is fetched and stored.
     Lookup,
+    /// As [`Lookup`](Self::Lookup), for a request that carries validators (HTTP `If-None-Match`,
+    /// `If-Modified-Since`): a stored response they match is answered by
+    /// [`CacheMode::not_modified`] (HTTP `304 Not Modified`) rather than replayed.
+    Conditional,
     /// Not served from the cache, but its response is stored (HTTP `Cache-Control: no-cache`).
     Refresh,
     /// Neither: straight to the inner service, response not stored (`no-store`, `Authorization`,
@@ -145,6 +149,20 @@ pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
         status: CacheStatus,
         now: Instant,
     ) -> Option<Self::Response>;
+
+    /// The answer to `req`, a [`RequestPolicy::Conditional`] request, from the stored response
+    /// `entry` when the request's validators match it (HTTP: a `304 Not Modified`, without the
+    /// body), or `None` to replay the entry. Default: `None`.
+    fn not_modified(
+        &self,
+        req: &Req,
+        entry: &CacheEntry<Self::Stored>,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Option<Self::Response> {
+        let _ = (req, entry, status, now);
+        None
+    }
 
     /// The answer for a response that is passed on without being stored.
     fn pass(&self, res: Res, status: Option<CacheStatus>) -> Self::Response;

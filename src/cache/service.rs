@@ -99,9 +99,18 @@ where
         };
         let key: CacheKey = key.into();
         if policy == RequestPolicy::Refresh {
-            let state = dispatch(shared, Svc::Borrowed(&mut self.inner), req, key, None, None);
+            let state = dispatch(
+                shared,
+                Svc::Borrowed(&mut self.inner),
+                req,
+                key,
+                None,
+                None,
+                false,
+            );
             return ResponseFuture::new(state);
         }
+        let conditional = policy == RequestPolicy::Conditional;
         // One clock read per lookup: the store judges expiry and the layer freshness by it.
         let now = Instant::now();
         match shared.store.get_at(&key, now) {
@@ -113,12 +122,20 @@ where
                     key,
                     Some(found),
                     Some(now),
+                    conditional,
                 );
                 ResponseFuture::new(state)
             }
             StoreOp::Pending(get) => {
                 let svc = take_ready(&mut self.inner);
-                ResponseFuture::looking(Lookup::new(get, svc, req, key, Arc::clone(shared)))
+                ResponseFuture::looking(Lookup::new(
+                    get,
+                    svc,
+                    req,
+                    key,
+                    Arc::clone(shared),
+                    conditional,
+                ))
             }
         }
     }

@@ -1123,3 +1123,82 @@ async fn a_write_drops_its_resources_running_fills_and_no_others() {
     let body = one.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"1 v1");
 }
+
+/// A conditional request to a stored response got the whole `200` again, even when the client
+/// had it (RFC 9111 §4.3.2: a cache evaluates the request's conditions against what it stored).
+/// Now `If-None-Match` naming the stored `ETag` (weak comparison, in a list, or `*`) or, without
+/// it, an `If-Modified-Since` no earlier than `Last-Modified` is answered `304` from the cache,
+/// with the validators and no body; anything else is the stored `200`.
+#[tokio::test]
+async fn a_conditional_request_matching_the_stored_response_gets_304_from_the_cache() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let app = Router::new()
+        .route(
+            "/doc",
+            get(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        [
+                            (header::ETAG, "\"v1\""),
+                            (header::LAST_MODIFIED, "Sat, 21 Feb 2026 12:00:00 GMT"),
+                            (header::CACHE_CONTROL, "max-age=300"),
+                        ],
+                        "the document",
+                    )
+                }
+            }),
+        )
+        .route_layer(CacheLayer::http(Duration::from_secs(60)));
+    let served = serve(app, false).await;
+    let first = served.send("GET", "/doc", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-cache"], "MISS");
+    for (name, value) in [
+        ("if-none-match", "\"v1\""),
+        ("if-none-match", "W/\"v1\""),
+        ("if-none-match", "\"a,b\", \"other\" ,W/\"v1\""),
+        ("if-none-match", "*"),
+        ("if-modified-since", "Sat, 21 Feb 2026 12:00:00 GMT"),
+        ("if-modified-since", "Sun, 22 Feb 2026 08:00:00 GMT"),
+    ] {
+        let r = served.send("GET", "/doc", &[(name, value)]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{name}: {value}");
+        assert_eq!(r.headers["x-cache"], "HIT", "{name}: {value}");
+        assert_eq!(r.headers["etag"], "\"v1\"");
+        assert_eq!(r.headers["cache-control"], "max-age=300");
+        assert!(r.headers.contains_key("age"));
+        assert!(
+            !r.headers.contains_key("last-modified"),
+            "not a 304's field"
+        );
+        assert_eq!(r.body, "", "{name}: {value}");
+    }
+    for (headers, why) in [
+        (&[("if-none-match", "\"v2\"")][..], "another tag"),
+        (&[("if-none-match", "\"v1")][..], "not a tag"),
+        (
+            &[("if-modified-since", "Fri, 20 Feb 2026 12:00:00 GMT")][..],
+            "modified since",
+        ),
+        (&[("if-modified-since", "yesterday")][..], "not a date"),
+        (
+            &[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Sun, 22 Feb 2026 08:00:00 GMT"),
+            ][..],
+            "If-None-Match decides, If-Modified-Since is ignored",
+        ),
+    ] {
+        let r = served.send("GET", "/doc", headers).await;
+        assert_eq!(r.status, StatusCode::OK, "{why}");
+        assert_eq!(r.headers["x-cache"], "HIT", "{why}");
+        assert_eq!(r.body, "the document", "{why}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "every answer came from the cache"
+    );
+}

@@ -359,3 +359,48 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
     }
     assert_eq!(failed.load(Ordering::SeqCst), 0);
 }
+
+/// A conditional request answered from Redis: `304` when its `If-None-Match` names the stored
+/// `ETag` (the lookup that waits for Redis evaluates it as the in-memory one does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_request_gets_304_from_the_redis_cache() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let redis = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .prefix(unique_prefix("http-304"))
+        .timeout(Duration::from_secs(5));
+    let cache = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(300))
+        .backend(redis)
+        .build()
+        .unwrap();
+    let store = cache.store().clone();
+    let app = Router::new().route(
+        "/doc",
+        get(|| async { ([(http::header::ETAG, "\"v1\"")], "the document") }).route_layer(cache),
+    );
+    let served = serve(app, false).await;
+    assert_eq!(
+        served.send("GET", "/doc", &[]).await.headers["x-cache"],
+        "MISS"
+    );
+    until_stored(&store, "GET /doc").await;
+    let r = served
+        .send("GET", "/doc", &[("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers["x-cache"], "HIT");
+    assert_eq!(r.headers["etag"], "\"v1\"");
+    assert_eq!(r.body, "");
+    let r = served
+        .send("GET", "/doc", &[("if-none-match", "\"v0\"")])
+        .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "the document")
+    );
+}

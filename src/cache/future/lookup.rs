@@ -11,17 +11,26 @@ pin_project! {
         req: Option<Req>,
         key: Option<CacheKey>,
         shared: Sh,
+        conditional: bool,
     }
 }
 
 impl<G, S, Req, Sh> Lookup<G, S, Req, Sh> {
-    pub(crate) fn new(get: G, svc: S, req: Req, key: CacheKey, shared: Sh) -> Self {
+    pub(crate) fn new(
+        get: G,
+        svc: S,
+        req: Req,
+        key: CacheKey,
+        shared: Sh,
+        conditional: bool,
+    ) -> Self {
         Self {
             get,
             svc: Some(svc),
             req: Some(req),
             key: Some(key),
             shared,
+            conditional,
         }
     }
 }
@@ -58,6 +67,7 @@ where
             key,
             Some(found),
             None,
+            *this.conditional,
         ))
     }
 }

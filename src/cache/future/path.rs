@@ -38,7 +38,10 @@ impl<S: Clone> Svc<'_, S> {
 /// Decides what to do with a request once the store has answered (or was skipped, `found` =
 /// `None`: a forced refresh, whose fill replaces whatever is stored): serve a hit, serve stale and
 /// refresh in the background, or miss (lead a flight or wait for one). `now` is the instant the
-/// lookup was made at, if the caller read it (else the clock is read here).
+/// lookup was made at, if the caller read it (else the clock is read here). A `conditional`
+/// request ([`RequestPolicy::Conditional`](crate::cache::RequestPolicy::Conditional)) whose
+/// validators match a fresh or revalidating entry is answered by the mode's `not_modified`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dispatch<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,
     svc: Svc<'_, S>,
@@ -46,6 +49,7 @@ pub(crate) fn dispatch<S, Req, X, St, A>(
     key: super::CacheKey,
     found: Option<Result<Option<CacheEntry<A::Stored>>, BackendError>>,
     now: Option<Instant>,
+    conditional: bool,
 ) -> StateOf<S, Req, X, St, A>
 where
     S: Service<Req> + Clone,
@@ -67,14 +71,28 @@ where
             let now = now.unwrap_or_else(Instant::now);
             match entry.freshness(now) {
                 Freshness::Fresh => {
-                    if let Some(res) = shared.mode.replay(&entry, CacheStatus::Hit, now) {
+                    let answer = match conditional {
+                        true => shared
+                            .mode
+                            .not_modified(&req, &entry, CacheStatus::Hit, now)
+                            .or_else(|| shared.mode.replay(&entry, CacheStatus::Hit, now)),
+                        false => shared.mode.replay(&entry, CacheStatus::Hit, now),
+                    };
+                    if let Some(res) = answer {
                         shared.count(Meter::Hits);
                         return StateOf::<S, Req, X, St, A>::done(Ok(res));
                     }
                     shared.unusable(&key);
                 }
                 Freshness::Revalidate => {
-                    if let Some(res) = shared.mode.replay(&entry, CacheStatus::Stale, now) {
+                    let answer = match conditional {
+                        true => shared
+                            .mode
+                            .not_modified(&req, &entry, CacheStatus::Stale, now)
+                            .or_else(|| shared.mode.replay(&entry, CacheStatus::Stale, now)),
+                        false => shared.mode.replay(&entry, CacheStatus::Stale, now),
+                    };
+                    if let Some(res) = answer {
                         match revalidate(shared, svc, req, &key, entry) {
                             Ok(()) => {
                                 shared.count(Meter::Stale);

@@ -242,6 +242,8 @@ struct RequestFields {
     range: bool,
     cache_control: bool,
     pragma: bool,
+    /// `If-None-Match` or `If-Modified-Since`.
+    conditional: bool,
 }
 
 impl RequestFields {
@@ -257,6 +259,8 @@ impl RequestFields {
             seen.range = headers.contains_key(header::RANGE);
             seen.cache_control = headers.contains_key(header::CACHE_CONTROL);
             seen.pragma = headers.contains_key(header::PRAGMA);
+            seen.conditional = headers.contains_key(header::IF_NONE_MATCH)
+                || headers.contains_key(header::IF_MODIFIED_SINCE);
             return seen;
         }
         for name in headers.keys() {
@@ -268,6 +272,8 @@ impl RequestFields {
                 seen.cache_control = true;
             } else if *name == header::PRAGMA {
                 seen.pragma = true;
+            } else if *name == header::IF_NONE_MATCH || *name == header::IF_MODIFIED_SINCE {
+                seen.conditional = true;
             }
         }
         seen
@@ -450,6 +456,11 @@ where
         if (!self.cache_authorized && seen.authorization) || seen.range {
             return RequestPolicy::Bypass;
         }
+        let lookup = if seen.conditional {
+            RequestPolicy::Conditional
+        } else {
+            RequestPolicy::Lookup
+        };
         if !seen.cache_control {
             if self.request_no_cache
                 && seen.pragma
@@ -460,7 +471,7 @@ where
             {
                 return RequestPolicy::Refresh;
             }
-            return RequestPolicy::Lookup;
+            return lookup;
         }
         let cc = Directives::parse(headers);
         if cc.no_store {
@@ -468,7 +479,7 @@ where
         } else if self.request_no_cache && (cc.no_cache || cc.max_age == Some(0)) {
             RequestPolicy::Refresh
         } else {
-            RequestPolicy::Lookup
+            lookup
         }
     }
 
@@ -543,6 +554,47 @@ where
         Some(res)
     }
 
+    /// `304 Not Modified` when the request's `If-None-Match` names the stored `ETag` (weak
+    /// comparison, or `*`) or, without `If-None-Match`, its `If-Modified-Since` is no earlier
+    /// than the stored `Last-Modified` (else `Date`) (RFC 9110 §13.1, RFC 9111 §4.3.2), with the
+    /// fields a 304 carries (RFC 9110 §15.4.5) and the cache's own; only for a stored `200`.
+    fn not_modified(
+        &self,
+        req: &Request<ReqB>,
+        entry: &CacheEntry<CachedResponse>,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Option<Self::Response> {
+        let stored = entry.value();
+        if stored.status != StatusCode::OK || !stored.consistent {
+            return None;
+        }
+        if !validators_match(req.headers(), &stored.headers) {
+            return None;
+        }
+        let mut res = Response::new(CacheBody::full(Bytes::new()));
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        *res.version_mut() = stored.version;
+        let headers = res.headers_mut();
+        for name in [
+            header::CACHE_CONTROL,
+            header::CONTENT_LOCATION,
+            header::DATE,
+            header::ETAG,
+            header::EXPIRES,
+            header::VARY,
+        ] {
+            for value in stored.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        self.mark(headers, status);
+        if self.age && status != CacheStatus::Miss {
+            headers.insert(header::AGE, age_value(entry.age(now).as_secs()));
+        }
+        Some(res)
+    }
+
     fn pass(&self, res: Response<B>, status: Option<CacheStatus>) -> Self::Response {
         let mut res = res.map(CacheBody::stream);
         if let Some(status) = status {
@@ -554,4 +606,68 @@ where
     fn is_failure(&self, res: &Response<B>) -> bool {
         res.status().is_server_error()
     }
+}
+
+/// Whether a request's validators match a stored response (RFC 9110 §13.1.2, §13.1.3):
+/// `If-None-Match` by weak comparison of entity tags (or `*`); without it, `If-Modified-Since`
+/// no earlier than the stored `Last-Modified`, else its `Date`.
+fn validators_match(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let mut none_match = request.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if none_match.peek().is_some() {
+        let Some(etag) = stored
+            .get(header::ETAG)
+            .and_then(|e| opaque_tag(e.as_bytes()))
+        else {
+            // `*` matches any stored representation; a tag cannot match a response without one.
+            return none_match.any(|v| v.as_bytes().trim_ascii() == b"*");
+        };
+        return none_match.any(|v| {
+            let v = v.as_bytes();
+            v.trim_ascii() == b"*" || entity_tags(v).any(|t| t == etag)
+        });
+    }
+    let Some(since) = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+    else {
+        return false;
+    };
+    stored
+        .get(header::LAST_MODIFIED)
+        .or_else(|| stored.get(header::DATE))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+        .is_some_and(|modified| modified <= since)
+}
+
+/// The opaque tag of one entity tag (`"xyz"` or `W/"xyz"`: `"xyz"` either way, for weak
+/// comparison), or `None` if it is not one.
+fn opaque_tag(tag: &[u8]) -> Option<&[u8]> {
+    let tag = tag.trim_ascii();
+    let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
+    (tag.len() >= 2
+        && tag[0] == b'"'
+        && tag[tag.len() - 1] == b'"'
+        && !tag[1..tag.len() - 1].contains(&b'"'))
+    .then_some(tag)
+}
+
+/// The opaque tags of a comma-separated list of entity tags (an opaque tag may hold commas);
+/// stops at the first element that is not one.
+fn entity_tags(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        let trimmed = rest.trim_ascii_start();
+        let trimmed = trimmed
+            .strip_prefix(b",")
+            .unwrap_or(trimmed)
+            .trim_ascii_start();
+        let body = trimmed.strip_prefix(b"W/").unwrap_or(trimmed);
+        let inner = body.strip_prefix(b"\"")?;
+        let end = inner.iter().position(|&b| b == b'"')?;
+        let tag = &body[..end + 2];
+        rest = &inner[end + 1..];
+        Some(tag)
+    })
 }

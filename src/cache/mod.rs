@@ -138,8 +138,12 @@
 //! - **Conditional requests.** A request whose `If-None-Match` names the stored response's
 //!   `ETag` (weak comparison, or `*`) or, without `If-None-Match`, whose `If-Modified-Since` is
 //!   no earlier than its `Last-Modified` (else `Date`) is answered `304 Not Modified` from a fresh
-//!   (or revalidating) stored `200`, with its `ETag`, `Cache-Control`, `Date`, `Expires`, `Vary`
-//!   and `Content-Location` and no body (RFC 9111 §4.3.2); any other is the stored response.
+//!   (or revalidating) stored `200` found by its lookup, with its `ETag`, `Cache-Control`,
+//!   `Date`, `Expires`, `Vary` and `Content-Location` and no body (RFC 9111 §4.3.2); any other
+//!   gets the stored response (as does one that waited for another request's fill). A miss or
+//!   a refresh asks the inner service for the whole response, without the client's validators.
+//!   Requests with `If-Match` or `If-Unmodified-Since` (preconditions the origin evaluates) pass
+//!   straight through.
 //! - **Answers.** `x-cache: HIT | MISS | STALE` ([`x_cache_header`](CacheBuilder::x_cache_header))
 //!   and, on hits and stale answers, `age` ([`age_header`](CacheBuilder::age_header)). Requests the
 //!   cache does not handle (a `POST`, an `Authorization`) get no `x-cache`. Hop-by-hop headers are

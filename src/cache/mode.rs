@@ -76,7 +76,8 @@ pub enum RequestPolicy {
     Lookup,
     /// As [`Lookup`](Self::Lookup), for a request that carries validators (HTTP `If-None-Match`,
     /// `If-Modified-Since`): a stored response they match is answered by
-    /// [`CacheMode::not_modified`] (HTTP `304 Not Modified`) rather than replayed.
+    /// [`CacheMode::not_modified`] (HTTP `304 Not Modified`) rather than replayed; a miss or a
+    /// refresh calls the inner service without them ([`CacheMode::unconditional`]).
     Conditional,
     /// Not served from the cache, but its response is stored (HTTP `Cache-Control: no-cache`).
     Refresh,
@@ -162,6 +163,14 @@ pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
     ) -> Option<Self::Response> {
         let _ = (req, entry, status, now);
         None
+    }
+
+    /// `req`, a [`RequestPolicy::Conditional`] request that goes to the inner service to fill the
+    /// cache (a miss, a refresh), without its validators: the answer is stored for every client,
+    /// and a `304` for this one's copy would not be (HTTP: `If-None-Match` and
+    /// `If-Modified-Since` removed). Default: unchanged.
+    fn unconditional(&self, req: Req) -> Req {
+        req
     }
 
     /// The answer for a response that is passed on without being stored.

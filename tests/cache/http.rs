@@ -1202,3 +1202,102 @@ async fn a_conditional_request_matching_the_stored_response_gets_304_from_the_ca
         "every answer came from the cache"
     );
 }
+
+/// An origin that answers conditional requests itself: `ETag: "v<n>"` for its n-th answer, and
+/// `304` to an `If-None-Match` naming the current one. Counts its calls in `calls`.
+fn conditional_origin(calls: &Arc<AtomicUsize>) -> Router {
+    use axum::response::IntoResponse;
+    let c = Arc::clone(calls);
+    Router::new().route(
+        "/doc",
+        get(move |headers: HeaderMap| {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let etag = format!("\"v{n}\"");
+            let current = format!("\"v{}\"", n - 1);
+            let matches = headers
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|v| v.as_bytes() == current.as_bytes());
+            async move {
+                if matches {
+                    return StatusCode::NOT_MODIFIED.into_response();
+                }
+                ([(header::ETAG, etag)], format!("body {n}")).into_response()
+            }
+        }),
+    )
+}
+
+/// A client's validators went to the origin with the cache's own fills: a conditional request
+/// that missed (or was served stale) made the origin answer `304`, which is not stored, so the
+/// cache never filled (or refreshed) for anyone. Fills now ask for the whole response.
+#[tokio::test(start_paused = true)]
+async fn fills_made_for_a_conditional_request_ask_for_the_whole_response() {
+    use axum::body::Body;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = conditional_origin(&calls).route_layer(
+        CacheLayer::builder()
+            .http()
+            .ttl(Duration::from_secs(10))
+            .stale_while_revalidate(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let get = |headers: &[(&str, &str)]| {
+        let mut req = Request::builder().uri("/doc");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let body = |r: Response<Body>| async move {
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    // A miss led by a conditional request: the origin is asked for the whole response, which
+    // is stored; the client gets it (a 200, valid for a conditional request).
+    let first = get(&[("if-none-match", "\"v0\"")]).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    assert_eq!(body(first).await, "body 1");
+    let hit = get(&[("if-none-match", "\"v1\"")]).await.unwrap();
+    assert_eq!(
+        (hit.status(), &hit.headers()["x-cache"]),
+        (
+            StatusCode::NOT_MODIFIED,
+            &"HIT".parse::<HeaderValue>().unwrap()
+        )
+    );
+
+    // Stale: the conditional request gets a 304 from the stale entry, and the refresh in the
+    // background stores the origin's new whole response.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let stale = get(&[("if-none-match", "\"v1\"")]).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(stale.headers()["x-cache"], "STALE");
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let refreshed = get(&[]).await.unwrap();
+    assert_eq!(refreshed.headers()["x-cache"], "HIT");
+    assert_eq!(refreshed.headers()["etag"], "\"v2\"");
+    assert_eq!(body(refreshed).await, "body 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Preconditions are the origin's to evaluate: straight through, nothing stored or served.
+    let precondition = get(&[("if-match", "\"v2\"")]).await.unwrap();
+    assert!(!precondition.headers().contains_key("x-cache"));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // An empty list element is skipped; two `If-Modified-Since` are not a date.
+    let listed = get(&[("if-none-match", "\"x\", , \"v2\"")]).await.unwrap();
+    assert_eq!(listed.status(), StatusCode::NOT_MODIFIED);
+    let mut req = Request::builder().uri("/doc");
+    for _ in 0..2 {
+        req = req.header("if-modified-since", "Sun, 22 Feb 2099 08:00:00 GMT");
+    }
+    let twice = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::OK);
+    assert_eq!(twice.headers()["x-cache"], "HIT");
+}

@@ -93,6 +93,10 @@ where
                         false => shared.mode.replay(&entry, CacheStatus::Stale, now),
                     };
                     if let Some(res) = answer {
+                        let req = match conditional {
+                            true => shared.mode.unconditional(req),
+                            false => req,
+                        };
                         match revalidate(shared, svc, req, &key, entry) {
                             Ok(()) => {
                                 shared.count(Meter::Stale);
@@ -114,6 +118,11 @@ where
         Some(Ok(None)) | None => {}
         Some(Err(e)) => shared.backend_failed("get", &e),
     }
+    // What fills the cache for every client asks for the whole response.
+    let req = match conditional {
+        true => shared.mode.unconditional(req),
+        false => req,
+    };
     miss(shared, svc, req, key, fallback, mode)
 }
 

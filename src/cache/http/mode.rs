@@ -244,6 +244,8 @@ struct RequestFields {
     pragma: bool,
     /// `If-None-Match` or `If-Modified-Since`.
     conditional: bool,
+    /// `If-Match` or `If-Unmodified-Since`: preconditions the origin evaluates (a `412`).
+    precondition: bool,
 }
 
 impl RequestFields {
@@ -261,6 +263,8 @@ impl RequestFields {
             seen.pragma = headers.contains_key(header::PRAGMA);
             seen.conditional = headers.contains_key(header::IF_NONE_MATCH)
                 || headers.contains_key(header::IF_MODIFIED_SINCE);
+            seen.precondition = headers.contains_key(header::IF_MATCH)
+                || headers.contains_key(header::IF_UNMODIFIED_SINCE);
             return seen;
         }
         for name in headers.keys() {
@@ -274,6 +278,8 @@ impl RequestFields {
                 seen.pragma = true;
             } else if *name == header::IF_NONE_MATCH || *name == header::IF_MODIFIED_SINCE {
                 seen.conditional = true;
+            } else if *name == header::IF_MATCH || *name == header::IF_UNMODIFIED_SINCE {
+                seen.precondition = true;
             }
         }
         seen
@@ -453,7 +459,7 @@ where
         }
         let headers = req.headers();
         let seen = RequestFields::of(headers);
-        if (!self.cache_authorized && seen.authorization) || seen.range {
+        if (!self.cache_authorized && seen.authorization) || seen.range || seen.precondition {
             return RequestPolicy::Bypass;
         }
         let lookup = if seen.conditional {
@@ -595,6 +601,13 @@ where
         Some(res)
     }
 
+    fn unconditional(&self, mut req: Request<ReqB>) -> Request<ReqB> {
+        let headers = req.headers_mut();
+        headers.remove(header::IF_NONE_MATCH);
+        headers.remove(header::IF_MODIFIED_SINCE);
+        req
+    }
+
     fn pass(&self, res: Response<B>, status: Option<CacheStatus>) -> Self::Response {
         let mut res = res.map(CacheBody::stream);
         if let Some(status) = status {
@@ -626,9 +639,14 @@ fn validators_match(request: &HeaderMap, stored: &HeaderMap) -> bool {
             v.trim_ascii() == b"*" || entity_tags(v).any(|t| t == etag)
         });
     }
-    let Some(since) = request
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
+    // More than one `If-Modified-Since` is not a date: ignored (RFC 9110 §13.1.3).
+    let mut since = request.get_all(header::IF_MODIFIED_SINCE).iter();
+    let (Some(since), None) = (since.next(), since.next()) else {
+        return false;
+    };
+    let Some(since) = since
+        .to_str()
+        .ok()
         .and_then(|s| httpdate::parse_http_date(s).ok())
     else {
         return false;
@@ -658,11 +676,11 @@ fn opaque_tag(tag: &[u8]) -> Option<&[u8]> {
 fn entity_tags(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = list;
     std::iter::from_fn(move || {
-        let trimmed = rest.trim_ascii_start();
-        let trimmed = trimmed
-            .strip_prefix(b",")
-            .unwrap_or(trimmed)
-            .trim_ascii_start();
+        // Empty elements (`"a", , "b"`) are allowed and skipped (RFC 9110 §5.6.1.2).
+        let start = rest
+            .iter()
+            .position(|&b| b != b',' && !b.is_ascii_whitespace())?;
+        let trimmed = &rest[start..];
         let body = trimmed.strip_prefix(b"W/").unwrap_or(trimmed);
         let inner = body.strip_prefix(b"\"")?;
         let end = inner.iter().position(|&b| b == b'"')?;

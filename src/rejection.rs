@@ -180,15 +180,117 @@ pub(crate) fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-impl fmt::Display for RejectionKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl RejectionKind {
+    /// `rate_limited`, `cost_too_high`, `key_missing`, `backend_unavailable`, `circuit_open` or
+    /// `timed_out`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
             Self::RateLimited => "rate_limited",
             Self::CostTooHigh => "cost_too_high",
             Self::KeyMissing => "key_missing",
             Self::BackendUnavailable => "backend_unavailable",
             Self::CircuitOpen => "circuit_open",
             Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first of this crate's refusal types that `$get` (a downcast to the type named `$t`)
+/// finds, as a [`Refused`].
+macro_rules! refusal_types {
+    (|$t:ident| $get:expr) => {{
+        #[allow(unused_macros)]
+        macro_rules! try_type {
+            ($ty:ty) => {{
+                type $t = $ty;
+                if let Some(r) = $get {
+                    return Some(Refused::of(r));
+                }
+            }};
+        }
+        #[cfg(feature = "rate-limit")]
+        {
+            try_type!(crate::rate_limit::error::RateLimited);
+            try_type!(crate::rate_limit::error::KeyMissing);
+            try_type!(crate::rate_limit::error::CostTooHigh);
+        }
+        #[cfg(feature = "circuit-breaker")]
+        try_type!(crate::circuit_breaker::error::CircuitOpen);
+        try_type!(crate::backend::BackendUnavailable);
+        None
+    }};
+}
+
+/// A refusal by one of this crate's layers, as a layer above it sees it: on the responses the
+/// [`AsHttp`](crate::http::AsHttp) and [`AsGrpc`](crate::grpc::AsGrpc) modes render (an
+/// extension), and read from the refusal itself in the default mode's `BoxError`.
+///
+/// The classifiers of [`classify`](crate::classify) read it, so that a retry above a circuit
+/// breaker or a rate limiter (`ServiceBuilder::new().layer(retry).layer(breaker)`) does not spend
+/// its attempts and budget on their refusals, and a breaker above them does not count them as the
+/// upstream's failures: every refusal is [`Throttled`](crate::classify::Verdict::Throttled) (not a
+/// failure). A rate limit's refusal and an open circuit's are retried once the limit or the
+/// circuit admits again ([`Pushback::NotBefore`](crate::classify::Pushback::NotBefore)) when the
+/// retry would wait that long (its longest delay, its deadline), and not retried otherwise (a
+/// sooner attempt is refused again: failing fast is what an open circuit is for); a backend that
+/// is down is retried after the backoff's delay; a missing key and a cost over the limit are not
+/// retried. A timed-out attempt is left to the classifier's own rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    kind: RejectionKind,
+    retry_after: Option<Duration>,
+}
+
+impl Refused {
+    /// The refusal `rejection` is.
+    pub fn of(rejection: &dyn Rejection) -> Self {
+        Self {
+            kind: rejection.kind(),
+            retry_after: rejection.retry_after(),
+        }
+    }
+
+    /// What kind of refusal it was.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// When the same request could succeed, if known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The refusal that `error` is, when it is one of this crate's refusal types, by itself or
+    /// as a [`BoxError`].
+    pub fn in_error<E: 'static>(error: &E) -> Option<Self> {
+        let any: &dyn std::any::Any = error;
+        match any.downcast_ref::<BoxError>() {
+            Some(boxed) => refusal_types!(|T| boxed.downcast_ref::<T>()),
+            None => refusal_types!(|T| any.downcast_ref::<T>()),
+        }
+    }
+
+    /// How a classifier above the layer that refused reads it (see the type's documentation);
+    /// `None` for a timed-out attempt (the classifier's own rule applies).
+    pub(crate) fn verdict(self) -> Option<crate::classify::Verdict> {
+        use crate::classify::{Pushback, Reason, Verdict};
+        let pushback = match self.kind {
+            RejectionKind::RateLimited | RejectionKind::CircuitOpen => self
+                .retry_after
+                .map_or(Pushback::DoNotRetry, Pushback::NotBefore),
+            RejectionKind::BackendUnavailable => Pushback::None,
+            RejectionKind::KeyMissing | RejectionKind::CostTooHigh => Pushback::DoNotRetry,
+            RejectionKind::TimedOut => return None,
+        };
+        Some(Verdict::Throttled {
+            reason: Reason::Other(self.kind.as_str()),
+            pushback,
         })
     }
 }

@@ -186,12 +186,20 @@ impl GrpcClassifier {
     }
 }
 
-impl<B, E> Classify<http::Response<B>, E> for GrpcClassifier {
+impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcClassifier {
     fn classify(&self, result: &Result<http::Response<B>, E>) -> Verdict {
         let res = match result {
             Ok(res) => res,
-            Err(_) => return self.errors(),
+            Err(e) => return super::refused_or(e, self.errors()),
         };
+        // A refusal rendered by one of this crate's layers below (see `Refused`).
+        if let Some(verdict) = res
+            .extensions()
+            .get::<crate::rejection::Refused>()
+            .and_then(|r| r.verdict())
+        {
+            return verdict;
+        }
         let headers = res.headers();
         let (code, failure) = match headers.get(GRPC_STATUS) {
             Some(v) => match parse_code(v) {

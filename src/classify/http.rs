@@ -153,12 +153,21 @@ impl HttpClassifier {
     }
 }
 
-impl<B, E> Classify<http::Response<B>, E> for HttpClassifier {
+impl<B, E: 'static> Classify<http::Response<B>, E> for HttpClassifier {
     #[inline]
     fn classify(&self, result: &Result<http::Response<B>, E>) -> Verdict {
         match result {
             Ok(res) => {
                 let status = res.status();
+                // A refusal rendered by one of this crate's layers below (see `Refused`).
+                if status.as_u16() >= 400
+                    && let Some(verdict) = res
+                        .extensions()
+                        .get::<crate::rejection::Refused>()
+                        .and_then(|r| r.verdict())
+                {
+                    return verdict;
+                }
                 let reason = Reason::Status(status.as_u16());
                 let failure = self.fails(status);
                 if !self.retries(status) {
@@ -176,8 +185,8 @@ impl<B, E> Classify<http::Response<B>, E> for HttpClassifier {
                     Verdict::Throttled { reason, pushback }
                 }
             }
-            Err(_) if self.retry_errors => Verdict::transient(Reason::Error),
-            Err(_) => Verdict::failure(Reason::Error),
+            Err(e) if self.retry_errors => super::refused_or(e, Verdict::transient(Reason::Error)),
+            Err(e) => super::refused_or(e, Verdict::failure(Reason::Error)),
         }
     }
 

@@ -163,8 +163,14 @@ impl Verdict {
 pub enum Pushback {
     /// Nothing: the backoff decides.
     None,
-    /// Not before this long (`Retry-After`, `grpc-retry-pushback-ms`, `google.rpc.RetryInfo`).
+    /// Not before this long (`Retry-After`, `grpc-retry-pushback-ms`, `google.rpc.RetryInfo`); a
+    /// retry waits at most its longest delay, whatever the server asked.
     After(Duration),
+    /// Not before this long, and no sooner would do: the refusal of a layer that knows when it
+    /// admits again (a rate limit's quota, an open circuit's wait; see
+    /// [`Refused`](crate::rejection::Refused)). A retry that would not wait this long (past its
+    /// longest delay or its deadline) gives up at once rather than be refused again.
+    NotBefore(Duration),
     /// Do not retry (gRPC's negative or unreadable `grpc-retry-pushback-ms`).
     DoNotRetry,
 }
@@ -233,14 +239,25 @@ pub trait Classify<Res, E>: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ErrorsAreFailures;
 
-impl<Res, E> Classify<Res, E> for ErrorsAreFailures {
+impl<Res, E: 'static> Classify<Res, E> for ErrorsAreFailures {
     #[inline]
     fn classify(&self, result: &Result<Res, E>) -> Verdict {
         match result {
             Ok(_) => Verdict::Success,
-            Err(_) => Verdict::transient(Reason::Error),
+            Err(e) => refused_or(e, Verdict::transient(Reason::Error)),
         }
     }
+}
+
+/// The verdict on `error`: a refusal by one of this crate's layers as [`Refused`] reads it,
+/// anything else `otherwise`.
+///
+/// [`Refused`]: crate::rejection::Refused
+#[inline]
+pub(crate) fn refused_or<E: 'static>(error: &E, otherwise: Verdict) -> Verdict {
+    crate::rejection::Refused::in_error(error)
+        .and_then(crate::rejection::Refused::verdict)
+        .unwrap_or(otherwise)
 }
 
 /// How many attempts a request took, the first included: an extension on the final response of

@@ -67,6 +67,8 @@ impl AsGrpc {
     /// Builds the trailers-only response for `rejection`.
     pub fn response<B: Default>(&self, rejection: &dyn Rejection) -> http::Response<B> {
         let mut res = http::Response::new(B::default());
+        res.extensions_mut()
+            .insert(crate::rejection::Refused::of(rejection));
         let code = rejection.kind().grpc_code();
         let message = rejection.to_string();
         let h = res.headers_mut();

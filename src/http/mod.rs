@@ -78,6 +78,8 @@ impl AsHttp {
         };
         let mut res = http::Response::new(B::from(Bytes::from(body)));
         *res.status_mut() = rejection.kind().status();
+        res.extensions_mut()
+            .insert(crate::rejection::Refused::of(rejection));
         let h = res.headers_mut();
         h.insert(
             http::header::CONTENT_TYPE,

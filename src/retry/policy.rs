@@ -399,9 +399,10 @@ where
             }
             Verdict::Success | Verdict::Failure { .. } => return Decision::Done,
         };
-        let asked = match pushback {
-            Pushback::None => None,
-            Pushback::After(after) => Some(after),
+        let (asked, exact) = match pushback {
+            Pushback::None => (None, false),
+            Pushback::After(after) => (Some(after), false),
+            Pushback::NotBefore(after) => (Some(after), true),
             Pushback::DoNotRetry => {
                 return Decision::GiveUp {
                     reason,
@@ -424,6 +425,10 @@ where
             .get_or_insert_with(|| self.seeds.jitter(&self.backoff));
         let mut after = jitter.next(&self.backoff);
         if let Some(asked) = asked {
+            // A layer below that will refuse until then: a shorter wait would only be refused.
+            if exact && asked > self.backoff.max() {
+                return give_up(GiveUp::Server);
+            }
             after = after.max(asked);
         }
         after = after.min(self.backoff.max());

@@ -82,3 +82,121 @@ async fn retries_that_succeed_are_successes_for_the_circuit() {
     assert_eq!(circuit.state(), CircuitState::Closed);
     assert_eq!(circuit.snapshot().failures(), 0);
 }
+
+/// The design's client stack puts the retry outside the breaker
+/// (`ServiceBuilder::new().layer(retry).layer(breaker)`). The retry took an open circuit's
+/// refusal for the upstream's failure: it spent every attempt (and its budget) on refusals that
+/// could only repeat, and a caller waited out the backoff for nothing. A refusal of this crate's
+/// layers is now understood: an open circuit is not retried (it fails fast, as it is meant to).
+#[tokio::test(start_paused = true)]
+async fn a_retry_outside_a_breaker_does_not_retry_an_open_circuit() {
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let circuit = breaker.handle();
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .fixed_backoff(100 * MS)
+        .no_budget()
+        .build()
+        .unwrap();
+    let upstream = Scripted::failing();
+    let mut client = ServiceBuilder::new()
+        .layer(retry)
+        .layer(breaker)
+        .service(upstream.service());
+    circuit.force_open();
+    let start = tokio::time::Instant::now();
+    let err: BoxError = client.ready().await.unwrap().call(1).await.unwrap_err();
+    let last = err
+        .downcast_ref::<LastError>()
+        .expect("the retry's last error");
+    let refused = std::error::Error::source(last).expect("the refusal");
+    assert!(refused.is::<CircuitOpen>(), "{err}");
+    assert_eq!(last.attempts(), 1, "not retried");
+    assert_eq!(circuit.snapshot().rejected(), 1, "one attempt, refused");
+    assert_eq!(start.elapsed(), Duration::ZERO, "no backoff waited");
+    assert_eq!(upstream.calls(), 0);
+}
+
+/// A client-side rate limit under a retry: its refusal says when the quota allows another call,
+/// and the retry waits that long (rather than its own shorter backoff, which the limiter refused
+/// again until the attempts were spent).
+#[tokio::test(start_paused = true)]
+async fn a_retry_outside_a_rate_limit_waits_for_the_quota() {
+    use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+    let limit = RateLimitLayer::builder()
+        .quota(Quota::per_second(1))
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
+        .no_budget()
+        .build()
+        .unwrap();
+    let upstream = Scripted::new(|_| false);
+    let mut client = ServiceBuilder::new()
+        .layer(retry)
+        .layer(limit)
+        .service(upstream.service());
+    assert_eq!(client.ready().await.unwrap().call(1).await.unwrap(), 1);
+    let start = tokio::time::Instant::now();
+    assert_eq!(client.ready().await.unwrap().call(2).await.unwrap(), 2);
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "waited for the quota: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(upstream.calls(), 2);
+}
+
+/// In HTTP mode the breaker answers an open circuit with a `503` and `Retry-After`, which the
+/// retry's HTTP classifier took for an upstream's: it retried, capped the wait at its longest
+/// delay, and was refused again. The response carries the refusal (`Refused`), and the retry
+/// gives up at once when the circuit's wait is longer than it would wait.
+#[tokio::test(start_paused = true)]
+async fn an_http_retry_outside_an_http_breaker_does_not_retry_its_503() {
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Full;
+    use tower_rampart::rejection::{Refused, RejectionKind};
+    let breaker = CircuitBreakerLayer::builder()
+        .http()
+        .wait_duration(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let circuit = breaker.handle();
+    let retry = RetryLayer::builder()
+        .http()
+        .max_attempts(3)
+        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
+        .no_budget()
+        .build()
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(retry)
+        .layer(breaker)
+        .service(tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("up"))))
+        }));
+    circuit.force_open();
+    let start = tokio::time::Instant::now();
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let refused = res
+        .extensions()
+        .get::<Refused>()
+        .expect("marked as a refusal");
+    assert_eq!(refused.kind(), RejectionKind::CircuitOpen);
+    assert_eq!(circuit.snapshot().rejected(), 1, "one attempt, refused");
+    assert_eq!(start.elapsed(), Duration::ZERO, "no backoff waited");
+}

@@ -71,28 +71,30 @@ where
             let now = now.unwrap_or_else(Instant::now);
             match entry.freshness(now) {
                 Freshness::Fresh => {
-                    let answer = match conditional {
+                    let not_modified = match conditional {
                         true => shared
                             .mode
-                            .not_modified(&req, &entry, CacheStatus::Hit, now)
-                            .or_else(|| shared.mode.replay(&entry, CacheStatus::Hit, now)),
-                        false => shared.mode.replay(&entry, CacheStatus::Hit, now),
+                            .not_modified(&req, &entry, CacheStatus::Hit, now),
+                        false => None,
                     };
-                    if let Some(res) = answer {
+                    if let Some(res) =
+                        not_modified.or_else(|| shared.mode.replay(&entry, CacheStatus::Hit, now))
+                    {
                         shared.count(Meter::Hits);
                         return StateOf::<S, Req, X, St, A>::done(Ok(res));
                     }
                     shared.unusable(&key);
                 }
                 Freshness::Revalidate => {
-                    let answer = match conditional {
+                    let not_modified = match conditional {
                         true => shared
                             .mode
-                            .not_modified(&req, &entry, CacheStatus::Stale, now)
-                            .or_else(|| shared.mode.replay(&entry, CacheStatus::Stale, now)),
-                        false => shared.mode.replay(&entry, CacheStatus::Stale, now),
+                            .not_modified(&req, &entry, CacheStatus::Stale, now),
+                        false => None,
                     };
-                    if let Some(res) = answer {
+                    if let Some(res) =
+                        not_modified.or_else(|| shared.mode.replay(&entry, CacheStatus::Stale, now))
+                    {
                         let req = match conditional {
                             true => shared.mode.unconditional(req),
                             false => req,

@@ -222,6 +222,8 @@ macro_rules! refusal_types {
         }
         #[cfg(feature = "circuit-breaker")]
         try_type!(crate::circuit_breaker::error::CircuitOpen);
+        #[cfg(feature = "retry")]
+        try_type!(crate::retry::error::AttemptTimedOut);
         try_type!(crate::backend::BackendUnavailable);
         None
     }};
@@ -233,14 +235,17 @@ macro_rules! refusal_types {
 ///
 /// The classifiers of [`classify`](crate::classify) read it, so that a retry above a circuit
 /// breaker or a rate limiter (`ServiceBuilder::new().layer(retry).layer(breaker)`) does not spend
-/// its attempts and budget on their refusals, and a breaker above them does not count them as the
-/// upstream's failures: every refusal is [`Throttled`](crate::classify::Verdict::Throttled) (not a
-/// failure). A rate limit's refusal and an open circuit's are retried once the limit or the
-/// circuit admits again ([`Pushback::NotBefore`](crate::classify::Pushback::NotBefore)) when the
-/// retry would wait that long (its longest delay, its deadline), and not retried otherwise (a
-/// sooner attempt is refused again: failing fast is what an open circuit is for); a backend that
-/// is down is retried after the backoff's delay; a missing key and a cost over the limit are not
-/// retried. A timed-out attempt is left to the classifier's own rule.
+/// its attempts and budget on their refusals, and a breaker above them does not count them:
+/// every refusal is [`Refused`](crate::classify::Verdict::Refused), neither a success nor a
+/// failure (a half-open probe refused below hands its permit back). A rate limit's refusal is
+/// retried once the quota allows ([`Pushback::NotBefore`](crate::classify::Pushback::NotBefore))
+/// when the retry would wait that long (its longest delay, its deadline), and not at all
+/// otherwise (a sooner attempt is refused again); an open circuit's, a missing key's and a cost
+/// over the limit's are not retried (failing fast is what an open circuit is for); a backend
+/// that is down is retried after the backoff's delay. A timed-out attempt is left to the
+/// classifier's own rule. The classifiers' settings (`fail_on`, `retry_statuses`,
+/// `retry_errors`, ...) apply to the upstream's answers, not to these refusals. A
+/// `tonic::Status` made from a refusal does not carry it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused {
     kind: RejectionKind,
@@ -281,14 +286,18 @@ impl Refused {
     pub(crate) fn verdict(self) -> Option<crate::classify::Verdict> {
         use crate::classify::{Pushback, Reason, Verdict};
         let pushback = match self.kind {
-            RejectionKind::RateLimited | RejectionKind::CircuitOpen => self
+            RejectionKind::RateLimited => self
                 .retry_after
                 .map_or(Pushback::DoNotRetry, Pushback::NotBefore),
             RejectionKind::BackendUnavailable => Pushback::None,
-            RejectionKind::KeyMissing | RejectionKind::CostTooHigh => Pushback::DoNotRetry,
+            // An open circuit fails fast: once its wait is over it lets a few probes through
+            // and refuses the rest again (with no time to wait for).
+            RejectionKind::CircuitOpen | RejectionKind::KeyMissing | RejectionKind::CostTooHigh => {
+                Pushback::DoNotRetry
+            }
             RejectionKind::TimedOut => return None,
         };
-        Some(Verdict::Throttled {
+        Some(Verdict::Refused {
             reason: Reason::Other(self.kind.as_str()),
             pushback,
         })

@@ -15,6 +15,7 @@ use super::state::{Breaker, Outcome, Permit};
 #[cfg(feature = "redis")]
 use super::transition::CircuitState;
 use crate::classify::Classify;
+use crate::classify::Verdict;
 use crate::rejection::RejectionMode;
 
 pin_project! {
@@ -213,12 +214,19 @@ where
                     if let Some(mut r) = recorder.take()
                         && let Some(permit) = r.permit.take()
                     {
-                        let outcome = if r.classifier.classify(&result).is_failure() {
-                            Outcome::Failure
-                        } else {
-                            Outcome::Success
-                        };
-                        r.held.breaker().record(permit, outcome);
+                        match r.classifier.classify(&result) {
+                            // Refused below, before the upstream: nothing to count (a probe's
+                            // permit goes back).
+                            Verdict::Refused { .. } => r.held.breaker().cancel(permit),
+                            verdict => r.held.breaker().record(
+                                permit,
+                                if verdict.is_failure() {
+                                    Outcome::Failure
+                                } else {
+                                    Outcome::Success
+                                },
+                            ),
+                        }
                     }
                     return Poll::Ready(result.map_err(Err::from));
                 }

@@ -103,6 +103,16 @@ pub enum Verdict {
         /// What the server said about another attempt.
         pushback: Pushback,
     },
+    /// The call was refused by one of this crate's layers below, before the upstream was called
+    /// (see [`Refused`](crate::rejection::Refused)): neither a success nor a failure (a circuit
+    /// breaker counts nothing, and a half-open probe's permit goes back), retried as `pushback`
+    /// says.
+    Refused {
+        /// What refused it, for logs and metrics.
+        reason: Reason,
+        /// When the layer admits again.
+        pushback: Pushback,
+    },
 }
 
 impl Verdict {
@@ -144,7 +154,10 @@ impl Verdict {
     /// Whether it is worth another attempt, unless the server said otherwise
     /// ([`Transient`](Self::Transient) or [`Throttled`](Self::Throttled)).
     pub const fn is_retryable(&self) -> bool {
-        matches!(self, Self::Transient { .. } | Self::Throttled { .. })
+        matches!(
+            self,
+            Self::Transient { .. } | Self::Throttled { .. } | Self::Refused { .. }
+        )
     }
 
     /// What failed, unless it is a success.
@@ -153,13 +166,15 @@ impl Verdict {
             Self::Success => None,
             Self::Failure { reason }
             | Self::Transient { reason, .. }
-            | Self::Throttled { reason, .. } => Some(reason),
+            | Self::Throttled { reason, .. }
+            | Self::Refused { reason, .. } => Some(reason),
         }
     }
 }
 
 /// What the server said about another attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Pushback {
     /// Nothing: the backoff decides.
     None,
@@ -167,9 +182,9 @@ pub enum Pushback {
     /// retry waits at most its longest delay, whatever the server asked.
     After(Duration),
     /// Not before this long, and no sooner would do: the refusal of a layer that knows when it
-    /// admits again (a rate limit's quota, an open circuit's wait; see
-    /// [`Refused`](crate::rejection::Refused)). A retry that would not wait this long (past its
-    /// longest delay or its deadline) gives up at once rather than be refused again.
+    /// admits again (a rate limit's quota; see [`Refused`](crate::rejection::Refused)). A retry
+    /// that would not wait this long (past its longest delay or its deadline) gives up at once
+    /// rather than be refused again.
     NotBefore(Duration),
     /// Do not retry (gRPC's negative or unreadable `grpc-retry-pushback-ms`).
     DoNotRetry,

@@ -225,7 +225,9 @@ pub enum GiveUp {
     /// The next attempt could not start before the request's deadline (or the server asked for a
     /// wait beyond it).
     Deadline,
-    /// The server asked not to retry.
+    /// The server asked not to retry, or a layer of this crate below refused and would refuse
+    /// again (an open circuit; a rate limit whose quota allows another call only after a longer
+    /// wait than the retry makes).
     Server,
     /// The request cannot be sent again (see [`NotRetryable`]).
     NotRetryable,
@@ -394,9 +396,9 @@ where
             Outcome::TimedOut(_) => Verdict::Success,
         };
         let (reason, pushback) = match verdict {
-            Verdict::Transient { reason, pushback } | Verdict::Throttled { reason, pushback } => {
-                (reason, pushback)
-            }
+            Verdict::Transient { reason, pushback }
+            | Verdict::Throttled { reason, pushback }
+            | Verdict::Refused { reason, pushback } => (reason, pushback),
             Verdict::Success | Verdict::Failure { .. } => return Decision::Done,
         };
         let (asked, exact) = match pushback {

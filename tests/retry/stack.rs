@@ -87,7 +87,8 @@ async fn retries_that_succeed_are_successes_for_the_circuit() {
 /// (`ServiceBuilder::new().layer(retry).layer(breaker)`). The retry took an open circuit's
 /// refusal for the upstream's failure: it spent every attempt (and its budget) on refusals that
 /// could only repeat, and a caller waited out the backoff for nothing. A refusal of this crate's
-/// layers is now understood: an open circuit is not retried (it fails fast, as it is meant to).
+/// layers is now understood: an open circuit is not retried (it fails fast, as it is meant to;
+/// once its wait is over it lets a few probes through and refuses the rest again).
 #[tokio::test(start_paused = true)]
 async fn a_retry_outside_a_breaker_does_not_retry_an_open_circuit() {
     let breaker = CircuitBreakerLayer::builder()
@@ -156,7 +157,7 @@ async fn a_retry_outside_a_rate_limit_waits_for_the_quota() {
 /// In HTTP mode the breaker answers an open circuit with a `503` and `Retry-After`, which the
 /// retry's HTTP classifier took for an upstream's: it retried, capped the wait at its longest
 /// delay, and was refused again. The response carries the refusal (`Refused`), and the retry
-/// gives up at once when the circuit's wait is longer than it would wait.
+/// gives up at once.
 #[tokio::test(start_paused = true)]
 async fn an_http_retry_outside_an_http_breaker_does_not_retry_its_503() {
     use bytes::Bytes;
@@ -199,4 +200,75 @@ async fn an_http_retry_outside_an_http_breaker_does_not_retry_its_503() {
     assert_eq!(refused.kind(), RejectionKind::CircuitOpen);
     assert_eq!(circuit.snapshot().rejected(), 1, "one attempt, refused");
     assert_eq!(start.elapsed(), Duration::ZERO, "no backoff waited");
+}
+
+/// A rate limit whose quota allows another call only after a longer wait than the retry ever
+/// makes: the retry gives up at once (one attempt) rather than be refused until its attempts
+/// are spent.
+#[tokio::test(start_paused = true)]
+async fn a_retry_gives_up_at_once_on_a_quota_it_would_not_wait_for() {
+    use tower_rampart::rate_limit::error::RateLimited;
+    use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+    let limit = RateLimitLayer::builder()
+        .quota(Quota::per_minute(1))
+        .build()
+        .unwrap();
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
+        .no_budget()
+        .build()
+        .unwrap();
+    let upstream = Scripted::new(|_| false);
+    let mut client = ServiceBuilder::new()
+        .layer(retry)
+        .layer(limit)
+        .service(upstream.service());
+    client.ready().await.unwrap().call(1).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let err: BoxError = client.ready().await.unwrap().call(2).await.unwrap_err();
+    let last = err.downcast_ref::<LastError>().expect("the retry's last error");
+    assert_eq!(last.attempts(), 1, "given up at once");
+    assert!(std::error::Error::source(last).unwrap().is::<RateLimited>());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(upstream.calls(), 1);
+}
+
+/// A breaker above a rate limit: a half-open probe the limit refused never reached the upstream,
+/// and counted as a passing probe (a refusal read as "not a failure"), closing the circuit on no
+/// evidence. A refusal from below counts as nothing now: the probe's permit goes back and the
+/// circuit stays half-open until a probe reaches the upstream.
+#[tokio::test(start_paused = true)]
+async fn a_probe_refused_below_the_breaker_does_not_close_it() {
+    use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .wait_duration(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let circuit = breaker.handle();
+    let limit = RateLimitLayer::builder()
+        .quota(Quota::per_minute(1))
+        .build()
+        .unwrap();
+    let upstream = Scripted::new(|n| n == 0);
+    let mut client = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(limit)
+        .service(upstream.service());
+    client.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(circuit.state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    // The probe: refused by the limit (one call a minute, spent), never sent.
+    client.ready().await.unwrap().call(2).await.unwrap_err();
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(
+        circuit.state(),
+        CircuitState::HalfOpen,
+        "a refused probe proves nothing"
+    );
+    // Once the quota allows, a probe reaches the upstream, succeeds, and closes the circuit.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(client.ready().await.unwrap().call(3).await.unwrap(), 3);
+    assert_eq!(circuit.state(), CircuitState::Closed);
 }

@@ -202,15 +202,14 @@ impl fmt::Display for RejectionKind {
 }
 
 /// The first of this crate's refusal types that `$get` (a downcast to the type named `$t`)
-/// finds, as a [`Refused`].
+/// finds, as a `&dyn Rejection`.
 macro_rules! refusal_types {
     (|$t:ident| $get:expr) => {{
-        #[allow(unused_macros)]
         macro_rules! try_type {
             ($ty:ty) => {{
                 type $t = $ty;
                 if let Some(r) = $get {
-                    return Some(Refused::of(r));
+                    return Some(r as &dyn Rejection);
                 }
             }};
         }
@@ -227,6 +226,18 @@ macro_rules! refusal_types {
         try_type!(crate::backend::BackendUnavailable);
         None
     }};
+}
+
+/// The refusal `error` is, when it is one of this crate's refusal types.
+pub(crate) fn rejection_in<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e dyn Rejection> {
+    refusal_types!(|T| error.downcast_ref::<T>())
+}
+
+/// [`rejection_in`] for a value of any type.
+fn rejection_in_any(any: &dyn std::any::Any) -> Option<&dyn Rejection> {
+    refusal_types!(|T| any.downcast_ref::<T>())
 }
 
 /// A refusal by one of this crate's layers, as a layer above it sees it: on the responses the
@@ -276,9 +287,10 @@ impl Refused {
     pub fn in_error<E: 'static>(error: &E) -> Option<Self> {
         let any: &dyn std::any::Any = error;
         match any.downcast_ref::<BoxError>() {
-            Some(boxed) => refusal_types!(|T| boxed.downcast_ref::<T>()),
-            None => refusal_types!(|T| any.downcast_ref::<T>()),
+            Some(boxed) => rejection_in(&**boxed),
+            None => rejection_in_any(any),
         }
+        .map(Self::of)
     }
 
     /// How a classifier above the layer that refused reads it (see the type's documentation);

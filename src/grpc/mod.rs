@@ -149,28 +149,7 @@ mod tonic_status {
     /// The `tonic::Status` for an error from a layer in the default (`BoxError`) mode, if it is one
     /// of this crate's refusals.
     pub fn status_from_error(err: &(dyn std::error::Error + 'static)) -> Option<tonic::Status> {
-        #[cfg(feature = "rate-limit")]
-        {
-            use crate::rate_limit::error::{KeyMissing, RateLimited};
-            if let Some(r) = err.downcast_ref::<RateLimited>() {
-                return Some(to_status(r));
-            }
-            if let Some(r) = err.downcast_ref::<KeyMissing>() {
-                return Some(to_status(r));
-            }
-        }
-        #[cfg(feature = "circuit-breaker")]
-        if let Some(r) = err.downcast_ref::<crate::circuit_breaker::error::CircuitOpen>() {
-            return Some(to_status(r));
-        }
-        if let Some(r) = err.downcast_ref::<crate::backend::BackendUnavailable>() {
-            return Some(to_status(r));
-        }
-        #[cfg(feature = "retry")]
-        if let Some(r) = err.downcast_ref::<crate::retry::error::AttemptTimedOut>() {
-            return Some(to_status(r));
-        }
-        None
+        crate::rejection::rejection_in(err).map(to_status)
     }
 
     #[cfg(feature = "retry")]

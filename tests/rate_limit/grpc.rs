@@ -89,6 +89,20 @@ async fn generic_mode_errors_convert_to_tonic_status() {
         Some(Duration::from_secs(60))
     );
     assert!(status_from_error(&std::io::Error::other("unrelated")).is_none());
+
+    // A cost over the limit's burst was not recognised (it answered `None`, and an app's
+    // `unwrap_or(UNKNOWN)`-style fallback hid the refusal): `OUT_OF_RANGE`, as `AsGrpc` renders it.
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_minute(100).burst(10))
+        .cost(|req: &u32| *req)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|_: u32| async {
+        Ok::<_, tower_rampart::BoxError>(())
+    }));
+    let err = svc.ready().await.unwrap().call(11).await.unwrap_err();
+    let status = status_from_error(err.as_ref()).expect("a rampart refusal");
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
 }
 
 /// A real tonic server (the standard health service) behind the layer, keyed by the peer address

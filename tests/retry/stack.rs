@@ -227,7 +227,9 @@ async fn a_retry_gives_up_at_once_on_a_quota_it_would_not_wait_for() {
     client.ready().await.unwrap().call(1).await.unwrap();
     let start = tokio::time::Instant::now();
     let err: BoxError = client.ready().await.unwrap().call(2).await.unwrap_err();
-    let last = err.downcast_ref::<LastError>().expect("the retry's last error");
+    let last = err
+        .downcast_ref::<LastError>()
+        .expect("the retry's last error");
     assert_eq!(last.attempts(), 1, "given up at once");
     assert!(std::error::Error::source(last).unwrap().is::<RateLimited>());
     assert_eq!(start.elapsed(), Duration::ZERO);

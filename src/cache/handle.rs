@@ -145,7 +145,8 @@ where
     A: Send + Sync + 'static,
 {
     /// Invalidates the `GET` and `HEAD` entries of `resource` (as [`HttpKey`] writes their keys:
-    /// the method, a space, the resource, then for each variant a newline and fields) after a
+    /// the method, a space, the resource, then, when keys have `variants`, a newline and fields)
+    /// after a
     /// request that changed it succeeded. Done in this process at once; what a shared store
     /// still has to do runs on the runtime (to the end, whether or not the returned future is
     /// awaited), its failures reported (the write stands either way).
@@ -154,6 +155,7 @@ where
     pub(crate) fn invalidate_resource<V>(
         self: &Arc<Self>,
         resource: &[u8],
+        variants: bool,
     ) -> Option<PendingInvalidation>
     where
         St: CacheStore<V>,
@@ -162,10 +164,15 @@ where
         let mut pending = Vec::new();
         for method in [&b"GET "[..], b"HEAD "] {
             let exact = CacheKey::from_parts(&[method, resource]);
-            let variants: Box<[u8]> = [method, resource, b"\n"].concat().into();
+            let prefix: Box<[u8]> = [method, resource, b"\n"].concat().into();
             // Only the fills of this resource's stripe stop storing (see `Shared::stripe`).
             self.stripe(exact.as_bytes()).fetch_add(1, Ordering::SeqCst);
-            for target in [Target::Key(exact), Target::Prefix(variants)] {
+            // A key with no fields has no variants: no prefix to walk (in memory, every entry).
+            let targets = [
+                Some(Target::Key(exact)),
+                variants.then_some(Target::Prefix(prefix)),
+            ];
+            for target in targets.into_iter().flatten() {
                 let mut invalidation = self.invalidate_in_store::<V>(&target);
                 match &mut invalidation.state {
                     InvalidationState::Ready(result) => {

@@ -71,6 +71,7 @@ impl fmt::Display for CacheStatus {
 
 /// What a request may do with the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RequestPolicy {
     /// Served from the cache when it can be; a miss is fetched and stored.
     Lookup,

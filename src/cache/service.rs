@@ -79,17 +79,24 @@ where
             return ResponseFuture::pass(self.inner.call(req), Arc::clone(shared), None);
         }
         if policy == RequestPolicy::Invalidate {
-            // The resource the request may change, if its key names one.
+            // The resource the request may change, if its key names one; and whether keys have
+            // fields after it (variants: `GET resource\n...`), as this request's own key does.
             let resource = shared.key.extract(&req).ok().and_then(|key| {
                 let key: CacheKey = key.into();
-                shared
-                    .key
-                    .resource_of(key.as_bytes())
-                    .map(Box::<[u8]>::from)
+                let bytes = key.as_bytes();
+                let resource = shared.key.resource_of(bytes)?;
+                // Where the resource ends in the key (a slice of it; anything else: variants).
+                let end = (resource.as_ptr() as usize)
+                    .checked_sub(bytes.as_ptr() as usize)
+                    .and_then(|start| start.checked_add(resource.len()));
+                let variants = end.is_none_or(|end| end != bytes.len());
+                Some((Box::<[u8]>::from(resource), variants))
             });
             let fut = self.inner.call(req);
             return match resource {
-                Some(resource) => ResponseFuture::writing(fut, Arc::clone(shared), resource),
+                Some((resource, variants)) => {
+                    ResponseFuture::writing(fut, Arc::clone(shared), resource, variants)
+                }
                 None => ResponseFuture::pass(fut, Arc::clone(shared), None),
             };
         }
@@ -99,6 +106,8 @@ where
         };
         let key: CacheKey = key.into();
         if policy == RequestPolicy::Refresh {
+            // What refreshes the entry for every client asks for the whole response.
+            let req = shared.mode.unconditional(req);
             let state = dispatch(
                 shared,
                 Svc::Borrowed(&mut self.inner),

@@ -1221,7 +1221,17 @@ fn conditional_origin(calls: &Arc<AtomicUsize>) -> Router {
                 if matches {
                     return StatusCode::NOT_MODIFIED.into_response();
                 }
-                ([(header::ETAG, etag)], format!("body {n}")).into_response()
+                (
+                    [
+                        (header::ETAG, etag),
+                        (
+                            header::LAST_MODIFIED,
+                            "Sat, 21 Feb 2026 12:00:00 GMT".to_owned(),
+                        ),
+                    ],
+                    format!("body {n}"),
+                )
+                    .into_response()
             }
         }),
     )
@@ -1289,6 +1299,10 @@ async fn fills_made_for_a_conditional_request_ask_for_the_whole_response() {
     // An empty list element is skipped; two `If-Modified-Since` are not a date.
     let listed = get(&[("if-none-match", "\"x\", , \"v2\"")]).await.unwrap();
     assert_eq!(listed.status(), StatusCode::NOT_MODIFIED);
+    let once = get(&[("if-modified-since", "Sun, 22 Feb 2099 08:00:00 GMT")])
+        .await
+        .unwrap();
+    assert_eq!(once.status(), StatusCode::NOT_MODIFIED);
     let mut req = Request::builder().uri("/doc");
     for _ in 0..2 {
         req = req.header("if-modified-since", "Sun, 22 Feb 2099 08:00:00 GMT");
@@ -1300,4 +1314,17 @@ async fn fills_made_for_a_conditional_request_ask_for_the_whole_response() {
         .unwrap();
     assert_eq!(twice.status(), StatusCode::OK);
     assert_eq!(twice.headers()["x-cache"], "HIT");
+
+    // A forced refresh (`no-cache`, a browser's reload) with the client's validators: the origin
+    // is asked for the whole response, which replaces the entry (it answered 304 to the client's
+    // validators, and nothing was refreshed).
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let reload = get(&[("cache-control", "no-cache"), ("if-none-match", "\"v3\"")])
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), StatusCode::OK);
+    assert_eq!(body(reload).await, "body 4");
+    let after = get(&[]).await.unwrap();
+    assert_eq!(after.headers()["x-cache"], "HIT");
+    assert_eq!(body(after).await, "body 4");
 }

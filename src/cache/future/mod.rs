@@ -89,7 +89,7 @@ pin_project! {
     pub(crate) enum State<F, C, R, Fl, Sh, W, L, K> {
         Done { result: Option<R> },
         Passing { #[pin] fut: F, shared: Sh, status: Option<CacheStatus> },
-        Writing { #[pin] fut: F, shared: Sh, resource: Box<[u8]> },
+        Writing { #[pin] fut: F, shared: Sh, resource: Box<[u8]>, variants: bool },
         Invalidating { invalidation: PendingInvalidation, result: Option<R> },
         Leading { #[pin] fut: F, fill: Option<Fl> },
         Capturing { #[pin] capture: C, fill: Option<Fl> },
@@ -153,11 +153,13 @@ where
         fut: S::Future,
         shared: Arc<Shared<X, St, A>>,
         resource: Box<[u8]>,
+        variants: bool,
     ) -> Self {
         Self::new(State::Writing {
             fut,
             shared,
             resource,
+            variants,
         })
     }
 
@@ -199,12 +201,13 @@ where
                     fut,
                     shared,
                     resource,
+                    variants,
                 } => {
                     let res = ready!(fut.poll(cx))?;
                     let invalidates = shared.mode.invalidates(&res);
                     let response = shared.mode.pass(res, None);
                     let pending = if invalidates {
-                        shared.invalidate_resource::<StoredOf<S, Req, A>>(resource)
+                        shared.invalidate_resource::<StoredOf<S, Req, A>>(resource, *variants)
                     } else {
                         None
                     };

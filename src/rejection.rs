@@ -228,10 +228,15 @@ macro_rules! refusal_types {
     }};
 }
 
-/// The refusal `error` is, when it is one of this crate's refusal types.
+/// The refusal `error` is, when it is one of this crate's refusal types, or a retry's last error
+/// holding one (a breaker outside a retry sees the retry's `LastError`).
 pub(crate) fn rejection_in<'e>(
     error: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e dyn Rejection> {
+    #[cfg(feature = "retry")]
+    if let Some(last) = error.downcast_ref::<crate::retry::error::LastError>() {
+        return rejection_in(last.get_ref());
+    }
     refusal_types!(|T| error.downcast_ref::<T>())
 }
 
@@ -284,7 +289,7 @@ impl Refused {
 
     /// The refusal that `error` is, when it is one of this crate's refusal types, by itself or
     /// as a [`BoxError`].
-    pub fn in_error<E: 'static>(error: &E) -> Option<Self> {
+    pub fn from_error<E: 'static>(error: &E) -> Option<Self> {
         let any: &dyn std::any::Any = error;
         match any.downcast_ref::<BoxError>() {
             Some(boxed) => rejection_in(&**boxed),

@@ -10,9 +10,11 @@
 //! | [`Failure`](Verdict::Failure): the upstream failed, another attempt would not fix it (a `500`) | a failure | returns it |
 //! | [`Transient`](Verdict::Transient): the upstream failed, another attempt may work (a `503`, an error) | a failure | tries again |
 //! | [`Throttled`](Verdict::Throttled): turned away, worth another attempt later (a `429`) | a success | tries again |
+//! | [`Refused`](Verdict::Refused): refused by one of this crate's layers below, before the upstream (see [`Refused`](crate::rejection::Refused)) | nothing | tries again only when the layer will admit in time |
 //!
-//! The two retried verdicts carry the server's [`Pushback`]: how long it asked the client to wait
-//! (`Retry-After`, gRPC pushback or `google.rpc.RetryInfo`), or that it asked not to retry at all.
+//! The retried verdicts carry a [`Pushback`]: how long the server asked the client to wait
+//! (`Retry-After`, gRPC pushback or `google.rpc.RetryInfo`), that it asked not to retry at all,
+//! or how long a layer below will refuse.
 //!
 //! One classifier serves both layers, with the same defaults:
 //!
@@ -151,8 +153,9 @@ impl Verdict {
         matches!(self, Self::Failure { .. } | Self::Transient { .. })
     }
 
-    /// Whether it is worth another attempt, unless the server said otherwise
-    /// ([`Transient`](Self::Transient) or [`Throttled`](Self::Throttled)).
+    /// Whether it is worth another attempt, unless the server (or the layer that refused) said
+    /// otherwise ([`Transient`](Self::Transient), [`Throttled`](Self::Throttled) or
+    /// [`Refused`](Self::Refused)).
     pub const fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -270,7 +273,7 @@ impl<Res, E: 'static> Classify<Res, E> for ErrorsAreFailures {
 /// [`Refused`]: crate::rejection::Refused
 #[inline]
 pub(crate) fn refused_or<E: 'static>(error: &E, otherwise: Verdict) -> Verdict {
-    crate::rejection::Refused::in_error(error)
+    crate::rejection::Refused::from_error(error)
         .and_then(crate::rejection::Refused::verdict)
         .unwrap_or(otherwise)
 }

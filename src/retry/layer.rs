@@ -291,8 +291,9 @@ impl<C, R, M> RetryBuilder<C, R, M> {
 
     /// What is worth retrying (default [`ErrorsAreFailures`]: errors are, responses are not):
     /// any classifier from [`classify`](crate::classify), the circuit breaker's too. Retry tries
-    /// again on [transient](crate::classify::Verdict::Transient) and
-    /// [throttled](crate::classify::Verdict::Throttled) verdicts, honouring the server's
+    /// again on [transient](crate::classify::Verdict::Transient),
+    /// [throttled](crate::classify::Verdict::Throttled) and
+    /// [refused](crate::classify::Verdict::Refused) verdicts, honouring their
     /// [pushback](crate::classify::Pushback).
     pub fn classify<C2>(self, classifier: C2) -> RetryBuilder<C2, R, M> {
         RetryBuilder {

@@ -6,7 +6,10 @@
 //!   `502`, `503`, `504`, `429`; for gRPC (`.grpc()`) errors and `UNAVAILABLE`,
 //!   `RESOURCE_EXHAUSTED`; or a closure. Retry tries again on its
 //!   [transient](crate::classify::Verdict::Transient) and
-//!   [throttled](crate::classify::Verdict::Throttled) verdicts.
+//!   [throttled](crate::classify::Verdict::Throttled) verdicts, and on a
+//!   [refusal](crate::classify::Verdict::Refused) of this crate's layers below it only when the
+//!   layer will admit within the retry's longest delay (a rate limit's quota; never an open
+//!   circuit).
 //! - **Which requests** may be sent again is decided by a [request copier](request): the first
 //!   attempt consumes the request, so a copy is made first. For HTTP only idempotent methods
 //!   (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) and requests with an `Idempotency-Key` are retried

@@ -225,10 +225,12 @@ pub enum GiveUp {
     /// The next attempt could not start before the request's deadline (or the server asked for a
     /// wait beyond it).
     Deadline,
-    /// The server asked not to retry, or a layer of this crate below refused and would refuse
-    /// again (an open circuit; a rate limit whose quota allows another call only after a longer
-    /// wait than the retry makes).
+    /// The server asked not to retry.
     Server,
+    /// A layer of this crate below refused and would refuse again (an open circuit, a missing
+    /// key, a cost over the limit; a rate limit whose quota allows another call only after a
+    /// longer wait than the retry makes).
+    Refused,
     /// The request cannot be sent again (see [`NotRetryable`]).
     NotRetryable,
 }
@@ -241,6 +243,7 @@ impl GiveUp {
             Self::Budget => "budget",
             Self::Deadline => "deadline",
             Self::Server => "server",
+            Self::Refused => "refused",
             Self::NotRetryable => "not_retryable",
         }
     }
@@ -395,6 +398,7 @@ where
             Outcome::TimedOut(_) if self.retry_timeouts => Verdict::transient(Reason::TimedOut),
             Outcome::TimedOut(_) => Verdict::Success,
         };
+        let refused = matches!(verdict, Verdict::Refused { .. });
         let (reason, pushback) = match verdict {
             Verdict::Transient { reason, pushback }
             | Verdict::Throttled { reason, pushback }
@@ -408,7 +412,11 @@ where
             Pushback::DoNotRetry => {
                 return Decision::GiveUp {
                     reason,
-                    why: GiveUp::Server,
+                    why: if refused {
+                        GiveUp::Refused
+                    } else {
+                        GiveUp::Server
+                    },
                 };
             }
         };
@@ -429,7 +437,11 @@ where
         if let Some(asked) = asked {
             // A layer below that will refuse until then: a shorter wait would only be refused.
             if exact && asked > self.backoff.max() {
-                return give_up(GiveUp::Server);
+                return give_up(if refused {
+                    GiveUp::Refused
+                } else {
+                    GiveUp::Server
+                });
             }
             after = after.max(asked);
         }

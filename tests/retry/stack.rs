@@ -4,12 +4,15 @@
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_rampart::BoxError;
 use tower_rampart::circuit_breaker::error::CircuitOpen;
 use tower_rampart::circuit_breaker::{CircuitBreakerLayer, CircuitState};
 use tower_rampart::retry::RetryLayer;
+
 use tower_rampart::retry::error::{LastError, attempts};
+use tower_rampart::retry::{GiveUp, RetryEvent};
 
 use crate::{MS, Scripted};
 
@@ -97,10 +100,17 @@ async fn a_retry_outside_a_breaker_does_not_retry_an_open_circuit() {
         .build()
         .unwrap();
     let circuit = breaker.handle();
+    let gave_up = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&gave_up);
     let retry = RetryLayer::builder()
         .max_attempts(3)
         .fixed_backoff(100 * MS)
         .no_budget()
+        .on_event(move |e: &RetryEvent| {
+            if let RetryEvent::GaveUp { why, .. } = e {
+                seen.lock().unwrap().push(*why);
+            }
+        })
         .build()
         .unwrap();
     let upstream = Scripted::failing();
@@ -117,6 +127,11 @@ async fn a_retry_outside_a_breaker_does_not_retry_an_open_circuit() {
     let refused = std::error::Error::source(last).expect("the refusal");
     assert!(refused.is::<CircuitOpen>(), "{err}");
     assert_eq!(last.attempts(), 1, "not retried");
+    assert_eq!(
+        *gave_up.lock().unwrap(),
+        [GiveUp::Refused],
+        "reported as refused"
+    );
     assert_eq!(circuit.snapshot().rejected(), 1, "one attempt, refused");
     assert_eq!(start.elapsed(), Duration::ZERO, "no backoff waited");
     assert_eq!(upstream.calls(), 0);
@@ -273,4 +288,42 @@ async fn a_probe_refused_below_the_breaker_does_not_close_it() {
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(client.ready().await.unwrap().call(3).await.unwrap(), 3);
     assert_eq!(circuit.state(), CircuitState::Closed);
+}
+
+/// The README's order, breaker outside the retries, over a client-side rate limit: the retry
+/// hands back its `LastError` (here holding the limit's refusal), which the breaker counted as the
+/// upstream's failure, so the client's own quota could open the circuit. It is read through now.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_outside_a_retry_does_not_count_the_limit_below_as_a_failure() {
+    use tower_rampart::rate_limit::{Quota, RateLimitLayer};
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let circuit = breaker.handle();
+    let retry = RetryLayer::builder()
+        .max_attempts(3)
+        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
+        .no_budget()
+        .build()
+        .unwrap();
+    let limit = RateLimitLayer::builder()
+        .quota(Quota::per_minute(1))
+        .build()
+        .unwrap();
+    let upstream = Scripted::new(|_| false);
+    let mut client = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(retry)
+        .layer(limit)
+        .service(upstream.service());
+    client.ready().await.unwrap().call(1).await.unwrap();
+    let err: BoxError = client.ready().await.unwrap().call(2).await.unwrap_err();
+    assert!(err.is::<LastError>(), "{err}");
+    assert_eq!(
+        circuit.state(),
+        CircuitState::Closed,
+        "a refusal is no failure"
+    );
+    assert_eq!(circuit.snapshot().consecutive_failures(), 0);
 }

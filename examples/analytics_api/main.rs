@@ -23,6 +23,7 @@
 //! `CACHE_TTL_SECONDS` (300), `EXTERNAL_SERVICE_FAILURE_RATE` (0.2), `EXTERNAL_SERVICE_LATENCY_MS`
 //! (50), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (5), `CIRCUIT_BREAKER_RESET_TIMEOUT` (30 s),
 //! `TRUSTED_PROXIES` (CIDRs whose `X-Forwarded-For` is believed), `MAX_BODY_BYTES`,
+//! `MAX_STORED_METRICS` (1,000,000; past it the oldest metric is forgotten),
 //! `REQUEST_TIMEOUT_SECONDS`, `LOG_FORMAT=json`, `RUST_LOG`; and the server's limits (every HTTP
 //! example's, `examples/common/serve.rs`): `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS`
 //! (1024), `SHUTDOWN_GRACE_SECS` (10).

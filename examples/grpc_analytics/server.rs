@@ -259,7 +259,8 @@ impl AnalyticsService for Analytics {
             .map_err(unavailable)?;
         // The next summary of this type, and of any whose oldest metrics made room, is computed
         // afresh, whatever its TTL.
-        for t in std::iter::once(&metric.metric_type).chain(&forgotten) {
+        let others = forgotten.iter().filter(|t| **t != metric.metric_type);
+        for t in std::iter::once(&metric.metric_type).chain(others) {
             if let Err(e) = self
                 .summary_cache
                 .invalidate_prefix(summary_prefix(t))

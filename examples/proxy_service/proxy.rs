@@ -134,7 +134,7 @@ impl ProxyConfig {
             return Err(EnvError {
                 var: "RETRY_INITIAL_DELAY_MS",
                 value: retry_initial.as_millis().to_string(),
-                expected: "a delay no longer than RETRY_MAX_DELAY_MS (2000 by default)",
+                expected: "a delay no longer than RETRY_MAX_DELAY_MS",
             });
         }
         Ok(Self {
@@ -195,8 +195,10 @@ pub(crate) fn upstream_client(
         .classify(tower_rampart::classify::HttpClassifier::new())
         .build()?;
     let handle = breaker.handle();
-    // The attempts and waits at their longest, but over before the request's own timeout (a
-    // 408 would say the client was slow): the retries give up in time to answer 502 or 504.
+    // The attempts and waits at their longest, but within 90% of the request's own timeout (a
+    // 408 would say the client was slow), so the retries give up in time to answer 502 or 504.
+    // The timeout runs from the request's arrival and this deadline from the body's: a body
+    // that took more than the other 10% to arrive can still end in a 408.
     let deadline = (config.attempt_timeout * config.retry_attempts
         + config.retry_max_delay * config.retry_attempts.saturating_sub(1))
     .min(config.request_timeout.mul_f64(0.9));

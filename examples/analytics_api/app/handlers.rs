@@ -89,7 +89,8 @@ pub(super) async fn submit_metric(
     let forgotten = state.storage.add_metric(&metric).await?;
     // The next summary of this type, and of any whose oldest metrics made room, is computed
     // afresh, whatever its TTL.
-    for t in std::iter::once(&metric.metric_type).chain(&forgotten) {
+    let others = forgotten.iter().filter(|t| **t != metric.metric_type);
+    for t in std::iter::once(&metric.metric_type).chain(others) {
         if let Err(e) = state.summaries.invalidate_prefix(summary_prefix(t)).await {
             tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
         }

@@ -69,32 +69,24 @@ where
     match found {
         Some(Ok(Some(entry))) => {
             let now = now.unwrap_or_else(Instant::now);
+            // A `304` for a conditional request its validators match, else the stored response.
+            let answer = |req: &Req, entry: &CacheEntry<A::Stored>, status| {
+                let not_modified = match conditional {
+                    true => shared.mode.not_modified(req, entry, status, now),
+                    false => None,
+                };
+                not_modified.or_else(|| shared.mode.replay(entry, status, now))
+            };
             match entry.freshness(now) {
                 Freshness::Fresh => {
-                    let not_modified = match conditional {
-                        true => shared
-                            .mode
-                            .not_modified(&req, &entry, CacheStatus::Hit, now),
-                        false => None,
-                    };
-                    if let Some(res) =
-                        not_modified.or_else(|| shared.mode.replay(&entry, CacheStatus::Hit, now))
-                    {
+                    if let Some(res) = answer(&req, &entry, CacheStatus::Hit) {
                         shared.count(Meter::Hits);
                         return StateOf::<S, Req, X, St, A>::done(Ok(res));
                     }
                     shared.unusable(&key);
                 }
                 Freshness::Revalidate => {
-                    let not_modified = match conditional {
-                        true => shared
-                            .mode
-                            .not_modified(&req, &entry, CacheStatus::Stale, now),
-                        false => None,
-                    };
-                    if let Some(res) =
-                        not_modified.or_else(|| shared.mode.replay(&entry, CacheStatus::Stale, now))
-                    {
+                    if let Some(res) = answer(&req, &entry, CacheStatus::Stale) {
                         let req = match conditional {
                             true => shared.mode.unconditional(req),
                             false => req,

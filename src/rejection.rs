@@ -288,7 +288,8 @@ impl Refused {
     }
 
     /// The refusal that `error` is, when it is one of this crate's refusal types, by itself or
-    /// as a [`BoxError`].
+    /// as a [`BoxError`] (also inside a retry's
+    /// [`LastError`](crate::retry::error::LastError), with the `retry` feature).
     pub fn from_error<E: 'static>(error: &E) -> Option<Self> {
         let any: &dyn std::any::Any = error;
         match any.downcast_ref::<BoxError>() {

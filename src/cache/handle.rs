@@ -146,10 +146,9 @@ where
 {
     /// Invalidates the `GET` and `HEAD` entries of `resource` (as [`HttpKey`] writes their keys:
     /// the method, a space, the resource, then, when keys have `variants`, a newline and fields)
-    /// after a
-    /// request that changed it succeeded. Done in this process at once; what a shared store
-    /// still has to do runs on the runtime (to the end, whether or not the returned future is
-    /// awaited), its failures reported (the write stands either way).
+    /// after a request that changed it succeeded. Done in this process at once; what a shared
+    /// store still has to do runs on the runtime (to the end, whether or not the returned future
+    /// is awaited), its failures reported (the write stands either way).
     ///
     /// [`HttpKey`]: super::HttpKey
     pub(crate) fn invalidate_resource<V>(

@@ -13,7 +13,7 @@ use http::StatusCode;
 use tower_rampart::backend::RedisBackend;
 use tower_rampart::backend::redis::RedisCacheStore;
 use tower_rampart::cache::{
-    CacheHandle, CacheKey, CacheLayer, CacheStore, CachedResponse, StoreOp,
+    CacheHandle, CacheKey, CacheLayer, CacheStore, CachedResponse, HttpKey, StoreOp,
 };
 
 use crate::common::http::serve;
@@ -225,6 +225,17 @@ async fn items_replica(
     version: &Arc<AtomicUsize>,
     failed: &Arc<AtomicUsize>,
 ) -> (Router, RedisCacheStore<CachedResponse>) {
+    items_replica_keyed(url, prefix, version, failed, HttpKey::new()).await
+}
+
+/// [`items_replica`] with its own cache key.
+async fn items_replica_keyed(
+    url: &str,
+    prefix: &str,
+    version: &Arc<AtomicUsize>,
+    failed: &Arc<AtomicUsize>,
+    key: HttpKey,
+) -> (Router, RedisCacheStore<CachedResponse>) {
     use axum::extract::Path;
     use tower_rampart::cache::CacheEvent;
     let redis = RedisBackend::connect(url)
@@ -235,6 +246,7 @@ async fn items_replica(
     let counted = Arc::clone(failed);
     let cache = CacheLayer::builder()
         .http()
+        .key(key)
         .name("items")
         .ttl(Duration::from_secs(300))
         .on_event(move |e: &CacheEvent| {
@@ -310,7 +322,12 @@ async fn a_write_on_one_replica_invalidates_the_resource_for_every_replica() {
 /// `NOSCRIPT` first, as after a Redis restart). It ran only while the write's answer was awaited:
 /// a client that went away (or an outer timeout) right after the write left the resource's old
 /// entry in Redis for every replica until its TTL. It now runs to the end on the runtime.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// On one thread, so that nothing but this test's own polls can run until it yields: the first
+/// poll of the write's answer cannot have finished the invalidation (on two workers, a loaded
+/// machine could preempt the test while the other worker finished it, and there was then nothing
+/// to drop).
+#[tokio::test(flavor = "current_thread")]
 async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
     use axum::body::Body;
     use tower::ServiceExt;
@@ -320,7 +337,16 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
     let prefix = unique_prefix("http-write-drop");
     let version = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
-    let (app, store) = items_replica(&server.url(), &prefix, &version, &failed).await;
+    // Keyed on `accept`: the write's invalidation includes the variants' prefix, a range script
+    // (so, after `SCRIPT FLUSH`, more than one round trip).
+    let (app, store) = items_replica_keyed(
+        &server.url(),
+        &prefix,
+        &version,
+        &failed,
+        HttpKey::new().header(http::header::ACCEPT),
+    )
+    .await;
     let request = |method: &str| {
         http::Request::builder()
             .method(method)
@@ -330,11 +356,11 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
     };
     let first = app.clone().oneshot(request("GET")).await.unwrap();
     assert_eq!(first.headers()["x-cache"], "MISS");
-    until_stored(&store, "GET /items/1").await;
+    let variant = "GET /items/1\naccept";
+    until_stored(&store, variant).await;
 
     assert_eq!(server.command("SCRIPT FLUSH"), "+OK");
-    // Polled once (the handler answers at once, the invalidation sends its first command), then
-    // dropped.
+    // Polled once (the handler answers at once, the invalidation starts), then dropped.
     let dropped = tokio::time::timeout(Duration::ZERO, app.clone().oneshot(request("PUT"))).await;
     assert!(
         dropped.is_err(),
@@ -344,7 +370,7 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let found = match store.get(&CacheKey::from("GET /items/1")) {
+        let found = match store.get(&CacheKey::from(variant)) {
             StoreOp::Ready(f) => f,
             StoreOp::Pending(f) => f.await,
         };
@@ -353,7 +379,7 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the old entry is still in redis 5 s after the write"
+            "the old variant is still in redis 5 s after the write"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

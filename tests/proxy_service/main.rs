@@ -432,18 +432,19 @@ async fn the_body_is_forwarded_byte_for_byte() {
     assert_eq!(seen.lock().unwrap().as_slice(), [sent.as_bytes().to_vec()]);
 }
 
-/// The retries' worst case (3 attempts of 900 ms and the waits between them) is longer than the
-/// request's own timeout (1 s): the proxy answered 408 as if the client were slow. The retries
-/// now give up within 90% of it, and the answer says the upstream timed out (504).
+/// The retries' worst case (3 attempts of 2 s and the waits between them) is longer than the
+/// request's own timeout (5 s): the proxy answered 408 as if the client were slow. The retries
+/// now give up within 90% of it (4.5 s: half a second to spare on a loaded machine), and the
+/// answer says the upstream timed out (504).
 #[tokio::test]
 async fn retries_longer_than_the_request_timeout_end_in_a_504_not_a_408() {
     let stack = start(
-        &[("EXTERNAL_LATENCY_MS", "5000")],
+        &[("EXTERNAL_LATENCY_MS", "10000")],
         &[
-            ("EXTERNAL_TIMEOUT_MS", "900"),
+            ("EXTERNAL_TIMEOUT_MS", "2000"),
             ("RETRY_MAX_ATTEMPTS", "3"),
             ("RETRY_INITIAL_DELAY_MS", "100"),
-            ("REQUEST_TIMEOUT_SECONDS", "1"),
+            ("REQUEST_TIMEOUT_SECONDS", "5"),
         ],
     )
     .await;

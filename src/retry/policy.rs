@@ -398,11 +398,13 @@ where
             Outcome::TimedOut(_) if self.retry_timeouts => Verdict::transient(Reason::TimedOut),
             Outcome::TimedOut(_) => Verdict::Success,
         };
-        let refused = matches!(verdict, Verdict::Refused { .. });
-        let (reason, pushback) = match verdict {
-            Verdict::Transient { reason, pushback }
-            | Verdict::Throttled { reason, pushback }
-            | Verdict::Refused { reason, pushback } => (reason, pushback),
+        // Who says a retry would not do, should the pushback say so: the server, or a layer of
+        // this crate below that refused.
+        let (reason, pushback, told) = match verdict {
+            Verdict::Transient { reason, pushback } | Verdict::Throttled { reason, pushback } => {
+                (reason, pushback, GiveUp::Server)
+            }
+            Verdict::Refused { reason, pushback } => (reason, pushback, GiveUp::Refused),
             Verdict::Success | Verdict::Failure { .. } => return Decision::Done,
         };
         let (asked, exact) = match pushback {
@@ -410,14 +412,7 @@ where
             Pushback::After(after) => (Some(after), false),
             Pushback::NotBefore(after) => (Some(after), true),
             Pushback::DoNotRetry => {
-                return Decision::GiveUp {
-                    reason,
-                    why: if refused {
-                        GiveUp::Refused
-                    } else {
-                        GiveUp::Server
-                    },
-                };
+                return Decision::GiveUp { reason, why: told };
             }
         };
         let give_up = |why| Decision::GiveUp { reason, why };
@@ -437,11 +432,7 @@ where
         if let Some(asked) = asked {
             // A layer below that will refuse until then: a shorter wait would only be refused.
             if exact && asked > self.backoff.max() {
-                return give_up(if refused {
-                    GiveUp::Refused
-                } else {
-                    GiveUp::Server
-                });
+                return give_up(told);
             }
             after = after.max(asked);
         }

@@ -147,12 +147,7 @@ async fn a_retry_outside_a_rate_limit_waits_for_the_quota() {
         .quota(Quota::per_second(1))
         .build()
         .unwrap();
-    let retry = RetryLayer::builder()
-        .max_attempts(3)
-        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
-        .no_budget()
-        .build()
-        .unwrap();
+    let retry = retry_waiting_up_to_2s();
     let upstream = Scripted::new(|_| false);
     let mut client = ServiceBuilder::new()
         .layer(retry)
@@ -228,12 +223,7 @@ async fn a_retry_gives_up_at_once_on_a_quota_it_would_not_wait_for() {
         .quota(Quota::per_minute(1))
         .build()
         .unwrap();
-    let retry = RetryLayer::builder()
-        .max_attempts(3)
-        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
-        .no_budget()
-        .build()
-        .unwrap();
+    let retry = retry_waiting_up_to_2s();
     let upstream = Scripted::new(|_| false);
     let mut client = ServiceBuilder::new()
         .layer(retry)
@@ -301,12 +291,7 @@ async fn a_breaker_outside_a_retry_does_not_count_the_limit_below_as_a_failure()
         .build()
         .unwrap();
     let circuit = breaker.handle();
-    let retry = RetryLayer::builder()
-        .max_attempts(3)
-        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
-        .no_budget()
-        .build()
-        .unwrap();
+    let retry = retry_waiting_up_to_2s();
     let limit = RateLimitLayer::builder()
         .quota(Quota::per_minute(1))
         .build()
@@ -326,4 +311,15 @@ async fn a_breaker_outside_a_retry_does_not_count_the_limit_below_as_a_failure()
         "a refusal is no failure"
     );
     assert_eq!(circuit.snapshot().consecutive_failures(), 0);
+}
+
+/// Up to 3 attempts, exponential backoff from 100 ms doubling up to 2 s, no budget: the retry of
+/// the tests of this crate's refusals below it.
+fn retry_waiting_up_to_2s() -> RetryLayer {
+    RetryLayer::builder()
+        .max_attempts(3)
+        .exponential_backoff(100 * MS, 2.0, Duration::from_secs(2))
+        .no_budget()
+        .build()
+        .unwrap()
 }

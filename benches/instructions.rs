@@ -27,7 +27,10 @@
 //!   tower layer (in memory); our in-memory store alone (`RateLimitStore::check`, no service), one
 //!   limit and two;
 //! - circuit breaker closed; retry with a successful first attempt (ours, ours without a budget,
-//!   tower's `Retry`); cache hit (and with one event hook); the stack rate limit + circuit breaker + retry.
+//!   tower's `Retry`); cache hit (and with one event hook); the stack rate limit + circuit breaker + retry;
+//! - an HTTP cache's successful write (a `POST`, which invalidates its resource's variants) beside
+//!   10,000 cached resources keyed with a field (`http10k/rampart_cache_write_beside_10k_variants`:
+//!   not a hot path; it shows the write's cost does not grow with the entries held).
 //! - Redis (`redis1/*`, `redis64/*`, each row on its own `redis-server`; see `instructions_redis.rs`):
 //!   a rate-limit decision through our store against a raw `EVALSHA` of the same script, 1 and 64
 //!   in flight (and throttle-kit's Redis backend, its own script, beside them), and an HTTP
@@ -191,6 +194,58 @@ fn rampart_http_new_values() -> Run {
         .build()
         .expect("valid quota");
     http_run(layer.layer(json_handler()), 1)
+}
+
+/// An HTTP cache keyed on `accept` (so every key has a variant part) holding 10,000 resources'
+/// entries; each measured call is a `POST` to one more resource, answered `200`, which
+/// invalidates that resource's `GET` and `HEAD` entries and their variants. What it costs should
+/// not grow with the entries the cache holds.
+fn rampart_cache_writes() -> Run {
+    use tower_rampart::cache::HttpKey;
+    let layer = CacheLayer::builder()
+        .http()
+        .key(HttpKey::new().header(header::ACCEPT))
+        .ttl(Duration::from_secs(3600))
+        .max_bytes(256 * 1024 * 1024)
+        .build()
+        .expect("valid cache");
+    let mut svc = layer.layer(json_handler());
+    let mut cx = noop_cx();
+    let request = |method: http::Method, path: String| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .expect("a valid request")
+    };
+    for i in 0..PEERS {
+        match call_now(
+            &mut svc,
+            &mut cx,
+            request(http::Method::GET, format!("/r/{i}")),
+        ) {
+            Ok(res) if res.status() == StatusCode::OK => drop(res),
+            _ => refused(),
+        }
+    }
+    assert_eq!(
+        layer.store().entry_count(),
+        PEERS as u64,
+        "every resource is cached"
+    );
+    Box::new(move |n| {
+        for _ in 0..n {
+            match call_now(
+                &mut svc,
+                &mut cx,
+                request(http::Method::POST, "/w".to_owned()),
+            ) {
+                Ok(res) if res.status() == StatusCode::OK => drop(black_box(res)),
+                _ => refused(),
+            }
+        }
+    })
 }
 
 fn rampart_http(peers: u64, headers: bool) -> Run {
@@ -465,6 +520,11 @@ fn scenarios() -> Vec<Scenario> {
         s!("http10k/throttle_kit_peer_ip", "http10k/bare", || {
             throttle_kit_run(PEERS as u64)
         }),
+        s!(
+            "http10k/rampart_cache_write_beside_10k_variants",
+            "http10k/bare",
+            rampart_cache_writes
+        ),
         s!("redis1/raw_evalsha", "redis1/raw_evalsha", || {
             redis_rows::raw(1)
         }),

@@ -178,6 +178,12 @@ impl Flights {
         }
     }
 
+    /// [`detach`](Self::detach) for one key: a look in its shard, not a walk of every shard's
+    /// table (whose capacity is the most flights it ever held at once).
+    pub(crate) fn detach_key(&self, key: &CacheKey) {
+        self.shard(key).remove(key);
+    }
+
     /// Flights in progress (a snapshot).
     pub(crate) fn len(&self) -> usize {
         self.shards
@@ -279,5 +285,22 @@ mod tests {
         assert_eq!(flights.len(), 1, "the new flight is still registered");
         assert!(matches!(flights.join(&key), Joined::Waiter(_)));
         drop(new);
+    }
+
+    #[test]
+    fn detaching_a_key_detaches_its_flight_only() {
+        let flights = Flights::new();
+        let (key, other) = (CacheKey::from("k"), CacheKey::from("k2"));
+        let old = flights.lead(&key).unwrap();
+        let kept = flights.lead(&other).unwrap();
+        flights.detach_key(&key);
+        assert!(
+            matches!(flights.join(&other), Joined::Waiter(_)),
+            "other key kept"
+        );
+        let new = flights.lead(&key).expect("detached: a new flight starts");
+        old.finish(Outcome::CallThrough);
+        assert_eq!(flights.len(), 2, "the new flight and the other key's");
+        drop((new, kept));
     }
 }

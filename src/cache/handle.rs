@@ -166,7 +166,7 @@ where
             let prefix: Box<[u8]> = [method, resource, b"\n"].concat().into();
             // Only the fills of this resource's stripe stop storing (see `Shared::stripe`).
             self.stripe(exact.as_bytes()).fetch_add(1, Ordering::SeqCst);
-            // A key with no fields has no variants: no prefix to walk (in memory, every entry).
+            // A key with no fields has no variants: no prefix to look up.
             let targets = [
                 Some(Target::Key(exact)),
                 variants.then_some(Target::Prefix(prefix)),
@@ -238,7 +238,10 @@ impl<X, St, A> Shared<X, St, A> {
         St: CacheStore<V>,
         V: Send + Sync + 'static,
     {
-        self.flights.detach(|k| target.matches(k));
+        match target {
+            Target::Key(k) => self.flights.detach_key(k),
+            _ => self.flights.detach(|k| target.matches(k)),
+        }
         let (op, what) = match target {
             Target::Key(k) => (self.store.invalidate(k), "key"),
             Target::Prefix(p) => (self.store.invalidate_prefix(p), "prefix"),

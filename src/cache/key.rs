@@ -61,7 +61,7 @@ pub struct CacheKey {
 }
 
 /// The per-process hasher of key bytes.
-fn hash_bytes(bytes: &[u8]) -> u64 {
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     static STATE: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
     STATE.get_or_init(Default::default).hash_one(bytes)

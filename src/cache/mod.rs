@@ -158,8 +158,10 @@
 //! it happened is not stored (the call may have read the old data). HTTP keys read
 //! `GET /path?query`, so `handle.invalidate_prefix("GET /api/metrics/summary")` drops every
 //! summary fetched with `GET` (`HEAD` requests have entries of their own, `HEAD /path?query`:
-//! invalidate those too where clients send them). With the in-memory store a prefix invalidation walks the entries (it is exact, and
-//! O(entries)).
+//! invalidate those too where clients send them). With the in-memory store a prefix invalidation
+//! walks the entries (it is exact, and O(entries)), but for the variants of one resource
+//! (`GET /path?query\n`, a prefix whose only newline ends it: what a successful write
+//! invalidates), which each shard indexes.
 //!
 //! # Observability
 //!

@@ -280,6 +280,33 @@ impl<V> MemoryCacheStore<V> {
         }
     }
 
+    /// Removes the variants of `base` (the keys starting with `base\n`; `base` has no newline)
+    /// from every shard. A shard is looked at under its read side first, and written to only
+    /// if it holds some: a write's invalidation does not stall the readers of shards it has
+    /// nothing to take from.
+    fn remove_variants(&self, base: &[u8]) {
+        let hash = table::base_hash(base);
+        let mut removed = false;
+        for shard in self.shards.iter() {
+            let t = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
+            let any = !t.variants.is_empty() && t.variants_of(base, hash).next().is_some();
+            drop(t);
+            if !any {
+                continue;
+            }
+            let mut t = shard.lock.write().unwrap_or_else(PoisonError::into_inner);
+            let found: Vec<usize> = t.variants_of(base, hash).collect();
+            let dropped: Vec<_> = found.into_iter().map(|i| t.take(i, &self.bytes)).collect();
+            t.shrink_if_sparse(&self.bytes);
+            drop(t);
+            removed |= !dropped.is_empty();
+            drop(dropped); // values are dropped outside the lock
+        }
+        if removed {
+            self.report_bytes();
+        }
+    }
+
     /// Removes the entries whose key `remove` picks, from every shard.
     fn remove_where(&self, mut remove: impl FnMut(&CacheKey) -> bool) {
         for shard in self.shards.iter() {
@@ -439,9 +466,15 @@ impl<V: Send + Sync + 'static> CacheStore<V> for MemoryCacheStore<V> {
         StoreOp::Ready(Ok(()))
     }
 
-    /// Walks every entry and removes those under `prefix`: O(entries), and exact.
+    /// Removes the entries under `prefix`, exactly. A prefix whose only newline ends it (`GET
+    /// /path\n`: the variants of a resource, which a write invalidates) is looked up in each
+    /// shard's index of variants, in time proportional to their number; any other prefix walks
+    /// every entry.
     fn invalidate_prefix(&self, prefix: &[u8]) -> StoreOp<(), Self::Future<()>> {
-        self.remove_where(|key| key.starts_with(prefix));
+        match prefix.strip_suffix(b"\n") {
+            Some(base) if !base.contains(&b'\n') => self.remove_variants(base),
+            _ => self.remove_where(|key| key.starts_with(prefix)),
+        }
         StoreOp::Ready(Ok(()))
     }
 

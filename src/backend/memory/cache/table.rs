@@ -1,5 +1,6 @@
 //! One shard of the in-memory cache store: a ring of slots swept by the CLOCK hand, an index of
-//! the occupied ones by key hash, and the bytes they hold.
+//! the occupied ones by key hash, an index of the variant keys by their base, and the bytes they
+//! hold.
 
 use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +29,11 @@ pub(super) struct Shard<V> {
 /// One shard: a ring of slots (the CLOCK) and an index of the occupied ones by key hash.
 pub(super) struct Table<V> {
     pub(super) index: HashTable<u32>,
+    /// The slots whose key has a newline, by the hash of the bytes before it (their
+    /// [`variant_base`]): the variants of one resource, as [`HttpKey`](crate::cache::HttpKey)
+    /// writes them (`GET /path\nfield=value...`), found without walking the shard when a write
+    /// invalidates them.
+    pub(super) variants: HashTable<u32>,
     pub(super) slots: Vec<Slot<V>>,
     /// Slots not in use, the most recently freed last.
     pub(super) free: Vec<u32>,
@@ -68,10 +74,30 @@ pub(super) fn charge_of<V>(key: &CacheKey, entry: &CacheEntry<V>) -> u64 {
     u64::from(entry.weight()) + key.heap_len() as u64 + ENTRY_HEADER
 }
 
+/// The bytes of `key` before its first newline, when it has one: what the variants of a
+/// resource share (`GET /path` in `GET /path\naccept=...`). A key starting with `base\n`, where
+/// `base` has no newline, has exactly `base` as its variant base.
+#[inline]
+pub(super) fn variant_base(key: &[u8]) -> Option<&[u8]> {
+    let at = key.iter().position(|&b| b == b'\n')?;
+    Some(&key[..at])
+}
+
+/// The hash a variant base is indexed by (the keys' own per-process seeded hasher).
+pub(super) fn base_hash(base: &[u8]) -> u64 {
+    crate::cache::key::hash_bytes(base)
+}
+
+/// The hash of the variant base of the key in `slot` (a slot in the variants index has one).
+fn slot_base_hash<V>(slot: &Slot<V>) -> u64 {
+    base_hash(variant_base(slot.key.as_bytes()).unwrap_or_default())
+}
+
 impl<V> Table<V> {
     pub(super) fn new() -> Self {
         Self {
             index: HashTable::new(),
+            variants: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -96,6 +122,7 @@ impl<V> Table<V> {
     pub(super) fn allocated(&self) -> u64 {
         (self.slots.capacity() * size_of::<Slot<V>>()
             + self.index.allocation_size()
+            + self.variants.allocation_size()
             + self.free.capacity() * size_of::<u32>()) as u64
     }
 
@@ -147,6 +174,12 @@ impl<V> Table<V> {
         let slots = &self.slots;
         self.index
             .insert_unique(hash, i as u32, |&j| slots[j as usize].key.hash_code());
+        if let Some(base) = variant_base(slots[i].key.as_bytes()) {
+            self.variants
+                .insert_unique(base_hash(base), i as u32, |&j| {
+                    slot_base_hash(&slots[j as usize])
+                });
+        }
         self.live += 1;
         self.bytes += u64::from(charge);
         total.fetch_add(u64::from(charge), Ordering::AcqRel);
@@ -188,11 +221,32 @@ impl<V> Table<V> {
         if let Ok(found) = self.index.find_entry(hash, |&j| j as usize == i) {
             found.remove();
         }
+        if let Some(base) = variant_base(key.as_bytes())
+            && let Ok(found) = self
+                .variants
+                .find_entry(base_hash(base), |&j| j as usize == i)
+        {
+            found.remove();
+        }
         self.free.push(i as u32);
         self.live -= 1;
         self.bytes -= charge;
         total.fetch_sub(charge, Ordering::AcqRel);
         (key, entry)
+    }
+
+    /// The slots of the variants of `base` (a base with no newline, whose [`base_hash`] is
+    /// `hash`): the keys starting with `base\n`. Proportional to their number, not to the
+    /// shard's.
+    pub(super) fn variants_of<'a>(
+        &'a self,
+        base: &'a [u8],
+        hash: u64,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.variants
+            .iter_hash(hash)
+            .map(|&j| j as usize)
+            .filter(move |&j| variant_base(self.slots[j].key.as_bytes()) == Some(base))
     }
 
     /// One step of CLOCK: evicts the first entry from the hand on that has expired or was not
@@ -271,6 +325,7 @@ impl<V> Table<V> {
             if self.live == 0 && self.slots.capacity() > 0 {
                 self.slots = Vec::new();
                 self.index = HashTable::new();
+                self.variants = HashTable::new();
                 self.free = Vec::new();
                 self.hand = 0;
                 self.recount_tables(total);
@@ -280,13 +335,20 @@ impl<V> Table<V> {
         let mut slots = Vec::with_capacity(self.live + self.live / 4 + 4);
         slots.extend(self.slots.drain(..).filter(|s| s.entry.is_some()));
         let mut index = HashTable::with_capacity(slots.len());
+        let mut variants = HashTable::new();
         for (i, slot) in slots.iter().enumerate() {
             index.insert_unique(slot.key.hash_code(), i as u32, |&j: &u32| {
                 slots[j as usize].key.hash_code()
             });
+            if let Some(base) = variant_base(slot.key.as_bytes()) {
+                variants.insert_unique(base_hash(base), i as u32, |&j: &u32| {
+                    slot_base_hash(&slots[j as usize])
+                });
+            }
         }
         self.slots = slots;
         self.index = index;
+        self.variants = variants;
         self.free = Vec::new();
         self.hand = 0;
         self.recount_tables(total);

@@ -219,3 +219,147 @@ fn invalidation_by_key_prefix_and_all_gives_the_memory_back() {
     put(&s, 5, 100);
     assert_eq!(get(&s, 5), Some(5));
 }
+
+/// Every shard's index of variants holds exactly its live slots whose key has a newline.
+fn assert_variants_indexed(s: &MemoryCacheStore<u64>) {
+    for shard in s.shards.iter() {
+        let t = shard.lock.read().unwrap();
+        let live_variants: Vec<usize> = (0..t.slots.len())
+            .filter(|&i| t.slots[i].entry.is_some() && t.slots[i].key.as_bytes().contains(&b'\n'))
+            .collect();
+        assert_eq!(
+            t.variants.len(),
+            live_variants.len(),
+            "one index entry per variant"
+        );
+        for &i in t.variants.iter() {
+            assert!(
+                live_variants.contains(&(i as usize)),
+                "slot {i} is a live variant"
+            );
+        }
+    }
+}
+
+fn present(s: &MemoryCacheStore<u64>, key: &str) -> bool {
+    match s.get(&CacheKey::from(key)) {
+        StoreOp::Ready(Ok(found)) => found.is_some(),
+        _ => unreachable!("the memory store answers at once"),
+    }
+}
+
+#[test]
+fn a_resources_variants_go_and_nothing_else_does() {
+    let s = store(4 * 1024 * 1024);
+    let keys = [
+        "GET /a",              // the exact key: not under `GET /a\n`
+        "GET /a\naccept=json", // variants of `GET /a`
+        "GET /a\naccept=xml",
+        "GET /a\nx\ny",           // a variant whose fields hold a newline too
+        "GET /a\n",               // the empty variant
+        "GET /ab\naccept=json",   // another resource that `GET /a` is a prefix of
+        "GET /\naccept=json",     // a resource that is a prefix of `GET /a`
+        "HEAD /a\naccept=json",   // another method
+        "x\nGET /a\naccept=json", // a user key holding the prefix further in
+    ];
+    // Many other resources' variants, spread over every shard (first: the keys above sit
+    // after them in their shards' slots, and move when the shards are compacted).
+    for k in 0..2_000u64 {
+        let _ = s.put(
+            CacheKey::from(format!("GET /r{k}\nv={k}")),
+            entry(k, 10, HOUR),
+        );
+    }
+    for (v, key) in keys.iter().enumerate() {
+        let _ = s.put(CacheKey::from(*key), entry(v as u64, 100, HOUR));
+    }
+    assert_variants_indexed(&s);
+    let _ = s.invalidate_prefix(b"GET /a\n");
+    let gone = [
+        "GET /a\naccept=json",
+        "GET /a\naccept=xml",
+        "GET /a\nx\ny",
+        "GET /a\n",
+    ];
+    for key in keys {
+        assert_eq!(present(&s, key), !gone.contains(&key), "{key:?}");
+    }
+    assert_eq!(
+        s.entry_count(),
+        2_000 + keys.len() as u64 - gone.len() as u64
+    );
+    assert_variants_indexed(&s);
+    // A prefix with a newline before its end is not a base: it walks, with the same meaning.
+    let _ = s.invalidate_prefix(b"x\nGET /a\n");
+    assert!(!present(&s, "x\nGET /a\naccept=json"));
+    // So does one without a newline (a handle's prefix).
+    let _ = s.invalidate_prefix(b"GET /r1");
+    assert!(!present(&s, "GET /r1\nv=1") && !present(&s, "GET /r19\nv=19"));
+    assert!(present(&s, "GET /r2\nv=2"));
+    assert_variants_indexed(&s);
+    // Emptied shards move their last entries together and index them again.
+    let _ = s.invalidate_prefix(b"GET /r");
+    assert_eq!(s.entry_count(), 4);
+    assert_variants_indexed(&s);
+    let _ = s.invalidate_prefix(b"GET /ab\n");
+    assert!(!present(&s, "GET /ab\naccept=json"));
+    assert!(present(&s, "GET /\naccept=json") && present(&s, "HEAD /a\naccept=json"));
+    assert_variants_indexed(&s);
+}
+
+/// Random puts (new keys, replaced ones), single invalidations, variant invalidations and a
+/// bound small enough to evict: after each step the variants index matches the slots, and a
+/// variant invalidation leaves no key under its prefix while keeping every other one it had.
+#[test]
+fn the_variants_index_follows_puts_replacements_evictions_and_shrinking() {
+    let s = store(256 * 1024);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for step in 0..20_000u64 {
+        let r = next();
+        let resource = r % 97;
+        let key = match (r >> 8) % 4 {
+            0 => format!("GET /{resource}"),
+            _ => format!("GET /{resource}\nf={}", (r >> 16) % 13),
+        };
+        match (r >> 24) % 16 {
+            0 => {
+                let _ = s.invalidate(&CacheKey::from(key.as_str()));
+            }
+            1 => {
+                let prefix = format!("GET /{resource}\n");
+                let before: Vec<bool> = (0..97)
+                    .map(|other| present(&s, &format!("GET /{other}")))
+                    .collect();
+                let _ = s.invalidate_prefix(prefix.as_bytes());
+                for f in 0..13 {
+                    assert!(
+                        !present(&s, &format!("GET /{resource}\nf={f}")),
+                        "step {step}"
+                    );
+                }
+                for (other, was) in before.into_iter().enumerate() {
+                    assert_eq!(
+                        present(&s, &format!("GET /{other}")),
+                        was,
+                        "exact keys stay"
+                    );
+                }
+            }
+            _ => {
+                let _ = s.put(CacheKey::from(key.as_str()), entry(step, 1_000, HOUR));
+            }
+        }
+        if step % 97 == 0 {
+            assert_variants_indexed(&s);
+        }
+    }
+    assert_variants_indexed(&s);
+    let _ = s.clear();
+    assert_eq!(s.bytes(), 0, "the variants index is freed with the tables");
+}

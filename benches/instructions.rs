@@ -44,7 +44,6 @@ use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,6 +63,9 @@ use tower_rampart::retry::RetryLayer;
 #[allow(dead_code)]
 mod support;
 
+mod callgrind;
+use callgrind::Run;
+
 #[path = "instructions_redis.rs"]
 mod redis_rows;
 
@@ -74,9 +76,6 @@ const PEERS: usize = 10_000;
 
 /// The JSON body every HTTP handler here answers with.
 const JSON: &str = r#"{"status":"ok","count":42,"items":[1,2,3]}"#;
-
-/// Runs `n` calls of one scenario.
-type Run = Box<dyn FnMut(u64)>;
 
 /// One row: its name, the bare row it is compared with, and how to set it up.
 struct Scenario {
@@ -575,10 +574,6 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Trivial {
 
 /// The loop callgrind counts (`--toggle-collect` names this function): nothing else is collected.
 #[inline(never)]
-fn rampart_measured_calls(run: &mut dyn FnMut(u64), n: u64) {
-    run(n);
-}
-
 /// Under callgrind: set up `name`, warm it up, and make `n` measured calls.
 fn child(name: &str, n: u64) {
     enter_runtime();
@@ -588,38 +583,7 @@ fn child(name: &str, n: u64) {
         .unwrap_or_else(|| panic!("no scenario {name:?}"));
     let mut run = (scenario.setup)();
     run(1_000);
-    rampart_measured_calls(&mut *run, n);
-}
-
-/// Instructions counted by callgrind in the measured loop of `name` with `n` calls.
-fn count(name: &str, n: u64) -> u64 {
-    let exe = std::env::current_exe().expect("the bench binary's path");
-    let out = std::env::temp_dir().join(format!(
-        "rampart-callgrind-{}-{}.out",
-        std::process::id(),
-        name.replace('/', "-")
-    ));
-    let status = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg("--collect-atstart=no")
-        .arg("--toggle-collect=*rampart_measured_calls*")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(&exe)
-        .env("RAMPART_INSTRUCTIONS_CHILD", format!("{name}:{n}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("valgrind runs (apt-get install valgrind)");
-    assert!(status.success(), "callgrind run of {name} failed: {status}");
-    let text = std::fs::read_to_string(&out).expect("callgrind's output");
-    let _ = std::fs::remove_file(&out);
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("an instruction total in callgrind's output")
+    callgrind::rampart_measured_calls(&mut *run, n);
 }
 
 /// Criterion's samples of each scenario: total calls and total time.
@@ -651,9 +615,8 @@ fn criterion_times(selected: &[Scenario]) {
 }
 
 fn main() {
-    if let Ok(spec) = std::env::var("RAMPART_INSTRUCTIONS_CHILD") {
-        let (name, n) = spec.rsplit_once(':').expect("name:n");
-        child(name, n.parse().expect("a number of calls"));
+    if let Some((name, n)) = callgrind::child_spec() {
+        child(&name, n);
         return;
     }
     // `cargo test --benches` runs this binary without `--bench`: check that every scenario sets up
@@ -704,9 +667,7 @@ fn main() {
     }
     let mut per_call = HashMap::new();
     for s in &selected {
-        let one = count(s.name, n);
-        let two = count(s.name, 2 * n);
-        per_call.insert(s.name, two.saturating_sub(one) as f64 / n as f64);
+        per_call.insert(s.name, callgrind::per_call(s.name, n));
     }
     let times = TIMES
         .lock()

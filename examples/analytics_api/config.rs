@@ -48,7 +48,7 @@ pub(crate) struct Config {
     /// `RATE_LIMIT_FAILURE_POLICY`: what the limits do while Redis is unreachable, `open` (let
     /// requests through), `closed` (refuse with 503) or `local` (limit in memory; the default).
     pub(crate) rate_limit_failure_policy: FailurePolicy,
-    /// `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS` (1024), `SHUTDOWN_GRACE_SECS` (10): how
+    /// `HEADER_READ_TIMEOUT_SECS` (10), `IDLE_TIMEOUT_SECS` (60), `MAX_CONNECTIONS` (1024), `SHUTDOWN_GRACE_SECS` (10): how
     /// the server treats connections.
     pub(crate) server: crate::setup::ServerLimits,
 }

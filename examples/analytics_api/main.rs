@@ -25,7 +25,7 @@
 //! `TRUSTED_PROXIES` (CIDRs whose `X-Forwarded-For` is believed), `MAX_BODY_BYTES`,
 //! `MAX_STORED_METRICS` (1,000,000; past it the oldest metric is forgotten),
 //! `REQUEST_TIMEOUT_SECONDS`, `LOG_FORMAT=json`, `RUST_LOG`; and the server's limits (every HTTP
-//! example's, `examples/common/serve.rs`): `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS`
+//! example's, `examples/common/serve.rs`): `HEADER_READ_TIMEOUT_SECS` (10), `IDLE_TIMEOUT_SECS` (60), `MAX_CONNECTIONS`
 //! (1024), `SHUTDOWN_GRACE_SECS` (10).
 //!
 //! API-key tiers (`tiers.rs`): `TIER_QUOTAS` (`free=10/60s,pro=1000/60s`) and `API_KEYS`

@@ -1,8 +1,13 @@
 //! Serving an axum app the way a deployed service must: what `axum::serve` leaves out.
 //!
-//! - **Header read timeout** (`HEADER_READ_TIMEOUT_SECS`, 10 s): a client that has not sent its
-//!   whole request head by then is disconnected (a slow-loris client trickling one header line at
-//!   a time holds nothing for long). The request and body timeouts are the apps' own layers.
+//! - **Header read timeout** (`HEADER_READ_TIMEOUT_SECS`, 10 s): a connection whose first
+//!   request has not arrived (its whole head) that long after it was accepted is closed, whatever
+//!   it sent meanwhile (nothing at all, a few bytes of the HTTP/2 preface, one header line at a
+//!   time); later request heads on a keep-alive HTTP/1 connection have as long from their first
+//!   byte (hyper's own timeout). The request and body timeouts are the apps' own layers.
+//! - **Idle timeout** (`IDLE_TIMEOUT_SECS`, 60 s): a connection with no request in flight and no
+//!   response still being sent for that long is closed (HTTP/1 keep-alive or HTTP/2 alike; HTTP/2
+//!   pings do not count as use).
 //! - **Connection cap** (`MAX_CONNECTIONS`, 1,024): at the cap the server stops accepting until a
 //!   connection closes; new clients wait in the kernel's backlog instead of the accept loop
 //!   spinning on `EMFILE`. Accept errors (out of file descriptors, say) pause accepting for 100 ms
@@ -18,7 +23,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -79,18 +87,35 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = router.clone();
+        let activity = Arc::new(Activity::new());
+        let in_service = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut app = app.clone();
-            async move { Ok::<_, Infallible>(app.call(req).await.unwrap_or_else(|e| match e {})) }
+            // In use from here until the response's body has been sent (or dropped).
+            let busy = Busy::start(Arc::clone(&in_service));
+            async move {
+                let res = app.call(req).await.unwrap_or_else(|e| match e {});
+                if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // The connection is the protocol's now (a WebSocket, say): not ours to close.
+                    busy.0.upgraded.store(true, Ordering::Release);
+                }
+                Ok::<_, Infallible>(res.map(|body| Tracked { body, _busy: busy }))
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let (first, idle) = (limits.header_read_timeout, limits.idle_timeout);
         connections.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                () = activity.idle(first, idle) => {
+                    tracing::debug!(%peer, "connection closed: no request in time");
+                }
             }
             drop(permit);
         });
@@ -113,4 +138,103 @@ pub(crate) async fn serve(
         );
     }
     connections.shutdown().await;
+}
+
+/// What a connection is doing: requests in flight (until their responses are sent) and when it
+/// was last in use, for the idle timeout.
+struct Activity {
+    opened: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    /// Switched to another protocol (a `101` was answered): never idle as far as HTTP knows.
+    upgraded: AtomicBool,
+    /// Milliseconds from `opened` to when a request last started or ended; `u64::MAX` until the
+    /// first one.
+    last_use_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            upgraded: AtomicBool::new(false),
+            last_use_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_use_ms.store(ms, Ordering::Release);
+    }
+
+    /// Resolves once the connection is idle: no request within `first` of its opening, or none
+    /// in flight for `idle` since the last one ended.
+    async fn idle(&self, first: Duration, idle: Duration) {
+        loop {
+            let deadline = match self.last_use_ms.load(Ordering::Acquire) {
+                u64::MAX => self.opened + first,
+                ms => self.opened + Duration::from_millis(ms) + idle,
+            };
+            if self.upgraded.load(Ordering::Acquire) {
+                return std::future::pending().await;
+            }
+            if self.in_flight.load(Ordering::Acquire) == 0
+                && tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
+            // Busy, or not idle long enough yet: look again then (a request that starts or ends
+            // meanwhile moves the deadline, which is read again).
+            let next = if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::Instant::now() + idle.min(first)
+            } else {
+                deadline
+            };
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+/// A request in flight: counted from its head's arrival until its response is sent.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
+        Self(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is sent or dropped.
+struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -95,7 +95,12 @@ pub(crate) fn listen_addr(
 /// shutdown.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServerLimits {
+    /// A connection's first request must have arrived (its whole head) this long after it was
+    /// accepted, and every later request head within this long of its first byte.
     pub(crate) header_read_timeout: Duration,
+    /// A connection with no request in flight (nor a response still being sent) for this long
+    /// is closed.
+    pub(crate) idle_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) shutdown_grace: Duration,
 }
@@ -104,6 +109,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 1_024,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -111,8 +117,8 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
-    /// `HEADER_READ_TIMEOUT_SECS`, `MAX_CONNECTIONS` and `SHUTDOWN_GRACE_SECS`, each a whole number
-    /// of at least 1.
+    /// `HEADER_READ_TIMEOUT_SECS`, `IDLE_TIMEOUT_SECS`, `MAX_CONNECTIONS` and
+    /// `SHUTDOWN_GRACE_SECS`, each a whole number of at least 1.
     pub(crate) fn from_env(get: &impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         let d = Self::default();
         let secs = |var, default: Duration| {
@@ -120,6 +126,7 @@ impl ServerLimits {
         };
         Ok(Self {
             header_read_timeout: secs("HEADER_READ_TIMEOUT_SECS", d.header_read_timeout)?,
+            idle_timeout: secs("IDLE_TIMEOUT_SECS", d.idle_timeout)?,
             max_connections: positive(get, "MAX_CONNECTIONS", d.max_connections as u32)? as usize,
             shutdown_grace: secs("SHUTDOWN_GRACE_SECS", d.shutdown_grace)?,
         })

@@ -466,7 +466,11 @@ pub(crate) async fn serve(
     // request timeout, HTTP/2 pings that drop a peer that stopped answering, and a shutdown
     // bounded by the grace period.
     let server_limits = config.server;
-    let incoming = capped::incoming(listener, server_limits.max_connections);
+    let incoming = capped::incoming(
+        listener,
+        server_limits.max_connections,
+        server_limits.header_read_timeout,
+    );
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
@@ -477,6 +481,12 @@ pub(crate) async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(server_limits.header_read_timeout))
         .max_concurrent_streams(256)
+        // A connection's life is bounded, whatever it does: at 30 minutes it is asked to go
+        // (GOAWAY: calls in flight finish, clients' channels reconnect), and closed a grace
+        // period later. An HTTP/2 connection that answers pings but sends no call would
+        // otherwise hold its place under `MAX_CONNECTIONS` for good.
+        .max_connection_age(Duration::from_secs(30 * 60))
+        .max_connection_age_grace(server_limits.shutdown_grace)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -513,20 +523,29 @@ mod capped {
     use tokio::sync::{OwnedSemaphorePermit, Semaphore};
     use tonic::transport::server::{Connected, TcpConnectInfo};
 
-    /// A TCP connection that frees its place under the cap when it closes.
+    /// A TCP connection that frees its place under the cap when it closes, and that is cut off
+    /// unless the HTTP/2 preface (its first 24 bytes) arrives within the header read timeout
+    /// (h2's handshake waits for it with no timer of its own: a client that sends nothing would
+    /// hold its place for good).
     pub(super) struct Capped {
         io: TcpStream,
         _permit: OwnedSemaphorePermit,
+        /// Until the preface is in: the bytes read so far and the deadline.
+        preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
     }
+
+    /// The HTTP/2 client preface's length (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+    const PREFACE_LEN: usize = 24;
 
     /// The connections `listener` accepts, at most `max` open at once: at the cap, accepting
     /// stops until one closes. Accept errors (out of file descriptors) pause it for 100 ms.
     pub(super) fn incoming(
         listener: TcpListener,
         max: usize,
+        preface_within: Duration,
     ) -> impl Stream<Item = io::Result<Capped>> + Send + 'static {
         let permits = Arc::new(Semaphore::new(max));
-        futures::stream::unfold((listener, permits), |(listener, permits)| async move {
+        futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
@@ -535,9 +554,11 @@ mod capped {
                 match listener.accept().await {
                     Ok((io, _)) => {
                         let _ = io.set_nodelay(true);
+                        let deadline = tokio::time::sleep(preface_within);
                         let conn = Capped {
                             io,
                             _permit: permit,
+                            preface: Some((0, Box::pin(deadline))),
                         };
                         return Some((Ok(conn), (listener, permits)));
                     }
@@ -564,7 +585,27 @@ mod capped {
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.io).poll_read(cx, buf)
+            let this = &mut *self;
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.io).poll_read(cx, buf);
+            if let Some((got, deadline)) = &mut this.preface {
+                match read {
+                    Poll::Ready(Ok(())) => {
+                        *got += buf.filled().len() - before;
+                        if *got >= PREFACE_LEN {
+                            this.preface = None;
+                        }
+                    }
+                    Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no HTTP/2 preface within the header read timeout",
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            read
         }
     }
 

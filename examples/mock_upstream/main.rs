@@ -11,7 +11,7 @@
 //! Configuration: `BIND`, `PORT` (5001), `EXTERNAL_FAIL_RATE` (0.0 to 1.0, default 0.2),
 //! `EXTERNAL_LATENCY_MS` (50), `EXTERNAL_UNAVAILABLE_SHARE` (the share of failures answered 503 with
 //! `Retry-After` instead of 500, default 0.25), `EXTERNAL_RETRY_AFTER_SECONDS` (1), `EXTERNAL_SEED` (a number makes the failures repeatable),
-//! `LOG_FORMAT`, and the server's limits: `HEADER_READ_TIMEOUT_SECS` (10), `MAX_CONNECTIONS`
+//! `LOG_FORMAT`, and the server's limits: `HEADER_READ_TIMEOUT_SECS` (10), `IDLE_TIMEOUT_SECS` (60), `MAX_CONNECTIONS`
 //! (1024), `SHUTDOWN_GRACE_SECS` (10).
 
 #[path = "../common/serve.rs"]

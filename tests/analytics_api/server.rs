@@ -1,5 +1,7 @@
 //! The examples' hardened server (`examples/common/serve.rs`, #17), over real loopback TCP: a
-//! client trickling its headers is cut off at the header read timeout, the connection cap holds
+//! client trickling its headers is cut off at the header read timeout, so is one that sends
+//! nothing or part of the HTTP/2 preface, an idle connection is closed at the idle timeout (but
+//! not one whose request is still being answered), the connection cap holds
 //! new clients back (and lets them in when a connection closes), and shutdown ends within its
 //! grace period whatever clients do. Every wait is bounded.
 
@@ -45,6 +47,7 @@ async fn start(limits: ServerLimits) -> Server {
 fn limits() -> ServerLimits {
     ServerLimits {
         header_read_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
         max_connections: 64,
         shutdown_grace: Duration::from_secs(1),
     }
@@ -117,10 +120,85 @@ async fn a_client_trickling_its_headers_is_cut_off_at_the_header_read_timeout() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_or_part_of_the_http2_preface_is_closed() {
+    let server = start(limits()).await;
+    // Nothing at all; a few bytes of the preface (hyper waits for 24 to tell HTTP/2 from
+    // HTTP/1, with no timer of its own); the whole preface, then nothing.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut partial = TcpStream::connect(server.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0").await.unwrap();
+    let mut preface = TcpStream::connect(server.addr).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for (what, stream) in [
+        ("silent", &mut silent),
+        ("partial preface", &mut partial),
+        ("preface only", &mut preface),
+    ] {
+        assert!(
+            closed_within(stream, Duration::from_secs(4)).await,
+            "the {what} connection is still open after {:?}, with a 1 s header read timeout",
+            started.elapsed()
+        );
+    }
+}
+
+/// An HTTP/2 connection (prior knowledge) to `addr`: the request sender, and the connection's
+/// driver, which ends when the server closes the connection.
+async fn h2(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    (send, tokio::spawn(async move { drop(conn.await) }))
+}
+
+fn h2_get(path: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get(format!("http://x{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_but_not_one_whose_answer_is_on_its_way() {
+    let server = start(limits()).await;
+    // HTTP/2, whose pings keep a connection alive at the transport (HTTP/1's keep-alive
+    // connections are closed by hyper's own header read timeout).
+    let (mut idle, idle_conn) = h2(server.addr).await;
+    let res = idle.send_request(h2_get("/health")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    let (mut busy, busy_conn) = h2(server.addr).await;
+    let slow = tokio::spawn(async move { busy.send_request(h2_get("/slow")).await });
+    // The idle one goes after about a second with nothing in flight.
+    tokio::time::timeout(Duration::from_secs(4), idle_conn)
+        .await
+        .expect("an idle HTTP/2 connection outlived its 1 s idle timeout")
+        .unwrap();
+    // The busy one is waiting for its answer (a minute away): still open, well past that.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        !busy_conn.is_finished() && !slow.is_finished(),
+        "a connection with a request in flight was closed as idle"
+    );
+    slow.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_new_clients_wait_until_a_connection_closes() {
     let server = start(ServerLimits {
         max_connections: 2,
         header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
         ..limits()
     })
     .await;

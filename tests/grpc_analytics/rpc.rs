@@ -705,6 +705,41 @@ async fn the_connection_cap_holds_new_clients_back_until_one_closes() {
     assert!(asked.elapsed() < Duration::from_secs(3));
 }
 
+/// A connection that sends nothing, or part of the HTTP/2 preface, is closed at the header read
+/// timeout (h2's handshake has no timer of its own); one with a whole preface and a call is
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_its_http2_preface_is_closed_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(&[("HEADER_READ_TIMEOUT_SECS", "1")]).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0").await.unwrap();
+    let mut c = server.client().await;
+    c.get_summary(pb::GetSummaryRequest {
+        r#type: "cpu_usage".into(),
+        period: pb::Period::All.into(),
+    })
+    .await
+    .expect("a real client is served");
+    for (what, stream) in [("silent", &mut silent), ("partial", &mut partial)] {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(4), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the {what} connection is still open after 4 s"
+        );
+    }
+}
+
 /// Issue #16: calls are checked before the limit, so invalid ones spend no quota (as over HTTP),
 /// and an out-of-range timestamp is refused naming the range.
 #[tokio::test]

@@ -171,6 +171,69 @@ async fn cluster_exactly_n_probes_across_four_replicas() {
     exactly_n_probes(replicas).await;
 }
 
+/// Probes that have ended count against `half_open_probes` as much as those in flight: with 3
+/// probes, 2 that succeed and 1 still in flight leave no permit for anyone, however many callers
+/// keep asking (the script used to grant 2 more once the 2 were reported: 5 probes in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_that_ended_still_count_against_the_limit() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("probes-ended");
+    let url = server.url();
+    let replicas = Arc::new(replicas(2, || connect(&url, &prefix), INTERVAL, configure).await);
+    all_following(&replicas).await;
+    trip(&replicas).await;
+    // The first probe to reach each replica's upstream is held; the others succeed at once.
+    for r in replicas.iter() {
+        r.up.fail(false);
+        r.up.release();
+        r.up.hold_next();
+    }
+    let before = upstream_calls(&replicas);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..replicas.len() {
+        for _ in 0..CALLERS {
+            let (replicas, stop) = (replicas.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    if let Outcome::Refused(_) = replicas[i].call().await {
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                }
+            }));
+        }
+    }
+    let limit = WAIT + INTERVAL * 4 + MARGIN * 2;
+    let started = Instant::now();
+    while upstream_calls(&replicas) - before < PROBES {
+        assert!(
+            started.elapsed() < limit,
+            "only {} probes",
+            upstream_calls(&replicas) - before
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Several sync intervals with the ended probes reported and callers asking: no more.
+    tokio::time::sleep(INTERVAL * 10).await;
+    let probes = upstream_calls(&replicas) - before;
+    stop.store(true, Ordering::SeqCst);
+    for r in replicas.iter() {
+        r.up.release();
+    }
+    for t in tasks {
+        t.await.expect("no panic in a caller");
+    }
+    let seen: Vec<_> = replicas.iter().map(|r| r.seen()).collect();
+    assert_eq!(
+        probes, PROBES,
+        "probes in one half-open period; seen {seen:?}"
+    );
+    all_in(&replicas, CircuitState::Closed, INTERVAL * 2 + MARGIN).await;
+}
+
 /// Issue 14: a replica that had no callers while the shared circuit was open learns of the
 /// half-open state at a sync that asked for no permits. Its first caller used to be refused until
 /// its next sync asked for one; now the caller waits (at most the backend's timeout, here one sync

@@ -27,6 +27,8 @@ pub(crate) fn unique_prefix(what: &str) -> String {
 pub(crate) struct Upstream {
     failing: Arc<AtomicBool>,
     hold: Arc<AtomicBool>,
+    /// The next call (one only) waits at the gate.
+    hold_next: Arc<AtomicBool>,
     /// Held calls wait on the current gate; releasing closes it (letting them all go) and puts a
     /// fresh one in its place.
     gate: Arc<Mutex<Arc<Semaphore>>>,
@@ -38,6 +40,7 @@ impl Default for Upstream {
         Self {
             failing: Arc::default(),
             hold: Arc::default(),
+            hold_next: Arc::default(),
             gate: Arc::new(Mutex::new(Arc::new(Semaphore::new(0)))),
             calls: Arc::default(),
         }
@@ -52,6 +55,11 @@ impl Upstream {
     /// Calls wait at the gate (until [`release`](Self::release)) while `yes`.
     pub(crate) fn hold(&self, yes: bool) {
         self.hold.store(yes, Ordering::SeqCst);
+    }
+
+    /// The next call, and only that one, waits at the gate (until [`release`](Self::release)).
+    pub(crate) fn hold_next(&self) {
+        self.hold_next.store(true, Ordering::SeqCst);
     }
 
     /// Lets every call waiting at the gate go on, and stops holding new ones.
@@ -72,7 +80,8 @@ impl Upstream {
             let this = this.clone();
             async move {
                 this.calls.fetch_add(1, Ordering::SeqCst);
-                if this.hold.load(Ordering::SeqCst) {
+                if this.hold.load(Ordering::SeqCst) || this.hold_next.swap(false, Ordering::SeqCst)
+                {
                     let gate = Arc::clone(&this.gate.lock().unwrap());
                     // Closed by `release`: go on.
                     let _ = gate.acquire().await;

@@ -337,7 +337,8 @@ else
       streak = 0
       go(0, 6)
     elseif want > 0 then
-      local grant = math.max(0, math.min(want, n - pg))
+      -- Probes that have ended count as much as those in flight: `n` in all per half-open period.
+      local grant = math.max(0, math.min(want, n - pg - pok - pbad))
       if grant > 0 then
         local had = tonumber(redis.call('HGET', key, 'g' .. rid)) or 0
         redis.call('HSET', key, 'g' .. rid, had + grant)

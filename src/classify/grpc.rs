@@ -42,7 +42,8 @@ impl CodeSet {
 /// | `UNAVAILABLE` | [`Transient`](Verdict::Transient) | failure | retried |
 /// | `UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL` | [`Failure`](Verdict::Failure) | failure | returned |
 /// | `RESOURCE_EXHAUSTED` | [`Throttled`](Verdict::Throttled) | success | retried |
-/// | an HTTP `429`, `502`, `503` or `504` without a `grpc-status` | [`Throttled`](Verdict::Throttled), as `UNAVAILABLE` | success | retried |
+/// | an HTTP `429`, `502`, `503` or `504` without a `grpc-status` | as `UNAVAILABLE` | failure | retried |
+/// | a `grpc-status` that is not a code | as `UNKNOWN` | failure | returned |
 /// | any other status, or none | [`Success`](Verdict::Success) | success | returned |
 ///
 /// Two sets of codes decide, as for [`HttpClassifier`](super::HttpClassifier): the *failure*
@@ -52,9 +53,11 @@ impl CodeSet {
 /// Works on trailers-only `http::Response`s (how servers answer unary calls that fail; a status in
 /// trailers after a streamed body is not seen) and, with the `tonic` feature, on
 /// `Result<tonic::Response<T>, tonic::Status>`, the results of tonic's generated clients. An HTTP
-/// error without a `grpc-status` comes from something in between (a proxy, a load balancer):
-/// retry reads it as `UNAVAILABLE`, as gRPC's own clients do, and the circuit does not count it,
-/// the answer being the proxy's, not the service's.
+/// error without a `grpc-status` comes from something in between (a proxy, a load balancer): it
+/// is read as `UNAVAILABLE`, as gRPC's HTTP-to-gRPC mapping says and tonic's clients read it (a
+/// proxy's `502` means the service cannot be reached: a failure for the circuit, which a
+/// half-open probe must not take for a success). A `grpc-status` that is not a code is read as
+/// `UNKNOWN`, as the gRPC spec says.
 ///
 /// The pushback read on retried codes is `grpc-retry-pushback-ms` (gRPC's retry design, A6: a
 /// negative or unreadable value means "do not retry"), or else the `retry_delay` of a
@@ -202,14 +205,14 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcClassifier {
         }
         let headers = res.headers();
         let (code, failure) = match headers.get(GRPC_STATUS) {
-            Some(v) => match parse_code(v) {
-                Some(code) => (code, self.fails(code)),
-                None => return Verdict::Success,
-            },
+            Some(v) => {
+                let code = parse_code(v).unwrap_or(GrpcCode::Unknown);
+                (code, self.fails(code))
+            }
             // No gRPC status: an HTTP error from something in between (a proxy, a load
-            // balancer), read as gRPC's HTTP-to-gRPC mapping says, and not the service's failure.
+            // balancer), read as gRPC's HTTP-to-gRPC mapping says (and tonic's clients do).
             None => match res.status().as_u16() {
-                429 | 502 | 503 | 504 => (GrpcCode::Unavailable, false),
+                429 | 502 | 503 | 504 => (GrpcCode::Unavailable, self.fails(GrpcCode::Unavailable)),
                 _ => return Verdict::Success,
             },
         };
@@ -292,10 +295,24 @@ mod tests {
             v(response(200, &[("grpc-status", "13")])),
             Verdict::failure(Reason::GrpcStatus(GrpcCode::Internal))
         );
-        // A proxy's 503 without a gRPC status is retried as UNAVAILABLE, but not the service's
-        // failure; its 404 is neither.
-        assert_eq!(v(response(503, &[])), Verdict::throttled(UNAVAILABLE));
+        // A proxy's 429, 502, 503 or 504 without a gRPC status is UNAVAILABLE, as gRPC maps it
+        // and tonic's clients read it: retried, and a failure for the circuit; its 404 is
+        // neither. A status that is not a code is UNKNOWN.
+        for status in [429, 502, 503, 504] {
+            assert_eq!(
+                v(response(status, &[])),
+                Verdict::transient(UNAVAILABLE),
+                "{status}"
+            );
+        }
         assert_eq!(v(response(404, &[])), Verdict::Success);
+        for bad in ["x", "17", "-1"] {
+            assert_eq!(
+                v(response(200, &[("grpc-status", bad)])),
+                Verdict::failure(Reason::GrpcStatus(GrpcCode::Unknown)),
+                "{bad}"
+            );
+        }
         assert_eq!(
             v(response(200, &[("grpc-status", "14")])),
             Verdict::transient(UNAVAILABLE)
@@ -356,7 +373,8 @@ mod tests {
             "NOT_FOUND"
         );
         assert!(!failed(&c, response(200, &[("grpc-status", "8")])));
-        assert!(!failed(&c, response(503, &[])));
+        // A proxy's 503 (the service cannot be reached) is a failure, as UNAVAILABLE is.
+        assert!(failed(&c, response(503, &[])));
         for code in ["2", "4", "13", "14"] {
             assert!(
                 failed(&c, response(200, &[("grpc-status", code)])),

@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
+use super::CircuitState;
 use super::error::CircuitOpen;
 use super::fallback::{Fallback, NoFallback};
 use super::future::{Held, OwnRef, ResponseFuture};
@@ -16,9 +17,13 @@ use crate::rejection::RejectionMode;
 /// Guards calls to an upstream with a circuit; made by
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
 ///
-/// `poll_ready` is the inner service's. An open circuit refuses from `call`, at once and without
-/// touching the inner service (the way tower's `LoadShed` does), so the layer works under axum, which
-/// does not honour backpressure. Clones share the circuit (or circuits).
+/// An open circuit refuses from `call`, at once and without touching the inner service, so the
+/// layer works under axum, which does not honour backpressure. With one circuit (no key), an open
+/// circuit's refusal is also decided in `poll_ready`, which then answers ready at once without
+/// waiting for the inner service (the way tower's `LoadShed` does): a caller is not held behind an
+/// inner service that cannot take calls (a `ConcurrencyLimit` whose slots hung calls hold, a
+/// channel's full buffer) only to be refused. Otherwise `poll_ready` is the inner service's (with
+/// circuits per key, the key is not known before `call`). Clones share the circuit (or circuits).
 ///
 /// One exception, for [shared circuits](super#shared-circuit-state) only: a half-open caller on a
 /// replica that has not yet asked the shared store for probe permits waits briefly for that
@@ -33,6 +38,9 @@ where
     /// With one circuit: this service's own reference to it, which its response futures clone.
     /// Services on different threads then never write one shared reference count per call.
     one: Option<Arc<OwnRef>>,
+    /// `poll_ready` decided that the next `call` is refused (the one circuit was open): it then
+    /// never reaches the inner service (not readied).
+    shed: bool,
 }
 
 impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
@@ -41,15 +49,57 @@ impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
             Circuits::One(breaker) => Some(Arc::new(OwnRef(Arc::clone(breaker)))),
             Circuits::PerKey(_) => None,
         };
-        Self { inner, shared, one }
+        Self {
+            inner,
+            shared,
+            one,
+            shed: false,
+        }
     }
 
     define_inner_service_accessors!();
 }
 
+impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
+    /// The refusal `poll_ready` decided: the inner service was not readied, so it is not called
+    /// (the circuit may have closed since; the decision stands, as tower's `LoadShed`'s does).
+    #[cold]
+    #[inline(never)]
+    fn shed_call<Req>(&mut self) -> ResponseFuture<S, Req, C, M, S::Response, M::Error>
+    where
+        S: Service<Req>,
+        M: RejectionMode<S::Response, S::Error>,
+        M::Error: From<S::Error>,
+        F: Fallback<S::Response>,
+    {
+        self.shed = false;
+        let one = self.one.as_ref().expect("only the one circuit sheds");
+        let breaker = &one.0;
+        // As it is now; one that closed since `poll_ready` is refused as open all the same.
+        let (state, retry_after) = breaker.sheds().unwrap_or((CircuitState::Open, None));
+        let refusal = breaker.refuse_shed(state, retry_after);
+        let open = CircuitOpen::new(
+            breaker.cfg.name,
+            breaker.key.clone(),
+            refusal.state,
+            refusal.retry_after,
+        );
+        tracing::debug!(
+            circuit = open.name(),
+            state = %open.state(),
+            "call refused: circuit open"
+        );
+        ResponseFuture::refused(
+            self.shared
+                .fallback
+                .refused::<S::Error, M>(open, &self.shared.mode),
+        )
+    }
+}
+
 impl<S: Clone, C, M, F, X: KeyExtractor> Clone for CircuitBreaker<S, C, M, F, X> {
-    /// Clones share the circuit. There is no per-instance readiness to reset: permits are taken in
-    /// `call`.
+    /// Clones share the circuit. A refusal decided by `poll_ready` is not cloned (permits are
+    /// taken in `call`).
     fn clone(&self) -> Self {
         Self::new(self.inner.clone(), Arc::clone(&self.shared))
     }
@@ -85,11 +135,22 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(one) = &self.one
+            && one.0.sheds().is_some()
+        {
+            // Refused whatever the inner service's readiness: do not wait for it.
+            self.shed = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.shed = false;
         self.inner.poll_ready(cx).map_err(M::Error::from)
     }
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        if self.shed {
+            return self.shed_call();
+        }
         let shared = &*self.shared;
         // A per-key circuit is looked up (a reference taken); the one circuit is borrowed, and its
         // reference cloned only for a call that goes through.

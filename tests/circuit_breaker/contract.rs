@@ -1,6 +1,6 @@
-//! The tower Service contract: readiness is the inner service's and registers the waker, refusals
-//! come from the call future without touching the inner service, inner errors pass through; the
-//! auto traits.
+//! The tower Service contract: readiness is the inner service's and registers the waker (but an
+//! open circuit's, which is ready at once), refusals come from the call future without touching
+//! the inner service, inner errors pass through; the auto traits.
 
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ async fn readiness_is_the_inner_services_and_refusals_never_reach_it() {
         .wait_duration(Duration::from_secs(5))
         .build()
         .unwrap();
+    let breaker = layer.handle();
     let (mut svc, mut handle) = tower_test::mock::spawn_layer::<(), (), _>(layer);
     handle.allow(0);
     assert_pending!(svc.poll_ready());
@@ -35,12 +36,30 @@ async fn readiness_is_the_inner_services_and_refusals_never_reach_it() {
         "inner errors pass through"
     );
 
-    // Open: still ready (the inner service is), and the call is refused without reaching it.
-    handle.allow(1);
+    // Open: ready at once, even with the inner service not ready (tower's `LoadShed` does the
+    // same): a caller is not held behind a saturated inner service only to be refused. The call
+    // is refused without reaching it.
+    handle.allow(0);
     assert_ready_ok!(svc.poll_ready());
     let err: BoxError = svc.call(()).await.unwrap_err();
     assert!(err.is::<CircuitOpen>());
     assert!(handle.poll_request().is_pending());
+
+    // A refusal decided in `poll_ready` stands for its `call` even if the circuit closes in
+    // between (the inner service was not readied for it).
+    assert_ready_ok!(svc.poll_ready());
+    breaker.force_closed();
+    let err: BoxError = svc.call(()).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert!(handle.poll_request().is_pending());
+    // Closed again: readiness is the inner service's once more.
+    assert_pending!(svc.poll_ready());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(());
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_response(());
+    fut.await.unwrap();
 }
 
 #[tokio::test]

@@ -69,6 +69,40 @@ impl Breaker {
         }
     }
 
+    /// The refusal a call made now would certainly get, without taking anything: the circuit is
+    /// forced open, or open with its wait not over. `None` otherwise (closed, half-open, or
+    /// open with the wait over: a call may go through). One load of the state word when closed.
+    #[inline]
+    pub(crate) fn sheds(&self) -> Option<(CircuitState, Option<Duration>)> {
+        let word = self.state.load(Ordering::Acquire);
+        if word & KIND_MASK == kind_bits(CircuitState::Closed) {
+            return None;
+        }
+        self.sheds_slow(word)
+    }
+
+    #[inline(never)]
+    fn sheds_slow(&self, word: u64) -> Option<(CircuitState, Option<Duration>)> {
+        match kind(word) {
+            CircuitState::ForcedOpen => Some((CircuitState::ForcedOpen, None)),
+            CircuitState::Open => {
+                let now = self.clock.now();
+                let until = self.open_until.load(Ordering::Acquire);
+                (now < until).then(|| (CircuitState::Open, Some(Duration::from_nanos(until - now))))
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts a refusal decided beforehand (by [`sheds`](Self::sheds), in `poll_ready`).
+    pub(crate) fn refuse_shed(
+        &self,
+        state: CircuitState,
+        retry_after: Option<Duration>,
+    ) -> Refusal {
+        self.refuse(state, retry_after)
+    }
+
     /// Asks to make a call now. A refusal with a ticket is not one yet: see
     /// [`acquire_waited`](Self::acquire_waited).
     ///

@@ -112,6 +112,14 @@ where
             && let Some(key) = self.shared.key.fixed_key()
         {
             ready!(self.poll_reserve(cx, &key, max_wait));
+            if matches!(
+                self.reservation.outcome,
+                Some(Reserved::Refused(..) | Reserved::Failed(_))
+            ) {
+                // `call` answers the refusal (or the backend's failure) without the inner
+                // service: do not wait for its readiness.
+                return Poll::Ready(Ok(()));
+            }
         }
         self.inner.poll_ready(cx).map_err(M::Error::from)
     }

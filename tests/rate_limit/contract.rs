@@ -104,6 +104,27 @@ async fn waiting_mode_reserves_once_per_call_and_clones_do_not_share_a_reservati
     assert!(svc.call(3u32).await.unwrap_err().is::<RateLimited>());
 }
 
+/// A reservation that is a refusal is answered by `call` without the inner service, so
+/// `poll_ready` does not wait for the inner service's readiness to deliver it.
+#[tokio::test(start_paused = true)]
+async fn waiting_mode_refusal_does_not_wait_for_the_inner_service() {
+    let (mut svc, mut handle) = tower_test::mock::spawn_layer::<u32, u32, _>(waiting_layer(1));
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(1);
+    let (_, respond) = handle.next_request().await.unwrap();
+    respond.send_response(1);
+    fut.await.unwrap();
+    // The quota is spent (the wait would exceed 10 ms) and the inner service is not ready.
+    handle.allow(0);
+    assert_ready_ok!(svc.poll_ready());
+    assert!(svc.call(2).await.unwrap_err().is::<RateLimited>());
+    assert!(
+        handle.poll_request().is_pending(),
+        "the inner service was not called"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn waiting_mode_pending_poll_ready_is_woken_when_quota_returns() {
     let layer = RateLimitLayer::builder()

@@ -26,6 +26,11 @@ pub(crate) struct Config {
     /// (default 50): the simulated dependency behind `/external`.
     pub(crate) external_failure_rate: f64,
     pub(crate) external_latency: Duration,
+    /// `EXTERNAL_SERVICE_TIMEOUT` (whole seconds below `REQUEST_TIMEOUT_SECONDS`; default 5, or
+    /// nine tenths of a shorter request timeout): a call to
+    /// the dependency that takes longer fails (and counts against its circuit), so that a hung
+    /// dependency opens the circuit instead of holding every request until its own timeout.
+    pub(crate) external_timeout: Duration,
     /// `CIRCUIT_BREAKER_FAILURE_THRESHOLD` failures in a row (default 5) open the circuit for
     /// `CIRCUIT_BREAKER_RESET_TIMEOUT` seconds (default 30).
     pub(crate) breaker_threshold: u32,
@@ -112,6 +117,22 @@ impl Config {
             crate::storage::MAX_METRICS as u32,
         )? as usize;
         let timeout = positive(&get, "REQUEST_TIMEOUT_SECONDS", 10)?;
+        let request_timeout = Duration::from_secs(u64::from(timeout));
+        // Unset: 5 s, or nine tenths of a shorter request timeout (so that the fallback is
+        // answered before the request times out).
+        let external_timeout = if get("EXTERNAL_SERVICE_TIMEOUT").is_some() {
+            let secs = positive(&get, "EXTERNAL_SERVICE_TIMEOUT", 5)?;
+            if secs >= timeout {
+                return Err(ConfigError {
+                    var: "EXTERNAL_SERVICE_TIMEOUT",
+                    value: secs.to_string(),
+                    expected: "a whole number of seconds below REQUEST_TIMEOUT_SECONDS",
+                });
+            }
+            Duration::from_secs(u64::from(secs))
+        } else {
+            Duration::from_secs(5).min(request_timeout * 9 / 10)
+        };
         let json_logs = json_logs(&get)?;
         Ok(Self {
             addr,
@@ -122,6 +143,7 @@ impl Config {
             cache_ttl: Duration::from_secs(u64::from(cache_ttl)),
             external_failure_rate,
             external_latency: Duration::from_millis(external_latency_ms),
+            external_timeout,
             breaker_threshold,
             breaker_reset: Duration::from_secs(u64::from(breaker_reset)),
             trusted_proxies,

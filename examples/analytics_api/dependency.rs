@@ -96,7 +96,10 @@ fn flaky_dependency(
 }
 
 /// The dependency's client behind a circuit breaker: `CIRCUIT_BREAKER_FAILURE_THRESHOLD` failures
-/// in a row open it for `CIRCUIT_BREAKER_RESET_TIMEOUT`; then one probe call decides.
+/// in a row open it for `CIRCUIT_BREAKER_RESET_TIMEOUT`; then one probe call decides. A call that
+/// takes longer than `EXTERNAL_SERVICE_TIMEOUT` fails, inside the breaker: a hung dependency is
+/// a failing one (a call cut short from outside, by the request's own timeout, would count for
+/// nothing, and the circuit would never open).
 ///
 /// With `redis`, every instance shares the circuit (the dependency is the same for all of them):
 /// a trip seen by one refuses on all within about a quarter of a second.
@@ -115,6 +118,7 @@ pub(crate) fn client(
     let rate = FailureRate::new(config.external_failure_rate);
     let svc = ServiceBuilder::new()
         .layer(breaker)
+        .timeout(config.external_timeout)
         .service(flaky_dependency(rate.clone(), config.external_latency));
     Ok((BoxCloneSyncService::new(svc), handle, rate))
 }

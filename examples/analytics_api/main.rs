@@ -21,7 +21,8 @@
 //! (10) per `RATE_LIMIT_WINDOW_SECONDS` (60) metric submissions per client, `RATE_LIMIT` (1500)
 //! events per minute per client, `API_V1_RATE_LIMIT` (100) per minute per client under `/api/v1`,
 //! `CACHE_TTL_SECONDS` (300), `EXTERNAL_SERVICE_FAILURE_RATE` (0.2), `EXTERNAL_SERVICE_LATENCY_MS`
-//! (50), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (5), `CIRCUIT_BREAKER_RESET_TIMEOUT` (30 s),
+//! (50), `EXTERNAL_SERVICE_TIMEOUT` (5 s, below the request timeout: a slower call fails, inside
+//! the breaker), `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (5), `CIRCUIT_BREAKER_RESET_TIMEOUT` (30 s),
 //! `TRUSTED_PROXIES` (CIDRs whose `X-Forwarded-For` is believed), `MAX_BODY_BYTES`,
 //! `MAX_STORED_METRICS` (1,000,000; past it the oldest metric is forgotten),
 //! `REQUEST_TIMEOUT_SECONDS`, `LOG_FORMAT=json`, `RUST_LOG`; and the server's limits (every HTTP

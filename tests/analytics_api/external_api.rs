@@ -97,3 +97,56 @@ async fn the_circuit_opens_serves_the_fallback_and_recovers_after_the_reset_time
         "OPEN"
     );
 }
+
+/// A dependency that hangs fails at `EXTERNAL_SERVICE_TIMEOUT`, inside the breaker: the circuit
+/// opens and the fallback is answered at once, instead of every request waiting for its own
+/// timeout (which would cancel the call and count nothing).
+#[tokio::test]
+async fn a_hung_dependency_times_out_and_opens_the_circuit() {
+    let app = start(&[
+        ("EXTERNAL_SERVICE_FAILURE_RATE", "0"),
+        ("EXTERNAL_SERVICE_LATENCY_MS", "30000"),
+        ("EXTERNAL_SERVICE_TIMEOUT", "1"),
+        ("REQUEST_TIMEOUT_SECONDS", "5"),
+        ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1"),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let r = app.send("GET", "/external", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["fallback"], true, "{v}");
+    assert_eq!(v["circuit_open"], false, "the timed-out call itself");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+    let status = app
+        .send("GET", "/api/circuit-breaker/status", &[])
+        .await
+        .json();
+    assert_eq!(status["state"], "OPEN", "{status}");
+    let started = std::time::Instant::now();
+    let v = app.send("GET", "/external", &[]).await.json();
+    assert_eq!(v["circuit_open"], true, "{v}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[test]
+fn an_external_timeout_not_below_the_request_timeout_is_refused() {
+    let vars = [
+        ("EXTERNAL_SERVICE_TIMEOUT", "10"),
+        ("REQUEST_TIMEOUT_SECONDS", "10"),
+    ];
+    let get = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let err = crate::config::Config::from_lookup_on(get, 0).unwrap_err();
+    assert!(
+        err.to_string().contains("EXTERNAL_SERVICE_TIMEOUT"),
+        "{err}"
+    );
+}

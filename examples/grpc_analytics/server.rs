@@ -138,7 +138,10 @@ fn summaries(
             ))
         }))
         // tonic's Status is Clone: callers waiting on one computation share its error too.
-        .share_errors();
+        .share_errors()
+        // A type with no metrics is not stored: any string is a valid type, and every one a
+        // client made up would otherwise be an entry (in Redis, for the TTL).
+        .predicate(|s: &pb::Summary| s.count > 0);
     let backend = storage.backend();
     let compute = tower::service_fn(move |q: SummaryQuery| {
         let storage = Arc::clone(&storage);

@@ -370,6 +370,21 @@ fn the_env_example_lists_every_variable_with_a_valid_default() {
     assert_eq!((tiers.tiers().len(), tiers.key_count()), (2, 2));
 }
 
+/// A type with no metrics is answered, but not cached: made-up types make no entries.
+#[tokio::test]
+async fn summaries_of_types_with_no_metrics_are_not_cached() {
+    let app = start(&[]).await;
+    for _ in 0..2 {
+        let r = app
+            .send("GET", "/api/metrics/summary?type=made_up_type", &[])
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["x-cache"], "MISS");
+        assert_eq!(r.headers["cache-control"], "no-store");
+        assert_eq!(r.json()["count"], 0);
+    }
+}
+
 #[tokio::test]
 async fn summaries_are_cached_and_a_new_metric_makes_its_type_fresh() {
     let app = start(&[]).await;

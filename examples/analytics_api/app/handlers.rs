@@ -207,7 +207,7 @@ pub(super) async fn list_metrics(
 pub(super) async fn metric_summary(
     State(state): State<AppState>,
     q: Result<Query<MetricQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let metric_type = q.metric_type()?;
     let period = q.period.as_deref().unwrap_or("all");
@@ -223,7 +223,18 @@ pub(super) async fn metric_summary(
         }
     };
     let s = state.storage.summary(metric_type, since).await?;
-    Ok(Json(json!({
+    // A type with no metrics is not cached (`no-store`): any string is a valid type, and every
+    // one a client made up would otherwise be an entry (in Redis, kept for the TTL, with no
+    // bound but Redis's memory). Its summary costs one lookup to compute.
+    let store = if s.count == 0 {
+        Some([(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        )])
+    } else {
+        None
+    };
+    let body = Json(json!({
         "type": metric_type,
         "period": period,
         "count": s.count,
@@ -236,7 +247,8 @@ pub(super) async fn metric_summary(
         "min_value": s.min,
         "max_value": s.max,
         "latest_value": s.latest,
-    })))
+    }));
+    Ok((store, body).into_response())
 }
 
 pub(super) async fn submit_event(

@@ -847,3 +847,65 @@ async fn a_write_that_forgets_a_type_drops_its_cached_summaries() {
     );
     assert_eq!(after.json()["count"], 0);
 }
+
+/// Redis data corrupted by hand or by another program: an aggregate that is not a number is
+/// rebuilt from the type's metrics before a write (the write is stored and acknowledged, the
+/// summary right), and a member that does not decode is left out of lists rather than failing
+/// them.
+#[tokio::test]
+async fn corrupt_aggregates_are_rebuilt_and_corrupt_members_left_out() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let app = start_on(&[], redis_storage(&server)).await;
+    for v in [1.0, 5.0] {
+        let r = app
+            .send_body("POST", "/api/metrics", &[JSON], metric(v))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    server.command("HSET analytics:metric_agg:cpu_usage min x");
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(3.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let s = app
+        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+        .await
+        .json();
+    assert_eq!(
+        (
+            s["count"].clone(),
+            s["min"].clone(),
+            s["max"].clone(),
+            s["latest"].clone()
+        ),
+        (json!(3), json!(1.0), json!(5.0), json!(3.0)),
+        "{s}"
+    );
+    // Another type of key where the aggregate goes: rebuilt too.
+    server.command("DEL analytics:metric_agg:cpu_usage");
+    server.command("SET analytics:metric_agg:cpu_usage junk");
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(2.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let s = app
+        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+        .await
+        .json();
+    assert_eq!(
+        (s["count"].clone(), s["latest"].clone()),
+        (json!(4), json!(2.0)),
+        "{s}"
+    );
+    // Members that do not decode, in the submission order and in the type's set.
+    server.command(r#"LPUSH analytics:metric_order "cpu_usage\ngarbage""#);
+    server.command("LPUSH analytics:metric_order no-newline");
+    server.command("ZADD analytics:metrics:cpu_usage 1771675200000 not-json");
+    for path in ["/api/metrics/list", "/api/metrics/list?type=cpu_usage"] {
+        let r = app.send("GET", path, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        assert_eq!(r.json().as_array().unwrap().len(), 4, "{path}: {}", r.body);
+    }
+}

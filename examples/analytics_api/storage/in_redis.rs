@@ -30,7 +30,53 @@ impl fmt::Debug for RedisStorage {
 /// over the next writes without one long script), and a type left with none is forgotten with its
 /// aggregate; answers the types that lost metrics. Type names hold no control character, so the first newline of an order entry ends
 /// its type.
+///
+/// An aggregate that is not what this script writes (another type of key, a field that is not a
+/// number: corrupted by hand or by another program) is rebuilt from the type's metrics before
+/// anything is written: Redis does not undo a script's writes when it fails halfway, so a check
+/// after them would leave a metric stored behind a refusal. Members that do not decode are left
+/// out of the rebuild (and out of lists and summaries).
 const ADD_METRIC: &str = r"
+local agg = KEYS[2]
+local function usable()
+  local kind = redis.call('TYPE', agg)['ok']
+  if kind == 'none' then return true end
+  if kind ~= 'hash' then return false end
+  local f = redis.call('HMGET', agg, 'count', 'mean', 'min', 'max', 'sum', 'latest_ts', 'latest')
+  for i = 1, 4 do
+    if not tonumber(f[i]) then return false end
+  end
+  if f[5] and f[5] ~= 'overflow' and not tonumber(f[5]) then return false end
+  if (f[6] and not tonumber(f[6])) or (f[7] and not tonumber(f[7])) then return false end
+  return true
+end
+if not usable() then
+  redis.call('DEL', agg)
+  if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then
+    local n, sum, mean, min, max, latest_ts, latest = 0, 0, 0, nil, nil, nil, nil
+    local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+    for i = 1, #all, 2 do
+      local colon = string.find(all[i], ':', 1, true)
+      local ok, decoded = pcall(cjson.decode, colon and string.sub(all[i], colon + 1) or '')
+      local v = ok and type(decoded) == 'table' and tonumber(decoded['value'])
+      if v then
+        n = n + 1
+        sum = sum + v
+        mean = mean - mean / n + v / n
+        if not min or v < min then min = v end
+        if not max or v > max then max = v end
+        latest_ts, latest = all[i + 1], v
+      end
+    end
+    if n > 0 then
+      local s = 'overflow'
+      if sum > -math.huge and sum < math.huge then s = string.format('%.17g', sum) end
+      redis.call('HSET', agg, 'count', n, 'sum', s, 'mean', string.format('%.17g', mean),
+        'min', string.format('%.17g', min), 'max', string.format('%.17g', max),
+        'latest_ts', latest_ts, 'latest', string.format('%.17g', latest))
+    end
+  end
+end
 local id = redis.call('INCR', 'analytics:metric_id')
 local member = string.format('%020d', id) .. ':' .. ARGV[3]
 redis.call('ZADD', KEYS[1], ARGV[1], member)
@@ -54,7 +100,6 @@ for _ = 1, 100 do
     end
   end
 end
-local agg = KEYS[2]
 local v = tonumber(ARGV[2])
 local count = redis.call('HINCRBY', agg, 'count', 1)
 -- The sum (for an exact average) while it is finite, and a running mean (for when finite values
@@ -217,6 +262,21 @@ fn parse_member(member: &str) -> Result<Metric, StorageError> {
         .map_err(|e| StorageError::new(format!("unreadable stored metric: {e}")))
 }
 
+/// The metrics of `members` that decode; one that does not (corrupted by hand or by another
+/// program) is logged and left out, rather than failing every read that reaches it.
+fn parse_members<'a>(members: impl IntoIterator<Item = &'a str>) -> Vec<Metric> {
+    members
+        .into_iter()
+        .filter_map(|m| match parse_member(m) {
+            Ok(metric) => Some(metric),
+            Err(e) => {
+                tracing::warn!(error = %e, "a stored metric was left out");
+                None
+            }
+        })
+        .collect()
+}
+
 impl RedisStorage {
     /// The backend whose connection this storage shares.
     pub(super) fn backend(&self) -> &tower_rampart::backend::RedisBackend {
@@ -230,16 +290,12 @@ impl RedisStorage {
             .count_and_range(("LLEN", "LRANGE"), "analytics:metric_order", 0, limit)
             .await?;
         // Newest first in Redis (LPUSH): each entry is the type, a newline, the member.
-        let newest = entries
-            .iter()
-            .rev()
-            .map(|e| match e.split_once('\n') {
-                Some((_, member)) => parse_member(member),
-                None => Err(StorageError::new(format!(
-                    "corrupt metric order entry: {e:?}"
-                ))),
-            })
-            .collect::<Result<_, _>>()?;
+        let newest = parse_members(
+            entries
+                .iter()
+                .rev()
+                .map(|e| e.split_once('\n').map_or(e.as_str(), |(_, member)| member)),
+        );
         Ok((total, newest))
     }
 
@@ -363,7 +419,7 @@ impl RedisStorage {
             .arg("+inf")
             .query_async(&mut self.conn())
             .await?;
-        members.iter().map(|m| parse_member(m)).collect()
+        Ok(parse_members(members.iter().map(String::as_str)))
     }
 
     pub(super) async fn page(
@@ -376,11 +432,7 @@ impl RedisStorage {
         let (total, members) = self
             .count_and_range(("ZCARD", "ZRANGE"), &key, offset, limit)
             .await?;
-        let page = members
-            .iter()
-            .map(|m| parse_member(m))
-            .collect::<Result<_, _>>()?;
-        Ok((total, page))
+        Ok((total, parse_members(members.iter().map(String::as_str))))
     }
 
     async fn summary_all(&self, metric_type: &str) -> Result<Summary, StorageError> {

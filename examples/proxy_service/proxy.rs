@@ -176,15 +176,33 @@ impl ProxyConfig {
 }
 
 /// The outbound client: one upstream call, with its retries and circuit.
-pub(crate) type UpstreamClient = BoxCloneSyncService<
-    http::Request<Full<Bytes>>,
-    http::Response<hyper::body::Incoming>,
-    BoxError,
->;
+pub(crate) type UpstreamClient =
+    BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Bytes>, BoxError>;
+
+/// The most of an upstream answer's body the proxy reads (past it the attempt fails: the answer
+/// is not the small JSON this proxy relays, and buffering it would be memory a client chose).
+pub(crate) const MAX_UPSTREAM_BODY_BYTES: usize = 1024 * 1024;
+
+/// The upstream's answer body went past [`MAX_UPSTREAM_BODY_BYTES`].
+#[derive(Debug)]
+struct UpstreamBodyTooLarge;
+
+impl std::fmt::Display for UpstreamBodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "its answer is larger than {MAX_UPSTREAM_BODY_BYTES} bytes"
+        )
+    }
+}
+
+impl std::error::Error for UpstreamBodyTooLarge {}
 
 /// The client stack, outermost first: the circuit breaker (an open circuit refuses before any
 /// attempt; a request whose attempts are all spent is one failure), the retries (backoff with
-/// jitter, per-attempt timeout, a budget, the upstream's `Retry-After` honoured), the hyper client.
+/// jitter, per-attempt timeout, a budget, the upstream's `Retry-After` honoured), the hyper client
+/// reading the whole answer (at most [`MAX_UPSTREAM_BODY_BYTES`]) within the attempt: an answer
+/// whose body stalls or breaks off is a failed attempt like one whose head does.
 pub(crate) fn upstream_client(
     config: &ProxyConfig,
 ) -> Result<(UpstreamClient, CircuitHandle), tower_rampart::ConfigError> {
@@ -223,10 +241,29 @@ pub(crate) fn upstream_client(
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build_http();
+    let whole_answers = tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+        let client = client.clone();
+        async move {
+            let res = client.request(req).await?;
+            let (parts, body) = res.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(|e| -> BoxError {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        Box::new(UpstreamBodyTooLarge)
+                    } else {
+                        e
+                    }
+                })?
+                .to_bytes();
+            Ok::<_, BoxError>(http::Response::from_parts(parts, body))
+        }
+    });
     let stack = ServiceBuilder::new()
         .layer(breaker)
         .layer(retry)
-        .service(client.map_err(BoxError::from));
+        .service(whole_answers);
     Ok((BoxCloneSyncService::new(stack), handle))
 }
 
@@ -422,15 +459,8 @@ async fn proxy_data(
         Ok(res) => {
             let attempts = res.extensions().get::<Attempts>().map_or(1, |a| a.0);
             let status = res.status();
-            let body = match res.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        format!("the external service's answer broke off: {e}"),
-                    );
-                }
-            };
+            // Read whole within the attempt (see `upstream_client`).
+            let body = res.into_body();
             let external: Value = serde_json::from_slice(&body)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
             if status.is_success() {

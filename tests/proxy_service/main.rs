@@ -320,6 +320,78 @@ async fn a_slow_upstream_times_out_with_504_and_a_missing_one_is_502() {
     );
 }
 
+/// An upstream on a raw socket that answers every request with `head` followed by `body` (then
+/// holds the connection open until the test ends): for answers no HTTP server would give.
+async fn raw_upstream(head: &'static str, body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let body = std::sync::Arc::clone(&body);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    format!("http://{addr}/external-api/process")
+}
+
+/// The upstream's answer is read whole within the attempt: a body that stalls after its head is
+/// a timed-out attempt (504, retried), not a client's 408 at the request timeout; one larger
+/// than the proxy reads is refused (502), not buffered.
+#[tokio::test]
+async fn an_upstream_body_that_stalls_or_is_too_large_fails_its_attempt() {
+    let cases = [
+        (
+            raw_upstream(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n",
+                b"{\"partial\":".to_vec(),
+            )
+            .await,
+            StatusCode::GATEWAY_TIMEOUT,
+        ),
+        (
+            raw_upstream(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2097152\r\n\r\n",
+                vec![b' '; 2 * 1024 * 1024],
+            )
+            .await,
+            StatusCode::BAD_GATEWAY,
+        ),
+    ];
+    for (url, expected) in cases {
+        let mut vars = FAST.to_vec();
+        vars.extend([
+            ("EXTERNAL_SERVICE_URL", url.as_str()),
+            ("EXTERNAL_TIMEOUT_MS", "200"),
+            ("RETRY_MAX_ATTEMPTS", "2"),
+        ]);
+        let config = proxy::ProxyConfig::from_lookup(lookup(&vars)).unwrap();
+        let (router, _) = proxy::router(&config).unwrap();
+        let server = serve(router, true).await;
+        let started = std::time::Instant::now();
+        let r = server
+            .send_body("POST", "/api/proxy/data", &[JSON], "{}")
+            .await;
+        assert_eq!(r.status, expected, "{url}: {}", r.body);
+        assert_eq!(attempts(&r), 2, "{url}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 #[test]
 fn bad_settings_name_the_variable() {
     let err = |vars: &[(&str, &str)]| {

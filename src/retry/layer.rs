@@ -397,6 +397,13 @@ impl<C, R, M> RetryBuilder<C, R, M> {
     ///
     /// Everything else keeps its value.
     ///
+    /// **Calls that must not run twice.** A status is the server's word that a retry is safe; a
+    /// transport error or an attempt timeout carries none, and the call may have run all the same (a
+    /// connection reset after the request left, a server still working when the attempt timed out).
+    /// Both are retried by default. For mutating calls that must not take effect twice, make them
+    /// idempotent on the server (a request id it remembers), or retry statuses only:
+    /// `.classify(GrpcClassifier::new().retry_errors(false)).retry_timeouts(false)` after `.grpc()`.
+    ///
     /// Unary calls are retried with their encoded message: tonic hands the channel a body that
     /// has it at once, and the layer keeps a copy, up to
     /// [`DEFAULT_BUFFER_LIMIT`](super::request::DEFAULT_BUFFER_LIMIT) (64 KiB; see

@@ -56,6 +56,11 @@ impl Limit {
     }
 
     /// Decide, count and trace refusals, but admit anyway (default `false`).
+    ///
+    /// In a set, a shadow limit is decided as if it were alone: it spends whenever it admits
+    /// itself, also on a request an enforced limit refuses (so its counts show what it would do
+    /// in place of the others, not beside them), and in waiting mode once per attempt of a
+    /// request that waits for quota.
     #[must_use]
     pub const fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;

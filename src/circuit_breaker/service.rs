@@ -20,9 +20,9 @@ use crate::rejection::RejectionMode;
 /// An open circuit refuses from `call`, at once and without touching the inner service, so the
 /// layer works under axum, which does not honour backpressure. With one circuit (no key), an open
 /// circuit's refusal is also decided in `poll_ready`, which then answers ready at once without
-/// waiting for the inner service (the way tower's `LoadShed` does): a caller is not held behind an
-/// inner service that cannot take calls (a `ConcurrencyLimit` whose slots hung calls hold, a
-/// channel's full buffer) only to be refused. Otherwise `poll_ready` is the inner service's (with
+/// waiting for the inner service (passing on its errors, the way tower's `LoadShed` does): a
+/// caller is not held behind an inner service that cannot take calls (a `ConcurrencyLimit` whose
+/// slots hung calls hold, a channel's full buffer) only to be refused. Otherwise `poll_ready` is the inner service's (with
 /// circuits per key, the key is not known before `call`). Clones share the circuit (or circuits).
 ///
 /// One exception, for [shared circuits](super#shared-circuit-state) only: a half-open caller on a
@@ -138,9 +138,13 @@ where
         if let Some(one) = &self.one
             && one.0.sheds().is_some()
         {
-            // Refused whatever the inner service's readiness: do not wait for it.
+            // Refused whatever the inner service's readiness: do not wait for it (its errors
+            // still pass through, as tower's `LoadShed` does).
             self.shed = true;
-            return Poll::Ready(Ok(()));
+            return match self.inner.poll_ready(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(M::Error::from(e))),
+                _ => Poll::Ready(Ok(())),
+            };
         }
         self.shed = false;
         self.inner.poll_ready(cx).map_err(M::Error::from)

@@ -71,7 +71,9 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
     };
     let body = json!({
         "status": if status == StatusCode::OK { "healthy" } else { "degraded" },
-        "redis_connected": redis,
+        // A bool, as reference 001's clients read it: `false` with no Redis to connect to (the
+        // data is in memory, and the instance healthy).
+        "redis_connected": redis.unwrap_or(false),
         "timestamp": state.now().to_rfc3339(),
     });
     (status, Json(body)).into_response()

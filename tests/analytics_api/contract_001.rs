@@ -138,7 +138,10 @@ async fn root_health_validation_errors_and_the_limit() {
     assert_eq!(h.status, StatusCode::OK);
     let h = h.json();
     assert_eq!(h["status"], "healthy");
-    assert!(h["redis_connected"].is_boolean(), "a bool, as the reference's clients read it");
+    assert!(
+        h["redis_connected"].is_boolean(),
+        "a bool, as the reference's clients read it"
+    );
     assert!(is_iso(&h["timestamp"]));
 
     // The custom 422: code, message, errors, timestamp.

@@ -858,21 +858,22 @@ async fn corrupt_aggregates_are_rebuilt_and_corrupt_members_left_out() {
         return;
     };
     let app = start_on(&[], redis_storage(&server)).await;
-    for v in [1.0, 5.0] {
+    let submit = async |v: f64| {
         let r = app
             .send_body("POST", "/api/metrics", &[JSON], metric(v))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    }
+    };
+    let summary = async || {
+        app.send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+            .await
+            .json()
+    };
+    submit(1.0).await;
+    submit(5.0).await;
     server.command("HSET analytics:metric_agg:cpu_usage min x");
-    let r = app
-        .send_body("POST", "/api/metrics", &[JSON], metric(3.0))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let s = app
-        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
-        .await
-        .json();
+    submit(3.0).await;
+    let s = summary().await;
     assert_eq!(
         (
             s["count"].clone(),
@@ -886,14 +887,8 @@ async fn corrupt_aggregates_are_rebuilt_and_corrupt_members_left_out() {
     // Another type of key where the aggregate goes: rebuilt too.
     server.command("DEL analytics:metric_agg:cpu_usage");
     server.command("SET analytics:metric_agg:cpu_usage junk");
-    let r = app
-        .send_body("POST", "/api/metrics", &[JSON], metric(2.0))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let s = app
-        .send("GET", "/api/metrics/summary?type=cpu_usage", &[])
-        .await
-        .json();
+    submit(2.0).await;
+    let s = summary().await;
     assert_eq!(
         (s["count"].clone(), s["latest"].clone()),
         (json!(4), json!(2.0)),

@@ -40,6 +40,29 @@ async fn trip(replicas: &[Replica]) {
     all_in(replicas, CircuitState::Open, INTERVAL * 2 + MARGIN).await;
 }
 
+/// `CALLERS` callers on every replica, calling (with a short pause after a refusal) until `stop`
+/// is set, for at most 10 s.
+fn callers(
+    replicas: &Arc<Vec<Replica>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for i in 0..replicas.len() {
+        for _ in 0..CALLERS {
+            let (replicas, stop) = (Arc::clone(replicas), Arc::clone(stop));
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    if let Outcome::Refused(_) = replicas[i].call().await {
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                }
+            }));
+        }
+    }
+    tasks
+}
+
 /// One half-open period: callers on every replica race for probes (which the upstreams hold
 /// until released); exactly `PROBES` reach an upstream. Then the probes end, succeeding or
 /// failing, and every replica follows the outcome.
@@ -56,20 +79,7 @@ async fn one_period(replicas: &Arc<Vec<Replica>>, probes_succeed: bool, round: u
     // Callers on every replica, from while it is open (they are refused, which is what makes a
     // replica ask for probe permits) until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for i in 0..replicas.len() {
-        for _ in 0..CALLERS {
-            let (replicas, stop) = (replicas.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    if let Outcome::Refused(_) = replicas[i].call().await {
-                        tokio::time::sleep(Duration::from_millis(3)).await;
-                    }
-                }
-            }));
-        }
-    }
+    let tasks = callers(replicas, &stop);
 
     // The wait ends, replicas ask for permits: exactly PROBES calls reach the upstreams.
     let limit = WAIT + INTERVAL * 4 + MARGIN * 2;
@@ -192,20 +202,7 @@ async fn probes_that_ended_still_count_against_the_limit() {
     }
     let before = upstream_calls(&replicas);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for i in 0..replicas.len() {
-        for _ in 0..CALLERS {
-            let (replicas, stop) = (replicas.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    if let Outcome::Refused(_) = replicas[i].call().await {
-                        tokio::time::sleep(Duration::from_millis(3)).await;
-                    }
-                }
-            }));
-        }
-    }
+    let tasks = callers(&replicas, &stop);
     let limit = WAIT + INTERVAL * 4 + MARGIN * 2;
     let started = Instant::now();
     while upstream_calls(&replicas) - before < PROBES {

@@ -3,11 +3,12 @@
 //! - **Header read timeout** (`HEADER_READ_TIMEOUT_SECS`, 10 s): a connection whose first
 //!   request has not arrived (its whole head) that long after it was accepted is closed, whatever
 //!   it sent meanwhile (nothing at all, a few bytes of the HTTP/2 preface, one header line at a
-//!   time); later request heads on a keep-alive HTTP/1 connection have as long from their first
-//!   byte (hyper's own timeout). The request and body timeouts are the apps' own layers.
-//! - **Idle timeout** (`IDLE_TIMEOUT_SECS`, 60 s): a connection with no request in flight and no
-//!   response still being sent for that long is closed (HTTP/1 keep-alive or HTTP/2 alike; HTTP/2
-//!   pings do not count as use).
+//!   time). On HTTP/1, hyper's own header timeout also runs from the moment a keep-alive
+//!   connection waits for its next request: an idle HTTP/1 connection is closed after this long.
+//!   The request and body timeouts are the apps' own layers.
+//! - **Idle timeout** (`IDLE_TIMEOUT_SECS`, 60 s): an HTTP/2 connection with no request in
+//!   flight and no response still being sent for that long is closed (its pings do not count as
+//!   use; HTTP/1's idle connections go at the header read timeout, above).
 //! - **Connection cap** (`MAX_CONNECTIONS`, 1,024): at the cap the server stops accepting until a
 //!   connection closes; new clients wait in the kernel's backlog instead of the accept loop
 //!   spinning on `EMFILE`. Accept errors (out of file descriptors, say) pause accepting for 100 ms
@@ -171,26 +172,25 @@ impl Activity {
     /// in flight for `idle` since the last one ended.
     async fn idle(&self, first: Duration, idle: Duration) {
         loop {
+            if self.upgraded.load(Ordering::Acquire) {
+                return std::future::pending().await;
+            }
+            // Requests in flight first, then the last use: a request that ends touches the time
+            // before it stops counting, so a count of none is read with its end's time.
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(idle.min(first)).await;
+                continue;
+            }
             let deadline = match self.last_use_ms.load(Ordering::Acquire) {
                 u64::MAX => self.opened + first,
                 ms => self.opened + Duration::from_millis(ms) + idle,
             };
-            if self.upgraded.load(Ordering::Acquire) {
-                return std::future::pending().await;
-            }
-            if self.in_flight.load(Ordering::Acquire) == 0
-                && tokio::time::Instant::now() >= deadline
-            {
+            if tokio::time::Instant::now() >= deadline {
                 return;
             }
-            // Busy, or not idle long enough yet: look again then (a request that starts or ends
-            // meanwhile moves the deadline, which is read again).
-            let next = if self.in_flight.load(Ordering::Acquire) > 0 {
-                tokio::time::Instant::now() + idle.min(first)
-            } else {
-                deadline
-            };
-            tokio::time::sleep_until(next).await;
+            // Not idle long enough yet: look again then (a request that starts or ends meanwhile
+            // moves the deadline, which is read again).
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }

@@ -98,8 +98,8 @@ pub(crate) struct ServerLimits {
     /// A connection's first request must have arrived (its whole head) this long after it was
     /// accepted, and every later request head within this long of its first byte.
     pub(crate) header_read_timeout: Duration,
-    /// A connection with no request in flight (nor a response still being sent) for this long
-    /// is closed.
+    /// An HTTP/2 connection with no request in flight (nor a response still being sent) for this
+    /// long is closed (HTTP/1's idle connections go at the header read timeout: hyper's).
     pub(crate) idle_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) shutdown_grace: Duration,

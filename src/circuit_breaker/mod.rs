@@ -128,7 +128,7 @@
 //! the replica follows it; [`force_open`](CircuitHandle::force_open),
 //! [`reset`](CircuitHandle::reset) and the others act on the shared state.
 //!
-//! **In Redis**, each circuit is one hash, `<prefix>:cb:{<name>:<key>}` (`{<name>:global}` for a layer's
+//! **In Redis**, each circuit is one hash, `<prefix>:cb:{<name>/<key>}` (`{<name>/global}` for a layer's
 //! one circuit; braces make a Redis Cluster hash tag), expiring 10 minutes (or twice the longest
 //! wait or window) after the last sync of any replica; a forced-open or disabled circuit's is kept
 //! until changed. Replicas sharing a circuit must share its configuration: a different window

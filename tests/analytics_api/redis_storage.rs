@@ -884,6 +884,15 @@ async fn corrupt_aggregates_are_rebuilt_and_corrupt_members_left_out() {
         (json!(3), json!(1.0), json!(5.0), json!(3.0)),
         "{s}"
     );
+    // A count that is not a whole number (HINCRBY would fail after the metric's writes), and a
+    // field in a form the service does not read: rebuilt too.
+    for (field, value) in [("count", "2.5"), ("max", "0x10")] {
+        server.command(&format!(
+            "HSET analytics:metric_agg:cpu_usage {field} {value}"
+        ));
+        submit(4.0).await;
+        assert_eq!(summary().await["max"], 5.0);
+    }
     // Another type of key where the aggregate goes: rebuilt too.
     server.command("DEL analytics:metric_agg:cpu_usage");
     server.command("SET analytics:metric_agg:cpu_usage junk");
@@ -891,7 +900,7 @@ async fn corrupt_aggregates_are_rebuilt_and_corrupt_members_left_out() {
     let s = summary().await;
     assert_eq!(
         (s["count"].clone(), s["latest"].clone()),
-        (json!(4), json!(2.0)),
+        (json!(6), json!(2.0)),
         "{s}"
     );
     // Members that do not decode, in the submission order and in the type's set.
@@ -901,6 +910,6 @@ async fn corrupt_aggregates_are_rebuilt_and_corrupt_members_left_out() {
     for path in ["/api/metrics/list", "/api/metrics/list?type=cpu_usage"] {
         let r = app.send("GET", path, &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
-        assert_eq!(r.json().as_array().unwrap().len(), 4, "{path}: {}", r.body);
+        assert_eq!(r.json().as_array().unwrap().len(), 6, "{path}: {}", r.body);
     }
 }

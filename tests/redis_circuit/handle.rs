@@ -27,7 +27,7 @@ async fn commands_act_on_the_shared_state() {
     let url = server.url();
     let replicas = replicas(3, || connect(&url, &prefix), INTERVAL, |b| b.name("ops")).await;
     all_following(&replicas).await;
-    let key = format!("{prefix}:cb:{{ops:global}}");
+    let key = format!("{prefix}:cb:{{ops/global}}");
     assert!(server.command(&format!("PTTL {key}")).starts_with(':'));
     assert_ne!(
         server.command(&format!("PTTL {key}")),

@@ -106,7 +106,7 @@ async fn single_node_a_trip_seen_by_one_replica_rejects_on_all_four() {
     let replicas = replicas(4, || connect(&url, &prefix), INTERVAL, configure).await;
     // Every replica's circuit is one hash, hash-tagged.
     within(Duration::from_secs(2), "the circuit's hash exists", || {
-        server.command(&format!("EXISTS {prefix}:cb:{{payments:global}}")) == ":1"
+        server.command(&format!("EXISTS {prefix}:cb:{{payments/global}}")) == ":1"
     })
     .await;
     a_trip_on_one_replica_rejects_on_all(replicas).await;
@@ -238,7 +238,7 @@ async fn single_node_per_key_circuits_are_shared_key_by_key() {
     per_key_circuits_are_shared_key_by_key(backends).await;
     for host in ["up.example", "down-a.example", "down-b.example"] {
         assert_eq!(
-            server.command(&format!("EXISTS {prefix}:cb:{{hosts:{host}}}")),
+            server.command(&format!("EXISTS {prefix}:cb:{{hosts/{host}}}")),
             ":1",
             "the hash of {host}"
         );

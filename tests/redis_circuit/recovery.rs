@@ -161,7 +161,7 @@ async fn redis_losing_an_open_circuit_does_not_close_it() {
     all_in(&replicas, CircuitState::Open, Duration::from_secs(2)).await;
 
     assert_eq!(server.command("FLUSHALL"), "+OK");
-    let key = format!("{prefix}:cb:{{flushed:global}}");
+    let key = format!("{prefix}:cb:{{flushed/global}}");
     within(
         Duration::from_secs(2),
         "the circuit is back in redis",

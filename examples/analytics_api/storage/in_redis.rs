@@ -38,16 +38,23 @@ impl fmt::Debug for RedisStorage {
 /// out of the rebuild (and out of lists and summaries).
 const ADD_METRIC: &str = r"
 local agg = KEYS[2]
+-- A number as this script writes it and the service parses it back (Lua's `tonumber` alone also
+-- takes hexadecimal and surrounding spaces, which the service's parser refuses).
+local function decimal(s)
+  return s ~= nil and string.find(s, '^%-?[%d.]+[eE]?[%-+]?%d*$') ~= nil and tonumber(s) ~= nil
+end
 local function usable()
   local kind = redis.call('TYPE', agg)['ok']
   if kind == 'none' then return true end
   if kind ~= 'hash' then return false end
   local f = redis.call('HMGET', agg, 'count', 'mean', 'min', 'max', 'sum', 'latest_ts', 'latest')
-  for i = 1, 4 do
-    if not tonumber(f[i]) then return false end
+  -- HINCRBY needs a whole number.
+  if not f[1] or not string.find(f[1], '^%d+$') then return false end
+  for i = 2, 4 do
+    if not decimal(f[i]) then return false end
   end
-  if f[5] and f[5] ~= 'overflow' and not tonumber(f[5]) then return false end
-  if (f[6] and not tonumber(f[6])) or (f[7] and not tonumber(f[7])) then return false end
+  if f[5] and f[5] ~= 'overflow' and not decimal(f[5]) then return false end
+  if (f[6] and not decimal(f[6])) or (f[7] and not decimal(f[7])) then return false end
   return true
 end
 if not usable() then

@@ -2,7 +2,7 @@
 -- Pushes the replica's batch of outcomes, applies its probe outcomes and permits and its handle's
 -- command, makes every transition due (on Redis TIME), and answers the shared state.
 --
--- KEYS[1]  the circuit's hash, `<prefix>:cb:{<name>:<key>}`. Fields:
+-- KEYS[1]  the circuit's hash, `<prefix>:cb:{<name>/<key>}`. Fields:
 --   st      state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled
 --   ep      epoch, incremented by every transition
 --   gen     when the hash was made (Redis TIME, us): a lost and remade circuit has another

@@ -48,7 +48,7 @@ fn idle_ttl(spec: &CircuitSpec) -> Duration {
 /// The [`CircuitStore`] kept in Redis, built by [`RedisBackend`] for
 /// [`shared`](crate::circuit_breaker::CircuitBreakerBuilder::backend) circuits.
 ///
-/// Each circuit is one hash, `<prefix>:cb:{<name>:<key>}` (the key `global` for a layer's one
+/// Each circuit is one hash, `<prefix>:cb:{<name>/<key>}` (the key `global` for a layer's one
 /// circuit), holding its state, its window and its half-open permits; each sync is one `EVALSHA`
 /// of a script that runs on Redis `TIME`. Hashes of idle circuits expire (after 10 minutes, or
 /// twice the longest wait or window if longer); a forced-open or disabled circuit's is kept until
@@ -60,7 +60,7 @@ pub struct RedisCircuitStore<K> {
 
 struct Inner {
     conn: Arc<Conn>,
-    /// `<prefix>:cb:{<name>:`, to which the key and `}` are appended.
+    /// `<prefix>:cb:{<name>/`, to which the key and `}` are appended.
     key_head: Vec<u8>,
     /// The script's first ten arguments: the circuit's configuration.
     config: Vec<Vec<u8>>,
@@ -264,7 +264,9 @@ where
         .to_vec();
         // The name inside the hash tag with the key: circuits of different names hash to their own
         // Cluster slots (with the key alone, every layer's one circuit, `{global}`, shared one).
-        let key_head = format!("{}:cb:{{{}:", self.settings.prefix, cfg.name).into_bytes();
+        // Names cannot hold `/`: the first one ends the name, so no name and key write the same
+        // bytes as another pair.
+        let key_head = format!("{}:cb:{{{}/", self.settings.prefix, cfg.name).into_bytes();
         Ok(RedisCircuitStore {
             inner: Arc::new(Inner {
                 conn: Arc::clone(&self.conn),

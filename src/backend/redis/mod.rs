@@ -99,7 +99,7 @@
 //! With the `circuit-breaker` feature, the same backend shares circuit breakers between replicas:
 //! `CircuitBreakerLayer::builder().name("payments").backend(redis.clone())`. Calls never wait for
 //! Redis: each replica syncs its circuits in the background, one script call per circuit per sync
-//! interval, on keys `<prefix>:cb:{<name>:<key>}`; a replica that cannot reach Redis runs its own
+//! interval, on keys `<prefix>:cb:{<name>/<key>}`; a replica that cannot reach Redis runs its own
 //! circuit until it can (the [`FailurePolicy`] does not apply to circuits). See
 //! [Shared circuit state](crate::circuit_breaker#shared-circuit-state).
 //!

@@ -198,6 +198,32 @@ impl std::fmt::Display for UpstreamBodyTooLarge {
 
 impl std::error::Error for UpstreamBodyTooLarge {}
 
+/// The retries' verdicts: HTTP's (the statuses worth another attempt, transport errors, the
+/// upstream's `Retry-After`), but an answer too large to relay is a failure not retried: it would
+/// be as large again.
+#[derive(Clone, Debug)]
+struct ProxyClassifier(tower_rampart::classify::HttpClassifier);
+
+impl tower_rampart::classify::Classify<http::Response<Bytes>, BoxError> for ProxyClassifier {
+    fn classify(
+        &self,
+        result: &Result<http::Response<Bytes>, BoxError>,
+    ) -> tower_rampart::classify::Verdict {
+        match result {
+            Err(e) if e.is::<UpstreamBodyTooLarge>() => {
+                tower_rampart::classify::Verdict::failure(tower_rampart::classify::Reason::Error)
+            }
+            _ => tower_rampart::classify::Classify::classify(&self.0, result),
+        }
+    }
+
+    fn record_attempts(&self, response: &mut http::Response<Bytes>, attempts: u32) {
+        tower_rampart::classify::Classify::<_, BoxError>::record_attempts(
+            &self.0, response, attempts,
+        );
+    }
+}
+
 /// The client stack, outermost first: the circuit breaker (an open circuit refuses before any
 /// attempt; a request whose attempts are all spent is one failure), the retries (backoff with
 /// jitter, per-attempt timeout, a budget, the upstream's `Retry-After` honoured), the hyper client
@@ -234,7 +260,11 @@ pub(crate) fn upstream_client(
         .deadline(deadline)
         .http()
         // The upstream's 500s are failures worth another attempt too.
-        .retry_statuses([500, 502, 503, 504, 429].map(|s| http::StatusCode::from_u16(s).unwrap()))
+        .classify(ProxyClassifier(
+            tower_rampart::classify::HttpClassifier::new().retry_statuses(
+                [500, 502, 503, 504, 429].map(|s| http::StatusCode::from_u16(s).unwrap()),
+            ),
+        ))
         // hyper's response body cannot carry a made-up 504: timeouts come back as errors.
         .rejection(AsError)
         .build()?;
@@ -525,7 +555,14 @@ fn failure(e: &BoxError) -> Response {
         return res;
     }
     let attempts = tower_rampart::retry::error::attempts(e.as_ref()).unwrap_or(1);
-    let mut res = if let Some(t) = e.downcast_ref::<AttemptTimedOut>() {
+    let mut res = if e.is::<UpstreamBodyTooLarge>() {
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "External service's answer is larger than the proxy relays ({MAX_UPSTREAM_BODY_BYTES} bytes)."
+            ),
+        )
+    } else if let Some(t) = e.downcast_ref::<AttemptTimedOut>() {
         error(
             StatusCode::GATEWAY_TIMEOUT,
             format!(

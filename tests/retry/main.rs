@@ -74,8 +74,12 @@ impl Scripted {
 
     pub(crate) fn service(
         &self,
-    ) -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + Send + Sync + 'static
-    {
+    ) -> impl Service<u32, Response = u32, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+    + use<> {
         let this = self.clone();
         tower::service_fn(move |req: u32| {
             let this = this.clone();

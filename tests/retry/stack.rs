@@ -142,17 +142,8 @@ async fn a_retry_outside_a_breaker_does_not_retry_an_open_circuit() {
 /// again until the attempts were spent).
 #[tokio::test(start_paused = true)]
 async fn a_retry_outside_a_rate_limit_waits_for_the_quota() {
-    use tower_rampart::rate_limit::{Quota, RateLimitLayer};
-    let limit = RateLimitLayer::builder()
-        .quota(Quota::per_second(1))
-        .build()
-        .unwrap();
-    let retry = retry_waiting_up_to_2s();
-    let upstream = Scripted::new(|_| false);
-    let mut client = ServiceBuilder::new()
-        .layer(retry)
-        .layer(limit)
-        .service(upstream.service());
+    let (mut client, upstream) =
+        retry_over_a_limit(tower_rampart::rate_limit::Quota::per_second(1));
     assert_eq!(client.ready().await.unwrap().call(1).await.unwrap(), 1);
     let start = tokio::time::Instant::now();
     assert_eq!(client.ready().await.unwrap().call(2).await.unwrap(), 2);
@@ -218,17 +209,8 @@ async fn an_http_retry_outside_an_http_breaker_does_not_retry_its_503() {
 #[tokio::test(start_paused = true)]
 async fn a_retry_gives_up_at_once_on_a_quota_it_would_not_wait_for() {
     use tower_rampart::rate_limit::error::RateLimited;
-    use tower_rampart::rate_limit::{Quota, RateLimitLayer};
-    let limit = RateLimitLayer::builder()
-        .quota(Quota::per_minute(1))
-        .build()
-        .unwrap();
-    let retry = retry_waiting_up_to_2s();
-    let upstream = Scripted::new(|_| false);
-    let mut client = ServiceBuilder::new()
-        .layer(retry)
-        .layer(limit)
-        .service(upstream.service());
+    let (mut client, upstream) =
+        retry_over_a_limit(tower_rampart::rate_limit::Quota::per_minute(1));
     client.ready().await.unwrap().call(1).await.unwrap();
     let start = tokio::time::Instant::now();
     let err: BoxError = client.ready().await.unwrap().call(2).await.unwrap_err();
@@ -322,4 +304,24 @@ fn retry_waiting_up_to_2s() -> RetryLayer {
         .no_budget()
         .build()
         .unwrap()
+}
+
+/// [`retry_waiting_up_to_2s`] over a rate limit of `quota` over an upstream that always answers,
+/// and that upstream.
+fn retry_over_a_limit(
+    quota: tower_rampart::rate_limit::Quota,
+) -> (
+    impl Service<u32, Response = u32, Error = BoxError>,
+    Scripted,
+) {
+    let limit = tower_rampart::rate_limit::RateLimitLayer::builder()
+        .quota(quota)
+        .build()
+        .unwrap();
+    let upstream = Scripted::new(|_| false);
+    let client = ServiceBuilder::new()
+        .layer(retry_waiting_up_to_2s())
+        .layer(limit)
+        .service(upstream.service());
+    (client, upstream)
 }

@@ -95,7 +95,7 @@ impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
         let breaker = &one.0;
         // As it is now; one that closed since `poll_ready` is refused as open all the same.
         let (state, retry_after) = breaker.sheds().unwrap_or((CircuitState::Open, None));
-        let refusal = breaker.refuse_shed(state, retry_after);
+        let refusal = breaker.refuse(state, retry_after);
         let open = CircuitOpen::new(
             breaker.cfg.name,
             breaker.key.clone(),

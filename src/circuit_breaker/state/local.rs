@@ -94,15 +94,6 @@ impl Breaker {
         }
     }
 
-    /// Counts a refusal decided beforehand (by [`sheds`](Self::sheds), in `poll_ready`).
-    pub(crate) fn refuse_shed(
-        &self,
-        state: CircuitState,
-        retry_after: Option<Duration>,
-    ) -> Refusal {
-        self.refuse(state, retry_after)
-    }
-
     /// Asks to make a call now. A refusal with a ticket is not one yet: see
     /// [`acquire_waited`](Self::acquire_waited).
     ///
@@ -195,7 +186,8 @@ impl Breaker {
         }
     }
 
-    pub(super) fn refuse(&self, state: CircuitState, retry_after: Option<Duration>) -> Refusal {
+    /// Counts a refusal (also one `poll_ready` decided, by [`sheds`](Self::sheds)).
+    pub(crate) fn refuse(&self, state: CircuitState, retry_after: Option<Duration>) -> Refusal {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         Meters::count(&self.meters.rejected);

@@ -181,8 +181,9 @@ impl Verdict {
 pub enum Pushback {
     /// Nothing: the backoff decides.
     None,
-    /// Not before this long (`Retry-After`, `grpc-retry-pushback-ms`, `google.rpc.RetryInfo`); a
-    /// retry waits at most its longest delay, whatever the server asked.
+    /// Not before this long (`Retry-After`, `grpc-retry-pushback-ms`, `google.rpc.RetryInfo`): a
+    /// retry waits at least this long, and one that would wait longer than its longest delay or
+    /// past its deadline gives up instead (the caller gets the answer and the server's wish).
     After(Duration),
     /// Not before this long, and no sooner would do: the refusal of a layer that knows when it
     /// admits again (a rate limit's quota; see [`Refused`](crate::rejection::Refused)). A retry

@@ -137,7 +137,8 @@ impl Backoff {
         self.multiplier
     }
 
-    /// The longest delay. Delays asked for by the server (`Retry-After`) are capped at it too.
+    /// The longest delay. A server that asks for a longer wait (`Retry-After`, gRPC pushback) is
+    /// not retried: the caller gets its answer.
     pub const fn max(&self) -> Duration {
         self.max
     }

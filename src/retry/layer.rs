@@ -212,15 +212,15 @@ impl<C, R, M> RetryBuilder<C, R, M> {
     }
 
     /// The same delay before every retry: no jitter and a maximum delay of `delay` (so a
-    /// `Retry-After` longer than `delay` is cut to it), unless [`jitter`](Self::jitter) or
+    /// `Retry-After` longer than `delay` ends the retries), unless [`jitter`](Self::jitter) or
     /// [`max_delay`](Self::max_delay) say otherwise, before or after this.
     pub fn fixed_backoff(mut self, delay: Duration) -> Self {
         self.backoff = Backoff::fixed(delay);
         self
     }
 
-    /// The longest wait between two attempts, the waits servers ask for (`Retry-After`, gRPC
-    /// pushback) included. Overrides the schedule's own cap (5 s by default; the delay itself for
+    /// The longest wait between two attempts. A server asking for a longer one (`Retry-After`,
+    /// gRPC pushback) is not retried sooner than it asked: the caller gets its answer. Overrides the schedule's own cap (5 s by default; the delay itself for
     /// [`fixed_backoff`](Self::fixed_backoff)), whatever the order of the setters.
     pub fn max_delay(mut self, max: Duration) -> Self {
         self.max_delay = Some(max);

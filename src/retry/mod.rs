@@ -18,8 +18,8 @@
 //!   a tonic `Channel`, with `.grpc()`) is copied.
 //! - **When**: [backoff] fixed or exponential, capped, with no, full, equal or decorrelated
 //!   jitter. A server's `Retry-After` (seconds or HTTP date) or gRPC pushback
-//!   (`grpc-retry-pushback-ms`, `google.rpc.RetryInfo`) is honoured, capped by the maximum delay;
-//!   a negative pushback means "do not retry".
+//!   (`grpc-retry-pushback-ms`, `google.rpc.RetryInfo`) is honoured: never retried sooner, and
+//!   a wait longer than the maximum delay, or a negative pushback, means "do not retry".
 //! - **How much**: at most `max_attempts` attempts, the first included; optionally a per-attempt
 //!   timeout and an overall deadline, which bounds everything: attempts, waits, and the wait for
 //!   the inner service to be ready before a retry (no attempt starts after it); and a [budget]

@@ -225,7 +225,7 @@ pub enum GiveUp {
     /// The next attempt could not start before the request's deadline (or the server asked for a
     /// wait beyond it).
     Deadline,
-    /// The server asked not to retry.
+    /// The server asked not to retry, or to wait longer than the maximum delay.
     Server,
     /// A layer of this crate below refused and would refuse again (an open circuit, a missing
     /// key, a cost over the limit; a rate limit whose quota allows another call only after a
@@ -359,10 +359,9 @@ impl<C, R> StandardPolicy<C, R> {
             Verdict::Refused { reason, pushback } => (reason, pushback, GiveUp::Refused),
             Verdict::Success | Verdict::Failure { .. } => return Decision::Done,
         };
-        let (asked, exact) = match pushback {
-            Pushback::None => (None, false),
-            Pushback::After(after) => (Some(after), false),
-            Pushback::NotBefore(after) => (Some(after), true),
+        let asked = match pushback {
+            Pushback::None => None,
+            Pushback::After(after) | Pushback::NotBefore(after) => Some(after),
             Pushback::DoNotRetry => {
                 return Decision::GiveUp { reason, why: told };
             }
@@ -382,8 +381,12 @@ impl<C, R> StandardPolicy<C, R> {
             .get_or_insert_with(|| self.seeds.jitter(&self.backoff));
         let mut after = jitter.next(&self.backoff);
         if let Some(asked) = asked {
-            // A layer below that will refuse until then: a shorter wait would only be refused.
-            if exact && asked > self.backoff.max() {
+            // Never sooner than asked: a server's `Retry-After` or pushback is a wait it expects
+            // (an earlier retry would be refused again, spending an attempt and a budget token
+            // against a server that asked for room), and a layer below will refuse until then.
+            // A wait longer than the maximum delay is not made: the caller gets the answer,
+            // which carries the server's wish.
+            if asked > self.backoff.max() {
                 return give_up(told);
             }
             after = after.max(asked);

@@ -1,4 +1,4 @@
-//! HTTP semantics on paused time: which statuses are retried, `Retry-After` honoured and capped,
+//! HTTP semantics on paused time: which statuses are retried, `Retry-After` honoured (never sooner),
 //! a server asking for longer than the deadline, idempotency, bodies that cannot be copied, the
 //! attempt count on responses, and a final timeout as a `504`.
 
@@ -179,29 +179,49 @@ async fn retry_after_is_honoured_in_seconds_and_as_a_date() {
     assert_eq!(upstream.times(start), [Duration::ZERO, 100 * MS]);
 }
 
+/// A retry never comes sooner than the server asked: a wait longer than the maximum delay is not
+/// made, and the caller gets the server's answer at once (it was once retried at the maximum
+/// delay, an attempt the server had said it would refuse).
 #[tokio::test(start_paused = true)]
-async fn retry_after_is_capped_by_the_maximum_delay() {
+async fn a_server_asking_for_longer_than_the_maximum_delay_gets_its_response_back() {
     let upstream = Upstream::once(503, &[("retry-after", "3600")]);
-    let mut svc = layer().build().unwrap().layer(upstream.service());
+    let mut svc = layer()
+        .attempts_header(true)
+        .build()
+        .unwrap()
+        .layer(upstream.service());
     let start = Instant::now();
-    call(&mut svc, get()).await.unwrap();
+    let res = call(&mut svc, get()).await.unwrap();
+    assert_eq!(res.status(), 503);
     assert_eq!(
-        upstream.times(start),
-        [Duration::ZERO, Duration::from_secs(10)]
+        res.headers()["retry-after"],
+        "3600",
+        "the server's own answer"
     );
+    assert_eq!(res.headers()["x-retry-attempts"], "1");
+    assert_eq!(Instant::now(), start, "returned at once");
+    assert_eq!(upstream.times(start), [Duration::ZERO]);
 
-    // A fixed backoff caps at its delay, unless the maximum is raised.
+    // A fixed backoff's maximum is its delay, unless raised: 3 s is more than 200 ms...
+    let upstream = Upstream::once(503, &[("retry-after", "3")]);
+    let l = layer().fixed_backoff(200 * MS).build().unwrap();
+    let start = Instant::now();
+    let res = call(&mut l.layer(upstream.service()), get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(upstream.times(start), [Duration::ZERO]);
+    // ... and within a raised maximum, waited in full.
     let upstream = Upstream::once(503, &[("retry-after", "3")]);
     let l = layer()
         .fixed_backoff(200 * MS)
-        .max_delay(Duration::from_secs(2))
+        .max_delay(Duration::from_secs(3))
         .build()
         .unwrap();
     let start = Instant::now();
-    call(&mut l.layer(upstream.service()), get()).await.unwrap();
+    let res = call(&mut l.layer(upstream.service()), get()).await.unwrap();
+    assert_eq!(res.status(), 200);
     assert_eq!(
         upstream.times(start),
-        [Duration::ZERO, Duration::from_secs(2)]
+        [Duration::ZERO, Duration::from_secs(3)]
     );
 }
 
@@ -209,6 +229,8 @@ async fn retry_after_is_capped_by_the_maximum_delay() {
 async fn a_server_asking_for_longer_than_the_deadline_gets_its_last_response_back() {
     let upstream = Upstream::once(503, &[("retry-after", "30")]);
     let mut svc = layer()
+        // A maximum delay above the server's wish: the deadline alone gives up.
+        .max_delay(Duration::from_secs(60))
         .deadline(Duration::from_secs(5))
         .attempts_header(true)
         .build()

@@ -232,7 +232,11 @@ fn decode_with(
     if count > r.bytes.len() / 6 {
         return Err(DecodeError::new("truncated"));
     }
-    let mut headers = HeaderMap::with_capacity(count + if placeholders { 2 } else { 0 });
+    // `http`'s map holds at most 24,576 names (32,768 slots) and panics past it: a corrupt or
+    // foreign entry's count is an error here, not a panic.
+    let too_many = |_| DecodeError::new("too many headers");
+    let mut headers =
+        HeaderMap::try_with_capacity(count + if placeholders { 2 } else { 0 }).map_err(too_many)?;
     for _ in 0..count {
         let len = usize::from(r.u16()?);
         let name = HeaderName::from_bytes(r.take(len)?)
@@ -240,7 +244,7 @@ fn decode_with(
         let len = r.u32()? as usize;
         let value = HeaderValue::from_maybe_shared(shared(r.take(len)?))
             .map_err(|_| DecodeError::new("bad header value"))?;
-        headers.append(name, value);
+        headers.try_append(name, value).map_err(too_many)?;
     }
     let len = r.u32()? as usize;
     let body = shared(r.take(len)?);
@@ -306,6 +310,48 @@ mod tests {
             t.stale_if_error_until - t.fresh_until,
             Duration::from_secs(600)
         );
+    }
+
+    /// A header count past what `http`'s map holds (24,576 names), with the bytes to back it: an
+    /// error, where `HeaderMap::with_capacity` panicked ("size overflows MAX_SIZE").
+    #[test]
+    fn a_header_count_past_what_a_map_holds_is_an_error_not_a_panic() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let whole = encode(&sample(now), now, wall);
+        // Magic, version, four times, status and HTTP version come before the count.
+        let at = 3 + 1 + 4 * 8 + 2 + 1;
+        // The most a map holds decodes; one more, or many values of one name, is an error.
+        for (count, distinct, ok) in [
+            (24_576u32, true, true),
+            (24_577, true, false),
+            (30_000, false, false),
+        ] {
+            let mut bytes = whole[..at].to_vec();
+            bytes.extend_from_slice(&count.to_be_bytes());
+            for i in 0..count {
+                // `x<i>: ""`, or `a: ""` each time (one name, many values).
+                let name = if distinct {
+                    format!("x{i}")
+                } else {
+                    "a".into()
+                };
+                bytes.extend_from_slice(&(name.len() as u16).to_be_bytes());
+                bytes.extend_from_slice(name.as_bytes());
+                bytes.extend_from_slice(&0u32.to_be_bytes());
+            }
+            bytes.extend_from_slice(&0u32.to_be_bytes());
+            match decode(&bytes, now, wall) {
+                Ok(entry) => {
+                    assert!(ok, "{count} headers decoded");
+                    assert_eq!(entry.value().headers().len(), count as usize);
+                }
+                Err(e) => {
+                    assert!(!ok, "{count} headers: {e}");
+                    assert_eq!(e, DecodeError::new("too many headers"), "{count} headers");
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,8 +27,9 @@ pub(crate) enum Outcome {
     /// Serve this entry (a `CacheEntry<V>`), marked with this status.
     Entry(Arc<dyn Any + Send + Sync>, super::CacheStatus),
     /// Nothing to share (an error, or a response that may not be stored): each waiter calls the
-    /// inner service itself.
-    CallThrough,
+    /// inner service itself, unless `failed` (the leader's call failed: an error, or a response
+    /// the mode calls a failure) and the waiter holds a stale entry it may serve on error.
+    CallThrough { failed: bool },
     /// A shared error (an `E` in an `Arc`), for layers set to share errors.
     Error(Arc<dyn Any + Send + Sync>),
     /// The leader was dropped before it finished: lead a new flight.
@@ -281,7 +282,7 @@ mod tests {
         let old = flights.lead(&key).unwrap();
         flights.detach(|_| true);
         let new = flights.lead(&key).expect("detached: a new flight starts");
-        old.finish(Outcome::CallThrough);
+        old.finish(Outcome::CallThrough { failed: false });
         assert_eq!(flights.len(), 1, "the new flight is still registered");
         assert!(matches!(flights.join(&key), Joined::Waiter(_)));
         drop(new);
@@ -299,7 +300,7 @@ mod tests {
             "other key kept"
         );
         let new = flights.lead(&key).expect("detached: a new flight starts");
-        old.finish(Outcome::CallThrough);
+        old.finish(Outcome::CallThrough { failed: false });
         assert_eq!(flights.len(), 2, "the new flight and the other key's");
         drop((new, kept));
     }

@@ -299,14 +299,18 @@ impl<X, B, A> CacheBuilder<X, B, A> {
     /// future and the mode's capture must be `Send + 'static`, as they are for axum and tonic.
     /// Outside a runtime, the request that finds the entry stale refreshes it itself instead. At
     /// most [`max_background_refreshes`](Self::max_background_refreshes) run at once; beyond that
-    /// stale entries are served without starting a refresh.
+    /// stale entries are served without starting a refresh. A refresh that has not answered
+    /// within the [`fill_lock`](Self::fill_lock) hold (10 s by default) is dropped, whatever the
+    /// store: no caller is there to cancel it, and requests that miss the key wait for it.
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = window;
         self
     }
 
     /// After the TTL, when a call to refresh an entry fails (an error, or in HTTP mode a 5xx
-    /// response), serve the stale entry instead, for up to `window` (default: zero, off).
+    /// response), serve the stale entry instead, for up to `window` (default: zero, off). Requests
+    /// that found the entry stale and waited for another's call (one asking for a fresh answer,
+    /// which has no stale one) are answered from it too when that call fails.
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.stale_if_error = window;
         self
@@ -331,7 +335,8 @@ impl<X, B, A> CacheBuilder<X, B, A> {
     /// one calls its upstream; the others check the store for its entry every few milliseconds
     /// for up to `wait` (default 5 s), then call through themselves. `hold` should exceed the
     /// slowest fill; past it the lock lapses and another replica may fill too. The in-memory
-    /// store needs no lock and ignores this.
+    /// store needs no lock; with every store, `hold` also bounds a background refresh
+    /// ([`stale_while_revalidate`](Self::stale_while_revalidate)), dropped if it runs longer.
     pub fn fill_lock(mut self, hold: Duration, wait: Duration) -> Self {
         self.lock_hold = hold;
         self.lock_wait = wait;

@@ -95,6 +95,44 @@ async fn a_failed_background_refresh_keeps_the_stale_entry_and_tries_again_later
     assert_eq!(call(&mut svc, "a").await.unwrap(), "a#4");
 }
 
+/// A background refresh whose call never answers is dropped after the fill lock's hold: no
+/// caller is there to cancel it, and a request that misses the key once the stale window is over
+/// waits for it. It was kept forever, and every later miss of the key waited on it.
+#[tokio::test(start_paused = true)]
+async fn a_background_refresh_that_hangs_is_dropped_after_the_fill_locks_hold() {
+    let up = Upstream::default();
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .stale_while_revalidate(Duration::from_secs(5))
+        .fill_lock(Duration::from_secs(3), Duration::from_secs(1))
+        .key(by_request())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(up.service());
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    // The refresh's call hangs (an upstream that took the request and went silent).
+    up.delay(24 * 3_600_000);
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#1", "stale");
+    tokio::task::yield_now().await;
+    assert_eq!(up.calls(), 2, "the refresh is running");
+    up.delay(0);
+    // Past the stale window: a miss, which waits for the refresh in flight, then leads its own
+    // call once the refresh is dropped (3 s after it began).
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let start = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(60), call(&mut svc, "a"))
+        .await
+        .expect("answered once the hung refresh is dropped");
+    assert_eq!(answer.unwrap(), "a#3");
+    assert!(
+        start.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(call(&mut svc, "a").await.unwrap(), "a#3", "stored");
+}
+
 #[tokio::test(start_paused = true)]
 async fn stale_if_error_serves_the_stale_entry_only_when_the_call_fails() {
     let up = Upstream::default();

@@ -566,6 +566,59 @@ async fn server_errors_are_answered_from_the_stale_entry_within_stale_if_error()
     );
 }
 
+/// A request that finds a stale entry within its stale-if-error window and waits for another
+/// request's call (one that had no stale entry: a reload) is answered from its stale entry when
+/// that call fails. It used to call the failing origin again itself and answer its 503.
+#[tokio::test(start_paused = true)]
+async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let origin = tower::service_fn(move |_: Request<()>| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let body: &'static [u8] =
+                Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
+            let mut res = Response::new(Frames::chunks(&[body], true));
+            if n > 1 {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let layer = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(10))
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let svc = layer.layer(origin);
+    assert_eq!(send(&mut svc.clone(), get_req("/x")).await.body, "call 1");
+    tokio::time::advance(Duration::from_secs(15)).await;
+    // A reload asks for a fresh answer (no stale one for it); a plain request, right behind it,
+    // finds the entry stale and waits for the reload's call.
+    let reload = Request::get("/x")
+        .header("cache-control", "no-cache")
+        .body(())
+        .unwrap();
+    let (mut a, mut b) = (svc.clone(), svc.clone());
+    let (reloaded, waited) = tokio::join!(send(&mut a, reload), send(&mut b, get_req("/x")));
+    assert_eq!(
+        reloaded.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the reload's own answer"
+    );
+    assert_eq!(
+        (waited.status, waited.x_cache(), &waited.body[..]),
+        (StatusCode::OK, Some("STALE"), &b"call 1"[..])
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the waiter did not call again"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn stale_while_revalidate_over_http_marks_stale_answers() {
     let origin = ok_with(&[]);

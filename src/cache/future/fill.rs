@@ -33,6 +33,9 @@ pub(crate) struct Fill<X, St, A, V> {
     pub(crate) epoch: u64,
     /// A stale entry to serve if the call fails.
     pub(crate) fallback: Option<CacheEntry<V>>,
+    /// The call answered a response the mode calls a failure (told to waiters, which may hold a
+    /// stale entry of their own to serve).
+    pub(crate) failed: bool,
     /// Held by background refreshes.
     pub(crate) _permit: Option<RefreshPermit>,
     /// Releases a shared store's fill lock, when this fill holds one: run when the fill ends
@@ -93,6 +96,7 @@ where
             guard: Some(guard),
             epoch,
             fallback,
+            failed: false,
             _permit: permit,
             unlock: None,
             lease: Lease::NotShared,
@@ -158,11 +162,11 @@ where
         let shared = Arc::clone(&self.shared);
         match result {
             Ok(res) => {
-                if self.fallback.is_some()
-                    && shared.mode.is_failure(&res)
-                    && let Some(stale) = self.serve_stale::<Req, Res, E>()
-                {
-                    return Step::Done(Ok(stale));
+                if shared.mode.is_failure(&res) {
+                    if let Some(stale) = self.serve_stale::<Req, Res, E>() {
+                        return Step::Done(Ok(stale));
+                    }
+                    self.failed = true;
                 }
                 let capture = shared.mode.capture(res, shared.lifetimes, &shared.key);
                 Step::Capture(capture, self)
@@ -177,7 +181,7 @@ where
                 tracing::debug!(cache = shared.name, key = %self.key().for_logs(), "miss: the inner call failed; nothing stored");
                 let outcome = match shared.mode.share_error(&e) {
                     Some(shared_error) => Outcome::Error(shared_error),
-                    None => Outcome::CallThrough,
+                    None => Outcome::CallThrough { failed: true },
                 };
                 self.finish(outcome);
                 Step::Done(Err(e))
@@ -237,7 +241,9 @@ where
                     &[("reason", reason)],
                 ))
                 .increment(1);
-                self.finish(Outcome::CallThrough);
+                self.finish(Outcome::CallThrough {
+                    failed: self.failed,
+                });
                 response
             }
         }

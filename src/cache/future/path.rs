@@ -261,6 +261,7 @@ where
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Err((svc, req, entry));
     };
+    let (hold, name) = (shared.lock_hold, shared.name);
     let Some(permit) = RefreshPermit::try_new(&shared.refreshing, shared.max_refreshes) else {
         tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: background refresh budget spent; not refreshing now");
         return Ok(());
@@ -297,7 +298,7 @@ where
             // unpolled.
             let call = svc.call(req);
             let shared = Arc::clone(shared);
-            drop(runtime.spawn(async move {
+            drop(runtime.spawn(bounded(hold, name, async move {
                 match lock.await {
                     Ok(FillLock::HeldElsewhere) => return,
                     Ok(FillLock::Fresh(entry)) => {
@@ -312,13 +313,31 @@ where
                     }
                 }
                 Refresh::<S::Future, A::Capture, X, St, A, A::Stored, Req>::new(call, fill).await;
-            }));
+            })));
             return Ok(());
         }
     }
     tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: refreshing in the background");
     let refresh =
         Refresh::<S::Future, A::Capture, X, St, A, A::Stored, Req>::new(svc.call(req), fill);
-    drop(runtime.spawn(refresh));
+    drop(runtime.spawn(bounded(hold, name, refresh)));
     Ok(())
+}
+
+/// A background refresh, dropped if it takes longer than `hold` (the fill lock's hold, "longer
+/// than the slowest fill"): no caller is there to cancel it, and until it ends, requests that miss
+/// the key wait for it. Dropped, its fill ends the flight as abandoned (a waiting request leads a
+/// new one), releases a shared store's lock and gives its refresh permit back.
+async fn bounded(
+    hold: std::time::Duration,
+    cache: &'static str,
+    refresh: impl Future<Output = ()>,
+) {
+    if tokio::time::timeout(hold, refresh).await.is_err() {
+        tracing::debug!(
+            cache,
+            ?hold,
+            "a background refresh took longer than the fill lock's hold: dropped"
+        );
+    }
 }

@@ -250,7 +250,17 @@ where
         loop {
             let outcome = ready!(self.flight.poll_outcome(cx, &mut self.slot));
             self.slot = None; // the flight is over: nothing to leave
-            let shared = &*self.shared;
+            let shared = Arc::clone(&self.shared);
+            // The call waited for failed: a stale entry this request found is served, as the
+            // leader would have (a leader asked for a fresh answer, or whose lookup failed, has
+            // none of its own; the waiters calling again would meet the same failure).
+            let failed = matches!(
+                outcome,
+                Outcome::Error(_) | Outcome::CallThrough { failed: true }
+            );
+            if failed && let Some(res) = self.serve_stale() {
+                return Poll::Ready(Next::Done(Ok(res)));
+            }
             match outcome {
                 Outcome::Entry(entry, status) => {
                     let now = Instant::now();
@@ -267,7 +277,7 @@ where
                     }
                     return Poll::Ready(Next::Pass(self.call()));
                 }
-                Outcome::CallThrough => {
+                Outcome::CallThrough { .. } => {
                     tracing::trace!(cache = shared.name, key = %self.key.for_logs(), "the call waited for was not stored; calling through");
                     return Poll::Ready(Next::Pass(self.call()));
                 }
@@ -289,6 +299,19 @@ where
                 },
             }
         }
+    }
+
+    /// Stale-if-error for a waiter: its stale entry, if it found one still allowed.
+    fn serve_stale(&mut self) -> Option<A::Response> {
+        let now = Instant::now();
+        let entry = self.fallback.take()?;
+        if !entry.usable_if_error(now) {
+            return None;
+        }
+        let res = self.shared.mode.replay(&entry, CacheStatus::Stale, now)?;
+        tracing::debug!(cache = self.shared.name, key = %self.key.for_logs(), "the call waited for failed: serving the stale entry");
+        self.shared.count(Meter::StaleIfError);
+        Some(res)
     }
 
     fn call(&mut self) -> S::Future {

@@ -301,7 +301,10 @@ async fn two_instances_share_the_per_client_limit() {
     );
     // The limit lives in Redis under the example's prefix, one key per limiter and client.
     let keys = server.command("KEYS analytics:rl:*");
-    assert!(keys.contains("analytics:rl:metrics"), "{keys}");
+    assert!(
+        keys.contains("analytics:rl:gcra:10/60s:{metrics/"),
+        "{keys}"
+    );
 }
 
 #[tokio::test]

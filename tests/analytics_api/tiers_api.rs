@@ -199,8 +199,8 @@ async fn no_key_and_unknown_keys_are_limited_per_ip_on_redis_with_no_state_per_k
         .unwrap();
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names[0].ends_with("{198.51.100.7}"), "{names:?}");
-    assert!(names[1].ends_with("{203.0.113.9}"), "{names:?}");
+    assert!(names[0].ends_with("{metrics/198.51.100.7}"), "{names:?}");
+    assert!(names[1].ends_with("{metrics/203.0.113.9}"), "{names:?}");
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ mod policies;
 #[path = "../rate_limit/policy_cases.rs"]
 mod policy_cases;
 mod script;
+mod slots;
 mod support;
 mod timeouts;
 #[cfg(feature = "redis-tls")]

@@ -106,7 +106,7 @@ async fn keys_expire_once_their_state_is_that_of_a_fresh_key() {
         .build()
         .unwrap();
     let name = String::from_utf8(gcra.store().redis_key(&1)).unwrap();
-    assert!(name.ends_with(":rl:default:gcra:10/60s:{1}"), "{name}");
+    assert!(name.ends_with(":rl:gcra:10/60s:{default/1}"), "{name}");
     // The script sets 6,001 ms; PTTL reads that less the time since (at most `elapsed`).
     let started = Instant::now();
     assert!(decide(gcra.store(), &1).await.unwrap().is_allowed());
@@ -125,7 +125,7 @@ async fn keys_expire_once_their_state_is_that_of_a_fresh_key() {
         .build()
         .unwrap();
     let name = String::from_utf8(window.store().redis_key(&1)).unwrap();
-    assert!(name.ends_with(":rl:default:sw:10/60s:{1}"), "{name}");
+    assert!(name.ends_with(":rl:sw:10/60s:{default/1}"), "{name}");
     let started = Instant::now();
     assert!(decide(window.store(), &1).await.unwrap().is_allowed());
     let ttl = pttl(&window.store().redis_key(&1));

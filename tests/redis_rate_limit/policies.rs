@@ -280,9 +280,9 @@ async fn concurrent_clients_on_two_replicas_never_over_admit_a_limit_on_a_cluste
     concurrent([connect_cluster(&urls).await, connect_cluster(&urls).await]).await;
 }
 
-/// A key's limits live in one Redis key, the one a single-quota limiter has always had (so one
-/// Cluster slot, by the key's hash tag), and a limiter's live changes are two keys of one slot of
-/// their own.
+/// A key's limits live in one Redis key, the one a single-quota limiter has (so one Cluster slot,
+/// by its hash tag of the limiter's name and the key), and a limiter's live changes are two keys
+/// of one slot of their own.
 #[tokio::test]
 async fn a_keys_limits_share_one_key_and_the_changes_have_one_slot_of_their_own() {
     let Some(cluster) = RedisCluster::start() else {
@@ -295,7 +295,7 @@ async fn a_keys_limits_share_one_key_and_the_changes_have_one_slot_of_their_own(
         Quota::per_hour(100),
     );
     let store = layer.store();
-    assert_eq!(store.redis_key(&42), b"tags:rl:two:gcra:1000/1s:{42}");
+    assert_eq!(store.redis_key(&42), b"tags:rl:gcra:1000/1s:{two/42}");
     let [policies, changes] = store.policy_keys();
     assert_eq!(policies, b"{tags:rl:two}:policies");
     assert_eq!(changes, b"{tags:rl:two}:changes");
@@ -305,7 +305,7 @@ async fn a_keys_limits_share_one_key_and_the_changes_have_one_slot_of_their_own(
             String::from_utf8(key.to_vec()).unwrap()
         ))
     };
-    let tag = slot(b"42");
+    let tag = slot(b"two/42");
     assert!(tag.starts_with(':'), "{tag}");
     assert_eq!(slot(&store.redis_key(&42)), tag);
     assert_eq!(slot(&policies), slot(b"tags:rl:two"));

@@ -5,10 +5,14 @@ use std::sync::Arc;
 
 /// A key type the Redis backend can store: how it is written into a Redis key.
 ///
-/// The Redis key of a limiter is `<prefix>:rl:<limiter name>:<algorithm>:<quota>:{<key>}` (for
-/// example `rampart:rl:default:gcra:10/60s:{203.0.113.9}`; its value holds every limit's state for
-/// that key); this trait writes the `<key>` part. The braces make it a Redis Cluster hash tag, so
-/// everything stored for one key lives on one node.
+/// The Redis key of a limiter's key is `<prefix>:rl:<algorithm>:<quota>:{<limiter name>/<key>}`
+/// (for example `rampart:rl:gcra:10/60s:{default/203.0.113.9}`; its value holds every limit's
+/// state for that key); this trait writes the `<key>` part. The braces make the limiter's name and
+/// the key a Redis Cluster hash tag, so everything one limiter stores for one key lives on one
+/// node, and different limiters' keys (the one key `global` of each global limiter too) spread
+/// over the slots. Names cannot hold `/`, so the key may hold anything: the first `/` ends the
+/// name. (A `}` in the key ends the hash tag there: the slot is that of the name and the key's
+/// start, and distinct keys still write distinct Redis keys.)
 ///
 /// Implemented for the keys of the crate's extractors and for common plain types:
 ///

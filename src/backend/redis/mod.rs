@@ -6,16 +6,21 @@
 //! Each decision is **one round trip**: a Lua script (run with `EVALSHA`, sent whole when the server
 //! answers `NOSCRIPT`) that reads Redis's own `TIME`, so replicas with skewed clocks agree, and runs
 //! the same arithmetic as the in-memory store: the same [`Decision`](crate::rate_limit::Decision),
-//! headers included. Keys are `<prefix>:rl:<limiter>:<algorithm>:<quota>:{<key>}`, for example
-//! `rampart:rl:default:gcra:10/60s:{203.0.113.9}` (the braces are a Redis Cluster hash tag), and
-//! expire once their state is that of a fresh key, so idle keys vanish. Raw header values (API keys)
-//! are hashed before they go to Redis; see [`RedisKey`].
+//! headers included. Keys are `<prefix>:rl:<algorithm>:<quota>:{<limiter>/<key>}`, for example
+//! `rampart:rl:gcra:10/60s:{default/203.0.113.9}`, and expire once their state is that of a fresh
+//! key, so idle keys vanish. The braces are a Redis Cluster hash tag holding the limiter's name and
+//! the key: on a cluster, the keys of differently named limiters spread over the slots (even the
+//! one key of each global limiter, `{uploads/global}`, `{search/global}`), while everything one
+//! limiter keeps for one key is in one slot. Names cannot hold `/`, so the first `/` ends the name
+//! and no two limiters share a key. Raw header values (API keys) are hashed before they go to
+//! Redis; see [`RedisKey`].
 //!
 //! **Name your limiters.** In memory every layer counts on its own; in Redis a limiter is
 //! identified by its prefix, [name](crate::rate_limit::RateLimitBuilder::name), algorithm and quota,
 //! so that the replicas of one application share it. Two different limiters of one application with
 //! the same quota (say, two routes each limited to 100 per minute per IP) share counts unless they
-//! have distinct names: `.name("uploads")`, `.name("search")`.
+//! have distinct names: `.name("uploads")`, `.name("search")`. On Redis Cluster, distinct names also
+//! put the limiters' keys in their own slots.
 //!
 //! A key found over its limit is remembered in the replica until its retry time: a client
 //! hammering a refused key costs no Redis round trips at all.
@@ -28,14 +33,14 @@
 //! all or nothing over the enforced ones.
 //!
 //! - **One key, one value.** Every limit of a key (the default set's, every tier's, the key's own)
-//!   keeps its state in the one Redis key a single-quota limiter has always had,
-//!   `<prefix>:rl:<limiter>:<algorithm>:<quota>:{<key>}` with the quota the layer was built with
+//!   keeps its state in the one Redis key a single-quota limiter has,
+//!   `<prefix>:rl:<algorithm>:<quota>:{<limiter>/<key>}` with the quota the layer was built with
 //!   ([`RedisRateLimitStore::redis_key`]): a decision over any number of limits reads and writes
 //!   one value (`TIME`, one `GET`, one `SET`), in one Cluster slot by construction. While the only
 //!   live state is that of the limit named after the layer (the one
 //!   [`quota`](crate::rate_limit::RateLimitBuilder::quota) sets), the value is that state alone,
-//!   byte for byte what a single-quota limiter writes (state written before sets existed is read
-//!   as it is, and such a limiter reads what this one writes). Otherwise the value is *packed*:
+//!   byte for byte what a single-quota limiter writes (a single-quota limiter's value is read as
+//!   it is, and such a limiter reads what this one writes). Otherwise the value is *packed*:
 //!   one entry per limit, `|<name>|<expires>|<state>` (the layer's own limit with an empty name;
 //!   `<expires>` in ms on the Redis clock), each expiring on its own; the key's expiry is the
 //!   longest entry's. An entry of a limit not in a decision (another tier the key was in, a limit

@@ -6,7 +6,7 @@
 //! Per limiter (prefix `P`, name `L`), two keys with the hash tag `{P:rl:L}` (one Cluster slot):
 //!
 //! - `{P:rl:L}:policies`, a hash: `v`, the version of the last change; `d`, the default limits;
-//!   `t:<tier>`, a tier's; `k:<key>`, a key's own (the key as written in its state keys), each as
+//!   `t:<tier>`, a tier's; `k:<key>`, a key's own (the key as written in its state keys, after the name's `/`), each as
 //!   [`encode`] writes them;
 //! - `{P:rl:L}:changes`, a sorted set: each field, scored with the version of its last change.
 //!

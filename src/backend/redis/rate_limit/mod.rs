@@ -135,11 +135,9 @@ pub(super) struct Inner<K> {
     /// The limit whose state is the bare value a single-quota limiter has always written (its name
     /// is the layer's, and it is in the default set), and its quota as built.
     own: Option<(&'static str, Limits)>,
-    /// `<prefix>:rl:<name>:<algorithm>:`.
-    head: Vec<u8>,
-    /// `head`, the quota the layer was built with (its `own` limit's, or else its first limit's)
-    /// and `:{`, to which the key and `}` are appended: the key a single-quota limiter has always
-    /// used, now holding every limit's state.
+    /// `<prefix>:rl:<algorithm>:<quota>:{<name>/`, to which the key and `}` are appended, with
+    /// the quota the layer was built with (its `own` limit's, or else its first limit's): the key
+    /// of a key's state, every limit's. The hash tag is the name and the key.
     key_head: Vec<u8>,
     /// The script's first two arguments for the `own` limit as built.
     params: [Vec<u8>; 2],
@@ -196,7 +194,7 @@ impl<K> fmt::Debug for RedisRateLimitStore<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
         f.debug_struct("RedisRateLimitStore")
-            .field("key_prefix", &String::from_utf8_lossy(&i.head))
+            .field("key_prefix", &String::from_utf8_lossy(&i.key_head))
             .field("algorithm", &i.algorithm)
             .field("limits", &i.set)
             .field("timeout", &i.timeout)
@@ -570,11 +568,23 @@ where
             Algorithm::Gcra => (gcra_script(), "gcra"),
             Algorithm::SlidingWindow => (window_script(), "sw"),
         };
-        let head = format!("{}:rl:{}:{code}:", self.settings.prefix, spec.name()).into_bytes();
-        // Every limit of a key is in the value at the key a single-quota limiter has always used,
-        // with the quota the layer was built with in it (state written before sets existed is
-        // read as the limit named after the layer's, and a deploy that changes the layer's quota
-        // starts afresh, as it always has).
+        let name = spec.name();
+        // The name goes inside the hash tag with the key (`{<name>/<key>}`): on Redis Cluster the
+        // keys of differently named limiters hash to their own slots (with the key alone, every
+        // global limiter of an app shared the one slot of `{global}`), and every limit of one
+        // limiter's key is still in one key. Names cannot hold `/` (nor braces): the first `/`
+        // ends the name, so no two limiters' name and key write the same bytes.
+        if name.contains(['/', '{', '}']) {
+            return Err(ConfigError::new(
+                "name",
+                format!("{name:?} cannot name a Redis limiter: it holds `/` or a brace"),
+            ));
+        }
+        let mut key_head = format!("{}:rl:{code}:", self.settings.prefix).into_bytes();
+        // Every limit of a key is in the value at the key a single-quota limiter uses, with the
+        // quota the layer was built with in it (a single-quota limiter's value is read as the
+        // limit named after the layer's, and a deploy that changes the layer's quota starts
+        // afresh, as it always has).
         let own = spec
             .set
             .limits()
@@ -582,7 +592,6 @@ where
             .find(|l| l.name == spec.name())
             .map(|l| (l.name, l.limits));
         let own_limits = own.map_or(spec.set.limits()[0].limits, |(_, l)| l);
-        let mut key_head = head.clone();
         key_head.extend_from_slice(
             format!("{}/{}", own_limits.limit, period_text(own_limits.period)).as_bytes(),
         );
@@ -590,6 +599,8 @@ where
             key_head.extend_from_slice(format!(":b{}", own_limits.burst).as_bytes());
         }
         key_head.extend_from_slice(b":{");
+        key_head.extend_from_slice(name.as_bytes());
+        key_head.push(b'/');
         let local = match self.settings.policy {
             FailurePolicy::Local => Some(
                 MemoryBackend::new()
@@ -605,9 +616,8 @@ where
                 script,
                 algorithm: spec.algorithm,
                 set: Arc::clone(&spec.set),
-                name: Arc::from(spec.name()),
+                name: Arc::from(name),
                 own,
-                head,
                 key_head,
                 params: params(spec.algorithm, &own_limits),
                 default_tag: set_tag(&spec.set, 1),

@@ -284,7 +284,7 @@ where
                         let spare = this.spare.as_mut().expect("a retried request has a spare");
                         let shared = &**this.shared;
                         // Send the kept copy; keep a fresh copy of it for the attempt after this.
-                        let req = match this.copy {
+                        let mut req = match this.copy {
                             Ok(kept) => match shared.policy.clone_request(kept) {
                                 Ok(next) => std::mem::replace(kept, next),
                                 Err(why) => match std::mem::replace(this.copy, Err(why)) {
@@ -302,6 +302,7 @@ where
                             }
                             None => None,
                         };
+                        shared.policy.prepare_retry(this.policy_state, &mut req);
                         let fut = spare.call(req);
                         this.state.set(State::Calling { fut });
                         continue;

@@ -389,9 +389,11 @@ impl<C, R, M> RetryBuilder<C, R, M> {
     /// - `.classify(GrpcClassifier::new())`: errors and `UNAVAILABLE` and `RESOURCE_EXHAUSTED`
     ///   are retried, honouring the server's pushback; the final response gets the
     ///   [`Attempts`](super::Attempts) extension (see [`GrpcClassifier`]);
-    /// - `.requests(HttpRequests::new().any_method(true).buffer_bodies(DEFAULT_BUFFER_LIMIT))`:
-    ///   every call may be retried (gRPC calls are all POSTs; the server says what is safe by its
-    ///   status), and bodies already in memory up to 64 KiB are kept for retries;
+    /// - `.requests(HttpRequests::new().any_method(true).buffer_bodies(DEFAULT_BUFFER_LIMIT)
+    ///   .grpc_timeout(true))`: every call may be retried (gRPC calls are all POSTs; the server
+    ///   says what is safe by its status), bodies already in memory up to 64 KiB are kept for
+    ///   retries, and the caller's `grpc-timeout` is the call's deadline (the retries keep within
+    ///   it, each saying how much of it is left);
     /// - `.rejection(AsGrpc::new())`: a final timeout becomes `DEADLINE_EXCEEDED` and inner errors
     ///   keep their type.
     ///
@@ -430,7 +432,8 @@ impl<C, R, M> RetryBuilder<C, R, M> {
             .requests(
                 super::request::HttpRequests::new()
                     .any_method(true)
-                    .buffer_bodies(super::request::DEFAULT_BUFFER_LIMIT),
+                    .buffer_bodies(super::request::DEFAULT_BUFFER_LIMIT)
+                    .grpc_timeout(true),
             )
             .rejection(crate::grpc::AsGrpc::new())
     }

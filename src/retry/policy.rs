@@ -97,7 +97,8 @@ use crate::classify::{Classify, Pushback, Reason, Verdict};
 /// needs to remember about one request goes in its [`State`](Self::State), which the response
 /// future keeps. Calls, in order: [`start`](Self::start) and [`clone_request`](Self::clone_request)
 /// in `call`; then, for each attempt, [`attempt_deadline`](Self::attempt_deadline) before it and
-/// [`decide`](Self::decide) after it; [`deadline`](Self::deadline) when a retry is decided; and
+/// [`decide`](Self::decide) after it; [`deadline`](Self::deadline) when a retry is decided,
+/// [`prepare_retry`](Self::prepare_retry) on its request just before it is sent; and
 /// [`finish`](Self::finish) on the final response.
 pub trait Policy<Req, Res, E>: Send + Sync + 'static {
     /// What the policy remembers about one request.
@@ -144,6 +145,13 @@ pub trait Policy<Req, Res, E>: Send + Sync + 'static {
         attempt: Attempt,
         outcome: Outcome<'_, Res, E>,
     ) -> Decision;
+
+    /// Called on a retry's copy of the request just before it is sent (default: nothing): the
+    /// standard policy says there how much of the time the request was given is left
+    /// ([`CloneRequest::set_time_left`]).
+    fn prepare_retry(&self, state: &Self::State, req: &mut Req) {
+        let _ = (state, req);
+    }
 
     /// Called on the final response, the number of attempts made (default: nothing).
     fn finish(&self, response: &mut Res, attempts: u32) {
@@ -334,6 +342,9 @@ impl Seeds {
 #[derive(Debug)]
 pub struct StandardState {
     deadline: Option<Instant>,
+    /// The request said itself how long it was given ([`CloneRequest::time_given`]): its
+    /// retries say how much is left.
+    given: bool,
     /// Made at the first retry: requests that succeed at once never touch the random generator.
     jitter: Option<Jittered>,
 }
@@ -418,12 +429,18 @@ where
     type State = StandardState;
 
     #[inline]
-    fn start(&self, _req: &Req) -> StandardState {
+    fn start(&self, req: &Req) -> StandardState {
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
+        let given = self.requests.time_given(req);
+        let limit = match (self.deadline, given) {
+            (Some(own), Some(given)) => Some(own.min(given)),
+            (own, given) => own.or(given),
+        };
         StandardState {
-            deadline: self.deadline.and_then(|d| Instant::now().checked_add(d)),
+            deadline: limit.and_then(|d| Instant::now().checked_add(d)),
+            given: given.is_some(),
             jitter: None,
         }
     }
@@ -457,6 +474,16 @@ where
     #[inline]
     fn deadline(&self, state: &StandardState) -> Option<Instant> {
         state.deadline
+    }
+
+    fn prepare_retry(&self, state: &StandardState, req: &mut Req) {
+        if let (true, Some(deadline)) = (state.given, state.deadline) {
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if let Some(attempt) = self.attempt_timeout {
+                left = left.min(attempt);
+            }
+            self.requests.set_time_left(req, left);
+        }
     }
 
     /// The classification, and `Done` for what is not worth a retry, inline (the path of every

@@ -50,6 +50,7 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 /// Copies requests for retries, and decides which may be retried at all.
 pub trait CloneRequest<Req>: Send + Sync + 'static {
@@ -63,6 +64,21 @@ pub trait CloneRequest<Req>: Send + Sync + 'static {
     fn may_retry(&self, req: &Req) -> bool {
         let _ = req;
         true
+    }
+
+    /// How long the caller gives `req`, when the request says so itself (gRPC's `grpc-timeout`;
+    /// default: it does not). The retries keep within it, as within the layer's own
+    /// [`deadline`](super::RetryBuilder::deadline).
+    #[inline]
+    fn time_given(&self, req: &Req) -> Option<Duration> {
+        let _ = req;
+        None
+    }
+
+    /// Says on a retry's copy of a request that carried its [`time_given`](Self::time_given)
+    /// how much of it is left, `left` (default: nothing), just before it is sent.
+    fn set_time_left(&self, req: &mut Req, left: Duration) {
+        let _ = (req, left);
     }
 }
 
@@ -231,6 +247,8 @@ mod buffer {
 
 #[cfg(feature = "http")]
 mod http_requests {
+    use std::time::Duration;
+
     use bytes::Bytes;
     use http::{HeaderName, Method, Request};
 
@@ -259,6 +277,7 @@ mod http_requests {
     pub struct HttpRequests {
         any_method: bool,
         buffer_limit: usize,
+        grpc_timeout: bool,
     }
 
     impl HttpRequests {
@@ -268,7 +287,19 @@ mod http_requests {
             Self {
                 any_method: false,
                 buffer_limit: 0,
+                grpc_timeout: false,
             }
+        }
+
+        /// Reads gRPC's `grpc-timeout` header (what tonic's `Request::set_timeout` and a
+        /// `Channel`'s timeout set) as the call's deadline, within which the retries keep, and
+        /// sets each retry's `grpc-timeout` to the time left of it; `.grpc()` turns it on. Without
+        /// it, every attempt took the whole timeout again (tonic enforces it per attempt, below
+        /// this layer), so a call given 1 s could take `max_attempts` seconds.
+        #[must_use]
+        pub const fn grpc_timeout(mut self, yes: bool) -> Self {
+            self.grpc_timeout = yes;
+            self
         }
 
         /// Also copies bodies that stream but whose content is already in memory, up to
@@ -330,6 +361,58 @@ mod http_requests {
         fn may_retry(&self, req: &Request<B>) -> bool {
             self.is_retryable(req)
         }
+
+        #[inline]
+        fn time_given(&self, req: &Request<B>) -> Option<Duration> {
+            if !self.grpc_timeout {
+                return None;
+            }
+            parse_grpc_timeout(req.headers().get(&GRPC_TIMEOUT)?.as_bytes())
+        }
+
+        fn set_time_left(&self, req: &mut Request<B>, left: Duration) {
+            if self.grpc_timeout {
+                req.headers_mut()
+                    .insert(GRPC_TIMEOUT.clone(), format_grpc_timeout(left));
+            }
+        }
+    }
+
+    static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+    /// gRPC's `grpc-timeout` (`1*8DIGIT` then `H`, `M`, `S`, `m`, `u` or `n`); `None` for
+    /// anything else.
+    pub(crate) fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+        let (&unit, digits) = value.split_last()?;
+        if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        Some(match unit {
+            b'H' => Duration::from_secs(n * 3600),
+            b'M' => Duration::from_secs(n * 60),
+            b'S' => Duration::from_secs(n),
+            b'm' => Duration::from_millis(n),
+            b'u' => Duration::from_micros(n),
+            b'n' => Duration::from_nanos(n),
+            _ => return None,
+        })
+    }
+
+    /// `left` as a `grpc-timeout` value: whole milliseconds, rounded up (at least 1), in the
+    /// finest unit whose value has at most 8 digits.
+    pub(crate) fn format_grpc_timeout(left: Duration) -> http::HeaderValue {
+        let ms = left.as_nanos().div_ceil(1_000_000).max(1);
+        let text = if ms < 100_000_000 {
+            format!("{ms}m")
+        } else if ms.div_ceil(1000) < 100_000_000 {
+            format!("{}S", ms.div_ceil(1000))
+        } else {
+            format!("{}H", ms.div_ceil(3_600_000).min(99_999_999))
+        };
+        http::HeaderValue::try_from(text).expect("digits and a unit are a valid header value")
     }
 
     /// A request body that can sometimes be copied.
@@ -450,6 +533,52 @@ mod http_requests {
                 .insert(&IDEMPOTENCY_KEY, "8e03978e".parse().unwrap());
             assert!(h.may_retry(&keyed));
             assert!(h.any_method(true).may_retry(&req(Method::POST, ())));
+        }
+
+        #[test]
+        fn grpc_timeouts_are_read_and_written_as_grpc_sends_them() {
+            for (text, d) in [
+                ("1S", Duration::from_secs(1)),
+                ("250m", Duration::from_millis(250)),
+                ("99999999n", Duration::from_nanos(99_999_999)),
+                ("7u", Duration::from_micros(7)),
+                ("2M", Duration::from_secs(120)),
+                ("99999999H", Duration::from_secs(99_999_999 * 3600)),
+            ] {
+                assert_eq!(parse_grpc_timeout(text.as_bytes()), Some(d), "{text}");
+            }
+            for junk in [
+                "",
+                "S",
+                "1",
+                "123456789S",
+                "1s",
+                "-1S",
+                "1.5S",
+                " 1S",
+                "1Sm",
+            ] {
+                assert_eq!(parse_grpc_timeout(junk.as_bytes()), None, "{junk:?}");
+            }
+            for (d, text) in [
+                (Duration::from_millis(500), "500m"),
+                (Duration::from_micros(1), "1m"),
+                (Duration::ZERO, "1m"),
+                (Duration::from_micros(1_500), "2m"),
+                (Duration::from_secs(100_000), "100000S"),
+                (Duration::from_secs(400_000_000), "111112H"),
+            ] {
+                assert_eq!(format_grpc_timeout(d), text, "{d:?}");
+            }
+            // Only when asked (`.grpc()` asks), and only the header.
+            let mut r = req(Method::POST, ());
+            r.headers_mut().insert(&GRPC_TIMEOUT, "1S".parse().unwrap());
+            assert_eq!(HttpRequests::new().time_given(&r), None);
+            let grpc = HttpRequests::new().grpc_timeout(true);
+            assert_eq!(grpc.time_given(&r), Some(Duration::from_secs(1)));
+            grpc.set_time_left(&mut r, Duration::from_millis(40));
+            assert_eq!(r.headers()[&GRPC_TIMEOUT], "40m");
+            assert_eq!(r.headers()["x-trace"], "abc");
         }
 
         #[test]

@@ -155,6 +155,72 @@ async fn a_final_timeout_in_grpc_mode_is_deadline_exceeded() {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
 }
 
+/// The caller's `grpc-timeout` (tonic's `Request::set_timeout`) is the call's deadline: the
+/// retries keep within it, and each says how much of it is left. Every attempt used to get the
+/// whole timeout again: a call given 1 s ran for three attempts of 900 ms.
+#[tokio::test(start_paused = true)]
+async fn the_callers_grpc_timeout_bounds_the_retries_and_each_says_what_is_left() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let start = Instant::now();
+    let slow_unavailable = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+        let timeout = req.headers().get("grpc-timeout").cloned();
+        s.lock().unwrap().push((Instant::now() - start, timeout));
+        async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let mut res = http::Response::new(tonic::body::Body::empty());
+            res.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            res.headers_mut()
+                .insert("grpc-status", "14".parse().unwrap());
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    });
+    let mut svc = grpc_layer()
+        .max_attempts(5)
+        .fixed_backoff(100 * MS)
+        .build()
+        .unwrap()
+        .layer(slow_unavailable);
+    let mut req = request();
+    req.headers_mut()
+        .insert("grpc-timeout", "1S".parse().unwrap());
+    let res = call(&mut svc, req).await.unwrap();
+    // A third attempt could not start before the deadline (900 ms + 100 ms of backoff): the
+    // last answer, at once.
+    assert_eq!(Instant::now() - start, Duration::from_millis(900));
+    let status = tonic::Status::from_header_map(res.headers()).unwrap();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let seen = seen.lock().unwrap().clone();
+    let header = |v: &str| Some(http::HeaderValue::from_str(v).unwrap());
+    assert_eq!(
+        seen,
+        [
+            (Duration::ZERO, header("1S")),
+            (Duration::from_millis(500), header("500m")),
+        ],
+        "two attempts, the second told what is left"
+    );
+
+    // Within a shorter deadline of the layer's own, that one; a request without the header is
+    // sent without it.
+    let (calls, svc) = upstream(|_| Some(vec![("grpc-status", "14")]));
+    let mut svc = grpc_layer()
+        .max_attempts(5)
+        .fixed_backoff(100 * MS)
+        .deadline(Duration::from_millis(250))
+        .build()
+        .unwrap()
+        .layer(svc);
+    let start = Instant::now();
+    let mut req = request();
+    req.headers_mut()
+        .insert("grpc-timeout", "10S".parse().unwrap());
+    call(&mut svc, req).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_millis(200));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn tonic_statuses_are_classified_and_their_pushback_honoured() {
     let calls = Arc::new(AtomicUsize::new(0));

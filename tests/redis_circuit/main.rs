@@ -11,6 +11,9 @@
 //!   stops with the layer and starts without being told.
 //! - handle and contract: commands act on the shared state, snapshots say whether the circuit is
 //!   shared and followed, the Service contract and auto traits, configuration errors.
+//! - corrupt: a hash holding numbers the script could not have written is refused before any
+//!   write (Redis stays free, an unreadable end of a wait does not keep the circuit open); a large
+//!   count window closes and slides in a bounded number of commands.
 //!
 //! Without `redis-server` these tests skip with a printed reason, unless `RAMPART_REQUIRE_REDIS=1`
 //! or `CI` is set. Redis I/O runs on real time: every wait is bounded, and the few time bounds
@@ -25,6 +28,7 @@ mod support;
 
 mod backend_choice;
 mod contract;
+mod corrupt;
 mod faults;
 mod handle;
 mod liveness;

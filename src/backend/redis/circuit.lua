@@ -32,8 +32,10 @@
 -- Returns {gen, epoch, state, us left open, streak, reason, permits held by the replica,
 --          window calls, failures, slow calls, failures in a row, us in state,
 --          1 if another replica waits for a permit (holders should give unused ones back) or 0}.
--- Data it cannot read is answered with a RAMPARTDATA error. Absolute times (about 2^51 us) are
--- exact in Lua's doubles; they are written with '%.0f' (tostring would use exponents).
+-- Data it cannot read (a number field that is not a whole number from 0 to 2^53, a count window
+-- longer than its size, a malformed holder list) is answered with a RAMPARTDATA error before
+-- anything is written. Absolute times (about 2^51 us) are exact in Lua's doubles; they are written
+-- with '%.0f' (tostring would use exponents).
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allows writes after the non-deterministic TIME
@@ -64,8 +66,62 @@ local pok_d, pbad_d, held, want = tonumber(A[18]), tonumber(A[19]), tonumber(A[2
 local cmd = A[22]
 local assert_us, assert_rsn = tonumber(A[23]), tonumber(A[24])
 
+-- The largest whole number a double holds exactly, 2^53: every number in the hash is a whole
+-- number from 0 to this (times, in us, are about 2^50.6; waits are capped at 2^52 us below).
+local MAXN = 9007199254740992
+
+-- Whether `x` (a number or nil) is one the script could have written. Lua's tonumber also reads
+-- 'nan', 'inf', '-1', '0.5', '1e300' and hex: as a batch number or a time, such a value made the
+-- window loops run (nearly) for ever, after the script had written (so SCRIPT KILL was refused),
+-- or kept a circuit open for good (`now >= nan` never holds).
+local function whole(x)
+  return x ~= nil and x >= 0 and x <= MAXN and x % 1 == 0
+end
+
+-- A count read from a batch or a slice (field n of an HMGET's answer): a whole number, or 0 for
+-- none or anything else (as a missing one), so that no NaN or infinity reaches the window's totals.
+local function count(x)
+  x = tonumber(x)
+  if whole(x) then
+    return x
+  end
+  return 0
+end
+
+-- 'c100' -> 'c', 100; 't60000000/60' -> 't', 60000000, 60 (digits only: tonumber would read 'c1e15').
+local function parse_spec(spec)
+  local size = string.match(spec, '^c(%d+)$')
+  if size then
+    return 'c', tonumber(size)
+  end
+  local span, buckets = string.match(spec, '^t(%d+)/(%d+)$')
+  if span then
+    return 't', tonumber(span), tonumber(buckets)
+  end
+  return nil
+end
+
+-- The arguments, checked before anything is written.
+local kind, size, buckets = parse_spec(wspec)
+if not kind then
+  return redis.error_reply('RAMPARTARG the window configuration is not understood')
+end
+if cmd ~= '' and cmd ~= 'open' and cmd ~= 'closed' and cmd ~= 'reset' and cmd ~= 'disable' then
+  return redis.error_reply('RAMPARTARG unknown command')
+end
+
+-- Data the script cannot read is answered with a RAMPARTDATA error before anything is written: the
+-- replicas then follow their own circuits (logging the error) until the hash expires or is deleted.
+local function corrupt(what, x)
+  local shown = ''
+  if x then
+    shown = ': ' .. string.gsub(string.sub(tostring(x), 1, 32), '[^%w%.%+%-]', '?')
+  end
+  return redis.error_reply('RAMPARTDATA the key does not hold a circuit (' .. what .. shown .. ')')
+end
+
 local names = {'st', 'ep', 'gen', 'until', 'streak', 'since', 'rsn', 'run', 'c', 'f', 's', 'wk',
-  'wh', 'wt', 'tlo', 'pg', 'pok', 'pbad', 'hl', 'pw'}
+  'wh', 'wt', 'tlo', 'pg', 'pok', 'pbad', 'hl', 'pw', 'g' .. rid, 'd' .. rid}
 local raw = redis.pcall('HMGET', key, unpack(names))
 if type(raw) == 'table' and raw.err then
   return redis.error_reply('RAMPARTDATA the key holds another type of value (' .. raw.err .. ')')
@@ -77,15 +133,15 @@ for i, name in ipairs(names) do
     v[name] = x or ''
   elseif x then
     v[name] = tonumber(x)
-    if v[name] == nil then
-      return redis.error_reply('RAMPARTDATA the key does not hold a circuit (field ' .. name .. ')')
+    if not whole(v[name]) then
+      return corrupt('field ' .. name, x)
     end
   end
 end
 if v.st == nil then
   -- A new circuit, or one lost (expired, flushed, Redis restarted) and made afresh.
   v = {st = 0, ep = 1, gen = now, since = now, wk = wspec, hl = ''}
-elseif v.st < 0 or v.st > 4 or v.st % 1 ~= 0 then
+elseif v.st > 4 then
   return redis.error_reply('RAMPARTDATA the key does not hold a circuit (state ' .. v.st .. ')')
 end
 local st, ep, gen = v.st, v.ep or 1, v.gen or now
@@ -94,34 +150,71 @@ local rsn, run = v.rsn or 0, v.run or 0
 local C, F, S = v.c or 0, v.f or 0, v.s or 0
 local wk, wh, wt, tlo = v.wk, v.wh or 0, v.wt or 0, v.tlo or 0
 local pg, pok, pbad, hl, pw = v.pg or 0, v.pok or 0, v.pbad or 0, v.hl, v.pw or 0
-
--- 'c100' -> 'c', 100; 't60000000/60' -> 't', 60000000, 60.
-local function parse_spec(spec)
-  local kind = string.sub(spec, 1, 1)
-  if kind == 'c' then
-    local size = tonumber(string.sub(spec, 2))
-    if size then
-      return 'c', size
-    end
-  elseif kind == 't' then
-    local span, buckets = string.match(spec, '^t(%d+)/(%d+)$')
-    if span then
-      return 't', tonumber(span), tonumber(buckets)
-    end
-  end
-  return nil
+if rsn > 255 then
+  return corrupt('field rsn', rsn)
+end
+-- A count window holds batches wh to wt - 1, each of at least one call: never more than its size.
+local wkind, wsize = parse_spec(wk)
+if wkind == 'c' and (wh > wt or wt - wh > wsize) then
+  return corrupt('fields wh and wt: a window of ' .. fmt(wt - wh) .. ' batches, not ' .. wk)
+end
+-- Holders: replica ids (digits), each holding at least one of at most 8191 permits.
+if #hl > 200000 or string.find(hl, '[^%d ]') then
+  return corrupt('field hl')
 end
 
-local function clear_window(spec)
-  local kind, _, buckets = parse_spec(spec)
-  if kind == 'c' then
-    for i = wh, wt - 1 do
-      redis.call('HDEL', key, 'bc' .. fmt(i), 'bf' .. fmt(i), 'bs' .. fmt(i))
+local function holders()
+  local list = {}
+  for r in string.gmatch(hl, '%S+') do
+    list[#list + 1] = r
+  end
+  return list
+end
+
+do
+  local list = holders()
+  if #list > 8191 then
+    return corrupt('field hl')
+  end
+  for _, r in ipairs(list) do
+    local gd = redis.call('HMGET', key, 'g' .. r, 'd' .. r)
+    for j = 1, 2 do
+      if gd[j] and not whole(tonumber(gd[j])) then
+        return corrupt('field ' .. ((j == 1 and 'g') or 'd') .. r, gd[j])
+      end
     end
-  elseif kind == 't' and tlo > 0 then
-    for i = tlo, tlo + buckets - 1 do
-      redis.call('HDEL', key, 'tc' .. fmt(i), 'tf' .. fmt(i), 'ts' .. fmt(i))
+  end
+end
+
+-- Lua's unpack takes at most a few thousand values: long argument lists go in parts.
+local function call_in_parts(command, list)
+  for i = 1, #list, 1000 do
+    redis.call(command, key, unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+
+-- Empties the window in one command, whatever its size (it is the hash's bulk): the hash is
+-- unlinked (freed in the background from Redis 4) and written whole at the end of the script;
+-- holders' permits are written back. One HDEL per batch stalled Redis on closing a large window.
+local function clear_window()
+  if wt > wh or tlo > 0 or C > 0 then
+    local keep = {}
+    for _, r in ipairs(holders()) do
+      local gd = redis.call('HMGET', key, 'g' .. r, 'd' .. r)
+      if gd[1] then
+        keep[#keep + 1] = 'g' .. r
+        keep[#keep + 1] = gd[1]
+      end
+      if gd[2] then
+        keep[#keep + 1] = 'd' .. r
+        keep[#keep + 1] = gd[2]
+      end
     end
+    local gone = redis.pcall('UNLINK', key)
+    if type(gone) == 'table' and gone.err then
+      redis.call('DEL', key) -- Redis < 4
+    end
+    call_in_parts('HSET', keep)
   end
   C, F, S, wh, wt, tlo = 0, 0, 0, 0, 0, 0
 end
@@ -129,20 +222,40 @@ end
 -- Count window: the last `size` outcomes reported, batch by batch; the oldest batch, when only
 -- partly inside, counts pro rata.
 local function count_push(size)
+  if calls >= size then
+    clear_window() -- this batch alone fills the window: every earlier one is out
+  end
   local id = fmt(wt)
   redis.call('HSET', key, 'bc' .. id, calls, 'bf' .. id, fails, 'bs' .. id, slows)
   wt = wt + 1
   C, F, S = C + calls, F + fails, S + slows
+  -- Batches out of the window go, up to 100 of them read by one HMGET and deleted by one HDEL.
   while wh < wt - 1 do
-    local h = fmt(wh)
-    local head = redis.call('HMGET', key, 'bc' .. h, 'bf' .. h, 'bs' .. h)
-    local hc = tonumber(head[1]) or 0
-    if C - hc < size then
+    local last = math.min(wt - 2, wh + 99)
+    local fields = {}
+    for i = wh, last do
+      local h = fmt(i)
+      fields[#fields + 1] = 'bc' .. h
+      fields[#fields + 1] = 'bf' .. h
+      fields[#fields + 1] = 'bs' .. h
+    end
+    local head = redis.call('HMGET', key, unpack(fields))
+    local gone = 0
+    for j = 0, last - wh do
+      local hc = count(head[3 * j + 1])
+      if C - hc < size then
+        break
+      end
+      C, F, S = C - hc, F - count(head[3 * j + 2]), S - count(head[3 * j + 3])
+      gone = j + 1
+    end
+    if gone > 0 then
+      redis.call('HDEL', key, unpack(fields, 1, 3 * gone))
+    end
+    wh = wh + gone
+    if wh <= last then
       break
     end
-    C, F, S = C - hc, F - (tonumber(head[2]) or 0), S - (tonumber(head[3]) or 0)
-    redis.call('HDEL', key, 'bc' .. h, 'bf' .. h, 'bs' .. h)
-    wh = wh + 1
   end
 end
 
@@ -152,7 +265,7 @@ local function count_counts(size)
   end
   local h = fmt(wh)
   local head = redis.call('HMGET', key, 'bc' .. h, 'bf' .. h, 'bs' .. h)
-  local hc, hf, hs = tonumber(head[1]) or 0, tonumber(head[2]) or 0, tonumber(head[3]) or 0
+  local hc, hf, hs = count(head[1]), count(head[2]), count(head[3])
   if hc == 0 then
     return size, math.min(F, size), math.min(S, size)
   end
@@ -175,9 +288,9 @@ local function time_advance(span, buckets)
       local id = fmt(i)
       local b = redis.call('HMGET', key, 'tc' .. id, 'tf' .. id, 'ts' .. id)
       if b[1] or b[2] or b[3] then
-        C = C - (tonumber(b[1]) or 0)
-        F = F - (tonumber(b[2]) or 0)
-        S = S - (tonumber(b[3]) or 0)
+        C = C - count(b[1])
+        F = F - count(b[2])
+        S = S - count(b[3])
         redis.call('HDEL', key, 'tc' .. id, 'tf' .. id, 'ts' .. id)
       end
     end
@@ -204,14 +317,6 @@ local function time_push(sl)
   C, F, S = C + calls, F + fails, S + slows
 end
 
-local function holders()
-  local list = {}
-  for r in string.gmatch(hl, '%S+') do
-    list[#list + 1] = r
-  end
-  return list
-end
-
 local function clear_holders()
   for _, r in ipairs(holders()) do
     redis.call('HDEL', key, 'g' .. r, 'd' .. r)
@@ -225,7 +330,8 @@ local function wait_us()
   if w ~= w or w > w_max then
     w = w_max
   end
-  return math.floor(w)
+  -- At most 2^52 us (142 years), so that the end of the wait stays exact (and readable).
+  return math.floor(math.min(w, MAXN / 2))
 end
 
 local function go(to, reason, open_us)
@@ -238,7 +344,7 @@ local function go(to, reason, open_us)
   elseif to == 2 then
     pg, pok, pbad, pw = 0, 0, 0, 0
   elseif to == 0 then
-    clear_window(wk)
+    clear_window()
     run = 0
   end
   st, ep, since, rsn = to, ep + 1, now, reason
@@ -246,12 +352,8 @@ end
 
 -- The window's configuration changed (a rolling deploy): the window starts afresh.
 if wk ~= wspec then
-  clear_window(wk)
+  clear_window()
   wk = wspec
-end
-local kind, size, buckets = parse_spec(wspec)
-if not kind then
-  return redis.error_reply('RAMPARTARG the window configuration is not understood')
 end
 local slice
 if kind == 't' then
@@ -266,15 +368,13 @@ if cmd ~= '' then
   elseif cmd == 'reset' then
     streak = 0
     go(0, 9)
-  elseif cmd == 'disable' then
+  else -- 'disable' (checked above)
     go(4, 10)
-  else
-    return redis.error_reply('RAMPARTARG unknown command')
   end
 else
   -- A replica that opened the circuit on its own while Redis was unreachable carries it over.
   if assert_us > 0 and st == 0 then
-    go(1, assert_rsn, assert_us)
+    go(1, assert_rsn, math.min(assert_us, MAXN / 2))
   end
   if st == 1 and now >= untl then
     go(2, 4)
@@ -404,4 +504,5 @@ local contended = 0
 if st == 2 and pw > now then
   contended = 1
 end
-return {gen, ep, st, left, streak, rsn, mine, rc, rf, rs, run, now - since, contended}
+-- Redis TIME may have gone back (a failover): a state begun "later" than now began just now.
+return {gen, ep, st, left, streak, rsn, mine, rc, rf, rs, run, math.max(0, now - since), contended}

@@ -119,6 +119,16 @@ impl Future for RedisSync {
     }
 }
 
+/// A data error names the circuit's key: the hash to look at, or to delete (`DEL <key>`) for the
+/// replicas to share a fresh circuit (until then each follows its own).
+fn name_key(e: BackendError, redis_key: &[u8]) -> BackendError {
+    if !e.is_corrupt_data() {
+        return e;
+    }
+    let message = format!("{e} (at {})", String::from_utf8_lossy(redis_key));
+    BackendError::with_kind(ErrorKind::Data, message, Some(Box::new(e)))
+}
+
 /// The script's answer, checked.
 fn parse(value: &Value) -> Result<SyncReply, BackendError> {
     let bad = || {
@@ -208,7 +218,8 @@ where
                 let value = inner
                     .conn
                     .eval(circuit_script(), &[&redis_key], &args, inner.timeout)
-                    .await?;
+                    .await
+                    .map_err(|e| name_key(e, &redis_key))?;
                 parse(&value)
             }),
         }

@@ -1,0 +1,209 @@
+//! A circuit's hash holding what the script could not have written (foreign or damaged data:
+//! `wt=1e15`, `wh=-inf`, `until=nan`, which Lua's `tonumber` reads) is answered with a data error
+//! before anything is written: Redis stays free for every client (no loop over a huge window gap),
+//! the hash is left as it was, and the replicas follow their own circuits (an `until=nan` does not
+//! keep the circuit open for good). A large count window empties in a bounded number of commands.
+
+use std::time::Duration;
+
+use tower_rampart::circuit_breaker::{CircuitBreakerBuilder, CircuitState};
+
+use crate::common::redis::RedisServer;
+use crate::support::{Outcome, Replica, all_following, connect, unique_prefix, within};
+
+const INTERVAL: Duration = Duration::from_millis(50);
+/// A generous bound, on real time, for what must be prompt.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn configure(b: CircuitBreakerBuilder) -> CircuitBreakerBuilder {
+    b.name("corrupt")
+        .window(100)
+        .wait_duration(Duration::from_millis(200))
+}
+
+/// Redis answers `PING` (from a client of its own), within [`PROMPT`].
+async fn answers_ping(server: &RedisServer, what: &str) {
+    let addr = server.addr();
+    let pong = tokio::time::timeout(
+        PROMPT,
+        tokio::task::spawn_blocking(move || crate::common::redis::command_at(addr, "PING")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what}: redis did not answer PING within {PROMPT:?}"))
+    .unwrap();
+    assert_eq!(pong, "+PONG", "{what}: redis is busy");
+}
+
+/// A replica on its own prefix whose circuit's hash exists (it synced once); and the hash's key.
+async fn replica(server: &RedisServer, what: &str) -> (Replica, String) {
+    let prefix = unique_prefix(what);
+    let r = Replica::new(connect(&server.url(), &prefix).await, configure, INTERVAL);
+    assert_eq!(r.call().await, Outcome::Ok);
+    all_following(std::slice::from_ref(&r)).await;
+    let key = format!("{prefix}:cb:{{corrupt/global}}");
+    server.until_one_key(&key).await;
+    (r, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_numbers_are_refused_before_any_write_and_redis_stays_free() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // (what, fields written, whether a handle's reset, rather than calls, meets them)
+    let cases: [(&str, &str, bool); 6] = [
+        ("huge-gap", "wt 1e15 c 1000", false),
+        ("minus-inf-head", "wh -inf c 1000", false),
+        ("inf-tail", "wt inf c 1000", false),
+        ("huge-gap-closing", "wt 1e15 c 1000", true),
+        ("nan-count", "c nan", false),
+        ("fraction", "wt 2.5", false),
+    ];
+    for (what, fields, reset) in cases {
+        let (r, key) = replica(&server, what).await;
+        assert_eq!(server.command(&format!("HSET {key} {fields}")), ":0");
+        let len = server.command(&format!("HLEN {key}"));
+        if reset {
+            r.handle.reset();
+        } else {
+            for _ in 0..5 {
+                assert_eq!(r.call().await, Outcome::Ok, "{what}");
+            }
+        }
+        // The sync meets the data, and the replica follows its own circuit.
+        within(
+            PROMPT,
+            &format!("{what}: the replica stops following"),
+            || !r.following(),
+        )
+        .await;
+        answers_ping(&server, what).await;
+        tokio::time::sleep(INTERVAL * 4).await;
+        answers_ping(&server, what).await;
+        // Nothing was written: the fields are as they were, no batch was added.
+        let first = fields.split(' ').next().unwrap();
+        let value = fields.split(' ').nth(1).unwrap();
+        let got = server.command(&format!("HGET {key} {first}"));
+        assert!(got.ends_with(value), "{what}: {first} is now {got:?}");
+        assert_eq!(server.command(&format!("HLEN {key}")), len, "{what}");
+        assert_eq!(
+            r.call().await,
+            Outcome::Ok,
+            "{what}: the local circuit serves"
+        );
+        // Deleted, the hash is made afresh and followed again.
+        server.command(&format!("DEL {key}"));
+        within(
+            PROMPT,
+            &format!("{what}: the replica follows again"),
+            || r.following(),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_whose_end_cannot_be_read_is_not_open_for_good() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    for end in ["nan", "inf", "-nan", "1e300"] {
+        let prefix = unique_prefix("until");
+        let r = Replica::new(
+            connect(&server.url(), &prefix).await,
+            |b| {
+                b.name("corrupt")
+                    .consecutive_failures(1)
+                    .wait_duration(Duration::from_millis(500))
+            },
+            INTERVAL,
+        );
+        let key = format!("{prefix}:cb:{{corrupt/global}}");
+        // A failure opens the shared circuit, for 500 ms; its end is then damaged.
+        r.up.fail(true);
+        assert_eq!(r.call().await, Outcome::Failed);
+        within(PROMPT, "the shared circuit opens", || {
+            r.state() == CircuitState::Open && r.following()
+        })
+        .await;
+        assert_eq!(server.command(&format!("HSET {key} until {end}")), ":0");
+        r.up.fail(false);
+        // Several syncs, and far longer than the wait: the replica serves calls again.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let mut last = Vec::new();
+        for _ in 0..10 {
+            last.push(r.call().await);
+            tokio::time::sleep(INTERVAL).await;
+        }
+        assert!(
+            last.iter().all(|o| *o == Outcome::Ok),
+            "until={end}: calls 2 s after the wait began: {last:?}"
+        );
+        assert!(!r.following(), "until={end}: the hash is not followed");
+        answers_ping(&server, end).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_count_window_closes_and_slides_in_few_commands() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("large");
+    let r = Replica::new(
+        connect(&server.url(), &prefix).await,
+        |b| b.name("corrupt").window(1_000_000).minimum_calls(1_000_000),
+        INTERVAL,
+    );
+    assert_eq!(r.call().await, Outcome::Ok);
+    let key = format!("{prefix}:cb:{{corrupt/global}}");
+    server.until_one_key(&key).await;
+    // 100,000 batches of one call each, as many replicas reporting small batches leave them.
+    let fill = "EVAL \"for i = 0, 99999 do redis.call('HSET', KEYS[1], 'bc' .. i, 1, 'bf' .. i, \
+                0, 'bs' .. i, 0) end redis.call('HSET', KEYS[1], 'wh', 0, 'wt', 100000, 'c', \
+                100000) return 1\" 1";
+    assert_eq!(server.command(&format!("{fill} {key}")), ":1");
+    let before = server.calls("hdel");
+    r.handle.reset();
+    within(PROMPT, "the window is emptied", || {
+        server.command(&format!("HGET {key} wt")).ends_with("\r\n0")
+    })
+    .await;
+    let hdel = server.calls("hdel") - before;
+    assert!(hdel <= 5, "closing took {hdel} HDEL commands");
+    let len: u64 = server.command(&format!("HLEN {key}"))[1..].parse().unwrap();
+    assert!(len < 40, "the hash still holds {len} fields");
+    answers_ping(&server, "closed").await;
+    drop(r); // its syncs would count below
+
+    // Sliding: 1,000 more one-call batches, then a batch that pushes 500 of them out.
+    let fill = "EVAL \"for i = 0, 999 do redis.call('HSET', KEYS[1], 'bc' .. i, 1, 'bf' .. i, \
+                0, 'bs' .. i, 0) end redis.call('HSET', KEYS[1], 'wk', 'c1000', 'wh', 0, 'wt', \
+                1000, 'c', 1000) return 1\" 1";
+    let prefix = unique_prefix("slide");
+    let r = Replica::new(
+        connect(&server.url(), &prefix).await,
+        |b| b.name("corrupt").window(1_000).minimum_calls(1_000),
+        Duration::from_secs(2),
+    );
+    assert_eq!(r.call().await, Outcome::Ok);
+    let key = format!("{prefix}:cb:{{corrupt/global}}");
+    server.until_one_key(&key).await;
+    all_following(std::slice::from_ref(&r)).await;
+    assert_eq!(server.command(&format!("{fill} {key}")), ":1");
+    let before = (server.calls("hdel"), server.calls("hmget"));
+    for _ in 0..500 {
+        assert_eq!(r.call().await, Outcome::Ok);
+    }
+    // The replica's next sync (within its interval, 2 s) reports the batch of 500.
+    within(PROMPT, "the batch of 500 is in", || {
+        server
+            .command(&format!("HGET {key} wh"))
+            .ends_with("\r\n500")
+    })
+    .await;
+    let hdel = server.calls("hdel") - before.0;
+    let hmget = server.calls("hmget") - before.1;
+    assert!(hdel <= 10, "sliding took {hdel} HDEL commands");
+    assert!(hmget <= 20, "sliding took {hmget} HMGET commands");
+}

@@ -274,6 +274,20 @@ fn cache() -> CacheLayer<
     CacheLayer::http(Duration::from_secs(60))
 }
 
+/// 10 s fresh, then 60 s of stale-if-error.
+fn stale_if_error_cache() -> CacheLayer<
+    HttpKey,
+    tower_rampart::backend::memory::MemoryCacheStore<tower_rampart::cache::CachedResponse>,
+    tower_rampart::cache::HttpMode,
+> {
+    CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(10))
+        .stale_if_error(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn responses_that_must_not_be_shared_are_never_stored() {
     for headers in [
@@ -539,12 +553,7 @@ async fn server_errors_are_answered_from_the_stale_entry_within_stale_if_error()
         }
         res
     });
-    let layer = CacheLayer::builder()
-        .http()
-        .ttl(Duration::from_secs(10))
-        .stale_if_error(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let layer = stale_if_error_cache();
     let mut svc = layer.layer(origin.clone());
     send(&mut svc, get_req("/x")).await;
     tokio::time::advance(Duration::from_secs(15)).await;
@@ -586,12 +595,7 @@ async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry(
             Ok::<_, Infallible>(res)
         }
     });
-    let layer = CacheLayer::builder()
-        .http()
-        .ttl(Duration::from_secs(10))
-        .stale_if_error(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let layer = stale_if_error_cache();
     let svc = layer.layer(origin);
     assert_eq!(send(&mut svc.clone(), get_req("/x")).await.body, "call 1");
     tokio::time::advance(Duration::from_secs(15)).await;

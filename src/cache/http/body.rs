@@ -256,7 +256,19 @@ where
                     *response.headers_mut() = stored.headers.clone();
                     *response.extensions_mut() = parts.extensions;
                     mode.mark(response.headers_mut(), CacheStatus::Miss);
-                    response.headers_mut().remove(header::AGE);
+                    if mode.age {
+                        // The placeholder, for hits: a fresh answer sends the upstream's own age
+                        // (a cache upstream said how old it was), if any. Without this layer's
+                        // `Age`, the upstream's field was stored as it came, and stays.
+                        match lifetimes.age.as_secs() {
+                            0 => drop(response.headers_mut().remove(header::AGE)),
+                            secs => drop(
+                                response
+                                    .headers_mut()
+                                    .insert(header::AGE, super::directives::age_value(secs)),
+                            ),
+                        }
+                    }
                     return Poll::Ready(Captured::Store {
                         weight: stored.weight(),
                         value: stored,

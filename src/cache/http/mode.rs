@@ -543,7 +543,10 @@ where
         let headers = res.headers_mut();
         // The clone has this mode's placeholders (one value each): set in place. An entry with
         // both (decoded by a shared store) loses those this mode does not send.
-        let age = self.age && status != CacheStatus::Miss;
+        // A miss (a waiter's answer, an entry another process stored) sends an age only if the
+        // entry is a second old or more: one an upstream cache said was old already.
+        let age = self.age
+            && (status != CacheStatus::Miss || entry.age(now) >= std::time::Duration::from_secs(1));
         set_placeholders(
             headers,
             self.x_cache

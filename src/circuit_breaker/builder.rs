@@ -111,6 +111,11 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     /// The circuit's name, in logs, hooks and snapshots (default `"default"`). Letters, digits and
     /// `-_.:` only; checked by `build`. A `&'static str`, or a `String` read from configuration
     /// (kept once per distinct name for the life of the process: build layers at start-up).
+    ///
+    /// **Name every breaker that shares its state** through a [`backend`](Self::backend): the
+    /// shared circuit is identified by the backend's prefix and this name, so two breakers of one
+    /// application left with the default name share one circuit, and one upstream's failures open
+    /// the other's (building a shared circuit named `"default"` logs a warning).
     pub fn name(mut self, name: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         self.name = crate::name::intern(name);
         self
@@ -270,6 +275,9 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     /// chosen at run time): replicas protecting one upstream then open, probe and close the circuit
     /// (or, with [`key`](Self::key), each key's circuit) together. See
     /// [Shared circuit state](super#shared-circuit-state).
+    ///
+    /// Give the breaker its own [`name`](Self::name) first: breakers of different upstreams that
+    /// share a name (the default, `"default"`, included) and a backend share one circuit.
     ///
     /// Calls still never wait for the store: each replica runs the circuit in memory and syncs it
     /// every [`sync_interval`](Self::sync_interval) in the background. While the store is

@@ -37,6 +37,14 @@
 //! the same [name](CircuitBreakerBuilder::name) on the same Redis (and key prefix) share one
 //! circuit (with [per-key circuits](key), one per key): they open, probe and close it together.
 //!
+//! **Name your breakers.** In memory every layer has its own circuit; in Redis a circuit is
+//! identified by the backend's prefix and the breaker's name (`<prefix>:cb:{<name>/<key>}`), so
+//! that the replicas of one application share it. Two breakers of one application on one backend
+//! (say, one before the payments API and one before the search API) left with the default name,
+//! `"default"`, share *one* circuit: one upstream's failures open the other's. Give each its name,
+//! `.name("payments")`, `.name("search")` (building a shared circuit named `"default"` logs a
+//! warning).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use tower_rampart::backend::RedisBackend;
@@ -122,6 +130,14 @@
 //! meanwhile and the wait is not over, it reports that opening: the shared circuit opens for the
 //! rest of that wait, with the same reason. A replica that finds Redis has lost the circuit
 //! (restarted without persistence, flushed, expired) while it was open does the same.
+//!
+//! **A circuit's hash that the script cannot read** (another type of value, or fields it could not
+//! have written: a number that is not a whole one from 0 to 2^53, such as `nan` or `1e300`, a count
+//! window longer than its size) was written by something else. The script answers it with a data
+//! error ([`BackendError::is_corrupt_data`](crate::backend::BackendError::is_corrupt_data)) before
+//! writing anything, and the replicas fall back to their local circuits as above (the log names the
+//! key) until the hash expires or is deleted (`redis-cli DEL <key>`), when they share a fresh
+//! circuit.
 //!
 //! **Handles.** [`CircuitHandle::state`] and [`snapshot`](CircuitHandle::snapshot) show this
 //! replica's view, [`CircuitSnapshot::shared`] the shared window as of the last sync and whether

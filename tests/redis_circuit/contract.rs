@@ -177,3 +177,59 @@ async fn configuration_errors_name_the_setting() {
     assert!(layer.is_shared());
     assert!(!layer.handle().is_following_shared());
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_shared_circuit_left_with_the_default_name_is_warned_of() {
+    let backend = RedisBackend::connect_lazy("redis://127.0.0.1:1/").unwrap();
+    let buffer = Buffer::default();
+    let out = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || out.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let _named = CircuitBreakerLayer::builder()
+            .name("payments")
+            .backend(backend.clone())
+            .build()
+            .unwrap();
+    });
+    assert_eq!(
+        buffer.0.lock().unwrap().len(),
+        0,
+        "a named circuit: no warning"
+    );
+    let out = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || out.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let _unnamed = CircuitBreakerLayer::builder()
+            .backend(backend.clone())
+            .build()
+            .unwrap();
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("WARN") && text.contains("a shared circuit is named \"default\""),
+        "{text}"
+    );
+}

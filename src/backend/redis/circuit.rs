@@ -253,6 +253,14 @@ where
             ));
         }
         let cfg = &spec.cfg;
+        if cfg.name == "default" {
+            tracing::warn!(
+                prefix = %self.settings.prefix,
+                "a shared circuit is named \"default\": breakers sharing a name and prefix share \
+                 one circuit (one upstream's failures open the other's), so name each breaker \
+                 (.name(\"payments\")) unless this is the only one"
+            );
+        }
         let window = match (spec.window_calls(), spec.time_window()) {
             (Some(calls), _) => format!("c{calls}"),
             (None, Some((span, buckets))) => format!("t{}/{buckets}", micros(span)),

@@ -319,6 +319,12 @@ impl<X, B, A> CacheBuilder<X, B, A> {
     /// The most bytes the store holds (default 64 MiB). Entries are weighed by their value (see
     /// [`weigher`](CacheBuilder::weigher)), key and header; the in-memory store counts its
     /// tables too, and when full evicts entries not read recently (CLOCK).
+    ///
+    /// In Redis (`RedisCacheStore`, features `redis` and `cache`) it bounds the cache shared by
+    /// every replica: each of its slots holds at most `max_bytes / cache_slots`, counting an
+    /// entry's stored bytes, Redis name, key (three times) and 256 bytes of bookkeeping, and a
+    /// write that needs room evicts the entries that expire soonest (at most 16 per write). The
+    /// local fallback holds at most `max_bytes` on its own.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self

@@ -14,6 +14,7 @@
 mod common;
 
 mod backend_choice;
+mod bound;
 mod corrupt;
 mod faults;
 mod first_miss;

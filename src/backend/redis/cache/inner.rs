@@ -11,6 +11,9 @@ pub(super) struct Inner {
     /// Each slot's `<head><slot>}:`, made once.
     pub(super) slot_heads: Box<[Box<[u8]>]>,
     pub(super) slots: u16,
+    /// The most bytes one slot holds (the layer's `max_bytes` over the slots), as its records
+    /// count them.
+    pub(super) slot_budget: u64,
     pub(super) timeout: Duration,
     pub(super) clock: StoreClock,
     /// Redis `TIME` minus the wall clock, in milliseconds, as last seen (0 until seen).
@@ -47,6 +50,8 @@ impl Inner {
             seq: with(b"seq"),
             idx: with(b"idx"),
             exp: with(b"exp"),
+            sizes: with(b"sz"),
+            bytes: with(b"bytes"),
             entry_head: with(b"e:"),
         }
     }

@@ -1,11 +1,14 @@
 -- Invalidates the cache keys of one slot within a lexicographic range (a prefix, or all): up to
 -- ARGV[3] of them per call; the caller calls again while a full batch comes back. The entries'
 -- names are the slot's entry head and the SHA-1 of the key, as the store writes them (same hash
--- tag as the declared keys: same slot).
+-- tag as the declared keys: same slot). Their records leave with them (their weights no longer
+-- count).
 --
 -- KEYS[1]  the slot's invalidation counter
 -- KEYS[2]  the slot's index of keys
 -- KEYS[3]  the slot's expiry of keys
+-- KEYS[4]  the slot's records of entry weights
+-- KEYS[5]  the slot's byte count
 -- ARGV[1]  the range's lower bound (ZRANGEBYLEX syntax)
 -- ARGV[2]  the range's upper bound
 -- ARGV[3]  the most keys to invalidate in this call
@@ -27,4 +30,6 @@ end
 redis.call('UNLINK', unpack(names))
 redis.call('ZREM', KEYS[2], unpack(keys))
 redis.call('ZREM', KEYS[3], unpack(keys))
+local total = sizes_open(KEYS[4], KEYS[5])
+sizes_save(KEYS[5], sizes_minus(KEYS[4], total, sizes_forget(KEYS[4], keys)))
 return #keys

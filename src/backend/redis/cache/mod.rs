@@ -62,13 +62,22 @@ macro_rules! script {
             SCRIPT.get_or_init(|| Script::new(include_str!($file)))
         }
     };
+    // A script that keeps the slot's byte count: `sizes.lua` first.
+    ($name:ident, sizes + $file:literal) => {
+        fn $name() -> &'static Script {
+            static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+            SCRIPT.get_or_init(|| {
+                Script::new(concat!(include_str!("sizes.lua"), include_str!($file)))
+            })
+        }
+    };
 }
 
 script!(lock_script, "lock.lua");
 script!(unlock_script, "unlock.lua");
-script!(fill_script, "fill.lua");
-script!(invalidate_script, "invalidate.lua");
-script!(range_script, "invalidate_range.lua");
+script!(fill_script, sizes + "fill.lua");
+script!(invalidate_script, sizes + "invalidate.lua");
+script!(range_script, sizes + "invalidate_range.lua");
 
 // ------------------------------------------------------------------------------------------------
 // The store
@@ -88,7 +97,9 @@ script!(range_script, "invalidate_range.lua");
 /// | `…:{<name>:<slot>}:l:<sha1 of the key>` | the key's fill lock (`SET NX PX`, a token) |
 /// | `…:{<name>:<slot>}:seq` | the slot's invalidation counter |
 /// | `…:{<name>:<slot>}:idx` | the slot's cache keys, in a sorted set (for prefix ranges) |
-/// | `…:{<name>:<slot>}:exp` | the same keys by expiry (to trim the index) |
+/// | `…:{<name>:<slot>}:exp` | the same keys by expiry (to trim the index, and to evict) |
+/// | `…:{<name>:<slot>}:sz` | each key's weight in bytes, in a hash (see [Size](#size)) |
+/// | `…:{<name>:<slot>}:bytes` | the sum of those weights |
 ///
 /// Cache keys reach Redis names only as digests; they are kept as they are in the index (prefix
 /// invalidation needs them), so do not put secrets in keys.
@@ -165,13 +176,46 @@ script!(range_script, "invalidate_range.lua");
 /// The index costs each entry its key twice more in Redis (two sorted sets), and each write two
 /// `ZADD`s; keys whose entries expired are trimmed from it by later writes.
 ///
+/// # Size
+///
+/// The layer's [`max_bytes`](crate::cache::CacheBuilder::max_bytes) bounds the cache in Redis
+/// too, so that a flood of distinct keys (random query strings) cannot fill Redis and push out
+/// what shares it (a rate limiter's counts, a breaker's state). Each slot holds at most its share,
+/// `max_bytes / cache_slots` (so the cache at most `max_bytes`), as the store counts bytes: an
+/// entry weighs its stored bytes, its Redis name, its cache key three times (index, expiry set,
+/// weights) and 256 bytes for Redis's own bookkeeping. That is an estimate of Redis's memory, not
+/// a reading of it: with 2 KB entries, `MEMORY USAGE` of the cache's keys came to about 1.13 times
+/// the count in the tests (allocator size classes). A busy slot is full while another is half
+/// empty only as far as the keys' SHA-1 spreads them unevenly.
+///
+/// The fill script keeps the count: a write that would take its slot past its share first
+/// removes the slot's entries that **expire soonest** (with one TTL: the oldest), at most 16 per
+/// write; an entry that still does not fit, or is larger than the slot's share, is not stored
+/// (its key's previous entry goes, superseded), and the request is answered all the same. Keys
+/// that expired (Redis drops them without telling) are subtracted as the write trims them from the
+/// index, at most 64 per write; invalidation subtracts what it deletes; an overwrite replaces the
+/// key's weight. A hit is not touched: still one `GET`.
+///
+/// The count repairs itself and never goes negative: a count that is missing, unreadable, or
+/// short of what leaves the slot is counted again from the weights (when there are at most 1,000
+/// of them; otherwise the weights are dropped and counting starts again, and the entries they
+/// stood for leave by their TTL, uncounted); a count that still leaves no room after evicting is
+/// counted again the same way; a slot whose index is empty counts 0. Each write samples two
+/// weights and drops those whose key is no longer in the index (a previous release's scripts take
+/// keys out without their weights; Redis 6.2 and later, `HRANDFIELD`). Entries stored by a previous release have no weight: they are
+/// not counted (nor subtracted), may be evicted like others, and leave by their TTL. No script
+/// does more than a bounded amount of work per call.
+///
 /// # Memory in Redis, and eviction
 ///
-/// Entries expire by themselves (`PX`); a slot's index empties (and vanishes) as its keys are
-/// trimmed; the slots' counters (16 small strings per cache) stay. The index and the counters have
-/// no expiry, so a Redis that evicts only keys with one (`maxmemory-policy` `volatile-lru`,
-/// `volatile-lfu`, `volatile-ttl`, or `noeviction`) never drops them; with an `allkeys-*` policy
-/// Redis may evict an index, and a later prefix invalidation would miss the entries it listed.
+/// Entries expire by themselves (`PX`); a slot's index and weights empty (and vanish) as its keys
+/// are trimmed; the slots' invalidation counters (16 small strings per cache) stay. The index, the
+/// weights and the counters have no expiry, so a Redis that evicts only keys with one
+/// (`maxmemory-policy` `volatile-lru`, `volatile-lfu`, `volatile-ttl`, or `noeviction`) never
+/// drops them; with an `allkeys-*` policy Redis may evict an index, and a later prefix
+/// invalidation would miss the entries it listed. Since the cache bounds itself, a `maxmemory`
+/// above the sum of the caches' `max_bytes` (plus what else the server holds) keeps Redis from
+/// evicting at all.
 ///
 /// # Hot keys
 ///
@@ -291,6 +335,7 @@ impl<V: RedisCacheValue> CacheBackend<V> for RedisBackend {
                 head: head.into_boxed_slice(),
                 slot_heads,
                 slots,
+                slot_budget: slot_budget(spec.max_bytes(), slots),
                 timeout: self.settings.timeout,
                 clock: self.settings.clock.clone(),
                 offset_ms: AtomicI64::new(0),

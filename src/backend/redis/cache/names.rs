@@ -32,7 +32,16 @@ pub(super) struct SlotNames {
     pub(super) seq: Vec<u8>,
     pub(super) idx: Vec<u8>,
     pub(super) exp: Vec<u8>,
+    /// The weight of each entry the slot holds (a hash by cache key).
+    pub(super) sizes: Vec<u8>,
+    /// The sum of those weights.
+    pub(super) bytes: Vec<u8>,
     pub(super) entry_head: Vec<u8>,
+}
+
+/// The most bytes one slot of a cache holds: its share of the layer's `max_bytes` (at least 1).
+pub(super) fn slot_budget(max_bytes: u64, slots: u16) -> u64 {
+    (max_bytes / u64::from(slots.max(1))).max(1)
 }
 
 /// The epoch of a caller's clock, as seconds of wall time (any fixed instant well after 1970

@@ -78,6 +78,7 @@ impl<V: RedisCacheValue> RedisCacheStore<V> {
                 None => (String::new(), String::new()),
             };
             let px = px.to_string();
+            let budget = inner.slot_budget.to_string();
             let result = inner
                 .conn
                 .eval(
@@ -88,6 +89,8 @@ impl<V: RedisCacheValue> RedisCacheStore<V> {
                         &names.seq,
                         &names.idx,
                         &names.exp,
+                        &names.sizes,
+                        &names.bytes,
                     ],
                     &[
                         random.as_bytes(),
@@ -95,6 +98,8 @@ impl<V: RedisCacheValue> RedisCacheStore<V> {
                         px.as_bytes(),
                         key.as_bytes(),
                         &bytes,
+                        budget.as_bytes(),
+                        &names.entry_head,
                     ],
                     inner.timeout,
                 )
@@ -104,9 +109,14 @@ impl<V: RedisCacheValue> RedisCacheStore<V> {
                     inner.redis_answered(local.as_deref());
                     Ok(())
                 }
-                Ok(Value::Int(_)) => {
+                Ok(Value::Int(0)) => {
                     inner.redis_answered(local.as_deref());
                     tracing::debug!(cache = inner.name, key = %key.for_logs(), "not stored: invalidated while fetching (seen in redis)");
+                    Ok(())
+                }
+                Ok(Value::Int(2)) => {
+                    inner.redis_answered(local.as_deref());
+                    tracing::debug!(cache = inner.name, key = %key.for_logs(), bytes = bytes.len(), "not stored: no room in its slot of the cache's max_bytes in redis");
                     Ok(())
                 }
                 Ok(_) => Err(unexpected("fill")),
@@ -142,7 +152,13 @@ impl<V: RedisCacheValue> RedisCacheStore<V> {
                             .conn
                             .eval(
                                 range_script(),
-                                &[&names.seq, &names.idx, &names.exp],
+                                &[
+                                    &names.seq,
+                                    &names.idx,
+                                    &names.exp,
+                                    &names.sizes,
+                                    &names.bytes,
+                                ],
                                 &[&min, &max, batch.as_bytes(), &names.entry_head, bump],
                                 inner.timeout,
                             )
@@ -322,7 +338,14 @@ impl<V: RedisCacheValue> CacheStore<V> for RedisCacheStore<V> {
                 .conn
                 .eval(
                     invalidate_script(),
-                    &[&entry, &names.seq, &names.idx, &names.exp],
+                    &[
+                        &entry,
+                        &names.seq,
+                        &names.idx,
+                        &names.exp,
+                        &names.sizes,
+                        &names.bytes,
+                    ],
                     &[key.as_bytes()],
                     inner.timeout,
                 )

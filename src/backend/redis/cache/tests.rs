@@ -24,6 +24,26 @@ fn prefix_ranges_cover_exactly_the_keys_with_the_prefix() {
 }
 
 #[test]
+fn each_slot_holds_its_share_of_max_bytes() {
+    assert_eq!(slot_budget(64 << 20, 16), 4 << 20);
+    assert_eq!(slot_budget(1000, 3), 333);
+    assert_eq!(slot_budget(5, 16), 1);
+    assert_eq!(slot_budget(u64::MAX, 1), u64::MAX);
+}
+
+#[test]
+fn the_scripts_that_count_bytes_carry_the_counting_functions() {
+    for script in [fill_script(), invalidate_script(), range_script()] {
+        let code = &script.code;
+        let defined = code
+            .find("local function sizes_open")
+            .expect("sizes.lua first");
+        let used = code.rfind("sizes_open(").expect("used");
+        assert!(defined < used);
+    }
+}
+
+#[test]
 fn tokens_carry_a_random_part_and_the_counter() {
     let t = token(0xdead_beef, 0x1_0000_0007);
     assert_eq!(token_parts(t), (0xdead_beefu32.to_string(), 7.to_string()));

@@ -407,7 +407,11 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
     /// With a key that does not depend on the request (the global key) the wait happens in
     /// `poll_ready`, so the layer exerts backpressure the way tower's own `RateLimit` does: capacity
     /// is reserved in `poll_ready` and spent by the next `call` (one unit: the request, and so its
-    /// [cost](Self::cost), is not known yet). With per-request keys it happens in the response
+    /// [cost](Self::cost), is not known yet). A unit reserved by a service that is then dropped
+    /// without a `call` (a balancer or `ReadyCache` evicting a ready service) is spent all the
+    /// same: the store cannot take it back. A caller that gives up waiting (a timeout around
+    /// `ready()`) and comes back more than `max` after its wake-up waits afresh, up to `max`
+    /// again. With per-request keys it happens in the response
     /// future. Servers (axum does not honour backpressure) should keep the default, refusing at
     /// once.
     pub fn wait_up_to(mut self, max: Duration) -> Self {

@@ -273,6 +273,12 @@ where
             }
             if let Some(sleep) = r.sleep.as_mut() {
                 ready!(sleep.as_mut().poll(cx));
+                // Polled long after its wake-up (longer than a whole wait): the caller gave up on
+                // readiness (a timeout around `ready()`) and is back. A new wait, with its own
+                // `max_wait`: the old deadline would refuse it at once.
+                if Instant::now().saturating_duration_since(sleep.deadline()) > max_wait {
+                    r.deadline = None;
+                }
                 r.sleep = None;
             }
             let set = {

@@ -145,6 +145,43 @@ async fn waiting_mode_pending_poll_ready_is_woken_when_quota_returns() {
     svc.call(2u32).await.unwrap();
 }
 
+/// A caller that gave up on readiness (a timeout around `ready()`) and comes back later waits
+/// afresh, up to the whole `wait_up_to` again: the first wait's deadline, long past, used to
+/// refuse it at once.
+#[tokio::test(start_paused = true)]
+async fn waiting_mode_a_wait_given_up_and_resumed_later_gets_its_own_deadline() {
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_second(1).burst(1))
+        .wait_up_to(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let counting = Counting::default();
+    let mut svc = layer.layer(counting.clone());
+    let mut other = svc.clone();
+    ServiceExt::<u32>::ready(&mut svc).await.unwrap();
+    svc.call(1u32).await.unwrap();
+    // Refused (the next unit comes in 1 s): the caller stops waiting after 100 ms.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            ServiceExt::<u32>::ready(&mut svc)
+        )
+        .await
+        .is_err()
+    );
+    // 20 s later another caller takes the unit that came back, and this one asks again: it
+    // waits for the next, 1 s, within its new wait.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    ServiceExt::<u32>::ready(&mut other).await.unwrap();
+    other.call(2u32).await.unwrap();
+    let start = tokio::time::Instant::now();
+    ServiceExt::<u32>::ready(&mut svc).await.unwrap();
+    svc.call(3u32)
+        .await
+        .expect("admitted after waiting, not refused");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
+
 /// A backend that decides after 10 ms of "I/O": refuses the first `refuse_first` checks, allows
 /// the `allow` after them, then refuses, and fails every check once `fail` is set. Exercises the
 /// path Redis will take.

@@ -311,8 +311,9 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     ///
     /// - `.classify(HttpClassifier::new())`: errors and `5xx` responses count as failures, other
     ///   responses (`429` included) as successes (see [`HttpClassifier`]);
-    /// - `.rejection(AsHttp::new())`: refusals become `503` responses with `Retry-After`, and the
-    ///   inner service's errors keep their type.
+    /// - `.rejection(AsHttp::new())`: refusals become `503` responses, with `Retry-After` when the
+    ///   wait's end is known (an open circuit's; not while half-open probes are out, nor for a
+    ///   circuit forced open), and the inner service's errors keep their type.
     ///
     /// Everything else keeps its value.
     #[cfg(feature = "http")]

@@ -342,9 +342,6 @@ impl Seeds {
 #[derive(Debug)]
 pub struct StandardState {
     deadline: Option<Instant>,
-    /// The request said itself how long it was given ([`CloneRequest::time_given`]): its
-    /// retries say how much is left.
-    given: bool,
     /// Made at the first retry: requests that succeed at once never touch the random generator.
     jitter: Option<Jittered>,
 }
@@ -440,7 +437,6 @@ where
         };
         StandardState {
             deadline: limit.and_then(|d| Instant::now().checked_add(d)),
-            given: given.is_some(),
             jitter: None,
         }
     }
@@ -476,8 +472,13 @@ where
         state.deadline
     }
 
+    /// A retry's copy still carries the time the request said it was given (copies are made
+    /// from the original), so that is asked again here rather than kept in the state, which
+    /// every request's future holds (`tests/future_sizes.rs`).
     fn prepare_retry(&self, state: &StandardState, req: &mut Req) {
-        if let (true, Some(deadline)) = (state.given, state.deadline) {
+        if let Some(deadline) = state.deadline
+            && self.requests.time_given(req).is_some()
+        {
             let mut left = deadline.saturating_duration_since(Instant::now());
             if let Some(attempt) = self.attempt_timeout {
                 left = left.min(attempt);

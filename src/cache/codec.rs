@@ -321,7 +321,8 @@ mod tests {
         let whole = encode(&sample(now), now, wall);
         // Magic, version, four times, status and HTTP version come before the count.
         let at = 3 + 1 + 4 * 8 + 2 + 1;
-        // The most a map holds decodes; one more, or many values of one name, is an error.
+        // The most a map holds decodes; one more is an error, whether the names are distinct or
+        // one name's values (a count past what a map holds is refused before any is read).
         for (count, distinct, ok) in [
             (24_576u32, true, true),
             (24_577, true, false),

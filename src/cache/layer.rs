@@ -500,6 +500,7 @@ impl<X, B, A> CacheBuilder<X, B, A> {
         let spec = CacheSpec {
             name: self.name,
             max_bytes: self.max_bytes,
+            max_entry_bytes: self.mode.max_entry_bytes(),
         };
         let store = self.backend.cache_store(&spec)?;
         Ok(CacheLayer {
@@ -614,6 +615,12 @@ pub trait ModeConfig {
     fn validate(&self, max_bytes: u64) -> Result<(), ConfigError> {
         let _ = max_bytes;
         Ok(())
+    }
+
+    /// The largest value the mode stores, when it knows one (default: it does not): the HTTP
+    /// mode's body cap. A store that splits the cache's bound checks each part can hold one.
+    fn max_entry_bytes(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -233,6 +233,7 @@ pub trait CacheBackend<V: Send + Sync + 'static> {
 pub struct CacheSpec {
     pub(crate) name: &'static str,
     pub(crate) max_bytes: u64,
+    pub(crate) max_entry_bytes: Option<u64>,
 }
 
 impl CacheSpec {
@@ -244,5 +245,12 @@ impl CacheSpec {
     /// The most bytes of entries the store should hold (the in-memory store's bound).
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// The largest value the cache's mode may store, when it knows one (HTTP: its body cap; see
+    /// [`ModeConfig::max_entry_bytes`](super::ModeConfig::max_entry_bytes)): a store that splits
+    /// its bound (Redis, over its slots) checks that each part can hold one.
+    pub fn max_entry_bytes(&self) -> Option<u64> {
+        self.max_entry_bytes
     }
 }

@@ -273,10 +273,11 @@ where
             }
             if let Some(sleep) = r.sleep.as_mut() {
                 ready!(sleep.as_mut().poll(cx));
-                // Polled long after its wake-up (longer than a whole wait): the caller gave up on
-                // readiness (a timeout around `ready()`) and is back. A new wait, with its own
-                // `max_wait`: the old deadline would refuse it at once.
-                if Instant::now().saturating_duration_since(sleep.deadline()) > max_wait {
+                // Polled long after its wake-up (a quarter of a whole wait; a caller that keeps
+                // polling is back within a scheduler's delay): the caller gave up on readiness (a
+                // timeout around `ready()`) and is back. A new wait, with its own `max_wait`: the
+                // old deadline would refuse it at once.
+                if Instant::now().saturating_duration_since(sleep.deadline()) > max_wait / 4 {
                     r.deadline = None;
                 }
                 r.sleep = None;

@@ -291,11 +291,13 @@ mod http_requests {
             }
         }
 
-        /// Reads gRPC's `grpc-timeout` header (what tonic's `Request::set_timeout` and a
-        /// `Channel`'s timeout set) as the call's deadline, within which the retries keep, and
-        /// sets each retry's `grpc-timeout` to the time left of it; `.grpc()` turns it on. Without
-        /// it, every attempt took the whole timeout again (tonic enforces it per attempt, below
-        /// this layer), so a call given 1 s could take `max_attempts` seconds.
+        /// Reads gRPC's `grpc-timeout` header (what tonic's `Request::set_timeout` sets) as the
+        /// call's deadline, within which the retries keep, and sets each retry's `grpc-timeout` to
+        /// the time left of it; `.grpc()` turns it on. Without it, every attempt took the whole
+        /// timeout again (tonic enforces it per attempt, below this layer), so a call given 1 s
+        /// could take `max_attempts` seconds. A `Channel`'s own timeout (`Endpoint::timeout`)
+        /// sends no header and is enforced per attempt below the layer: bound the whole call with
+        /// the layer's [`deadline`](crate::retry::RetryBuilder::deadline).
         #[must_use]
         pub const fn grpc_timeout(mut self, yes: bool) -> Self {
             self.grpc_timeout = yes;

@@ -155,6 +155,55 @@ async fn layer(
     (svc, store, handle, calls)
 }
 
+/// The bound is split over the cache's slots: an HTTP cache whose body cap is larger than one
+/// slot's share would fetch such responses and never store them. Refused when the layer is
+/// built, naming the settings (no server needed: the backend connects lazily).
+#[tokio::test]
+async fn a_slot_too_small_for_the_largest_response_is_a_configuration_error() {
+    let backend = || {
+        tower_rampart::backend::RedisBackend::connect_lazy("redis://127.0.0.1:1")
+            .expect("a valid url")
+    };
+    // 8 MiB over the default 16 slots: 512 KiB each, under the default 1 MiB body cap.
+    let err = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .max_bytes(8 << 20)
+        .backend(backend())
+        .build()
+        .map(drop)
+        .expect_err("a slot cannot hold the largest response");
+    let text = err.to_string();
+    assert!(text.contains("max_bytes"), "{text}");
+    assert!(text.contains("524288 bytes each"), "{text}");
+    assert!(text.contains("at least 16777216"), "{text}");
+    // Fewer slots, or a smaller body cap, and it builds.
+    CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .max_bytes(8 << 20)
+        .backend(backend().cache_slots(8))
+        .build()
+        .expect("1 MiB slots hold a 1 MiB body");
+    CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .max_body_bytes(512 << 10)
+        .max_bytes(8 << 20)
+        .backend(backend())
+        .build()
+        .expect("a 512 KiB body fits a 512 KiB slot");
+    // The clone mode knows no largest value: any bound builds.
+    let cloned = CacheLayer::builder()
+        .ttl(Duration::from_secs(1))
+        .key(key_fn(|r: &String| Some(r.clone())))
+        .max_bytes(1024)
+        .backend(backend())
+        .build()
+        .expect("no largest value to check");
+    let _: &RedisCacheStore<String> = cloned.store();
+}
+
 #[test]
 fn a_flood_of_distinct_keys_stays_within_max_bytes() {
     let Some(server) = RedisServer::start() else {

@@ -345,6 +345,10 @@ impl ModeConfig for HttpMode {
         }
         Ok(())
     }
+
+    fn max_entry_bytes(&self) -> Option<u64> {
+        Some(self.max_body_bytes as u64)
+    }
 }
 
 impl<X, B> CacheBuilder<X, B, HttpMode> {

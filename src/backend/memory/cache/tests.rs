@@ -8,6 +8,7 @@ fn store(max_bytes: u64) -> MemoryCacheStore<u64> {
     MemoryCacheStore::new(&CacheSpec {
         name: "test",
         max_bytes,
+        max_entry_bytes: None,
     })
 }
 

@@ -322,6 +322,21 @@ impl<V: RedisCacheValue> CacheBackend<V> for RedisBackend {
                  entries, so name each cache (.name(\"summaries\")) unless this is the only one"
             );
         }
+        let slot_budget = slot_budget(spec.max_bytes(), slots);
+        if let Some(largest) = spec.max_entry_bytes()
+            && largest > slot_budget
+        {
+            return Err(ConfigError::new(
+                "max_bytes",
+                format!(
+                    "in redis the cache's bound is split over its {slots} slots ({slot_budget} \
+                     bytes each), less than the largest entry it may store ({largest} bytes, the \
+                     body cap), which would never be stored: raise max_bytes to at least {}, or \
+                     lower max_body_bytes or the backend's cache_slots",
+                    largest.saturating_mul(u64::from(slots))
+                ),
+            ));
+        }
         let head = format!("{}:cache:{name}:{{{name}:", self.settings.prefix).into_bytes();
         let slot_heads = slot_heads(&head, slots);
         let local = match self.settings.policy {
@@ -335,7 +350,7 @@ impl<V: RedisCacheValue> CacheBackend<V> for RedisBackend {
                 head: head.into_boxed_slice(),
                 slot_heads,
                 slots,
-                slot_budget: slot_budget(spec.max_bytes(), slots),
+                slot_budget,
                 timeout: self.settings.timeout,
                 clock: self.settings.clock.clone(),
                 offset_ms: AtomicI64::new(0),

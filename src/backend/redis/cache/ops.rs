@@ -116,7 +116,11 @@ impl<V: RedisCacheValue> RedisCacheStore<V> {
                 }
                 Ok(Value::Int(2)) => {
                     inner.redis_answered(local.as_deref());
-                    tracing::debug!(cache = inner.name, key = %key.for_logs(), bytes = bytes.len(), "not stored: no room in its slot of the cache's max_bytes in redis");
+                    // A flood of new keys, or a max_bytes too small for what this cache holds:
+                    // worth a (throttled) warning, as entries it refuses are fetched again.
+                    if let Some(suppressed) = inner.log.check() {
+                        tracing::warn!(cache = inner.name, key = %key.for_logs(), bytes = bytes.len(), suppressed, "not stored: no room in its slot of the cache's max_bytes in redis, even after evicting the entries that expire soonest");
+                    }
                     Ok(())
                 }
                 Ok(_) => Err(unexpected("fill")),

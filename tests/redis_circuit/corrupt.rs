@@ -2,7 +2,9 @@
 //! `wt=1e15`, `wh=-inf`, `until=nan`, which Lua's `tonumber` reads) is answered with a data error
 //! before anything is written: Redis stays free for every client (no loop over a huge window gap),
 //! the hash is left as it was, and the replicas follow their own circuits (an `until=nan` does not
-//! keep the circuit open for good). A large count window empties in a bounded number of commands.
+//! keep the circuit open for good, nor does one beyond the longest wait the script writes). The
+//! time window's slice a sync adds to is checked with the rest, before the old slices go. A large
+//! count window empties in a bounded number of commands.
 
 use std::time::Duration;
 
@@ -107,7 +109,8 @@ async fn an_open_circuit_whose_end_cannot_be_read_is_not_open_for_good() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    for end in ["nan", "inf", "-nan", "1e300"] {
+    // 9e15 and 2^53 are whole numbers, but beyond now + 2^52 us: the script never writes them.
+    for end in ["nan", "inf", "-nan", "1e300", "9e15", "9007199254740992"] {
         let prefix = unique_prefix("until");
         let r = Replica::new(
             connect(&server.url(), &prefix).await,
@@ -215,4 +218,147 @@ async fn a_large_count_window_closes_and_slides_in_few_commands() {
     let hmget = server.calls("hmget") - before.1;
     assert!(hdel <= 10, "sliding took {hdel} HDEL commands");
     assert!(hmget <= 20, "sliding took {hmget} HMGET commands");
+}
+
+/// The script called directly (`EVAL` of its source) on a hash set up by the test, with a report
+/// of `calls` successes from replica 7 and no command: Redis's answer.
+async fn eval_script(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    window: &str,
+    calls: u32,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let calls = calls.to_string();
+    let args = [
+        window, "1000", "0.5", "", "0", "200000", "2", "60000000", "1", "600000", "7", "1000",
+        &calls, "0", "0", "0", "0", "0", "0", "0", "0", "", "0", "0",
+    ];
+    redis::cmd("EVAL")
+        .arg(include_str!("../../src/backend/redis/circuit.lua"))
+        .arg(1)
+        .arg(key)
+        .arg(&args[..])
+        .query_async(con)
+        .await
+}
+
+async fn hash(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(con)
+        .await
+        .unwrap();
+    all.sort();
+    all
+}
+
+/// Redis TIME, in us.
+async fn redis_now(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(con).await.unwrap();
+    s * 1_000_000 + us
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_slice_that_cannot_be_incremented_is_refused_before_the_old_slices_go() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    // Slices of 30 minutes; the window's oldest slice counted is 2 before the current one, so a
+    // sync first deletes that slice (3 calls, 1 failure) and takes it off the totals, then
+    // increments the current slice's fields (HINCRBY: whole numbers in Redis's own form only).
+    let window = "t3600000000/2";
+    let width = 1_800_000_000;
+    for (what, field, value) in [
+        ("fraction", "tc", "2.5"),
+        ("exponent", "tc", "1e3"),
+        ("leading zero", "tf", "05"),
+        ("nan", "ts", "nan"),
+        ("sign", "tc", "+4"),
+    ] {
+        let key = format!("{}:cb:{{corrupt/slice}}", unique_prefix("slice"));
+        let sl = redis_now(&mut con).await / width;
+        let old = sl - 2;
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg(&[
+                ("st", "0".to_string()),
+                ("ep", "1".to_string()),
+                ("gen", "1".to_string()),
+                ("since", "1".to_string()),
+                ("wk", window.to_string()),
+                ("tlo", old.to_string()),
+                (&format!("tc{old}") as &str, "3".to_string()),
+                (&format!("tf{old}"), "1".to_string()),
+                ("c", "3".to_string()),
+                ("f", "1".to_string()),
+                // The current slice, and the next one should the test run across their border.
+                (&format!("{field}{sl}"), value.to_string()),
+                (&format!("{field}{}", sl + 1), value.to_string()),
+            ])
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let before = hash(&mut con, &key).await;
+        let err = eval_script(&mut con, &key, window, 5)
+            .await
+            .expect_err(what);
+        assert!(err.to_string().contains("RAMPARTDATA"), "{what}: {err}");
+        // Nothing was written: the old slice and the totals that count it are still there.
+        assert_eq!(hash(&mut con, &key).await, before, "{what}");
+    }
+    // Slices the script wrote are read and incremented, the old one taken off the totals.
+    let key = format!("{}:cb:{{corrupt/slice}}", unique_prefix("slice"));
+    let sl = redis_now(&mut con).await / width;
+    let old = sl - 2;
+    let cmd = format!(
+        "HSET {key} st 0 ep 1 gen 1 since 1 wk {window} tlo {old} tc{old} 3 tf{old} 1 c 7 f 1 \
+         tc{sl} 4 tc{} 4",
+        sl + 1
+    );
+    assert_eq!(server.command(&cmd), ":10");
+    let reply = eval_script(&mut con, &key, window, 5).await.unwrap();
+    assert_eq!(
+        reply[7],
+        redis::Value::Int(9),
+        "calls in the window: {reply:?}"
+    );
+    assert_eq!(
+        reply[8],
+        redis::Value::Int(0),
+        "failures in the window: {reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_of_a_wait_beyond_the_longest_the_script_writes_is_refused() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let max_wait: u64 = 1 << 52;
+    let now = redis_now(&mut con).await;
+    // A day beyond the bound (a failover may set Redis TIME back a little, never days): refused.
+    let key = format!("{}:cb:{{corrupt/until}}", unique_prefix("until"));
+    let end = now + max_wait + 86_400_000_000 * 2;
+    let cmd = format!("HSET {key} st 1 ep 2 gen 1 since {now} until {end} streak 1");
+    assert_eq!(server.command(&cmd), ":6");
+    let before = hash(&mut con, &key).await;
+    let err = eval_script(&mut con, &key, "c100", 0).await.unwrap_err();
+    assert!(err.to_string().contains("RAMPARTDATA"), "{err}");
+    assert!(err.to_string().contains("until"), "{err}");
+    assert_eq!(hash(&mut con, &key).await, before);
+    // The longest wait the script writes is read: the circuit is open for as long.
+    let key = format!("{}:cb:{{corrupt/until}}", unique_prefix("until"));
+    let end = now + max_wait;
+    let cmd = format!("HSET {key} st 1 ep 2 gen 1 since {now} until {end} streak 1");
+    assert_eq!(server.command(&cmd), ":6");
+    let reply = eval_script(&mut con, &key, "c100", 0).await.unwrap();
+    assert_eq!(reply[2], redis::Value::Int(1), "{reply:?}");
+    match reply[3] {
+        redis::Value::Int(left) => assert!(left as u64 > max_wait - 60_000_000, "{reply:?}"),
+        _ => panic!("{reply:?}"),
+    }
 }

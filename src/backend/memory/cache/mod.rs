@@ -213,12 +213,14 @@ impl<V> MemoryCacheStore<V> {
 
     /// The entry under `key` unless it has expired at `now`.
     ///
-    /// Out of line, so that `get` and `get_at` (its two callers, one line each) are inlined into
-    /// the layer's `call`: left to the compiler, `get_at` was kept out of line with this inlined
-    /// into it after an unrelated change, and the layer's `call` cost 28 instructions more
-    /// (`INSTRUCTIONS_ONLY=1 cargo bench --bench instructions --all-features --
-    /// u64/rampart_cache_hit`: +456 before that change, +485 after it, +476 with this).
-    #[inline(never)]
+    /// Inlined into `get` and `get_at`, themselves inlined into the layer's `call`, whatever the
+    /// compiler would choose: left to it, an unrelated change once kept `get_at` out of line
+    /// (returning the whole `StoreOp` through memory) and the hit cost 29 instructions more;
+    /// kept out of line itself, hashbrown's `find` was no longer inlined into it.
+    /// `INSTRUCTIONS_ONLY=1 cargo bench --bench instructions --all-features --
+    /// u64/rampart_cache_hit`: +485 left to the compiler, +476 out of line, +465 inlined (the
+    /// default-features bench, `benches/default_features`: +455 out of line, +441 inlined).
+    #[inline(always)]
     fn lookup(&self, key: &CacheKey, now: Instant) -> Option<CacheEntry<V>> {
         let shard = &self.shards[self.shard_of(key)];
         let t = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
@@ -339,7 +341,7 @@ impl<V: Send + Sync + 'static> CacheStore<V> for MemoryCacheStore<V> {
         StoreOp::Ready(Ok(self.lookup(key, Instant::now())))
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_at(&self, key: &CacheKey, now: Instant) -> StoreOp<Found<V>, Self::Future<Found<V>>> {
         StoreOp::Ready(Ok(self.lookup(key, now)))
     }

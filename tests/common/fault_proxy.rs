@@ -5,6 +5,9 @@
 //! - [`forward`](FaultProxy::forward): bytes flow (the initial mode, and the mode after a pause);
 //! - [`pause`](FaultProxy::pause): every byte is held, on every connection, open or new, until
 //!   [`forward`](FaultProxy::forward) delivers it (a stalled link, a GC pause on a middlebox);
+//! - [`hold_open`](FaultProxy::hold_open): every byte is held on the connections open now, until
+//!   [`forward`](FaultProxy::forward) delivers it; connections opened later forward (one path
+//!   stalled and healed later, say a congested link, while a new connection takes another);
 //! - [`freeze`](FaultProxy::freeze): every connection open now goes silent for ever (bytes either
 //!   way are read and dropped, and the proxy never closes it); connections opened later forward
 //!   (a dropped NAT or conntrack entry, a VIP failover: no RST, no FIN);
@@ -31,6 +34,10 @@ struct Control {
     freeze_epoch: u64,
     /// Connections accepted before the last reset are reset.
     reset_epoch: u64,
+    /// While `held`, connections accepted before the last `hold_open` (epoch below this) hold
+    /// their bytes.
+    hold_epoch: u64,
+    held: bool,
 }
 
 #[derive(Debug, Default)]
@@ -89,7 +96,19 @@ impl FaultProxy {
 
     /// Lets bytes flow again (held bytes are delivered). Frozen connections stay frozen.
     pub fn forward(&self) {
-        self.control.send_modify(|c| c.paused = false);
+        self.control.send_modify(|c| {
+            c.paused = false;
+            c.held = false;
+        });
+    }
+
+    /// Holds every byte on the connections open now until [`forward`](Self::forward); new ones
+    /// forward.
+    pub fn hold_open(&self) {
+        self.control.send_modify(|c| {
+            c.hold_epoch += 1;
+            c.held = true;
+        });
     }
 
     /// Holds every byte on every connection until [`forward`](Self::forward).
@@ -261,7 +280,7 @@ where
             if frozen(&now, &born) {
                 break;
             }
-            if !now.paused {
+            if !now.paused && (!now.held || now.hold_epoch <= born.hold_epoch) {
                 if to.write_all(&buf[..n]).await.is_err() {
                     return End::Closed;
                 }

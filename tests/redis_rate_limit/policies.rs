@@ -581,6 +581,70 @@ async fn a_change_made_while_redis_is_down_reaches_the_others_when_it_returns() 
     assert_eq!(tier_quota(&h1, "pro"), 600);
 }
 
+/// A live change sent on a connection that stalls, and delivered to Redis only after the
+/// connection was replaced and a newer change went through on the new one, does not apply: it is
+/// fenced by its deadline on Redis's clock. It used to run late, under a newer version, and every
+/// replica took the older change back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_delivered_late_on_a_stalled_connection_does_not_revert_a_newer_one() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let lag = LagProbe::start();
+    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
+    let prefix = unique_prefix("late");
+    let backend = RedisBackend::connect(&proxy.url())
+        .await
+        .unwrap()
+        .timeout(Duration::from_millis(100))
+        .prefix(&prefix);
+    let one = replica(backend);
+    let h = one.handle();
+    let policies = format!("{{{prefix}:rl:api}}:policies");
+    let stored = || server.command(&format!("HGET {policies} t:pro"));
+    // A decision through Redis, so the backend knows Redis's clock (the fence needs it).
+    decide(one.store(), 2, &Ask::new(&h.resolved(&2))).await;
+
+    proxy.hold_open();
+    h.set_tier("pro", [Limit::new("minute", Quota::per_minute(500))])
+        .unwrap();
+    // The change goes out on the held connection (and times out, and is tried again there);
+    // decisions time out too, until the connection is replaced.
+    let stalled = Instant::now();
+    while proxy.accepted() < 2 {
+        assert!(
+            stalled.elapsed() < lag.allowing_for(Duration::from_secs(10)),
+            "the held connection was not replaced"
+        );
+        decide(one.store(), 2, &Ask::new(&h.resolved(&2))).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.set_tier("pro", [Limit::new("minute", Quota::per_minute(600))])
+        .unwrap();
+    until(
+        lag.allowing_for(Duration::from_secs(5)),
+        "the newer change in redis",
+        || stored().contains(" 600 "),
+    )
+    .await;
+    // The path heals: what was held reaches Redis now, long after its deadline.
+    let before = server.calls("evalsha") + server.calls("eval");
+    proxy.forward();
+    until(
+        lag.allowing_for(Duration::from_secs(5)),
+        "the held calls delivered",
+        || server.calls("evalsha") + server.calls("eval") > before,
+    )
+    .await;
+    tokio::time::sleep(POLL * 6).await;
+    assert!(
+        stored().contains(" 600 "),
+        "the late change applied: {}",
+        stored()
+    );
+    assert_eq!(tier_quota(&h, "pro"), 600);
+}
+
 /// Data in the policies hash this release cannot read (not limits, limits that cannot work, a
 /// field it does not write, a newer format) is skipped, logged and counted; the limits in force
 /// stay, and later good changes apply.

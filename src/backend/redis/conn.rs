@@ -484,6 +484,54 @@ impl Conn {
         // clock again (about 100 instructions per call, `instructions -- redis`).
         let start = tokio::time::Instant::now();
         let started = self.clock.at(start);
+        let (result, generation) = self
+            .fenced(script, keys, args, start, started, timeout)
+            .await;
+        self.took(started);
+        self.finish(result, timeout, generation)
+    }
+
+    /// Runs `script` as [`eval_before_deadline`](Self::eval_before_deadline) does (fenced by its
+    /// deadline on Redis's clock, the `TIME` it read taken off the reply), without recording the
+    /// outcome in the health state, as [`quiet`](Self::quiet): for background writes that decide
+    /// nothing but must not apply late (a live policy change sent on a connection that stalled,
+    /// run by Redis after a newer change went through on its replacement, would revert it).
+    pub(crate) async fn quiet_before_deadline(
+        &self,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Value, BackendError> {
+        let start = tokio::time::Instant::now();
+        let started = self.clock.at(start);
+        match self
+            .fenced(script, keys, args, start, started, timeout)
+            .await
+            .0
+        {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(BackendError::with_kind(
+                ErrorKind::Timeout,
+                format!("redis did not answer within {timeout:?}"),
+                None,
+            )),
+        }
+    }
+
+    /// The call of [`eval_before_deadline`](Self::eval_before_deadline), bounded by `timeout` from
+    /// `start` (`started` on this connection's clock), and the generation of the connection it
+    /// went on.
+    async fn fenced(
+        &self,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        start: tokio::time::Instant,
+        started: Nanos,
+        timeout: Duration,
+    ) -> (Result<Result<Value, RedisError>, Late>, u64) {
         let gives_up_at = started.saturating_add(duration_to_nanos(timeout));
         let (mut handle, generation) = self.current();
         let call = async {
@@ -527,9 +575,10 @@ impl Conn {
                 }
             }
         };
-        let result = deadline::until(deadline(start, timeout), call).await;
-        self.took(started);
-        self.finish(result, timeout, generation)
+        (
+            deadline::until(deadline(start, timeout), call).await,
+            generation,
+        )
     }
 
     /// Sends one command within `timeout`, recording the outcome (for stores that need plain

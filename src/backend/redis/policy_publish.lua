@@ -7,8 +7,12 @@
 --          (both keys share the limiter's hash tag: one Cluster slot)
 -- ARGV[1]  the field: `d` (default limits), `t:<tier>`, or `k:<key>` (the key as in its state keys)
 -- ARGV[2]  the encoded limits, or "" to clear the field (a key's own limits taken away)
+-- ARGV[3]  the caller's deadline, as Redis's TIME in microseconds ("" while the caller does not
+--          know Redis's clock): past it, the error "RAMPARTLATE <TIME>" and nothing is written.
+--          A change sent on a connection that stalled, and delivered to Redis after a newer one
+--          went through on its replacement, would otherwise revert it for every replica.
 --
--- Returns the version of this change.
+-- Returns {the version of this change, the TIME it read in microseconds}.
 --
 -- `e`, set by version 1 (Redis's `TIME` then), names the run of versions: if the hash is lost (a
 -- restart without persistence, a failover that lost writes) and versions start again from 1, the
@@ -21,9 +25,15 @@ if redis.replicate_commands and not redis.REDIS_VERSION_NUM then
   redis.replicate_commands()
 end
 
+local t = redis.call('TIME')
+local time_us = t[1] * 1000000 + t[2]
+local not_after = tonumber(ARGV[3] or '')
+if not_after and time_us > not_after then
+  return redis.error_reply(string.format('RAMPARTLATE %.0f', time_us))
+end
 local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
 if v == 1 then
-  redis.call('HSET', KEYS[1], 'e', table.concat(redis.call('TIME'), '.'))
+  redis.call('HSET', KEYS[1], 'e', table.concat(t, '.'))
 end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -31,4 +41,4 @@ else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
 redis.call('ZADD', KEYS[2], v, ARGV[1])
-return v
+return {v, time_us}

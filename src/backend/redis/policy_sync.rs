@@ -318,26 +318,30 @@ impl<K: RedisKey + std::hash::Hash + Eq + Clone + Send + Sync + 'static> PolicyS
             else {
                 return Ok(());
             };
+            // Fenced by its deadline on Redis's clock: sent on a connection that stalls and is
+            // replaced, it must not apply after a newer change made on the replacement.
             let reply = self
                 .conn
-                .quiet(
-                    Some((
-                        publish_script(),
-                        &[&self.keys[0], &self.keys[1]],
-                        &[&field, value.as_bytes()],
-                    )),
-                    &redis::Cmd::new(),
+                .quiet_before_deadline(
+                    publish_script(),
+                    &[&self.keys[0], &self.keys[1]],
+                    &[&field, value.as_bytes()],
                     self.timeout,
                 )
                 .await?;
-            let version = match reply {
-                Value::Int(v) if v > 0 => v as u64,
-                other => {
-                    return Err(BackendError::new(
-                        format!("redis answered the policy change with {other:?}"),
-                        None,
-                    ));
-                }
+            // `{version}` (the `TIME` it read was taken off).
+            let version = match &reply {
+                Value::Array(items) => match items[..] {
+                    [Value::Int(v)] if v > 0 => Some(v as u64),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(version) = version else {
+                return Err(BackendError::new(
+                    format!("redis answered the policy change with {reply:?}"),
+                    None,
+                ));
             };
             let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
             // Unless the handle changed that field again meanwhile, it is written.

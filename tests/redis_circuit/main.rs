@@ -12,8 +12,9 @@
 //! - handle and contract: commands act on the shared state, snapshots say whether the circuit is
 //!   shared and followed, the Service contract and auto traits, configuration errors.
 //! - corrupt: a hash holding numbers the script could not have written is refused before any
-//!   write (Redis stays free, an unreadable end of a wait does not keep the circuit open); a large
-//!   count window closes and slides in a bounded number of commands.
+//!   write (Redis stays free, an unreadable or too distant end of a wait does not keep the circuit
+//!   open, a time slice HINCRBY cannot add to leaves the old slices and totals as they were); a
+//!   large count window closes and slides in a bounded number of commands.
 //!
 //! Without `redis-server` these tests skip with a printed reason, unless `RAMPART_REQUIRE_REDIS=1`
 //! or `CI` is set. Redis I/O runs on real time: every wait is bounded, and the few time bounds

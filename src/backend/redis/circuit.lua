@@ -32,10 +32,11 @@
 -- Returns {gen, epoch, state, us left open, streak, reason, permits held by the replica,
 --          window calls, failures, slow calls, failures in a row, us in state,
 --          1 if another replica waits for a permit (holders should give unused ones back) or 0}.
--- Data it cannot read (a number field that is not a whole number from 0 to 2^53, a count window
--- longer than its size, a malformed holder list) is answered with a RAMPARTDATA error before
--- anything is written. Absolute times (about 2^51 us) are exact in Lua's doubles; they are written
--- with '%.0f' (tostring would use exponents).
+-- Data it cannot read (a number field that is not a whole number from 0 to 2^53, an end of a wait
+-- beyond the longest the script writes, a count window longer than its size, a time slice HINCRBY
+-- cannot add to, a malformed holder list) is answered with a RAMPARTDATA error before anything is
+-- written. Absolute times (about 2^51 us) are exact in Lua's doubles; they are written with '%.0f'
+-- (tostring would use exponents).
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allows writes after the non-deterministic TIME
@@ -67,8 +68,13 @@ local cmd = A[22]
 local assert_us, assert_rsn = tonumber(A[23]), tonumber(A[24])
 
 -- The largest whole number a double holds exactly, 2^53: every number in the hash is a whole
--- number from 0 to this (times, in us, are about 2^50.6; waits are capped at 2^52 us below).
+-- number from 0 to this (times, in us, are about 2^50.6; waits are capped at WAIT_MAX below).
 local MAXN = 9007199254740992
+-- The longest wait the script writes, 2^52 us (142 years), so that the end of a wait stays exact.
+-- An end later than now + WAIT_MAX + TIME_BACK was not written by the script: TIME_BACK (a day)
+-- allows for Redis TIME going back at a failover.
+local WAIT_MAX = MAXN / 2
+local TIME_BACK = 86400000000
 
 -- Whether `x` (a number or nil) is one the script could have written. Lua's tonumber also reads
 -- 'nan', 'inf', '-1', '0.5', '1e300' and hex: as a batch number or a time, such a value made the
@@ -109,6 +115,13 @@ end
 if cmd ~= '' and cmd ~= 'open' and cmd ~= 'closed' and cmd ~= 'reset' and cmd ~= 'disable' then
   return redis.error_reply('RAMPARTARG unknown command')
 end
+-- Time window: slices of span/buckets, numbered from the epoch; the window is the last `buckets`
+-- slices up to now's, `slice_now`.
+local width, slice_now
+if kind == 't' then
+  width = math.floor(size / buckets)
+  slice_now = math.floor(now / width)
+end
 
 -- Data the script cannot read is answered with a RAMPARTDATA error before anything is written: the
 -- replicas then follow their own circuits (logging the error) until the hash expires or is deleted.
@@ -122,12 +135,19 @@ end
 
 local names = {'st', 'ep', 'gen', 'until', 'streak', 'since', 'rsn', 'run', 'c', 'f', 's', 'wk',
   'wh', 'wt', 'tlo', 'pg', 'pok', 'pbad', 'hl', 'pw', 'g' .. rid, 'd' .. rid}
+local nnames = #names
+if slice_now then
+  -- The slice this sync adds to, read with the rest (checked below).
+  local id = fmt(slice_now)
+  names[nnames + 1], names[nnames + 2], names[nnames + 3] = 'tc' .. id, 'tf' .. id, 'ts' .. id
+end
 local raw = redis.pcall('HMGET', key, unpack(names))
 if type(raw) == 'table' and raw.err then
   return redis.error_reply('RAMPARTDATA the key holds another type of value (' .. raw.err .. ')')
 end
 local v = {}
-for i, name in ipairs(names) do
+for i = 1, nnames do
+  local name = names[i]
   local x = raw[i]
   if name == 'wk' or name == 'hl' then
     v[name] = x or ''
@@ -153,37 +173,55 @@ local pg, pok, pbad, hl, pw = v.pg or 0, v.pok or 0, v.pbad or 0, v.hl, v.pw or 
 if rsn > 255 then
   return corrupt('field rsn', rsn)
 end
+if untl > now + WAIT_MAX + TIME_BACK then
+  return corrupt('field until', raw[4])
+end
 -- A count window holds batches wh to wt - 1, each of at least one call: never more than its size.
 local wkind, wsize = parse_spec(wk)
 if wkind == 'c' and (wh > wt or wt - wh > wsize) then
   return corrupt('fields wh and wt: a window of ' .. fmt(wt - wh) .. ' batches, not ' .. wk)
 end
--- Holders: replica ids (digits), each holding at least one of at most 8191 permits.
+-- The time slice this sync adds to: now's, or the oldest counted if Redis TIME went back (a
+-- failover; time_advance below). HINCRBY takes only whole numbers in Redis's own form ('5', not
+-- '05', '5.0', '+5' or '5e0'): a field it refused would fail the script after time_advance has
+-- deleted the slices gone out of the window, with the totals still counting them.
+local slice = slice_now
+if kind == 't' then
+  local b, first = raw, nnames
+  if wk == wspec and tlo > slice_now then
+    slice = tlo
+    local id = fmt(slice)
+    b, first = redis.call('HMGET', key, 'tc' .. id, 'tf' .. id, 'ts' .. id), 0
+  end
+  for j = 1, 3 do
+    local x = b[first + j]
+    if x and not ((x == '0' or string.find(x, '^[1-9]%d*$')) and whole(tonumber(x))) then
+      return corrupt('field ' .. names[nnames + j]:sub(1, 2) .. fmt(slice), x)
+    end
+  end
+end
+
+-- Holders: replica ids (digits), each holding at least one of at most 8191 permits. The list
+-- (`holders`) and what each holds (`held_by`, `lease_of`: the fields g<id> and d<id>, read once)
+-- are kept up to date by the script and hl is written from them.
 if #hl > 200000 or string.find(hl, '[^%d ]') then
   return corrupt('field hl')
 end
-
-local function holders()
-  local list = {}
-  for r in string.gmatch(hl, '%S+') do
-    list[#list + 1] = r
-  end
-  return list
+local holders, held_by, lease_of = {}, {}, {}
+for r in string.gmatch(hl, '%S+') do
+  holders[#holders + 1] = r
 end
-
-do
-  local list = holders()
-  if #list > 8191 then
-    return corrupt('field hl')
-  end
-  for _, r in ipairs(list) do
-    local gd = redis.call('HMGET', key, 'g' .. r, 'd' .. r)
-    for j = 1, 2 do
-      if gd[j] and not whole(tonumber(gd[j])) then
-        return corrupt('field ' .. ((j == 1 and 'g') or 'd') .. r, gd[j])
-      end
+if #holders > 8191 then
+  return corrupt('field hl')
+end
+for _, r in ipairs(holders) do
+  local gd = redis.call('HMGET', key, 'g' .. r, 'd' .. r)
+  for j = 1, 2 do
+    if gd[j] and not whole(tonumber(gd[j])) then
+      return corrupt('field ' .. ((j == 1 and 'g') or 'd') .. r, gd[j])
     end
   end
+  held_by[r], lease_of[r] = tonumber(gd[1]), tonumber(gd[2])
 end
 
 -- Lua's unpack takes at most a few thousand values: long argument lists go in parts.
@@ -199,15 +237,14 @@ end
 local function clear_window()
   if wt > wh or tlo > 0 or C > 0 then
     local keep = {}
-    for _, r in ipairs(holders()) do
-      local gd = redis.call('HMGET', key, 'g' .. r, 'd' .. r)
-      if gd[1] then
+    for _, r in ipairs(holders) do
+      if held_by[r] then
         keep[#keep + 1] = 'g' .. r
-        keep[#keep + 1] = gd[1]
+        keep[#keep + 1] = fmt(held_by[r])
       end
-      if gd[2] then
+      if lease_of[r] then
         keep[#keep + 1] = 'd' .. r
-        keep[#keep + 1] = gd[2]
+        keep[#keep + 1] = fmt(lease_of[r])
       end
     end
     local gone = redis.pcall('UNLINK', key)
@@ -275,11 +312,10 @@ local function count_counts(size)
   return size, math.max(0, math.min(ef, size)), math.max(0, math.min(es, size))
 end
 
--- Time window: slices of span/buckets; the window is the last `buckets` slices up to now.
-local function time_advance(span, buckets)
-  local width = math.floor(span / buckets)
-  local sl = math.floor(now / width)
-  local lo = sl - buckets + 1
+-- Time window: slices out of it go (their counts off the totals). A sync adds to `slice` (above):
+-- now's, or tlo if Redis TIME went back.
+local function time_advance()
+  local lo = slice_now - buckets + 1
   if tlo == 0 then
     tlo = lo
   elseif lo > tlo then
@@ -299,10 +335,6 @@ local function time_advance(span, buckets)
     end
     tlo = lo
   end
-  if sl < tlo then
-    sl = tlo -- Redis TIME went back (a failover): count into the oldest slice
-  end
-  return sl
 end
 
 local function time_push(sl)
@@ -318,10 +350,10 @@ local function time_push(sl)
 end
 
 local function clear_holders()
-  for _, r in ipairs(holders()) do
+  for _, r in ipairs(holders) do
     redis.call('HDEL', key, 'g' .. r, 'd' .. r)
   end
-  hl = ''
+  holders, held_by, lease_of = {}, {}, {}
 end
 
 -- initial * multiplier^streak, at most the longest wait (as Wait::for_opening in state.rs).
@@ -330,8 +362,7 @@ local function wait_us()
   if w ~= w or w > w_max then
     w = w_max
   end
-  -- At most 2^52 us (142 years), so that the end of the wait stays exact (and readable).
-  return math.floor(math.min(w, MAXN / 2))
+  return math.floor(math.min(w, WAIT_MAX))
 end
 
 local function go(to, reason, open_us)
@@ -355,9 +386,8 @@ if wk ~= wspec then
   clear_window()
   wk = wspec
 end
-local slice
 if kind == 't' then
-  slice = time_advance(size, buckets)
+  time_advance()
 end
 
 if cmd ~= '' then
@@ -374,7 +404,7 @@ if cmd ~= '' then
 else
   -- A replica that opened the circuit on its own while Redis was unreachable carries it over.
   if assert_us > 0 and st == 0 then
-    go(1, assert_rsn, math.min(assert_us, MAXN / 2))
+    go(1, assert_rsn, math.min(assert_us, WAIT_MAX))
   end
   if st == 1 and now >= untl then
     go(2, 4)
@@ -409,16 +439,16 @@ else
   if st == 2 then
     -- Permits of replicas not heard from within their lease go back (the replica is gone).
     local kept = {}
-    for _, r in ipairs(holders()) do
-      local d = tonumber(redis.call('HGET', key, 'd' .. r)) or 0
-      if d < now and r ~= rid then
-        pg = pg - (tonumber(redis.call('HGET', key, 'g' .. r)) or 0)
+    for _, r in ipairs(holders) do
+      if (lease_of[r] or 0) < now and r ~= rid then
+        pg = pg - (held_by[r] or 0)
         redis.call('HDEL', key, 'g' .. r, 'd' .. r)
+        held_by[r], lease_of[r] = nil, nil
       else
         kept[#kept + 1] = r
       end
     end
-    hl = table.concat(kept, ' ')
+    holders = kept
     if pg < 0 then
       pg = 0
     end
@@ -430,6 +460,7 @@ else
       local h = math.min(held, had)
       pg = pg - had + h
       redis.call('HSET', key, 'g' .. rid, h)
+      held_by[rid] = h
     end
     if (frate and pbad >= frate * n) or (not frate and pbad > 0) then
       go(1, 5)
@@ -442,6 +473,7 @@ else
       if grant > 0 then
         local had = tonumber(redis.call('HGET', key, 'g' .. rid)) or 0
         redis.call('HSET', key, 'g' .. rid, had + grant)
+        held_by[rid] = had + grant
         pg = pg + grant
       end
       if grant < want then
@@ -457,7 +489,7 @@ local mine = 0
 if st == 2 then
   mine = tonumber(redis.call('HGET', key, 'g' .. rid)) or 0
   local listed = false
-  for _, r in ipairs(holders()) do
+  for _, r in ipairs(holders) do
     if r == rid then
       listed = true
     end
@@ -465,21 +497,22 @@ if st == 2 then
   if mine > 0 then
     redis.call('HSET', key, 'd' .. rid, fmt(now + lease))
     if not listed then
-      hl = (hl == '' and rid) or (hl .. ' ' .. rid)
+      holders[#holders + 1] = rid
     end
   else
     redis.call('HDEL', key, 'g' .. rid, 'd' .. rid)
     if listed then
       local kept = {}
-      for _, r in ipairs(holders()) do
+      for _, r in ipairs(holders) do
         if r ~= rid then
           kept[#kept + 1] = r
         end
       end
-      hl = table.concat(kept, ' ')
+      holders = kept
     end
   end
 end
+hl = table.concat(holders, ' ')
 
 redis.call('HSET', key, 'st', st, 'ep', fmt(ep), 'gen', fmt(gen), 'until', fmt(untl),
   'streak', fmt(streak), 'since', fmt(since), 'rsn', rsn, 'run', fmt(run), 'c', fmt(C),

@@ -48,8 +48,7 @@ local total = sizes_open(KEYS[6], KEYS[7])
 -- Keys whose entries have expired leave the index and the records, a few per write.
 local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 64)
 if #gone > 0 then
-  redis.call('ZREM', KEYS[4], unpack(gone))
-  redis.call('ZREM', KEYS[5], unpack(gone))
+  sizes_drop(KEYS[4], KEYS[5], gone)
   total = sizes_minus(KEYS[6], total, sizes_forget(KEYS[6], gone))
 end
 -- A slot whose keys are all gone has nothing to count (records left over go with it).
@@ -74,8 +73,7 @@ total = sizes_minus(KEYS[6], total, sizes_forget(KEYS[6], {key}))
 local weight = #ARGV[5] + #KEYS[1] + 3 * #key + PER_ENTRY
 local function refuse()
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[4], key)
-  redis.call('ZREM', KEYS[5], key)
+  sizes_drop(KEYS[4], KEYS[5], {key})
   sizes_save(KEYS[7], total)
   return 2
 end
@@ -83,24 +81,44 @@ if weight > budget then
   return refuse()
 end
 if total + weight > budget then
-  -- The soonest to expire go first (the key itself is being replaced, never a victim).
+  -- The soonest to expire go first (the key itself is being replaced, never a victim), as many as
+  -- make room. The first one's weight is read alone (one is the usual need: reading all costs that
+  -- fill more), then, when it is not enough, all the others' at once; their records go at once.
   local soonest = redis.call('ZRANGE', KEYS[5], 0, EVICT_MAX)
-  local victims, names = {}, {}
   for i = 1, #soonest do
-    if #victims >= EVICT_MAX or total + weight <= budget then
+    if soonest[i] == key then
+      table.remove(soonest, i)
       break
     end
-    local k = soonest[i]
-    if k ~= key then
-      victims[#victims + 1] = k
-      names[#names + 1] = ARGV[7] .. redis.sha1hex(k)
-      total = sizes_minus(KEYS[6], total, sizes_forget(KEYS[6], {k}))
+  end
+  soonest[EVICT_MAX + 1] = nil
+  local weights, n, forgotten = {}, 0, 0
+  while n < #soonest and total + weight > budget do
+    n = n + 1
+    if n == 1 then
+      weights = redis.call('HMGET', KEYS[6], soonest[1])
+    elseif n == 2 then
+      local rest = redis.call('HMGET', KEYS[6], unpack(soonest, 2))
+      for i = 1, #rest do
+        weights[i + 1] = rest[i]
+      end
+    end
+    local gone = sizes_number(weights[n]) or 0
+    if gone <= total then
+      total = total - gone
+    else
+      -- The count was short of its records (as in sizes_minus): the records of the victims so
+      -- far go, and those left are counted again.
+      redis.call('HDEL', KEYS[6], unpack(soonest, forgotten + 1, n))
+      forgotten = n
+      total = sizes_recount(KEYS[6])
     end
   end
-  if #victims > 0 then
-    redis.call('UNLINK', unpack(names))
-    redis.call('ZREM', KEYS[4], unpack(victims))
-    redis.call('ZREM', KEYS[5], unpack(victims))
+  if n > forgotten then
+    redis.call('HDEL', KEYS[6], unpack(soonest, forgotten + 1, n))
+  end
+  if n > 0 then
+    sizes_drop(KEYS[4], KEYS[5], {unpack(soonest, 1, n)}, ARGV[7])
   end
   -- Still no room: a count above its records (lost, or an older release's scripts took keys out
   -- without them) is counted again when the records are few enough to read now.

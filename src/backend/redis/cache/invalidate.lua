@@ -11,8 +11,7 @@
 -- ARGV[1]  the cache key
 redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-local total = sizes_open(KEYS[5], KEYS[6])
-sizes_save(KEYS[6], sizes_minus(KEYS[5], total, sizes_forget(KEYS[5], {ARGV[1]})))
+local keys = {ARGV[1]}
+sizes_drop(KEYS[3], KEYS[4], keys)
+sizes_subtract(KEYS[5], KEYS[6], keys)
 return 1

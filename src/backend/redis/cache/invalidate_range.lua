@@ -23,13 +23,6 @@ local keys = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2], 'LIMIT', 0, to
 if #keys == 0 then
   return 0
 end
-local names = {}
-for i = 1, #keys do
-  names[i] = ARGV[4] .. redis.sha1hex(keys[i])
-end
-redis.call('UNLINK', unpack(names))
-redis.call('ZREM', KEYS[2], unpack(keys))
-redis.call('ZREM', KEYS[3], unpack(keys))
-local total = sizes_open(KEYS[4], KEYS[5])
-sizes_save(KEYS[5], sizes_minus(KEYS[4], total, sizes_forget(KEYS[4], keys)))
+sizes_drop(KEYS[2], KEYS[3], keys, ARGV[4])
+sizes_subtract(KEYS[4], KEYS[5], keys)
 return #keys

@@ -89,3 +89,26 @@ local function sizes_save(count, total)
   end
 end
 
+-- Takes `keys` (a list of distinct keys, not empty, at most a few hundred) out of the slot's
+-- index `idx` and expiry set `exp`, after deleting their entries when `head` (the head of the
+-- slot's entry names: an entry's name is it and the SHA-1 of the key) is given. Their records
+-- stay: the caller takes them out (sizes_forget, sizes_subtract).
+local function sizes_drop(idx, exp, keys, head)
+  if head then
+    local names = {}
+    for i = 1, #keys do
+      names[i] = head .. redis.sha1hex(keys[i])
+    end
+    redis.call('UNLINK', unpack(names))
+  end
+  redis.call('ZREM', idx, unpack(keys))
+  redis.call('ZREM', exp, unpack(keys))
+end
+
+-- Takes the records of `keys` out (sizes_forget) and their weights out of the byte count saved
+-- in `count`.
+local function sizes_subtract(sz, count, keys)
+  local total = sizes_open(sz, count)
+  sizes_save(count, sizes_minus(sz, total, sizes_forget(sz, keys)))
+end
+

@@ -44,6 +44,23 @@ fn the_scripts_that_count_bytes_carry_the_counting_functions() {
 }
 
 #[test]
+fn each_counting_function_serves_a_script() {
+    // Each is a closure made on every call of each script that carries them: none is idle.
+    let sizes = include_str!("sizes.lua");
+    for line in sizes.lines() {
+        let Some(name) = line.strip_prefix("local function ") else {
+            continue;
+        };
+        let call = &name[..=name.find('(').unwrap()];
+        let used = sizes.matches(call).count() > 1
+            || [fill_script(), invalidate_script(), range_script()]
+                .iter()
+                .any(|script| script.code[sizes.len()..].contains(call));
+        assert!(used, "{call} is used");
+    }
+}
+
+#[test]
 fn tokens_carry_a_random_part_and_the_counter() {
     let t = token(0xdead_beef, 0x1_0000_0007);
     assert_eq!(token_parts(t), (0xdead_beefu32.to_string(), 7.to_string()));

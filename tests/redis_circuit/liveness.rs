@@ -80,3 +80,53 @@ async fn shared_circuits_follow_again_after_their_connection_froze() {
         "the other replica learned of the trip"
     );
 }
+
+/// A command sent on a connection that stalls, and delivered to Redis only after the connection
+/// was replaced and a newer command went through on the new one, does not apply: syncs are fenced
+/// by their deadline on Redis's clock. A forced opening delivered late after a reset forced the
+/// circuit open again, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_delivered_late_on_a_stalled_connection_does_not_undo_a_newer_one() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await;
+    let prefix = unique_prefix("late-command");
+    let url = proxy.url();
+    let replicas = replicas(
+        1,
+        || async { connect(&url, &prefix).await.timeout(TIMEOUT) },
+        INTERVAL,
+        |b| b.name("late"),
+    )
+    .await;
+    all_following(&replicas).await;
+    let r = &replicas[0];
+    let key = format!("{prefix}:cb:{{late/global}}");
+    let state_in_redis = || server.command(&format!("HGET {key} st"));
+
+    proxy.hold_open();
+    r.handle.force_open();
+    // The syncs carrying it go out on the held connection and time out, until it is replaced;
+    // then it is delivered on the new one.
+    within(BOUND, "the held connection is replaced", || {
+        r.backend.replaced_connections() >= 1
+    })
+    .await;
+    within(BOUND, "forced open in redis", || {
+        state_in_redis().contains('3')
+    })
+    .await;
+    r.handle.reset();
+    within(BOUND, "reset in redis", || state_in_redis().contains('0')).await;
+    // The path heals: the held syncs reach Redis now (at once, on loopback), long after their
+    // deadline; without the fence they forced the circuit open again (checked by removing it).
+    proxy.forward();
+    tokio::time::sleep(INTERVAL * 6).await;
+    assert!(
+        state_in_redis().contains('0'),
+        "a late forced opening applied: {}",
+        state_in_redis()
+    );
+    assert_eq!(r.state(), CircuitState::Closed);
+}

@@ -28,10 +28,17 @@
 --   20 permits still held (unused or in flight)   21 permits wanted
 --   22 command: '', 'open', 'closed', 'reset' or 'disable'
 --   23 an opening made while Redis was unreachable: us left (0: none)   24 its reason code
+--   25 (appended by the caller) until when the call is still wanted, Redis TIME in us ('' while
+--      the caller does not know Redis's clock): past it, the error 'RAMPARTLATE <TIME>' and
+--      nothing is written. A sync abandoned on its timeout and run by Redis later (after a stall)
+--      would apply a command taken back since (a forced opening, sent again on the connection
+--      that replaced the stalled one, then a reset: the late one forced the circuit open again,
+--      for good). Its outcomes are then not counted, as a timed-out call's are not anywhere.
 --
 -- Returns {gen, epoch, state, us left open, streak, reason, permits held by the replica,
 --          window calls, failures, slow calls, failures in a row, us in state,
---          1 if another replica waits for a permit (holders should give unused ones back) or 0}.
+--          1 if another replica waits for a permit (holders should give unused ones back) or 0,
+--          the TIME it read in us (the caller takes it off)}.
 -- Data it cannot read (a number field that is not a whole number from 0 to 2^53, an end of a wait
 -- beyond the longest the script writes, a count window longer than its size, a time slice HINCRBY
 -- cannot add to, a malformed holder list) is answered with a RAMPARTDATA error before anything is
@@ -49,6 +56,11 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local function fmt(x)
   return string.format('%.0f', x)
+end
+
+local not_after = tonumber(A[25] or '')
+if not_after and now > not_after then
+  return redis.error_reply('RAMPARTLATE ' .. fmt(now))
 end
 
 local wspec = A[1]
@@ -538,4 +550,4 @@ if st == 2 and pw > now then
   contended = 1
 end
 -- Redis TIME may have gone back (a failover): a state begun "later" than now began just now.
-return {gen, ep, st, left, streak, rsn, mine, rc, rf, rs, run, math.max(0, now - since), contended}
+return {gen, ep, st, left, streak, rsn, mine, rc, rf, rs, run, math.max(0, now - since), contended, now}

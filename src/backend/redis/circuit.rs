@@ -215,9 +215,11 @@ where
                     .chain(report.iter())
                     .map(Vec::as_slice)
                     .collect();
+                // Fenced by its deadline on Redis's clock: a sync abandoned on its timeout and
+                // run late would apply a command taken back since (circuit.lua, ARGV 25).
                 let value = inner
                     .conn
-                    .eval(circuit_script(), &[&redis_key], &args, inner.timeout)
+                    .eval_before_deadline(circuit_script(), &[&redis_key], &args, inner.timeout)
                     .await
                     .map_err(|e| name_key(e, &redis_key))?;
                 parse(&value)

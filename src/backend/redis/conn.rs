@@ -415,12 +415,9 @@ impl Conn {
     ///
     /// A call abandoned on its timeout may still run in Redis later (Redis runs what it has
     /// received): for scripts that count, use [`eval_before_deadline`](Self::eval_before_deadline).
-    // For scripts whose late run does no harm (shared circuits, caches); the rate limiter's
-    // count, so it uses `eval_before_deadline`.
-    #[cfg_attr(
-        not(any(feature = "circuit-breaker", feature = "cache")),
-        allow(dead_code)
-    )]
+    // For scripts whose late run does no harm (caches); the rate limiter's and the shared
+    // circuits' count, so they use `eval_before_deadline`.
+    #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(crate) async fn eval(
         &self,
         script: &Script,

@@ -113,7 +113,11 @@
 //!   `Authorization` or `Range` pass straight through (see
 //!   [`cache_authorized`](CacheBuilder::cache_authorized)), as do requests with
 //!   `Cache-Control: no-store`. `Cache-Control: no-cache` (or `max-age=0`, or `Pragma: no-cache`)
-//!   skips the lookup and stores the fresh answer ([`request_no_cache`](CacheBuilder::request_no_cache)).
+//!   skips the lookup and stores the fresh answer ([`request_no_cache`](CacheBuilder::request_no_cache));
+//!   `max-age=N` and `min-fresh=N` refresh a stored answer older, or fresh for less, than the
+//!   request accepts; `only-if-cached` is answered from the cache or with a `504 Gateway
+//!   Timeout`, never by the origin (RFC 9111 §5.2.1). `max-stale` is not honoured: stale answers
+//!   go out only as the response's own `stale-while-revalidate` / `stale-if-error` allow.
 //! - **Responses stored.** 200, 203 and 204 by default, and the other 2xx but 206 when they say
 //!   how long they stay fresh (`max-age`, `s-maxage` or `Expires`): a `202 Accepted` or `201 Created` is
 //!   not served again for the layer's TTL ([`cacheable`](CacheBuilder::cacheable)), and

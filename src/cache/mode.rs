@@ -92,6 +92,44 @@ pub enum RequestPolicy {
     ///
     /// [`KeyExtractor::resource_of`]: crate::key::KeyExtractor::resource_of
     Invalidate,
+    /// As [`Lookup`](Self::Lookup) (or [`Conditional`](Self::Conditional), with
+    /// [`Bounds::conditional`]), for a request that says what stored answer it accepts (HTTP
+    /// `Cache-Control: max-age=N`, `min-fresh=N`, `only-if-cached`; RFC 9111 §5.2.1): a stored
+    /// answer outside its bounds is refreshed as for [`Refresh`](Self::Refresh), and with
+    /// `only_if_cached` a request the cache cannot answer gets [`CacheMode::unsatisfiable`]
+    /// (HTTP `504`) instead of a call.
+    Bounded(Bounds),
+}
+
+/// What stored answer a request accepts ([`RequestPolicy::Bounded`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Bounds {
+    /// The oldest answer accepted (HTTP `max-age`).
+    pub max_age: Option<std::time::Duration>,
+    /// The least freshness an answer must have left (HTTP `min-fresh`).
+    pub min_fresh: Option<std::time::Duration>,
+    /// Answer from the cache or not at all (HTTP `only-if-cached`).
+    pub only_if_cached: bool,
+    /// The request carries validators, as for [`RequestPolicy::Conditional`].
+    pub conditional: bool,
+}
+
+impl Bounds {
+    /// Bounds from their parts.
+    pub const fn new(
+        max_age: Option<std::time::Duration>,
+        min_fresh: Option<std::time::Duration>,
+        only_if_cached: bool,
+        conditional: bool,
+    ) -> Self {
+        Self {
+            max_age,
+            min_fresh,
+            only_if_cached,
+            conditional,
+        }
+    }
 }
 
 /// What a mode made of a fresh response from the inner service.
@@ -163,6 +201,14 @@ pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
         now: Instant,
     ) -> Option<Self::Response> {
         let _ = (req, entry, status, now);
+        None
+    }
+
+    /// The answer to `req`, a [`RequestPolicy::Bounded`] request with `only_if_cached`, that the
+    /// cache cannot answer within its bounds (HTTP: `504 Gateway Timeout`, RFC 9111 §5.2.1.7), or
+    /// `None` to call the inner service as for any miss. Default: `None`.
+    fn unsatisfiable(&self, req: &Req) -> Option<Self::Response> {
+        let _ = req;
         None
     }
 

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{Lookup, ResponseFuture, Svc, dispatch, take_ready};
+use super::future::{Lookup, ResponseFuture, Svc, dispatch, dispatch_bounded, take_ready};
 use super::key::CacheKey;
 use super::layer::{Meter, Shared};
 use super::mode::{CacheMode, RequestPolicy};
@@ -119,11 +119,25 @@ where
             );
             return ResponseFuture::new(state);
         }
-        let conditional = policy == RequestPolicy::Conditional;
+        let (conditional, bounds) = match policy {
+            RequestPolicy::Bounded(bounds) => (bounds.conditional, Some(bounds)),
+            _ => (policy == RequestPolicy::Conditional, None),
+        };
         // One clock read per lookup: the store judges expiry and the layer freshness by it.
         let now = Instant::now();
         match shared.store.get_at(&key, now) {
             StoreOp::Ready(found) => {
+                if let Some(bounds) = bounds {
+                    return ResponseFuture::new(dispatch_bounded(
+                        shared,
+                        Svc::Borrowed(&mut self.inner),
+                        req,
+                        key,
+                        found,
+                        Some(now),
+                        bounds,
+                    ));
+                }
                 let state = dispatch(
                     shared,
                     Svc::Borrowed(&mut self.inner),
@@ -144,6 +158,7 @@ where
                     key,
                     Arc::clone(shared),
                     conditional,
+                    bounds.map(Box::new),
                 ))
             }
         }

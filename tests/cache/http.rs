@@ -623,6 +623,82 @@ async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry(
     );
 }
 
+/// A request's own `Cache-Control` bounds (RFC 9111 §5.2.1): `max-age=N` accepts no older
+/// answer, `min-fresh=N` none fresh for less than N more seconds (a stored answer outside them is
+/// fetched and stored again, for everyone), `only-if-cached` is answered from the cache or with a
+/// `504`, the origin untouched. They used to be ignored: a hit of any age.
+#[tokio::test(start_paused = true)]
+async fn a_requests_max_age_min_fresh_and_only_if_cached_bound_what_it_is_served() {
+    let origin = ok_with(&[]);
+    let mut svc = cache().layer(origin.clone());
+    let with = |cc: &str| {
+        Request::get("/x")
+            .header("cache-control", cc)
+            .body(())
+            .unwrap()
+    };
+    // Nothing stored: only-if-cached is a 504, and the origin is not called.
+    let none = send(&mut svc, with("only-if-cached")).await;
+    assert_eq!(
+        (none.status, none.x_cache()),
+        (StatusCode::GATEWAY_TIMEOUT, Some("MISS"))
+    );
+    assert_eq!(origin.calls(), 0);
+    assert_eq!(send(&mut svc, get_req("/x")).await.body, "call 1");
+    tokio::time::advance(Duration::from_secs(20)).await;
+    // 20 s old, fresh for 40 s more (the layer's 60 s).
+    let hit = send(&mut svc, with("max-age=30")).await;
+    assert_eq!(
+        (hit.x_cache(), &hit.body[..]),
+        (Some("HIT"), &b"call 1"[..])
+    );
+    let cached = send(&mut svc, with("only-if-cached, max-age=30")).await;
+    assert_eq!(
+        (cached.status, &cached.body[..]),
+        (StatusCode::OK, &b"call 1"[..])
+    );
+    let fresher = send(&mut svc, with("min-fresh=30")).await;
+    assert_eq!(
+        (fresher.x_cache(), &fresher.body[..]),
+        (Some("HIT"), &b"call 1"[..])
+    );
+    assert_eq!(origin.calls(), 1);
+    // Too old for max-age=10: fetched and stored again; the next plain request gets it.
+    let younger = send(&mut svc, with("max-age=10")).await;
+    assert_eq!(
+        (younger.x_cache(), &younger.body[..]),
+        (Some("MISS"), &b"call 2"[..])
+    );
+    assert_eq!(send(&mut svc, get_req("/x")).await.body, "call 2");
+    // Fresh for less than min-fresh asks: fetched again.
+    tokio::time::advance(Duration::from_secs(50)).await;
+    let fresh = send(&mut svc, with("min-fresh=30")).await;
+    assert_eq!(fresh.body, "call 3");
+    // too old for max-age and only-if-cached: a 504, not a call.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let refused = send(&mut svc, with("only-if-cached, max-age=5")).await;
+    assert_eq!(refused.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.calls(), 3);
+    // With `request_no_cache(false)` a client cannot make the origin work: max-age and min-fresh
+    // are not honoured (only-if-cached still is).
+    let origin = ok_with(&[]);
+    let mut svc = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(60))
+        .request_no_cache(false)
+        .build()
+        .unwrap()
+        .layer(origin.clone());
+    send(&mut svc, get_req("/x")).await;
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let hit = send(&mut svc, with("max-age=1, min-fresh=59")).await;
+    assert_eq!(
+        (hit.x_cache(), &hit.body[..]),
+        (Some("HIT"), &b"call 1"[..])
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn stale_while_revalidate_over_http_marks_stale_answers() {
     let origin = ok_with(&[]);

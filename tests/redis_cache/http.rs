@@ -430,3 +430,63 @@ async fn a_conditional_request_gets_304_from_the_redis_cache() {
         (StatusCode::OK, "the document")
     );
 }
+
+/// A request's `only-if-cached` and `max-age` bound what a Redis hit serves, as in memory (the
+/// lookup that waits for Redis carries them): nothing stored is a `504` with no call, a stored
+/// answer older than `max-age` is fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_own_bounds_hold_for_a_redis_hit() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let redis = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .prefix(unique_prefix("http-bounds"))
+        .timeout(Duration::from_secs(5));
+    let cache = CacheLayer::builder()
+        .http()
+        .ttl(Duration::from_secs(300))
+        .backend(redis)
+        .build()
+        .unwrap();
+    let store = cache.store().clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let app = Router::new().route(
+        "/doc",
+        get(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { format!("call {n}") }
+        })
+        .route_layer(cache),
+    );
+    let served = serve(app, false).await;
+    let r = served
+        .send("GET", "/doc", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "no call for only-if-cached"
+    );
+    assert_eq!(served.send("GET", "/doc", &[]).await.body, "call 1");
+    until_stored(&store, "GET /doc").await;
+    let r = served
+        .send("GET", "/doc", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(
+        (r.headers["x-cache"].to_str().unwrap(), r.body.as_str()),
+        ("HIT", "call 1")
+    );
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let r = served
+        .send("GET", "/doc", &[("cache-control", "max-age=1")])
+        .await;
+    assert_eq!(
+        (r.headers["x-cache"].to_str().unwrap(), r.body.as_str()),
+        ("MISS", "call 2")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

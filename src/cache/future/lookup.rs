@@ -12,6 +12,9 @@ pin_project! {
         key: Option<CacheKey>,
         shared: Sh,
         conditional: bool,
+        // Boxed: rare (a request with `max-age`, `min-fresh` or `only-if-cached`), and this
+        // future is every Redis hit's.
+        bounds: Option<Box<Bounds>>,
     }
 }
 
@@ -23,6 +26,7 @@ impl<G, S, Req, Sh> Lookup<G, S, Req, Sh> {
         key: CacheKey,
         shared: Sh,
         conditional: bool,
+        bounds: Option<Box<Bounds>>,
     ) -> Self {
         Self {
             get,
@@ -31,6 +35,7 @@ impl<G, S, Req, Sh> Lookup<G, S, Req, Sh> {
             key: Some(key),
             shared,
             conditional,
+            bounds,
         }
     }
 }
@@ -60,6 +65,17 @@ where
         let svc = this.svc.take().expect("lookup polled after completion");
         let req = this.req.take().expect("lookup polled after completion");
         let key = this.key.take().expect("lookup polled after completion");
+        if let Some(bounds) = this.bounds.take() {
+            return Poll::Ready(dispatch_bounded(
+                this.shared,
+                Svc::Owned(svc),
+                req,
+                key,
+                found,
+                None,
+                *bounds,
+            ));
+        }
         Poll::Ready(dispatch(
             this.shared,
             Svc::Owned(svc),

@@ -20,7 +20,7 @@ use super::handle::PendingInvalidation;
 use super::key::CacheKey;
 use super::layer::Meter;
 use super::layer::Shared;
-use super::mode::{CacheMode, CacheStatus, Captured};
+use super::mode::{Bounds, CacheMode, CacheStatus, Captured};
 use super::store::{CacheStore, FillLock, LockMode, StoreOp};
 use crate::backend::BackendError;
 use crate::key::ExtractKey;

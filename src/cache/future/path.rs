@@ -132,6 +132,78 @@ where
     miss(shared, svc, req, key, fallback, mode)
 }
 
+/// [`dispatch`] for a request that says what stored answer it accepts
+/// ([`RequestPolicy::Bounded`](crate::cache::mode::RequestPolicy::Bounded)): a fresh entry within
+/// its bounds is served as any; one outside them (too old, too close to its end, stale) is
+/// refreshed as for a reload; with `only_if_cached`, a request the cache cannot answer within its
+/// bounds gets the mode's [`unsatisfiable`](CacheMode::unsatisfiable) answer (HTTP `504`) and no
+/// call is made. Out of the way of the common path.
+#[cold]
+#[inline(never)]
+pub(crate) fn dispatch_bounded<S, Req, X, St, A>(
+    shared: &Arc<Shared<X, St, A>>,
+    svc: Svc<'_, S>,
+    req: Req,
+    key: super::CacheKey,
+    found: Result<Option<CacheEntry<A::Stored>>, BackendError>,
+    now: Option<Instant>,
+    bounds: Bounds,
+) -> StateOf<S, Req, X, St, A>
+where
+    S: Service<Req> + Clone,
+    S::Future: Send + 'static,
+    Req: 'static,
+    X: ExtractKey<Req>,
+    A: CacheMode<Req, S::Response, S::Error>,
+    A::Capture: Send + 'static,
+    St: CacheStore<A::Stored>,
+{
+    let now = now.unwrap_or_else(Instant::now);
+    let within = |entry: &CacheEntry<A::Stored>| {
+        entry.freshness(now) == Freshness::Fresh
+            && bounds.max_age.is_none_or(|max| entry.age(now) <= max)
+            && bounds
+                .min_fresh
+                .is_none_or(|min| entry.timing().fresh_until.saturating_duration_since(now) >= min)
+    };
+    if matches!(&found, Ok(Some(entry)) if within(entry)) {
+        return dispatch(
+            shared,
+            svc,
+            req,
+            key,
+            Some(found),
+            Some(now),
+            bounds.conditional,
+        );
+    }
+    if bounds.only_if_cached
+        && let Some(res) = shared.mode.unsatisfiable(&req)
+    {
+        shared.count(Meter::Misses);
+        return StateOf::<S, Req, X, St, A>::done(Ok(res));
+    }
+    match found {
+        // Stored, but not as fresh as asked: fetched and stored again, for every client.
+        Ok(Some(_)) => {
+            let req = match bounds.conditional {
+                true => shared.mode.unconditional(req),
+                false => req,
+            };
+            dispatch(shared, svc, req, key, None, None, false)
+        }
+        other => dispatch(
+            shared,
+            svc,
+            req,
+            key,
+            Some(other),
+            Some(now),
+            bounds.conditional,
+        ),
+    }
+}
+
 /// A miss: lead the key's flight (call the inner service now) or wait for the one in progress.
 pub(super) fn miss<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,

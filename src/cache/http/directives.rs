@@ -14,6 +14,10 @@ pub(crate) struct Directives {
     pub(crate) s_maxage: Option<u64>,
     pub(crate) stale_while_revalidate: Option<u64>,
     pub(crate) stale_if_error: Option<u64>,
+    /// Requests only: `min-fresh=N`, the least freshness left an answer must have.
+    pub(crate) min_fresh: Option<u64>,
+    /// Requests only: `only-if-cached`, answer from the cache or not at all.
+    pub(crate) only_if_cached: bool,
 }
 
 impl Directives {
@@ -47,6 +51,10 @@ impl Directives {
                     d.stale_while_revalidate.get_or_insert_with(seconds);
                 } else if is("stale-if-error") {
                     d.stale_if_error.get_or_insert_with(seconds);
+                } else if is("min-fresh") {
+                    d.min_fresh.get_or_insert_with(seconds);
+                } else if is("only-if-cached") {
+                    d.only_if_cached = true;
                 }
             }
         }

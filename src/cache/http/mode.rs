@@ -374,7 +374,10 @@ impl<X, B> CacheBuilder<X, B, HttpMode> {
     }
 
     /// Let a request's `Cache-Control: no-cache` (or `max-age=0`, or `Pragma: no-cache`) skip the
-    /// cache and refresh the entry (default on). Such requests still share one call per key.
+    /// cache and refresh the entry, and its `max-age=N` and `min-fresh=N` refresh a stored answer
+    /// older, or fresh for less, than it accepts (default on). Such requests still share one call
+    /// per key. Off, clients cannot make the origin work; `only-if-cached` (answered from the
+    /// cache or with a `504`) holds either way.
     pub fn request_no_cache(self, on: bool) -> Self {
         self.map_mode(|mut m| {
             m.request_no_cache = on;
@@ -485,12 +488,34 @@ where
         }
         let cc = Directives::parse(headers);
         if cc.no_store {
-            RequestPolicy::Bypass
-        } else if self.request_no_cache && (cc.no_cache || cc.max_age == Some(0)) {
-            RequestPolicy::Refresh
-        } else {
-            lookup
+            return RequestPolicy::Bypass;
         }
+        if self.request_no_cache && (cc.no_cache || cc.max_age == Some(0)) {
+            return RequestPolicy::Refresh;
+        }
+        // A client's demand for fresher answers makes the origin work, as `no-cache` does: the
+        // same setting lets it. `only-if-cached` asks less of the origin, and always holds.
+        let secs = |s: Option<u64>| {
+            s.filter(|_| self.request_no_cache)
+                .map(std::time::Duration::from_secs)
+        };
+        let (max_age, min_fresh) = (secs(cc.max_age), secs(cc.min_fresh));
+        if max_age.is_some() || min_fresh.is_some() || cc.only_if_cached {
+            return RequestPolicy::Bounded(crate::cache::mode::Bounds::new(
+                max_age,
+                min_fresh,
+                cc.only_if_cached,
+                lookup == RequestPolicy::Conditional,
+            ));
+        }
+        lookup
+    }
+
+    fn unsatisfiable(&self, _req: &Request<ReqB>) -> Option<Self::Response> {
+        let mut res = Response::new(CacheBody::full(bytes::Bytes::new()));
+        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        self.mark(res.headers_mut(), CacheStatus::Miss);
+        Some(res)
     }
 
     fn invalidates(&self, res: &Response<B>) -> bool {

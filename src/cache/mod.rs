@@ -116,8 +116,10 @@
 //!   skips the lookup and stores the fresh answer ([`request_no_cache`](CacheBuilder::request_no_cache));
 //!   `max-age=N` and `min-fresh=N` refresh a stored answer older, or fresh for less, than the
 //!   request accepts; `only-if-cached` is answered from the cache or with a `504 Gateway
-//!   Timeout`, never by the origin (RFC 9111 §5.2.1). `max-stale` is not honoured: stale answers
-//!   go out only as the response's own `stale-while-revalidate` / `stale-if-error` allow.
+//!   Timeout`, never by the origin (RFC 9111 §5.2.1). Such a request is served only a fresh
+//!   answer within its bounds (not a stale one, even within `stale-while-revalidate`; the
+//!   refresh it makes has no stale fallback). `max-stale` is not honoured: stale answers go out
+//!   only as the response's own `stale-while-revalidate` / `stale-if-error` allow.
 //! - **Responses stored.** 200, 203 and 204 by default, and the other 2xx but 206 when they say
 //!   how long they stay fresh (`max-age`, `s-maxage` or `Expires`): a `202 Accepted` or `201 Created` is
 //!   not served again for the layer's TTL ([`cacheable`](CacheBuilder::cacheable)), and

@@ -410,8 +410,8 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
     /// [cost](Self::cost), is not known yet). A unit reserved by a service that is then dropped
     /// without a `call` (a balancer or `ReadyCache` evicting a ready service) is spent all the
     /// same: the store cannot take it back. A caller that gives up waiting (a timeout around
-    /// `ready()`) and comes back more than `max / 4` after its wake-up waits afresh, up to
-    /// `max` again. With per-request keys it happens in the response
+    /// `ready()`) and comes back after its wake-up by more than a quarter of `max` (from 10 to
+    /// 100 ms) waits afresh, up to `max` again. With per-request keys it happens in the response
     /// future. Servers (axum does not honour backpressure) should keep the default, refusing at
     /// once.
     pub fn wait_up_to(mut self, max: Duration) -> Self {

@@ -273,11 +273,13 @@ where
             }
             if let Some(sleep) = r.sleep.as_mut() {
                 ready!(sleep.as_mut().poll(cx));
-                // Polled long after its wake-up (a quarter of a whole wait; a caller that keeps
-                // polling is back within a scheduler's delay): the caller gave up on readiness (a
-                // timeout around `ready()`) and is back. A new wait, with its own `max_wait`: the
-                // old deadline would refuse it at once.
-                if Instant::now().saturating_duration_since(sleep.deadline()) > max_wait / 4 {
+                // Polled long after its wake-up (a quarter of a whole wait, from 10 to 100 ms; a
+                // caller that keeps polling is back within a scheduler's delay): the caller gave
+                // up on readiness (a timeout around `ready()`) and is back. A new wait, with its
+                // own `max_wait`: the old deadline would refuse it at once.
+                let late =
+                    (max_wait / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
+                if Instant::now().saturating_duration_since(sleep.deadline()) > late {
                     r.deadline = None;
                 }
                 r.sleep = None;

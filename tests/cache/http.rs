@@ -662,6 +662,11 @@ async fn a_requests_max_age_min_fresh_and_only_if_cached_bound_what_it_is_served
         (fresher.x_cache(), &fresher.body[..]),
         (Some("HIT"), &b"call 1"[..])
     );
+    // A reload that may not reach the origin: nothing stored will do, and no call is made.
+    for cc in ["no-cache, only-if-cached", "only-if-cached, max-age=0"] {
+        let reload = send(&mut svc, with(cc)).await;
+        assert_eq!(reload.status, StatusCode::GATEWAY_TIMEOUT, "{cc}");
+    }
     assert_eq!(origin.calls(), 1);
     // Too old for max-age=10: fetched and stored again; the next plain request gets it.
     let younger = send(&mut svc, with("max-age=10")).await;

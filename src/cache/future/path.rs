@@ -180,6 +180,10 @@ where
     if bounds.only_if_cached
         && let Some(res) = shared.mode.unsatisfiable(&req)
     {
+        if let Err(e) = &found {
+            shared.backend_failed("get", e);
+        }
+        // Counted as a miss (nothing served from the cache), though no call was made.
         shared.count(Meter::Misses);
         return StateOf::<S, Req, X, St, A>::done(Ok(res));
     }

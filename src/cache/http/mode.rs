@@ -490,7 +490,8 @@ where
         if cc.no_store {
             return RequestPolicy::Bypass;
         }
-        if self.request_no_cache && (cc.no_cache || cc.max_age == Some(0)) {
+        let refresh = self.request_no_cache && (cc.no_cache || cc.max_age == Some(0));
+        if refresh && !cc.only_if_cached {
             return RequestPolicy::Refresh;
         }
         // A client's demand for fresher answers makes the origin work, as `no-cache` does: the
@@ -499,7 +500,13 @@ where
             s.filter(|_| self.request_no_cache)
                 .map(std::time::Duration::from_secs)
         };
-        let (max_age, min_fresh) = (secs(cc.max_age), secs(cc.min_fresh));
+        // `only-if-cached` with `no-cache` (or `max-age=0`): no stored answer will do, and the
+        // origin may not be asked: a `504`.
+        let max_age = match refresh {
+            true => Some(std::time::Duration::ZERO),
+            false => secs(cc.max_age),
+        };
+        let min_fresh = secs(cc.min_fresh);
         if max_age.is_some() || min_fresh.is_some() || cc.only_if_cached {
             return RequestPolicy::Bounded(crate::cache::mode::Bounds::new(
                 max_age,

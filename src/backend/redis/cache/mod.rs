@@ -38,6 +38,12 @@ pub const MAX_CACHE_SLOTS: u16 = 1024;
 /// How many keys one call of the range invalidation script removes at most.
 const RANGE_BATCH: usize = 500;
 
+/// What an entry weighs in a slot beyond its body, allowed for when a cache is built: its headers
+/// and key as stored (a few KiB for most responses), then its Redis name, its key three times and
+/// the 256 bytes of bookkeeping the count adds (`fill.lua`). A slot must hold the largest body
+/// the mode stores plus this, or such bodies would be fetched and never stored.
+const ENTRY_ALLOWANCE: u64 = 16 * 1024;
+
 mod codec;
 mod inner;
 mod memo;
@@ -323,16 +329,19 @@ impl<V: RedisCacheValue> CacheBackend<V> for RedisBackend {
             );
         }
         let slot_budget = slot_budget(spec.max_bytes(), slots);
-        if let Some(largest) = spec.max_entry_bytes()
+        if let Some(largest) = spec
+            .max_entry_bytes()
+            .map(|body| body.saturating_add(ENTRY_ALLOWANCE))
             && largest > slot_budget
         {
             return Err(ConfigError::new(
                 "max_bytes",
                 format!(
                     "in redis the cache's bound is split over its {slots} slots ({slot_budget} \
-                     bytes each), less than the largest entry it may store ({largest} bytes, the \
-                     body cap), which would never be stored: raise max_bytes to at least {}, or \
-                     lower max_body_bytes or the backend's cache_slots",
+                     bytes each), less than the largest entry it may store ({largest} bytes: the \
+                     body cap and {ENTRY_ALLOWANCE} for its headers, key and bookkeeping), which \
+                     would never be stored: raise max_bytes to at least {}, or lower \
+                     max_body_bytes or the backend's cache_slots",
                     largest.saturating_mul(u64::from(slots))
                 ),
             ));

@@ -328,6 +328,17 @@ impl RedisServer {
             .map_or(0, |n| n.parse().expect("a call count"))
     }
 
+    /// How many error replies starting with `code` (e.g. `"RAMPARTLATE"`) Redis has sent, from
+    /// `INFO errorstats` (Redis counts them by their first word).
+    pub fn errors(&self, code: &str) -> u64 {
+        let stats = self.info("errorstats");
+        let needle = format!("errorstat_{code}:count=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .map_or(0, |n| n.trim().parse().expect("an error count"))
+    }
+
     /// The number of connected clients, from `INFO clients`.
     pub fn connected_clients(&self) -> u64 {
         self.info("clients")

@@ -386,17 +386,22 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
     assert_eq!(failed.load(Ordering::SeqCst), 0);
 }
 
-/// A conditional request answered from Redis: `304` when its `If-None-Match` names the stored
-/// `ETag` (the lookup that waits for Redis evaluates it as the in-memory one does).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_conditional_request_gets_304_from_the_redis_cache() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+/// An HTTP cache on `server` (300 s TTL, its own prefix), and its store.
+async fn http_cache(
+    server: &RedisServer,
+    prefix: &str,
+) -> (
+    CacheLayer<
+        tower_rampart::cache::HttpKey,
+        RedisCacheStore<CachedResponse>,
+        tower_rampart::cache::HttpMode,
+    >,
+    RedisCacheStore<CachedResponse>,
+) {
     let redis = RedisBackend::connect(&server.url())
         .await
         .unwrap()
-        .prefix(unique_prefix("http-304"))
+        .prefix(unique_prefix(prefix))
         .timeout(Duration::from_secs(5));
     let cache = CacheLayer::builder()
         .http()
@@ -405,6 +410,17 @@ async fn a_conditional_request_gets_304_from_the_redis_cache() {
         .build()
         .unwrap();
     let store = cache.store().clone();
+    (cache, store)
+}
+
+/// A conditional request answered from Redis: `304` when its `If-None-Match` names the stored
+/// `ETag` (the lookup that waits for Redis evaluates it as the in-memory one does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_request_gets_304_from_the_redis_cache() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (cache, store) = http_cache(&server, "http-304").await;
     let app = Router::new().route(
         "/doc",
         get(|| async { ([(http::header::ETAG, "\"v1\"")], "the document") }).route_layer(cache),
@@ -439,18 +455,7 @@ async fn a_requests_own_bounds_hold_for_a_redis_hit() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let redis = RedisBackend::connect(&server.url())
-        .await
-        .unwrap()
-        .prefix(unique_prefix("http-bounds"))
-        .timeout(Duration::from_secs(5));
-    let cache = CacheLayer::builder()
-        .http()
-        .ttl(Duration::from_secs(300))
-        .backend(redis)
-        .build()
-        .unwrap();
-    let store = cache.store().clone();
+    let (cache, store) = http_cache(&server, "http-bounds").await;
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let app = Router::new().route(

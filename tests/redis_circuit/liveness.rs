@@ -122,13 +122,7 @@ async fn a_command_delivered_late_on_a_stalled_connection_does_not_undo_a_newer_
     // The path heals: the held syncs reach Redis now, long after their deadline, and are
     // refused by it (Redis counts the error replies it sends by their first word); without the
     // fence they forced the circuit open again (checked by removing it).
-    let late = || {
-        let stats = server.command("INFO errorstats");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix("errorstat_RAMPARTLATE:count="))
-            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
-    };
+    let late = || server.errors("RAMPARTLATE");
     let before = late();
     proxy.forward();
     within(BOUND, "the held syncs refused by their deadline", || {

@@ -629,13 +629,7 @@ async fn a_change_delivered_late_on_a_stalled_connection_does_not_revert_a_newer
     .await;
     // The path heals: what was held reaches Redis now, long after its deadline, and is refused
     // by it (Redis counts the error replies it sends by their first word).
-    let late = || {
-        let stats = server.command("INFO errorstats");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix("errorstat_RAMPARTLATE:count="))
-            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
-    };
+    let late = || server.errors("RAMPARTLATE");
     let before = late();
     proxy.forward();
     until(

@@ -495,3 +495,65 @@ async fn a_requests_own_bounds_hold_for_a_redis_hit() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A reload (`Cache-Control: no-cache`) on one replica while another replica's reload holds the
+/// key's fill lock waits for that fill's new entry: it used to take the old entry, still fresh in
+/// Redis, the very answer it asked not to be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waiting_on_another_replicas_fill_gets_the_new_answer() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("reload");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let replica = || {
+        let calls = Arc::clone(&calls);
+        let prefix = prefix.clone();
+        let url = server.url();
+        async move {
+            let redis = RedisBackend::connect(&url)
+                .await
+                .unwrap()
+                .prefix(prefix)
+                .timeout(Duration::from_secs(5));
+            let cache = CacheLayer::builder()
+                .http()
+                .ttl(Duration::from_secs(300))
+                .backend(redis)
+                .build()
+                .unwrap();
+            let store = cache.store().clone();
+            let app = Router::new().route(
+                "/doc",
+                get(move || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        // The second call (the first reload) is slow: the other replica's
+                        // reload comes while it holds the fill lock.
+                        if n == 2 {
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                        }
+                        format!("call {n}")
+                    }
+                })
+                .route_layer(cache),
+            );
+            (serve(app, false).await, store)
+        }
+    };
+    let (one, store) = replica().await;
+    let (two, _) = replica().await;
+    assert_eq!(one.send("GET", "/doc", &[]).await.body, "call 1");
+    until_stored(&store, "GET /doc").await;
+    let reload = [("cache-control", "no-cache")];
+    let (first, second) = tokio::join!(one.send("GET", "/doc", &reload), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        two.send("GET", "/doc", &reload).await
+    });
+    assert_eq!(first.body, "call 2");
+    assert_eq!(
+        second.body, "call 2",
+        "the new answer, not the one stored before"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one call for both reloads");
+}

@@ -307,6 +307,7 @@ where
                 Arc::clone(shared),
                 key,
                 lock,
+                mode,
             ));
             StateOf::<S, Req, X, St, A>::Locking {
                 locking: Box::new(Locking::new(wait, svc.into_owned(), req, fill)),

@@ -55,6 +55,7 @@ pub(crate) async fn wait_for_fill<X, St, A, V>(
     shared: Arc<Shared<X, St, A>>,
     key: CacheKey,
     lock: Option<St::Future<FillLock<V>>>,
+    mode: LockMode,
 ) -> Locked<V>
 where
     X: Send + Sync + 'static,
@@ -76,11 +77,32 @@ where
     fn is_fresh<V>(entry: &CacheEntry<V>) -> bool {
         entry.freshness(Instant::now()) == Freshness::Fresh
     }
+    // A forced refresh (`no-cache`, or an entry outside a request's bounds) asked for a new
+    // answer: the entry stored before it, still fresh, is not one. It is told apart by when it
+    // was stored, read once here (a shared store keeps milliseconds, and maps them to this
+    // process's clock: 2 ms either way is the same fill; another fill is an upstream call
+    // later); an entry the other process stored already by then is waited past too, and the
+    // wait ends calling through, which is slower but never serves the old answer.
+    let old = match mode {
+        LockMode::Always => match shared.store.get(&key) {
+            StoreOp::Ready(found) => found,
+            StoreOp::Pending(f) => f.await,
+        }
+        .ok()
+        .flatten()
+        .map(|entry| entry.timing().stored_at),
+        LockMode::UnlessFresh => None,
+    };
+    let new = |entry: &CacheEntry<V>| {
+        let at = entry.timing().stored_at;
+        is_fresh(entry)
+            && old.is_none_or(|old| at.max(old) - at.min(old) > std::time::Duration::from_millis(2))
+    };
     if let Some(lock) = lock {
         match lock.await {
             Ok(FillLock::NotShared) => return Locked::Lead(Lease::NotShared),
             Ok(FillLock::Acquired(token)) => return Locked::Lead(Lease::Held(token)),
-            Ok(FillLock::Fresh(entry)) if is_fresh(&entry) => return Locked::Found(entry),
+            Ok(FillLock::Fresh(entry)) if new(&entry) => return Locked::Found(entry),
             Ok(FillLock::HeldElsewhere | FillLock::Fresh(_)) => {}
             Err(e) => {
                 shared.backend_failed("lock", &e);
@@ -103,8 +125,8 @@ where
         tokio::time::sleep_until(deadline.min(now + pause)).await;
         pause = (pause * 2).min(WAIT_POLL_MAX);
         match fresh(&shared.store, &key).await {
-            Ok(Some(entry)) => return Locked::Found(entry),
-            Ok(None) => {}
+            Ok(Some(entry)) if new(&entry) => return Locked::Found(entry),
+            Ok(_) => {}
             Err(e) => {
                 shared.backend_failed("get", &e);
                 return Locked::Lead(Lease::Missing);
@@ -124,7 +146,7 @@ where
                 tracing::trace!(cache = shared.name, key = %key.for_logs(), "took the fill lock another process held");
                 return Locked::Lead(Lease::Held(token));
             }
-            Ok(FillLock::Fresh(entry)) if is_fresh(&entry) => return Locked::Found(entry),
+            Ok(FillLock::Fresh(entry)) if new(&entry) => return Locked::Found(entry),
             Ok(FillLock::NotShared) => return Locked::Lead(Lease::NotShared),
             Ok(FillLock::HeldElsewhere | FillLock::Fresh(_)) => {}
             Err(e) => {

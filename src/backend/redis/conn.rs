@@ -502,19 +502,10 @@ impl Conn {
     ) -> Result<Value, BackendError> {
         let start = tokio::time::Instant::now();
         let started = self.clock.at(start);
-        match self
+        let (result, _) = self
             .fenced(script, keys, args, start, started, timeout)
-            .await
-            .0
-        {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(BackendError::with_kind(
-                ErrorKind::Timeout,
-                format!("redis did not answer within {timeout:?}"),
-                None,
-            )),
-        }
+            .await;
+        unrecorded(result, timeout)
     }
 
     /// The call of [`eval_before_deadline`](Self::eval_before_deadline), bounded by `timeout` from
@@ -630,15 +621,7 @@ impl Conn {
                 None => handle.query(cmd).await,
             }
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(BackendError::with_kind(
-                ErrorKind::Timeout,
-                format!("redis did not answer within {timeout:?}"),
-                None,
-            )),
-        }
+        unrecorded(tokio::time::timeout(timeout, call).await, timeout)
     }
 
     /// Sends `cmd` as [`query`](Self::query) does, answering `redis`'s own error type (for
@@ -862,6 +845,23 @@ impl Conn {
             #[cfg(feature = "metrics")]
             self.meters.set_up(false);
         }
+    }
+}
+
+/// The outcome of a call whose health is not recorded ([`Conn::quiet`],
+/// [`Conn::quiet_before_deadline`]): its value, Redis's error, or a timeout after `timeout`.
+fn unrecorded<E>(
+    result: Result<Result<Value, RedisError>, E>,
+    timeout: Duration,
+) -> Result<Value, BackendError> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => Err(BackendError::with_kind(
+            ErrorKind::Timeout,
+            format!("redis did not answer within {timeout:?}"),
+            None,
+        )),
     }
 }
 

@@ -386,9 +386,10 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
     assert_eq!(failed.load(Ordering::SeqCst), 0);
 }
 
-/// An HTTP cache on `server` (300 s TTL, its own prefix), and its store.
+/// An HTTP cache on the Redis at `url` under `prefix` (300 s TTL), and its store: replicas of one
+/// app share a prefix.
 async fn http_cache(
-    server: &RedisServer,
+    url: &str,
     prefix: &str,
 ) -> (
     CacheLayer<
@@ -398,10 +399,10 @@ async fn http_cache(
     >,
     RedisCacheStore<CachedResponse>,
 ) {
-    let redis = RedisBackend::connect(&server.url())
+    let redis = RedisBackend::connect(url)
         .await
         .unwrap()
-        .prefix(unique_prefix(prefix))
+        .prefix(prefix)
         .timeout(Duration::from_secs(5));
     let cache = CacheLayer::builder()
         .http()
@@ -420,7 +421,7 @@ async fn a_conditional_request_gets_304_from_the_redis_cache() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (cache, store) = http_cache(&server, "http-304").await;
+    let (cache, store) = http_cache(&server.url(), &unique_prefix("http-304")).await;
     let app = Router::new().route(
         "/doc",
         get(|| async { ([(http::header::ETAG, "\"v1\"")], "the document") }).route_layer(cache),
@@ -455,7 +456,7 @@ async fn a_requests_own_bounds_hold_for_a_redis_hit() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (cache, store) = http_cache(&server, "http-bounds").await;
+    let (cache, store) = http_cache(&server.url(), &unique_prefix("http-bounds")).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let app = Router::new().route(
@@ -511,18 +512,7 @@ async fn a_reload_waiting_on_another_replicas_fill_gets_the_new_answer() {
         let prefix = prefix.clone();
         let url = server.url();
         async move {
-            let redis = RedisBackend::connect(&url)
-                .await
-                .unwrap()
-                .prefix(prefix)
-                .timeout(Duration::from_secs(5));
-            let cache = CacheLayer::builder()
-                .http()
-                .ttl(Duration::from_secs(300))
-                .backend(redis)
-                .build()
-                .unwrap();
-            let store = cache.store().clone();
+            let (cache, store) = http_cache(&url, &prefix).await;
             let app = Router::new().route(
                 "/doc",
                 get(move || {

@@ -40,6 +40,9 @@ pub(super) const WAIT_POLL_FIRST: std::time::Duration = std::time::Duration::fro
 /// The longest pause between two checks while another process fills a key.
 pub(super) const WAIT_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How far apart two reads of one shared entry's `stored_at` may come (see `wait_for_fill`).
+const SAME_FILL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Waits for a shared store's fill lock (`lock`, when the store answered through a future), and
 /// while another process holds it, for the entry it is filling. Until the layer's lock wait is
 /// over, the store is checked after 5 ms, 10 ms, 20 ms, then every 50 ms: for the entry, and
@@ -79,10 +82,14 @@ where
     }
     // A forced refresh (`no-cache`, or an entry outside a request's bounds) asked for a new
     // answer: the entry stored before it, still fresh, is not one. It is told apart by when it
-    // was stored, read once here (a shared store keeps milliseconds, and maps them to this
-    // process's clock: 2 ms either way is the same fill; another fill is an upstream call
-    // later); an entry the other process stored already by then is waited past too, and the
-    // wait ends calling through, which is slower but never serves the old answer.
+    // was stored, read once here. A shared store keeps milliseconds of its wall clock and maps
+    // them to this process's clock at each read, through the offset to Redis's `TIME` (learnt
+    // from replies, so moved by their latency) and a clock read after the task resumed: two
+    // reads of one entry on a loaded host came 3 ms and more apart, and the old answer was
+    // served (the `redis_cache` test `a_reload_waiting_on_another_replicas_fill_gets_the_new_
+    // answer`, with both cores busy). So [`SAME_FILL`] either way is the same fill. An entry
+    // stored that soon after the old one is waited past too: the wait takes the lock once it is
+    // free, or ends calling through; slower, never the old answer.
     let old = match mode {
         LockMode::Always => match shared.store.get(&key) {
             StoreOp::Ready(found) => found,
@@ -95,8 +102,7 @@ where
     };
     let new = |entry: &CacheEntry<V>| {
         let at = entry.timing().stored_at;
-        is_fresh(entry)
-            && old.is_none_or(|old| at.max(old) - at.min(old) > std::time::Duration::from_millis(2))
+        is_fresh(entry) && old.is_none_or(|old| at.max(old) - at.min(old) > SAME_FILL)
     };
     if let Some(lock) = lock {
         match lock.await {

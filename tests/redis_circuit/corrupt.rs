@@ -2,7 +2,8 @@
 //! `wt=1e15`, `wh=-inf`, `until=nan`, which Lua's `tonumber` reads) is answered with a data error
 //! before anything is written: Redis stays free for every client (no loop over a huge window gap),
 //! the hash is left as it was, and the replicas follow their own circuits (an `until=nan` does not
-//! keep the circuit open for good, nor does one beyond the longest wait the script writes). The
+//! keep the circuit open for good, nor does one beyond the longest wait the script writes, nor a
+//! permit's lease beyond the longest the script writes). The
 //! time window's slice a sync adds to is checked with the rest, before the old slices go. A large
 //! count window empties in a bounded number of commands.
 
@@ -365,4 +366,102 @@ async fn an_end_of_a_wait_beyond_the_longest_the_script_writes_is_refused() {
         redis::Value::Int(left) => assert!(left as u64 > max_wait - 60_000_000, "{reply:?}"),
         _ => panic!("{reply:?}"),
     }
+}
+
+/// The script with its arguments as `eval_script`'s, but replica 7's lease (ms) and the permits it
+/// wants given.
+async fn eval_with_lease(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    lease_ms: &str,
+    want: &str,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let args = [
+        "c100", "1000", "0.5", "", "0", "200000", "2", "60000000", "1", "600000", "7", lease_ms,
+        "0", "0", "0", "0", "0", "0", "0", "0", want, "", "0", "0",
+    ];
+    redis::cmd("EVAL")
+        .arg(include_str!("../../src/backend/redis/circuit.lua"))
+        .arg(1)
+        .arg(key)
+        .arg(&args[..])
+        .query_async(con)
+        .await
+}
+
+/// A holder's lease (`d<replica>`) or the waiting flag (`pw`) far ahead kept a vanished replica's
+/// permits held, so that no other replica could probe (half-open for good), or had every holder
+/// give its permits back at every sync: beyond the longest lease the script writes (a day, and a
+/// day for clocks) they are refused before any write; a lease asked for beyond it is cut to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_permits_beyond_the_longest_the_script_writes_is_refused() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let day: u64 = 86_400_000_000;
+    let now = redis_now(&mut con).await;
+    let half_open = |key: &str, extra: &str| {
+        format!("HSET {key} st 2 ep 2 gen 1 since {now} wk c100 pg 1 hl 9 g9 1 {extra}")
+    };
+    for (field, value) in [("d9", now + 3 * day), ("pw", now + 3 * day)] {
+        let key = format!("{}:cb:{{corrupt/lease}}", unique_prefix("lease"));
+        assert_eq!(
+            server.command(&half_open(&key, &format!("d9 {now} {field} {value}"))),
+            if field == "d9" { ":9" } else { ":10" },
+            "{field}"
+        );
+        let before = hash(&mut con, &key).await;
+        let err = eval_with_lease(&mut con, &key, "1000", "1")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("RAMPARTDATA"), "{field}: {err}");
+        assert!(err.to_string().contains(field), "{field}: {err}");
+        assert_eq!(
+            hash(&mut con, &key).await,
+            before,
+            "{field}: nothing written"
+        );
+    }
+    // A day ahead is read: replica 9 keeps its permit, and replica 7, wanting one, waits.
+    let key = format!("{}:cb:{{corrupt/lease}}", unique_prefix("lease"));
+    let d9 = now + day;
+    assert_eq!(server.command(&half_open(&key, &format!("d9 {d9}"))), ":9");
+    let reply = eval_with_lease(&mut con, &key, "1000", "1").await.unwrap();
+    assert_eq!(reply[2], redis::Value::Int(2), "half-open: {reply:?}");
+    assert_eq!(reply[6], redis::Value::Int(0), "no permit for 7: {reply:?}");
+    assert_eq!(reply[12], redis::Value::Int(1), "7 waits: {reply:?}");
+    assert!(server.command(&format!("HGET {key} g9")).ends_with("\r\n1"));
+    // A lease of two days asked for is written as one: replica 7 takes the permit 9 gave back.
+    let key = format!("{}:cb:{{corrupt/lease}}", unique_prefix("lease"));
+    assert_eq!(
+        server.command(&format!("HSET {key} st 2 ep 2 gen 1 since {now} wk c100")),
+        ":5"
+    );
+    let reply = eval_with_lease(&mut con, &key, "172800000", "1")
+        .await
+        .unwrap();
+    assert_eq!(
+        reply[6],
+        redis::Value::Int(1),
+        "7 holds a permit: {reply:?}"
+    );
+    let d7: u64 = server
+        .command(&format!("HGET {key} d7"))
+        .rsplit("\r\n")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let at = redis_now(&mut con).await;
+    assert!(
+        d7 <= at + day && d7 + 60_000_000 > at + day,
+        "d7 {d7}, now {at}"
+    );
+    // Nor is anything but a whole number of milliseconds taken for one.
+    let err = eval_with_lease(&mut con, &key, "1e300", "1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("RAMPARTARG"), "{err}");
 }

@@ -40,10 +40,10 @@
 --          1 if another replica waits for a permit (holders should give unused ones back) or 0,
 --          the TIME it read in us (the caller takes it off)}.
 -- Data it cannot read (a number field that is not a whole number from 0 to 2^53, an end of a wait
--- beyond the longest the script writes, a count window longer than its size, a time slice HINCRBY
--- cannot add to, a malformed holder list) is answered with a RAMPARTDATA error before anything is
--- written. Absolute times (about 2^51 us) are exact in Lua's doubles; they are written with '%.0f'
--- (tostring would use exponents).
+-- beyond the longest the script writes, a lease of permits (d<replica>, pw) beyond a day, a count
+-- window longer than its size, a time slice HINCRBY cannot add to, a malformed holder list) is
+-- answered with a RAMPARTDATA error before anything is written. Absolute times (about 2^51 us)
+-- are exact in Lua's doubles; they are written with '%.0f' (tostring would use exponents).
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allows writes after the non-deterministic TIME
@@ -87,6 +87,11 @@ local MAXN = 9007199254740992
 -- allows for Redis TIME going back at a failover.
 local WAIT_MAX = MAXN / 2
 local TIME_BACK = 86400000000
+-- The longest lease of a replica's permits the script writes (a day; a replica's own is four sync
+-- intervals and a timeout): a holder's `d<replica>` or `pw` later than now + LEASE_MAX + TIME_BACK
+-- was not written by the script. Unbounded, one far ahead kept a vanished replica's permits held
+-- (no other replica could probe: half-open for good) or every holder giving permits back.
+local LEASE_MAX = 86400000000
 
 -- Whether `x` (a number or nil) is one the script could have written. Lua's tonumber also reads
 -- 'nan', 'inf', '-1', '0.5', '1e300' and hex: as a batch number or a time, such a value made the
@@ -95,6 +100,11 @@ local TIME_BACK = 86400000000
 local function whole(x)
   return x ~= nil and x >= 0 and x <= MAXN and x % 1 == 0
 end
+
+if not whole(lease) then
+  return redis.error_reply('RAMPARTARG the lease is not a whole number of milliseconds')
+end
+lease = math.min(lease, LEASE_MAX)
 
 -- A count read from a batch or a slice (field n of an HMGET's answer): a whole number, or 0 for
 -- none or anything else (as a missing one), so that no NaN or infinity reaches the window's totals.
@@ -188,6 +198,9 @@ end
 if untl > now + WAIT_MAX + TIME_BACK then
   return corrupt('field until', raw[4])
 end
+if pw > now + LEASE_MAX + TIME_BACK then
+  return corrupt('field pw', pw)
+end
 -- A count window holds batches wh to wt - 1, each of at least one call: never more than its size.
 local wkind, wsize = parse_spec(wk)
 if wkind == 'c' and (wh > wt or wt - wh > wsize) then
@@ -234,6 +247,9 @@ for _, r in ipairs(holders) do
     end
   end
   held_by[r], lease_of[r] = tonumber(gd[1]), tonumber(gd[2])
+  if lease_of[r] and lease_of[r] > now + LEASE_MAX + TIME_BACK then
+    return corrupt('field d' .. r, gd[2])
+  end
 end
 
 -- Lua's unpack takes at most a few thousand values: long argument lists go in parts.

@@ -13,6 +13,18 @@
 //!   connection closes; new clients wait in the kernel's backlog instead of the accept loop
 //!   spinning on `EMFILE`. Accept errors (out of file descriptors, say) pause accepting for 100 ms
 //!   instead of spinning.
+//! - **Connections per client** (`MAX_CONNECTIONS_PER_IP`, 256): a client address (an IPv6
+//!   one by its /64) holding that many open connections has its next one closed at once, so one
+//!   client cannot take every place under the cap. Behind a reverse proxy, raise it to
+//!   `MAX_CONNECTIONS`.
+//! - **HTTP/2 streams** (`MAX_STREAMS_PER_CONNECTION`, 32): requests in flight on one HTTP/2
+//!   connection.
+//! - **Buffered request bodies** (`MAX_BUFFERED_BODY_BYTES`, 64 MiB): the request body bytes
+//!   read and not yet released (a body's count is released when it is dropped, once its handler
+//!   has read it), across the server. Past it, a body's next bytes fail its read with
+//!   [`BodyBudgetExceeded`] (the apps answer `503` with `Retry-After`): clients sending bodies
+//!   slowly on many connections cannot make the server buffer connections x streams x
+//!   `MAX_BODY_BYTES`.
 //! - **Bounded shutdown** (`SHUTDOWN_GRACE_SECS`, 10 s): on Ctrl-C or SIGTERM the server stops
 //!   accepting, lets requests in flight finish and closes idle keep-alive connections; whatever
 //!   is still open when the grace period ends is dropped, whatever clients do.
@@ -40,7 +52,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower::Service;
 
-use crate::setup::ServerLimits;
+use crate::setup::{BodyBudgetExceeded, ServerLimits};
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves, then drains for at
 /// most the grace period.
@@ -51,6 +63,8 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
+    let budget = Arc::new(Semaphore::new(limits.max_buffered_body_bytes));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -63,7 +77,7 @@ pub(crate) async fn serve(
         // A peer that stops answering pings is dropped.
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(limits.header_read_timeout)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(limits.max_streams_per_connection);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -86,11 +100,17 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(client) = PerIp::enter(&per_ip, peer.ip()) else {
+            tracing::debug!(%peer, "connection closed: too many from this client");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = router.clone();
+        let budget = Arc::clone(&budget);
         let activity = Arc::new(Activity::new());
         let in_service = Arc::clone(&activity);
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let mut req = req.map(|body| Budgeted::new(body, Arc::clone(&budget)));
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut app = app.clone();
             // In use from here until the response's body has been sent (or dropped).
@@ -118,6 +138,7 @@ pub(crate) async fn serve(
                     tracing::debug!(%peer, "connection closed: no request in time");
                 }
             }
+            drop(client);
             drop(permit);
         });
         // Reap finished connection tasks as we go.
@@ -228,6 +249,123 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Open connections per client address (an IPv6 one by its /64), each at most `max`. The map
+/// holds only addresses with a connection open: at most `MAX_CONNECTIONS` entries.
+struct PerIp {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection counted against its client's share until it is dropped.
+struct Counted {
+    per_ip: Arc<PerIp>,
+    client: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The client an address counts as: IPv4 (an IPv4-mapped IPv6 address too), or an IPv6 /64.
+    fn client(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
+                std::net::IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into())
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Counts one more connection from `ip`, or `None` if its client holds `max` already.
+    fn enter(this: &Arc<Self>, ip: std::net::IpAddr) -> Option<Counted> {
+        let client = Self::client(ip);
+        let mut open = this.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(client).or_insert(0);
+        if *n >= this.max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted {
+            per_ip: Arc::clone(this),
+            client,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(self.client) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// A request body whose bytes count against the server's budget from when they are read until
+/// the body is dropped.
+struct Budgeted {
+    body: Incoming,
+    budget: Arc<Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Budgeted {
+    fn new(body: Incoming, budget: Arc<Semaphore>) -> Self {
+        Self {
+            body,
+            budget,
+            held: None,
+        }
+    }
+}
+
+impl hyper::body::Body for Budgeted {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref()
+            && !data.is_empty()
+        {
+            let taken = u32::try_from(data.len())
+                .ok()
+                .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok());
+            let Some(taken) = taken else {
+                return Poll::Ready(Some(Err(Box::new(BodyBudgetExceeded))));
+            };
+            match &mut self.held {
+                Some(held) => held.merge(taken),
+                none => *none = Some(taken),
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {

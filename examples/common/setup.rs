@@ -91,8 +91,8 @@ pub(crate) fn listen_addr(
 }
 
 /// How the examples' servers treat connections (`examples/common/serve.rs` for HTTP, and the gRPC
-/// example's own): a header read timeout, a cap on open connections, and a grace period for
-/// shutdown.
+/// example's own): a header read timeout, caps on open connections (in all and per client), on
+/// HTTP/2 streams and on buffered request bodies, and a grace period for shutdown.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ServerLimits {
     /// A connection's first request must have arrived (its whole head) this long after it was
@@ -102,6 +102,18 @@ pub(crate) struct ServerLimits {
     /// long is closed (HTTP/1's idle connections go at the header read timeout: hyper's).
     pub(crate) idle_timeout: Duration,
     pub(crate) max_connections: usize,
+    /// Connections one client address (an IPv6 one by its /64) may hold open at once: past it, a
+    /// new one is closed at once. One client cannot take every place under `max_connections`.
+    /// Behind a reverse proxy every connection comes from the proxy: raise it to
+    /// `max_connections` there.
+    pub(crate) max_connections_per_ip: usize,
+    /// Requests an HTTP/2 connection may have in flight at once.
+    pub(crate) max_streams_per_connection: u32,
+    /// Request body bytes the server holds at once, across every request still reading its body
+    /// (HTTP servers; the gRPC example bounds its messages instead): past it, a body's next bytes
+    /// fail its read (the apps answer `503`), so that clients sending bodies slowly cannot make
+    /// the server buffer `max_connections` x streams x `MAX_BODY_BYTES`.
+    pub(crate) max_buffered_body_bytes: usize,
     pub(crate) shutdown_grace: Duration,
 }
 
@@ -111,13 +123,17 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1_024,
+            max_connections_per_ip: 256,
+            max_streams_per_connection: 32,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
     }
 }
 
 impl ServerLimits {
-    /// `HEADER_READ_TIMEOUT_SECS`, `IDLE_TIMEOUT_SECS`, `MAX_CONNECTIONS` and
+    /// `HEADER_READ_TIMEOUT_SECS`, `IDLE_TIMEOUT_SECS`, `MAX_CONNECTIONS`,
+    /// `MAX_CONNECTIONS_PER_IP`, `MAX_STREAMS_PER_CONNECTION`, `MAX_BUFFERED_BODY_BYTES` and
     /// `SHUTDOWN_GRACE_SECS`, each a whole number of at least 1.
     pub(crate) fn from_env(get: &impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         let d = Self::default();
@@ -128,6 +144,21 @@ impl ServerLimits {
             header_read_timeout: secs("HEADER_READ_TIMEOUT_SECS", d.header_read_timeout)?,
             idle_timeout: secs("IDLE_TIMEOUT_SECS", d.idle_timeout)?,
             max_connections: positive(get, "MAX_CONNECTIONS", d.max_connections as u32)? as usize,
+            max_connections_per_ip: positive(
+                get,
+                "MAX_CONNECTIONS_PER_IP",
+                d.max_connections_per_ip as u32,
+            )? as usize,
+            max_streams_per_connection: positive(
+                get,
+                "MAX_STREAMS_PER_CONNECTION",
+                d.max_streams_per_connection,
+            )?,
+            max_buffered_body_bytes: positive(
+                get,
+                "MAX_BUFFERED_BODY_BYTES",
+                d.max_buffered_body_bytes as u32,
+            )? as usize,
             shutdown_grace: secs("SHUTDOWN_GRACE_SECS", d.shutdown_grace)?,
         })
     }
@@ -218,4 +249,37 @@ pub(crate) async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: draining in-flight requests");
+}
+
+/// The error a request body's read fails with when the server holds `MAX_BUFFERED_BODY_BYTES`
+/// of request bodies already: the request should be answered `503` with a `Retry-After`.
+///
+/// Made by `examples/common/serve.rs`'s request bodies; here, where every app's handlers (and the
+/// benches and tests that include them) can name it.
+#[derive(Debug)]
+// Not every binary that includes this file serves HTTP or reads bodies itself.
+#[allow(dead_code)]
+pub(crate) struct BodyBudgetExceeded;
+
+impl std::fmt::Display for BodyBudgetExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server holds too many request bodies at once")
+    }
+}
+
+impl std::error::Error for BodyBudgetExceeded {}
+
+#[allow(dead_code)]
+impl BodyBudgetExceeded {
+    /// Whether `error` (a body read's error, as a handler gets it) is, or was caused by, this.
+    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut e = Some(error);
+        while let Some(err) = e {
+            if err.is::<Self>() {
+                return true;
+            }
+            e = err.source();
+        }
+        false
+    }
 }

@@ -25,6 +25,10 @@ use crate::storage::{
     EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
 };
 
+/// The largest call message the service decodes (a larger one is refused with `OUT_OF_RANGE`
+/// before it is buffered further).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// A per-client limit, asked once a call has been checked (so an invalid call spends no quota):
 /// admits the client's IP, or refuses with a `RateLimited` error.
 pub(crate) type Limiter = BoxCloneSyncService<IpAddr, (), BoxError>;
@@ -483,7 +487,7 @@ pub(crate) async fn serve(
         .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(server_limits.header_read_timeout))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(server_limits.max_streams_per_connection)
         // A connection's life is bounded, whatever it does: at 30 minutes it is asked to go
         // (GOAWAY: calls in flight finish, clients' channels reconnect), and closed a grace
         // period later. An HTTP/2 connection that answers pings but sends no call would
@@ -493,7 +497,12 @@ pub(crate) async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AnalyticsServiceServer::new(analytics))
+        // tonic's default is 4 MiB a message; these are a few hundred bytes. With
+        // `MAX_CONNECTIONS` x `MAX_STREAMS_PER_CONNECTION` calls buffering at once, 4 MiB each
+        // allowed 128 GiB; 64 KiB (the HTTP example's `MAX_BODY_BYTES`) allows 2 GiB at worst.
+        .add_service(
+            AnalyticsServiceServer::new(analytics).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown);
     let grace = async {
         if stopped.await.is_ok() {

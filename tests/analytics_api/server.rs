@@ -2,8 +2,10 @@
 //! client trickling its headers is cut off at the header read timeout, so is one that sends
 //! nothing or part of the HTTP/2 preface, an idle connection is closed at the idle timeout (but
 //! not one whose request is still being answered), the connection cap holds
-//! new clients back (and lets them in when a connection closes), and shutdown ends within its
-//! grace period whatever clients do. Every wait is bounded.
+//! new clients back (and lets them in when a connection closes), so does the cap per client
+//! (closing its extra connections), request bodies held at once are bounded across the server
+//! (the analytics app answers `503` past it, and takes bodies again once they are released), and
+//! shutdown ends within its grace period whatever clients do. Every wait is bounded.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,9 @@ fn limits() -> ServerLimits {
         header_read_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
         max_connections: 64,
+        max_connections_per_ip: 64,
+        max_streams_per_connection: 32,
+        max_buffered_body_bytes: 1 << 20,
         shutdown_grace: Duration::from_secs(1),
     }
 }
@@ -262,4 +267,146 @@ async fn shutdown_ends_within_its_grace_period_whatever_clients_do() {
         TcpStream::connect(server.addr).await.is_err(),
         "no longer listening"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_share_of_connections_has_its_next_one_closed() {
+    let server = start(ServerLimits {
+        max_connections_per_ip: 2,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+        ..limits()
+    })
+    .await;
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    for conn in [&mut first, &mut second] {
+        assert_eq!(
+            get_on(conn, "/health", Duration::from_secs(2))
+                .await
+                .as_deref(),
+            Some("HTTP/1.1 200 OK"),
+            "within the client's share"
+        );
+    }
+    // A third from the same address is closed at once (unlike the global cap, which holds it).
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)).await,
+        "a third connection from one client was kept"
+    );
+    // The first two still serve; once one closes, the client may open another.
+    assert_eq!(
+        get_on(&mut first, "/health", Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut again = TcpStream::connect(server.addr).await.unwrap();
+        if get_on(&mut again, "/health", Duration::from_millis(500))
+            .await
+            .as_deref()
+            == Some("HTTP/1.1 200 OK")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new connection served after one of the client's closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a metric POST with `body` on a new connection and reads the answer's status line.
+async fn post_metric(addr: std::net::SocketAddr, body: &str) -> Option<String> {
+    let mut conn = TcpStream::connect(addr).await.ok()?;
+    let head = format!(
+        "POST /api/metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    Some(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_at_once_are_bounded_and_the_app_answers_503_past_it() {
+    // A quota no loop below reaches.
+    let vars: &[(&str, &str)] = &[("RATE_LIMIT_REQUESTS", "10000")];
+    let time = crate::ManualTime::new();
+    let (router, _state) = crate::app::build(
+        &crate::config(vars),
+        &crate::tiers(vars),
+        std::sync::Arc::new(crate::storage::Storage::default()),
+        time.clock(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = ServerLimits {
+        max_buffered_body_bytes: 50_000,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+        ..limits()
+    };
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, router, limits, async {
+        let _ = stopped.await;
+    }));
+    let metric = crate::metric(42.0);
+    // A client sends 49,990 bytes of a 60,000-byte body, and stops there.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        b"POST /api/metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 60000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    slow.write_all(&[b' '; 49_990]).await.unwrap();
+    // Once the server holds those bytes, a small body does not fit: 503, with a Retry-After,
+    // and nothing stored.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let answer = post_metric(addr, &metric).await.unwrap_or_default();
+        if answer.starts_with("HTTP/1.1 503") {
+            break answer;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 201"),
+            "neither stored nor refused: {answer}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "a body was read past the budget: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lower = refused.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1"), "{refused}");
+    assert!(lower.contains("too many request bodies"), "{refused}");
+    // The slow client goes: its bytes are released, and bodies are read again.
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = post_metric(addr, &metric).await.unwrap_or_default();
+        if answer.starts_with("HTTP/1.1 201") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bodies refused after the slow one was released: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
 }

@@ -805,3 +805,31 @@ async fn invalid_calls_spend_no_quota() {
     .await
     .unwrap();
 }
+
+/// A call message past 64 KiB is refused before it is buffered further (tonic's default allowed
+/// 4 MiB on each of a connection's streams), and nothing is stored; one within it is served.
+#[tokio::test]
+async fn a_message_past_the_size_bound_is_refused_and_stores_nothing() {
+    let server = start(&[]).await;
+    let mut c = server.client().await;
+    let event = |platform: String| pb::SubmitEventRequest {
+        user_id: 1,
+        event_type: "login".into(),
+        timestamp: 0,
+        platform,
+    };
+    let err = c
+        .submit_event(event("x".repeat(100 * 1024)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    c.submit_event(event("ios".into())).await.unwrap();
+    let stats = c
+        .get_stats(pb::GetStatsRequest {
+            event_type: "login".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.count, 1, "the refused call stored nothing");
+}

@@ -25,6 +25,18 @@ where
                     "Payload Too Large: the body is over MAX_BODY_BYTES",
                 )
                 .into_response()
+            } else if crate::setup::BodyBudgetExceeded::caused(&*inner) {
+                // The server holds MAX_BUFFERED_BODY_BYTES of bodies already: nothing was read
+                // into the app, nothing stored; the client tries again shortly.
+                let mut res = ApiError::unavailable(
+                    "Service Unavailable: too many request bodies in flight; try again shortly",
+                )
+                .into_response();
+                res.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                res
             } else {
                 ApiError::bad_request(format!("could not read the request body: {inner}"))
                     .into_response()

@@ -46,8 +46,13 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Duration,
     /// `LOG_FORMAT=json` for JSON logs (default human-readable).
     pub(crate) json_logs: bool,
-    /// `REDIS_URL`, if set.
+    /// `REDIS_URL`; else, as the references name it, `REDIS_HOST` (with `REDIS_PORT`, default
+    /// 6379, and `REDIS_DB`, default 0) or `REDIS_ADDR` (`host:port`). None of them: in memory.
     pub(crate) redis_url: Option<String>,
+    /// Variables the references read that are set here but not read by this example, each with
+    /// the one that does the job here: `main` logs them, so that a deployment carried over from a
+    /// reference does not lose a setting silently.
+    pub(crate) not_read: Vec<(&'static str, &'static str)>,
     /// `REDIS_TIMEOUT_MS` (default 250): how long any one Redis call may take.
     pub(crate) redis_timeout: Duration,
     /// `RATE_LIMIT_FAILURE_POLICY`: what the limits do while Redis is unreachable, `open` (let
@@ -151,10 +156,62 @@ impl Config {
             max_stored_metrics,
             request_timeout: Duration::from_secs(u64::from(timeout)),
             json_logs,
-            redis_url: get("REDIS_URL").filter(|s| !s.is_empty()),
+            redis_url: redis_url(&get)?,
+            not_read: NOT_READ
+                .iter()
+                .copied()
+                .filter(|(name, _)| get(name).is_some())
+                .collect(),
             redis_timeout: Duration::from_millis(u64::from(redis_timeout_ms)),
             rate_limit_failure_policy,
             server: crate::setup::ServerLimits::from_env(&get)?,
         })
     }
+}
+
+/// The references' variables this example does not read, and what to set instead.
+const NOT_READ: [(&str, &str); 6] = [
+    ("CB_FAILURE_THRESHOLD", "CIRCUIT_BREAKER_FAILURE_THRESHOLD"),
+    ("CB_RESET_TIMEOUT", "CIRCUIT_BREAKER_RESET_TIMEOUT"),
+    ("RATE_WINDOW", "RATE_LIMIT_WINDOW_SECONDS"),
+    ("CACHE_TTL", "CACHE_TTL_SECONDS"),
+    ("APP_REDIS_ADDR", "REDIS_URL"),
+    ("APP_HTTP_PORT", "PORT"),
+];
+
+/// `REDIS_URL`, or the URL the references' `REDIS_HOST` / `REDIS_PORT` / `REDIS_DB` (reference
+/// 000 and 001) or `REDIS_ADDR` (003, `host:port`) describe; `None` when none is set.
+fn redis_url(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+    let set = |var| get(var).filter(|s: &String| !s.trim().is_empty());
+    if let Some(url) = set("REDIS_URL") {
+        return Ok(Some(url));
+    }
+    if let Some(host) = set("REDIS_HOST") {
+        let port: u16 = parse(get, "REDIS_PORT", 6379, "a port number (0-65535)")?;
+        let db: u32 = parse(get, "REDIS_DB", 0, "a database number")?;
+        if host.contains(['/', '@', ' ']) {
+            return Err(ConfigError {
+                var: "REDIS_HOST",
+                value: host,
+                expected: "a host name or address (or set REDIS_URL)",
+            });
+        }
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]") // an IPv6 address
+        } else {
+            host
+        };
+        return Ok(Some(format!("redis://{host}:{port}/{db}")));
+    }
+    if let Some(addr) = set("REDIS_ADDR") {
+        if addr.contains(['/', '@', ' ']) || !addr.contains(':') {
+            return Err(ConfigError {
+                var: "REDIS_ADDR",
+                value: addr,
+                expected: "host:port (or set REDIS_URL)",
+            });
+        }
+        return Ok(Some(format!("redis://{addr}")));
+    }
+    Ok(None)
 }

@@ -72,6 +72,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let tiers = tiers::Tiers::from_env()?;
     setup::init_logging(config.json_logs);
     telemetry::prometheus();
+    for (name, instead) in &config.not_read {
+        tracing::warn!(
+            variable = name,
+            "{name} is set but not read by this service; set {instead} instead"
+        );
+    }
     if !tiers.tiers().is_empty() || tiers.shadow() {
         // Tier names and how many keys, never a key.
         let names: Vec<&str> = tiers.tiers().iter().map(|t| t.name).collect();

@@ -65,6 +65,12 @@ async fn main() {
 async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = config::Config::from_env_on(50051)?;
     setup::init_logging(config.json_logs);
+    for (name, instead) in &config.not_read {
+        tracing::warn!(
+            variable = name,
+            "{name} is set but not read by this service; set {instead} instead"
+        );
+    }
     let storage = match &config.redis_url {
         None => storage::Storage::memory_keeping(config.max_stored_metrics),
         Some(url) => storage::Storage::Redis(

@@ -121,7 +121,11 @@ async fn health_request_ids_and_the_limit() {
     }
     let r = app.send("GET", "/api/v1/modules", &[]).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(r.json()["error"].is_string(), "the reference's key");
+    assert_eq!(
+        r.json()["error"],
+        "rate limit exceeded",
+        "the reference's key and text"
+    );
     // Unknown routes: 404 in the one error shape.
     let r = app.send("GET", "/api/v1/nothing", &[]).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);

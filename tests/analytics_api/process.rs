@@ -197,3 +197,76 @@ async fn the_binary_serves_on_its_port_and_drains_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A deployment carried over from a reference: its `REDIS_HOST` / `REDIS_PORT` / `REDIS_DB` (or
+/// 003's `REDIS_ADDR`) name the Redis the example uses (it started in memory, silently, before),
+/// a bad one is refused by name, and the references' variables this example does not read are
+/// named in a warning with the one to set instead.
+#[tokio::test]
+async fn the_references_redis_variables_are_used_and_unread_ones_are_named() {
+    let get = |vars: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let url = |vars| {
+        crate::config::Config::from_lookup_on(get(vars), 0)
+            .unwrap()
+            .redis_url
+    };
+    assert_eq!(url(&[]), None);
+    assert_eq!(
+        url(&[("REDIS_HOST", "redis")]).as_deref(),
+        Some("redis://redis:6379/0")
+    );
+    assert_eq!(
+        url(&[
+            ("REDIS_HOST", "10.0.0.5"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "2")
+        ])
+        .as_deref(),
+        Some("redis://10.0.0.5:6380/2")
+    );
+    assert_eq!(
+        url(&[("REDIS_HOST", "::1")]).as_deref(),
+        Some("redis://[::1]:6379/0")
+    );
+    assert_eq!(
+        url(&[("REDIS_ADDR", "cache:6379")]).as_deref(),
+        Some("redis://cache:6379")
+    );
+    assert_eq!(
+        url(&[("REDIS_URL", "redis://a:1/3"), ("REDIS_HOST", "b")]).as_deref(),
+        Some("redis://a:1/3"),
+        "REDIS_URL wins"
+    );
+    for (vars, var) in [
+        (
+            &[("REDIS_HOST", "r"), ("REDIS_PORT", "x")][..],
+            "REDIS_PORT",
+        ),
+        (&[("REDIS_HOST", "r"), ("REDIS_DB", "-1")][..], "REDIS_DB"),
+        (&[("REDIS_HOST", "a@b")][..], "REDIS_HOST"),
+        (&[("REDIS_ADDR", "cache")][..], "REDIS_ADDR"),
+    ] {
+        let err = start_up_error(vars);
+        assert!(err.contains(var), "{vars:?}: {err}");
+    }
+    // Unread variables are named, with what to set instead, and the service starts.
+    let running = run_example(&[("CB_FAILURE_THRESHOLD", "3"), ("CACHE_TTL", "60")]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = running.logs();
+        if logs.contains("CB_FAILURE_THRESHOLD is set but not read")
+            && logs.contains("set CIRCUIT_BREAKER_FAILURE_THRESHOLD instead")
+            && logs.contains("CACHE_TTL is set but not read")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning logged: {logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

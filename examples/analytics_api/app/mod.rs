@@ -222,17 +222,18 @@ pub(crate) fn build(
         .storage
         .backend()
         .map_redis(|redis| redis.failure_policy(config.rate_limit_failure_policy));
-    // The refusal is the one error shape (`errors.rs`), `detail` saying what the references say.
-    let per_client = |name: &'static str, on_success: bool| {
+    // The refusal is the one error shape (`errors.rs`), its message the reference's for the
+    // route: `Too many requests` for metric submission and events (reference 000; 001 said `Rate
+    // limit exceeded`), `rate limit exceeded` under `/api/v1` (003).
+    let per_client = |name: &'static str, on_success: bool, refused: &'static str| {
         RateLimitLayer::builder()
             .name(name)
             .headers_on_success(on_success)
             .rejection(AsHttp::new().json_body(|r| {
                 let (status, message) = match r.kind() {
-                    RejectionKind::RateLimited => (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "Too many requests".to_owned(),
-                    ),
+                    RejectionKind::RateLimited => {
+                        (StatusCode::TOO_MANY_REQUESTS, refused.to_owned())
+                    }
                     RejectionKind::BackendUnavailable => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Rate limiting is unavailable; try again shortly".to_owned(),
@@ -247,7 +248,7 @@ pub(crate) fn build(
     // Metric submission: a known API key (`X-API-Key`, listed in `API_KEYS`) is limited per key at
     // its tier's quota (`TIER_QUOTAS`); anyone else per client IP at the default quota, exactly as
     // without tiers (`tiers.rs`).
-    let mut metrics_limit = per_client("metrics", true)
+    let mut metrics_limit = per_client("metrics", true, "Too many requests")
         .quota(Quota::with_period(
             config.metrics_limit,
             config.metrics_window,
@@ -263,12 +264,12 @@ pub(crate) fn build(
     }
     // `RATE_LIMIT_SHADOW=1`: every limit decides and counts as usual, and admits.
     let metrics_limit = metrics_limit.shadow(tiers.shadow()).build()?;
-    let events_limit = per_client("events", false)
+    let events_limit = per_client("events", false, "Too many requests")
         .quota(Quota::per_minute(config.events_per_minute))
         .key(client_ip.clone())
         .shadow(tiers.shadow())
         .build()?;
-    let api_v1_limit = per_client("api_v1", true)
+    let api_v1_limit = per_client("api_v1", true, "rate limit exceeded")
         .quota(Quota::per_minute(config.api_v1_per_minute))
         .key(client_ip)
         .shadow(tiers.shadow())

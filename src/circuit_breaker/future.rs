@@ -103,8 +103,11 @@ impl Held {
     }
 }
 
-/// Records the call's outcome, or gives a probe permit back if dropped unrecorded.
-struct Recorder<C> {
+/// Records the call's outcome, or gives a probe permit back if dropped unrecorded: made before
+/// the inner service is called, so that a `call` or a classifier that panics (caught by a
+/// `CatchPanic` layer outside) gives its probe back instead of leaving the circuit half-open
+/// with every permit held.
+pub(crate) struct Recorder<C> {
     held: Held,
     /// Taken when the outcome is recorded; still here on drop means the call was cancelled.
     permit: Option<Permit>,
@@ -119,17 +122,25 @@ impl<C> Drop for Recorder<C> {
     }
 }
 
-impl<S: Service<Req>, Req, C, M, Res, Err> ResponseFuture<S, Req, C, M, Res, Err> {
+impl<C> Recorder<C> {
     #[inline]
-    pub(crate) fn called(fut: S::Future, permit: Permit, held: Held, classifier: C) -> Self {
+    pub(crate) fn new(held: Held, permit: Permit, classifier: C) -> Self {
+        Self {
+            held,
+            permit: Some(permit),
+            classifier,
+        }
+    }
+}
+
+impl<S: Service<Req>, Req, C, M, Res, Err> ResponseFuture<S, Req, C, M, Res, Err> {
+    /// The call `fut`, made after `recorder` (which holds its permit).
+    #[inline]
+    pub(crate) fn called(fut: S::Future, recorder: Recorder<C>) -> Self {
         Self {
             state: State::Called {
                 fut,
-                recorder: Some(Recorder {
-                    held,
-                    permit: Some(permit),
-                    classifier,
-                }),
+                recorder: Some(recorder),
             },
             _mode: PhantomData,
         }
@@ -211,10 +222,12 @@ where
             let next = match self.as_mut().project().state.project() {
                 StateProj::Called { fut, recorder } => {
                     let result = ready!(fut.poll(cx));
-                    if let Some(mut r) = recorder.take()
-                        && let Some(permit) = r.permit.take()
-                    {
-                        match r.classifier.classify(&result) {
+                    if let Some(mut r) = recorder.take() {
+                        // Classified while the recorder holds the permit: a classifier that
+                        // panics drops it, and the permit goes back.
+                        let verdict = r.classifier.classify(&result);
+                        let permit = r.permit.take().expect("held until recorded");
+                        match verdict {
                             // Refused below, before the upstream: nothing to count (a probe's
                             // permit goes back).
                             Verdict::Refused { .. } => r.held.breaker().cancel(permit),
@@ -303,14 +316,13 @@ where
         ..
     } = *w.into_inner();
     match permit {
-        Some(permit) => State::Called {
-            fut: svc.call(req),
-            recorder: Some(Recorder {
-                held,
-                permit: Some(permit),
-                classifier,
-            }),
-        },
+        Some(permit) => {
+            let recorder = Recorder::new(held, permit, classifier);
+            State::Called {
+                fut: svc.call(req),
+                recorder: Some(recorder),
+            }
+        }
         None => {
             let breaker = held.breaker();
             tracing::debug!(

@@ -7,7 +7,7 @@ use tower_service::Service;
 use super::CircuitState;
 use super::error::CircuitOpen;
 use super::fallback::{Fallback, NoFallback};
-use super::future::{Held, OwnRef, ResponseFuture};
+use super::future::{Held, OwnRef, Recorder, ResponseFuture};
 use super::layer::{Circuits, Shared};
 use super::state::Breaker;
 use crate::classify::Classify;
@@ -20,10 +20,11 @@ use crate::rejection::RejectionMode;
 /// An open circuit refuses from `call`, at once and without touching the inner service, so the
 /// layer works under axum, which does not honour backpressure. With one circuit (no key), an open
 /// circuit's refusal is also decided in `poll_ready`, which then answers ready at once without
-/// waiting for the inner service (passing on its errors, the way tower's `LoadShed` does): a
-/// caller is not held behind an inner service that cannot take calls (a `ConcurrencyLimit` whose
-/// slots hung calls hold, a channel's full buffer) only to be refused. Otherwise `poll_ready` is the inner service's (with
-/// circuits per key, the key is not known before `call`). Clones share the circuit (or circuits).
+/// polling the inner service: a caller is not held behind an inner service that cannot take calls
+/// (a `ConcurrencyLimit` whose slots hung calls hold, a channel's full buffer) only to be refused,
+/// and nothing the inner service reserves when ready (a permit, a waiting rate limiter's unit) is
+/// held for a call that never comes. Otherwise `poll_ready` is the inner service's (with circuits
+/// per key, the key is not known before `call`). Clones share the circuit (or circuits).
 ///
 /// One exception, for [shared circuits](super#shared-circuit-state) only: a half-open caller on a
 /// replica that has not yet asked the shared store for probe permits waits briefly for that
@@ -61,22 +62,20 @@ impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
 }
 
 impl<S, C, M, F, X: KeyExtractor> CircuitBreaker<S, C, M, F, X> {
-    /// `poll_ready` of an open circuit: refused whatever the inner service's readiness, so it is
-    /// not waited for (its errors still pass through, as tower's `LoadShed` does). Out of line:
-    /// the closed circuit's `poll_ready` stays one load and a branch before the inner service's.
+    /// `poll_ready` of an open circuit: ready at once, the next `call` refused. The inner service
+    /// is not polled: its readiness would be waited for, and what it reserves when ready (a
+    /// concurrency permit, a waiting rate limiter's unit) would be held for a call that never
+    /// comes. Out of line: the closed circuit's `poll_ready` stays one load and a branch before
+    /// the inner service's.
     #[cold]
     #[inline(never)]
-    fn poll_ready_shed<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), M::Error>>
+    fn poll_ready_shed<Req>(&mut self) -> Poll<Result<(), M::Error>>
     where
         S: Service<Req>,
         M: RejectionMode<S::Response, S::Error>,
-        M::Error: From<S::Error>,
     {
         self.shed = true;
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(M::Error::from(e))),
-            _ => Poll::Ready(Ok(())),
-        }
+        Poll::Ready(Ok(()))
     }
 
     /// The refusal `poll_ready` decided: the inner service was not readied, so it is not called
@@ -156,7 +155,7 @@ where
         if let Some(one) = &self.one
             && one.0.sheds().is_some()
         {
-            return self.poll_ready_shed(cx);
+            return self.poll_ready_shed::<Req>();
         }
         self.shed = false;
         self.inner.poll_ready(cx).map_err(M::Error::from)
@@ -197,12 +196,8 @@ where
                     (None, Some(one)) => Held::One(Arc::clone(one)),
                     (None, None) => unreachable!("a service has its one circuit or looks one up"),
                 };
-                ResponseFuture::called(
-                    self.inner.call(req),
-                    permit,
-                    held,
-                    shared.classifier.clone(),
-                )
+                let recorder = Recorder::new(held, permit, shared.classifier.clone());
+                ResponseFuture::called(self.inner.call(req), recorder)
             }
             Err(refusal) => {
                 let open = CircuitOpen::new(

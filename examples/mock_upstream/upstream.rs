@@ -1,7 +1,8 @@
-//! A flaky upstream for `proxy_service`: `POST /external-api/process` answers 200 with what it was
-//! sent, or fails at `EXTERNAL_FAIL_RATE`, mostly with a 500, sometimes with a 503 and
-//! `Retry-After`. `GET /stats` counts what it saw, so tests (and curious users) can check how many
-//! attempts a proxy made.
+//! A flaky upstream for `proxy_service`: `POST /external-api/process` answers 200
+//! `{"status":"success","received_data":...,"processed_at":<epoch seconds>,"message":"Data
+//! processed successfully by external service"}` (reference 004's mock), or fails at
+//! `EXTERNAL_FAIL_RATE`, mostly with a 500, sometimes with a 503 and `Retry-After`. `GET /stats`
+//! counts what it saw, so tests (and curious users) can check how many attempts a proxy made.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,10 +180,16 @@ async fn process(State(up): State<Upstream>, body: axum::body::Bytes) -> Respons
             .into_response();
     }
     counts.succeeded.fetch_add(1, Ordering::Relaxed);
+    // As reference 004's mock: `processed_at` is Python's `time.time()`, seconds since the Unix
+    // epoch as a number (with a fraction).
+    let processed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     Json(json!({
         "status": "success",
         "received_data": received,
-        "processed_at": chrono::Utc::now().to_rfc3339(),
+        "processed_at": processed_at,
+        "message": "Data processed successfully by external service",
     }))
     .into_response()
 }

@@ -32,6 +32,7 @@ use tower_rampart::rejection::{AsError, RejectionKind};
 use tower_rampart::retry::error::{AttemptTimedOut, LastError};
 use tower_rampart::retry::{Attempts, Budget, Jitter, RetryLayer};
 
+use crate::jitter::AddedJitter;
 use crate::setup::{EnvError, json_logs, listen_addr, parse, positive};
 
 /// The proxy's configuration, from the environment.
@@ -42,8 +43,9 @@ pub(crate) struct ProxyConfig {
     /// `EXTERNAL_SERVICE_URL` (default `http://localhost:5001/external-api/process`).
     pub(crate) upstream: http::Uri,
     /// `RETRY_MAX_ATTEMPTS` (3, the first included), `RETRY_INITIAL_DELAY_MS` (100),
-    /// `RETRY_BACKOFF_MULTIPLIER` (2.0), `RETRY_MAX_DELAY_MS` (2000): exponential backoff with
-    /// full jitter.
+    /// `RETRY_BACKOFF_MULTIPLIER` (2.0), `RETRY_MAX_DELAY_MS` (5000): the delay before retry `n` is
+    /// `initial × multiplier^(n−1)`, at most the maximum, plus a random 0–50% of it (reference
+    /// 004's schedule: 100–150 ms, then 200–300 ms; see [`crate::jitter`]).
     pub(crate) retry_attempts: u32,
     pub(crate) retry_initial: Duration,
     pub(crate) retry_multiplier: f64,
@@ -51,7 +53,7 @@ pub(crate) struct ProxyConfig {
     /// `RETRY_BUDGET_PERCENT` (100): retries may add at most this share of the recent requests
     /// (plus 10 per second), so an outage cannot multiply the upstream's load beyond it.
     pub(crate) retry_budget_percent: f64,
-    /// `EXTERNAL_TIMEOUT_MS` (2000): how long one attempt may take.
+    /// `EXTERNAL_TIMEOUT_MS` (10000, the reference's fixed 10 s): how long one attempt may take.
     pub(crate) attempt_timeout: Duration,
     /// `CB_FAILURE_THRESHOLD` (5) failed requests in a row open the circuit for
     /// `CB_RESET_TIMEOUT_SECONDS` (30).
@@ -65,7 +67,7 @@ pub(crate) struct ProxyConfig {
     /// `MAX_BODY_BYTES` (default 1 MiB).
     pub(crate) max_body_bytes: usize,
     /// `REQUEST_TIMEOUT_SECONDS` (30): the most one request may take, body and upstream calls
-    /// included (408 past it; longer than the retries' own deadline, which answers 504 first).
+    /// included (408 past it; longer than the retries' own deadline, which answers 500 first).
     pub(crate) request_timeout: Duration,
     /// `BODY_READ_TIMEOUT_SECONDS` (10): the longest wait for the next piece of a request body.
     pub(crate) body_timeout: Duration,
@@ -129,7 +131,7 @@ impl ProxyConfig {
             )?)))
         };
         let retry_initial = ms("RETRY_INITIAL_DELAY_MS", 100)?;
-        let retry_max_delay = ms("RETRY_MAX_DELAY_MS", 2000)?;
+        let retry_max_delay = ms("RETRY_MAX_DELAY_MS", 5000)?;
         if retry_initial > retry_max_delay {
             return Err(EnvError {
                 var: "RETRY_INITIAL_DELAY_MS",
@@ -145,7 +147,7 @@ impl ProxyConfig {
             retry_multiplier,
             retry_budget_percent,
             retry_max_delay,
-            attempt_timeout: ms("EXTERNAL_TIMEOUT_MS", 2000)?,
+            attempt_timeout: ms("EXTERNAL_TIMEOUT_MS", 10_000)?,
             breaker_threshold: positive(&get, "CB_FAILURE_THRESHOLD", 5)?,
             breaker_reset: Duration::from_secs(u64::from(positive(
                 &get,
@@ -225,8 +227,10 @@ impl tower_rampart::classify::Classify<http::Response<Bytes>, BoxError> for Prox
 }
 
 /// The client stack, outermost first: the circuit breaker (an open circuit refuses before any
-/// attempt; a request whose attempts are all spent is one failure), the retries (backoff with
-/// jitter, per-attempt timeout, a budget, the upstream's `Retry-After` honoured), the hyper client
+/// attempt; a request whose attempts are all spent is one failure; once the wait is over, two
+/// probes must succeed to close it, as reference 004's `success_threshold` of 2), the retries
+/// (reference 004's backoff and jitter, per-attempt timeout, a budget, the upstream's
+/// `Retry-After` honoured), the hyper client
 /// reading the whole answer (at most [`MAX_UPSTREAM_BODY_BYTES`]) within the attempt: an answer
 /// whose body stalls or breaks off is a failed attempt like one whose head does.
 pub(crate) fn upstream_client(
@@ -236,17 +240,22 @@ pub(crate) fn upstream_client(
         .name("external")
         .consecutive_failures(config.breaker_threshold)
         .wait_duration(config.breaker_reset)
+        // Half-open, two probes are let through, and both must succeed to close the circuit (one
+        // failure reopens it).
+        .half_open_probes(HALF_OPEN_SUCCESSES)
         .classify(tower_rampart::classify::HttpClassifier::new())
         .build()?;
     let handle = breaker.handle();
-    // The attempts and waits at their longest, but within 90% of the request's own timeout (a
-    // 408 would say the client was slow), so the retries give up in time to answer 502 or 504.
-    // The timeout runs from the request's arrival and this deadline from the body's: a body
-    // that took more than the other 10% to arrive can still end in a 408.
+    // The attempts and waits at their longest (a wait is at most 1.5 times the maximum delay),
+    // but within 90% of the request's own timeout (a 408 would say the client was slow), so the
+    // retries give up in time to answer the reference's 500. The timeout runs from the request's
+    // arrival and this deadline from the body's: a body that took more than the other 10% to
+    // arrive can still end in a 408.
     let deadline = (config.attempt_timeout * config.retry_attempts
-        + config.retry_max_delay * config.retry_attempts.saturating_sub(1))
+        + config.retry_max_delay.mul_f64(1.5) * config.retry_attempts.saturating_sub(1))
     .min(config.request_timeout.mul_f64(0.9));
-    let retry = RetryLayer::builder()
+    // The standard policy without jitter: `AddedJitter` adds the reference's on top.
+    let standard = RetryLayer::builder()
         .name("external")
         .max_attempts(config.retry_attempts)
         .exponential_backoff(
@@ -254,7 +263,7 @@ pub(crate) fn upstream_client(
             config.retry_multiplier,
             config.retry_max_delay,
         )
-        .jitter(Jitter::Full)
+        .jitter(Jitter::None)
         .budget(Budget::new(config.retry_budget_percent).min_per_second(10))
         .attempt_timeout(config.attempt_timeout)
         .deadline(deadline)
@@ -265,7 +274,10 @@ pub(crate) fn upstream_client(
                 [500, 502, 503, 504, 429].map(|s| http::StatusCode::from_u16(s).unwrap()),
             ),
         ))
-        // hyper's response body cannot carry a made-up 504: timeouts come back as errors.
+        .build()?;
+    // Timeouts and the client's errors come back as errors carrying the attempt count.
+    let retry = RetryLayer::custom(AddedJitter::new(standard))
+        .name("external")
         .rejection(AsError)
         .build()?;
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
@@ -297,6 +309,9 @@ pub(crate) fn upstream_client(
     Ok((BoxCloneSyncService::new(stack), handle))
 }
 
+/// Half-open successes that close the circuit (reference 004's `success_threshold`).
+pub(crate) const HALF_OPEN_SUCCESSES: u32 = 2;
+
 /// Shared state of the routes.
 #[derive(Clone)]
 pub(crate) struct Proxy {
@@ -305,11 +320,11 @@ pub(crate) struct Proxy {
     pub(crate) breaker: CircuitHandle,
 }
 
-/// Whether reading the body failed on the body timeout (`BODY_READ_TIMEOUT_SECONDS`).
-fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+/// Whether `e`, or an error it wraps, is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
     while let Some(e) = cause {
-        if e.is::<tower_http::timeout::TimeoutError>() {
+        if e.is::<T>() {
             return true;
         }
         cause = e.source();
@@ -358,8 +373,19 @@ async fn validate_json(req: axum::extract::Request, next: Next) -> Response {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is over MAX_BODY_BYTES.",
                 )
-            } else if timed_out(&*inner) {
-                // The body stopped arriving: 408, as a whole request that takes too long gets.
+            } else if crate::setup::BodyBudgetExceeded::caused(&*inner) {
+                // The server holds MAX_BUFFERED_BODY_BYTES of bodies already: nothing forwarded,
+                // no quota spent; the client tries again shortly.
+                let mut res = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Too many request bodies in flight; try again shortly.",
+                );
+                res.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            } else if caused_by::<tower_http::timeout::TimeoutError>(&*inner) {
+                // The body stopped arriving (`BODY_READ_TIMEOUT_SECONDS`): 408, as a whole request
+                // that takes too long gets.
                 error(
                     StatusCode::REQUEST_TIMEOUT,
                     "the request body was not received in time",
@@ -500,51 +526,63 @@ async fn proxy_data(
                     Json(json!({
                         "status": "success",
                         "external_response": external,
-                        "proxy_notes": notes(attempts),
+                        "proxy_notes": notes(&proxy.breaker),
                     })),
                 )
                     .into_response()
             } else {
-                let mut res = error(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "External service failed with {} after {attempts} attempt{}.",
-                        status.as_u16(),
-                        if attempts == 1 { "" } else { "s" }
-                    ),
-                );
-                res.headers_mut()
-                    .insert("x-upstream-attempts", attempts.into());
-                res
+                let failure = format!("status={}", status.as_u16());
+                tracing::warn!(attempts, %failure, "the external service call failed");
+                retries_exhausted(&proxy.breaker, attempts, &failure)
             }
         }
-        Err(e) => failure(&e),
+        Err(e) => failure(&proxy.breaker, &e),
     }
 }
 
-/// How the answer was obtained, for `proxy_notes`.
-fn notes(attempts: u32) -> String {
-    match attempts {
-        1 => "Forwarded to the external service; it answered on the first attempt.".to_owned(),
-        2 => "Forwarded to the external service; it answered after 1 retry.".to_owned(),
-        n => format!(
-            "Forwarded to the external service; it answered after {} retries.",
-            n - 1
-        ),
+/// `proxy_notes`, as reference 004 writes it: `Circuit breaker state: CLOSED` (the state after
+/// this call is counted). How many attempts it took is in `x-upstream-attempts`.
+fn notes(breaker: &CircuitHandle) -> String {
+    match json!(breaker.state()) {
+        Value::String(state) => format!("Circuit breaker state: {state}"),
+        other => format!("Circuit breaker state: {other}"),
     }
 }
 
-/// The answer to a request that got no response from the upstream.
-fn failure(e: &BoxError) -> Response {
-    if e.is::<CircuitOpen>() {
+/// Reference 004's answer when the upstream call failed, however it failed (a failure status
+/// after the retries, attempts timed out, no connection, an answer too large to relay): 500
+/// `{"status":"error","message":"An unexpected error occurred.","circuit_state":S}`, `S` the
+/// circuit's state once this failure is counted (`CLOSED`, or `OPEN` when it was the one that
+/// opened the circuit, ...). The body is exactly the reference's; what went wrong is in the log
+/// and in two headers: `x-upstream-attempts` (the attempts made) and `x-upstream-failure`
+/// (`status=<code>`, `timeout`, `too-large` or `unreachable`).
+fn retries_exhausted(breaker: &CircuitHandle, attempts: u32, failure: &str) -> Response {
+    let mut res = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({
+            "status": "error",
+            "message": "An unexpected error occurred.",
+            "circuit_state": breaker.state(),
+        })),
+    )
+        .into_response();
+    let headers = res.headers_mut();
+    headers.insert("x-upstream-attempts", attempts.into());
+    if let Ok(failure) = HeaderValue::from_str(failure) {
+        headers.insert("x-upstream-failure", failure);
+    }
+    res
+}
+
+/// The answer to a request that got no response from the upstream: 503 while the circuit is open,
+/// otherwise [`retries_exhausted`].
+fn failure(breaker: &CircuitHandle, e: &BoxError) -> Response {
+    if let Some(open) = e.downcast_ref::<CircuitOpen>() {
         let mut res = error(
             StatusCode::SERVICE_UNAVAILABLE,
             "External service is currently unavailable (Circuit Open).",
         );
-        if let Some(after) = e
-            .downcast_ref::<CircuitOpen>()
-            .and_then(CircuitOpen::retry_after)
-        {
+        if let Some(after) = open.retry_after() {
             res.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 (after.as_secs() + u64::from(after.subsec_nanos() > 0))
@@ -555,34 +593,18 @@ fn failure(e: &BoxError) -> Response {
         return res;
     }
     let attempts = tower_rampart::retry::error::attempts(e.as_ref()).unwrap_or(1);
-    let mut res = if e.is::<UpstreamBodyTooLarge>() {
-        error(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "External service's answer is larger than the proxy relays ({MAX_UPSTREAM_BODY_BYTES} bytes)."
-            ),
-        )
-    } else if let Some(t) = e.downcast_ref::<AttemptTimedOut>() {
-        error(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "External service timed out ({} attempt{}).",
-                t.attempts(),
-                if t.attempts() == 1 { "" } else { "s" }
-            ),
-        )
+    let failure = if caused_by::<UpstreamBodyTooLarge>(e.as_ref()) {
+        "too-large"
+    } else if e.is::<AttemptTimedOut>() {
+        "timeout"
     } else {
-        let cause = e
-            .downcast_ref::<LastError>()
-            .map_or_else(|| e.to_string(), |l| l.get_ref().to_string());
-        error(
-            StatusCode::BAD_GATEWAY,
-            format!("External service could not be reached after {attempts} attempts: {cause}"),
-        )
+        "unreachable"
     };
-    res.headers_mut()
-        .insert("x-upstream-attempts", attempts.into());
-    res
+    let cause = e
+        .downcast_ref::<LastError>()
+        .map_or_else(|| e.to_string(), |l| l.get_ref().to_string());
+    tracing::warn!(attempts, failure, %cause, "the external service call failed");
+    retries_exhausted(breaker, attempts, failure)
 }
 
 /// `GET /health`, `GET /api/health`.

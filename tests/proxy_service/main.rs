@@ -1,11 +1,14 @@
 //! End-to-end tests of `examples/proxy_service` against `examples/mock_upstream`, both served on
 //! loopback ports, driven by a real HTTP client: the circuit opens after the failures and answers
 //! 503 without calling the upstream, probes and recovers; retries turn most failures into 200s and
-//! the upstream sees exactly the attempts the proxy reports; limits, timeouts, bad bodies.
+//! the upstream sees exactly the attempts the proxy reports; limits, timeouts, bad bodies. Reference
+//! 004's bodies are checked in `contract_004`, its timings (on paused time) in `timing_004`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../../examples/proxy_service/jitter.rs"]
+mod jitter;
 #[path = "../../examples/proxy_service/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;
@@ -17,6 +20,7 @@ mod setup;
 mod upstream;
 
 mod contract_004;
+mod timing_004;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -37,7 +41,7 @@ struct Stack {
     proxy: Served,
     breaker: CircuitHandle,
     upstream: upstream::UpstreamHandle,
-    _upstream_server: Served,
+    upstream_server: Served,
 }
 
 /// Serves the upstream with `upstream_vars` and the proxy in front of it with `proxy_vars`.
@@ -58,7 +62,7 @@ async fn start(upstream_vars: &[(&str, &str)], proxy_vars: &[(&str, &str)]) -> S
         proxy: serve(router, true).await,
         breaker,
         upstream: handle,
-        _upstream_server: upstream_server,
+        upstream_server,
     }
 }
 
@@ -76,6 +80,15 @@ async fn post(stack: &Stack, body: &str) -> Reply {
         .proxy
         .send_body("POST", "/api/proxy/data", &[JSON], body.to_owned())
         .await
+}
+
+/// Reference 004's answer once the retries are exhausted, with the circuit's state `state`.
+fn retries_exhausted(state: &str) -> serde_json::Value {
+    serde_json::json!({
+        "status": "error",
+        "message": "An unexpected error occurred.",
+        "circuit_state": state,
+    })
 }
 
 fn attempts(r: &Reply) -> u64 {
@@ -103,15 +116,22 @@ async fn failures_open_the_circuit_which_answers_503_without_calling_then_recove
     .await;
     for i in 0..5 {
         let r = post(&stack, r#"{"order":1}"#).await;
-        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "request {i}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "request {i}: {}",
+            r.body
+        );
         assert_eq!(
             attempts(&r),
             3,
             "three attempts, one failure for the circuit"
         );
+        assert_eq!(r.headers["x-upstream-failure"], "status=500");
+        // The fifth failure opens the circuit, and the answer says so.
         assert_eq!(
-            r.json()["message"],
-            "External service failed with 500 after 3 attempts."
+            r.json(),
+            retries_exhausted(if i < 4 { "CLOSED" } else { "OPEN" })
         );
     }
     assert_eq!(stack.upstream.requests(), 15);
@@ -147,13 +167,17 @@ async fn failures_open_the_circuit_which_answers_503_without_calling_then_recove
     assert_eq!(s["state"], "HALF_OPEN", "{s}");
     // A failing probe (three attempts) opens it again.
     let r = post(&stack, r#"{"order":3}"#).await;
-    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.json(), retries_exhausted("OPEN"));
     assert_eq!(stack.upstream.requests(), 18);
     assert_eq!(stack.breaker.state(), CircuitState::Open);
 
-    // The upstream recovers; after the wait the probe succeeds and closes the circuit.
+    // The upstream recovers; after the wait two probes succeed and close the circuit.
     stack.upstream.set_fail_rate(0.0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = post(&stack, r#"{"order":4}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(stack.breaker.state(), CircuitState::HalfOpen);
     let r = post(&stack, r#"{"order":4}"#).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let body = r.json();
@@ -163,10 +187,7 @@ async fn failures_open_the_circuit_which_answers_503_without_calling_then_recove
         body["external_response"]["received_data"],
         serde_json::json!({"order": 4})
     );
-    assert_eq!(
-        body["proxy_notes"],
-        "Forwarded to the external service; it answered on the first attempt."
-    );
+    assert_eq!(body["proxy_notes"], "Circuit breaker state: CLOSED");
     for path in ["/health", "/api/health"] {
         assert_eq!(
             stack.proxy.send("GET", path, &[]).await.json()["circuit_breaker_state"],
@@ -206,21 +227,13 @@ async fn retries_turn_most_failures_into_success_and_the_upstream_saw_every_atte
                 ok += 1;
                 if n > 1 {
                     retried_to_success += 1;
-                    assert_eq!(
-                        r.json()["proxy_notes"],
-                        if n == 2 {
-                            "Forwarded to the external service; it answered after 1 retry."
-                                .to_owned()
-                        } else {
-                            format!(
-                                "Forwarded to the external service; it answered after {} retries.",
-                                n - 1
-                            )
-                        }
-                    );
+                    assert_eq!(r.json()["proxy_notes"], "Circuit breaker state: CLOSED");
                 }
             }
-            StatusCode::BAD_GATEWAY => assert_eq!(n, 3, "a 502 only after every attempt"),
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                assert_eq!(n, 3, "a 500 only after every attempt");
+                assert_eq!(r.json(), retries_exhausted("CLOSED"));
+            }
             other => panic!("unexpected {other}: {}", r.body),
         }
     }
@@ -277,8 +290,10 @@ async fn bodies_that_are_not_json_get_4xx_not_500() {
     assert_eq!(stack.upstream.requests(), 0);
 }
 
+/// Reference 004 retries every exception, a timeout or a refused connection too, and answers 500
+/// once the attempts are spent: so does the proxy, the cause in `x-upstream-failure`.
 #[tokio::test]
-async fn a_slow_upstream_times_out_with_504_and_a_missing_one_is_502() {
+async fn a_slow_or_missing_upstream_is_retries_exhausted_500() {
     let stack = start(
         &[("EXTERNAL_LATENCY_MS", "300")],
         &[
@@ -291,12 +306,10 @@ async fn a_slow_upstream_times_out_with_504_and_a_missing_one_is_502() {
     )
     .await;
     let r = post(&stack, "{}").await;
-    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
     assert_eq!(attempts(&r), 2);
-    assert_eq!(
-        r.json()["message"],
-        "External service timed out (2 attempts)."
-    );
+    assert_eq!(r.headers["x-upstream-failure"], "timeout");
+    assert_eq!(r.json(), retries_exhausted("CLOSED"));
 
     // Nothing listens on the upstream's address: connection refused, three times.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -311,13 +324,10 @@ async fn a_slow_upstream_times_out_with_504_and_a_missing_one_is_502() {
     let r = lonely
         .send_body("POST", "/api/proxy/data", &[JSON], "{}")
         .await;
-    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(attempts(&r), 3);
-    let msg = r.json()["message"].as_str().unwrap().to_owned();
-    assert!(
-        msg.starts_with("External service could not be reached after 3 attempts"),
-        "{msg}"
-    );
+    assert_eq!(r.headers["x-upstream-failure"], "unreachable");
+    assert_eq!(r.json(), retries_exhausted("CLOSED"));
 }
 
 /// An upstream on a raw socket that answers every request with `head` followed by `body` (then
@@ -346,9 +356,9 @@ async fn raw_upstream(head: &'static str, body: Vec<u8>) -> String {
 }
 
 /// The upstream's answer is read whole within the attempt: a body that stalls after its head is
-/// a timed-out attempt (504, retried), not a client's 408 at the request timeout; one larger
-/// than the proxy reads is refused (502, not retried: it would be as large again), not
-/// buffered.
+/// a timed-out attempt (retried), not a client's 408 at the request timeout; one larger than the
+/// proxy reads is refused (not retried: it would be as large again), not buffered. Both end in
+/// reference 004's 500.
 #[tokio::test]
 async fn an_upstream_body_that_stalls_or_is_too_large_fails_its_attempt() {
     let cases = [
@@ -358,7 +368,7 @@ async fn an_upstream_body_that_stalls_or_is_too_large_fails_its_attempt() {
                 b"{\"partial\":".to_vec(),
             )
             .await,
-            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
             2,
         ),
         (
@@ -367,7 +377,7 @@ async fn an_upstream_body_that_stalls_or_is_too_large_fails_its_attempt() {
                 vec![b' '; 2 * 1024 * 1024],
             )
             .await,
-            StatusCode::BAD_GATEWAY,
+            "too-large",
             1,
         ),
     ];
@@ -385,7 +395,14 @@ async fn an_upstream_body_that_stalls_or_is_too_large_fails_its_attempt() {
         let r = server
             .send_body("POST", "/api/proxy/data", &[JSON], "{}")
             .await;
-        assert_eq!(r.status, expected, "{url}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{url}: {}",
+            r.body
+        );
+        assert_eq!(r.headers["x-upstream-failure"], expected, "{url}");
+        assert_eq!(r.json(), retries_exhausted("CLOSED"), "{url}");
         assert_eq!(attempts(&r), tries, "{url}: {}", r.body);
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -510,9 +527,9 @@ async fn the_body_is_forwarded_byte_for_byte() {
 /// The retries' worst case (3 attempts of 2 s and the waits between them) is longer than the
 /// request's own timeout (5 s): the proxy answered 408 as if the client were slow. The retries
 /// now give up within 90% of it (4.5 s: half a second to spare on a loaded machine), and the
-/// answer says the upstream timed out (504).
+/// answer is reference 004's 500, the upstream's timeout in `x-upstream-failure`.
 #[tokio::test]
-async fn retries_longer_than_the_request_timeout_end_in_a_504_not_a_408() {
+async fn retries_longer_than_the_request_timeout_end_in_a_500_not_a_408() {
     let stack = start(
         &[("EXTERNAL_LATENCY_MS", "10000")],
         &[
@@ -524,6 +541,7 @@ async fn retries_longer_than_the_request_timeout_end_in_a_504_not_a_408() {
     )
     .await;
     let r = post(&stack, "{}").await;
-    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
-    assert_eq!(r.json()["status"], "error");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    assert_eq!(r.headers["x-upstream-failure"], "timeout");
+    assert_eq!(r.json(), retries_exhausted("CLOSED"));
 }

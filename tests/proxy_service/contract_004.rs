@@ -29,7 +29,10 @@ async fn health_success_and_the_error_bodies() {
         json!({"order": 42, "items": [1, 2]}),
         "forwarded unchanged"
     );
-    assert_eq!(b["proxy_notes"], "Circuit breaker state: CLOSED", "the reference's");
+    assert_eq!(
+        b["proxy_notes"], "Circuit breaker state: CLOSED",
+        "the reference's"
+    );
 
     // A body that is not JSON: 4xx in the reference's error shape (the reference answers 500).
     let r = stack

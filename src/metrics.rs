@@ -19,10 +19,10 @@
 //! | `rampart_rate_limit_lease_calls_total` | counter | `name` | Redis round trips of a leased limiter (`backend::redis::lease`) |
 //! | `rampart_rate_limit_lease_units_total` | counter | `name` | units carved from quotas by those round trips |
 //! | `rampart_rate_limit_lease_stranded_units_total` | counter | `name` | leased units that expired unused (counted in Redis, never admitted) |
-//! | `rampart_circuit_state` | gauge | `name`, `key` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled |
-//! | `rampart_circuit_transitions_total` | counter | `name`, `key`, `to` | state changes |
-//! | `rampart_circuit_rejected_total` | counter | `name`, `key` | calls refused by an open circuit |
-//! | `rampart_circuit_failures_total` | counter | `name`, `key` | calls classified as failures |
+//! | `rampart_circuit_state` | gauge | `name` (`key`) | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled (per-key circuits: only with `key_in_metrics`) |
+//! | `rampart_circuit_transitions_total` | counter | `name` (`key`), `to` | state changes |
+//! | `rampart_circuit_rejected_total` | counter | `name` (`key`) | calls refused by an open circuit |
+//! | `rampart_circuit_failures_total` | counter | `name` (`key`) | calls classified as failures |
 //! | `rampart_circuit_shared_fallback_total` | counter | `name` | syncs with the shared store that failed (the replica ran its own circuit) |
 //! | `rampart_retry_attempts_total` | counter | `name`, `reason` | retries made |
 //! | `rampart_retry_budget_exhausted_total` | counter | `name` | retries the budget did not allow |

@@ -33,6 +33,7 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
                 consecutive_failures: self.consecutive_failures,
                 wait: self.wait,
                 half_open_probes: self.half_open_probes,
+                key_in_metrics: self.key_in_metrics,
                 max_circuits: self.max_circuits,
                 hooks: self.hooks,
                 sync_interval: self.sync_interval,
@@ -56,6 +57,7 @@ pub(super) struct Settings {
     consecutive_failures: Option<u32>,
     wait: Wait,
     half_open_probes: u32,
+    key_in_metrics: bool,
     max_circuits: usize,
     hooks: Hooks,
     sync_interval: Duration,
@@ -79,6 +81,7 @@ impl Settings {
             consecutive_failures: self.consecutive_failures,
             wait: self.wait,
             half_open_probes: self.half_open_probes,
+            key_in_metrics: self.key_in_metrics,
             classifier,
             mode,
             fallback,
@@ -233,6 +236,7 @@ impl Settings {
             consecutive_failures: self.consecutive_failures,
             wait: self.wait,
             half_open_probes: self.half_open_probes,
+            key_in_metrics: self.key_in_metrics,
         };
         Ok(cfg)
     }

@@ -40,6 +40,7 @@ impl CircuitBreakerLayer {
                 max: Duration::from_secs(30),
             },
             half_open_probes: 1,
+            key_in_metrics: false,
             classifier: ErrorsAreFailures,
             mode: AsError,
             fallback: NoFallback,
@@ -72,6 +73,7 @@ pub struct CircuitBreakerBuilder<
     pub(super) consecutive_failures: Option<u32>,
     pub(super) wait: Wait,
     pub(super) half_open_probes: u32,
+    pub(super) key_in_metrics: bool,
     pub(super) classifier: C,
     pub(super) mode: M,
     pub(super) fallback: F,
@@ -95,6 +97,7 @@ impl<C: fmt::Debug, M: fmt::Debug, F: fmt::Debug, X: fmt::Debug, S: fmt::Debug> 
             .field("consecutive_failures", &self.consecutive_failures)
             .field("wait", &self.wait)
             .field("half_open_probes", &self.half_open_probes)
+            .field("key_in_metrics", &self.key_in_metrics)
             .field("classifier", &self.classifier)
             .field("mode", &self.mode)
             .field("fallback", &self.fallback)
@@ -198,6 +201,17 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
         self
     }
 
+    /// With per-key circuits ([`key`](Self::key)): whether each circuit's metrics carry its key as
+    /// a `key` label (feature `metrics`; default `false`). Off, the counters of every key's
+    /// circuit add up under the layer's `name`, and `rampart_circuit_state` (one circuit's state)
+    /// is not reported for them. Turn it on only for keys from a small, fixed set (upstream hosts
+    /// you configured): a key a client chooses (its IP, a header) would make a new series per
+    /// key, kept by the recorder for good, whatever [`max_circuits`](Self::max_circuits) evicts.
+    pub fn key_in_metrics(mut self, on: bool) -> Self {
+        self.key_in_metrics = on;
+        self
+    }
+
     /// Calls `hook` on every [`CircuitEvent`] (today: every change of state, after the change,
     /// outside any lock). Hooks run in the order added; a panicking hook is caught and logged.
     /// See [`crate::hooks`].
@@ -258,7 +272,8 @@ impl<C, M, F, X, S> CircuitBreakerBuilder<C, M, F, X, S> {
     /// [`CircuitHandle::circuit`](super::CircuitHandle::circuit)). A call the extractor finds
     /// no key for goes straight to the inner service, through no circuit.
     ///
-    /// Keys appear (as their [`KeyLabel`]) in logs, hooks, snapshots, refusals and metrics labels.
+    /// Keys appear (as their [`KeyLabel`]) in logs, hooks, snapshots and refusals, and in metrics
+    /// labels with [`key_in_metrics`](Self::key_in_metrics).
     pub fn key<X2>(self, key: X2) -> CircuitBreakerBuilder<C, M, F, PerKey<X2>, S>
     where
         X2: KeyExtractor,

@@ -11,8 +11,10 @@
 //! Keys come from any extractor of [`crate::key`]: a [`key_fn`](crate::key::key_fn) closure, or,
 //! for HTTP, [`UpstreamHost`](crate::key::UpstreamHost) (clients), [`PeerIp`](crate::key::PeerIp),
 //! [`ClientIp`](crate::key::ClientIp) or [`HeaderKey`](crate::key::HeaderKey). Each circuit is
-//! named in logs, hooks, snapshots, refusals and metrics labels by its key's
-//! [`KeyLabel`](crate::key::KeyLabel).
+//! named in logs, hooks, snapshots and refusals by its key's [`KeyLabel`](crate::key::KeyLabel),
+//! and in metrics labels only with
+//! [`key_in_metrics`](super::CircuitBreakerBuilder::key_in_metrics) (keys a client chooses would
+//! make a series each).
 //!
 //! A call the extractor finds no key for (a key function returning `None`, a request without the
 //! header or peer address keyed on) goes straight to the inner service, through no circuit, and

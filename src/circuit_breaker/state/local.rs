@@ -21,7 +21,7 @@ impl Breaker {
                 .map_or(u64::MAX, |s| duration_to_nanos(s.threshold)),
             window,
             #[cfg(feature = "metrics")]
-            meters: Meters::new(cfg.name, key.as_ref()),
+            meters: Meters::new(cfg.name, key.as_ref(), cfg.key_in_metrics),
             cfg,
             key,
             state_since: AtomicU64::new(clock.now()),

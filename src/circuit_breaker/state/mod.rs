@@ -132,6 +132,8 @@ pub(crate) struct Config {
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) wait: Wait,
     pub(crate) half_open_probes: u32,
+    /// Per-key circuits' metrics carry the key as a label (the builder's `key_in_metrics`).
+    pub(crate) key_in_metrics: bool,
 }
 
 /// The hooks of a layer's circuits.
@@ -194,14 +196,20 @@ pub(crate) struct Breaker {
 pub(super) struct Meters {
     rejected: metrics::Key,
     failures: metrics::Key,
-    state: metrics::Key,
+    /// `None` for a per-key circuit whose key is not a label: one gauge for every key's state
+    /// would say only the last one's.
+    state: Option<metrics::Key>,
     /// By target state, in `kind_bits` order.
     transitions: [metrics::Key; 5],
 }
 
 #[cfg(feature = "metrics")]
 impl Meters {
-    fn new(name: &'static str, key: Option<&Arc<str>>) -> Self {
+    /// The keys of a circuit named `name` and, for a per-key circuit, labelled with its `key` if
+    /// `key_in_metrics`.
+    fn new(name: &'static str, key: Option<&Arc<str>>, key_in_metrics: bool) -> Self {
+        let per_key = key.is_some();
+        let key = key.filter(|_| key_in_metrics);
         let labels = |extra: Option<(&'static str, &'static str)>| {
             let mut labels = vec![metrics::Label::from_static_parts(
                 crate::metrics::NAME,
@@ -224,7 +232,8 @@ impl Meters {
         Self {
             rejected: crate::metrics::key_with("rampart_circuit_rejected_total", labels(None)),
             failures: crate::metrics::key_with("rampart_circuit_failures_total", labels(None)),
-            state: crate::metrics::key_with("rampart_circuit_state", labels(None)),
+            state: (!per_key || key.is_some())
+                .then(|| crate::metrics::key_with("rampart_circuit_state", labels(None))),
             transitions,
         }
     }
@@ -236,7 +245,9 @@ impl Meters {
 
     fn set_state(&self, to: CircuitState) {
         let bits = kind_bits(to);
-        crate::metrics::gauge(&self.state).set(bits as f64);
+        if let Some(state) = &self.state {
+            crate::metrics::gauge(state).set(bits as f64);
+        }
         Self::count(&self.transitions[bits as usize]);
     }
 }

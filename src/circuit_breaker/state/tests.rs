@@ -15,6 +15,7 @@ fn breaker(probes: u32) -> Breaker {
                 max: Duration::from_secs(25),
             },
             half_open_probes: probes,
+            key_in_metrics: false,
         },
         None,
         super::Hooks::new(),

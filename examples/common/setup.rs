@@ -269,17 +269,18 @@ impl std::fmt::Display for BodyBudgetExceeded {
 
 impl std::error::Error for BodyBudgetExceeded {}
 
+/// Whether `error` (a body read's or a call's error) is a `T`, or was caused by one.
+// Not every binary that includes this file looks into errors.
 #[allow(dead_code)]
-impl BodyBudgetExceeded {
-    /// Whether `error` (a body read's error, as a handler gets it) is, or was caused by, this.
-    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
-        let mut e = Some(error);
-        while let Some(err) = e {
-            if err.is::<Self>() {
-                return true;
-            }
-            e = err.source();
+pub(crate) fn caused_by<T: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<T>() {
+            return true;
         }
-        false
+        cause = e.source();
     }
+    false
 }

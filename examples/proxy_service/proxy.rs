@@ -33,7 +33,7 @@ use tower_rampart::retry::error::{AttemptTimedOut, LastError};
 use tower_rampart::retry::{Attempts, Budget, Jitter, RetryLayer};
 
 use crate::jitter::AddedJitter;
-use crate::setup::{EnvError, json_logs, listen_addr, parse, positive};
+use crate::setup::{EnvError, caused_by, json_logs, listen_addr, parse, positive};
 
 /// The proxy's configuration, from the environment.
 #[derive(Clone, Debug)]
@@ -320,18 +320,6 @@ pub(crate) struct Proxy {
     pub(crate) breaker: CircuitHandle,
 }
 
-/// Whether `e`, or an error it wraps, is a `T`.
-fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(e) = cause {
-        if e.is::<T>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
 /// An error answer: `{"status":"error","message":...}`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
@@ -373,7 +361,7 @@ async fn validate_json(req: axum::extract::Request, next: Next) -> Response {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is over MAX_BODY_BYTES.",
                 )
-            } else if crate::setup::BodyBudgetExceeded::caused(&*inner) {
+            } else if caused_by::<crate::setup::BodyBudgetExceeded>(&*inner) {
                 // The server holds MAX_BUFFERED_BODY_BYTES of bodies already: nothing forwarded,
                 // no quota spent; the client tries again shortly.
                 let mut res = error(

@@ -238,6 +238,15 @@ async fn eval_script(
         window, "1000", "0.5", "", "0", "200000", "2", "60000000", "1", "600000", "7", "1000",
         &calls, "0", "0", "0", "0", "0", "0", "0", "0", "", "0", "0",
     ];
+    eval_args(con, key, &args).await
+}
+
+/// The circuit script on `key` with `args` (its 24 arguments).
+async fn eval_args(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    args: &[&str; 24],
+) -> redis::RedisResult<Vec<redis::Value>> {
     redis::cmd("EVAL")
         .arg(include_str!("../../src/backend/redis/circuit.lua"))
         .arg(1)
@@ -380,13 +389,7 @@ async fn eval_with_lease(
         "c100", "1000", "0.5", "", "0", "200000", "2", "60000000", "1", "600000", "7", lease_ms,
         "0", "0", "0", "0", "0", "0", "0", "0", want, "", "0", "0",
     ];
-    redis::cmd("EVAL")
-        .arg(include_str!("../../src/backend/redis/circuit.lua"))
-        .arg(1)
-        .arg(key)
-        .arg(&args[..])
-        .query_async(con)
-        .await
+    eval_args(con, key, &args).await
 }
 
 /// A holder's lease (`d<replica>`) or the waiting flag (`pw`) far ahead kept a vanished replica's

@@ -25,7 +25,7 @@ where
                     "Payload Too Large: the body is over MAX_BODY_BYTES",
                 )
                 .into_response()
-            } else if crate::setup::BodyBudgetExceeded::caused(&*inner) {
+            } else if crate::setup::caused_by::<crate::setup::BodyBudgetExceeded>(&*inner) {
                 // The server holds MAX_BUFFERED_BODY_BYTES of bodies already: nothing was read
                 // into the app, nothing stored; the client tries again shortly.
                 let mut res = ApiError::unavailable(

@@ -215,8 +215,8 @@ async fn sensors_modules_and_the_api_v1_limit() {
     let r = app.send("GET", "/api/v1/modules", &[]).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let body = r.json();
-    assert_eq!(body["detail"], "Too many requests");
-    assert_eq!(body["error"], "Too many requests");
+    assert_eq!(body["detail"], "rate limit exceeded");
+    assert_eq!(body["error"], "rate limit exceeded");
     assert_eq!(body["code"], "RATE_LIMITED");
     // Other routes are not affected.
     assert_eq!(app.send("GET", "/health", &[]).await.status, StatusCode::OK);

@@ -53,6 +53,7 @@ mod contract_001;
 mod contract_002;
 mod contract_003;
 mod dashboard_api;
+mod distinct_users;
 mod external_api;
 mod process;
 mod redis_storage;

@@ -1,5 +1,8 @@
 //! The in-memory store.
 
+use super::active::ActiveUsers;
+use super::blocks::{Block, GRAINS, interval_blocks};
+use super::distinct::{self, Sketch};
 use super::*;
 
 /// The metrics of one type, in memory: those kept, in submission order, with the running
@@ -18,36 +21,74 @@ struct Metrics {
     order: VecDeque<Arc<str>>,
 }
 
-/// Time-bucketed activity, in memory. Pruned as it is written, so it stays bounded by the traffic
-/// of the retention periods.
+/// Time-bucketed activity, in memory. Pruned as it is written (what expired, oldest first), so it
+/// stays bounded by the traffic of the active window (the users active in it) and by the minutes
+/// of history kept (distinct users in sketches of bounded size).
 #[derive(Debug, Default)]
 struct ActivityLog {
-    /// Last event time (seconds) of each user, and of each (platform, user).
-    users: HashMap<u64, i64>,
-    platform_users: HashMap<(String, u64), i64>,
-    /// Distinct users per minute.
-    users_by_minute: BTreeMap<i64, HashSet<u64>>,
+    /// Users active in the sliding five minutes, overall and by platform.
+    active: ActiveUsers,
+    /// Distinct users per block of time, for history.
+    distinct: DistinctUsers,
     /// Rejections per second (for the sliding five minutes) and per minute (for history).
     rejections_by_second: BTreeMap<i64, u64>,
     rejections_by_minute: BTreeMap<i64, u64>,
-    /// When the user maps were last pruned (seconds).
-    pruned_at: i64,
-    /// The platforms told apart (at most [`MAX_PLATFORMS`]; later ones count as [`OTHER`]).
-    platforms: HashSet<String>,
 }
 
 impl ActivityLog {
     fn prune(&mut self, now: i64) {
         let active_since = now - ACTIVE_WINDOW.as_secs() as i64;
-        if now != self.pruned_at {
-            self.users.retain(|_, t| *t > active_since);
-            self.platform_users.retain(|_, t| *t > active_since);
-            self.pruned_at = now;
-        }
+        self.active.expire(active_since);
         let keep_minutes = now.div_euclid(60) - HISTORY_RETENTION_MINUTES;
-        self.users_by_minute = self.users_by_minute.split_off(&keep_minutes);
+        self.distinct.prune(now.div_euclid(60));
         self.rejections_by_minute = self.rejections_by_minute.split_off(&keep_minutes);
         self.rejections_by_second = self.rejections_by_second.split_off(&(active_since + 1));
+    }
+}
+
+/// Distinct users per block of time ([`blocks`](super::blocks)), each a HyperLogLog sketch of at
+/// most [`MAX_SKETCH_BYTES`](distinct::MAX_SKETCH_BYTES) however many users it counts: a minute
+/// of history holds at most four sketches' worth. Each sketch is shared, so a history request takes
+/// the ones it needs under the lock and merges them after releasing it; a write to a sketch that a
+/// request still reads copies it first.
+#[derive(Debug, Default)]
+struct DistinctUsers {
+    /// One map per grain of [`GRAINS`], by the block's first minute.
+    by_grain: [BTreeMap<i64, Arc<Sketch>>; GRAINS.len()],
+}
+
+impl DistinctUsers {
+    /// Counts the user whose [`distinct::hash`] is `hash` in every block holding `minute`.
+    fn insert(&mut self, hash: u64, minute: i64) {
+        for (sketches, block) in self.by_grain.iter_mut().zip(Block::holding(minute)) {
+            Arc::make_mut(sketches.entry(block.start).or_default()).insert_hash(hash);
+        }
+    }
+
+    /// Forgets the blocks no longer kept at `now_minute`.
+    fn prune(&mut self, now_minute: i64) {
+        for (sketches, grain) in self.by_grain.iter_mut().zip(GRAINS) {
+            while let Some(oldest) = sketches.first_entry() {
+                let start = *oldest.key();
+                if (Block { grain, start }).kept_at(now_minute) {
+                    break;
+                }
+                oldest.remove();
+            }
+        }
+    }
+
+    fn get(&self, block: Block) -> Option<&Arc<Sketch>> {
+        let grain = GRAINS.iter().position(|&g| g == block.grain)?;
+        self.by_grain[grain].get(&block.start)
+    }
+
+    fn bytes(&self) -> usize {
+        self.by_grain
+            .iter()
+            .flat_map(|sketches| sketches.values())
+            .map(|s| s.bytes())
+            .sum()
     }
 }
 
@@ -190,21 +231,11 @@ impl MemoryStorage {
             *counts.entry(kind.to_owned()).or_default() += 1;
         }
         let now = now.timestamp();
+        let hash = distinct::hash(e.user_id);
         let mut log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
         log.prune(now);
-        log.users.insert(e.user_id, now);
-        let platform = if log.platforms.contains(&e.platform) || log.platforms.len() < MAX_PLATFORMS
-        {
-            log.platforms.insert(e.platform.clone());
-            e.platform.clone()
-        } else {
-            OTHER.to_owned()
-        };
-        log.platform_users.insert((platform, e.user_id), now);
-        log.users_by_minute
-            .entry(now.div_euclid(60))
-            .or_default()
-            .insert(e.user_id);
+        log.distinct.insert(hash, now.div_euclid(60));
+        log.active.record(e.user_id, &e.platform, now);
     }
 
     pub(super) fn record_rejections(&self, n: u64, now: DateTime<Utc>) {
@@ -220,15 +251,12 @@ impl MemoryStorage {
     pub(super) fn activity(&self, now: DateTime<Utc>) -> Activity {
         let now = now.timestamp();
         let since = now - ACTIVE_WINDOW.as_secs() as i64;
-        let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-        let mut by_platform = BTreeMap::new();
-        for ((platform, _), t) in &log.platform_users {
-            if *t > since {
-                *by_platform.entry(platform.clone()).or_default() += 1;
-            }
-        }
+        let mut log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        // Counts kept as users come and go: the work is the platforms', not the users'.
+        log.active.expire(since);
+        let (active_users, by_platform) = log.active.counts();
         Activity {
-            active_users: log.users.values().filter(|t| **t > since).count() as u64,
+            active_users,
             by_platform,
             rejected: log
                 .rejections_by_second
@@ -238,20 +266,39 @@ impl MemoryStorage {
         }
     }
 
-    pub(super) fn history(&self, series: &Series, starts: &[i64], interval: i64) -> Vec<f64> {
+    /// The bytes the distinct-user sketches of history hold, all blocks together: at most
+    /// [`MAX_SKETCH_BYTES`](distinct::MAX_SKETCH_BYTES) per block kept, whatever ids are sent.
+    #[allow(dead_code, reason = "read by the tests")]
+    pub(crate) fn distinct_users_bytes(&self) -> usize {
+        let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        log.distinct.bytes()
+    }
+
+    pub(super) fn history(
+        &self,
+        series: &Series,
+        starts: &[i64],
+        interval: i64,
+        now: i64,
+    ) -> Vec<f64> {
         match series {
             Series::ActiveUsers => {
-                let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-                starts
+                let blocks = interval_blocks(starts, interval, now);
+                // The lock is held to take the sketches (shared, not copied), not to merge them.
+                let sketches: Vec<Vec<Arc<Sketch>>> = {
+                    let log = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+                    blocks
+                        .iter()
+                        .map(|bs| {
+                            bs.iter()
+                                .filter_map(|&b| log.distinct.get(b).cloned())
+                                .collect()
+                        })
+                        .collect()
+                };
+                sketches
                     .iter()
-                    .map(|&s| {
-                        let users: HashSet<u64> = log
-                            .users_by_minute
-                            .range(s.div_euclid(60)..(s + interval).div_euclid(60))
-                            .flat_map(|(_, u)| u.iter().copied())
-                            .collect();
-                        users.len() as f64
-                    })
+                    .map(|s| distinct::union_count(s.iter().map(|s| &**s)) as f64)
                     .collect()
             }
             Series::ApiRejections => {

@@ -1,5 +1,6 @@
 //! The Redis store.
 
+use super::blocks::{Block, interval_blocks};
 use super::*;
 
 /// Data in Redis, under the `analytics:` prefix. Its commands go through the rate limiters'
@@ -134,10 +135,12 @@ end
 return forgotten
 ";
 
-/// Records an event: its type's count, the user's last activity (overall and on its platform), the
-/// minute's distinct users; drops activity older than the active window. Platforms past the first
-/// ARGV[7] and event types past the first ARGV[8] count as `other`, so the sets stay bounded and
-/// the dashboard's summary (one count per platform) costs the same whatever clients send.
+/// Records an event: its type's count, the user's last activity (overall and on its platform), and
+/// the user in the HyperLogLog of each block of time holding now (KEYS: its minute, 5 and 15
+/// minutes, and hour), each kept ARGV[6] seconds past its last write; drops activity older than the
+/// active window. Platforms past the first ARGV[7] and event types past the first ARGV[8] count as
+/// `other`, so the sets stay bounded and the dashboard's summary (one count per platform) costs the
+/// same whatever clients send; a HyperLogLog holds at most 12 KiB however many users it counts.
 const RECORD_EVENT: &str = r"
 local now, since, user, platform, etype = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('SISMEMBER', 'analytics:platforms', platform) == 0
@@ -155,8 +158,10 @@ local pkey = 'analytics:active:platform:' .. platform
 redis.call('ZADD', pkey, now, user)
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', since)
 redis.call('SADD', 'analytics:platforms', platform)
-redis.call('SADD', KEYS[1], user)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
+for _, block in ipairs(KEYS) do
+  redis.call('PFADD', block, user)
+  redis.call('EXPIRE', block, ARGV[6])
+end
 return 1
 ";
 
@@ -186,22 +191,6 @@ for _, v in ipairs(redis.call('MGET', unpack(KEYS))) do
   if v then rejected = rejected + tonumber(v) end
 end
 table.insert(out, 1, rejected)
-return out
-";
-
-/// Distinct users per interval: ARGV[1] minute keys per interval, KEYS in interval order; unions
-/// through a scratch key that no other script can see (scripts run one at a time).
-const USERS_PER_INTERVAL: &str = r"
-local per = tonumber(ARGV[1])
-local out = {}
-local scratch = 'analytics:scratch:union'
-for i = 1, #KEYS, per do
-  local keys = {}
-  for j = i, math.min(i + per - 1, #KEYS) do table.insert(keys, KEYS[j]) end
-  redis.call('SUNIONSTORE', scratch, unpack(keys))
-  table.insert(out, redis.call('SCARD', scratch))
-  redis.call('DEL', scratch)
-end
 return out
 ";
 
@@ -236,8 +225,6 @@ mod scripts {
     pub(super) static RECORD_REJECTION: LazyLock<FencedScript> =
         LazyLock::new(|| FencedScript::new(super::RECORD_REJECTION));
     pub(super) static ACTIVITY: LazyLock<Script> = LazyLock::new(|| Script::new(super::ACTIVITY));
-    pub(super) static USERS_PER_INTERVAL: LazyLock<Script> =
-        LazyLock::new(|| Script::new(super::USERS_PER_INTERVAL));
     pub(super) static SUMS_PER_INTERVAL: LazyLock<Script> =
         LazyLock::new(|| Script::new(super::SUMS_PER_INTERVAL));
 }
@@ -250,8 +237,11 @@ fn aggregate_key(metric_type: &str) -> String {
     format!("analytics:metric_agg:{metric_type}")
 }
 
-fn minute_users_key(minute: i64) -> String {
-    format!("analytics:users:m:{minute}")
+/// The HyperLogLog of the users of a block of time, e.g. `analytics:users:5m:29000000` for the 5
+/// minutes from minute 29,000,000 since the epoch. (The names differ from those of the sets that
+/// versions before held, `analytics:users:m:{minute}`: those expire unread.)
+fn users_key(block: Block) -> String {
+    format!("analytics:users:{}m:{}", block.grain, block.start)
 }
 
 fn rejections_second_key(second: i64) -> String {
@@ -476,7 +466,9 @@ impl RedisStorage {
         let now_s = now.timestamp();
         self.write(
             &scripts::RECORD_EVENT,
-            &[minute_users_key(now_s.div_euclid(60))],
+            &Block::holding(now_s.div_euclid(60))
+                .map(users_key)
+                .collect::<Vec<_>>(),
             &[
                 now_s.to_string(),
                 (now_s - ACTIVE_WINDOW.as_secs() as i64).to_string(),
@@ -559,6 +551,7 @@ impl RedisStorage {
         series: &Series,
         starts: &[i64],
         interval: i64,
+        now: i64,
     ) -> Result<Vec<f64>, StorageError> {
         let per = (interval / 60).max(1);
         let minute_keys = |key: fn(i64) -> String| {
@@ -577,9 +570,33 @@ impl RedisStorage {
         };
         match series {
             Series::ActiveUsers => {
-                let inv = per_interval(&scripts::USERS_PER_INTERVAL, minute_keys(minute_users_key));
-                let v: Vec<u64> = inv.invoke_async(&mut self.conn()).await?;
-                Ok(v.into_iter().map(|n| n as f64).collect())
+                // One PFCOUNT per interval, of at most `MAX_BLOCKS_PER_INTERVAL` HyperLogLogs (12
+                // KiB at most each), in one round trip: Redis serves other clients between them,
+                // and the whole request reads at most one key per minute kept.
+                let blocks = interval_blocks(starts, interval, now);
+                let mut pipe = redis::pipe();
+                for of_interval in blocks.iter().filter(|b| !b.is_empty()) {
+                    pipe.cmd("PFCOUNT");
+                    for &block in of_interval {
+                        pipe.arg(users_key(block));
+                    }
+                }
+                let counts: Vec<u64> = if blocks.iter().all(Vec::is_empty) {
+                    Vec::new()
+                } else {
+                    pipe.query_async(&mut self.conn()).await?
+                };
+                let mut counts = counts.into_iter();
+                Ok(blocks
+                    .iter()
+                    .map(|b| {
+                        if b.is_empty() {
+                            0.0
+                        } else {
+                            counts.next().unwrap_or(0) as f64
+                        }
+                    })
+                    .collect())
             }
             Series::ApiRejections => {
                 let inv = per_interval(

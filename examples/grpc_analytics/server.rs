@@ -494,12 +494,14 @@ pub(crate) async fn serve(
         // otherwise hold its place under `MAX_CONNECTIONS` for good.
         .max_connection_age(Duration::from_secs(30 * 60))
         .max_connection_age_grace(server_limits.shutdown_grace)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        // tonic's default is 4 MiB a message; these are a few hundred bytes. With
-        // `MAX_CONNECTIONS` x `MAX_STREAMS_PER_CONNECTION` calls buffering at once, 4 MiB each
-        // allowed 128 GiB; 64 KiB (the HTTP example's `MAX_BODY_BYTES`) allows 2 GiB at worst.
+        // Every service's messages bounded: tonic's default is 4 MiB a message; these are a few
+        // hundred bytes. With `MAX_CONNECTIONS` x `MAX_STREAMS_PER_CONNECTION` calls buffering at
+        // once, 4 MiB each allowed 128 GiB; 64 KiB (the HTTP example's `MAX_BODY_BYTES`) allows
+        // 2 GiB at worst. (`MAX_CONNECTIONS_PER_IP` and `MAX_BUFFERED_BODY_BYTES` are the HTTP
+        // servers': not used here.)
+        .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(reflection_v1.max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(reflection_v1alpha.max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
             AnalyticsServiceServer::new(analytics).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

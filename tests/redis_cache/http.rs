@@ -386,6 +386,62 @@ async fn a_writes_invalidation_completes_when_its_answer_is_dropped() {
     assert_eq!(failed.load(Ordering::SeqCst), 0);
 }
 
+/// A reload waiting on another replica's reload whose call fails takes the fill lock once it is
+/// free and stores its own answer: it used to ask for the lock "unless fresh", get the old entry
+/// (still fresh) each time, wait out the whole lock wait and call through without storing, the old
+/// answer left in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_other_fill_fails_takes_the_lock_and_stores() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("reload-fails");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let replica = || {
+        let calls = Arc::clone(&calls);
+        let prefix = prefix.clone();
+        let url = server.url();
+        async move {
+            let (cache, store) = http_cache(&url, &prefix).await;
+            let app = Router::new().route(
+                "/doc",
+                get(move || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        // The second call (the first reload) is slow and fails: not stored.
+                        if n == 2 {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            return (http::StatusCode::INTERNAL_SERVER_ERROR, "failed".to_owned());
+                        }
+                        (http::StatusCode::OK, format!("call {n}"))
+                    }
+                })
+                .route_layer(cache),
+            );
+            (serve(app, false).await, store)
+        }
+    };
+    let (one, store) = replica().await;
+    let (two, _) = replica().await;
+    assert_eq!(one.send("GET", "/doc", &[]).await.body, "call 1");
+    until_stored(&store, "GET /doc").await;
+    let reload = [("cache-control", "no-cache")];
+    let started = std::time::Instant::now();
+    let (first, second) = tokio::join!(one.send("GET", "/doc", &reload), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        two.send("GET", "/doc", &reload).await
+    });
+    assert_eq!(first.body, "failed");
+    assert_eq!(second.body, "call 3");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the reload waited out the lock wait: {:?}",
+        started.elapsed()
+    );
+    // Its answer was stored: a plain request gets it, not the old one.
+    assert_eq!(one.send("GET", "/doc", &[]).await.body, "call 3");
+}
+
 /// An HTTP cache on the Redis at `url` under `prefix` (300 s TTL), and its store: replicas of one
 /// app share a prefix.
 async fn http_cache(

@@ -47,10 +47,13 @@ const SAME_FILL: std::time::Duration = std::time::Duration::from_millis(100);
 /// while another process holds it, for the entry it is filling. Until the layer's lock wait is
 /// over, the store is checked after 5 ms, 10 ms, 20 ms, then every 50 ms: for the entry, and
 /// (when it is not there yet) for the lock, which this process takes if it has come free (the
-/// holder's call failed or was not storable, or its lock lapsed). The lock is asked for with
-/// [`LockMode::UnlessFresh`]: were the holder to store and release it between the check and the
-/// lock, the store answers the entry instead of the lock. Then this process leads the fill:
-/// holding the lock if it got it, without it (so without storing) if the wait ran out.
+/// holder's call failed or was not storable, or its lock lapsed). The lock is asked for in the
+/// caller's `mode`: with [`LockMode::UnlessFresh`] (a lookup), were the holder to store and
+/// release it between the check and the lock, the store answers the entry instead of the lock;
+/// with [`LockMode::Always`] (a forced refresh, which the old entry, still fresh, does not
+/// satisfy) the lock is taken once free (a holder that stored and released in between then costs
+/// one more upstream call). Then this process leads the fill: holding the lock if it got it,
+/// without it (so without storing) if the wait ran out.
 ///
 /// An entry the store answers (from `lock` or a later one) is served only if it is fresh by this
 /// process's clock; one a hair from the end of its freshness is waited past like a held lock.
@@ -140,10 +143,10 @@ where
         }
         // The lock may be free because its holder has just stored its entry and released it,
         // between the check above and this lock: the lock then answers the entry.
-        let lock = match shared
-            .store
-            .lock(&key, shared.lock_hold, LockMode::UnlessFresh)
-        {
+        // In the caller's mode: a forced refresh's `Always` takes the lock even while the old
+        // entry is fresh (`UnlessFresh` would answer that entry, waited past until the wait ran
+        // out); a lookup's `UnlessFresh` gets the entry a fill has just stored.
+        let lock = match shared.store.lock(&key, shared.lock_hold, mode) {
             StoreOp::Ready(lock) => lock,
             StoreOp::Pending(f) => f.await,
         };

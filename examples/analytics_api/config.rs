@@ -170,13 +170,20 @@ impl Config {
 }
 
 /// The references' variables this example does not read, and what to set instead.
-const NOT_READ: [(&str, &str); 6] = [
+const NOT_READ: [(&str, &str); 10] = [
     ("CB_FAILURE_THRESHOLD", "CIRCUIT_BREAKER_FAILURE_THRESHOLD"),
     ("CB_RESET_TIMEOUT", "CIRCUIT_BREAKER_RESET_TIMEOUT"),
     ("RATE_WINDOW", "RATE_LIMIT_WINDOW_SECONDS"),
     ("CACHE_TTL", "CACHE_TTL_SECONDS"),
     ("APP_REDIS_ADDR", "REDIS_URL"),
     ("APP_HTTP_PORT", "PORT"),
+    ("APP_HOST", "BIND"),
+    ("APP_PORT", "PORT"),
+    ("LOG_LEVEL", "RUST_LOG"),
+    (
+        "APP_MYSQL_DSN",
+        "REDIS_URL (this service keeps its data in memory or Redis)",
+    ),
 ];
 
 /// `REDIS_URL`, or the URL the references' `REDIS_HOST` / `REDIS_PORT` / `REDIS_DB` (reference

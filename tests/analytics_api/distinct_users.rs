@@ -319,3 +319,30 @@ async fn a_long_history_of_active_users_reads_few_keys_in_short_commands() {
         .unwrap();
     assert_eq!(hours[1].value, 60.0, "{hours:?}");
 }
+
+/// In Redis a block's sketch lives until its last minute is as old as the history kept, as the
+/// memory store keeps it: from the block's end, not from its last write (an hour's block written
+/// in its first minute went 59 minutes before the memory store dropped it).
+#[tokio::test]
+async fn a_blocks_sketch_expires_in_redis_when_the_memory_store_drops_it() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let redis = crate::redis_storage::redis_storage(&server);
+    // The first second of an hour.
+    let now = Utc::now().timestamp().div_euclid(3600) * 3600;
+    redis.record_event(&login(7), at(now)).await.unwrap();
+    for grain in GRAINS {
+        let start = (now / 60).div_euclid(grain) * grain;
+        let ttl: i64 = server
+            .command(&format!("TTL analytics:users:{grain}m:{start}"))
+            .trim_start_matches(':')
+            .parse()
+            .unwrap();
+        let expected = (start + grain + HISTORY_RETENTION_MINUTES) * 60 - now;
+        assert!(
+            (expected - 5..=expected).contains(&ttl),
+            "{grain}-minute block: TTL {ttl} s, expected {expected} s"
+        );
+    }
+}

@@ -137,7 +137,8 @@ return forgotten
 
 /// Records an event: its type's count, the user's last activity (overall and on its platform), and
 /// the user in the HyperLogLog of each block of time holding now (KEYS: its minute, 5 and 15
-/// minutes, and hour), each kept ARGV[6] seconds past its last write; drops activity older than the
+/// minutes, and hour), KEYS[i] kept ARGV[8 + i] seconds (until its last minute is ARGV[6] seconds
+/// old, as the memory store keeps it); drops activity older than the
 /// active window. Platforms past the first ARGV[7] and event types past the first ARGV[8] count as
 /// `other`, so the sets stay bounded and the dashboard's summary (one count per platform) costs the
 /// same whatever clients send; a HyperLogLog holds at most 12 KiB however many users it counts.
@@ -158,9 +159,9 @@ local pkey = 'analytics:active:platform:' .. platform
 redis.call('ZADD', pkey, now, user)
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', since)
 redis.call('SADD', 'analytics:platforms', platform)
-for _, block in ipairs(KEYS) do
+for i, block in ipairs(KEYS) do
   redis.call('PFADD', block, user)
-  redis.call('EXPIRE', block, ARGV[6])
+  redis.call('EXPIRE', block, ARGV[8 + i])
 end
 return 1
 ";
@@ -464,21 +465,29 @@ impl RedisStorage {
         now: DateTime<Utc>,
     ) -> Result<(), StorageError> {
         let now_s = now.timestamp();
+        let blocks: Vec<Block> = Block::holding(now_s.div_euclid(60)).collect();
+        let mut args = vec![
+            now_s.to_string(),
+            (now_s - ACTIVE_WINDOW.as_secs() as i64).to_string(),
+            e.user_id.to_string(),
+            e.platform.clone(),
+            e.event_type.clone(),
+            (HISTORY_RETENTION_MINUTES * 60).to_string(),
+            MAX_PLATFORMS.to_string(),
+            MAX_EVENT_TYPES.to_string(),
+        ];
+        // Each block until its last minute is as old as the history kept (`Block::kept_at`, the
+        // memory store's rule): from its end, not from its last write, or an hour's block would
+        // go up to 59 minutes before the memory store's.
+        args.extend(blocks.iter().map(|b| {
+            ((b.start + b.grain + HISTORY_RETENTION_MINUTES) * 60 - now_s)
+                .max(1)
+                .to_string()
+        }));
         self.write(
             &scripts::RECORD_EVENT,
-            &Block::holding(now_s.div_euclid(60))
-                .map(users_key)
-                .collect::<Vec<_>>(),
-            &[
-                now_s.to_string(),
-                (now_s - ACTIVE_WINDOW.as_secs() as i64).to_string(),
-                e.user_id.to_string(),
-                e.platform.clone(),
-                e.event_type.clone(),
-                (HISTORY_RETENTION_MINUTES * 60).to_string(),
-                MAX_PLATFORMS.to_string(),
-                MAX_EVENT_TYPES.to_string(),
-            ],
+            &blocks.iter().copied().map(users_key).collect::<Vec<_>>(),
+            &args,
         )
         .await
         .map(drop)

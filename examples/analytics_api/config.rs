@@ -139,6 +139,8 @@ impl Config {
             Duration::from_secs(5).min(request_timeout * 9 / 10)
         };
         let json_logs = json_logs(&get)?;
+        let server = crate::setup::ServerLimits::from_env(&get)?;
+        server.check_body_bound(max_body_bytes)?;
         Ok(Self {
             addr,
             metrics_limit,
@@ -164,7 +166,7 @@ impl Config {
                 .collect(),
             redis_timeout: Duration::from_millis(u64::from(redis_timeout_ms)),
             rate_limit_failure_policy,
-            server: crate::setup::ServerLimits::from_env(&get)?,
+            server,
         })
     }
 }

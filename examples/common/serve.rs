@@ -19,12 +19,13 @@
 //!   `MAX_CONNECTIONS`.
 //! - **HTTP/2 streams** (`MAX_STREAMS_PER_CONNECTION`, 32): requests in flight on one HTTP/2
 //!   connection.
-//! - **Buffered request bodies** (`MAX_BUFFERED_BODY_BYTES`, 64 MiB): the request body bytes
-//!   read and not yet released (a body's count is released when it is dropped, once its handler
-//!   has read it), across the server. Past it, a body's next bytes fail its read with
-//!   [`BodyBudgetExceeded`] (the apps answer `503` with `Retry-After`): clients sending bodies
-//!   slowly on many connections cannot make the server buffer connections x streams x
-//!   `MAX_BODY_BYTES`.
+//! - **Request bodies being read** (`MAX_BUFFERED_BODY_BYTES`, 64 MiB): the bytes of request
+//!   bodies read so far and not yet released (a body's count is released when it is dropped, once
+//!   its handler has read it whole: what the app keeps after that is the app's), across the
+//!   server, and an eighth of that per client address. Past either, a body's next bytes fail its
+//!   read with `BodyBudgetExceeded` (the apps answer `503` with `Retry-After`): clients sending
+//!   bodies slowly on many connections cannot make the server buffer connections x streams x
+//!   `MAX_BODY_BYTES`, and one client cannot hold the budget every other client needs.
 //! - **Bounded shutdown** (`SHUTDOWN_GRACE_SECS`, 10 s): on Ctrl-C or SIGTERM the server stops
 //!   accepting, lets requests in flight finish and closes idle keep-alive connections; whatever
 //!   is still open when the grace period ends is dropped, whatever clients do.
@@ -52,7 +53,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower::Service;
 
-use crate::setup::{BodyBudgetExceeded, ServerLimits};
+use crate::setup::{BodyBudgetExceeded, CLIENT_SHARES, ServerLimits};
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves, then drains for at
 /// most the grace period.
@@ -63,7 +64,10 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
+    let per_ip = Arc::new(PerIp::new(
+        limits.max_connections_per_ip,
+        (limits.max_buffered_body_bytes / CLIENT_SHARES).max(1),
+    ));
     let budget = Arc::new(Semaphore::new(limits.max_buffered_body_bytes));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -107,10 +111,12 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let app = router.clone();
         let budget = Arc::clone(&budget);
+        let client_budget = Arc::clone(&client.budget);
         let activity = Arc::new(Activity::new());
         let in_service = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(|body| Budgeted::new(body, Arc::clone(&budget)));
+            let mut req = req
+                .map(|body| Budgeted::new(body, Arc::clone(&budget), Arc::clone(&client_budget)));
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut app = app.clone();
             // In use from here until the response's body has been sent (or dropped).
@@ -260,23 +266,28 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     }
 }
 
-/// Open connections per client address (an IPv6 one by its /64), each at most `max`. The map
-/// holds only addresses with a connection open: at most `MAX_CONNECTIONS` entries.
+/// Open connections per client address (an IPv6 one by its /64), each at most `max`, and each
+/// client's share of the body budget. The map holds only addresses with a connection open: at most
+/// `MAX_CONNECTIONS` entries.
 struct PerIp {
     max: usize,
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    share: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (usize, Arc<Semaphore>)>>,
 }
 
 /// A connection counted against its client's share until it is dropped.
 struct Counted {
     per_ip: Arc<PerIp>,
     client: std::net::IpAddr,
+    /// The client's share of the body budget (one for all its connections).
+    budget: Arc<Semaphore>,
 }
 
 impl PerIp {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, share: usize) -> Self {
         Self {
             max,
+            share,
             open: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -295,7 +306,9 @@ impl PerIp {
     fn enter(this: &Arc<Self>, ip: std::net::IpAddr) -> Option<Counted> {
         let client = Self::client(ip);
         let mut open = this.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(client).or_insert(0);
+        let (n, budget) = open
+            .entry(client)
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(this.share))));
         if *n >= this.max {
             return None;
         }
@@ -303,6 +316,7 @@ impl PerIp {
         Some(Counted {
             per_ip: Arc::clone(this),
             client,
+            budget: Arc::clone(budget),
         })
     }
 }
@@ -311,27 +325,32 @@ impl Drop for Counted {
     fn drop(&mut self) {
         let mut open = self.per_ip.open.lock().unwrap_or_else(|e| e.into_inner());
         if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(self.client) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
+            e.get_mut().0 -= 1;
+            if e.get().0 == 0 {
                 e.remove();
             }
         }
     }
 }
 
-/// A request body whose bytes count against the server's budget from when they are read until
-/// the body is dropped.
+/// A request body whose bytes count against the server's budget and its client's share of it
+/// from when they are read until the body is dropped.
 struct Budgeted {
     body: Incoming,
     budget: Arc<Semaphore>,
-    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    client_budget: Arc<Semaphore>,
+    held: Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
 }
 
 impl Budgeted {
-    fn new(body: Incoming, budget: Arc<Semaphore>) -> Self {
+    fn new(body: Incoming, budget: Arc<Semaphore>, client_budget: Arc<Semaphore>) -> Self {
         Self {
             body,
             budget,
+            client_budget,
             held: None,
         }
     }
@@ -354,15 +373,22 @@ impl hyper::body::Body for Budgeted {
         if let Some(data) = frame.data_ref()
             && !data.is_empty()
         {
-            let taken = u32::try_from(data.len())
-                .ok()
-                .and_then(|n| Arc::clone(&self.budget).try_acquire_many_owned(n).ok());
-            let Some(taken) = taken else {
+            let taken = u32::try_from(data.len()).ok().and_then(|n| {
+                let client = Arc::clone(&self.client_budget)
+                    .try_acquire_many_owned(n)
+                    .ok()?;
+                let all = Arc::clone(&self.budget).try_acquire_many_owned(n).ok()?;
+                Some((client, all))
+            });
+            let Some((client, all)) = taken else {
                 return Poll::Ready(Some(Err(Box::new(BodyBudgetExceeded))));
             };
             match &mut self.held {
-                Some(held) => held.merge(taken),
-                none => *none = Some(taken),
+                Some((held_client, held_all)) => {
+                    held_client.merge(client);
+                    held_all.merge(all);
+                }
+                none => *none = Some((client, all)),
             }
         }
         Poll::Ready(Some(Ok(frame)))

@@ -251,6 +251,29 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
+/// A client's share of the request body budget: at most this fraction of
+/// `MAX_BUFFERED_BODY_BYTES` held by one client address, so that one client sending bodies slowly
+/// (32 HTTP/2 streams on each of its connections) cannot hold it all and have every other
+/// client's bodies refused.
+#[allow(dead_code)] // HTTP servers only
+pub(crate) const CLIENT_SHARES: usize = 8;
+
+impl ServerLimits {
+    /// Refuses a body bound no client's share of the body budget could take (`MAX_BODY_BYTES`
+    /// above `MAX_BUFFERED_BODY_BYTES` / 8): every body that large would be refused with 503.
+    #[allow(dead_code)] // HTTP servers only
+    pub(crate) fn check_body_bound(&self, max_body_bytes: usize) -> Result<(), EnvError> {
+        if self.max_buffered_body_bytes / CLIENT_SHARES < max_body_bytes {
+            return Err(EnvError {
+                var: "MAX_BUFFERED_BODY_BYTES",
+                value: self.max_buffered_body_bytes.to_string(),
+                expected: "at least 8 x MAX_BODY_BYTES (each client may hold an eighth of it)",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The error a request body's read fails with when the server holds `MAX_BUFFERED_BODY_BYTES`
 /// of request bodies already: the request should be answered `503` with a `Retry-After`.
 ///

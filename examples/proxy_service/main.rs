@@ -63,6 +63,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "proxy_service listening"
     );
     let limits = setup::ServerLimits::from_env(&|k| std::env::var(k).ok())?;
+    limits.check_body_bound(config.max_body_bytes)?;
     serve::serve(listener, router, limits, setup::shutdown_signal()).await;
     tracing::info!("proxy_service stopped");
     Ok(())

@@ -270,3 +270,16 @@ async fn the_references_redis_variables_are_used_and_unread_ones_are_named() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A body budget no client's share could take a whole body from (an eighth of it below
+/// `MAX_BODY_BYTES`) is refused at start-up: every body that large would be a 503.
+#[test]
+fn a_body_budget_below_eight_bodies_is_refused() {
+    let err = start_up_error(&[("MAX_BUFFERED_BODY_BYTES", "100000")]);
+    assert!(err.contains("MAX_BUFFERED_BODY_BYTES"), "{err}");
+    let err = start_up_error(&[
+        ("MAX_BUFFERED_BODY_BYTES", "800000"),
+        ("MAX_BODY_BYTES", "200000"),
+    ]);
+    assert!(err.contains("MAX_BUFFERED_BODY_BYTES"), "{err}");
+}

@@ -321,22 +321,62 @@ async fn a_client_past_its_share_of_connections_has_its_next_one_closed() {
     }
 }
 
-/// Sends a metric POST with `body` on a new connection and reads the answer's status line.
-async fn post_metric(addr: std::net::SocketAddr, body: &str) -> Option<String> {
-    let mut conn = TcpStream::connect(addr).await.ok()?;
+/// A connection to `addr` from the loopback address `from` (127.0.0.0/8 is all loopback): another
+/// client, as the server counts clients.
+async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Sends a metric POST with `body` from `from` on a new connection and reads the answer.
+async fn post_metric(from: [u8; 4], addr: std::net::SocketAddr, body: &str) -> String {
+    let mut conn = connect_from(from, addr).await;
     let head = format!(
         "POST /api/metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
          content-length: {}\r\n\r\n{body}",
         body.len()
     );
-    conn.write_all(head.as_bytes()).await.ok()?;
+    if conn.write_all(head.as_bytes()).await.is_err() {
+        return String::new();
+    }
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-    Some(text)
+    match tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Starts a POST from `from` with a 60,000-byte body and sends only `sent` bytes of it.
+async fn partial_body(from: [u8; 4], addr: std::net::SocketAddr, sent: usize) -> TcpStream {
+    let mut conn = connect_from(from, addr).await;
+    conn.write_all(
+        b"POST /api/metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 60000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    conn.write_all(&vec![b' '; sent]).await.unwrap();
+    conn
+}
+
+/// Posts a small metric from `from` until the answer starts with `want` (within 5 s); every other
+/// answer must be a 201 (stored) or a 503 (refused, nothing stored).
+async fn until_answered(from: [u8; 4], addr: std::net::SocketAddr, want: &str) -> String {
+    let metric = crate::metric(42.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = post_metric(from, addr, &metric).await;
+        if answer.starts_with(want) {
+            return answer;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 201") || answer.starts_with("HTTP/1.1 503"),
+            "neither stored nor refused: {answer}"
+        );
+        assert!(Instant::now() < deadline, "never {want}: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,8 +393,9 @@ async fn request_bodies_held_at_once_are_bounded_and_the_app_answers_503_past_it
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // 100,000 bytes in all, 12,500 per client.
     let limits = ServerLimits {
-        max_buffered_body_bytes: 50_000,
+        max_buffered_body_bytes: 100_000,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
         ..limits()
@@ -363,50 +404,25 @@ async fn request_bodies_held_at_once_are_bounded_and_the_app_answers_503_past_it
     let task = tokio::spawn(serve(listener, router, limits, async {
         let _ = stopped.await;
     }));
-    let metric = crate::metric(42.0);
-    // A client sends 49,990 bytes of a 60,000-byte body, and stops there.
-    let mut slow = TcpStream::connect(addr).await.unwrap();
-    slow.write_all(
-        b"POST /api/metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-          content-length: 60000\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    slow.write_all(&[b' '; 49_990]).await.unwrap();
-    // Once the server holds those bytes, a small body does not fit: 503, with a Retry-After,
-    // and nothing stored.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let refused = loop {
-        let answer = post_metric(addr, &metric).await.unwrap_or_default();
-        if answer.starts_with("HTTP/1.1 503") {
-            break answer;
-        }
-        assert!(
-            answer.starts_with("HTTP/1.1 201"),
-            "neither stored nor refused: {answer}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "a body was read past the budget: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // One client holding 12,450 bytes of a body: its own next body (67 bytes) does not fit its share (503,
+    // with a Retry-After, nothing stored); another client's does.
+    let slow = partial_body([127, 0, 0, 2], addr, 12_450).await;
+    let refused = until_answered([127, 0, 0, 2], addr, "HTTP/1.1 503").await;
     let lower = refused.to_ascii_lowercase();
     assert!(lower.contains("retry-after: 1"), "{refused}");
     assert!(lower.contains("too many request bodies"), "{refused}");
-    // The slow client goes: its bytes are released, and bodies are read again.
+    until_answered([127, 0, 0, 3], addr, "HTTP/1.1 201").await;
     drop(slow);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let answer = post_metric(addr, &metric).await.unwrap_or_default();
-        if answer.starts_with("HTTP/1.1 201") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bodies refused after the slow one was released: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    until_answered([127, 0, 0, 2], addr, "HTTP/1.1 201").await;
+    // Eight clients holding 12,495 bytes each: 99,960 of the 100,000. A ninth client's small
+    // body (67 bytes) fits its share but not what is left: 503; once they go, bodies are taken
+    // again.
+    let mut held = Vec::new();
+    for client in 10..18 {
+        held.push(partial_body([127, 0, 0, client], addr, 12_495).await);
     }
+    until_answered([127, 0, 0, 20], addr, "HTTP/1.1 503").await;
+    drop(held);
+    until_answered([127, 0, 0, 20], addr, "HTTP/1.1 201").await;
     task.abort();
 }

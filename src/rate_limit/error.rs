@@ -43,9 +43,13 @@ impl RateLimited {
         self.decision.reset()
     }
 
-    /// The quota's period.
+    /// The refusing limit's period, as configured (`Quota::with_period(5, 500ms)`: 500 ms).
+    ///
+    /// The `RateLimit-Policy` field states its window in whole seconds: a period that is not one
+    /// is stated there over its whole seconds rounded up, with the quota scaled down to match
+    /// (`q=10;w=1` for 5 per 500 ms).
     pub fn period(&self) -> Duration {
-        Duration::from_secs(self.policy.window_secs)
+        Duration::from_nanos(self.policy.period)
     }
 
     /// The name of the limit that refused, as in the `RateLimit-Policy` field (the layer's name
@@ -180,7 +184,9 @@ impl Rejection for CostTooHigh {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Policy {
     pub(crate) name: &'static str,
-    pub(crate) window_secs: u64,
+    /// The limit's period in nanoseconds (the header's window is built from it once, in the
+    /// `RateLimit-Policy` value).
+    pub(crate) period: crate::clock::Nanos,
     /// Also send `X-RateLimit-Limit` / `-Remaining` / `-Reset`.
     pub(crate) legacy_headers: bool,
     /// The `RateLimit-Policy` value, built once per distinct policy (cloning it copies a pointer),

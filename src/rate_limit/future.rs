@@ -158,6 +158,21 @@ where
         )
     }
 
+    /// A request admitted without its service readied (waiting mode, after `poll_ready` refused
+    /// the reservation and so did not wait for the service): readies `svc`, then calls it.
+    pub(crate) fn readying(
+        svc: S,
+        req: Req,
+        key: X::Key,
+        ask: Asked,
+        shared: Arc<Shared<X, St, M, P>>,
+        headers: Option<(Decision, Policy)>,
+    ) -> Self {
+        let mut this = Self::slow(Phase::Readying, None, svc, req, key, ask, shared);
+        this.headers = headers;
+        this
+    }
+
     pub(crate) fn sleeping(
         wake: Instant,
         deadline: Instant,

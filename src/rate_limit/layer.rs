@@ -406,8 +406,14 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
     ///
     /// With a key that does not depend on the request (the global key) the wait happens in
     /// `poll_ready`, so the layer exerts backpressure the way tower's own `RateLimit` does: capacity
-    /// is reserved in `poll_ready` and spent by the next `call` (one unit: the request, and so its
-    /// [cost](Self::cost), is not known yet). A unit reserved by a service that is then dropped
+    /// is reserved in `poll_ready` and spent by the next `call`. `poll_ready` reserves one unit (the
+    /// request, and so its [cost](Self::cost), is not known yet); `call` spends the rest of the
+    /// request's cost, waiting for it in the response future (up to `max` from the call) when it
+    /// must, so a request spends exactly its cost. A request of cost 0, one refused with
+    /// [`CostTooHigh`](super::error::CostTooHigh) (a cost above a limit's burst), and one whose
+    /// rest is refused at once with a wait longer than `max` spend nothing of their own: the
+    /// reserved unit stays with the service for its next call. A rest refused after waiting for
+    /// it leaves the reserved unit spent. A unit reserved by a service that is then dropped
     /// without a `call` (a balancer or `ReadyCache` evicting a ready service) is spent all the
     /// same: the store cannot take it back. A caller that gives up waiting (a timeout around
     /// `ready()`) and comes back after its wake-up by more than a quarter of `max` (from 10 to

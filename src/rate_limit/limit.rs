@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
 use super::error::Policy;
 use super::quota::{Algorithm, Limits, Quota};
@@ -249,29 +248,30 @@ impl LimitSet {
                 ));
             }
         }
-        let validated: Vec<(Limit, Limits, u64)> = limits
+        let validated: Vec<(Limit, Limits)> = limits
             .iter()
             .map(|l| {
                 let v = l.quota.validate(algorithm).map_err(|e| {
                     ConfigError::new("limits", format!("limit {:?}: {}", l.name, e.reason()))
                 })?;
-                Ok((*l, v, window_secs(l.quota.period())))
+                Ok((*l, v))
             })
             .collect::<Result<_, ConfigError>>()?;
         #[cfg(feature = "http")]
         let header = {
-            let items: Vec<(&str, u32, u64)> = validated
+            let item = |(l, v): &(Limit, Limits)| {
+                let (q, w) = policy_window(v.limit, v.period);
+                (l.name, q, w)
+            };
+            let items: Vec<(&str, u64, u64)> = validated
                 .iter()
-                .filter(|(l, ..)| !l.shadow)
-                .map(|(l, v, w)| (l.name, v.limit, *w))
+                .filter(|(l, _)| !l.shadow)
+                .map(item)
                 .collect();
             // A set of shadow limits only lists them all (it never refuses; the header then says
             // what is being observed).
             let items = if items.is_empty() {
-                validated
-                    .iter()
-                    .map(|(l, v, w)| (l.name, v.limit, *w))
-                    .collect()
+                validated.iter().map(item).collect()
             } else {
                 items
             };
@@ -279,7 +279,7 @@ impl LimitSet {
         };
         let limits: Box<[SetLimit]> = validated
             .into_iter()
-            .map(|(l, v, w)| {
+            .map(|(l, v)| {
                 Ok(SetLimit {
                     name: l.name,
                     id: limit_id(l.name)?,
@@ -288,7 +288,7 @@ impl LimitSet {
                     shadow: l.shadow,
                     policy: Policy {
                         name: l.name,
-                        window_secs: w,
+                        period: v.period,
                         legacy_headers,
                         #[cfg(feature = "http")]
                         header,
@@ -404,9 +404,23 @@ impl<'a> Ask<'a> {
     }
 }
 
-/// Whole seconds of a window, rounded up (as the `w=` parameter of `RateLimit-Policy`).
-pub(crate) fn window_secs(period: Duration) -> u64 {
-    period.as_secs() + u64::from(period.subsec_nanos() > 0)
+/// How a limit of `limit` units per `period` (in nanoseconds) states itself in
+/// `RateLimit-Policy`, whose window (`w`) is whole seconds: `(q, w)`.
+///
+/// A period of whole seconds is stated as configured. Any other period is stated over the window
+/// of its whole seconds rounded up, with the quota scaled from the period to that window and
+/// rounded down, so the field never claims more than is admitted: 5 per 500 ms is `q=10;w=1`, 5
+/// per 1.5 s is `q=6;w=2` (6.67 admitted in 2 s). [`RateLimited::period`] gives the period itself.
+///
+/// [`RateLimited::period`]: super::error::RateLimited::period
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) fn policy_window(limit: u32, period: u64) -> (u64, u64) {
+    const SECOND: u64 = 1_000_000_000;
+    let w = period.div_ceil(SECOND);
+    let window = u128::from(w) * u128::from(SECOND);
+    // At most `limit` plus a second's worth at the limit's rate (at most one per nanosecond).
+    let q = u128::from(limit) * window / u128::from(period.max(1));
+    (u64::try_from(q).unwrap_or(u64::MAX), w)
 }
 
 /// The process-wide number standing for a limit name (the in-memory store keys a limit's state

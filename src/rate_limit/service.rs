@@ -1,12 +1,8 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use sync_wrapper::SyncWrapper;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::Decision;
@@ -22,6 +18,10 @@ use crate::backend::{BackendError, BackendUnavailable};
 use crate::key::{ExtractKey, KeyError, KeyExtractor};
 use crate::rejection::{Rejection, RejectionMode};
 
+mod reserve;
+
+use reserve::Reservation;
+
 /// Applies a rate limit to requests; made by [`RateLimitLayer`](super::RateLimitLayer).
 ///
 /// Clones share the layer's limits. By default a request over quota is refused from `call` at
@@ -33,26 +33,6 @@ pub struct RateLimit<S, X: KeyExtractor, St, M, P = PerRequest> {
     inner: S,
     shared: Arc<Shared<X, St, M, P>>,
     reservation: Reservation,
-}
-
-/// The capacity reserved in `poll_ready` (waiting mode with a fixed key only).
-#[derive(Default)]
-struct Reservation {
-    outcome: Option<Reserved>,
-    deadline: Option<Instant>,
-    sleep: Option<Pin<Box<Sleep>>>,
-    pending: Option<BoxCheck>,
-}
-
-/// A backend's pending decision, boxed: only waiting mode on an I/O backend stores one in the service.
-/// `SyncWrapper` keeps the service `Sync` (axum requires it) without asking backends for `Sync` futures:
-/// the future is only ever reached through `&mut self`.
-type BoxCheck = SyncWrapper<Pin<Box<dyn Future<Output = Result<Decision, BackendError>> + Send>>>;
-
-enum Reserved {
-    Granted(Decision, Policy),
-    Refused(Decision, Arc<LimitSet>),
-    Failed(BackendError),
 }
 
 /// What a request asked the store, kept for a decision made again later (the slow path).
@@ -112,10 +92,7 @@ where
             && let Some(key) = self.shared.key.fixed_key()
         {
             ready!(self.poll_reserve(cx, &key, max_wait));
-            if matches!(
-                self.reservation.outcome,
-                Some(Reserved::Refused(..) | Reserved::Failed(_))
-            ) {
+            if self.reservation.answers_alone() {
                 // `call` answers the refusal (or the backend's failure) without the inner
                 // service: do not wait for its readiness.
                 return Poll::Ready(Ok(()));
@@ -128,23 +105,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &*self.shared;
         if shared.wait.is_some() && shared.key.fixed_key().is_some() {
-            let reserved = self
-                .reservation
-                .outcome
-                .take()
-                .expect("poll_ready must be called first");
-            return match reserved {
-                Reserved::Granted(d, policy) => ResponseFuture::inner(
-                    self.inner.call(req),
-                    shared.admit::<S::Response, S::Error>(d, || policy),
-                ),
-                Reserved::Refused(d, set) => {
-                    ResponseFuture::done(shared.refuse::<_, S::Error, _>(d, &set, 1, Some(req)))
-                }
-                Reserved::Failed(e) => {
-                    ResponseFuture::done(shared.unavailable::<_, S::Error, _>(e, Some(req)))
-                }
-            };
+            return self.call_reserved(req);
         }
         let key = match shared.key.extract(&req) {
             Ok(key) => key,
@@ -257,77 +218,6 @@ where
 fn take_ready<S: Clone>(inner: &mut S) -> S {
     let clone = inner.clone();
     std::mem::replace(inner, clone)
-}
-
-impl<S, X, St, M, P> RateLimit<S, X, St, M, P>
-where
-    X: KeyExtractor,
-    St: RateLimitStore<X::Key>,
-{
-    /// Waiting mode with a fixed key: reserves one unit of quota, sleeping for it up to `max_wait`.
-    fn poll_reserve(&mut self, cx: &mut Context<'_>, key: &X::Key, max_wait: Duration) -> Poll<()> {
-        let r = &mut self.reservation;
-        loop {
-            if r.outcome.is_some() {
-                return Poll::Ready(());
-            }
-            if let Some(sleep) = r.sleep.as_mut() {
-                ready!(sleep.as_mut().poll(cx));
-                // Polled long after its wake-up (a quarter of a whole wait, from 10 to 100 ms; a
-                // caller that keeps polling is back within a scheduler's delay): the caller gave
-                // up on readiness (a timeout around `ready()`) and is back. A new wait, with its
-                // own `max_wait`: the old deadline would refuse it at once.
-                let late =
-                    (max_wait / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
-                if Instant::now().saturating_duration_since(sleep.deadline()) > late {
-                    r.deadline = None;
-                }
-                r.sleep = None;
-            }
-            let set = {
-                let live = &self.shared.live;
-                if live.is_fixed() {
-                    Arc::clone(&live.fixed)
-                } else {
-                    Arc::clone(&live.resolve(&live.current.load(), key))
-                }
-            };
-            let result = if let Some(pending) = r.pending.as_mut() {
-                let result = ready!(pending.get_mut().as_mut().poll(cx));
-                r.pending = None;
-                result
-            } else {
-                match self.shared.store.check(key, &Ask::new(&set)) {
-                    Check::Ready(result) => result,
-                    Check::Pending(fut) => {
-                        r.pending = Some(SyncWrapper::new(Box::pin(fut)));
-                        continue;
-                    }
-                }
-            };
-            match result.map(|d| self.shared.judge(d, &set)) {
-                Ok(Ok(d)) => {
-                    r.deadline = None;
-                    r.outcome = Some(Reserved::Granted(d, set.policy_of(d.policy_index())));
-                }
-                Ok(Err(d)) => {
-                    let now = Instant::now();
-                    let deadline = *r.deadline.get_or_insert(now + max_wait);
-                    let wake = now + d.retry_after();
-                    if wake <= deadline && !d.exceeds_capacity() {
-                        r.sleep = Some(Box::pin(tokio::time::sleep_until(wake)));
-                    } else {
-                        r.deadline = None;
-                        r.outcome = Some(Reserved::Refused(d, set));
-                    }
-                }
-                Err(e) => {
-                    r.deadline = None;
-                    r.outcome = Some(Reserved::Failed(e));
-                }
-            }
-        }
-    }
 }
 
 impl<X: KeyExtractor, St, M, P> Shared<X, St, M, P> {

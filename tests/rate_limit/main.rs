@@ -8,6 +8,7 @@ mod algorithms;
 mod concurrency;
 mod config;
 mod contract;
+mod exactness;
 mod grpc;
 mod hooks;
 mod http;

@@ -61,14 +61,17 @@ trait SetCell: Default + Send + Sync + 'static {
         clock: impl FnMut() -> Nanos,
     ) -> (Decision, Option<Self::Moved>);
 
-    /// Takes back a spend of `cost` units that moved this cell by `moved`.
-    fn undo(&self, moved: Self::Moved, cost: u32);
+    /// Takes back a spend of `cost` units that moved this cell by `moved`, never more than what
+    /// of it still counts at the time `clock` reads (read after the cell is loaded): an undo can
+    /// only leave the cell with more spent than it would hold had the spend never happened.
+    fn undo(&self, moved: Self::Moved, cost: u32, clock: impl FnMut() -> Nanos);
 
     /// Decides `limits` (at most `N`, every one enforced) for `cost` units at `now` on `cells`,
     /// each loaded in `loaded` before `now` was read, and spends them only once every limit
     /// admits, each cell with one compare-exchange from the state it loaded. `None` when a cell
     /// changed since it was loaded (nothing is left spent: the caller decides again), or when
     /// this kind of cell decides under a lock instead (the default: the caller's general path).
+    /// `clock` is read only to take spends back ([`undo`](Self::undo)).
     #[inline(always)]
     fn decide_enforced<const N: usize>(
         cells: &[&Self; N],
@@ -76,8 +79,9 @@ trait SetCell: Default + Send + Sync + 'static {
         limits: &[SetLimit],
         now: Nanos,
         cost: u32,
+        clock: &impl Fn() -> Nanos,
     ) -> Option<Decision> {
-        let _ = (cells, loaded, limits, now, cost);
+        let _ = (cells, loaded, limits, now, cost, clock);
         None
     }
 }
@@ -124,14 +128,15 @@ impl SetCell for GcraCell {
         }
     }
 
-    fn undo(&self, (old, new): (Nanos, Nanos), _cost: u32) {
-        GcraCell::undo(self, old, new);
+    fn undo(&self, (old, new): (Nanos, Nanos), _cost: u32, clock: impl FnMut() -> Nanos) {
+        GcraCell::undo(self, old, new, clock);
     }
 
     /// Every limit decided against its loaded TAT at `now` (no atomic operation), then, if all
     /// admit, each TAT moved with one compare-exchange from the value loaded; a lost one takes
     /// back those already made (to the spend's start, `max(tat, now)`, the same state as the TAT
-    /// loaded; or by their length if a spend landed on top) and answers `None`. Against the
+    /// loaded; or, if a spend landed on top, by what of theirs is still ahead of the clock: see
+    /// [`GcraCell::undo`]) and answers `None`. Against the
     /// general path (spend as each admits, take back on a refusal), a set refused here writes
     /// nothing, and an admitted one keeps no trace per limit
     /// (`u64/rampart_rate_limit_*_two_limits` rows of the `instructions` bench, BENCHMARKS.md).
@@ -142,6 +147,7 @@ impl SetCell for GcraCell {
         limits: &[SetLimit],
         now: Nanos,
         cost: u32,
+        clock: &impl Fn() -> Nanos,
     ) -> Option<Decision> {
         let mut binding = Binding::default();
         let mut next = [None; N];
@@ -167,7 +173,7 @@ impl SetCell for GcraCell {
                 {
                     for ((c, &tat), n) in cells.iter().zip(loaded).zip(&next).take(i) {
                         if let Some(n) = *n {
-                            GcraCell::undo(c, tat.max(now), n);
+                            GcraCell::undo(c, tat.max(now), n, clock);
                         }
                     }
                     return None;
@@ -211,7 +217,10 @@ impl SetCell for WindowCell {
         (d, moved.map(|(_, new)| new))
     }
 
-    fn undo(&self, new: Window, cost: u32) {
+    fn undo(&self, new: Window, cost: u32, _clock: impl FnMut() -> Nanos) {
+        // Exact without the clock: the units come off the window they were counted in, and once
+        // that window has rolled on (they count as the previous window's, weighted) nothing is
+        // taken back.
         WindowCell::undo(self, new, cost);
     }
 }
@@ -704,7 +713,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
             && !peek
             && limits.iter().all(|l| !l.shadow)
             && let Some(d) =
-                <V as SetCell>::decide_enforced::<N>(&cells, &loaded, limits, now, cost)
+                <V as SetCell>::decide_enforced::<N>(&cells, &loaded, limits, now, cost, &clock)
         {
             return Some(d);
         }
@@ -726,7 +735,7 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
         if binding.refused {
             for ((l, c), moved) in limits.iter().zip(&cells).zip(&spent) {
                 if let (false, Some(moved)) = (l.shadow, moved) {
-                    c.undo(*moved, cost);
+                    c.undo(*moved, cost, &clock);
                 }
             }
         }
@@ -895,7 +904,7 @@ mod tests {
         let limits = set.limits();
         let (a, b) = (GcraCell::default(), GcraCell::default());
         let decide = |loaded: [u64; 2]| {
-            <GcraCell as SetCell>::decide_enforced::<2>(&[&a, &b], &loaded, limits, NOW, 1)
+            <GcraCell as SetCell>::decide_enforced::<2>(&[&a, &b], &loaded, limits, NOW, 1, &|| NOW)
         };
         // Both admit: both spent, b (2 a second) binding with 1 left.
         let d = decide([a.load(), b.load()]).expect("no race");

@@ -185,16 +185,27 @@ impl GcraCell {
 
     /// Takes back a spend that moved the TAT from `old` (its start, as
     /// [`check_traced`](Self::check_traced) returns it) to `new`, when a decision across several
-    /// cells could not complete: exactly when nothing else spent meanwhile, otherwise by the
-    /// spend's length, `new - old`, so a spend made on top of ours stays. Two spends taken back
-    /// in the other order than they were made each remove their own length.
+    /// cells could not complete: exactly when nothing else spent meanwhile; otherwise by at most
+    /// the spend's length, `new - old`, and at most what of it is still ahead of the clock,
+    /// `new - clock`, read after the TAT is loaded. A spend made on top of ours stays, and the
+    /// cell is never left below the TAT it would hold had ours never happened: an undo can only
+    /// under-admit.
+    ///
+    /// Why the clock bounds it: every decision that spent on top read the clock at some `now`
+    /// (no later than this read) and spent from `max(tat, now)`, so without our spend the cell
+    /// would hold no more than it holds less `new - max(old, now)`: taking back that much leaves
+    /// it at or above where it would be had ours never happened. A decision that came more than
+    /// our spend's length after its start (at `now >= new`) spent from its own `now`, not from our
+    /// end: our spend no longer counts in the TAT, and taking its length back then erased that
+    /// decision's spend instead (a set's undo after an emission interval let 11 through a burst
+    /// of 10).
     ///
     /// Two earlier forms lost units: measuring the length from the TAT before the spend (when
     /// that was in the past) took back the idle time too, and with it another decision's spend;
     /// and a floor at `old` kept the later of two spends taken back first from going below its
     /// own start, leaving one emission interval spent for nothing (a set test saw a limit end
     /// full with half its units admitted).
-    pub(crate) fn undo(&self, old: Nanos, new: Nanos) {
+    pub(crate) fn undo(&self, old: Nanos, new: Nanos, mut clock: impl FnMut() -> Nanos) {
         if self.replace(new, old) {
             return;
         }
@@ -202,7 +213,9 @@ impl GcraCell {
         let _ = self
             .tat
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_sub(spent))
+                // Read after `t` was loaded: every spend in `t` read the clock before this.
+                let ahead = new.saturating_sub(clock());
+                Some(t.saturating_sub(spent.min(ahead)))
             });
     }
 
@@ -393,7 +406,7 @@ mod tests {
         assert!(cell.check(&l, 100 * S).is_allowed());
         assert_eq!(cell.due(), 102 * S);
         let (old, new) = moved.unwrap();
-        cell.undo(old, new);
+        cell.undo(old, new, || 100 * S);
         // Only the first spend is gone: the second's interval remains.
         assert_eq!(cell.due(), 101 * S);
         // Two spends taken back in the other order: each removes its own length.
@@ -401,15 +414,43 @@ mod tests {
         let (_, y) = cell.check_traced(&l, 1, || 100 * S);
         let ((xo, xn), (yo, yn)) = (x.unwrap(), y.unwrap());
         assert_eq!((xo, xn, yo, yn), (101 * S, 102 * S, 102 * S, 103 * S));
-        cell.undo(xo, xn);
-        cell.undo(yo, yn);
+        cell.undo(xo, xn, || 100 * S);
+        cell.undo(yo, yn, || 100 * S);
         assert_eq!(cell.due(), 101 * S);
         // Uncontended, the undo restores the start exactly.
         let (_, moved) = cell.check_traced(&l, 3, || 100 * S);
         let (old, new) = moved.unwrap();
         assert_eq!((old, new), (101 * S, 104 * S));
-        cell.undo(old, new);
+        cell.undo(old, new, || 100 * S);
         assert_eq!(cell.due(), 101 * S);
+    }
+
+    #[test]
+    fn undo_takes_back_only_what_is_still_ahead_of_the_clock() {
+        // 1000 per second, burst 10: a 1 ms emission interval.
+        let l = limits(Quota::per_second(1000).burst(10));
+        let ms = S / 1000;
+        let t = 1_000 * S;
+        let cell = GcraCell::default();
+        let (_, moved) = cell.check_traced(&l, 1, || t);
+        let (old, new) = moved.unwrap();
+        assert_eq!((old, new), (t, t + ms));
+        // 5 ms later another decision spends from its own `now` (our spend is behind it): taking
+        // our 1 ms back would leave the cell at `now`, as if that decision had spent nothing.
+        assert!(cell.check(&l, t + 5 * ms).is_allowed());
+        assert_eq!(cell.due(), t + 6 * ms);
+        cell.undo(old, new, || t + 5 * ms);
+        assert_eq!(cell.due(), t + 6 * ms, "the other decision's spend stays");
+        // Part of a spend still ahead of the clock: only that part goes.
+        let cell = GcraCell::default();
+        let (_, moved) = cell.check_traced(&l, 4, || t);
+        let (old, new) = moved.unwrap();
+        assert_eq!((old, new), (t, t + 4 * ms));
+        assert!(cell.check(&l, t + 2 * ms).is_allowed());
+        assert_eq!(cell.due(), t + 5 * ms);
+        cell.undo(old, new, || t + 2 * ms);
+        // Without our spend the other one would have moved the cell from t + 2 ms to t + 3 ms.
+        assert_eq!(cell.due(), t + 3 * ms);
     }
 
     #[test]

@@ -41,7 +41,10 @@ impl Eq for PolicyHeader {}
 /// list and kept for the life of the process (a few dozen bytes per policy; rebuilding a layer
 /// reuses it). Its bytes are `'static`, so cloning the value onto a response copies two pointers:
 /// no allocation, no shared reference count.
-pub(crate) fn policy_list_value(items: &[(&str, u32, u64)]) -> &'static PolicyHeader {
+///
+/// Each item is a limit's name, quota and window in whole seconds, as
+/// [`policy_window`](super::limit::policy_window) states them.
+pub(crate) fn policy_list_value(items: &[(&str, u64, u64)]) -> &'static PolicyHeader {
     use std::collections::HashMap;
     use std::fmt::Write;
     use std::sync::{Mutex, OnceLock};
@@ -205,7 +208,7 @@ mod tests {
         let header = policy_list_value(&[("kept-or-built", 10, 60)]);
         let policy = Policy {
             name: "kept-or-built",
-            window_secs: 60,
+            period: 60_000_000_000,
             legacy_headers: true,
             header,
         };

@@ -133,6 +133,7 @@ pub(crate) struct Config {
     pub(crate) wait: Wait,
     pub(crate) half_open_probes: u32,
     /// Per-key circuits' metrics carry the key as a label (the builder's `key_in_metrics`).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) key_in_metrics: bool,
 }
 

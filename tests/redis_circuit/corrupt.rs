@@ -118,14 +118,20 @@ async fn an_open_circuit_whose_end_cannot_be_read_is_not_open_for_good() {
             |b| {
                 b.name("corrupt")
                     .consecutive_failures(1)
-                    .wait_duration(Duration::from_millis(500))
+                    .wait_duration(Duration::from_secs(1))
             },
             INTERVAL,
         );
         let key = format!("{prefix}:cb:{{corrupt/global}}");
-        // A failure opens the shared circuit, for 500 ms; its end is then damaged. Read in Redis:
-        // on a loaded host the replica's own circuit can be half-open (its 500 ms gone) before
-        // its sync returns, and the script checks `until` in every state.
+        // Synced once before the failure: a first sync that came after the replica's own wait
+        // had lapsed (a loaded host) reported no opening, and the shared circuit never opened.
+        within(PROMPT, &format!("until={end}: the replica follows"), || {
+            r.following()
+        })
+        .await;
+        // A failure opens the shared circuit, for 1 s; its end is then damaged. Read in Redis: on
+        // a loaded host the replica's own circuit can be half-open (its wait gone) before its
+        // sync returns, and the script checks `until` in every state.
         r.up.fail(true);
         assert_eq!(r.call().await, Outcome::Failed);
         within(

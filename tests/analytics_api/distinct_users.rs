@@ -312,12 +312,13 @@ async fn a_long_history_of_active_users_reads_few_keys_in_short_commands() {
             "every {minutes} min"
         );
     }
-    // One user a minute, a thousand users cycling: an hour counts 60 of them.
+    // One user a minute, a thousand users cycling: an hour counts 60 of them, give or take the
+    // sketch's error (two of 60 ids share a register about one hour in nine: 59).
     let hours = redis
         .history(&Series::ActiveUsers, 3600, 3, at(now))
         .await
         .unwrap();
-    assert_eq!(hours[1].value, 60.0, "{hours:?}");
+    assert!((57.0..=61.0).contains(&hours[1].value), "{hours:?}");
 }
 
 /// In Redis a block's sketch lives until its last minute is as old as the history kept, as the

@@ -13,6 +13,7 @@
 mod common;
 
 mod backend_choice;
+mod batched;
 mod conformance;
 mod connect;
 mod corrupt;

@@ -47,7 +47,12 @@ use crate::clock::{Clock, Nanos, TokioClock, duration_to_nanos};
 /// follow the failure policy at once, without waiting for a timeout).
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
+#[cfg(feature = "rate-limit")]
+mod batch;
 mod deadline;
+
+#[cfg(feature = "rate-limit")]
+pub(crate) use self::batch::Batcher;
 
 /// How long a connection suspected dead (a call on it timed out) has to answer a `PING` before it
 /// is replaced: the default of [`RedisBackend::liveness_timeout`](super::RedisBackend::liveness_timeout).

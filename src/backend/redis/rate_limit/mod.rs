@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use self::call::{params, unscriptable};
-use super::conn::{Conn, Script};
+use super::conn::{Batcher, Conn, Script};
 use super::over_limit::{OverLimits, Remembered, tag};
 use super::policy_sync::PolicySync;
 use super::{FailurePolicy, RedisBackend, RedisKey, StoreClock};
@@ -61,6 +61,41 @@ const WINDOW_LUA: &str = concat!(
     include_str!("../limit_set.lua")
 );
 
+/// The batch form of [`GCRA_LUA`] (`batch.lua`): several decisions in one call, each answered as
+/// the script alone answers it (`conn/batch.rs`).
+const GCRA_BATCH_LUA: &str = concat!(
+    include_str!("../prelude.lua"),
+    include_str!("../gcra.lua"),
+    "local function one(KEYS, ARGV)\n",
+    include_str!("../now.lua"),
+    include_str!("../decide.lua"),
+    include_str!("../entries.lua"),
+    include_str!("../limit_set.lua"),
+    include_str!("../batch.lua")
+);
+
+/// The batch form of [`WINDOW_LUA`].
+const WINDOW_BATCH_LUA: &str = concat!(
+    include_str!("../prelude.lua"),
+    include_str!("../sliding_window.lua"),
+    "local function one(KEYS, ARGV)\n",
+    include_str!("../now.lua"),
+    include_str!("../decide.lua"),
+    include_str!("../entries.lua"),
+    include_str!("../limit_set.lua"),
+    include_str!("../batch.lua")
+);
+
+fn gcra_batch_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(GCRA_BATCH_LUA))
+}
+
+fn window_batch_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(WINDOW_BATCH_LUA))
+}
+
 fn gcra_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(GCRA_LUA))
@@ -102,6 +137,9 @@ fn period_text(nanos: Nanos) -> String {
 /// The [`RateLimitStore`] kept in Redis: one script call per decision, shared by every replica.
 /// Built by [`RedisBackend`].
 ///
+/// - Decisions made while another is on its way to Redis go together, as one call of the script's
+///   batch form (up to 16, on a single node), each decided, fenced by its own deadline and
+///   answered exactly as alone; a lone decision goes out at once.
 /// - A decision over a set of limits (a tier's, a key's own, several quotas at once) is one
 ///   script call too, on one Redis key: every limit of a key keeps its state in that key's one
 ///   value, so a decision reads and writes it once whatever the number of limits (and it is one
@@ -127,7 +165,8 @@ pub struct RedisRateLimitStore<K> {
 
 pub(super) struct Inner<K> {
     conn: Arc<Conn>,
-    script: &'static Script,
+    /// The decision script, and its calls waiting to be sent as one (`conn/batch.rs`).
+    batcher: Arc<Batcher>,
     algorithm: Algorithm,
     /// The layer's default set, as built.
     set: Arc<LimitSet>,
@@ -385,9 +424,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         let limit = &limits.limits()[0];
         let result = self
             .conn
-            .eval_before_deadline(
-                self.script,
-                &[&redis_key],
+            .eval_batched(
+                &self.batcher,
+                &redis_key,
                 &[&params[0], &params[1], now_arg, min_ttl, self.repair],
                 self.timeout,
             )
@@ -426,7 +465,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         let result = self
             .conn
-            .eval_before_deadline(self.script, &[&redis_key], &arg_refs, self.timeout)
+            .eval_batched(&self.batcher, &redis_key, &arg_refs, self.timeout)
             .await
             .and_then(|v| self.parse_set(&v, &redis_key, limits));
         let ask = Ask {
@@ -564,9 +603,11 @@ where
                 return Err(ConfigError::new(setting, why));
             }
         }
-        let (script, code) = match spec.algorithm {
-            Algorithm::Gcra => (gcra_script(), "gcra"),
-            Algorithm::SlidingWindow => (window_script(), "sw"),
+        let (batcher, code) = match spec.algorithm {
+            Algorithm::Gcra => (Batcher::new(gcra_script(), gcra_batch_script()), "gcra"),
+            Algorithm::SlidingWindow => {
+                (Batcher::new(window_script(), window_batch_script()), "sw")
+            }
         };
         let name = spec.name();
         // The name goes inside the hash tag with the key (`{<name>/<key>}`): on Redis Cluster the
@@ -613,7 +654,7 @@ where
         Ok(RedisRateLimitStore {
             inner: Arc::new(Inner {
                 conn: Arc::clone(&self.conn),
-                script,
+                batcher,
                 algorithm: spec.algorithm,
                 set: Arc::clone(&spec.set),
                 name: Arc::from(name),

@@ -1,0 +1,39 @@
+
+-- (The end of `one`: the single script's body, made a function of its keys and arguments.)
+end
+
+-- The batch form of a rate limit script (src/backend/redis/conn/batch.rs): what the script above
+-- decides for one call, for each of several decisions in one call, so that Redis pays a command's
+-- cost (its parsing, the script's lookup and start, its reply) once per batch rather than once per
+-- decision. The script's body above is the function `one`, run once per decision on that
+-- decision's key and arguments.
+--
+-- KEYS[i] is the i-th decision's key; ARGV holds each decision's arguments in turn, each run of them
+-- after its count ("6", then the single form's six). The reply is one answer per decision, in
+-- order, each exactly what the script alone answers for it: its array, or its error reply. A
+-- command that fails inside one decision (a write refused: READONLY, OOM) is that decision's error,
+-- and the decisions after it are decided all the same, as separate calls are.
+local out, at = {}, 1
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[at] or '')
+  if not n or n < 1 or at + n > #ARGV then
+    return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
+  end
+  local args = {}
+  for j = 1, n do
+    args[j] = ARGV[at + j]
+  end
+  at = at + n + 1
+  local ok, answer = pcall(one, {KEYS[i]}, args)
+  if ok then
+    out[i] = answer
+  elseif type(answer) == 'table' and answer.err then
+    out[i] = answer
+  else
+    out[i] = {err = 'ERR ' .. tostring(answer)}
+  end
+end
+if at ~= #ARGV + 1 then
+  return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
+end
+return out

@@ -1,0 +1,227 @@
+//! Decisions made at once on one store go to Redis in batches (`conn/batch.rs`): fewer script
+//! calls than decisions, and each decision exactly what it is alone: the quota admitted exactly,
+//! the single and set forms side by side, a decision that fails failing alone, and a decision
+//! whose caller gave up not written however late its batch runs.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tower_rampart::backend::{FailurePolicy, RedisBackend};
+use tower_rampart::key::key_fn;
+use tower_rampart::rate_limit::{Algorithm, Ask, Quota, RateLimitLayer, StoreLimits};
+
+use crate::common::fault_proxy::FaultProxy;
+use crate::common::redis::RedisServer;
+use crate::support::{connect, decide, decide_ask, unique_prefix};
+
+/// The script calls (`EVALSHA` and `EVAL`) `server` has run since it started.
+fn script_calls(server: &RedisServer) -> u64 {
+    server.calls("evalsha") + server.calls("eval")
+}
+
+#[tokio::test]
+async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+        let backend = connect(&server.url())
+            .await
+            .failure_policy(FailurePolicy::Closed)
+            .prefix(unique_prefix("batched"));
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::per_hour(100))
+            .algorithm(algorithm)
+            .key(key_fn(|k: &u32| Some(*k)))
+            .backend(backend)
+            .build()
+            .unwrap();
+        let store = layer.store();
+        let set = store.limit_set().clone();
+        let before = script_calls(&server);
+        // 200 single-form decisions on key 1 and 100 set-form ones (cost 2) on key 2, all at once
+        // on this one-thread runtime, interleaved so that batches hold both forms.
+        let singles = (0..200).map(|_| async { decide(store, &1).await });
+        let doubles =
+            (0..100).map(|_| async { decide_ask(store, &2, &Ask::new(&set).cost(2)).await });
+        let (singles, doubles) = futures::join!(join_all(singles), join_all(doubles));
+        let calls = script_calls(&server) - before;
+        let admitted = |ds: &[Result<tower_rampart::rate_limit::Decision, _>]| {
+            ds.iter()
+                .map(|d| match d {
+                    Ok(d) => d.is_allowed(),
+                    Err(e) => panic!("{algorithm:?}: Redis failed a decision: {e}"),
+                })
+                .filter(|a| *a)
+                .count()
+        };
+        assert_eq!(
+            admitted(&singles),
+            100,
+            "{algorithm:?}: key 1's quota exactly"
+        );
+        assert_eq!(
+            admitted(&doubles),
+            50,
+            "{algorithm:?}: 50 of cost 2 spend key 2's 100"
+        );
+        // One call goes alone, the rest go as batches (of up to 16) behind it.
+        assert!(
+            calls <= 60,
+            "{algorithm:?}: 300 decisions made at once took {calls} script calls"
+        );
+        // Nothing more to spend on either key: each decision was written once.
+        assert!(!decide(store, &1).await.unwrap().is_allowed());
+        assert!(
+            !decide_ask(store, &2, &Ask::new(&set))
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_decision_that_fails_in_a_batch_fails_alone() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+        let backend = connect(&server.url())
+            .await
+            .failure_policy(FailurePolicy::Closed)
+            .repair_corrupt_data(false)
+            .prefix(unique_prefix("batched-fail"));
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::per_hour(3))
+            .algorithm(algorithm)
+            .key(key_fn(|k: &u32| Some(*k)))
+            .backend(backend)
+            .build()
+            .unwrap();
+        let store = layer.store();
+        // Key 0 holds what no decision wrote; key 1 holds a hash (GET on it is an error reply).
+        let _: () = redis::cmd("SET")
+            .arg(store.redis_key(&0))
+            .arg("hello")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(store.redis_key(&1))
+            .arg("field")
+            .arg("value")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let before = script_calls(&server);
+        // Keys 0 to 39, four decisions each, interleaved: the batches mix the two damaged keys'
+        // decisions with the others'.
+        let keys: Vec<u32> = (0..4).flat_map(|_| 0..40).collect();
+        let results = join_all(keys.iter().map(|k| decide(store, k))).await;
+        let calls = script_calls(&server) - before;
+        assert!(
+            calls < 40,
+            "{algorithm:?}: 160 decisions took {calls} calls"
+        );
+        for k in 0..40u32 {
+            let mine: Vec<_> = keys
+                .iter()
+                .zip(&results)
+                .filter(|(key, _)| **key == k)
+                .map(|(_, r)| r)
+                .collect();
+            if k < 2 {
+                for r in mine {
+                    let e = r.as_ref().expect_err("a damaged key's decision fails");
+                    assert!(e.is_corrupt_data(), "{algorithm:?}, key {k}: {e}");
+                }
+            } else {
+                let admitted = mine
+                    .iter()
+                    .map(|r| r.as_ref().expect("decided by Redis").is_allowed())
+                    .filter(|a| *a)
+                    .count();
+                assert_eq!(
+                    admitted, 3,
+                    "{algorithm:?}, key {k}: its quota of 3 exactly"
+                );
+            }
+        }
+        // The damaged keys are left as they were.
+        let kept: String = redis::cmd("GET")
+            .arg(store.redis_key(&0))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(kept, "hello");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_redis_runs_after_its_callers_gave_up_writes_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr()).await;
+    let backend = RedisBackend::connect(&proxy.url())
+        .await
+        .unwrap()
+        .timeout(Duration::from_millis(300))
+        .failure_policy(FailurePolicy::Closed)
+        .prefix(unique_prefix("batched-late"));
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_hour(100))
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend)
+        .build()
+        .unwrap();
+    let store = layer.store();
+    // A first decision teaches the store how Redis's clock relates to its own (the deadline a
+    // call carries is on Redis's clock), and a first batch (on another key) loads the batch form
+    // into Redis's script cache: a held `EVALSHA` answered `NOSCRIPT` late would run nothing.
+    assert!(decide(store, &1).await.unwrap().is_allowed());
+    for d in join_all((0..10).map(|_| decide(store, &2))).await {
+        assert!(d.unwrap().is_allowed());
+    }
+    let before = script_calls(&server);
+    // The proxy holds what the client sends: of two decisions made at once, one goes alone and
+    // the other as a batch behind it; 100 ms later 18 more go as two batches (16 and 2); all are
+    // given up on (300 and 400 ms).
+    proxy.pause();
+    let alone = join_all((0..2).map(|_| decide(store, &1)));
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        join_all((0..18).map(|_| decide(store, &1))).await
+    };
+    let (alone, queued) = futures::join!(alone, queued);
+    for r in alone.iter().chain(&queued) {
+        let e = r.as_ref().expect_err("no answer within the timeout");
+        assert!(e.is_timeout(), "{e}");
+    }
+    // Redis runs what was held (the call alone and the batches), past every deadline.
+    proxy.forward();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while script_calls(&server) < before + 4 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        script_calls(&server),
+        before + 4,
+        "the call alone and three batches reached Redis"
+    );
+    // Nothing of it was written: the key has its 99 units left (a decision that finds Redis marked
+    // down by the timeouts follows the policy until the probe interval has passed).
+    let mut admitted = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while admitted < 100 && std::time::Instant::now() < until {
+        match decide(store, &1).await {
+            Ok(d) if d.is_allowed() => admitted += 1,
+            Ok(_) => break,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(admitted, 99, "the 20 given-up decisions spent nothing");
+}

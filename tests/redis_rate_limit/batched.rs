@@ -225,3 +225,65 @@ async fn a_batch_redis_runs_after_its_callers_gave_up_writes_nothing() {
     }
     assert_eq!(admitted, 99, "the 20 given-up decisions spent nothing");
 }
+
+#[tokio::test]
+async fn batching_can_be_turned_off_and_each_decision_is_its_own_call() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let backend = connect(&server.url())
+        .await
+        .failure_policy(FailurePolicy::Closed)
+        .batch_decisions(false)
+        .prefix(unique_prefix("unbatched"));
+    assert!(!backend.get_batch_decisions());
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_hour(100))
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend)
+        .build()
+        .unwrap();
+    let store = layer.store();
+    assert!(decide(store, &0).await.unwrap().is_allowed());
+    let before = script_calls(&server);
+    // 50 decisions at once on 50 keys (no refusal remembered): 50 calls.
+    let results = join_all((1..=50).map(|k| async move { decide(store, &k).await })).await;
+    assert!(results.iter().all(|r| r.as_ref().unwrap().is_allowed()));
+    assert_eq!(script_calls(&server) - before, 50);
+}
+
+#[tokio::test]
+async fn a_malformed_batch_writes_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    // The batch form of the GCRA script as the store sends it: a first decision well formed, a
+    // second whose count runs past the arguments.
+    let source = tower_rampart::backend::redis::batch_script_source(Algorithm::Gcra);
+    let e = redis::cmd("EVAL")
+        .arg(source)
+        .arg(2)
+        .arg("batched-bad:a")
+        .arg("batched-bad:b")
+        .arg(6)
+        .arg("1000000")
+        .arg("3600000000000")
+        .arg("")
+        .arg("0")
+        .arg("1")
+        .arg("")
+        .arg(9)
+        .arg("1000000")
+        .query_async::<redis::Value>(&mut raw)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("RAMPARTARG"), "{e}");
+    let exists: u32 = redis::cmd("EXISTS")
+        .arg("batched-bad:a")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "the well-formed first decision was not made");
+}

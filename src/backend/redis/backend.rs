@@ -23,6 +23,9 @@ pub(super) struct Settings {
     pub(super) local_max_keys: usize,
     pub(super) clock: StoreClock,
     pub(super) repair: bool,
+    /// Whether rate-limit decisions made at once share script calls (single node only).
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(super) batch: bool,
     #[cfg_attr(not(feature = "cache"), allow(dead_code))]
     pub(super) cache_slots: u16,
     /// As last given to [`RedisBackend::liveness_timeout`] (the connection holds the value in
@@ -159,6 +162,7 @@ impl RedisBackend {
                 local_max_keys: crate::backend::memory::DEFAULT_MAX_KEYS,
                 clock: StoreClock::Redis(TokioClock::new()),
                 repair: true,
+                batch: true,
                 cache_slots: 16,
                 liveness_timeout: conn::DEFAULT_LIVENESS_TIMEOUT,
                 policy_poll_interval: super::DEFAULT_POLICY_POLL_INTERVAL,
@@ -468,6 +472,22 @@ impl RedisBackend {
     /// [`repair_corrupt_data`](Self::repair_corrupt_data).
     pub fn get_repair_corrupt_data(&self) -> bool {
         self.settings.repair
+    }
+
+    /// Whether a rate limiter's decisions made while another is on its way to Redis go together,
+    /// as one script call of several keys (default `true`; single node only, a cluster's never
+    /// do). Turn it off behind a proxy that shards by a command's first key (Envoy's Redis proxy,
+    /// twemproxy) or a sharded service that refuses keys of several slots in one call: each
+    /// decision is then its own call, as on a cluster.
+    #[must_use]
+    pub fn batch_decisions(mut self, batch: bool) -> Self {
+        self.settings.batch = batch;
+        self
+    }
+
+    /// Whether decisions are batched; see [`batch_decisions`](Self::batch_decisions).
+    pub fn get_batch_decisions(&self) -> bool {
+        self.settings.batch
     }
 
     /// The per-call timeout.

@@ -13,12 +13,22 @@ end
 -- order, each exactly what the script alone answers for it: its array, or its error reply. A
 -- command that fails inside one decision (a write refused: READONLY, OOM) is that decision's error,
 -- and the decisions after it are decided all the same, as separate calls are.
-local out, at = {}, 1
-for i = 1, #KEYS do
+-- The arguments are checked whole before any decision is made: a malformed batch writes nothing.
+local at = 1
+for _ = 1, #KEYS do
   local n = tonumber(ARGV[at] or '')
   if not n or n < 1 or at + n > #ARGV then
     return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
   end
+  at = at + n + 1
+end
+if at ~= #ARGV + 1 then
+  return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
+end
+local out = {}
+at = 1
+for i = 1, #KEYS do
+  local n = ARGV[at] + 0
   local args = {}
   for j = 1, n do
     args[j] = ARGV[at + j]
@@ -32,8 +42,5 @@ for i = 1, #KEYS do
   else
     out[i] = {err = 'ERR ' .. tostring(answer)}
   end
-end
-if at ~= #ARGV + 1 then
-  return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
 end
 return out

@@ -329,7 +329,10 @@ pub use self::lease::{DEFAULT_LEASE_TTL, LeaseConfig, LeasedRedisBackend};
 #[cfg(feature = "rate-limit")]
 pub use self::lease::{LeaseCheck, RedisLeasedStore};
 #[cfg(feature = "rate-limit")]
-pub use self::rate_limit::{RedisCheck, RedisRateLimitStore, script_sha, script_source};
+pub use self::rate_limit::{
+    RedisCheck, RedisRateLimitStore, batch_script_sha, batch_script_source, script_sha,
+    script_source,
+};
 
 pub(crate) use self::clock::StoreClock;
 use crate::error::ConfigError;

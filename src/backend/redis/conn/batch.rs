@@ -45,6 +45,8 @@ pub(crate) const MAX_BATCH: usize = 16;
 pub(crate) struct Batcher {
     single: &'static Script,
     batch: &'static Script,
+    /// False: every call goes alone (`RedisBackend::batch_decisions(false)`).
+    enabled: bool,
     state: Mutex<State>,
 }
 
@@ -73,11 +75,13 @@ struct Queued {
 type Answer = (Result<Value, RedisError>, u64);
 
 impl Batcher {
-    /// A batcher for the calls of `single`, whose batch form is `batch`.
-    pub(crate) fn new(single: &'static Script, batch: &'static Script) -> Arc<Self> {
+    /// A batcher for the calls of `single`, whose batch form is `batch` (every call alone unless
+    /// `enabled`).
+    pub(crate) fn new(single: &'static Script, batch: &'static Script, enabled: bool) -> Arc<Self> {
         Arc::new(Self {
             single,
             batch,
+            enabled,
             state: Mutex::new(State::default()),
         })
     }
@@ -133,8 +137,9 @@ async fn send_queue(mut scheduled: Scheduled) {
     };
     let (conn, batcher) = (&scheduled.conn, &scheduled.batcher);
     let mut batches = batches.into_iter();
-    let last = batches.next_back();
-    // Each but the last on a task of its own, so that all go at once.
+    // The first goes first (its command is queued on the connection before the others'), each
+    // after it on a task of its own, so that all go at once and in order.
+    let first = batches.next();
     for batch in batches {
         tokio::spawn(send_one(
             Arc::clone(conn),
@@ -142,7 +147,7 @@ async fn send_queue(mut scheduled: Scheduled) {
             batch,
         ));
     }
-    if let Some(batch) = last {
+    if let Some(batch) = first {
         let _in_flight = InFlight(&**batcher);
         conn.send_batch(batcher, batch).await;
     }
@@ -172,6 +177,7 @@ impl Conn {
         let (waiting, schedule) = {
             let mut state = batcher.state();
             let alone = (state.in_flight == 0 && state.queue.is_empty())
+                || !batcher.enabled
                 || runtime.is_err()
                 || !matches!(self.line().handle, Handle::Single(_));
             if alone {

@@ -115,6 +115,24 @@ pub fn script_sha(algorithm: Algorithm) -> &'static str {
     }
 }
 
+/// The source of the batch form of the script behind `algorithm`: several decisions in one call
+/// (each decision's arguments after their count), as the store sends decisions made at once (see
+/// [`RedisBackend::batch_decisions`]). For tools that load scripts ahead of time.
+pub fn batch_script_source(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::Gcra => GCRA_BATCH_LUA,
+        Algorithm::SlidingWindow => WINDOW_BATCH_LUA,
+    }
+}
+
+/// The SHA1 of the batch form of the script behind `algorithm`, as `EVALSHA` takes it.
+pub fn batch_script_sha(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::Gcra => gcra_batch_script().sha(),
+        Algorithm::SlidingWindow => window_batch_script().sha(),
+    }
+}
+
 /// The source of the script behind `algorithm`.
 pub fn script_source(algorithm: Algorithm) -> &'static str {
     match algorithm {
@@ -604,10 +622,14 @@ where
             }
         }
         let (batcher, code) = match spec.algorithm {
-            Algorithm::Gcra => (Batcher::new(gcra_script(), gcra_batch_script()), "gcra"),
-            Algorithm::SlidingWindow => {
-                (Batcher::new(window_script(), window_batch_script()), "sw")
-            }
+            Algorithm::Gcra => (
+                Batcher::new(gcra_script(), gcra_batch_script(), self.settings.batch),
+                "gcra",
+            ),
+            Algorithm::SlidingWindow => (
+                Batcher::new(window_script(), window_batch_script(), self.settings.batch),
+                "sw",
+            ),
         };
         let name = spec.name();
         // The name goes inside the hash tag with the key (`{<name>/<key>}`): on Redis Cluster the

@@ -287,3 +287,65 @@ async fn a_malformed_batch_writes_nothing() {
         .unwrap();
     assert_eq!(exists, 0, "the well-formed first decision was not made");
 }
+
+#[tokio::test]
+async fn a_write_redis_refuses_mid_batch_fails_that_decision_only() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let backend = connect(&server.url())
+        .await
+        .failure_policy(FailurePolicy::Closed)
+        .prefix(unique_prefix("batched-oom"));
+    let layer = RateLimitLayer::builder()
+        .quota(Quota::per_hour(1))
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend)
+        .build()
+        .unwrap();
+    let store = layer.store();
+    // Key 1 spends its one unit; a batch loads the batch form.
+    assert!(decide(store, &1).await.unwrap().is_allowed());
+    for r in join_all((1000..1010).map(|k| async move { decide(store, &k).await })).await {
+        assert!(r.unwrap().is_allowed());
+    }
+    // Redis takes no more writes (over its memory bound, no eviction): a refusal writes nothing
+    // and is still made; an admission's write is refused inside the script.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // Key 1 (refusals) and fresh keys (admissions) interleaved, all at once.
+    let keys: Vec<u32> = (0..10).flat_map(|i| [1, 2000 + i]).collect();
+    let results = join_all(keys.iter().map(|k| decide(store, k))).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    for (k, r) in keys.iter().zip(&results) {
+        if *k == 1 {
+            let d = r.as_ref().expect("a refusal needs no write");
+            assert!(!d.is_allowed(), "key 1 has nothing left");
+        } else {
+            let e = r
+                .as_ref()
+                .expect_err("an admission whose write was refused");
+            assert!(format!("{e:?}").contains("OOM"), "key {k}: {e:?}");
+        }
+    }
+    // Nothing of the refused writes landed.
+    let kept: u32 = redis::cmd("EXISTS")
+        .arg(store.redis_key(&2000))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+}

@@ -8,6 +8,8 @@
 //! - `redis_rate_limit/store/N`: N concurrent decisions from one `RedisBackend` store (key
 //!   encoding, the call with its timeout, health bookkeeping, parsing). Throughput is in elements,
 //!   so criterion reports decisions per second; compare each with `raw_evalsha` at the same N.
+//! - `redis_rate_limit/unbatched/N`: the same store with `batch_decisions(false)`: each decision
+//!   its own call, as before decisions made at once were batched (#21).
 //! - `redis_rate_limit/throttle_kit/N`: N concurrent decisions from throttle-kit's Redis backend
 //!   (its `RateLimitBackend::check`, GCRA in its own Lua script through a `MultiplexedConnection`
 //!   of `redis` 0.25), same server, same run: the peer the store must keep up with (issue #21). Its
@@ -121,6 +123,24 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
     });
     let store = layer.store();
     let two_store = two.store();
+    let unbatched = rt.block_on(async {
+        RateLimitLayer::builder()
+            .name("unb")
+            .quota(HUGE)
+            .key(key_fn(|k: &u32| Some(*k)))
+            .backend(
+                RedisBackend::connect(&server.url())
+                    .await
+                    .expect("connect to the bench redis-server")
+                    .prefix("bench")
+                    .timeout(Duration::from_secs(1))
+                    .batch_decisions(false),
+            )
+            .build()
+            .expect("valid configuration")
+    });
+    let unb = unbatched.store();
+    assert!(rt.block_on(decide(unb, 0)));
     // One decision through the store loads the script.
     assert!(rt.block_on(decide(store, 0)));
     let tk = rt.block_on(async {
@@ -164,6 +184,13 @@ pub(crate) fn rate_limit(c: &mut Criterion) {
             b.to_async(&rt).iter(|| {
                 join_all((0..n).map(|k| async move {
                     assert!(decide(store, 1_000 + k).await);
+                }))
+            });
+        });
+        g.bench_with_input(BenchmarkId::new("unbatched", n), &n, |b, &n| {
+            b.to_async(&rt).iter(|| {
+                join_all((0..n).map(|k| async move {
+                    assert!(decide(unb, 1_000 + k).await);
                 }))
             });
         });

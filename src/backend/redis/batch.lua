@@ -10,7 +10,8 @@ end
 --
 -- KEYS[i] is the i-th decision's key; ARGV holds each decision's arguments in turn, each run of them
 -- after its count ("6", then the single form's six). The reply is one answer per decision, in
--- order, each exactly what the script alone answers for it: its array, or its error reply. A
+-- order, each what the script alone answers for it (its array, shortened as below, or its error
+-- reply), then the batch's `TIME`. A
 -- command that fails inside one decision (a write refused: READONLY, OOM) is that decision's error,
 -- and the decisions after it are decided all the same, as separate calls are.
 -- The arguments are checked whole before any decision is made: a malformed batch writes nothing.
@@ -25,7 +26,11 @@ end
 if at ~= #ARGV + 1 then
   return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
 end
-local out = {}
+-- Each answer is shortened for the client's reply parser (about 850 instructions a value there;
+-- conn/batch.rs puts them back): the `TIME` an answer ends with goes once for the batch, last
+-- (the latest read, 0 when no decision answered an array), and an empty `repaired` (an answer's
+-- fourth value) is left out (a single form's answer is then 3 values, a set form's 6).
+local out, time = {}, 0
 at = 1
 for i = 1, #KEYS do
   local n = ARGV[at] + 0
@@ -35,7 +40,15 @@ for i = 1, #KEYS do
   end
   at = at + n + 1
   local ok, answer = pcall(one, {KEYS[i]}, args)
-  if ok then
+  if ok and not answer.err then
+    local last = #answer
+    time = answer[last]
+    answer[last] = nil
+    if answer[4] == '' then
+      table.remove(answer, 4)
+    end
+    out[i] = answer
+  elseif ok then
     out[i] = answer
   elseif type(answer) == 'table' and answer.err then
     out[i] = answer
@@ -43,4 +56,5 @@ for i = 1, #KEYS do
     out[i] = {err = 'ERR ' .. tostring(answer)}
   end
 end
+out[#KEYS + 1] = time
 return out

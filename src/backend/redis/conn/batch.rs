@@ -328,7 +328,14 @@ impl Conn {
         let reply = deadline::until(due, call).await;
         let received = self.clock.now();
         match reply {
-            Ok(Ok(Value::Array(answers))) if answers.len() == batch.waiters.len() => {
+            Ok(Ok(Value::Array(mut answers))) if answers.len() == batch.waiters.len() + 1 => {
+                // The batch's `TIME` (the latest a decision read), last.
+                if let Some(Value::Int(at)) = answers.pop()
+                    && let Ok(at) = u64::try_from(at)
+                    && at > 0
+                {
+                    self.redis_clock.learn(received, at);
+                }
                 for (w, answer) in batch.waiters.into_iter().zip(answers) {
                     let answer = self.answer(answer, received);
                     let _ = w.answer.send((answer, generation));
@@ -360,17 +367,15 @@ impl Conn {
         }
     }
 
-    /// One decision's answer in a batch, as [`fenced`](Self::fenced) takes it: the `TIME` its
-    /// array ends with taken off (and learnt), an error reply an error (a `RAMPARTLATE` one's
-    /// time learnt).
+    /// One decision's answer in a batch, as [`fenced`](Self::fenced) answers it: an array as the
+    /// script alone answers it without its `TIME` (the batch form leaves an empty `repaired`
+    /// out, `batch.lua`: put back), an error reply an error (a `RAMPARTLATE` one's time learnt).
     fn answer(&self, answer: Value, received: Nanos) -> Result<Value, RedisError> {
         match answer {
             Value::Array(mut items) => {
-                if let Some(Value::Int(at)) = items.last() {
-                    if let Ok(at) = u64::try_from(*at) {
-                        self.redis_clock.learn(received, at);
-                    }
-                    items.pop();
+                // The single form's 3 values or the set form's 6: `repaired` was empty.
+                if items.len() == 3 || items.len() == 6 {
+                    items.insert(3, Value::BulkString(Vec::new()));
                 }
                 Ok(Value::Array(items))
             }

@@ -31,19 +31,33 @@ where
     svc.ready().await?.call(cost).await
 }
 
+/// A waiting global limiter of `quota` on `inner`, each request costing the units it carries,
+/// waiting up to `wait`.
+fn waiting(
+    quota: Quota,
+    wait: Duration,
+    inner: Counting,
+) -> impl Service<u32, Response = u32, Error = BoxError> {
+    RateLimitLayer::builder()
+        .quota(quota)
+        .cost(|units: &u32| *units)
+        .wait_up_to(wait)
+        .build()
+        .unwrap()
+        .layer(inner)
+}
+
 /// Waiting mode with the global key reserved one unit in `poll_ready` and `call` took it whatever
 /// the request cost: ten requests of 10 units passed at one instant on 10 a minute, and a cost
 /// above the burst was never `CostTooHigh`.
 #[tokio::test(start_paused = true)]
 async fn waiting_global_limiter_spends_each_requests_whole_cost() {
     let inner = Counting::default();
-    let layer = RateLimitLayer::builder()
-        .quota(Quota::per_minute(10))
-        .cost(|units: &u32| *units)
-        .wait_up_to(Duration::from_millis(10))
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(inner.clone());
+    let mut svc = waiting(
+        Quota::per_minute(10),
+        Duration::from_millis(10),
+        inner.clone(),
+    );
     let mut admitted = 0;
     for _ in 0..10 {
         match send(&mut svc, 10).await {
@@ -60,13 +74,11 @@ async fn waiting_global_limiter_spends_each_requests_whole_cost() {
 
     // A cost above the burst: `CostTooHigh`, with quota left (the reservation granted) and
     // without (refused), never a 429 that invites a retry.
-    let layer = RateLimitLayer::builder()
-        .quota(Quota::per_minute(10))
-        .cost(|units: &u32| *units)
-        .wait_up_to(Duration::from_millis(10))
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(Counting::default());
+    let mut svc = waiting(
+        Quota::per_minute(10),
+        Duration::from_millis(10),
+        Counting::default(),
+    );
     let e = send(&mut svc, 11).await.unwrap_err();
     let too_high = e.downcast_ref::<CostTooHigh>().expect("cost too high");
     assert_eq!((too_high.cost(), too_high.capacity()), (11, 10));
@@ -82,14 +94,11 @@ async fn waiting_global_limiter_spends_each_requests_whole_cost() {
 #[tokio::test(start_paused = true)]
 async fn waiting_global_limiter_waits_for_the_rest_and_lets_zero_cost_through() {
     // 10 a second: one unit every 100 ms, a burst of 10.
-    let layer = RateLimitLayer::builder()
-        .quota(Quota::per_second(10))
-        .cost(|units: &u32| *units)
-        .wait_up_to(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let inner = Counting::default();
-    let mut svc = layer.layer(inner.clone());
+    let mut svc = waiting(
+        Quota::per_second(10),
+        Duration::from_secs(1),
+        Counting::default(),
+    );
     let start = Instant::now();
     assert_eq!(send(&mut svc, 4).await.unwrap(), 4);
     assert_eq!(send(&mut svc, 4).await.unwrap(), 4);
@@ -102,14 +111,8 @@ async fn waiting_global_limiter_waits_for_the_rest_and_lets_zero_cost_through() 
     assert_eq!(start.elapsed(), Duration::from_millis(300));
 
     // Two an hour: a request of cost 0 keeps the reserved unit for the service's next call.
-    let layer = RateLimitLayer::builder()
-        .quota(Quota::per_hour(2))
-        .cost(|units: &u32| *units)
-        .wait_up_to(Duration::from_millis(10))
-        .build()
-        .unwrap();
     let inner = Counting::default();
-    let mut svc = layer.layer(inner.clone());
+    let mut svc = waiting(Quota::per_hour(2), Duration::from_millis(10), inner.clone());
     assert_eq!(send(&mut svc, 0).await.unwrap(), 0);
     assert_eq!(send(&mut svc, 1).await.unwrap(), 1);
     assert_eq!(

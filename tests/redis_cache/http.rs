@@ -395,7 +395,52 @@ async fn a_reload_whose_other_fill_fails_takes_the_lock_and_stores() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let prefix = unique_prefix("reload-fails");
+    // The second call (the first reload) is slow and fails: not stored.
+    let reloads = two_reloads(&server, "reload-fails", |n| {
+        if n == 2 {
+            (
+                Duration::from_millis(300),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            )
+        } else {
+            (Duration::ZERO, StatusCode::OK)
+        }
+    })
+    .await;
+    assert_eq!(reloads.first.body, "call 2");
+    assert_eq!(reloads.first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reloads.second.body, "call 3");
+    assert!(
+        reloads.took < Duration::from_secs(3),
+        "the reload waited out the lock wait: {:?}",
+        reloads.took
+    );
+    // Its answer was stored: a plain request gets it, not the old one.
+    assert_eq!(reloads.one.send("GET", "/doc", &[]).await.body, "call 3");
+}
+
+/// What [`two_reloads`] saw.
+struct Reloads {
+    first: crate::common::http::Reply,
+    second: crate::common::http::Reply,
+    /// How long the two reloads took together.
+    took: Duration,
+    /// The first replica, still serving.
+    one: crate::common::http::Served,
+    /// The app's calls, both replicas'.
+    calls: usize,
+}
+
+/// Two replicas of an app serving `/doc` (its n-th call answers `call n`, after the delay and
+/// with the status `call(n)` gives) through one HTTP cache on `server` under a fresh prefix: a
+/// plain request on the first stores `call 1`, then a reload (`Cache-Control: no-cache`) on the
+/// first and, 100 ms later, one on the second.
+async fn two_reloads(
+    server: &RedisServer,
+    what: &str,
+    call: fn(usize) -> (Duration, StatusCode),
+) -> Reloads {
+    let prefix = unique_prefix(what);
     let calls = Arc::new(AtomicUsize::new(0));
     let replica = || {
         let calls = Arc::clone(&calls);
@@ -407,13 +452,10 @@ async fn a_reload_whose_other_fill_fails_takes_the_lock_and_stores() {
                 "/doc",
                 get(move || {
                     let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    let (delay, status) = call(n);
                     async move {
-                        // The second call (the first reload) is slow and fails: not stored.
-                        if n == 2 {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            return (http::StatusCode::INTERNAL_SERVER_ERROR, "failed".to_owned());
-                        }
-                        (http::StatusCode::OK, format!("call {n}"))
+                        tokio::time::sleep(delay).await;
+                        (status, format!("call {n}"))
                     }
                 })
                 .route_layer(cache),
@@ -431,15 +473,13 @@ async fn a_reload_whose_other_fill_fails_takes_the_lock_and_stores() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         two.send("GET", "/doc", &reload).await
     });
-    assert_eq!(first.body, "failed");
-    assert_eq!(second.body, "call 3");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "the reload waited out the lock wait: {:?}",
-        started.elapsed()
-    );
-    // Its answer was stored: a plain request gets it, not the old one.
-    assert_eq!(one.send("GET", "/doc", &[]).await.body, "call 3");
+    Reloads {
+        first,
+        second,
+        took: started.elapsed(),
+        one,
+        calls: calls.load(Ordering::SeqCst),
+    }
 }
 
 /// An HTTP cache on the Redis at `url` under `prefix` (300 s TTL), and its store: replicas of one
@@ -561,45 +601,17 @@ async fn a_reload_waiting_on_another_replicas_fill_gets_the_new_answer() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let prefix = unique_prefix("reload");
-    let calls = Arc::new(AtomicUsize::new(0));
-    let replica = || {
-        let calls = Arc::clone(&calls);
-        let prefix = prefix.clone();
-        let url = server.url();
-        async move {
-            let (cache, store) = http_cache(&url, &prefix).await;
-            let app = Router::new().route(
-                "/doc",
-                get(move || {
-                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                    async move {
-                        // The second call (the first reload) is slow: the other replica's
-                        // reload comes while it holds the fill lock.
-                        if n == 2 {
-                            tokio::time::sleep(Duration::from_millis(400)).await;
-                        }
-                        format!("call {n}")
-                    }
-                })
-                .route_layer(cache),
-            );
-            (serve(app, false).await, store)
-        }
-    };
-    let (one, store) = replica().await;
-    let (two, _) = replica().await;
-    assert_eq!(one.send("GET", "/doc", &[]).await.body, "call 1");
-    until_stored(&store, "GET /doc").await;
-    let reload = [("cache-control", "no-cache")];
-    let (first, second) = tokio::join!(one.send("GET", "/doc", &reload), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        two.send("GET", "/doc", &reload).await
-    });
-    assert_eq!(first.body, "call 2");
+    // The second call (the first reload) is slow: the other replica's reload comes while it holds
+    // the fill lock.
+    let reloads = two_reloads(&server, "reload", |n| {
+        let delay = if n == 2 { 400 } else { 0 };
+        (Duration::from_millis(delay), StatusCode::OK)
+    })
+    .await;
+    assert_eq!(reloads.first.body, "call 2");
     assert_eq!(
-        second.body, "call 2",
+        reloads.second.body, "call 2",
         "the new answer, not the one stored before"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "one call for both reloads");
+    assert_eq!(reloads.calls, 2, "one call for both reloads");
 }

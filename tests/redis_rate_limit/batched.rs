@@ -398,3 +398,62 @@ async fn damaged_keys_repaired_inside_a_batch_are_decided_as_fresh() {
         }
     }
 }
+
+/// A batch is sent by a task on its callers' own runtime: a decision made on one runtime never
+/// waits on another that has stopped running its tasks (a thread blocked by CPU-bound work).
+#[test]
+fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (main, stalled) = (rt(), rt());
+    let layer = main.block_on(async {
+        let backend = RedisBackend::connect(&server.url())
+            .await
+            .unwrap()
+            .timeout(Duration::from_millis(500))
+            .failure_policy(FailurePolicy::Closed)
+            .prefix(unique_prefix("batched-runtimes"));
+        RateLimitLayer::builder()
+            .quota(Quota::per_hour(100))
+            .key(key_fn(|k: &u32| Some(*k)))
+            .backend(backend)
+            .build()
+            .unwrap()
+    });
+    let store = layer.store().clone();
+    // The other runtime: a decision in flight and one queued behind it (its batch's task spawned
+    // there), then its thread blocks for 1.5 s before running anything again.
+    let (started, start) = std::sync::mpsc::channel();
+    let other = std::thread::spawn(move || {
+        stalled.block_on(async {
+            let mut first = Box::pin(decide(&store, &1));
+            let mut second = Box::pin(decide(&store, &2));
+            assert!(futures::poll!(first.as_mut()).is_pending());
+            assert!(futures::poll!(second.as_mut()).is_pending());
+            started.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1_500));
+            // Late, but not lost: both decided, or timed out by their own timers.
+            let _ = futures::join!(first, second);
+        });
+    });
+    start.recv().unwrap();
+    // Decisions here while the other runtime stalls: their batch goes on this runtime.
+    let results = main.block_on(join_all((10..20).map(|k| {
+        let store = layer.store();
+        async move { decide(store, &k).await }
+    })));
+    for r in results {
+        assert!(
+            r.expect("decided by Redis, not held by the stalled runtime")
+                .is_allowed()
+        );
+    }
+    other.join().unwrap();
+}

@@ -24,9 +24,8 @@
 //!   joining is decided all the same, as one whose call was already sent; a caller that gave up
 //!   on its timeout is not written (its deadline).
 //!
-//! The task that sends a batch runs on the runtime of the caller that scheduled it: a caller on
-//! another runtime is still answered on time by its own timer, but its decision is sent only when
-//! that runtime runs the task (a runtime that stalls makes such decisions time out).
+//! Each runtime has its own queue, sent by a task on that runtime: a decision never waits on a
+//! runtime other than its caller's (one that stalls, or is no longer driven).
 //!
 //! A cluster's decisions are not batched (a script's keys must share a slot), nor are those made
 //! outside a tokio runtime. A queued call whose batch is lost (its task dropped with its runtime)
@@ -62,9 +61,40 @@ pub(crate) struct Batcher {
 struct State {
     /// Calls and batches on their way to Redis.
     in_flight: usize,
-    /// Decisions waiting, in batches of up to [`MAX_BATCH`].
+    /// Decisions waiting, per runtime: a batch is sent by a task on its callers' own runtime.
+    queues: Vec<Queue>,
+}
+
+impl State {
+    /// The queue of `runtime`, made if it has none.
+    fn queue(&mut self, runtime: tokio::runtime::Id) -> &mut Queue {
+        match self.queues.iter().position(|q| q.runtime == runtime) {
+            Some(i) => &mut self.queues[i],
+            None => {
+                self.queues.push(Queue {
+                    runtime,
+                    pending: Vec::new(),
+                    scheduled: false,
+                });
+                self.queues.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    /// The batches waiting on `runtime`, taken (its queue goes with them).
+    fn take(&mut self, runtime: tokio::runtime::Id) -> Vec<Pending> {
+        match self.queues.iter().position(|q| q.runtime == runtime) {
+            Some(i) => self.queues.swap_remove(i).pending,
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The decisions waiting on one runtime, in batches of up to [`MAX_BATCH`], and whether a task to
+/// send them is spawned there and has not taken them yet (a queue exists only while it is).
+struct Queue {
+    runtime: tokio::runtime::Id,
     pending: Vec<Pending>,
-    /// Whether a task to send the pending batches is spawned and has not taken them yet.
     scheduled: bool,
 }
 
@@ -162,15 +192,14 @@ impl<B: std::ops::Deref<Target = Batcher>> Drop for InFlight<B> {
 struct Scheduled {
     conn: Arc<Conn>,
     batcher: Arc<Batcher>,
+    runtime: tokio::runtime::Id,
     taken: bool,
 }
 
 impl Drop for Scheduled {
     fn drop(&mut self) {
         if !self.taken {
-            let mut state = self.batcher.state();
-            state.scheduled = false;
-            state.pending.clear();
+            drop(self.batcher.state().take(self.runtime));
         }
     }
 }
@@ -179,9 +208,8 @@ impl Drop for Scheduled {
 async fn send_queue(mut scheduled: Scheduled) {
     let batches: Vec<Pending> = {
         let mut state = scheduled.batcher.state();
-        state.scheduled = false;
         scheduled.taken = true;
-        let batches = std::mem::take(&mut state.pending);
+        let batches = state.take(scheduled.runtime);
         state.in_flight += batches.len();
         batches
     };
@@ -230,45 +258,45 @@ impl Conn {
             .redis_us_at(started.saturating_add(duration_to_nanos(timeout)));
         let (waiting, schedule) = {
             let mut state = batcher.state();
-            let alone = (state.in_flight == 0 && state.pending.is_empty())
+            let alone = (state.in_flight == 0 && state.queues.is_empty())
                 || !batcher.enabled
                 || runtime.is_err()
                 || !matches!(self.line().handle, Handle::Single(_));
-            if alone {
-                state.in_flight += 1;
-                (None, false)
-            } else {
-                let (answer, waiting) = oneshot::channel();
-                if state
-                    .pending
-                    .last()
-                    .is_none_or(|p| p.waiters.len() >= MAX_BATCH)
-                {
-                    state.pending.push(Pending::default());
+            match &runtime {
+                Ok(runtime) if !alone => {
+                    let (answer, waiting) = oneshot::channel();
+                    let queue = state.queue(runtime.id());
+                    if queue
+                        .pending
+                        .last()
+                        .is_none_or(|p| p.waiters.len() >= MAX_BATCH)
+                    {
+                        queue.pending.push(Pending::default());
+                    }
+                    let pending = queue.pending.last_mut().expect("pushed if there was none");
+                    pending.push(key, args, not_after, Waiter { due, answer });
+                    let schedule = !queue.scheduled;
+                    queue.scheduled = true;
+                    (Some(waiting), schedule)
                 }
-                let pending = state.pending.last_mut().expect("pushed if there was none");
-                pending.push(key, args, not_after, Waiter { due, answer });
-                let schedule = !state.scheduled;
-                state.scheduled = true;
-                (Some(waiting), schedule)
+                _ => {
+                    state.in_flight += 1;
+                    (None, false)
+                }
             }
         };
-        if schedule {
-            match (&runtime, self.me.upgrade()) {
-                (Ok(runtime), Some(conn)) => {
-                    runtime.spawn(send_queue(Scheduled {
-                        conn,
-                        batcher: Arc::clone(batcher),
-                        taken: false,
-                    }));
-                }
+        if schedule && let Ok(runtime) = &runtime {
+            let scheduled = self.me.upgrade().map(|conn| Scheduled {
+                conn,
+                batcher: Arc::clone(batcher),
+                runtime: runtime.id(),
+                taken: false,
+            });
+            match scheduled {
+                Some(scheduled) => drop(runtime.spawn(send_queue(scheduled))),
                 // No task to send it (the connection is being dropped): the queue's callers,
                 // their answers dropped, answer an error.
-                _ => {
-                    let mut state = batcher.state();
-                    state.scheduled = false;
-                    state.pending.clear();
-                }
+                None => drop(batcher.state().take(runtime.id())),
             }
         }
         let Some(waiting) = waiting else {

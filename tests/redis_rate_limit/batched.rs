@@ -439,9 +439,12 @@ fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
             assert!(futures::poll!(second.as_mut()).is_pending());
             started.send(()).unwrap();
             std::thread::sleep(Duration::from_millis(1_500));
-            // Late, but not lost: both decided, or timed out by their own timers.
-            let _ = futures::join!(first, second);
-        });
+            // The queued one's caller gave up (500 ms) before its batch's task ran: it was not
+            // sent. (The first went at once; its reply waits on the connection's task, on the
+            // other runtime, which this thread does not drive.)
+            let (_, second) = futures::join!(first, second);
+            assert!(second.unwrap_err().is_timeout());
+        })
     });
     start.recv().unwrap();
     // Decisions here while the other runtime stalls: their batch goes on this runtime.
@@ -456,4 +459,16 @@ fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
         );
     }
     other.join().unwrap();
+    // Key 2's given-up decision spent nothing (the timeouts marked Redis down: a decision is
+    // answered by the policy until the probe interval has passed).
+    let d = main.block_on(async {
+        for _ in 0..20 {
+            if let Ok(d) = decide(layer.store(), &2).await {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("redis did not decide again within 2 s");
+    });
+    assert_eq!(d.remaining(), 99);
 }

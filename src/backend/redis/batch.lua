@@ -40,7 +40,7 @@ for i = 1, #KEYS do
   end
   at = at + n + 1
   local ok, answer = pcall(one, {KEYS[i]}, args)
-  if ok and not answer.err then
+  if ok and type(answer) == 'table' and not answer.err and #answer >= 4 then
     local last = #answer
     time = answer[last]
     answer[last] = nil
@@ -48,8 +48,10 @@ for i = 1, #KEYS do
       table.remove(answer, 4)
     end
     out[i] = answer
-  elseif ok then
+  elseif ok and type(answer) == 'table' then
     out[i] = answer
+  elseif ok then
+    out[i] = {err = 'ERR the rate limit script answered no array'}
   elseif type(answer) == 'table' and answer.err then
     out[i] = answer
   else

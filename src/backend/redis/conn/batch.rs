@@ -18,11 +18,9 @@
 //!   timer answers it on time whatever the batch does;
 //! - its answer and its error: a decision whose key holds unreadable data, or whose write Redis
 //!   refuses, answers that error, and the batch's other decisions are made all the same;
-//! - what a caller that goes away is owed: a decision joins its batch encoded as it will be sent
-//!   (no copy of its key and arguments of its own: about 1,900 instructions less per decision in
-//!   the `instructions` bench's `redis64/rampart_store` row), so a caller that goes away after
-//!   joining is decided all the same, as one whose call was already sent; a caller that gave up
-//!   on its timeout is not written (its deadline).
+//! - cancellation: a decision whose caller went away or gave up before its batch is sent is left
+//!   out of it (its key and arguments are copied once into the batch as it joins, and only the
+//!   decisions still wanted are sent; each one's deadline is read when the batch is sent).
 //!
 //! Each runtime has its own queue, sent by a task on that runtime: a decision never waits on a
 //! runtime other than its caller's (one that stalls, or is no longer driven).
@@ -98,14 +96,13 @@ struct Queue {
     scheduled: bool,
 }
 
-/// A batch being filled: each decision's key and arguments encoded as they will be sent (back to
-/// back, with where each ends), and who waits for each answer.
+/// A batch being filled: each decision's key and arguments (back to back, with where each ends),
+/// copied once as it joins, and who waits for each answer.
 #[derive(Default)]
 struct Pending {
     keys: Vec<u8>,
     key_ends: Vec<usize>,
-    /// Each decision's count of arguments, its arguments and its deadline (`""` until a reply
-    /// has told how Redis's clock relates to ours).
+    /// Each decision's arguments but its count and deadline (added when the batch is sent).
     args: Vec<u8>,
     arg_ends: Vec<usize>,
     waiters: Vec<Waiter>,
@@ -113,43 +110,70 @@ struct Pending {
 
 /// A caller waiting for its decision's answer.
 struct Waiter {
-    /// Its deadline on tokio's clock.
+    /// Its deadline on tokio's clock, and when it gives up on the connection's clock.
     due: tokio::time::Instant,
+    gives_up_at: Nanos,
+    /// Where its arguments end in [`Pending::arg_ends`].
+    args_end: usize,
     answer: oneshot::Sender<Answer>,
 }
 
 impl Pending {
-    fn push(&mut self, key: &[u8], args: &[&[u8]], not_after: Option<u64>, waiter: Waiter) {
+    fn push(
+        &mut self,
+        key: &[u8],
+        args: &[&[u8]],
+        due: tokio::time::Instant,
+        gives_up_at: Nanos,
+        answer: oneshot::Sender<Answer>,
+    ) {
         self.keys.extend_from_slice(key);
         self.key_ends.push(self.keys.len());
-        let mut arg = |bytes: &[u8]| {
-            self.args.extend_from_slice(bytes);
-            self.arg_ends.push(self.args.len());
-        };
-        arg(itoa::Buffer::new().format(args.len() + 1).as_bytes());
         for a in args {
-            arg(a);
+            self.args.extend_from_slice(a);
+            self.arg_ends.push(self.args.len());
         }
-        match not_after {
-            Some(us) => arg(itoa::Buffer::new().format(us).as_bytes()),
-            None => arg(b""),
-        }
-        self.waiters.push(waiter);
+        self.waiters.push(Waiter {
+            due,
+            gives_up_at,
+            args_end: self.arg_ends.len(),
+            answer,
+        });
     }
 
-    /// The batch's command: `verb` (`EVALSHA` or `EVAL`) with `body` (the SHA or the source).
-    fn cmd(&self, verb: &str, body: &str) -> redis::Cmd {
+    /// The batch's command for the decisions `live` says to send (`verb`, `EVALSHA` or `EVAL`,
+    /// with `body`, the SHA or the source): each decision's key, then each one's count of
+    /// arguments, its arguments and its deadline from `bounds` (`""` when unknown).
+    fn cmd(&self, verb: &str, body: &str, live: &[bool], bounds: &[Option<u64>]) -> redis::Cmd {
+        let sent = live.iter().filter(|l| **l).count();
         let mut cmd = redis::Cmd::with_capacity(
-            3 + self.key_ends.len() + self.arg_ends.len(),
-            verb.len() + body.len() + 20 + self.keys.len() + self.args.len(),
+            3 + sent * 3 + self.arg_ends.len(),
+            verb.len() + body.len() + 20 + self.keys.len() + self.args.len() + sent * 24,
         );
-        cmd.arg(verb).arg(body).arg(self.key_ends.len());
-        for (bytes, ends) in [(&self.keys, &self.key_ends), (&self.args, &self.arg_ends)] {
-            let mut start = 0;
-            for &end in ends {
-                cmd.arg(&bytes[start..end]);
-                start = end;
+        cmd.arg(verb).arg(body).arg(sent);
+        let mut start = 0;
+        for (&end, &live) in self.key_ends.iter().zip(live) {
+            if live {
+                cmd.arg(&self.keys[start..end]);
             }
+            start = end;
+        }
+        let (mut first, mut start) = (0, 0);
+        for ((w, &live), bound) in self.waiters.iter().zip(live).zip(bounds) {
+            let ends = &self.arg_ends[first..w.args_end];
+            if live {
+                cmd.arg(ends.len() + 1);
+                for &end in ends {
+                    cmd.arg(&self.args[start..end]);
+                    start = end;
+                }
+                match bound {
+                    Some(us) => cmd.arg(*us),
+                    None => cmd.arg(""),
+                };
+            }
+            start = ends.last().copied().unwrap_or(start);
+            first = w.args_end;
         }
         cmd
     }
@@ -176,13 +200,13 @@ impl Batcher {
     }
 }
 
-/// A call or batch on its way: the count goes down when dropped (the call's end, or its caller or
-/// task going away, before it ran included).
-struct InFlight<B: std::ops::Deref<Target = Batcher>>(B);
+/// `n` calls or batches on their way: the count goes down when dropped (the calls' end, or their
+/// caller or task going away).
+struct InFlight<'a>(&'a Batcher, usize);
 
-impl<B: std::ops::Deref<Target = Batcher>> Drop for InFlight<B> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.state().in_flight -= 1;
+        self.0.state().in_flight -= self.1;
     }
 }
 
@@ -199,7 +223,9 @@ struct Scheduled {
 impl Drop for Scheduled {
     fn drop(&mut self) {
         if !self.taken {
-            drop(self.batcher.state().take(self.runtime));
+            // Dropped after the lock (their answers' wakers run outside it).
+            let pending = self.batcher.state().take(self.runtime);
+            drop(pending);
         }
     }
 }
@@ -214,26 +240,22 @@ async fn send_queue(mut scheduled: Scheduled) {
         batches
     };
     let (conn, batcher) = (&scheduled.conn, &scheduled.batcher);
-    let mut batches = batches.into_iter();
-    // The first goes first (its command is queued on the connection before the others'), each
-    // after it on a task of its own, so that all go at once and in order.
-    let first = batches.next();
-    for batch in batches {
-        tokio::spawn(send_one(
-            Arc::clone(conn),
-            InFlight(Arc::clone(batcher)),
-            batch,
-        ));
-    }
-    if let Some(batch) = first {
-        let _in_flight = InFlight(&**batcher);
-        conn.send_batch(batcher, batch).await;
-    }
-}
-
-/// Sends one batch, counted in flight by `in_flight` until it ends.
-async fn send_one(conn: Arc<Conn>, in_flight: InFlight<Arc<Batcher>>, batch: Pending) {
-    conn.send_batch(&in_flight.0, batch).await;
+    let _in_flight = InFlight(batcher, batches.len());
+    // All at once from this task: the first poll queues each batch's command on the connection,
+    // in order (a task per batch could run in any order on a multi-thread runtime).
+    let mut sends: Vec<_> = batches
+        .into_iter()
+        .map(|batch| Box::pin(conn.send_batch(batcher, batch)))
+        .collect();
+    std::future::poll_fn(|cx| {
+        sends.retain_mut(|send| send.as_mut().poll(cx).is_pending());
+        if sends.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 impl Conn {
@@ -252,10 +274,7 @@ impl Conn {
         let started = self.clock.at(start);
         let due = deadline(start, timeout);
         let runtime = tokio::runtime::Handle::try_current();
-        // Read before the lock: the batch carries it (as `fenced` sends it, `""` while unknown).
-        let not_after = self
-            .redis_clock
-            .redis_us_at(started.saturating_add(duration_to_nanos(timeout)));
+        let gives_up_at = started.saturating_add(duration_to_nanos(timeout));
         let (waiting, schedule) = {
             let mut state = batcher.state();
             let alone = (state.in_flight == 0 && state.queues.is_empty())
@@ -274,7 +293,7 @@ impl Conn {
                         queue.pending.push(Pending::default());
                     }
                     let pending = queue.pending.last_mut().expect("pushed if there was none");
-                    pending.push(key, args, not_after, Waiter { due, answer });
+                    pending.push(key, args, due, gives_up_at, answer);
                     let schedule = !queue.scheduled;
                     queue.scheduled = true;
                     (Some(waiting), schedule)
@@ -296,11 +315,14 @@ impl Conn {
                 Some(scheduled) => drop(runtime.spawn(send_queue(scheduled))),
                 // No task to send it (the connection is being dropped): the queue's callers,
                 // their answers dropped, answer an error.
-                None => drop(batcher.state().take(runtime.id())),
+                None => {
+                    let pending = batcher.state().take(runtime.id());
+                    drop(pending);
+                }
             }
         }
         let Some(waiting) = waiting else {
-            let in_flight = InFlight(&**batcher);
+            let in_flight = InFlight(batcher, 1);
             let (result, generation) = self
                 .fenced(batcher.single, &[key], args, start, started, timeout)
                 .await;
@@ -339,28 +361,57 @@ impl Conn {
     /// deadline, and answers each caller.
     async fn send_batch(&self, batcher: &Batcher, batch: Pending) {
         let (mut handle, generation) = self.current();
+        // A decision whose caller went away or gave up is not sent (its caller, if any, answers
+        // itself as late); the others carry their deadlines on Redis's clock as known now.
+        let now = tokio::time::Instant::now();
+        let live: Vec<bool> = batch
+            .waiters
+            .iter()
+            .map(|w| now < w.due && !w.answer.is_closed())
+            .collect();
+        let bounds: Vec<Option<u64>> = batch
+            .waiters
+            .iter()
+            .map(|w| self.redis_clock.redis_us_at(w.gives_up_at))
+            .collect();
         // No caller waits past the latest deadline.
-        let Some(due) = batch.waiters.iter().map(|w| w.due).max() else {
+        let Some(due) = batch
+            .waiters
+            .iter()
+            .zip(&live)
+            .filter(|(_, live)| **live)
+            .map(|(w, _)| w.due)
+            .max()
+        else {
             return;
         };
         let script = batcher.batch;
         let call = async {
-            let sha = batch.cmd("EVALSHA", &script.sha);
+            let sha = batch.cmd("EVALSHA", &script.sha, &live, &bounds);
             match handle.query_raw(&sha).await {
                 Ok(Value::ServerError(e))
                     if RedisError::from(e.clone()).kind()
                         == RedisErrorKind::Server(ServerErrorKind::NoScript) =>
                 {
                     tracing::debug!(sha = %script.sha, "redis script cache is empty; sending the script");
-                    handle.query_raw(&batch.cmd("EVAL", &script.code)).await
+                    handle
+                        .query_raw(&batch.cmd("EVAL", &script.code, &live, &bounds))
+                        .await
                 }
                 other => other,
             }
         };
         let reply = deadline::until(due, call).await;
         let received = self.clock.now();
+        // The callers whose decisions were sent, in order; the others' answers are dropped.
+        let sent: Vec<Waiter> = batch
+            .waiters
+            .into_iter()
+            .zip(live)
+            .filter_map(|(w, live)| live.then_some(w))
+            .collect();
         match reply {
-            Ok(Ok(Value::Array(mut answers))) if answers.len() == batch.waiters.len() + 1 => {
+            Ok(Ok(Value::Array(mut answers))) if answers.len() == sent.len() + 1 => {
                 // The batch's `TIME` (the latest a decision read), last.
                 if let Some(Value::Int(at)) = answers.pop()
                     && let Ok(at) = u64::try_from(at)
@@ -368,14 +419,14 @@ impl Conn {
                 {
                     self.redis_clock.learn(received, at);
                 }
-                for (w, answer) in batch.waiters.into_iter().zip(answers) {
+                for (w, answer) in sent.into_iter().zip(answers) {
                     let answer = self.answer(answer, received);
                     let _ = w.answer.send((answer, generation));
                 }
             }
             Ok(Ok(Value::ServerError(e))) => {
                 let e = RedisError::from(e);
-                for w in batch.waiters {
+                for w in sent {
                     let _ = w.answer.send((Err(e.clone()), generation));
                 }
             }
@@ -385,12 +436,12 @@ impl Conn {
                     "a batch of decisions answered something else than one answer per decision",
                     format!("{other:?}"),
                 ));
-                for w in batch.waiters {
+                for w in sent {
                     let _ = w.answer.send((Err(e.clone()), generation));
                 }
             }
             Ok(Err(e)) => {
-                for w in batch.waiters {
+                for w in sent {
                     let _ = w.answer.send((Err(e.clone()), generation));
                 }
             }

@@ -201,16 +201,17 @@ async fn a_batch_redis_runs_after_its_callers_gave_up_writes_nothing() {
         let e = r.as_ref().expect_err("no answer within the timeout");
         assert!(e.is_timeout(), "{e}");
     }
-    // Redis runs what was held (the call alone and the batches), past every deadline.
+    // Redis runs what was held (the call alone and the batches), past every deadline: four
+    // calls (one more on a host so slow that the 18 came after the first two had given up).
     proxy.forward();
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while script_calls(&server) < before + 4 && std::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        script_calls(&server),
-        before + 4,
-        "the call alone and three batches reached Redis"
+    let calls = script_calls(&server) - before;
+    assert!(
+        (4..=5).contains(&calls),
+        "20 decisions reached Redis in {calls} calls, not in batches"
     );
     // Nothing of it was written: the key has its 99 units left (a decision that finds Redis marked
     // down by the timeouts follows the policy until the probe interval has passed).

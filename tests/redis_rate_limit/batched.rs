@@ -351,52 +351,79 @@ async fn a_write_redis_refuses_mid_batch_fails_that_decision_only() {
     assert_eq!(kept, 0);
 }
 
-#[tokio::test]
-async fn damaged_keys_repaired_inside_a_batch_are_decided_as_fresh() {
+#[test]
+fn damaged_keys_repaired_inside_a_batch_are_decided_as_fresh() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
-        // Repairing (the default): a damaged key's answer carries what was repaired, the one
-        // answer a batch does not shorten.
-        let backend = connect(&server.url())
-            .await
-            .failure_policy(FailurePolicy::Closed)
-            .prefix(unique_prefix("batched-repair"));
-        let layer = RateLimitLayer::builder()
-            .quota(Quota::per_hour(3))
-            .algorithm(algorithm)
-            .key(key_fn(|k: &u32| Some(*k)))
-            .backend(backend)
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
-        let store = layer.store();
-        for k in [0u32, 1] {
-            let _: () = redis::cmd("SET")
-                .arg(store.redis_key(&k))
-                .arg("hello")
-                .query_async(&mut raw)
-                .await
-                .unwrap();
-        }
-        let before = script_calls(&server);
-        let keys: Vec<u32> = (0..4).flat_map(|_| 0..20).collect();
-        let results = join_all(keys.iter().map(|k| decide(store, k))).await;
-        assert!(
-            script_calls(&server) - before < 20,
-            "{algorithm:?}: batched"
+        rt.block_on(async {
+            let client = redis::Client::open(server.url()).unwrap();
+            let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+            for (algorithm, name) in [
+                (Algorithm::Gcra, "repaired-gcra"),
+                (Algorithm::SlidingWindow, "repaired-sw"),
+            ] {
+                // Repairing (the default): a damaged key's answer carries what was repaired,
+                // the one answer a batch does not shorten.
+                let backend = connect(&server.url())
+                    .await
+                    .failure_policy(FailurePolicy::Closed)
+                    .prefix(unique_prefix("batched-repair"));
+                let layer = RateLimitLayer::builder()
+                    .name(name)
+                    .quota(Quota::per_hour(3))
+                    .algorithm(algorithm)
+                    .key(key_fn(|k: &u32| Some(*k)))
+                    .backend(backend)
+                    .build()
+                    .unwrap();
+                let store = layer.store();
+                for k in [0u32, 1] {
+                    let _: () = redis::cmd("SET")
+                        .arg(store.redis_key(&k))
+                        .arg("hello")
+                        .query_async(&mut raw)
+                        .await
+                        .unwrap();
+                }
+                let before = script_calls(&server);
+                let keys: Vec<u32> = (0..4).flat_map(|_| 0..20).collect();
+                let results = join_all(keys.iter().map(|k| decide(store, k))).await;
+                assert!(
+                    script_calls(&server) - before < 20,
+                    "{algorithm:?}: batched"
+                );
+                for k in 0..20u32 {
+                    let admitted = keys
+                        .iter()
+                        .zip(&results)
+                        .filter(|(key, _)| **key == k)
+                        .filter(|(_, r)| r.as_ref().expect("decided by Redis").is_allowed())
+                        .count();
+                    assert_eq!(admitted, 3, "{algorithm:?}, key {k}: a fresh quota of 3");
+                }
+            }
+        });
+    });
+    // Each repair reached the store through its batch's answer: counted once per damaged key.
+    let snapshot = crate::corrupt::snapshot(&snapshotter);
+    for name in ["repaired-gcra", "repaired-sw"] {
+        assert_eq!(
+            crate::corrupt::counter(
+                &snapshot,
+                "rampart_rate_limit_backend_repaired_total",
+                ("name", name)
+            ),
+            2,
+            "{name}"
         );
-        for k in 0..20u32 {
-            let admitted = keys
-                .iter()
-                .zip(&results)
-                .filter(|(key, _)| **key == k)
-                .filter(|(_, r)| r.as_ref().expect("decided by Redis").is_allowed())
-                .count();
-            assert_eq!(admitted, 3, "{algorithm:?}, key {k}: a fresh quota of 3");
-        }
     }
 }
 

@@ -46,7 +46,7 @@ fn foreign(algorithm: Algorithm) -> &'static [&'static str] {
 }
 
 /// The sum of the counters named `name` whose labels include `label`.
-fn counter(
+pub(crate) fn counter(
     snapshot: &[(metrics_util::CompositeKey, DebugValue)],
     name: &str,
     label: (&str, &str),
@@ -67,7 +67,7 @@ fn counter(
         .sum()
 }
 
-fn snapshot(
+pub(crate) fn snapshot(
     snapshotter: &metrics_util::debugging::Snapshotter,
 ) -> Vec<(metrics_util::CompositeKey, DebugValue)> {
     snapshotter

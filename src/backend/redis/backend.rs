@@ -65,6 +65,7 @@ impl fmt::Debug for RedisBackend {
             .field("local_max_keys", &self.settings.local_max_keys)
             .field("clock", &self.settings.clock)
             .field("repair_corrupt_data", &self.settings.repair)
+            .field("batch_decisions", &self.settings.batch)
             .field("policy_poll_interval", &self.settings.policy_poll_interval)
             .finish()
     }

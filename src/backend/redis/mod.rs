@@ -15,6 +15,13 @@
 //! and no two limiters share a key. Raw header values (API keys) are hashed before they go to
 //! Redis; see [`RedisKey`].
 //!
+//! Under load, decisions made while another is on its way to Redis share a round trip: they go as
+//! one call of the script's batch form (up to 16), which decides each exactly as the script alone
+//! does, each with its own deadline and its own answer or error; a lone decision goes out at once.
+//! A cluster's decisions are never batched;
+//! [`RedisBackend::batch_decisions(false)`](RedisBackend::batch_decisions) turns it off on a
+//! single node (behind a proxy that shards by a command's first key).
+//!
 //! **Name your limiters.** In memory every layer counts on its own; in Redis a limiter is
 //! identified by its prefix, [name](crate::rate_limit::RateLimitBuilder::name), algorithm and quota,
 //! so that the replicas of one application share it. Two different limiters of one application with

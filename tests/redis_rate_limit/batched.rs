@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use tower_rampart::backend::redis::RedisRateLimitStore;
 use tower_rampart::backend::{FailurePolicy, RedisBackend};
 use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{Algorithm, Ask, Quota, RateLimitLayer, StoreLimits};
@@ -19,6 +20,26 @@ fn script_calls(server: &RedisServer) -> u64 {
     server.calls("evalsha") + server.calls("eval")
 }
 
+/// The store of a limiter named `name` of `per_hour` requests an hour by `algorithm` on
+/// `backend`, keyed by a `u32`.
+fn limiter(
+    backend: RedisBackend,
+    name: &'static str,
+    per_hour: u32,
+    algorithm: Algorithm,
+) -> RedisRateLimitStore<u32> {
+    RateLimitLayer::builder()
+        .name(name)
+        .quota(Quota::per_hour(per_hour))
+        .algorithm(algorithm)
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend)
+        .build()
+        .unwrap()
+        .store()
+        .clone()
+}
+
 #[tokio::test]
 async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
     let Some(server) = RedisServer::start() else {
@@ -29,14 +50,7 @@ async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
             .await
             .failure_policy(FailurePolicy::Closed)
             .prefix(unique_prefix("batched"));
-        let layer = RateLimitLayer::builder()
-            .quota(Quota::per_hour(100))
-            .algorithm(algorithm)
-            .key(key_fn(|k: &u32| Some(*k)))
-            .backend(backend)
-            .build()
-            .unwrap();
-        let store = layer.store();
+        let store = &limiter(backend, "batched", 100, algorithm);
         let set = store.limit_set().clone();
         let before = script_calls(&server);
         // 200 single-form decisions on key 1 and 100 set-form ones (cost 2) on key 2, all at once
@@ -94,14 +108,7 @@ async fn a_decision_that_fails_in_a_batch_fails_alone() {
             .failure_policy(FailurePolicy::Closed)
             .repair_corrupt_data(false)
             .prefix(unique_prefix("batched-fail"));
-        let layer = RateLimitLayer::builder()
-            .quota(Quota::per_hour(3))
-            .algorithm(algorithm)
-            .key(key_fn(|k: &u32| Some(*k)))
-            .backend(backend)
-            .build()
-            .unwrap();
-        let store = layer.store();
+        let store = &limiter(backend, "batched", 3, algorithm);
         // Key 0 holds what no decision wrote; key 1 holds a hash (GET on it is an error reply).
         let _: () = redis::cmd("SET")
             .arg(store.redis_key(&0))
@@ -172,13 +179,7 @@ async fn a_batch_redis_runs_after_its_callers_gave_up_writes_nothing() {
         .timeout(Duration::from_millis(300))
         .failure_policy(FailurePolicy::Closed)
         .prefix(unique_prefix("batched-late"));
-    let layer = RateLimitLayer::builder()
-        .quota(Quota::per_hour(100))
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend)
-        .build()
-        .unwrap();
-    let store = layer.store();
+    let store = &limiter(backend, "batched", 100, Algorithm::Gcra);
     // A first decision teaches the store how Redis's clock relates to its own (the deadline a
     // call carries is on Redis's clock), and a first batch (on another key) loads the batch form
     // into Redis's script cache: a held `EVALSHA` answered `NOSCRIPT` late would run nothing.
@@ -238,13 +239,7 @@ async fn batching_can_be_turned_off_and_each_decision_is_its_own_call() {
         .batch_decisions(false)
         .prefix(unique_prefix("unbatched"));
     assert!(!backend.get_batch_decisions());
-    let layer = RateLimitLayer::builder()
-        .quota(Quota::per_hour(100))
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend)
-        .build()
-        .unwrap();
-    let store = layer.store();
+    let store = &limiter(backend, "batched", 100, Algorithm::Gcra);
     assert!(decide(store, &0).await.unwrap().is_allowed());
     let before = script_calls(&server);
     // 50 decisions at once on 50 keys (no refusal remembered): 50 calls.
@@ -300,13 +295,7 @@ async fn a_write_redis_refuses_mid_batch_fails_that_decision_only() {
         .await
         .failure_policy(FailurePolicy::Closed)
         .prefix(unique_prefix("batched-oom"));
-    let layer = RateLimitLayer::builder()
-        .quota(Quota::per_hour(1))
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend)
-        .build()
-        .unwrap();
-    let store = layer.store();
+    let store = &limiter(backend, "batched", 1, Algorithm::Gcra);
     // Key 1 spends its one unit; a batch loads the batch form.
     assert!(decide(store, &1).await.unwrap().is_allowed());
     for r in join_all((1000..1010).map(|k| async move { decide(store, &k).await })).await {
@@ -376,15 +365,7 @@ fn damaged_keys_repaired_inside_a_batch_are_decided_as_fresh() {
                     .await
                     .failure_policy(FailurePolicy::Closed)
                     .prefix(unique_prefix("batched-repair"));
-                let layer = RateLimitLayer::builder()
-                    .name(name)
-                    .quota(Quota::per_hour(3))
-                    .algorithm(algorithm)
-                    .key(key_fn(|k: &u32| Some(*k)))
-                    .backend(backend)
-                    .build()
-                    .unwrap();
-                let store = layer.store();
+                let store = &limiter(backend, name, 3, algorithm);
                 for k in [0u32, 1] {
                     let _: () = redis::cmd("SET")
                         .arg(store.redis_key(&k))
@@ -441,21 +422,16 @@ fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
             .unwrap()
     };
     let (main, stalled) = (rt(), rt());
-    let layer = main.block_on(async {
+    let shared = main.block_on(async {
         let backend = RedisBackend::connect(&server.url())
             .await
             .unwrap()
             .timeout(Duration::from_millis(500))
             .failure_policy(FailurePolicy::Closed)
             .prefix(unique_prefix("batched-runtimes"));
-        RateLimitLayer::builder()
-            .quota(Quota::per_hour(100))
-            .key(key_fn(|k: &u32| Some(*k)))
-            .backend(backend)
-            .build()
-            .unwrap()
+        limiter(backend, "batched", 100, Algorithm::Gcra)
     });
-    let store = layer.store().clone();
+    let store = shared.clone();
     // The other runtime: a decision in flight and one queued behind it (its batch's task spawned
     // there), then its thread blocks for 1.5 s before running anything again.
     let (started, start) = std::sync::mpsc::channel();
@@ -477,7 +453,7 @@ fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
     start.recv().unwrap();
     // Decisions here while the other runtime stalls: their batch goes on this runtime.
     let results = main.block_on(join_all((10..20).map(|k| {
-        let store = layer.store();
+        let store = &shared;
         async move { decide(store, &k).await }
     })));
     for r in results {
@@ -491,7 +467,7 @@ fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
     // answered by the policy until the probe interval has passed).
     let d = main.block_on(async {
         for _ in 0..20 {
-            if let Ok(d) = decide(layer.store(), &2).await {
+            if let Ok(d) = decide(&shared, &2).await {
                 return d;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -273,16 +273,20 @@ impl Conn {
         let start = tokio::time::Instant::now();
         let started = self.clock.at(start);
         let due = deadline(start, timeout);
-        let runtime = tokio::runtime::Handle::try_current();
         let gives_up_at = started.saturating_add(duration_to_nanos(timeout));
-        let (waiting, schedule) = {
+        let (waiting, schedule, runtime) = {
             let mut state = batcher.state();
             let alone = (state.in_flight == 0 && state.queues.is_empty())
                 || !batcher.enabled
-                || runtime.is_err()
                 || !matches!(self.line().handle, Handle::Single(_));
-            match &runtime {
-                Ok(runtime) if !alone => {
+            // Looked up only for a call that may wait (a reference count taken and given back).
+            let runtime = if alone {
+                None
+            } else {
+                tokio::runtime::Handle::try_current().ok()
+            };
+            match runtime {
+                Some(runtime) => {
                     let (answer, waiting) = oneshot::channel();
                     let queue = state.queue(runtime.id());
                     if queue
@@ -296,15 +300,15 @@ impl Conn {
                     pending.push(key, args, due, gives_up_at, answer);
                     let schedule = !queue.scheduled;
                     queue.scheduled = true;
-                    (Some(waiting), schedule)
+                    (Some(waiting), schedule, Some(runtime))
                 }
-                _ => {
+                None => {
                     state.in_flight += 1;
-                    (None, false)
+                    (None, false, None)
                 }
             }
         };
-        if schedule && let Ok(runtime) = &runtime {
+        if schedule && let Some(runtime) = &runtime {
             let scheduled = self.me.upgrade().map(|conn| Scheduled {
                 conn,
                 batcher: Arc::clone(batcher),

@@ -5,6 +5,7 @@
 #   benches/redis_script_cost.sh            # 6 rounds; rows single, two, tk
 #   RUNS=10 ROWS="single two" benches/redis_script_cost.sh
 #   GCRA_LUA=/tmp/old.lua benches/redis_script_cost.sh   # a given script instead of the build's
+#   CALLGRIND=1 ROWS="single tk" benches/redis_script_cost.sh   # instructions, not times (below)
 #   BEFORE_LUA=/tmp/old.lua ROWS="single single:before two two:before tk" benches/redis_script_cost.sh
 #       # before and after in one session, alternating: a row ending in ":before" runs BEFORE_LUA
 #       # (e.g. main's script: `git stash; cargo run -q --all-features --example
@@ -28,6 +29,12 @@
 #           the key's one value)
 #   own2    the set form with the layer's own limit and one more ("" and "b")
 #   tk      throttle-kit 2.1's script (`RateLimitBackend::check`'s arguments: 1 ms, burst u32::MAX)
+#
+# CALLGRIND=1 counts instructions instead, which the machine's load does not move: the server runs
+# under `valgrind --tool=callgrind`, counting only inside `evalGenericCommand` (a script's whole
+# run, the commands it calls included); for each row, after its keys are warmed, the counters are
+# zeroed, $CALLGRIND_CALLS calls made (2,000 by default) and the count dumped, one round. Needs
+# valgrind and a redis-server whose `evalGenericCommand` symbol is exported (Debian's is).
 set -euo pipefail
 
 RUNS=${RUNS:-6}
@@ -57,9 +64,19 @@ sed -n '/^const GCRA_SCRIPT: &str = r#"$/,/^"#;$/p' "$tk_src" | sed '1d;$d' > "$
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # NICE=-10 (as root) runs the server and the client ahead of other jobs on a shared machine: fewer
 # calls stretched by preemption, which `usec_per_call` (wall time) counts.
-nice -n "${NICE:-0}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
-  --logfile "$tmp/redis.log" &
-server_pid=$!
+if [ -n "${CALLGRIND:-}" ]; then
+  valgrind --tool=callgrind --collect-atstart=no --toggle-collect=evalGenericCommand \
+    --callgrind-out-file="$tmp/cg.out" --log-file="$tmp/valgrind.log" \
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
+    --logfile "$tmp/redis.log" &
+  server_pid=$!
+  # Under valgrind the server takes seconds to start.
+  for _ in $(seq 300); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
+else
+  nice -n "${NICE:-0}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
+    --logfile "$tmp/redis.log" &
+  server_pid=$!
+fi
 cli() { redis-cli -p "$port" "$@"; }
 for _ in $(seq 50); do cli PING >/dev/null 2>&1 && break; sleep 0.1; done
 cli PING >/dev/null
@@ -109,6 +126,22 @@ for row in $ROWS; do
   fi
   run "$row" $((KEYS * 20)) >/dev/null
 done
+
+if [ -n "${CALLGRIND:-}" ]; then
+  calls=${CALLGRIND_CALLS:-2000}
+  echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), under callgrind: instructions per EVALSHA"
+  echo "inside evalGenericCommand, $calls calls a row, -c $CLIENTS, $KEYS keys"
+  dump=0
+  for row in $ROWS; do
+    callgrind_control -z "$server_pid" >/dev/null 2>&1
+    run "$row" "$calls" >/dev/null
+    callgrind_control -d "$server_pid" >/dev/null 2>&1
+    dump=$((dump + 1))
+    total=$(sed -n 's/^summary: //p' "$tmp/cg.out.$dump")
+    printf '%-14s %8d instructions/call\n' "$row" $((total / calls))
+  done
+  exit 0
+fi
 
 declare -A best all top
 for r in $(seq "$RUNS"); do

@@ -26,10 +26,9 @@ end
 if at ~= #ARGV + 1 then
   return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
 end
--- Each answer is shortened for the client's reply parser (about 850 instructions a value there;
--- conn/batch.rs puts them back): the `TIME` an answer ends with goes once for the batch, last
--- (the latest read, 0 when no decision answered an array), and an empty `repaired` (an answer's
--- fourth value) is left out (a single form's answer is then 3 values, a set form's 6).
+-- Each answer is shortened for the client's reply parser (about 850 instructions a value there):
+-- the `TIME` an answer ends with goes once for the batch, last (the latest read, 0 when no
+-- decision answered an array). An empty `repaired` the script itself leaves out.
 local out, time = {}, 0
 at = 1
 for i = 1, #KEYS do
@@ -44,9 +43,6 @@ for i = 1, #KEYS do
     local last = #answer
     time = answer[last]
     answer[last] = nil
-    if answer[4] == '' then
-      table.remove(answer, 4)
-    end
     out[i] = answer
   elseif ok and type(answer) == 'table' then
     out[i] = answer

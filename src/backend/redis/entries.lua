@@ -92,7 +92,7 @@ local function write_entries(key, E, m, time_ms, bare)
       -- The bare state as it was: nothing to write.
       return
     end
-    redis.call('SET', key, E[own], 'PX', exp - time_ms)
+    redis.call('SET', key, E[own], 'PX', format('%d', exp - time_ms))
     return
   end
   if bare and own > 0 and not E[own - 1] then
@@ -116,5 +116,6 @@ local function write_entries(key, E, m, time_ms, bare)
       value = value .. '|' .. E[k - 2] .. '|' .. format('%d', E[k - 1]) .. '|' .. state
     end
   end
-  redis.call('SET', key, value, 'PX', longest - time_ms)
+  -- The expiry as digits, as decide.lua writes it.
+  redis.call('SET', key, value, 'PX', format('%d', longest - time_ms))
 end

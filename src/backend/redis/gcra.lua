@@ -1,7 +1,16 @@
--- GCRA: one decision over a set of limits on one key (limit_set.lua: arguments, reply, the set's
--- rules; now.lua, decide.lua and limit_set.lua follow this file in the script), each limit computed
--- exactly as src/rate_limit/algorithm/gcra.rs `decide` does, atomically. The lease script
--- (lease/lease.lua) carves its units with the same `decide_one`.
+-- GCRA: the decision of one limit (limit_set.lua: arguments, reply, the set's rules), computed
+-- exactly as src/rate_limit/algorithm/gcra.rs `decide` does. A fragment (prelude.lua), written out
+-- twice in the GCRA script: inline where decide.lua decides the single form (no closure on that
+-- path), and as the body of `decide_one` (gcra_decide_one.lua) for the set form and the lease
+-- script (lease/lease.lua), which carves its units with it.
+--
+-- In: `raw` (the limit's state, a string, or nil for none), `emission`, `tolerance`, `cost`,
+-- `now_us`, `now_frac`, `repair` ("1" to replace state it cannot read), `min_ttl` (ms). Out, into
+-- locals the includer declares (nil before): `verdict` (1 admitted, 0 refused, 2 a cost above the
+-- burst; nil with `err`, the error reply, when the state cannot be read and is not repaired), `a`,
+-- `b` (the figures below), `c` (admitted: the units remaining), `repaired` ("" or what was wrong
+-- with the state replaced), and when admitted `value` and `ttl` (ms), the state to write and its
+-- expiry. Its own locals are inside one `do` block.
 --
 -- A limit's state: the theoretical arrival time (TAT) of the key's next request, in nanoseconds
 -- since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits
@@ -22,30 +31,27 @@
 -- relative to now: the store refuses quotas whose tolerance exceeds 2^52 ns, and cost x emission
 -- is compared with the tolerance before it is added to anything.
 
--- The furthest ahead of now (ns) a TAT can be that some decision wrote: the largest tolerance the
--- store accepts (2^52 ns, about 52 days), plus SKEW. A quota changed at run time keeps its state,
--- so a TAT written under a larger quota than the one deciding now is a state, not damage: it is
--- refused until it drains, as in memory.
-local MAX_AHEAD = 4503599627370496 + SKEW
-
--- The one-limit decision decide.lua and limit_set.lua make (limit_set.lua: its arguments and
--- answers): the TAT's read, the decision and the state written, in one function (a helper per
--- step was a closure made on every call and a call per limit: 7.37 -> 7.02 us per single-form
--- call and 12.24 -> 11.89 us for two limits, benches/redis_script_cost.sh's method).
-local function decide_one(raw, emission, tolerance, cost, now_us, now_frac, repair, min_ttl)
+do
+  -- The furthest ahead of now (ns) a TAT can be that some decision wrote: the largest tolerance
+  -- the store accepts (2^52 ns, about 52 days), plus SKEW. A quota changed at run time keeps its
+  -- state, so a TAT written under a larger quota than the one deciding now is a state, not damage:
+  -- it is refused until it drains, as in memory.
+  local MAX_AHEAD = 4503599627370496 + SKEW
   -- How far the TAT is ahead of now (0 when it is not): `base - now` in gcra.rs.
-  local base, repaired = 0, ''
+  local base = 0
+  repaired = ''
   if raw then
-    local tat_us, tat_frac = split_ns(raw)
+    local s, us, frac = raw, nil, nil
+    --#include split_ns.lua
     local problem
-    if not tat_us then
+    if not us then
       problem = 'the key does not hold a GCRA arrival time'
-    elseif tat_us > now_us or (tat_us == now_us and tat_frac > now_frac) then
+    elseif us > now_us or (us == now_us and frac > now_frac) then
       -- In microseconds first: a foreign value may be centuries ahead, beyond 2^53 ns.
-      if tat_us - now_us > MAX_AHEAD / 1000 + 1 then
+      if us - now_us > MAX_AHEAD / 1000 + 1 then
         base = MAX_AHEAD + 1
       else
-        base = (tat_us - now_us) * 1000 + (tat_frac - now_frac)
+        base = (us - now_us) * 1000 + (frac - now_frac)
       end
       if base > MAX_AHEAD then
         problem = 'the key holds a GCRA arrival time further ahead than any quota allows'
@@ -53,37 +59,39 @@ local function decide_one(raw, emission, tolerance, cost, now_us, now_frac, repa
     end
     if problem then
       if repair ~= '1' then
-        return nil, redis.error_reply('RAMPARTDATA ' .. problem)
+        err = redis.error_reply('RAMPARTDATA ' .. problem)
+      else
+        -- A fresh state, which the caller writes or deletes.
+        base, repaired = 0, problem
       end
-      -- A fresh state, which the caller writes or deletes.
-      base, repaired = 0, problem
     end
   end
   -- Exact below 2^53; above, still above any tolerance.
   local need = cost * emission
-  if need > tolerance then
-    return 2, base, 0, 0, repaired
-  end
   local ahead = base + need
-  if ahead > tolerance then
-    return 0, base, ahead - tolerance, 0, repaired
-  end
-  local slack = tolerance - ahead
-  -- The state that puts the TAT at now + ahead, and its expiry (ms): once it has passed (the key
-  -- is then as good as absent), and no sooner than `min_ttl` ms.
-  local x = now_frac + ahead
-  local frac = fmod(x, 1000)
-  local tat_us = now_us + (x - frac) / 1000
-  local value
-  if tat_us > 0 then
-    -- %d formats a 64-bit integer (exact below 2^53), several times cheaper than %.0f.
-    value = format('%d%03d', tat_us, frac)
+  if err then
+    -- Nothing decided.
+  elseif need > tolerance then
+    verdict, a, b, c = 2, base, 0, 0
+  elseif ahead > tolerance then
+    verdict, a, b, c = 0, base, ahead - tolerance, 0
   else
-    value = format('%d', frac)
+    local slack = tolerance - ahead
+    -- The state that puts the TAT at now + ahead, and its expiry (ms): once it has passed (the
+    -- key is then as good as absent), and no sooner than `min_ttl` ms.
+    local x = now_frac + ahead
+    local f = fmod(x, 1000)
+    local tat_us = now_us + (x - f) / 1000
+    if tat_us > 0 then
+      -- %d formats a 64-bit integer (exact below 2^53), several times cheaper than %.0f.
+      value = format('%d%03d', tat_us, f)
+    else
+      value = format('%d', f)
+    end
+    ttl = (ahead - fmod(ahead, 1000000)) / 1000000 + 1
+    if ttl < min_ttl then
+      ttl = min_ttl
+    end
+    verdict, a, b, c = 1, slack, ahead, (slack - fmod(slack, emission)) / emission
   end
-  local ttl = (ahead - fmod(ahead, 1000000)) / 1000000 + 1
-  if ttl < min_ttl then
-    ttl = min_ttl
-  end
-  return 1, slack, ahead, (slack - fmod(slack, emission)) / emission, repaired, value, ttl
 end

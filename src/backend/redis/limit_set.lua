@@ -1,8 +1,8 @@
 -- One decision over a set of limits on one key, in one call: the part gcra.lua and
--- sliding_window.lua share. A script is prelude.lua, the algorithm's file (its `decide_one`),
--- now.lua (the clock), decide.lua (the key's value, the single form on a bare value),
--- entries.lua, then this file, the set form (and the single form on a packed value), which goes
--- on with now.lua's and decide.lua's locals.
+-- sliding_window.lua share. A script is prelude.lua, now.lua (the clock), decide.lua (the key's
+-- value, the single form on a bare value), the algorithm's `decide_one` (gcra_decide_one.lua; the
+-- sliding window's is in its file, before now.lua), entries.lua, then this file, the set form (and
+-- the single form on a packed value), which goes on with now.lua's and decide.lua's locals.
 --
 -- KEYS[1]  the key's value: every limit's state, bare or packed by limit name (entries.lua), so a
 --          decision is TIME, one GET and at most one SET (or DEL) whatever the number of limits
@@ -19,8 +19,9 @@
 -- ARGV[6]  not after: the server TIME (us since the Unix epoch) after which the caller has given
 --          up on this call, or "" for no bound
 -- Returns {1, a, b, repaired, time} when admitted, {0, a, b, repaired, time} when refused (the
--- figures as the algorithm's script says); `repaired` is "" or what was wrong with the state it
--- replaced; `time` is the server's TIME in microseconds.
+-- figures as the algorithm's script says); `repaired` is what was wrong with the state it
+-- replaced, left out when nothing was ({1, a, b, time}); `time` is the server's TIME in
+-- microseconds.
 --
 -- The set form, 3n + 6 arguments for n limits (1 <= n <= 8):
 -- ARGV[1] to ARGV[5]  as above, ARGV[1] and ARGV[2] for limit 1
@@ -35,7 +36,7 @@
 -- and whose own outcome is `status` (1 admits, 0 refuses, 2 refuses a cost it could never admit:
 -- `b` is then 0); `shadow_refused` has bit i - 1 set for each shadow limit that refuses;
 -- `repaired` holds "<i> <what was wrong>" lines for the states it replaced, i = 0 for a value it
--- could not read at all (every entry of it is dropped).
+-- could not read at all (every entry of it is dropped), and is left out when none was.
 --
 -- The decision (identical to the in-memory store's): every limit is decided at one `now` against
 -- its own state. Admitted iff every enforced limit admits; then every enforced limit spends the
@@ -213,15 +214,14 @@ local verdict = 0
 if allowed then
   verdict = 1
 end
+-- An empty `repaired` is left out of the reply, as decide.lua leaves it out.
 if single then
-  local repaired = ''
   if problems then
-    repaired = string.sub(problems[1], 3)
+    return {verdict, a, b, string.sub(problems[1], 3), time_us}
   end
-  return {verdict, a, b, repaired, time_us}
+  return {verdict, a, b, time_us}
 end
-local repaired = ''
 if problems then
-  repaired = table.concat(problems, '\n')
+  return {verdict, a, b, table.concat(problems, '\n'), bind, status, shadow_refused, time_us}
 end
-return {verdict, a, b, repaired, bind, status, shadow_refused, time_us}
+return {verdict, a, b, bind, status, shadow_refused, time_us}

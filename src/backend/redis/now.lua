@@ -1,7 +1,7 @@
--- The clock of every rate limit script (after prelude.lua and the algorithm's file, before
--- decide.lua or, in the lease script, entries.lua and lease.lua): the server's TIME, the caller's
--- deadline (the last argument) and now. Top-level code, not a function, so the script goes on with
--- its locals and no closure is made for it (prelude.lua).
+-- The clock of every rate limit script (after prelude.lua, and the sliding window's file in its
+-- script; before decide.lua or, in the lease script, gcra_decide_one.lua): the server's TIME, the
+-- caller's deadline (the last argument) and now. Top-level code, not a function, so the script
+-- goes on with its locals and no closure is made for it (prelude.lua).
 
 local nargs = #ARGV
 -- The server's TIME in microseconds (its two fields are digits: the arithmetic converts them).
@@ -21,8 +21,10 @@ end
 -- TIME when ARGV[3] is "".
 local now_us, now_frac = time_us, 0
 if ARGV[3] ~= '' then
-  now_us, now_frac = split_ns(ARGV[3] or '')
-  if not now_us then
+  local s, us, frac = ARGV[3] or '', nil, nil
+  --#include split_ns.lua
+  if not us then
     return redis.error_reply('RAMPARTARG the clock value is out of range')
   end
+  now_us, now_frac = us, frac
 end

@@ -20,6 +20,11 @@ impl Script {
         }
     }
 
+    /// The script's text.
+    pub(crate) fn code(&self) -> &str {
+        &self.code
+    }
+
     /// The script's SHA1, as EVALSHA takes it.
     pub(crate) fn sha(&self) -> &str {
         &self.sha
@@ -57,8 +62,68 @@ impl Script {
     }
 }
 
+/// A script's text from its `parts` in order, each line `--#include <name>` written out as the
+/// fragment `includes` names (its own includes written out in turn): a fragment is written once
+/// in the source and appears wherever a script needs it inline, where a Lua function would be a
+/// closure made on every call (see `prelude.lua`).
+///
+/// # Panics
+///
+/// On an include `includes` does not name, or one that includes itself: the crate's own scripts,
+/// composed by every test that runs them.
+pub(crate) fn compose(parts: &[&str], includes: &[(&str, &str)]) -> String {
+    fn write(out: &mut String, text: &str, includes: &[(&str, &str)], depth: usize) {
+        assert!(depth < 8, "script fragments include each other");
+        for line in text.split_inclusive('\n') {
+            match line.trim().strip_prefix("--#include ") {
+                Some(name) => {
+                    let (_, fragment) = includes
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .unwrap_or_else(|| panic!("no script fragment named {name:?}"));
+                    write(out, fragment, includes, depth + 1);
+                }
+                None => out.push_str(line),
+            }
+        }
+    }
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() * 2);
+    for part in parts {
+        write(&mut out, part, includes, 0);
+    }
+    out
+}
+
 impl fmt::Debug for Script {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Script").field("sha", &self.sha).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compose;
+
+    #[test]
+    fn compose_writes_out_includes_in_place_and_nested() {
+        let inner = "x = 1\n";
+        let outer = "do\n  --#include inner\nend\n";
+        let script = compose(
+            &["a = 0\n", "--#include outer\nreturn a\n"],
+            &[("inner", inner), ("outer", outer)],
+        );
+        assert_eq!(script, "a = 0\ndo\nx = 1\nend\nreturn a\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "no script fragment named \"missing\"")]
+    fn compose_refuses_an_include_it_has_not_got() {
+        compose(&["--#include missing\n"], &[]);
+    }
+
+    #[test]
+    #[should_panic(expected = "include each other")]
+    fn compose_refuses_a_fragment_that_includes_itself() {
+        compose(&["--#include a\n"], &[("a", "--#include a\n")]);
     }
 }

@@ -455,17 +455,11 @@ impl Conn {
     }
 
     /// One decision's answer in a batch, as [`fenced`](Self::fenced) answers it: an array as the
-    /// script alone answers it without its `TIME` (the batch form leaves an empty `repaired`
-    /// out, `batch.lua`: put back), an error reply an error (a `RAMPARTLATE` one's time learnt).
+    /// script alone answers it without its `TIME`, an error reply an error (a `RAMPARTLATE`
+    /// one's time learnt).
     fn answer(&self, answer: Value, received: Nanos) -> Result<Value, RedisError> {
         match answer {
-            Value::Array(mut items) => {
-                // The single form's 3 values or the set form's 6: `repaired` was empty.
-                if items.len() == 3 || items.len() == 6 {
-                    items.insert(3, Value::BulkString(Vec::new()));
-                }
-                Ok(Value::Array(items))
-            }
+            Value::Array(items) => Ok(Value::Array(items)),
             Value::ServerError(e) => {
                 let e = RedisError::from(e);
                 if e.code() == Some(LATE)

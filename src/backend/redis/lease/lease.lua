@@ -97,7 +97,7 @@ if E then
   E[own - 1], E[own] = time_ms + ttl, value
   write_entries(key, E, m, time_ms, false)
 else
-  redis.call('SET', key, value, 'PX', ttl)
+  redis.call('SET', key, value, 'PX', format('%d', ttl))
 end
 -- a = slack, what is left in Redis after the k units; b = reset, how far ahead the TAT runs.
 return {k, a, b, repaired, time_us}

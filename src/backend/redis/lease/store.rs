@@ -15,6 +15,8 @@ use super::LeaseConfig;
 use super::cell::{Cell, Claim, Grant, Sizing, Slot};
 use crate::backend::memory::map::BoundedMap;
 use crate::backend::redis::conn::{Conn, Script};
+use crate::backend::redis::rate_limit::FRAGMENTS;
+use crate::backend::redis::script::compose;
 use crate::backend::redis::{
     FailurePolicy, RedisBackend, RedisKey, RedisRateLimitStore, StoreClock,
 };
@@ -28,12 +30,15 @@ use crate::rate_limit::{
 fn lease_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
-        Script::new(concat!(
-            include_str!("../prelude.lua"),
-            include_str!("../gcra.lua"),
-            include_str!("../now.lua"),
-            include_str!("../entries.lua"),
-            include_str!("lease.lua")
+        Script::new(compose(
+            &[
+                include_str!("../prelude.lua"),
+                include_str!("../now.lua"),
+                include_str!("../gcra_decide_one.lua"),
+                include_str!("../entries.lua"),
+                include_str!("lease.lua"),
+            ],
+            &FRAGMENTS,
         ))
     })
 }

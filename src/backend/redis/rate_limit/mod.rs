@@ -12,6 +12,7 @@ use self::call::{params, unscriptable};
 use super::conn::{Batcher, Conn, Script};
 use super::over_limit::{OverLimits, Remembered, tag};
 use super::policy_sync::PolicySync;
+use super::script::compose;
 use super::{FailurePolicy, RedisBackend, RedisKey, StoreClock};
 use crate::backend::memory::MemoryRateLimitStore;
 use crate::backend::{BackendError, ErrorKind, MemoryBackend};
@@ -32,78 +33,83 @@ mod reply;
 /// numbers are doubles, exact below 2^53, and they add two such values at most.
 const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 
-/// The GCRA decision script as Redis runs it: the helpers every rate limit script shares
-/// (`prelude.lua`), the one-limit decision (`gcra.lua`, shared with the lease script), then the
-/// decision shared with the sliding window: the clock (`now.lua`, shared with the lease script),
-/// the key's value and the single form on a bare value (`decide.lua`), the packed value's entries
+/// The fragments the rate limit scripts write out where a line `--#include <name>` stands
+/// ([`compose`](super::script::compose)): the GCRA decision of one limit (`gcra.lua`) and the split
+/// of a decimal nanosecond time (`split_ns.lua`). `decision` is the algorithm's decision of the
+/// single form (`decide.lua`).
+pub(in crate::backend::redis) const FRAGMENTS: [(&str, &str); 2] = [
+    ("gcra.lua", include_str!("../gcra.lua")),
+    ("split_ns.lua", include_str!("../split_ns.lua")),
+];
+
+/// The parts of a decision script, in order, and the single form's decision: the helpers every
+/// rate limit script shares (`prelude.lua`); for the sliding window its one-limit decision
+/// (`sliding_window.lua`, functions); the clock (`now.lua`, shared with the lease script), the
+/// key's value and the single form on a bare value (`decide.lua`, with the algorithm's decision in
+/// place: `gcra.lua` inline, or a call of the sliding window's), GCRA's one-limit decision as a
+/// function (`gcra_decide_one.lua`, shared with the lease script), the packed value's entries
 /// (`entries.lua`, shared with the lease script) and the decision over a set of limits
-/// (`limit_set.lua`). The body runs from the top on
-/// every call, and each helper defined on the way is a closure made anew, so the single form on a
-/// bare value returns before the set form's helpers are defined (`benches/redis_script_cost.sh`
-/// measures what each form costs Redis).
-const GCRA_LUA: &str = concat!(
-    include_str!("../prelude.lua"),
-    include_str!("../gcra.lua"),
-    include_str!("../now.lua"),
-    include_str!("../decide.lua"),
-    include_str!("../entries.lua"),
-    include_str!("../limit_set.lua")
-);
-
-/// The sliding-window decision script as Redis runs it: the shared helpers, its one-limit
-/// decision, then the decision shared with GCRA (as in [`GCRA_LUA`]).
-const WINDOW_LUA: &str = concat!(
-    include_str!("../prelude.lua"),
-    include_str!("../sliding_window.lua"),
-    include_str!("../now.lua"),
-    include_str!("../decide.lua"),
-    include_str!("../entries.lua"),
-    include_str!("../limit_set.lua")
-);
-
-/// The batch form of [`GCRA_LUA`] (`batch.lua`): several decisions in one call, each answered as
-/// the script alone answers it (`conn/batch.rs`).
-const GCRA_BATCH_LUA: &str = concat!(
-    include_str!("../prelude.lua"),
-    include_str!("../gcra.lua"),
-    "local function one(KEYS, ARGV)\n",
-    include_str!("../now.lua"),
-    include_str!("../decide.lua"),
-    include_str!("../entries.lua"),
-    include_str!("../limit_set.lua"),
-    include_str!("../batch.lua")
-);
-
-/// The batch form of [`WINDOW_LUA`].
-const WINDOW_BATCH_LUA: &str = concat!(
-    include_str!("../prelude.lua"),
-    include_str!("../sliding_window.lua"),
-    "local function one(KEYS, ARGV)\n",
-    include_str!("../now.lua"),
-    include_str!("../decide.lua"),
-    include_str!("../entries.lua"),
-    include_str!("../limit_set.lua"),
-    include_str!("../batch.lua")
-);
+/// (`limit_set.lua`). The body runs from the top on every call, and each function defined on the
+/// way is a closure made anew, so the single form on a bare value makes none and returns before
+/// the set form's helpers are defined (`benches/redis_script_cost.sh` measures what each form
+/// costs Redis). `batch` makes it the batch form (`batch.lua`).
+fn decision_script(algorithm: Algorithm, batch: bool) -> String {
+    let (head, tail, decision) = match algorithm {
+        Algorithm::Gcra => (
+            "",
+            include_str!("../gcra_decide_one.lua"),
+            include_str!("../gcra.lua"),
+        ),
+        Algorithm::SlidingWindow => (
+            include_str!("../sliding_window.lua"),
+            "",
+            include_str!("../window_decision.lua"),
+        ),
+    };
+    let (open, close) = if batch {
+        (
+            "local function one(KEYS, ARGV)\n",
+            include_str!("../batch.lua"),
+        )
+    } else {
+        ("", "")
+    };
+    let mut includes = FRAGMENTS.to_vec();
+    includes.push(("decision", decision));
+    compose(
+        &[
+            include_str!("../prelude.lua"),
+            head,
+            open,
+            include_str!("../now.lua"),
+            include_str!("../decide.lua"),
+            tail,
+            include_str!("../entries.lua"),
+            include_str!("../limit_set.lua"),
+            close,
+        ],
+        &includes,
+    )
+}
 
 fn gcra_batch_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(GCRA_BATCH_LUA))
+    SCRIPT.get_or_init(|| Script::new(decision_script(Algorithm::Gcra, true)))
 }
 
 fn window_batch_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(WINDOW_BATCH_LUA))
+    SCRIPT.get_or_init(|| Script::new(decision_script(Algorithm::SlidingWindow, true)))
 }
 
 fn gcra_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(GCRA_LUA))
+    SCRIPT.get_or_init(|| Script::new(decision_script(Algorithm::Gcra, false)))
 }
 
 fn window_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(WINDOW_LUA))
+    SCRIPT.get_or_init(|| Script::new(decision_script(Algorithm::SlidingWindow, false)))
 }
 
 /// The SHA1 of the script behind `algorithm`, as `EVALSHA` takes it (for benchmarks and tools that
@@ -120,8 +126,8 @@ pub fn script_sha(algorithm: Algorithm) -> &'static str {
 /// [`RedisBackend::batch_decisions`]). For tools that load scripts ahead of time.
 pub fn batch_script_source(algorithm: Algorithm) -> &'static str {
     match algorithm {
-        Algorithm::Gcra => GCRA_BATCH_LUA,
-        Algorithm::SlidingWindow => WINDOW_BATCH_LUA,
+        Algorithm::Gcra => gcra_batch_script().code(),
+        Algorithm::SlidingWindow => window_batch_script().code(),
     }
 }
 
@@ -136,8 +142,8 @@ pub fn batch_script_sha(algorithm: Algorithm) -> &'static str {
 /// The source of the script behind `algorithm`.
 pub fn script_source(algorithm: Algorithm) -> &'static str {
     match algorithm {
-        Algorithm::Gcra => GCRA_LUA,
-        Algorithm::SlidingWindow => WINDOW_LUA,
+        Algorithm::Gcra => gcra_script().code(),
+        Algorithm::SlidingWindow => window_script().code(),
     }
 }
 
@@ -717,7 +723,8 @@ impl<K> crate::rate_limit::StoreLimits for RedisRateLimitStore<K> {
 /// Checks of the scripts' text that no server run can make here (the tests' Redis is 7.0).
 #[cfg(test)]
 pub(crate) mod script_text_tests {
-    use super::{GCRA_LUA, WINDOW_LUA};
+    use super::script_source;
+    use crate::rate_limit::quota::Algorithm;
 
     /// Redis before 5 allows writes after the non-deterministic `TIME` only once
     /// `redis.replicate_commands()` has been called: on a server without `REDIS_VERSION_NUM` the
@@ -745,7 +752,7 @@ pub(crate) mod script_text_tests {
 
     #[test]
     fn the_decision_scripts_replicate_commands_before_time_on_redis_before_7() {
-        replicates_commands_before_time(GCRA_LUA);
-        replicates_commands_before_time(WINDOW_LUA);
+        replicates_commands_before_time(script_source(Algorithm::Gcra));
+        replicates_commands_before_time(script_source(Algorithm::SlidingWindow));
     }
 }

@@ -16,9 +16,10 @@ use crate::rate_limit::{Decision, LimitSet, SetLimit};
 
 impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// Reads a decision or lease script's answer, `[n0, n1, n2, repaired]` (the connection took
-    /// the server's time off the end): three counts, and what the script repaired at the key (empty
-    /// when nothing), logged and counted here. `None` for any other shape. One reader for the exact
-    /// and the leased store, which share the scripts' conventions.
+    /// the server's time off the end): three counts, and what the script repaired at the key,
+    /// logged and counted here (the decision scripts leave an empty one out: `[n0, n1, n2]`).
+    /// `None` for any other shape. One reader for the exact and the leased store, which share the
+    /// scripts' conventions.
     pub(in crate::backend::redis) fn read_reply(
         &self,
         value: &Value,
@@ -27,16 +28,19 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         let Value::Array(items) = value else {
             return None;
         };
-        let [n0, n1, n2, repaired] = items.as_slice() else {
-            return None;
-        };
-        let n = counts([n0, n1, n2])?;
-        match repaired {
-            Value::BulkString(what) if what.is_empty() => {}
-            Value::BulkString(what) => self.repaired(redis_key, what),
-            _ => return None,
+        match items.as_slice() {
+            [n0, n1, n2] => counts([n0, n1, n2]),
+            [n0, n1, n2, repaired] => {
+                let n = counts([n0, n1, n2])?;
+                match repaired {
+                    Value::BulkString(what) if what.is_empty() => {}
+                    Value::BulkString(what) => self.repaired(redis_key, what),
+                    _ => return None,
+                }
+                Some(n)
+            }
+            _ => None,
         }
-        Some(n)
     }
 
     /// The script replaced state it could not read at `redis_key` with a fresh one.
@@ -76,7 +80,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     }
 
     /// Reads the set form's answer, `[allowed, a, b, repaired, index, status, shadow_refused]`
-    /// (see `limit_set.lua`), as the in-memory store's decision for the same set.
+    /// (see `limit_set.lua`; without `repaired` when nothing was), as the in-memory store's
+    /// decision for the same set.
     pub(super) fn parse_set(
         &self,
         value: &Value,
@@ -87,8 +92,13 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         let Value::Array(items) = value else {
             return Err(bad());
         };
-        let [n0, n1, n2, repaired, index, status, mask] = items.as_slice() else {
-            return Err(bad());
+        let empty = Value::Nil;
+        let (n0, n1, n2, repaired, index, status, mask) = match items.as_slice() {
+            [n0, n1, n2, index, status, mask] => (n0, n1, n2, &empty, index, status, mask),
+            [n0, n1, n2, repaired, index, status, mask] => {
+                (n0, n1, n2, repaired, index, status, mask)
+            }
+            _ => return Err(bad()),
         };
         let [allowed, a, b, index, status, mask] =
             counts([n0, n1, n2, index, status, mask]).ok_or_else(bad)?;
@@ -98,6 +108,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             .filter(|i| *i < set.limits().len())
             .ok_or_else(bad)?;
         match repaired {
+            Value::Nil => {}
             Value::BulkString(what) if what.is_empty() => {}
             Value::BulkString(what) => {
                 for line in what.split(|c| *c == b'\n') {

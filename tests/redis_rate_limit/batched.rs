@@ -20,6 +20,22 @@ fn script_calls(server: &RedisServer) -> u64 {
     server.calls("evalsha") + server.calls("eval")
 }
 
+/// The script calls Redis ran (those it failed, an `EVALSHA` answered `NOSCRIPT` before the
+/// script was loaded, left out).
+fn script_runs(server: &RedisServer) -> u64 {
+    let stats = server.info("commandstats");
+    let field = |line: &str, name: &str| -> u64 {
+        line.split([':', ','])
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+        .map(|l| field(l, "calls") - field(l, "failed_calls"))
+        .sum()
+}
+
 /// The store of a limiter named `name` of `per_hour` requests an hour by `algorithm` on
 /// `backend`, keyed by a `u32`.
 fn limiter(
@@ -53,6 +69,7 @@ async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
         let store = &limiter(backend, "batched", 100, algorithm);
         let set = store.limit_set().clone();
         let before = script_calls(&server);
+        let (runs_before, times_before) = (script_runs(&server), server.calls("time"));
         // 200 single-form decisions on key 1 and 100 set-form ones (cost 2) on key 2, all at once
         // on this one-thread runtime, interleaved so that batches hold both forms.
         let singles = (0..200).map(|_| async { decide(store, &1).await });
@@ -60,6 +77,10 @@ async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
             (0..100).map(|_| async { decide_ask(store, &2, &Ask::new(&set).cost(2)).await });
         let (singles, doubles) = futures::join!(join_all(singles), join_all(doubles));
         let calls = script_calls(&server) - before;
+        let (runs, times) = (
+            script_runs(&server) - runs_before,
+            server.calls("time") - times_before,
+        );
         let admitted = |ds: &[Result<tower_rampart::rate_limit::Decision, _>]| {
             ds.iter()
                 .map(|d| match d {
@@ -83,6 +104,12 @@ async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
         assert!(
             calls <= 60,
             "{algorithm:?}: 300 decisions made at once took {calls} script calls"
+        );
+        // A batch reads Redis's TIME once for all its decisions (Redis counts the commands a
+        // script calls in its command statistics).
+        assert_eq!(
+            times, runs,
+            "{algorithm:?}: {times} TIME reads in {runs} script runs"
         );
         // Nothing more to spend on either key: each decision was written once.
         assert!(!decide(store, &1).await.unwrap().is_allowed());

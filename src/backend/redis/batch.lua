@@ -27,9 +27,9 @@ if at ~= #ARGV + 1 then
   return redis.error_reply('RAMPARTARG a batch gives each decision its count of arguments, then them')
 end
 -- Each answer is shortened for the client's reply parser (about 850 instructions a value there):
--- the `TIME` an answer ends with goes once for the batch, last (the latest read, 0 when no
--- decision answered an array). An empty `repaired` the script itself leaves out.
-local out, time = {}, 0
+-- the `TIME` an answer ends with (the batch's, batch_open.lua) goes once for the batch, last. An
+-- empty `repaired` the script itself leaves out.
+local out = {}
 at = 1
 for i = 1, #KEYS do
   local n = ARGV[at] + 0
@@ -40,9 +40,7 @@ for i = 1, #KEYS do
   at = at + n + 1
   local ok, answer = pcall(one, {KEYS[i]}, args)
   if ok and type(answer) == 'table' and not answer.err and #answer >= 4 then
-    local last = #answer
-    time = answer[last]
-    answer[last] = nil
+    answer[#answer] = nil
     out[i] = answer
   elseif ok and type(answer) == 'table' then
     out[i] = answer
@@ -54,5 +52,5 @@ for i = 1, #KEYS do
     out[i] = {err = 'ERR ' .. tostring(answer)}
   end
 end
-out[#KEYS + 1] = time
+out[#KEYS + 1] = batch_time_us
 return out

@@ -17,7 +17,8 @@
 //!
 //! Under load, decisions made while another is on its way to Redis share a round trip: they go as
 //! one call of the script's batch form (up to 16), which decides each exactly as the script alone
-//! does, each with its own deadline and its own answer or error; a lone decision goes out at once.
+//! does, each with its own deadline and its own answer or error, all at the one instant of the
+//! batch's `TIME`; a lone decision goes out at once.
 //! A cluster's decisions are never batched;
 //! [`RedisBackend::batch_decisions(false)`](RedisBackend::batch_decisions) turns it off on a
 //! single node (behind a proxy that shards by a command's first key).

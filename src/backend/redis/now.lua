@@ -4,12 +4,7 @@
 -- goes on with its locals and no closure is made for it (prelude.lua).
 
 local nargs = #ARGV
--- The server's TIME in microseconds (its two fields are digits: the arithmetic converts them).
-local time_us
-do
-  local t = redis.call('TIME')
-  time_us = t[1] * 1000000 + t[2]
-end
+--#include time.lua
 -- Past the caller's deadline (server us; "" for no bound) it answers the error reply
 -- "RAMPARTLATE <time>" instead, and nothing is read or written: the caller has answered its
 -- request without Redis.

@@ -63,7 +63,8 @@ impl Script {
 }
 
 /// A script's text from its `parts` in order, each line `--#include <name>` written out as the
-/// fragment `includes` names (its own includes written out in turn): a fragment is written once
+/// first fragment of that name in `includes` (its own includes written out in turn): a fragment
+/// is written once
 /// in the source and appears wherever a script needs it inline, where a Lua function would be a
 /// closure made on every call (see `prelude.lua`).
 ///

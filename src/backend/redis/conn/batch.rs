@@ -13,9 +13,10 @@
 //! 110,000). A lone call (nothing else on its way) goes out at once, as before.
 //!
 //! What each decision keeps:
-//! - its deadline: a batch carries each decision's own bound on Redis's clock, so a decision
-//!   whose caller gave up is not written however late Redis runs the batch, and the caller's own
-//!   timer answers it on time whatever the batch does;
+//! - its deadline: a batch carries each decision's own bound on Redis's clock, checked against the
+//!   `TIME` the batch reads once for all its decisions (`batch_open.lua`), so a decision whose
+//!   caller gave up is not written however late Redis runs the batch, and the caller's own timer
+//!   answers it on time whatever the batch does;
 //! - its answer and its error: a decision whose key holds unreadable data, or whose write Redis
 //!   refuses, answers that error, and the batch's other decisions are made all the same;
 //! - cancellation: a decision whose caller went away or gave up before its batch is sent is left

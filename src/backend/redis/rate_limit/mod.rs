@@ -34,12 +34,13 @@ mod reply;
 const MAX_SCRIPT_NANOS: Nanos = 1 << 52;
 
 /// The fragments the rate limit scripts write out where a line `--#include <name>` stands
-/// ([`compose`](super::script::compose)): the GCRA decision of one limit (`gcra.lua`) and the split
-/// of a decimal nanosecond time (`split_ns.lua`). `decision` is the algorithm's decision of the
-/// single form (`decide.lua`).
-pub(in crate::backend::redis) const FRAGMENTS: [(&str, &str); 2] = [
+/// ([`compose`](super::script::compose)): the GCRA decision of one limit (`gcra.lua`), the split
+/// of a decimal nanosecond time (`split_ns.lua`) and the read of the server's `TIME` (`time.lua`).
+/// `decision` is the algorithm's decision of the single form (`decide.lua`).
+pub(in crate::backend::redis) const FRAGMENTS: [(&str, &str); 3] = [
     ("gcra.lua", include_str!("../gcra.lua")),
     ("split_ns.lua", include_str!("../split_ns.lua")),
+    ("time.lua", include_str!("../time.lua")),
 ];
 
 /// The parts of a decision script, in order, and the single form's decision: the helpers every
@@ -68,14 +69,18 @@ fn decision_script(algorithm: Algorithm, batch: bool) -> String {
     };
     let (open, close) = if batch {
         (
-            "local function one(KEYS, ARGV)\n",
+            include_str!("../batch_open.lua"),
             include_str!("../batch.lua"),
         )
     } else {
         ("", "")
     };
-    let mut includes = FRAGMENTS.to_vec();
-    includes.push(("decision", decision));
+    // The first of a name counts: a batch's decisions take the `TIME` it read once.
+    let mut includes = vec![("decision", decision)];
+    if batch {
+        includes.push(("time.lua", "local time_us = batch_time_us\n"));
+    }
+    includes.extend(FRAGMENTS);
     compose(
         &[
             include_str!("../prelude.lua"),
@@ -723,7 +728,7 @@ impl<K> crate::rate_limit::StoreLimits for RedisRateLimitStore<K> {
 /// Checks of the scripts' text that no server run can make here (the tests' Redis is 7.0).
 #[cfg(test)]
 pub(crate) mod script_text_tests {
-    use super::script_source;
+    use super::{batch_script_source, script_source};
     use crate::rate_limit::quota::Algorithm;
 
     /// Redis before 5 allows writes after the non-deterministic `TIME` only once
@@ -752,7 +757,9 @@ pub(crate) mod script_text_tests {
 
     #[test]
     fn the_decision_scripts_replicate_commands_before_time_on_redis_before_7() {
-        replicates_commands_before_time(script_source(Algorithm::Gcra));
-        replicates_commands_before_time(script_source(Algorithm::SlidingWindow));
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            replicates_commands_before_time(script_source(algorithm));
+            replicates_commands_before_time(batch_script_source(algorithm));
+        }
     }
 }

@@ -10,7 +10,9 @@
 //! - [`circuit_breaker`]: the circuit breaker's closed and open paths, two threads on one circuit,
 //!   and the closed path of a circuit shared through Redis (starts its own `redis-server`).
 //! - [`redis`]: Redis-backed decisions per second against a raw `EVALSHA` of the same script
-//!   (starts its own `redis-server`; skipped with a printed reason without one).
+//!   (starts its own `redis-server`; skipped with a printed reason without one), and the same
+//!   single-limit rows in alternating rounds (`redis_paired`), the store's rate over its peer's
+//!   taken round by round.
 //! - [`retry`]: the retry layer on a successful first attempt against a bare service and tower's
 //!   `Retry`, and the three layers stacked.
 //! - [`cache`]: cache hits and misses against a bare service, and moka's own `get`.
@@ -40,6 +42,7 @@ const GROUPS: &[&str] = &[
     "rate_limit",
     "redis_cache_hit",
     "redis_lease",
+    "redis_paired",
     "redis_rate_limit",
     "retry",
 ];
@@ -145,7 +148,7 @@ mod groups {
     criterion_group! {
         name = redis_benches;
         config = config();
-        targets = redis::rate_limit
+        targets = redis::rate_limit, redis::paired
     }
 
     criterion_group! {

@@ -87,120 +87,315 @@ async fn tk_decide(backend: &throttle_kit::RedisBackend, key: &str, quota: &thro
     black_box(r);
 }
 
+/// What the `redis_rate_limit` rows and the paired rounds decide with, on one server: the store
+/// (one limit, batching on), the same with two limits, the same unbatched, a raw connection with
+/// the store's arguments, and throttle-kit's backend with its quota.
+struct Rows {
+    store: RedisRateLimitStore<u32>,
+    two: RedisRateLimitStore<u32>,
+    unbatched: RedisRateLimitStore<u32>,
+    raw: redis::aio::ConnectionManager,
+    args: [String; 2],
+    tk: throttle_kit::RedisBackend,
+    tk_quota: throttle_kit::Quota,
+}
+
+impl Rows {
+    /// Every row connected, its script loaded (by a first decision).
+    async fn new(server: &RedisServer) -> Self {
+        let backend = |batch: bool| async move {
+            RedisBackend::connect(&server.url())
+                .await
+                .expect("connect to the bench redis-server")
+                .prefix("bench")
+                .timeout(Duration::from_secs(1))
+                .batch_decisions(batch)
+        };
+        let shared = backend(true).await;
+        let rows = Self {
+            // The layer's own limit alone: the single form of the script.
+            store: RateLimitLayer::builder()
+                .quota(HUGE)
+                .key(key_fn(|k: &u32| Some(*k)))
+                .backend(shared.clone())
+                .build()
+                .expect("valid configuration")
+                .store()
+                .clone(),
+            // Two limits: the set form, both states in the key's one value.
+            two: RateLimitLayer::builder()
+                .name("two")
+                .limits([Limit::new("a", HUGE), Limit::new("b", HUGE)])
+                .key(key_fn(|k: &u32| Some(*k)))
+                .backend(shared)
+                .build()
+                .expect("valid configuration")
+                .store()
+                .clone(),
+            unbatched: RateLimitLayer::builder()
+                .name("unb")
+                .quota(HUGE)
+                .key(key_fn(|k: &u32| Some(*k)))
+                .backend(backend(false).await)
+                .build()
+                .expect("valid configuration")
+                .store()
+                .clone(),
+            raw: redis::aio::ConnectionManager::new(redis::Client::open(server.url()).unwrap())
+                .await
+                .unwrap(),
+            args: {
+                let emission = 3_600_000_000_000u64 / u64::from(u32::MAX);
+                [
+                    emission.to_string(),
+                    (emission * u64::from(u32::MAX)).to_string(),
+                ]
+            },
+            tk: throttle_kit::RedisBackend::connect(&server.url())
+                .await
+                .expect("throttle-kit connects to the bench redis-server"),
+            tk_quota: throttle_kit::Quota::from_parts(Duration::from_millis(1), u32::MAX),
+        };
+        // One decision through each store loads its script; throttle-kit's first call, its own.
+        assert!(decide(&rows.unbatched, 0).await);
+        assert!(decide(&rows.store, 0).await);
+        assert!(decide(&rows.two, 0).await);
+        tk_decide(&rows.tk, "tk:0", &rows.tk_quota).await;
+        rows
+    }
+
+    /// A raw `EVALSHA` of the store's script with the store's arguments, on `key`.
+    fn raw_call(&self, key: &[u8]) -> impl Future<Output = ()> + use<> {
+        let mut con = self.raw.clone();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script_sha(Algorithm::Gcra))
+            .arg(1)
+            .arg(key)
+            .arg(&self.args[0])
+            .arg(&self.args[1])
+            .arg("") // Redis TIME
+            .arg("0") // no minimum expiry
+            .arg("1") // repair unreadable state, as the store does by default
+            .arg("9007199254740991"); // not after (us): as the store, a bound far off
+        async move {
+            let v: redis::Value = cmd.query_async(&mut con).await.expect("evalsha");
+            black_box(v);
+        }
+    }
+}
+
+/// The single-limit rows of `redis_rate_limit`, in the order the group runs them.
+#[derive(Clone, Copy)]
+enum Row {
+    Raw,
+    Store,
+    Unbatched,
+    ThrottleKit,
+}
+
+const ROWS: [Row; 4] = [Row::Raw, Row::Store, Row::Unbatched, Row::ThrottleKit];
+
+impl Row {
+    fn name(self) -> &'static str {
+        match self {
+            Row::Raw => "raw_evalsha",
+            Row::Store => "store",
+            Row::Unbatched => "unbatched",
+            Row::ThrottleKit => "throttle_kit",
+        }
+    }
+}
+
+/// The keys of `n` callers: ours (1,000 to 1,000 + n - 1, and their Redis keys) and throttle-kit's.
+struct Keys {
+    n: u32,
+    redis: Vec<Vec<u8>>,
+    tk: Vec<String>,
+}
+
+impl Keys {
+    fn new(rows: &Rows, n: u32) -> Self {
+        Self {
+            n,
+            redis: (0..n).map(|k| rows.store.redis_key(&(1_000 + k))).collect(),
+            tk: (0..n).map(|k| format!("tk:{}", 1_000 + k)).collect(),
+        }
+    }
+}
+
+impl Rows {
+    /// One decision for each of `keys`' callers at once, through `row`.
+    async fn wave(&self, row: Row, keys: &Keys) {
+        match row {
+            Row::Raw => {
+                join_all(keys.redis.iter().map(|key| self.raw_call(key))).await;
+            }
+            Row::Store | Row::Unbatched => {
+                let store = match row {
+                    Row::Store => &self.store,
+                    _ => &self.unbatched,
+                };
+                join_all((0..keys.n).map(|k| async move {
+                    assert!(decide(store, 1_000 + k).await);
+                }))
+                .await;
+            }
+            Row::ThrottleKit => {
+                join_all(
+                    keys.tk
+                        .iter()
+                        .map(|key| tk_decide(&self.tk, key, &self.tk_quota)),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// `redis_paired`: the four single-limit rows of `redis_rate_limit` at 1, 16 and 64 in flight,
+/// measured in alternating rounds rather than one after another, so that a change in the machine's
+/// load (this VM's neighbours) falls on every row alike: each round runs each row for
+/// `RAMPART_PAIRED_MS` (250 by default), the rows' order rotating from round to round, for
+/// `RAMPART_PAIRED_ROUNDS` rounds (12) after one not counted. Prints each row's median rate and,
+/// for the store against throttle-kit and against the raw `EVALSHA`, the ratio of the two rates of
+/// each round (median, range, and the rounds the store was ahead), and the CPU time each row's
+/// decisions cost this process (its threads' `schedstat`) and the server (`INFO cpu`), which the
+/// machine's load moves less than the rates. Not a criterion group: it prints its own figures
+/// (`cargo bench --bench rampart --all-features -- redis_paired`).
+pub(crate) fn paired(_c: &mut Criterion) {
+    let Some((server, rt)) = redis_group("redis_paired") else {
+        return;
+    };
+    let setting = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: a number")))
+            .unwrap_or(default)
+    };
+    let rounds = setting("RAMPART_PAIRED_ROUNDS", 12).max(1) as usize;
+    let slice = Duration::from_millis(setting("RAMPART_PAIRED_MS", 250));
+    let rows = rt.block_on(Rows::new(&server));
+    println!(
+        "redis_paired: {rounds} rounds of {} ms a row; thousands of decisions per second, median of \
+         the rounds; ratios of two rows' rates in the same round, median [min-max] (rounds ahead)",
+        slice.as_millis()
+    );
+    for n in [1u32, 16, 64] {
+        let keys = Keys::new(&rows, n);
+        let mut rates = vec![Vec::with_capacity(rounds); ROWS.len()];
+        // Per row: decisions, and the CPU time (s) this process and the server spent on them.
+        let mut cpu = [(0u64, 0f64, 0f64); ROWS.len()];
+        for round in 0..=rounds {
+            for i in 0..ROWS.len() {
+                let r = (round + i) % ROWS.len();
+                let (ours, theirs) = (client_cpu(), server_cpu(&server));
+                let (rate, done) = rt.block_on(async {
+                    let start = std::time::Instant::now();
+                    let mut done = 0u64;
+                    while start.elapsed() < slice {
+                        rows.wave(ROWS[r], &keys).await;
+                        done += u64::from(n);
+                    }
+                    (done as f64 / start.elapsed().as_secs_f64() / 1_000.0, done)
+                });
+                // The first round warms every row up.
+                if round > 0 {
+                    rates[r].push(rate);
+                    cpu[r].0 += done;
+                    cpu[r].1 += client_cpu() - ours;
+                    cpu[r].2 += server_cpu(&server) - theirs;
+                }
+            }
+        }
+        let line: Vec<String> = ROWS
+            .iter()
+            .zip(&rates)
+            .map(|(row, r)| format!("{} {:.1}", row.name(), median(r.clone())))
+            .collect();
+        println!("redis_paired/{n}: {}", line.join(", "));
+        let line: Vec<String> = ROWS
+            .iter()
+            .zip(&cpu)
+            .map(|(row, (done, ours, theirs))| {
+                let us = |s: f64| s * 1e6 / *done as f64;
+                format!("{} {:.1} + {:.1}", row.name(), us(*ours), us(*theirs))
+            })
+            .collect();
+        println!(
+            "redis_paired/{n}: CPU us per decision, this process + redis-server: {}",
+            line.join(", ")
+        );
+        for (other, name) in [(3, "throttle_kit"), (0, "raw_evalsha")] {
+            let ratios: Vec<f64> = rates[1]
+                .iter()
+                .zip(&rates[other])
+                .map(|(ours, theirs)| ours / theirs)
+                .collect();
+            let ahead = ratios.iter().filter(|r| **r >= 1.0).count();
+            let (lo, hi) = ratios
+                .iter()
+                .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+            println!(
+                "redis_paired/{n}: store / {name} {:.2} [{lo:.2}-{hi:.2}] ({ahead} of {rounds})",
+                median(ratios)
+            );
+        }
+    }
+}
+
+/// CPU time (s) this process's threads have run, from `/proc/self/task/*/schedstat` (ns; 0
+/// where there is no such file).
+fn client_cpu() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
+/// CPU time (s) the server has run, user and system, from `INFO cpu`.
+fn server_cpu(server: &RedisServer) -> f64 {
+    server
+        .info("cpu")
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .map(|v| v.trim().parse::<f64>().expect("a CPU time"))
+        .sum()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
 pub(crate) fn rate_limit(c: &mut Criterion) {
     let Some((server, rt)) = redis_group("redis_rate_limit") else {
         return;
     };
-
-    let (layer, two, raw, args) = rt.block_on(async {
-        let backend = RedisBackend::connect(&server.url())
-            .await
-            .expect("connect to the bench redis-server")
-            .prefix("bench")
-            .timeout(Duration::from_secs(1));
-        let layer = RateLimitLayer::builder()
-            .quota(HUGE)
-            .key(key_fn(|k: &u32| Some(*k)))
-            .backend(backend.clone())
-            .build()
-            .expect("valid configuration");
-        let two = RateLimitLayer::builder()
-            .name("two")
-            .limits([Limit::new("a", HUGE), Limit::new("b", HUGE)])
-            .key(key_fn(|k: &u32| Some(*k)))
-            .backend(backend)
-            .build()
-            .expect("valid configuration");
-        let client = redis::Client::open(server.url()).unwrap();
-        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
-        let period = 3_600_000_000_000u64;
-        let emission = period / u64::from(u32::MAX);
-        let args = [
-            emission.to_string(),
-            (emission * u64::from(u32::MAX)).to_string(),
-        ];
-        (layer, two, raw, args)
-    });
-    let store = layer.store();
-    let two_store = two.store();
-    let unbatched = rt.block_on(async {
-        RateLimitLayer::builder()
-            .name("unb")
-            .quota(HUGE)
-            .key(key_fn(|k: &u32| Some(*k)))
-            .backend(
-                RedisBackend::connect(&server.url())
-                    .await
-                    .expect("connect to the bench redis-server")
-                    .prefix("bench")
-                    .timeout(Duration::from_secs(1))
-                    .batch_decisions(false),
-            )
-            .build()
-            .expect("valid configuration")
-    });
-    let unb = unbatched.store();
-    assert!(rt.block_on(decide(unb, 0)));
-    // One decision through the store loads the script.
-    assert!(rt.block_on(decide(store, 0)));
-    let tk = rt.block_on(async {
-        throttle_kit::RedisBackend::connect(&server.url())
-            .await
-            .expect("throttle-kit connects to the bench redis-server")
-    });
-    let tk_quota = throttle_kit::Quota::from_parts(Duration::from_millis(1), u32::MAX);
-    // Its first call loads its script.
-    rt.block_on(tk_decide(&tk, "tk:0", &tk_quota));
-    assert!(rt.block_on(decide(two_store, 0)));
+    let rows = rt.block_on(Rows::new(&server));
+    let (two_store, raw, args) = (&rows.two, &rows.raw, &rows.args);
     let sha = script_sha(Algorithm::Gcra);
 
     let mut g = c.benchmark_group("redis_rate_limit");
     for n in [1u32, 16, 64] {
         g.throughput(Throughput::Elements(u64::from(n)));
-        let keys: Vec<Vec<u8>> = (0..n).map(|k| store.redis_key(&(1_000 + k))).collect();
-        g.bench_with_input(BenchmarkId::new("raw_evalsha", n), &n, |b, _| {
-            b.to_async(&rt).iter(|| {
-                let calls = keys.iter().map(|key| {
-                    let mut con = raw.clone();
-                    let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(sha)
-                        .arg(1)
-                        .arg(key)
-                        .arg(&args[0])
-                        .arg(&args[1])
-                        .arg("") // Redis TIME
-                        .arg("0") // no minimum expiry
-                        .arg("1") // repair unreadable state, as the store does by default
-                        .arg("9007199254740991"); // not after (us): as the store, a bound far off
-                    async move {
-                        let v: redis::Value = cmd.query_async(&mut con).await.expect("evalsha");
-                        black_box(v)
-                    }
-                });
-                join_all(calls)
+        let keys = Keys::new(&rows, n);
+        for row in ROWS {
+            g.bench_with_input(BenchmarkId::new(row.name(), n), &n, |b, _| {
+                b.to_async(&rt).iter(|| rows.wave(row, &keys));
             });
-        });
-        g.bench_with_input(BenchmarkId::new("store", n), &n, |b, &n| {
-            b.to_async(&rt).iter(|| {
-                join_all((0..n).map(|k| async move {
-                    assert!(decide(store, 1_000 + k).await);
-                }))
-            });
-        });
-        g.bench_with_input(BenchmarkId::new("unbatched", n), &n, |b, &n| {
-            b.to_async(&rt).iter(|| {
-                join_all((0..n).map(|k| async move {
-                    assert!(decide(unb, 1_000 + k).await);
-                }))
-            });
-        });
-        let tk_keys: Vec<String> = (0..n).map(|k| format!("tk:{}", 1_000 + k)).collect();
-        g.bench_with_input(BenchmarkId::new("throttle_kit", n), &n, |b, _| {
-            b.to_async(&rt).iter(|| {
-                let (tk, quota) = (&tk, &tk_quota);
-                join_all(tk_keys.iter().map(move |key| tk_decide(tk, key, quota)))
-            });
-        });
+        }
         // Both limits' states are in the key's one value.
         let pair_keys: Vec<Vec<u8>> = (0..n).map(|k| two_store.redis_key(&(1_000 + k))).collect();
         g.bench_with_input(BenchmarkId::new("two_limits_raw_evalsha", n), &n, |b, _| {

@@ -29,6 +29,9 @@
 #           the key's one value)
 #   own2    the set form with the layer's own limit and one more ("" and "b")
 #   tk      throttle-kit 2.1's script (`RateLimitBackend::check`'s arguments: 1 ms, burst u32::MAX)
+#   batch16 the single form's decisions 16 to a call of the batch form (the script as the crate
+#           builds it, `redis_script_source -- gcra batch`), as the store sends decisions made at
+#           once; its figures are per call, of 16 decisions
 #
 # CALLGRIND=1 counts instructions instead, which the machine's load does not move: the server runs
 # under `valgrind --tool=callgrind`, counting only inside `evalGenericCommand` (a script's whole
@@ -57,6 +60,7 @@ if [ -n "${GCRA_LUA:-}" ]; then
 else
   (cd "$here" && cargo run -q --all-features --example redis_script_source -- gcra) > "$tmp/gcra.lua"
 fi
+(cd "$here" && cargo run -q --all-features --example redis_script_source -- gcra batch) > "$tmp/batch.lua"
 tk_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/throttle-kit-*/src/redis.rs | sort -V | tail -1)
 sed -n '/^const GCRA_SCRIPT: &str = r#"$/,/^"#;$/p' "$tk_src" | sed '1d;$d' > "$tmp/tk.lua"
 [ -s "$tmp/tk.lua" ] || { echo "throttle-kit's script not found in $tk_src" >&2; exit 1; }
@@ -83,6 +87,7 @@ cli PING >/dev/null
 
 sha=$(cli -x SCRIPT LOAD < "$tmp/gcra.lua")
 tk_sha=$(cli -x SCRIPT LOAD < "$tmp/tk.lua")
+batch_sha=$(cli -x SCRIPT LOAD < "$tmp/batch.lua")
 sha_before=
 if [ -n "${BEFORE_LUA:-}" ]; then sha_before=$(cli -x SCRIPT LOAD < "$BEFORE_LUA"); fi
 
@@ -102,6 +107,15 @@ args() {
     two) echo "$sha 1 bench:$1:t:__rand_int__ $emission $tolerance '' 0 1 1 000 a b $emission $tolerance $far" ;;
     own2) echo "$sha 1 bench:$1:o:__rand_int__ $emission $tolerance '' 0 1 1 000 '' b $emission $tolerance $far" ;;
     tk) echo "$tk_sha 1 tk:__rand_int__ 1 4294967295 1 $now_ms 4294967295" ;;
+    batch16)
+      local keys='' args='' i
+      for i in $(seq 16); do
+        keys="$keys bench:$1:b$i:__rand_int__"
+        args="$args 6 $emission $tolerance '' 0 1 $far"
+      done
+      # BEFORE_LUA is then a batch form too.
+      if [ "${1%:before}" = "$1" ]; then sha=$batch_sha; fi
+      echo "$sha 16$keys$args" ;;
     *) echo "unknown row $1" >&2; exit 2 ;;
   esac
 }

@@ -66,7 +66,7 @@ impl Script {
 /// first fragment of that name in `includes` (its own includes written out in turn): a fragment
 /// is written once
 /// in the source and appears wherever a script needs it inline, where a Lua function would be a
-/// closure made on every call (see `prelude.lua`).
+/// closure made on every call (see `prelude.lua`). Lines that are only a comment are left out.
 ///
 /// # Panics
 ///
@@ -76,7 +76,12 @@ pub(crate) fn compose(parts: &[&str], includes: &[(&str, &str)]) -> String {
     fn write(out: &mut String, text: &str, includes: &[(&str, &str)], depth: usize) {
         assert!(depth < 8, "script fragments include each other");
         for line in text.split_inclusive('\n') {
-            match line.trim().strip_prefix("--#include ") {
+            let text = line.trim();
+            match text.strip_prefix("--#include ") {
+                // A line that is only a comment is left out: the source files document the
+                // scripts, and Redis need not receive it (a `NOSCRIPT` answered by sending the
+                // whole script, once per call on its way, sent 33 KB with them, 12 KB without).
+                None if text.starts_with("--") => {}
                 Some(name) => {
                     let (_, fragment) = includes
                         .iter()
@@ -106,14 +111,17 @@ mod tests {
     use super::compose;
 
     #[test]
-    fn compose_writes_out_includes_in_place_and_nested() {
+    fn compose_writes_out_includes_in_place_and_nested_and_leaves_comment_lines_out() {
         let inner = "x = 1\n";
         let outer = "do\n  --#include inner\nend\n";
         let script = compose(
-            &["a = 0\n", "--#include outer\nreturn a\n"],
+            &[
+                "a = 0\n  -- a comment\n",
+                "--#include outer\nreturn a -- kept\n",
+            ],
             &[("inner", inner), ("outer", outer)],
         );
-        assert_eq!(script, "a = 0\ndo\nx = 1\nend\nreturn a\n");
+        assert_eq!(script, "a = 0\ndo\nx = 1\nend\nreturn a -- kept\n");
     }
 
     #[test]

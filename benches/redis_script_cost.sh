@@ -31,7 +31,8 @@
 #   tk      throttle-kit 2.1's script (`RateLimitBackend::check`'s arguments: 1 ms, burst u32::MAX)
 #   batch16 the single form's decisions 16 to a call of the batch form (the script as the crate
 #           builds it, `redis_script_source -- gcra batch`), as the store sends decisions made at
-#           once; its figures are per call, of 16 decisions
+#           once (each after the first as "=" and its deadline); its figures are per call, of 16
+#           decisions
 #
 # CALLGRIND=1 counts instructions instead, which the machine's load does not move: the server runs
 # under `valgrind --tool=callgrind`, counting only inside `evalGenericCommand` (a script's whole
@@ -111,7 +112,13 @@ args() {
       local keys='' args='' i
       for i in $(seq 16); do
         keys="$keys bench:$1:b$i:__rand_int__"
-        args="$args 6 $emission $tolerance '' 0 1 $far"
+        # As the store sends them: the first decision's arguments whole, the others' as "=" and
+        # their deadline (BATCH_ARGS=whole sends each whole, as before the "=" form).
+        if [ "$i" = 1 ] || [ "${BATCH_ARGS:-}" = whole ]; then
+          args="$args 6 $emission $tolerance '' 0 1 $far"
+        else
+          args="$args = $far"
+        fi
       done
       # BEFORE_LUA is then a batch form too.
       if [ "${1%:before}" = "$1" ]; then sha=$batch_sha; fi

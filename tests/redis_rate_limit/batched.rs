@@ -282,33 +282,107 @@ async fn a_malformed_batch_writes_nothing() {
     };
     let client = redis::Client::open(server.url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    // The batch form of the GCRA script as the store sends it: a first decision well formed, a
-    // second whose count runs past the arguments.
+    // The batch form of the GCRA script as the store sends it, for keys a and b: a first decision
+    // well formed, then a second whose count runs past the arguments, or one that repeats the
+    // first's arguments ("=") without its deadline; and a first decision that repeats ("=") a
+    // decision there is not.
     let source = tower_rampart::backend::redis::batch_script_source(Algorithm::Gcra);
-    let e = redis::cmd("EVAL")
-        .arg(source)
-        .arg(2)
-        .arg("batched-bad:a")
-        .arg("batched-bad:b")
+    let first = ["6", "1000000", "3600000000000", "", "0", "1", ""];
+    let batches: [&[&str]; 3] = [
+        &[&first[..], &["9", "1000000"]].concat(),
+        &[&first[..], &["="]].concat(),
+        &[&["=", ""][..], &first[..]].concat(),
+    ];
+    for args in batches {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(source)
+            .arg(2)
+            .arg("batched-bad:a")
+            .arg("batched-bad:b");
+        for a in args {
+            cmd.arg(*a);
+        }
+        let e = cmd.query_async::<redis::Value>(&mut raw).await.unwrap_err();
+        assert!(e.to_string().contains("RAMPARTARG"), "{args:?}: {e}");
+        let exists: u32 = redis::cmd("EXISTS")
+            .arg("batched-bad:a")
+            .arg("batched-bad:b")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0, "{args:?}: no decision was made");
+    }
+}
+
+/// A decision whose arguments are the previous one's but its deadline is sent as "=" and that
+/// deadline (what the store sends for a store's decisions on one clock): decided with the
+/// previous decision's arguments and its own deadline.
+#[tokio::test]
+async fn a_decision_repeating_the_previous_ones_arguments_keeps_its_own_deadline() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let source = tower_rampart::backend::redis::batch_script_source(Algorithm::Gcra);
+    // An emission interval of 1 s, a burst of 2: keys a and c admitted with 1 unit left; b's
+    // deadline (1 us after the epoch) long past.
+    let far = "9007199254740991";
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(source)
+        .arg(3)
+        .arg("batched-eq:a")
+        .arg("batched-eq:b")
+        .arg("batched-eq:c")
         .arg(6)
-        .arg("1000000")
-        .arg("3600000000000")
+        .arg("1000000000")
+        .arg("2000000000")
         .arg("")
         .arg("0")
         .arg("1")
-        .arg("")
-        .arg(9)
-        .arg("1000000")
-        .query_async::<redis::Value>(&mut raw)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("RAMPARTARG"), "{e}");
+        .arg(far)
+        .arg("=")
+        .arg("1")
+        .arg("=")
+        .arg(far);
+    // Sent as the store sends it, the reply as it comes (a query would make the answer that is an
+    // error the whole call's error).
+    let reply = raw.send_packed_command(&cmd).await.unwrap();
+    let redis::Value::Array(reply) = reply else {
+        panic!("an array: {reply:?}");
+    };
+    assert_eq!(
+        reply.len(),
+        4,
+        "three answers and the batch's TIME: {reply:?}"
+    );
+    for i in [0, 2] {
+        let redis::Value::Array(answer) = &reply[i] else {
+            panic!("answer {i}: {reply:?}");
+        };
+        // Admitted, the slack of one more unit (1 s), the TAT 1 s ahead; nothing repaired.
+        assert_eq!(
+            answer[..],
+            [
+                redis::Value::Int(1),
+                redis::Value::Int(1_000_000_000),
+                redis::Value::Int(1_000_000_000)
+            ],
+            "answer {i}: {reply:?}"
+        );
+    }
+    assert!(
+        matches!(&reply[1], redis::Value::ServerError(e) if e.code() == "RAMPARTLATE"),
+        "b's own deadline had passed: {reply:?}"
+    );
     let exists: u32 = redis::cmd("EXISTS")
-        .arg("batched-bad:a")
+        .arg("batched-eq:a")
+        .arg("batched-eq:b")
+        .arg("batched-eq:c")
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(exists, 0, "the well-formed first decision was not made");
+    assert_eq!(exists, 2, "a and c written, b not");
 }
 
 #[tokio::test]

@@ -144,7 +144,9 @@ impl Pending {
 
     /// The batch's command for the decisions `live` says to send (`verb`, `EVALSHA` or `EVAL`,
     /// with `body`, the SHA or the source): each decision's key, then each one's count of
-    /// arguments, its arguments and its deadline from `bounds` (`""` when unknown).
+    /// arguments, its arguments and its deadline from `bounds` (`""` when unknown); or `=` and the
+    /// deadline alone for a decision whose arguments are those of the one sent before it
+    /// (`batch.lua`): a store's decisions on one clock differ in nothing else.
     fn cmd(&self, verb: &str, body: &str, live: &[bool], bounds: &[Option<u64>]) -> redis::Cmd {
         let sent = live.iter().filter(|l| **l).count();
         let mut cmd = redis::Cmd::with_capacity(
@@ -160,14 +162,22 @@ impl Pending {
             start = end;
         }
         let (mut first, mut start) = (0, 0);
+        // The arguments of the decision sent last: where they start, and where each ends.
+        let mut previous: Option<(usize, &[usize])> = None;
         for ((w, &live), bound) in self.waiters.iter().zip(live).zip(bounds) {
             let ends = &self.arg_ends[first..w.args_end];
             if live {
-                cmd.arg(ends.len() + 1);
-                for &end in ends {
-                    cmd.arg(&self.args[start..end]);
-                    start = end;
+                if previous.is_some_and(|p| self.same_args(p, (start, ends))) {
+                    cmd.arg("=");
+                } else {
+                    cmd.arg(ends.len() + 1);
+                    let mut from = start;
+                    for &end in ends {
+                        cmd.arg(&self.args[from..end]);
+                        from = end;
+                    }
                 }
+                previous = Some((start, ends));
                 match bound {
                     Some(us) => cmd.arg(*us),
                     None => cmd.arg(""),
@@ -177,6 +187,17 @@ impl Pending {
             first = w.args_end;
         }
         cmd
+    }
+
+    /// Whether two decisions' arguments (each where it starts in `args` and where each of them
+    /// ends) are the same, one by one.
+    fn same_args(&self, (a, a_ends): (usize, &[usize]), (b, b_ends): (usize, &[usize])) -> bool {
+        let (Some(&a_end), Some(&b_end)) = (a_ends.last(), b_ends.last()) else {
+            return a_ends.is_empty() && b_ends.is_empty();
+        };
+        a_ends.len() == b_ends.len()
+            && self.args[a..a_end] == self.args[b..b_end]
+            && a_ends.iter().zip(b_ends).all(|(x, y)| x - a == y - b)
     }
 }
 
@@ -472,5 +493,53 @@ impl Conn {
             }
             other => Ok(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command's arguments after the verb and the body, as text.
+    fn sent(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .skip(2)
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => panic!("a batch's arguments are bytes"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_decision_with_the_previous_ones_arguments_sends_them_as_equals() {
+        let mut batch = Pending::default();
+        let due = tokio::time::Instant::now();
+        let mut push = |key: &str, args: &[&str]| {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            batch.push(key.as_bytes(), &args, due, 0, oneshot::channel().0);
+        };
+        // The single form's arguments but the deadline; the same split differently, then a
+        // decision with other arguments, then one like it, and one left out of the batch.
+        push("k1", &["10", "20", "", "0", "1"]);
+        push("k2", &["10", "20", "", "0", "1"]);
+        push("k3", &["1", "020", "", "0", "1"]);
+        push("k4", &["10", "30", "", "0", "1"]);
+        push("k5", &["10", "30", "", "0", "1"]);
+        push("k6", &["10", "30", "", "0", "1"]);
+        let live = [true, true, true, true, false, true];
+        let bounds = [Some(1), Some(2), Some(3), Some(4), Some(5), None];
+        let cmd = batch.cmd("EVALSHA", "sha", &live, &bounds);
+        let expected: Vec<&str> = [
+            &["5", "k1", "k2", "k3", "k4", "k6"][..],
+            &["6", "10", "20", "", "0", "1", "1"],
+            &["=", "2"],
+            &["6", "1", "020", "", "0", "1", "3"],
+            &["6", "10", "30", "", "0", "1", "4"],
+            // k5 left out: k6 repeats k4, the decision sent before it.
+            &["=", ""],
+        ]
+        .concat();
+        assert_eq!(sent(&cmd), expected);
     }
 }

@@ -385,6 +385,79 @@ async fn a_decision_repeating_the_previous_ones_arguments_keeps_its_own_deadline
     assert_eq!(exists, 2, "a and c written, b not");
 }
 
+/// A batch's decisions are all made at its one `TIME`, and each answer leaves with the batch's
+/// reply: a decision whose deadline is nearer than the batch's run may take (100 us a decision)
+/// is answered late, though the single script would make it, so that no decision is written for
+/// a caller who gives up before the reply reaches it (the store sends it again, alone).
+#[tokio::test]
+async fn a_batch_answers_late_a_decision_due_within_its_run() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let source = tower_rampart::backend::redis::batch_script_source(Algorithm::Gcra);
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut raw).await.unwrap();
+    let now_us = secs * 1_000_000 + micros;
+    // 200 decisions: a margin of 20 ms. The first is due 10 ms from now (Redis runs the batch
+    // well within that), the others far off.
+    let soon = (now_us + 10_000).to_string();
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(source).arg(200);
+    for k in 0..200 {
+        cmd.arg(format!("batched-margin:{k}"));
+    }
+    cmd.arg(6)
+        .arg("1000000")
+        .arg("3600000000000")
+        .arg("")
+        .arg("0")
+        .arg("1")
+        .arg(&soon);
+    for _ in 1..200 {
+        cmd.arg("=").arg("9007199254740991");
+    }
+    let reply = raw.send_packed_command(&cmd).await.unwrap();
+    let redis::Value::Array(reply) = reply else {
+        panic!("an array: {reply:?}");
+    };
+    assert_eq!(reply.len(), 201);
+    assert!(
+        matches!(&reply[0], redis::Value::ServerError(e) if e.code() == "RAMPARTLATE"),
+        "the decision due within the batch's run: {:?}",
+        reply[0]
+    );
+    assert!(
+        reply[1..200].iter().all(
+            |a| matches!(a, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(1)))
+        ),
+        "the others admitted"
+    );
+    let exists: u32 = redis::cmd("EXISTS")
+        .arg("batched-margin:0")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "the late decision wrote nothing");
+    // The single script makes the same decision, due as soon, in time.
+    let single = tower_rampart::backend::redis::script_source(Algorithm::Gcra);
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut raw).await.unwrap();
+    let reply: Vec<redis::Value> = redis::cmd("EVAL")
+        .arg(single)
+        .arg(1)
+        .arg("batched-margin:0")
+        .arg("1000000")
+        .arg("3600000000000")
+        .arg("")
+        .arg("0")
+        .arg("1")
+        .arg(secs * 1_000_000 + micros + 10_000)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(reply[0], redis::Value::Int(1), "{reply:?}");
+}
+
 #[tokio::test]
 async fn a_write_redis_refuses_mid_batch_fails_that_decision_only() {
     let Some(server) = RedisServer::start() else {

@@ -112,7 +112,7 @@ local function write_entries(key, E, m, time_ms, bare)
     if state then
       -- %d: a 64-bit integer, cheaper than a number's `..` (%.14g). The rest joined by `..`: two
       -- entries 787 ns against 1,180 ns with format('|%s|%d|%s') each (a loop of 20,000 inside
-      -- Redis 7.0, as split_ns's figures in prelude.lua).
+      -- Redis 7.0, as split_ns's figures in split_ns.lua).
       value = value .. '|' .. E[k - 2] .. '|' .. format('%d', E[k - 1]) .. '|' .. state
     end
   end

@@ -5,11 +5,11 @@
 
 local nargs = #ARGV
 --#include time.lua
--- Past the caller's deadline (server us; "" for no bound) it answers the error reply
--- "RAMPARTLATE <time>" instead, and nothing is read or written: the caller has answered its
--- request without Redis.
+-- Past the caller's deadline (server us; "" for no bound), less `margin_us`, it answers the error
+-- reply "RAMPARTLATE <time>" instead, and nothing is read or written: the caller has answered
+-- its request without Redis.
 local not_after = tonumber(ARGV[nargs] or '')
-if not_after and time_us > not_after then
+if not_after and time_us + margin_us > not_after then
   return redis.error_reply(format('RAMPARTLATE %.0f', time_us))
 end
 -- Now, as microseconds and a sub-microsecond remainder: the caller's clock (ns), or the server's

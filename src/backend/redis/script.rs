@@ -92,6 +92,10 @@ pub(crate) fn compose(parts: &[&str], includes: &[(&str, &str)]) -> String {
                 None => out.push_str(line),
             }
         }
+        // A part that does not end its last line would run it into the next part's first.
+        if !text.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
     }
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() * 2);
     for part in parts {
@@ -112,7 +116,8 @@ mod tests {
 
     #[test]
     fn compose_writes_out_includes_in_place_and_nested_and_leaves_comment_lines_out() {
-        let inner = "x = 1\n";
+        // A fragment without its last line's end gets one.
+        let inner = "x = 1";
         let outer = "do\n  --#include inner\nend\n";
         let script = compose(
             &[

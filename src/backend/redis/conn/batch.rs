@@ -14,9 +14,11 @@
 //!
 //! What each decision keeps:
 //! - its deadline: a batch carries each decision's own bound on Redis's clock, checked against the
-//!   `TIME` the batch reads once for all its decisions (`batch_open.lua`), so a decision whose
-//!   caller gave up is not written however late Redis runs the batch, and the caller's own timer
-//!   answers it on time whatever the batch does;
+//!   `TIME` the batch reads once for all its decisions (`batch_open.lua`) with a margin for the
+//!   batch's own run (100 µs a decision: its answer leaves with the batch's reply), so a decision
+//!   whose caller gave up is not written however late Redis runs the batch (one due within the
+//!   margin is answered late and sent again, alone), and the caller's own timer answers it on
+//!   time whatever the batch does;
 //! - its answer and its error: a decision whose key holds unreadable data, or whose write Redis
 //!   refuses, answers that error, and the batch's other decisions are made all the same;
 //! - cancellation: a decision whose caller went away or gave up before its batch is sent is left
@@ -438,10 +440,9 @@ impl Conn {
             .collect();
         match reply {
             Ok(Ok(Value::Array(mut answers))) if answers.len() == sent.len() + 1 => {
-                // The batch's `TIME` (the latest a decision read), last.
+                // The batch's `TIME`, last.
                 if let Some(Value::Int(at)) = answers.pop()
                     && let Ok(at) = u64::try_from(at)
-                    && at > 0
                 {
                     self.redis_clock.learn(received, at);
                 }

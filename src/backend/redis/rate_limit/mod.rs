@@ -78,17 +78,24 @@ fn decision_script(algorithm: Algorithm, batch: bool) -> String {
     // The first of a name counts: a batch's decisions take the `TIME` it read once.
     let mut includes = vec![("decision", decision)];
     if batch {
-        includes.push(("time.lua", "local time_us = batch_time_us\n"));
+        includes.push((
+            "time.lua",
+            "local time_us, margin_us = batch_time_us, batch_margin_us\n",
+        ));
     }
     includes.extend(FRAGMENTS);
+    // In the batch form GCRA's `decide_one` is made once for the batch, before `one`; in the
+    // single script after the single form, which never makes it.
+    let (early, late) = if batch { (tail, "") } else { ("", tail) };
     compose(
         &[
             include_str!("../prelude.lua"),
             head,
+            early,
             open,
             include_str!("../now.lua"),
             include_str!("../decide.lua"),
-            tail,
+            late,
             include_str!("../entries.lua"),
             include_str!("../limit_set.lua"),
             close,

@@ -60,7 +60,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         }
     }
 
-    /// Reads the single form's answer for `limit`, `[allowed, a, b, repaired]`.
+    /// Reads the single form's answer for `limit`, `[allowed, a, b, repaired]` (`repaired` left
+    /// out when nothing was).
     pub(super) fn parse_one(
         &self,
         value: &Value,

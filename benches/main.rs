@@ -103,6 +103,21 @@ pub(crate) fn group_selected(group: &str) -> bool {
     names(group) || !GROUPS.iter().any(|g| names(g))
 }
 
+/// Whether criterion's filter names `group` itself (contains its name): for a group that is not
+/// criterion's (it prints its own figures, so criterion's filter does not pick its rows) and runs
+/// only when asked for.
+pub(crate) fn group_named(group: &str) -> bool {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if VALUED.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return arg.contains(group);
+        }
+    }
+    false
+}
+
 /// Short runs, so the suite finishes in a few minutes on a small machine.
 fn config() -> Criterion {
     Criterion::default()

@@ -260,9 +260,14 @@ impl Rows {
 /// for the store against throttle-kit and against the raw `EVALSHA`, the ratio of the two rates of
 /// each round (median, range, and the rounds the store was ahead), and the CPU time each row's
 /// decisions cost this process (its threads' `schedstat`) and the server (`INFO cpu`), which the
-/// machine's load moves less than the rates. Not a criterion group: it prints its own figures
-/// (`cargo bench --bench rampart --all-features -- redis_paired`).
+/// machine's load moves less than the rates. Not a criterion group: it prints its own figures,
+/// and runs only when the filter names it (`cargo bench --bench rampart --all-features --
+/// redis_paired`).
 pub(crate) fn paired(_c: &mut Criterion) {
+    // Its rounds take a minute and criterion's filter does not select them: only when named.
+    if !crate::group_named("redis_paired") {
+        return;
+    }
     let Some((server, rt)) = redis_group("redis_paired") else {
         return;
     };

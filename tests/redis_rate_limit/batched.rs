@@ -304,13 +304,29 @@ async fn a_malformed_batch_writes_nothing() {
         }
         let e = cmd.query_async::<redis::Value>(&mut raw).await.unwrap_err();
         assert!(e.to_string().contains("RAMPARTARG"), "{args:?}: {e}");
-        let exists: u32 = redis::cmd("EXISTS")
-            .arg("batched-bad:a")
-            .arg("batched-bad:b")
-            .query_async(&mut raw)
-            .await
-            .unwrap();
+        let exists = existing(&mut raw, &["batched-bad:a", "batched-bad:b"]).await;
         assert_eq!(exists, 0, "{args:?}: no decision was made");
+    }
+}
+
+/// How many of `keys` exist.
+async fn existing(raw: &mut redis::aio::MultiplexedConnection, keys: &[&str]) -> u32 {
+    redis::cmd("EXISTS")
+        .arg(keys)
+        .query_async(raw)
+        .await
+        .unwrap()
+}
+
+/// A batch's answers, sent as the store sends it and read as they come (a query would make an
+/// answer that is an error the whole call's error).
+async fn answers(
+    raw: &mut redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+) -> Vec<redis::Value> {
+    match raw.send_packed_command(cmd).await.unwrap() {
+        redis::Value::Array(answers) => answers,
+        other => panic!("an array: {other:?}"),
     }
 }
 
@@ -345,12 +361,7 @@ async fn a_decision_repeating_the_previous_ones_arguments_keeps_its_own_deadline
         .arg("1")
         .arg("=")
         .arg(far);
-    // Sent as the store sends it, the reply as it comes (a query would make the answer that is an
-    // error the whole call's error).
-    let reply = raw.send_packed_command(&cmd).await.unwrap();
-    let redis::Value::Array(reply) = reply else {
-        panic!("an array: {reply:?}");
-    };
+    let reply = answers(&mut raw, &cmd).await;
     assert_eq!(
         reply.len(),
         4,
@@ -375,13 +386,7 @@ async fn a_decision_repeating_the_previous_ones_arguments_keeps_its_own_deadline
         matches!(&reply[1], redis::Value::ServerError(e) if e.code() == "RAMPARTLATE"),
         "b's own deadline had passed: {reply:?}"
     );
-    let exists: u32 = redis::cmd("EXISTS")
-        .arg("batched-eq:a")
-        .arg("batched-eq:b")
-        .arg("batched-eq:c")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let exists = existing(&mut raw, &["batched-eq:a", "batched-eq:b", "batched-eq:c"]).await;
     assert_eq!(exists, 2, "a and c written, b not");
 }
 
@@ -417,10 +422,7 @@ async fn a_batch_answers_late_a_decision_due_within_its_run() {
     for _ in 1..200 {
         cmd.arg("=").arg("9007199254740991");
     }
-    let reply = raw.send_packed_command(&cmd).await.unwrap();
-    let redis::Value::Array(reply) = reply else {
-        panic!("an array: {reply:?}");
-    };
+    let reply = answers(&mut raw, &cmd).await;
     assert_eq!(reply.len(), 201);
     assert!(
         matches!(&reply[0], redis::Value::ServerError(e) if e.code() == "RAMPARTLATE"),
@@ -433,11 +435,7 @@ async fn a_batch_answers_late_a_decision_due_within_its_run() {
         ),
         "the others admitted"
     );
-    let exists: u32 = redis::cmd("EXISTS")
-        .arg("batched-margin:0")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let exists = existing(&mut raw, &["batched-margin:0"]).await;
     assert_eq!(exists, 0, "the late decision wrote nothing");
     // The single script makes the same decision, due as soon, in time.
     let single = tower_rampart::backend::redis::script_source(Algorithm::Gcra);

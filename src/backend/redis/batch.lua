@@ -11,8 +11,8 @@ end
 -- KEYS[i] is the i-th decision's key; ARGV holds each decision's arguments in turn, each run of them
 -- after its count ("6", then the single form's six), or, for a decision whose arguments are the
 -- previous decision's but the last (the deadline: a store's decisions on one clock differ in
--- nothing else), "=" and that last one alone (Redis makes an object of each argument and a Lua
--- string of each, so five fewer a decision count). The reply is one answer per decision, in
+-- nothing else), "=" and that last one alone: five arguments fewer, each of which Redis would
+-- make an object and a Lua string of. The reply is one answer per decision, in
 -- order, each what the script alone answers for it (its array, shortened as below, or its error
 -- reply), then the batch's `TIME`. A
 -- command that fails inside one decision (a write refused: READONLY, OOM) is that decision's error,

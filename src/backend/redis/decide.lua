@@ -21,7 +21,8 @@ local single = nargs == 6
 
 if single and type(raw) ~= 'table' and (not raw or byte(raw, 1) ~= 124) then
   -- The layer's own limit on a bare value or none: what the single form has always done, decided
-  -- in place (gcra.lua, or the sliding window's `decide_one`): no closure on this path.
+  -- by gcra.lua written out here (no closure made on this path), or by the sliding window's
+  -- `decide_one`.
   local emission, tolerance, cost = ARGV[1] + 0, ARGV[2] + 0, 1
   local verdict, a, b, c, repaired, value, ttl, keep, keep_ttl, err
   --#include decision

@@ -482,7 +482,6 @@ impl Conn {
     /// one's time learnt).
     fn answer(&self, answer: Value, received: Nanos) -> Result<Value, RedisError> {
         match answer {
-            Value::Array(items) => Ok(Value::Array(items)),
             Value::ServerError(e) => {
                 let e = RedisError::from(e);
                 if e.code() == Some(LATE)

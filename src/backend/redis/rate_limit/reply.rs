@@ -93,11 +93,10 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         let Value::Array(items) = value else {
             return Err(bad());
         };
-        let empty = Value::Nil;
         let (n0, n1, n2, repaired, index, status, mask) = match items.as_slice() {
-            [n0, n1, n2, index, status, mask] => (n0, n1, n2, &empty, index, status, mask),
+            [n0, n1, n2, index, status, mask] => (n0, n1, n2, None, index, status, mask),
             [n0, n1, n2, repaired, index, status, mask] => {
-                (n0, n1, n2, repaired, index, status, mask)
+                (n0, n1, n2, Some(repaired), index, status, mask)
             }
             _ => return Err(bad()),
         };
@@ -109,9 +108,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             .filter(|i| *i < set.limits().len())
             .ok_or_else(bad)?;
         match repaired {
-            Value::Nil => {}
-            Value::BulkString(what) if what.is_empty() => {}
-            Value::BulkString(what) => {
+            None => {}
+            Some(Value::BulkString(what)) if what.is_empty() => {}
+            Some(Value::BulkString(what)) => {
                 for line in what.split(|c| *c == b'\n') {
                     let mut parts = line.splitn(2, |c| *c == b' ');
                     let (Some(n), Some(problem)) = (parts.next(), parts.next()) else {
@@ -136,7 +135,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                     }
                 }
             }
-            _ => return Err(bad()),
+            Some(_) => return Err(bad()),
         }
         let l = &set.limits()[i].limits;
         let d = match (status, self.algorithm) {

@@ -8,8 +8,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tower_rampart::backend::redis::RedisRateLimitStore;
 use tower_rampart::backend::{FailurePolicy, RedisBackend};
-use tower_rampart::key::key_fn;
-use tower_rampart::rate_limit::{Algorithm, Ask, Quota, RateLimitLayer, StoreLimits};
+use tower_rampart::rate_limit::{Algorithm, Ask, Quota, StoreLimits};
 
 use crate::common::fault_proxy::FaultProxy;
 use crate::common::redis::RedisServer;
@@ -44,16 +43,7 @@ fn limiter(
     per_hour: u32,
     algorithm: Algorithm,
 ) -> RedisRateLimitStore<u32> {
-    RateLimitLayer::builder()
-        .name(name)
-        .quota(Quota::per_hour(per_hour))
-        .algorithm(algorithm)
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend)
-        .build()
-        .unwrap()
-        .store()
-        .clone()
+    crate::support::u32_store(backend, name, Quota::per_hour(per_hour), algorithm)
 }
 
 #[tokio::test]

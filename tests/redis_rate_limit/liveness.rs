@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use tower_rampart::backend::redis::{DEFAULT_LIVENESS_TIMEOUT, RedisRateLimitStore};
 use tower_rampart::backend::{BackendError, FailurePolicy, RedisBackend};
-use tower_rampart::key::key_fn;
-use tower_rampart::rate_limit::{Decision, Quota, RateLimitLayer};
+use tower_rampart::rate_limit::{Algorithm, Decision, Quota, RateLimitLayer};
 
 use crate::common::fault_proxy::FaultProxy;
 use crate::common::redis::{RedisCluster, RedisServer, command_at};
@@ -31,15 +30,7 @@ const CALL_BOUND: Duration = Duration::from_millis(100);
 const LIMIT: u32 = 5;
 
 fn limiter(backend: RedisBackend) -> RedisRateLimitStore<u32> {
-    RateLimitLayer::builder()
-        .name("liveness")
-        .quota(Quota::per_hour(LIMIT))
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend)
-        .build()
-        .unwrap()
-        .store()
-        .clone()
+    crate::support::u32_store(backend, "liveness", Quota::per_hour(LIMIT), Algorithm::Gcra)
 }
 
 async fn closed_backend(url: &str) -> RedisBackend {

@@ -6,7 +6,30 @@ use std::time::Duration;
 
 use tower_rampart::backend::BackendError;
 use tower_rampart::backend::RedisBackend;
-use tower_rampart::rate_limit::{Ask, Check, Decision, RateLimitStore, StoreLimits};
+use tower_rampart::backend::redis::RedisRateLimitStore;
+use tower_rampart::key::key_fn;
+use tower_rampart::rate_limit::{
+    Algorithm, Ask, Check, Decision, Quota, RateLimitLayer, RateLimitStore, StoreLimits,
+};
+
+/// The store of a limiter named `name` of `quota` by `algorithm` on `backend`, keyed by a `u32`.
+pub(crate) fn u32_store(
+    backend: RedisBackend,
+    name: &'static str,
+    quota: Quota,
+    algorithm: Algorithm,
+) -> RedisRateLimitStore<u32> {
+    RateLimitLayer::builder()
+        .name(name)
+        .quota(quota)
+        .algorithm(algorithm)
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend)
+        .build()
+        .unwrap()
+        .store()
+        .clone()
+}
 
 /// One decision from `store` on the layer's default limits, waiting for it if it needs I/O.
 pub(crate) async fn decide<K, St: RateLimitStore<K> + StoreLimits>(

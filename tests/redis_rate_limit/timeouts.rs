@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use tower_rampart::backend::redis::RedisRateLimitStore;
 use tower_rampart::backend::{BackendError, FailurePolicy, RedisBackend};
-use tower_rampart::key::key_fn;
-use tower_rampart::rate_limit::{Decision, Quota, RateLimitLayer};
+use tower_rampart::rate_limit::{Algorithm, Decision, Quota};
 
 use crate::common::redis::{RedisCluster, RedisServer};
 use crate::support::{decide, unique_prefix};
@@ -25,15 +24,7 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 const LIMIT: u32 = 5;
 
 fn limiter(backend: RedisBackend, name: &'static str) -> RedisRateLimitStore<u32> {
-    RateLimitLayer::builder()
-        .name(name)
-        .quota(Quota::per_hour(LIMIT))
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend)
-        .build()
-        .unwrap()
-        .store()
-        .clone()
+    crate::support::u32_store(backend, name, Quota::per_hour(LIMIT), Algorithm::Gcra)
 }
 
 /// Five concurrent decisions for `key`, all started while Redis is stalled.

@@ -33,6 +33,8 @@
 pub(crate) mod redis_server;
 
 use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -224,6 +226,42 @@ impl Keys {
 }
 
 impl Rows {
+    /// One decision of caller `i` of `keys`, through `row`.
+    async fn one(&self, row: Row, keys: &Keys, i: u32) {
+        match row {
+            Row::Raw => self.raw_call(&keys.redis[i as usize]).await,
+            Row::Store => assert!(decide(&self.store, 1_000 + i).await),
+            Row::Unbatched => assert!(decide(&self.unbatched, 1_000 + i).await),
+            Row::ThrottleKit => tk_decide(&self.tk, &keys.tk[i as usize], &self.tk_quota).await,
+        }
+    }
+
+    /// `keys`' callers each on a task of its own, deciding one after another through `row` for
+    /// `slice`, as a server's requests do (each on its task); the decisions made.
+    async fn tasks(self: &Arc<Self>, row: Row, keys: &Arc<Keys>, slice: Duration) -> u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let callers: Vec<_> = (0..keys.n)
+            .map(|i| {
+                let (rows, keys, stop) = (Arc::clone(self), Arc::clone(keys), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        rows.one(row, &keys, i).await;
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        tokio::time::sleep(slice).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut done = 0;
+        for caller in callers {
+            done += caller.await.expect("a caller task panicked");
+        }
+        done
+    }
+
     /// One decision for each of `keys`' callers at once, through `row`.
     async fn wave(&self, row: Row, keys: &Keys) {
         match row {
@@ -260,7 +298,10 @@ impl Rows {
 /// for the store against throttle-kit and against the raw `EVALSHA`, the ratio of the two rates of
 /// each round (median, range, and the rounds the store was ahead), and the CPU time each row's
 /// decisions cost this process (its threads' `schedstat`) and the server (`INFO cpu`), which the
-/// machine's load moves less than the rates. Not a criterion group: it prints its own figures,
+/// machine's load moves less than the rates. Each count of callers runs as waves (one task makes
+/// n decisions at once and waits for them all, as the criterion group's rows), and 16 and 64 also
+/// as tasks (`tasks/` rows: n tasks each deciding one after another, as a server's requests).
+/// Not a criterion group: it prints its own figures,
 /// and runs only when the filter names it (`cargo bench --bench rampart --all-features --
 /// redis_paired`).
 pub(crate) fn paired(_c: &mut Criterion) {
@@ -279,14 +320,20 @@ pub(crate) fn paired(_c: &mut Criterion) {
     };
     let rounds = setting("RAMPART_PAIRED_ROUNDS", 12).max(1) as usize;
     let slice = Duration::from_millis(setting("RAMPART_PAIRED_MS", 250));
-    let rows = rt.block_on(Rows::new(&server));
+    let rows = Arc::new(rt.block_on(Rows::new(&server)));
     println!(
         "redis_paired: {rounds} rounds of {} ms a row; thousands of decisions per second, median of \
          the rounds; ratios of two rows' rates in the same round, median [min-max] (rounds ahead)",
         slice.as_millis()
     );
-    for n in [1u32, 16, 64] {
-        let keys = Keys::new(&rows, n);
+    // Waves: one task makes n decisions at once and waits for all (the criterion group's
+    // rows); tasks: n tasks each deciding one after another, as a server's requests do.
+    for (mode, n) in [1u32, 16, 64]
+        .map(|n| ("", n))
+        .into_iter()
+        .chain([16u32, 64].map(|n| ("tasks/", n)))
+    {
+        let keys = Arc::new(Keys::new(&rows, n));
         let mut rates = vec![Vec::with_capacity(rounds); ROWS.len()];
         // Per row: decisions, and the CPU time (s) this process and the server spent on them.
         let mut cpu = [(0u64, 0f64, 0f64); ROWS.len()];
@@ -297,9 +344,13 @@ pub(crate) fn paired(_c: &mut Criterion) {
                 let (rate, done) = rt.block_on(async {
                     let start = std::time::Instant::now();
                     let mut done = 0u64;
-                    while start.elapsed() < slice {
-                        rows.wave(ROWS[r], &keys).await;
-                        done += u64::from(n);
+                    if mode.is_empty() {
+                        while start.elapsed() < slice {
+                            rows.wave(ROWS[r], &keys).await;
+                            done += u64::from(n);
+                        }
+                    } else {
+                        done = rows.tasks(ROWS[r], &keys, slice).await;
                     }
                     (done as f64 / start.elapsed().as_secs_f64() / 1_000.0, done)
                 });
@@ -317,7 +368,7 @@ pub(crate) fn paired(_c: &mut Criterion) {
             .zip(&rates)
             .map(|(row, r)| format!("{} {:.1}", row.name(), median(r.clone())))
             .collect();
-        println!("redis_paired/{n}: {}", line.join(", "));
+        println!("redis_paired/{mode}{n}: {}", line.join(", "));
         let line: Vec<String> = ROWS
             .iter()
             .zip(&cpu)
@@ -327,7 +378,7 @@ pub(crate) fn paired(_c: &mut Criterion) {
             })
             .collect();
         println!(
-            "redis_paired/{n}: CPU us per decision, this process + redis-server: {}",
+            "redis_paired/{mode}{n}: CPU us per decision, this process + redis-server: {}",
             line.join(", ")
         );
         for (other, name) in [(3, "throttle_kit"), (0, "raw_evalsha")] {
@@ -341,7 +392,7 @@ pub(crate) fn paired(_c: &mut Criterion) {
                 .iter()
                 .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
             println!(
-                "redis_paired/{n}: store / {name} {:.2} [{lo:.2}-{hi:.2}] ({ahead} of {rounds})",
+                "redis_paired/{mode}{n}: store / {name} {:.2} [{lo:.2}-{hi:.2}] ({ahead} of {rounds})",
                 median(ratios)
             );
         }

@@ -1,8 +1,8 @@
 //! Decisions batched per connection: a call made while another of the same script is on its way
 //! to Redis joins a queue, and a task sends what the queue holds as one call of the script's batch
 //! form (`batch.lua`), which decides each in turn and answers each as the script alone would. The
-//! task runs as soon as the runtime gets to it (after the tasks ready now, whose calls join the
-//! same batch), and does not wait for the calls already on their way: batches are pipelined.
+//! task yields once before it takes the queue, so that the tasks ready now (on any worker) join
+//! the same batch, and does not wait for the calls already on their way: batches are pipelined.
 //!
 //! Redis runs one command at a time, and a short script's command costs it more than the script's
 //! own work: parsing the command, finding the script, starting it, making its `KEYS` and `ARGV`,
@@ -256,6 +256,14 @@ impl Drop for Scheduled {
 
 /// Sends the pending batches, all at once.
 async fn send_queue(mut scheduled: Scheduled) {
+    // Once to the back of the runtime's line first: on a multi-thread runtime an idle worker
+    // takes a task the moment it is spawned, and sent a batch of the one call that spawned it,
+    // a task spawned per decision for nothing. `cargo bench --bench rampart --all-features --
+    // redis_paired`, its `tasks/` rows (each caller a task of its own on two workers, as a
+    // server's requests), two runs each: without the yield 1.00 decision a script call and
+    // 0.63 / 0.65 of throttle-kit's rate at 16 in flight, 0.56 / 0.59 at 64; with it 1.14 / 1.09
+    // and 1.22 / 1.24 (a second yield gained nothing).
+    tokio::task::yield_now().await;
     let batches: Vec<Pending> = {
         let mut state = scheduled.batcher.state();
         scheduled.taken = true;

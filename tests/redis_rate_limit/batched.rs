@@ -693,8 +693,9 @@ fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
         );
     }
     other.join().unwrap();
-    // Key 2's given-up decision spent nothing (the timeouts marked Redis down: a decision is
-    // answered by the policy until the probe interval has passed).
+    // Key 2's given-up decision spent nothing (the first's timeout, its reply unread while this
+    // runtime was not driven, may have marked Redis down: a decision is answered by the policy
+    // until the probe interval has passed).
     let d = main.block_on(async {
         for _ in 0..20 {
             if let Ok(d) = decide(&shared, &2).await {
@@ -705,4 +706,68 @@ fn a_stalled_runtime_does_not_hold_another_runtimes_decisions() {
         panic!("redis did not decide again within 2 s");
     });
     assert_eq!(d.remaining(), 99);
+}
+
+/// A decision whose batch never left (its runtime ran nothing until after its deadline) times out
+/// without counting against the connection: Redis kept nobody waiting, so it is not marked down,
+/// and the next decision goes to it at once.
+#[test]
+fn a_decision_whose_batch_never_left_does_not_mark_redis_down() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // The connection's task runs on `main`'s workers, which keep running while `stalled` does not.
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stalled = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let shared = main.block_on(async {
+        let backend = RedisBackend::connect(&server.url())
+            .await
+            .unwrap()
+            .timeout(Duration::from_millis(300))
+            .failure_policy(FailurePolicy::Closed)
+            .prefix(unique_prefix("batched-never-left"));
+        let store = limiter(backend, "batched", 100, Algorithm::Gcra);
+        // The script loaded (a first call answered NOSCRIPT would need this runtime's thread to
+        // send it again) and Redis's clock learnt.
+        assert!(decide(&store, &0).await.unwrap().is_allowed());
+        store
+    });
+    let store = shared.clone();
+    std::thread::spawn(move || {
+        stalled.block_on(async {
+            // The first goes at once; the second joins a queue whose task is spawned here.
+            let mut first = Box::pin(decide(&store, &1));
+            let mut second = Box::pin(decide(&store, &2));
+            assert!(futures::poll!(first.as_mut()).is_pending());
+            assert!(futures::poll!(second.as_mut()).is_pending());
+            std::thread::sleep(Duration::from_millis(600));
+            let (first, second) = futures::join!(first, second);
+            assert!(
+                first
+                    .expect("answered while this thread slept")
+                    .is_allowed()
+            );
+            let e = second.expect_err("its deadline passed before its batch could leave");
+            assert!(e.is_timeout(), "{e}");
+            assert!(e.to_string().contains("not sent to redis"), "{e}");
+        });
+    })
+    .join()
+    .unwrap();
+    main.block_on(async {
+        let d = decide(&shared, &3).await;
+        assert!(
+            d.as_ref().is_ok_and(|d| d.is_allowed()),
+            "redis was marked down by a decision that never reached it: {d:?}"
+        );
+        // Key 2's decision spent nothing.
+        assert_eq!(decide(&shared, &2).await.unwrap().remaining(), 99);
+    });
 }

@@ -32,6 +32,7 @@
 //! outside a tokio runtime. A queued call whose batch is lost (its task dropped with its runtime)
 //! answers an error for the failure policy, and is not sent again: it may have reached Redis.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -109,6 +110,27 @@ struct Pending {
     args: Vec<u8>,
     arg_ends: Vec<usize>,
     waiters: Vec<Waiter>,
+    /// When the batch left, for its callers to read.
+    sent: Arc<Sent>,
+}
+
+/// When a batch left: the generation of the connection it went on, plus one (0 while it has not
+/// left), and the time on the connection's clock. A caller whose timer answers it first tells
+/// from it whether Redis kept it waiting (a timeout to count against the connection) or its
+/// decision never left (its runtime did not run the batch's task in time, or it was left out).
+#[derive(Default)]
+struct Sent {
+    generation: AtomicU64,
+    at: AtomicU64,
+}
+
+impl Sent {
+    /// The generation of the connection a decision that gives up at `gives_up_at` went on, if
+    /// it went before then.
+    fn went(&self, gives_up_at: Nanos) -> Option<u64> {
+        let generation = self.generation.load(Ordering::Acquire);
+        (generation != 0 && self.at.load(Ordering::Relaxed) < gives_up_at).then(|| generation - 1)
+    }
 }
 
 /// A caller waiting for its decision's answer.
@@ -308,15 +330,18 @@ impl Conn {
         let gives_up_at = started.saturating_add(duration_to_nanos(timeout));
         let (waiting, schedule, runtime) = {
             let mut state = batcher.state();
-            let alone = (state.in_flight == 0 && state.queues.is_empty())
-                || !batcher.enabled
-                || !matches!(self.line().handle, Handle::Single(_));
+            let may_wait = batcher.enabled
+                && matches!(self.line().handle, Handle::Single(_))
+                && (state.in_flight > 0 || !state.queues.is_empty());
             // Looked up only for a call that may wait (a reference count taken and given back).
-            let runtime = if alone {
-                None
-            } else {
-                tokio::runtime::Handle::try_current().ok()
-            };
+            // With nothing on its way, a queue of another runtime's (one that has stalled, say)
+            // is not this call's to join: it goes alone.
+            let runtime = may_wait
+                .then(tokio::runtime::Handle::try_current)
+                .and_then(Result::ok)
+                .filter(|rt| {
+                    state.in_flight > 0 || state.queues.iter().any(|q| q.runtime == rt.id())
+                });
             match runtime {
                 Some(runtime) => {
                     let (answer, waiting) = oneshot::channel();
@@ -330,9 +355,10 @@ impl Conn {
                     }
                     let pending = queue.pending.last_mut().expect("pushed if there was none");
                     pending.push(key, args, due, gives_up_at, answer);
+                    let sent = Arc::clone(&pending.sent);
                     let schedule = !queue.scheduled;
                     queue.scheduled = true;
-                    (Some(waiting), schedule, Some(runtime))
+                    (Some((waiting, sent)), schedule, Some(runtime))
                 }
                 None => {
                     state.in_flight += 1;
@@ -357,7 +383,7 @@ impl Conn {
                 }
             }
         }
-        let Some(waiting) = waiting else {
+        let Some((waiting, sent)) = waiting else {
             let in_flight = InFlight(batcher, 1);
             let (result, generation) = self
                 .fenced(batcher.single, &[key], args, start, started, timeout)
@@ -366,20 +392,22 @@ impl Conn {
             self.took(started);
             return self.finish(result, timeout, generation);
         };
-        let generation = self.line().generation;
         let (result, generation) = match deadline::until(due, waiting).await {
             Ok(Ok((Err(e), _))) if e.code() == Some(LATE) => {
+                if tokio::time::Instant::now() >= due {
+                    // Redis answered, and no time is left to send it again.
+                    self.took(started);
+                    return Err(self.not_made(timeout, "redis ran its batch too late"));
+                }
                 // Run after its deadline by the estimate of Redis's clock, yet answered in time:
                 // the estimate is corrected (`send_batch`), and the call goes again, alone.
                 self.fenced(batcher.single, &[key], args, start, started, timeout)
                     .await
             }
             Ok(Ok((result, generation))) => (Ok(result), generation),
-            // The batch gave up at the latest deadline of its decisions, this caller's: late.
-            Ok(Err(_)) if tokio::time::Instant::now() >= due => (Err(Late), generation),
             // The batch was lost (its task dropped with its runtime): it may have reached Redis,
             // so it is not sent again.
-            Ok(Err(_)) => {
+            Ok(Err(_)) if tokio::time::Instant::now() < due => {
                 self.took(started);
                 return Err(BackendError::with_kind(
                     ErrorKind::Other,
@@ -387,10 +415,31 @@ impl Conn {
                     None,
                 ));
             }
-            Err(Late) => (Err(Late), generation),
+            // Late: the batch gave up at the latest deadline of its decisions, this caller's, or
+            // the caller's own timer answered first. Redis kept it waiting only if it went.
+            Ok(Err(_)) | Err(Late) => match sent.went(gives_up_at) {
+                Some(generation) => (Err(Late), generation),
+                None => {
+                    self.took(started);
+                    return Err(self.not_made(timeout, "its batch was not sent to redis in time"));
+                }
+            },
         };
         self.took(started);
         self.finish(result, timeout, generation)
+    }
+
+    /// The timeout of a decision Redis did not keep waiting (`why`): not counted against the
+    /// connection, which a silent Redis's timeouts are.
+    fn not_made(&self, timeout: Duration, why: &str) -> BackendError {
+        let error = BackendError::with_kind(
+            ErrorKind::Timeout,
+            format!("the rate limit decision was not made within {timeout:?}: {why}"),
+            None,
+        );
+        #[cfg(feature = "metrics")]
+        self.meters.error(error.kind());
+        error
     }
 
     /// Sends `batch` as one call of `batcher`'s batch form, each decision bounded by its own
@@ -421,6 +470,11 @@ impl Conn {
         else {
             return;
         };
+        batch.sent.at.store(self.clock.at(now), Ordering::Relaxed);
+        batch
+            .sent
+            .generation
+            .store(generation + 1, Ordering::Release);
         let script = batcher.batch;
         let call = async {
             let sha = batch.cmd("EVALSHA", &script.sha, &live, &bounds);
@@ -446,26 +500,21 @@ impl Conn {
             .zip(live)
             .filter_map(|(w, live)| live.then_some(w))
             .collect();
-        match reply {
-            Ok(Ok(Value::Array(mut answers))) if answers.len() == sent.len() + 1 => {
-                // The batch's `TIME`, last.
-                if let Some(Value::Int(at)) = answers.pop()
-                    && let Ok(at) = u64::try_from(at)
-                {
-                    self.redis_clock.learn(received, at);
-                }
+        match reply.map(|r| r.map(|value| answers_of(value, sent.len()))) {
+            Ok(Ok(Ok((answers, at)))) => {
+                self.redis_clock.learn(received, at);
                 for (w, answer) in sent.into_iter().zip(answers) {
                     let answer = self.answer(answer, received);
                     let _ = w.answer.send((answer, generation));
                 }
             }
-            Ok(Ok(Value::ServerError(e))) => {
+            Ok(Ok(Err(Value::ServerError(e)))) => {
                 let e = RedisError::from(e);
                 for w in sent {
                     let _ = w.answer.send((Err(e.clone()), generation));
                 }
             }
-            Ok(Ok(other)) => {
+            Ok(Ok(Err(other))) => {
                 let e = RedisError::from((
                     RedisErrorKind::Parse,
                     "a batch of decisions answered something else than one answer per decision",
@@ -504,9 +553,51 @@ impl Conn {
     }
 }
 
+/// A batch's reply to `sent` decisions: one answer per decision and the batch's `TIME` (µs on
+/// Redis's clock) last, or the reply as it came when it is anything else: a reply one element off
+/// would hand each caller its neighbour's answer.
+fn answers_of(reply: Value, sent: usize) -> Result<(Vec<Value>, u64), Value> {
+    match reply {
+        Value::Array(mut answers) if answers.len() == sent + 1 => match answers.pop() {
+            Some(Value::Int(at)) if at >= 0 => Ok((answers, at.unsigned_abs())),
+            last => {
+                answers.extend(last);
+                Err(Value::Array(answers))
+            }
+        },
+        other => Err(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply is read as the batch's only when it holds one answer per decision sent and a
+    /// `TIME` last.
+    #[test]
+    fn a_batch_reply_is_one_answer_per_decision_and_a_time() {
+        let answer = || Value::Array(vec![Value::Int(1), Value::Int(9), Value::Int(0)]);
+        let reply = Value::Array(vec![answer(), answer(), Value::Int(1_700_000_000_000_000)]);
+        let (answers, at) = answers_of(reply, 2).expect("two answers and a time");
+        assert_eq!(answers, vec![answer(), answer()]);
+        assert_eq!(at, 1_700_000_000_000_000);
+        for (reply, sent) in [
+            // One short, one over.
+            (Value::Array(vec![answer(), Value::Int(5)]), 2),
+            (
+                Value::Array(vec![answer(), answer(), answer(), Value::Int(5)]),
+                2,
+            ),
+            // The right length with an answer where the time goes, or a negative time.
+            (Value::Array(vec![answer(), answer(), answer()]), 2),
+            (Value::Array(vec![answer(), answer(), Value::Int(-1)]), 2),
+            (Value::Okay, 0),
+            (Value::Nil, 0),
+        ] {
+            assert!(answers_of(reply.clone(), sent).is_err(), "{reply:?}");
+        }
+    }
 
     /// The command's arguments after the verb and the body, as text.
     fn sent(cmd: &redis::Cmd) -> Vec<String> {

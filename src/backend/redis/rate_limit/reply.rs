@@ -137,21 +137,37 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             }
             Some(_) => return Err(bad()),
         }
-        let l = &set.limits()[i].limits;
-        let d = match (status, self.algorithm) {
-            (1, Algorithm::Gcra) => Decision::admitted(l.limit, a, l.emission, b),
-            (1, _) => Decision::admitted(l.limit, a, 1, b),
-            (0, _) => Decision::refused(l.limit, a, b),
-            (2, _) => Decision::over_capacity(l.limit, a),
-            _ => return Err(bad()),
-        };
-        let d = match allowed {
-            1 if status != 1 => d.admitted_anyway(),
-            0 | 1 => d,
-            _ => return Err(bad()),
-        };
+        let d = set_decision(&set.limits()[i], self.algorithm, allowed, status, a, b)
+            .ok_or_else(bad)?;
         Ok(d.with_binding(i)
             .with_shadow_refused(u8::try_from(mask).map_err(|_| bad())?))
+    }
+}
+
+/// The set form's decision by `limit` (the binding one): `status` is what the limit says (1
+/// admitted, 0 refused, 2 a cost above its capacity), `allowed` what the set says (1 when a
+/// refusal is admitted anyway, in shadow mode). `None` for any other pair: a limit that admitted
+/// and a set that refused is not a reply the script makes.
+fn set_decision(
+    limit: &SetLimit,
+    algorithm: Algorithm,
+    allowed: u64,
+    status: u64,
+    a: u64,
+    b: u64,
+) -> Option<Decision> {
+    let l = &limit.limits;
+    let d = match (status, algorithm) {
+        (1, Algorithm::Gcra) => Decision::admitted(l.limit, a, l.emission, b),
+        (1, _) => Decision::admitted(l.limit, a, 1, b),
+        (0, _) => Decision::refused(l.limit, a, b),
+        (2, _) => Decision::over_capacity(l.limit, a),
+        _ => return None,
+    };
+    match (allowed, status) {
+        (1, 1) | (0, 0 | 2) => Some(d),
+        (1, _) => Some(d.admitted_anyway()),
+        _ => None,
     }
 }
 
@@ -173,4 +189,37 @@ pub(super) fn bad_reply(value: &Value) -> BackendError {
         format!("redis answered the rate limit script with {value:?}"),
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::{Limit, Quota};
+
+    /// Each (allowed, status) pair the set form answers reads as its decision; a limit that
+    /// admitted in a set that refused, or a status the script has not, is no decision at all.
+    #[test]
+    fn the_set_forms_allowed_and_status_pairs() {
+        let set = LimitSet::new(
+            Algorithm::Gcra,
+            &[Limit::new("pairs", Quota::per_hour(10))],
+            false,
+        )
+        .unwrap();
+        let limit = &set.limits()[0];
+        let read = |allowed, status| set_decision(limit, Algorithm::Gcra, allowed, status, 4, 6);
+        assert!(read(1, 1).unwrap().is_allowed());
+        assert!(!read(0, 0).unwrap().is_allowed());
+        assert!(!read(0, 2).unwrap().is_allowed(), "over capacity, refused");
+        // Shadow mode: the limit refused, the set admitted it anyway.
+        assert!(read(1, 0).unwrap().is_allowed());
+        assert!(read(1, 2).unwrap().is_allowed());
+        assert!(
+            read(0, 1).is_none(),
+            "a limit that admitted in a refused set"
+        );
+        for (allowed, status) in [(2, 1), (0, 3), (1, 3)] {
+            assert!(read(allowed, status).is_none(), "{allowed}, {status}");
+        }
+    }
 }

@@ -46,20 +46,65 @@ fn limiter(
     crate::support::u32_store(backend, name, Quota::per_hour(per_hour), algorithm)
 }
 
+/// A store of 100 decisions an hour on `server`, failing closed, its keys under a prefix of its own.
+async fn hundred_an_hour(
+    server: &RedisServer,
+    algorithm: Algorithm,
+    what: &str,
+) -> RedisRateLimitStore<u32> {
+    let backend = connect(&server.url())
+        .await
+        .failure_policy(FailurePolicy::Closed)
+        .prefix(unique_prefix(what));
+    limiter(backend, "batched", 100, algorithm)
+}
+
+/// The script runs and `TIME` reads `server` has made.
+fn runs_and_times(server: &RedisServer) -> (u64, u64) {
+    (script_runs(server), server.calls("time"))
+}
+
+/// What 200 single-form decisions on key 1 and 100 set-form ones of cost 2 on key 2, made at
+/// once, come to however they were batched: each key's quota admitted exactly (`admitted`, of
+/// each form), a `TIME` read per script run (`runs_and_times`, since before them), and nothing
+/// left on either key (each decision written once).
+async fn check_the_mixed_load(
+    store: &RedisRateLimitStore<u32>,
+    algorithm: Algorithm,
+    admitted: (usize, usize),
+    (runs, times): (u64, u64),
+) {
+    assert_eq!(admitted.0, 100, "{algorithm:?}: key 1's quota exactly");
+    assert_eq!(
+        admitted.1, 50,
+        "{algorithm:?}: 50 of cost 2 spend key 2's 100"
+    );
+    // A batch reads Redis's TIME once for all its decisions (Redis counts the commands a script
+    // calls in its command statistics).
+    assert_eq!(
+        times, runs,
+        "{algorithm:?}: {times} TIME reads in {runs} script runs"
+    );
+    assert!(!decide(store, &1).await.unwrap().is_allowed());
+    let set = store.limit_set().clone();
+    assert!(
+        !decide_ask(store, &2, &Ask::new(&set))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+}
+
 #[tokio::test]
 async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
     let Some(server) = RedisServer::start() else {
         return;
     };
     for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
-        let backend = connect(&server.url())
-            .await
-            .failure_policy(FailurePolicy::Closed)
-            .prefix(unique_prefix("batched"));
-        let store = &limiter(backend, "batched", 100, algorithm);
+        let store = &hundred_an_hour(&server, algorithm, "batched").await;
         let set = store.limit_set().clone();
         let before = script_calls(&server);
-        let (runs_before, times_before) = (script_runs(&server), server.calls("time"));
+        let (runs_before, times_before) = runs_and_times(&server);
         // 200 single-form decisions on key 1 and 100 set-form ones (cost 2) on key 2, all at once
         // on this one-thread runtime, interleaved so that batches hold both forms.
         let singles = (0..200).map(|_| async { decide(store, &1).await });
@@ -67,10 +112,7 @@ async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
             (0..100).map(|_| async { decide_ask(store, &2, &Ask::new(&set).cost(2)).await });
         let (singles, doubles) = futures::join!(join_all(singles), join_all(doubles));
         let calls = script_calls(&server) - before;
-        let (runs, times) = (
-            script_runs(&server) - runs_before,
-            server.calls("time") - times_before,
-        );
+        let (runs, times) = runs_and_times(&server);
         let admitted = |ds: &[Result<tower_rampart::rate_limit::Decision, _>]| {
             ds.iter()
                 .map(|d| match d {
@@ -80,35 +122,18 @@ async fn decisions_made_at_once_go_in_batches_and_admit_exactly_the_quota() {
                 .filter(|a| *a)
                 .count()
         };
-        assert_eq!(
-            admitted(&singles),
-            100,
-            "{algorithm:?}: key 1's quota exactly"
-        );
-        assert_eq!(
-            admitted(&doubles),
-            50,
-            "{algorithm:?}: 50 of cost 2 spend key 2's 100"
-        );
         // One call goes alone, the rest go as batches (of up to 16) behind it.
         assert!(
             calls <= 60,
             "{algorithm:?}: 300 decisions made at once took {calls} script calls"
         );
-        // A batch reads Redis's TIME once for all its decisions (Redis counts the commands a
-        // script calls in its command statistics).
-        assert_eq!(
-            times, runs,
-            "{algorithm:?}: {times} TIME reads in {runs} script runs"
-        );
-        // Nothing more to spend on either key: each decision was written once.
-        assert!(!decide(store, &1).await.unwrap().is_allowed());
-        assert!(
-            !decide_ask(store, &2, &Ask::new(&set))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        check_the_mixed_load(
+            store,
+            algorithm,
+            (admitted(&singles), admitted(&doubles)),
+            (runs - runs_before, times - times_before),
+        )
+        .await;
     }
 }
 
@@ -120,13 +145,9 @@ async fn decisions_from_tasks_on_both_workers_batch_and_admit_exactly_the_quota(
         return;
     };
     for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
-        let backend = connect(&server.url())
-            .await
-            .failure_policy(FailurePolicy::Closed)
-            .prefix(unique_prefix("batched-mt"));
-        let store = limiter(backend, "batched", 100, algorithm);
+        let store = hundred_an_hour(&server, algorithm, "batched-mt").await;
         let set = store.limit_set().clone();
-        let (runs_before, times_before) = (script_runs(&server), server.calls("time"));
+        let (runs_before, times_before) = runs_and_times(&server);
         // 300 tasks: 200 single-form decisions on key 1, 100 set-form ones (cost 2) on key 2,
         // started together behind a barrier so that they overlap.
         let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(300));
@@ -153,30 +174,16 @@ async fn decisions_from_tasks_on_both_workers_batch_and_admit_exactly_the_quota(
                 _ => {}
             }
         }
-        assert_eq!(singles, 100, "{algorithm:?}: key 1's quota exactly");
-        assert_eq!(doubles, 50, "{algorithm:?}: 50 of cost 2 spend key 2's 100");
-        let (runs, times) = (
-            script_runs(&server) - runs_before,
-            server.calls("time") - times_before,
-        );
+        let (runs, times) = runs_and_times(&server);
+        let (runs, times) = (runs - runs_before, times - times_before);
         // Far fewer script runs than decisions: batches formed across the workers. (How many
         // depends on how the tasks interleave; 22 and 23 in a run on an idle machine, 265 when a
-        // batch's task ran the moment it was spawned, on the other worker.)
+        // batch's task, spawned as its worker's next task, ran before the other callers.)
         assert!(
             runs <= 100,
             "{algorithm:?}: 300 decisions at once took {runs} script runs"
         );
-        assert_eq!(
-            times, runs,
-            "{algorithm:?}: {times} TIME reads in {runs} script runs"
-        );
-        assert!(!decide(&store, &1).await.unwrap().is_allowed());
-        assert!(
-            !decide_ask(&store, &2, &Ask::new(&set))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        check_the_mixed_load(&store, algorithm, (singles, doubles), (runs, times)).await;
     }
 }
 

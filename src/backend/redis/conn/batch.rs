@@ -1,8 +1,8 @@
 //! Decisions batched per connection: a call made while another of the same script is on its way
 //! to Redis joins a queue, and a task sends what the queue holds as one call of the script's batch
 //! form (`batch.lua`), which decides each in turn and answers each as the script alone would. The
-//! task yields once before it takes the queue, so that the tasks ready now (on any worker) join
-//! the same batch, and does not wait for the calls already on their way: batches are pipelined.
+//! task yields once before it takes the queue, so that the tasks ready now join the same batch,
+//! and does not wait for the calls already on their way: batches are pipelined.
 //!
 //! Redis runs one command at a time, and a short script's command costs it more than the script's
 //! own work: parsing the command, finding the script, starting it, making its `KEYS` and `ARGV`,
@@ -278,13 +278,17 @@ impl Drop for Scheduled {
 
 /// Sends the pending batches, all at once.
 async fn send_queue(mut scheduled: Scheduled) {
-    // Once to the back of the runtime's line first: on a multi-thread runtime an idle worker
-    // takes a task the moment it is spawned, and sent a batch of the one call that spawned it,
-    // a task spawned per decision for nothing. `cargo bench --bench rampart --all-features --
-    // redis_paired`, its `tasks/` rows (each caller a task of its own on two workers, as a
-    // server's requests), two runs each: without the yield 1.00 decision a script call and
-    // 0.63 / 0.65 of throttle-kit's rate at 16 in flight, 0.56 / 0.59 at 64; with it 1.14 / 1.09
-    // and 1.22 / 1.24 (a second yield gained nothing).
+    // Yields once first. Spawned from a caller on a worker, this task is the worker's next: it ran
+    // as soon as that caller was pending, before any other caller ready then, and sent a batch of
+    // that one decision, paying for a spawned task per decision (each caller on a task of its
+    // own, as a server's requests). Yielded, it runs again once the worker has polled the tasks
+    // ready now, or at its periodic check (tokio's `yield_now`: deferred until the worker parks,
+    // or after the tasks its event interval allows, 61 by default), so a queued decision can wait
+    // that long on a busy worker before its batch leaves. `cargo bench --bench rampart
+    // --all-features -- redis_paired`, its `tasks/` rows (two workers), two runs each: without
+    // the yield 1.00 decision a script call and 0.63 / 0.65 of throttle-kit's rate at 16 in
+    // flight, 0.56 / 0.59 at 64; with it 1.14 / 1.09 and 1.22 / 1.24 (a second yield gained
+    // nothing).
     tokio::task::yield_now().await;
     let batches: Vec<Pending> = {
         let mut state = scheduled.batcher.state();
@@ -330,9 +334,9 @@ impl Conn {
         let gives_up_at = started.saturating_add(duration_to_nanos(timeout));
         let (waiting, schedule, runtime) = {
             let mut state = batcher.state();
-            let may_wait = batcher.enabled
-                && matches!(self.line().handle, Handle::Single(_))
-                && (state.in_flight > 0 || !state.queues.is_empty());
+            let may_wait = (state.in_flight > 0 || !state.queues.is_empty())
+                && batcher.enabled
+                && matches!(self.line().handle, Handle::Single(_));
             // Looked up only for a call that may wait (a reference count taken and given back).
             // With nothing on its way, a queue of another runtime's (one that has stalled, say)
             // is not this call's to join: it goes alone.
@@ -393,12 +397,13 @@ impl Conn {
             return self.finish(result, timeout, generation);
         };
         let (result, generation) = match deadline::until(due, waiting).await {
+            // Run too late, with no time left to send it again: late on the batch's connection.
+            Ok(Ok((Err(e), generation)))
+                if e.code() == Some(LATE) && tokio::time::Instant::now() >= due =>
+            {
+                (Err(Late), generation)
+            }
             Ok(Ok((Err(e), _))) if e.code() == Some(LATE) => {
-                if tokio::time::Instant::now() >= due {
-                    // Redis answered, and no time is left to send it again.
-                    self.took(started);
-                    return Err(self.not_made(timeout, "redis ran its batch too late"));
-                }
                 // Run after its deadline by the estimate of Redis's clock, yet answered in time:
                 // the estimate is corrected (`send_batch`), and the call goes again, alone.
                 self.fenced(batcher.single, &[key], args, start, started, timeout)
@@ -419,22 +424,23 @@ impl Conn {
             // the caller's own timer answered first. Redis kept it waiting only if it went.
             Ok(Err(_)) | Err(Late) => match sent.went(gives_up_at) {
                 Some(generation) => (Err(Late), generation),
-                None => {
-                    self.took(started);
-                    return Err(self.not_made(timeout, "its batch was not sent to redis in time"));
-                }
+                // Not sent: nothing for the call-time histogram either.
+                None => return Err(self.not_sent(timeout)),
             },
         };
         self.took(started);
         self.finish(result, timeout, generation)
     }
 
-    /// The timeout of a decision Redis did not keep waiting (`why`): not counted against the
-    /// connection, which a silent Redis's timeouts are.
-    fn not_made(&self, timeout: Duration, why: &str) -> BackendError {
+    /// The timeout of a decision whose batch never left: not counted against the connection,
+    /// which a silent Redis's timeouts are.
+    fn not_sent(&self, timeout: Duration) -> BackendError {
         let error = BackendError::with_kind(
             ErrorKind::Timeout,
-            format!("the rate limit decision was not made within {timeout:?}: {why}"),
+            format!(
+                "the rate limit decision was not made within {timeout:?}: its batch was not sent \
+                 to redis in time"
+            ),
             None,
         );
         #[cfg(feature = "metrics")]

@@ -237,29 +237,36 @@ impl Rows {
     }
 
     /// `keys`' callers each on a task of its own, deciding one after another through `row` for
-    /// `slice`, as a server's requests do (each on its task); the decisions made.
-    async fn tasks(self: &Arc<Self>, row: Row, keys: &Arc<Keys>, slice: Duration) -> u64 {
+    /// `slice`, as a server's requests do (each on its task); the decisions made, and each one's
+    /// time from its call to its answer (µs).
+    async fn tasks(
+        self: &Arc<Self>,
+        row: Row,
+        keys: &Arc<Keys>,
+        slice: Duration,
+    ) -> (u64, Vec<u32>) {
         let stop = Arc::new(AtomicBool::new(false));
         let callers: Vec<_> = (0..keys.n)
             .map(|i| {
                 let (rows, keys, stop) = (Arc::clone(self), Arc::clone(keys), Arc::clone(&stop));
                 tokio::spawn(async move {
-                    let mut done = 0u64;
+                    let mut took = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
+                        let at = std::time::Instant::now();
                         rows.one(row, &keys, i).await;
-                        done += 1;
+                        took.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
                     }
-                    done
+                    took
                 })
             })
             .collect();
         tokio::time::sleep(slice).await;
         stop.store(true, Ordering::Relaxed);
-        let mut done = 0;
+        let mut took = Vec::new();
         for caller in callers {
-            done += caller.await.expect("a caller task panicked");
+            took.extend(caller.await.expect("a caller task panicked"));
         }
-        done
+        (took.len() as u64, took)
     }
 
     /// One decision for each of `keys`' callers at once, through `row`.
@@ -300,7 +307,8 @@ impl Rows {
 /// decisions cost this process (its threads' `schedstat`) and the server (`INFO cpu`), which the
 /// machine's load moves less than the rates. Each count of callers runs as waves (one task makes
 /// n decisions at once and waits for them all, as the criterion group's rows), and 16 and 64 also
-/// as tasks (`tasks/` rows: n tasks each deciding one after another, as a server's requests).
+/// as tasks (`tasks/` rows: n tasks each deciding one after another, as a server's requests;
+/// they also print each decision's time from call to answer, p50 and p99).
 /// Not a criterion group: it prints its own figures,
 /// and runs only when the filter names it (`cargo bench --bench rampart --all-features --
 /// redis_paired`).
@@ -337,26 +345,33 @@ pub(crate) fn paired(_c: &mut Criterion) {
         let mut rates = vec![Vec::with_capacity(rounds); ROWS.len()];
         // Per row: decisions, and the CPU time (s) this process and the server spent on them.
         let mut cpu = [(0u64, 0f64, 0f64); ROWS.len()];
+        // Per row: each decision's time from call to answer (µs), in the `tasks/` rows.
+        let mut latencies = vec![Vec::new(); ROWS.len()];
         for round in 0..=rounds {
             for i in 0..ROWS.len() {
                 let r = (round + i) % ROWS.len();
                 let (ours, theirs) = (client_cpu(), server_cpu(&server));
-                let (rate, done) = rt.block_on(async {
+                let (rate, done, took) = rt.block_on(async {
                     let start = std::time::Instant::now();
-                    let mut done = 0u64;
+                    let (mut done, mut took) = (0u64, Vec::new());
                     if mode.is_empty() {
                         while start.elapsed() < slice {
                             rows.wave(ROWS[r], &keys).await;
                             done += u64::from(n);
                         }
                     } else {
-                        done = rows.tasks(ROWS[r], &keys, slice).await;
+                        (done, took) = rows.tasks(ROWS[r], &keys, slice).await;
                     }
-                    (done as f64 / start.elapsed().as_secs_f64() / 1_000.0, done)
+                    (
+                        done as f64 / start.elapsed().as_secs_f64() / 1_000.0,
+                        done,
+                        took,
+                    )
                 });
                 // The first round warms every row up.
                 if round > 0 {
                     rates[r].push(rate);
+                    latencies[r].extend(took);
                     cpu[r].0 += done;
                     cpu[r].1 += client_cpu() - ours;
                     cpu[r].2 += server_cpu(&server) - theirs;
@@ -381,6 +396,24 @@ pub(crate) fn paired(_c: &mut Criterion) {
             "redis_paired/{mode}{n}: CPU us per decision, this process + redis-server: {}",
             line.join(", ")
         );
+        if !mode.is_empty() {
+            let line: Vec<String> = ROWS
+                .iter()
+                .zip(&mut latencies)
+                .map(|(row, took)| {
+                    took.sort_unstable();
+                    let at = |q: f64| took.get(((took.len().max(1) - 1) as f64 * q) as usize);
+                    match (at(0.5), at(0.99)) {
+                        (Some(p50), Some(p99)) => format!("{} {p50} / {p99}", row.name()),
+                        _ => format!("{} -", row.name()),
+                    }
+                })
+                .collect();
+            println!(
+                "redis_paired/{mode}{n}: µs from call to answer, p50 / p99: {}",
+                line.join(", ")
+            );
+        }
         for (other, name) in [(3, "throttle_kit"), (0, "raw_evalsha")] {
             let ratios: Vec<f64> = rates[1]
                 .iter()

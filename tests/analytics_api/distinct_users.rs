@@ -130,8 +130,7 @@ async fn the_memory_sketch_counts_as_redis_pfcount_does() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = server.connection().await;
     // Ids across the whole u64 range (every digit count), not just 0..n.
     let id = |i: u64| match i {
         0 => u64::MAX,

@@ -132,11 +132,7 @@ async fn known_keys_are_limited_at_their_tier_on_redis_shared_by_instances() {
     let b = start_on(TIERED, redis_storage(&server)).await;
     known_keys_are_limited_at_their_tier(&a, &b).await;
     // Redis holds the key's state under its digest only.
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.connection().await;
     let names: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query_async(&mut conn)
@@ -187,11 +183,7 @@ async fn no_key_and_unknown_keys_are_limited_per_ip_on_redis_with_no_state_per_k
     let app = start_on(TIERED, redis_storage(&server)).await;
     anything_else_is_limited_per_ip(&app).await;
     // Two addresses, two limiter entries: the six invented keys made none.
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.connection().await;
     let mut names: Vec<String> = redis::cmd("KEYS")
         .arg("analytics:rl:*")
         .query_async(&mut conn)

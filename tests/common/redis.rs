@@ -154,6 +154,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// A connection of the test's own to the server (for commands the code under test does not
+    /// send: seeding, inspecting, breaking).
+    pub async fn connection(&self) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(self.url())
+            .expect("a valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis-server")
+    }
+
     /// Whether the server is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

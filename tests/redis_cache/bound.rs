@@ -221,11 +221,7 @@ fn a_flood_of_distinct_keys_stays_within_max_bytes() {
             let prefix = unique_prefix("bound");
             let (mut svc, store, _handle, calls) =
                 layer(&server.url(), &prefix, MAX_BYTES, SLOTS, 2_000).await;
-            let mut con = redis::Client::open(server.url())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let mut con = server.connection().await;
             let key = |i: usize| format!("GET /api/summary?r={i:016x}");
             let mut answers = Vec::new();
             for i in 0..FLOOD {
@@ -339,11 +335,7 @@ fn expiry_invalidation_overwrites_and_corruption_keep_the_count() {
             let prefix = unique_prefix("count");
             let (_svc, store, _handle, _calls) =
                 layer(&server.url(), &prefix, 64 * 1024, 1, 0).await;
-            let mut con = redis::Client::open(server.url())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let mut con = server.connection().await;
             let head = slot_head(&prefix, "bounded", 0);
             let records = |views: &[SlotView]| -> BTreeSet<String> {
                 views[0]

@@ -78,8 +78,7 @@ fn bytes_that_are_not_an_entry_are_a_counted_miss() {
                 Config::default(),
                 &up,
             );
-            let client = redis::Client::open(server.url()).unwrap();
-            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let mut con = server.connection().await;
             let name = r.store.redis_key(&CacheKey::from("k"));
             let cases: [(&str, &[u8]); 4] = [
                 ("garbage", b"hello, I am not a cache entry"),

@@ -230,8 +230,7 @@ async fn the_lock_answers_only_a_fresh_entry_and_never_to_a_forced_refresh() {
     unlock("k", token).await;
 
     // Bytes that look fresh to the script but do not decode: the lock is taken.
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = server.connection().await;
     let name = r.store.redis_key(&CacheKey::from("bad"));
     let (): () = redis::cmd("SET")
         .arg(&name)

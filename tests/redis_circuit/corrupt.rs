@@ -283,8 +283,7 @@ async fn a_time_slice_that_cannot_be_incremented_is_refused_before_the_old_slice
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = server.connection().await;
     // Slices of 30 minutes; the window's oldest slice counted is 2 before the current one, so a
     // sync first deletes that slice (3 calls, 1 failure) and takes it off the totals, then
     // increments the current slice's fields (HINCRBY: whole numbers in Redis's own form only).
@@ -356,8 +355,7 @@ async fn an_end_of_a_wait_beyond_the_longest_the_script_writes_is_refused() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = server.connection().await;
     let max_wait: u64 = 1 << 52;
     let now = redis_now(&mut con).await;
     // A day beyond the bound (a failover may set Redis TIME back a little, never days): refused.
@@ -407,8 +405,7 @@ async fn a_lease_of_permits_beyond_the_longest_the_script_writes_is_refused() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = server.connection().await;
     let day: u64 = 86_400_000_000;
     let now = redis_now(&mut con).await;
     let half_open = |key: &str, extra: &str| {

@@ -192,8 +192,7 @@ async fn a_decision_that_fails_in_a_batch_fails_alone() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
         let backend = connect(&server.url())
             .await
@@ -345,8 +344,7 @@ async fn a_malformed_batch_writes_nothing() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     // The batch form of the GCRA script as the store sends it, for keys a and b: a first decision
     // well formed, then a second whose count runs past the arguments, or one that repeats the
     // first's arguments ("=") without its deadline; and a first decision that repeats ("=") a
@@ -403,8 +401,7 @@ async fn a_decision_repeating_the_previous_ones_arguments_keeps_its_own_deadline
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     let source = tower_rampart::backend::redis::batch_script_source(Algorithm::Gcra);
     // An emission interval of 1 s, a burst of 2: keys a and c admitted with 1 unit left; b's
     // deadline (1 us after the epoch) long past.
@@ -464,8 +461,7 @@ async fn a_batch_answers_late_a_decision_due_within_its_run() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     let source = tower_rampart::backend::redis::batch_script_source(Algorithm::Gcra);
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut raw).await.unwrap();
     let now_us = secs * 1_000_000 + micros;
@@ -526,8 +522,7 @@ async fn a_write_redis_refuses_mid_batch_fails_that_decision_only() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     let backend = connect(&server.url())
         .await
         .failure_policy(FailurePolicy::Closed)
@@ -590,8 +585,7 @@ fn damaged_keys_repaired_inside_a_batch_are_decided_as_fresh() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let client = redis::Client::open(server.url()).unwrap();
-            let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+            let mut raw = server.connection().await;
             for (algorithm, name) in [
                 (Algorithm::Gcra, "repaired-gcra"),
                 (Algorithm::SlidingWindow, "repaired-sw"),

@@ -92,8 +92,7 @@ fn unreadable_data_is_repaired_by_default() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let client = redis::Client::open(server.url()).unwrap();
-            let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+            let mut raw = server.connection().await;
             for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
                 // Closed: the decisions below are Redis's, or the test would see errors.
                 let redis = RedisBackend::connect(&server.url())
@@ -195,8 +194,7 @@ fn without_repair_unreadable_data_is_a_counted_error_handled_by_the_failure_poli
             .build()
             .unwrap();
         rt.block_on(async {
-            let client = redis::Client::open(server.url()).unwrap();
-            let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+            let mut raw = server.connection().await;
             for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
                 for policy in [
                     FailurePolicy::Closed,
@@ -314,8 +312,7 @@ async fn an_arrival_time_beyond_any_quota_is_repaired() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     let redis = RedisBackend::connect(&server.url())
         .await
         .unwrap()
@@ -365,8 +362,7 @@ async fn states_past_what_any_quota_allows_are_read_within_one_second_for_clocks
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     let redis = RedisBackend::connect(&server.url())
         .await
         .unwrap()

@@ -106,8 +106,7 @@ async fn rig(
     what: &str,
     backend: impl FnOnce(RedisBackend) -> RedisBackend,
 ) -> Rig<impl KeyExtractor<Key = u32>> {
-    let client = redis::Client::open(server.url()).unwrap();
-    let raw = client.get_multiplexed_async_connection().await.unwrap();
+    let raw = server.connection().await;
     let prefix = unique_prefix(what);
     let backend = backend(connect(&server.url()).await.prefix(prefix.clone()));
     Rig {
@@ -380,8 +379,7 @@ async fn leases_carve_from_the_own_entry_of_a_packed_value() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = server.connection().await;
     // Leases live at least twice the timeout (1 s by default).
     let backend = connect(&server.url())
         .await

@@ -16,8 +16,7 @@ struct Raw {
 
 impl Raw {
     async fn new(server: &RedisServer) -> Self {
-        let client = redis::Client::open(server.url()).unwrap();
-        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let mut con = server.connection().await;
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(script_source(Algorithm::Gcra))

@@ -60,6 +60,16 @@ mod macros;
     not(any(
         feature = "rate-limit",
         feature = "circuit-breaker",
+        feature = "cache",
+        feature = "memory"
+    )),
+    allow(dead_code)
+)]
+mod hash;
+#[cfg_attr(
+    not(any(
+        feature = "rate-limit",
+        feature = "circuit-breaker",
         feature = "retry",
         feature = "cache"
     )),

@@ -98,12 +98,12 @@ impl Flight {
     }
 }
 
-type Shard = Mutex<HashMap<CacheKey, Arc<Flight>, foldhash::fast::RandomState>>;
+type Shard = Mutex<HashMap<CacheKey, Arc<Flight>, crate::hash::RandomState>>;
 
 /// The flights in progress, by key.
 pub(crate) struct Flights {
     shards: Box<[Shard]>,
-    hasher: foldhash::fast::RandomState,
+    hasher: crate::hash::RandomState,
 }
 
 impl std::fmt::Debug for Flights {
@@ -124,14 +124,14 @@ impl Flights {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: crate::hash::RandomState::default(),
         })
     }
 
     fn shard(
         &self,
         key: &CacheKey,
-    ) -> MutexGuard<'_, HashMap<CacheKey, Arc<Flight>, foldhash::fast::RandomState>> {
+    ) -> MutexGuard<'_, HashMap<CacheKey, Arc<Flight>, crate::hash::RandomState>> {
         let i = (self.hasher.hash_one(key) >> 48) as usize % SHARDS;
         self.shards[i]
             .lock()

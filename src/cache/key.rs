@@ -63,7 +63,7 @@ pub struct CacheKey {
 /// The per-process hasher of key bytes.
 pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     use std::hash::BuildHasher;
-    static STATE: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    static STATE: std::sync::OnceLock<crate::hash::RandomState> = std::sync::OnceLock::new();
     STATE.get_or_init(Default::default).hash_one(bytes)
 }
 

@@ -36,7 +36,7 @@ pub(crate) struct CircuitMap<K> {
     shard_mask: u64,
     /// The most circuits one shard holds.
     cap: usize,
-    hasher: foldhash::fast::RandomState,
+    hasher: crate::hash::RandomState,
     cfg: Config,
     hooks: Hooks,
     label: Label<K>,
@@ -69,7 +69,7 @@ impl<K: Hash + Eq + Clone> CircuitMap<K> {
                 .collect(),
             shard_mask: shard_count as u64 - 1,
             cap,
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: crate::hash::RandomState::default(),
             cfg,
             hooks,
             label,
@@ -87,7 +87,7 @@ impl<K: Hash + Eq + Clone> CircuitMap<K> {
 
     #[inline]
     fn shard(&self, hash: u64) -> &Shard<K> {
-        &self.shards[((hash >> 32) & self.shard_mask) as usize]
+        &self.shards[crate::hash::shard(hash, self.shard_mask)]
     }
 
     /// The circuit of `key`, if it has one.

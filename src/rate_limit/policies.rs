@@ -15,7 +15,7 @@ use super::limit::LimitSet;
 use crate::rejection::Rejection;
 use crate::throttle::LogThrottle;
 
-type Hasher = foldhash::fast::RandomState;
+type Hasher = crate::hash::RandomState;
 
 /// A resolver from a key to the name of its tier (see
 /// [`RateLimitBuilder::tier_of`](super::RateLimitBuilder::tier_of)).

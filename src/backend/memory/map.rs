@@ -53,7 +53,7 @@ struct ShardState<K, V> {
 
 pub(crate) struct BoundedMap<K, V> {
     shards: Box<[Shard<K, V>]>,
-    hasher: foldhash::fast::RandomState,
+    hasher: crate::hash::RandomState,
     shard_mask: u64,
 }
 
@@ -88,7 +88,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
             .collect();
         Self {
             shards,
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: crate::hash::RandomState::default(),
             shard_mask: shard_count as u64 - 1,
         }
     }
@@ -119,7 +119,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     {
         let hash = self.hasher.hash_one(key);
         // hashbrown uses the low bits for the bucket and the top 7 for tags: take the shard from the middle.
-        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        let shard = &self.shards[crate::hash::shard(hash, self.shard_mask)];
         {
             let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
             if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key) {
@@ -201,7 +201,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         K: Clone,
     {
         let hash = self.hasher.hash_one(key);
-        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        let shard = &self.shards[crate::hash::shard(hash, self.shard_mask)];
         {
             let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
             if let Some((_, v)) = state.table.find(hash, |(k, _)| k == key)
@@ -258,7 +258,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
         grow: impl FnOnce(&mut V),
     ) -> R {
         let hash = self.hasher.hash_one(key);
-        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        let shard = &self.shards[crate::hash::shard(hash, self.shard_mask)];
         {
             let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
             match state.table.find(hash, |(k, _)| k == key) {
@@ -293,7 +293,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     #[inline]
     pub(crate) fn get<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
-        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        let shard = &self.shards[crate::hash::shard(hash, self.shard_mask)];
         let state = shard.lock.read().unwrap_or_else(PoisonError::into_inner);
         state.table.find(hash, |(k, _)| k == key).map(|(_, v)| f(v))
     }
@@ -302,7 +302,7 @@ impl<K: Hash + Eq, V: Expiring> BoundedMap<K, V> {
     fn make_room(
         state: &mut ShardState<K, V>,
         cap: usize,
-        hasher: &foldhash::fast::RandomState,
+        hasher: &crate::hash::RandomState,
         cx: &V::Context,
         now: Nanos,
     ) {

@@ -174,7 +174,7 @@ impl<V> MemoryCacheStore<V> {
     /// and the top seven for its tags).
     #[inline]
     fn shard_of(&self, key: &CacheKey) -> usize {
-        ((key.hash_code() >> 32) & self.shard_mask) as usize
+        crate::hash::shard(key.hash_code(), self.shard_mask)
     }
 
     /// Bytes held: entries (their values' weights, keys and headers) and the tables that hold

@@ -26,6 +26,9 @@ mod config;
 #[path = "../examples/analytics_api/dashboard.rs"]
 #[allow(dead_code)]
 mod dashboard;
+#[path = "../examples/common/deadline.rs"]
+#[allow(dead_code)]
+mod deadline;
 #[path = "../examples/analytics_api/dependency.rs"]
 #[allow(dead_code)]
 mod dependency;

@@ -42,6 +42,8 @@
 mod app;
 mod config;
 mod dashboard;
+#[path = "../common/deadline.rs"]
+mod deadline;
 mod dependency;
 mod docs;
 mod errors;

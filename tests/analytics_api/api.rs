@@ -471,3 +471,59 @@ async fn summaries_are_cached_and_a_new_metric_makes_its_type_fresh() {
     let b = app.send("GET", "/api/v1/sensors/type-breakdown", &[]).await;
     assert_eq!(b.headers["x-cache"], "HIT");
 }
+
+/// The request timeout (`REQUEST_TIMEOUT_SECONDS`) cuts off a client that sends part of its body
+/// and stalls: a 408 in the one error shape, within a bounded time, and nothing stored. (A write
+/// already begun is not cut off: `examples/common/deadline.rs`'s tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_stalled_past_the_request_timeout_is_a_408_and_nothing_is_stored() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = start(&[("REQUEST_TIMEOUT_SECONDS", "1")]).await;
+    let body = metric(1.0);
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Read until the error's code has come, or the server closes (bounded: 5 s).
+    while !String::from_utf8_lossy(&answer).contains("REQUEST_TIMEOUT") {
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+            .await
+            .expect("no answer within 5 s of a 1 s request timeout")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"REQUEST_TIMEOUT\""), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // The rest of the body, late, stores nothing either.
+    let _ = slow.write_all(&body.as_bytes()[body.len() / 2..]).await;
+    assert_eq!(
+        app.send("GET", "/api/metrics/list?type=cpu_usage", &[])
+            .await
+            .headers["x-total-count"],
+        "0"
+    );
+    // A request in time is stored as always.
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(2.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}

@@ -13,6 +13,8 @@ mod config;
 #[path = "../../examples/analytics_api/dashboard.rs"]
 #[allow(dead_code)]
 mod dashboard;
+#[path = "../../examples/common/deadline.rs"]
+mod deadline;
 #[path = "../../examples/analytics_api/dependency.rs"]
 #[allow(dead_code)]
 mod dependency;

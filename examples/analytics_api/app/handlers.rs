@@ -98,8 +98,11 @@ pub(crate) fn iso(t: DateTime<Utc>) -> String {
 
 pub(super) async fn submit_metric(
     State(state): State<AppState>,
+    commit: Option<Extension<Commit>>,
     Extension(metric): Extension<Metric>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // From here the answer is the write's (201 stored, 503 not), whatever the request timeout.
+    begin_write(&commit);
     let forgotten = state.storage.add_metric(&metric).await?;
     // The next summary of this type, and of any whose oldest metrics made room, is computed
     // afresh, whatever its TTL.
@@ -267,6 +270,7 @@ pub(super) async fn metric_summary(
 
 pub(super) async fn submit_event(
     State(state): State<AppState>,
+    commit: Option<Extension<Commit>>,
     Extension(event): Extension<Event>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let record = EventRecord {
@@ -276,6 +280,7 @@ pub(super) async fn submit_event(
             .platform
             .unwrap_or_else(|| UNKNOWN_PLATFORM.to_owned()),
     };
+    begin_write(&commit);
     state.storage.record_event(&record, state.now()).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "received" }))))
 }

@@ -22,7 +22,6 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tower_rampart::cache::{CacheHandle, CacheLayer};
 use tower_rampart::circuit_breaker::CircuitHandle;
@@ -33,6 +32,7 @@ use tower_rampart::rejection::RejectionKind;
 
 use crate::config::Config;
 use crate::dashboard::{self, Dataset};
+use crate::deadline::{Commit, DeadlineLayer};
 use crate::dependency::{self, ExternalClient, FailureRate};
 use crate::errors::{self, ApiError, FieldError};
 use crate::external;
@@ -357,16 +357,28 @@ pub(crate) fn build(
                 .layer(ObserveLayer {
                     state: state.clone(),
                 })
-                // The router's 404 and 405, the body limit's 413 and the timeout's 408 in the one
+                // The router's 404 and 405, the body limit's 413 and the deadline's 408 in the one
                 // error shape.
                 .map_response(errors::json_errors)
                 .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    config.request_timeout,
-                )),
+                // The request timeout, which no longer cuts off a write once begun: a 408 means
+                // nothing was stored (see `deadline`).
+                .layer(DeadlineLayer::new(config.request_timeout, timed_out)),
         );
     Ok((router, state))
+}
+
+/// The deadline's answer: an empty 408, which `errors::json_errors` gives the one error shape.
+fn timed_out() -> Response {
+    StatusCode::REQUEST_TIMEOUT.into_response()
+}
+
+/// Marks the request committed to its write, when it runs under the deadline (the bench's bare
+/// router has none).
+fn begin_write(commit: &Option<Extension<Commit>>) {
+    if let Some(Extension(commit)) = commit {
+        commit.begin();
+    }
 }
 
 /// The two routes the HTTP bench drives (`POST /event`, `GET /api/metrics/summary`) with the same

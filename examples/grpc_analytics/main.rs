@@ -26,6 +26,9 @@
 #[path = "../analytics_api/config.rs"]
 #[allow(dead_code)]
 mod config;
+#[path = "../common/deadline.rs"]
+#[allow(dead_code)]
+mod deadline;
 #[path = "../analytics_api/dependency.rs"]
 #[allow(dead_code)]
 mod dependency;

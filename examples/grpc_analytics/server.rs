@@ -18,6 +18,7 @@ use tower_rampart::key::{ClientIp, ExtractKey, key_fn};
 use tower_rampart::rate_limit::{Quota, RateLimitLayer};
 
 use crate::config::Config;
+use crate::deadline::{Commit, DeadlineLayer};
 use crate::dependency::{self, ExternalClient};
 use crate::pb;
 use crate::pb::analytics_service_server::{AnalyticsService, AnalyticsServiceServer};
@@ -184,6 +185,31 @@ impl std::fmt::Debug for Analytics {
     }
 }
 
+/// The deadline's answer.
+fn timed_out() -> http::Response<tonic::body::Body> {
+    Status::deadline_exceeded("the call took longer than its timeout").into_http()
+}
+
+/// A call's own `grpc-timeout` (at most eight digits and a unit, as gRPC over HTTP/2 writes it),
+/// if it is well formed.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn unavailable(e: StorageError) -> Status {
     // The cause is logged, not answered: a client learns nothing of how the service is deployed.
     tracing::warn!(error = %e, "storage failed; answering UNAVAILABLE");
@@ -256,9 +282,14 @@ impl AnalyticsService for Analytics {
         request: Request<pb::SubmitMetricRequest>,
     ) -> Result<Response<pb::SubmitMetricResponse>, Status> {
         let client = client_of(&self.client_ip, &request);
+        let commit = request.extensions().get::<Commit>().cloned();
         let metric = from_pb(request.into_inner().metric)?;
         // Checked first: an invalid call spends no quota.
         admit(&self.metrics_limit, client).await?;
+        // From here the answer is the write's, whatever the timeout.
+        if let Some(commit) = commit {
+            commit.begin();
+        }
         let forgotten = self
             .storage
             .add_metric(&metric)
@@ -340,6 +371,7 @@ impl AnalyticsService for Analytics {
         request: Request<pb::SubmitEventRequest>,
     ) -> Result<Response<pb::SubmitEventResponse>, Status> {
         let client = client_of(&self.client_ip, &request);
+        let commit = request.extensions().get::<Commit>().cloned();
         let req = request.into_inner();
         require_type(&req.event_type, "event_type")?;
         let platform = if req.platform.is_empty() {
@@ -355,6 +387,9 @@ impl AnalyticsService for Analytics {
             event_type: req.event_type,
             platform,
         };
+        if let Some(commit) = commit {
+            commit.begin();
+        }
         self.storage
             .record_event(&record, Utc::now())
             .await
@@ -484,7 +519,9 @@ pub(crate) async fn serve(
         let _ = stopping.send(());
     };
     let server = tonic::transport::Server::builder()
-        .timeout(config.request_timeout)
+        // The request timeout (and a call's shorter `grpc-timeout`), which no longer cuts off a
+        // write once begun: `DEADLINE_EXCEEDED` means nothing was stored (see `deadline`).
+        .layer(DeadlineLayer::new(config.request_timeout, timed_out).asked_by(grpc_timeout))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(server_limits.header_read_timeout))
         .max_concurrent_streams(server_limits.max_streams_per_connection)
@@ -686,4 +723,28 @@ pub(crate) fn analytics(
         events_limit,
         client_ip: ClientIp::new().trusted_proxies(&config.trusted_proxies),
     })
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_grpc_timeout_is_read_as_grpc_writes_it_and_anything_else_ignored() {
+        let of = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(of("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(of("3H"), Some(Duration::from_secs(3 * 3600)));
+        assert_eq!(of("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(of("7M"), Some(Duration::from_secs(420)));
+        assert_eq!(of("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "S", "123456789S", "1.5S", "-1S", "10", "10s", "1 S"] {
+            assert_eq!(of(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
 }

@@ -6,6 +6,9 @@ mod common;
 #[path = "../../examples/analytics_api/config.rs"]
 #[allow(dead_code)]
 mod config;
+#[path = "../../examples/common/deadline.rs"]
+#[allow(dead_code)]
+mod deadline;
 #[path = "../../examples/analytics_api/dependency.rs"]
 #[allow(dead_code)]
 mod dependency;

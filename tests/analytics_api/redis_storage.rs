@@ -525,6 +525,58 @@ async fn a_write_answered_503_is_never_stored() {
     assert_eq!(s["count"], 1, "only the acknowledged write is stored: {s}");
 }
 
+/// A write whose acknowledgement was still on its way back when the request timed out was
+/// answered 408 though Redis had stored it (tower-http's timeout dropped the handler mid-write),
+/// and a client that retried the 408 stored it twice. The request timeout stops at a begun write
+/// now: the client gets the write's own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_after_the_request_timeout_is_answered_for_itself() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
+    let storage = Arc::new(Storage::Redis(
+        RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
+    ));
+    let app = start_on(
+        &[
+            ("REQUEST_TIMEOUT_SECONDS", "1"),
+            ("RATE_LIMIT_REQUESTS", "1000"),
+        ],
+        storage,
+    )
+    .await;
+    // A first write: the backend learns Redis's clock, which fences its writes.
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    // The write of this value runs in Redis; its answer (and every later one) is held for 1.8 s,
+    // past the 1 s request timeout.
+    proxy.hold_replies_after(b"271828");
+    let started = std::time::Instant::now();
+    let (r, ()) = tokio::join!(
+        app.send_body("POST", "/api/metrics", &[JSON], metric(271_828.0)),
+        async {
+            tokio::time::sleep(Duration::from_millis(1800)).await;
+            proxy.forward();
+        }
+    );
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::CREATED, "after {took:?}: {}", r.body);
+    assert!(took >= Duration::from_millis(1800), "{took:?}");
+    let s = app
+        .send(
+            "GET",
+            "/api/metrics/summary?type=cpu_usage",
+            &[("cache-control", "no-cache")],
+        )
+        .await
+        .json();
+    assert_eq!(s["count"], 2, "the acknowledged write is stored, once: {s}");
+}
+
 /// #17: the cached sensor breakdown was keyed by the raw query string, so junk query strings each
 /// made an entry (and index members) in Redis. It reads no parameter, and now has one entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,10 @@
 //! - [`freeze`](FaultProxy::freeze): every connection open now goes silent for ever (bytes either
 //!   way are read and dropped, and the proxy never closes it); connections opened later forward
 //!   (a dropped NAT or conntrack entry, a VIP failover: no RST, no FIN);
-//! - [`reset`](FaultProxy::reset): every connection open now is closed with a RST.
+//! - [`reset`](FaultProxy::reset): every connection open now is closed with a RST;
+//! - [`hold_replies_after`](FaultProxy::hold_replies_after): the client's bytes that hold a
+//!   pattern reach the server, and from then on every byte the server sends back is held until
+//!   [`forward`](FaultProxy::forward) (a command that ran, whose answer is slow to come back).
 //!
 //! It counts connections accepted and open (a connection stays open until its client closes it,
 //! frozen or not), so tests can prove that nothing leaks. Runs on the current Tokio runtime; its
@@ -38,6 +41,8 @@ struct Control {
     /// their bytes.
     hold_epoch: u64,
     held: bool,
+    /// Server-to-client bytes are held (set by a `hold_replies_after` pattern seen).
+    replies_held: bool,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +56,7 @@ struct Counts {
 pub struct FaultProxy {
     addr: SocketAddr,
     control: watch::Sender<Control>,
+    trigger: Trigger,
     counts: Arc<Counts>,
     tasks: JoinSet<()>,
 }
@@ -64,16 +70,19 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap();
         let (control, _) = watch::channel(Control::default());
         let counts = Arc::new(Counts::default());
+        let trigger = Trigger::default();
         let mut tasks = JoinSet::new();
         tasks.spawn(accept(
             listener,
             target,
             control.clone(),
             Arc::clone(&counts),
+            trigger.clone(),
         ));
         Self {
             addr,
             control,
+            trigger,
             counts,
             tasks,
         }
@@ -96,10 +105,22 @@ impl FaultProxy {
 
     /// Lets bytes flow again (held bytes are delivered). Frozen connections stay frozen.
     pub fn forward(&self) {
+        *self.trigger.lock().unwrap() = None;
         self.control.send_modify(|c| {
             c.paused = false;
             c.held = false;
+            c.replies_held = false;
         });
+    }
+
+    /// The next bytes from a client that hold `pattern` (within one read) go to the server; from
+    /// then on, every byte any server sends back is held until [`forward`](Self::forward).
+    pub fn hold_replies_after(&self, pattern: &[u8]) {
+        assert!(
+            !pattern.is_empty(),
+            "an empty pattern would match everything"
+        );
+        *self.trigger.lock().unwrap() = Some(pattern.to_vec());
     }
 
     /// Holds every byte on the connections open now until [`forward`](Self::forward); new ones
@@ -143,6 +164,9 @@ impl Drop for FaultProxy {
     }
 }
 
+/// The pattern that holds the replies once a client sends it (shared by every connection).
+type Trigger = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
 /// Decrements the open count when a connection's task ends, however it ends.
 struct OpenGuard(Arc<Counts>);
 
@@ -157,6 +181,7 @@ async fn accept(
     target: SocketAddr,
     control: watch::Sender<Control>,
     counts: Arc<Counts>,
+    trigger: Trigger,
 ) {
     // Connection tasks live in this set, so that aborting this task (the proxy dropped) ends them.
     let mut connections = JoinSet::new();
@@ -168,7 +193,8 @@ async fn accept(
                 counts.open.fetch_add(1, Ordering::SeqCst);
                 let guard = OpenGuard(Arc::clone(&counts));
                 let rx = control.subscribe();
-                connections.spawn(connection(client, target, rx, guard));
+                let up = Some((trigger.clone(), control.clone()));
+                connections.spawn(connection(client, target, rx, guard, up));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -188,6 +214,7 @@ async fn connection(
     target: SocketAddr,
     mut rx: watch::Receiver<Control>,
     _guard: OpenGuard,
+    trigger: Option<(Trigger, watch::Sender<Control>)>,
 ) {
     let born = *rx.borrow_and_update();
     let Ok(mut server) = TcpStream::connect(target).await else {
@@ -197,8 +224,14 @@ async fn connection(
     let (end, server_closed) = {
         let (mut client_read, mut client_write) = client.split();
         let (mut server_read, mut server_write) = server.split();
-        let up = pump(&mut client_read, &mut server_write, rx.clone(), born);
-        let down = pump(&mut server_read, &mut client_write, rx.clone(), born);
+        let up = pump(
+            &mut client_read,
+            &mut server_write,
+            rx.clone(),
+            born,
+            trigger,
+        );
+        let down = pump(&mut server_read, &mut client_write, rx.clone(), born, None);
         tokio::select! {
             end = up => (end, false),
             end = down => (end, true),
@@ -246,12 +279,14 @@ async fn wait_reset_or_eof(
     }
 }
 
-/// Copies `from` to `to`, holding bytes while paused and dropping them once frozen.
+/// Copies `from` to `to`, holding bytes while paused and dropping them once frozen. The
+/// client-to-server pump has the trigger (`up`); the other holds while replies are held.
 async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
     mut rx: watch::Receiver<Control>,
     born: Control,
+    up: Option<(Trigger, watch::Sender<Control>)>,
 ) -> End
 where
     R: AsyncReadExt + Unpin,
@@ -271,6 +306,19 @@ where
                 continue;
             }
         };
+        // A client's bytes holding the trigger's pattern hold every reply from now on (set before
+        // they are delivered, so their own reply is held too).
+        if let Some((trigger, control)) = &up {
+            let mut pattern = trigger.lock().unwrap();
+            if pattern
+                .as_deref()
+                .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p))
+            {
+                *pattern = None;
+                control.send_modify(|c| c.replies_held = true);
+            }
+        }
+        let replies = up.is_none();
         // Deliver, hold or drop what was read.
         loop {
             let now = *rx.borrow_and_update();
@@ -280,7 +328,10 @@ where
             if frozen(&now, &born) {
                 break;
             }
-            if !now.paused && (!now.held || now.hold_epoch <= born.hold_epoch) {
+            if !now.paused
+                && (!now.held || now.hold_epoch <= born.hold_epoch)
+                && !(replies && now.replies_held)
+            {
                 if to.write_all(&buf[..n]).await.is_err() {
                     return End::Closed;
                 }

@@ -833,3 +833,66 @@ async fn a_message_past_the_size_bound_is_refused_and_stores_nothing() {
         .into_inner();
     assert_eq!(stats.count, 1, "the refused call stored nothing");
 }
+
+/// The request timeout (tonic's `Server::timeout` before) cancelled a call whose write Redis had
+/// run, answering `CANCELLED` for a stored metric. It stops at a begun write now: a call whose
+/// acknowledgement comes back after the timeout is answered `OK`, and stored once; a call that
+/// times out before its write (here, waiting on the limiter) is `DEADLINE_EXCEEDED` and stores
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_request_timeout_answers_for_a_write_only_before_it_begins() {
+    let Some(redis) = crate::common::redis::RedisServer::start() else {
+        return;
+    };
+    let proxy = crate::common::fault_proxy::FaultProxy::start(redis.addr()).await;
+    let storage = Arc::new(storage::Storage::Redis(
+        storage::RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
+    ));
+    let vars = [
+        ("REQUEST_TIMEOUT_SECONDS", "1"),
+        ("RATE_LIMIT_REQUESTS", "1000"),
+    ];
+    let server = start_on(&vars, storage).await;
+    let mut c = server.client().await;
+    // A first write: the backend learns Redis's clock, which fences its writes.
+    c.submit_metric(metric(1.0, "cpu")).await.unwrap();
+
+    // The write of this value runs in Redis; its answer is held for 1.8 s.
+    proxy.hold_replies_after(b"271828");
+    let started = std::time::Instant::now();
+    let (answer, ()) = tokio::join!(c.submit_metric(metric(271_828.0, "cpu")), async {
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        proxy.forward();
+    });
+    let took = started.elapsed();
+    answer.unwrap_or_else(|s| panic!("after {took:?}: {s:?}"));
+    assert!(took >= Duration::from_millis(1800), "{took:?}");
+
+    // Everything held from before the limiter's decision: the timeout comes first.
+    proxy.pause();
+    let started = std::time::Instant::now();
+    let refused = c.submit_metric(metric(314_159.0, "cpu")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    proxy.forward();
+
+    let count = || async {
+        c.clone()
+            .get_summary(pb::GetSummaryRequest {
+                r#type: "cpu".into(),
+                period: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count
+    };
+    // Bounded: the held limiter call reaches Redis now; whatever it does, no write follows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count().await,
+        2,
+        "the acknowledged write once, the refused one not at all"
+    );
+}

@@ -18,7 +18,7 @@ use tower_rampart::backend::{MemoryBackend, RedisBackend};
 use tower_rampart::clock::{Clock, ManualClock};
 use tower_rampart::key::key_fn;
 use tower_rampart::rate_limit::{
-    Algorithm, Ask, Decision, Quota, RateLimitBackend, RateLimitLayer,
+    Algorithm, Ask, Decision, Limit, Quota, RateLimitBackend, RateLimitLayer,
 };
 
 use crate::common::redis::{RedisCluster, RedisServer};
@@ -157,6 +157,54 @@ where
     }
 }
 
+/// A cost of zero passes, spending nothing, even for a key that spent more than a limit lowered at
+/// run time allows (it was refused until that drained); a cost of one is refused. For any backend.
+async fn zero_cost_after_a_lowered_limit<B>(make: impl Fn(&ManualClock) -> B)
+where
+    B: RateLimitBackend<u8>,
+    B::Store: Send + Sync,
+{
+    for start in [5 * S, LATE] {
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow] {
+            let clock = clock_at(start - start % (60 * S) + 30 * S);
+            let layer = RateLimitLayer::builder()
+                .quota(Quota::per_minute(10))
+                .algorithm(algorithm)
+                .key(key_fn(|k: &u8| Some(*k)))
+                .backend(make(&clock))
+                .build()
+                .unwrap();
+            let decide = |cost: u32| {
+                let layer = layer.clone();
+                async move {
+                    let set = layer.limit_set();
+                    decide_ask(layer.store(), &1, &Ask::new(&set).cost(cost))
+                        .await
+                        .unwrap()
+                }
+            };
+            for _ in 0..10 {
+                assert!(decide(1).await.is_allowed());
+            }
+            layer
+                .handle()
+                .set_default([Limit::new("default", Quota::per_minute(2))])
+                .unwrap();
+            let zero = decide(0).await;
+            assert!(zero.is_allowed(), "{algorithm:?}: {zero:?}");
+            assert_eq!(zero.remaining(), 0, "{algorithm:?}");
+            let one = decide(1).await;
+            assert!(!one.is_allowed(), "{algorithm:?}: {one:?}");
+            // The zero spent nothing: the next cost of one waits no longer than the first.
+            assert_eq!(
+                decide(1).await.retry_after(),
+                one.retry_after(),
+                "{algorithm:?}"
+            );
+        }
+    }
+}
+
 /// A small deterministic generator (xorshift64*), so failures replay.
 struct Rng(u64);
 
@@ -291,6 +339,7 @@ where
 #[tokio::test]
 async fn memory_store_passes_the_suite() {
     scripted(|clock| MemoryBackend::new().clock(clock.clone())).await;
+    zero_cost_after_a_lowered_limit(|clock| MemoryBackend::new().clock(clock.clone())).await;
 }
 
 #[tokio::test]
@@ -306,6 +355,7 @@ async fn redis_store_passes_the_suite_and_agrees_with_memory() {
             .clock(clock.clone())
     };
     scripted(make).await;
+    zero_cost_after_a_lowered_limit(make).await;
     differential(make).await;
 
     let clock = clock_at(LATE);
@@ -333,6 +383,7 @@ async fn redis_cluster_store_passes_the_suite_and_agrees_with_memory() {
             .clock(clock.clone())
     };
     scripted(make).await;
+    zero_cost_after_a_lowered_limit(make).await;
     differential(make).await;
 
     let clock = clock_at(LATE);

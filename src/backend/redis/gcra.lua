@@ -73,10 +73,11 @@ do
     -- Nothing decided.
   elseif need > tolerance then
     verdict, a, b, c = 2, base, 0, 0
-  elseif ahead > tolerance then
+  elseif ahead > tolerance and cost > 0 then
     verdict, a, b, c = 0, base, ahead - tolerance, 0
   else
-    local slack = tolerance - ahead
+    -- (A cost of 0 passes even ahead of the tolerance: it spends nothing.)
+    local slack = math.max(tolerance - ahead, 0)
     -- The state that puts the TAT at now + ahead, and its expiry (ms): once it has passed (the
     -- key is then as good as absent), and no sooner than `min_ttl` ms.
     local x = now_frac + ahead

@@ -191,8 +191,9 @@ local function decide_one(raw, P, L, cost, now_us, now_frac, repair, min_ttl)
   -- Admitted iff prev * (P - e) <= (L - curr - cost) * P, i.e. (with j = L - curr - cost >= 0)
   -- when prev = 0, j >= prev, or P - e <= T(j, prev).
   local j = L - curr - cost
-  if j >= 0 and (prev == 0 or j >= prev or to_window_end <= T(P, j, prev)) then
-    local left = j - weighted()
+  -- A cost of 0 passes even past the limit (counts spent under a larger one): it spends nothing.
+  if cost == 0 or (j >= 0 and (prev == 0 or j >= prev or to_window_end <= T(P, j, prev))) then
+    local left = math.max(j - weighted(), 0)
     -- %d formats a 64-bit integer (the index is below 2^53), several times cheaper than %.0f.
     local value = string.format('%d %d %d %d', stored_index, prev, curr + cost, P)
     return 1, left, to_window_end + P, left, repaired, value, ttl, keep, ttl

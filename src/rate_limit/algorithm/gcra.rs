@@ -38,14 +38,17 @@ pub(crate) fn decide_units(
     }
     let new_tat = base.saturating_add(limits.emission * u64::from(cost));
     let ahead = new_tat - now;
-    if ahead > limits.tolerance {
+    // A cost of zero passes even when the TAT runs further ahead than the tolerance (spent under
+    // a larger quota, before a change at run time): it spends nothing, so it has nothing to wait
+    // for.
+    if ahead > limits.tolerance && cost > 0 {
         // Admitted once new_tat - later <= tolerance.
         let retry_after = ahead - limits.tolerance;
         let decision = Decision::refused(limits.limit, base - now, retry_after);
         (decision, None)
     } else {
         // Remaining: how many more emission intervals fit under the tolerance.
-        let slack = limits.tolerance - ahead;
+        let slack = limits.tolerance.saturating_sub(ahead);
         let decision = Decision::admitted(limits.limit, slack, limits.emission, ahead);
         (decision, (cost > 0).then_some(new_tat))
     }

@@ -158,7 +158,9 @@ pub(crate) fn decide_units(
         };
         return (Decision::over_capacity(limits.limit, reset as u64), w);
     }
-    if used <= capacity {
+    // A cost of zero passes even past the limit (counts spent under a larger one, before a
+    // change at run time): it spends nothing, so it has nothing to wait for.
+    if used <= capacity || units == 0 {
         let next = Window {
             curr: w.curr.saturating_add(cost),
             ..w
@@ -167,10 +169,11 @@ pub(crate) fn decide_units(
         let reset = (to_window_end + period) as u64;
         // Remaining is (capacity - used) / period; divide now only if the numerator is too large to
         // keep for later.
-        let d = match u64::try_from(capacity - used) {
+        let slack = capacity.saturating_sub(used);
+        let d = match u64::try_from(slack) {
             Ok(slack) => Decision::admitted(limits.limit, slack, limits.period, reset),
             Err(_) => {
-                let remaining = ((capacity - used) / period) as u64;
+                let remaining = (slack / period) as u64;
                 Decision::admitted(limits.limit, remaining, 1, reset)
             }
         };

@@ -330,7 +330,7 @@ where
             }
             if !now.paused
                 && (!now.held || now.hold_epoch <= born.hold_epoch)
-                && !(replies && now.replies_held)
+                && (!replies || !now.replies_held)
             {
                 if to.write_all(&buf[..n]).await.is_err() {
                     return End::Closed;

@@ -161,11 +161,33 @@ impl Breaker {
                         return Err(self.refuse(CircuitState::HalfOpen, None));
                     }
                     let next = word + (1 << KIND_BITS);
+                    #[cfg(test)]
+                    claim_hook::before_claim();
                     if self
                         .state
                         .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
+                        // A shared circuit's sync task may have lowered the allowance between
+                        // the look above and this claim, giving the unused permits back to the
+                        // store (`prepare_sync`): either it sees this probe (it stores the
+                        // allowance, fences, then loads the state) and keeps its permit, or this
+                        // caller sees the lowered allowance here and gives the permit back.
+                        // Without it both went through: the store granted the permit to
+                        // another replica while this one probed with it (n + 1 probes).
+                        #[cfg(feature = "redis")]
+                        if let Some(link) = &self.link {
+                            std::sync::atomic::fence(Ordering::SeqCst);
+                            if probes(next) > self.probe_allowance.load(Ordering::Acquire) {
+                                self.cancel(Permit {
+                                    epoch: epoch(word),
+                                    probe: true,
+                                    started: 0,
+                                });
+                                link.want_probe();
+                                return Err(self.refuse(CircuitState::HalfOpen, None));
+                            }
+                        }
                         return Ok(Permit {
                             epoch: epoch(word),
                             probe: true,
@@ -546,5 +568,23 @@ impl Breaker {
     #[cfg(test)]
     pub(crate) fn now(&self) -> Nanos {
         self.clock.now()
+    }
+}
+
+/// A test's pause between a caller's look at the probe allowance and its claim of a probe (the
+/// window `prepare_sync` can give permits back in).
+#[cfg(test)]
+pub(super) mod claim_hook {
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Run once, on this thread, at the next claim.
+        pub(crate) static BEFORE_CLAIM: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn before_claim() {
+        if let Some(f) = BEFORE_CLAIM.with(|h| h.borrow_mut().take()) {
+            f();
+        }
     }
 }

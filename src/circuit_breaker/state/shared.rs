@@ -98,6 +98,9 @@ impl Breaker {
                         // back. (Uncontended, they are kept: a replica whose callers come seldom
                         // must get to probe.) A caller slipping in meanwhile keeps its permit.
                         self.probe_allowance.store(started, Ordering::Release);
+                        // The other half of `acquire_with`'s handshake: a caller that claimed a
+                        // probe before this fence is seen below; one after sees the allowance.
+                        std::sync::atomic::fence(Ordering::SeqCst);
                         let now_started = probes(self.state.load(Ordering::Acquire));
                         allowance = started.max(now_started);
                         if now_started > started {

@@ -152,6 +152,57 @@ mod shared {
         }
     }
 
+    /// A caller between its look at the probe allowance and its claim of a probe while the sync
+    /// task gives the replica's unused permits back to the store: both went through, the caller
+    /// probing while the store was told the replica held one permit fewer (and granted it to
+    /// another replica: n + 1 probes). Now the store is told of every probe in flight.
+    #[tokio::test]
+    async fn a_probe_claimed_while_unused_permits_are_given_back_is_reported_or_refused() {
+        use std::sync::Barrier;
+        let signal = Arc::new(crate::circuit_breaker::shared::Signal::new());
+        let b = Arc::new(Breaker::new_shared(
+            breaker(2).cfg,
+            None,
+            super::super::Hooks::new(),
+            &signal,
+        ));
+        let synced = b.prepare_sync(1, Duration::from_secs(5));
+        let contended = SyncReply {
+            contended: true,
+            ..half_open_reply(3, 2)
+        };
+        b.finish_sync(synced, Ok(contended));
+        let first = b.acquire().expect("two permits granted");
+        let barrier = Arc::new(Barrier::new(2));
+        let caller = std::thread::spawn({
+            let (b, barrier) = (Arc::clone(&b), Arc::clone(&barrier));
+            move || {
+                let pause = Arc::clone(&barrier);
+                super::super::local::claim_hook::BEFORE_CLAIM.with(|h| {
+                    *h.borrow_mut() = Some(Box::new(move || {
+                        pause.wait();
+                        pause.wait();
+                    }));
+                });
+                b.acquire().ok()
+            }
+        });
+        barrier.wait(); // the caller has looked at the allowance (2 > 1 started)
+        let report = b.prepare_sync(1, Duration::from_secs(5));
+        barrier.wait(); // it claims now
+        let second = caller.join().unwrap();
+        let in_flight = 1 + u32::from(second.is_some());
+        assert!(
+            report.request.held >= in_flight,
+            "the store is told {} held, {in_flight} in flight",
+            report.request.held
+        );
+        b.record(first, Outcome::Success);
+        if let Some(second) = second {
+            b.record(second, Outcome::Success);
+        }
+    }
+
     /// Leaving the store with no probe result yet, the replica probes with its own permits.
     #[tokio::test(start_paused = true)]
     async fn a_half_open_replica_left_without_results_probes_on_its_own() {

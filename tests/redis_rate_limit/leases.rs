@@ -822,6 +822,66 @@ async fn leases_serve_the_layers_own_quota_and_everything_else_is_decided_exactl
     assert!(err.to_string().contains("leased mode"), "{err}");
 }
 
+/// A live change of the layer's own quota (`RateLimitHandle::set_default`) turned leasing off for
+/// every request: the limits asked for no longer matched those the store was built with, so each
+/// decision went to Redis, exactly. Leases follow the new quota now: a raised quota admits at once
+/// (the refusal remembered under the old one is forgotten) and is served from leases again.
+#[tokio::test]
+async fn leases_follow_the_layers_quota_changed_at_run_time() {
+    use tower_rampart::rate_limit::{Ask, Limit};
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let backend = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(TIMEOUT)
+        .prefix(unique_prefix("lease-retune"));
+    let layer = RateLimitLayer::builder()
+        .name("retuned")
+        .quota(Quota::per_minute(10))
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend.leased(LeaseConfig::new()))
+        .build()
+        .unwrap();
+    let store = layer.store();
+    let mut admitted = 0;
+    for _ in 0..20 {
+        admitted += usize::from(decide(store, &1).await.unwrap().is_allowed());
+    }
+    assert_eq!(admitted, 10);
+    let refused = decide(store, &1).await.unwrap();
+    assert!(!refused.is_allowed());
+    assert!(
+        refused.retry_after() >= Duration::from_secs(5),
+        "{refused:?}"
+    );
+
+    // The key's state (a minute's worth spent) is well within the new quota's tolerance (an hour).
+    layer
+        .handle()
+        .set_default([Limit::new("retuned", Quota::per_hour(100_000))])
+        .unwrap();
+    // As the layer asks: with the limits in force.
+    let live = layer.handle().default_set();
+    let calls = server.calls("evalsha") + server.calls("eval");
+    let mut admitted = 0;
+    for _ in 0..300 {
+        let d = crate::support::decide_ask(store, &1, &Ask::new(&live)).await;
+        admitted += usize::from(d.unwrap().is_allowed());
+    }
+    let calls = server.calls("evalsha") + server.calls("eval") - calls;
+    eprintln!("300 decisions after the change: {calls} Redis calls");
+    assert_eq!(admitted, 300, "the raised quota admits at once");
+    assert!(
+        calls < 60,
+        "{calls} Redis calls for 300 decisions: leases serve the new quota"
+    );
+    // A second's worth at 100,000 an hour.
+    assert_eq!(store.max_lease_units(), 27, "sized for the new quota");
+}
+
 /// A request dropped while its lease call is in flight (a client gone, a timeout around the
 /// layer) must not leave the key's call claimed for good: later requests would each wait a whole
 /// timeout for a call that never answers, and the key would never be leased again.

@@ -36,6 +36,8 @@ pub(super) struct Cell {
     /// A refusal from Redis, remembered until its retry time: decisions until then are refused
     /// locally.
     refused_until: AtomicU64,
+    /// When the refusal remembered was decided (the time its call was sent).
+    refused_at: AtomicU64,
     reset_at: AtomicU64,
     /// Units to ask for next time.
     size: AtomicU64,
@@ -147,9 +149,11 @@ impl Cell {
 
     /// A refusal remembered, as Redis would give it now.
     #[inline]
-    pub(super) fn refused(&self, limit: u32, now: Nanos) -> Option<Decision> {
+    /// The refusal remembered, if it still holds at `now` and was decided at or after `since`
+    /// (under the quota in force).
+    pub(super) fn refused(&self, limit: u32, since: Nanos, now: Nanos) -> Option<Decision> {
         let until = self.refused_until.load(Ordering::Acquire);
-        (now < until).then(|| {
+        (now < until && self.refused_at.load(Ordering::Acquire) >= since).then(|| {
             let reset = self.reset_at.load(Ordering::Acquire).saturating_sub(now);
             Decision::refused(limit, reset, until - now)
         })
@@ -161,6 +165,7 @@ impl Cell {
         let reset = crate::clock::duration_to_nanos(d.reset());
         self.reset_at
             .store(sent.saturating_add(reset), Ordering::Release);
+        self.refused_at.store(sent, Ordering::Release);
         self.refused_until
             .store(sent.saturating_add(retry), Ordering::Release);
     }
@@ -382,14 +387,14 @@ mod tests {
         let c = Cell::default();
         let d = Decision::refused(10, 1_000 * MS, 100 * MS);
         c.refuse(5 * MS, &d, 0);
-        let r = c.refused(10, 55 * MS).unwrap();
+        let r = c.refused(10, 0, 55 * MS).unwrap();
         assert!(!r.is_allowed());
         assert_eq!(r.retry_after(), std::time::Duration::from_millis(50));
-        assert!(c.refused(10, 105 * MS).is_none());
+        assert!(c.refused(10, 0, 105 * MS).is_none());
         // A grant forgets it.
         c.refuse(200 * MS, &d, 0);
         c.grant(&grant(2), 1, 210 * MS, 1_000 * MS);
-        assert!(c.refused(10, 220 * MS).is_none());
+        assert!(c.refused(10, 0, 220 * MS).is_none());
         let a = c.admitted(&limits, 1, 220 * MS);
         assert!(a.is_allowed());
         assert_eq!(a.remaining(), 1, "the unit held here");

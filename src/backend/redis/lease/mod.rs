@@ -112,11 +112,12 @@
 //!   per request, a peek) goes to the exact path, one script call, on the same keys (a limit named
 //!   after the layer shares its state with the leases). A layer whose default limits are several
 //!   (`.limits(..)`) or a shadow limit could never be served by leases: building it in leased mode
-//!   is a [`ConfigError`](crate::ConfigError). The quota the layer was *built* with, that is:
-//!   once its default limits are changed while it runs
-//!   ([`RateLimitHandle::set_default`](crate::rate_limit::RateLimitHandle::set_default)), every
-//!   request takes the exact path, one script call each, until they are set back; size Redis for
-//!   that before changing a leased limiter's quota live (or build a new layer with the new quota).
+//!   is a [`ConfigError`](crate::ConfigError). A quota changed while the layer runs
+//!   ([`RateLimitHandle::set_default`](crate::rate_limit::RateLimitHandle::set_default) with one
+//!   limit of the layer's name) is leased from at once: units leased under the old quota serve
+//!   until their lease expires (at most its time to live, the bound above), and refusals this
+//!   replica remembered under the old quota are forgotten. (Default limits renamed or made several
+//!   take the exact path, as above.)
 //! - Rate limiters only. A [`LeasedRedisBackend`] is given to a limiter's `.backend(..)` as it
 //!   is, or as the run-time [`Backend`](crate::backend::Backend)
 //!   (`Backend::from(redis.leased(config))`), whose other layers then use the Redis backend

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::Value;
 
 use super::LeaseConfig;
@@ -43,6 +44,38 @@ fn lease_script() -> &'static Script {
     })
 }
 
+/// A quota leases are carved from, with what follows from it.
+struct Terms {
+    limits: Limits,
+    /// When these terms began (the store's clock; 0 for the built ones): a refusal a key's cell
+    /// remembers from before was decided under other terms, and is forgotten.
+    since: Nanos,
+    sizing: Sizing,
+    /// The script's first two arguments: emission and tolerance.
+    params: [Vec<u8>; 2],
+}
+
+impl Terms {
+    fn new(limits: Limits, config: &LeaseConfig, since: Nanos) -> Self {
+        let ttl = duration_to_nanos(config.get_ttl());
+        let burst = u64::from(limits.burst);
+        let max = match config.get_max_units() {
+            Some(n) => u64::from(n.get()),
+            None => (ttl / limits.emission).min(burst / 4),
+        }
+        .clamp(1, burst);
+        Self {
+            limits,
+            since,
+            sizing: Sizing { ttl, max },
+            params: [
+                limits.emission.to_string().into_bytes(),
+                limits.tolerance.to_string().into_bytes(),
+            ],
+        }
+    }
+}
+
 /// Rounds of waiting for another request's lease call before a request decides on its own.
 const WAIT_ROUNDS: usize = 4;
 
@@ -58,13 +91,12 @@ struct Inner<K> {
     /// The exact store of the same limiter: it names the keys (leases and exact decisions share
     /// them).
     exact: RedisRateLimitStore<K>,
-    limits: Limits,
+    /// The quota leases are carved from, and what follows from it: the layer's own limit's, as
+    /// built, then as changed at run time (`RateLimitHandle::set_default`).
+    terms: ArcSwap<Terms>,
     name: Arc<str>,
     config: LeaseConfig,
-    sizing: Sizing,
     ttl: Nanos,
-    /// The script's first two arguments: emission and tolerance.
-    params: [Vec<u8>; 2],
     timeout: Duration,
     policy: FailurePolicy,
     clock: StoreClock,
@@ -126,7 +158,7 @@ impl<K> fmt::Debug for RedisLeasedStore<K> {
         f.debug_struct("RedisLeasedStore")
             .field("exact", &i.exact)
             .field("config", &i.config)
-            .field("max_units", &i.sizing.max)
+            .field("max_units", &i.terms.load().sizing.max)
             .finish_non_exhaustive()
     }
 }
@@ -146,28 +178,16 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> RedisLeasedStore<K
         config: LeaseConfig,
         exact: RedisRateLimitStore<K>,
     ) -> Self {
-        let limits = spec.limits;
         let s = &backend.settings;
         let ttl = duration_to_nanos(config.get_ttl());
-        let burst = u64::from(limits.burst);
-        let max = match config.get_max_units() {
-            Some(n) => u64::from(n.get()),
-            None => (ttl / limits.emission).min(burst / 4),
-        }
-        .clamp(1, burst);
         Self {
             inner: Arc::new(Inner {
                 conn: Arc::clone(&backend.conn),
                 exact,
-                limits,
+                terms: ArcSwap::from_pointee(Terms::new(spec.limits, &config, 0)),
                 name: Arc::from(spec.name()),
                 config,
-                sizing: Sizing { ttl, max },
                 ttl,
-                params: [
-                    limits.emission.to_string().into_bytes(),
-                    limits.tolerance.to_string().into_bytes(),
-                ],
                 timeout: s.timeout,
                 policy: s.policy,
                 clock: s.clock.clone(),
@@ -200,9 +220,9 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisLeasedStore<K> {
         self.inner.config
     }
 
-    /// The most units one lease holds.
+    /// The most units one lease holds (for the quota in force).
     pub fn max_lease_units(&self) -> u64 {
-        self.inner.sizing.max
+        self.inner.terms.load().sizing.max
     }
 
     /// Lease calls made to Redis so far (also `rampart_rate_limit_lease_calls_total`).
@@ -235,22 +255,39 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisLeasedStore<K> {
 impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// The hot path on `cell`.
     #[inline]
-    fn hot(&self, cell: &Arc<Cell>, now: Nanos) -> Hot {
+    fn hot(&self, cell: &Arc<Cell>, limits: &Limits, since: Nanos, now: Nanos) -> Hot {
         if let Some(left) = cell.take(now) {
-            let d = cell.admitted(&self.limits, left, now);
+            let d = cell.admitted(limits, left, now);
             if cell.wants_prefetch(left) {
                 return Hot::Renew(d, Arc::clone(cell));
             }
             return Hot::Done(d);
         }
-        if let Some(d) = cell.refused(self.limits.limit, now) {
+        if let Some(d) = cell.refused(limits.limit, since, now) {
             return Hot::Done(d);
         }
         Hot::Miss(Arc::clone(cell))
     }
 
+    /// Leases from `limits` from now on: the layer's own limit changed at run time. Units already
+    /// leased under the old quota are served until their lease expires (at most its time to
+    /// live), as a lease taken just before the change would be; refusals remembered from before
+    /// are forgotten (a raised quota admits at once, as exact mode does).
+    #[cold]
+    fn retune(&self, limits: Limits, now: Nanos) {
+        self.terms
+            .store(Arc::new(Terms::new(limits, &self.config, now)));
+        tracing::debug!(limiter = %self.name, ?limits, "leases follow the limiter's new quota");
+    }
+
     /// One lease call for `key`: `n` units wanted, sent at `sent`.
-    async fn call(&self, key: &K, n: u64, sent: Nanos) -> Result<Reply, BackendError> {
+    async fn call(
+        &self,
+        terms: &Terms,
+        key: &K,
+        n: u64,
+        sent: Nanos,
+    ) -> Result<Reply, BackendError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         Meters::add(&self.meters.calls, 1);
@@ -265,8 +302,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 lease_script(),
                 &[&redis_key],
                 &[
-                    &self.params[0],
-                    &self.params[1],
+                    &terms.params[0],
+                    &terms.params[1],
                     now_arg,
                     min_ttl,
                     self.repair,
@@ -275,7 +312,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 self.timeout,
             )
             .await?;
-        let reply = self.parse(&value, &redis_key, n)?;
+        let reply = self.parse(terms, &value, &redis_key, n)?;
         if let Reply::Granted(g) = &reply {
             self.units.fetch_add(g.units, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
@@ -285,7 +322,13 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     }
 
     /// Reads `[k, a, b, repaired]` (the connection took the server's time off the end).
-    fn parse(&self, value: &Value, redis_key: &[u8], n: u64) -> Result<Reply, BackendError> {
+    fn parse(
+        &self,
+        terms: &Terms,
+        value: &Value,
+        redis_key: &[u8],
+        n: u64,
+    ) -> Result<Reply, BackendError> {
         let bad = || {
             BackendError::with_kind(
                 ErrorKind::Data,
@@ -300,7 +343,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             .ok_or_else(bad)?;
         match x[0] {
             0 => Ok(Reply::Refused(Decision::refused(
-                self.limits.limit,
+                terms.limits.limit,
                 x[1],
                 x[2],
             ))),
@@ -331,31 +374,36 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// request that finds none of the units granted left is refused, as exact mode would refuse
     /// it then (rather than wait for another call), for as long as a refusal from Redis would be
     /// remembered.
-    fn drained(&self, cell: &Cell, g: &Grant, wanted: u64, sent: Nanos) {
+    fn drained(terms: &Terms, cell: &Cell, g: &Grant, wanted: u64, sent: Nanos) {
         if g.units < wanted {
-            let e = self.limits.emission;
+            let e = terms.limits.emission;
             let retry = g
                 .ahead
                 .saturating_add(e)
-                .saturating_sub(self.limits.tolerance);
-            let d = Decision::refused(self.limits.limit, g.ahead, retry.max(1));
+                .saturating_sub(terms.limits.tolerance);
+            let d = Decision::refused(terms.limits.limit, g.ahead, retry.max(1));
             cell.refuse(sent, &d, cell.refusal_wait(e));
         }
     }
 
     /// A lease call by the claimant of `cell` that also decides the caller's request.
-    async fn lease_and_serve(&self, cell: &Cell, key: &K) -> Result<Decision, BackendError> {
+    async fn lease_and_serve(
+        &self,
+        terms: &Terms,
+        cell: &Cell,
+        key: &K,
+    ) -> Result<Decision, BackendError> {
         let now = self.clock.now();
-        let (stranded, n) = cell.prepare(&self.sizing, now);
+        let (stranded, n) = cell.prepare(&terms.sizing, now);
         self.strand(stranded);
-        match self.call(key, n, now).await {
+        match self.call(terms, key, n, now).await {
             Ok(Reply::Granted(g)) => {
                 cell.grant(&g, 1, now, self.ttl);
-                self.drained(cell, &g, n, now);
-                Ok(cell.admitted(&self.limits, g.units - 1, now))
+                Self::drained(terms, cell, &g, n, now);
+                Ok(cell.admitted(&terms.limits, g.units - 1, now))
             }
             Ok(Reply::Refused(d)) => {
-                cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
+                cell.refuse(now, &d, cell.refusal_wait(terms.limits.emission));
                 Ok(d)
             }
             Err(e) => self.fallback(key, e),
@@ -372,12 +420,14 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         // Waiting for other requests' calls takes at most one timeout, and this request's own call
         // another: never more than twice the timeout in all.
         let waits_until = tokio::time::Instant::now() + self.timeout;
+        let terms = self.terms.load_full();
+        let limits = &terms.limits;
         for _ in 0..WAIT_ROUNDS {
             let now = self.clock.now();
             if let Some(left) = cell.take(now) {
-                return Ok(cell.admitted(&self.limits, left, now));
+                return Ok(cell.admitted(limits, left, now));
             }
-            if let Some(d) = cell.refused(self.limits.limit, now) {
+            if let Some(d) = cell.refused(limits.limit, terms.since, now) {
                 return Ok(d);
             }
             if let Some(claim) = cell.claim() {
@@ -386,7 +436,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                     return self.fallback(&key, self.conn.down_error());
                 }
                 // The claim is released when this ends, or when this future is dropped.
-                let result = self.lease_and_serve(&cell, &key).await;
+                let result = self.lease_and_serve(&terms, &cell, &key).await;
                 drop(claim);
                 return result;
             }
@@ -404,9 +454,9 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         }
         let now = self.clock.now();
         if let Some(left) = cell.take(now) {
-            return Ok(cell.admitted(&self.limits, left, now));
+            return Ok(cell.admitted(limits, left, now));
         }
-        if let Some(d) = cell.refused(self.limits.limit, now) {
+        if let Some(d) = cell.refused(limits.limit, terms.since, now) {
             return Ok(d);
         }
         // The grants went to the requests ahead of this one: decide this one on its own, exactly.
@@ -414,15 +464,15 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             return self.fallback(&key, self.conn.down_error());
         }
         let now = self.clock.now();
-        match self.call(&key, 1, now).await {
+        match self.call(&terms, &key, 1, now).await {
             Ok(Reply::Granted(g)) => Ok(Decision::admitted(
-                self.limits.limit,
+                limits.limit,
                 g.slack,
-                self.limits.emission,
+                limits.emission,
                 g.ahead,
             )),
             Ok(Reply::Refused(d)) => {
-                cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
+                cell.refuse(now, &d, cell.refusal_wait(limits.emission));
                 Ok(d)
             }
             Err(e) => self.fallback(&key, e),
@@ -434,16 +484,17 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     async fn renew(self: Arc<Self>, claim: Claim, key: K) {
         let cell = claim.cell();
         if self.conn.admit() {
+            let terms = self.terms.load_full();
             let now = self.clock.now();
-            let (stranded, n) = cell.prepare(&self.sizing, now);
+            let (stranded, n) = cell.prepare(&terms.sizing, now);
             self.strand(stranded);
-            match self.call(&key, n, now).await {
+            match self.call(&terms, &key, n, now).await {
                 Ok(Reply::Granted(g)) => {
                     cell.grant(&g, 0, now, self.ttl);
-                    self.drained(cell, &g, n, now);
+                    Self::drained(&terms, cell, &g, n, now);
                 }
                 Ok(Reply::Refused(d)) => {
-                    cell.refuse(now, &d, cell.refusal_wait(self.limits.emission));
+                    cell.refuse(now, &d, cell.refusal_wait(terms.limits.emission));
                 }
                 // Counted by the connection; the units held keep serving, then the failure policy.
                 Err(error) => tracing::debug!(limiter = %self.name, %error, "lease renewal failed"),
@@ -482,22 +533,28 @@ where
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<LeaseCheck> {
         let inner = &self.inner;
         inner.exact.shared().live_changes(key);
-        // Leases serve the layer's own limit at cost 1; anything else (another tier's limits, a
-        // key's own, several limits, a cost, a peek) is decided exactly.
-        if !ask
-            .plain()
-            .is_some_and(|l| l.name == inner.name.as_ref() && l.limits == inner.limits)
-        {
+        // Leases serve the layer's own limit at cost 1 (with its quota as changed at run time);
+        // anything else (another tier's limits, a key's own, several limits, a cost, a peek) is
+        // decided exactly.
+        let Some(own) = ask.plain().filter(|l| l.name == inner.name.as_ref()) else {
             return match inner.exact.check(key, ask) {
                 Check::Ready(d) => Check::Ready(d),
                 Check::Pending(f) => Check::Pending(LeaseCheck { inner: f.inner }),
             };
-        }
+        };
         let now = inner.clock.now();
+        let mut terms = inner.terms.load();
+        if terms.limits != own.limits {
+            inner.retune(own.limits, now);
+            terms = inner.terms.load();
+        }
+        let (limits, since) = (&own.limits, terms.since);
         let hot = if std::mem::size_of::<K>() == 0 {
-            inner.hot(&inner.single, now)
+            inner.hot(&inner.single, limits, since, now)
         } else {
-            inner.cells.with(key, &(), now, |s| inner.hot(&s.0, now))
+            inner
+                .cells
+                .with(key, &(), now, |s| inner.hot(&s.0, limits, since, now))
         };
         match hot {
             Hot::Done(d) => Check::Ready(Ok(d)),

@@ -327,7 +327,7 @@ impl<K: Hash + Eq + Clone> PolicySink<K> {
     }
 
     fn set_default(&self, limits: &[Limit]) -> Result<(), ConfigError> {
-        let set = self.build(limits)?;
+        let set = LimitSet::new_default(self.live.algorithm, limits, self.live.legacy_headers)?;
         self.set(|p| {
             p.default = set;
             Ok(())

@@ -574,7 +574,7 @@ impl<X, B, M, P> RateLimitBuilder<X, B, M, P> {
                 ));
             }
         };
-        let default = LimitSet::new(s.algorithm, &default_limits, s.legacy_headers)?;
+        let default = LimitSet::new_default(s.algorithm, &default_limits, s.legacy_headers)?;
         let mut tiers = super::policies::Tiers::default();
         for &(name, ref limits) in &s.tiers {
             crate::error::check_name(name)

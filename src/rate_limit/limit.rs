@@ -152,6 +152,9 @@ pub struct LimitSet {
     limits: Box<[SetLimit]>,
     /// Whether any limit is enforced (a set of shadow limits only never refuses).
     any_enforced: bool,
+    /// For a layer's default limits, a number larger for each such set made in this process (as
+    /// built, then each change at run time); 0 for any other set (a tier's, a key's own).
+    pub(crate) default_generation: u64,
 }
 
 /// One limit of a [`LimitSet`], validated, in the units the algorithms use.
@@ -227,6 +230,28 @@ impl LimitSet {
         limits: &[Limit],
         legacy_headers: bool,
     ) -> Result<Arc<Self>, ConfigError> {
+        Self::make(algorithm, limits, legacy_headers, 0)
+    }
+
+    /// [`new`](Self::new) for a layer's default limits, marked as such with the next
+    /// [`default_generation`](Self::default_generation) (leased stores lease from the default set
+    /// only, and follow the newest).
+    pub(crate) fn new_default(
+        algorithm: Algorithm,
+        limits: &[Limit],
+        legacy_headers: bool,
+    ) -> Result<Arc<Self>, ConfigError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let generation = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::make(algorithm, limits, legacy_headers, generation)
+    }
+
+    fn make(
+        algorithm: Algorithm,
+        limits: &[Limit],
+        legacy_headers: bool,
+        default_generation: u64,
+    ) -> Result<Arc<Self>, ConfigError> {
         let err = |reason: String| Err(ConfigError::new("limits", reason));
         if limits.is_empty() {
             return err("a limit set needs at least one limit".into());
@@ -300,6 +325,7 @@ impl LimitSet {
             algorithm,
             any_enforced: limits.iter().any(|l| !l.shadow),
             limits,
+            default_generation,
         }))
     }
 

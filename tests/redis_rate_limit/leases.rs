@@ -880,6 +880,19 @@ async fn leases_follow_the_layers_quota_changed_at_run_time() {
     );
     // A second's worth at 100,000 an hour.
     assert_eq!(store.max_lease_units(), 27, "sized for the new quota");
+
+    // A key's own limit that bears the layer's name is not the layer's quota: decided exactly,
+    // and the leases keep following the default.
+    let handle = layer.handle();
+    handle
+        .set_key(&7, [Limit::new("retuned", Quota::per_second(10_000))])
+        .unwrap();
+    let own = handle.resolved(&7);
+    let leases = store.lease_calls();
+    let d = crate::support::decide_ask(store, &7, &Ask::new(&own)).await;
+    assert_eq!(d.unwrap().limit(), 10_000);
+    assert_eq!(store.lease_calls(), leases, "decided exactly");
+    assert_eq!(store.max_lease_units(), 27, "the leases' terms unchanged");
 }
 
 /// A request dropped while its lease call is in flight (a client gone, a timeout around the

@@ -50,13 +50,16 @@ struct Terms {
     /// When these terms began (the store's clock; 0 for the built ones): a refusal a key's cell
     /// remembers from before was decided under other terms, and is forgotten.
     since: Nanos,
+    /// The default set's [`default_generation`](LimitSet::default_generation) these terms follow
+    /// (0 before the first decision).
+    generation: u64,
     sizing: Sizing,
     /// The script's first two arguments: emission and tolerance.
     params: [Vec<u8>; 2],
 }
 
 impl Terms {
-    fn new(limits: Limits, config: &LeaseConfig, since: Nanos) -> Self {
+    fn new(limits: Limits, config: &LeaseConfig, since: Nanos, generation: u64) -> Self {
         let ttl = duration_to_nanos(config.get_ttl());
         let burst = u64::from(limits.burst);
         let max = match config.get_max_units() {
@@ -67,6 +70,7 @@ impl Terms {
         Self {
             limits,
             since,
+            generation,
             sizing: Sizing { ttl, max },
             params: [
                 limits.emission.to_string().into_bytes(),
@@ -184,7 +188,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> RedisLeasedStore<K
             inner: Arc::new(Inner {
                 conn: Arc::clone(&backend.conn),
                 exact,
-                terms: ArcSwap::from_pointee(Terms::new(spec.limits, &config, 0)),
+                terms: ArcSwap::from_pointee(Terms::new(spec.limits, &config, 0, 0)),
                 name: Arc::from(spec.name()),
                 config,
                 ttl,
@@ -274,10 +278,20 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// live), as a lease taken just before the change would be; refusals remembered from before
     /// are forgotten (a raised quota admits at once, as exact mode does).
     #[cold]
-    fn retune(&self, limits: Limits, now: Nanos) {
-        self.terms
-            .store(Arc::new(Terms::new(limits, &self.config, now)));
-        tracing::debug!(limiter = %self.name, ?limits, "leases follow the limiter's new quota");
+    fn retune(&self, limits: Limits, generation: u64, now: Nanos) {
+        self.terms.rcu(|current| {
+            if current.generation >= generation {
+                Arc::clone(current) // a newer change got here first
+            } else {
+                let since = if current.limits == limits {
+                    current.since
+                } else {
+                    tracing::debug!(limiter = %self.name, ?limits, "leases follow the limiter's new quota");
+                    now
+                };
+                Arc::new(Terms::new(limits, &self.config, since, generation))
+            }
+        });
     }
 
     /// One lease call for `key`: `n` units wanted, sent at `sent`.
@@ -420,9 +434,10 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
         // Waiting for other requests' calls takes at most one timeout, and this request's own call
         // another: never more than twice the timeout in all.
         let waits_until = tokio::time::Instant::now() + self.timeout;
-        let terms = self.terms.load_full();
-        let limits = &terms.limits;
         for _ in 0..WAIT_ROUNDS {
+            // Read again each round: the quota may have changed while this request waited.
+            let terms = self.terms.load_full();
+            let limits = &terms.limits;
             let now = self.clock.now();
             if let Some(left) = cell.take(now) {
                 return Ok(cell.admitted(limits, left, now));
@@ -452,6 +467,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 break;
             }
         }
+        let terms = self.terms.load_full();
+        let limits = &terms.limits;
         let now = self.clock.now();
         if let Some(left) = cell.take(now) {
             return Ok(cell.admitted(limits, left, now));
@@ -533,19 +550,26 @@ where
     fn check(&self, key: &K, ask: &Ask<'_>) -> Check<LeaseCheck> {
         let inner = &self.inner;
         inner.exact.shared().live_changes(key);
-        // Leases serve the layer's own limit at cost 1 (with its quota as changed at run time);
-        // anything else (another tier's limits, a key's own, several limits, a cost, a peek) is
-        // decided exactly.
-        let Some(own) = ask.plain().filter(|l| l.name == inner.name.as_ref()) else {
+        // Leases serve the layer's own limit at cost 1: its default set, with its quota as changed
+        // at run time (the newest set; one made before the terms in force, still on its way, is
+        // decided exactly). Anything else (another tier's limits, a key's own, several limits, a
+        // cost, a peek) is decided exactly.
+        let set = ask.set();
+        let mut terms = inner.terms.load();
+        let own = ask.plain().filter(|l| {
+            set.default_generation >= terms.generation
+                && set.default_generation != 0
+                && l.name == inner.name.as_ref()
+        });
+        let Some(own) = own else {
             return match inner.exact.check(key, ask) {
                 Check::Ready(d) => Check::Ready(d),
                 Check::Pending(f) => Check::Pending(LeaseCheck { inner: f.inner }),
             };
         };
         let now = inner.clock.now();
-        let mut terms = inner.terms.load();
-        if terms.limits != own.limits {
-            inner.retune(own.limits, now);
+        if set.default_generation != terms.generation {
+            inner.retune(own.limits, set.default_generation, now);
             terms = inner.terms.load();
         }
         let (limits, since) = (&own.limits, terms.since);

@@ -41,6 +41,21 @@ impl Commit {
     }
 }
 
+/// Runs a write to its end whatever becomes of its request: spawned, so that a request dropped
+/// mid-write (its client gone, a gRPC client's deadline, which tonic enforces outside this
+/// layer, a timeout further out) cannot leave it half done, stored with the cached summaries it
+/// makes stale not yet dropped. A client that gave up learns nothing of the outcome (gRPC's
+/// `DEADLINE_EXCEEDED` says as much); one still waiting gets the write's answer.
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    write: impl Future<Output = T> + Send + 'static,
+) -> T {
+    match tokio::spawn(write).await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("a write's task was cancelled: the runtime is shutting down"),
+    }
+}
+
 /// Answers `on_timeout()` to a request that has not ended after `timeout`, unless its handler has
 /// begun a write ([`Commit::begin`]).
 #[derive(Clone, Debug)]

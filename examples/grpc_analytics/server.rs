@@ -290,23 +290,27 @@ impl AnalyticsService for Analytics {
         if let Some(commit) = commit {
             commit.begin();
         }
-        let forgotten = self
-            .storage
-            .add_metric(&metric)
-            .await
-            .map_err(unavailable)?;
-        // The next summary of this type, and of any whose oldest metrics made room, is computed
-        // afresh, whatever its TTL.
-        let others = forgotten.iter().filter(|t| **t != metric.metric_type);
-        for t in std::iter::once(&metric.metric_type).chain(others) {
-            if let Err(e) = self
-                .summary_cache
-                .invalidate_prefix(summary_prefix(t))
-                .await
-            {
-                tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+        // The write and the invalidation it calls for run to their end even if the call is
+        // dropped (a client's deadline, which tonic enforces outside the deadline layer).
+        let (storage, summaries, stored) = (
+            Arc::clone(&self.storage),
+            self.summary_cache.clone(),
+            metric.clone(),
+        );
+        crate::deadline::to_the_end(async move {
+            let forgotten = storage.add_metric(&stored).await?;
+            // The next summary of this type, and of any whose oldest metrics made room, is
+            // computed afresh, whatever its TTL.
+            let others = forgotten.iter().filter(|t| **t != stored.metric_type);
+            for t in std::iter::once(&stored.metric_type).chain(others) {
+                if let Err(e) = summaries.invalidate_prefix(summary_prefix(t)).await {
+                    tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+                }
             }
-        }
+            Ok::<_, StorageError>(())
+        })
+        .await
+        .map_err(unavailable)?;
         Ok(Response::new(pb::SubmitMetricResponse {
             message: "Metric stored successfully".into(),
             metric: Some(to_pb(&metric)),
@@ -390,8 +394,8 @@ impl AnalyticsService for Analytics {
         if let Some(commit) = commit {
             commit.begin();
         }
-        self.storage
-            .record_event(&record, Utc::now())
+        let storage = Arc::clone(&self.storage);
+        crate::deadline::to_the_end(async move { storage.record_event(&record, Utc::now()).await })
             .await
             .map_err(unavailable)?;
         Ok(Response::new(pb::SubmitEventResponse {

@@ -896,3 +896,58 @@ async fn with_redis_the_request_timeout_answers_for_a_write_only_before_it_begin
         "the acknowledged write once, the refused one not at all"
     );
 }
+
+/// A client's own deadline (`grpc-timeout`), which tonic enforces outside the app's layers, dropped
+/// the handler mid-write: the metric was stored and its cached summaries were not dropped (stale
+/// until their TTL). The write now runs to its end: the client that gave up learns nothing
+/// (`DEADLINE_EXCEEDED`: the outcome is unknown, as gRPC defines it), and the store and the cache
+/// agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_write_whose_client_gave_up_still_drops_the_cached_summaries() {
+    let Some(redis) = crate::common::redis::RedisServer::start() else {
+        return;
+    };
+    let proxy = crate::common::fault_proxy::FaultProxy::start(redis.addr()).await;
+    let storage = Arc::new(storage::Storage::Redis(
+        storage::RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
+    ));
+    let server = start_on(&[("RATE_LIMIT_REQUESTS", "1000")], storage).await;
+    let mut c = server.client().await;
+    c.submit_metric(metric(1.0, "cpu")).await.unwrap();
+    let count = |mut c: AnalyticsServiceClient<Channel>| async move {
+        c.get_summary(pb::GetSummaryRequest {
+            r#type: "cpu".into(),
+            period: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .count
+    };
+    assert_eq!(count(c.clone()).await, 1);
+    // The cache answers first and writes behind: wait for the entry to be in Redis.
+    redis.until_one_key(SUMMARY_ENTRIES).await;
+
+    proxy.hold_replies_after(b"271828");
+    let mut call = tonic::Request::new(metric(271_828.0, "cpu"));
+    call.set_timeout(Duration::from_millis(800));
+    let gave_up = c.submit_metric(call).await.unwrap_err();
+    assert!(
+        matches!(gave_up.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{gave_up:?}"
+    );
+    proxy.forward();
+    // The write's acknowledgement comes now; its invalidation follows (bounded: 5 s).
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = count(c.clone()).await;
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen, 2,
+        "the stored metric, its summary no longer the cached one"
+    );
+}

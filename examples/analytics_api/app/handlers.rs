@@ -101,17 +101,27 @@ pub(super) async fn submit_metric(
     commit: Option<Extension<Commit>>,
     Extension(metric): Extension<Metric>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    // From here the answer is the write's (201 stored, 503 not), whatever the request timeout.
+    // From here the answer is the write's (201 stored, 503 not), whatever the request timeout;
+    // the write and the invalidation it calls for run to their end even if the client goes.
     begin_write(&commit);
-    let forgotten = state.storage.add_metric(&metric).await?;
-    // The next summary of this type, and of any whose oldest metrics made room, is computed
-    // afresh, whatever its TTL.
-    let others = forgotten.iter().filter(|t| **t != metric.metric_type);
-    for t in std::iter::once(&metric.metric_type).chain(others) {
-        if let Err(e) = state.summaries.invalidate_prefix(summary_prefix(t)).await {
-            tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+    let (storage, summaries, stored) = (
+        Arc::clone(&state.storage),
+        state.summaries.clone(),
+        metric.clone(),
+    );
+    crate::deadline::to_the_end(async move {
+        let forgotten = storage.add_metric(&stored).await?;
+        // The next summary of this type, and of any whose oldest metrics made room, is computed
+        // afresh, whatever its TTL.
+        let others = forgotten.iter().filter(|t| **t != stored.metric_type);
+        for t in std::iter::once(&stored.metric_type).chain(others) {
+            if let Err(e) = summaries.invalidate_prefix(summary_prefix(t)).await {
+                tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+            }
         }
-    }
+        Ok::<_, StorageError>(())
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -281,7 +291,8 @@ pub(super) async fn submit_event(
             .unwrap_or_else(|| UNKNOWN_PLATFORM.to_owned()),
     };
     begin_write(&commit);
-    state.storage.record_event(&record, state.now()).await?;
+    let (storage, now) = (Arc::clone(&state.storage), state.now());
+    crate::deadline::to_the_end(async move { storage.record_event(&record, now).await }).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "received" }))))
 }
 

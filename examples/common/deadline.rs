@@ -6,8 +6,9 @@
 //! stored twice). Here a handler about to write calls [`Commit::begin`] first. Until then, the time
 //! being up answers the timeout's response and nothing was written; from then on the timeout no
 //! longer cuts the request off, and the client gets what the write answered. The write is bounded
-//! by the store's own timeout (the storage's writes are fenced: stored if and only if
-//! acknowledged), so a committed request still ends.
+//! by the store's own timeouts (the fenced write, stored if and only if acknowledged, then one
+//! cache invalidation per summary type it affects, each within `REDIS_TIMEOUT_MS`), so a
+//! committed request still ends.
 //!
 //! The commit is a flag, not a lock: the handler and this layer run in the same task (the handler
 //! is polled inside this layer's future), so the time can only be found up between two polls of

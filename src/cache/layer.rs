@@ -660,7 +660,7 @@ impl<X, St, A> Shared<X, St, A> {
     pub(crate) fn stripe(&self, key: &[u8]) -> &AtomicU64 {
         use std::hash::BuildHasher;
         let head = key.split(|&b| b == b'\n').next().unwrap_or(key);
-        let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(head);
+        let hash = foldhash::quality::FixedState::with_seed(0x5eed).hash_one(head);
         &self.write_epochs[(hash % WRITE_STRIPES as u64) as usize]
     }
 }

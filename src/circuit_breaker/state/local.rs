@@ -176,7 +176,7 @@ impl Breaker {
                         // Without it both went through: the store granted the permit to
                         // another replica while this one probed with it (n + 1 probes).
                         #[cfg(feature = "redis")]
-                        if let Some(link) = &self.link {
+                        if self.link.is_some() {
                             std::sync::atomic::fence(Ordering::SeqCst);
                             if probes(next) > self.probe_allowance.load(Ordering::Acquire) {
                                 self.cancel(Permit {
@@ -184,8 +184,10 @@ impl Breaker {
                                     probe: true,
                                     started: 0,
                                 });
-                                link.want_probe();
-                                return Err(self.refuse(CircuitState::HalfOpen, None));
+                                // Decided again: refused as any caller past the allowance is
+                                // (a ticket to wait, demand for the store), unless the sync
+                                // task saw the probe and kept the permit meanwhile.
+                                continue;
                             }
                         }
                         return Ok(Permit {

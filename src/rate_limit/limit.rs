@@ -154,6 +154,7 @@ pub struct LimitSet {
     any_enforced: bool,
     /// For a layer's default limits, a number larger for each such set made in this process (as
     /// built, then each change at run time); 0 for any other set (a tier's, a key's own).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) default_generation: u64,
 }
 

@@ -577,6 +577,65 @@ async fn a_write_acknowledged_after_the_request_timeout_is_answered_for_itself()
     assert_eq!(s["count"], 2, "the acknowledged write is stored, once: {s}");
 }
 
+/// A client that went away mid-write took the handler with it (the server drops a request whose
+/// connection closed): the metric was stored, and its cached summaries were not dropped (stale
+/// until their TTL). The write and the invalidation it calls for now run to their end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_went_away_still_drops_the_cached_summaries() {
+    use tokio::io::AsyncWriteExt;
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
+    let storage = Arc::new(Storage::Redis(
+        RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
+    ));
+    let app = start_on(&[("RATE_LIMIT_REQUESTS", "1000")], storage).await;
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let count = || async {
+        app.send("GET", "/api/metrics/summary?type=cpu_usage", &[])
+            .await
+            .json()["count"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(count().await, 1);
+    // The cache answers first and writes behind: wait for the entry to be in Redis.
+    server.until_one_key(SUMMARY_ENTRIES).await;
+
+    // The write of this value runs in Redis; its answer is held while its client goes away.
+    proxy.hold_replies_after(b"271828");
+    let body = metric(271_828.0);
+    let mut client = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.forward();
+    // The acknowledgement comes now; the invalidation follows (bounded: 5 s).
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = count().await;
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen, 2,
+        "the stored metric, its summary no longer the cached one"
+    );
+}
+
 /// #17: the cached sensor breakdown was keyed by the raw query string, so junk query strings each
 /// made an entry (and index members) in Redis. It reads no parameter, and now has one entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

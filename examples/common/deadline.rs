@@ -63,7 +63,6 @@ pub(crate) async fn to_the_end<T: Send + 'static>(
 pub(crate) struct DeadlineLayer<F> {
     timeout: Duration,
     on_timeout: F,
-    shorter: Option<fn(&http::HeaderMap) -> Option<Duration>>,
 }
 
 impl<F> DeadlineLayer<F> {
@@ -71,15 +70,7 @@ impl<F> DeadlineLayer<F> {
         Self {
             timeout,
             on_timeout,
-            shorter: None,
         }
-    }
-
-    /// Also a shorter timeout a request asks for in its headers (gRPC's `grpc-timeout`).
-    #[allow(dead_code, reason = "used by the gRPC example only")]
-    pub(crate) fn asked_by(mut self, timeout_of: fn(&http::HeaderMap) -> Option<Duration>) -> Self {
-        self.shorter = Some(timeout_of);
-        self
     }
 }
 
@@ -91,7 +82,6 @@ impl<S, F: Clone> Layer<S> for DeadlineLayer<F> {
             inner,
             timeout: self.timeout,
             on_timeout: self.on_timeout.clone(),
-            shorter: self.shorter,
         }
     }
 }
@@ -102,7 +92,6 @@ pub(crate) struct Deadline<S, F> {
     inner: S,
     timeout: Duration,
     on_timeout: F,
-    shorter: Option<fn(&http::HeaderMap) -> Option<Duration>>,
 }
 
 impl<S, F, B, ResBody> Service<Request<B>> for Deadline<S, F>
@@ -119,8 +108,6 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let asked = self.shorter.and_then(|asked| asked(req.headers()));
-        let timeout = asked.map_or(self.timeout, |t| t.min(self.timeout));
         let commit = Commit::default();
         // Only a request whose method may write gets one (a GET costs no allocation); a handler
         // that finds none has nothing to commit to.
@@ -129,7 +116,7 @@ where
         }
         DeadlineFuture {
             inner: self.inner.call(req),
-            sleep: tokio::time::sleep(timeout),
+            sleep: tokio::time::sleep(self.timeout),
             commit,
             on_timeout: self.on_timeout.clone(),
         }

@@ -23,7 +23,8 @@ use crate::dependency::{self, ExternalClient};
 use crate::pb;
 use crate::pb::analytics_service_server::{AnalyticsService, AnalyticsServiceServer};
 use crate::storage::{
-    EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
+    EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, store_metric, summary_prefix,
+    valid_metric_type,
 };
 
 /// The largest call message the service decodes (a larger one is refused with `OUT_OF_RANGE`
@@ -109,11 +110,6 @@ fn limiter(
     Ok(BoxCloneSyncService::new(layer.layer(admitted)))
 }
 
-/// The beginning of the cache keys of `metric_type`'s summaries.
-fn summary_prefix(metric_type: &str) -> String {
-    format!("summary:{metric_type}:")
-}
-
 /// Summaries are kept in a shared (Redis) cache as their protobuf encoding.
 impl tower_rampart::backend::redis::CacheCodec for pb::Summary {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -188,26 +184,6 @@ impl std::fmt::Debug for Analytics {
 /// The deadline's answer.
 fn timed_out() -> http::Response<tonic::body::Body> {
     Status::deadline_exceeded("the call took longer than its timeout").into_http()
-}
-
-/// A call's own `grpc-timeout` (at most eight digits and a unit, as gRPC over HTTP/2 writes it),
-/// if it is well formed.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
-    let (&unit, digits) = v.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b'H' => Duration::from_secs(n * 3600),
-        b'M' => Duration::from_secs(n * 60),
-        b'S' => Duration::from_secs(n),
-        b'm' => Duration::from_millis(n),
-        b'u' => Duration::from_micros(n),
-        b'n' => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 fn unavailable(e: StorageError) -> Status {
@@ -292,23 +268,11 @@ impl AnalyticsService for Analytics {
         }
         // The write and the invalidation it calls for run to their end even if the call is
         // dropped (a client's deadline, which tonic enforces outside the deadline layer).
-        let (storage, summaries, stored) = (
+        crate::deadline::to_the_end(store_metric(
             Arc::clone(&self.storage),
             self.summary_cache.clone(),
             metric.clone(),
-        );
-        crate::deadline::to_the_end(async move {
-            let forgotten = storage.add_metric(&stored).await?;
-            // The next summary of this type, and of any whose oldest metrics made room, is
-            // computed afresh, whatever its TTL.
-            let others = forgotten.iter().filter(|t| **t != stored.metric_type);
-            for t in std::iter::once(&stored.metric_type).chain(others) {
-                if let Err(e) = summaries.invalidate_prefix(summary_prefix(t)).await {
-                    tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
-                }
-            }
-            Ok::<_, StorageError>(())
-        })
+        ))
         .await
         .map_err(unavailable)?;
         Ok(Response::new(pb::SubmitMetricResponse {
@@ -523,9 +487,10 @@ pub(crate) async fn serve(
         let _ = stopping.send(());
     };
     let server = tonic::transport::Server::builder()
-        // The request timeout (and a call's shorter `grpc-timeout`), which no longer cuts off a
-        // write once begun: `DEADLINE_EXCEEDED` means nothing was stored (see `deadline`).
-        .layer(DeadlineLayer::new(config.request_timeout, timed_out).asked_by(grpc_timeout))
+        // The request timeout, which no longer cuts off a write once begun: `DEADLINE_EXCEEDED`
+        // means nothing was stored (see `deadline`). A call's own shorter `grpc-timeout` is
+        // tonic's to enforce (outside every layer); the writes run to their end regardless.
+        .layer(DeadlineLayer::new(config.request_timeout, timed_out))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(server_limits.header_read_timeout))
         .max_concurrent_streams(server_limits.max_streams_per_connection)
@@ -727,28 +692,4 @@ pub(crate) fn analytics(
         events_limit,
         client_ip: ClientIp::new().trusted_proxies(&config.trusted_proxies),
     })
-}
-
-#[cfg(test)]
-mod deadline_tests {
-    use super::*;
-
-    #[test]
-    fn a_calls_grpc_timeout_is_read_as_grpc_writes_it_and_anything_else_ignored() {
-        let of = |v: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("grpc-timeout", v.parse().unwrap());
-            grpc_timeout(&h)
-        };
-        assert_eq!(of("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(of("1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(of("3H"), Some(Duration::from_secs(3 * 3600)));
-        assert_eq!(of("99999999n"), Some(Duration::from_nanos(99_999_999)));
-        assert_eq!(of("7M"), Some(Duration::from_secs(420)));
-        assert_eq!(of("5u"), Some(Duration::from_micros(5)));
-        for bad in ["", "S", "123456789S", "1.5S", "-1S", "10", "10s", "1 S"] {
-            assert_eq!(of(bad), None, "{bad:?}");
-        }
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
-    }
 }

@@ -531,26 +531,10 @@ async fn a_write_answered_503_is_never_stored() {
 /// now: the client gets the write's own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_acknowledged_after_the_request_timeout_is_answered_for_itself() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, proxy, app)) = behind_a_proxy(&[("REQUEST_TIMEOUT_SECONDS", "1")]).await
+    else {
         return;
     };
-    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
-    let storage = Arc::new(Storage::Redis(
-        RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
-    ));
-    let app = start_on(
-        &[
-            ("REQUEST_TIMEOUT_SECONDS", "1"),
-            ("RATE_LIMIT_REQUESTS", "1000"),
-        ],
-        storage,
-    )
-    .await;
-    // A first write: the backend learns Redis's clock, which fences its writes.
-    let r = app
-        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 
     // The write of this value runs in Redis; its answer (and every later one) is held for 1.8 s,
     // past the 1 s request timeout.
@@ -566,15 +550,45 @@ async fn a_write_acknowledged_after_the_request_timeout_is_answered_for_itself()
     let took = started.elapsed();
     assert_eq!(r.status, StatusCode::CREATED, "after {took:?}: {}", r.body);
     assert!(took >= Duration::from_millis(1800), "{took:?}");
+    assert_eq!(
+        summary_count(&app, &[("cache-control", "no-cache")]).await,
+        2,
+        "the acknowledged write is stored, once"
+    );
+}
+
+/// Redis behind a fault proxy and the app on it (`vars`, a generous limit, a 5 s store timeout),
+/// one metric stored through it (the backend has learned Redis's clock, which fences its writes);
+/// `None` without a `redis-server`.
+async fn behind_a_proxy(
+    vars: &[(&str, &str)],
+) -> Option<(
+    RedisServer,
+    crate::common::fault_proxy::FaultProxy,
+    crate::TestApp,
+)> {
+    let server = RedisServer::start()?;
+    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
+    let storage = Arc::new(Storage::Redis(
+        RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
+    ));
+    let mut vars = vars.to_vec();
+    vars.push(("RATE_LIMIT_REQUESTS", "1000"));
+    let app = start_on(&vars, storage).await;
+    let r = app
+        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    Some((server, proxy, app))
+}
+
+/// The `cpu_usage` summary's count, asked with `headers`.
+async fn summary_count(app: &crate::TestApp, headers: &[(&str, &str)]) -> u64 {
     let s = app
-        .send(
-            "GET",
-            "/api/metrics/summary?type=cpu_usage",
-            &[("cache-control", "no-cache")],
-        )
+        .send("GET", "/api/metrics/summary?type=cpu_usage", headers)
         .await
         .json();
-    assert_eq!(s["count"], 2, "the acknowledged write is stored, once: {s}");
+    s["count"].as_u64().unwrap_or_else(|| panic!("{s}"))
 }
 
 /// A client that went away mid-write took the handler with it (the server drops a request whose
@@ -584,26 +598,10 @@ async fn a_write_acknowledged_after_the_request_timeout_is_answered_for_itself()
 async fn a_write_whose_client_went_away_still_drops_the_cached_summaries() {
     use tokio::io::AsyncWriteExt;
 
-    let Some(server) = RedisServer::start() else {
+    let Some((server, proxy, app)) = behind_a_proxy(&[]).await else {
         return;
     };
-    let proxy = crate::common::fault_proxy::FaultProxy::start(server.addr()).await;
-    let storage = Arc::new(Storage::Redis(
-        RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
-    ));
-    let app = start_on(&[("RATE_LIMIT_REQUESTS", "1000")], storage).await;
-    let r = app
-        .send_body("POST", "/api/metrics", &[JSON], metric(1.0))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let count = || async {
-        app.send("GET", "/api/metrics/summary?type=cpu_usage", &[])
-            .await
-            .json()["count"]
-            .as_u64()
-            .unwrap()
-    };
-    assert_eq!(count().await, 1);
+    assert_eq!(summary_count(&app, &[]).await, 1);
     // The cache answers first and writes behind: wait for the entry to be in Redis.
     server.until_one_key(SUMMARY_ENTRIES).await;
 
@@ -624,7 +622,7 @@ async fn a_write_whose_client_went_away_still_drops_the_cached_summaries() {
     // The acknowledgement comes now; the invalidation follows (bounded: 5 s).
     let mut seen = 0;
     for _ in 0..50 {
-        seen = count().await;
+        seen = summary_count(&app, &[]).await;
         if seen == 2 {
             break;
         }

@@ -841,21 +841,11 @@ async fn a_message_past_the_size_bound_is_refused_and_stores_nothing() {
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_the_request_timeout_answers_for_a_write_only_before_it_begins() {
-    let Some(redis) = crate::common::redis::RedisServer::start() else {
+    let Some((_redis, proxy, _server, mut c)) =
+        behind_a_proxy(&[("REQUEST_TIMEOUT_SECONDS", "1")]).await
+    else {
         return;
     };
-    let proxy = crate::common::fault_proxy::FaultProxy::start(redis.addr()).await;
-    let storage = Arc::new(storage::Storage::Redis(
-        storage::RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
-    ));
-    let vars = [
-        ("REQUEST_TIMEOUT_SECONDS", "1"),
-        ("RATE_LIMIT_REQUESTS", "1000"),
-    ];
-    let server = start_on(&vars, storage).await;
-    let mut c = server.client().await;
-    // A first write: the backend learns Redis's clock, which fences its writes.
-    c.submit_metric(metric(1.0, "cpu")).await.unwrap();
 
     // The write of this value runs in Redis; its answer is held for 1.8 s.
     proxy.hold_replies_after(b"271828");
@@ -877,21 +867,10 @@ async fn with_redis_the_request_timeout_answers_for_a_write_only_before_it_begin
     assert!(took < Duration::from_secs(3), "{took:?}");
     proxy.forward();
 
-    let count = || async {
-        c.clone()
-            .get_summary(pb::GetSummaryRequest {
-                r#type: "cpu".into(),
-                period: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .count
-    };
     // Bounded: the held limiter call reaches Redis now; whatever it does, no write follows.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        count().await,
+        cpu_count(c.clone()).await,
         2,
         "the acknowledged write once, the refused one not at all"
     );
@@ -904,27 +883,10 @@ async fn with_redis_the_request_timeout_answers_for_a_write_only_before_it_begin
 /// agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_a_write_whose_client_gave_up_still_drops_the_cached_summaries() {
-    let Some(redis) = crate::common::redis::RedisServer::start() else {
+    let Some((redis, proxy, _server, mut c)) = behind_a_proxy(&[]).await else {
         return;
     };
-    let proxy = crate::common::fault_proxy::FaultProxy::start(redis.addr()).await;
-    let storage = Arc::new(storage::Storage::Redis(
-        storage::RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
-    ));
-    let server = start_on(&[("RATE_LIMIT_REQUESTS", "1000")], storage).await;
-    let mut c = server.client().await;
-    c.submit_metric(metric(1.0, "cpu")).await.unwrap();
-    let count = |mut c: AnalyticsServiceClient<Channel>| async move {
-        c.get_summary(pb::GetSummaryRequest {
-            r#type: "cpu".into(),
-            period: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .count
-    };
-    assert_eq!(count(c.clone()).await, 1);
+    assert_eq!(cpu_count(c.clone()).await, 1);
     // The cache answers first and writes behind: wait for the entry to be in Redis.
     redis.until_one_key(SUMMARY_ENTRIES).await;
 
@@ -940,7 +902,7 @@ async fn with_redis_a_write_whose_client_gave_up_still_drops_the_cached_summarie
     // The write's acknowledgement comes now; its invalidation follows (bounded: 5 s).
     let mut seen = 0;
     for _ in 0..50 {
-        seen = count(c.clone()).await;
+        seen = cpu_count(c.clone()).await;
         if seen == 2 {
             break;
         }
@@ -950,4 +912,40 @@ async fn with_redis_a_write_whose_client_gave_up_still_drops_the_cached_summarie
         seen, 2,
         "the stored metric, its summary no longer the cached one"
     );
+}
+
+/// Redis behind a fault proxy and the server on it (`vars`, a generous limit, a 5 s store
+/// timeout), with a client that has stored one metric through it (the backend has learned Redis's
+/// clock, which fences its writes); `None` without a `redis-server`.
+async fn behind_a_proxy(
+    vars: &[(&str, &str)],
+) -> Option<(
+    crate::common::redis::RedisServer,
+    crate::common::fault_proxy::FaultProxy,
+    Running,
+    AnalyticsServiceClient<Channel>,
+)> {
+    let redis = crate::common::redis::RedisServer::start()?;
+    let proxy = crate::common::fault_proxy::FaultProxy::start(redis.addr()).await;
+    let storage = Arc::new(storage::Storage::Redis(
+        storage::RedisStorage::open(&proxy.url(), Duration::from_secs(5)).unwrap(),
+    ));
+    let mut vars = vars.to_vec();
+    vars.push(("RATE_LIMIT_REQUESTS", "1000"));
+    let server = start_on(&vars, storage).await;
+    let mut c = server.client().await;
+    c.submit_metric(metric(1.0, "cpu")).await.unwrap();
+    Some((redis, proxy, server, c))
+}
+
+/// The `cpu` summary's count.
+async fn cpu_count(mut c: AnalyticsServiceClient<Channel>) -> u64 {
+    c.get_summary(pb::GetSummaryRequest {
+        r#type: "cpu".into(),
+        period: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .count
 }

@@ -104,23 +104,11 @@ pub(super) async fn submit_metric(
     // From here the answer is the write's (201 stored, 503 not), whatever the request timeout;
     // the write and the invalidation it calls for run to their end even if the client goes.
     begin_write(&commit);
-    let (storage, summaries, stored) = (
+    crate::deadline::to_the_end(store_metric(
         Arc::clone(&state.storage),
         state.summaries.clone(),
         metric.clone(),
-    );
-    crate::deadline::to_the_end(async move {
-        let forgotten = storage.add_metric(&stored).await?;
-        // The next summary of this type, and of any whose oldest metrics made room, is computed
-        // afresh, whatever its TTL.
-        let others = forgotten.iter().filter(|t| **t != stored.metric_type);
-        for t in std::iter::once(&stored.metric_type).chain(others) {
-            if let Err(e) = summaries.invalidate_prefix(summary_prefix(t)).await {
-                tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
-            }
-        }
-        Ok::<_, StorageError>(())
-    })
+    ))
     .await?;
     Ok((
         StatusCode::CREATED,
@@ -316,9 +304,4 @@ pub(super) fn summary_key(req: &Request) -> Option<String> {
     let period = q.period.as_deref().unwrap_or("all");
     matches!(period, "all" | "daily" | "hourly")
         .then(|| format!("{}{period}:{}", summary_prefix(metric_type), req.method()))
-}
-
-/// The beginning of every cache key of `metric_type`'s summaries.
-fn summary_prefix(metric_type: &str) -> String {
-    format!("summary:{metric_type}:")
 }

@@ -38,7 +38,8 @@ use crate::errors::{self, ApiError, FieldError};
 use crate::external;
 use crate::input::{self, FromBody};
 use crate::storage::{
-    EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, valid_metric_type,
+    EventRecord, Metric, Storage, StorageError, UNKNOWN_PLATFORM, store_metric, summary_prefix,
+    valid_metric_type,
 };
 use crate::tiers::{Client, Tiers};
 use crate::{docs, telemetry};

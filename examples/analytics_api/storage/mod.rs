@@ -258,6 +258,30 @@ impl Default for Storage {
     }
 }
 
+/// The beginning of every cache key of `metric_type`'s summaries (in both examples' caches).
+pub(crate) fn summary_prefix(metric_type: &str) -> String {
+    format!("summary:{metric_type}:")
+}
+
+/// Stores `metric` in `storage`, then drops from `summaries` the cached summaries it made stale:
+/// its type's, and those of any type whose oldest metrics made room (the next one is computed
+/// afresh, whatever its TTL). A cache that cannot drop them is logged: they expire with their TTL.
+/// Owned arguments, for [`deadline::to_the_end`](crate::deadline::to_the_end).
+pub(crate) async fn store_metric(
+    storage: Arc<Storage>,
+    summaries: tower_rampart::cache::CacheHandle,
+    metric: Metric,
+) -> Result<(), StorageError> {
+    let forgotten = storage.add_metric(&metric).await?;
+    let others = forgotten.iter().filter(|t| **t != metric.metric_type);
+    for t in std::iter::once(&metric.metric_type).chain(others) {
+        if let Err(e) = summaries.invalidate_prefix(summary_prefix(t)).await {
+            tracing::warn!(error = %e, "could not drop cached summaries; they expire with their TTL");
+        }
+    }
+    Ok(())
+}
+
 impl Storage {
     /// In memory, keeping at most `kept` metrics (at least 1; [`MAX_METRICS`] by default).
     pub(crate) fn memory_keeping(kept: usize) -> Self {

@@ -98,6 +98,8 @@ struct Inner<K> {
     /// The quota leases are carved from, and what follows from it: the layer's own limit's, as
     /// built, then as changed at run time (`RateLimitHandle::set_default`).
     terms: ArcSwap<Terms>,
+    /// The terms' generation, mirrored (never ahead of them) for the decisions' one look.
+    generation: AtomicU64,
     name: Arc<str>,
     config: LeaseConfig,
     ttl: Nanos,
@@ -189,6 +191,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> RedisLeasedStore<K
                 conn: Arc::clone(&backend.conn),
                 exact,
                 terms: ArcSwap::from_pointee(Terms::new(spec.limits, &config, 0, 0)),
+                generation: AtomicU64::new(0),
                 name: Arc::from(spec.name()),
                 config,
                 ttl,
@@ -259,7 +262,7 @@ impl<K: Hash + Eq + Clone + RedisKey> RedisLeasedStore<K> {
 impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
     /// The hot path on `cell`.
     #[inline]
-    fn hot(&self, cell: &Arc<Cell>, limits: &Limits, since: Nanos, now: Nanos) -> Hot {
+    fn hot(&self, cell: &Arc<Cell>, limits: &Limits, now: Nanos) -> Hot {
         if let Some(left) = cell.take(now) {
             let d = cell.admitted(limits, left, now);
             if cell.wants_prefetch(left) {
@@ -267,7 +270,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             }
             return Hot::Done(d);
         }
-        if let Some(d) = cell.refused(limits.limit, since, now) {
+        if let Some(d) = cell.refused(limits.limit, self.terms.load().since, now) {
             return Hot::Done(d);
         }
         Hot::Miss(Arc::clone(cell))
@@ -292,6 +295,8 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 Arc::new(Terms::new(limits, &self.config, since, generation))
             }
         });
+        // After the terms: a decision that sees this generation finds them in force.
+        self.generation.fetch_max(generation, Ordering::AcqRel);
     }
 
     /// One lease call for `key`: `n` units wanted, sent at `sent`.
@@ -555,9 +560,11 @@ where
         // decided exactly). Anything else (another tier's limits, a key's own, several limits, a
         // cost, a peek) is decided exactly.
         let set = ask.set();
-        let mut terms = inner.terms.load();
+        // One atomic load on the way: the terms themselves are read only when this decision needs
+        // more than a unit of a lease (a refusal to check, a call to make).
+        let generation = inner.generation.load(Ordering::Acquire);
         let own = ask.plain().filter(|l| {
-            set.default_generation >= terms.generation
+            set.default_generation >= generation
                 && set.default_generation != 0
                 && l.name == inner.name.as_ref()
         });
@@ -568,17 +575,16 @@ where
             };
         };
         let now = inner.clock.now();
-        if set.default_generation != terms.generation {
+        if set.default_generation != generation {
             inner.retune(own.limits, set.default_generation, now);
-            terms = inner.terms.load();
         }
-        let (limits, since) = (&own.limits, terms.since);
+        let limits = &own.limits;
         let hot = if std::mem::size_of::<K>() == 0 {
-            inner.hot(&inner.single, limits, since, now)
+            inner.hot(&inner.single, limits, now)
         } else {
             inner
                 .cells
-                .with(key, &(), now, |s| inner.hot(&s.0, limits, since, now))
+                .with(key, &(), now, |s| inner.hot(&s.0, limits, now))
         };
         match hot {
             Hot::Done(d) => Check::Ready(Ok(d)),

@@ -98,8 +98,10 @@ struct Inner<K> {
     /// The quota leases are carved from, and what follows from it: the layer's own limit's, as
     /// built, then as changed at run time (`RateLimitHandle::set_default`).
     terms: ArcSwap<Terms>,
-    /// The terms' generation, mirrored (never ahead of them) for the decisions' one look.
+    /// The terms' generation and `since`, mirrored for the decisions, which read an atomic rather
+    /// than the terms (set after them).
     generation: AtomicU64,
+    since: AtomicU64,
     name: Arc<str>,
     config: LeaseConfig,
     ttl: Nanos,
@@ -192,6 +194,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> RedisLeasedStore<K
                 exact,
                 terms: ArcSwap::from_pointee(Terms::new(spec.limits, &config, 0, 0)),
                 generation: AtomicU64::new(0),
+                since: AtomicU64::new(0),
                 name: Arc::from(spec.name()),
                 config,
                 ttl,
@@ -270,7 +273,7 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
             }
             return Hot::Done(d);
         }
-        if let Some(d) = cell.refused(limits.limit, self.terms.load().since, now) {
+        if let Some(d) = cell.refused(limits.limit, self.since.load(Ordering::Acquire), now) {
             return Hot::Done(d);
         }
         Hot::Miss(Arc::clone(cell))
@@ -295,8 +298,13 @@ impl<K: Hash + Eq + Clone + RedisKey + Send + Sync + 'static> Inner<K> {
                 Arc::new(Terms::new(limits, &self.config, since, generation))
             }
         });
-        // After the terms: a decision that sees this generation finds them in force.
-        self.generation.fetch_max(generation, Ordering::AcqRel);
+        // After the terms: a decision that sees this generation finds them in force. (Racing
+        // changes: the largest of each wins; a `since` later than the terms' only forgets a
+        // refusal sooner, which costs a call.)
+        let terms = self.terms.load();
+        self.since.fetch_max(terms.since, Ordering::AcqRel);
+        self.generation
+            .fetch_max(terms.generation, Ordering::AcqRel);
     }
 
     /// One lease call for `key`: `n` units wanted, sent at `sent`.

@@ -108,10 +108,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let commit = Commit::default();
         // Only a request whose method may write gets one (a GET costs no allocation); a handler
         // that finds none has nothing to commit to.
-        if !req.method().is_safe() {
+        let commit = (!req.method().is_safe()).then(Commit::default);
+        if let Some(commit) = &commit {
             req.extensions_mut().insert(commit.clone());
         }
         DeadlineFuture {
@@ -130,7 +130,7 @@ pin_project_lite::pin_project! {
         inner: Fut,
         #[pin]
         sleep: Sleep,
-        commit: Commit,
+        commit: Option<Commit>,
         on_timeout: F,
     }
 }
@@ -147,7 +147,7 @@ where
         if let Poll::Ready(answer) = this.inner.poll(cx) {
             return Poll::Ready(answer);
         }
-        if this.commit.begun() {
+        if this.commit.as_ref().is_some_and(Commit::begun) {
             // The write decides the answer; its store's own timeout bounds it.
             return Poll::Pending;
         }

@@ -620,14 +620,7 @@ async fn a_write_whose_client_went_away_still_drops_the_cached_summaries() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.forward();
     // The acknowledgement comes now; the invalidation follows (bounded: 5 s).
-    let mut seen = 0;
-    for _ in 0..50 {
-        seen = summary_count(&app, &[]).await;
-        if seen == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = crate::common::until_it_answers(2, || summary_count(&app, &[])).await;
     assert_eq!(
         seen, 2,
         "the stored metric, its summary no longer the cached one"

@@ -900,14 +900,7 @@ async fn with_redis_a_write_whose_client_gave_up_still_drops_the_cached_summarie
     );
     proxy.forward();
     // The write's acknowledgement comes now; its invalidation follows (bounded: 5 s).
-    let mut seen = 0;
-    for _ in 0..50 {
-        seen = cpu_count(c.clone()).await;
-        if seen == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = crate::common::until_it_answers(2, || cpu_count(c.clone())).await;
     assert_eq!(
         seen, 2,
         "the stored metric, its summary no longer the cached one"

@@ -623,6 +623,100 @@ async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry(
     );
 }
 
+/// Requests that waited for another request's call were answered the whole `200` even when their
+/// validators matched what they were served (the flight's new entry, or their own stale entry when
+/// that call failed): the validators were taken off before the wait. They are now taken off only
+/// for the call that fills the key, so a waiter they match gets `304`, and a waiter that calls
+/// through (the flight's answer was not stored) sends them to the origin.
+#[tokio::test(start_paused = true)]
+async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Whether each call the origin received carried `If-None-Match`.
+    let validated = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, v) = (Arc::clone(&calls), Arc::clone(&validated));
+    let origin = tower::service_fn(move |req: Request<()>| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        v.lock()
+            .unwrap()
+            .push(req.headers().contains_key(header::IF_NONE_MATCH));
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut res = Response::new(Frames::chunks(&[b"the document"], true));
+            let headers = res.headers_mut();
+            headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+            match n {
+                1 | 4 => {}
+                2 => *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+                _ => {
+                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                }
+            }
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let svc = stale_if_error_cache().layer(origin);
+    let tagged = |tag: &'static str| {
+        Request::get("/x")
+            .header("if-none-match", tag)
+            .body(())
+            .unwrap()
+    };
+    // A miss led by a conditional request (polled first, it leads), three requests waiting for it.
+    let (mut a, mut b, mut c, mut d) = (svc.clone(), svc.clone(), svc.clone(), svc.clone());
+    let (led, matching, other, plain) = tokio::join!(
+        send(&mut a, tagged("\"v1\"")),
+        send(&mut b, tagged("\"v1\"")),
+        send(&mut c, tagged("\"v0\"")),
+        send(&mut d, get_req("/x")),
+    );
+    assert_eq!(
+        (led.status, led.x_cache(), &led.body[..]),
+        (StatusCode::OK, Some("MISS"), &b"the document"[..]),
+        "the leader is answered the response its fill asked for in full"
+    );
+    assert_eq!(
+        (matching.status, matching.x_cache(), &matching.body[..]),
+        (StatusCode::NOT_MODIFIED, Some("MISS"), &b""[..])
+    );
+    assert_eq!(matching.headers["etag"], "\"v1\"");
+    for (answer, why) in [(&other, "another tag"), (&plain, "no validators")] {
+        assert_eq!(
+            (answer.status, &answer.body[..]),
+            (StatusCode::OK, &b"the document"[..]),
+            "{why}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one call for the four");
+
+    // Stale, within stale-if-error: a reload's call fails, and the request waiting for it is
+    // answered from its stale entry, `304` as its validators match.
+    tokio::time::advance(Duration::from_secs(15)).await;
+    let reload = Request::get("/x")
+        .header("cache-control", "no-cache")
+        .body(())
+        .unwrap();
+    let (reloaded, waited) = tokio::join!(send(&mut a, reload), send(&mut b, tagged("\"v1\"")));
+    assert_eq!(reloaded.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        (waited.status, waited.x_cache(), &waited.body[..]),
+        (StatusCode::NOT_MODIFIED, Some("STALE"), &b""[..])
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // The flight's answer is not stored (`no-store`): the waiter calls through with its
+    // validators, which the origin may answer itself.
+    let (passed, called) =
+        tokio::join!(send(&mut a, get_req("/x")), send(&mut b, tagged("\"v1\"")));
+    assert_eq!(passed.status, StatusCode::OK);
+    assert_eq!(called.status, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        *validated.lock().unwrap(),
+        [false, false, false, true],
+        "fills ask for the whole response; the call through keeps the validators"
+    );
+}
+
 /// A request's own `Cache-Control` bounds (RFC 9111 §5.2.1): `max-age=N` accepts no older
 /// answer, `min-fresh=N` none fresh for less than N more seconds (a stored answer outside them is
 /// fetched and stored again, for everyone), `only-if-cached` is answered from the cache or with a

@@ -544,6 +544,54 @@ async fn a_conditional_request_gets_304_from_the_redis_cache() {
     );
 }
 
+/// A conditional request on one replica that waits for another replica's fill of its key (the
+/// fill lock held there) got the whole `200` when the entry came, its validators taken off before
+/// the wait; it now gets `304` when they match that entry, and the app is called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_request_waiting_on_another_replicas_fill_gets_304() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("http-304-wait");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let replica = || {
+        let calls = Arc::clone(&calls);
+        let (url, prefix) = (server.url(), prefix.clone());
+        async move {
+            let (cache, _) = http_cache(&url, &prefix).await;
+            let app = Router::new().route(
+                "/doc",
+                get(move || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        ([(http::header::ETAG, "\"v1\"")], "the document")
+                    }
+                })
+                .route_layer(cache),
+            );
+            serve(app, false).await
+        }
+    };
+    let (one, two) = (replica().await, replica().await);
+    let (filled, waited) = tokio::join!(one.send("GET", "/doc", &[]), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        two.send("GET", "/doc", &[("if-none-match", "\"v1\"")])
+            .await
+    });
+    assert_eq!(filled.body, "the document");
+    assert_eq!(
+        (waited.status, waited.body.as_str()),
+        (StatusCode::NOT_MODIFIED, "")
+    );
+    assert_eq!(waited.headers["etag"], "\"v1\"");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the other replica's fill served it"
+    );
+}
+
 /// A request's `only-if-cached` and `max-age` bound what a Redis hit serves, as in memory (the
 /// lookup that waits for Redis carries them): nothing stored is a `504` with no call, a stored
 /// answer older than `max-age` is fetched again.

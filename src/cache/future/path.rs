@@ -110,8 +110,9 @@ where
                             }
                             // No runtime to refresh on: this request refreshes it itself,
                             // falling back to the stale entry if that fails.
+                            // (Its validators went with the refresh: it is answered in full.)
                             Err((svc, req, entry)) => {
-                                return miss(shared, svc, req, key, Some(entry), mode);
+                                return miss(shared, svc, req, key, Some(entry), mode, false);
                             }
                         }
                     }
@@ -124,12 +125,7 @@ where
         Some(Ok(None)) | None => {}
         Some(Err(e)) => shared.backend_failed("get", &e),
     }
-    // What fills the cache for every client asks for the whole response.
-    let req = match conditional {
-        true => shared.mode.unconditional(req),
-        false => req,
-    };
-    miss(shared, svc, req, key, fallback, mode)
+    miss(shared, svc, req, key, fallback, mode, conditional)
 }
 
 /// [`dispatch`] for a request that says what stored answer it accepts
@@ -189,13 +185,7 @@ where
     }
     match found {
         // Stored, but not as fresh as asked: fetched and stored again, for every client.
-        Ok(Some(_)) => {
-            let req = match bounds.conditional {
-                true => shared.mode.unconditional(req),
-                false => req,
-            };
-            dispatch(shared, svc, req, key, None, None, false)
-        }
+        Ok(Some(_)) => dispatch(shared, svc, req, key, None, None, bounds.conditional),
         other => dispatch(
             shared,
             svc,
@@ -209,6 +199,13 @@ where
 }
 
 /// A miss: lead the key's flight (call the inner service now) or wait for the one in progress.
+///
+/// A `conditional` request keeps its validators while it waits: a stored answer it is served
+/// (the flight's entry, a stale one, another process's) is the mode's `not_modified` when they
+/// match it. What it sends to the inner service to fill the key asks for the whole response
+/// ([`CacheMode::unconditional`]); a call it makes through (not stored) keeps them, so that the
+/// origin can answer `304` itself.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn miss<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,
     svc: Svc<'_, S>,
@@ -216,6 +213,7 @@ pub(super) fn miss<S, Req, X, St, A>(
     key: super::CacheKey,
     fallback: Option<CacheEntry<A::Stored>>,
     mode: LockMode,
+    conditional: bool,
 ) -> StateOf<S, Req, X, St, A>
 where
     S: Service<Req> + Clone,
@@ -228,7 +226,7 @@ where
 {
     shared.count(Meter::Misses);
     match shared.flights.join(&key) {
-        Joined::Leader(guard) => lead(shared, svc, req, guard, fallback, mode),
+        Joined::Leader(guard) => lead(shared, svc, req, guard, fallback, mode, conditional),
         Joined::Waiter(flight) => {
             shared.count(Meter::Coalesced);
             tracing::trace!(cache = shared.name, key = %key.for_logs(), "miss: waiting for the call in flight");
@@ -239,6 +237,7 @@ where
                 key,
                 fallback,
                 mode,
+                conditional,
                 Arc::clone(shared),
             ))
         }
@@ -249,7 +248,8 @@ where
 /// first (or waits for the entry another process is filling); then calls the inner service.
 /// Unless `mode` forces a refresh, an entry the store finds fresh as it is asked for the lock
 /// (stored since this request's lookup, by another process or another request's fill) is
-/// served instead.
+/// served instead (the mode's `not_modified` for a `conditional` request it matches). The call
+/// that fills asks for the whole response.
 pub(crate) fn lead<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,
     svc: Svc<'_, S>,
@@ -257,6 +257,7 @@ pub(crate) fn lead<S, Req, X, St, A>(
     guard: FlightGuard,
     fallback: Option<CacheEntry<A::Stored>>,
     mode: LockMode,
+    conditional: bool,
 ) -> StateOf<S, Req, X, St, A>
 where
     S: Service<Req> + Clone,
@@ -274,7 +275,14 @@ where
         StoreOp::Ready(Ok(FillLock::Fresh(entry))) => {
             let now = Instant::now();
             if entry.freshness(now) == Freshness::Fresh
-                && let Some(res) = shared.mode.replay(&entry, CacheStatus::Miss, now)
+                && let Some(res) = conditional
+                    .then(|| {
+                        shared
+                            .mode
+                            .not_modified(&req, &entry, CacheStatus::Miss, now)
+                    })
+                    .flatten()
+                    .or_else(|| shared.mode.replay(&entry, CacheStatus::Miss, now))
             {
                 tracing::debug!(cache = shared.name, key = %key.for_logs(), "miss: the entry was stored meanwhile; serving it");
                 fill.found(entry);
@@ -301,7 +309,14 @@ where
         StoreOp::Pending(lock) => Some(Some(lock)),
     };
     match wait {
-        None => StateOf::<S, Req, X, St, A>::leading(svc.call(req), fill),
+        None => {
+            // What fills the cache for every client asks for the whole response.
+            let req = match conditional {
+                true => shared.mode.unconditional(req),
+                false => req,
+            };
+            StateOf::<S, Req, X, St, A>::leading(svc.call(req), fill)
+        }
         Some(lock) => {
             let wait = Box::pin(wait_for_fill::<X, St, A, A::Stored>(
                 Arc::clone(shared),
@@ -310,7 +325,7 @@ where
                 mode,
             ));
             StateOf::<S, Req, X, St, A>::Locking {
-                locking: Box::new(Locking::new(wait, svc.into_owned(), req, fill)),
+                locking: Box::new(Locking::new(wait, svc.into_owned(), req, fill, conditional)),
             }
         }
     }

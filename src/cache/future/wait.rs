@@ -13,6 +13,9 @@ pub(crate) struct Waiting<S, Req, X, St, A, V> {
     pub(crate) fallback: Option<CacheEntry<V>>,
     /// How the request would take the fill lock, should it come to lead (a forced refresh or not).
     pub(crate) mode: LockMode,
+    /// Whether `req` carries validators: a stored answer they match is served as the mode's
+    /// `not_modified`.
+    pub(crate) conditional: bool,
     pub(crate) shared: Arc<Shared<X, St, A>>,
 }
 
@@ -172,6 +175,9 @@ pub(crate) struct Locking<S, Req, Fl, V> {
     pub(crate) svc: S,
     pub(crate) req: Option<Req>,
     pub(crate) fill: Option<Fl>,
+    /// Whether `req` carries validators (see [`Waiting::conditional`]); they are taken off before
+    /// the call that fills.
+    pub(crate) conditional: bool,
 }
 
 impl<S, Req, Fl, V> Locking<S, Req, Fl, V> {
@@ -180,12 +186,14 @@ impl<S, Req, Fl, V> Locking<S, Req, Fl, V> {
         svc: S,
         req: Req,
         fill: Fl,
+        conditional: bool,
     ) -> Self {
         Self {
             wait,
             svc,
             req: Some(req),
             fill: Some(fill),
+            conditional,
         }
     }
 }
@@ -206,26 +214,35 @@ where
         let locked = ready!(self.wait.as_mut().poll(cx));
         let mut fill = self.fill.take().expect("lock wait polled after completion");
         let req = self.req.take().expect("lock wait polled after completion");
-        match locked {
+        let mode = &fill.shared.mode;
+        let lease = match locked {
             Locked::Found(entry) => {
                 let now = Instant::now();
-                if let Some(res) = fill.shared.mode.replay(&entry, CacheStatus::Miss, now) {
+                let served = match self.conditional {
+                    true => mode.not_modified(&req, &entry, CacheStatus::Miss, now),
+                    false => None,
+                };
+                if let Some(res) = served.or_else(|| mode.replay(&entry, CacheStatus::Miss, now)) {
                     fill.found(entry);
                     return Poll::Ready(Next::Done(Ok(res)));
                 }
                 // Another process's entry this one cannot use: answer without touching it.
-                fill.with_lease(Lease::Missing);
-                Poll::Ready(Next::Lead(self.svc.call(req), fill))
+                Lease::Missing
             }
-            Locked::Lead(lease) => {
-                fill.with_lease(lease);
-                Poll::Ready(Next::Lead(self.svc.call(req), fill))
-            }
-        }
+            Locked::Lead(lease) => lease,
+        };
+        // What fills the cache for every client asks for the whole response.
+        let req = match self.conditional {
+            true => mode.unconditional(req),
+            false => req,
+        };
+        fill.with_lease(lease);
+        Poll::Ready(Next::Lead(self.svc.call(req), fill))
     }
 }
 
 impl<S, Req, X, St, A, V> Waiting<S, Req, X, St, A, V> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         flight: Arc<Flight>,
         svc: S,
@@ -233,6 +250,7 @@ impl<S, Req, X, St, A, V> Waiting<S, Req, X, St, A, V> {
         key: CacheKey,
         fallback: Option<CacheEntry<V>>,
         mode: LockMode,
+        conditional: bool,
         shared: Arc<Shared<X, St, A>>,
     ) -> Self {
         Self {
@@ -243,6 +261,7 @@ impl<S, Req, X, St, A, V> Waiting<S, Req, X, St, A, V> {
             key,
             fallback,
             mode,
+            conditional,
             shared,
         }
     }
@@ -296,7 +315,9 @@ where
                 Outcome::Entry(entry, status) => {
                     let now = Instant::now();
                     if let Some(entry) = CacheEntry::<A::Stored>::from_any(entry)
-                        && let Some(res) = shared.mode.replay(&entry, status, now)
+                        && let Some(res) = self
+                            .not_modified(&entry, status, now)
+                            .or_else(|| shared.mode.replay(&entry, status, now))
                     {
                         return Poll::Ready(Next::Done(Ok(res)));
                     }
@@ -324,6 +345,7 @@ where
                             guard,
                             self.fallback.take(),
                             self.mode,
+                            self.conditional,
                         )));
                     }
                     Joined::Waiter(flight) => self.flight = flight,
@@ -339,12 +361,27 @@ where
         if !entry.usable_if_error(now) {
             return None;
         }
-        let res = self.shared.mode.replay(&entry, CacheStatus::Stale, now)?;
+        let res = self
+            .not_modified(&entry, CacheStatus::Stale, now)
+            .or_else(|| self.shared.mode.replay(&entry, CacheStatus::Stale, now))?;
         tracing::debug!(cache = self.shared.name, key = %self.key.for_logs(), "the call waited for failed: serving the stale entry");
         self.shared.count(Meter::StaleIfError);
         Some(res)
     }
 
+    /// The mode's `not_modified` for `entry`, when this request carries validators that match it.
+    fn not_modified(
+        &self,
+        entry: &CacheEntry<A::Stored>,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Option<A::Response> {
+        let req = self.req.as_ref().filter(|_| self.conditional)?;
+        self.shared.mode.not_modified(req, entry, status, now)
+    }
+
+    /// Calls the inner service with the request as it came (validators kept: its answer is not
+    /// stored, and the origin may answer `304` itself).
     fn call(&mut self) -> S::Future {
         let req = self.req.take().expect("a waiting request calls once");
         self.svc

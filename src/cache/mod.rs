@@ -143,13 +143,17 @@
 //!   passed through with what was read replayed first. Nothing beyond the cap is ever buffered.
 //! - **Conditional requests.** A request whose `If-None-Match` names the stored response's
 //!   `ETag` (weak comparison, or `*`) or, without `If-None-Match`, whose `If-Modified-Since` is
-//!   no earlier than its `Last-Modified` (else `Date`) is answered `304 Not Modified` from a fresh
-//!   (or revalidating) stored `200` found by its lookup, with its `ETag`, `Cache-Control`,
-//!   `Date`, `Expires`, `Vary` and `Content-Location` and no body (RFC 9111 §4.3.2); any other
-//!   gets the stored response (as does one that waited for another request's fill). A miss or
-//!   a refresh asks the inner service for the whole response, without the client's validators.
-//!   Requests with `If-Match` or `If-Unmodified-Since` (preconditions the origin evaluates) pass
-//!   straight through.
+//!   no earlier than its `Last-Modified` (else `Date`) is answered `304 Not Modified` from a
+//!   stored `200`, with its `ETag`, `Cache-Control`, `Date`, `Expires`, `Vary` and
+//!   `Content-Location` and no body (RFC 9111 §4.3.2): one found fresh (or revalidating) by its
+//!   lookup, one another request's fill stored while it waited (in this process, or another
+//!   replica's), or its own stale entry when that fill failed (stale-if-error). Any other gets
+//!   the stored response. The call that fills a key (a miss's, a refresh's) asks the inner
+//!   service for the whole response, without the client's validators, and the request that made
+//!   it gets that whole response (or, when it fails, its stale entry in full); a waiter that
+//!   calls through instead (the fill's answer was not stored) keeps them, so that the origin can
+//!   answer `304` itself. Requests with `If-Match` or `If-Unmodified-Since` (preconditions the
+//!   origin evaluates) pass straight through.
 //! - **Answers.** `x-cache: HIT | MISS | STALE` ([`x_cache_header`](CacheBuilder::x_cache_header))
 //!   and, on hits and stale answers, `age` ([`age_header`](CacheBuilder::age_header)). Requests the
 //!   cache does not handle (a `POST`, an `Authorization`) get no `x-cache`. Hop-by-hop headers are

@@ -77,11 +77,12 @@ pub enum RequestPolicy {
     Lookup,
     /// As [`Lookup`](Self::Lookup), for a request that carries validators (HTTP `If-None-Match`,
     /// `If-Modified-Since`): a stored response they match is answered by
-    /// [`CacheMode::not_modified`] (HTTP `304 Not Modified`) rather than replayed: a hit, a stale
-    /// answer, and the answer of a call it waited for (this process's or another replica's fill,
-    /// or its stale entry when that call failed). The call that fills the key for every client is
-    /// made without them ([`CacheMode::unconditional`]), and the request that made it is answered
-    /// that whole response; a call through that is not stored keeps them.
+    /// [`CacheMode::not_modified`] (HTTP `304 Not Modified`) rather than replayed: a hit, a
+    /// revalidating answer, and the answer of a fill it waited for (this process's or another
+    /// replica's, or its own stale entry when that fill failed). The call that fills the key for
+    /// every client is made without them ([`CacheMode::unconditional`]), and the request that made
+    /// it is answered in full (that response, or its stale entry when the call failed); a call
+    /// through that is not stored keeps them.
     Conditional,
     /// Not served from the cache, but its response is stored (HTTP `Cache-Control: no-cache`).
     Refresh,

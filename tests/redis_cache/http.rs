@@ -586,6 +586,10 @@ async fn a_conditional_request_waiting_on_another_replicas_fill_gets_304() {
     );
     assert_eq!(waited.headers["etag"], "\"v1\"");
     assert_eq!(
+        waited.headers["x-cache"], "MISS",
+        "it waited for the fill (a lookup after it would be a HIT)"
+    );
+    assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
         "the other replica's fill served it"

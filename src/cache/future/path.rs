@@ -203,8 +203,9 @@ where
 /// A `conditional` request keeps its validators while it waits: a stored answer it is served
 /// (the flight's entry, a stale one, another process's) is the mode's `not_modified` when they
 /// match it. What it sends to the inner service to fill the key asks for the whole response
-/// ([`CacheMode::unconditional`]); a call it makes through (not stored) keeps them, so that the
-/// origin can answer `304` itself.
+/// ([`CacheMode::unconditional`]), as does a leader's call made without the fill lock (its answer,
+/// not stored, still goes to this process's waiters); a waiter's call through (not stored, not
+/// shared) keeps them, so that the origin can answer `304` itself.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn miss<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,

@@ -55,7 +55,8 @@ where
 ///   (for quota endpoints and UIs).
 /// - Change while running: [`set_default`](Self::set_default), [`set_tier`](Self::set_tier),
 ///   [`set_key`](Self::set_key) / [`clear_key`](Self::clear_key). The next request sees the
-///   change; a key's state carries over for every limit name the new set keeps (with GCRA exactly).
+///   change; a key's state carries over for every limit name the new set keeps (with GCRA up to
+///   the new quota's tolerance: see [`Limit`](super::Limit)).
 ///   Each change copies the layer's tables (it is for operators and configuration reloads, not
 ///   per request); a request reads them with one atomic load.
 ///

@@ -15,8 +15,11 @@ pub const MAX_LIMITS: usize = 8;
 ///
 /// A limit's state is kept per key and per limit *name*: two tiers that both have a limit named
 /// `"minute"` share a key's state under it, and changing a limit's quota (through a
-/// [`RateLimitHandle`](super::RateLimitHandle)) keeps the state (with GCRA the theoretical
-/// arrival time carries over exactly).
+/// [`RateLimitHandle`](super::RateLimitHandle)) keeps the state. With GCRA the theoretical
+/// arrival time carries over, up to the new quota's tolerance: a key spent under a quota of a
+/// longer tolerance (10 an hour) counts as spent in full under the new one (10 a second) and
+/// waits one of its intervals, not the rest of the hour, as the sliding window's counts carry
+/// over into at most one window.
 ///
 /// A shadow limit ([`shadow`](Self::shadow)) is decided, counted
 /// (`rampart_rate_limit_shadow_rejected_total{name, policy}`), traced and reported to hooks, but

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_rampart::clock::ManualClock;
 use tower_rampart::key::key_fn;
@@ -239,8 +240,10 @@ pub(crate) async fn peeks_spend_nothing(s: &Subject) {
 }
 
 /// A limit's quota changed through the handle keeps its state (GCRA: the theoretical arrival
-/// time carries over exactly, so a key that spent its burst stays spent under a larger quota
-/// until time catches up).
+/// time carries over, so a key that spent its burst stays spent under a larger quota until time
+/// catches up), up to the new quota's tolerance: a key that spent 10 an hour and is raised to 10
+/// a second waited for the rest of the hour (its arrival time an hour ahead); it now counts as
+/// spent in full under the new quota and waits one of its intervals.
 pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
     let minute = |n| Limit::new("live", Quota::per_minute(n));
     s.handle.set_key(&30, [minute(10)]).expect("valid");
@@ -257,6 +260,59 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
     assert_eq!(d.limit(), 20);
     clock.advance(d.retry_after());
     assert!(s.ask(30, &set, 1).await.is_allowed());
+    // 10 an hour spent (the arrival time an hour ahead), then raised to 10 a second.
+    let hour = Limit::new("live", Quota::per_hour(10));
+    s.handle.set_key(&32, [hour]).expect("valid");
+    let set = s.handle.resolved(&32);
+    for _ in 0..10 {
+        assert!(s.ask(32, &set, 1).await.is_allowed());
+    }
+    let d = s.ask(32, &set, 1).await;
+    assert!(d.retry_after() > Duration::from_secs(300), "{d:?}");
+    s.handle
+        .set_key(&32, [Limit::new("live", Quota::per_second(10))])
+        .expect("valid");
+    let set = s.handle.resolved(&32);
+    let d = s.ask(32, &set, 1).await;
+    assert!(!d.is_allowed(), "spent in full under the new quota: {d:?}");
+    assert_eq!(d.retry_after(), Duration::from_millis(100), "one interval");
+    assert_eq!(
+        d.reset(),
+        Duration::from_secs(1),
+        "the whole burst, no more"
+    );
+    clock.advance(d.retry_after());
+    let d = s.ask(32, &set, 1).await;
+    assert!(d.is_allowed(), "{d:?}");
+    assert_eq!(d.remaining(), 0);
+    // The same in a set of two limits, refused whole (nothing spent, the rebase written all the
+    // same).
+    let day = || {
+        Limit::new(
+            "day",
+            Quota::with_period(1_000, Duration::from_secs(86_400)),
+        )
+    };
+    s.handle
+        .set_key(&33, [Limit::new("live", Quota::per_hour(10)), day()])
+        .expect("valid");
+    let set = s.handle.resolved(&33);
+    for _ in 0..10 {
+        assert!(s.ask(33, &set, 1).await.is_allowed());
+    }
+    s.handle
+        .set_key(&33, [Limit::new("live", Quota::per_second(10)), day()])
+        .expect("valid");
+    let set = s.handle.resolved(&33);
+    let d = s.ask(33, &set, 1).await;
+    assert_eq!(
+        (d.is_allowed(), d.retry_after()),
+        (false, Duration::from_millis(100)),
+        "{d:?}"
+    );
+    clock.advance(d.retry_after());
+    let d = s.ask(33, &set, 1).await;
+    assert!(d.is_allowed(), "{d:?}");
     // Another name is another state.
     s.handle
         .set_key(&30, [Limit::new("other", Quota::per_minute(20))])

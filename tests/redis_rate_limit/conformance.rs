@@ -205,6 +205,61 @@ where
     }
 }
 
+/// The layer's own limit (one quota, the single form on Redis), GCRA: a key that spent 10 an
+/// hour, its quota then raised to 10 a second, waited for the rest of the hour (its arrival time
+/// an hour ahead, kept across the change); it now counts as spent in full under the new quota,
+/// is rebased there (written back on the refusal), and drains from there: one interval.
+async fn a_raised_quota_rebases_a_spent_key<B>(make: impl Fn(&ManualClock) -> B)
+where
+    B: RateLimitBackend<u8>,
+    B::Store: Send + Sync,
+{
+    for start in [5 * S, LATE] {
+        let clock = clock_at(start);
+        let layer = RateLimitLayer::builder()
+            .quota(Quota::per_hour(10))
+            .key(key_fn(|k: &u8| Some(*k)))
+            .backend(make(&clock))
+            .build()
+            .unwrap();
+        let decide = || {
+            let layer = layer.clone();
+            async move {
+                let set = layer.limit_set();
+                decide_ask(layer.store(), &1, &Ask::new(&set))
+                    .await
+                    .unwrap()
+            }
+        };
+        for _ in 0..10 {
+            assert!(decide().await.is_allowed());
+        }
+        assert!(decide().await.retry_after() > secs(300));
+        layer
+            .handle()
+            .set_default([Limit::new("default", Quota::per_second(10))])
+            .unwrap();
+        let refused = decide().await;
+        assert!(!refused.is_allowed(), "{refused:?}");
+        assert_eq!(
+            (refused.retry_after(), refused.reset()),
+            (Duration::from_millis(100), secs(1)),
+            "spent in full under the new quota, no more"
+        );
+        clock.advance(refused.retry_after());
+        let admitted = decide().await;
+        assert!(
+            admitted.is_allowed(),
+            "it drains from the rebased state: {admitted:?}"
+        );
+        assert_eq!(admitted.remaining(), 0);
+        clock.advance(secs(1));
+        for i in 0..10 {
+            assert!(decide().await.is_allowed(), "{i}: the new quota's burst");
+        }
+    }
+}
+
 /// A small deterministic generator (xorshift64*), so failures replay.
 struct Rng(u64);
 
@@ -340,6 +395,7 @@ where
 async fn memory_store_passes_the_suite() {
     scripted(|clock| MemoryBackend::new().clock(clock.clone())).await;
     zero_cost_after_a_lowered_limit(|clock| MemoryBackend::new().clock(clock.clone())).await;
+    a_raised_quota_rebases_a_spent_key(|clock| MemoryBackend::new().clock(clock.clone())).await;
 }
 
 #[tokio::test]
@@ -356,6 +412,7 @@ async fn redis_store_passes_the_suite_and_agrees_with_memory() {
     };
     scripted(make).await;
     zero_cost_after_a_lowered_limit(make).await;
+    a_raised_quota_rebases_a_spent_key(make).await;
     differential(make).await;
 
     let clock = clock_at(LATE);
@@ -384,6 +441,7 @@ async fn redis_cluster_store_passes_the_suite_and_agrees_with_memory() {
     };
     scripted(make).await;
     zero_cost_after_a_lowered_limit(make).await;
+    a_raised_quota_rebases_a_spent_key(make).await;
     differential(make).await;
 
     let clock = clock_at(LATE);

@@ -354,9 +354,10 @@ async fn an_arrival_time_beyond_any_quota_is_repaired() {
 
 /// Where "beyond what any quota allows" begins: a state up to 1 s past the furthest a quota the
 /// store accepts reaches (2^52 ns) is read as it is; further is unreadable. A state past what this
-/// limit's quota allows but within that was written under a larger quota before a change at run
-/// time (#18): a state, refused until it drains, as in memory. Repair is off here, so that a state
-/// taken as unreadable shows as an error rather than as a fresh state.
+/// limit's quota allows but within that was written under a quota of a longer tolerance before a
+/// change at run time (#18): a state, spent in full under this quota and no more (one interval to
+/// wait), as in memory. Repair is off here, so that a state taken as unreadable shows as an error
+/// rather than as a fresh state.
 #[tokio::test]
 async fn states_past_what_any_quota_allows_are_read_within_one_second_for_clocks() {
     let Some(server) = RedisServer::start() else {
@@ -398,9 +399,10 @@ async fn states_past_what_any_quota_allows_are_read_within_one_second_for_clocks
     .await;
     let d = decide(gcra.store(), &1).await.unwrap();
     assert!(!d.is_allowed(), "60.5 s ahead: read as a state, {d:?}");
-    assert!(
-        d.retry_after() > Duration::from_secs(6) && d.retry_after() <= Duration::from_millis(6_500),
-        "{d:?}"
+    assert_eq!(
+        (d.retry_after(), d.reset()),
+        (Duration::from_secs(6), Duration::from_secs(60)),
+        "spent in full, no more: {d:?}"
     );
     // An hour ahead: a larger quota's state (say 60 per minute with a burst of 60 x 60).
     set(
@@ -410,10 +412,10 @@ async fn states_past_what_any_quota_allows_are_read_within_one_second_for_clocks
     .await;
     let d = decide(gcra.store(), &2).await.unwrap();
     assert!(!d.is_allowed(), "an hour ahead: read as a state, {d:?}");
-    assert!(
-        d.retry_after() > Duration::from_secs(3_545)
-            && d.retry_after() <= Duration::from_secs(3_546),
-        "{d:?}"
+    assert_eq!(
+        d.retry_after(),
+        Duration::from_secs(6),
+        "spent in full under 10 a minute: one interval, not the hour: {d:?}"
     );
     const MAX: u64 = 1 << 52;
     set(

@@ -895,6 +895,55 @@ async fn leases_follow_the_layers_quota_changed_at_run_time() {
     assert_eq!(store.max_lease_units(), 27, "the leases' terms unchanged");
 }
 
+/// A key that spent 10 an hour (its arrival time an hour ahead), the layer's quota then raised to
+/// 10 a second: the lease script counts it as spent in full under the new quota and writes it back
+/// there on the refusal, so that it drains in one interval, as the exact store does (it waited
+/// the rest of the hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_key_spent_under_a_slower_quota_drains_in_one_interval_of_the_new_one() {
+    use tower_rampart::rate_limit::{Ask, Limit};
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let backend = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(TIMEOUT)
+        .prefix(unique_prefix("lease-rebase"));
+    let layer = RateLimitLayer::builder()
+        .name("rebased")
+        .quota(Quota::per_hour(10))
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend.leased(LeaseConfig::new()))
+        .build()
+        .unwrap();
+    let store = layer.store();
+    let mut admitted = 0;
+    for _ in 0..12 {
+        admitted += usize::from(decide(store, &5).await.unwrap().is_allowed());
+    }
+    assert_eq!(admitted, 10);
+    layer
+        .handle()
+        .set_default([Limit::new("rebased", Quota::per_second(10))])
+        .unwrap();
+    let live = layer.handle().default_set();
+    let refused = crate::support::decide_ask(store, &5, &Ask::new(&live))
+        .await
+        .unwrap();
+    assert!(!refused.is_allowed(), "{refused:?}");
+    assert!(
+        refused.retry_after() <= Duration::from_millis(100),
+        "one interval of the new quota, not the rest of the hour: {refused:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let d = crate::support::decide_ask(store, &5, &Ask::new(&live))
+        .await
+        .unwrap();
+    assert!(d.is_allowed(), "drained from the rebased state: {d:?}");
+}
+
 /// A request dropped while its lease call is in flight (a client gone, a timeout around the
 /// layer) must not leave the key's call claimed for good: later requests would each wait a whole
 /// timeout for a call that never answers, and the key would never be leased again.

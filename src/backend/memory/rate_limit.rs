@@ -179,6 +179,12 @@ impl SetCell for GcraCell {
                     return None;
                 }
             }
+        } else {
+            // Refused: nothing spent, but a TAT beyond its tolerance is rebased (see
+            // `GcraCell::rebase`).
+            for ((c, &tat), l) in cells.iter().zip(loaded).zip(limits) {
+                c.rebase(&l.limits, tat, now);
+            }
         }
         Some(binding.decision())
     }

@@ -9,8 +9,9 @@
 -- locals the includer declares (nil before): `verdict` (1 admitted, 0 refused, 2 a cost above the
 -- burst; nil with `err`, the error reply, when the state cannot be read and is not repaired), `a`,
 -- `b` (the figures below), `c` (admitted: the units remaining), `repaired` ("" or what was wrong
--- with the state replaced), and when admitted `value` and `ttl` (ms), the state to write and its
--- expiry. Its own locals are inside one `do` block.
+-- with the state replaced), when admitted `value` and `ttl` (ms), the state to write and its
+-- expiry, and `keep`, `keep_ttl` (ms), a state to write when nothing is spent: nil but for a TAT
+-- beyond the tolerance, rebased to it (below). Its own locals are inside one `do` block.
 --
 -- A limit's state: the theoretical arrival time (TAT) of the key's next request, in nanoseconds
 -- since the clock's epoch (the Unix epoch with Redis TIME), as decimal digits
@@ -24,7 +25,8 @@
 -- ahead of now than any quota's tolerance (2^52 ns) by more than SKEW, an allowance for clocks: a
 -- key written on a node whose clock ran ahead (before a failover) or before the clock was stepped
 -- back. A TAT ahead by more than this limit's tolerance but less than that was written under a
--- larger quota, before a change at run time: it is a state, refused until it drains.
+-- quota of a longer tolerance, before a change at run time (or on a clock since stepped back): it
+-- is a state, spent in full under this quota and no more (as in memory).
 --
 -- Lua numbers are doubles, exact for integers below 2^53. Absolute times (about 2^60 ns) are
 -- therefore split into microseconds and a sub-microsecond remainder, and everything computed is
@@ -34,8 +36,8 @@
 do
   -- The furthest ahead of now (ns) a TAT can be that some decision wrote: the largest tolerance
   -- the store accepts (2^52 ns, about 52 days), plus SKEW. A quota changed at run time keeps its
-  -- state, so a TAT written under a larger quota than the one deciding now is a state, not damage:
-  -- it is refused until it drains, as in memory.
+  -- state, so a TAT written under a quota of a longer tolerance than the one deciding now is a
+  -- state, not damage: it counts as at the tolerance (below), as in memory.
   local MAX_AHEAD = 4503599627370496 + SKEW
   -- How far the TAT is ahead of now (0 when it is not): `base - now` in gcra.rs.
   local base = 0
@@ -64,6 +66,26 @@ do
         -- A fresh state, which the caller writes or deletes.
         base, repaired = 0, problem
       end
+    end
+  end
+  -- No decision under this quota leaves the TAT further ahead than its tolerance: one that is
+  -- counts as spent in full, no more (a key that hit 10 an hour, raised to 10 a second, waits one
+  -- interval of the new quota, not the rest of the hour).
+  -- Written back where the decision counted it (`keep`, when nothing is spent: a refusal), so
+  -- that it drains from there, as `GcraCell::rebase` does in memory.
+  if base > tolerance then
+    base = tolerance
+    local x = now_frac + tolerance
+    local f = fmod(x, 1000)
+    local tat_us = now_us + (x - f) / 1000
+    if tat_us > 0 then
+      keep = format('%d%03d', tat_us, f)
+    else
+      keep = format('%d', f)
+    end
+    keep_ttl = (tolerance - fmod(tolerance, 1000000)) / 1000000 + 1
+    if keep_ttl < min_ttl then
+      keep_ttl = min_ttl
     end
   end
   -- Exact below 2^53; above, still above any tolerance.

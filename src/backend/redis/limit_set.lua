@@ -47,16 +47,18 @@
 -- with only shadow limits, the one with the fewest remaining (a refusing one has none). Ties go to
 -- the first. A repaired state that is not written is deleted (a fresh state is an absent entry).
 -- Entries of limits not in the decision are kept while they are live; nothing is written when no
--- state changes (a refusal, a peek), so expired entries go at the next write. One exception: a
--- sliding window's counts made under another period (the limit's was changed at run time) are
--- written back moved to this period when nothing else is written for the limit (not on a peek).
+-- state changes (a refusal, a peek), so expired entries go at the next write. Two exceptions,
+-- both states written under a limit's earlier quota (changed at run time): a sliding window's
+-- counts made under another period are written back moved to this period, and a GCRA arrival
+-- time beyond this quota's tolerance is written back at it, when nothing else is written for the
+-- limit (not on a peek).
 --
 -- `decide_one(state, p1, p2, cost, now_us, now_frac, repair, min_ttl)` (numbers but `state` and
 -- `repair`) answers the decision of the limit whose state is `state` (a string, or nil for none)
 -- as (status, a, b, remaining, repaired, value, ttl, keep, keep_ttl): `status` as above;
 -- admitted, `remaining` is the units left after it and `value`, `ttl` the state to write when it
 -- spends; `keep`, `keep_ttl` a state to write when nothing is spent (nil but for counts moved
--- from another period); or (nil, error reply).
+-- from another period, or an arrival time rebased to the tolerance); or (nil, error reply).
 
 local n, cost, flags = 1, 1, '00'
 if not single then
@@ -189,7 +191,8 @@ for i = 1, n do
     E[ks - 1], E[ks] = exp, d[k + 3]
     dirty = true
   elseif d[k + 6] and not peek then
-    -- Counts moved from another period, spent or not: kept, expiring by this period.
+    -- Counts moved from another period (or an arrival time rebased to the tolerance), nothing
+    -- spent: kept, expiring by this quota.
     E[ks - 1], E[ks] = time_ms + d[k + 7], d[k + 6]
     dirty = true
   elseif d[k + 5] then

@@ -57,8 +57,9 @@
 //!   same value.
 //! - **State follows the limit's name.** Two tiers with a limit named `minute` share a key's state
 //!   under it, and a change of a limit's quota keeps the state (with GCRA the arrival time carries
-//!   over exactly). So a state ahead of what a limit's current quota allows is read, not repaired
-//!   (it was written under a larger quota); only what no quota could write is
+//!   over, up to the new quota's tolerance). So a state ahead of what a limit's current quota
+//!   allows is read, not repaired (it was written under a quota of a longer tolerance, and counts
+//!   as spent in full under this one); only what no quota could write is
 //!   [unreadable](#state-the-scripts-cannot-read).
 //! - **The over-limit memory** answers only what Redis answered: a refusal is replayed for the same
 //!   limits at the same cost (a refusal of 5 units says nothing about 1); peeks and sets with a
@@ -211,8 +212,9 @@
 //! text that is not a state, or a state no decision writes, such as a GCRA arrival time further
 //! ahead than any quota allows (2^52 ns, about 52 days, and 1 s more, which leaves room for the
 //! clocks of failed-over nodes) or sliding-window counts of 2^32 or more. (A state beyond what the
-//! limit's own quota allows was written under a larger quota before a change at run time: it is
-//! read, and refused until it drains, as in memory. A sliding window's state names the period it
+//! limit's own quota allows was written under a quota of a longer tolerance before a change at run
+//! time: it is read, as spent in full under the limit's quota and no more, as in memory. A sliding
+//! window's state names the period it
 //! was counted under: after a change of the period each count goes to the window of the new
 //! period holding the latest instant it can have been made at, as in memory, and is written back
 //! so moved on any decision but a peek; a state without it, as builds before it wrote, is read in

@@ -32,15 +32,19 @@ pub(crate) fn decide_units(
     now: Nanos,
     cost: u32,
 ) -> (Decision, Option<Nanos>) {
-    let base = tat.max(now);
+    // No decision under this quota leaves the TAT further ahead of its clock than the tolerance,
+    // so a TAT that is was spent under a quota of a longer tolerance, before a change at run time
+    // (or on a clock that has since stepped back): it counts as spent in full under this one, no
+    // more. A key that hit 10 an hour waits at most one interval of 10 a second once raised to
+    // it, not the rest of the hour; the sliding window bounds such debt by one window too.
+    let base = tat.max(now).min(now.saturating_add(limits.tolerance));
     if cost > limits.burst {
         return (Decision::over_capacity(limits.limit, base - now), None);
     }
     let new_tat = base.saturating_add(limits.emission * u64::from(cost));
     let ahead = new_tat - now;
-    // A cost of zero passes even when the TAT runs further ahead than the tolerance (spent under
-    // a larger quota, before a change at run time): it spends nothing, so it has nothing to wait
-    // for.
+    // A cost of zero passes even with the TAT at the tolerance (all spent): it spends nothing,
+    // so it has nothing to wait for.
     if ahead > limits.tolerance && cost > 0 {
         // Admitted once new_tat - later <= tolerance.
         let retry_after = ahead - limits.tolerance;
@@ -144,6 +148,7 @@ impl GcraCell {
         loop {
             let (decision, next) = decide_units(limits, current, now, cost);
             let Some(next) = next else {
+                self.rebase(limits, current, now);
                 return (decision, None);
             };
             match self
@@ -157,6 +162,24 @@ impl GcraCell {
                 }
             }
         }
+    }
+
+    /// After a decision that spent nothing (refused, or a cost of 0) against `tat`, loaded before
+    /// `now` was read: a TAT further ahead than the tolerance (spent under a quota of a longer
+    /// one, see [`decide_units`]) is moved to the tolerance, where the decision counted it, so
+    /// that it drains from there; unless another decision has moved it meanwhile.
+    #[inline(always)]
+    pub(crate) fn rebase(&self, limits: &Limits, tat: Nanos, now: Nanos) {
+        let most = now.saturating_add(limits.tolerance);
+        if tat > most {
+            self.rebase_slow(tat, most);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn rebase_slow(&self, tat: Nanos, most: Nanos) {
+        let _ = self.replace(tat, most);
     }
 
     /// The decision for `cost` units at `now` against `tat` (as loaded before `now` was read),

@@ -62,7 +62,7 @@ end
 -- One unit, as a decision of cost 1: refused, or the units that fit (`remaining` more than this
 -- one), carved by a second decision of that cost when more than one is wanted.
 local min_ttl = tonumber(ARGV[4])
-local s, a, b, remaining, repaired, value, ttl =
+local s, a, b, remaining, repaired, value, ttl, keep, keep_ttl =
   decide_one(raw, emission, tolerance, 1, now_us, now_frac, ARGV[5], min_ttl)
 if not s then
   return a
@@ -71,6 +71,15 @@ if problem then
   repaired = problem
 end
 if s ~= 1 then
+  if keep then
+    -- A TAT beyond the tolerance (spent under a quota of a longer one), rebased to it.
+    if E then
+      E[own - 1], E[own] = time_ms + keep_ttl, keep
+      write_entries(key, E, m, time_ms, false)
+    else
+      redis.call('SET', key, keep, 'PX', format('%d', keep_ttl))
+    end
+  end
   -- a is how far ahead of now the TAT is: reset. A unit fits once it is within the tolerance.
   return {0, a, a + emission - tolerance, repaired, time_us}
 end

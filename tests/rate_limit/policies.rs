@@ -76,7 +76,7 @@ fn costs_peeks_and_live_quota_changes() {
         let (s, _) = memory(algorithm);
         run(cases::peeks_spend_nothing(&s));
     }
-    // GCRA's state is a time, and carries over to a new quota exactly.
+    // GCRA's state is a time, and carries over to a new quota up to its tolerance.
     let (s, clock) = memory(Algorithm::Gcra);
     run(cases::quota_change_keeps_state(&s, &clock));
     // A sliding window's counts carry over to a new period.

@@ -313,6 +313,50 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
     clock.advance(d.retry_after());
     let d = s.ask(33, &set, 1).await;
     assert!(d.is_allowed(), "{d:?}");
+    // A cost of 0 (admitted, nothing spent) rebases too: 100 ms on, a unit is free.
+    s.handle
+        .set_key(&35, [Limit::new("live", Quota::per_hour(10)), day()])
+        .expect("valid");
+    let set = s.handle.resolved(&35);
+    for _ in 0..10 {
+        assert!(s.ask(35, &set, 1).await.is_allowed());
+    }
+    s.handle
+        .set_key(&35, [Limit::new("live", Quota::per_second(10)), day()])
+        .expect("valid");
+    let set = s.handle.resolved(&35);
+    assert!(s.ask(35, &set, 0).await.is_allowed());
+    clock.advance(Duration::from_millis(100));
+    let d = s.ask(35, &set, 1).await;
+    assert!(d.is_allowed(), "rebased by the cost of 0: {d:?}");
+    // With a shadow limit in the set (decided limit by limit), both enforced limits spent under
+    // their earlier quotas: each is rebased, the one decided after the first refusal too.
+    let watch = || Limit::new("watch", Quota::per_minute(1_000)).shadow(true);
+    let hourly = |name| Limit::new(name, Quota::per_hour(10));
+    s.handle
+        .set_key(&34, [hourly("one"), hourly("two"), watch()])
+        .expect("valid");
+    let set = s.handle.resolved(&34);
+    for _ in 0..10 {
+        assert!(s.ask(34, &set, 1).await.is_allowed());
+    }
+    let secondly = |name| Limit::new(name, Quota::per_second(10));
+    s.handle
+        .set_key(&34, [secondly("one"), secondly("two"), watch()])
+        .expect("valid");
+    let set = s.handle.resolved(&34);
+    let d = s.ask(34, &set, 1).await;
+    assert_eq!(
+        (d.is_allowed(), d.retry_after()),
+        (false, Duration::from_millis(100)),
+        "{d:?}"
+    );
+    clock.advance(d.retry_after());
+    let d = s.ask(34, &set, 1).await;
+    assert!(
+        d.is_allowed(),
+        "both limits drained from their rebased states: {d:?}"
+    );
     // Another name is another state.
     s.handle
         .set_key(&30, [Limit::new("other", Quota::per_minute(20))])

@@ -158,7 +158,7 @@ where
 }
 
 /// A cost of zero passes, spending nothing, even for a key that spent more than a limit lowered at
-/// run time allows (it was refused until that drained); a cost of one is refused. For any backend.
+/// run time allows (it was refused); a cost of one is refused. For any backend.
 async fn zero_cost_after_a_lowered_limit<B>(make: impl Fn(&ManualClock) -> B)
 where
     B: RateLimitBackend<u8>,

@@ -66,6 +66,16 @@ trait SetCell: Default + Send + Sync + 'static {
     /// only leave the cell with more spent than it would hold had the spend never happened.
     fn undo(&self, moved: Self::Moved, cost: u32, clock: impl FnMut() -> Nanos);
 
+    /// After a decision (not a peek) that left this cell as it was `loaded` (nothing spent, or a
+    /// spend taken back): writes back what a state from an earlier quota was read as, as the
+    /// Redis scripts do (`keep`). GCRA: an arrival time beyond the tolerance, rebased to it
+    /// ([`GcraCell::rebase`]). The default: nothing (a sliding window moves its counts under its
+    /// lock as it decides).
+    #[inline(always)]
+    fn settle(&self, limits: &Limits, loaded: Self::Loaded, now: Nanos) {
+        let _ = (limits, loaded, now);
+    }
+
     /// Decides `limits` (at most `N`, every one enforced) for `cost` units at `now` on `cells`,
     /// each loaded in `loaded` before `now` was read, and spends them only once every limit
     /// admits, each cell with one compare-exchange from the state it loaded. `None` when a cell
@@ -132,6 +142,11 @@ impl SetCell for GcraCell {
         GcraCell::undo(self, old, new, clock);
     }
 
+    #[inline(always)]
+    fn settle(&self, limits: &Limits, loaded: Nanos, now: Nanos) {
+        self.rebase(limits, loaded, now);
+    }
+
     /// Every limit decided against its loaded TAT at `now` (no atomic operation), then, if all
     /// admit, each TAT moved with one compare-exchange from the value loaded; a lost one takes
     /// back those already made (to the spend's start, `max(tat, now)`, the same state as the TAT
@@ -179,10 +194,11 @@ impl SetCell for GcraCell {
                     return None;
                 }
             }
-        } else {
-            // Refused: nothing spent, but a TAT beyond its tolerance is rebased (see
-            // `GcraCell::rebase`).
-            for ((c, &tat), l) in cells.iter().zip(loaded).zip(limits) {
+        }
+        // Cells left as loaded (a refusal, a cost of 0): a TAT beyond its tolerance is rebased
+        // (see `GcraCell::rebase`).
+        for (((c, &tat), l), n) in cells.iter().zip(loaded).zip(limits).zip(&next) {
+            if binding.refused || n.is_none() {
                 c.rebase(&l.limits, tat, now);
             }
         }
@@ -743,6 +759,13 @@ impl<K: Hash + Eq + Clone, C: Clock> MemoryRateLimitStore<K, C> {
                 if let (false, Some(moved)) = (l.shadow, moved) {
                     c.undo(*moved, cost, &clock);
                 }
+            }
+        }
+        if !peek {
+            // Every cell left as loaded (the ones that spent and kept it hold another state, and
+            // are not touched): what the Redis scripts write back as `keep`.
+            for ((l, c), &t) in limits.iter().zip(&cells).zip(&loaded) {
+                c.settle(&l.limits, t, now);
             }
         }
         let decision = binding.decision();

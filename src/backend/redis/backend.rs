@@ -410,8 +410,9 @@ impl RedisBackend {
     }
 
     /// Decides on `clock`'s time instead of Redis `TIME`: for tests and simulations only. Replicas
-    /// whose clocks differ then disagree, and keys expire in Redis no sooner than 10 minutes after
-    /// their last write whatever `clock` says.
+    /// whose clocks differ then disagree (a GCRA arrival time one of them reads as beyond its
+    /// quota's tolerance is rebased to it, so a replica whose clock runs behind admits early), and
+    /// keys expire in Redis no sooner than 10 minutes after their last write whatever `clock` says.
     #[must_use]
     pub fn clock<C: Clock>(mut self, clock: C) -> Self {
         self.settings.clock = StoreClock::Custom(Arc::new(move || clock.now()));

@@ -45,7 +45,8 @@ if single and type(raw) ~= 'table' and (not raw or byte(raw, 1) ~= 124) then
     return {0, a, b, repaired, time_us}
   end
   if keep then
-    -- A sliding window's counts moved from another period (limit_set.lua).
+    -- A sliding window's counts moved from another period, or a GCRA arrival time rebased to
+    -- the tolerance (limit_set.lua, gcra.lua).
     redis.call('SET', key, keep, 'PX', format('%d', keep_ttl))
   end
   return {0, a, b, time_us}

@@ -231,6 +231,11 @@ impl GcraCell {
     /// and a floor at `old` kept the later of two spends taken back first from going below its
     /// own start, leaving one emission interval spent for nothing (a set test saw a limit end
     /// full with half its units admitted).
+    ///
+    /// (A [rebase](Self::rebase) landing between a spend and its undo, possible only while two
+    /// quotas of one limit name are in use at once, moves the TAT down by more than a spend: the
+    /// undo may then leave it lower still, admitting early. It takes two quotas in flight, as a
+    /// request holding the set it resolved before a change.)
     pub(crate) fn undo(&self, old: Nanos, new: Nanos, mut clock: impl FnMut() -> Nanos) {
         if self.replace(new, old) {
             return;

@@ -184,7 +184,9 @@ fn period_text(nanos: Nanos) -> String {
 /// - A refusal is remembered locally until its retry time: further requests for that key with the
 ///   same limits and the same cost are refused without a round trip (their decision is the one
 ///   Redis would give, with the time moved on). Another replica's traffic can only push a key's
-///   admission later, never earlier, so this never refuses what Redis would admit. A request with
+///   admission later, never earlier, so this never refuses what Redis would admit (while replicas
+///   disagree on a quota changed at run time, another replica's refusal may rebase a key spent
+///   under the old quota earlier; the memory then refuses until the retry time it was told). A request with
 ///   another cost or other limits goes to Redis (a refusal of 5 units says nothing about 1), and
 ///   so do peeks and sets with shadow limits (a shadow limit must spend what it admits, even
 ///   when an enforced limit refuses).

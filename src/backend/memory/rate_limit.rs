@@ -195,10 +195,10 @@ impl SetCell for GcraCell {
                 }
             }
         }
-        // Cells left as loaded (a refusal, a cost of 0): a TAT beyond its tolerance is rebased
-        // (see `GcraCell::rebase`).
-        for (((c, &tat), l), n) in cells.iter().zip(loaded).zip(limits).zip(&next) {
-            if binding.refused || n.is_none() {
+        // Cells left as loaded (a refusal, a cost of 0: no spend at all): a TAT beyond its
+        // tolerance is rebased (see `GcraCell::rebase`).
+        if binding.refused || cost == 0 {
+            for ((c, &tat), l) in cells.iter().zip(loaded).zip(limits) {
                 c.rebase(&l.limits, tat, now);
             }
         }

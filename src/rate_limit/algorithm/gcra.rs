@@ -32,27 +32,32 @@ pub(crate) fn decide_units(
     now: Nanos,
     cost: u32,
 ) -> (Decision, Option<Nanos>) {
-    // No decision under this quota leaves the TAT further ahead of its clock than the tolerance,
+    // No decision under one quota leaves the TAT further ahead of its clock than the tolerance,
     // so a TAT that is was spent under a quota of a longer tolerance, before a change at run time
     // (or on a clock that has since stepped back): it counts as spent in full under this one, no
-    // more. A key that hit 10 an hour waits at most one interval of 10 a second once raised to
-    // it, not the rest of the hour; the sliding window bounds such debt by one window too.
-    let base = tat.max(now).min(now.saturating_add(limits.tolerance));
+    // more, and the caller writes it back there ([`GcraCell::rebase`]). A key that hit 10 an hour
+    // waits one interval of 10 a second once raised to it, not the rest of the hour; the sliding
+    // window bounds such debt by one window too. Clamped where it shows (a refusal, a cost of 0):
+    // an admission of a cost above 0 is within the tolerance already.
+    let base = tat.max(now);
     if cost > limits.burst {
-        return (Decision::over_capacity(limits.limit, base - now), None);
+        let behind = (base - now).min(limits.tolerance);
+        return (Decision::over_capacity(limits.limit, behind), None);
     }
     let new_tat = base.saturating_add(limits.emission * u64::from(cost));
     let ahead = new_tat - now;
     // A cost of zero passes even with the TAT at the tolerance (all spent): it spends nothing,
     // so it has nothing to wait for.
     if ahead > limits.tolerance && cost > 0 {
-        // Admitted once new_tat - later <= tolerance.
-        let retry_after = ahead - limits.tolerance;
-        let decision = Decision::refused(limits.limit, base - now, retry_after);
-        (decision, None)
+        let behind = (base - now).min(limits.tolerance);
+        // Admitted once the TAT after the spend is within the tolerance.
+        let retry_after =
+            behind.saturating_add(limits.emission * u64::from(cost)) - limits.tolerance;
+        (Decision::refused(limits.limit, behind, retry_after), None)
     } else {
+        let ahead = ahead.min(limits.tolerance);
         // Remaining: how many more emission intervals fit under the tolerance.
-        let slack = limits.tolerance.saturating_sub(ahead);
+        let slack = limits.tolerance - ahead;
         let decision = Decision::admitted(limits.limit, slack, limits.emission, ahead);
         (decision, (cost > 0).then_some(new_tat))
     }

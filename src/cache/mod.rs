@@ -149,10 +149,10 @@
 //!   lookup, one another request's fill stored while it waited (in this process, or another
 //!   replica's), or its own stale entry when that fill failed (stale-if-error). Any other gets
 //!   the stored response. The call that fills a key (a miss's, a refresh's) asks the inner
-//!   service for the whole response, without the client's validators, and the request that made
-//!   it gets that whole response (or, when it fails, its stale entry in full); a waiter that
-//!   calls through instead (the fill's answer was not stored) keeps them, so that the origin can
-//!   answer `304` itself. Requests with `If-Match` or `If-Unmodified-Since` (preconditions the
+//!   service for the whole response, without the client's validators; the request that made it
+//!   keeps them, and gets `304` when they match the entry its fill stored (or its stale entry,
+//!   when the call failed). A waiter that calls through instead (the fill's answer was not
+//!   stored) keeps them in its call, so that the origin can answer `304` itself. Requests with `If-Match` or `If-Unmodified-Since` (preconditions the
 //!   origin evaluates) pass straight through.
 //! - **Answers.** `x-cache: HIT | MISS | STALE` ([`x_cache_header`](CacheBuilder::x_cache_header))
 //!   and, on hits and stale answers, `age` ([`age_header`](CacheBuilder::age_header)). Requests the
@@ -218,6 +218,6 @@ pub use self::layer::{
     CacheBuilder, CacheLayer, DEFAULT_LOCK_HOLD, DEFAULT_LOCK_WAIT, DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REFRESHES, ModeConfig, NoBackend,
 };
-pub use self::mode::{CacheMode, CacheStatus, Cloned};
+pub use self::mode::{CacheMode, CacheStatus, Cloned, Validators};
 pub use self::service::Cache;
 pub use self::store::{CacheBackend, CacheSpec, CacheStore, FillLock, Found, LockMode, StoreOp};

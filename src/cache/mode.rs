@@ -80,9 +80,10 @@ pub enum RequestPolicy {
     /// [`CacheMode::not_modified`] (HTTP `304 Not Modified`) rather than replayed: a hit, a
     /// revalidating answer, and the answer of a fill it waited for (this process's or another
     /// replica's, or its own stale entry when that fill failed). The call that fills the key for
-    /// every client is made without them ([`CacheMode::unconditional`]), and the request that made
-    /// it is answered in full (that response, or its stale entry when the call failed); a call
-    /// through that is not stored keeps them.
+    /// every client is made without them ([`CacheMode::unconditional`]); the request that made it
+    /// keeps them ([`CacheMode::validators`]) and is answered
+    /// [`CacheMode::kept_not_modified`] when they match the entry its fill stored (or its stale
+    /// entry, when the call failed). A call through that is not stored keeps them.
     Conditional,
     /// Not served from the cache, but its response is stored (HTTP `Cache-Control: no-cache`).
     Refresh,
@@ -159,6 +160,31 @@ pub enum Captured<V, R> {
     },
 }
 
+/// A conditional request's validators, kept by [`CacheMode::validators`]: whether they match a
+/// stored entry.
+pub struct Validators<V>(Box<Matches<V>>);
+
+/// What [`Validators`] keep: a judge of entries.
+type Matches<V> = dyn Fn(&CacheEntry<V>) -> bool + Send + Sync;
+
+impl<V> Validators<V> {
+    /// Validators that `matches` judges.
+    pub fn new(matches: impl Fn(&CacheEntry<V>) -> bool + Send + Sync + 'static) -> Self {
+        Self(Box::new(matches))
+    }
+
+    /// Whether they match `entry`.
+    pub fn matches(&self, entry: &CacheEntry<V>) -> bool {
+        (self.0)(entry)
+    }
+}
+
+impl<V> fmt::Debug for Validators<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validators").finish_non_exhaustive()
+    }
+}
+
 /// How a cache layer keeps and replays the responses `Res` (and errors `E`) of a service taking
 /// `Req`.
 pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
@@ -222,6 +248,30 @@ pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
     /// `If-Modified-Since` removed). Default: unchanged.
     fn unconditional(&self, req: Req) -> Req {
         req
+    }
+
+    /// What of `req`, a [`RequestPolicy::Conditional`] request about to fill the cache
+    /// ([`unconditional`](Self::unconditional)), decides [`not_modified`](Self::not_modified),
+    /// kept to judge what its fill brings: whether the request's validators match an entry. The
+    /// request is then answered [`kept_not_modified`](Self::kept_not_modified) when they match
+    /// the entry its fill stored, or the stale entry it is served when the fill fails, instead of
+    /// that whole response. Default: `None` (it is answered in full).
+    fn validators(&self, req: &Req) -> Option<Validators<Self::Stored>> {
+        let _ = req;
+        None
+    }
+
+    /// The answer to a request whose kept [`validators`](Self::validators) match `entry`: what
+    /// [`not_modified`](Self::not_modified) answers when they do (HTTP: a `304 Not Modified`), or
+    /// `None` to answer in full. Default: `None`.
+    fn kept_not_modified(
+        &self,
+        entry: &CacheEntry<Self::Stored>,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Option<Self::Response> {
+        let _ = (entry, status, now);
+        None
     }
 
     /// The answer for a response that is passed on without being stored.

@@ -627,7 +627,9 @@ async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry(
 /// validators matched what they were served (the flight's new entry, or their own stale entry when
 /// that call failed): the validators were taken off before the wait. They are now taken off only
 /// for the call that fills the key, so a waiter they match gets `304`, and a waiter that calls
-/// through (the flight's answer was not stored) sends them to the origin.
+/// through (the flight's answer was not stored) sends them to the origin. The request that leads
+/// the fill keeps them aside and gets `304` too when they match what its fill stored, or its stale
+/// entry when the call fails.
 #[tokio::test(start_paused = true)]
 async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -646,9 +648,9 @@ async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
             headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
             match n {
                 1 => {}
-                2 => *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+                2..=4 => *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
                 // The call through, with `If-None-Match: "v1"`: the origin's own 304.
-                4 => *res.status_mut() = StatusCode::NOT_MODIFIED,
+                6 => *res.status_mut() = StatusCode::NOT_MODIFIED,
                 _ => {
                     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 }
@@ -673,8 +675,8 @@ async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
     );
     assert_eq!(
         (led.status, led.x_cache(), &led.body[..]),
-        (StatusCode::OK, Some("MISS"), &b"the document"[..]),
-        "the leader is answered the response its fill asked for in full"
+        (StatusCode::NOT_MODIFIED, Some("MISS"), &b""[..]),
+        "the leader's validators, kept, match what its fill stored"
     );
     assert_eq!(
         (matching.status, matching.x_cache(), &matching.body[..]),
@@ -704,6 +706,20 @@ async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
         (StatusCode::NOT_MODIFIED, Some("STALE"), &b""[..])
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // A conditional request that leads the fill itself, and is served its stale entry when the
+    // call fails: `304` too.
+    let led = send(&mut a, tagged("\"v1\"")).await;
+    assert_eq!(
+        (led.status, led.x_cache(), &led.body[..]),
+        (StatusCode::NOT_MODIFIED, Some("STALE"), &b""[..])
+    );
+    let other = send(&mut a, tagged("\"v0\"")).await;
+    assert_eq!(
+        (other.status, other.x_cache(), &other.body[..]),
+        (StatusCode::OK, Some("STALE"), &b"the document"[..]),
+        "another tag: the stale entry in full"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 
     // The flight's answer is not stored (`no-store`): the waiter calls through with its
     // validators, which the origin may answer itself.
@@ -715,10 +731,10 @@ async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
         StatusCode::NOT_MODIFIED,
         "the origin's own answer to the validators, passed on"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
     assert_eq!(
         *validated.lock().unwrap(),
-        [false, false, false, true],
+        [false, false, false, false, false, true],
         "fills ask for the whole response; the call through keeps the validators"
     );
 }

@@ -45,6 +45,10 @@ pub(crate) struct Fill<X, St, A, V> {
     pub(crate) unlock: Option<Box<dyn FnOnce() + Send + Sync>>,
     /// Whether this fill may store, as far as a shared store's fill lock goes.
     pub(crate) lease: Lease,
+    /// The validators of the conditional request that leads this fill, kept when its call was
+    /// made without them ([`CacheMode::validators`]): its answer is the mode's
+    /// `kept_not_modified` when they match the entry stored (or the stale entry served).
+    pub(crate) validators: Option<crate::cache::Validators<V>>,
     /// When the fill began (for `rampart_cache_fill_duration_seconds`).
     #[cfg(feature = "metrics")]
     pub(crate) started: Instant,
@@ -100,6 +104,7 @@ where
             _permit: permit,
             unlock: None,
             lease: Lease::NotShared,
+            validators: None,
             #[cfg(feature = "metrics")]
             started: Instant::now(),
         }
@@ -189,6 +194,23 @@ where
         }
     }
 
+    /// The mode's `kept_not_modified` for `entry`, when the leading request's kept validators
+    /// match it.
+    fn not_modified<Req, Res, E>(
+        &self,
+        entry: &CacheEntry<V>,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Option<A::Response>
+    where
+        A: CacheMode<Req, Res, E, Stored = V>,
+    {
+        if !self.validators.as_ref()?.matches(entry) {
+            return None;
+        }
+        self.shared.mode.kept_not_modified(entry, status, now)
+    }
+
     /// Stale-if-error: the stale entry, if there is one still allowed, for this request and for
     /// those waiting for it.
     fn serve_stale<Req, Res, E>(&mut self) -> Option<A::Response>
@@ -200,7 +222,9 @@ where
         if !entry.usable_if_error(now) {
             return None;
         }
-        let res = self.shared.mode.replay(&entry, CacheStatus::Stale, now)?;
+        let res = self
+            .not_modified::<Req, Res, E>(&entry, CacheStatus::Stale, now)
+            .or_else(|| self.shared.mode.replay(&entry, CacheStatus::Stale, now))?;
         tracing::debug!(cache = self.shared.name, key = %self.key().for_logs(), "refresh failed: serving the stale entry");
         self.shared.count(crate::cache::layer::Meter::StaleIfError);
         self.finish(Outcome::Entry(entry.into_any(), CacheStatus::Stale));
@@ -227,10 +251,12 @@ where
                 lifetimes,
                 response,
             } => {
-                let entry = CacheEntry::new(value, Timing::new(Instant::now(), lifetimes), weight);
+                let now = Instant::now();
+                let entry = CacheEntry::new(value, Timing::new(now, lifetimes), weight);
                 self.store(&entry);
+                let res = self.not_modified::<Req, Res, E>(&entry, CacheStatus::Miss, now);
                 self.finish(Outcome::Entry(entry.into_any(), CacheStatus::Miss));
-                response
+                res.unwrap_or(response)
             }
             Captured::Pass { response, reason } => {
                 tracing::debug!(cache = self.shared.name, key = %self.key().for_logs(), reason, "response not stored");

@@ -311,9 +311,13 @@ where
     };
     match wait {
         None => {
-            // What fills the cache for every client asks for the whole response.
+            // What fills the cache for every client asks for the whole response; the request's
+            // validators are kept to judge what it brings.
             let req = match conditional {
-                true => shared.mode.unconditional(req),
+                true => {
+                    fill.validators = shared.mode.validators(&req);
+                    shared.mode.unconditional(req)
+                }
                 false => req,
             };
             StateOf::<S, Req, X, St, A>::leading(svc.call(req), fill)

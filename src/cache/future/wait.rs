@@ -231,9 +231,13 @@ where
             }
             Locked::Lead(lease) => lease,
         };
-        // What fills the cache for every client asks for the whole response.
+        // What fills the cache for every client asks for the whole response; the request's
+        // validators are kept to judge what it brings.
         let req = match self.conditional {
-            true => mode.unconditional(req),
+            true => {
+                fill.validators = mode.validators(&req);
+                mode.unconditional(req)
+            }
             false => req,
         };
         fill.with_lease(lease);

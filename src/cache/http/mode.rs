@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::cache::entry::{CacheEntry, Lifetimes};
 use crate::cache::layer::{CacheBuilder, ModeConfig};
+use crate::cache::mode::Validators;
 use crate::cache::mode::{CacheMode, CacheStatus, RequestPolicy};
 use crate::error::ConfigError;
 use crate::key::KeyExtractor;
@@ -610,11 +611,42 @@ where
         status: CacheStatus,
         now: Instant,
     ) -> Option<Self::Response> {
-        let stored = entry.value();
-        if stored.status != StatusCode::OK || !stored.consistent {
+        if !validators_match(req.headers(), &entry.value().headers) {
             return None;
         }
-        if !validators_match(req.headers(), &stored.headers) {
+        <Self as CacheMode<Request<ReqB>, Response<B>, E>>::kept_not_modified(
+            self, entry, status, now,
+        )
+    }
+
+    /// The request's `If-None-Match` and `If-Modified-Since`, matched as
+    /// [`not_modified`](CacheMode::not_modified) matches them.
+    fn validators(&self, req: &Request<ReqB>) -> Option<Validators<CachedResponse>> {
+        let mut kept = HeaderMap::new();
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+            for value in req.headers().get_all(&name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        if kept.is_empty() {
+            return None;
+        }
+        Some(Validators::new(
+            move |entry: &CacheEntry<CachedResponse>| {
+                validators_match(&kept, &entry.value().headers)
+            },
+        ))
+    }
+
+    /// The `304` of [`not_modified`](CacheMode::not_modified), for a stored `200` only.
+    fn kept_not_modified(
+        &self,
+        entry: &CacheEntry<CachedResponse>,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Option<Self::Response> {
+        let stored = entry.value();
+        if stored.status != StatusCode::OK || !stored.consistent {
             return None;
         }
         let mut res = Response::new(CacheBody::full(Bytes::new()));

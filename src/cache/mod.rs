@@ -148,11 +148,12 @@
 //!   `Content-Location` and no body (RFC 9111 §4.3.2): one found fresh (or revalidating) by its
 //!   lookup, one another request's fill stored while it waited (in this process, or another
 //!   replica's), or its own stale entry when that fill failed (stale-if-error). Any other gets
-//!   the stored response. The call that fills a key (a miss's, a refresh's) asks the inner
-//!   service for the whole response, without the client's validators; the request that made it
-//!   keeps them, and gets `304` when they match the entry its fill stored (or its stale entry,
-//!   when the call failed). A waiter that calls through instead (the fill's answer was not
-//!   stored) keeps them in its call, so that the origin can answer `304` itself. Requests with `If-Match` or `If-Unmodified-Since` (preconditions the
+//!   the stored response. The call that fills a key asks the inner service for the whole
+//!   response, without the client's validators; a miss that made it keeps them, and gets `304`
+//!   when they match what its fill brought (the entry, stored or not) or its stale entry when
+//!   the call failed (a reload, `no-cache`, is answered in full). A waiter that calls through
+//!   instead (the fill's answer was not stored) keeps them in its call, so that the origin can
+//!   answer `304` itself. Requests with `If-Match` or `If-Unmodified-Since` (preconditions the
 //!   origin evaluates) pass straight through.
 //! - **Answers.** `x-cache: HIT | MISS | STALE` ([`x_cache_header`](CacheBuilder::x_cache_header))
 //!   and, on hits and stale answers, `age` ([`age_header`](CacheBuilder::age_header)). Requests the

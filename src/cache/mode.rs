@@ -250,12 +250,13 @@ pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
         req
     }
 
-    /// What of `req`, a [`RequestPolicy::Conditional`] request about to fill the cache
-    /// ([`unconditional`](Self::unconditional)), decides [`not_modified`](Self::not_modified),
+    /// What of `req`, a conditional request ([`RequestPolicy::Conditional`], or
+    /// [`RequestPolicy::Bounded`] with [`Bounds::conditional`]) whose miss is about to fill the
+    /// cache ([`unconditional`](Self::unconditional)), decides [`not_modified`](Self::not_modified),
     /// kept to judge what its fill brings: whether the request's validators match an entry. The
     /// request is then answered [`kept_not_modified`](Self::kept_not_modified) when they match
-    /// the entry its fill stored, or the stale entry it is served when the fill fails, instead of
-    /// that whole response. Default: `None` (it is answered in full).
+    /// the entry its fill brought (stored or not), or the stale entry it is served when the fill
+    /// fails, instead of that whole response. Default: `None` (it is answered in full).
     fn validators(&self, req: &Req) -> Option<Validators<Self::Stored>> {
         let _ = req;
         None

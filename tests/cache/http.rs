@@ -631,7 +631,7 @@ async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry(
 /// the fill keeps them aside and gets `304` too when they match what its fill stored, or its stale
 /// entry when the call fails.
 #[tokio::test(start_paused = true)]
-async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
+async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
     let calls = Arc::new(AtomicUsize::new(0));
     // Whether each call the origin received carried `If-None-Match`.
     let validated = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -678,6 +678,7 @@ async fn requests_waiting_for_a_call_get_304_when_their_validators_match() {
         (StatusCode::NOT_MODIFIED, Some("MISS"), &b""[..]),
         "the leader's validators, kept, match what its fill stored"
     );
+    assert_eq!(led.headers["etag"], "\"v1\"");
     assert_eq!(
         (matching.status, matching.x_cache(), &matching.body[..]),
         (StatusCode::NOT_MODIFIED, Some("MISS"), &b""[..])

@@ -99,6 +99,12 @@ where
                     if let Some(res) =
                         not_modified.or_else(|| shared.mode.replay(&entry, CacheStatus::Stale, now))
                     {
+                        if tokio::runtime::Handle::try_current().is_err() {
+                            // No runtime to refresh on: this request refreshes it itself (its
+                            // validators kept for its own answer), falling back to the stale
+                            // entry if that fails.
+                            return miss(shared, svc, req, key, Some(entry), mode, conditional);
+                        }
                         let req = match conditional {
                             true => shared.mode.unconditional(req),
                             false => req,
@@ -108,9 +114,7 @@ where
                                 shared.count(Meter::Stale);
                                 return StateOf::<S, Req, X, St, A>::done(Ok(res));
                             }
-                            // No runtime to refresh on: this request refreshes it itself,
-                            // falling back to the stale entry if that fails.
-                            // (Its validators went with the refresh: it is answered in full.)
+                            // (Not reached: the runtime was there a moment ago.)
                             Err((svc, req, entry)) => {
                                 return miss(shared, svc, req, key, Some(entry), mode, false);
                             }
@@ -204,7 +208,8 @@ where
 /// (the flight's entry, a stale one, another process's) is the mode's `not_modified` when they
 /// match it. What it sends to the inner service to fill the key asks for the whole response
 /// ([`CacheMode::unconditional`]), as does a leader's call made without the fill lock (its answer,
-/// not stored, still goes to this process's waiters); a waiter's call through (not stored, not
+/// not stored, still goes to this process's waiters), the leader keeping them aside
+/// ([`CacheMode::validators`]) for its own answer; a waiter's call through (not stored, not
 /// shared) keeps them, so that the origin can answer `304` itself.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn miss<S, Req, X, St, A>(
@@ -250,7 +255,8 @@ where
 /// Unless `mode` forces a refresh, an entry the store finds fresh as it is asked for the lock
 /// (stored since this request's lookup, by another process or another request's fill) is
 /// served instead (the mode's `not_modified` for a `conditional` request it matches). The call
-/// that fills asks for the whole response.
+/// that fills asks for the whole response; a `conditional` request keeps its validators aside in
+/// the fill, to be answered `kept_not_modified` when they match what the fill brings.
 pub(crate) fn lead<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,
     svc: Svc<'_, S>,

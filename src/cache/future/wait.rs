@@ -176,7 +176,7 @@ pub(crate) struct Locking<S, Req, Fl, V> {
     pub(crate) req: Option<Req>,
     pub(crate) fill: Option<Fl>,
     /// Whether `req` carries validators (see [`Waiting::conditional`]); they are taken off before
-    /// the call that fills.
+    /// the call that fills, and kept aside in the fill for this request's own answer.
     pub(crate) conditional: bool,
 }
 

@@ -70,27 +70,19 @@ do
   end
   -- No decision under this quota leaves the TAT further ahead than its tolerance: one that is
   -- counts as spent in full, no more (a key that hit 10 an hour, raised to 10 a second, waits one
-  -- interval of the new quota, not the rest of the hour).
-  -- Written back where the decision counted it (`keep`, when nothing is spent: a refusal), so
-  -- that it drains from there, as `GcraCell::rebase` does in memory.
-  if base > tolerance then
+  -- interval of the new quota, not the rest of the hour). It is written back where the decision
+  -- counted it (`keep`, for when nothing is spent: a refusal), so that it drains from there, as
+  -- `GcraCell::rebase` does in memory.
+  local rebased = base > tolerance
+  if rebased then
     base = tolerance
-    local x = now_frac + tolerance
-    local f = fmod(x, 1000)
-    local tat_us = now_us + (x - f) / 1000
-    if tat_us > 0 then
-      keep = format('%d%03d', tat_us, f)
-    else
-      keep = format('%d', f)
-    end
-    keep_ttl = (tolerance - fmod(tolerance, 1000000)) / 1000000 + 1
-    if keep_ttl < min_ttl then
-      keep_ttl = min_ttl
-    end
   end
   -- Exact below 2^53; above, still above any tolerance.
   local need = cost * emission
   local ahead = base + need
+  -- How far ahead of now the state to write puts the TAT: the spend's end when admitted, the
+  -- tolerance when rebased (the same for a cost of 0), none otherwise.
+  local put
   if err then
     -- Nothing decided.
   elseif need > tolerance then
@@ -98,23 +90,36 @@ do
   elseif ahead > tolerance and cost > 0 then
     verdict, a, b, c = 0, base, ahead - tolerance, 0
   else
-    -- (A cost of 0 passes even ahead of the tolerance: it spends nothing.)
+    -- (A cost of 0 passes even at the tolerance: it spends nothing.)
     local slack = math.max(tolerance - ahead, 0)
-    -- The state that puts the TAT at now + ahead, and its expiry (ms): once it has passed (the
+    verdict, a, b, c = 1, slack, ahead, (slack - fmod(slack, emission)) / emission
+    put = ahead
+  end
+  if rebased and not err then
+    put = tolerance
+  end
+  if put then
+    -- The state that puts the TAT at now + put, and its expiry (ms): once it has passed (the
     -- key is then as good as absent), and no sooner than `min_ttl` ms.
-    local x = now_frac + ahead
+    local x = now_frac + put
     local f = fmod(x, 1000)
     local tat_us = now_us + (x - f) / 1000
+    local state
     if tat_us > 0 then
       -- %d formats a 64-bit integer (exact below 2^53), several times cheaper than %.0f.
-      value = format('%d%03d', tat_us, f)
+      state = format('%d%03d', tat_us, f)
     else
-      value = format('%d', f)
+      state = format('%d', f)
     end
-    ttl = (ahead - fmod(ahead, 1000000)) / 1000000 + 1
-    if ttl < min_ttl then
-      ttl = min_ttl
+    local expiry = (put - fmod(put, 1000000)) / 1000000 + 1
+    if expiry < min_ttl then
+      expiry = min_ttl
     end
-    verdict, a, b, c = 1, slack, ahead, (slack - fmod(slack, emission)) / emission
+    if verdict == 1 then
+      value, ttl = state, expiry
+    end
+    if rebased then
+      keep, keep_ttl = state, expiry
+    end
   end
 end

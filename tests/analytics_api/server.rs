@@ -379,6 +379,55 @@ async fn until_answered(from: [u8; 4], addr: std::net::SocketAddr, want: &str) -
     }
 }
 
+/// Holds part of a body on each of `holders` (`(client, bytes sent)`), then posts a small metric
+/// from `from` until the answer is a 503 (within 5 s), and returns it with the held connections.
+///
+/// The budget refuses whichever body's bytes come second, and the test means the small one to be:
+/// on a loaded host the small body could be read first, the held one then refused (a 503 on its
+/// own connection: the budget at work, the other way round). Then every connection is dropped and
+/// it starts again, at most 10 times; any other answer on a held connection fails the test.
+async fn refused_past_held(
+    holders: &[([u8; 4], usize)],
+    from: [u8; 4],
+    addr: std::net::SocketAddr,
+) -> (Vec<TcpStream>, String) {
+    let metric = crate::metric(42.0);
+    for _ in 0..10 {
+        let mut held = Vec::new();
+        for &(client, sent) in holders {
+            held.push(partial_body(client, addr, sent).await);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        'probe: loop {
+            let answer = post_metric(from, addr, &metric).await;
+            if answer.starts_with("HTTP/1.1 503") {
+                return (held, answer);
+            }
+            assert!(
+                answer.starts_with("HTTP/1.1 201"),
+                "neither stored nor refused: {answer}"
+            );
+            for conn in &mut held {
+                let mut buf = [0u8; 512];
+                if let Ok(read) =
+                    tokio::time::timeout(Duration::from_millis(5), conn.read(&mut buf)).await
+                {
+                    let answer = String::from_utf8_lossy(&buf[..read.unwrap_or(0)]).to_string();
+                    assert!(
+                        answer.starts_with("HTTP/1.1 503"),
+                        "a held body answered other than refused: {answer:?}"
+                    );
+                    eprintln!("a held body was refused before the small one; starting again");
+                    break 'probe;
+                }
+            }
+            assert!(Instant::now() < deadline, "never refused: {answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("the held bodies were refused before the small one 10 times");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_held_at_once_are_bounded_and_the_app_answers_503_past_it() {
     // A quota no loop below reaches.
@@ -406,8 +455,8 @@ async fn request_bodies_held_at_once_are_bounded_and_the_app_answers_503_past_it
     }));
     // One client holding 12,450 bytes of a body: its own next body (67 bytes) does not fit its share (503,
     // with a Retry-After, nothing stored); another client's does.
-    let slow = partial_body([127, 0, 0, 2], addr, 12_450).await;
-    let refused = until_answered([127, 0, 0, 2], addr, "HTTP/1.1 503").await;
+    let (slow, refused) =
+        refused_past_held(&[([127, 0, 0, 2], 12_450)], [127, 0, 0, 2], addr).await;
     let lower = refused.to_ascii_lowercase();
     assert!(lower.contains("retry-after: 1"), "{refused}");
     assert!(lower.contains("too many request bodies"), "{refused}");
@@ -417,11 +466,10 @@ async fn request_bodies_held_at_once_are_bounded_and_the_app_answers_503_past_it
     // Eight clients holding 12,495 bytes each: 99,960 of the 100,000. A ninth client's small
     // body (67 bytes) fits its share but not what is left: 503; once they go, bodies are taken
     // again.
-    let mut held = Vec::new();
-    for client in 10..18 {
-        held.push(partial_body([127, 0, 0, client], addr, 12_495).await);
-    }
-    until_answered([127, 0, 0, 20], addr, "HTTP/1.1 503").await;
+    let holders: Vec<_> = (10..18)
+        .map(|client| ([127, 0, 0, client], 12_495))
+        .collect();
+    let (held, _) = refused_past_held(&holders, [127, 0, 0, 20], addr).await;
     drop(held);
     until_answered([127, 0, 0, 20], addr, "HTTP/1.1 201").await;
     task.abort();

@@ -151,7 +151,7 @@
 //!   the stored response. The call that fills a key asks the inner service for the whole
 //!   response, without the client's validators; a miss that made it keeps them, and gets `304`
 //!   when they match what its fill brought (the entry, stored or not) or its stale entry when
-//!   the call failed (a reload, `no-cache`, is answered in full). A waiter that calls through
+//!   the call failed; a reload (`no-cache`) with validators likewise. A waiter that calls through
 //!   instead (the fill's answer was not stored) keeps them in its call, so that the origin can
 //!   answer `304` itself. Requests with `If-Match` or `If-Unmodified-Since` (preconditions the
 //!   origin evaluates) pass straight through.

@@ -86,6 +86,8 @@ pub enum RequestPolicy {
     /// entry, when the call failed). A call through that is not stored keeps them.
     Conditional,
     /// Not served from the cache, but its response is stored (HTTP `Cache-Control: no-cache`).
+    /// Validators it carries are kept for its own answer ([`CacheMode::validators`]) while its
+    /// call asks for the whole response.
     Refresh,
     /// Neither: straight to the inner service, response not stored (`no-store`, `Authorization`,
     /// ...).
@@ -250,8 +252,9 @@ pub trait CacheMode<Req, Res, E>: Clone + Send + Sync + 'static {
         req
     }
 
-    /// What of `req`, a conditional request ([`RequestPolicy::Conditional`], or
-    /// [`RequestPolicy::Bounded`] with [`Bounds::conditional`]) whose miss is about to fill the
+    /// What of `req`, a conditional request ([`RequestPolicy::Conditional`],
+    /// [`RequestPolicy::Bounded`] with [`Bounds::conditional`], or a [`RequestPolicy::Refresh`]
+    /// with validators) whose miss is about to fill the
     /// cache ([`unconditional`](Self::unconditional)), decides [`not_modified`](Self::not_modified),
     /// kept to judge what its fill brings: whether the request's validators match an entry. The
     /// request is then answered [`kept_not_modified`](Self::kept_not_modified) when they match

@@ -106,8 +106,9 @@ where
         };
         let key: CacheKey = key.into();
         if policy == RequestPolicy::Refresh {
-            // What refreshes the entry for every client asks for the whole response.
-            let req = shared.mode.unconditional(req);
+            // What refreshes the entry for every client asks for the whole response (the call is
+            // made unconditional); a reload with validators keeps them for its own answer: a
+            // `304` when they match what the refresh brings (one without any: two lookups).
             let state = dispatch(
                 shared,
                 Svc::Borrowed(&mut self.inner),
@@ -115,7 +116,7 @@ where
                 key,
                 None,
                 None,
-                false,
+                true,
             );
             return ResponseFuture::new(state);
         }

@@ -740,6 +740,61 @@ async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
     );
 }
 
+/// A reload (`Cache-Control: no-cache`) with validators was answered the whole `200` however they
+/// matched: its validators were taken off before the refresh. It keeps them for its own answer now
+/// (the refresh still asks the origin for the whole response): `304` when they match what it
+/// brought, the whole response when not, and the entry is refreshed for everyone either way.
+#[tokio::test(start_paused = true)]
+async fn a_reload_with_validators_gets_304_when_the_refresh_matches_them() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let validated = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, v) = (Arc::clone(&calls), Arc::clone(&validated));
+    let origin = tower::service_fn(move |req: Request<()>| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        v.lock()
+            .unwrap()
+            .push(req.headers().contains_key(header::IF_NONE_MATCH));
+        async move {
+            let body: &'static [u8] =
+                Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
+            let mut res = Response::new(Frames::chunks(&[body], true));
+            res.headers_mut()
+                .insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let mut svc = cache().layer(origin);
+    assert_eq!(send(&mut svc, get_req("/x")).await.body, "call 1");
+    let reload = |tag: &'static str| {
+        Request::get("/x")
+            .header("cache-control", "no-cache")
+            .header("if-none-match", tag)
+            .body(())
+            .unwrap()
+    };
+    let matched = send(&mut svc, reload("\"v1\"")).await;
+    assert_eq!(
+        (matched.status, matched.x_cache(), &matched.body[..]),
+        (StatusCode::NOT_MODIFIED, Some("MISS"), &b""[..])
+    );
+    let hit = send(&mut svc, get_req("/x")).await;
+    assert_eq!(
+        (hit.x_cache(), &hit.body[..]),
+        (Some("HIT"), &b"call 2"[..]),
+        "refreshed for everyone"
+    );
+    let other = send(&mut svc, reload("\"v0\"")).await;
+    assert_eq!(
+        (other.status, &other.body[..]),
+        (StatusCode::OK, &b"call 3"[..])
+    );
+    assert_eq!(
+        *validated.lock().unwrap(),
+        [false, false, false],
+        "every refresh asked for the whole response"
+    );
+}
+
 /// A request's own `Cache-Control` bounds (RFC 9111 §5.2.1): `max-age=N` accepts no older
 /// answer, `min-fresh=N` none fresh for less than N more seconds (a stored answer outside them is
 /// fetched and stored again, for everyone), `only-if-cached` is answered from the cache or with a

@@ -623,6 +623,41 @@ async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry(
     );
 }
 
+/// An origin whose n-th call answers `answer(n)` with `ETag: "v1"`, after `delay`; the list says
+/// whether each call it received carried `If-None-Match` (its length: how many calls).
+#[allow(clippy::type_complexity)]
+fn validating_origin(
+    delay: Duration,
+    answer: impl Fn(usize) -> Response<Frames> + Clone + Send + Sync + 'static,
+) -> (
+    impl Service<Request<()>, Response = Response<Frames>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static,
+    Arc<std::sync::Mutex<Vec<bool>>>,
+) {
+    let validated = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let v = Arc::clone(&validated);
+    let origin = tower::service_fn(move |req: Request<()>| {
+        let n = {
+            let mut v = v.lock().unwrap();
+            v.push(req.headers().contains_key(header::IF_NONE_MATCH));
+            v.len()
+        };
+        let answer = answer.clone();
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let mut res = answer(n);
+            res.headers_mut()
+                .insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+            Ok::<_, Infallible>(res)
+        }
+    });
+    (origin, validated)
+}
+
 /// Requests that waited for another request's call were answered the whole `200` even when their
 /// validators matched what they were served (the flight's new entry, or their own stale entry when
 /// that call failed): the validators were taken off before the wait. They are now taken off only
@@ -632,32 +667,21 @@ async fn requests_waiting_for_a_failed_call_are_answered_from_their_stale_entry(
 /// entry when the call fails.
 #[tokio::test(start_paused = true)]
 async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    // Whether each call the origin received carried `If-None-Match`.
-    let validated = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (c, v) = (Arc::clone(&calls), Arc::clone(&validated));
-    let origin = tower::service_fn(move |req: Request<()>| {
-        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-        v.lock()
-            .unwrap()
-            .push(req.headers().contains_key(header::IF_NONE_MATCH));
-        async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let mut res = Response::new(Frames::chunks(&[b"the document"], true));
-            let headers = res.headers_mut();
-            headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
-            match n {
-                1 => {}
-                2..=4 => *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
-                // The call through, with `If-None-Match: "v1"`: the origin's own 304.
-                6 => *res.status_mut() = StatusCode::NOT_MODIFIED,
-                _ => {
-                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                }
+    let (origin, validated) = validating_origin(Duration::from_millis(100), |n| {
+        let mut res = Response::new(Frames::chunks(&[b"the document"], true));
+        match n {
+            1 => {}
+            2..=4 => *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+            // The call through, with `If-None-Match: "v1"`: the origin's own 304.
+            6 => *res.status_mut() = StatusCode::NOT_MODIFIED,
+            _ => {
+                res.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
-            Ok::<_, Infallible>(res)
         }
+        res
     });
+    let calls = || validated.lock().unwrap().len();
     let svc = stale_if_error_cache().layer(origin);
     let tagged = |tag: &'static str| {
         Request::get("/x")
@@ -691,7 +715,7 @@ async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
             "{why}"
         );
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "one call for the four");
+    assert_eq!(calls(), 1, "one call for the four");
 
     // Stale, within stale-if-error: a reload's call fails, and the request waiting for it is
     // answered from its stale entry, `304` as its validators match.
@@ -706,7 +730,7 @@ async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
         (waited.status, waited.x_cache(), &waited.body[..]),
         (StatusCode::NOT_MODIFIED, Some("STALE"), &b""[..])
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls(), 2);
     // A conditional request that leads the fill itself, and is served its stale entry when the
     // call fails: `304` too.
     let led = send(&mut a, tagged("\"v1\"")).await;
@@ -720,7 +744,7 @@ async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
         (StatusCode::OK, Some("STALE"), &b"the document"[..]),
         "another tag: the stale entry in full"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(calls(), 4);
 
     // The flight's answer is not stored (`no-store`): the waiter calls through with its
     // validators, which the origin may answer itself.
@@ -732,7 +756,7 @@ async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
         StatusCode::NOT_MODIFIED,
         "the origin's own answer to the validators, passed on"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    assert_eq!(calls(), 6);
     assert_eq!(
         *validated.lock().unwrap(),
         [false, false, false, false, false, true],
@@ -746,22 +770,9 @@ async fn conditional_requests_get_304_when_what_a_fill_brings_matches() {
 /// brought, the whole response when not, and the entry is refreshed for everyone either way.
 #[tokio::test(start_paused = true)]
 async fn a_reload_with_validators_gets_304_when_the_refresh_matches_them() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let validated = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (c, v) = (Arc::clone(&calls), Arc::clone(&validated));
-    let origin = tower::service_fn(move |req: Request<()>| {
-        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-        v.lock()
-            .unwrap()
-            .push(req.headers().contains_key(header::IF_NONE_MATCH));
-        async move {
-            let body: &'static [u8] =
-                Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
-            let mut res = Response::new(Frames::chunks(&[body], true));
-            res.headers_mut()
-                .insert(header::ETAG, HeaderValue::from_static("\"v1\""));
-            Ok::<_, Infallible>(res)
-        }
+    let (origin, validated) = validating_origin(Duration::ZERO, |n| {
+        let body: &'static [u8] = Box::leak(format!("call {n}").into_bytes().into_boxed_slice());
+        Response::new(Frames::chunks(&[body], true))
     });
     let mut svc = cache().layer(origin);
     assert_eq!(send(&mut svc, get_req("/x")).await.body, "call 1");

@@ -239,6 +239,26 @@ pub(crate) async fn peeks_spend_nothing(s: &Subject) {
     assert_eq!(spent, first, "a peek tells what the request would get");
 }
 
+/// Gives `key` the limits `before` (10 an hour, binding), spends its 10 (a refusal after them
+/// waits for most of the hour: its arrival time is an hour ahead), then gives it `after`; returns
+/// the set now in force.
+async fn spent_then_raised<const N: usize>(
+    s: &Subject,
+    key: u8,
+    before: [Limit; N],
+    after: [Limit; N],
+) -> Arc<LimitSet> {
+    s.handle.set_key(&key, before).expect("valid");
+    let set = s.handle.resolved(&key);
+    for _ in 0..10 {
+        assert!(s.ask(key, &set, 1).await.is_allowed());
+    }
+    let d = s.ask(key, &set, 1).await;
+    assert!(d.retry_after() > Duration::from_secs(300), "{d:?}");
+    s.handle.set_key(&key, after).expect("valid");
+    s.handle.resolved(&key)
+}
+
 /// A limit's quota changed through the handle keeps its state (GCRA: the theoretical arrival
 /// time carries over, so a key that spent its burst stays spent under a larger quota until time
 /// catches up), up to the new quota's tolerance: a key that spent 10 an hour and is raised to 10
@@ -261,18 +281,9 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
     clock.advance(d.retry_after());
     assert!(s.ask(30, &set, 1).await.is_allowed());
     // 10 an hour spent (the arrival time an hour ahead), then raised to 10 a second.
-    let hour = Limit::new("live", Quota::per_hour(10));
-    s.handle.set_key(&32, [hour]).expect("valid");
-    let set = s.handle.resolved(&32);
-    for _ in 0..10 {
-        assert!(s.ask(32, &set, 1).await.is_allowed());
-    }
-    let d = s.ask(32, &set, 1).await;
-    assert!(d.retry_after() > Duration::from_secs(300), "{d:?}");
-    s.handle
-        .set_key(&32, [Limit::new("live", Quota::per_second(10))])
-        .expect("valid");
-    let set = s.handle.resolved(&32);
+    let hourly = |name| Limit::new(name, Quota::per_hour(10));
+    let secondly = |name| Limit::new(name, Quota::per_second(10));
+    let set = spent_then_raised(s, 32, [hourly("live")], [secondly("live")]).await;
     let d = s.ask(32, &set, 1).await;
     assert!(!d.is_allowed(), "spent in full under the new quota: {d:?}");
     assert_eq!(d.retry_after(), Duration::from_millis(100), "one interval");
@@ -293,17 +304,7 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
             Quota::with_period(1_000, Duration::from_secs(86_400)),
         )
     };
-    s.handle
-        .set_key(&33, [Limit::new("live", Quota::per_hour(10)), day()])
-        .expect("valid");
-    let set = s.handle.resolved(&33);
-    for _ in 0..10 {
-        assert!(s.ask(33, &set, 1).await.is_allowed());
-    }
-    s.handle
-        .set_key(&33, [Limit::new("live", Quota::per_second(10)), day()])
-        .expect("valid");
-    let set = s.handle.resolved(&33);
+    let set = spent_then_raised(s, 33, [hourly("live"), day()], [secondly("live"), day()]).await;
     let d = s.ask(33, &set, 1).await;
     assert_eq!(
         (d.is_allowed(), d.retry_after()),
@@ -314,17 +315,7 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
     let d = s.ask(33, &set, 1).await;
     assert!(d.is_allowed(), "{d:?}");
     // A cost of 0 (admitted, nothing spent) rebases too: 100 ms on, a unit is free.
-    s.handle
-        .set_key(&35, [Limit::new("live", Quota::per_hour(10)), day()])
-        .expect("valid");
-    let set = s.handle.resolved(&35);
-    for _ in 0..10 {
-        assert!(s.ask(35, &set, 1).await.is_allowed());
-    }
-    s.handle
-        .set_key(&35, [Limit::new("live", Quota::per_second(10)), day()])
-        .expect("valid");
-    let set = s.handle.resolved(&35);
+    let set = spent_then_raised(s, 35, [hourly("live"), day()], [secondly("live"), day()]).await;
     assert!(s.ask(35, &set, 0).await.is_allowed());
     clock.advance(Duration::from_millis(100));
     let d = s.ask(35, &set, 1).await;
@@ -332,19 +323,13 @@ pub(crate) async fn quota_change_keeps_state(s: &Subject, clock: &ManualClock) {
     // With a shadow limit in the set (decided limit by limit), both enforced limits spent under
     // their earlier quotas: each is rebased, the one decided after the first refusal too.
     let watch = || Limit::new("watch", Quota::per_minute(1_000)).shadow(true);
-    let hourly = |name| Limit::new(name, Quota::per_hour(10));
-    s.handle
-        .set_key(&34, [hourly("one"), hourly("two"), watch()])
-        .expect("valid");
-    let set = s.handle.resolved(&34);
-    for _ in 0..10 {
-        assert!(s.ask(34, &set, 1).await.is_allowed());
-    }
-    let secondly = |name| Limit::new(name, Quota::per_second(10));
-    s.handle
-        .set_key(&34, [secondly("one"), secondly("two"), watch()])
-        .expect("valid");
-    let set = s.handle.resolved(&34);
+    let set = spent_then_raised(
+        s,
+        34,
+        [hourly("one"), hourly("two"), watch()],
+        [secondly("one"), secondly("two"), watch()],
+    )
+    .await;
     let d = s.ask(34, &set, 1).await;
     assert_eq!(
         (d.is_allowed(), d.retry_after()),

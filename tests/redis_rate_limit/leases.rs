@@ -822,6 +822,32 @@ async fn leases_serve_the_layers_own_quota_and_everything_else_is_decided_exactl
     assert!(err.to_string().contains("leased mode"), "{err}");
 }
 
+/// A leased limiter named `name` on `server` (its own prefix, from `what`) keyed by `u32` at
+/// `quota`: its store and the handle that changes its quota at run time.
+async fn keyed_leased(
+    server: &RedisServer,
+    what: &str,
+    name: &'static str,
+    quota: Quota,
+) -> (
+    RedisLeasedStore<u32>,
+    tower_rampart::rate_limit::RateLimitHandle<u32>,
+) {
+    let backend = RedisBackend::connect(&server.url())
+        .await
+        .unwrap()
+        .timeout(TIMEOUT)
+        .prefix(unique_prefix(what));
+    let layer = RateLimitLayer::builder()
+        .name(name)
+        .quota(quota)
+        .key(key_fn(|k: &u32| Some(*k)))
+        .backend(backend.leased(LeaseConfig::new()))
+        .build()
+        .unwrap();
+    (layer.store().clone(), layer.handle())
+}
+
 /// A live change of the layer's own quota (`RateLimitHandle::set_default`) turned leasing off for
 /// every request: the limits asked for no longer matched those the store was built with, so each
 /// decision went to Redis, exactly. Leases follow the new quota now: a raised quota admits at once
@@ -833,19 +859,9 @@ async fn leases_follow_the_layers_quota_changed_at_run_time() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let backend = RedisBackend::connect(&server.url())
-        .await
-        .unwrap()
-        .timeout(TIMEOUT)
-        .prefix(unique_prefix("lease-retune"));
-    let layer = RateLimitLayer::builder()
-        .name("retuned")
-        .quota(Quota::per_minute(10))
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend.leased(LeaseConfig::new()))
-        .build()
-        .unwrap();
-    let store = layer.store();
+    let (store, handle) =
+        keyed_leased(&server, "lease-retune", "retuned", Quota::per_minute(10)).await;
+    let store = &store;
     let mut admitted = 0;
     for _ in 0..20 {
         admitted += usize::from(decide(store, &1).await.unwrap().is_allowed());
@@ -859,12 +875,11 @@ async fn leases_follow_the_layers_quota_changed_at_run_time() {
     );
 
     // The key's state (a minute's worth spent) is well within the new quota's tolerance (an hour).
-    layer
-        .handle()
+    handle
         .set_default([Limit::new("retuned", Quota::per_hour(100_000))])
         .unwrap();
     // As the layer asks: with the limits in force.
-    let live = layer.handle().default_set();
+    let live = handle.default_set();
     let calls = server.calls("evalsha") + server.calls("eval");
     let mut admitted = 0;
     for _ in 0..300 {
@@ -883,7 +898,6 @@ async fn leases_follow_the_layers_quota_changed_at_run_time() {
 
     // A key's own limit that bears the layer's name is not the layer's quota: decided exactly,
     // and the leases keep following the default.
-    let handle = layer.handle();
     handle
         .set_key(&7, [Limit::new("retuned", Quota::per_second(10_000))])
         .unwrap();
@@ -906,29 +920,18 @@ async fn a_leased_key_spent_under_a_slower_quota_drains_in_one_interval_of_the_n
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let backend = RedisBackend::connect(&server.url())
-        .await
-        .unwrap()
-        .timeout(TIMEOUT)
-        .prefix(unique_prefix("lease-rebase"));
-    let layer = RateLimitLayer::builder()
-        .name("rebased")
-        .quota(Quota::per_hour(10))
-        .key(key_fn(|k: &u32| Some(*k)))
-        .backend(backend.leased(LeaseConfig::new()))
-        .build()
-        .unwrap();
-    let store = layer.store();
+    let (store, handle) =
+        keyed_leased(&server, "lease-rebase", "rebased", Quota::per_hour(10)).await;
+    let store = &store;
     let mut admitted = 0;
     for _ in 0..12 {
         admitted += usize::from(decide(store, &5).await.unwrap().is_allowed());
     }
     assert_eq!(admitted, 10);
-    layer
-        .handle()
+    handle
         .set_default([Limit::new("rebased", Quota::per_second(10))])
         .unwrap();
-    let live = layer.handle().default_set();
+    let live = handle.default_set();
     let refused = crate::support::decide_ask(store, &5, &Ask::new(&live))
         .await
         .unwrap();

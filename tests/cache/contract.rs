@@ -127,6 +127,38 @@ fn hits_are_ready_at_once_without_a_runtime() {
     assert_eq!(svc.call("a".into()).now_or_never().unwrap().unwrap(), "a");
 }
 
+/// A stale entry within stale-while-revalidate, found with no runtime to refresh on in the
+/// background: the request refreshes it itself (nothing is spawned), and the next one hits the
+/// new answer.
+#[test]
+fn a_revalidating_entry_without_a_runtime_is_refreshed_by_the_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_millis(20))
+        .stale_while_revalidate(Duration::from_secs(60))
+        .key(key_fn(
+            (|r: &String| Some(r.clone())) as fn(&String) -> Option<String>,
+        ))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(move |r: String| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        std::future::ready(Ok::<_, BoxError>(format!("{r} {n}")))
+    }));
+    assert_eq!(svc.call("a".into()).now_or_never().unwrap().unwrap(), "a 1");
+    std::thread::sleep(Duration::from_millis(40));
+    assert_eq!(
+        svc.call("a".into()).now_or_never().unwrap().unwrap(),
+        "a 2",
+        "refreshed by the request itself"
+    );
+    assert_eq!(svc.call("a".into()).now_or_never().unwrap().unwrap(), "a 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn layers_services_handles_bodies_and_futures_are_send_sync_static() {
     use crate::common::send_sync_static;

@@ -99,26 +99,19 @@ where
                     if let Some(res) =
                         not_modified.or_else(|| shared.mode.replay(&entry, CacheStatus::Stale, now))
                     {
-                        if tokio::runtime::Handle::try_current().is_err() {
+                        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                             // No runtime to refresh on: this request refreshes it itself (its
                             // validators kept for its own answer), falling back to the stale
                             // entry if that fails.
                             return miss(shared, svc, req, key, Some(entry), mode, conditional);
-                        }
+                        };
                         let req = match conditional {
                             true => shared.mode.unconditional(req),
                             false => req,
                         };
-                        match revalidate(shared, svc, req, &key, entry) {
-                            Ok(()) => {
-                                shared.count(Meter::Stale);
-                                return StateOf::<S, Req, X, St, A>::done(Ok(res));
-                            }
-                            // (Not reached: the runtime was there a moment ago.)
-                            Err((svc, req, entry)) => {
-                                return miss(shared, svc, req, key, Some(entry), mode, false);
-                            }
-                        }
+                        revalidate(shared, &runtime, svc, req, &key, entry);
+                        shared.count(Meter::Stale);
+                        return StateOf::<S, Req, X, St, A>::done(Ok(res));
                     }
                     shared.unusable(&key);
                 }
@@ -342,17 +335,16 @@ where
     }
 }
 
-/// Stale-while-revalidate: starts one background refresh of `key` unless one is running or the
-/// budget is spent. `Err` hands the request back when there is no tokio runtime to spawn on.
-#[allow(clippy::type_complexity)]
-pub(super) fn revalidate<'a, S, Req, X, St, A>(
+/// Stale-while-revalidate: starts one background refresh of `key` on `runtime` unless one is
+/// running or the budget is spent.
+pub(super) fn revalidate<S, Req, X, St, A>(
     shared: &Arc<Shared<X, St, A>>,
-    svc: Svc<'a, S>,
+    runtime: &tokio::runtime::Handle,
+    svc: Svc<'_, S>,
     req: Req,
     key: &super::CacheKey,
     entry: CacheEntry<A::Stored>,
-) -> Result<(), (Svc<'a, S>, Req, CacheEntry<A::Stored>)>
-where
+) where
     S: Service<Req> + Clone,
     S::Future: Send + 'static,
     Req: 'static,
@@ -361,16 +353,13 @@ where
     A::Capture: Send + 'static,
     St: CacheStore<A::Stored>,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return Err((svc, req, entry));
-    };
     let (hold, name) = (shared.lock_hold, shared.name);
     let Some(permit) = RefreshPermit::try_new(&shared.refreshing, shared.max_refreshes) else {
         tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: background refresh budget spent; not refreshing now");
-        return Ok(());
+        return;
     };
     let Some(guard) = shared.flights.lead(key) else {
-        return Ok(()); // a refresh (or a fill) is already in flight
+        return; // a refresh (or a fill) is already in flight
     };
     let lock = shared
         .store
@@ -381,11 +370,11 @@ where
         StoreOp::Ready(Ok(FillLock::Fresh(entry))) => {
             tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: already refreshed");
             fill.found(entry);
-            return Ok(());
+            return;
         }
         StoreOp::Ready(Ok(FillLock::HeldElsewhere)) => {
             tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: another process is refreshing it");
-            return Ok(());
+            return;
         }
         StoreOp::Ready(Ok(FillLock::Acquired(token))) => fill.holding_lock(token),
         StoreOp::Ready(Ok(FillLock::NotShared)) => {}
@@ -393,7 +382,7 @@ where
         // entry is served meanwhile, and a later request tries again.
         StoreOp::Ready(Err(e)) => {
             shared.backend_failed("lock", &e);
-            return Ok(());
+            return;
         }
         StoreOp::Pending(lock) => {
             // The call is made now (the service is ready now) but only polled once the lock is
@@ -417,14 +406,13 @@ where
                 }
                 Refresh::<S::Future, A::Capture, X, St, A, A::Stored, Req>::new(call, fill).await;
             })));
-            return Ok(());
+            return;
         }
     }
     tracing::debug!(cache = shared.name, key = %key.for_logs(), "stale: refreshing in the background");
     let refresh =
         Refresh::<S::Future, A::Capture, X, St, A, A::Stored, Req>::new(svc.call(req), fill);
     drop(runtime.spawn(bounded(hold, name, refresh)));
-    Ok(())
 }
 
 /// A background refresh, dropped if it takes longer than `hold` (the fill lock's hold, "longer
